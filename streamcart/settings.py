@@ -1,0 +1,99 @@
+"""Settings, read once per process from ``STREAMCART_*`` variables and passed down.
+
+No module reads ``os.environ`` on its own: the wiring point of each process calls :func:`load_settings` and hands
+the frozen object to whatever needs it. Child processes started by the local stack get the same settings back as
+environment variables (:meth:`Settings.to_env`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of a streamcart process. Defaults run the local stack of DESIGN.md §7."""
+
+    model_config = SettingsConfigDict(env_prefix="STREAMCART_", frozen=True, extra="ignore")
+
+    # Where the local stack keeps all its state (data, logs, pids) and where downloaded artifacts are cached.
+    home: Path = Path(".streamcart")
+    cache_dir: Path = Path(".cache")
+
+    host: str = "127.0.0.1"
+    kafka_port: int = 9092
+    controller_port: int = 9093
+    registry_port: int = 8085
+    connect_port: int = 8083
+    postgres_port: int = 5433
+    gateway_port: int = 8090
+    api_port: int = Field(8080, description="worker i serves the HTTP API on api_port + i")
+    workers: int = Field(2, ge=1, le=16)
+
+    topic_prefix: str = "commerce."
+    partitions: int = Field(8, ge=1, description="one partition count for every saga topic")
+    app_id: str = "streamcart"
+
+    # Latency/throughput knobs (notes/faust.md: faust's defaults are hostile to this workload).
+    producer_linger_ms: int = 5
+    commit_interval_s: float = 0.2
+    broker_session_timeout_s: float = 10.0
+    broker_heartbeat_interval_s: float = 1.0
+
+    # The saga.
+    saga_timeout_s: float = 30.0
+    timer_interval_s: float = 1.0
+
+    # Secrets.
+    jwt_secret: SecretStr = SecretStr("streamcart-local-development-secret")
+    postgres_user: str = "streamcart"
+    postgres_password: SecretStr = SecretStr("streamcart")
+    postgres_db: str = "warehouse"
+
+    log_level: str = "info"
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"{self.host}:{self.kafka_port}"
+
+    @property
+    def registry_url(self) -> str:
+        """The Confluent-compatible API of the schema registry (Apicurio's ccompat v7)."""
+        return f"http://{self.host}:{self.registry_port}/apis/ccompat/v7"
+
+    @property
+    def connect_url(self) -> str:
+        return f"http://{self.host}:{self.connect_port}"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{self.host}:{self.gateway_port}"
+
+    @property
+    def postgres_dsn(self) -> str:
+        return (
+            f"postgresql://{self.postgres_user}:{self.postgres_password.get_secret_value()}"
+            f"@{self.host}:{self.postgres_port}/{self.postgres_db}"
+        )
+
+    def worker_port(self, index: int) -> int:
+        return self.api_port + index
+
+    def worker_url(self, index: int) -> str:
+        return f"http://{self.host}:{self.worker_port(index)}"
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``STREAMCART_*`` variables, for a child process to read back unchanged."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump().items():
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            env[f"STREAMCART_{name.upper()}"] = str(value)
+        return env
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings from the environment (and ``overrides``): call once, at a process's wiring point."""
+    return Settings(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,74 @@
+"""Topic names, keys, partition counts and cleanup policies (DESIGN.md §2).
+
+The stack creates exactly these topics before any worker starts; the broker never auto-creates one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from streamcart.settings import Settings
+
+DAY_MS = 24 * 60 * 60 * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """One topic as the stack creates it."""
+
+    name: str
+    partitions: int
+    key: str
+    config: dict[str, str] = field(default_factory=dict)
+
+
+class Topics:
+    """The names of every topic, all under one configurable prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.order_commands = f"{prefix}commands.orders"
+        self.catalog_commands = f"{prefix}commands.catalog"
+        self.inventory_commands = f"{prefix}commands.inventory"
+        self.payment_commands = f"{prefix}commands.payments"
+        self.shipping_commands = f"{prefix}commands.shipping"
+        self.order_events = f"{prefix}events.orders"
+        self.inventory_events = f"{prefix}events.inventory"
+        self.payment_events = f"{prefix}events.payments"
+        self.shipping_events = f"{prefix}events.shipping"
+        self.notification_events = f"{prefix}events.notifications"
+        self.analytics_revenue = f"{prefix}analytics.revenue"
+        self.analytics_sku_units = f"{prefix}analytics.sku-units"
+        self.analytics_outcomes = f"{prefix}analytics.outcomes"
+        self.dlq = f"{prefix}dlq"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Topics:
+        return cls(settings.topic_prefix)
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    """Every topic the system needs, with its partition count and cleanup policy."""
+    t = Topics.from_settings(settings)
+    n = settings.partitions
+    # Commands are inputs: kept a week. Events are the system of record: kept forever.
+    commands = {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)}
+    events = {"cleanup.policy": "delete", "retention.ms": "-1"}
+    # A window result is replaced by a later emission for the same window: keep the latest.
+    latest = {"cleanup.policy": "compact"}
+    return [
+        TopicSpec(t.order_commands, n, "order_id", commands),
+        TopicSpec(t.catalog_commands, n, "sku", commands),
+        TopicSpec(t.inventory_commands, n, "sku", commands),
+        TopicSpec(t.payment_commands, n, "order_id", commands),
+        TopicSpec(t.shipping_commands, n, "order_id", commands),
+        TopicSpec(t.order_events, n, "order_id", events),
+        TopicSpec(t.inventory_events, n, "order_id", events),
+        TopicSpec(t.payment_events, n, "order_id", events),
+        TopicSpec(t.shipping_events, n, "order_id", events),
+        TopicSpec(t.notification_events, n, "customer_id", events),
+        TopicSpec(t.analytics_revenue, n, "window", latest),
+        TopicSpec(t.analytics_sku_units, n, "window", latest),
+        TopicSpec(t.analytics_outcomes, n, "window", latest),
+        TopicSpec(t.dlq, n, "original key", {"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS)}),
+    ]
