@@ -1,0 +1,168 @@
+"""What every flow needs at run time, and the one place where failure policy lives.
+
+:func:`consume` is the loop every agent runs: decode each raw value with the codec, hand it to the flow's
+handler, and send anything that cannot be decoded or processed to the dead-letter topic with headers naming
+where it came from and why. One bad message never restarts or stalls an agent (notes/faust.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from schemas.codec import Codec
+from schemas.errors import DecodeError, RegistryUnavailable
+from schemas.messages import Message
+from streamcart.settings import Settings
+from streamcart.topics import Topics
+from streamcart.tracing import child_traceparent
+from tables import StateTables
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Message, Any], Awaitable[None]]
+
+
+class Sink(Protocol):
+    """Where records go: Kafka in a worker, a recording fake in component tests."""
+
+    async def send(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None: ...
+
+
+class FaustSink:
+    """Sends through the faust app's producer (buffered; flushed before every offset commit)."""
+
+    def __init__(self, app: Any, partitions: int) -> None:
+        self.app = app
+        self.partitions = partitions
+        self._topics: dict[str, Any] = {}
+
+    def topic(self, name: str) -> Any:
+        if name not in self._topics:
+            self._topics[name] = raw_topic(self.app, name, self.partitions)
+        return self._topics[name]
+
+    async def send(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        await self.topic(topic).send(key=key, value=value, headers=headers)
+
+
+def raw_topic(app: Any, name: str, partitions: int) -> Any:
+    """A faust topic carrying raw bytes: the codec does the (de)serialisation, so nothing can fail before us."""
+    return app.topic(
+        name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw", partitions=partitions
+    )
+
+
+class DlqHeader:
+    """Headers every dead-lettered record carries (invariant I8)."""
+
+    SOURCE_TOPIC = "dlq.source.topic"
+    SOURCE_PARTITION = "dlq.source.partition"
+    SOURCE_OFFSET = "dlq.source.offset"
+    ERROR_CLASS = "dlq.error.class"
+    ERROR_MESSAGE = "dlq.error.message"
+    FLOW = "dlq.flow"
+    FAILED_AT = "dlq.failed.at"
+
+
+@dataclass
+class Runtime:
+    """The app's shared parts, built once per worker and passed to every flow."""
+
+    settings: Settings
+    app: Any
+    codec: Codec
+    tables: StateTables
+    sink: Sink | None = None
+    topics: Topics = field(init=False)
+    agents: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.topics = Topics.from_settings(self.settings)
+        if self.sink is None:
+            self.sink = FaustSink(self.app, self.settings.partitions)
+
+    def source(self, name: str) -> Any:
+        """The faust topic ``name`` for an agent to consume, as raw bytes."""
+        return raw_topic(self.app, name, self.settings.partitions)
+
+    async def send(self, message: Message, *, cause: Any = None) -> None:
+        """Encode and send ``message`` to its topic, keyed by its key, continuing the cause's trace."""
+        parent = _header(cause, "traceparent") if cause is not None else None
+        assert self.sink is not None
+        await self.sink.send(
+            getattr(self.topics, message.TOPIC),
+            message.key.encode(),
+            self.codec.encode(message),
+            [("traceparent", child_traceparent(parent).encode())],
+        )
+
+    async def dead_letter(self, event: Any, error: BaseException, flow: str) -> None:
+        """Send the raw record of ``event`` to the DLQ with headers naming its origin and the error."""
+        msg = event.message
+        headers = dict(_headers(event))
+        headers.update(
+            {
+                DlqHeader.SOURCE_TOPIC: str(msg.topic).encode(),
+                DlqHeader.SOURCE_PARTITION: str(msg.partition).encode(),
+                DlqHeader.SOURCE_OFFSET: str(msg.offset).encode(),
+                DlqHeader.ERROR_CLASS: type(error).__name__.encode(),
+                DlqHeader.ERROR_MESSAGE: str(error)[:1000].encode(),
+                DlqHeader.FLOW: flow.encode(),
+                DlqHeader.FAILED_AT: str(int(time.time() * 1000)).encode(),
+            }
+        )
+        log.warning(
+            "dead-lettered %s[%s]@%s in %s: %s: %s",
+            msg.topic, msg.partition, msg.offset, flow, type(error).__name__, error,
+        )
+        assert self.sink is not None
+        await self.sink.send(self.topics.dlq, msg.key, msg.value, list(headers.items()))
+
+
+def _headers(event: Any) -> list[tuple[str, bytes]]:
+    raw = getattr(event, "headers", None) or {}
+    items = raw.items() if isinstance(raw, dict) else raw
+    return [(str(k), bytes(v) if v is not None else b"") for k, v in items]
+
+
+def _header(event: Any, name: str) -> str | None:
+    for key, value in _headers(event):
+        if key == name:
+            return value.decode(errors="replace")
+    return None
+
+
+async def _decode(codec: Codec, value: bytes) -> Message:
+    """Decode ``value``; while the registry is unreachable, wait and retry (the record is fine, we are not)."""
+    delay = 0.2
+    while True:
+        try:
+            return codec.decode(value)
+        except RegistryUnavailable as exc:
+            log.warning("schema registry unavailable (%s); retrying in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+async def consume(runtime: Runtime, stream: Any, handler: Handler, *, flow: str) -> None:
+    """Run ``handler`` on every decodable message of ``stream``; dead-letter the rest and go on.
+
+    An exception escaping an agent would skip the message *and* restart the agent, so none may escape: a value
+    that does not decode, or that the flow cannot process, is dead-lettered with the reason.
+    """
+    async for event in stream.events():
+        try:
+            message = await _decode(runtime.codec, event.value)
+        except DecodeError as exc:
+            await runtime.dead_letter(event, exc, flow)
+            continue
+        try:
+            await handler(message, event)
+        except Exception as exc:
+            log.exception("flow %s failed on %s %s", flow, type(message).__name__, message.event_id)
+            await runtime.dead_letter(event, exc, flow)

@@ -1,0 +1,45 @@
+"""What the HTTP API may see of a running worker: readiness, assignment, table lookups, key owners."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agents.runtime import Runtime
+from streamcart.domain.orders import OrderState
+
+
+class FaustWorkerView:
+    """Adapts a faust worker to :class:`api.context.WorkerView`."""
+
+    def __init__(self, runtime: Runtime, index: int) -> None:
+        self.runtime = runtime
+        self.index = index
+
+    @property
+    def _app(self) -> Any:
+        return self.runtime.app
+
+    def recovered(self) -> bool:
+        return bool(self._app.tables.recovery.completed.is_set())
+
+    def rebalancing(self) -> bool:
+        return bool(self._app.rebalancing)
+
+    def assigned(self) -> list[int]:
+        """Partitions of the order command topic this worker owns (the saga's unit of ownership)."""
+        topic = self.runtime.topics.order_commands
+        return sorted(tp.partition for tp in self._app.assignor.assigned_actives() if tp.topic == topic)
+
+    def ready(self) -> bool:
+        return self.recovered() and not self.rebalancing() and bool(self.assigned())
+
+    def order(self, order_id: str) -> OrderState | None:
+        return self.runtime.tables.orders.get(order_id)
+
+    def owner_url(self, table: str, key: str) -> str | None:
+        """The base URL of the worker owning ``key`` of ``table``; ``None`` while unknown (rebalancing)."""
+        changelog = self._app.tables[table].changelog_topic.get_topic_name()
+        try:
+            return str(self._app.assignor.key_store(changelog, key.encode()))
+        except (KeyError, TypeError):
+            return None

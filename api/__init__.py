@@ -1,0 +1,1 @@
+"""The HTTP API (DESIGN.md §5), served by every worker."""

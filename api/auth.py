@@ -1,0 +1,58 @@
+"""Bearer JWT authentication: HS256 only, ``exp`` required, small leeway; roles ``customer`` and ``admin``."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import jwt
+
+from api.errors import Unauthorized
+
+ALGORITHM = "HS256"
+LEEWAY_S = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the token's subject (a customer id) and roles."""
+
+    subject: str
+    roles: frozenset[str]
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.roles
+
+    def may_see_customer(self, customer_id: str) -> bool:
+        return self.is_admin or self.subject == customer_id
+
+
+def issue_token(secret: str, subject: str, roles: list[str], ttl_s: int = 3600, now: float | None = None) -> str:
+    """A signed token for local use (``streamcart token``) and tests."""
+    issued = int(now if now is not None else time.time())
+    claims = {"sub": subject, "roles": roles, "iat": issued, "exp": issued + ttl_s}
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def authenticate(authorization: str | None, secret: str) -> Principal:
+    """The principal of an ``Authorization`` header, or :class:`Unauthorized` with the reason."""
+    if not authorization:
+        raise Unauthorized("missing Authorization header", headers={"WWW-Authenticate": "Bearer"})
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("expected 'Authorization: Bearer <token>'", headers={"WWW-Authenticate": "Bearer"})
+    try:
+        # The algorithm list is pinned: a token saying alg=none or RS256 is refused, not trusted.
+        claims = jwt.decode(
+            token.strip(), secret, algorithms=[ALGORITHM], leeway=LEEWAY_S,
+            options={"require": ["exp", "sub"]},
+        )
+    except jwt.ExpiredSignatureError as exc:
+        raise Unauthorized("token expired", headers={"WWW-Authenticate": "Bearer"}) from exc
+    except jwt.PyJWTError as exc:
+        raise Unauthorized(f"invalid token: {exc}", headers={"WWW-Authenticate": "Bearer"}) from exc
+    roles = claims.get("roles", [])
+    if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+        raise Unauthorized("invalid token: roles must be a list of strings")
+    return Principal(subject=str(claims["sub"]), roles=frozenset(roles))

@@ -1,0 +1,23 @@
+"""What the API needs from the worker it runs in. The API never imports faust; tests pass a fake."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from streamcart.domain.orders import OrderState
+
+
+class WorkerView(Protocol):
+    index: int
+
+    def recovered(self) -> bool: ...
+
+    def rebalancing(self) -> bool: ...
+
+    def assigned(self) -> list[int]: ...
+
+    def ready(self) -> bool: ...
+
+    def order(self, order_id: str) -> OrderState | None: ...
+
+    def owner_url(self, table: str, key: str) -> str | None: ...

@@ -1,0 +1,409 @@
+"""Every message of DESIGN.md §2 as one Python type; each has exactly one Avro schema in ``schemas/avro/``.
+
+Messages are plain, immutable data. Commands are imperative (``ReserveStock``), events past tense
+(``StockReserved``). Every message carries the common envelope (:class:`Message`); the key it is partitioned
+by is named by its ``KEY`` and the topic it travels on by its ``TOPIC`` (an attribute of
+:class:`streamcart.topics.Topics`).
+
+Enumerations travel as strings (a reader must not fail on a reason it does not know yet); the known values are
+the constants below. Money is integer minor units with an ISO 4217 currency, never a float. Times are epoch
+milliseconds (event time).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+NAMESPACE = "streamcart"
+
+
+class Record(BaseModel):
+    """A value type nested inside messages (an Avro record)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class OrderLine(Record):
+    """A line as the customer asked for it: no price (prices come from the catalog)."""
+
+    sku: str
+    quantity: int = Field(gt=0)
+
+
+class PricedLine(Record):
+    """A line with the catalog unit price it was reserved at."""
+
+    sku: str
+    quantity: int = Field(gt=0)
+    unit_price_cents: int = Field(ge=0)
+
+
+class Message(Record):
+    """The envelope every message carries.
+
+    ``event_id`` is unique per message and deterministic for derived messages (same input, same id), so a
+    consumer can drop what it has already applied. ``causation_id`` is the ``event_id`` of the message that
+    caused this one; ``correlation_id`` is shared by everything one request set off (for a saga: the order
+    id).
+    """
+
+    TOPIC: ClassVar[str]
+    KEY: ClassVar[str]
+
+    event_id: str
+    occurred_at: int = Field(description="event time, epoch milliseconds")
+    causation_id: str
+    correlation_id: str
+
+    @property
+    def key(self) -> str:
+        """The partitioning key: the value of the field named by ``KEY``."""
+        return str(getattr(self, self.KEY))
+
+
+# --- Known string values ------------------------------------------------------------------------------------
+
+class CancelReason:
+    OUT_OF_STOCK = "out_of_stock"
+    PRODUCT_UNAVAILABLE = "product_unavailable"
+    PAYMENT_DECLINED = "payment_declined"
+    TIMEOUT = "timeout"
+    CUSTOMER_REQUEST = "customer_request"
+
+
+class StockRejection:
+    """Why inventory refused a reservation (``StockRejected.reason``)."""
+
+    OUT_OF_STOCK = "out_of_stock"
+    PRODUCT_UNAVAILABLE = "product_unavailable"
+    #: The order released the line before its reservation arrived (out-of-order delivery); nothing is held.
+    RELEASED = "released"
+
+
+class ShipmentStatus:
+    DISPATCHED = "dispatched"
+    DELIVERED = "delivered"
+
+
+# --- commands.orders (key order_id) -------------------------------------------------------------------------
+
+class OrderCommand(Message):
+    TOPIC = "order_commands"
+    KEY = "order_id"
+    order_id: str
+
+
+class PlaceOrder(OrderCommand):
+    """A customer asks for an order. Prices are not the client's to give."""
+
+    customer_id: str
+    lines: tuple[OrderLine, ...] = Field(min_length=1)
+    currency: str = Field(min_length=3, max_length=3)
+    payment_token: str
+    webhook_url: str | None = None
+
+
+class CancelOrder(OrderCommand):
+    """A customer or an admin asks to cancel an order."""
+
+    requested_by: str
+    reason: str = CancelReason.CUSTOMER_REQUEST
+
+
+class ExpireOrder(OrderCommand):
+    """Internal: an order's deadline has passed. Emitted by timers; the orders flow decides what it means."""
+
+    deadline: int
+
+
+# --- commands.catalog (key sku) -----------------------------------------------------------------------------
+
+class UpsertProduct(Message):
+    TOPIC = "catalog_commands"
+    KEY = "sku"
+    sku: str
+    name: str
+    unit_price_cents: int = Field(ge=0)
+    currency: str = Field(min_length=3, max_length=3)
+    active: bool = True
+
+
+# --- commands.inventory (key sku) ---------------------------------------------------------------------------
+
+class InventoryCommand(Message):
+    TOPIC = "inventory_commands"
+    KEY = "sku"
+    sku: str
+
+
+class AdjustStock(InventoryCommand):
+    """An admin changes what is on hand (a delivery, a count, a write-off)."""
+
+    delta: int
+    reason: str
+
+
+class ReserveStock(InventoryCommand):
+    """Internal: hold ``quantity`` of ``sku`` for an order, priced from the catalog."""
+
+    order_id: str
+    quantity: int = Field(gt=0)
+    currency: str
+
+
+class ReleaseStock(InventoryCommand):
+    """Internal: give back an order's reservation (compensation)."""
+
+    order_id: str
+    reason: str
+
+
+class CommitStock(InventoryCommand):
+    """Internal: an order's reservation becomes sold."""
+
+    order_id: str
+
+
+class RestockItems(InventoryCommand):
+    """Internal: what an order bought goes back on hand (refund before dispatch)."""
+
+    order_id: str
+
+
+# --- commands.payments (key order_id) -----------------------------------------------------------------------
+
+class PaymentCommand(Message):
+    TOPIC = "payment_commands"
+    KEY = "order_id"
+    order_id: str
+
+
+class AuthorizePayment(PaymentCommand):
+    customer_id: str
+    amount_cents: int = Field(ge=0)
+    currency: str
+    payment_token: str
+
+
+class CapturePayment(PaymentCommand):
+    authorization_id: str
+    amount_cents: int = Field(ge=0)
+    currency: str
+
+
+class VoidPayment(PaymentCommand):
+    authorization_id: str | None = None
+    reason: str
+
+
+class RefundPayment(PaymentCommand):
+    authorization_id: str | None = None
+    amount_cents: int = Field(ge=0)
+    currency: str
+    reason: str
+
+
+# --- commands.shipping (key order_id) -----------------------------------------------------------------------
+
+class UpdateShipment(Message):
+    TOPIC = "shipping_commands"
+    KEY = "order_id"
+    order_id: str
+    status: str = Field(description="dispatched | delivered")
+    carrier: str | None = None
+
+
+# --- events.orders (key order_id) ---------------------------------------------------------------------------
+
+class OrderEvent(Message):
+    TOPIC = "order_events"
+    KEY = "order_id"
+    order_id: str
+    customer_id: str
+
+
+class OrderPlaced(OrderEvent):
+    lines: tuple[OrderLine, ...]
+    currency: str
+    deadline: int
+
+
+class OrderConfirmed(OrderEvent):
+    lines: tuple[PricedLine, ...]
+    total_cents: int
+    currency: str
+    authorization_id: str
+
+
+class OrderCancelled(OrderEvent):
+    reason: str
+    detail: str | None = None
+
+
+class OrderShipped(OrderEvent):
+    tracking_id: str
+
+
+class OrderDelivered(OrderEvent):
+    tracking_id: str
+
+
+# --- events.inventory (key order_id) ------------------------------------------------------------------------
+
+class InventoryEvent(Message):
+    TOPIC = "inventory_events"
+    KEY = "order_id"
+    order_id: str
+    sku: str
+    quantity: int
+
+
+class StockReserved(InventoryEvent):
+    unit_price_cents: int
+    currency: str
+
+
+class StockRejected(InventoryEvent):
+    reason: str = Field(description="out_of_stock | product_unavailable | released")
+    available: int
+    detail: str | None = None
+
+
+class StockReleased(InventoryEvent):
+    pass
+
+
+class StockCommitted(InventoryEvent):
+    pass
+
+
+class StockRestocked(InventoryEvent):
+    pass
+
+
+# --- events.payments (key order_id) -------------------------------------------------------------------------
+
+class PaymentEvent(Message):
+    TOPIC = "payment_events"
+    KEY = "order_id"
+    order_id: str
+    amount_cents: int
+    currency: str
+
+
+class PaymentAuthorized(PaymentEvent):
+    authorization_id: str
+
+
+class PaymentDeclined(PaymentEvent):
+    reason: str
+
+
+class PaymentCaptured(PaymentEvent):
+    authorization_id: str
+
+
+class PaymentVoided(PaymentEvent):
+    authorization_id: str | None = None
+
+
+class PaymentRefunded(PaymentEvent):
+    authorization_id: str | None = None
+
+
+# --- events.shipping (key order_id) -------------------------------------------------------------------------
+
+class ShippingEvent(Message):
+    TOPIC = "shipping_events"
+    KEY = "order_id"
+    order_id: str
+    tracking_id: str
+
+
+class ShipmentCreated(ShippingEvent):
+    carrier: str
+
+
+class ShipmentDispatched(ShippingEvent):
+    pass
+
+
+class ShipmentDelivered(ShippingEvent):
+    pass
+
+
+# --- events.notifications (key customer_id) -----------------------------------------------------------------
+
+class NotificationEvent(Message):
+    TOPIC = "notification_events"
+    KEY = "customer_id"
+    customer_id: str
+    order_id: str
+    channel: str = Field(description="webhook | email | sms")
+    template: str = Field(description="order_confirmed | order_cancelled | shipment_dispatched")
+    attempts: int
+
+
+class NotificationSent(NotificationEvent):
+    pass
+
+
+class NotificationFailed(NotificationEvent):
+    reason: str
+
+
+# --- analytics.* (key: the window) --------------------------------------------------------------------------
+
+class WindowResult(Message):
+    KEY = "window_key"
+    window_start: int
+    window_end: int
+
+    @property
+    def window_key(self) -> str:
+        return f"{self.window_start}"
+
+
+class RevenueWindow(WindowResult):
+    TOPIC = "analytics_revenue"
+    currency: str
+    revenue_cents: int
+    orders: int
+
+    @property
+    def window_key(self) -> str:
+        return f"{self.window_start}:{self.currency}"
+
+
+class SkuUnitsWindow(WindowResult):
+    TOPIC = "analytics_sku_units"
+    sku: str
+    units: int
+
+    @property
+    def window_key(self) -> str:
+        return f"{self.window_start}:{self.sku}"
+
+
+class OutcomeWindow(WindowResult):
+    TOPIC = "analytics_outcomes"
+    confirmed: int
+    cancelled_by_reason: dict[str, int]
+
+
+def _concrete(base: type[Message]) -> list[type[Message]]:
+    found: list[type[Message]] = []
+    for sub in base.__subclasses__():
+        if sub.__subclasses__():
+            found.extend(_concrete(sub))
+        else:
+            found.append(sub)
+    return found
+
+
+#: Every concrete message type by its record name. The codec maps schema names to these.
+MESSAGE_TYPES: dict[str, type[Message]] = {cls.__name__: cls for cls in _concrete(Message)}
+#: Value types nested in messages.
+RECORD_TYPES: tuple[type[Record], ...] = (OrderLine, PricedLine)

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Set up whatever is missing to run and test streamcart on this machine; change nothing that is already there.
+#   1. a Python >= 3.11 virtualenv in .venv
+#   2. the project installed into it (pip, pinned by constraints.txt), redone only when pyproject.toml or
+#      constraints.txt changed since the last install
+#   3. `streamcart setup`: the Java parts from Maven Central, the Java runtime check, PostgreSQL
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3}"
+VENV=.venv
+STAMP="$VENV/.streamcart-install.sha256"
+
+if [ -t 1 ]; then bold=$'\033[1m' green=$'\033[32m' red=$'\033[31m' plain=$'\033[0m'; else bold= green= red= plain=; fi
+ms() { date +%s%3N; }
+seconds_since() { awk "BEGIN{printf \"%.1f\", ($(ms) - $1) / 1000}"; }
+step_start=0
+step() { step_start=$(ms); printf '%s•%s %s …\n' "$bold" "$plain" "$1"; }
+done_() { printf '  %s✓%s %s (%s s)\n' "$green" "$plain" "$1" "$(seconds_since "$step_start")"; }
+fail() { printf '%serror:%s %s\n' "$red" "$plain" "$1" >&2; exit 1; }
+
+total_start=$(ms)
+
+step "python virtualenv ($VENV)"
+if [ -x "$VENV/bin/python" ]; then
+  done_ "already present ($("$VENV/bin/python" --version))"
+else
+  command -v "$PYTHON" >/dev/null || fail "no $PYTHON on PATH: install Python 3.11 or newer (or set PYTHON=/path/to/python3.11)"
+  "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+    || fail "streamcart needs Python 3.11 or newer; $PYTHON is $("$PYTHON" --version 2>&1). Set PYTHON=/path/to/python3.11"
+  "$PYTHON" -m venv "$VENV" \
+    || fail "'$PYTHON -m venv' failed (on Debian: apt-get install -y python3-venv)"
+  done_ "created with $("$VENV/bin/python" --version)"
+fi
+
+step "python packages (pyproject.toml + constraints.txt)"
+wanted=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$wanted" ] && [ -x "$VENV/bin/streamcart" ]; then
+  done_ "already installed"
+else
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]' \
+    || fail "pip could not install the project (see above)"
+  echo "$wanted" > "$STAMP"
+  done_ "installed"
+fi
+
+"$VENV/bin/streamcart" setup
+printf 'setup finished in %s s\n' "$(seconds_since "$total_start")"

@@ -1,0 +1,188 @@
+"""``streamcart``: set up, run and inspect the local stack (DESIGN.md §7), and the entry points of its
+Python processes (``gateway``, ``worker``).
+
+Every command reads the settings once and turns a :class:`StreamcartError` into one red line and exit code 1.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from streamcart.errors import StreamcartError
+from streamcart.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from streamcart.stack import Stack
+
+app = typer.Typer(
+    help="streamcart: a Kafka-native commerce order pipeline.", no_args_is_help=True, add_completion=False
+)
+# soft_wrap: long paths and messages stay on one line (for grep and copy-paste); tables still fit the width.
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
+
+
+def _stack() -> Stack:
+    # Imported here so `streamcart worker`/`gateway` do not load the supervision code they never use.
+    from streamcart.stack import Stack
+
+    return Stack(load_settings(), echo=lambda line: console.print(line, markup=False))
+
+
+@app.command()
+def setup() -> None:
+    """Fetch the Java parts with Maven, check the Java runtime, install PostgreSQL if missing."""
+    from streamcart.stack.install import run_setup
+
+    run_setup(load_settings(), console)
+
+
+@app.command()
+def up(
+    only: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated processes to start (e.g. kafka,postgres,registry,connect or workers)."),
+    ] = None,
+) -> None:
+    """Start the stack in order, each process waited on by a real readiness check."""
+    stack = _stack()
+    _up(stack, [name.strip() for name in only.split(",") if name.strip()] if only else None)
+
+
+def _up(stack: Stack, only: list[str] | None) -> None:
+    from streamcart.stack.views import endpoints_table
+
+    timings = stack.up(only)
+    if timings:
+        console.print(f"[green]up[/] in {timings['total']:.1f} s")
+    console.print(endpoints_table(stack.settings, str(stack.layout.logs_dir)))
+
+
+@app.command()
+def down(
+    purge: Annotated[bool, typer.Option(help="Also delete the stack's home folder (all data).")] = False,
+) -> None:
+    """Stop what `up` started, by recorded pid: workers first, Kafka last."""
+    stopped = _stack().down(purge=purge)
+    console.print(f"stopped {len(stopped)} processes" if stopped else "nothing was running")
+
+
+@app.command()
+def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    """Each process: pid, port, up/down, health now, memory, uptime; workers' partitions and lag."""
+    from streamcart.stack.views import status_json, status_table
+
+    rows = _stack().status()
+    if as_json:
+        print(json.dumps(status_json(rows), indent=2))
+    else:
+        console.print(status_table(rows))
+
+
+@app.command()
+def logs(
+    process: Annotated[str | None, typer.Argument(help="One process (default: all).")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
+    lines: Annotated[int, typer.Option("--lines", "-n", help="How many lines of the end to show.")] = 40,
+) -> None:
+    """Show the end of one process's log, or of all."""
+    from streamcart.stack.procs import tail
+
+    stack = _stack()
+    names = [stack.spec(process).name] if process else stack.names
+    paths = {name: stack.log_path(name) for name in names}
+    for name, path in paths.items():
+        if len(paths) > 1:
+            console.rule(name)
+        for line in tail(path, lines):
+            print(line)
+    if follow:
+        _follow(paths)
+
+
+def _follow(paths: dict[str, Path]) -> None:
+    """Print lines appended to ``paths`` until interrupted (prefixed with the process when several)."""
+    offsets = {name: path.stat().st_size if path.exists() else 0 for name, path in paths.items()}
+    try:
+        while True:
+            for name, path in paths.items():
+                if not path.exists():
+                    continue
+                with path.open("rb") as handle:
+                    handle.seek(offsets[name] if path.stat().st_size >= offsets[name] else 0)
+                    chunk = handle.read()
+                    offsets[name] = handle.tell()
+                for line in chunk.decode("utf-8", errors="replace").splitlines():
+                    print(f"{name} | {line}" if len(paths) > 1 else line, flush=True)
+            time.sleep(0.3)
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def topics(
+    all_topics: Annotated[bool, typer.Option("--all", help="Include Kafka's internal topics.")] = False,
+) -> None:
+    """Topics on the broker: partitions, cleanup policy, message counts."""
+    from streamcart.stack.admin import describe_topics
+    from streamcart.stack.views import topics_table
+
+    console.print(topics_table(describe_topics(_stack().settings, include_internal=all_topics)))
+
+
+def seed_demo(settings: Settings) -> None:
+    """Hook for `streamcart demo` to fill the running stack with a demo catalog (nothing yet)."""
+
+
+@app.command()
+def demo() -> None:
+    """Start everything, seed the demo data, and say where to look."""
+    stack = _stack()
+    _up(stack, None)
+    seed_demo(stack.settings)
+    console.print(
+        f"Open [bold]{stack.settings.worker_url(0)}/dashboard[/]; `streamcart status` shows every process, "
+        "`streamcart logs -f` follows the logs, `make down` stops it all."
+    )
+
+
+@app.command()
+def gateway() -> None:
+    """Run the payment gateway in the foreground (the stack starts it as a process)."""
+    from streamcart.gateway.server import run
+
+    run(load_settings())
+
+
+@app.command()
+def worker(
+    index: Annotated[int, typer.Option(help="Which worker (its API port is api_port + index).")] = 0,
+) -> None:
+    """Run one streamcart worker in the foreground (the stack starts them as processes)."""
+    from agents.worker import run
+
+    run(load_settings(), index)
+
+
+def main() -> None:
+    """Console entry point: a StreamcartError becomes one red line and exit code 1, not a traceback."""
+    try:
+        app()
+    except StreamcartError as exc:
+        # escape: messages carry log tails, whose "[...]" rich would otherwise read as markup.
+        err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        err_console.print("interrupted: whatever already started keeps running; `streamcart down` stops it")
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()

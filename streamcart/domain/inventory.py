@@ -1,0 +1,303 @@
+"""Stock and reservations, keyed by sku (DESIGN.md §3 step 2, invariant I2).
+
+Two pieces of state, both in the SKU's partition: one :class:`StockState` per SKU (the counters) and one
+:class:`Reservation` per (SKU, order), stored under :func:`reservation_key`. They are kept apart so that a write
+stays small however many orders a SKU has ever had (one value holding every reservation of a best seller would
+grow without end, and with it every changelog record). :func:`decide` applies AdjustStock and the saga's
+ReserveStock / ReleaseStock / CommitStock / RestockItems to the pair and returns both in a :class:`StockChange`.
+
+- AdjustStock changes ``on_hand``; a delta that would make ``available`` negative is refused (``rejected``):
+  stock promised to orders cannot be written off from under them.
+- ReserveStock holds ``quantity`` at the **catalog price at reservation time** (StockReserved) unless the product
+  is missing or inactive, priced in another currency (StockRejected ``product_unavailable`` with a detail), or
+  ``available`` is short (StockRejected ``out_of_stock`` with what is available).
+- ReleaseStock gives a hold back; CommitStock turns it into sold (``on_hand`` and ``reserved`` both drop);
+  RestockItems puts what was sold back on hand.
+
+Idempotency: every operation is idempotent by (order, sku): a reservation records the cause of each step, and a
+step that has happened re-emits its events (same ids) whatever event id the repeat carries. AdjustStock, which
+has no such natural key, is deduplicated by event id against the last :data:`ADJUSTMENT_MEMORY` adjustments (a
+redelivery comes soon after the original; an unbounded set would grow for ever).
+
+Out of order: a ReleaseStock for a reservation not seen yet leaves a tombstone (StockReleased, quantity 0), and the
+ReserveStock arriving after it holds nothing (StockRejected ``released``). A RestockItems that overtakes its
+CommitStock commits and restocks in one step (StockCommitted and StockRestocked), so the events always account for
+the counters: ``on_hand = Σ adjustments - Σ StockCommitted + Σ StockRestocked`` and
+``reserved = Σ StockReserved - Σ StockReleased - Σ StockCommitted``.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from schemas.messages import (
+    AdjustStock,
+    CommitStock,
+    Message,
+    ReleaseStock,
+    ReserveStock,
+    RestockItems,
+    StockCommitted,
+    StockRejected,
+    StockRejection,
+    StockReleased,
+    StockReserved,
+    StockRestocked,
+)
+from streamcart.domain.catalog import ProductState
+from streamcart.domain.causes import Cause, caused, derived
+from streamcart.domain.decision import Decision
+
+#: How many recent AdjustStock event ids a SKU remembers to drop redeliveries.
+ADJUSTMENT_MEMORY = 1_000
+
+ReservationCommand = ReserveStock | ReleaseStock | CommitStock | RestockItems
+
+
+class ReservationStatus:
+    RESERVED = "reserved"
+    REJECTED = "rejected"
+    RELEASED = "released"
+    COMMITTED = "committed"
+    RESTOCKED = "restocked"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class StockState(_Model):
+    """One SKU's counters. ``adjusted``, ``sold`` and ``restocked`` are running totals, kept to check I2."""
+
+    sku: str
+    on_hand: int = 0
+    reserved: int = 0
+    adjusted: int = 0
+    sold: int = 0
+    restocked: int = 0
+    recent_adjustments: tuple[str, ...] = ()
+
+    @property
+    def available(self) -> int:
+        """What a new reservation can take."""
+        return self.on_hand - self.reserved
+
+
+class Rejection(_Model):
+    """Why a reservation was refused, kept so a repeat re-emits the same StockRejected."""
+
+    reason: str
+    available: int
+    detail: str | None = None
+
+
+class Reservation(_Model):
+    """One order's claim on one SKU, with the cause of each step it went through."""
+
+    sku: str
+    order_id: str
+    quantity: int
+    status: str
+    unit_price_cents: int | None = None
+    currency: str | None = None
+    rejection: Rejection | None = None
+    reserved: Cause | None = None
+    released: Cause | None = None
+    committed: Cause | None = None
+    restocked: Cause | None = None
+
+    @property
+    def held(self) -> int:
+        """What this reservation holds out of ``available`` now."""
+        return self.quantity if self.status == ReservationStatus.RESERVED else 0
+
+
+class StockChange(_Model):
+    """What one inventory command leaves behind: the SKU's counters and, for a saga step, the reservation."""
+
+    stock: StockState
+    reservation: Reservation | None = None
+
+
+def reservation_key(sku: str, order_id: str) -> str:
+    """The table key of ``order_id``'s reservation of ``sku`` (it lives in the SKU's partition)."""
+    return f"{sku}/{order_id}"
+
+
+def decide(
+    stock: StockState | None, reservation: Reservation | None, message: Message, *, product: ProductState | None
+) -> Decision[StockChange]:
+    """Apply one inventory command to a SKU's counters and to the order's reservation of it.
+
+    ``stock`` is ``None`` for a SKU never stocked, ``reservation`` the one stored under
+    ``reservation_key(message.sku, message.order_id)`` (``None`` for AdjustStock and for a reservation not seen
+    yet), ``product`` the SKU's catalog entry (only ReserveStock reads it). ``rejected`` is set, with nothing
+    changed or emitted, for an adjustment that would make ``available`` negative and for a step that cannot follow
+    the reservation's state (e.g. committing stock that was released).
+    """
+    counters = stock if stock is not None else StockState(sku=getattr(message, "sku", ""))
+    if isinstance(message, AdjustStock):
+        return _adjust(counters, message)
+    if not isinstance(message, ReservationCommand):
+        return Decision(state=None, rejected=f"inventory does not handle {type(message).__name__}")
+    if reservation is not None and (reservation.sku, reservation.order_id) != (message.sku, message.order_id):
+        return Decision(state=None, rejected=f"reservation {reservation_key(reservation.sku, reservation.order_id)} "
+                                             f"given for {reservation_key(message.sku, message.order_id)}")
+    match message:
+        case ReserveStock():
+            return _reserve(counters, reservation, message, product)
+        case ReleaseStock():
+            return _release(counters, reservation, message)
+        case CommitStock():
+            return _commit(counters, reservation, message)
+        case RestockItems():
+            return _restock(counters, reservation, message)
+
+
+def effects_of(res: Reservation, cause_id: str) -> tuple[Message, ...]:
+    """The events the message ``cause_id`` made this reservation emit."""
+    ids = {"order_id": res.order_id, "sku": res.sku}
+    out: list[Message] = []
+    if caused(res.reserved, cause_id):
+        if res.rejection is not None:
+            out.append(StockRejected(
+                **derived(res.reserved, res.order_id, StockRejected, res.sku), **ids, quantity=res.quantity,
+                reason=res.rejection.reason, available=res.rejection.available, detail=res.rejection.detail,
+            ))
+        else:
+            out.append(StockReserved(
+                **derived(res.reserved, res.order_id, StockReserved, res.sku), **ids, quantity=res.quantity,
+                unit_price_cents=res.unit_price_cents or 0, currency=res.currency or "",
+            ))
+    if caused(res.released, cause_id):
+        # A tombstone (released before it was reserved) released nothing.
+        released = res.quantity if res.reserved is not None and res.rejection is None else 0
+        out.append(StockReleased(**derived(res.released, res.order_id, StockReleased, res.sku), **ids,
+                                 quantity=released))
+    if caused(res.committed, cause_id):
+        out.append(StockCommitted(**derived(res.committed, res.order_id, StockCommitted, res.sku), **ids,
+                                  quantity=res.quantity))
+    if caused(res.restocked, cause_id):
+        out.append(StockRestocked(**derived(res.restocked, res.order_id, StockRestocked, res.sku), **ids,
+                                  quantity=res.quantity))
+    return tuple(out)
+
+
+def _adjust(stock: StockState, cmd: AdjustStock) -> Decision[StockChange]:
+    if cmd.event_id in stock.recent_adjustments:
+        return Decision(state=None)
+    if stock.available + cmd.delta < 0:
+        return Decision(state=None, rejected=(
+            f"adjusting {stock.sku} by {cmd.delta} would leave {stock.available + cmd.delta} available "
+            f"(on hand {stock.on_hand}, reserved {stock.reserved})"
+        ))
+    adjusted = stock.model_copy(update={
+        "on_hand": stock.on_hand + cmd.delta,
+        "adjusted": stock.adjusted + cmd.delta,
+        "recent_adjustments": (*stock.recent_adjustments, cmd.event_id)[-ADJUSTMENT_MEMORY:],
+    })
+    return Decision(state=StockChange(stock=adjusted))
+
+
+def _reserve(
+    stock: StockState, known: Reservation | None, cmd: ReserveStock, product: ProductState | None
+) -> Decision[StockChange]:
+    if known is not None and known.reserved is not None:
+        return _again(known, known.reserved)
+    cause = Cause.of(cmd)
+    if known is not None:
+        # Released before this reservation arrived: the order no longer wants it, so hold nothing.
+        tombstone = known.model_copy(update={
+            "quantity": cmd.quantity, "reserved": cause,
+            "rejection": Rejection(reason=StockRejection.RELEASED, available=stock.available,
+                                   detail="the order released this line before its reservation arrived"),
+        })
+        return _emitting(stock, tombstone, cmd)
+    match _assess(stock, cmd, product):
+        case Rejection() as refusal:
+            rejected = Reservation(sku=cmd.sku, order_id=cmd.order_id, quantity=cmd.quantity,
+                                   status=ReservationStatus.REJECTED, rejection=refusal, reserved=cause)
+            return _emitting(stock, rejected, cmd)
+        case priced:
+            held = Reservation(sku=cmd.sku, order_id=cmd.order_id, quantity=cmd.quantity,
+                               status=ReservationStatus.RESERVED, reserved=cause,
+                               unit_price_cents=priced.unit_price_cents, currency=priced.currency)
+            return _emitting(stock.model_copy(update={"reserved": stock.reserved + cmd.quantity}), held, cmd)
+
+
+def _assess(stock: StockState, cmd: ReserveStock, product: ProductState | None) -> ProductState | Rejection:
+    """The catalog entry the reservation is priced from, or why there is none to be had."""
+    unavailable = StockRejection.PRODUCT_UNAVAILABLE
+    if product is None:
+        return Rejection(reason=unavailable, available=stock.available, detail=f"unknown sku {cmd.sku}")
+    if not product.active:
+        return Rejection(reason=unavailable, available=stock.available, detail=f"{cmd.sku} is not on sale")
+    if product.currency != cmd.currency:
+        # Prices are never converted: an order is paid in one currency and the catalog price is the price.
+        return Rejection(reason=unavailable, available=stock.available,
+                         detail=f"{cmd.sku} is priced in {product.currency}, the order is in {cmd.currency}")
+    if stock.available < cmd.quantity:
+        return Rejection(reason=StockRejection.OUT_OF_STOCK, available=stock.available)
+    return product
+
+
+def _release(stock: StockState, res: Reservation | None, cmd: ReleaseStock) -> Decision[StockChange]:
+    if res is None:
+        tombstone = Reservation(sku=cmd.sku, order_id=cmd.order_id, quantity=0, status=ReservationStatus.RELEASED,
+                                released=Cause.of(cmd))
+        return _emitting(stock, tombstone, cmd)
+    if res.released is not None:
+        return _again(res, res.released)
+    if res.status == ReservationStatus.REJECTED:
+        return Decision(state=None)  # nothing was held
+    if res.status != ReservationStatus.RESERVED:
+        return _refused("release", cmd, res)
+    released = res.model_copy(update={"status": ReservationStatus.RELEASED, "released": Cause.of(cmd)})
+    return _emitting(stock.model_copy(update={"reserved": stock.reserved - res.quantity}), released, cmd)
+
+
+def _commit(stock: StockState, res: Reservation | None, cmd: CommitStock) -> Decision[StockChange]:
+    if res is not None and res.committed is not None:
+        return _again(res, res.committed)
+    if res is None or res.status != ReservationStatus.RESERVED:
+        return _refused("commit", cmd, res)
+    return _emitting(*_committed(stock, res, Cause.of(cmd)), cmd)
+
+
+def _restock(stock: StockState, res: Reservation | None, cmd: RestockItems) -> Decision[StockChange]:
+    if res is not None and res.restocked is not None:
+        return _again(res, res.restocked)
+    if res is not None and res.status == ReservationStatus.RESERVED:
+        # The restock overtook its commit: commit now, so the events keep accounting for the counters.
+        stock, res = _committed(stock, res, Cause.of(cmd))
+    if res is None or res.status != ReservationStatus.COMMITTED:
+        return _refused("restock", cmd, res)
+    restocked = res.model_copy(update={"status": ReservationStatus.RESTOCKED, "restocked": Cause.of(cmd)})
+    stock = stock.model_copy(update={
+        "on_hand": stock.on_hand + res.quantity, "restocked": stock.restocked + res.quantity,
+    })
+    return _emitting(stock, restocked, cmd)
+
+
+def _committed(stock: StockState, res: Reservation, cause: Cause) -> tuple[StockState, Reservation]:
+    committed = res.model_copy(update={"status": ReservationStatus.COMMITTED, "committed": cause})
+    stock = stock.model_copy(update={
+        "on_hand": stock.on_hand - res.quantity,
+        "reserved": stock.reserved - res.quantity,
+        "sold": stock.sold + res.quantity,
+    })
+    return stock, committed
+
+
+def _refused(step: str, cmd: ReservationCommand, res: Reservation | None) -> Decision[StockChange]:
+    status = res.status if res is not None else "not reserved"
+    return Decision(state=None, rejected=f"cannot {step} {reservation_key(cmd.sku, cmd.order_id)}: it is {status}")
+
+
+def _emitting(stock: StockState, res: Reservation, cmd: ReservationCommand) -> Decision[StockChange]:
+    return Decision(state=StockChange(stock=stock, reservation=res), messages=effects_of(res, cmd.event_id))
+
+
+def _again(res: Reservation, cause: Cause) -> Decision[StockChange]:
+    """A step that has happened already: nothing changes, its events go out again."""
+    return Decision(state=None, messages=effects_of(res, cause.event_id))

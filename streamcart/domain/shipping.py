@@ -1,0 +1,142 @@
+"""Shipments, keyed by order_id (DESIGN.md §3 step 6).
+
+OrderConfirmed → a shipment with a tracking id derived from the order id → ShipmentCreated. UpdateShipment moves
+it to dispatched (ShipmentDispatched) and then delivered (ShipmentDelivered). A shipment is dispatched before it is
+delivered, and only a shipment that exists can move: anything else is refused with a reason. A duplicate (the same
+message again, or the same status update again with a new event id) changes nothing and re-emits the first event.
+
+OrderCancelled (the order was refunded before dispatch) stops the shipment: a later dispatch is refused, so the
+goods do not leave for an order whose money went back. A cancellation that reaches a dispatched shipment is too
+late and changes nothing (the orders flow has refused that cancel already, or it lost a race a person must see).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from schemas.messages import (
+    Message,
+    OrderCancelled,
+    OrderConfirmed,
+    OrderEvent,
+    ShipmentCreated,
+    ShipmentDelivered,
+    ShipmentDispatched,
+    UpdateShipment,
+)
+from schemas.messages import ShipmentStatus as Requested
+from streamcart.domain.causes import Cause, caused, derived
+from streamcart.domain.decision import Decision
+from streamcart.ids import derive_id
+
+#: The carrier a new shipment is booked with unless the caller names another.
+DEFAULT_CARRIER = "streamcart-post"
+
+UNKNOWN_SHIPMENT = "no shipment for this order (it is not confirmed)"
+NOT_DISPATCHED = "cannot deliver a shipment that has not been dispatched"
+SHIPMENT_CANCELLED = "the order was cancelled; its shipment must not leave"
+
+
+class ShipmentStatus:
+    CREATED = "created"
+    DISPATCHED = Requested.DISPATCHED
+    DELIVERED = Requested.DELIVERED
+    CANCELLED = "cancelled"
+
+
+class ShipmentState(BaseModel):
+    """One order's shipment; the ``Cause`` fields name the message behind each emitted event."""
+
+    model_config = ConfigDict(frozen=True)
+
+    order_id: str
+    customer_id: str
+    tracking_id: str
+    #: The carrier booked at creation (what ShipmentCreated says; kept so a re-emission says the same).
+    carrier: str
+    status: str
+    created: Cause
+    #: The carrier an admin named when dispatching, if any.
+    dispatch_carrier: str | None = None
+    dispatched: Cause | None = None
+    delivered: Cause | None = None
+    cancelled: Cause | None = None
+
+
+def tracking_id(order_id: str) -> str:
+    """The tracking id of an order's shipment: the same on every worker and every redelivery."""
+    return "trk_" + derive_id(order_id, "tracking").replace("-", "")[:20]
+
+
+def decide(
+    state: ShipmentState | None, message: Message, *, carrier: str = DEFAULT_CARRIER
+) -> Decision[ShipmentState]:
+    """Apply an order event or an UpdateShipment to an order's shipment (``None``: no shipment yet).
+
+    Order events other than OrderConfirmed and OrderCancelled are not about shipping and are ignored.
+    """
+    match message:
+        case OrderConfirmed():
+            if state is not None:
+                return Decision(state=None, messages=effects_of(state, state.created.event_id))
+            return _emitting(_create(message, carrier), message)
+        case OrderCancelled():
+            if state is None or state.status != ShipmentStatus.CREATED:
+                return Decision(state=None)
+            return Decision(state=state.model_copy(update={"status": ShipmentStatus.CANCELLED,
+                                                           "cancelled": Cause.of(message)}))
+        case OrderEvent():
+            return Decision(state=None)
+        case UpdateShipment():
+            return _update(state, message)
+    return Decision(state=None, rejected=f"shipping does not handle {type(message).__name__}")
+
+
+def effects_of(shipment: ShipmentState, cause_id: str) -> tuple[Message, ...]:
+    """The events the message ``cause_id`` made this shipment emit."""
+    out: list[Message] = []
+    ids = {"order_id": shipment.order_id, "tracking_id": shipment.tracking_id}
+    if caused(shipment.created, cause_id):
+        out.append(ShipmentCreated(**derived(shipment.created, shipment.order_id, ShipmentCreated), **ids,
+                                   carrier=shipment.carrier))
+    if caused(shipment.dispatched, cause_id):
+        out.append(ShipmentDispatched(**derived(shipment.dispatched, shipment.order_id, ShipmentDispatched), **ids))
+    if caused(shipment.delivered, cause_id):
+        out.append(ShipmentDelivered(**derived(shipment.delivered, shipment.order_id, ShipmentDelivered), **ids))
+    return tuple(out)
+
+
+def _create(confirmed: OrderConfirmed, carrier: str) -> ShipmentState:
+    return ShipmentState(
+        order_id=confirmed.order_id,
+        customer_id=confirmed.customer_id,
+        tracking_id=tracking_id(confirmed.order_id),
+        carrier=carrier,
+        status=ShipmentStatus.CREATED,
+        created=Cause.of(confirmed),
+    )
+
+
+def _update(state: ShipmentState | None, cmd: UpdateShipment) -> Decision[ShipmentState]:
+    if state is None:
+        return Decision(state=None, rejected=UNKNOWN_SHIPMENT)
+    if cmd.status not in (ShipmentStatus.DISPATCHED, ShipmentStatus.DELIVERED):
+        return Decision(state=None, rejected=f"unknown shipment status {cmd.status!r} (dispatched | delivered)")
+    done = state.dispatched if cmd.status == ShipmentStatus.DISPATCHED else state.delivered
+    if done is not None:
+        return Decision(state=None, messages=effects_of(state, done.event_id))  # applied before
+    if state.status == ShipmentStatus.CANCELLED:
+        return Decision(state=None, rejected=SHIPMENT_CANCELLED)
+    cause = Cause.of(cmd)
+    if cmd.status == ShipmentStatus.DISPATCHED:
+        dispatched = state.model_copy(
+            update={"status": ShipmentStatus.DISPATCHED, "dispatched": cause, "dispatch_carrier": cmd.carrier}
+        )
+        return _emitting(dispatched, cmd)
+    if state.dispatched is None:
+        return Decision(state=None, rejected=NOT_DISPATCHED)
+    return _emitting(state.model_copy(update={"status": ShipmentStatus.DELIVERED, "delivered": cause}), cmd)
+
+
+def _emitting(shipment: ShipmentState, cause: Message) -> Decision[ShipmentState]:
+    return Decision(state=shipment, messages=effects_of(shipment, cause.event_id))

@@ -1,0 +1,149 @@
+"""The payment gateway's HTTP API. Authorizations are idempotent by key and kept in an append-only journal.
+
+POST /v1/authorizations ``{idempotency_key, amount_cents, currency, token}`` → the authorization (the same key
+with the same request returns the same authorization; with another amount or currency → 409).
+POST /v1/authorizations/{id}/capture | /void | /refund → the authorization after the operation (idempotent).
+GET /v1/authorizations/{id}, GET /v1/authorizations (the ledger, for reconciliation), GET /healthz.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, Field, ValidationError
+
+from streamcart.gateway.behaviour import behaviour_of
+from streamcart.ids import derive_id
+from streamcart.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Which operation may follow which state; anything else is a 409.
+TRANSITIONS = {
+    "capture": ({"approved"}, "captured"),
+    "void": ({"approved"}, "voided"),
+    "refund": ({"captured", "approved"}, "refunded"),
+}
+
+
+class AuthorizationRequest(BaseModel):
+    idempotency_key: str = Field(min_length=1, max_length=200)
+    amount_cents: int = Field(ge=0)
+    currency: str = Field(min_length=3, max_length=3)
+    token: str = Field(min_length=1, max_length=200)
+
+
+class Ledger:
+    """Every authorization by id, persisted as a JSON-lines journal replayed at start."""
+
+    def __init__(self, journal: Path) -> None:
+        self.journal = journal
+        self.by_id: dict[str, dict[str, Any]] = {}
+        self.by_key: dict[str, str] = {}
+        self.attempts: defaultdict[str, int] = defaultdict(int)
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        if journal.exists():
+            for line in journal.read_text().splitlines():
+                if line.strip():
+                    self._apply(json.loads(line))
+        self._file = journal.open("a", encoding="utf-8")
+
+    def _apply(self, record: dict[str, Any]) -> None:
+        self.by_id[record["authorization_id"]] = record
+        self.by_key[record["idempotency_key"]] = record["authorization_id"]
+
+    def write(self, record: dict[str, Any]) -> dict[str, Any]:
+        self._file.write(json.dumps(record, sort_keys=True) + "\n")
+        self._file.flush()
+        self._apply(record)
+        return record
+
+
+LEDGER = web.AppKey("ledger", Ledger)
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+async def authorize(request: web.Request) -> web.Response:
+    ledger = request.app[LEDGER]
+    try:
+        req = AuthorizationRequest.model_validate_json(await request.read())
+    except ValidationError as exc:
+        return _error(422, "invalid_request", exc.errors(include_url=False, include_context=False).__repr__())
+    existing = ledger.by_key.get(req.idempotency_key)
+    if existing is not None:
+        record = ledger.by_id[existing]
+        if (record["amount_cents"], record["currency"]) != (req.amount_cents, req.currency):
+            return _error(409, "idempotency_conflict", "this idempotency key was used for another request")
+        return web.json_response(record)
+    behaviour = behaviour_of(req.token, req.amount_cents)
+    ledger.attempts[req.idempotency_key] += 1
+    if ledger.attempts[req.idempotency_key] <= behaviour.fail_first:
+        return _error(503, "temporarily_unavailable", "try again")
+    if behaviour.delay_ms:
+        await asyncio.sleep(behaviour.delay_ms / 1000)
+        if req.idempotency_key in ledger.by_key:  # a retry won the race while we were slow
+            return web.json_response(ledger.by_id[ledger.by_key[req.idempotency_key]])
+    record = {
+        "authorization_id": "auth_" + derive_id("authorization", req.idempotency_key)[:18],
+        "idempotency_key": req.idempotency_key,
+        "amount_cents": req.amount_cents,
+        "currency": req.currency,
+        "status": "approved" if behaviour.approve else "declined",
+        "reason": behaviour.reason,
+        "operations": [],
+    }
+    return web.json_response(ledger.write(record), status=201)
+
+
+async def operate(request: web.Request) -> web.Response:
+    ledger = request.app[LEDGER]
+    operation = request.match_info["operation"]
+    record = ledger.by_id.get(request.match_info["authorization_id"])
+    if record is None:
+        return _error(404, "not_found", "no such authorization")
+    allowed, target = TRANSITIONS[operation]
+    if record["status"] == target:
+        return web.json_response(record)  # applied before: idempotent
+    if record["status"] not in allowed:
+        return _error(409, "invalid_state", f"cannot {operation} an authorization that is {record['status']}")
+    updated = {**record, "status": target, "operations": [*record["operations"], operation]}
+    return web.json_response(ledger.write(updated))
+
+
+async def get_authorization(request: web.Request) -> web.Response:
+    record = request.app[LEDGER].by_id.get(request.match_info["authorization_id"])
+    return web.json_response(record) if record else _error(404, "not_found", "no such authorization")
+
+
+async def list_authorizations(request: web.Request) -> web.Response:
+    return web.json_response({"authorizations": list(request.app[LEDGER].by_id.values())})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "authorizations": len(request.app[LEDGER].by_id)})
+
+
+def init_app(journal: Path) -> web.Application:
+    app = web.Application(client_max_size=16 * 1024)
+    app[LEDGER] = Ledger(journal)
+    app.router.add_post("/v1/authorizations", authorize)
+    app.router.add_get("/v1/authorizations", list_authorizations)
+    app.router.add_get("/v1/authorizations/{authorization_id}", get_authorization)
+    app.router.add_post(r"/v1/authorizations/{authorization_id}/{operation:capture|void|refund}", operate)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+def run(settings: Settings) -> None:
+    """Serve the gateway until stopped."""
+    journal = Path(settings.home) / "data" / "gateway" / "journal.jsonl"
+    web.run_app(init_app(journal), host=settings.host, port=settings.gateway_port, print=None, access_log=None)

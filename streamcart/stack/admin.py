@@ -1,0 +1,144 @@
+"""Kafka administration the stack does itself: create topics, describe them, measure consumer lag."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
+
+# confluent-kafka re-exports these without marking them public; mypy then refuses the plain import.
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    ConfigResource,
+    NewTopic,
+    OffsetSpec,
+    ResourceType,
+)
+
+from streamcart.settings import Settings
+from streamcart.stack import props
+from streamcart.stack.errors import StackError
+from streamcart.stack.probes import admin_client
+from streamcart.topics import TopicSpec, topic_specs
+
+TIMEOUT_S = 15.0
+EARLIEST: OffsetSpec = OffsetSpec.earliest()  # type: ignore[no-untyped-call]
+LATEST: OffsetSpec = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+
+
+def stack_topics(settings: Settings) -> list[TopicSpec]:
+    """Every topic ``up`` creates: the saga's (DESIGN.md §2) and Kafka Connect's internal ones.
+
+    Connect's topics must be compacted (it stores configs, offsets and statuses as latest-per-key), which its
+    own auto-creation would do too; creating them here keeps every topic's shape in one place. Apicurio
+    creates its kafkasql topics itself through the admin API (auto-creation off does not stop that).
+    """
+    connect = [
+        TopicSpec(name, props.CONNECT_TOPIC_PARTITIONS[kind], "connect", {"cleanup.policy": "compact"})
+        for kind, name in props.connect_topics(settings).items()
+    ]
+    return [*topic_specs(settings), *connect]
+
+
+def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> list[str]:
+    """Create the missing topics; return their names. An existing topic with another partition count fails:
+    keys would no longer land where the co-partitioned tables expect them."""
+    admin = admin_client(settings)
+    wanted = {spec.name: spec for spec in specs}
+    existing = admin.list_topics(timeout=TIMEOUT_S).topics
+    wrong = [
+        f"{name} has {len(existing[name].partitions)} partitions, expected {spec.partitions}"
+        for name, spec in wanted.items()
+        if name in existing and len(existing[name].partitions) != spec.partitions
+    ]
+    if wrong:
+        raise StackError(
+            "existing topics disagree with the settings: "
+            + "; ".join(wrong)
+            + " (change STREAMCART_PARTITIONS back, or `streamcart down --purge` to start afresh)"
+        )
+    missing = [
+        NewTopic(spec.name, num_partitions=spec.partitions, replication_factor=1, config=dict(spec.config))
+        for name, spec in wanted.items()
+        if name not in existing
+    ]
+    if not missing:
+        return []
+    for name, future in admin.create_topics(missing, request_timeout=TIMEOUT_S).items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise StackError(f"cannot create topic {name}: {exc.args[0].str()}") from exc
+    return [topic.topic for topic in missing]
+
+
+@dataclass(frozen=True)
+class TopicInfo:
+    """One row of ``streamcart topics``."""
+
+    name: str
+    partitions: int
+    cleanup_policy: str
+    messages: int  # high minus low watermark, summed over partitions (compaction makes it an upper bound)
+
+
+def describe_topics(settings: Settings, include_internal: bool = False) -> list[TopicInfo]:
+    """Partitions, cleanup policy and message count of every topic on the broker."""
+    admin = admin_client(settings)
+    try:
+        metadata = admin.list_topics(timeout=TIMEOUT_S)
+    except KafkaException as exc:
+        raise StackError(f"Kafka at {settings.bootstrap_servers} does not answer: {exc.args[0]}") from exc
+    names = sorted(n for n in metadata.topics if include_internal or not n.startswith("__"))
+    if not names:
+        return []
+    policies = _cleanup_policies(admin, names)
+    partitions = [TopicPartition(n, p) for n in names for p in metadata.topics[n].partitions]
+    low = _offsets(admin, partitions, EARLIEST)
+    high = _offsets(admin, partitions, LATEST)
+    return [
+        TopicInfo(
+            name=name,
+            partitions=len(metadata.topics[name].partitions),
+            cleanup_policy=policies.get(name, "?"),
+            messages=sum(high[(name, p)] - low[(name, p)] for p in metadata.topics[name].partitions),
+        )
+        for name in names
+    ]
+
+
+def _cleanup_policies(admin: AdminClient, names: list[str]) -> dict[str, str]:
+    resources = [ConfigResource(ResourceType.TOPIC, name) for name in names]
+    policies = {}
+    for resource, future in admin.describe_configs(resources, request_timeout=TIMEOUT_S).items():
+        entry = future.result().get("cleanup.policy")
+        policies[resource.name] = entry.value if entry is not None else "?"
+    return policies
+
+
+def _offsets(admin: AdminClient, partitions: list[TopicPartition], spec: OffsetSpec) -> dict[tuple[str, int], int]:
+    futures = admin.list_offsets({tp: spec for tp in partitions}, request_timeout=TIMEOUT_S)
+    return {(tp.topic, tp.partition): future.result().offset for tp, future in futures.items()}
+
+
+def consumer_lag(settings: Settings, group: str) -> dict[tuple[str, int], int]:
+    """Lag per (topic, partition) of ``group``: high watermark minus committed offset.
+
+    Partitions without a committed offset are left out (nothing consumed there yet). Empty when the group
+    does not exist.
+    """
+    admin = admin_client(settings)
+    request = [ConsumerGroupTopicPartitions(group)]
+    try:
+        committed = admin.list_consumer_group_offsets(request, request_timeout=TIMEOUT_S)[group].result()
+    except KafkaException as exc:
+        if exc.args[0].code() in (KafkaError.GROUP_ID_NOT_FOUND, KafkaError.COORDINATOR_NOT_AVAILABLE):
+            return {}
+        raise StackError(f"cannot read the offsets of group {group}: {exc.args[0].str()}") from exc
+    positions = {(tp.topic, tp.partition): tp.offset for tp in committed.topic_partitions or [] if tp.offset >= 0}
+    if not positions:
+        return {}
+    high = _offsets(admin, [TopicPartition(t, p) for t, p in positions], LATEST)
+    return {key: max(0, high[key] - offset) for key, offset in positions.items()}

@@ -1,0 +1,209 @@
+"""Operating-system primitives for supervising processes by pid: records, liveness, signals, memory, ports.
+
+A pid alone is not an identity: after a reboot or a long uptime the number can belong to another program.
+A record therefore also keeps the process's start time in clock ticks since boot (``/proc/<pid>/stat``
+field 22), and a pid counts as ours only while both match.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import signal
+import socket
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ProcessRecord:
+    """What ``up`` remembers about a process it started (``run/<name>.json``)."""
+
+    name: str
+    pid: int
+    start_ticks: int
+    started_at: float  # wall clock, for uptime
+    ports: tuple[int, ...]
+    command: tuple[str, ...]
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scratch = path.with_suffix(".tmp")
+        scratch.write_text(json.dumps(asdict(self), indent=2))
+        scratch.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> ProcessRecord | None:
+        """The record at ``path``, or None when there is none (or it is unreadable, e.g. half-written)."""
+        try:
+            raw = json.loads(path.read_text())
+            return cls(
+                name=raw["name"],
+                pid=int(raw["pid"]),
+                start_ticks=int(raw["start_ticks"]),
+                started_at=float(raw["started_at"]),
+                ports=tuple(raw["ports"]),
+                command=tuple(raw["command"]),
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+
+def proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """``(state, ppid, start_ticks)`` of a live pid from ``/proc/<pid>/stat``, or None when it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # The command name (field 2) is in parentheses and may itself contain spaces or parentheses.
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return fields[0], int(fields[1]), int(fields[19])
+
+
+def start_ticks(pid: int) -> int | None:
+    stat = proc_stat(pid)
+    return stat[2] if stat else None
+
+
+def is_alive(record: ProcessRecord) -> bool:
+    """True while the recorded process runs: same pid, same start time, and not a zombie."""
+    stat = proc_stat(record.pid)
+    return stat is not None and stat[0] not in ("Z", "X") and stat[2] == record.start_ticks
+
+
+def has_exited(record: ProcessRecord) -> bool:
+    """True once the recorded process has fully exited, all its threads included.
+
+    A multi-threaded process (any JVM) shows its main thread as a zombie while the other threads are still
+    exiting, and until the last one is gone its sockets stay open: a restart would find its port taken.
+    """
+    stat = proc_stat(record.pid)
+    if stat is None or stat[2] != record.start_ticks:
+        return True
+    if stat[0] not in ("Z", "X"):
+        return False
+    try:
+        return len(os.listdir(f"/proc/{record.pid}/task")) <= 1
+    except FileNotFoundError:
+        return True
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (e.g. PostgreSQL's backends under the postmaster)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            stat = proc_stat(int(entry.name))
+            if stat and stat[1] == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def rss_bytes(pid: int) -> int | None:
+    """Resident memory of ``pid`` (``VmRSS``), or None when it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return 0  # a kernel thread or zombie has no VmRSS line
+
+
+def tree_rss_bytes(pid: int) -> int | None:
+    """Resident memory of ``pid`` plus its direct children (shared pages are counted once per process)."""
+    own = rss_bytes(pid)
+    if own is None:
+        return None
+    return own + sum(rss_bytes(child) or 0 for child in children(pid))
+
+
+def send_signal(record: ProcessRecord, signum: int, *, group: bool = False) -> bool:
+    """Signal the recorded process (or its whole process group) if it is still the one we started."""
+    if not is_alive(record):
+        return False
+    try:
+        if group:
+            os.killpg(record.pid, signum)
+        else:
+            os.kill(record.pid, signum)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def wait_gone(record: ProcessRecord, timeout_s: float, reap: bool = False) -> bool:
+    """Wait until the recorded process has exited; True if it did within ``timeout_s``.
+
+    ``reap`` collects the exit status when the process is our own child, so it does not linger as a zombie.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if reap:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(record.pid, os.WNOHANG)
+        if has_exited(record):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
+def terminate(record: ProcessRecord, stop_signal: int, timeout_s: float) -> bool:
+    """Stop gracefully with ``stop_signal``, then SIGKILL the whole group after ``timeout_s``.
+
+    Returns True when the process had been running. The group is killed so nothing it forked outlives it.
+    """
+    if not send_signal(record, stop_signal):
+        return False
+    if not wait_gone(record, timeout_s, reap=True):
+        send_signal(record, signal.SIGKILL, group=True)
+        wait_gone(record, 5.0, reap=True)
+    return True
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """True when something already listens on ``host:port`` (binding fails with EADDRINUSE).
+
+    SO_REUSEADDR makes sockets left in TIME_WAIT by a process we just stopped not count as "in use".
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return True
+            raise
+    return False
+
+
+def wait_ports_free(host: str, ports: tuple[int, ...], timeout_s: float) -> bool:
+    """Wait until nothing listens on ``ports`` any more; True if they were all free within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while any(port_in_use(host, port) for port in ports):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def tail(path: Path, lines: int) -> list[str]:
+    """The last ``lines`` lines of a text file (empty when it does not exist), read from the end."""
+    if lines <= 0:
+        return []
+    try:
+        with path.open("rb") as handle:
+            end = handle.seek(0, os.SEEK_END)
+            start, data = end, b""
+            # Read backwards in blocks until enough line breaks were seen (Java stack traces are long).
+            while start > 0 and data.count(b"\n") <= lines:
+                start = max(0, start - 64 * 1024)
+                handle.seek(start)
+                data = handle.read(end - start)
+    except FileNotFoundError:
+        return []
+    return data.decode("utf-8", errors="replace").splitlines()[-lines:]

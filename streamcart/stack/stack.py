@@ -1,0 +1,408 @@
+"""The local stack: start, check, stop and inspect its processes, all by recorded pid.
+
+Used by the CLI (``streamcart up/down/status``) and by the integration tests, which run a second stack on
+other ports and another home through the very same code.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from streamcart.settings import Settings
+from streamcart.stack import procs
+from streamcart.stack.admin import consumer_lag, ensure_topics, stack_topics
+from streamcart.stack.errors import NotReadyError, StackError
+from streamcart.stack.layout import JavaArtifacts, StackLayout
+from streamcart.stack.probes import Probe
+from streamcart.stack.procs import ProcessRecord
+from streamcart.stack.specs import ProcessSpec, build_specs
+
+STOP_TIMEOUT_S = 10.0
+LOG_TAIL_LINES = 25
+
+
+@dataclass(frozen=True)
+class ProcessStatus:
+    """One row of ``streamcart status``."""
+
+    name: str
+    running: bool
+    pid: int | None
+    ports: tuple[int, ...]
+    health: Probe | None  # None when not running
+    rss_bytes: int | None
+    uptime_s: float | None
+    assigned: tuple[int, ...] | None = None  # workers only: partition numbers (of every co-partitioned topic)
+    lag: int | None = None  # workers only: the group's lag summed over those partitions of every topic
+
+
+class Stack:
+    """The processes of DESIGN.md §7, supervised from the files under ``settings.home``.
+
+    ``echo`` receives one line per step (the CLI prints them; tests may log them). ``specs`` replaces the
+    processes of the design with others, supervised the same way (for testing the supervision itself).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        echo: Callable[[str], None] | None = None,
+        specs: list[ProcessSpec] | None = None,
+    ) -> None:
+        # Absolute paths, so children (which get these settings as STREAMCART_* variables) and later
+        # invocations from another working directory agree on where everything is.
+        self.settings = settings.model_copy(
+            update={"home": settings.home.resolve(), "cache_dir": settings.cache_dir.resolve()}
+        )
+        self.layout = StackLayout(self.settings.home)
+        self.artifacts = JavaArtifacts(self.settings.cache_dir / "java")
+        if specs is None:
+            specs = build_specs(self.settings, self.layout, self.artifacts)
+        self._specs = {spec.name: spec for spec in specs}
+        self._echo = echo or (lambda _line: None)
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+
+    # -- single processes --------------------------------------------------------------------------------
+
+    @property
+    def names(self) -> list[str]:
+        """Every process name, in start order."""
+        return list(self._specs)
+
+    def spec(self, name: str) -> ProcessSpec:
+        try:
+            return self._specs[name]
+        except KeyError:
+            raise StackError(f"no process named {name!r}; the stack has {', '.join(self._specs)}") from None
+
+    def record(self, name: str) -> ProcessRecord | None:
+        """What was recorded when ``name`` was last started (it may have died since)."""
+        return ProcessRecord.load(self.layout.record_path(name))
+
+    def is_running(self, name: str) -> bool:
+        record = self.record(name)
+        return record is not None and procs.is_alive(record)
+
+    def probe(self, name: str) -> Probe:
+        """Run ``name``'s readiness check once, now."""
+        return self.spec(name).probe()
+
+    def log_path(self, name: str) -> Path:
+        return self.layout.log_path(name)
+
+    def start(self, name: str, *, wait: bool = True) -> ProcessRecord:
+        """Start ``name`` detached unless it runs already; with ``wait``, return once its check passes."""
+        spec = self.spec(name)
+        record = self.record(name)
+        if record is None or not procs.is_alive(record):
+            self._check_ports([spec])
+            self._check_needs(spec)
+            record = self._spawn(spec)
+        if wait:
+            self.wait_ready(name)
+        return record
+
+    def wait_ready(self, name: str, timeout_s: float | None = None) -> Probe:
+        """Poll ``name``'s readiness check until it passes; fail early if the process exits."""
+        spec = self.spec(name)
+        limit = timeout_s if timeout_s is not None else spec.ready_timeout_s
+        deadline = time.monotonic() + limit
+        while True:
+            probe = spec.probe()
+            if probe.ok:
+                return probe
+            record = self.record(name)
+            self._reap(name)
+            if record is None or not procs.is_alive(record):
+                raise NotReadyError(f"{name} exited before it was ready.{self._log_tail(name)}")
+            if time.monotonic() >= deadline:
+                raise NotReadyError(
+                    f"{name} was not ready within {limit:.0f} s ({probe.detail}).{self._log_tail(name)}"
+                )
+            time.sleep(0.25)
+
+    def stop(self, name: str, timeout_s: float = STOP_TIMEOUT_S) -> bool:
+        """Stop ``name`` gracefully (then forcibly after ``timeout_s``); True if it was running."""
+        record = self.record(name)
+        if record is None:
+            return False
+        spec = self._specs.get(name)
+        stopped = procs.terminate(record, spec.stop_signal if spec else signal.SIGTERM, timeout_s)
+        self._forget(record, wait_for_ports=stopped)
+        return stopped
+
+    def kill(self, name: str) -> bool:
+        """SIGKILL ``name`` and its process group, as a crash would; True if it was running."""
+        record = self.record(name)
+        if record is None:
+            return False
+        killed = procs.send_signal(record, signal.SIGKILL, group=True)
+        procs.wait_gone(record, 5.0, reap=True)
+        self._forget(record, wait_for_ports=killed)
+        return killed
+
+    def restart(self, name: str, *, wait: bool = True) -> ProcessRecord:
+        """Stop (if running) and start again."""
+        self.stop(name)
+        return self.start(name, wait=wait)
+
+    # -- the whole stack ------------------------------------------------------------------------------
+
+    def up(self, only: Collection[str] | None = None) -> dict[str, float]:
+        """Start the processes (all, or ``only`` these; ``workers`` means every worker), each waited on by its
+        readiness check, and return seconds per step (empty when everything was already up and healthy).
+
+        Processes start in waves: all whose ``needs`` are ready start together (Kafka, PostgreSQL and the
+        gateway; then the registry and Connect; then the workers). Topics are created as soon as Kafka
+        answers, and the schemas are registered before any worker starts.
+        """
+        selected = self._select(only)
+        if all(self.is_running(name) and self.probe(name).ok for name in selected):
+            self._echo(f"already up: {', '.join(selected)} (nothing to do)")
+            return {}
+        self._check_ports([self._specs[n] for n in selected if not self.is_running(n)])
+        timings: dict[str, float] = {}
+        started = time.monotonic()
+        for wave in self._waves(selected):
+            self._create_topics_once(timings)
+            if self._workers_selected(wave) and "schemas" not in timings:
+                # Workers (and the producers feeding them) find their schema ids in the registry.
+                self._timed(timings, "schemas", self._register_schemas)
+            self._start_together(wave, timings)
+        self._create_topics_once(timings)
+        if "registry" in selected and "schemas" not in timings:
+            self._timed(timings, "schemas", self._register_schemas)
+        timings["total"] = time.monotonic() - started
+        return timings
+
+    def down(self, purge: bool = False) -> list[str]:
+        """Stop every recorded process, workers first and Kafka last; with ``purge`` delete the home folder.
+
+        Returns the names of the processes that were running.
+        """
+        recorded = {path.stem for path in self.layout.run_dir.glob("*.json")}
+        # Processes recorded but unknown to these settings (e.g. workers of a run with more of them) go first.
+        order = sorted(recorded - set(self._specs)) + [n for n in reversed(self.names) if n in recorded]
+        stopped = []
+        for name in order:
+            if self.stop(name):
+                stopped.append(name)
+                self._echo(f"stopped {name}")
+        if purge:
+            still = [name for name in order if self.is_running(name)]
+            if still:
+                raise StackError(f"not purging {self.layout.home}: {', '.join(still)} still running")
+            shutil.rmtree(self.layout.home, ignore_errors=True)
+            self._echo(f"deleted {self.layout.home}")
+        return stopped
+
+    def status(self) -> list[ProcessStatus]:
+        """Every process (and leftover recorded ones): pid, ports, health now, memory, uptime, lag."""
+        recorded = {path.stem for path in self.layout.run_dir.glob("*.json")} - set(self._specs)
+        rows = [self._status_of(name) for name in [*self.names, *sorted(recorded)]]
+        workers = [row for row in rows if row.assigned is not None]
+        kafka_ok = any(row.name == "kafka" and row.health is not None and row.health.ok for row in rows)
+        if not workers or not kafka_ok:
+            return rows
+        lag = consumer_lag(self.settings, self.settings.app_id)
+        with_lag = {
+            row.name: sum(behind for (_topic, p), behind in lag.items() if p in (row.assigned or ())) for row in workers
+        }
+        return [replace(row, lag=with_lag[row.name]) if row.name in with_lag else row for row in rows]
+
+    # -- internals -------------------------------------------------------------------------------------
+
+    def _status_of(self, name: str) -> ProcessStatus:
+        record = self.record(name)
+        if record is None or not procs.is_alive(record):
+            ports = tuple(port for _setting, port in self._specs[name].ports) if name in self._specs else ()
+            return ProcessStatus(name, False, None, ports, None, None, None)
+        health = self.probe(name) if name in self._specs else Probe(False, "not part of these settings")
+        assigned = parse_assigned(health.data.get("assigned")) if name.startswith("worker-") else None
+        return ProcessStatus(
+            name=name,
+            running=True,
+            pid=record.pid,
+            ports=record.ports,
+            health=health,
+            rss_bytes=procs.tree_rss_bytes(record.pid),
+            uptime_s=time.time() - record.started_at,
+            assigned=assigned,
+        )
+
+    def _select(self, only: Collection[str] | None) -> list[str]:
+        if not only:
+            return self.names
+        wanted = set(only)
+        if "workers" in wanted:
+            wanted.discard("workers")
+            wanted.update(n for n in self.names if n.startswith("worker-"))
+        unknown = wanted - set(self._specs)
+        if unknown:
+            raise StackError(
+                f"unknown process {', '.join(sorted(unknown))}; choose from {', '.join(self.names)} or workers"
+            )
+        return [name for name in self.names if name in wanted]
+
+    @staticmethod
+    def _workers_selected(names: list[str]) -> bool:
+        return any(name.startswith("worker-") for name in names)
+
+    def _waves(self, selected: list[str]) -> list[list[str]]:
+        """``selected`` grouped by depth in the ``needs`` graph, in start order."""
+
+        def depth(name: str) -> int:
+            needs = [n for n in self._specs[name].needs if n in self._specs]
+            return 1 + max(map(depth, needs)) if needs else 0
+
+        waves: dict[int, list[str]] = {}
+        for name in selected:
+            waves.setdefault(depth(name), []).append(name)
+        return [waves[level] for level in sorted(waves)]
+
+    def _start_together(self, names: list[str], timings: dict[str, float]) -> None:
+        """Spawn every process of a wave, then wait for each; a time is counted from the wave's start."""
+        began = time.monotonic()
+        was_running = {name for name in names if self.is_running(name)}
+        for name in names:
+            self.start(name, wait=False)
+        for name in names:
+            self.wait_ready(name)
+            timings[name] = time.monotonic() - began
+            note = "already running" if name in was_running else "ready"
+            self._echo(f"{name}: {note} ({timings[name]:.1f} s)")
+
+    def _timed(self, timings: dict[str, float], step: str, action: Callable[[], str]) -> None:
+        began = time.monotonic()
+        detail = action()
+        timings[step] = time.monotonic() - began
+        self._echo(f"{step}: {detail} ({timings[step]:.1f} s)")
+
+    def _check_ports(self, specs: list[ProcessSpec]) -> None:
+        """Refuse to start when a port is held by something we did not start: say which setting to change."""
+        clashes = [
+            f"{port} ({spec.name}: STREAMCART_{setting.upper()})"
+            for spec in specs
+            for setting, port in spec.ports
+            if procs.port_in_use(self.settings.host, port)
+        ]
+        if clashes:
+            raise StackError(
+                f"ports already in use by other programs: {', '.join(clashes)}; "
+                "stop those programs or set the named variables to free ports"
+            )
+
+    def _check_needs(self, spec: ProcessSpec) -> None:
+        missing = [name for name in spec.needs if not (self.is_running(name) and self.probe(name).ok)]
+        if missing:
+            raise StackError(
+                f"{spec.name} needs {', '.join(missing)} running and ready first "
+                f"(streamcart up --only {','.join([*missing, spec.name])})"
+            )
+
+    def _spawn(self, spec: ProcessSpec) -> ProcessRecord:
+        command = list(spec.prepare())
+        # data/<name> is also the working directory, so stray relative files land there.
+        data_dir = self.layout.data_dir(spec.name)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.layout.log_path(spec.name)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **self.settings.to_env(), **spec.env}
+        with log_path.open("ab") as log:
+            stamp = datetime.now(UTC).isoformat(timespec="seconds")
+            log.write(f"\n--- streamcart: starting {spec.name} at {stamp}: {' '.join(command)}\n".encode())
+            log.flush()
+            try:
+                child = subprocess.Popen(
+                    command,
+                    cwd=data_dir,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # survives the CLI; its own process group for kill()
+                    user=spec.user,
+                    group=spec.user,
+                    extra_groups=[] if spec.user else None,
+                )
+            except OSError as exc:
+                raise StackError(f"cannot start {spec.name} ({command[0]}): {exc}") from exc
+        self._children[spec.name] = child
+        ticks = procs.start_ticks(child.pid)
+        record = ProcessRecord(
+            name=spec.name,
+            pid=child.pid,
+            start_ticks=ticks if ticks is not None else -1,
+            started_at=time.time(),
+            ports=tuple(port for _setting, port in spec.ports),
+            command=tuple(command),
+        )
+        record.save(self.layout.record_path(spec.name))
+        return record
+
+    def _reap(self, name: str) -> None:
+        """Collect the exit status of a child this object started, so it does not stay a zombie."""
+        child = self._children.get(name)
+        if child is not None and child.poll() is not None:
+            del self._children[name]
+
+    def _forget(self, record: ProcessRecord, wait_for_ports: bool) -> None:
+        """Drop a stopped process's record, once the kernel has released its ports for the next start."""
+        if wait_for_ports:
+            procs.wait_ports_free(self.settings.host, record.ports, timeout_s=5.0)
+        child = self._children.pop(record.name, None)
+        if child is not None:
+            child.poll()  # collects the exit status if nobody did
+        self.layout.record_path(record.name).unlink(missing_ok=True)
+
+    def _log_tail(self, name: str) -> str:
+        lines = procs.tail(self.layout.log_path(name), LOG_TAIL_LINES)
+        if not lines:
+            return f" Its log ({self.layout.log_path(name)}) is empty."
+        return f"\nLast lines of {self.layout.log_path(name)}:\n" + "\n".join(lines)
+
+    def _create_topics_once(self, timings: dict[str, float]) -> None:
+        """Create the topics as soon as Kafka runs (Connect and the workers need theirs before they start)."""
+        if "topics" not in timings and "kafka" in self._specs and self.is_running("kafka"):
+            self._timed(timings, "topics", self._create_topics)
+
+    def _create_topics(self) -> str:
+        created = ensure_topics(self.settings, stack_topics(self.settings))
+        return f"created {len(created)} topics" if created else "all present"
+
+    def _register_schemas(self) -> str:
+        """Register every Avro schema with the registry, so producers and workers find their ids."""
+        from schemas.registry import register_all  # the schemas package is not needed to supervise processes
+
+        return f"registered {len(register_all(self.settings))} schemas"
+
+
+def parse_assigned(raw: Any) -> tuple[int, ...]:
+    """The partition numbers a worker owns, from its ``/readyz`` JSON ``assigned`` list.
+
+    Workers report plain partition numbers: faust assigns co-partitioned topics together, so partition
+    ``p`` of every saga topic goes to the same worker. ``{"topic": t, "partition": p}`` objects, ``[t, p]``
+    pairs and ``"t:p"`` strings are understood too.
+    """
+    found: set[int] = set()
+    for item in raw or []:
+        if isinstance(item, bool):
+            continue
+        if isinstance(item, int):
+            found.add(item)
+        elif isinstance(item, dict) and isinstance(item.get("partition"), int):
+            found.add(item["partition"])
+        elif isinstance(item, list | tuple) and len(item) == 2 and isinstance(item[1], int):
+            found.add(item[1])
+        elif isinstance(item, str) and item.rpartition(":")[2].isdigit():
+            found.add(int(item.rpartition(":")[2]))
+    return tuple(sorted(found))

@@ -1,0 +1,95 @@
+"""Rich renderings of the stack for the CLI: status, topics, and where everything is."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from rich.table import Table
+
+from streamcart.settings import Settings
+from streamcart.stack.admin import TopicInfo
+from streamcart.stack.stack import ProcessStatus
+
+
+def status_table(rows: list[ProcessStatus]) -> Table:
+    table = Table(title="streamcart stack")
+    for column in ("process", "pid", "port", "state", "health", "RSS", "uptime", "partitions", "lag"):
+        table.add_column(column, justify="right" if column in ("pid", "RSS", "uptime", "lag") else "left")
+    for row in rows:
+        health = ""
+        if row.health is not None:
+            health = "[green]ok[/]" if row.health.ok else f"[red]failing[/] {row.health.detail}"
+        table.add_row(
+            row.name,
+            str(row.pid or ""),
+            ",".join(map(str, row.ports)),
+            "[green]up[/]" if row.running else "[dim]down[/]",
+            health,
+            f"{row.rss_bytes / 2**20:.0f} MiB" if row.rss_bytes is not None else "",
+            _duration(row.uptime_s) if row.uptime_s is not None else "",
+            _ranges(row.assigned) if row.assigned is not None else "",
+            str(row.lag) if row.lag is not None else "",
+        )
+    return table
+
+
+def status_json(rows: list[ProcessStatus]) -> list[dict[str, Any]]:
+    """``status --json``: one object per process, health flattened to ``healthy``/``health_detail``."""
+    out = []
+    for row in rows:
+        item = asdict(row)
+        health = item.pop("health")
+        item["healthy"] = bool(health and health["ok"])
+        item["health_detail"] = health["detail"] if health else None
+        out.append(item)
+    return out
+
+
+def topics_table(topics: list[TopicInfo]) -> Table:
+    table = Table(title="topics")
+    table.add_column("topic")
+    table.add_column("partitions", justify="right")
+    table.add_column("cleanup")
+    table.add_column("messages", justify="right")
+    for topic in topics:
+        table.add_row(topic.name, str(topic.partitions), topic.cleanup_policy, str(topic.messages))
+    return table
+
+
+def endpoints_table(settings: Settings, logs_dir: str) -> Table:
+    """Where everything of the stack listens, for the end of ``up``."""
+    table = Table(title="streamcart is up")
+    table.add_column("what")
+    table.add_column("where")
+    table.add_row("API (worker-0)", settings.worker_url(0))
+    table.add_row("dashboard", f"{settings.worker_url(0)}/dashboard")
+    if settings.workers > 1:
+        table.add_row("other workers", ", ".join(settings.worker_url(i) for i in range(1, settings.workers)))
+    table.add_row("Kafka bootstrap", settings.bootstrap_servers)
+    table.add_row("schema registry", settings.registry_url)
+    table.add_row("Kafka Connect", settings.connect_url)
+    table.add_row(
+        "PostgreSQL",
+        f"postgresql://{settings.postgres_user}:***@{settings.host}:{settings.postgres_port}/{settings.postgres_db}",
+    )
+    table.add_row("payment gateway", settings.gateway_url)
+    table.add_row("logs", logs_dir)
+    return table
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else (f"{minutes}m{secs:02d}s" if minutes else f"{secs}s")
+
+
+def _ranges(numbers: tuple[int, ...]) -> str:
+    """``(0, 1, 2, 5)`` → ``0-2,5``."""
+    parts: list[str] = []
+    for n in numbers:
+        if parts and parts[-1].split("-")[-1] == str(n - 1):
+            parts[-1] = f"{parts[-1].split('-')[0]}-{n}"
+        else:
+            parts.append(str(n))
+    return ",".join(parts) or "none"

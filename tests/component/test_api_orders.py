@@ -1,0 +1,111 @@
+"""The API on aiohttp's test client, over a hand-written fake of the worker it runs in."""
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from api.app import init_app
+from api.auth import issue_token
+from schemas.messages import OrderLine
+from streamcart.domain.orders import OrderState
+from streamcart.settings import Settings
+
+SETTINGS = Settings(jwt_secret="component-test-secret-0123456789abcdef", api_port=18080)
+SECRET = SETTINGS.jwt_secret.get_secret_value()
+
+
+def bearer(subject: str, *roles: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {issue_token(SECRET, subject, list(roles))}"}
+
+
+def an_order(order_id: str = "o-1", customer_id: str = "c-1") -> OrderState:
+    return OrderState(
+        order_id=order_id, customer_id=customer_id, status="PENDING", lines=(OrderLine(sku="A", quantity=1),),
+        currency="EUR", payment_token="tok_approve", placed_at=1, deadline=30_001, placed_event_id="e-1",
+    )
+
+
+@dataclass
+class FakeWorker:
+    index: int = 0
+    orders: dict[str, OrderState] = field(default_factory=dict)
+    owner: str | None = SETTINGS.worker_url(0)
+    is_ready: bool = True
+
+    def recovered(self) -> bool:
+        return self.is_ready
+
+    def rebalancing(self) -> bool:
+        return not self.is_ready
+
+    def assigned(self) -> list[int]:
+        return [0, 1] if self.is_ready else []
+
+    def ready(self) -> bool:
+        return self.is_ready
+
+    def order(self, order_id: str) -> OrderState | None:
+        return self.orders.get(order_id)
+
+    def owner_url(self, table: str, key: str) -> str | None:
+        return self.owner
+
+
+@pytest.fixture
+def worker() -> FakeWorker:
+    return FakeWorker(orders={"o-1": an_order()})
+
+
+@pytest.fixture
+async def client(aiohttp_client, worker):
+    return await aiohttp_client(init_app(SETTINGS, worker))
+
+
+async def test_a_customer_reads_their_own_order(client):
+    response = await client.get("/v1/orders/o-1", headers=bearer("c-1", "customer"))
+    assert response.status == 200
+    body = await response.json()
+    assert (body["order_id"], body["status"]) == ("o-1", "PENDING")
+
+
+async def test_another_customers_order_is_not_found(client):
+    response = await client.get("/v1/orders/o-1", headers=bearer("c-2", "customer"))
+    assert response.status == 404
+    assert (await response.json())["error"]["code"] == "not_found"
+
+
+async def test_an_admin_reads_any_order(client):
+    assert (await client.get("/v1/orders/o-1", headers=bearer("ops", "admin"))).status == 200
+
+
+async def test_no_token_is_a_401_json_error(client):
+    response = await client.get("/v1/orders/o-1")
+    assert response.status == 401
+    assert set((await response.json())["error"]) == {"code", "message", "details"}
+
+
+async def test_while_ownership_is_unknown_a_read_is_a_503_with_retry_after(client, worker):
+    worker.owner = None
+    response = await client.get("/v1/orders/o-1", headers=bearer("c-1", "customer"))
+    assert response.status == 503
+    assert response.headers["Retry-After"] == "1"
+
+
+async def test_readiness_reports_assignment_and_is_503_until_ready(client, worker):
+    ready = await client.get("/readyz")
+    assert ready.status == 200
+    assert (await ready.json())["assigned"] == [0, 1]
+    worker.is_ready = False
+    assert (await client.get("/readyz")).status == 503
+
+
+async def test_an_unknown_route_is_a_json_404(client):
+    response = await client.get("/nope")
+    assert response.status == 404
+    assert (await response.json())["error"]["code"] == "not_found"
+
+
+async def test_metrics_are_exposed_for_prometheus(client):
+    response = await client.get("/metrics")
+    assert response.status == 200
+    assert "python_info" in await response.text()

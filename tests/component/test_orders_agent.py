@@ -1,0 +1,66 @@
+"""The orders agent driven through faust's test_context: raw bytes in, table state and sent records out."""
+
+import pytest
+
+from agents.app import build_runtime
+from agents.runtime import DlqHeader
+from schemas.messages import OrderLine, OrderPlaced, PlaceOrder, ReserveStock
+from streamcart.settings import Settings
+
+
+@pytest.fixture
+def runtime(codec, sink, tmp_path):
+    settings = Settings(home=tmp_path, partitions=4)
+    return build_runtime(settings, codec, store="memory://", sink=sink)
+
+
+def place(order_id: str = "o-1", event_id: str = "e-1") -> PlaceOrder:
+    return PlaceOrder(
+        event_id=event_id, occurred_at=1_000, causation_id=event_id, correlation_id=order_id, order_id=order_id,
+        customer_id="c-1", lines=(OrderLine(sku="A", quantity=2),), currency="EUR", payment_token="tok_approve",
+    )
+
+
+async def test_a_place_order_is_stored_and_its_events_are_sent(runtime, codec, sink):
+    async with runtime.agents["orders"].test_context() as agent:
+        await agent.put(codec.encode(place()), key=b"o-1")
+    order = runtime.tables.orders.get("o-1")
+    assert order is not None and order.status == "PENDING"
+    assert [type(m) for m in sink.messages(runtime.topics.order_events)] == [OrderPlaced]
+    assert [type(m) for m in sink.messages(runtime.topics.inventory_commands)] == [ReserveStock]
+    assert all(s.headers["traceparent"].startswith(b"00-") for s in sink.sent)
+
+
+async def test_a_redelivered_place_order_is_applied_once_and_re_emits_the_same_ids(runtime, codec, sink):
+    async with runtime.agents["orders"].test_context() as agent:
+        await agent.put(codec.encode(place()), key=b"o-1")
+        await agent.put(codec.encode(place()), key=b"o-1")
+    order = runtime.tables.orders.get("o-1")
+    assert order is not None and len(order.history) == 1
+    placed = sink.messages(runtime.topics.order_events)
+    assert len(placed) == 2 and placed[0].event_id == placed[1].event_id
+
+
+async def test_undecodable_values_go_to_the_dlq_and_the_next_message_is_processed(runtime, codec, sink):
+    unknown_schema_id = b"\x00\x00\x00\x7f\xff" + codec.encode(place())[5:]
+    async with runtime.agents["orders"].test_context() as agent:
+        await agent.put(b"definitely not avro", key=b"bad-1")
+        await agent.put(unknown_schema_id, key=b"bad-2")
+        await agent.put(codec.encode(place("o-2", "e-2")), key=b"o-2")
+    dead = sink.records(runtime.topics.dlq)
+    assert [d.key for d in dead] == [b"bad-1", b"bad-2"]
+    assert [d.headers[DlqHeader.ERROR_CLASS] for d in dead] == [b"MalformedMessage", b"UnknownSchemaError"]
+    assert all(DlqHeader.SOURCE_OFFSET in d.headers and DlqHeader.SOURCE_TOPIC in d.headers for d in dead)
+    assert dead[0].value == b"definitely not avro"
+    assert runtime.tables.orders.get("o-2") is not None
+
+
+async def test_a_message_of_another_flow_on_the_order_topic_is_dead_lettered(runtime, codec, sink):
+    stray = ReserveStock(
+        event_id="x", occurred_at=1, causation_id="x", correlation_id="x", sku="A", order_id="o-1", quantity=1,
+        currency="EUR",
+    )
+    async with runtime.agents["orders"].test_context() as agent:
+        await agent.put(codec.encode(stray), key=b"A")
+    dead = sink.records(runtime.topics.dlq)
+    assert [d.headers[DlqHeader.ERROR_CLASS] for d in dead] == [b"UnhandledMessage"]

@@ -1,0 +1,96 @@
+"""Helpers for tests on the real local stack: a murmur2 confluent-kafka producer, topic readers, API polling."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from api.auth import issue_token
+from streamcart.ids import new_id
+from streamcart.settings import Settings
+
+
+def producer(settings: Settings) -> Producer:
+    """A confluent-kafka producer partitioning like faust and the Java client (murmur2), acks from all."""
+    return Producer({
+        "bootstrap.servers": settings.bootstrap_servers,
+        "partitioner": "murmur2_random",
+        "acks": "all",
+        "enable.idempotence": True,
+        "linger.ms": 2,
+    })
+
+
+def produce(p: Producer, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]] | None = None) -> None:
+    errors: list[Any] = []
+    p.produce(
+        topic, key=key, value=value, headers=headers or [], on_delivery=lambda err, _m: err and errors.append(err)
+    )
+    p.flush(10)
+    assert not errors, errors
+
+
+def read_topic(
+    settings: Settings, topic: str, *, until: Callable[[list[Any]], bool], timeout_s: float = 30.0
+) -> list[Any]:
+    """Every record of ``topic`` from the beginning, read until ``until(records)`` holds (or fail on timeout)."""
+    consumer = Consumer({
+        "bootstrap.servers": settings.bootstrap_servers,
+        "group.id": f"test-reader-{new_id()}",
+        "enable.auto.commit": False,
+    })
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics[topic]
+        consumer.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
+        records: list[Any] = []
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for msg in consumer.consume(num_messages=500, timeout=0.2):
+                if msg.error() is None:
+                    records.append(msg)
+            if until(records):
+                return records
+        raise AssertionError(f"{topic}: condition not met within {timeout_s}s ({len(records)} records read)")
+    finally:
+        consumer.close()
+
+
+def headers_of(msg: Any) -> dict[str, bytes]:
+    return {k: v for k, v in (msg.headers() or [])}
+
+
+def admin_token(settings: Settings) -> str:
+    return issue_token(settings.jwt_secret.get_secret_value(), "ops", ["admin"])
+
+
+def http_json(url: str, token: str | None = None, timeout_s: float = 5.0) -> tuple[int, Any]:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def poll(check: Callable[[], Any], *, timeout_s: float = 30.0, every_s: float = 0.05, what: str = "condition") -> Any:
+    """Call ``check`` until it returns something truthy; fail with ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last: {last!r})")
+
+
+def iter_orders(settings: Settings, worker: int, order_ids: list[str], token: str) -> Iterator[tuple[str, int, Any]]:
+    for order_id in order_ids:
+        status, body = http_json(f"{settings.worker_url(worker)}/v1/orders/{order_id}", token)
+        yield order_id, status, body

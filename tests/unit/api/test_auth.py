@@ -1,0 +1,42 @@
+import jwt
+import pytest
+
+from api.auth import authenticate, issue_token
+from api.errors import Unauthorized
+
+SECRET = "s3cret-for-tests-only-0123456789abcdef"
+
+
+def test_a_valid_token_names_its_subject_and_roles():
+    principal = authenticate(f"Bearer {issue_token(SECRET, 'c-1', ['customer'])}", SECRET)
+    assert principal.subject == "c-1"
+    assert principal.roles == frozenset({"customer"})
+    assert not principal.is_admin
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "",
+        "Basic abc",
+        "Bearer",
+        "Bearer not-a-jwt",
+        "Bearer " + issue_token("another-secret-0123456789abcdef0123", "c-1", ["admin"]),
+        "Bearer " + issue_token(SECRET, "c-1", ["admin"], ttl_s=-60),
+        "Bearer " + jwt.encode({"sub": "c-1", "roles": ["admin"], "exp": 9999999999}, None, algorithm="none"),
+        "Bearer " + jwt.encode({"sub": "c-1", "roles": ["admin"]}, SECRET, algorithm="HS256"),
+    ],
+    ids=["missing", "empty", "basic", "no-token", "malformed", "wrong-signature", "expired", "alg-none", "no-exp"],
+)
+def test_a_bad_credential_is_refused(header):
+    with pytest.raises(Unauthorized):
+        authenticate(header, SECRET)
+
+
+def test_a_customer_sees_only_their_own_orders_and_an_admin_sees_all():
+    customer = authenticate(f"Bearer {issue_token(SECRET, 'c-1', ['customer'])}", SECRET)
+    admin = authenticate(f"Bearer {issue_token(SECRET, 'ops', ['admin'])}", SECRET)
+    assert customer.may_see_customer("c-1")
+    assert not customer.may_see_customer("c-2")
+    assert admin.may_see_customer("c-2")

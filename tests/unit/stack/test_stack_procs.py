@@ -1,0 +1,123 @@
+"""Supervision by pid: records, liveness (pid *and* start time), ports in use, log tails."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from streamcart.stack import procs
+from streamcart.stack.procs import ProcessRecord
+
+
+def record_for(pid: int, ticks: int | None = None) -> ProcessRecord:
+    start = procs.start_ticks(pid) if ticks is None else ticks
+    assert start is not None
+    return ProcessRecord("test", pid, start, time.time(), (1234,), ("sleep", "60"))
+
+
+@pytest.fixture
+def sleeper() -> Iterator[subprocess.Popen[bytes]]:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    yield child
+    if child.poll() is None:
+        child.kill()
+        child.wait()
+
+
+def test_a_record_survives_a_round_trip_through_its_file(tmp_path: Path) -> None:
+    record = record_for(os.getpid())
+    record.save(tmp_path / "run" / "test.json")
+    assert ProcessRecord.load(tmp_path / "run" / "test.json") == record
+
+
+def test_a_missing_or_half_written_record_reads_as_none(tmp_path: Path) -> None:
+    (tmp_path / "broken.json").write_text('{"name": "kafka", "pid"')
+    assert ProcessRecord.load(tmp_path / "broken.json") is None
+    assert ProcessRecord.load(tmp_path / "absent.json") is None
+
+
+def test_a_running_process_with_its_recorded_start_time_is_alive(sleeper: subprocess.Popen[bytes]) -> None:
+    assert procs.is_alive(record_for(sleeper.pid))
+
+
+def test_a_reused_pid_with_another_start_time_is_not_ours(sleeper: subprocess.Popen[bytes]) -> None:
+    ticks = procs.start_ticks(sleeper.pid)
+    assert ticks is not None
+    stale = record_for(sleeper.pid, ticks=ticks - 1)
+    assert not procs.is_alive(stale)
+    assert not procs.send_signal(stale, signal.SIGTERM)
+    assert sleeper.poll() is None  # the stranger was left alone
+
+
+def test_an_exited_process_is_not_alive_even_before_it_is_reaped(sleeper: subprocess.Popen[bytes]) -> None:
+    record = record_for(sleeper.pid)
+    os.kill(sleeper.pid, signal.SIGKILL)
+    assert procs.wait_gone(record, timeout_s=5)  # a zombie counts as gone
+    sleeper.wait()
+    assert not procs.is_alive(record)
+
+
+def test_terminate_escalates_to_sigkill_when_the_process_ignores_sigterm() -> None:
+    stubborn = subprocess.Popen(
+        [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+         "print('ready', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )  # fmt: skip
+    assert stubborn.stdout is not None
+    assert stubborn.stdout.readline() == b"ready\n"
+    record = record_for(stubborn.pid)
+    started = time.monotonic()
+    assert procs.terminate(record, signal.SIGTERM, timeout_s=0.5)
+    # It ignores SIGTERM, so only the SIGKILL after the grace period can have ended it.
+    assert not procs.is_alive(record)
+    assert 0.5 <= time.monotonic() - started < 5
+
+
+def test_terminating_a_process_that_is_gone_reports_it_was_not_running(
+    sleeper: subprocess.Popen[bytes],
+) -> None:
+    record = record_for(sleeper.pid)
+    sleeper.kill()
+    sleeper.wait()
+    assert not procs.terminate(record, signal.SIGTERM, timeout_s=0.5)
+
+
+def test_a_port_with_a_listener_is_in_use_and_free_once_it_closes() -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    assert procs.port_in_use("127.0.0.1", port)
+    listener.close()
+    assert not procs.port_in_use("127.0.0.1", port)
+
+
+def test_a_listener_on_every_interface_also_blocks_the_loopback_port() -> None:
+    with socket.socket() as listener:
+        listener.bind(("0.0.0.0", 0))
+        listener.listen()
+        assert procs.port_in_use("127.0.0.1", listener.getsockname()[1])
+
+
+def test_resident_memory_is_read_from_proc() -> None:
+    rss = procs.rss_bytes(os.getpid())
+    assert rss is not None
+    assert rss > 1_000_000
+    assert (procs.tree_rss_bytes(os.getpid()) or 0) >= rss
+
+
+def test_tail_returns_the_last_lines_of_a_long_log(tmp_path: Path) -> None:
+    log = tmp_path / "x.log"
+    log.write_text("".join(f"line {i} " + "x" * 900 + "\n" for i in range(100)))
+    last = procs.tail(log, 3)
+    assert [line.split()[1] for line in last] == ["97", "98", "99"]
+    assert procs.tail(tmp_path / "missing.log", 3) == []

@@ -1,0 +1,24 @@
+from streamcart.ids import derive_id, new_id
+from streamcart.tracing import child_traceparent, new_traceparent, trace_id
+
+
+def test_derived_ids_are_stable_and_distinguish_their_parts():
+    assert derive_id("e-1", "ReserveStock", "A") == derive_id("e-1", "ReserveStock", "A")
+    assert derive_id("e-1", "ReserveStock", "A") != derive_id("e-1", "ReserveStock", "B")
+    assert derive_id("a", "bc") != derive_id("ab", "c")
+
+
+def test_new_ids_are_unique():
+    assert new_id() != new_id()
+
+
+def test_a_child_span_keeps_the_trace_id_and_gets_a_new_span_id():
+    parent = new_traceparent()
+    child = child_traceparent(parent)
+    assert trace_id(child) == trace_id(parent)
+    assert child != parent
+
+
+def test_a_malformed_parent_starts_a_new_trace():
+    assert trace_id(child_traceparent("garbage")) is not None
+    assert trace_id(child_traceparent(None)) is not None
