@@ -7,13 +7,13 @@ from typing import Any
 
 import faust
 
-from agents import orders
+from agents import inventory, notifications, orders, payments, shipping, timeouts
 from agents.runtime import Runtime, Sink
 from schemas.codec import Codec
 from streamcart.settings import Settings
 from tables import declare_tables
 
-FLOWS = (orders,)
+FLOWS = (orders, inventory, payments, shipping, notifications, timeouts)
 
 
 def create_faust_app(settings: Settings, *, worker_index: int = 0, store: str = "rocksdb://") -> faust.App:

@@ -1,39 +1,50 @@
-"""The orders flow: the saga's memory, keyed by order_id (adapter around :mod:`streamcart.domain.orders`)."""
+"""The orders flow: the saga's memory, keyed by order_id (adapter around :mod:`streamcart.domain.orders`).
+
+It consumes the order commands and every event the saga's other flows send back about an order (all keyed by
+order_id and co-partitioned with the orders table), and keeps the ``deadlines`` table of still-pending orders
+that the timer scans.
+"""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from agents.runtime import Runtime, consume
-from schemas.messages import Message, OrderCommand
+from agents.runtime import FlowError, Runtime, consume
+from schemas.messages import Message
 from streamcart.domain import orders
-from streamcart.errors import StreamcartError
+from streamcart.domain.order_state import OrderStatus
 
 log = logging.getLogger(__name__)
 
-
-class UnhandledMessage(StreamcartError):
-    """A message reached a flow that has no transition for it."""
+#: Refusals the API reports to the caller before sending anything; one that races past it is only logged.
+REFUSALS = {orders.CANNOT_CANCEL_AFTER_DISPATCH}
 
 
 def register(runtime: Runtime) -> Any:
     """Declare the orders agent on the runtime's app."""
     saga_timeout_ms = int(runtime.settings.saga_timeout_s * 1000)
-    table = runtime.tables.orders
+    tables = runtime.tables
+    t = runtime.topics
 
     async def handle(message: Message, event: Any) -> None:
-        if not isinstance(message, OrderCommand):
-            raise UnhandledMessage(f"{type(message).__name__} on the order commands topic")
-        decision = orders.decide(table.get(message.order_id), message, saga_timeout_ms=saga_timeout_ms)
+        order_id = getattr(message, "order_id", None)
+        if order_id is None:
+            raise FlowError(f"{type(message).__name__} has no order_id")
+        decision = orders.decide(tables.orders.get(order_id), message, saga_timeout_ms=saga_timeout_ms)
         if decision.rejected is not None:
-            raise UnhandledMessage(decision.rejected)
+            if decision.rejected in REFUSALS:
+                log.info("order %s: %s refused: %s", order_id, type(message).__name__, decision.rejected)
+                return
+            raise FlowError(decision.rejected)
         if decision.state is not None:
-            table.put(message.order_id, decision.state)
-        for out in decision.messages:
-            await runtime.send(out, cause=event)
+            tables.orders.put(order_id, decision.state)
+            pending = decision.state.status == OrderStatus.PENDING
+            tables.deadlines.track(order_id, decision.state.deadline if pending else None)
+        await runtime.emit(decision.messages, cause=event)
 
     async def orders_agent(stream: Any) -> None:
         await consume(runtime, stream, handle, flow="orders")
 
-    return runtime.app.agent(runtime.source(runtime.topics.order_commands), name="orders")(orders_agent)
+    source = runtime.source(t.order_commands, t.inventory_events, t.payment_events, t.shipping_events)
+    return runtime.app.agent(source, name="orders")(orders_agent)

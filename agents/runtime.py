@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from schemas.codec import Codec
 from schemas.errors import DecodeError, RegistryUnavailable
 from schemas.messages import Message
+from streamcart.errors import StreamcartError
 from streamcart.settings import Settings
 from streamcart.topics import Topics
 from streamcart.tracing import child_traceparent
@@ -50,11 +51,16 @@ class FaustSink:
         await self.topic(topic).send(key=key, value=value, headers=headers)
 
 
-def raw_topic(app: Any, name: str, partitions: int) -> Any:
+def raw_topic(app: Any, names: str | tuple[str, ...], partitions: int) -> Any:
     """A faust topic carrying raw bytes: the codec does the (de)serialisation, so nothing can fail before us."""
+    names = (names,) if isinstance(names, str) else names
     return app.topic(
-        name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw", partitions=partitions
+        *names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw", partitions=partitions
     )
+
+
+class FlowError(StreamcartError):
+    """A message a flow cannot process (dead-lettered with this reason)."""
 
 
 class DlqHeader:
@@ -86,9 +92,14 @@ class Runtime:
         if self.sink is None:
             self.sink = FaustSink(self.app, self.settings.partitions)
 
-    def source(self, name: str) -> Any:
-        """The faust topic ``name`` for an agent to consume, as raw bytes."""
-        return raw_topic(self.app, name, self.settings.partitions)
+    def source(self, *names: str) -> Any:
+        """The faust topic(s) ``names`` for one agent to consume, as raw bytes."""
+        return raw_topic(self.app, names, self.settings.partitions)
+
+    async def emit(self, messages: tuple[Message, ...], *, cause: Any) -> None:
+        """Send a decision's messages in order, after its state was stored (DESIGN.md §3, the duplicate rule)."""
+        for message in messages:
+            await self.send(message, cause=cause)
 
     async def send(self, message: Message, *, cause: Any = None) -> None:
         """Encode and send ``message`` to its topic, keyed by its key, continuing the cause's trace."""
@@ -149,6 +160,20 @@ async def _decode(codec: Codec, value: bytes) -> Message:
             delay = min(delay * 2, 5.0)
 
 
+async def process(runtime: Runtime, event: Any, handler: Handler, flow: str) -> None:
+    """Decode one event and hand it to ``handler``; dead-letter it if either step fails. Never raises."""
+    try:
+        message = await _decode(runtime.codec, event.value)
+    except DecodeError as exc:
+        await runtime.dead_letter(event, exc, flow)
+        return
+    try:
+        await handler(message, event)
+    except Exception as exc:
+        log.exception("flow %s failed on %s %s", flow, type(message).__name__, message.event_id)
+        await runtime.dead_letter(event, exc, flow)
+
+
 async def consume(runtime: Runtime, stream: Any, handler: Handler, *, flow: str) -> None:
     """Run ``handler`` on every decodable message of ``stream``; dead-letter the rest and go on.
 
@@ -156,13 +181,25 @@ async def consume(runtime: Runtime, stream: Any, handler: Handler, *, flow: str)
     that does not decode, or that the flow cannot process, is dead-lettered with the reason.
     """
     async for event in stream.events():
-        try:
-            message = await _decode(runtime.codec, event.value)
-        except DecodeError as exc:
-            await runtime.dead_letter(event, exc, flow)
-            continue
-        try:
-            await handler(message, event)
-        except Exception as exc:
-            log.exception("flow %s failed on %s %s", flow, type(message).__name__, message.event_id)
-            await runtime.dead_letter(event, exc, flow)
+        await process(runtime, event, handler, flow)
+
+
+async def consume_concurrently(
+    runtime: Runtime, stream: Any, handler: Handler, *, flow: str, batch: int = 256, within_s: float = 0.005
+) -> None:
+    """Like :func:`consume`, for flows that wait on slow calls: take a batch, handle different keys at once.
+
+    The messages of one key are handled one after the other in offset order; different keys run concurrently.
+    Offsets of a batch are committed only after the whole batch was handled (and faust flushes the producer
+    before it commits), so a crash replays the batch and the duplicate rule absorbs what had been done.
+    """
+    async for events in stream.take_events(batch, within=within_s):
+        by_key: dict[bytes | None, list[Any]] = {}
+        for event in events:
+            by_key.setdefault(event.key, []).append(event)
+
+        async def in_order(key_events: list[Any]) -> None:
+            for event in key_events:
+                await process(runtime, event, handler, flow)
+
+        await asyncio.gather(*(in_order(group) for group in by_key.values()))

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from agents.runtime import Runtime
-from streamcart.domain.orders import OrderState
+from streamcart.domain.catalog import ProductState
+from streamcart.domain.inventory import StockState
+from streamcart.domain.order_state import OrderState
 
 
 class FaustWorkerView:
@@ -35,6 +37,12 @@ class FaustWorkerView:
 
     def order(self, order_id: str) -> OrderState | None:
         return self.runtime.tables.orders.get(order_id)
+
+    def stock(self, sku: str) -> StockState | None:
+        return self.runtime.tables.stock.get(sku)
+
+    def product(self, sku: str) -> ProductState | None:
+        return self.runtime.tables.catalog.get(sku)
 
     def owner_url(self, table: str, key: str) -> str | None:
         """The base URL of the worker owning ``key`` of ``table``; ``None`` while unknown (rebalancing)."""

@@ -11,7 +11,7 @@ from api.auth import Principal, authenticate
 from api.context import WorkerView
 from api.errors import NotFound, Unavailable, error_middleware
 from api.routing import forward
-from streamcart.domain.orders import OrderState
+from streamcart.domain.order_state import OrderState
 from streamcart.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -41,6 +41,8 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/orders/{order_id}", get_order)
+    app.router.add_get("/v1/stock/{sku}", get_stock)
+    app.router.add_get("/v1/products/{sku}", get_product)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -69,20 +71,52 @@ def _principal(request: web.Request) -> Principal:
     return authenticate(request.headers.get("Authorization"), secret)
 
 
-async def get_order(request: web.Request) -> web.Response:
-    principal = _principal(request)
-    order_id = request.match_info["order_id"]
+async def _forward_unless_owner(request: web.Request, table: str, key: str) -> web.Response | None:
+    """The owner's answer when another worker owns ``key`` of ``table``; ``None`` when this worker does."""
     worker = request.app[WORKER]
-    owner = worker.owner_url("orders", order_id)
+    owner = worker.owner_url(table, key)
     if owner is None:
         raise Unavailable("partitions are being reassigned; retry shortly", headers={"Retry-After": "1"})
     if owner.rstrip("/") != request.app[SETTINGS].worker_url(worker.index):
         return await forward(request, request.app[HTTP], owner, worker.index)
-    order = worker.order(order_id)
+    return None
+
+
+async def get_order(request: web.Request) -> web.Response:
+    principal = _principal(request)
+    order_id = request.match_info["order_id"]
+    if (forwarded := await _forward_unless_owner(request, "orders", order_id)) is not None:
+        return forwarded
+    order = request.app[WORKER].order(order_id)
     # Another customer's order is indistinguishable from a missing one.
     if order is None or not principal.may_see_customer(order.customer_id):
         raise NotFound(f"order {order_id} not found")
     return web.json_response(order_json(order))
+
+
+async def get_stock(request: web.Request) -> web.Response:
+    _principal(request)
+    sku = request.match_info["sku"]
+    if (forwarded := await _forward_unless_owner(request, "stock", sku)) is not None:
+        return forwarded
+    stock = request.app[WORKER].stock(sku)
+    if stock is None:
+        raise NotFound(f"no stock record for {sku}")
+    return web.json_response({
+        "sku": sku, "on_hand": stock.on_hand, "reserved": stock.reserved, "available": stock.available,
+        "adjusted": stock.adjusted, "sold": stock.sold, "restocked": stock.restocked,
+    })
+
+
+async def get_product(request: web.Request) -> web.Response:
+    _principal(request)
+    sku = request.match_info["sku"]
+    if (forwarded := await _forward_unless_owner(request, "catalog", sku)) is not None:
+        return forwarded
+    product = request.app[WORKER].product(sku)
+    if product is None:
+        raise NotFound(f"no product {sku}")
+    return web.json_response(product.model_dump(include={"sku", "name", "unit_price_cents", "currency", "active"}))
 
 
 def order_json(order: OrderState) -> dict[str, object]:
@@ -90,8 +124,14 @@ def order_json(order: OrderState) -> dict[str, object]:
         "order_id": order.order_id,
         "customer_id": order.customer_id,
         "status": order.status,
-        "lines": [line.model_dump() for line in order.lines],
+        "lines": [line.model_dump() for line in order.line_views()],
+        "total_cents": order.total_cents,
         "currency": order.currency,
+        "payment": order.payment.model_dump(include={"status", "amount_cents", "authorization_id", "decline_reason"})
+        if order.payment else None,
+        "shipment": order.shipment.model_dump() if order.shipment else None,
+        "cancel_reason": order.cancel_reason,
+        "cancel_detail": order.cancel_detail,
         "placed_at": order.placed_at,
         "deadline": order.deadline,
         "history": [entry.model_dump() for entry in order.history],

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from streamcart.domain.orders import OrderState
+from streamcart.domain.catalog import ProductState
+from streamcart.domain.inventory import StockState
+from streamcart.domain.order_state import OrderState
 
 
 class WorkerView(Protocol):
@@ -19,5 +21,9 @@ class WorkerView(Protocol):
     def ready(self) -> bool: ...
 
     def order(self, order_id: str) -> OrderState | None: ...
+
+    def stock(self, sku: str) -> StockState | None: ...
+
+    def product(self, sku: str) -> ProductState | None: ...
 
     def owner_url(self, table: str, key: str) -> str | None: ...

@@ -5,6 +5,6 @@ that this ``tables`` is ours).
 """
 
 from tables.declarations import StateTables, declare_tables
-from tables.typed import ModelTable
+from tables.typed import DeadlineTable, ModelTable
 
-__all__ = ["ModelTable", "StateTables", "declare_tables"]
+__all__ = ["DeadlineTable", "ModelTable", "StateTables", "declare_tables"]

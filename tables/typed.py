@@ -50,3 +50,21 @@ class ModelTable(Generic[M]):
 
     def __len__(self) -> int:
         return len(self.table)
+
+
+class DeadlineTable:
+    """``order_id -> deadline`` for the orders still PENDING: what a timer tick scans (small, unlike ``orders``)."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def track(self, order_id: str, deadline: int | None) -> None:
+        """Remember ``order_id``'s deadline, or forget it (``None``) once the order has its outcome."""
+        if deadline is not None:
+            if self.table.get(order_id) != deadline:
+                self.table[order_id] = deadline
+        elif order_id in self.table:
+            del self.table[order_id]
+
+    def items(self) -> list[tuple[str, int]]:
+        return [(str(k), int(v)) for k, v in self.table.items()]

@@ -114,7 +114,7 @@ def rss_bytes(pid: int) -> int | None:
 
 
 def tree_rss_bytes(pid: int) -> int | None:
-    """Resident memory of ``pid`` plus its direct children (shared pages are counted once per process)."""
+    """Resident memory of ``pid`` plus its direct children (pages they share are counted in each of them)."""
     own = rss_bytes(pid)
     if own is None:
         return None

@@ -63,4 +63,4 @@ async def test_a_message_of_another_flow_on_the_order_topic_is_dead_lettered(run
     async with runtime.agents["orders"].test_context() as agent:
         await agent.put(codec.encode(stray), key=b"A")
     dead = sink.records(runtime.topics.dlq)
-    assert [d.headers[DlqHeader.ERROR_CLASS] for d in dead] == [b"UnhandledMessage"]
+    assert [d.headers[DlqHeader.ERROR_CLASS] for d in dead] == [b"FlowError"]

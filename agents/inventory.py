@@ -1,0 +1,55 @@
+"""The inventory flow: catalog and stock, keyed by sku (adapter around :mod:`streamcart.domain.inventory`)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from agents.runtime import FlowError, Runtime, consume
+from schemas.messages import AdjustStock, InventoryCommand, Message, UpsertProduct
+from streamcart.domain import catalog, inventory
+
+log = logging.getLogger(__name__)
+
+
+def register(runtime: Runtime) -> Any:
+    """Declare the inventory agent (catalog upserts and every stock command) on the runtime's app."""
+    tables = runtime.tables
+    t = runtime.topics
+
+    async def handle(message: Message, event: Any) -> None:
+        if isinstance(message, UpsertProduct):
+            decision = catalog.decide(tables.catalog.get(message.sku), message)
+            if decision.rejected is not None:
+                raise FlowError(decision.rejected)
+            if decision.state is not None:
+                tables.catalog.put(message.sku, decision.state)
+            await runtime.emit(decision.messages, cause=event)
+            return
+        if not isinstance(message, InventoryCommand):
+            raise FlowError(f"{type(message).__name__} on an inventory topic")
+        order_id = getattr(message, "order_id", None)  # every stock command but AdjustStock names its order
+        key = inventory.reservation_key(message.sku, order_id) if order_id else None
+        change = inventory.decide(
+            tables.stock.get(message.sku),
+            tables.reservations.get(key) if key else None,
+            message,
+            product=tables.catalog.get(message.sku),
+        )
+        if change.rejected is not None:
+            if isinstance(message, AdjustStock):
+                # An adjustment that would take stock promised to orders: refused, and the API checks first.
+                log.warning("stock adjustment %s refused: %s", message.event_id, change.rejected)
+                return
+            raise FlowError(change.rejected)
+        if change.state is not None:
+            tables.stock.put(message.sku, change.state.stock)
+            if key and change.state.reservation is not None:
+                tables.reservations.put(key, change.state.reservation)
+        await runtime.emit(change.messages, cause=event)
+
+    async def inventory_agent(stream: Any) -> None:
+        await consume(runtime, stream, handle, flow="inventory")
+
+    source = runtime.source(t.catalog_commands, t.inventory_commands)
+    return runtime.app.agent(source, name="inventory")(inventory_agent)

@@ -1,0 +1,57 @@
+"""The notifications flow: order events → the customer's channels, with retries; give-ups go to the DLQ.
+
+It consumes ``events.orders`` (keyed by order_id, so the order's own record, with its webhook URL, is in this
+worker's orders table) and reports each delivery on ``events.notifications``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+from aiohttp import ClientSession
+
+from agents.runtime import Runtime, consume_concurrently
+from schemas.messages import Message, OrderEvent
+from streamcart.domain import notifications
+from streamcart.domain.notifications import Contact, Notification
+from streamcart.notify.delivery import Deliverer, DeliveryFailed, default_providers
+
+log = logging.getLogger(__name__)
+
+
+def register(runtime: Runtime, worker_index: int = 0) -> Any:
+    """Declare the notifications agent on the runtime's app."""
+    outbox = Path(runtime.settings.home).resolve() / "data" / "notifications" / "outbox.jsonl"
+    deliverer: Deliverer | None = None
+
+    def channels() -> Deliverer:
+        nonlocal deliverer
+        if deliverer is None:  # the HTTP session must be made inside the running loop
+            deliverer = Deliverer(default_providers(ClientSession(), outbox))
+        return deliverer
+
+    async def deliver(notification: Notification, event: Any) -> Message:
+        try:
+            attempts = await channels().deliver(notification)
+            return notifications.sent(notification, attempts=attempts)
+        except DeliveryFailed as exc:
+            await runtime.dead_letter(event, exc, f"notifications.{notification.channel}")
+            return notifications.failed(notification, attempts=channels().attempts, reason=str(exc))
+
+    async def handle(message: Message, event: Any) -> None:
+        if not isinstance(message, OrderEvent):
+            return
+        order = runtime.tables.orders.get(message.order_id)
+        contact = Contact(webhook_url=order.webhook_url if order else None)
+        planned = notifications.plan(message, contact)
+        outcomes = await asyncio.gather(*(deliver(n, event) for n in planned))
+        await runtime.emit(tuple(outcomes), cause=event)
+
+    async def notifications_agent(stream: Any) -> None:
+        await consume_concurrently(runtime, stream, handle, flow="notifications")
+
+    source = runtime.source(runtime.topics.order_events)
+    return runtime.app.agent(source, name="notifications")(notifications_agent)

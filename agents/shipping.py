@@ -1,0 +1,40 @@
+"""The shipping flow, keyed by order_id (adapter around :mod:`streamcart.domain.shipping`)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from agents.runtime import FlowError, Runtime, consume
+from schemas.messages import Message
+from streamcart.domain import shipping
+
+log = logging.getLogger(__name__)
+
+#: Refusals of an UpdateShipment the API checks before sending; one that races past it is only logged.
+REFUSALS = {shipping.UNKNOWN_SHIPMENT, shipping.NOT_DISPATCHED, shipping.SHIPMENT_CANCELLED}
+
+
+def register(runtime: Runtime) -> Any:
+    """Declare the shipping agent (order events and shipment updates) on the runtime's app."""
+    tables = runtime.tables
+    t = runtime.topics
+
+    async def handle(message: Message, event: Any) -> None:
+        order_id = getattr(message, "order_id", None)
+        if order_id is None:
+            raise FlowError(f"{type(message).__name__} has no order_id")
+        decision = shipping.decide(tables.shipments.get(order_id), message)
+        if decision.rejected is not None:
+            if decision.rejected in REFUSALS:
+                log.info("shipment %s: %s refused: %s", order_id, type(message).__name__, decision.rejected)
+                return
+            raise FlowError(decision.rejected)
+        if decision.state is not None:
+            tables.shipments.put(order_id, decision.state)
+        await runtime.emit(decision.messages, cause=event)
+
+    async def shipping_agent(stream: Any) -> None:
+        await consume(runtime, stream, handle, flow="shipping")
+
+    return runtime.app.agent(runtime.source(t.order_events, t.shipping_commands), name="shipping")(shipping_agent)

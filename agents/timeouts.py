@@ -1,0 +1,41 @@
+"""Deadlines: a timer on every worker emits ExpireOrder for the pending orders of the partitions it owns.
+
+The timer only *sends commands*; the orders flow decides what expiry means when it applies one. Each command is
+named by its order and deadline, so a tick that runs twice (or on two workers around a rebalance) changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from agents.runtime import Runtime
+from streamcart.domain import timeouts
+from streamcart.partitioning import partition_for
+
+log = logging.getLogger(__name__)
+
+
+def register(runtime: Runtime) -> Any:
+    """Declare the deadline timer on the runtime's app."""
+    settings = runtime.settings
+    tables = runtime.tables
+    topic = runtime.topics.order_commands
+
+    async def expire_due_orders() -> None:
+        # An exception escaping a faust timer kills the whole worker (notes/faust.md): never let one out.
+        try:
+            owned = {tp.partition for tp in runtime.app.assignor.assigned_actives() if tp.topic == topic}
+            now_ms = int(time.time() * 1000)
+            overdue = [
+                order_id for order_id, deadline in tables.deadlines.items()
+                if deadline <= now_ms and partition_for(order_id, settings.partitions) in owned
+            ]
+            orders = [order for order_id in overdue if (order := tables.orders.get(order_id)) is not None]
+            for command in timeouts.due(orders, now_ms):
+                await runtime.send(command)
+        except Exception:
+            log.exception("deadline scan failed; the next tick tries again")
+
+    return runtime.app.timer(settings.timer_interval_s, name="deadlines")(expire_due_orders)

@@ -1,0 +1,44 @@
+"""The launcher against the session's real stack (tests/integration/conftest.py starts it through Stack.up)."""
+
+from __future__ import annotations
+
+import time
+
+from streamcart.settings import Settings
+from streamcart.stack import Stack
+from streamcart.stack.admin import describe_topics
+from streamcart.topics import topic_specs
+
+
+def test_every_process_runs_healthy_with_its_memory_and_uptime(stack: Stack) -> None:
+    rows = stack.status()
+    assert [row.name for row in rows] == stack.names
+    unhealthy = [(row.name, row.health) for row in rows if not (row.running and row.health and row.health.ok)]
+    assert unhealthy == []
+    assert all(row.rss_bytes and row.rss_bytes > 10 * 2**20 for row in rows)
+    assert all(row.uptime_s is not None and row.uptime_s >= 0 for row in rows)
+
+
+def test_the_workers_share_every_partition_between_them_and_report_their_lag(stack: Stack, settings: Settings) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        workers = [row for row in stack.status() if row.assigned is not None]
+        owned = sorted(p for row in workers for p in row.assigned or ())
+        if owned == list(range(settings.partitions)) or time.monotonic() > deadline:
+            break
+        time.sleep(1)  # a rebalance may still be settling
+    assert owned == list(range(settings.partitions))
+    assert all(isinstance(row.lag, int) and row.lag >= 0 for row in workers)
+
+
+def test_a_second_up_while_everything_runs_changes_nothing(stack: Stack) -> None:
+    pids = {name: stack.record(name).pid for name in stack.names}  # type: ignore[union-attr]
+    assert stack.up() == {}
+    assert {name: stack.record(name).pid for name in stack.names} == pids  # type: ignore[union-attr]
+
+
+def test_the_topics_exist_with_their_partition_counts_and_cleanup_policies(stack: Stack, settings: Settings) -> None:
+    on_broker = {topic.name: topic for topic in describe_topics(settings)}
+    for spec in topic_specs(settings):
+        assert on_broker[spec.name].partitions == spec.partitions
+        assert on_broker[spec.name].cleanup_policy == spec.config["cleanup.policy"]

@@ -1,0 +1,211 @@
+"""The choreographed saga on the real stack (DESIGN.md §3), checked against the invariants of §4."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import pytest
+
+from schemas.codec import Codec
+from schemas.messages import AdjustStock, CancelOrder, Message, OrderLine, PlaceOrder, UpdateShipment, UpsertProduct
+from streamcart.ids import new_id
+from streamcart.settings import Settings
+from streamcart.topics import Topics
+from tests.integration.support import admin_token, http_json, poll, producer
+
+TERMINAL = {"CONFIRMED", "CANCELLED", "SHIPPED", "DELIVERED"}
+
+
+class Shop:
+    """Drives the saga by producing commands with confluent-kafka, and reads it back through the API."""
+
+    def __init__(self, settings: Settings, codec: Codec) -> None:
+        self.settings = settings
+        self.codec = codec
+        self.topics = Topics.from_settings(settings)
+        self.producer = producer(settings)
+        self.token = admin_token(settings)
+
+    def send(self, *messages: Message) -> None:
+        for message in messages:
+            self.producer.produce(
+                getattr(self.topics, message.TOPIC), key=message.key.encode(), value=self.codec.encode(message)
+            )
+        assert self.producer.flush(10) == 0
+
+    def envelope(self, correlation: str) -> dict:
+        event_id = new_id()
+        return {"event_id": event_id, "occurred_at": _now(), "causation_id": event_id, "correlation_id": correlation}
+
+    def product(self, sku: str, price: int, stock: int, active: bool = True) -> None:
+        self.send(
+            UpsertProduct(**self.envelope(sku), sku=sku, name=f"Product {sku}", unit_price_cents=price,
+                          currency="EUR", active=active),
+            AdjustStock(**self.envelope(sku), sku=sku, delta=stock, reason="initial"),
+        )
+        poll(lambda: (self.get(f"/v1/stock/{sku}") or {}).get("on_hand") == stock, what=f"stock of {sku}")
+
+    def place(self, lines: dict[str, int], token: str = "tok_approve", order_id: str | None = None) -> PlaceOrder:
+        order_id = order_id or f"o-{new_id()}"
+        order = PlaceOrder(**self.envelope(order_id), order_id=order_id, customer_id="c-saga",
+                           lines=tuple(OrderLine(sku=s, quantity=q) for s, q in lines.items()), currency="EUR",
+                           payment_token=token)
+        self.send(order)
+        return order
+
+    def cancel(self, order_id: str) -> None:
+        self.send(CancelOrder(**self.envelope(order_id), order_id=order_id, requested_by="c-saga"))
+
+    def ship(self, order_id: str, status: str) -> None:
+        self.send(UpdateShipment(**self.envelope(order_id), order_id=order_id, status=status))
+
+    def get(self, path: str, worker: int = 0) -> dict | None:
+        status, body = http_json(f"{self.settings.worker_url(worker)}{path}", self.token)
+        return body if status == 200 else None
+
+    def order(self, order_id: str) -> dict | None:
+        return self.get(f"/v1/orders/{order_id}")
+
+    def settled(self, order_id: str, timeout_s: float = 30, statuses: set[str] = TERMINAL) -> dict:
+        return poll(lambda: (o := self.order(order_id)) and o["status"] in statuses and o,
+                    timeout_s=timeout_s, what=f"order {order_id} to reach {sorted(statuses)}")
+
+    def stock(self, sku: str) -> dict:
+        stock = self.get(f"/v1/stock/{sku}")
+        assert stock is not None
+        return stock
+
+    def quiet_stock(self, sku: str, timeout_s: float = 30) -> dict:
+        """The stock once no reservation is live (I2: reserved is 0 when quiet)."""
+        return poll(lambda: (s := self.stock(sku))["reserved"] == 0 and s, timeout_s=timeout_s,
+                    what=f"{sku} to have no live reservation")
+
+    def gateway_ledger(self) -> dict[str, dict]:
+        with urllib.request.urlopen(f"{self.settings.gateway_url}/v1/authorizations", timeout=5) as response:
+            return {a["idempotency_key"]: a for a in json.loads(response.read())["authorizations"]}
+
+
+def _now() -> int:
+    import time
+
+    return int(time.time() * 1000)
+
+
+@pytest.fixture(scope="module")
+def shop(stack, settings, codec) -> Shop:
+    return Shop(settings, codec)
+
+
+def sku() -> str:
+    return f"SKU-{new_id()[:8]}"
+
+
+def test_a_multi_line_order_is_confirmed_at_catalog_prices(shop: Shop):
+    a, b = sku(), sku()
+    shop.product(a, price=1250, stock=10)
+    shop.product(b, price=399, stock=5)
+    order = shop.place({a: 2, b: 3})
+    confirmed = shop.settled(order.order_id)
+    assert confirmed["status"] == "CONFIRMED"
+    assert confirmed["total_cents"] == 2 * 1250 + 3 * 399
+    assert {line["sku"]: line["unit_price_cents"] for line in confirmed["lines"]} == {a: 1250, b: 399}
+    # I2: sold leaves on_hand; nothing stays reserved.
+    assert shop.quiet_stock(a)["on_hand"] == 8
+    assert shop.quiet_stock(b)["on_hand"] == 2
+    # I4: exactly one successful authorization, for the total.
+    auth = poll(lambda: shop.gateway_ledger().get(order.order_id), what="the authorization")
+    assert auth["amount_cents"] == confirmed["total_cents"]
+    assert poll(lambda: shop.gateway_ledger()[order.order_id]["status"] == "captured", what="capture")
+
+
+def test_one_line_out_of_stock_cancels_and_releases_the_other_lines(shop: Shop):
+    plenty, scarce = sku(), sku()
+    shop.product(plenty, price=100, stock=10)
+    shop.product(scarce, price=100, stock=1)
+    order = shop.place({plenty: 3, scarce: 2})
+    cancelled = shop.settled(order.order_id)
+    assert (cancelled["status"], cancelled["cancel_reason"]) == ("CANCELLED", "out_of_stock")
+    assert shop.quiet_stock(plenty)["available"] == 10
+    assert shop.quiet_stock(scarce)["available"] == 1
+    assert order.order_id not in shop.gateway_ledger()
+
+
+def test_an_unknown_or_inactive_product_cancels_as_unavailable(shop: Shop):
+    inactive = sku()
+    shop.product(inactive, price=100, stock=10, active=False)
+    for lines in ({inactive: 1}, {f"NOPE-{new_id()[:8]}": 1}):
+        order = shop.place(lines)
+        cancelled = shop.settled(order.order_id)
+        assert (cancelled["status"], cancelled["cancel_reason"]) == ("CANCELLED", "product_unavailable")
+
+
+def test_a_declined_payment_cancels_and_releases_the_stock(shop: Shop):
+    item = sku()
+    shop.product(item, price=500, stock=4)
+    order = shop.place({item: 2}, token="tok_decline")
+    cancelled = shop.settled(order.order_id)
+    assert (cancelled["status"], cancelled["cancel_reason"]) == ("CANCELLED", "payment_declined")
+    assert shop.quiet_stock(item)["available"] == 4
+    assert shop.gateway_ledger()[order.order_id]["status"] == "declined"
+
+
+def test_transient_gateway_failures_are_retried_into_one_authorization(shop: Shop):
+    item = sku()
+    shop.product(item, price=700, stock=3)
+    order = shop.place({item: 1}, token="tok_flaky_2")
+    assert shop.settled(order.order_id)["status"] == "CONFIRMED"
+    ledger = shop.gateway_ledger()
+    assert [k for k in ledger if k == order.order_id] == [order.order_id]
+    assert ledger[order.order_id]["status"] in {"approved", "captured"}
+
+
+def test_a_duplicate_place_order_changes_nothing(shop: Shop):
+    item = sku()
+    shop.product(item, price=1000, stock=5)
+    order = shop.place({item: 2})
+    shop.send(order)  # the very same command again (same event id)
+    again = order.model_copy(update={"event_id": new_id()})
+    shop.send(again)  # and a retried request for the same order id
+    assert shop.settled(order.order_id)["status"] == "CONFIRMED"
+    assert shop.quiet_stock(item)["on_hand"] == 3
+    placed = [h for h in shop.order(order.order_id)["history"] if h["event"] == "OrderPlaced"]
+    assert len(placed) == 1
+
+
+def test_a_customer_cancel_after_confirmation_refunds_and_restocks(shop: Shop):
+    item = sku()
+    shop.product(item, price=900, stock=2)
+    order = shop.place({item: 2})
+    assert shop.settled(order.order_id)["status"] == "CONFIRMED"
+    shop.cancel(order.order_id)
+    cancelled = shop.settled(order.order_id, statuses={"CANCELLED"})
+    assert cancelled["cancel_reason"] == "customer_request"
+    assert poll(lambda: shop.stock(item)["on_hand"] == 2, what="restock")
+    assert poll(lambda: shop.gateway_ledger()[order.order_id]["status"] == "refunded", what="refund")
+
+
+def test_a_cancel_after_dispatch_is_refused_and_the_order_is_delivered(shop: Shop):
+    item = sku()
+    shop.product(item, price=100, stock=1)
+    order = shop.place({item: 1})
+    shop.settled(order.order_id)
+    poll(lambda: (shop.order(order.order_id) or {}).get("shipment"), what="shipment created")
+    shop.ship(order.order_id, "dispatched")
+    shop.settled(order.order_id, statuses={"SHIPPED"})
+    shop.cancel(order.order_id)
+    shop.ship(order.order_id, "delivered")
+    delivered = shop.settled(order.order_id, statuses={"DELIVERED"})
+    assert delivered["cancel_reason"] is None
+    assert shop.gateway_ledger()[order.order_id]["status"] == "captured"
+
+
+def test_200_orders_racing_for_the_last_50_units_confirm_exactly_50(shop: Shop):
+    item = sku()
+    shop.product(item, price=100, stock=50)
+    orders = [shop.place({item: 1}) for _ in range(200)]
+    outcomes = [shop.settled(o.order_id, timeout_s=60)["status"] for o in orders]
+    assert outcomes.count("CONFIRMED") == 50
+    assert outcomes.count("CANCELLED") == 150
+    stock = shop.quiet_stock(item)
+    assert (stock["on_hand"], stock["available"], stock["sold"]) == (0, 0, 50)
