@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from faust.streams import _current_event
 
 from schemas.codec import Codec
 from schemas.errors import DecodeError, RegistryUnavailable
@@ -162,6 +165,10 @@ async def _decode(codec: Codec, value: bytes) -> Message:
 
 async def process(runtime: Runtime, event: Any, handler: Handler, flow: str) -> None:
     """Decode one event and hand it to ``handler``; dead-letter it if either step fails. Never raises."""
+    # Table writes go to the changelog partition of "the current event". faust sets it while a stream iterates
+    # one event at a time, but not for events taken in batches: set it here for the event being handled (each
+    # concurrently handled event runs in its own task, so each sees its own).
+    _current_event.set(weakref.ref(event))
     try:
         message = await _decode(runtime.codec, event.value)
     except DecodeError as exc:

@@ -11,6 +11,14 @@ from streamcart.settings import Settings
 
 DAY_MS = 24 * 60 * 60 * 1000
 
+#: Every table a worker declares (tables/declarations.py); each has a compacted changelog topic.
+TABLE_NAMES = ("orders", "deadlines", "catalog", "stock", "reservations", "payments", "shipments")
+
+
+def changelog_topic(app_id: str, table: str) -> str:
+    """The changelog topic faust uses for ``table`` of app ``app_id``."""
+    return f"{app_id}-{table}-changelog"
+
 
 @dataclass(frozen=True, slots=True)
 class TopicSpec:
@@ -71,4 +79,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t.analytics_sku_units, n, "window", latest),
         TopicSpec(t.analytics_outcomes, n, "window", latest),
         TopicSpec(t.dlq, n, "original key", {"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS)}),
+        # Created here rather than by faust on first start: a changelog that appears while the workers start is
+        # missing from their consumers' metadata ("0 partitions"), and every write to its table then fails.
+        *(TopicSpec(changelog_topic(settings.app_id, name), n, "table key", latest) for name in TABLE_NAMES),
     ]

@@ -1,12 +1,12 @@
 """The tables every worker declares. Each is co-partitioned with the topics that feed it.
 
 A write goes to the changelog partition of the source event being processed, which is the key's own partition
-because every key is the same UTF-8 bytes on every topic of the same partition count. Two exceptions:
+because every key is the same UTF-8 bytes on every topic of the same partition count. ``reservations`` is keyed
+``"{sku}/{order_id}"`` but lives in its SKU's partition for the same reason.
 
-- ``payments`` is written inside ``stream.take_events()`` batches, which faust only allows for a table declared
-  with ``use_partitioner=True`` (notes/faust.md): the write then goes to the partition of its key, the same one.
-- ``reservations`` is keyed ``"{sku}/{order_id}"`` but lives in the SKU's partition: it must follow the source
-  event (never ``use_partitioner``), or the key would hash somewhere else.
+No table uses ``use_partitioner=True`` (notes/faust.md suggests it for writes inside ``take()`` batches): faust
+then asks the producer's metadata for the changelog's partitions, which it does not have until it has sent there,
+and the write fails. Batched flows set the current event instead (:func:`agents.runtime.process`).
 """
 
 from __future__ import annotations
@@ -35,18 +35,20 @@ class StateTables:
     shipments: ModelTable[ShipmentState]
 
 
-def _table(app: Any, name: str, partitions: int, *, batched: bool = False) -> Any:
+def _table(app: Any, name: str, partitions: int) -> Any:
     table = app.Table(
         name,
         default=None,
         partitions=partitions,
-        use_partitioner=batched,
         help=f"{name} state, keyed like its source topic",
     )
-    # faust derives serializers from key_type (JSON for str); set them before the store and changelog topic
-    # are created (both lazily) so changelog keys are the id's plain UTF-8 bytes.
+    # faust derives serializers from key_type (JSON for str). Changelog keys must be the id's plain UTF-8 bytes,
+    # and the table manager has already built the changelog topic (which recovery decodes with) by now: set the
+    # serializers, then build the topic again with them. Missing the second step breaks every recovery that has
+    # to read the changelog (a fresh worker, a lost disk): each record fails to decode as JSON.
     table.key_serializer = "utf8"
     table.value_serializer = "json"
+    table.changelog_topic = table._new_changelog_topic()
     return table
 
 
@@ -58,6 +60,6 @@ def declare_tables(app: Any, partitions: int) -> StateTables:
         catalog=ModelTable(_table(app, "catalog", partitions), ProductState),
         stock=ModelTable(_table(app, "stock", partitions), StockState),
         reservations=ModelTable(_table(app, "reservations", partitions), Reservation),
-        payments=ModelTable(_table(app, "payments", partitions, batched=True), PaymentState),
+        payments=ModelTable(_table(app, "payments", partitions), PaymentState),
         shipments=ModelTable(_table(app, "shipments", partitions), ShipmentState),
     )

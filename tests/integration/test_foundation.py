@@ -80,7 +80,8 @@ def test_a_worker_killed_mid_stream_loses_nothing_and_applies_nothing_twice(stac
             ),
             timeout_s=60, what=f"order {order.order_id} after the restart",
         )
-        assert [h["event"] for h in body["history"]] == ["OrderPlaced"], body
+        # The saga goes on from here (this SKU is not in the catalog), but the placement was applied once.
+        assert [h["event"] for h in body["history"]].count("OrderPlaced") == 1, body
 
     wanted = {o.order_id for o in orders}
     placed_ids: dict[str, set[str]] = defaultdict(set)
