@@ -19,6 +19,7 @@ from streamcart.errors import StreamcartError
 from streamcart.settings import Settings, load_settings
 
 if TYPE_CHECKING:
+    from streamcart.commands import CommandSender
     from streamcart.stack import Stack
 
 app = typer.Typer(
@@ -138,7 +139,14 @@ def topics(
 
 
 def seed_demo(settings: Settings) -> None:
-    """Hook for `streamcart demo` to fill the running stack with a demo catalog (nothing yet)."""
+    """Fill the running stack with the demo catalog and print a token to call the API with."""
+    from api.auth import issue_token
+    from streamcart.demo import seed
+
+    count = seed(settings)
+    console.print(f"seeded {count} demo products (`streamcart product show KB-001`)")
+    token = issue_token(settings.jwt_secret.get_secret_value(), "ops", ["admin"], ttl_s=12 * 3600)
+    console.print(f"admin token (12 h): [bold]{token}[/]")
 
 
 @app.command()
@@ -151,6 +159,145 @@ def demo() -> None:
         f"Open [bold]{stack.settings.worker_url(0)}/dashboard[/]; `streamcart status` shows every process, "
         "`streamcart logs -f` follows the logs, `make down` stops it all."
     )
+
+
+@app.command()
+def token(
+    sub: Annotated[str, typer.Option(help="The subject: a customer id (or any name for an admin).")],
+    role: Annotated[list[str], typer.Option(help="customer or admin; repeat for several.")],
+    ttl: Annotated[int, typer.Option(help="Seconds until it expires.")] = 3600,
+) -> None:
+    """Print a signed API token (HS256 with STREAMCART_JWT_SECRET) for local use."""
+    from api.auth import issue_token
+
+    unknown = set(role) - {"customer", "admin"}
+    if unknown:
+        raise typer.BadParameter(f"unknown role(s) {sorted(unknown)}: use customer or admin")
+    print(issue_token(load_settings().jwt_secret.get_secret_value(), sub, role, ttl_s=ttl))
+
+
+order_app = typer.Typer(help="Place, cancel and inspect orders (commands go to Kafka; reads come from the tables).")
+product_app = typer.Typer(help="The catalog and its stock.")
+app.add_typer(order_app, name="order")
+app.add_typer(product_app, name="product")
+
+
+def _sender() -> tuple[Settings, CommandSender]:
+    from streamcart.commands import CommandSender
+
+    settings = load_settings()
+    return settings, CommandSender(settings)
+
+
+def _api_get(settings: Settings, path: str) -> tuple[int, object]:
+    from api.auth import issue_token
+    from streamcart.stack.probes import http_get_json
+
+    admin = issue_token(settings.jwt_secret.get_secret_value(), "cli", ["admin"], ttl_s=60)
+    return http_get_json(f"{settings.worker_url(0)}{path}", 5.0, headers={"Authorization": f"Bearer {admin}"})
+
+
+@order_app.command("place")
+def order_place(
+    line: Annotated[list[str], typer.Option(help="SKU:QUANTITY; repeat for several lines.")],
+    customer: Annotated[str, typer.Option(help="The customer id.")] = "c-cli",
+    payment_token: Annotated[
+        str, typer.Option("--token", help="Card token (see the payment gateway).")
+    ] = "tok_approve",
+    currency: str = "EUR",
+    wait: Annotated[float, typer.Option(help="Seconds to wait for the outcome (0: don't).")] = 10.0,
+) -> None:
+    """Place an order and (by default) wait for its outcome."""
+    from schemas.messages import OrderLine, PlaceOrder
+    from streamcart.commands import envelope
+    from streamcart.ids import new_id
+
+    lines = []
+    for item in line:
+        sku, _, qty = item.rpartition(":")
+        if not sku or not qty.isdigit() or int(qty) < 1:
+            raise typer.BadParameter(f"{item!r}: expected SKU:QUANTITY with a positive quantity")
+        lines.append(OrderLine(sku=sku, quantity=int(qty)))
+    settings, sender = _sender()
+    order_id = f"o-{new_id()}"
+    sender.send(PlaceOrder(**envelope(order_id), order_id=order_id, customer_id=customer, lines=tuple(lines),
+                           currency=currency, payment_token=payment_token))
+    console.print(f"placed [bold]{order_id}[/]")
+    if wait > 0:
+        _show_order(settings, order_id, wait_s=wait)
+
+
+@order_app.command("show")
+def order_show(
+    order_id: str, wait: Annotated[float, typer.Option(help="Wait up to S seconds for an outcome.")] = 0.0
+) -> None:
+    """Show an order: status, lines with prices, payment, shipment, history."""
+    _show_order(load_settings(), order_id, wait_s=wait)
+
+
+@order_app.command("cancel")
+def order_cancel(order_id: str, by: str = "c-cli") -> None:
+    """Ask to cancel an order (refused after dispatch)."""
+    from schemas.messages import CancelOrder
+    from streamcart.commands import envelope
+
+    _, sender = _sender()
+    sender.send(CancelOrder(**envelope(order_id), order_id=order_id, requested_by=by))
+    console.print(f"cancel requested for {order_id}")
+
+
+def _show_order(settings: Settings, order_id: str, *, wait_s: float) -> None:
+    deadline = time.monotonic() + wait_s
+    while True:
+        status, body = _api_get(settings, f"/v1/orders/{order_id}")
+        settled = status == 200 and isinstance(body, dict) and body.get("status") != "PENDING"
+        if settled or time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
+    if status != 200 or not isinstance(body, dict):
+        raise StreamcartError(f"order {order_id}: HTTP {status} {body}")
+    from streamcart.stack.views import order_panel
+
+    console.print(order_panel(body))
+
+
+@product_app.command("upsert")
+def product_upsert(
+    sku: str,
+    name: Annotated[str, typer.Option()],
+    price: Annotated[int, typer.Option(help="Unit price in cents.")],
+    currency: str = "EUR",
+    active: bool = True,
+) -> None:
+    """Create or change a catalog entry."""
+    from schemas.messages import UpsertProduct
+    from streamcart.commands import envelope
+
+    _, sender = _sender()
+    sender.send(UpsertProduct(**envelope(sku), sku=sku, name=name, unit_price_cents=price,
+                              currency=currency, active=active))
+    console.print(f"upserted {sku}")
+
+
+@product_app.command("stock")
+def product_stock(sku: str, delta: Annotated[int, typer.Argument(help="Units to add (negative: remove).")],
+                  reason: str = "cli") -> None:
+    """Adjust a SKU's stock on hand."""
+    from schemas.messages import AdjustStock
+    from streamcart.commands import envelope
+
+    _, sender = _sender()
+    sender.send(AdjustStock(**envelope(sku), sku=sku, delta=delta, reason=reason))
+    console.print(f"adjusted {sku} by {delta}")
+
+
+@product_app.command("show")
+def product_show(sku: str) -> None:
+    """A product and its stock."""
+    settings = load_settings()
+    for path in (f"/v1/products/{sku}", f"/v1/stock/{sku}"):
+        status, body = _api_get(settings, path)
+        console.print_json(data=body) if status == 200 else console.print(f"{path}: HTTP {status} {body}")
 
 
 @app.command()

@@ -6,6 +6,9 @@ Everything derives from :class:`~streamcart.settings.Settings` (``home`` and ``c
 
 from __future__ import annotations
 
+import hashlib
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +45,25 @@ class StackLayout:
 
     def data_dir(self, name: str) -> Path:
         return self.data_root / name
+
+    @property
+    def postgres_dir(self) -> Path:
+        """Where PostgreSQL keeps its cluster: in the home when the ``postgres`` user can reach it there.
+
+        PostgreSQL runs as ``postgres``, which cannot enter a home below a folder closed to others (a clone
+        under /root, a 0700 temporary dir). Such a stack keeps its cluster in a folder of its own under
+        /var/tmp instead, named after the home so two stacks never share one; ``down --purge`` deletes it too.
+        """
+        inside = self.data_dir("postgres")
+        if all(os.stat(folder).st_mode & stat.S_IXOTH for folder in _existing_ancestors(self.home)):
+            return inside
+        digest = hashlib.sha256(str(self.home).encode()).hexdigest()[:12]
+        return Path("/var/tmp") / f"streamcart-postgres-{digest}"
+
+
+def _existing_ancestors(path: Path) -> list[Path]:
+    """``path`` and every folder above it that exists (the home may not have been made yet)."""
+    return [folder for folder in [path, *path.parents] if folder.exists()]
 
 
 @dataclass(frozen=True)

@@ -58,9 +58,9 @@ def postgres_probe(settings: Settings, timeout_s: float = 2.0) -> Probe:
     return Probe(True, "accepts connections")
 
 
-def http_get_json(url: str, timeout_s: float) -> tuple[int, Any]:
+def http_get_json(url: str, timeout_s: float, headers: dict[str, str] | None = None) -> tuple[int, Any]:
     """GET ``url`` → (status, parsed JSON or None). Connection problems raise ``OSError``."""
-    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    request = urllib.request.Request(url, headers={"Accept": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             status, body = response.status, response.read()

@@ -165,7 +165,7 @@ def _prepare_postgres(settings: Settings, layout: StackLayout) -> list[str]:
         raise SetupError(f"PostgreSQL's server (initdb, postgres) is not installed: {RUN_SETUP}")
     if not postgres.postgres_user_exists():
         raise SetupError(f"the system user 'postgres' does not exist: {RUN_SETUP}")
-    data = layout.data_dir("postgres")
+    data = layout.postgres_dir
     postgres.initialize(bindir, data, settings)
     return postgres.server_command(bindir, data, settings)
 

@@ -201,6 +201,7 @@ class Stack:
             still = [name for name in order if self.is_running(name)]
             if still:
                 raise StackError(f"not purging {self.layout.home}: {', '.join(still)} still running")
+            shutil.rmtree(self.layout.postgres_dir, ignore_errors=True)  # outside the home on some machines
             shutil.rmtree(self.layout.home, ignore_errors=True)
             self._echo(f"deleted {self.layout.home}")
         return stopped

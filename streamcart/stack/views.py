@@ -93,3 +93,27 @@ def _ranges(numbers: tuple[int, ...]) -> str:
         else:
             parts.append(str(n))
     return ",".join(parts) or "none"
+
+
+def order_panel(order: dict[str, Any]) -> Table:
+    """One order as the API shows it: status, lines with their reserved prices, payment, shipment, history."""
+    title = f"order {order['order_id']} · {order['status']}"
+    if order.get("cancel_reason"):
+        title += f" ({order['cancel_reason']})"
+    table = Table(title=title, title_justify="left")
+    table.add_column("what")
+    table.add_column("detail")
+    for line in order.get("lines", []):
+        price = line.get("unit_price_cents")
+        shown = f"{price / 100:.2f} {order['currency']}" if price is not None else "not priced yet"
+        table.add_row(f"line {line['sku']}", f"{line['quantity']} x {shown} ({line.get('status', '')})")
+    if order.get("total_cents") is not None:
+        table.add_row("total", f"{order['total_cents'] / 100:.2f} {order['currency']}")
+    for part in ("payment", "shipment"):
+        if order.get(part):
+            table.add_row(part, ", ".join(f"{k}={v}" for k, v in order[part].items() if v is not None))
+    start = order.get("placed_at") or 0
+    for entry in order.get("history", []):
+        detail = f" · {entry['detail']}" if entry.get("detail") else ""
+        table.add_row(f"+{(entry['at'] - start) / 1000:.3f} s", f"{entry['event']}{detail}")
+    return table
