@@ -17,7 +17,7 @@ from schemas.messages import AuthorizePayment, Message, PaymentCommand
 from streamcart.domain import payments
 from streamcart.domain.decision import Decision
 from streamcart.domain.payments import PaymentState
-from streamcart.gateway.client import GatewayClient
+from streamcart.gateway.client import ClientPolicy, GatewayClient
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,9 @@ def register(runtime: Runtime) -> Any:
     def gateway() -> GatewayClient:
         nonlocal client
         if client is None:  # created inside the running loop, on first use
-            client = GatewayClient(runtime.settings.gateway_url)
+            settings = runtime.settings
+            policy = ClientPolicy(attempt_timeout_s=settings.gateway_attempt_timeout_s, attempts=settings.gateway_attempts)
+            client = GatewayClient(settings.gateway_url, policy)
         return client
 
     async def settle(command: PaymentCommand) -> Decision[PaymentState]:

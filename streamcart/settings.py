@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     saga_timeout_s: float = 30.0
     timer_interval_s: float = 1.0
 
+    # The payment gateway client: each attempt's timeout, and how many attempts before "unavailable".
+    gateway_attempt_timeout_s: float = 2.0
+    gateway_attempts: int = Field(4, ge=1)
+
     # Secrets.
     jwt_secret: SecretStr = SecretStr("streamcart-local-development-secret")
     postgres_user: str = "streamcart"

@@ -32,6 +32,11 @@ TEST_SETTINGS = Settings(
     partitions=8,
     app_id="streamcart-it",
     jwt_secret="integration-test-secret-0123456789abcdef",
+    # Short enough for the deadline tests, long enough for a loaded 2-core machine to settle every order.
+    saga_timeout_s=15.0,
+    # A gateway call gives up after ~4 x 6 s: longer than the saga's deadline, so a slow gateway meets the
+    # timeout path (cancel, then void the late authorization) rather than "gateway unavailable".
+    gateway_attempt_timeout_s=6.0,
 )
 
 
