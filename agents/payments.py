@@ -35,7 +35,9 @@ def register(runtime: Runtime) -> Any:
         nonlocal client
         if client is None:  # created inside the running loop, on first use
             settings = runtime.settings
-            policy = ClientPolicy(attempt_timeout_s=settings.gateway_attempt_timeout_s, attempts=settings.gateway_attempts)
+            policy = ClientPolicy(
+                attempt_timeout_s=settings.gateway_attempt_timeout_s, attempts=settings.gateway_attempts
+            )
             client = GatewayClient(settings.gateway_url, policy)
         return client
 
