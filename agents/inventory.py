@@ -30,22 +30,22 @@ def register(runtime: Runtime) -> Any:
             raise FlowError(f"{type(message).__name__} on an inventory topic")
         order_id = getattr(message, "order_id", None)  # every stock command but AdjustStock names its order
         key = inventory.reservation_key(message.sku, order_id) if order_id else None
-        change = inventory.decide(
-            tables.stock.get(message.sku),
-            tables.reservations.get(key) if key else None,
-            message,
-            product=tables.catalog.get(message.sku),
-        )
+        stock = tables.stock.get(message.sku)
+        reservation = tables.reservations.get(key) if key else None
+        change = inventory.decide(stock, reservation, message, product=tables.catalog.get(message.sku))
         if change.rejected is not None:
             if isinstance(message, AdjustStock):
                 # An adjustment that would take stock promised to orders: refused, and the API checks first.
                 log.warning("stock adjustment %s refused: %s", message.event_id, change.rejected)
                 return
             raise FlowError(change.rejected)
-        if change.state is not None:
-            tables.stock.put(message.sku, change.state.stock)
-            if key and change.state.reservation is not None:
-                tables.reservations.put(key, change.state.reservation)
+        # A redelivery stores the current records again (see agents/orders.py for why).
+        stock = change.state.stock if change.state is not None else stock
+        reservation = change.state.reservation if change.state is not None else reservation
+        if stock is not None:
+            tables.stock.put(message.sku, stock)
+        if key and reservation is not None:
+            tables.reservations.put(key, reservation)
         await runtime.emit(change.messages, cause=event)
 
     async def inventory_agent(stream: Any) -> None:

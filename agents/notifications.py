@@ -17,7 +17,7 @@ from agents.runtime import Runtime, consume_concurrently
 from schemas.messages import Message, OrderEvent
 from streamcart.domain import notifications
 from streamcart.domain.notifications import Contact, Notification
-from streamcart.notify.delivery import Deliverer, DeliveryFailed, default_providers
+from streamcart.notify.delivery import Deliverer, default_providers
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +30,15 @@ def register(runtime: Runtime, worker_index: int = 0) -> Any:
     def channels() -> Deliverer:
         nonlocal deliverer
         if deliverer is None:  # the HTTP session must be made inside the running loop
-            deliverer = Deliverer(default_providers(ClientSession(), outbox))
+            allow_private = runtime.settings.webhook_allow_private
+            deliverer = Deliverer(default_providers(ClientSession(), outbox, allow_private=allow_private))
         return deliverer
 
     async def deliver(notification: Notification, event: Any) -> Message:
         try:
             attempts = await channels().deliver(notification)
             return notifications.sent(notification, attempts=attempts)
-        except DeliveryFailed as exc:
+        except Exception as exc:  # a give-up, or a provider bug: either way this channel failed, not the others
             await runtime.dead_letter(event, exc, f"notifications.{notification.channel}")
             return notifications.failed(notification, attempts=channels().attempts, reason=str(exc))
 

@@ -31,16 +31,20 @@ def register(runtime: Runtime) -> Any:
         order_id = getattr(message, "order_id", None)
         if order_id is None:
             raise FlowError(f"{type(message).__name__} has no order_id")
-        decision = orders.decide(tables.orders.get(order_id), message, saga_timeout_ms=saga_timeout_ms)
+        stored = tables.orders.get(order_id)
+        decision = orders.decide(stored, message, saga_timeout_ms=saga_timeout_ms)
         if decision.rejected is not None:
             if decision.rejected in REFUSALS:
                 log.info("order %s: %s refused: %s", order_id, type(message).__name__, decision.rejected)
                 return
             raise FlowError(decision.rejected)
-        if decision.state is not None:
-            tables.orders.put(order_id, decision.state)
-            pending = decision.state.status == OrderStatus.PENDING
-            tables.deadlines.track(order_id, decision.state.deadline if pending else None)
+        # A message that changes nothing (a redelivery) stores the order again: a worker killed after writing
+        # its local store but before the changelog record left would otherwise keep a changelog that is
+        # behind for good, and a failover would rebuild the old state from it.
+        order = decision.state if decision.state is not None else stored
+        if order is not None:
+            tables.orders.put(order_id, order)
+            tables.deadlines.track(order_id, order.deadline if order.status == OrderStatus.PENDING else None)
         await runtime.emit(decision.messages, cause=event)
 
     async def orders_agent(stream: Any) -> None:

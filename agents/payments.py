@@ -48,8 +48,10 @@ def register(runtime: Runtime) -> Any:
             planned = payments.plan(state, command)
             if not isinstance(planned, payments.GatewayCall):
                 return planned
-            decision = payments.apply_result(state, command, await gateway().execute(planned))
-            if decision.rejected is None or isinstance(command, AuthorizePayment):
+            result = await gateway().execute(planned)
+            decision = payments.apply_result(state, command, result)
+            retryable = result.outcome == payments.Outcome.UNAVAILABLE
+            if decision.rejected is None or isinstance(command, AuthorizePayment) or not retryable:
                 return decision
             if attempt < SETTLEMENT_ATTEMPTS:
                 log.warning("payment %s: %s (attempt %d), retrying", command.order_id, decision.rejected, attempt)
@@ -63,8 +65,9 @@ def register(runtime: Runtime) -> Any:
         decision = await settle(message)
         if decision.rejected is not None:
             raise FlowError(decision.rejected)
-        if decision.state is not None:
-            table.put(message.order_id, decision.state)
+        payment = decision.state if decision.state is not None else table.get(message.order_id)
+        if payment is not None:  # a redelivery stores it again (see agents/orders.py for why)
+            table.put(message.order_id, payment)
         await runtime.emit(decision.messages, cause=event)
 
     async def payments_agent(stream: Any) -> None:

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from faust.streams import _current_event
 
 from schemas.codec import Codec
-from schemas.errors import DecodeError, RegistryUnavailable
+from schemas.errors import RegistryUnavailable, SchemaError
 from schemas.messages import Message
 from streamcart.errors import StreamcartError
 from streamcart.settings import Settings
@@ -171,7 +171,7 @@ async def process(runtime: Runtime, event: Any, handler: Handler, flow: str) -> 
     _current_event.set(weakref.ref(event))
     try:
         message = await _decode(runtime.codec, event.value)
-    except DecodeError as exc:
+    except SchemaError as exc:  # undecodable, or the registry refused to say what its schema id is
         await runtime.dead_letter(event, exc, flow)
         return
     try:

@@ -24,14 +24,16 @@ def register(runtime: Runtime) -> Any:
         order_id = getattr(message, "order_id", None)
         if order_id is None:
             raise FlowError(f"{type(message).__name__} has no order_id")
-        decision = shipping.decide(tables.shipments.get(order_id), message)
+        stored = tables.shipments.get(order_id)
+        decision = shipping.decide(stored, message)
         if decision.rejected is not None:
             if decision.rejected in REFUSALS:
                 log.info("shipment %s: %s refused: %s", order_id, type(message).__name__, decision.rejected)
                 return
             raise FlowError(decision.rejected)
-        if decision.state is not None:
-            tables.shipments.put(order_id, decision.state)
+        shipment = decision.state if decision.state is not None else stored
+        if shipment is not None:  # a redelivery stores it again (see agents/orders.py for why)
+            tables.shipments.put(order_id, shipment)
         await runtime.emit(decision.messages, cause=event)
 
     async def shipping_agent(stream: Any) -> None:

@@ -17,11 +17,17 @@ from streamcart.partitioning import partition_for
 log = logging.getLogger(__name__)
 
 
+#: An ExpireOrder already sent is sent again only after this long without the order settling (the orders
+#: flow may be behind; a lost command must still be retried, but not once a tick for every overdue order).
+RESEND_AFTER_S = 10.0
+
+
 def register(runtime: Runtime) -> Any:
     """Declare the deadline timer on the runtime's app."""
     settings = runtime.settings
     tables = runtime.tables
     topic = runtime.topics.order_commands
+    sent_at: dict[tuple[str, int], float] = {}
 
     async def expire_due_orders() -> None:
         # An exception escaping a faust timer kills the whole worker (notes/faust.md): never let one out.
@@ -33,8 +39,16 @@ def register(runtime: Runtime) -> Any:
                 if deadline <= now_ms and partition_for(order_id, settings.partitions) in owned
             ]
             orders = [order for order_id in overdue if (order := tables.orders.get(order_id)) is not None]
+            now = time.monotonic()
             for command in timeouts.due(orders, now_ms):
-                await runtime.send(command)
+                key = (command.order_id, command.deadline)
+                if now - sent_at.get(key, -RESEND_AFTER_S) >= RESEND_AFTER_S:
+                    sent_at[key] = now
+                    await runtime.send(command)
+            # Forget what no longer needs expiring (settled, or owned by another worker now).
+            still = set(overdue)
+            for key in [k for k in sent_at if k[0] not in still]:
+                del sent_at[key]
         except Exception:
             log.exception("deadline scan failed; the next tick tries again")
 

@@ -13,6 +13,8 @@ from api.errors import Unavailable
 FORWARDED_HEADER = "X-Streamcart-Forwarded-By"
 _HOP_BY_HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
 RETRY_AFTER_S = "1"
+#: Longer than the longest long-poll a client may ask for, so a forwarded ``?wait=`` still works.
+FORWARD_TIMEOUT_S = 35.0
 
 
 async def forward(request: web.Request, session: ClientSession, owner_url: str, self_index: int) -> web.Response:
@@ -26,7 +28,7 @@ async def forward(request: web.Request, session: ClientSession, owner_url: str, 
     try:
         async with session.request(
             request.method, owner_url.rstrip("/") + request.rel_url.path_qs, headers=headers, data=body,
-            timeout=ClientTimeout(total=None, sock_connect=2),
+            timeout=ClientTimeout(total=FORWARD_TIMEOUT_S, sock_connect=2),
         ) as upstream:
             payload = await upstream.read()
             relay = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_BY_HOP}

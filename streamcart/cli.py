@@ -7,6 +7,7 @@ Every command reads the settings once and turns a :class:`StreamcartError` into 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -26,8 +27,10 @@ app = typer.Typer(
     help="streamcart: a Kafka-native commerce order pipeline.", no_args_is_help=True, add_completion=False
 )
 # soft_wrap: long paths and messages stay on one line (for grep and copy-paste); tables still fit the width.
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
+# Piped output (CI logs, `| less`) would otherwise be cut at 80 columns, truncating the status tables.
+_WIDTH = None if sys.stdout.isatty() else 160
+console = Console(soft_wrap=True, width=_WIDTH)
+err_console = Console(stderr=True, soft_wrap=True, width=_WIDTH)
 
 
 def _stack() -> Stack:
@@ -156,8 +159,8 @@ def demo() -> None:
     _up(stack, None)
     seed_demo(stack.settings)
     console.print(
-        f"Open [bold]{stack.settings.worker_url(0)}/dashboard[/]; `streamcart status` shows every process, "
-        "`streamcart logs -f` follows the logs, `make down` stops it all."
+        f"The API is at [bold]{stack.settings.worker_url(0)}[/]; try `streamcart order place --line KB-001:2`. "
+        "`streamcart status` shows every process, `streamcart logs -f` follows the logs, `make down` stops it all."
     )
 
 
@@ -298,6 +301,34 @@ def product_show(sku: str) -> None:
     for path in (f"/v1/products/{sku}", f"/v1/stock/{sku}"):
         status, body = _api_get(settings, path)
         console.print_json(data=body) if status == 200 else console.print(f"{path}: HTTP {status} {body}")
+
+
+bench_app = typer.Typer(help="Benchmarks against the running stack (figures, not pass/fail).")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("saga")
+def bench_saga(
+    orders: Annotated[int, typer.Option(help="How many orders to place.")] = 2000,
+    lines: Annotated[int, typer.Option(help="Lines per order.")] = 2,
+    rate: Annotated[float, typer.Option(help="Orders per second to offer (0: as fast as possible).")] = 0.0,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for every outcome.")] = 300.0,
+) -> None:
+    """Place orders through Kafka and report outcomes/s and place-to-outcome latency (p50/p95/p99)."""
+    from rich.table import Table
+
+    from streamcart.bench import run_saga_bench
+
+    result = run_saga_bench(load_settings(), orders=orders, lines=lines, rate=rate or None, timeout_s=timeout,
+                            echo=console.print)
+    table = Table(title="saga benchmark", title_justify="left")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for name, value in result.summary().items():
+        table.add_row(name, "-" if value is None else str(value))
+    console.print(table)
+    if result.missing:
+        raise StreamcartError(f"{result.missing} orders had no outcome within {timeout:.0f} s")
 
 
 @app.command()

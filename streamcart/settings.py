@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     gateway_attempt_timeout_s: float = 2.0
     gateway_attempts: int = Field(4, ge=1)
 
+    # Notifications: webhooks to loopback/private addresses are refused unless allowed (local testing only).
+    webhook_allow_private: bool = False
+
     # Secrets.
     jwt_secret: SecretStr = SecretStr("streamcart-local-development-secret")
     postgres_user: str = "streamcart"

@@ -50,8 +50,11 @@ class Ledger:
         journal.parent.mkdir(parents=True, exist_ok=True)
         if journal.exists():
             for line in journal.read_text().splitlines():
-                if line.strip():
+                try:
                     self._apply(json.loads(line))
+                except (ValueError, KeyError):
+                    # A line torn by a kill mid-write: that request was never answered, so the caller retries.
+                    log.warning("skipping a torn journal line: %.80r", line)
         self._file = journal.open("a", encoding="utf-8")
 
     def _apply(self, record: dict[str, Any]) -> None:

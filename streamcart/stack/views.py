@@ -63,7 +63,6 @@ def endpoints_table(settings: Settings, logs_dir: str) -> Table:
     table.add_column("what")
     table.add_column("where")
     table.add_row("API (worker-0)", settings.worker_url(0))
-    table.add_row("dashboard", f"{settings.worker_url(0)}/dashboard")
     if settings.workers > 1:
         table.add_row("other workers", ", ".join(settings.worker_url(i) for i in range(1, settings.workers)))
     table.add_row("Kafka bootstrap", settings.bootstrap_servers)

@@ -27,13 +27,24 @@ def producer(settings: Settings) -> Producer:
     })
 
 
-def produce(p: Producer, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]] | None = None) -> None:
+def produce(
+    p: Producer, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]] | None = None
+) -> tuple[int, int]:
+    """Send one record and wait for it; returns the (partition, offset) it was written at."""
     errors: list[Any] = []
-    p.produce(
-        topic, key=key, value=value, headers=headers or [], on_delivery=lambda err, _m: err and errors.append(err)
-    )
+    written: list[tuple[int, int]] = []
+
+    def delivered(err: Any, msg: Any) -> None:
+        if err:
+            errors.append(err)
+        else:
+            written.append((msg.partition(), msg.offset()))
+
+    p.produce(topic, key=key, value=value, headers=headers or [], on_delivery=delivered)
     p.flush(10)
     assert not errors, errors
+    assert written, f"{topic}: no delivery report within 10 s"
+    return written[0]
 
 
 def read_topic(

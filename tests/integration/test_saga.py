@@ -26,6 +26,7 @@ class Shop:
         self.topics = Topics.from_settings(settings)
         self.producer = producer(settings)
         self.token = admin_token(settings)
+        self.undelivered: list = []
 
     def send(self, *messages: Message) -> None:
         for message in messages:
@@ -33,6 +34,18 @@ class Shop:
                 getattr(self.topics, message.TOPIC), key=message.key.encode(), value=self.codec.encode(message)
             )
         assert self.producer.flush(10) == 0
+
+    def send_later(self, message: Message) -> None:
+        """Queue ``message`` without waiting for it (a burst); :meth:`flush` then waits for every delivery."""
+        self.producer.produce(
+            getattr(self.topics, message.TOPIC), key=message.key.encode(), value=self.codec.encode(message),
+            on_delivery=lambda err, _m: err and self.undelivered.append(err),
+        )
+        self.producer.poll(0)
+
+    def flush(self, timeout_s: float = 30) -> None:
+        assert self.producer.flush(timeout_s) == 0, "messages still queued in the producer"
+        assert not self.undelivered, self.undelivered[:5]
 
     def envelope(self, correlation: str) -> dict:
         event_id = new_id()
@@ -47,12 +60,18 @@ class Shop:
         poll(lambda: (self.get(f"/v1/stock/{sku}") or {}).get("on_hand") == stock, what=f"stock of {sku}")
 
     def place(self, lines: dict[str, int], token: str = "tok_approve", order_id: str | None = None) -> PlaceOrder:
-        order_id = order_id or f"o-{new_id()}"
-        order = PlaceOrder(**self.envelope(order_id), order_id=order_id, customer_id="c-saga",
-                           lines=tuple(OrderLine(sku=s, quantity=q) for s, q in lines.items()), currency="EUR",
-                           payment_token=token)
+        order = self.place_order(lines, token, order_id)
         self.send(order)
         return order
+
+    def place_order(
+        self, lines: dict[str, int], token: str = "tok_approve", order_id: str | None = None
+    ) -> PlaceOrder:
+        """The PlaceOrder command, not sent yet."""
+        order_id = order_id or f"o-{new_id()}"
+        return PlaceOrder(**self.envelope(order_id), order_id=order_id, customer_id="c-saga",
+                          lines=tuple(OrderLine(sku=s, quantity=q) for s, q in lines.items()), currency="EUR",
+                          payment_token=token)
 
     def cancel(self, order_id: str) -> None:
         self.send(CancelOrder(**self.envelope(order_id), order_id=order_id, requested_by="c-saga"))
@@ -82,8 +101,12 @@ class Shop:
                     what=f"{sku} to have no live reservation")
 
     def gateway_ledger(self) -> dict[str, dict]:
+        return {a["idempotency_key"]: a for a in self.gateway_authorizations()}
+
+    def gateway_authorizations(self) -> list[dict]:
+        """Every authorization the gateway holds, as it lists them (one per row, duplicates included)."""
         with urllib.request.urlopen(f"{self.settings.gateway_url}/v1/authorizations", timeout=5) as response:
-            return {a["idempotency_key"]: a for a in json.loads(response.read())["authorizations"]}
+            return json.loads(response.read())["authorizations"]
 
 
 def _now() -> int:

@@ -1,0 +1,156 @@
+"""`streamcart bench saga`: place a burst (or a paced stream) of orders and measure them end to end.
+
+Latency is from producing PlaceOrder to seeing the order's outcome (OrderConfirmed or OrderCancelled) on
+``events.orders``, both read on this machine's clock. Throughput is outcomes per second over the whole run.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+
+from confluent_kafka import Consumer, TopicPartition
+
+from schemas.codec import Codec
+from schemas.messages import AdjustStock, OrderCancelled, OrderConfirmed, OrderLine, PlaceOrder, UpsertProduct
+from streamcart.commands import CommandSender, envelope
+from streamcart.ids import new_id
+from streamcart.settings import Settings
+from streamcart.topics import Topics
+
+
+@dataclass
+class BenchResult:
+    orders: int
+    lines: int
+    offered_rate: float | None
+    produced_s: float
+    elapsed_s: float
+    confirmed: int
+    cancelled: int
+    missing: int
+    latencies_ms: list[float] = field(default_factory=list)
+
+    @property
+    def throughput(self) -> float:
+        return (self.confirmed + self.cancelled) / self.elapsed_s if self.elapsed_s else 0.0
+
+    def percentile(self, p: float) -> float:
+        if not self.latencies_ms:
+            return float("nan")
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+    def summary(self) -> dict[str, float | int | None]:
+        return {
+            "orders": self.orders,
+            "lines per order": self.lines,
+            "offered rate (orders/s)": self.offered_rate,
+            "produce time (s)": round(self.produced_s, 2),
+            "elapsed (s)": round(self.elapsed_s, 2),
+            "outcomes/s": round(self.throughput, 1),
+            "confirmed": self.confirmed,
+            "cancelled": self.cancelled,
+            "missing": self.missing,
+            "p50 (ms)": round(self.percentile(50), 1),
+            "p95 (ms)": round(self.percentile(95), 1),
+            "p99 (ms)": round(self.percentile(99), 1),
+            "max (ms)": round(max(self.latencies_ms, default=float("nan")), 1),
+            "mean (ms)": round(statistics.fmean(self.latencies_ms), 1) if self.latencies_ms else None,
+        }
+
+
+class _Outcomes(threading.Thread):
+    """Reads events.orders from its current end and notes when each wanted order's outcome arrives."""
+
+    def __init__(self, settings: Settings, codec: Codec, topic: str) -> None:
+        super().__init__(daemon=True)
+        self.codec = codec
+        self.seen: dict[str, tuple[float, str]] = {}
+        self.stop = threading.Event()
+        self.ready = threading.Event()
+        self.consumer = Consumer({
+            "bootstrap.servers": settings.bootstrap_servers, "group.id": f"bench-{new_id()}",
+            "enable.auto.commit": False, "fetch.wait.max.ms": 10,
+        })
+        partitions = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = [TopicPartition(topic, p, self.consumer.get_watermark_offsets(TopicPartition(topic, p))[1])
+                for p in partitions]
+        self.consumer.assign(ends)
+
+    def run(self) -> None:
+        self.ready.set()
+        while not self.stop.is_set():
+            for msg in self.consumer.consume(num_messages=1000, timeout=0.05):
+                if msg.error() is not None:
+                    continue
+                now = time.perf_counter()
+                try:
+                    event = self.codec.decode(msg.value())
+                except Exception:  # another writer's record: not ours to judge here
+                    continue
+                if isinstance(event, OrderConfirmed | OrderCancelled):
+                    self.seen.setdefault(event.order_id, (now, type(event).__name__))
+        self.consumer.close()
+
+
+def run_saga_bench(
+    settings: Settings, *, orders: int, lines: int = 2, rate: float | None = None, timeout_s: float = 300.0,
+    echo: object = print,
+) -> BenchResult:
+    """Seed SKUs with enough stock, place ``orders`` orders (as fast as possible, or at ``rate``/s), wait."""
+    say = echo if callable(echo) else print
+    codec = Codec.connect(settings)
+    sender = CommandSender(settings, codec)
+    run = new_id()[:8]
+    skus = [f"BENCH-{run}-{i}" for i in range(max(lines, 8))]
+    for sku in skus:
+        sender.send(
+            UpsertProduct(**envelope(sku), sku=sku, name=sku, unit_price_cents=1000, currency="EUR"),
+            AdjustStock(**envelope(sku), sku=sku, delta=orders * lines + 1000, reason="bench"),
+        )
+    outcomes = _Outcomes(settings, codec, Topics.from_settings(settings).order_events)
+    outcomes.start()
+    outcomes.ready.wait()
+    say(f"placing {orders} orders of {lines} lines" + (f" at {rate}/s" if rate else " as fast as possible"))
+    placed_at: dict[str, float] = {}
+    producer = sender.producer
+    topic = sender.topics.order_commands
+    start = time.perf_counter()
+    for i in range(orders):
+        if rate:
+            due = start + i / rate
+            while (wait := due - time.perf_counter()) > 0:
+                time.sleep(min(wait, 0.01))
+        order_id = f"o-bench-{run}-{i}"
+        order_lines = tuple(OrderLine(sku=skus[(i + k) % len(skus)], quantity=1) for k in range(lines))
+        order = PlaceOrder(**envelope(order_id), order_id=order_id, customer_id=f"c-bench-{i % 50}",
+                           lines=order_lines, currency="EUR", payment_token="tok_approve")
+        placed_at[order_id] = time.perf_counter()
+        producer.produce(topic, key=order_id.encode(), value=codec.encode(order))
+        producer.poll(0)
+    producer.flush(30)
+    produced = time.perf_counter() - start
+    deadline = time.monotonic() + timeout_s
+    last_report = 0.0
+    while time.monotonic() < deadline:
+        done = sum(1 for order_id in placed_at if order_id in outcomes.seen)
+        if done == orders:
+            break
+        if time.monotonic() - last_report > 2:
+            say(f"  {done}/{orders} orders settled")
+            last_report = time.monotonic()
+        time.sleep(0.05)
+    outcomes.stop.set()
+    outcomes.join(5)
+    ours = {oid: outcomes.seen[oid] for oid in placed_at if oid in outcomes.seen}
+    finished = max((at for at, _ in ours.values()), default=start)
+    return BenchResult(
+        orders=orders, lines=lines, offered_rate=rate, produced_s=produced, elapsed_s=finished - start,
+        confirmed=sum(1 for _, kind in ours.values() if kind == "OrderConfirmed"),
+        cancelled=sum(1 for _, kind in ours.values() if kind == "OrderCancelled"),
+        missing=orders - len(ours),
+        latencies_ms=[(at - placed_at[oid]) * 1000 for oid, (at, _) in ours.items()],
+    )

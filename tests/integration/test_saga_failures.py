@@ -1,0 +1,367 @@
+"""The saga's failure scenarios on the real stack (issue 5), each checked against the invariants of DESIGN.md §4.
+
+A gateway slower than the deadline, a customer cancel racing the payment, a worker SIGKILLed in the middle of a
+burst, a worker stopped in the middle of a burst (a rebalance), and a poison message in every saga topic.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from agents.runtime import DlqHeader
+from schemas.messages import PlaceOrder
+from streamcart.ids import new_id
+from streamcart.settings import Settings
+from streamcart.stack import Stack
+from tests.integration.support import headers_of, http_json, poll, produce, read_topic
+from tests.integration.test_saga import TERMINAL, Shop
+
+#: The gateway statuses an authorization of a CANCELLED order may end in: it nets to zero (I4).
+NETS_TO_ZERO = {"declined", "voided", "refunded"}
+OUTCOMES = ("OrderConfirmed", "OrderCancelled")
+
+
+@pytest.fixture(scope="module")
+def shop(stack, settings, codec) -> Shop:
+    return Shop(settings, codec)
+
+
+def sku() -> str:
+    return f"SKU-{new_id()[:8]}"
+
+
+def events_of(order: dict) -> list[str]:
+    return [entry["event"] for entry in order["history"]]
+
+
+# --- Reading many orders at once ------------------------------------------------------------------------------
+
+def read_order(settings: Settings, token: str, order_id: str) -> dict | None:
+    """The order from whichever worker answers (the API forwards to the owner); None while nobody can."""
+    for worker in range(settings.workers):
+        try:
+            status, body = http_json(f"{settings.worker_url(worker)}/v1/orders/{order_id}", token)
+        except OSError:  # that worker is down or restarting: ask the other one
+            continue
+        if status == 200:
+            return body
+    return None
+
+
+def read_orders(shop: Shop, order_ids: list[str]) -> dict[str, dict | None]:
+    """One GET per order, several at a time."""
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        bodies = pool.map(lambda order_id: read_order(shop.settings, shop.token, order_id), order_ids)
+        return dict(zip(order_ids, bodies, strict=True))
+
+
+def settle_all(shop: Shop, order_ids: list[str], timeout_s: float) -> dict[str, dict]:
+    """Poll the still-pending orders, one GET each per round, until every one is terminal (or fail)."""
+    settled: dict[str, dict] = {}
+    pending = list(order_ids)
+    deadline = time.monotonic() + timeout_s
+    while pending and time.monotonic() < deadline:
+        for order_id, body in read_orders(shop, pending).items():
+            if body is not None and body["status"] in TERMINAL:
+                settled[order_id] = body
+        pending = [order_id for order_id in pending if order_id not in settled]
+        if pending:
+            time.sleep(0.5)
+    assert not pending, (
+        f"{len(pending)} of {len(order_ids)} orders not terminal after {timeout_s:.0f} s, e.g. "
+        f"{[(o, (read_order(shop.settings, shop.token, o) or {}).get('status')) for o in pending[:5]]}"
+    )
+    return settled
+
+
+def eventually(problems: Callable[[], list[str]], timeout_s: float, every_s: float = 0.5) -> list[str]:
+    """Re-check ``problems`` until it finds none or ``timeout_s`` passes; returns the last problems found."""
+    deadline = time.monotonic() + timeout_s
+    found = problems()
+    while found and time.monotonic() < deadline:
+        time.sleep(every_s)
+        found = problems()
+    return found
+
+
+# --- A burst of two-line orders, with a disruption in the middle --------------------------------------------
+
+@dataclass
+class Burst:
+    """Several SKUs with plenty of stock, one scarce one, and many two-line orders racing for them."""
+
+    shop: Shop
+    plenty: list[str]
+    scarce: str
+    stock: dict[str, int]
+    prices: dict[str, int]
+    orders: list[PlaceOrder] = field(default_factory=list)
+
+    @classmethod
+    def stocked(cls, shop: Shop, plenty_stock: int, scarce_stock: int) -> Burst:
+        plenty = [sku() for _ in range(4)]
+        scarce = sku()
+        stock = {**{s: plenty_stock for s in plenty}, scarce: scarce_stock}
+        prices = {s: 100 + 37 * i for i, s in enumerate(stock)}
+        for s in stock:
+            shop.product(s, price=prices[s], stock=stock[s])
+        return cls(shop, plenty, scarce, stock, prices)
+
+    def order(self, i: int) -> PlaceOrder:
+        """Two lines; one order in eight wants the scarce SKU, one in 25 has its card declined."""
+        first = self.plenty[i % 4]
+        second = self.scarce if i % 8 == 0 else self.plenty[(i + 1 + (i // 4) % 3) % 4]
+        token = "tok_decline" if i % 25 == 7 else "tok_approve"
+        return self.shop.place_order({first: 1 + i % 3, second: 1}, token=token, order_id=f"o-burst-{i}-{new_id()}")
+
+    def produce(self, count: int, disrupt_after: int, disrupt: Callable[[], object]) -> None:
+        """Produce ``count`` orders without waiting for each; ``disrupt`` once ``disrupt_after`` are in Kafka."""
+        for i in range(count):
+            order = self.order(i)
+            self.orders.append(order)
+            self.shop.send_later(order)
+            if i + 1 == disrupt_after:
+                self.shop.flush()
+                disrupt()
+        self.shop.flush()
+
+    @property
+    def order_ids(self) -> list[str]:
+        return [o.order_id for o in self.orders]
+
+    def check_invariants(self, settled: dict[str, dict]) -> None:
+        """I1 to I4 over the whole burst, once every order is terminal."""
+        shop = self.shop
+        # I1: one placement and exactly one outcome each, and nobody leaves it (a second read sees the same).
+        for order_id, order in settled.items():
+            events = events_of(order)
+            assert events.count("OrderPlaced") == 1, (order_id, events)
+            assert sum(events.count(e) for e in OUTCOMES) == 1, (order_id, events)
+            expected = "OrderConfirmed" if order["status"] == "CONFIRMED" else "OrderCancelled"
+            assert expected in events, (order_id, order["status"], events)
+            if order["status"] == "CANCELLED":
+                assert order["cancel_reason"], order
+        reread = read_orders(shop, self.order_ids)
+        moved = {o: (settled[o]["status"], (b or {}).get("status")) for o, b in reread.items()
+                 if b is None or b["status"] != settled[o]["status"]}
+        assert not moved, f"orders left their terminal state: {list(moved.items())[:5]}"
+
+        confirmed = {o: b for o, b in settled.items() if b["status"] == "CONFIRMED"}
+        cancelled = {o: b for o, b in settled.items() if b["status"] == "CANCELLED"}
+        assert len(confirmed) + len(cancelled) == len(self.orders)
+        # The burst has teeth: some confirm, and the scarce SKU (and the declined cards) cancel others.
+        assert confirmed and cancelled, Counter(b["status"] for b in settled.values())
+
+        # I2 and I3: per SKU, quiet stock is conserved and nothing was oversold.
+        units: Counter[str] = Counter()
+        for order in confirmed.values():
+            for line in order["lines"]:
+                units[line["sku"]] += line["quantity"]
+        for s, initial in self.stock.items():
+            quiet = shop.quiet_stock(s, timeout_s=60)
+            assert quiet["reserved"] == 0, quiet
+            assert quiet["on_hand"] == initial - units[s], (s, initial, units[s], quiet)
+            assert quiet["sold"] == units[s], (s, units[s], quiet)
+            assert quiet["available"] == quiet["on_hand"] >= 0, quiet
+            assert units[s] <= initial, f"{s} oversold: {units[s]} confirmed of {initial} supplied"
+
+        # Every confirmed total comes from the catalog prices.
+        for order_id, order in confirmed.items():
+            expected_total = sum(line["quantity"] * self.prices[line["sku"]] for line in order["lines"])
+            assert order["total_cents"] == expected_total, (order_id, order["total_cents"], expected_total)
+
+        # I4: one captured authorization per confirmed order for its total; cancelled orders net to zero.
+        def money_problems() -> list[str]:
+            by_key: defaultdict[str, list[dict]] = defaultdict(list)
+            for auth in shop.gateway_authorizations():
+                if auth["idempotency_key"] in settled:
+                    by_key[auth["idempotency_key"]].append(auth)
+            problems = []
+            for order_id, order in confirmed.items():
+                auths = by_key.get(order_id, [])
+                if len(auths) != 1:
+                    problems.append(f"{order_id} CONFIRMED with {len(auths)} authorizations")
+                    continue
+                (auth,) = auths
+                if auth["amount_cents"] != order["total_cents"] or auth["status"] != "captured":
+                    problems.append(f"{order_id} CONFIRMED for {order['total_cents']}: {auth}")
+                elif auth["authorization_id"] != (order["payment"] or {}).get("authorization_id"):
+                    problems.append(f"{order_id} names {order['payment']}, the gateway has {auth}")
+            for order_id in cancelled:
+                for auth in by_key.get(order_id, []):
+                    if auth["status"] not in NETS_TO_ZERO:
+                        problems.append(f"{order_id} CANCELLED ({cancelled[order_id]['cancel_reason']}): {auth}")
+            return problems
+
+        problems = eventually(money_problems, timeout_s=60)
+        assert not problems, f"{len(problems)} money problems, e.g. {problems[:5]}"
+
+
+# --- 1. Gateway slower than the deadline ---------------------------------------------------------------------
+
+def test_a_gateway_slower_than_the_deadline_times_the_order_out_and_voids_the_late_authorization(
+    shop: Shop, settings: Settings
+):
+    item = sku()
+    shop.product(item, price=1500, stock=6)
+    order = shop.place({item: 2}, token="tok_slow_17000")
+    grace_s = 15.0  # the timer tick, plus a loaded 2-core machine
+    cancelled = shop.settled(order.order_id, timeout_s=settings.saga_timeout_s + grace_s)
+    seen_at_ms = time.time() * 1000
+
+    assert (cancelled["status"], cancelled["cancel_reason"]) == ("CANCELLED", "timeout")
+    assert seen_at_ms >= cancelled["deadline"], "cancelled before its deadline"
+    assert cancelled["deadline"] == order.occurred_at + settings.saga_timeout_s * 1000
+    assert events_of(cancelled).count("OrderCancelled") == 1 and "OrderConfirmed" not in events_of(cancelled)
+    # I2: the reservation is released: back where it started, nothing sold.
+    quiet = shop.quiet_stock(item)
+    assert (quiet["on_hand"], quiet["available"], quiet["sold"]) == (6, 6, 0)
+    # I4: the authorization that arrives after the timeout is voided, and the order stays CANCELLED.
+    voided = poll(lambda: (a := shop.gateway_ledger().get(order.order_id)) and a["status"] == "voided" and a,
+                  timeout_s=60, every_s=0.5, what="the late authorization to be voided")
+    assert voided["amount_cents"] == 2 * 1500
+    assert poll(lambda: (shop.order(order.order_id)["payment"] or {}).get("status") == "voided",
+                what="the order to see its payment voided")
+    final = shop.order(order.order_id)
+    assert (final["status"], final["cancel_reason"]) == ("CANCELLED", "timeout")
+
+
+# --- 2. Customer cancel before confirmation ------------------------------------------------------------------
+
+def test_a_customer_cancel_while_the_payment_is_in_flight_releases_the_stock_and_voids_the_authorization(
+    shop: Shop,
+):
+    item = sku()
+    shop.product(item, price=800, stock=5)
+    order = shop.place({item: 3}, token="tok_slow_3000")
+    # Cancel once the stock is held and the (3 s) authorization has been asked for, before it can land.
+    requested = poll(lambda: (o := shop.order(order.order_id)) and (o["payment"] or {}).get("status") == "requested"
+                     and o, timeout_s=10, what="the payment to be requested")
+    assert requested["status"] == "PENDING"
+    shop.cancel(order.order_id)
+
+    cancelled = shop.settled(order.order_id, timeout_s=15)
+    assert (cancelled["status"], cancelled["cancel_reason"]) == ("CANCELLED", "customer_request")
+    assert events_of(cancelled).count("OrderCancelled") == 1 and "OrderConfirmed" not in events_of(cancelled)
+    quiet = shop.quiet_stock(item)
+    assert (quiet["on_hand"], quiet["available"], quiet["sold"]) == (5, 5, 0)
+    voided = poll(lambda: (a := shop.gateway_ledger().get(order.order_id)) and a["status"] == "voided" and a,
+                  timeout_s=60, every_s=0.5, what="the authorization that landed after the cancel to be voided")
+    assert voided["amount_cents"] == 3 * 800
+    assert shop.order(order.order_id)["status"] == "CANCELLED"
+
+
+# --- 3. A worker SIGKILLed in the middle of a burst ------------------------------------------------------------
+
+def test_a_worker_killed_mid_burst_of_2000_orders_loses_nothing_and_doubles_nothing(shop: Shop, stack: Stack):
+    burst = Burst.stocked(shop, plenty_stock=5_000, scarce_stock=60)
+    began = time.monotonic()
+    try:
+        burst.produce(2_000, disrupt_after=700, disrupt=lambda: stack.kill("worker-0"))
+        assert not stack.is_running("worker-0")
+    finally:
+        stack.start("worker-0")  # waits until it is ready again
+    settled = settle_all(shop, burst.order_ids, timeout_s=180)
+    print(f"2,000 orders terminal {time.monotonic() - began:.1f} s after the first was produced: "
+          f"{Counter(b['status'] + ':' + str(b['cancel_reason']) for b in settled.values())}")
+    burst.check_invariants(settled)
+
+
+# --- 4. A worker stopped in the middle of a burst (rebalance) -------------------------------------------------
+
+def test_a_worker_stopped_mid_burst_hands_its_partitions_over_and_every_order_settles_once(
+    shop: Shop, stack: Stack
+):
+    burst = Burst.stocked(shop, plenty_stock=2_000, scarce_stock=20)
+    try:
+        burst.produce(600, disrupt_after=200, disrupt=lambda: stack.stop("worker-1"))
+        assert not stack.is_running("worker-1")
+        # The survivor takes every partition over.
+        poll(lambda: (r := http_json(f"{shop.settings.worker_url(0)}/readyz"))[0] == 200
+             and len(r[1]["assigned"]) == shop.settings.partitions,
+             timeout_s=60, every_s=0.5, what="worker-0 to own every partition")
+        settled = settle_all(shop, burst.order_ids, timeout_s=120)
+        burst.check_invariants(settled)
+    finally:
+        stack.start("worker-1")  # so later tests have both workers again
+    assert http_json(f"{shop.settings.worker_url(1)}/readyz")[0] == 200
+
+
+# --- 5. A poison message in every saga topic -----------------------------------------------------------------
+
+def test_a_poison_message_in_every_saga_topic_is_dead_lettered_and_the_saga_goes_on(
+    shop: Shop, stack: Stack, settings: Settings
+):
+    t = shop.topics
+    # Each poisoned topic and the flows that consume it (events.orders feeds shipping and notifications).
+    consumers = {
+        t.order_commands: {"orders"},
+        t.catalog_commands: {"inventory"},
+        t.inventory_commands: {"inventory"},
+        t.payment_commands: {"payments"},
+        t.shipping_commands: {"shipping"},
+        t.order_events: {"shipping", "notifications"},
+        t.inventory_events: {"orders"},
+        t.payment_events: {"orders"},
+        t.shipping_events: {"orders"},
+    }
+    workers = [f"worker-{i}" for i in range(settings.workers)]
+    pids = {w: stack.record(w).pid for w in workers}
+    log_sizes = {w: stack.log_path(w).stat().st_size for w in workers}
+
+    poison = b"\xde\xad\xbe\xef poison, not Avro \x00\x01"
+    written = {topic: produce(shop.producer, topic, f"poison-{topic}".encode(), poison) for topic in consumers}
+
+    item = sku()
+    shop.product(item, price=450, stock=3)
+    order = shop.place({item: 2})
+    assert shop.settled(order.order_id)["status"] == "CONFIRMED"
+    assert poll(lambda: shop.gateway_ledger()[order.order_id]["status"] == "captured", what="capture")
+    assert shop.quiet_stock(item)["on_hand"] == 1
+
+    def ours(record: Any) -> tuple[str, str] | None:
+        """(source topic, flow) of a DLQ record of one of our poison messages, else None."""
+        h = headers_of(record)
+        topic = h.get(DlqHeader.SOURCE_TOPIC, b"").decode()
+        if topic not in written or record.key() != f"poison-{topic}".encode():
+            return None
+        partition, offset = written[topic]
+        if (h.get(DlqHeader.SOURCE_PARTITION), h.get(DlqHeader.SOURCE_OFFSET)) != (
+            str(partition).encode(), str(offset).encode()
+        ):
+            return None
+        return topic, h.get(DlqHeader.FLOW, b"").decode()
+
+    wanted = {(topic, flow) for topic, flows in consumers.items() for flow in flows}
+
+    def all_dead(records: list[Any]) -> bool:
+        return wanted <= {found for r in records if (found := ours(r))}
+
+    dead = [r for r in read_topic(settings, t.dlq, until=all_dead, timeout_s=60) if ours(r)]
+    by_flow = Counter(ours(r) for r in dead)
+    assert set(by_flow) == wanted
+    assert all(n == 1 for n in by_flow.values()), f"dead-lettered more than once: {by_flow}"
+    for record in dead:
+        h = headers_of(record)
+        topic = h[DlqHeader.SOURCE_TOPIC].decode()
+        assert (int(h[DlqHeader.SOURCE_PARTITION]), int(h[DlqHeader.SOURCE_OFFSET])) == written[topic]
+        assert h[DlqHeader.ERROR_CLASS] == b"MalformedMessage", (topic, h)
+        assert h[DlqHeader.ERROR_MESSAGE], (topic, h)
+        assert record.value() == poison
+
+    # I8: no agent restarted because of them: same processes, still ready, no agent crash in their logs.
+    for i, w in enumerate(workers):
+        assert stack.record(w).pid == pids[w], f"{w} was restarted"
+        assert http_json(f"{settings.worker_url(i)}/readyz")[0] == 200, f"{w} not ready"
+        with stack.log_path(w).open("rb") as log:
+            log.seek(log_sizes[w])
+            crashes = [line for line in log.read().decode(errors="replace").splitlines()
+                       if "Crashed reason=" in line and "CancelledError" not in line]
+        assert not crashes, f"{w}: {crashes[:3]}"
