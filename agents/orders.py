@@ -44,7 +44,8 @@ def register(runtime: Runtime) -> Any:
         order = decision.state if decision.state is not None else stored
         if order is not None:
             tables.orders.put(order_id, order)
-            tables.deadlines.track(order_id, order.deadline if order.status == OrderStatus.PENDING else None)
+            if decision.state is None or stored is None or stored.status != order.status:
+                tables.deadlines.track(order_id, order.deadline if order.status == OrderStatus.PENDING else None)
         await runtime.emit(decision.messages, cause=event)
 
     async def orders_agent(stream: Any) -> None:

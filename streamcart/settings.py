@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     app_id: str = "streamcart"
 
     # Latency/throughput knobs (notes/faust.md: faust's defaults are hostile to this workload).
-    producer_linger_ms: int = 5
+    producer_linger_ms: int = 20
     commit_interval_s: float = 0.2
     broker_session_timeout_s: float = 10.0
     broker_heartbeat_interval_s: float = 1.0

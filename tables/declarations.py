@@ -35,7 +35,7 @@ class StateTables:
     shipments: ModelTable[ShipmentState]
 
 
-def _table(app: Any, name: str, partitions: int) -> Any:
+def _table(app: Any, name: str, partitions: int, *, values: str = "raw") -> Any:
     table = app.Table(
         name,
         default=None,
@@ -47,7 +47,7 @@ def _table(app: Any, name: str, partitions: int) -> Any:
     # serializers, then build the topic again with them. Missing the second step breaks every recovery that has
     # to read the changelog (a fresh worker, a lost disk): each record fails to decode as JSON.
     table.key_serializer = "utf8"
-    table.value_serializer = "json"
+    table.value_serializer = values  # "raw": ModelTable hands over JSON bytes it made itself
     table.changelog_topic = table._new_changelog_topic()
     return table
 
@@ -56,7 +56,7 @@ def declare_tables(app: Any, partitions: int) -> StateTables:
     """Declare every table on ``app`` (call once, while building the app)."""
     return StateTables(
         orders=ModelTable(_table(app, "orders", partitions), OrderState),
-        deadlines=DeadlineTable(_table(app, "deadlines", partitions)),
+        deadlines=DeadlineTable(_table(app, "deadlines", partitions, values="json")),
         catalog=ModelTable(_table(app, "catalog", partitions), ProductState),
         stock=ModelTable(_table(app, "stock", partitions), StockState),
         reservations=ModelTable(_table(app, "reservations", partitions), Reservation),

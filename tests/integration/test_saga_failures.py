@@ -164,13 +164,22 @@ class Burst:
         for order in confirmed.values():
             for line in order["lines"]:
                 units[line["sku"]] += line["quantity"]
-        for s, initial in self.stock.items():
-            quiet = shop.quiet_stock(s, timeout_s=60)
-            assert quiet["reserved"] == 0, quiet
-            assert quiet["on_hand"] == initial - units[s], (s, initial, units[s], quiet)
-            assert quiet["sold"] == units[s], (s, units[s], quiet)
-            assert quiet["available"] == quiet["on_hand"] >= 0, quiet
-            assert units[s] <= initial, f"{s} oversold: {units[s]} confirmed of {initial} supplied"
+        def stock_problems() -> list[str]:
+            problems = []
+            for s, initial in self.stock.items():
+                stock = shop.stock(s)
+                if stock["reserved"] != 0:
+                    problems.append(f"{s}: {stock['reserved']} still reserved once every order is terminal: {stock}")
+                if stock["on_hand"] != initial - units[s] or stock["sold"] != units[s]:
+                    problems.append(f"{s}: {initial} supplied, {units[s]} confirmed, but {stock}")
+                if not 0 <= stock["available"] <= stock["on_hand"]:
+                    problems.append(f"{s}: available outside [0, on_hand]: {stock}")
+            return problems
+
+        problems = eventually(stock_problems, timeout_s=60)
+        assert not problems, f"stock not conserved (I2): {problems}"
+        oversold = {s: (units[s], initial) for s, initial in self.stock.items() if units[s] > initial}
+        assert not oversold, f"oversold (I3), confirmed vs supplied: {oversold}"
 
         # Every confirmed total comes from the catalog prices.
         for order_id, order in confirmed.items():
