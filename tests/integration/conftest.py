@@ -17,20 +17,22 @@ from streamcart.settings import Settings
 from streamcart.stack import Stack
 
 ROOT = Path(__file__).resolve().parents[2]
+# Lets a second test run share the machine with the first (e.g. a check of a clean clone while another runs).
+_OFFSET = int(os.environ.get("STREAMCART_TEST_PORT_OFFSET", "0"))
 
 TEST_SETTINGS = Settings(
     home=ROOT / ".streamcart-test",
     cache_dir=ROOT / ".cache",
-    kafka_port=19092,
-    controller_port=19093,
-    registry_port=18085,
-    connect_port=18083,
-    postgres_port=15433,
-    gateway_port=18090,
-    api_port=18080,
+    kafka_port=19092 + _OFFSET,
+    controller_port=19093 + _OFFSET,
+    registry_port=18085 + _OFFSET,
+    connect_port=18083 + _OFFSET,
+    postgres_port=15433 + _OFFSET,
+    gateway_port=18090 + _OFFSET,
+    api_port=18080 + _OFFSET,
     workers=2,
     partitions=8,
-    app_id="streamcart-it",
+    app_id=f"streamcart-it{_OFFSET or ''}",
     jwt_secret="integration-test-secret-0123456789abcdef",
     # Short enough for the deadline tests, long enough for a loaded 2-core machine to settle every order.
     saga_timeout_s=15.0,
