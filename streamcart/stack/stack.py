@@ -281,6 +281,10 @@ class Stack:
             timings[name] = time.monotonic() - began
             note = "already running" if name in was_running else "ready"
             self._echo(f"{name}: {note} ({timings[name]:.1f} s)")
+        # A worker that was ready first is rebalancing again once the next one joins its group: the wave is
+        # ready only when every member is ready at the same time.
+        for name in names[:-1]:
+            self.wait_ready(name)
 
     def _timed(self, timings: dict[str, float], step: str, action: Callable[[], str]) -> None:
         began = time.monotonic()
