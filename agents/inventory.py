@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from agents.runtime import FlowError, Runtime, consume
+from agents.runtime import FlowError, Runtime, consume, refused
 from schemas.messages import AdjustStock, InventoryCommand, Message, UpsertProduct
 from streamcart.domain import catalog, inventory
 
@@ -20,8 +20,7 @@ def register(runtime: Runtime) -> Any:
     async def handle(message: Message, event: Any) -> None:
         if isinstance(message, UpsertProduct):
             decision = catalog.decide(tables.catalog.get(message.sku), message)
-            if decision.rejected is not None:
-                raise FlowError(decision.rejected)
+            refused(decision.rejected, message)
             if decision.state is not None:
                 tables.catalog.put(message.sku, decision.state)
             await runtime.emit(decision.messages, cause=event)
@@ -33,12 +32,10 @@ def register(runtime: Runtime) -> Any:
         stock = tables.stock.get(message.sku)
         reservation = tables.reservations.get(key) if key else None
         change = inventory.decide(stock, reservation, message, product=tables.catalog.get(message.sku))
-        if change.rejected is not None:
-            if isinstance(message, AdjustStock):
-                # An adjustment that would take stock promised to orders: refused, and the API checks first.
-                log.warning("stock adjustment %s refused: %s", message.event_id, change.rejected)
-                return
-            raise FlowError(change.rejected)
+        # An adjustment that would take stock promised to orders is refused (the API checks first).
+        adjustment_refusal = {change.rejected} if isinstance(message, AdjustStock) and change.rejected else set()
+        if refused(change.rejected, message, adjustment_refusal):
+            return
         # A redelivery stores the current records again (see agents/orders.py for why).
         stock = change.state.stock if change.state is not None else stock
         reservation = change.state.reservation if change.state is not None else reservation

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from agents.runtime import FlowError, Runtime, consume
+from agents.runtime import FlowError, Runtime, consume, refused
 from schemas.messages import Message
 from streamcart.domain import orders
 from streamcart.domain.order_state import OrderStatus
@@ -33,11 +33,8 @@ def register(runtime: Runtime) -> Any:
             raise FlowError(f"{type(message).__name__} has no order_id")
         stored = tables.orders.get(order_id)
         decision = orders.decide(stored, message, saga_timeout_ms=saga_timeout_ms)
-        if decision.rejected is not None:
-            if decision.rejected in REFUSALS:
-                log.info("order %s: %s refused: %s", order_id, type(message).__name__, decision.rejected)
-                return
-            raise FlowError(decision.rejected)
+        if refused(decision.rejected, message, REFUSALS):
+            return
         # A message that changes nothing (a redelivery) stores the order again: a worker killed after writing
         # its local store but before the changelog record left would otherwise keep a changelog that is
         # behind for good, and a failover would rebuild the old state from it.

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from typing import Any
 
-from agents.runtime import FlowError, Runtime, consume_concurrently
+from agents.runtime import FlowError, Runtime, consume_concurrently, refused
 from schemas.messages import AuthorizePayment, Message, PaymentCommand
 from streamcart.domain import payments
 from streamcart.domain.decision import Decision
@@ -63,8 +63,7 @@ def register(runtime: Runtime) -> Any:
         if not isinstance(message, PaymentCommand):
             raise FlowError(f"{type(message).__name__} on the payment commands topic")
         decision = await settle(message)
-        if decision.rejected is not None:
-            raise FlowError(decision.rejected)
+        refused(decision.rejected, message)
         payment = decision.state if decision.state is not None else table.get(message.order_id)
         if payment is not None:  # a redelivery stores it again (see agents/orders.py for why)
             table.put(message.order_id, payment)

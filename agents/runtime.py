@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Container
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -64,6 +64,21 @@ def raw_topic(app: Any, names: str | tuple[str, ...], partitions: int) -> Any:
 
 class FlowError(StreamcartError):
     """A message a flow cannot process (dead-lettered with this reason)."""
+
+
+def refused(rejected: str | None, message: Message, refusals: Container[str] = ()) -> bool:
+    """Whether a decision was refused for a business reason (logged; the caller applies nothing).
+
+    ``rejected`` of ``None`` means the decision stands (``False``). A reason in ``refusals`` is a refusal the API
+    reports before sending anything, so one that races past it is only logged. Any other reason is a message the
+    flow cannot process: :class:`FlowError`, which dead-letters it.
+    """
+    if rejected is None:
+        return False
+    if rejected in refusals:
+        log.info("%s %s refused: %s", type(message).__name__, message.key, rejected)
+        return True
+    raise FlowError(rejected)
 
 
 class DlqHeader:

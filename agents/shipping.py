@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from agents.runtime import FlowError, Runtime, consume
+from agents.runtime import FlowError, Runtime, consume, refused
 from schemas.messages import Message
 from streamcart.domain import shipping
 
@@ -26,11 +26,8 @@ def register(runtime: Runtime) -> Any:
             raise FlowError(f"{type(message).__name__} has no order_id")
         stored = tables.shipments.get(order_id)
         decision = shipping.decide(stored, message)
-        if decision.rejected is not None:
-            if decision.rejected in REFUSALS:
-                log.info("shipment %s: %s refused: %s", order_id, type(message).__name__, decision.rejected)
-                return
-            raise FlowError(decision.rejected)
+        if refused(decision.rejected, message, REFUSALS):
+            return
         shipment = decision.state if decision.state is not None else stored
         if shipment is not None:  # a redelivery stores it again (see agents/orders.py for why)
             tables.shipments.put(order_id, shipment)

@@ -6,7 +6,7 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -99,9 +99,3 @@ def poll(check: Callable[[], Any], *, timeout_s: float = 30.0, every_s: float = 
             return last
         time.sleep(every_s)
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last: {last!r})")
-
-
-def iter_orders(settings: Settings, worker: int, order_ids: list[str], token: str) -> Iterator[tuple[str, int, Any]]:
-    for order_id in order_ids:
-        status, body = http_json(f"{settings.worker_url(worker)}/v1/orders/{order_id}", token)
-        yield order_id, status, body

@@ -9,6 +9,7 @@ import pytest
 
 from schemas.codec import Codec
 from schemas.messages import AdjustStock, CancelOrder, Message, OrderLine, PlaceOrder, UpdateShipment, UpsertProduct
+from streamcart.commands import envelope
 from streamcart.ids import new_id
 from streamcart.settings import Settings
 from streamcart.topics import Topics
@@ -48,8 +49,7 @@ class Shop:
         assert not self.undelivered, self.undelivered[:5]
 
     def envelope(self, correlation: str) -> dict:
-        event_id = new_id()
-        return {"event_id": event_id, "occurred_at": _now(), "causation_id": event_id, "correlation_id": correlation}
+        return envelope(correlation)
 
     def product(self, sku: str, price: int, stock: int, active: bool = True) -> None:
         self.send(
@@ -108,11 +108,6 @@ class Shop:
         with urllib.request.urlopen(f"{self.settings.gateway_url}/v1/authorizations", timeout=5) as response:
             return json.loads(response.read())["authorizations"]
 
-
-def _now() -> int:
-    import time
-
-    return int(time.time() * 1000)
 
 
 @pytest.fixture(scope="module")
