@@ -9,6 +9,7 @@ import faust
 
 from agents import inventory, notifications, orders, payments, shipping, timeouts
 from agents.runtime import Runtime, Sink
+from agents.transport import Transport
 from schemas.codec import Codec
 from streamcart.settings import Settings
 from tables import declare_tables
@@ -16,14 +17,21 @@ from tables import declare_tables
 FLOWS = (orders, inventory, payments, shipping, notifications, timeouts)
 
 
-def create_faust_app(settings: Settings, *, worker_index: int = 0, store: str = "rocksdb://") -> faust.App:
+class App(faust.App):
+    """faust's app on :mod:`agents.transport` (rewinds partitions that have no committed offset yet)."""
+
+    def _new_transport(self) -> Any:
+        return Transport(self.conf.broker_consumer, self)
+
+
+def create_faust_app(settings: Settings, *, worker_index: int = 0, store: str = "rocksdb://") -> App:
     """A faust app configured from ``settings`` for worker ``worker_index``.
 
     ``store`` is RocksDB in every real run (recovers from local state in well under a second); unit tests pass
     ``memory://``. The worker's stable ``consumer_group_instance_id`` (static membership) gets a restarted
     worker its partitions back in seconds instead of a session timeout (notes/faust.md).
     """
-    return faust.App(
+    return App(
         settings.app_id,
         broker=f"kafka://{settings.bootstrap_servers}",
         store=store,

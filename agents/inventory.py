@@ -27,22 +27,18 @@ def register(runtime: Runtime) -> Any:
             return
         if not isinstance(message, InventoryCommand):
             raise FlowError(f"{type(message).__name__} on an inventory topic")
-        order_id = getattr(message, "order_id", None)  # every stock command but AdjustStock names its order
-        key = inventory.reservation_key(message.sku, order_id) if order_id else None
-        stock = tables.stock.get(message.sku)
-        reservation = tables.reservations.get(key) if key else None
-        change = inventory.decide(stock, reservation, message, product=tables.catalog.get(message.sku))
+        change, writes = inventory.records(
+            tables.stock.get(message.sku), tables.reservations.get, message, product=tables.catalog.get(message.sku)
+        )
         # An adjustment that would take stock promised to orders is refused (the API checks first).
         adjustment_refusal = {change.rejected} if isinstance(message, AdjustStock) and change.rejected else set()
         if refused(change.rejected, message, adjustment_refusal):
             return
-        # A redelivery stores the current records again (see agents/orders.py for why).
-        stock = change.state.stock if change.state is not None else stock
-        reservation = change.state.reservation if change.state is not None else reservation
-        if stock is not None:
-            tables.stock.put(message.sku, stock)
-        if key and reservation is not None:
-            tables.reservations.put(key, reservation)
+        for key, record in writes:
+            if isinstance(record, inventory.StockState):
+                tables.stock.put(key, record)
+            else:
+                tables.reservations.put(key, record)
         await runtime.emit(change.messages, cause=event)
 
     async def inventory_agent(stream: Any) -> None:

@@ -41,8 +41,9 @@ def register(runtime: Runtime) -> Any:
         order = decision.state if decision.state is not None else stored
         if order is not None:
             tables.orders.put(order_id, order)
-            if decision.state is None or stored is None or stored.status != order.status:
-                tables.deadlines.track(order_id, order.deadline if order.status == OrderStatus.PENDING else None)
+            # The deadline index follows the order (it writes only when it differs): after a crash between the
+            # two writes, the message is processed again and this puts the index right.
+            tables.deadlines.track(order_id, order.deadline if order.status == OrderStatus.PENDING else None)
         await runtime.emit(decision.messages, cause=event)
 
     async def orders_agent(stream: Any) -> None:

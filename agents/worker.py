@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import shutil
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -38,6 +40,35 @@ class ApiServer(Service):
             await self._runner.cleanup()
 
 
+#: Present while a worker runs; still there at start when the last run did not stop cleanly.
+RUNNING_MARKER = "RUNNING"
+
+
+def claim_local_state(tabledir: Path) -> bool:
+    """Mark ``tabledir`` in use; wipe it first if the last run was killed. Returns whether it was wiped.
+
+    A table write lands in the local RocksDB store at once but reaches its changelog a little later. A worker
+    killed in between leaves a store *ahead* of the changelog for some keys, and recovery, which replays the
+    changelog over the store, rewinds only the keys the changelog mentions: records written together by one
+    message (an order and its deadline, a SKU and a reservation) would come back from different points in time.
+    Without the local store, recovery rebuilds every table from its changelog alone: a prefix of the writes,
+    which the flows are built to resume from (the unprocessed messages are delivered again).
+    """
+    marker = tabledir / RUNNING_MARKER
+    wiped = marker.exists()
+    if wiped:
+        log.warning("the last run of this worker did not stop cleanly: rebuilding its tables from the changelogs")
+        shutil.rmtree(tabledir)
+    tabledir.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    return wiped
+
+
+def release_local_state(tabledir: Path) -> None:
+    """Mark ``tabledir`` as consistent with the changelogs (after a clean stop)."""
+    (tabledir / RUNNING_MARKER).unlink(missing_ok=True)
+
+
 def run(settings: Settings, index: int) -> None:
     """Run worker ``index`` until it is stopped (SIGTERM/SIGINT stop it gracefully)."""
     codec = Codec.connect(settings)
@@ -45,4 +76,11 @@ def run(settings: Settings, index: int) -> None:
     api = init_app(settings, worker_view(runtime, index))
     runtime.app.add_dependency(ApiServer(api, settings.host, settings.worker_port(index)))
     worker = faust.Worker(runtime.app, loglevel=settings.log_level, quiet=True)
-    worker.execute_from_commandline()
+    tabledir = Path(runtime.app.conf.tabledir)
+    claim_local_state(tabledir)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as stop:
+        if stop.code in (0, None) and not worker.crash_reason:
+            release_local_state(tabledir)
+        raise

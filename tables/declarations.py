@@ -1,8 +1,12 @@
 """The tables every worker declares. Each is co-partitioned with the topics that feed it.
 
 A write goes to the changelog partition of the source event being processed, which is the key's own partition
-because every key is the same UTF-8 bytes on every topic of the same partition count. ``reservations`` is keyed
-``"{sku}/{order_id}"`` but lives in its SKU's partition for the same reason.
+because every key is the same UTF-8 bytes on every topic of the same partition count.
+
+``reservations`` is a view of the ``stock`` table under keys ``"{sku}/{order_id}"`` (in its SKU's partition for
+the same reason): one inventory command writes the SKU's counters and the order's reservation, and in one table
+both go to one changelog partition, in order. After a crash the changelog holds a prefix of the writes, so the
+two can never be rebuilt from different points in time (agents/inventory.py).
 
 No table uses ``use_partitioner=True`` (notes/faust.md suggests it for writes inside ``take()`` batches): faust
 then asks the producer's metadata for the changelog's partitions, which it does not have until it has sent there,
@@ -54,12 +58,13 @@ def _table(app: Any, name: str, partitions: int, *, values: str = "raw") -> Any:
 
 def declare_tables(app: Any, partitions: int) -> StateTables:
     """Declare every table on ``app`` (call once, while building the app)."""
+    stock = _table(app, "stock", partitions)
     return StateTables(
         orders=ModelTable(_table(app, "orders", partitions), OrderState),
         deadlines=DeadlineTable(_table(app, "deadlines", partitions, values="json")),
         catalog=ModelTable(_table(app, "catalog", partitions), ProductState),
-        stock=ModelTable(_table(app, "stock", partitions), StockState),
-        reservations=ModelTable(_table(app, "reservations", partitions), Reservation),
+        stock=ModelTable(stock, StockState),
+        reservations=ModelTable(stock, Reservation),
         payments=ModelTable(_table(app, "payments", partitions), PaymentState),
         shipments=ModelTable(_table(app, "shipments", partitions), ShipmentState),
     )

@@ -28,6 +28,8 @@ the counters: ``on_hand = Σ adjustments - Σ StockCommitted + Σ StockRestocked
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from pydantic import BaseModel, ConfigDict
 
 from schemas.messages import (
@@ -76,6 +78,8 @@ class StockState(_Model):
     sold: int = 0
     restocked: int = 0
     recent_adjustments: tuple[str, ...] = ()
+    #: The reservation the same command wrote (see :func:`current_reservation`).
+    last_reservation: Reservation | None = None
 
     @property
     def available(self) -> int:
@@ -112,11 +116,55 @@ class Reservation(_Model):
         return self.quantity if self.status == ReservationStatus.RESERVED else 0
 
 
+StockState.model_rebuild()
+
+
 class StockChange(_Model):
     """What one inventory command leaves behind: the SKU's counters and, for a saga step, the reservation."""
 
     stock: StockState
     reservation: Reservation | None = None
+
+
+def records(
+    stock: StockState | None,
+    stored: Callable[[str], Reservation | None],
+    message: Message,
+    *,
+    product: ProductState | None,
+) -> tuple[Decision[StockChange], tuple[tuple[str, StockState | Reservation], ...]]:
+    """Decide ``message`` and say which records to store, in order, under which keys.
+
+    ``stock`` is the SKU's record, ``stored(key)`` reads a reservation record. A command changes the SKU's
+    counters and the order's reservation: two records, kept in one table so that one changelog partition keeps
+    them in order and a crash leaves a prefix of the writes. The SKU record goes first and carries the
+    reservation too (``last_reservation``), so a prefix that ends between the two still knows the reservation
+    from the record that counted it: the counters and the reservations never disagree. Before the SKU record
+    stops carrying a reservation, that reservation is written under its own key if it is not there yet.
+
+    A redelivery (nothing to change) stores the current records again: a worker killed before its changelog
+    records left would otherwise keep a changelog that is behind for good.
+    """
+    order_id = getattr(message, "order_id", None)
+    key = reservation_key(message.sku, order_id) if order_id else None  # type: ignore[attr-defined]
+    last = stock.last_reservation if stock is not None else None
+    carried = reservation_key(last.sku, last.order_id) if last is not None else None
+    reservation = last if key is not None and carried == key else (stored(key) if key else None)
+    decision = decide(stock, reservation, message, product=product)
+    if decision.rejected is not None:
+        return decision, ()
+    if decision.state is not None:
+        stock, reservation = decision.state.stock, decision.state.reservation
+    writes: list[tuple[str, StockState | Reservation]] = []
+    if stock is not None:
+        if key is not None and reservation is not None:
+            if last is not None and carried is not None and carried != key and stored(carried) != last:
+                writes.append((carried, last))
+            stock = stock.model_copy(update={"last_reservation": reservation})
+        writes.append((stock.sku, stock))
+    if key is not None and reservation is not None:
+        writes.append((key, reservation))
+    return decision, tuple(writes)
 
 
 def reservation_key(sku: str, order_id: str) -> str:

@@ -1,5 +1,3 @@
-# NOT COLLECTED YET (no test_ prefix): the failure scenarios of issue 5, written at the end of session 1 and
-# not yet seen passing on the real stack. Rename to test_saga_failures.py once they pass (see the closing note).
 """The saga's failure scenarios on the real stack (issue 5), each checked against the invariants of DESIGN.md §4.
 
 A gateway slower than the deadline, a customer cancel racing the payment, a worker SIGKILLed in the middle of a

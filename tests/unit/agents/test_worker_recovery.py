@@ -1,0 +1,63 @@
+"""What a worker does about a crash before faust starts: the local table store and the uncommitted partitions."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+from aiokafka import TopicPartition
+
+from agents.transport import ConsumerThread
+from agents.worker import RUNNING_MARKER, claim_local_state, release_local_state
+
+
+def test_a_first_start_keeps_the_store_and_marks_it_running(tmp_path):
+    tabledir = tmp_path / "tables"
+    assert claim_local_state(tabledir) is False
+    assert (tabledir / RUNNING_MARKER).exists()
+
+
+def test_a_clean_stop_keeps_the_local_store_for_the_next_start(tmp_path):
+    tabledir = tmp_path / "tables"
+    claim_local_state(tabledir)
+    (tabledir / "orders-0.db").write_text("state")
+    release_local_state(tabledir)
+    assert claim_local_state(tabledir) is False
+    assert (tabledir / "orders-0.db").read_text() == "state"
+
+
+def test_a_start_after_a_kill_drops_the_local_store_so_recovery_reads_only_the_changelogs(tmp_path):
+    tabledir = tmp_path / "tables"
+    claim_local_state(tabledir)
+    (tabledir / "orders-0.db").write_text("ahead of the changelog")
+    assert claim_local_state(tabledir) is True  # never released: the last run was killed
+    assert not (tabledir / "orders-0.db").exists()
+    assert (tabledir / RUNNING_MARKER).exists()
+
+
+class FakeConsumer:
+    def __init__(self, committed):
+        self.committed = committed
+        self.rewound: list[TopicPartition] = []
+
+    async def seek_to_committed(self):
+        return self.committed
+
+    async def seek_to_beginning(self, *partitions):
+        self.rewound.extend(partitions)
+        return True
+
+
+def test_partitions_with_nothing_committed_are_rewound_but_changelogs_are_left_to_faust():
+    committed = {
+        TopicPartition("commands", 0): 42,
+        TopicPartition("commands", 1): None,
+        TopicPartition("commands", 2): 0,
+        TopicPartition("app-orders-changelog", 1): None,
+    }
+    thread = ConsumerThread.__new__(ConsumerThread)
+    thread._consumer = consumer = FakeConsumer(committed)
+    thread.app = SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda topic: topic == "commands"))
+
+    assert asyncio.run(thread._seek_to_committed_or_start()) == committed
+    assert consumer.rewound == [TopicPartition("commands", 1), TopicPartition("commands", 2)]
