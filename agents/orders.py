@@ -44,6 +44,8 @@ def register(runtime: Runtime) -> Any:
             # The deadline index follows the order (it writes only when it differs): after a crash between the
             # two writes, the message is processed again and this puts the index right.
             tables.deadlines.track(order_id, order.deadline if order.status == OrderStatus.PENDING else None)
+            if decision.state is not None:
+                runtime.order_watch.changed(order_id)
         await runtime.emit(decision.messages, cause=event)
 
     async def orders_agent(stream: Any) -> None:

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from faust.streams import _current_event
 
+from agents.watch import OrderWatch
 from schemas.codec import Codec
 from schemas.errors import RegistryUnavailable, SchemaError
 from schemas.messages import Message
@@ -104,6 +105,7 @@ class Runtime:
     sink: Sink | None = None
     topics: Topics = field(init=False)
     agents: dict[str, Any] = field(default_factory=dict)
+    order_watch: OrderWatch = field(default_factory=OrderWatch)
 
     def __post_init__(self) -> None:
         self.topics = Topics.from_settings(self.settings)

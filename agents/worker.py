@@ -13,6 +13,7 @@ from mode import Service
 
 from agents.app import build_runtime, worker_view
 from api.app import init_app
+from api.commands import KafkaCommands
 from schemas.codec import Codec
 from streamcart.settings import Settings
 
@@ -73,7 +74,8 @@ def run(settings: Settings, index: int) -> None:
     """Run worker ``index`` until it is stopped (SIGTERM/SIGINT stop it gracefully)."""
     codec = Codec.connect(settings)
     runtime = build_runtime(settings, codec, worker_index=index)
-    api = init_app(settings, worker_view(runtime, index))
+    commands = KafkaCommands(settings, codec)
+    api = init_app(settings, worker_view(runtime, index), commands)
     runtime.app.add_dependency(ApiServer(api, settings.host, settings.worker_port(index)))
     worker = faust.Worker(runtime.app, loglevel=settings.log_level, quiet=True)
     tabledir = Path(runtime.app.conf.tabledir)

@@ -1,33 +1,94 @@
-"""The aiohttp application factory: ``init_app(settings, worker) -> web.Application``."""
+"""The aiohttp application factory: ``init_app(settings, worker, commands) -> web.Application`` (DESIGN.md §5).
+
+Every worker serves the same API. A request about a key is answered by the worker that owns the key's partition
+(another worker forwards it there, body and all: :mod:`api.routing`); a list is gathered from every worker. A
+command is answered 202 only once the broker acknowledged it (:mod:`api.commands`); bad input is refused with the
+JSON error shape before anything is sent.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import binascii
+import hashlib
+import json
+import re
+import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
+from typing import Any, TypeVar
 
-from aiohttp import ClientSession, web
+from aiohttp import ClientError, ClientSession, ClientTimeout, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ValidationError
 
 from api.auth import Principal, authenticate
+from api.commands import CommandPort
 from api.context import WorkerView
-from api.errors import NotFound, Unavailable, error_middleware
-from api.routing import forward
-from streamcart.domain.order_state import OrderState
+from api.errors import ApiError, Forbidden, NotFound, Unavailable, error_middleware
+from api.middleware import TokenBuckets, rate_limit_middleware, request_id_middleware
+from api.models import (
+    Accepted,
+    AdjustmentIn,
+    CancelIn,
+    CommandAccepted,
+    OrderOut,
+    OrderPage,
+    PageQuery,
+    PlaceOrderIn,
+    ProductIn,
+    ProductOut,
+    ProductPage,
+    ShipmentStatusIn,
+    StockOut,
+    WaitQuery,
+)
+from api.routing import FORWARDED_HEADER, forward
+from api.spec import Route, docs_page, openapi
+from schemas.messages import AdjustStock, CancelOrder, OrderLine, PlaceOrder, UpdateShipment, UpsertProduct
+from streamcart.commands import envelope
+from streamcart.domain.order_state import OrderState, OrderStatus
+from streamcart.domain.orders import cancel_refusal
+from streamcart.ids import derive_id, new_id
 from streamcart.settings import Settings
+from streamcart.tracing import new_traceparent
 
 SETTINGS = web.AppKey("settings", Settings)
 WORKER = web.AppKey("worker", WorkerView)
+COMMANDS = web.AppKey("commands", CommandPort)
 HTTP = web.AppKey("http", ClientSession)
+PLACING: web.AppKey[Placements] = web.AppKey("placing")
+SPEC = web.AppKey("spec", dict)
 
 MAX_BODY_BYTES = 64 * 1024
+API_VERSION = "1.0.0"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+M = TypeVar("M", bound=BaseModel)
 
 
-def init_app(settings: Settings, worker: WorkerView) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
+def init_app(settings: Settings, worker: WorkerView, commands: CommandPort | None = None) -> web.Application:
+    buckets = TokenBuckets(settings.rate_limit_per_s, settings.rate_limit_burst)
+    app = web.Application(
+        middlewares=[request_id_middleware, error_middleware, rate_limit_middleware(buckets, FORWARDED_HEADER)],
+        client_max_size=MAX_BODY_BYTES,
+    )
     app[SETTINGS] = settings
     app[WORKER] = worker
+    if commands is not None:
+        app[COMMANDS] = commands
+    app[PLACING] = Placements()
     app.cleanup_ctx.append(_http_session)
-    setup_routes(app)
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, route.handler)
+    app[SPEC] = openapi(ROUTES, title="streamcart", version=API_VERSION)
+    if settings.cors_origins:
+        app.on_response_prepare.append(_cors(settings.cors_origins))
     return app
+
+
+def setup_routes(app: web.Application) -> None:  # kept for modules that add their own routes after init_app
+    return None
 
 
 async def _http_session(app: web.Application) -> AsyncIterator[None]:
@@ -36,14 +97,101 @@ async def _http_session(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-def setup_routes(app: web.Application) -> None:
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/v1/orders/{order_id}", get_order)
-    app.router.add_get("/v1/stock/{sku}", get_stock)
-    app.router.add_get("/v1/products/{sku}", get_product)
+def _cors(origins: tuple[str, ...]) -> Any:
+    async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
+        origin = request.headers.get("Origin")
+        if origin and ("*" in origins or origin in origins):
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
 
+    return add_headers
+
+
+# --- Plumbing -------------------------------------------------------------------------------------------------
+
+class Conflict(ApiError):
+    status, code = 409, "conflict"
+
+
+class Invalid(ApiError):
+    status, code = 422, "invalid"
+
+
+class UnsupportedMediaType(ApiError):
+    status, code = 415, "unsupported_media_type"
+
+
+def _principal(request: web.Request) -> Principal:
+    secret = request.app[SETTINGS].jwt_secret.get_secret_value()
+    return authenticate(request.headers.get("Authorization"), secret)
+
+
+def _admin(request: web.Request) -> Principal:
+    principal = _principal(request)
+    if not principal.is_admin:
+        raise Forbidden("this needs the admin role")
+    return principal
+
+
+def _validation_details(exc: ValidationError) -> list[dict[str, Any]]:
+    return [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors(include_url=False)]
+
+
+async def _body(request: web.Request, model: type[M]) -> M:
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType(f"expected Content-Type: application/json, got {request.content_type!r}")
+    raw = await request.read()
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(f"the body is not valid JSON: {exc}") from exc
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise Invalid("the body failed validation", details=_validation_details(exc)) from exc
+
+
+def _query(request: web.Request, model: type[M]) -> M:
+    try:
+        return model.model_validate(dict(request.query))
+    except ValidationError as exc:
+        raise Invalid("the query failed validation", details=_validation_details(exc)) from exc
+
+
+def _identifier(request: web.Request, name: str) -> str:
+    value = request.match_info[name]
+    if not _IDENTIFIER.fullmatch(value):
+        raise NotFound(f"no such {name}: {value[:80]!r}")
+    return value
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+
+
+def _commands(request: web.Request) -> CommandPort:
+    commands = request.app.get(COMMANDS)
+    if commands is None:
+        raise Unavailable("this worker cannot send commands", headers={"Retry-After": "5"})
+    return commands
+
+
+async def _forward_unless_owner(request: web.Request, table: str, key: str) -> web.Response | None:
+    """The owner's answer when another worker owns ``key`` of ``table``; ``None`` when this worker does."""
+    worker = request.app[WORKER]
+    owner = worker.owner_url(table, key)
+    if owner is None:
+        raise Unavailable("partitions are being reassigned; retry shortly", headers={"Retry-After": "1"})
+    if owner.rstrip("/") != request.app[SETTINGS].worker_url(worker.index):
+        return await forward(request, request.app[HTTP], owner, worker.index)
+    return None
+
+
+def _json(model: BaseModel, status: int = 200, **headers: str) -> web.Response:
+    return web.Response(body=model.model_dump_json().encode(), status=status, content_type="application/json",
+                        headers=headers)
+
+
+# --- Health, metrics, the spec ----------------------------------------------------------------------------------
 
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
@@ -66,57 +214,18 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def _principal(request: web.Request) -> Principal:
-    secret = request.app[SETTINGS].jwt_secret.get_secret_value()
-    return authenticate(request.headers.get("Authorization"), secret)
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.json_response(request.app[SPEC])
 
 
-async def _forward_unless_owner(request: web.Request, table: str, key: str) -> web.Response | None:
-    """The owner's answer when another worker owns ``key`` of ``table``; ``None`` when this worker does."""
-    worker = request.app[WORKER]
-    owner = worker.owner_url(table, key)
-    if owner is None:
-        raise Unavailable("partitions are being reassigned; retry shortly", headers={"Retry-After": "1"})
-    if owner.rstrip("/") != request.app[SETTINGS].worker_url(worker.index):
-        return await forward(request, request.app[HTTP], owner, worker.index)
-    return None
+async def docs(request: web.Request) -> web.Response:
+    return web.Response(text=docs_page(request.app[SPEC]), content_type="text/html")
 
 
-async def get_order(request: web.Request) -> web.Response:
-    principal = _principal(request)
-    order_id = request.match_info["order_id"]
-    if (forwarded := await _forward_unless_owner(request, "orders", order_id)) is not None:
-        return forwarded
-    order = request.app[WORKER].order(order_id)
-    # Another customer's order is indistinguishable from a missing one.
-    if order is None or not principal.may_see_customer(order.customer_id):
-        raise NotFound(f"order {order_id} not found")
-    return web.json_response(order_json(order))
+# --- Orders ---------------------------------------------------------------------------------------------------
 
-
-async def get_stock(request: web.Request) -> web.Response:
-    _principal(request)
-    sku = request.match_info["sku"]
-    if (forwarded := await _forward_unless_owner(request, "stock", sku)) is not None:
-        return forwarded
-    stock = request.app[WORKER].stock(sku)
-    if stock is None:
-        raise NotFound(f"no stock record for {sku}")
-    return web.json_response({
-        "sku": sku, "on_hand": stock.on_hand, "reserved": stock.reserved, "available": stock.available,
-        "adjusted": stock.adjusted, "sold": stock.sold, "restocked": stock.restocked,
-    })
-
-
-async def get_product(request: web.Request) -> web.Response:
-    _principal(request)
-    sku = request.match_info["sku"]
-    if (forwarded := await _forward_unless_owner(request, "catalog", sku)) is not None:
-        return forwarded
-    product = request.app[WORKER].product(sku)
-    if product is None:
-        raise NotFound(f"no product {sku}")
-    return web.json_response(product.model_dump(include={"sku", "name", "unit_price_cents", "currency", "active"}))
+def order_out(order: OrderState) -> OrderOut:
+    return OrderOut.model_validate(order_json(order))
 
 
 def order_json(order: OrderState) -> dict[str, object]:
@@ -136,3 +245,355 @@ def order_json(order: OrderState) -> dict[str, object]:
         "deadline": order.deadline,
         "history": [entry.model_dump() for entry in order.history],
     }
+
+
+async def get_order(request: web.Request) -> web.Response:
+    principal = _principal(request)
+    order_id = _identifier(request, "order_id")
+    query = _query(request, WaitQuery)
+    if (forwarded := await _forward_unless_owner(request, "orders", order_id)) is not None:
+        return forwarded
+    worker = request.app[WORKER]
+    order = worker.order(order_id)
+    if query.wait > 0 and (order is None or order.status not in OrderStatus.SETTLED):
+        order = await worker.wait_settled(order_id, query.wait)
+    # Another customer's order is indistinguishable from a missing one.
+    if order is None or not principal.may_see_customer(order.customer_id):
+        raise NotFound(f"order {order_id} not found")
+    return web.json_response(order_json(order))
+
+
+class Placements:
+    """The owner's memory of orders it placed but may not have stored yet, and one lock per order id.
+
+    Two identical requests (same customer, same Idempotency-Key) are forwarded to the one worker that owns the
+    order id derived from the key; the lock makes the second wait for the first, and this memory answers it
+    even before the orders flow has stored the order.
+    """
+
+    def __init__(self, remember: int = 10_000) -> None:
+        self.remember = remember
+        self.recent: OrderedDict[str, tuple[str, float]] = OrderedDict()  # order id -> (placement event id, when)
+        self.locks: dict[str, asyncio.Lock] = {}
+
+    def lock(self, order_id: str) -> asyncio.Lock:
+        return self.locks.setdefault(order_id, asyncio.Lock())
+
+    def release(self, order_id: str) -> None:
+        lock = self.locks.get(order_id)
+        if lock is not None and not lock.locked():
+            del self.locks[order_id]
+
+    def placed(self, order_id: str, event_id: str, at: float) -> None:
+        self.recent[order_id] = (event_id, at)
+        while len(self.recent) > self.remember:
+            self.recent.popitem(last=False)
+
+
+def _digest(body: PlaceOrderIn) -> str:
+    return hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+
+
+async def place_order(request: web.Request) -> web.Response:
+    principal = _principal(request)
+    body = await _body(request, PlaceOrderIn)
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is not None and not (1 <= len(key) <= 200 and _IDENTIFIER_KEY.fullmatch(key)):
+        raise Invalid(f"{IDEMPOTENCY_HEADER} must be 1-200 characters of [A-Za-z0-9._:-]")
+    commands = _commands(request)
+    settings = request.app[SETTINGS]
+    if key is None:
+        order_id = new_id()
+        await commands.send(_place_order(order_id, new_id(), principal, body))
+        return _accepted(order_id, OrderStatus.PENDING)
+
+    # The key names one order for ``idempotency_ttl_s``: the order id is derived from the customer, the key and
+    # the TTL period it was first used in, and the request goes to the worker owning that order id.
+    ttl = settings.idempotency_ttl_s
+    now = time.time()
+    period = int(now // ttl)
+    order_id = derive_id("order", principal.subject, key, period)
+    if (forwarded := await _forward_unless_owner(request, "orders", order_id)) is not None:
+        return forwarded
+    event_id = derive_id("place", principal.subject, key, period, _digest(body))
+    placing = request.app[PLACING]
+    async with placing.lock(order_id):
+        try:
+            # Used in the previous period, less than a TTL ago: that is still the key's order.
+            previous_id = derive_id("order", principal.subject, key, period - 1)
+            previous = await _order_anywhere(request, previous_id)
+            if previous is not None and now * 1000 - previous.placed_at < ttl * 1000:
+                previous_event = derive_id("place", principal.subject, key, period - 1, _digest(body))
+                return _same_or_conflict(previous.order_id, previous.placed_event_id, previous_event, previous.status)
+            stored = request.app[WORKER].order(order_id)
+            if stored is not None:
+                return _same_or_conflict(order_id, stored.placed_event_id, event_id, stored.status)
+            if (recent := placing.recent.get(order_id)) is not None:
+                return _same_or_conflict(order_id, recent[0], event_id, OrderStatus.PENDING)
+            await commands.send(_place_order(order_id, event_id, principal, body))
+            placing.placed(order_id, event_id, now)
+            return _accepted(order_id, OrderStatus.PENDING)
+        finally:
+            placing.release(order_id)
+
+
+_IDENTIFIER_KEY = re.compile(r"[A-Za-z0-9._:-]+")
+
+
+def _same_or_conflict(order_id: str, placed_event_id: str, event_id: str, status: str) -> web.Response:
+    if placed_event_id != event_id:
+        raise Conflict(f"this {IDEMPOTENCY_HEADER} was used for a different order request",
+                       details={"order_id": order_id})
+    return _accepted(order_id, status)
+
+
+def _accepted(order_id: str, status: str) -> web.Response:
+    return _json(Accepted(order_id=order_id, status=status), 202, Location=f"/v1/orders/{order_id}")
+
+
+def _place_order(order_id: str, event_id: str, principal: Principal, body: PlaceOrderIn) -> PlaceOrder:
+    fields = envelope(order_id)
+    return PlaceOrder(
+        **{**fields, "event_id": event_id, "causation_id": event_id},
+        order_id=order_id, customer_id=principal.subject,
+        lines=tuple(OrderLine(sku=line.sku, quantity=line.quantity) for line in body.lines),
+        currency=body.currency, payment_token=body.payment.token,
+        webhook_url=str(body.webhook_url) if body.webhook_url is not None else None,
+    )
+
+
+async def _order_anywhere(request: web.Request, order_id: str) -> OrderState | None:
+    """``order_id`` from this worker's table, or from its owner's (asked with the caller's own credentials)."""
+    worker = request.app[WORKER]
+    owner = worker.owner_url("orders", order_id)
+    if owner is None:
+        raise Unavailable("partitions are being reassigned; retry shortly", headers={"Retry-After": "1"})
+    if owner.rstrip("/") == request.app[SETTINGS].worker_url(worker.index):
+        return worker.order(order_id)
+    headers = {"Authorization": request.headers.get("Authorization", ""), FORWARDED_HEADER: str(worker.index)}
+    try:
+        async with request.app[HTTP].get(f"{owner.rstrip('/')}/internal/v1/orders/{order_id}", headers=headers,
+                                         timeout=ClientTimeout(total=5, sock_connect=2)) as response:
+            if response.status == 404:
+                return None
+            if response.status != 200:
+                raise Unavailable(f"the worker owning {order_id} answered {response.status}",
+                                  headers={"Retry-After": "1"})
+            return OrderState.model_validate_json(await response.read())
+    except (ClientError, TimeoutError) as exc:
+        raise Unavailable(f"the worker owning {order_id} did not answer", headers={"Retry-After": "1"}) from exc
+
+
+async def internal_order(request: web.Request) -> web.Response:
+    """The stored order as the owner holds it, for another worker (same credentials as the caller's)."""
+    principal = _principal(request)
+    order = request.app[WORKER].order(_identifier(request, "order_id"))
+    if order is None or not principal.may_see_customer(order.customer_id):
+        raise NotFound("order not found")
+    return web.Response(body=order.model_dump_json().encode(), content_type="application/json")
+
+
+async def cancel_order(request: web.Request) -> web.Response:
+    principal = _principal(request)
+    order_id = _identifier(request, "order_id")
+    body = await _body(request, CancelIn) if request.can_read_body else CancelIn()
+    if (forwarded := await _forward_unless_owner(request, "orders", order_id)) is not None:
+        return forwarded
+    order = request.app[WORKER].order(order_id)
+    if order is None or not principal.may_see_customer(order.customer_id):
+        raise NotFound(f"order {order_id} not found")
+    if (refusal := cancel_refusal(order)) is not None:
+        raise Conflict(refusal, details={"status": order.status})
+    await _commands(request).send(CancelOrder(**envelope(order_id), order_id=order_id,
+                                              requested_by=principal.subject, reason=body.reason))
+    return _json(Accepted(order_id=order_id, status=order.status), 202, Location=f"/v1/orders/{order_id}")
+
+
+async def customer_orders(request: web.Request) -> web.Response:
+    principal = _principal(request)
+    customer_id = _identifier(request, "customer_id")
+    if not principal.may_see_customer(customer_id):
+        raise NotFound(f"customer {customer_id} not found")
+    page = _query(request, PageQuery)
+    after = _cursor(page.cursor)
+
+    def local(worker: WorkerView) -> list[dict[str, Any]]:
+        orders = worker.orders_of(customer_id)
+        keyed = sorted(((-o.placed_at, o.order_id), o) for o in orders)
+        return [order_json(o) for k, o in keyed if after is None or k > after][: page.limit]
+
+    items = await _gather(request, "orders", local, page.limit,
+                          sort=lambda o: (-int(o["placed_at"]), str(o["order_id"])))
+    next_cursor = _encode_cursor(-int(items[-1]["placed_at"]), str(items[-1]["order_id"])) \
+        if len(items) == page.limit else None
+    return _json(OrderPage(items=[OrderOut.model_validate(i) for i in items], next_cursor=next_cursor))
+
+
+def _cursor(raw: str | None) -> tuple[int, str] | None:
+    if raw is None:
+        return None
+    try:
+        first, second = json.loads(base64.urlsafe_b64decode(raw.encode()))
+        return int(first), str(second)
+    except (ValueError, TypeError, binascii.Error) as exc:
+        raise Invalid("cursor is not one this API gave out") from exc
+
+
+def _encode_cursor(first: int, second: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([first, second]).encode()).decode()
+
+
+async def _gather(
+    request: web.Request, what: str, local: Any, limit: int, *, sort: Any
+) -> list[dict[str, Any]]:
+    """This worker's page of ``what`` merged with every other worker's (each answers for its own partitions)."""
+    worker = request.app[WORKER]
+    settings = request.app[SETTINGS]
+    items: list[dict[str, Any]] = list(local(worker))
+    if FORWARDED_HEADER not in request.headers:
+        others = [settings.worker_url(i) for i in range(settings.workers) if i != worker.index]
+        headers = {"Authorization": request.headers.get("Authorization", ""), FORWARDED_HEADER: str(worker.index)}
+
+        async def ask(url: str) -> list[dict[str, Any]]:
+            try:
+                async with request.app[HTTP].get(url + request.rel_url.path_qs, headers=headers,
+                                                 timeout=ClientTimeout(total=5, sock_connect=1)) as response:
+                    if response.status != 200:
+                        raise Unavailable(f"a worker answered {response.status} for its {what}",
+                                          headers={"Retry-After": "1"})
+                    body = await response.json()
+                    return list(body["items"])
+            except (ClientError, TimeoutError) as exc:
+                raise Unavailable(f"a worker did not answer for its {what}", headers={"Retry-After": "1"}) from exc
+
+        for part in await asyncio.gather(*(ask(url) for url in others)):
+            items.extend(part)
+    return sorted(items, key=sort)[:limit]
+
+
+# --- Catalog, stock, shipments ------------------------------------------------------------------------------------
+
+async def get_product(request: web.Request) -> web.Response:
+    _principal(request)
+    sku = _identifier(request, "sku")
+    if (forwarded := await _forward_unless_owner(request, "catalog", sku)) is not None:
+        return forwarded
+    product = request.app[WORKER].product(sku)
+    if product is None:
+        raise NotFound(f"no product {sku}")
+    return _json(ProductOut.model_validate(product.model_dump()))
+
+
+async def list_products(request: web.Request) -> web.Response:
+    _principal(request)
+    page = _query(request, PageQuery)
+    after = _product_cursor(page.cursor)
+
+    def local(worker: WorkerView) -> list[dict[str, Any]]:
+        products = sorted(worker.products(), key=lambda p: p.sku)
+        return [ProductOut.model_validate(p.model_dump()).model_dump() for p in products
+                if after is None or p.sku > after][: page.limit]
+
+    items = await _gather(request, "products", local, page.limit, sort=lambda p: p["sku"])
+    next_cursor = _encode_cursor(0, items[-1]["sku"]) if len(items) == page.limit else None
+    return _json(ProductPage(items=[ProductOut.model_validate(i) for i in items], next_cursor=next_cursor))
+
+
+def _product_cursor(raw: str | None) -> str | None:
+    cursor = _cursor(raw)
+    return cursor[1] if cursor is not None else None
+
+
+async def put_product(request: web.Request) -> web.Response:
+    _admin(request)
+    sku = _identifier(request, "sku")
+    body = await _body(request, ProductIn)
+    command = UpsertProduct(**envelope(sku), sku=sku, **body.model_dump())
+    await _commands(request).send(command)
+    return _json(ProductOut(sku=sku, **body.model_dump()), 202, Location=f"/v1/products/{sku}")
+
+
+async def get_stock(request: web.Request) -> web.Response:
+    _principal(request)
+    sku = _identifier(request, "sku")
+    if (forwarded := await _forward_unless_owner(request, "stock", sku)) is not None:
+        return forwarded
+    stock = request.app[WORKER].stock(sku)
+    if stock is None:
+        raise NotFound(f"no stock record for {sku}")
+    return _json(_stock_out(sku, stock.on_hand, stock.reserved, stock.adjusted, stock.sold, stock.restocked))
+
+
+def _stock_out(sku: str, on_hand: int, reserved: int, adjusted: int, sold: int, restocked: int) -> StockOut:
+    return StockOut(sku=sku, on_hand=on_hand, reserved=reserved, available=on_hand - reserved, adjusted=adjusted,
+                    sold=sold, restocked=restocked)
+
+
+async def adjust_stock(request: web.Request) -> web.Response:
+    _admin(request)
+    sku = _identifier(request, "sku")
+    body = await _body(request, AdjustmentIn)
+    if (forwarded := await _forward_unless_owner(request, "stock", sku)) is not None:
+        return forwarded
+    stock = request.app[WORKER].stock(sku)
+    on_hand, reserved = (stock.on_hand, stock.reserved) if stock is not None else (0, 0)
+    if on_hand - reserved + body.delta < 0:
+        raise Conflict(f"adjusting {sku} by {body.delta} would leave {on_hand - reserved + body.delta} available",
+                       details={"on_hand": on_hand, "reserved": reserved, "available": on_hand - reserved})
+    await _commands(request).send(AdjustStock(**envelope(sku), sku=sku, delta=body.delta, reason=body.reason))
+    expected = _stock_out(sku, on_hand + body.delta, reserved,
+                          (stock.adjusted if stock else 0) + body.delta, stock.sold if stock else 0,
+                          stock.restocked if stock else 0)
+    return _json(expected, 202, Location=f"/v1/stock/{sku}")
+
+
+async def shipment_status(request: web.Request) -> web.Response:
+    _admin(request)
+    order_id = _identifier(request, "order_id")
+    body = await _body(request, ShipmentStatusIn)
+    if (forwarded := await _forward_unless_owner(request, "orders", order_id)) is not None:
+        return forwarded
+    order = request.app[WORKER].order(order_id)
+    if order is None:
+        raise NotFound(f"order {order_id} not found")
+    if order.shipment is None:
+        raise Conflict(f"order {order_id} has no shipment yet (status {order.status})",
+                       details={"status": order.status})
+    command = UpdateShipment(**envelope(order_id), order_id=order_id, status=body.status, carrier=body.carrier)
+    await _commands(request).send(command, traceparent=new_traceparent())
+    return _json(CommandAccepted(event_id=command.event_id), 202, Location=f"/v1/orders/{order_id}")
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/healthz", healthz, "liveness", "health", auth=False, responses={200: None}),
+    Route("GET", "/readyz", readyz, "readiness: recovered and assigned", "health", auth=False,
+          responses={200: None}, errors=(503,)),
+    Route("GET", "/metrics", metrics, "Prometheus metrics", "health", auth=False, responses={200: None},
+          content_type="text/plain"),
+    Route("GET", "/openapi.json", openapi_json, "this document", "docs", auth=False, in_schema=False),
+    Route("GET", "/docs", docs, "the API's documentation page", "docs", auth=False, in_schema=False),
+    Route("POST", "/v1/orders", place_order, "place an order", "orders", body=PlaceOrderIn,
+          responses={202: Accepted}, errors=(409, 503),
+          headers=((IDEMPOTENCY_HEADER, "the same key and body return the same order"),)),
+    Route("GET", "/v1/orders/{order_id}", get_order, "an order; ?wait=S long-polls until it is settled", "orders",
+          query=WaitQuery, responses={200: OrderOut}, errors=(404, 503)),
+    Route("POST", "/v1/orders/{order_id}/cancel", cancel_order, "ask to cancel an order", "orders",
+          responses={202: Accepted}, errors=(400, 404, 409, 413, 415, 422, 503)),
+    Route("GET", "/internal/v1/orders/{order_id}", internal_order, "an order as stored (worker to worker)",
+          "internal", in_schema=False),
+    Route("GET", "/v1/customers/{customer_id}/orders", customer_orders, "a customer's orders, newest first",
+          "orders", query=PageQuery, responses={200: OrderPage}, errors=(404, 503)),
+    Route("GET", "/v1/products", list_products, "the catalog, by sku", "catalog", query=PageQuery,
+          responses={200: ProductPage}, errors=(503,)),
+    Route("GET", "/v1/products/{sku}", get_product, "one product", "catalog", responses={200: ProductOut},
+          errors=(404, 503)),
+    Route("PUT", "/v1/products/{sku}", put_product, "create or change a product (admin)", "catalog",
+          body=ProductIn, responses={202: ProductOut}, errors=(403, 503)),
+    Route("GET", "/v1/stock/{sku}", get_stock, "a SKU's stock", "stock", responses={200: StockOut},
+          errors=(404, 503)),
+    Route("POST", "/v1/stock/{sku}/adjustments", adjust_stock, "change what is on hand (admin)", "stock",
+          body=AdjustmentIn, responses={202: StockOut}, errors=(403, 409, 503)),
+    Route("POST", "/v1/shipments/{order_id}/status", shipment_status, "a shipment was dispatched or delivered "
+          "(admin)", "shipments", body=ShipmentStatusIn, responses={202: CommandAccepted},
+          errors=(403, 404, 409, 503)),
+)

@@ -1,0 +1,40 @@
+"""Waiting for an order to change, for the API's long-poll (``GET /v1/orders/{id}?wait=S``).
+
+The orders flow calls :meth:`OrderWatch.changed` after it stores an order; a request waiting on that order wakes
+at once. Event-driven, not a sleep loop: a long-poll answers within milliseconds of the event that settles it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+
+
+class OrderWatch:
+    def __init__(self) -> None:
+        self._waiters: dict[str, set[asyncio.Future[None]]] = defaultdict(set)
+
+    def changed(self, order_id: str) -> None:
+        """Wake everyone waiting on ``order_id`` (call after the new state is stored)."""
+        for waiter in self._waiters.pop(order_id, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def next_change(self, order_id: str, timeout_s: float) -> bool:
+        """Wait until ``order_id`` changes or ``timeout_s`` passes; whether it changed."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters[order_id].add(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout_s)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            waiters = self._waiters.get(order_id)
+            if waiters is not None:
+                waiters.discard(waiter)
+                if not waiters:
+                    del self._waiters[order_id]
+
+    def __len__(self) -> int:
+        return sum(len(w) for w in self._waiters.values())

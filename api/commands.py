@@ -1,0 +1,97 @@
+"""Sending commands from the API: acknowledged by the broker before the client hears 202, or 503 in time.
+
+A worker's API produces with confluent-kafka (idempotent, ``acks=all``, murmur2 like faust) from its own
+producer, not faust's: a command must be acknowledged before the answer goes out, and faust's buffered producer
+gives no per-record acknowledgement. Delivery reports are polled on a thread and resolve asyncio futures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any, Protocol
+
+from confluent_kafka import KafkaException, Producer
+
+from api.errors import Unavailable
+from schemas.codec import Codec
+from schemas.errors import SchemaError
+from schemas.messages import Message
+from streamcart.settings import Settings
+from streamcart.topics import Topics
+from streamcart.tracing import new_traceparent
+
+#: How long a command may wait for the broker's acknowledgement before the client gets 503.
+ACK_TIMEOUT_S = 5.0
+RETRY_AFTER_S = "2"
+
+
+class CommandPort(Protocol):
+    """Where the API sends commands (Kafka in a worker, a recording fake in component tests)."""
+
+    async def send(self, message: Message, *, traceparent: str | None = None) -> None: ...
+
+
+class KafkaCommands:
+    """A confluent-kafka producer whose :meth:`send` returns once the broker acknowledged the record."""
+
+    def __init__(self, settings: Settings, codec: Codec) -> None:
+        self.topics = Topics.from_settings(settings)
+        self.codec = codec
+        self.producer = Producer({
+            "bootstrap.servers": settings.bootstrap_servers,
+            "partitioner": "murmur2_random",
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 1,
+            # The client's answer waits on this: give up (and answer 503) rather than hang.
+            "message.timeout.ms": int(ACK_TIMEOUT_S * 1000),
+            "socket.connection.setup.timeout.ms": 2000,
+        })
+        self._stop = threading.Event()
+        self._poller = threading.Thread(target=self._poll, name="api-command-acks", daemon=True)
+        self._poller.start()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self.producer.poll(0.05)
+
+    async def send(self, message: Message, *, traceparent: str | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        acked: asyncio.Future[None] = loop.create_future()
+
+        def on_delivery(err: Any, _record: Any) -> None:
+            loop.call_soon_threadsafe(_settle, acked, err)
+
+        try:
+            value = self.codec.encode(message)
+        except SchemaError as exc:
+            raise Unavailable(f"the schema registry is unavailable: {exc}",
+                              headers={"Retry-After": RETRY_AFTER_S}) from exc
+        try:
+            self.producer.produce(
+                getattr(self.topics, message.TOPIC), key=message.key.encode(), value=value,
+                headers=[("traceparent", (traceparent or new_traceparent()).encode())], on_delivery=on_delivery,
+            )
+        except (KafkaException, BufferError) as exc:
+            raise Unavailable(f"could not queue the command: {exc}", headers={"Retry-After": RETRY_AFTER_S}) from exc
+        try:
+            await asyncio.wait_for(asyncio.shield(acked), ACK_TIMEOUT_S + 1)
+        except TimeoutError as exc:
+            raise Unavailable("the broker did not acknowledge the command in time",
+                              headers={"Retry-After": RETRY_AFTER_S}) from exc
+
+    def close(self) -> None:
+        self._stop.set()
+        self._poller.join(timeout=2)
+        self.producer.flush(2)
+
+
+def _settle(future: asyncio.Future[None], err: Any) -> None:
+    if future.done():
+        return
+    if err is None:
+        future.set_result(None)
+    else:
+        future.set_exception(Unavailable(f"the broker refused the command: {err}",
+                                         headers={"Retry-After": RETRY_AFTER_S}))

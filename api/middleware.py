@@ -1,0 +1,107 @@
+"""What every request goes through: a request id, metrics by route and status, and a rate limit per token."""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import logging
+import math
+import re
+import time
+import uuid
+from collections import OrderedDict
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import Counter, Histogram
+
+from api.errors import ApiError
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "X-Request-Id"
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
+#: The current request's id, for log records (see :class:`RequestIdFilter`).
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+REQUESTS = Counter("streamcart_http_requests_total", "HTTP requests answered", ["route", "method", "status"])
+LATENCY = Histogram(
+    "streamcart_http_request_seconds", "HTTP request latency", ["route", "method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds ``request_id`` to every log record emitted while a request is handled."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id.get()
+        return True
+
+
+def _route_label(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Echo a sane ``X-Request-Id`` or mint one; it is on every response and in the logs."""
+    incoming = request.headers.get(REQUEST_ID_HEADER, "")
+    rid = incoming if _VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    token = request_id.set(rid)
+    started = time.perf_counter()
+    route = _route_label(request)
+    try:
+        response: web.StreamResponse = await handler(request)
+    finally:
+        request_id.reset(token)
+    if not response.prepared:
+        response.headers[REQUEST_ID_HEADER] = rid
+    REQUESTS.labels(route, request.method, str(response.status)).inc()
+    LATENCY.labels(route, request.method).observe(time.perf_counter() - started)
+    return response
+
+
+class RateLimited(ApiError):
+    status, code = 429, "rate_limited"
+
+
+class TokenBuckets:
+    """One token bucket per bearer token: ``rate`` requests per second with bursts of ``burst``."""
+
+    def __init__(self, rate: float, burst: int, max_tokens: int = 100_000) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_tokens = max_tokens
+        self._buckets: OrderedDict[bytes, tuple[float, float]] = OrderedDict()
+
+    def take(self, token: str, now: float) -> float:
+        """Take one request from ``token``'s bucket: 0 when allowed, else seconds until one would be."""
+        key = hashlib.blake2b(token.encode(), digest_size=16).digest()
+        level, at = self._buckets.pop(key, (float(self.burst), now))
+        level = min(float(self.burst), level + (now - at) * self.rate)
+        if level >= 1:
+            self._buckets[key] = (level - 1, now)
+            wait = 0.0
+        else:
+            self._buckets[key] = (level, now)
+            wait = (1 - level) / self.rate
+        while len(self._buckets) > self.max_tokens:
+            self._buckets.popitem(last=False)
+        return wait
+
+
+def rate_limit_middleware(buckets: TokenBuckets, forwarded_header: str) -> Any:
+    @web.middleware
+    async def rate_limit(request: web.Request, handler: Any) -> web.StreamResponse:
+        authorization = request.headers.get("Authorization")
+        # A request forwarded by another worker was counted where it came in.
+        if authorization and forwarded_header not in request.headers:
+            wait = buckets.take(authorization, time.monotonic())
+            if wait > 0:
+                raise RateLimited("too many requests for this token", headers={"Retry-After": str(math.ceil(wait))})
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    return rate_limit

@@ -1,0 +1,143 @@
+"""The HTTP API's request and response bodies (DESIGN.md §5). The OpenAPI document is generated from these."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
+
+#: What a SKU, an order id or a customer id may look like in a URL or a body: plain, short, unambiguous.
+Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$", examples=["KB-001"])]
+Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", examples=["EUR"])]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LineIn(_Body):
+    sku: Identifier
+    quantity: int = Field(ge=1, le=1000)
+
+
+class PaymentIn(_Body):
+    token: str = Field(min_length=1, max_length=128, examples=["tok_approve"])
+
+
+class PlaceOrderIn(_Body):
+    """A new order. Prices come from the catalog at reservation time, never from the client."""
+
+    lines: list[LineIn] = Field(min_length=1, max_length=50)
+    payment: PaymentIn
+    currency: Currency
+    webhook_url: AnyHttpUrl | None = Field(default=None, description="where the order's notifications are POSTed")
+
+
+class CancelIn(_Body):
+    reason: Literal["customer_request"] = "customer_request"
+
+
+class ProductIn(_Body):
+    name: str = Field(min_length=1, max_length=200)
+    unit_price_cents: int = Field(ge=0, le=100_000_000)
+    currency: Currency
+    active: bool = True
+
+
+class AdjustmentIn(_Body):
+    delta: int = Field(ge=-1_000_000, le=1_000_000)
+    reason: str = Field(min_length=1, max_length=200, examples=["delivery"])
+
+
+class ShipmentStatusIn(_Body):
+    status: Literal["dispatched", "delivered"]
+    carrier: str | None = Field(default=None, max_length=100)
+
+
+class WaitQuery(_Body):
+    wait: float = Field(default=0, ge=0, le=30, description="long-poll: seconds to wait for a terminal status")
+
+
+class PageQuery(_Body):
+    limit: int = Field(default=50, ge=1, le=500)
+    cursor: str | None = Field(default=None, max_length=200, description="`next_cursor` of the previous page")
+
+
+# --- Responses ------------------------------------------------------------------------------------------------
+
+class Accepted(BaseModel):
+    order_id: str
+    status: str
+
+
+class LineOut(BaseModel):
+    sku: str
+    quantity: int
+    unit_price_cents: int | None = None
+    status: str | None = None
+
+
+class HistoryOut(BaseModel):
+    event: str
+    at: int
+    event_id: str
+    detail: str | None = None
+
+
+class OrderOut(BaseModel):
+    order_id: str
+    customer_id: str
+    status: str
+    lines: list[LineOut]
+    total_cents: int | None
+    currency: str
+    payment: dict[str, object] | None
+    shipment: dict[str, object] | None
+    cancel_reason: str | None
+    cancel_detail: str | None
+    placed_at: int
+    deadline: int
+    history: list[HistoryOut]
+
+
+class OrderPage(BaseModel):
+    items: list[OrderOut]
+    next_cursor: str | None
+
+
+class ProductOut(BaseModel):
+    sku: str
+    name: str
+    unit_price_cents: int
+    currency: str
+    active: bool
+
+
+class ProductPage(BaseModel):
+    items: list[ProductOut]
+    next_cursor: str | None
+
+
+class StockOut(BaseModel):
+    sku: str
+    on_hand: int
+    reserved: int
+    available: int
+    adjusted: int
+    sold: int
+    restocked: int
+
+
+class CommandAccepted(BaseModel):
+    accepted: bool = True
+    event_id: str
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    details: object | None = None
+
+
+class ErrorOut(BaseModel):
+    error: ErrorDetail
