@@ -35,8 +35,13 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         never_committed = [TopicPartition(tp.topic, tp.partition) for tp, offset in committed.items()
                            if not offset and acked(tp.topic)]
         if never_committed:
-            log.info("rewinding %d partition(s) with no committed offset to their start", len(never_committed))
-            await consumer.seek_to_beginning(*never_committed)
+            # Look the start offsets up and seek to them, rather than ``seek_to_beginning``: that leaves the
+            # position unset until a reset completes, and faust's livelock check crashes the worker on an unset
+            # position (AssertionError in ``TopicPartitionState.position``).
+            starts = await consumer.beginning_offsets(never_committed)
+            log.info("rewinding %d partition(s) with no committed offset to their start", len(starts))
+            for tp, offset in starts.items():
+                consumer.seek(tp, offset)
         return committed
 
 

@@ -9,8 +9,6 @@ JSON error shape before anything is sent.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hashlib
 import json
 import re
@@ -33,13 +31,16 @@ from api.models import (
     AdjustmentIn,
     CancelIn,
     CommandAccepted,
+    HealthOut,
     OrderOut,
     OrderPage,
-    PageQuery,
+    OrderPageQuery,
     PlaceOrderIn,
     ProductIn,
     ProductOut,
     ProductPage,
+    ProductPageQuery,
+    ReadyOut,
     ShipmentStatusIn,
     StockOut,
     WaitQuery,
@@ -82,8 +83,8 @@ def init_app(settings: Settings, worker: WorkerView, commands: CommandPort | Non
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler)
     app[SPEC] = openapi(ROUTES, title="streamcart", version=API_VERSION)
-    if settings.cors_origins:
-        app.on_response_prepare.append(_cors(settings.cors_origins))
+    if origins := tuple(o.strip() for o in settings.cors_origins.split(",") if o.strip()):
+        app.on_response_prepare.append(_cors(origins))
     return app
 
 
@@ -414,8 +415,8 @@ async def customer_orders(request: web.Request) -> web.Response:
     customer_id = _identifier(request, "customer_id")
     if not principal.may_see_customer(customer_id):
         raise NotFound(f"customer {customer_id} not found")
-    page = _query(request, PageQuery)
-    after = _cursor(page.cursor)
+    page = _query(request, OrderPageQuery)
+    after = _order_cursor(page.cursor)
 
     def local(worker: WorkerView) -> list[dict[str, Any]]:
         orders = worker.orders_of(customer_id)
@@ -424,23 +425,16 @@ async def customer_orders(request: web.Request) -> web.Response:
 
     items = await _gather(request, "orders", local, page.limit,
                           sort=lambda o: (-int(o["placed_at"]), str(o["order_id"])))
-    next_cursor = _encode_cursor(-int(items[-1]["placed_at"]), str(items[-1]["order_id"])) \
-        if len(items) == page.limit else None
+    next_cursor = f"{items[-1]['placed_at']}.{items[-1]['order_id']}" if len(items) == page.limit else None
     return _json(OrderPage(items=[OrderOut.model_validate(i) for i in items], next_cursor=next_cursor))
 
 
-def _cursor(raw: str | None) -> tuple[int, str] | None:
+def _order_cursor(raw: str | None) -> tuple[int, str] | None:
+    """The sort key ``(-placed_at, order_id)`` after which a page of orders starts."""
     if raw is None:
         return None
-    try:
-        first, second = json.loads(base64.urlsafe_b64decode(raw.encode()))
-        return int(first), str(second)
-    except (ValueError, TypeError, binascii.Error) as exc:
-        raise Invalid("cursor is not one this API gave out") from exc
-
-
-def _encode_cursor(first: int, second: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps([first, second]).encode()).decode()
+    placed_at, _, order_id = raw.partition(".")
+    return -int(placed_at), order_id
 
 
 async def _gather(
@@ -486,8 +480,8 @@ async def get_product(request: web.Request) -> web.Response:
 
 async def list_products(request: web.Request) -> web.Response:
     _principal(request)
-    page = _query(request, PageQuery)
-    after = _product_cursor(page.cursor)
+    page = _query(request, ProductPageQuery)
+    after = page.cursor
 
     def local(worker: WorkerView) -> list[dict[str, Any]]:
         products = sorted(worker.products(), key=lambda p: p.sku)
@@ -495,13 +489,8 @@ async def list_products(request: web.Request) -> web.Response:
                 if after is None or p.sku > after][: page.limit]
 
     items = await _gather(request, "products", local, page.limit, sort=lambda p: p["sku"])
-    next_cursor = _encode_cursor(0, items[-1]["sku"]) if len(items) == page.limit else None
+    next_cursor = items[-1]["sku"] if len(items) == page.limit else None
     return _json(ProductPage(items=[ProductOut.model_validate(i) for i in items], next_cursor=next_cursor))
-
-
-def _product_cursor(raw: str | None) -> str | None:
-    cursor = _cursor(raw)
-    return cursor[1] if cursor is not None else None
 
 
 async def put_product(request: web.Request) -> web.Response:
@@ -565,9 +554,9 @@ async def shipment_status(request: web.Request) -> web.Response:
 
 
 ROUTES: tuple[Route, ...] = (
-    Route("GET", "/healthz", healthz, "liveness", "health", auth=False, responses={200: None}),
+    Route("GET", "/healthz", healthz, "liveness", "health", auth=False, responses={200: HealthOut}),
     Route("GET", "/readyz", readyz, "readiness: recovered and assigned", "health", auth=False,
-          responses={200: None}, errors=(503,)),
+          responses={200: ReadyOut, 503: ReadyOut}),
     Route("GET", "/metrics", metrics, "Prometheus metrics", "health", auth=False, responses={200: None},
           content_type="text/plain"),
     Route("GET", "/openapi.json", openapi_json, "this document", "docs", auth=False, in_schema=False),
@@ -582,8 +571,8 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/internal/v1/orders/{order_id}", internal_order, "an order as stored (worker to worker)",
           "internal", in_schema=False),
     Route("GET", "/v1/customers/{customer_id}/orders", customer_orders, "a customer's orders, newest first",
-          "orders", query=PageQuery, responses={200: OrderPage}, errors=(404, 503)),
-    Route("GET", "/v1/products", list_products, "the catalog, by sku", "catalog", query=PageQuery,
+          "orders", query=OrderPageQuery, responses={200: OrderPage}, errors=(404, 503)),
+    Route("GET", "/v1/products", list_products, "the catalog, by sku", "catalog", query=ProductPageQuery,
           responses={200: ProductPage}, errors=(503,)),
     Route("GET", "/v1/products/{sku}", get_product, "one product", "catalog", responses={200: ProductOut},
           errors=(404, 503)),

@@ -58,9 +58,16 @@ class WaitQuery(_Body):
     wait: float = Field(default=0, ge=0, le=30, description="long-poll: seconds to wait for a terminal status")
 
 
-class PageQuery(_Body):
+class OrderPageQuery(_Body):
     limit: int = Field(default=50, ge=1, le=500)
-    cursor: str | None = Field(default=None, max_length=200, description="`next_cursor` of the previous page")
+    cursor: str | None = Field(default=None, pattern=r"^[0-9]{1,15}\.[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$",
+                               description="`next_cursor` of the previous page (`placed_at.order_id`)")
+
+
+class ProductPageQuery(_Body):
+    limit: int = Field(default=50, ge=1, le=500)
+    cursor: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$",
+                               description="`next_cursor` of the previous page (the last SKU seen)")
 
 
 # --- Responses ------------------------------------------------------------------------------------------------
@@ -131,6 +138,18 @@ class StockOut(BaseModel):
 class CommandAccepted(BaseModel):
     accepted: bool = True
     event_id: str
+
+
+class HealthOut(BaseModel):
+    status: str
+
+
+class ReadyOut(BaseModel):
+    ready: bool
+    worker: int
+    recovered: bool
+    rebalancing: bool
+    assigned: list[int]
 
 
 class ErrorDetail(BaseModel):

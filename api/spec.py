@@ -85,7 +85,9 @@ def openapi(routes: Sequence[Route], *, title: str, version: str) -> dict[str, A
         for status, model in route.responses.items():
             content = {route.content_type: {"schema": ref(model)}} if model is not None else \
                 {route.content_type: {"schema": {"type": "string"}}}
-            responses[str(status)] = {"description": "OK" if status < 300 else "accepted", "content": content}
+            description = {200: "OK", 202: "accepted: the command was acknowledged by the broker"}.get(
+                status, ERROR_TEXT.get(status, ""))
+            responses[str(status)] = {"description": description, "content": content}
         errors = set(route.errors) | {429} | ({401} if route.auth else set()) | ({422} if route.query else set())
         if route.body is not None:
             errors |= {400, 413, 415, 422}

@@ -54,11 +54,11 @@ class Settings(BaseSettings):
     webhook_allow_private: bool = False
 
     # The HTTP API: requests per second per token (and the burst above it); how long an Idempotency-Key names
-    # its order; origins allowed by CORS (none: CORS off).
+    # its order; origins allowed by CORS, comma-separated (empty: CORS off).
     rate_limit_per_s: float = Field(200.0, gt=0)
     rate_limit_burst: int = Field(400, ge=1)
     idempotency_ttl_s: float = Field(24 * 3600.0, gt=0)
-    cors_origins: tuple[str, ...] = ()
+    cors_origins: str = ""
 
     # Secrets.
     jwt_secret: SecretStr = SecretStr("streamcart-local-development-secret")

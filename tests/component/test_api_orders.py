@@ -7,6 +7,8 @@ import pytest
 from api.app import init_app
 from api.auth import issue_token
 from schemas.messages import OrderLine
+from streamcart.domain.catalog import ProductState
+from streamcart.domain.inventory import StockState
 from streamcart.domain.orders import OrderState
 from streamcart.settings import Settings
 
@@ -31,6 +33,9 @@ class FakeWorker:
     orders: dict[str, OrderState] = field(default_factory=dict)
     owner: str | None = SETTINGS.worker_url(0)
     is_ready: bool = True
+    stocks: dict[str, StockState] = field(default_factory=dict)
+    catalog: dict[str, ProductState] = field(default_factory=dict)
+    waited: list[tuple[str, float]] = field(default_factory=list)
 
     def recovered(self) -> bool:
         return self.is_ready
@@ -49,6 +54,22 @@ class FakeWorker:
 
     def owner_url(self, table: str, key: str) -> str | None:
         return self.owner
+
+    def stock(self, sku: str) -> StockState | None:
+        return self.stocks.get(sku)
+
+    def product(self, sku: str) -> ProductState | None:
+        return self.catalog.get(sku)
+
+    def products(self) -> list[ProductState]:
+        return list(self.catalog.values())
+
+    def orders_of(self, customer_id: str) -> list[OrderState]:
+        return [o for o in self.orders.values() if o.customer_id == customer_id]
+
+    async def wait_settled(self, order_id: str, timeout_s: float) -> OrderState | None:
+        self.waited.append((order_id, timeout_s))
+        return self.orders.get(order_id)
 
 
 @pytest.fixture

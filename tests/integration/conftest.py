@@ -56,8 +56,9 @@ def settings() -> Settings:
 @pytest.fixture(scope="session")
 def stack(settings: Settings) -> Iterator[Stack]:
     stack = Stack(settings, echo=print)
-    stack.down(purge=True)  # whatever an interrupted earlier run left behind
-    stack.up()
+    if os.environ.get("STREAMCART_KEEP_TEST_STACK") != "1":
+        stack.down(purge=True)  # whatever an interrupted earlier run left behind
+    stack.up()  # with STREAMCART_KEEP_TEST_STACK=1, a stack kept by the last run is used as it is
     yield stack
     if os.environ.get("STREAMCART_KEEP_TEST_STACK") != "1":
         stack.down(purge=True)

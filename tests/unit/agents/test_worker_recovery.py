@@ -43,9 +43,11 @@ class FakeConsumer:
     async def seek_to_committed(self):
         return self.committed
 
-    async def seek_to_beginning(self, *partitions):
-        self.rewound.extend(partitions)
-        return True
+    async def beginning_offsets(self, partitions):
+        return {tp: 7 for tp in partitions}  # the log starts at 7: earlier records were deleted by retention
+
+    def seek(self, tp, offset):
+        self.rewound.append((tp, offset))
 
 
 def test_partitions_with_nothing_committed_are_rewound_but_changelogs_are_left_to_faust():
@@ -60,4 +62,4 @@ def test_partitions_with_nothing_committed_are_rewound_but_changelogs_are_left_t
     thread.app = SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda topic: topic == "commands"))
 
     assert asyncio.run(thread._seek_to_committed_or_start()) == committed
-    assert consumer.rewound == [TopicPartition("commands", 1), TopicPartition("commands", 2)]
+    assert consumer.rewound == [(TopicPartition("commands", 1), 7), (TopicPartition("commands", 2), 7)]

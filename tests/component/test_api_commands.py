@@ -1,0 +1,289 @@
+"""Commands over HTTP on aiohttp's test client: what is sent, what is refused before anything is sent."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import pytest
+
+from api.app import init_app
+from api.errors import Unavailable
+from schemas.messages import AdjustStock, CancelOrder, Message, PlaceOrder, UpdateShipment, UpsertProduct
+from streamcart.domain.catalog import ProductState
+from streamcart.domain.inventory import StockState
+from streamcart.domain.order_state import ShipmentInfo
+from tests.component.test_api_orders import SETTINGS, FakeWorker, an_order, bearer
+
+#: One worker: lists are gathered from this one alone (gathering across workers runs on the real stack).
+SOLO = SETTINGS.model_copy(update={"workers": 1})
+ORDER = {"lines": [{"sku": "KB-001", "quantity": 2}], "payment": {"token": "tok_approve"}, "currency": "EUR"}
+
+
+@dataclass
+class RecordingCommands:
+    sent: list[Message] = field(default_factory=list)
+    broker_down: bool = False
+    delay_s: float = 0.0
+
+    async def send(self, message: Message, *, traceparent: str | None = None) -> None:
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.broker_down:
+            raise Unavailable("the broker did not acknowledge the command in time", headers={"Retry-After": "2"})
+        self.sent.append(message)
+
+
+@pytest.fixture
+def worker() -> FakeWorker:
+    return FakeWorker(orders={"o-1": an_order()})
+
+
+@pytest.fixture
+def commands() -> RecordingCommands:
+    return RecordingCommands()
+
+
+@pytest.fixture
+async def client(aiohttp_client, worker, commands):
+    return await aiohttp_client(init_app(SOLO, worker, commands))
+
+
+CUSTOMER = bearer("c-1", "customer")
+ADMIN = bearer("ops", "admin")
+
+
+async def test_placing_an_order_answers_202_with_its_location_after_the_command_was_sent(client, commands):
+    response = await client.post("/v1/orders", json=ORDER, headers=CUSTOMER)
+    assert response.status == 202
+    body = await response.json()
+    assert body["status"] == "PENDING"
+    assert response.headers["Location"] == f"/v1/orders/{body['order_id']}"
+    (sent,) = commands.sent
+    assert isinstance(sent, PlaceOrder)
+    assert (sent.order_id, sent.customer_id, sent.currency, sent.payment_token) == (
+        body["order_id"], "c-1", "EUR", "tok_approve")
+    assert [(line.sku, line.quantity) for line in sent.lines] == [("KB-001", 2)]
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status"),
+    [
+        (b"{not json", "application/json", 400),
+        (b'{"lines": []}', "text/plain", 415),
+        (b'{"lines": [], "payment": {"token": "t"}, "currency": "EUR"}', "application/json", 422),
+        (b'{"lines": [{"sku": "A", "quantity": 0}], "payment": {"token": "t"}, "currency": "EUR"}',
+         "application/json", 422),
+        (b'{"lines": [{"sku": "A", "quantity": 1}], "payment": {"token": "t"}, "currency": "euro"}',
+         "application/json", 422),
+        (b'{"lines": [{"sku": "A", "quantity": 1, "unit_price_cents": 1}], "payment": {"token": "t"}, '
+         b'"currency": "EUR"}', "application/json", 422),
+        (b'{"lines": [{"sku": "A/../B", "quantity": 1}], "payment": {"token": "t"}, "currency": "EUR"}',
+         "application/json", 422),
+        (b"[" * 70_000, "application/json", 413),
+    ],
+    ids=["not-json", "not-json-type", "no-lines", "zero-quantity", "bad-currency", "client-price", "bad-sku",
+         "too-large"],
+)
+async def test_bad_input_is_a_json_error_and_sends_nothing(client, commands, body, content_type, status):
+    response = await client.post("/v1/orders", data=body, headers={**CUSTOMER, "Content-Type": content_type})
+    assert response.status == status
+    assert set((await response.json())["error"]) == {"code", "message", "details"}
+    assert commands.sent == []
+
+
+async def test_validation_errors_say_which_field_is_wrong(client):
+    body = {**ORDER, "lines": [{"sku": "A", "quantity": -1}]}
+    response = await client.post("/v1/orders", json=body, headers=CUSTOMER)
+    details = (await response.json())["error"]["details"]
+    assert [d["loc"] for d in details] == [["lines", 0, "quantity"]]
+
+
+async def test_when_the_broker_does_not_acknowledge_the_answer_is_503_with_retry_after(client, commands):
+    commands.broker_down = True
+    response = await client.post("/v1/orders", json=ORDER, headers=CUSTOMER)
+    assert response.status == 503
+    assert response.headers["Retry-After"] == "2"
+
+
+async def test_the_same_idempotency_key_and_body_return_the_same_order_once(client, commands):
+    headers = {**CUSTOMER, "Idempotency-Key": "checkout-7"}
+    first = await (await client.post("/v1/orders", json=ORDER, headers=headers)).json()
+    second = await client.post("/v1/orders", json=ORDER, headers=headers)
+    assert second.status == 202
+    assert (await second.json())["order_id"] == first["order_id"]
+    assert len(commands.sent) == 1
+
+
+async def test_two_identical_requests_at_once_place_one_order(client, commands):
+    commands.delay_s = 0.05  # the first is still waiting on the broker when the second arrives
+    headers = {**CUSTOMER, "Idempotency-Key": "double-click"}
+    answers = await asyncio.gather(*(client.post("/v1/orders", json=ORDER, headers=headers) for _ in range(2)))
+    assert [a.status for a in answers] == [202, 202]
+    assert len({(await a.json())["order_id"] for a in answers}) == 1
+    assert len(commands.sent) == 1
+
+
+async def test_the_same_idempotency_key_with_another_body_is_a_409(client, commands):
+    headers = {**CUSTOMER, "Idempotency-Key": "checkout-8"}
+    assert (await client.post("/v1/orders", json=ORDER, headers=headers)).status == 202
+    other = {**ORDER, "lines": [{"sku": "KB-001", "quantity": 3}]}
+    response = await client.post("/v1/orders", json=other, headers=headers)
+    assert response.status == 409
+    assert len(commands.sent) == 1
+
+
+async def test_an_idempotency_key_belongs_to_its_customer(client, commands):
+    key = {"Idempotency-Key": "shared"}
+    one = await (await client.post("/v1/orders", json=ORDER, headers={**CUSTOMER, **key})).json()
+    two = await (await client.post("/v1/orders", json=ORDER, headers={**bearer("c-2", "customer"), **key})).json()
+    assert one["order_id"] != two["order_id"]
+    assert len(commands.sent) == 2
+
+
+async def test_an_already_stored_order_answers_a_repeated_key_from_the_table(client, commands, worker):
+    headers = {**CUSTOMER, "Idempotency-Key": "stored"}
+    first = await (await client.post("/v1/orders", json=ORDER, headers=headers)).json()
+    sent = commands.sent[0]
+    worker.orders[first["order_id"]] = an_order(first["order_id"]).model_copy(
+        update={"placed_event_id": sent.event_id, "status": "CONFIRMED", "placed_at": sent.occurred_at})
+    again = await (await client.post("/v1/orders", json=ORDER, headers=headers)).json()
+    assert again == {"order_id": first["order_id"], "status": "CONFIRMED"}
+    assert len(commands.sent) == 1
+
+
+async def test_a_long_poll_asks_the_worker_to_wait_and_answers_with_what_it_got(client, worker):
+    response = await client.get("/v1/orders/o-1?wait=2.5", headers=CUSTOMER)
+    assert response.status == 200
+    assert worker.waited == [("o-1", 2.5)]
+
+
+@pytest.mark.parametrize("wait", ["-1", "31", "soon"])
+async def test_a_bad_wait_is_a_422(client, wait):
+    assert (await client.get(f"/v1/orders/o-1?wait={wait}", headers=CUSTOMER)).status == 422
+
+
+async def test_a_customer_cancels_their_pending_order(client, commands):
+    response = await client.post("/v1/orders/o-1/cancel", headers=CUSTOMER)
+    assert response.status == 202
+    (sent,) = commands.sent
+    assert isinstance(sent, CancelOrder)
+    assert (sent.order_id, sent.requested_by) == ("o-1", "c-1")
+
+
+async def test_cancelling_another_customers_order_is_a_404_and_sends_nothing(client, commands):
+    assert (await client.post("/v1/orders/o-1/cancel", headers=bearer("c-2", "customer"))).status == 404
+    assert commands.sent == []
+
+
+async def test_cancelling_after_dispatch_is_a_409_with_the_reason(client, commands, worker):
+    worker.orders["o-1"] = an_order().model_copy(update={"status": "SHIPPED"})
+    response = await client.post("/v1/orders/o-1/cancel", headers=CUSTOMER)
+    assert response.status == 409
+    assert "dispatch" in (await response.json())["error"]["message"]
+    assert commands.sent == []
+
+
+async def test_a_customer_lists_their_orders_page_by_page(client, worker):
+    for n in range(5):
+        worker.orders[f"o-p{n}"] = an_order(f"o-p{n}").model_copy(update={"placed_at": 100 + n})
+    seen: list[str] = []
+    cursor = None
+    while True:
+        url = "/v1/customers/c-1/orders?limit=2" + (f"&cursor={cursor}" if cursor else "")
+        page = await (await client.get(url, headers=CUSTOMER)).json()
+        seen += [o["order_id"] for o in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == ["o-p4", "o-p3", "o-p2", "o-p1", "o-p0", "o-1"]
+
+
+async def test_another_customers_list_is_a_404(client):
+    assert (await client.get("/v1/customers/c-1/orders", headers=bearer("c-2", "customer"))).status == 404
+
+
+async def test_a_forged_cursor_is_a_422(client):
+    assert (await client.get("/v1/customers/c-1/orders?cursor=zzz", headers=CUSTOMER)).status == 422
+
+
+async def test_only_an_admin_changes_the_catalog(client, commands):
+    product = {"name": "Keyboard", "unit_price_cents": 4999, "currency": "EUR"}
+    assert (await client.put("/v1/products/KB-001", json=product, headers=CUSTOMER)).status == 403
+    assert commands.sent == []
+    response = await client.put("/v1/products/KB-001", json=product, headers=ADMIN)
+    assert response.status == 202
+    (sent,) = commands.sent
+    assert isinstance(sent, UpsertProduct)
+    assert (sent.sku, sent.unit_price_cents, sent.active) == ("KB-001", 4999, True)
+
+
+async def test_the_catalog_lists_by_sku(client, worker):
+    for sku in ("B", "A", "C"):
+        worker.catalog[sku] = ProductState(sku=sku, name=sku, unit_price_cents=1, currency="EUR", active=True,
+                                           updated={"event_id": "e", "at": 0})
+    page = await (await client.get("/v1/products?limit=2", headers=CUSTOMER)).json()
+    assert [p["sku"] for p in page["items"]] == ["A", "B"]
+    rest = await (await client.get(f"/v1/products?cursor={page['next_cursor']}", headers=CUSTOMER)).json()
+    assert [p["sku"] for p in rest["items"]] == ["C"]
+
+
+async def test_a_stock_adjustment_that_would_take_reserved_stock_is_a_409(client, commands, worker):
+    worker.stocks["KB-001"] = StockState(sku="KB-001", on_hand=5, reserved=4)
+    response = await client.post("/v1/stock/KB-001/adjustments", json={"delta": -2, "reason": "count"},
+                                 headers=ADMIN)
+    assert response.status == 409
+    assert commands.sent == []
+    response = await client.post("/v1/stock/KB-001/adjustments", json={"delta": 10, "reason": "delivery"},
+                                 headers=ADMIN)
+    assert response.status == 202
+    assert (await response.json())["available"] == 11
+    assert isinstance(commands.sent[0], AdjustStock)
+
+
+async def test_a_shipment_update_needs_a_shipment(client, commands, worker):
+    url = "/v1/shipments/o-1/status"
+    assert (await client.post(url, json={"status": "dispatched"}, headers=ADMIN)).status == 409
+    worker.orders["o-1"] = an_order().model_copy(update={
+        "status": "CONFIRMED", "shipment": ShipmentInfo(status="created", tracking_id="T-1")})
+    assert (await client.post(url, json={"status": "lost"}, headers=ADMIN)).status == 422
+    assert (await client.post(url, json={"status": "dispatched"}, headers=CUSTOMER)).status == 403
+    assert (await client.post(url, json={"status": "dispatched"}, headers=ADMIN)).status == 202
+    assert [type(m) for m in commands.sent] == [UpdateShipment]
+
+
+async def test_every_response_carries_a_request_id_and_a_sane_one_is_echoed(client):
+    mine = await client.get("/healthz", headers={"X-Request-Id": "req-42"})
+    assert mine.headers["X-Request-Id"] == "req-42"
+    minted = await client.get("/v1/orders/o-1")
+    assert len(minted.headers["X-Request-Id"]) == 32
+    evil = await client.get("/healthz", headers={"X-Request-Id": "a\u00e9" * 80})
+    assert evil.headers["X-Request-Id"] != "a\u00e9" * 80
+
+
+async def test_a_token_over_its_rate_gets_429_with_retry_after(aiohttp_client, worker, commands):
+    strict = SOLO.model_copy(update={"rate_limit_per_s": 1.0, "rate_limit_burst": 2})
+    client = await aiohttp_client(init_app(strict, worker, commands))
+    answers = [await client.get("/v1/orders/o-1", headers=CUSTOMER) for _ in range(3)]
+    assert [a.status for a in answers] == [200, 200, 429]
+    assert int(answers[2].headers["Retry-After"]) >= 1
+    assert (await client.get("/v1/orders/o-1", headers=bearer("c-9", "customer"))).status == 404  # its own bucket
+
+
+async def test_cors_is_off_by_default(client):
+    response = await client.get("/healthz", headers={"Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in response.headers
+
+
+async def test_the_openapi_document_is_3_1_and_covers_every_public_route(client):
+    spec = await (await client.get("/openapi.json")).json()
+    assert spec["openapi"] == "3.1.0"
+    assert {"/v1/orders", "/v1/orders/{order_id}", "/v1/orders/{order_id}/cancel", "/v1/customers/{customer_id}/orders",
+            "/v1/products", "/v1/products/{sku}", "/v1/stock/{sku}", "/v1/stock/{sku}/adjustments",
+            "/v1/shipments/{order_id}/status"} <= set(spec["paths"])
+    place = spec["paths"]["/v1/orders"]["post"]
+    body_schema = place["requestBody"]["content"]["application/json"]["schema"]
+    assert body_schema == {"$ref": "#/components/schemas/PlaceOrderIn"}
+    assert spec["components"]["schemas"]["LineIn"]["properties"]["quantity"]["minimum"] == 1
+    docs = await client.get("/docs")
+    assert docs.status == 200 and "/v1/orders/{order_id}/cancel" in await docs.text()

@@ -1,0 +1,241 @@
+"""The HTTP API on the real stack with two workers (issue 6): commands, routing, long-polls, idempotency, auth.
+
+Every request here goes over HTTP to a worker process; commands travel through Kafka and the saga answers.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import jwt
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+
+from api.auth import issue_token
+from schemas.messages import PlaceOrder
+from streamcart.ids import new_id
+from streamcart.settings import Settings
+from tests.integration.support import admin_token, read_topic
+from tests.integration.test_saga import Shop
+
+
+@pytest.fixture(scope="module")
+def shop(stack, settings, codec) -> Shop:
+    return Shop(settings, codec)
+
+
+def call(url: str, method: str = "GET", body: Any = None, token: str | None = None,
+         headers: dict[str, str] | None = None, timeout_s: float = 40) -> tuple[int, dict[str, str], Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers={
+        **({"Content-Type": "application/json"} if data is not None else {}),
+        **({"Authorization": f"Bearer {token}"} if token else {}), **(headers or {}),
+    })
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return response.status, dict(response.headers), json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), json.loads(error.read() or b"null")
+
+
+def customer(settings: Settings, name: str | None = None) -> tuple[str, str]:
+    subject = name or f"c-{new_id()[:8]}"
+    return subject, issue_token(settings.jwt_secret.get_secret_value(), subject, ["customer"])
+
+
+def stocked_sku(shop: Shop, stock: int = 100, price: int = 1250) -> str:
+    sku = f"SKU-{new_id()[:8]}"
+    shop.product(sku, price=price, stock=stock)
+    return sku
+
+
+def order_body(sku: str, quantity: int = 1, token: str = "tok_approve") -> dict:
+    return {"lines": [{"sku": sku, "quantity": quantity}], "payment": {"token": token}, "currency": "EUR"}
+
+
+def test_an_order_placed_on_one_worker_is_long_polled_on_the_other_until_confirmed(shop, settings):
+    sku = stocked_sku(shop)
+    _, token = customer(settings)
+    status, headers, placed = call(f"{settings.worker_url(1)}/v1/orders", "POST", order_body(sku, 2), token)
+    assert status == 202, placed
+    assert headers["Location"] == f"/v1/orders/{placed['order_id']}"
+    status, _, order = call(f"{settings.worker_url(0)}{headers['Location']}?wait=30", token=token)
+    assert (status, order["status"]) == (200, "CONFIRMED"), order
+    assert order["total_cents"] == 2 * 1250  # the catalog's price, not the client's
+
+
+def test_a_long_poll_answers_within_100_ms_of_the_terminal_event(shop, settings, codec):
+    sku = stocked_sku(shop)
+    _, token = customer(settings)
+    _, _, placed = call(f"{settings.worker_url(0)}/v1/orders", "POST", order_body(sku), token)
+    order_id = placed["order_id"]
+    answers: list[tuple[float, Any]] = []
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = [pool.submit(lambda w=w: (call(f"{settings.worker_url(w)}/v1/orders/{order_id}?wait=30",
+                                                 token=token), time.time())) for w in range(settings.workers)]
+        for future in futures:
+            (status, _, body), answered_at = future.result()
+            assert (status, body["status"]) == (200, "CONFIRMED"), body
+            answers.append((answered_at, body))
+
+    def confirmed(records: list) -> bool:
+        return any(r.key() == order_id.encode() and b"OrderConfirmed" in _type_name(codec, r) for r in records)
+
+    records = read_topic(settings, shop.topics.order_events, until=confirmed, timeout_s=30)
+    (event,) = [r for r in records if r.key() == order_id.encode() and b"OrderConfirmed" in _type_name(codec, r)]
+    event_at = event.timestamp()[1] / 1000
+    for answered_at, _ in answers:  # one answered by the owner, one forwarded through the other worker
+        assert answered_at - event_at < 0.1, f"answered {1000 * (answered_at - event_at):.0f} ms after the event"
+
+
+def _type_name(codec, record) -> bytes:
+    try:
+        return type(codec.decode(record.value())).__name__.encode()
+    except Exception:  # another test's poison record
+        return b""
+
+
+def test_a_cancel_sent_to_either_worker_is_applied_by_the_owner(shop, settings):
+    sku = stocked_sku(shop)
+    _, token = customer(settings)
+    for worker in range(settings.workers):
+        _, _, placed = call(f"{settings.worker_url(0)}/v1/orders", "POST", order_body(sku, token="tok_slow_3000"),
+                            token)
+        order_id = placed["order_id"]
+        # The order must be stored before it can be cancelled: wait until the owner knows it.
+        status, _, _ = call(f"{settings.worker_url(worker)}/v1/orders/{order_id}?wait=0", token=token)
+        deadline = time.monotonic() + 10
+        while status == 404 and time.monotonic() < deadline:
+            status, _, _ = call(f"{settings.worker_url(worker)}/v1/orders/{order_id}", token=token)
+        status, _, body = call(f"{settings.worker_url(worker)}/v1/orders/{order_id}/cancel", "POST", token=token)
+        assert status == 202, body
+        _, _, order = call(f"{settings.worker_url(1 - worker)}/v1/orders/{order_id}?wait=30", token=token)
+        assert (order["status"], order["cancel_reason"]) == ("CANCELLED", "customer_request"), order
+        assert shop.quiet_stock(sku)["reserved"] == 0
+
+
+def test_two_identical_requests_to_different_workers_at_once_place_one_order(shop, settings, codec):
+    sku = stocked_sku(shop)
+    _, token = customer(settings)
+    key = {"Idempotency-Key": f"checkout-{new_id()}"}
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        answers = list(pool.map(
+            lambda w: call(f"{settings.worker_url(w % settings.workers)}/v1/orders", "POST", order_body(sku), token,
+                           key),
+            range(4),
+        ))
+    assert {a[0] for a in answers} == {202}, answers
+    order_ids = {a[2]["order_id"] for a in answers}
+    assert len(order_ids) == 1
+    (order_id,) = order_ids
+    _, _, order = call(f"{settings.worker_url(0)}/v1/orders/{order_id}?wait=30", token=token)
+    assert order["status"] == "CONFIRMED"
+    assert [h["event"] for h in order["history"]].count("OrderPlaced") == 1
+
+    def placements(records: list) -> list:
+        return [r for r in records if r.key() == order_id.encode()]
+
+    # Every PlaceOrder that reached Kafka for this key is the same command (same event id): the saga saw one.
+    found = placements(read_topic(settings, shop.topics.order_commands, until=lambda rs: bool(placements(rs)),
+                                  timeout_s=30))
+    assert len({codec.decode(r.value()).event_id for r in found if isinstance(codec.decode(r.value()),
+                                                                               PlaceOrder)}) == 1
+    other = order_body(sku, quantity=2)
+    status, _, body = call(f"{settings.worker_url(1)}/v1/orders", "POST", other, token, key)
+    assert status == 409, body
+
+
+def test_a_customers_orders_are_gathered_from_both_workers_page_by_page(shop, settings):
+    sku = stocked_sku(shop)
+    subject, token = customer(settings)
+    placed = {call(f"{settings.worker_url(0)}/v1/orders", "POST", order_body(sku), token)[2]["order_id"]
+              for _ in range(7)}
+    for order_id in placed:
+        assert call(f"{settings.worker_url(0)}/v1/orders/{order_id}?wait=30", token=token)[0] == 200
+    seen: list[str] = []
+    cursor = ""
+    while True:
+        status, _, page = call(f"{settings.worker_url(1)}/v1/customers/{subject}/orders?limit=3{cursor}",
+                               token=token)
+        assert status == 200, page
+        seen += [o["order_id"] for o in page["items"]]
+        if page["next_cursor"] is None:
+            break
+        cursor = f"&cursor={page['next_cursor']}"
+    assert sorted(seen) == sorted(placed) and len(seen) == len(placed)
+
+
+def test_the_auth_matrix(shop, settings):
+    sku = stocked_sku(shop)
+    owner, token = customer(settings)
+    _, _, placed = call(f"{settings.worker_url(0)}/v1/orders", "POST", order_body(sku), token)
+    url = f"{settings.worker_url(1)}/v1/orders/{placed['order_id']}?wait=30"
+    secret = settings.jwt_secret.get_secret_value()
+    now = int(time.time())
+    claims = {"sub": owner, "roles": ["customer"], "exp": now + 60}
+    forged_none = jwt.encode(claims, key=None, algorithm="none")
+    cases = {
+        "missing": (None, 401),
+        "malformed": ("not.a.jwt", 401),
+        "expired": (jwt.encode({**claims, "exp": now - 3600}, secret, algorithm="HS256"), 401),
+        "wrong signature": (jwt.encode(claims, "another-secret-0123456789abcdef0123", algorithm="HS256"), 401),
+        "alg none": (forged_none, 401),
+        "another customer": (customer(settings)[1], 404),
+        "the customer": (token, 200),
+        "admin": (admin_token(settings), 200),
+    }
+    answers = {name: call(url, token=t)[0] for name, (t, _) in cases.items()}
+    assert answers == {name: want for name, (_, want) in cases.items()}
+    product = {"name": "x", "unit_price_cents": 1, "currency": "EUR"}
+    assert call(f"{settings.worker_url(0)}/v1/products/{sku}", "PUT", product, token)[0] == 403
+
+
+def test_bad_input_changes_nothing(shop, settings):
+    sku = stocked_sku(shop, stock=5)
+    _, token = customer(settings)
+    for body in ({"lines": []}, {**order_body(sku), "total_cents": 1}, {**order_body(sku), "currency": "eur"}):
+        status, _, answer = call(f"{settings.worker_url(0)}/v1/orders", "POST", body, token)
+        assert status == 422 and set(answer["error"]) == {"code", "message", "details"}
+    assert shop.quiet_stock(sku)["reserved"] == 0
+    status, _, answer = call(f"{settings.worker_url(0)}/v1/stock/{sku}/adjustments", "POST",
+                             {"delta": -6, "reason": "write-off"}, admin_token(settings))
+    assert status == 409, answer
+    assert shop.quiet_stock(sku)["on_hand"] == 5
+
+
+# --- schemathesis: every documented operation, generated inputs, zero 5xx, every answer matches the schema ---
+
+def _number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+@pytest.mark.timeout(900)
+def test_the_api_honours_its_openapi_document(stack, settings):
+    """Inputs generated from /openapi.json for every documented operation: never a 5xx, and every answer (status,
+    headers, body) is one the document allows."""
+    schema = schemathesis.openapi.from_url(f"{settings.worker_url(0)}/openapi.json")
+    auth = {"Authorization": f"Bearer {admin_token(settings)}"}
+    calls: list[str] = []
+
+    @given(case=schema.as_strategy())
+    @hypothesis_settings(max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    def check(case: Any) -> None:
+        if case.query and "wait" in case.query:  # a valid long-poll may wait 30 s; a second tells as much
+            case.query["wait"] = min(float(case.query["wait"]), 1.0) if _number(case.query["wait"]) else \
+                case.query["wait"]
+        response = case.call_and_validate(base_url=settings.worker_url(0), headers=auth)
+        calls.append(case.operation.label)
+        assert response.status_code < 500
+
+    check()
+    assert len(set(calls)) >= 10, sorted(set(calls))  # it reached (nearly) every operation
