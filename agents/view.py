@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from agents.runtime import Runtime
+from streamcart.domain import analytics
 from streamcart.domain.catalog import ProductState
 from streamcart.domain.inventory import StockState
 from streamcart.domain.order_state import OrderState
+from streamcart.telemetry import Telemetry
 
 
 class FaustWorkerView:
@@ -51,3 +53,24 @@ class FaustWorkerView:
             return str(self._app.assignor.key_store(changelog, key.encode()))
         except (KeyError, TypeError):
             return None
+
+    # -- analytics and live figures (api/analytics.py, api/stream.py) --------------------------------------------
+
+    @property
+    def telemetry(self) -> Telemetry:
+        return self.runtime.telemetry
+
+    def analytics_partitions(self) -> list[int]:
+        """The partitions of the order events (the analytics source) this worker owns."""
+        topic = self.runtime.topics.order_events
+        return sorted(tp.partition for tp in self._app.assignor.assigned_actives() if tp.topic == topic)
+
+    def analytics(self, metric: str, start: int, end: int) -> list[analytics.PartitionView]:
+        """The windows of ``metric`` starting in ``[start, end)`` of every partition this worker owns."""
+        table = self.runtime.tables.analytics
+        views = []
+        for partition in self.analytics_partitions():
+            names = [n for n in table.closed_ids(partition) if analytics.in_range(n, metric, start, end)]
+            closed = [w for n in names if (w := table.closed(partition, n)) is not None]
+            views.append(analytics.partition_view(table.windows(partition), closed, metric, start, end))
+        return views

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import ClientSession, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from api import analytics
 from api.auth import Principal, authenticate
 from api.context import WorkerView
 from api.errors import NotFound, Unavailable, error_middleware
@@ -27,6 +28,7 @@ def init_app(settings: Settings, worker: WorkerView) -> web.Application:
     app[WORKER] = worker
     app.cleanup_ctx.append(_http_session)
     setup_routes(app)
+    analytics.setup_routes(app)
     return app
 
 
