@@ -46,7 +46,9 @@ def register(runtime: Runtime) -> Any:
             tables.deadlines.track(order_id, order.deadline if order.status == OrderStatus.PENDING else None)
         await runtime.emit(decision.messages, cause=event)
         if decision.state is not None:
-            runtime.telemetry.order_step(order_id, message, decision.state.placed_at, _outcome(stored, decision.state))
+            runtime.telemetry.order_step(
+                order_id, message, decision.state.placed_at, _outcome(stored, decision.state), decision.messages
+            )
 
     async def orders_agent(stream: Any) -> None:
         await consume(runtime, stream, handle, flow="orders")

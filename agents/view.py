@@ -74,3 +74,23 @@ class FaustWorkerView:
             closed = [w for n in names if (w := table.closed(partition, n)) is not None]
             views.append(analytics.partition_view(table.windows(partition), closed, metric, start, end))
         return views
+
+    def owned(self) -> dict[str, list[int]]:
+        """Every source topic's partitions this worker owns (what its consumer lag is about)."""
+        owned: dict[str, list[int]] = {}
+        for tp in self._app.assignor.assigned_actives():
+            owned.setdefault(tp.topic, []).append(tp.partition)
+        return {topic: sorted(partitions) for topic, partitions in owned.items()}
+
+    def table_sizes(self) -> dict[str, int]:
+        """Keys per table in the partitions this worker owns: RocksDB's estimate (counting would read them all)."""
+        sizes: dict[str, int] = {}
+        for name, table in self._app.tables.items():
+            store = table.data
+            if hasattr(store, "_dbs_for_actives"):
+                sizes[name] = sum(
+                    int(db.property_int_value("rocksdb.estimate-num-keys") or 0) for db in store._dbs_for_actives()
+                )
+            else:
+                sizes[name] = len(store)
+        return sizes

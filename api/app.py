@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import ClientSession, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from api import analytics
+from api import analytics, dashboard, stream
 from api.auth import Principal, authenticate
 from api.context import WorkerView
 from api.errors import NotFound, Unavailable, error_middleware
@@ -28,7 +28,8 @@ def init_app(settings: Settings, worker: WorkerView) -> web.Application:
     app[WORKER] = worker
     app.cleanup_ctx.append(_http_session)
     setup_routes(app)
-    analytics.setup_routes(app)
+    for module in (analytics, stream, dashboard):
+        module.setup_routes(app)
     return app
 
 

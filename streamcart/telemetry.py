@@ -92,16 +92,22 @@ class Telemetry:
     def failed(self, flow: str, error: BaseException) -> None:
         MESSAGES_FAILED.labels(flow, type(error).__name__).inc()
 
-    def order_step(self, order_id: str, message: Any, placed_at: int | None, outcome: str | None) -> None:
-        """The orders flow applied ``message`` to ``order_id``; ``outcome`` is set when it reached one now."""
+    def order_step(
+        self, order_id: str, message: Any, placed_at: int | None, outcome: str | None, emitted: tuple[Any, ...] = ()
+    ) -> None:
+        """The orders flow applied ``message`` to ``order_id`` and sent ``emitted``; ``outcome`` is set when the
+        order reached one now. Each is remembered with the time (its event id is the one the order's history has).
+        """
         now = self.clock()
         name = type(message).__name__
+        first = order_id not in self.timelines
         steps = self.timelines.setdefault(order_id, [])
         self.timelines.move_to_end(order_id)
-        steps.append(Step(name, message.event_id, message.occurred_at, int(now * 1000)))
+        for m in (message, *emitted):
+            steps.append(Step(type(m).__name__, m.event_id, m.occurred_at, int(now * 1000)))
         while len(self.timelines) > TIMELINES:
             self.timelines.popitem(last=False)
-        if name == "PlaceOrder" and len(steps) == 1:
+        if name == "PlaceOrder" and first:
             self.placed += 1
             ORDERS_PLACED.inc()
         since_placed = None if placed_at is None else now - placed_at / 1000
