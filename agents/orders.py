@@ -13,7 +13,7 @@ from typing import Any
 from agents.runtime import FlowError, Runtime, consume, refused
 from schemas.messages import Message
 from streamcart.domain import orders
-from streamcart.domain.order_state import OrderStatus
+from streamcart.domain.order_state import OrderState, OrderStatus
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +47,24 @@ def register(runtime: Runtime) -> Any:
             if decision.state is not None:
                 runtime.order_watch.changed(order_id)
         await runtime.emit(decision.messages, cause=event)
+        if decision.state is not None:
+            runtime.telemetry.order_step(
+                order_id, message, decision.state.placed_at, _outcome(stored, decision.state), decision.messages
+            )
 
     async def orders_agent(stream: Any) -> None:
         await consume(runtime, stream, handle, flow="orders")
 
     source = runtime.source(t.order_commands, t.inventory_events, t.payment_events, t.shipping_events)
     return runtime.app.agent(source, name="orders")(orders_agent)
+
+
+def _outcome(before: OrderState | None, after: OrderState) -> str | None:
+    """``"confirmed"`` or ``"cancelled:<reason>"`` when this step gave the order its outcome, else ``None``."""
+    if before is not None and before.status == after.status:
+        return None
+    if after.status == OrderStatus.CONFIRMED:
+        return "confirmed"
+    if after.status == OrderStatus.CANCELLED:
+        return f"cancelled:{after.cancel_reason}"
+    return None

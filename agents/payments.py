@@ -38,7 +38,7 @@ def register(runtime: Runtime) -> Any:
             policy = ClientPolicy(
                 attempt_timeout_s=settings.gateway_attempt_timeout_s, attempts=settings.gateway_attempts
             )
-            client = GatewayClient(settings.gateway_url, policy)
+            client = GatewayClient(settings.gateway_url, policy, on_breaker=runtime.telemetry.breaker)
         return client
 
     async def settle(command: PaymentCommand) -> Decision[PaymentState]:

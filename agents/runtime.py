@@ -23,6 +23,7 @@ from schemas.errors import RegistryUnavailable, SchemaError
 from schemas.messages import Message
 from streamcart.errors import StreamcartError
 from streamcart.settings import Settings
+from streamcart.telemetry import Telemetry
 from streamcart.topics import Topics
 from streamcart.tracing import child_traceparent
 from tables import StateTables
@@ -106,6 +107,7 @@ class Runtime:
     topics: Topics = field(init=False)
     agents: dict[str, Any] = field(default_factory=dict)
     order_watch: OrderWatch = field(default_factory=OrderWatch)
+    telemetry: Telemetry = field(default_factory=Telemetry)
 
     def __post_init__(self) -> None:
         self.topics = Topics.from_settings(self.settings)
@@ -189,13 +191,17 @@ async def process(runtime: Runtime, event: Any, handler: Handler, flow: str) -> 
     try:
         message = await _decode(runtime.codec, event.value)
     except SchemaError as exc:  # undecodable, or the registry refused to say what its schema id is
+        runtime.telemetry.failed(flow, exc)
         await runtime.dead_letter(event, exc, flow)
         return
     try:
         await handler(message, event)
     except Exception as exc:
         log.exception("flow %s failed on %s %s", flow, type(message).__name__, message.event_id)
+        runtime.telemetry.failed(flow, exc)
         await runtime.dead_letter(event, exc, flow)
+    else:
+        runtime.telemetry.processed(flow)
 
 
 async def consume(runtime: Runtime, stream: Any, handler: Handler, *, flow: str) -> None:

@@ -6,9 +6,11 @@ import time
 from typing import Any
 
 from agents.runtime import Runtime
+from streamcart.domain import analytics
 from streamcart.domain.catalog import ProductState
 from streamcart.domain.inventory import StockState
 from streamcart.domain.order_state import OrderState, OrderStatus
+from streamcart.telemetry import Telemetry
 
 
 class FaustWorkerView:
@@ -78,3 +80,44 @@ class FaustWorkerView:
             return str(self._app.assignor.key_store(changelog, key.encode()))
         except (KeyError, TypeError):
             return None
+
+    # -- analytics and live figures (api/analytics.py, api/stream.py) --------------------------------------------
+
+    @property
+    def telemetry(self) -> Telemetry:
+        return self.runtime.telemetry
+
+    def analytics_partitions(self) -> list[int]:
+        """The partitions of the order events (the analytics source) this worker owns."""
+        topic = self.runtime.topics.order_events
+        return sorted(tp.partition for tp in self._app.assignor.assigned_actives() if tp.topic == topic)
+
+    def analytics(self, metric: str, start: int, end: int) -> list[analytics.PartitionView]:
+        """The windows of ``metric`` starting in ``[start, end)`` of every partition this worker owns."""
+        table = self.runtime.tables.analytics
+        views = []
+        for partition in self.analytics_partitions():
+            names = [n for n in table.closed_ids(partition) if analytics.in_range(n, metric, start, end)]
+            closed = [w for n in names if (w := table.closed(partition, n)) is not None]
+            views.append(analytics.partition_view(table.windows(partition), closed, metric, start, end))
+        return views
+
+    def owned(self) -> dict[str, list[int]]:
+        """Every source topic's partitions this worker owns (what its consumer lag is about)."""
+        owned: dict[str, list[int]] = {}
+        for tp in self._app.assignor.assigned_actives():
+            owned.setdefault(tp.topic, []).append(tp.partition)
+        return {topic: sorted(partitions) for topic, partitions in owned.items()}
+
+    def table_sizes(self) -> dict[str, int]:
+        """Keys per table in the partitions this worker owns: RocksDB's estimate (counting would read them all)."""
+        sizes: dict[str, int] = {}
+        for name, table in self._app.tables.items():
+            store = table.data
+            if hasattr(store, "_dbs_for_actives"):
+                sizes[name] = sum(
+                    int(db.property_int_value("rocksdb.estimate-num-keys") or 0) for db in store._dbs_for_actives()
+                )
+            else:
+                sizes[name] = len(store)
+        return sizes

@@ -21,6 +21,7 @@ from aiohttp import ClientError, ClientSession, ClientTimeout, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
+from api import analytics, dashboard, stream
 from api.auth import Principal, authenticate
 from api.commands import CommandPort
 from api.context import WorkerView
@@ -85,11 +86,9 @@ def init_app(settings: Settings, worker: WorkerView, commands: CommandPort | Non
     app[SPEC] = openapi(ROUTES, title="streamcart", version=API_VERSION)
     if origins := tuple(o.strip() for o in settings.cors_origins.split(",") if o.strip()):
         app.on_response_prepare.append(_cors(origins))
+    for module in (analytics, stream, dashboard):
+        module.setup_routes(app)
     return app
-
-
-def setup_routes(app: web.Application) -> None:  # kept for modules that add their own routes after init_app
-    return None
 
 
 async def _http_session(app: web.Application) -> AsyncIterator[None]:

@@ -357,13 +357,26 @@ class NotificationFailed(NotificationEvent):
 # --- analytics.* (key: the window) --------------------------------------------------------------------------
 
 class WindowResult(Message):
-    KEY = "window_key"
+    """A closed event-time window's result.
+
+    ``source_partition`` is set when the result covers the orders of one partition of ``events.orders`` only (a
+    partial: each worker aggregates the partitions it owns; the window's total is the sum over partitions). The
+    key then names the partition too, so compaction keeps every partial of a window.
+    """
+
+    KEY = "result_key"
     window_start: int
     window_end: int
+    source_partition: int | None = None
 
     @property
     def window_key(self) -> str:
         return f"{self.window_start}"
+
+    @property
+    def result_key(self) -> str:
+        suffix = "" if self.source_partition is None else f"/p{self.source_partition}"
+        return self.window_key + suffix
 
 
 class RevenueWindow(WindowResult):

@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     saga_timeout_s: float = 30.0
     timer_interval_s: float = 1.0
 
+    # Analytics (event time): how long after a window's end its events are still counted, and how long (in event
+    # time) closed windows stay queryable.
+    analytics_lateness_s: float = Field(30.0, ge=0)
+    analytics_retention_s: float = Field(24 * 60 * 60, gt=0)
+
     # The payment gateway client: each attempt's timeout, and how many attempts before "unavailable".
     gateway_attempt_timeout_s: float = 2.0
     gateway_attempts: int = Field(4, ge=1)

@@ -12,7 +12,7 @@ from streamcart.settings import Settings
 DAY_MS = 24 * 60 * 60 * 1000
 
 #: Every table a worker declares (tables/declarations.py); each has a compacted changelog topic.
-TABLE_NAMES = ("orders", "deadlines", "catalog", "stock", "payments", "shipments")
+TABLE_NAMES = ("orders", "deadlines", "catalog", "stock", "payments", "shipments", "analytics")
 
 
 def changelog_topic(app_id: str, table: str) -> str:

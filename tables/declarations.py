@@ -23,6 +23,7 @@ from streamcart.domain.inventory import Reservation, StockState
 from streamcart.domain.order_state import OrderState
 from streamcart.domain.payments import PaymentState
 from streamcart.domain.shipping import ShipmentState
+from tables.analytics import AnalyticsTable
 from tables.typed import DeadlineTable, ModelTable
 
 
@@ -37,6 +38,7 @@ class StateTables:
     reservations: ModelTable[Reservation]
     payments: ModelTable[PaymentState]
     shipments: ModelTable[ShipmentState]
+    analytics: AnalyticsTable
 
 
 def _table(app: Any, name: str, partitions: int, *, values: str = "raw") -> Any:
@@ -67,4 +69,5 @@ def declare_tables(app: Any, partitions: int) -> StateTables:
         reservations=ModelTable(stock, Reservation),
         payments=ModelTable(_table(app, "payments", partitions), PaymentState),
         shipments=ModelTable(_table(app, "shipments", partitions), ShipmentState),
+        analytics=AnalyticsTable(_table(app, "analytics", partitions)),
     )

@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +24,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from streamcart.domain.payments import GatewayCall, GatewayResult
 from streamcart.errors import StreamcartError
+from streamcart.telemetry import BREAKER_LEVEL, GATEWAY_BREAKER, GATEWAY_CALLS, GATEWAY_RETRIES
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +50,14 @@ class ClientPolicy:
 class GatewayClient:
     """Calls the gateway over HTTP. Create it inside a running event loop; close it when done."""
 
-    def __init__(self, base_url: str, policy: ClientPolicy | None = None, session: ClientSession | None = None):
+    def __init__(
+        self,
+        base_url: str,
+        policy: ClientPolicy | None = None,
+        session: ClientSession | None = None,
+        on_breaker: Callable[[str], None] | None = None,
+    ):
+        self.on_breaker = on_breaker
         self.base_url = base_url.rstrip("/")
         self.policy = policy or ClientPolicy()
         self._session = session or ClientSession(timeout=ClientTimeout(total=self.policy.attempt_timeout_s))
@@ -65,6 +75,9 @@ class GatewayClient:
         state = getattr(event, "state", None)
         if state is not None:
             self.breaker_state = str(state)
+            GATEWAY_BREAKER.set(BREAKER_LEVEL.get(self.breaker_state, 1.0))
+            if self.on_breaker is not None:
+                self.on_breaker(self.breaker_state)
             log.warning("payment gateway circuit breaker is now %s", state)
 
     async def execute(self, call: GatewayCall) -> GatewayResult:
@@ -80,6 +93,8 @@ class GatewayClient:
                 reraise=True,
             ):
                 with attempt:
+                    if attempt.retry_state.attempt_number > 1:
+                        GATEWAY_RETRIES.labels(call.operation).inc()
                     return await self._guarded(call)
         except TransientGatewayError as exc:
             log.warning("payment gateway unavailable for %s %s: %s", call.operation, call.idempotency_key, exc)
@@ -94,6 +109,16 @@ class GatewayClient:
             return await self._once(call)
 
     async def _once(self, call: GatewayCall) -> GatewayResult:
+        started = time.perf_counter()
+        result = "error"
+        try:
+            answer = await self._call(call)
+            result = answer.outcome
+            return answer
+        finally:
+            GATEWAY_CALLS.labels(call.operation, result).observe(time.perf_counter() - started)
+
+    async def _call(self, call: GatewayCall) -> GatewayResult:
         if call.operation == "authorize" or call.authorization_id is None:
             status, body = await self._post("/v1/authorizations", _authorization_body(call))
             if call.operation != "authorize" and status < 300:

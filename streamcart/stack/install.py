@@ -82,6 +82,8 @@ def run_setup(settings: Settings, console: Console) -> None:
         note(check_java())
     with _step(console, "postgresql server") as note:
         note(ensure_postgres(console))
+    with _step(console, "chromium (the dashboard's browser test)") as note:
+        note(ensure_chromium(console))
     console.print(f"[green]setup complete[/] in {time.monotonic() - started:.1f} s")
 
 
@@ -224,3 +226,25 @@ def ensure_postgres(console: Console) -> str:
         subprocess.run(useradd, check=True)
         note += ", created user postgres"
     return f"{note} ({bindir})"
+
+
+#: Debian's package and the names its browser binary goes by.
+CHROMIUM_PACKAGE = "chromium"
+CHROMIUM_BINARIES = ("chromium", "chromium-browser")
+
+
+def find_chromium() -> str | None:
+    """The path of a Chromium binary on PATH, if any."""
+    return next((path for name in CHROMIUM_BINARIES if (path := shutil.which(name))), None)
+
+
+def ensure_chromium(console: Console) -> str:
+    """Headless Chromium for the dashboard test, from Debian's packages when missing (never a browser download)."""
+    found = find_chromium()
+    if found:
+        return f"already present ({found})"
+    apt_install(CHROMIUM_PACKAGE, console)
+    found = find_chromium()
+    if found is None:
+        raise SetupError(f"'{CHROMIUM_PACKAGE}' was installed but no {' or '.join(CHROMIUM_BINARIES)} is on PATH")
+    return f"installed ({found})"

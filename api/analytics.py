@@ -1,0 +1,164 @@
+"""GET /v1/analytics/revenue, /top-skus and /outcomes: event-time windows gathered across the workers.
+
+Each worker holds the windows of the partitions it owns (agents/analytics.py); the worker that gets the request
+asks every worker for theirs (``/v1/internal/analytics/{metric}``) and sums each window over the partitions. A
+window is ``final`` once every partition's watermark has passed its end plus the allowed lateness; until then
+it is the current, still growing, count. ``late_events`` counts, per metric, the events that came after their
+window had closed (not in any window; reported so nothing is dropped silently).
+
+``from`` and ``to`` (epoch milliseconds or ISO 8601) select the windows starting in ``[from, to)``; the default
+is the last hour, to no end. Admin only.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any, Protocol, cast
+
+from aiohttp import web
+
+import api.app as core
+from api import gather
+from api.auth import Principal, authenticate
+from api.errors import ApiError, Forbidden
+from streamcart.domain import analytics
+from streamcart.domain.analytics import PartitionView, WindowTotal
+
+DEFAULT_SPAN_MS = 60 * 60 * 1000
+NO_END = 2**62
+
+
+class AnalyticsSource(Protocol):
+    """What this module needs of the worker view (agents/view.py)."""
+
+    def analytics(self, metric: str, start: int, end: int) -> list[PartitionView]: ...
+
+
+class BadQuery(ApiError):
+    status, code = 400, "bad_query"
+
+
+def setup_routes(app: web.Application) -> None:
+    gather.setup(app, app[core.SETTINGS])
+    app.router.add_get("/v1/analytics/revenue", revenue)
+    app.router.add_get("/v1/analytics/top-skus", top_skus)
+    app.router.add_get("/v1/analytics/outcomes", outcomes)
+    app.router.add_get("/v1/internal/analytics/{metric}", local_windows)
+
+
+def require_admin(request: web.Request) -> Principal:
+    secret = request.app[core.SETTINGS].jwt_secret.get_secret_value()
+    principal = authenticate(request.headers.get("Authorization"), secret)
+    if not principal.is_admin:
+        raise Forbidden("analytics are for admins")
+    return principal
+
+
+def parse_time(value: str | None, default: int, name: str) -> int:
+    """Epoch milliseconds, or an ISO 8601 time (UTC unless it says otherwise)."""
+    if value is None or value == "":
+        return default
+    if value.lstrip("-").isdigit():
+        return int(value)
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise BadQuery(f"'{name}' must be epoch milliseconds or an ISO 8601 time", details={name: value}) from exc
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=datetime.now().astimezone().tzinfo)
+    return int(parsed.timestamp() * 1000)
+
+
+def time_range(request: web.Request) -> tuple[int, int]:
+    start = parse_time(request.query.get("from"), int(time.time() * 1000) - DEFAULT_SPAN_MS, "from")
+    end = parse_time(request.query.get("to"), NO_END, "to")
+    if end <= start:
+        raise BadQuery("'to' must be after 'from'", details={"from": start, "to": end})
+    return start, end
+
+
+async def gathered(request: web.Request, metric: str, start: int, end: int) -> tuple[list[WindowTotal], dict[str, Any]]:
+    """Every window of ``metric`` in ``[start, end)`` summed over all partitions, and what the answer covers."""
+    settings = request.app[core.SETTINGS]
+    answers = await gather.from_every_worker(
+        request.app, settings, f"/v1/internal/analytics/{metric}?from={start}&to={end}"
+    )
+    parts = gather.by_partition(answers, settings.partitions)
+    views = [PartitionView.model_validate(part) for part in parts.values()]
+    lateness_ms = int(settings.analytics_lateness_s * 1000)
+    late = sum(v.late.get(metric, 0) for v in views)
+    watermarks = [v.watermark for v in views if v.watermark is not None]
+    meta = {
+        "from": start, "to": None if end == NO_END else end, "late_events": late,
+        "allowed_lateness_ms": lateness_ms, "watermark": min(watermarks) if len(watermarks) == len(views) else None,
+    }
+    return analytics.totals(views, metric, lateness_ms=lateness_ms), meta
+
+
+def _window(total: WindowTotal) -> dict[str, Any]:
+    return {"window_start": total.window.start, "window_end": total.window.end, "final": total.final}
+
+
+async def revenue(request: web.Request) -> web.Response:
+    """Revenue and confirmed orders per 1-minute window, by currency."""
+    require_admin(request)
+    start, end = time_range(request)
+    totals, meta = await gathered(request, analytics.REVENUE.metric, start, end)
+    windows = []
+    for total in totals:
+        currencies = sorted(k.split(".", 1)[1] for k in total.counts if k.startswith("orders."))
+        for currency in currencies:
+            windows.append({
+                **_window(total), "currency": currency,
+                "revenue_cents": total.counts.get(f"cents.{currency}", 0), "orders": total.counts[f"orders.{currency}"],
+            })
+    return web.json_response({**meta, "windows": windows})
+
+
+async def top_skus(request: web.Request) -> web.Response:
+    """Units sold per SKU per 5-minute window hopping every minute, the ``limit`` (default 10) best first."""
+    require_admin(request)
+    start, end = time_range(request)
+    try:
+        limit = int(request.query.get("limit", "10"))
+    except ValueError as exc:
+        raise BadQuery("'limit' must be an integer") from exc
+    if not 1 <= limit <= 1000:
+        raise BadQuery("'limit' must be between 1 and 1000")
+    totals, meta = await gathered(request, analytics.SKU_UNITS.metric, start, end)
+    windows = [{**_window(t), "skus": ranked(t.counts, limit)} for t in totals]
+    return web.json_response({**meta, "windows": windows})
+
+
+def ranked(units: dict[str, int], limit: int) -> list[dict[str, Any]]:
+    """The ``limit`` SKUs with the most units, best first (ties by SKU)."""
+    best = sorted(units.items(), key=lambda item: (-item[1], item[0]))[:limit]
+    return [{"sku": sku, "units": n} for sku, n in best]
+
+
+async def outcomes(request: web.Request) -> web.Response:
+    """Confirmed orders and cancellations by reason per 1-minute window."""
+    require_admin(request)
+    start, end = time_range(request)
+    totals, meta = await gathered(request, analytics.OUTCOMES.metric, start, end)
+    windows = []
+    for total in totals:
+        cancelled = analytics.cancelled_by_reason(total.counts)
+        windows.append({
+            **_window(total), "confirmed": total.counts.get(analytics.CONFIRMED, 0),
+            "cancelled": sum(cancelled.values()), "cancelled_by_reason": cancelled,
+        })
+    return web.json_response({**meta, "windows": windows})
+
+
+async def local_windows(request: web.Request) -> web.Response:
+    """This worker's part: the windows of the partitions it owns (what :func:`gathered` asks every worker)."""
+    require_admin(request)
+    metric = request.match_info["metric"]
+    if metric not in analytics.FOLDS:
+        raise BadQuery(f"unknown metric {metric!r}", details={"metrics": sorted(analytics.FOLDS)})
+    start, end = time_range(request)
+    source = cast(AnalyticsSource, request.app[core.WORKER])
+    views = source.analytics(metric, start, end)
+    return web.json_response({"worker": request.app[core.WORKER].index, "partitions": [v.model_dump() for v in views]})

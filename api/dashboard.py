@@ -1,0 +1,68 @@
+"""GET /dashboard, the live page (static files served from the package, no build step), and one order's timeline.
+
+GET /v1/orders/{order_id}/timeline answers on the worker that owns the order (forwarded there like every keyed
+read): the order's history (event times) with, for each step, the wall-clock time the orders flow applied it on
+that worker and the stage latencies between steps. The wall-clock times are the worker's memory of recent
+orders (:class:`streamcart.telemetry.Telemetry`): after a restart, older steps show their event time only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+import api.app as core
+from api import gather
+from api.auth import authenticate
+from api.errors import NotFound, Unavailable
+from api.routing import forward
+from streamcart.telemetry import Telemetry
+
+STATIC = Path(__file__).parent / "static"
+
+
+def setup_routes(app: web.Application) -> None:
+    gather.setup(app, app[core.SETTINGS])
+    app.router.add_get("/dashboard", page)
+    app.router.add_static("/dashboard/static", STATIC, append_version=True)
+    app.router.add_get("/v1/orders/{order_id}/timeline", timeline)
+
+
+async def page(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC / "dashboard.html", headers={"Cache-Control": "no-cache"})
+
+
+async def timeline(request: web.Request) -> web.Response:
+    secret = request.app[core.SETTINGS].jwt_secret.get_secret_value()
+    principal = authenticate(request.headers.get("Authorization"), secret)
+    order_id = request.match_info["order_id"]
+    worker = request.app[core.WORKER]
+    owner = worker.owner_url("orders", order_id)
+    if owner is None:
+        raise Unavailable("partitions are being reassigned; retry shortly", headers={"Retry-After": "1"})
+    if owner.rstrip("/") != request.app[core.SETTINGS].worker_url(worker.index):
+        return await forward(request, request.app[gather.PEERS], owner, worker.index)
+    order = worker.order(order_id)
+    if order is None or not principal.may_see_customer(order.customer_id):
+        raise NotFound(f"order {order_id} not found")
+    telemetry = getattr(worker, "telemetry", None)
+    steps_seen = telemetry.timeline(order_id) if isinstance(telemetry, Telemetry) else []
+    recorded = {step.event_id: step.recorded_at for step in steps_seen}
+    steps: list[dict[str, Any]] = []
+    previous: int | None = None
+    for entry in order.history:
+        at = recorded.get(entry.event_id)
+        steps.append({
+            "event": entry.event, "event_id": entry.event_id, "at": entry.at, "detail": entry.detail,
+            "recorded_at": at,
+            "since_placed_ms": None if at is None else at - order.placed_at,
+            "stage_ms": None if at is None or previous is None else at - previous,
+        })
+        previous = at if at is not None else previous
+    return web.json_response({
+        "order_id": order.order_id, "status": order.status, "customer_id": order.customer_id,
+        "total_cents": order.total_cents, "currency": order.currency, "cancel_reason": order.cancel_reason,
+        "placed_at": order.placed_at, "steps": steps,
+    })

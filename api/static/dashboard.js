@@ -1,0 +1,159 @@
+// The live dashboard: one EventSource on /v1/stream (the browser reconnects it by itself), plain DOM and SVG.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const COLORS = { confirmed: "#3fb950", "cancelled:out_of_stock": "#d29922", "cancelled:payment_declined": "#f85149",
+  "cancelled:timeout": "#a371f7", "cancelled:product_unavailable": "#db6d28", "cancelled:customer_request": "#8b98a5" };
+const series = { rate: [], lag: [] };
+const HISTORY = 60;
+
+function token() {
+  const fromHash = new URLSearchParams(location.hash.slice(1)).get("token");
+  if (fromHash) { sessionStorage.setItem("streamcart-token", fromHash); window.history.replaceState(null, "", location.pathname); }
+  return fromHash || sessionStorage.getItem("streamcart-token");
+}
+
+const fmt = (n) => (n === null || n === undefined ? "–" : Number(n).toLocaleString());
+const money = (cents) => (cents / 100).toLocaleString(undefined, { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+const clock = (ms) => (ms ? new Date(ms).toLocaleTimeString([], { hour12: false }) + "." + String(ms % 1000).padStart(3, "0") : "–");
+
+function el(tag, attrs = {}, text) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function svg(tag, attrs) {
+  const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  return node;
+}
+
+function spark(id, values) {
+  const target = $(id); target.replaceChildren();
+  if (values.length < 2) return;
+  const max = Math.max(1, ...values);
+  const points = values.map((v, i) => `${(i / (HISTORY - 1)) * 120},${30 - (v / max) * 28}`).join(" ");
+  target.appendChild(svg("polyline", { points }));
+}
+
+function push(series, value) { series.push(value); if (series.length > HISTORY) series.shift(); }
+
+function revenueChart(windows) {
+  const target = $("revenue"); target.replaceChildren();
+  const totals = windows.map((w) => Object.values(w.by_currency).reduce((a, b) => a + b, 0));
+  const max = Math.max(1, ...totals);
+  const width = 600 / 15; // one slot per minute of the last 15
+  windows.forEach((w, i) => {
+    const h = (totals[i] / max) * 135;
+    const bar = svg("rect", { x: i * width + 2, y: 140 - h, width: width - 4, height: h, opacity: w.final ? 1 : 0.55 });
+    bar.appendChild(svg("title", {})).textContent = `${clock(w.window_start)}: ${money(totals[i])}`;
+    target.appendChild(bar);
+    const label = svg("text", { x: i * width + 2, y: 155 });
+    label.textContent = new Date(w.window_start).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hour12: false });
+    if (i % 3 === 0) target.appendChild(label);
+  });
+  const last = windows[windows.length - 1];
+  $("revenue-legend").textContent = last
+    ? `this minute: ${Object.entries(last.by_currency).map(([c, v]) => `${money(v)} ${c}`).join(", ") || "nothing yet"}`
+    : "no revenue in the last 15 minutes";
+}
+
+function outcomes(mix) {
+  const total = Object.values(mix).reduce((a, b) => a + b, 0);
+  const bar = $("outcome-bar"); bar.replaceChildren();
+  const legend = $("outcome-legend"); legend.replaceChildren();
+  for (const [name, n] of Object.entries(mix).sort((a, b) => b[1] - a[1])) {
+    const color = COLORS[name] || "#58a6ff";
+    bar.appendChild(el("div", { style: `width:${(100 * n) / total}%;background:${color}`, title: name }));
+    const item = el("li"); item.appendChild(el("i", { style: `background:${color}` }));
+    item.appendChild(el("span", { "data-outcome": name }, `${name.replace("cancelled:", "cancelled · ")}: ${fmt(n)} (${Math.round((100 * n) / total)}%)`));
+    legend.appendChild(item);
+  }
+  if (!total) legend.appendChild(el("li", { class: "muted" }, "no outcomes yet"));
+}
+
+function rows(tableId, items, cells) {
+  const body = $(tableId).querySelector("tbody"); body.replaceChildren();
+  for (const item of items) {
+    const tr = el("tr");
+    for (const cell of cells(item)) tr.appendChild(cell instanceof Node ? cell : el("td", {}, cell));
+    body.appendChild(tr);
+  }
+}
+
+function render(tick) {
+  $("orders-per-s").textContent = tick.orders_per_s.toFixed(1);
+  $("orders-placed").textContent = fmt(tick.orders_placed);
+  push(series.rate, tick.orders_per_s); spark("rate-spark", series.rate);
+  $("p50").textContent = tick.saga_latency_ms.p50 === null ? "–" : `${tick.saga_latency_ms.p50} ms`;
+  $("p99").textContent = tick.saga_latency_ms.p99 === null ? "–" : `${tick.saga_latency_ms.p99} ms`;
+  $("latency-count").textContent = `(${tick.saga_latency_ms.count} in the last minute)`;
+  $("dlq").textContent = fmt(tick.dlq_records);
+  $("lag").textContent = fmt(tick.consumer_lag.total);
+  push(series.lag, tick.consumer_lag.total); spark("lag-spark", series.lag);
+  const busy = Object.entries(tick.consumer_lag.by_partition).filter(([, n]) => n > 0);
+  $("lag-partitions").textContent = busy.length ? busy.map(([p, n]) => `${p}: ${n}`).join(" · ") : "every partition caught up";
+  const breakers = $("breakers"); breakers.replaceChildren();
+  for (const w of tick.workers) {
+    const state = w.breaker;
+    const cls = state === "closed" ? "ok" : state === "opened" ? "bad" : "warn";
+    const line = el("div"); line.appendChild(el("span", { class: `badge ${cls}` }, state));
+    line.appendChild(document.createTextNode(` worker ${w.worker}`)); breakers.appendChild(line);
+  }
+  if (tick.workers.length < tick.workers_expected) breakers.appendChild(el("div", { class: "muted" }, `${tick.workers_expected - tick.workers.length} worker(s) not answering`));
+  outcomes(tick.outcomes);
+  if (tick.revenue_per_minute) revenueChart(tick.revenue_per_minute);
+  if (tick.late_events) {
+    const late = Object.values(tick.late_events).reduce((a, b) => Math.max(a, b), 0);
+    $("late").textContent = late ? `(${fmt(late)} late events counted apart)` : "";
+  }
+  if (tick.top_skus) {
+    const max = Math.max(1, ...tick.top_skus.map((s) => s.units));
+    rows("top-skus", tick.top_skus, (s) => {
+      const bar = el("td", { class: "bar" }); bar.appendChild(el("span", { style: `width:${(100 * s.units) / max}%` }));
+      return [s.sku, fmt(s.units), bar];
+    });
+  }
+  rows("stock", tick.stock, (s) => [s.sku, fmt(s.on_hand), fmt(s.reserved), fmt(s.available)]);
+  $("updated").textContent = `updated ${clock(tick.at)}`;
+}
+
+function connect(tok) {
+  const source = new EventSource(`/v1/stream?token=${encodeURIComponent(tok)}`);
+  source.addEventListener("open", () => { $("connection").textContent = "live"; $("connection").className = "badge ok"; });
+  source.addEventListener("tick", (e) => render(JSON.parse(e.data)));
+  source.addEventListener("unavailable", (e) => {
+    $("connection").textContent = "partial: " + JSON.parse(e.data).reason; $("connection").className = "badge warn";
+  });
+  source.addEventListener("error", () => {
+    // EventSource retries by itself (the server asks for 2 s); say so meanwhile.
+    $("connection").textContent = "reconnecting…"; $("connection").className = "badge bad";
+  });
+}
+
+async function showOrder(tok, orderId) {
+  const response = await fetch(`/v1/orders/${encodeURIComponent(orderId)}/timeline`, { headers: { Authorization: `Bearer ${tok}` } });
+  const body = await response.json();
+  if (!response.ok) { $("order-summary").textContent = body.error ? body.error.message : `HTTP ${response.status}`; rows("timeline", [], () => []); return; }
+  $("order-summary").textContent = `${body.order_id} · ${body.status}${body.cancel_reason ? ` (${body.cancel_reason})` : ""}` +
+    (body.total_cents !== null ? ` · ${money(body.total_cents)} ${body.currency}` : "") + ` · placed ${clock(body.placed_at)}`;
+  rows("timeline", body.steps, (s) => [s.event, clock(s.at), clock(s.recorded_at),
+    s.since_placed_ms === null ? "–" : `${s.since_placed_ms} ms`, s.stage_ms === null ? "–" : `+${s.stage_ms} ms`, s.detail || ""]);
+}
+
+function start() {
+  const tok = token();
+  if (!tok) {
+    $("board").hidden = true; $("login").hidden = false;
+    $("login").addEventListener("submit", (e) => {
+      e.preventDefault(); sessionStorage.setItem("streamcart-token", $("token-input").value.trim()); location.reload();
+    });
+    return;
+  }
+  connect(tok);
+  $("search").addEventListener("submit", (e) => { e.preventDefault(); const id = $("order-id").value.trim(); if (id) showOrder(tok, id); });
+}
+
+start();

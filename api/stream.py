@@ -1,0 +1,338 @@
+"""GET /v1/stream: server-sent events for the live dashboard, gathered across the workers once a second.
+
+Every worker measures itself (:class:`streamcart.telemetry.Telemetry`, consumer lag, table sizes) and answers
+``/v1/internal/live``. The worker serving a stream asks every worker for that, and for the analytics windows of
+the last minutes, and sends one ``tick`` event a second to each subscriber (one gathering per worker, however
+many dashboards are open). The browser's EventSource reconnects by itself after a worker restart (``retry:``).
+
+EventSource cannot send an ``Authorization`` header, so the stream also takes the token as ``?token=``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import statistics
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Protocol, cast
+
+from aiohttp import web
+from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
+
+import api.app as core
+from api import analytics, gather
+from api.auth import authenticate
+from api.errors import Forbidden, Unavailable
+from streamcart.domain import analytics as windows
+from streamcart.settings import Settings
+from streamcart.telemetry import CONSUMER_LAG, DLQ_RECORDS, TABLE_KEYS, Telemetry
+from streamcart.topics import Topics
+
+log = logging.getLogger(__name__)
+
+TICK_S = 1.0
+#: Analytics windows change by the minute: gathered every few ticks only.
+ANALYTICS_EVERY = 3
+#: Lag, DLQ depth and table sizes are read from Kafka and RocksDB this often.
+OBSERVE_S = 3.0
+RECONNECT_MS = 2000
+REVENUE_MINUTES = 15
+
+
+class LiveSource(Protocol):
+    """What this module needs of the worker view (agents/view.py)."""
+
+    index: int
+    telemetry: Telemetry
+
+    def owned(self) -> dict[str, list[int]]: ...
+
+    def table_sizes(self) -> dict[str, int]: ...
+
+    def ready(self) -> bool: ...
+
+
+class Observer:
+    """This worker's view of Kafka (lag of the group on its partitions, DLQ depth) and of its tables."""
+
+    def __init__(self, settings: Settings, worker: LiveSource) -> None:
+        self.settings = settings
+        self.worker = worker
+        self.topics = Topics.from_settings(settings)
+        self.lag: dict[str, dict[int, int]] = {}
+        self.dlq_records: int | None = None
+        self.table_sizes: dict[str, int] = {}
+        self._admin: AdminClient | None = None
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.observe()
+            except Exception as exc:  # Kafka away for a moment: the figures are a little older, nothing more
+                log.debug("observing lag and DLQ failed: %s", exc)
+            await asyncio.sleep(OBSERVE_S)
+
+    async def observe(self) -> None:
+        if not self.worker.ready():
+            return
+        owned = self.worker.owned()
+        lag, dlq = await asyncio.to_thread(self._read_kafka, owned)
+        self.lag, self.dlq_records = lag, dlq
+        DLQ_RECORDS.set(dlq)
+        CONSUMER_LAG.clear()
+        for topic, partitions in lag.items():
+            for partition, behind in partitions.items():
+                CONSUMER_LAG.labels(topic, str(partition)).set(behind)
+        self.table_sizes = self.worker.table_sizes()
+        for table, size in self.table_sizes.items():
+            TABLE_KEYS.labels(table).set(size)
+
+    def _read_kafka(self, owned: dict[str, list[int]]) -> tuple[dict[str, dict[int, int]], int]:
+        if self._admin is None:
+            self._admin = AdminClient({"bootstrap.servers": self.settings.bootstrap_servers})
+        admin = self._admin
+        tps = [TopicPartition(t, p) for t, ps in owned.items() for p in ps if not t.endswith("-changelog")]
+        committed = admin.list_consumer_group_offsets(
+            [_group_request(self.settings.app_id, tps)], request_timeout=5
+        )[self.settings.app_id].result()
+        positions = {(tp.topic, tp.partition): tp.offset for tp in committed.topic_partitions or []}
+        dlq = [TopicPartition(self.topics.dlq, p) for p in range(self.settings.partitions)]
+        latest = _offsets(admin, tps + dlq, OffsetSpec.latest())  # type: ignore[no-untyped-call]
+        earliest = _offsets(admin, dlq, OffsetSpec.earliest())  # type: ignore[no-untyped-call]
+        lag: dict[str, dict[int, int]] = {}
+        for tp in tps:
+            position = positions.get((tp.topic, tp.partition), -1)
+            behind = latest[(tp.topic, tp.partition)] - position if position >= 0 else 0
+            lag.setdefault(tp.topic, {})[tp.partition] = max(0, behind)
+        depth = sum(latest[(tp.topic, tp.partition)] - earliest[(tp.topic, tp.partition)] for tp in dlq)
+        return lag, depth
+
+
+def _group_request(group: str, tps: list[TopicPartition]) -> Any:
+    return ConsumerGroupTopicPartitions(group, tps or None)
+
+
+def _offsets(admin: AdminClient, tps: list[TopicPartition], spec: Any) -> dict[tuple[str, int], int]:
+    if not tps:
+        return {}
+    futures = admin.list_offsets({tp: spec for tp in tps}, request_timeout=5)
+    return {(tp.topic, tp.partition): future.result().offset for tp, future in futures.items()}
+
+
+OBSERVER = web.AppKey("observer", Observer)
+
+
+class Hub:
+    """Gathers a tick a second while anyone listens and hands it to every subscriber."""
+
+    def __init__(self, app: web.Application, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+        self.subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._last_placed: tuple[float, int] | None = None
+        self._analytics: dict[str, Any] = {}
+        self._late: dict[str, int] = {}
+        self._ticks = 0
+
+    def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=5)
+        self.subscribers.add(queue)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run())
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
+        self.subscribers.discard(queue)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while self.subscribers:
+            started = time.monotonic()
+            try:
+                tick = await self.tick()
+            except Exception as exc:
+                tick = {"type": "unavailable", "reason": str(exc)[:200], "at": int(time.time() * 1000)}
+            for queue in list(self.subscribers):
+                if queue.full():  # a slow reader gets the latest, not a backlog
+                    with contextlib.suppress(asyncio.QueueEmpty):
+                        queue.get_nowait()
+                queue.put_nowait(tick)
+            await asyncio.sleep(max(0.0, TICK_S - (time.monotonic() - started)))
+
+    async def tick(self) -> dict[str, Any]:
+        """One look at the whole system: every worker's live figures and, every few ticks, the windows."""
+        answers = await gather.from_every_worker(self.app, self.settings, "/v1/internal/live")
+        now = time.time()
+        placed = sum(a["telemetry"]["placed"] for a in answers)
+        outcomes: dict[str, int] = {}
+        latencies: list[float] = []
+        for answer in answers:
+            latencies.extend(answer["telemetry"]["latencies"])
+            for outcome, n in answer["telemetry"]["outcomes"].items():
+                outcomes[outcome] = outcomes.get(outcome, 0) + n
+        rate = 0.0
+        if self._last_placed is not None and now > self._last_placed[0]:
+            rate = max(0.0, (placed - self._last_placed[1]) / (now - self._last_placed[0]))
+        self._last_placed = (now, placed)
+        if self._ticks % ANALYTICS_EVERY == 0:
+            self._analytics = await self.recent_windows()
+        self._ticks += 1
+        lag = {
+            f"{topic.removeprefix(self.settings.topic_prefix)}/{p}": n
+            for a in answers for topic, parts in a["lag"].items() for p, n in parts.items()
+        }
+        top = self._analytics.get("top_skus", [])
+        return {
+            "type": "tick",
+            "at": int(now * 1000),
+            "workers": [
+                {"worker": a["worker"], "breaker": a["telemetry"]["breaker"], "tables": a["tables"]} for a in answers
+            ],
+            "workers_expected": self.settings.workers,
+            "orders_placed": placed,
+            "orders_per_s": round(rate, 2),
+            "outcomes": outcomes,
+            "saga_latency_ms": _quantiles(latencies),
+            "dlq_records": max((a["dlq_records"] for a in answers if a["dlq_records"] is not None), default=None),
+            "consumer_lag": {"total": sum(lag.values()), "by_partition": lag},
+            "stock": await self.stock([s["sku"] for s in top[:5]]),
+            **self._analytics,
+        }
+
+    async def recent_windows(self) -> dict[str, Any]:
+        """Revenue per minute and outcomes for the last minutes, and the top SKUs of the latest 5-minute window."""
+        now = int(time.time() * 1000)
+        start = now - now % windows.MINUTE_MS - (REVENUE_MINUTES - 1) * windows.MINUTE_MS
+        result: dict[str, Any] = {}
+        try:
+            revenue = await self.analytics("revenue", start)
+            result["revenue_per_minute"] = [
+                {"window_start": t.window.start, "final": t.final,
+                 "by_currency": {k.split(".", 1)[1]: v for k, v in t.counts.items() if k.startswith("cents.")}}
+                for t in revenue
+            ]
+            outcomes = await self.analytics("outcomes", start)
+            result["outcomes_per_minute"] = [
+                {"window_start": t.window.start, "confirmed": t.counts.get(windows.CONFIRMED, 0),
+                 "cancelled": windows.cancelled_by_reason(t.counts)}
+                for t in outcomes
+            ]
+            units = await self.analytics("sku-units", now - 5 * windows.MINUTE_MS)
+            current = [t for t in units if t.window.start <= now < t.window.end]
+            result["top_skus"] = analytics.ranked(current[-1].counts, 10) if current else []
+            result["late_events"] = self._late
+        except Unavailable as exc:
+            result["analytics_unavailable"] = exc.message
+        return result
+
+    async def analytics(self, metric: str, start: int) -> list[windows.WindowTotal]:
+        answers = await gather.from_every_worker(
+            self.app, self.settings, f"/v1/internal/analytics/{metric}?from={start}&to={analytics.NO_END}"
+        )
+        parts = gather.by_partition(answers, self.settings.partitions)
+        views = [windows.PartitionView.model_validate(p) for p in parts.values()]
+        self._late = {**self._late, metric: sum(v.late.get(metric, 0) for v in views)}
+        return windows.totals(views, metric, lateness_ms=int(self.settings.analytics_lateness_s * 1000))
+
+    async def stock(self, skus: list[str]) -> list[dict[str, Any]]:
+        """The stock of ``skus`` (the hottest), each read from the worker that owns it."""
+        session = self.app[gather.PEERS]
+        headers = self.app[gather.PEER_TOKEN].header()
+        url = self.settings.worker_url(cast(LiveSource, self.app[core.WORKER]).index)
+
+        async def one(sku: str) -> dict[str, Any] | None:
+            try:
+                async with session.get(f"{url}/v1/stock/{sku}", headers=headers) as response:
+                    return cast(dict[str, Any], await response.json()) if response.status == 200 else None
+            except Exception:
+                return None
+
+        found = await asyncio.gather(*(one(sku) for sku in skus))
+        return [
+            {k: s[k] for k in ("sku", "on_hand", "reserved", "available")} for s in found if s is not None
+        ]
+
+
+HUB = web.AppKey("stream_hub", Hub)
+
+
+def _quantiles(latencies: list[float]) -> dict[str, Any]:
+    """p50 and p99 in milliseconds of the last minute's place-to-outcome latencies, over every worker."""
+    if len(latencies) < 2:
+        only = round(latencies[0] * 1000, 1) if latencies else None
+        return {"p50": only, "p99": only, "count": len(latencies)}
+    cuts = statistics.quantiles(latencies, n=100, method="inclusive")
+    return {"p50": round(cuts[49] * 1000, 1), "p99": round(cuts[98] * 1000, 1), "count": len(latencies)}
+
+
+def setup_routes(app: web.Application) -> None:
+    gather.setup(app, app[core.SETTINGS])
+    app.cleanup_ctx.append(_background)
+    app.router.add_get("/v1/stream", stream)
+    app.router.add_get("/v1/internal/live", live)
+
+
+async def _background(app: web.Application) -> AsyncIterator[None]:
+    observer = Observer(app[core.SETTINGS], cast(LiveSource, app[core.WORKER]))
+    app[OBSERVER] = observer
+    app[HUB] = Hub(app, app[core.SETTINGS])
+    task = asyncio.create_task(observer.run())
+    yield
+    await app[HUB].close()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def _admin_from(request: web.Request, *, allow_query: bool) -> None:
+    header = request.headers.get("Authorization")
+    if header is None and allow_query and request.query.get("token"):
+        header = f"Bearer {request.query['token']}"
+    principal = authenticate(header, request.app[core.SETTINGS].jwt_secret.get_secret_value())
+    if not principal.is_admin:
+        raise Forbidden("the live stream is for admins")
+
+
+async def live(request: web.Request) -> web.Response:
+    """This worker's own live figures (what every stream gathers from every worker)."""
+    _admin_from(request, allow_query=False)
+    worker = cast(LiveSource, request.app[core.WORKER])
+    observer = request.app[OBSERVER]
+    return web.json_response({
+        "worker": worker.index,
+        "telemetry": worker.telemetry.snapshot(),
+        "lag": observer.lag,
+        "dlq_records": observer.dlq_records,
+        "tables": observer.table_sizes,
+    })
+
+
+async def stream(request: web.Request) -> web.StreamResponse:
+    """``text/event-stream`` of one ``tick`` a second until the client goes away."""
+    _admin_from(request, allow_query=True)
+    response = web.StreamResponse(headers={
+        "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+    })
+    await response.prepare(request)
+    await response.write(f"retry: {RECONNECT_MS}\n\n".encode())
+    hub = request.app[HUB]
+    queue = hub.subscribe()
+    try:
+        while True:
+            tick = await queue.get()
+            await response.write(f"event: {tick['type']}\ndata: {json.dumps(tick)}\n\n".encode())
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        hub.unsubscribe(queue)
+    return response

@@ -1,0 +1,334 @@
+"""Analytics by event time (DESIGN.md §3.10): window arithmetic, folds, and one partition's window state.
+
+Every worker aggregates the order events of the partitions it owns, so each window's result here is the exact
+result over the orders of one source partition (a *partial*); a window's total is the sum of its partials over
+the partitions, which is what the API gathers across the workers. This keeps the state co-partitioned with the
+events topic: no repartition hop, and a crash replays into the same partition's state.
+
+Event time is the ``occurred_at`` of the order events (the saga's derived events carry their order's time). A
+partition's *watermark* is the latest event time it has seen; a window ``[start, end)`` stays open while
+``watermark < end + lateness``, then it closes and its result is final. An event for a closed window is *late*:
+counted per metric and reported, never folded in silently. A duplicate (an ``event_id`` already folded) changes
+nothing.
+
+Pure: no faust, Kafka or clock import. Time comes in the messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.messages import (
+    Message,
+    OrderCancelled,
+    OrderConfirmed,
+    OutcomeWindow,
+    RevenueWindow,
+    SkuUnitsWindow,
+    WindowResult,
+)
+from streamcart.ids import derive_id
+
+MINUTE_MS = 60_000
+
+#: Counters of one window: what a fold accumulates (``{"cents.EUR": 1200, "orders.EUR": 2}``, ``{sku: units}``).
+Counts = dict[str, int]
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Window:
+    """A half-open event-time interval ``[start, end)`` in epoch milliseconds."""
+
+    start: int
+    end: int
+
+
+def tumbling(t: int, size_ms: int) -> Window:
+    """The one tumbling window of ``size_ms`` holding time ``t`` (aligned to the epoch)."""
+    start = t - t % size_ms
+    return Window(start, start + size_ms)
+
+
+def hopping(t: int, size_ms: int, hop_ms: int) -> tuple[Window, ...]:
+    """Every window of ``size_ms`` starting on a multiple of ``hop_ms`` that holds ``t``, oldest first."""
+    last = t - t % hop_ms
+    first = last - size_ms + hop_ms
+    return tuple(Window(s, s + size_ms) for s in range(first, last + hop_ms, hop_ms) if s <= t < s + size_ms)
+
+
+def _add(counts: Counts, key: str, n: int) -> None:
+    counts[key] = counts.get(key, 0) + n
+
+
+@dataclass(frozen=True, slots=True)
+class Fold:
+    """One metric as a fold: which windows an event falls in, how it adds to a window, and the window's result.
+
+    ``add`` returns ``False`` for a message that does not count toward this metric (it still moves the clock).
+    """
+
+    metric: str
+    windows: Callable[[int], tuple[Window, ...]]
+    add: Callable[[Counts, Message], bool]
+    result: Callable[[Window, Counts, int, str], tuple[WindowResult, ...]]
+
+    @staticmethod
+    def initialize() -> Counts:
+        return {}
+
+
+def _envelope(kind: type[WindowResult], window: Window, partition: int, closed_by: str, *parts: str) -> dict[str, Any]:
+    """A window result's envelope: its id names the window, the partition and what it is about (deterministic)."""
+    return {
+        "event_id": derive_id(kind.__name__, window.start, window.end, partition, *parts),
+        "occurred_at": window.end,
+        "causation_id": closed_by,
+        "correlation_id": f"{kind.__name__}/{window.start}",
+        "window_start": window.start,
+        "window_end": window.end,
+        "source_partition": partition,
+    }
+
+
+def _add_revenue(counts: Counts, message: Message) -> bool:
+    if not isinstance(message, OrderConfirmed):
+        return False
+    _add(counts, f"cents.{message.currency}", message.total_cents)
+    _add(counts, f"orders.{message.currency}", 1)
+    return True
+
+
+def _revenue_results(window: Window, counts: Counts, partition: int, closed_by: str) -> tuple[WindowResult, ...]:
+    currencies = sorted(key.split(".", 1)[1] for key in counts if key.startswith("orders."))
+    return tuple(
+        RevenueWindow(
+            **_envelope(RevenueWindow, window, partition, closed_by, currency),
+            currency=currency, revenue_cents=counts.get(f"cents.{currency}", 0), orders=counts[f"orders.{currency}"],
+        )
+        for currency in currencies
+    )
+
+
+def _add_units(counts: Counts, message: Message) -> bool:
+    if not isinstance(message, OrderConfirmed):
+        return False
+    for line in message.lines:
+        _add(counts, line.sku, line.quantity)
+    return True
+
+
+def _units_results(window: Window, counts: Counts, partition: int, closed_by: str) -> tuple[WindowResult, ...]:
+    return tuple(
+        SkuUnitsWindow(**_envelope(SkuUnitsWindow, window, partition, closed_by, sku), sku=sku, units=units)
+        for sku, units in sorted(counts.items())
+    )
+
+
+CONFIRMED = "confirmed"
+CANCELLED_PREFIX = "cancelled."
+
+
+def _add_outcome(counts: Counts, message: Message) -> bool:
+    if isinstance(message, OrderConfirmed):
+        _add(counts, CONFIRMED, 1)
+    elif isinstance(message, OrderCancelled):
+        _add(counts, CANCELLED_PREFIX + message.reason, 1)
+    else:
+        return False
+    return True
+
+
+def _outcome_results(window: Window, counts: Counts, partition: int, closed_by: str) -> tuple[WindowResult, ...]:
+    return (
+        OutcomeWindow(
+            **_envelope(OutcomeWindow, window, partition, closed_by),
+            confirmed=counts.get(CONFIRMED, 0), cancelled_by_reason=cancelled_by_reason(counts),
+        ),
+    )
+
+
+def cancelled_by_reason(counts: Counts) -> dict[str, int]:
+    """The cancellations of an outcomes window's counts, by reason."""
+    return {k.removeprefix(CANCELLED_PREFIX): v for k, v in sorted(counts.items()) if k.startswith(CANCELLED_PREFIX)}
+
+
+#: Revenue and confirmed orders per 1-minute tumbling window, by currency (invariant I6: summed over windows,
+#: it equals the confirmed totals).
+REVENUE = Fold("revenue", lambda t: (tumbling(t, MINUTE_MS),), _add_revenue, _revenue_results)
+#: Units sold per SKU per 5-minute window hopping every minute.
+SKU_UNITS = Fold("sku-units", lambda t: hopping(t, 5 * MINUTE_MS, MINUTE_MS), _add_units, _units_results)
+#: Outcomes per 1-minute tumbling window: confirmed, and cancelled by reason.
+OUTCOMES = Fold("outcomes", lambda t: (tumbling(t, MINUTE_MS),), _add_outcome, _outcome_results)
+
+FOLDS: dict[str, Fold] = {fold.metric: fold for fold in (REVENUE, SKU_UNITS, OUTCOMES)}
+
+
+def window_id(metric: str, window: Window) -> str:
+    """How a window is named in state and tables: ``"revenue/1700000040000/1700000100000"``."""
+    return f"{metric}/{window.start}/{window.end}"
+
+
+def parse_window_id(name: str) -> tuple[str, Window]:
+    metric, start, end = name.rsplit("/", 2)
+    return metric, Window(int(start), int(end))
+
+
+class PartitionWindows(BaseModel):
+    """The open windows of one source partition, its watermark and its late-event counts."""
+
+    model_config = ConfigDict(frozen=True)
+
+    partition: int
+    watermark: int | None = None
+    open: dict[str, Counts] = Field(default_factory=dict)
+    late: dict[str, int] = Field(default_factory=dict)
+    #: The last event folded and the windows it closed: how a redelivery of it is recognised even when the
+    #: crash came between storing this state and marking the event seen.
+    last_event_id: str | None = None
+    last_closed: tuple[str, ...] = ()
+
+
+class ClosedWindow(BaseModel):
+    """A window whose result is final: its counts, and the results emitted for it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    metric: str
+    start: int
+    end: int
+    partition: int
+    counts: Counts
+
+    @property
+    def window(self) -> Window:
+        return Window(self.start, self.end)
+
+    def results(self, closed_by: str) -> tuple[WindowResult, ...]:
+        return FOLDS[self.metric].result(self.window, self.counts, self.partition, closed_by)
+
+
+@dataclass(frozen=True, slots=True)
+class Folded:
+    """What one event did: the new state (``None``: unchanged), the windows it closed, the metrics it was late for.
+
+    For an event folded before, ``reemit`` names the windows it closed then: their results are sent again (the
+    duplicate rule), nothing else changes.
+    """
+
+    state: PartitionWindows | None
+    closed: tuple[ClosedWindow, ...] = ()
+    late: tuple[str, ...] = ()
+    reemit: tuple[str, ...] = ()
+
+    @property
+    def closed_ids(self) -> tuple[str, ...]:
+        return tuple(window_id(w.metric, w.window) for w in self.closed)
+
+
+def fold(
+    state: PartitionWindows, message: Message, *, lateness_ms: int, seen: tuple[str, ...] | None = None
+) -> Folded:
+    """Fold one order event into its partition's windows, then close every window the watermark has passed.
+
+    ``seen`` is what the store remembers of this event id: ``None`` if it was never folded, else the ids of the
+    windows it closed. A duplicate (a redelivery or a re-emission) changes nothing.
+    """
+    if seen is not None:
+        return Folded(state=None, reemit=seen)
+    if message.event_id == state.last_event_id:
+        return Folded(state=None, reemit=state.last_closed)
+    t = message.occurred_at
+    watermark = state.watermark
+    open_windows = {name: dict(counts) for name, counts in state.open.items()}
+    late = dict(state.late)
+    late_for: list[str] = []
+    for fold_ in FOLDS.values():
+        if not fold_.add(fold_.initialize(), message):
+            continue  # this metric does not count this kind of message
+        missed = False
+        for window in fold_.windows(t):
+            name = window_id(fold_.metric, window)
+            if name not in open_windows and watermark is not None and window.end + lateness_ms <= watermark:
+                missed = True  # closed already: its result is final
+                continue
+            counts = open_windows.setdefault(name, fold_.initialize())
+            fold_.add(counts, message)
+        if missed:
+            late_for.append(fold_.metric)
+            late[fold_.metric] = late.get(fold_.metric, 0) + 1
+    watermark = t if watermark is None else max(watermark, t)
+    closed = []
+    for name in sorted(open_windows, key=lambda n: parse_window_id(n)[1]):
+        metric, window = parse_window_id(name)
+        if window.end + lateness_ms <= watermark:
+            closed.append(ClosedWindow(
+                metric=metric, start=window.start, end=window.end, partition=state.partition,
+                counts=open_windows.pop(name),
+            ))
+    new_state = PartitionWindows(
+        partition=state.partition, watermark=watermark, open=open_windows, late=late,
+        last_event_id=message.event_id, last_closed=tuple(window_id(w.metric, w.window) for w in closed),
+    )
+    return Folded(state=new_state, closed=tuple(closed), late=tuple(late_for))
+
+
+
+# --- Reading windows back: one partition's view, and the totals over partitions -----------------------------
+
+class PartitionView(BaseModel):
+    """What one source partition holds for a query: its watermark, late counts and windows (open and closed)."""
+
+    partition: int
+    watermark: int | None
+    late: dict[str, int]
+    windows: dict[str, Counts]
+
+
+def partition_view(
+    state: PartitionWindows, closed: list[ClosedWindow], metric: str, start: int, end: int
+) -> PartitionView:
+    """The windows of ``metric`` starting in ``[start, end)`` of one partition."""
+    windows = dict(state.open)
+    windows.update({window_id(w.metric, w.window): w.counts for w in closed})
+    return PartitionView(
+        partition=state.partition, watermark=state.watermark, late=state.late,
+        windows={name: counts for name, counts in windows.items() if in_range(name, metric, start, end)},
+    )
+
+
+def in_range(name: str, metric: str, start: int, end: int) -> bool:
+    """Whether window ``name`` is of ``metric`` and starts in ``[start, end)``."""
+    window_metric, window = parse_window_id(name)
+    return window_metric == metric and start <= window.start < end
+
+
+@dataclass(frozen=True, slots=True)
+class WindowTotal:
+    """A window summed over every partition; ``final`` once every partition's watermark has closed it."""
+
+    window: Window
+    counts: Counts
+    final: bool
+
+
+def totals(views: list[PartitionView], metric: str, *, lateness_ms: int) -> list[WindowTotal]:
+    """Sum each window of ``metric`` over ``views`` (one per partition), oldest first."""
+    summed: dict[Window, Counts] = {}
+    for view in views:
+        for name, counts in view.windows.items():
+            window_metric, window = parse_window_id(name)
+            if window_metric != metric:
+                continue
+            into = summed.setdefault(window, {})
+            for key, n in counts.items():
+                _add(into, key, n)
+    watermarks = [v.watermark for v in views]
+    slowest = None if not watermarks or None in watermarks else min(w for w in watermarks if w is not None)
+    return [
+        WindowTotal(window, counts, final=slowest is not None and window.end + lateness_ms <= slowest)
+        for window, counts in sorted(summed.items())
+    ]

@@ -1,0 +1,150 @@
+"""What a process measures about itself: Prometheus metrics, and the live figures the dashboard streams.
+
+Metrics live in prometheus-client's default registry (served on ``/metrics`` by every worker). :class:`Telemetry`
+is one worker's in-memory view of what it has just seen (orders placed, outcomes, saga latencies, each recent
+order's timeline with the wall-clock time every step was recorded), which the dashboard gathers across workers.
+It is lost with the process: the tables and topics are the record, this is only what a person watches.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter as Tally
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+MESSAGES_PROCESSED = Counter(
+    "streamcart_messages_processed", "Messages an agent handled (decoded and applied)", ["flow"]
+)
+MESSAGES_FAILED = Counter(
+    "streamcart_messages_failed", "Messages an agent could not decode or process (sent to the DLQ)", ["flow", "error"]
+)
+DLQ_RECORDS = Gauge("streamcart_dlq_records", "Records in the dead-letter topic (all partitions)")
+CONSUMER_LAG = Gauge(
+    "streamcart_consumer_lag", "Records not yet committed by the worker group, per partition this worker owns",
+    ["topic", "partition"],
+)
+SAGA_STAGE = Histogram(
+    "streamcart_saga_stage_seconds", "Time from an order's placement to each step the orders flow applies",
+    ["stage"], buckets=LATENCY_BUCKETS,
+)
+SAGA_LATENCY = Histogram(
+    "streamcart_saga_seconds", "Time from an order's placement to its outcome", ["outcome"], buckets=LATENCY_BUCKETS
+)
+ORDERS_PLACED = Counter("streamcart_orders_placed", "Orders accepted by the orders flow")
+ORDERS_BY_OUTCOME = Counter("streamcart_orders_outcome", "Orders reaching an outcome", ["outcome", "reason"])
+GATEWAY_CALLS = Histogram(
+    "streamcart_gateway_call_seconds", "Payment gateway HTTP calls (one attempt each)", ["operation", "result"],
+    buckets=LATENCY_BUCKETS,
+)
+GATEWAY_RETRIES = Counter("streamcart_gateway_retries", "Payment gateway attempts after the first", ["operation"])
+GATEWAY_BREAKER = Gauge(
+    "streamcart_gateway_breaker_open", "1 while the payment gateway's circuit breaker is open (or half-open: 0.5)"
+)
+TABLE_KEYS = Gauge(
+    "streamcart_table_keys", "Keys in each table's active partitions on this worker (estimate)", ["table"]
+)
+ANALYTICS_LATE = Counter(
+    "streamcart_analytics_late_events", "Order events that arrived after their window closed", ["metric"]
+)
+ANALYTICS_WINDOWS_CLOSED = Counter("streamcart_analytics_windows_closed", "Windows closed and emitted", ["metric"])
+
+BREAKER_LEVEL = {"closed": 0.0, "half-opened": 0.5, "opened": 1.0}
+
+#: How much of the recent past the live figures cover.
+RECENT_S = 60.0
+#: Orders whose timeline is remembered (the most recent ones).
+TIMELINES = 5_000
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One message the orders flow applied to an order, with when (wall clock) it was applied."""
+
+    event: str
+    event_id: str
+    occurred_at: int
+    recorded_at: int
+
+
+class Telemetry:
+    """One worker's live figures; fed by the flows, read by ``/v1/stream`` and the order timeline."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self.placed = 0
+        self.outcomes: Tally[str] = Tally()
+        self.latencies: deque[tuple[float, float]] = deque(maxlen=20_000)  # (when, seconds to outcome)
+        self.timelines: OrderedDict[str, list[Step]] = OrderedDict()
+        self.breaker_state = "closed"
+
+    # -- fed by the flows ------------------------------------------------------------------------------------
+
+    def processed(self, flow: str) -> None:
+        MESSAGES_PROCESSED.labels(flow).inc()
+
+    def failed(self, flow: str, error: BaseException) -> None:
+        MESSAGES_FAILED.labels(flow, type(error).__name__).inc()
+
+    def order_step(
+        self, order_id: str, message: Any, placed_at: int | None, outcome: str | None, emitted: tuple[Any, ...] = ()
+    ) -> None:
+        """The orders flow applied ``message`` to ``order_id`` and sent ``emitted``; ``outcome`` is set when the
+        order reached one now. Each is remembered with the time (its event id is the one the order's history has).
+        """
+        now = self.clock()
+        name = type(message).__name__
+        first = order_id not in self.timelines
+        steps = self.timelines.setdefault(order_id, [])
+        self.timelines.move_to_end(order_id)
+        for m in (message, *emitted):
+            steps.append(Step(type(m).__name__, m.event_id, m.occurred_at, int(now * 1000)))
+        while len(self.timelines) > TIMELINES:
+            self.timelines.popitem(last=False)
+        if name == "PlaceOrder" and first:
+            self.placed += 1
+            ORDERS_PLACED.inc()
+        since_placed = None if placed_at is None else now - placed_at / 1000
+        if since_placed is not None and since_placed >= 0:
+            SAGA_STAGE.labels(name).observe(since_placed)
+        if outcome is not None:
+            status, _, reason = outcome.partition(":")
+            self.outcomes[outcome] += 1
+            ORDERS_BY_OUTCOME.labels(status, reason).inc()
+            if since_placed is not None and since_placed >= 0:
+                SAGA_LATENCY.labels(status).observe(since_placed)
+                self.latencies.append((now, since_placed))
+
+    def analytics_folded(self, folded: Any) -> None:
+        for metric in folded.late:
+            ANALYTICS_LATE.labels(metric).inc()
+        for window in folded.closed:
+            ANALYTICS_WINDOWS_CLOSED.labels(window.metric).inc()
+
+    def breaker(self, state: str) -> None:
+        self.breaker_state = state
+        GATEWAY_BREAKER.set(BREAKER_LEVEL.get(state, 1.0))
+
+    # -- read by the API -------------------------------------------------------------------------------------
+
+    def timeline(self, order_id: str) -> list[Step]:
+        return list(self.timelines.get(order_id, ()))
+
+    def recent_latencies(self) -> list[float]:
+        since = self.clock() - RECENT_S
+        return [seconds for when, seconds in self.latencies if when >= since]
+
+    def snapshot(self) -> dict[str, Any]:
+        """The counters since start and the saga latencies of the last minute (the dashboard sums workers)."""
+        return {
+            "placed": self.placed,
+            "outcomes": dict(self.outcomes),
+            "latencies": [round(s, 4) for s in self.recent_latencies()],
+            "breaker": self.breaker_state,
+        }

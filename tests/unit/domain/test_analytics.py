@@ -1,0 +1,223 @@
+"""Event-time windows as folds: window arithmetic, out-of-order and late events, duplicates, closing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+from domain_builders import make
+
+from schemas.messages import (
+    Message,
+    OrderCancelled,
+    OrderConfirmed,
+    OrderLine,
+    OrderPlaced,
+    OutcomeWindow,
+    PricedLine,
+    RevenueWindow,
+    SkuUnitsWindow,
+)
+from streamcart.domain import analytics
+from streamcart.domain.analytics import MINUTE_MS, PartitionWindows, Window, hopping, tumbling
+
+LATENESS = 10_000
+T0 = 1_700_000_040_000  # a minute boundary
+
+
+def confirmed(order_id: str, at: int, total: int = 1_000, currency: str = "EUR", lines: tuple = (("A", 1),)) -> Message:
+    priced = tuple(PricedLine(sku=s, quantity=q, unit_price_cents=total // max(1, sum(x[1] for x in lines)))
+                   for s, q in lines)
+    return make(OrderConfirmed, at=at, order_id=order_id, customer_id="c-1", lines=priced, total_cents=total,
+                currency=currency, authorization_id=f"auth-{order_id}")
+
+
+def cancelled(order_id: str, at: int, reason: str = "payment_declined") -> Message:
+    return make(OrderCancelled, at=at, order_id=order_id, customer_id="c-1", reason=reason)
+
+
+def placed(order_id: str, at: int) -> Message:
+    return make(OrderPlaced, at=at, order_id=order_id, customer_id="c-1", lines=(OrderLine(sku="A", quantity=1),),
+                currency="EUR", deadline=at + 30_000)
+
+
+@dataclass
+class Partition:
+    """One partition's analytics the way the agent runs it: state, the event ids folded, the results emitted."""
+
+    state: PartitionWindows = field(default_factory=lambda: PartitionWindows(partition=3))
+    seen: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    closed: list[analytics.ClosedWindow] = field(default_factory=list)
+    late: list[str] = field(default_factory=list)
+    reemitted: list[str] = field(default_factory=list)
+
+    def apply(self, *messages: Message) -> Partition:
+        for message in messages:
+            folded = analytics.fold(self.state, message, lateness_ms=LATENESS, seen=self.seen.get(message.event_id))
+            if folded.state is not None:
+                self.state = folded.state
+                self.seen[message.event_id] = folded.closed_ids
+            self.closed.extend(folded.closed)
+            self.reemitted.extend(folded.reemit)
+            self.late.extend(folded.late)
+        return self
+
+    def results(self, kind: type) -> list:
+        return [r for w in self.closed for r in w.results("closing-event") if isinstance(r, kind)]
+
+    def open_counts(self, metric: str, start: int) -> dict[str, int]:
+        return next(c for name, c in self.state.open.items() if name.startswith(f"{metric}/{start}/"))
+
+
+def test_a_tumbling_window_holds_its_start_but_not_its_end():
+    assert tumbling(T0, MINUTE_MS) == Window(T0, T0 + MINUTE_MS)
+    assert tumbling(T0 + MINUTE_MS - 1, MINUTE_MS) == Window(T0, T0 + MINUTE_MS)
+    assert tumbling(T0 + MINUTE_MS, MINUTE_MS) == Window(T0 + MINUTE_MS, T0 + 2 * MINUTE_MS)
+
+
+def test_a_time_falls_in_five_hopping_windows_of_five_minutes_every_minute():
+    windows = hopping(T0 + 30_000, 5 * MINUTE_MS, MINUTE_MS)
+    assert [w.start for w in windows] == [T0 - 4 * MINUTE_MS + i * MINUTE_MS for i in range(5)]
+    assert all(w.start <= T0 + 30_000 < w.end for w in windows)
+    assert all(w.end - w.start == 5 * MINUTE_MS for w in windows)
+
+
+def test_hopping_windows_on_a_boundary_start_with_the_one_opening_there():
+    windows = hopping(T0, 5 * MINUTE_MS, MINUTE_MS)
+    assert windows[-1].start == T0
+    assert len(windows) == 5
+
+
+def test_confirmed_orders_add_up_per_minute_and_currency():
+    p = Partition().apply(
+        confirmed("o-1", T0 + 1_000, 1_500),
+        confirmed("o-2", T0 + 59_999, 500),
+        confirmed("o-3", T0 + 2_000, 700, "USD"),
+    )
+    assert p.open_counts("revenue", T0) == {"cents.EUR": 2_000, "orders.EUR": 2, "cents.USD": 700, "orders.USD": 1}
+
+
+def test_a_window_closes_once_the_watermark_passes_its_end_plus_the_lateness():
+    p = Partition().apply(confirmed("o-1", T0 + 1_000, 1_500), placed("o-2", T0 + MINUTE_MS + LATENESS - 1))
+    assert p.results(RevenueWindow) == []
+    p.apply(placed("o-3", T0 + MINUTE_MS + LATENESS))
+    [revenue] = p.results(RevenueWindow)
+    assert (revenue.window_start, revenue.window_end, revenue.revenue_cents, revenue.orders, revenue.currency) == (
+        T0, T0 + MINUTE_MS, 1_500, 1, "EUR"
+    )
+    assert revenue.source_partition == 3
+    assert revenue.key == f"{T0}:EUR/p3"
+    assert not any(name.startswith(f"revenue/{T0}/") for name in p.state.open)
+
+
+def test_an_out_of_order_event_within_the_lateness_is_counted_in_its_window():
+    p = Partition().apply(
+        confirmed("o-2", T0 + MINUTE_MS + 5_000, 200),  # the next minute first
+        confirmed("o-1", T0 + 30_000, 100),  # then an earlier one, 35 s behind the watermark: not late
+        placed("o-9", T0 + 2 * MINUTE_MS + LATENESS),
+    )
+    assert [(r.window_start, r.revenue_cents) for r in p.results(RevenueWindow)] == [
+        (T0, 100), (T0 + MINUTE_MS, 200),
+    ]
+    assert p.late == []
+
+
+def test_an_event_for_a_closed_window_is_counted_as_late_and_changes_no_result():
+    p = Partition().apply(confirmed("o-1", T0 + 1_000, 100), placed("o-2", T0 + MINUTE_MS + LATENESS))
+    before = p.state.open.copy()
+    p.apply(confirmed("o-3", T0 + 2_000, 999))
+    assert p.late == ["revenue", "sku-units", "outcomes"]
+    assert p.state.late["revenue"] == 1
+    assert p.state.late["outcomes"] == 1
+    assert [r.revenue_cents for r in p.results(RevenueWindow)] == [100]
+    # Its hopping windows that are still open do count it: only the closed ones missed it.
+    assert {k: v for k, v in p.state.open.items() if k.startswith("sku-units")} != {
+        k: v for k, v in before.items() if k.startswith("sku-units")
+    }
+
+
+def test_an_event_late_for_only_some_hopping_windows_counts_in_the_open_ones_and_is_reported_late():
+    p = Partition().apply(placed("o-0", T0 + MINUTE_MS + LATENESS))  # closes every window ending at T0 + 1 min
+    p.apply(confirmed("o-1", T0 + 10_000, 100, lines=(("A", 2),)))
+    assert p.late.count("sku-units") == 1
+    open_units = {k: v for k, v in p.state.open.items() if k.startswith("sku-units/")}
+    assert len(open_units) == 4  # the window [T0 - 4 min, T0 + 1 min) had closed
+    assert all(counts == {"A": 2} for counts in open_units.values())
+
+
+def test_a_duplicate_event_is_not_counted_twice():
+    order = confirmed("o-1", T0 + 1_000, 1_500)
+    p = Partition().apply(order, order, cancelled("o-2", T0 + 2_000), cancelled("o-2", T0 + 2_000))
+    assert p.open_counts("revenue", T0) == {"cents.EUR": 1_500, "orders.EUR": 1}
+    assert p.open_counts("outcomes", T0) == {"confirmed": 1, "cancelled.payment_declined": 1}
+
+
+def test_a_duplicate_arriving_after_its_window_closed_is_neither_counted_nor_late():
+    order = confirmed("o-1", T0 + 1_000, 1_500)
+    p = Partition().apply(order, placed("o-2", T0 + MINUTE_MS + LATENESS), order)
+    assert p.late == []
+    assert [r.revenue_cents for r in p.results(RevenueWindow)] == [1_500]
+
+
+def test_a_duplicate_of_an_event_that_closed_windows_names_them_again_and_changes_nothing():
+    closer = placed("o-2", T0 + MINUTE_MS + LATENESS)
+    p = Partition().apply(confirmed("o-1", T0 + 1_000), closer)
+    state = p.state
+    p.apply(closer)
+    assert p.state == state
+    assert sorted(p.reemitted) == sorted(w for w in p.seen[closer.event_id])
+    assert f"revenue/{T0}/{T0 + MINUTE_MS}" in p.reemitted
+
+
+def test_the_last_event_folded_is_recognised_even_if_it_was_not_marked_seen():
+    closer = placed("o-2", T0 + MINUTE_MS + LATENESS)
+    p = Partition().apply(confirmed("o-1", T0 + 1_000), closer)
+    del p.seen[closer.event_id]  # a crash between storing the state and marking the event
+    state = p.state
+    p.apply(closer)
+    assert p.state == state
+    assert f"revenue/{T0}/{T0 + MINUTE_MS}" in p.reemitted
+
+
+def test_outcomes_count_confirmations_and_cancellations_by_reason():
+    p = Partition().apply(
+        confirmed("o-1", T0 + 1), cancelled("o-2", T0 + 2, "out_of_stock"), cancelled("o-3", T0 + 3, "timeout"),
+        cancelled("o-4", T0 + 4, "out_of_stock"), placed("o-5", T0 + 5), placed("o-9", T0 + MINUTE_MS + LATENESS),
+    )
+    [outcome] = p.results(OutcomeWindow)
+    assert outcome.confirmed == 1
+    assert outcome.cancelled_by_reason == {"out_of_stock": 2, "timeout": 1}
+
+
+def test_units_per_sku_fill_five_hopping_windows_and_close_one_by_one():
+    p = Partition().apply(confirmed("o-1", T0 + 1_000, 900, lines=(("A", 2), ("B", 1))))
+    p.apply(placed("o-9", T0 + MINUTE_MS + LATENESS))
+    first = p.results(SkuUnitsWindow)
+    oldest = T0 - 4 * MINUTE_MS
+    assert [(r.window_start, r.sku, r.units) for r in first] == [(oldest, "A", 2), (oldest, "B", 1)]
+    p.apply(placed("o-10", T0 + 5 * MINUTE_MS + LATENESS))
+    assert sorted({r.window_start for r in p.results(SkuUnitsWindow)}) == [T0 + i * MINUTE_MS for i in range(-4, 1)]
+
+
+def test_revenue_over_the_closed_windows_equals_the_confirmed_totals():
+    orders = [confirmed(f"o-{i}", T0 + i * 7_919, 100 + i) for i in range(40)]  # ~5 minutes of orders
+    # Every adjacent pair swapped: each event is up to 8 s out of order, within the lateness.
+    swapped = [orders[i ^ 1] for i in range(len(orders))]
+    p = Partition().apply(*swapped, placed("o-end", T0 + 10 * MINUTE_MS))
+    assert p.late == []
+    assert sum(r.revenue_cents for r in p.results(RevenueWindow)) == sum(100 + i for i in range(40))
+    assert sum(r.orders for r in p.results(RevenueWindow)) == 40
+
+
+def test_results_are_deterministic_so_a_replay_emits_the_same_ids():
+    events = [confirmed("o-1", T0 + 1_000), cancelled("o-2", T0 + 2_000), placed("o-9", T0 + 6 * MINUTE_MS)]
+    first, second = Partition().apply(*events), Partition().apply(*events)
+    ids = [r.event_id for w in first.closed for r in w.results("x")]
+    assert ids == [r.event_id for w in second.closed for r in w.results("x")]
+    assert len(ids) == len(set(ids))
+
+
+@pytest.mark.parametrize("t", [T0, T0 + 1, T0 + MINUTE_MS - 1])
+def test_window_ids_round_trip(t):
+    window = tumbling(t, MINUTE_MS)
+    assert analytics.parse_window_id(analytics.window_id("revenue", window)) == ("revenue", window)
