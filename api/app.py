@@ -66,6 +66,8 @@ SPEC = web.AppKey("spec", dict)
 MAX_BODY_BYTES = 64 * 1024
 API_VERSION = "1.0.0"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+#: Which worker answered a keyed read (the owner, whichever worker the client asked).
+SERVED_BY = "X-Streamcart-Served-By"
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -260,7 +262,7 @@ async def get_order(request: web.Request) -> web.Response:
     # Another customer's order is indistinguishable from a missing one.
     if order is None or not principal.may_see_customer(order.customer_id):
         raise NotFound(f"order {order_id} not found")
-    return web.json_response(order_json(order))
+    return web.json_response(order_json(order), headers={SERVED_BY: str(worker.index)})
 
 
 class Placements:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import jwt
@@ -35,8 +36,26 @@ def issue_token(secret: str, subject: str, roles: list[str], ttl_s: int = 3600, 
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
+#: Verified tokens: (header, secret) -> (principal, expiry). Verifying a signature costs more than answering a
+#: read from a table; a token is checked once and then trusted until its ``exp`` (plus the leeway).
+_VERIFIED: OrderedDict[tuple[str, str], tuple[Principal, float]] = OrderedDict()
+_VERIFIED_MAX = 10_000
+
+
 def authenticate(authorization: str | None, secret: str) -> Principal:
     """The principal of an ``Authorization`` header, or :class:`Unauthorized` with the reason."""
+    if authorization:
+        cached = _VERIFIED.get((authorization, secret))
+        if cached is not None and time.time() < cached[1]:
+            return cached[0]
+    principal, expires = _verify(authorization, secret)
+    _VERIFIED[(authorization or "", secret)] = (principal, expires)
+    while len(_VERIFIED) > _VERIFIED_MAX:
+        _VERIFIED.popitem(last=False)
+    return principal
+
+
+def _verify(authorization: str | None, secret: str) -> tuple[Principal, float]:
     if not authorization:
         raise Unauthorized("missing Authorization header", headers={"WWW-Authenticate": "Bearer"})
     scheme, _, token = authorization.partition(" ")
@@ -55,4 +74,4 @@ def authenticate(authorization: str | None, secret: str) -> Principal:
     roles = claims.get("roles", [])
     if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
         raise Unauthorized("invalid token: roles must be a list of strings")
-    return Principal(subject=str(claims["sub"]), roles=frozenset(roles))
+    return Principal(subject=str(claims["sub"]), roles=frozenset(roles)), float(claims["exp"]) + LEEWAY_S

@@ -331,6 +331,30 @@ def bench_saga(
         raise StreamcartError(f"{result.missing} orders had no outcome within {timeout:.0f} s")
 
 
+@bench_app.command("api")
+def bench_api(
+    kind: Annotated[str, typer.Argument(help="get: GET /v1/orders/{id} from the owner; post: POST /v1/orders.")],
+    seconds: Annotated[float, typer.Option(help="How long to drive the API.")] = 10.0,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight at once.")] = 32,
+    worker: Annotated[int, typer.Option(help="Which worker to drive.")] = 0,
+) -> None:
+    """Drive the HTTP API from this process and report requests/s and latency (p50/p99)."""
+    from rich.table import Table
+
+    from streamcart.bench_api import run_api_bench
+
+    if kind not in ("get", "post"):
+        raise StreamcartError(f"unknown benchmark {kind!r}: use get or post")
+    result = run_api_bench(load_settings(), kind=kind, seconds=seconds, concurrency=concurrency, worker=worker,
+                           echo=console.print)
+    table = Table(title=f"API benchmark: {kind}", title_justify="left")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for name, value in result.summary().items():
+        table.add_row(name, str(value))
+    console.print(table)
+
+
 @app.command()
 def gateway() -> None:
     """Run the payment gateway in the foreground (the stack starts it as a process)."""

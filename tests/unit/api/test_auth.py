@@ -1,3 +1,5 @@
+import time
+
 import jwt
 import pytest
 
@@ -40,3 +42,28 @@ def test_a_customer_sees_only_their_own_orders_and_an_admin_sees_all():
     assert customer.may_see_customer("c-1")
     assert not customer.may_see_customer("c-2")
     assert admin.may_see_customer("c-2")
+
+
+def test_a_verified_token_is_trusted_only_until_it_expires(monkeypatch):
+    import api.auth as auth
+
+    now = time.time()
+    header = f"Bearer {issue_token(SECRET, 'c-cache', ['customer'], ttl_s=60, now=now)}"
+    assert authenticate(header, SECRET).subject == "c-cache"
+    assert auth._VERIFIED[(header, SECRET)][1] == int(now) + 60 + auth.LEEWAY_S
+
+    def verify_again(authorization, secret):
+        raise Unauthorized("token expired")
+
+    monkeypatch.setattr(auth, "_verify", verify_again)
+    assert authenticate(header, SECRET).subject == "c-cache"  # still within exp: no second verification
+    monkeypatch.setattr(auth.time, "time", lambda: now + 60 + auth.LEEWAY_S + 1)
+    with pytest.raises(Unauthorized, match="expired"):
+        authenticate(header, SECRET)  # past exp: verified again, and refused
+
+
+def test_a_token_verified_under_one_secret_is_not_trusted_under_another():
+    token = issue_token(SECRET, "c-cache", ["customer"])
+    authenticate(f"Bearer {token}", SECRET)
+    with pytest.raises(Unauthorized):
+        authenticate(f"Bearer {token}", "another-secret-0123456789abcdef0123")

@@ -1,0 +1,116 @@
+"""`streamcart bench api`: drive the HTTP API from this (second) process and report req/s and latency.
+
+``get``: reads orders that the target worker itself owns (``X-Streamcart-Served-By`` says who answered), so the
+figure is one worker answering from its table, not a forward. ``post``: places orders (each answered once the
+broker acknowledged its PlaceOrder). Requests come from many customers' tokens so the per-token rate limit does
+not cap the run. Latency is per request on this machine's clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from aiohttp import ClientSession, ClientTimeout, TCPConnector
+
+from api.auth import issue_token
+from schemas.messages import AdjustStock, UpsertProduct
+from streamcart.commands import CommandSender, envelope
+from streamcart.ids import new_id
+from streamcart.settings import Settings
+
+SERVED_BY = "X-Streamcart-Served-By"  # api.app.SERVED_BY (not imported: the bench needs no server code)
+
+
+@dataclass
+class ApiBenchResult:
+    kind: str
+    worker: int
+    concurrency: int
+    elapsed_s: float
+    statuses: Counter[int] = field(default_factory=Counter)
+    latencies_ms: list[float] = field(default_factory=list)
+
+    def percentile(self, p: float) -> float:
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] if ordered else float("nan")
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "requests": len(self.latencies_ms),
+            "worker": self.worker,
+            "concurrency": self.concurrency,
+            "elapsed (s)": round(self.elapsed_s, 2),
+            "req/s": round(len(self.latencies_ms) / self.elapsed_s, 1) if self.elapsed_s else 0,
+            "p50 (ms)": round(self.percentile(50), 2),
+            "p99 (ms)": round(self.percentile(99), 2),
+            "max (ms)": round(max(self.latencies_ms, default=float("nan")), 2),
+            "statuses": dict(sorted(self.statuses.items())),
+        }
+
+
+def run_api_bench(settings: Settings, *, kind: str, seconds: float = 10.0, concurrency: int = 32, worker: int = 0,
+                  echo: object = print) -> ApiBenchResult:
+    return asyncio.run(_run(settings, kind, seconds, concurrency, worker, echo if callable(echo) else print))
+
+
+async def _run(settings: Settings, kind: str, seconds: float, concurrency: int, worker: int,
+               say: object) -> ApiBenchResult:
+    assert callable(say)
+    secret = settings.jwt_secret.get_secret_value()
+    run = new_id()[:8]
+    tokens = [issue_token(secret, f"c-bench-{run}-{i}", ["customer"], ttl_s=3600) for i in range(64)]
+    base = settings.worker_url(worker)
+    sku = f"BENCH-API-{run}"
+    CommandSender(settings).send(
+        UpsertProduct(**envelope(sku), sku=sku, name=sku, unit_price_cents=500, currency="EUR"),
+        AdjustStock(**envelope(sku), sku=sku, delta=10_000_000, reason="bench"),
+    )
+    body = {"lines": [{"sku": sku, "quantity": 1}], "payment": {"token": "tok_approve"}, "currency": "EUR"}
+    connector = TCPConnector(limit=concurrency * 2)
+    async with ClientSession(connector=connector, timeout=ClientTimeout(total=30)) as http:
+        targets: list[tuple[str, str]] = []
+        if kind == "get":
+            say(f"placing orders to read, and keeping those worker {worker} owns …")
+            placed = []
+            for i in range(200):
+                token = tokens[i % len(tokens)]
+                async with http.post(f"{base}/v1/orders", json=body,
+                                     headers={"Authorization": f"Bearer {token}"}) as response:
+                    placed.append(((await response.json())["order_id"], token))
+            for order_id, token in placed:
+                async with http.get(f"{base}/v1/orders/{order_id}?wait=30",
+                                    headers={"Authorization": f"Bearer {token}"}) as response:
+                    if response.status == 200 and response.headers.get(SERVED_BY) == str(worker):
+                        targets.append((order_id, token))
+            if not targets:
+                raise RuntimeError(f"worker {worker} owns none of the 200 orders placed")
+            say(f"reading {len(targets)} orders owned by worker {worker} for {seconds:.0f} s, {concurrency} at once")
+        else:
+            say(f"placing orders on worker {worker} for {seconds:.0f} s, {concurrency} at once")
+
+        result = ApiBenchResult(kind=kind, worker=worker, concurrency=concurrency, elapsed_s=0.0)
+        stop_at = time.perf_counter() + seconds
+
+        async def client(n: int) -> None:
+            i = n
+            while time.perf_counter() < stop_at:
+                began = time.perf_counter()
+                if kind == "get":
+                    order_id, token = targets[i % len(targets)]
+                    request = http.get(f"{base}/v1/orders/{order_id}", headers={"Authorization": f"Bearer {token}"})
+                else:
+                    token = tokens[i % len(tokens)]
+                    request = http.post(f"{base}/v1/orders", json=body, headers={"Authorization": f"Bearer {token}"})
+                async with request as response:
+                    await response.read()
+                    result.statuses[response.status] += 1
+                result.latencies_ms.append((time.perf_counter() - began) * 1000)
+                i += concurrency
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client(n) for n in range(concurrency)))
+        result.elapsed_s = time.perf_counter() - started
+    return result
