@@ -39,6 +39,9 @@ TEST_SETTINGS = Settings(
     # A gateway call gives up after ~4 x 6 s: longer than the saga's deadline, so a slow gateway meets the
     # timeout path (cancel, then void the late authorization) rather than "gateway unavailable".
     gateway_attempt_timeout_s=6.0,
+    # The tests poll hundreds of orders at once with one admin token; the limit itself is tested on its own.
+    rate_limit_per_s=1_000_000.0,
+    rate_limit_burst=1_000_000,
 )
 
 

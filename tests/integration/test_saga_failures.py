@@ -322,14 +322,14 @@ def test_a_poison_message_in_every_saga_topic_is_dead_lettered_and_the_saga_goes
     shop: Shop, stack: Stack, settings: Settings
 ):
     t = shop.topics
-    # Each poisoned topic and the flows that consume it (events.orders feeds shipping and notifications).
+    # Each poisoned topic and the flows that consume it (events.orders feeds shipping, notifications, analytics).
     consumers = {
         t.order_commands: {"orders"},
         t.catalog_commands: {"inventory"},
         t.inventory_commands: {"inventory"},
         t.payment_commands: {"payments"},
         t.shipping_commands: {"shipping"},
-        t.order_events: {"shipping", "notifications"},
+        t.order_events: {"shipping", "notifications", "analytics"},
         t.inventory_events: {"orders"},
         t.payment_events: {"orders"},
         t.shipping_events: {"orders"},
