@@ -141,6 +141,38 @@ def topics(
     console.print(topics_table(describe_topics(_stack().settings, include_internal=all_topics)))
 
 
+connectors_app = typer.Typer(help="The warehouse's Kafka Connect sinks (connectors/*.json).")
+app.add_typer(connectors_app, name="connectors")
+
+
+@connectors_app.command("apply")
+def connectors_apply() -> None:
+    """Register or update every sink through Connect's REST API (running it again changes nothing)."""
+    from streamcart import connectors
+
+    for name, outcome in connectors.apply(load_settings()).items():
+        console.print(f"{name}: {outcome}")
+
+
+@connectors_app.command("status")
+def connectors_status(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Each sink and its tasks with their state, and the records it has yet to write (lag)."""
+    from dataclasses import asdict
+
+    from streamcart import connectors
+    from streamcart.stack.views import connectors_table
+
+    rows = connectors.status(load_settings())
+    if as_json:
+        print(json.dumps([asdict(row) | {"healthy": row.healthy} for row in rows], indent=2))
+    else:
+        console.print(connectors_table(rows))
+    if not all(row.healthy for row in rows):
+        raise typer.Exit(1)
+
+
 def seed_demo(settings: Settings) -> None:
     """Fill the running stack with the demo catalog and print a token to call the API with."""
     from api.auth import issue_token
