@@ -39,7 +39,9 @@ def register(runtime: Runtime) -> Any:
     t = runtime.topics
 
     async def handle(message: Message, event: Any) -> None:
-        await send_rows(runtime, warehouse.event_rows(message), cause=event)
+        written_s = event.message.timestamp  # seconds (faust); None if the record has none
+        recorded_at = None if written_s is None else round(written_s * 1000)
+        await send_rows(runtime, warehouse.event_rows(message, recorded_at), cause=event)
 
     async def warehouse_agent(stream: Any) -> None:
         await consume(runtime, stream, handle, flow="warehouse")

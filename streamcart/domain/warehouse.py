@@ -173,6 +173,7 @@ PAYMENTS = Table(
         Column("authorization_id", STRING, optional=True),
         Column("reason", STRING, optional=True),
         Column("occurred_at", TIMESTAMPTZ),
+        Column("recorded_at", TIMESTAMPTZ, optional=True),
         Column("event_id", STRING),
     ),
 )
@@ -184,6 +185,7 @@ SHIPMENTS = Table(
         Column("tracking_id", STRING),
         Column("carrier", STRING, optional=True),
         Column("occurred_at", TIMESTAMPTZ),
+        Column("recorded_at", TIMESTAMPTZ, optional=True),
         Column("event_id", STRING),
     ),
 )
@@ -198,6 +200,7 @@ STOCK_MOVEMENTS = Table(
         Column("unit_price_cents", INT64, optional=True),
         Column("reason", STRING, optional=True),
         Column("occurred_at", TIMESTAMPTZ),
+        Column("recorded_at", TIMESTAMPTZ, optional=True),
         Column("event_id", STRING),
     ),
 )
@@ -296,15 +299,23 @@ _MOVEMENTS: dict[type[Message], tuple[str, int, int]] = {
 }
 
 
-def event_rows(message: Message) -> list[Row]:
-    """The fact rows of one saga event (none for a message the warehouse does not record)."""
+def event_rows(message: Message, recorded_at: int | None = None) -> list[Row]:
+    """The fact rows of one saga event (none for a message the warehouse does not record).
+
+    ``recorded_at`` is when the event was written to Kafka (its record timestamp, ms). A derived event carries
+    the event time of its cause, so ``occurred_at`` of a whole saga is the time of its placement; the record
+    time is when each step really happened, and a redelivered record has the same one.
+    """
+    row: dict[str, object]
     if isinstance(message, PaymentEvent) and type(message) in _PAYMENT_EVENTS:
-        return [(PAYMENTS, _payment_row(message))]
-    if isinstance(message, ShippingEvent) and type(message) in _SHIPMENT_EVENTS:
-        return [(SHIPMENTS, _shipment_row(message))]
-    if isinstance(message, InventoryEvent) and type(message) in _MOVEMENTS:
-        return [(STOCK_MOVEMENTS, _movement_row(message))]
-    return []
+        table, row = PAYMENTS, _payment_row(message)
+    elif isinstance(message, ShippingEvent) and type(message) in _SHIPMENT_EVENTS:
+        table, row = SHIPMENTS, _shipment_row(message)
+    elif isinstance(message, InventoryEvent) and type(message) in _MOVEMENTS:
+        table, row = STOCK_MOVEMENTS, _movement_row(message)
+    else:
+        return []
+    return [(table, {**row, "recorded_at": recorded_at})]
 
 
 def _payment_row(event: PaymentEvent) -> dict[str, object]:

@@ -157,6 +157,11 @@ def test_payment_and_shipment_events_are_one_row_per_order_and_kind():
     assert (row["event"], row["carrier"]) == ("dispatched", None)
 
 
+def test_a_fact_row_says_when_its_event_was_written_as_well_as_its_event_time():
+    (_table, row), = event_rows(reserved("A", 2, 1250, at=2_000), recorded_at=2_345)
+    assert (row["occurred_at"], row["recorded_at"]) == (2_000, 2_345)
+
+
 def test_a_redelivered_event_gives_the_same_record():
     event = reserved("A", 2, 1250)
     assert [t.record(r) for t, r in event_rows(event)] == [t.record(r) for t, r in event_rows(event)]
