@@ -141,6 +141,21 @@ def topics(
     console.print(topics_table(describe_topics(_stack().settings, include_internal=all_topics)))
 
 
+@app.command()
+def init() -> None:
+    """Prepare services that already run (docker-compose's and Helm's one-shot init): create the topics, register
+    the schemas, apply the warehouse sinks. Running it again changes nothing."""
+    from schemas.registry import register_all
+    from streamcart import connectors
+    from streamcart.stack.admin import ensure_topics, stack_topics
+
+    settings = load_settings()
+    console.print(f"topics: created {len(ensure_topics(settings, stack_topics(settings)))}")
+    console.print(f"schemas: {len(register_all(settings))} registered")
+    for name, outcome in connectors.apply(settings).items():
+        console.print(f"connector {name}: {outcome}")
+
+
 connectors_app = typer.Typer(help="The warehouse's Kafka Connect sinks (connectors/*.json).")
 app.add_typer(connectors_app, name="connectors")
 
