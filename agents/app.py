@@ -7,14 +7,14 @@ from typing import Any
 
 import faust
 
-from agents import analytics, inventory, notifications, orders, payments, shipping, timeouts
+from agents import analytics, inventory, notifications, orders, payments, shipping, timeouts, warehouse
 from agents.runtime import Runtime, Sink
 from agents.transport import Transport
 from schemas.codec import Codec
 from streamcart.settings import Settings
 from tables import declare_tables
 
-FLOWS = (orders, inventory, payments, shipping, notifications, timeouts, analytics)
+FLOWS = (orders, inventory, payments, shipping, notifications, timeouts, analytics, warehouse)
 
 
 class App(faust.App):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from agents import warehouse
 from agents.runtime import FlowError, Runtime, consume, refused
 from schemas.messages import Message
 from streamcart.domain import orders
@@ -44,6 +45,9 @@ def register(runtime: Runtime) -> Any:
             # The deadline index follows the order (it writes only when it differs): after a crash between the
             # two writes, the message is processed again and this puts the index right.
             tables.deadlines.track(order_id, order.deadline if order.status == OrderStatus.PENDING else None)
+            # The warehouse rows follow the stored order; a message that changed nothing sends them all again.
+            changed_from = stored if decision.state is not None else None
+            await warehouse.send_order_rows(runtime, changed_from, order, cause=event)
             if decision.state is not None:
                 runtime.order_watch.changed(order_id)
         await runtime.emit(decision.messages, cause=event)

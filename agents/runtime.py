@@ -125,14 +125,15 @@ class Runtime:
 
     async def send(self, message: Message, *, cause: Any = None) -> None:
         """Encode and send ``message`` to its topic, keyed by its key, continuing the cause's trace."""
+        await self.send_record(
+            getattr(self.topics, message.TOPIC), message.key.encode(), self.codec.encode(message), cause=cause
+        )
+
+    async def send_record(self, topic: str, key: bytes, value: bytes, *, cause: Any = None) -> None:
+        """Send an already encoded record to ``topic``, continuing the cause's trace."""
         parent = _header(cause, "traceparent") if cause is not None else None
         assert self.sink is not None
-        await self.sink.send(
-            getattr(self.topics, message.TOPIC),
-            message.key.encode(),
-            self.codec.encode(message),
-            [("traceparent", child_traceparent(parent).encode())],
-        )
+        await self.sink.send(topic, key, value, [("traceparent", child_traceparent(parent).encode())])
 
     async def dead_letter(self, event: Any, error: BaseException, flow: str) -> None:
         """Send the raw record of ``event`` to the DLQ with headers naming its origin and the error."""

@@ -45,4 +45,19 @@ else
 fi
 
 "$VENV/bin/streamcart" setup
+
+# The Helm chart's test renders it with `helm template`. helm builds from its Go module (cached after the first
+# build, which takes a few minutes on 2 cores).
+HELM_VERSION=v3.22.0
+step "helm $HELM_VERSION (.tools/bin)"
+if [ -x .tools/bin/helm ]; then
+  done_ "already built"
+elif command -v helm >/dev/null; then
+  done_ "on PATH: $(command -v helm)"
+elif command -v go >/dev/null; then
+  GOBIN="$PWD/.tools/bin" go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" || fail "go install of helm failed (see above)"
+  done_ "built with go install"
+else
+  fail "neither helm nor a Go toolchain to build it is installed: install Go (Debian: apt-get install golang) or helm"
+fi
 printf 'setup finished in %s s\n' "$(seconds_since "$total_start")"

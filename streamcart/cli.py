@@ -141,6 +141,53 @@ def topics(
     console.print(topics_table(describe_topics(_stack().settings, include_internal=all_topics)))
 
 
+@app.command()
+def init() -> None:
+    """Prepare services that already run (docker-compose's and Helm's one-shot init): create the topics, register
+    the schemas, apply the warehouse sinks. Running it again changes nothing."""
+    from schemas.registry import register_all
+    from streamcart import connectors
+    from streamcart.stack.admin import ensure_topics, stack_topics
+
+    settings = load_settings()
+    console.print(f"topics: created {len(ensure_topics(settings, stack_topics(settings)))}")
+    console.print(f"schemas: {len(register_all(settings))} registered")
+    for name, outcome in connectors.apply(settings).items():
+        console.print(f"connector {name}: {outcome}")
+
+
+connectors_app = typer.Typer(help="The warehouse's Kafka Connect sinks (connectors/*.json).")
+app.add_typer(connectors_app, name="connectors")
+
+
+@connectors_app.command("apply")
+def connectors_apply() -> None:
+    """Register or update every sink through Connect's REST API (running it again changes nothing)."""
+    from streamcart import connectors
+
+    for name, outcome in connectors.apply(load_settings()).items():
+        console.print(f"{name}: {outcome}")
+
+
+@connectors_app.command("status")
+def connectors_status(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Each sink and its tasks with their state, and the records it has yet to write (lag)."""
+    from dataclasses import asdict
+
+    from streamcart import connectors
+    from streamcart.stack.views import connectors_table
+
+    rows = connectors.status(load_settings())
+    if as_json:
+        print(json.dumps([asdict(row) | {"healthy": row.healthy} for row in rows], indent=2))
+    else:
+        console.print(connectors_table(rows))
+    if not all(row.healthy for row in rows):
+        raise typer.Exit(1)
+
+
 def seed_demo(settings: Settings) -> None:
     """Fill the running stack with the demo catalog and print a token to call the API with."""
     from api.auth import issue_token

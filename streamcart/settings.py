@@ -22,7 +22,16 @@ class Settings(BaseSettings):
     home: Path = Path(".streamcart")
     cache_dir: Path = Path(".cache")
 
+    # Where this process listens; also where it finds the others unless their ``*_host`` says otherwise (the local
+    # stack runs everything on one loopback address; containers and Kubernetes name each service).
     host: str = "127.0.0.1"
+    kafka_host: str | None = None
+    registry_host: str | None = None
+    connect_host: str | None = None
+    postgres_host: str | None = None
+    gateway_host: str | None = None
+    #: How the other workers reach this one (its container or pod name); defaults to ``host``.
+    advertised_host: str | None = None
     kafka_port: int = 9092
     controller_port: int = 9093
     registry_port: int = 8085
@@ -30,6 +39,8 @@ class Settings(BaseSettings):
     postgres_port: int = 5433
     gateway_port: int = 8090
     api_port: int = Field(8080, description="worker i serves the HTTP API on api_port + i")
+    #: False where every worker has an address of its own (containers, pods): then each listens on api_port.
+    api_port_per_worker: bool = True
     workers: int = Field(2, ge=1, le=16)
 
     topic_prefix: str = "commerce."
@@ -73,40 +84,50 @@ class Settings(BaseSettings):
 
     log_level: str = "info"
 
+    #: The Kafka Connect sink configurations (default: the repository's ``connectors/``).
+    connectors_dir: Path | None = None
+
     @property
     def bootstrap_servers(self) -> str:
-        return f"{self.host}:{self.kafka_port}"
+        return f"{self.kafka_host or self.host}:{self.kafka_port}"
 
     @property
     def registry_url(self) -> str:
         """The Confluent-compatible API of the schema registry (Apicurio's ccompat v7)."""
-        return f"http://{self.host}:{self.registry_port}/apis/ccompat/v7"
+        return f"http://{self.registry_host or self.host}:{self.registry_port}/apis/ccompat/v7"
 
     @property
     def connect_url(self) -> str:
-        return f"http://{self.host}:{self.connect_port}"
+        return f"http://{self.connect_host or self.host}:{self.connect_port}"
 
     @property
     def gateway_url(self) -> str:
-        return f"http://{self.host}:{self.gateway_port}"
+        return f"http://{self.gateway_host or self.host}:{self.gateway_port}"
 
     @property
     def postgres_dsn(self) -> str:
         return (
             f"postgresql://{self.postgres_user}:{self.postgres_password.get_secret_value()}"
-            f"@{self.host}:{self.postgres_port}/{self.postgres_db}"
+            f"@{self.postgres_host or self.host}:{self.postgres_port}/{self.postgres_db}"
         )
 
+    @property
+    def jdbc_url(self) -> str:
+        """The warehouse as Kafka Connect's JDBC sinks reach it (credentials travel separately)."""
+        return f"jdbc:postgresql://{self.postgres_host or self.host}:{self.postgres_port}/{self.postgres_db}"
+
     def worker_port(self, index: int) -> int:
-        return self.api_port + index
+        return self.api_port + index if self.api_port_per_worker else self.api_port
 
     def worker_url(self, index: int) -> str:
-        return f"http://{self.host}:{self.worker_port(index)}"
+        return f"http://{self.advertised_host or self.host}:{self.worker_port(index)}"
 
     def to_env(self) -> dict[str, str]:
         """These settings as ``STREAMCART_*`` variables, for a child process to read back unchanged."""
         env: dict[str, str] = {}
         for name, value in self.model_dump().items():
+            if value is None:  # unset: the child falls back to the same default
+                continue
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()
             env[f"STREAMCART_{name.upper()}"] = str(value)

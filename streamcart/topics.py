@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from streamcart.domain.warehouse import TABLES as WAREHOUSE_TABLES
 from streamcart.settings import Settings
 
 DAY_MS = 24 * 60 * 60 * 1000
@@ -49,6 +50,10 @@ class Topics:
         self.analytics_sku_units = f"{prefix}analytics.sku-units"
         self.analytics_outcomes = f"{prefix}analytics.outcomes"
         self.dlq = f"{prefix}dlq"
+        #: The warehouse sink topics (JSON with embedded schemas for Kafka Connect), by table name.
+        self.warehouse = {table.name: f"{prefix}warehouse.{table.name}" for table in WAREHOUSE_TABLES}
+        #: Where the warehouse sinks put records they cannot write (with Connect's error context headers).
+        self.warehouse_dlq = f"{prefix}warehouse.dlq"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Topics:
@@ -64,6 +69,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     events = {"cleanup.policy": "delete", "retention.ms": "-1"}
     # A window result is replaced by a later emission for the same window: keep the latest.
     latest = {"cleanup.policy": "compact"}
+    dead_letters = {"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS)}
     return [
         TopicSpec(t.order_commands, n, "order_id", commands),
         TopicSpec(t.catalog_commands, n, "sku", commands),
@@ -78,7 +84,11 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t.analytics_revenue, n, "window", latest),
         TopicSpec(t.analytics_sku_units, n, "window", latest),
         TopicSpec(t.analytics_outcomes, n, "window", latest),
-        TopicSpec(t.dlq, n, "original key", {"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS)}),
+        TopicSpec(t.dlq, n, "original key", dead_letters),
+        # A warehouse record is rewritten by a later one with the same key (an order's newer state, a fact sent
+        # again): compaction keeps what a sink replaying from the start needs.
+        *(TopicSpec(topic, n, "primary key", latest) for topic in t.warehouse.values()),
+        TopicSpec(t.warehouse_dlq, 1, "original key", dead_letters),
         # Created here rather than by faust on first start: a changelog that appears while the workers start is
         # missing from their consumers' metadata ("0 partitions"), and every write to its table then fails.
         *(TopicSpec(changelog_topic(settings.app_id, name), n, "table key", latest) for name in TABLE_NAMES),

@@ -101,6 +101,9 @@ def connect_worker_properties(settings: Settings, plugin_path: Path) -> dict[str
         # After a SIGKILL the restarted worker waits one session timeout for its old self (~43 s → ~9 s).
         "consumer.session.timeout.ms": 10000,
         "offset.flush.interval.ms": 1000,
+        # Connector configs name secrets as ${env:STREAMCART_...}: resolved here, never stored in Connect's topics.
+        "config.providers": "env",
+        "config.providers.env.class": "org.apache.kafka.common.config.provider.EnvVarConfigProvider",
     }
     for kind, topic in topics.items():
         values[f"{kind}.storage.topic"] = topic

@@ -79,7 +79,7 @@ def build_specs(settings: Settings, layout: StackLayout, artifacts: JavaArtifact
             partial(probes.connect_probe, settings),
             (("connect_port", settings.connect_port),),
             ready_timeout_s=180.0,
-            needs=("kafka",),
+            needs=("kafka", "postgres"),  # its sinks write there
         ),
         ProcessSpec(
             "gateway",

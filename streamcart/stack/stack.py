@@ -163,7 +163,8 @@ class Stack:
 
         Processes start in waves: all whose ``needs`` are ready start together (Kafka, PostgreSQL and the
         gateway; then the registry and Connect; then the workers). Topics are created as soon as Kafka
-        answers, and the schemas are registered before any worker starts.
+        answers, the schemas are registered before any worker starts, and the warehouse sinks are applied as
+        soon as Connect is ready.
         """
         selected = self._select(only)
         if all(self.is_running(name) and self.probe(name).ok for name in selected):
@@ -178,6 +179,8 @@ class Stack:
                 # Workers (and the producers feeding them) find their schema ids in the registry.
                 self._timed(timings, "schemas", self._register_schemas)
             self._start_together(wave, timings)
+            if "connect" in wave:
+                self._timed(timings, "connectors", self._apply_connectors)
         self._create_topics_once(timings)
         if "registry" in selected and "schemas" not in timings:
             self._timed(timings, "schemas", self._register_schemas)
@@ -383,6 +386,14 @@ class Stack:
     def _create_topics(self) -> str:
         created = ensure_topics(self.settings, stack_topics(self.settings))
         return f"created {len(created)} topics" if created else "all present"
+
+    def _apply_connectors(self) -> str:
+        """Register the warehouse sinks with Connect (unchanged ones are left alone)."""
+        from streamcart import connectors
+
+        outcomes = connectors.apply(self.settings)
+        changed = [f"{name} {outcome}" for name, outcome in outcomes.items() if outcome != "unchanged"]
+        return "; ".join(changed) if changed else f"{len(outcomes)} unchanged"
 
     def _register_schemas(self) -> str:
         """Register every Avro schema with the registry, so producers and workers find their ids."""

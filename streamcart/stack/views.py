@@ -7,6 +7,7 @@ from typing import Any
 
 from rich.table import Table
 
+from streamcart.connectors import ConnectorStatus
 from streamcart.settings import Settings
 from streamcart.stack.admin import TopicInfo
 from streamcart.stack.stack import ProcessStatus
@@ -44,6 +45,18 @@ def status_json(rows: list[ProcessStatus]) -> list[dict[str, Any]]:
         item["health_detail"] = health["detail"] if health else None
         out.append(item)
     return out
+
+
+def connectors_table(rows: list[ConnectorStatus]) -> Table:
+    table = Table(title="warehouse sinks (Kafka Connect)")
+    for column in ("connector", "state", "tasks", "lag"):
+        table.add_column(column, justify="right" if column == "lag" else "left")
+    for row in rows:
+        colour = "green" if row.healthy else "red"
+        tasks = ", ".join(f"{t.id}: {t.state}" + (f" ({t.trace})" if t.trace else "") for t in row.tasks)
+        table.add_row(row.name, f"[{colour}]{row.state}[/]", tasks or "[dim]none[/]",
+                      "" if row.lag is None else str(row.lag))
+    return table
 
 
 def topics_table(topics: list[TopicInfo]) -> Table:

@@ -1,0 +1,91 @@
+{{- define "streamcart.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "streamcart.labels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "streamcart.selector" -}}
+app.kubernetes.io/name: {{ .root.Chart.Name }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "streamcart.secretName" -}}
+{{- .Values.secrets.existingSecret | default (printf "%s-secrets" (include "streamcart.fullname" .)) -}}
+{{- end -}}
+
+{{- define "streamcart.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag }}
+{{- end -}}
+
+{{/* The STREAMCART_* settings every streamcart process reads (streamcart/settings.py). */}}
+{{- define "streamcart.env" -}}
+- name: STREAMCART_HOST
+  value: 0.0.0.0
+- name: STREAMCART_HOME
+  value: /var/lib/streamcart
+- name: STREAMCART_APP_ID
+  value: {{ .Values.appId | quote }}
+- name: STREAMCART_TOPIC_PREFIX
+  value: {{ .Values.topicPrefix | quote }}
+- name: STREAMCART_PARTITIONS
+  value: {{ .Values.partitions | quote }}
+- name: STREAMCART_WORKERS
+  value: {{ .Values.workers.replicas | quote }}
+- name: STREAMCART_LOG_LEVEL
+  value: {{ .Values.logLevel | quote }}
+- name: STREAMCART_KAFKA_HOST
+  value: {{ .Values.kafka.host | quote }}
+- name: STREAMCART_KAFKA_PORT
+  value: {{ .Values.kafka.port | quote }}
+- name: STREAMCART_REGISTRY_HOST
+  value: {{ .Values.registry.host | quote }}
+- name: STREAMCART_REGISTRY_PORT
+  value: {{ .Values.registry.port | quote }}
+- name: STREAMCART_CONNECT_HOST
+  value: {{ .Values.connect.host | quote }}
+- name: STREAMCART_CONNECT_PORT
+  value: {{ .Values.connect.port | quote }}
+- name: STREAMCART_POSTGRES_HOST
+  value: {{ .Values.warehouse.host | quote }}
+- name: STREAMCART_POSTGRES_PORT
+  value: {{ .Values.warehouse.port | quote }}
+- name: STREAMCART_POSTGRES_DB
+  value: {{ .Values.warehouse.database | quote }}
+- name: STREAMCART_POSTGRES_USER
+  value: {{ .Values.warehouse.user | quote }}
+- name: STREAMCART_GATEWAY_HOST
+  value: {{ ternary (printf "%s-gateway" (include "streamcart.fullname" .)) .Values.gateway.host .Values.gateway.deploy | quote }}
+- name: STREAMCART_GATEWAY_PORT
+  value: {{ .Values.gateway.port | quote }}
+- name: STREAMCART_GATEWAY_ATTEMPT_TIMEOUT_S
+  value: {{ .Values.gateway.attemptTimeoutS | quote }}
+- name: STREAMCART_GATEWAY_ATTEMPTS
+  value: {{ .Values.gateway.attempts | quote }}
+- name: STREAMCART_API_PORT
+  value: {{ .Values.workers.apiPort | quote }}
+- name: STREAMCART_API_PORT_PER_WORKER
+  value: "false"
+- name: STREAMCART_PRODUCER_LINGER_MS
+  value: {{ .Values.workers.producerLingerMs | quote }}
+- name: STREAMCART_COMMIT_INTERVAL_S
+  value: {{ .Values.workers.commitIntervalS | quote }}
+- name: STREAMCART_SAGA_TIMEOUT_S
+  value: {{ .Values.workers.sagaTimeoutS | quote }}
+- name: STREAMCART_JWT_SECRET
+  valueFrom:
+    secretKeyRef: {name: {{ include "streamcart.secretName" . }}, key: jwt-secret}
+- name: STREAMCART_POSTGRES_PASSWORD
+  valueFrom:
+    secretKeyRef: {name: {{ include "streamcart.secretName" . }}, key: postgres-password}
+{{- end -}}

@@ -1,0 +1,170 @@
+"""The warehouse's Kafka Connect sinks: render ``connectors/*.json``, register them, report their state.
+
+Each file in ``connectors/`` is one connector as Connect's REST API takes it (``{"name": ..., "config": {...}}``)
+with ``{{placeholders}}`` for what depends on the settings (``app_id``, ``topic_prefix``, ``jdbc_url``,
+``postgres_user``). ``${env:...}`` references are Connect's own (its worker resolves them from its environment, so
+the warehouse password never appears in a connector's config). :func:`apply` registers or updates every connector
+with ``PUT /connectors/{name}/config``: running it again changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from streamcart.errors import StreamcartError
+from streamcart.settings import Settings
+
+REPO_CONNECTORS = Path(__file__).resolve().parents[1] / "connectors"
+TIMEOUT_S = 10.0
+_PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+
+
+class ConnectError(StreamcartError):
+    """Kafka Connect refused a request, or could not be reached."""
+
+
+@dataclass(frozen=True)
+class Connector:
+    """One connector: its name and rendered configuration (``file`` says where it came from)."""
+
+    name: str
+    config: dict[str, str]
+    file: Path
+
+
+@dataclass(frozen=True)
+class TaskState:
+    id: int
+    state: str
+    worker: str
+    trace: str | None = None
+
+
+@dataclass(frozen=True)
+class ConnectorStatus:
+    """One connector as Connect reports it, with its consumer group's lag (records not yet written)."""
+
+    name: str
+    state: str  # RUNNING, PAUSED, FAILED, UNASSIGNED, or MISSING when Connect does not know it
+    tasks: tuple[TaskState, ...]
+    lag: int | None
+
+    @property
+    def healthy(self) -> bool:
+        return self.state == "RUNNING" and bool(self.tasks) and all(t.state == "RUNNING" for t in self.tasks)
+
+
+def placeholders(settings: Settings) -> dict[str, str]:
+    """The values ``{{name}}`` stands for in the connector files."""
+    return {
+        "app_id": settings.app_id,
+        "topic_prefix": settings.topic_prefix,
+        "jdbc_url": settings.jdbc_url,
+        "postgres_user": settings.postgres_user,
+    }
+
+
+def render(text: str, values: dict[str, str]) -> str:
+    """``text`` with every ``{{name}}`` replaced; an unknown name fails rather than reaching Connect."""
+
+    def substitute(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in values:
+            raise ConnectError(f"unknown placeholder {{{{{name}}}}}; known: {', '.join(sorted(values))}")
+        return values[name]
+
+    return _PLACEHOLDER.sub(substitute, text)
+
+
+def load(settings: Settings) -> list[Connector]:
+    """Every connector of ``settings.connectors_dir`` (default: the repository's ``connectors/``), rendered."""
+    folder = settings.connectors_dir or REPO_CONNECTORS
+    files = sorted(folder.glob("*.json"))
+    if not files:
+        raise ConnectError(f"no connector configurations (*.json) in {folder}")
+    values = placeholders(settings)
+    connectors = []
+    for path in files:
+        try:
+            document = json.loads(render(path.read_text(), values))
+            connectors.append(Connector(str(document["name"]), {k: str(v) for k, v in document["config"].items()},
+                                        path))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConnectError(f"{path}: not a connector configuration ({exc})") from exc
+    return connectors
+
+
+def apply(settings: Settings) -> dict[str, str]:
+    """Register or update every connector; returns ``{name: "created" | "updated" | "unchanged"}``."""
+    outcomes: dict[str, str] = {}
+    for connector in load(settings):
+        path = f"/connectors/{_quote(connector.name)}/config"
+        status, current = _request(settings, "GET", path)
+        if status == 200 and isinstance(current, dict):
+            current.pop("name", None)
+            if current == connector.config:
+                outcomes[connector.name] = "unchanged"
+                continue
+        status, body = _request(settings, "PUT", path, connector.config)
+        if status not in (200, 201):
+            raise ConnectError(f"Connect refused {connector.name} ({connector.file.name}): HTTP {status} {body}")
+        outcomes[connector.name] = "created" if status == 201 else "updated"
+    return outcomes
+
+
+def status(settings: Settings) -> list[ConnectorStatus]:
+    """Each connector of the configuration: its state, its tasks' states and its lag."""
+    from streamcart.stack.admin import consumer_lag  # Kafka admin only when asked for a status
+
+    rows = []
+    for connector in load(settings):
+        code, body = _request(settings, "GET", f"/connectors/{_quote(connector.name)}/status")
+        lag = consumer_lag(settings, f"connect-{connector.name}")
+        if code == 404 or not isinstance(body, dict):
+            rows.append(ConnectorStatus(connector.name, "MISSING", (), None))
+            continue
+        tasks = tuple(
+            TaskState(int(t["id"]), str(t["state"]), str(t.get("worker_id", "")),
+                      str(t["trace"]).splitlines()[0] if t.get("trace") else None)
+            for t in body.get("tasks", [])
+        )
+        rows.append(ConnectorStatus(connector.name, str(body["connector"]["state"]), tasks,
+                                    sum(lag.values()) if lag else None))
+    return rows
+
+
+def restart(settings: Settings, name: str) -> None:
+    """Restart a connector and all its tasks (e.g. after a task failed)."""
+    code, body = _request(settings, "POST", f"/connectors/{_quote(name)}/restart?includeTasks=true")
+    if code not in (200, 202, 204):
+        raise ConnectError(f"restarting {name}: HTTP {code} {body}")
+
+
+def _quote(name: str) -> str:
+    return urllib.parse.quote(name, safe="")
+
+
+def _request(settings: Settings, method: str, path: str, body: object = None) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        settings.connect_url + path, data=data, method=method,
+        headers={"Content-Type": "application/json", "Accept": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
+            status, raw = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read()
+    except OSError as exc:
+        raise ConnectError(f"Kafka Connect at {settings.connect_url} does not answer: {exc}") from exc
+    try:
+        return status, json.loads(raw) if raw else None
+    except ValueError:
+        return status, raw.decode(errors="replace")

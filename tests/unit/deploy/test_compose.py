@@ -1,0 +1,145 @@
+"""docker-compose.yml cannot run here (no Docker engine): its wiring is checked against what the code reads."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from streamcart.cli import app as cli
+from streamcart.connectors import load as load_connectors
+from streamcart.settings import Settings
+from streamcart.stack import props
+
+ROOT = Path(__file__).resolve().parents[3]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
+_DEFAULTED = re.compile(r"\$\{(\w+):-([^}]*)\}")
+
+
+def env(service: str) -> dict[str, str]:
+    """A service's environment as the container sees it when no variable is set on the host."""
+    raw = SERVICES[service].get("environment", {})
+    return {k: _DEFAULTED.sub(lambda m: m.group(2), str(v)) for k, v in raw.items()}
+
+
+def settings_of(service: str) -> Settings:
+    """The settings a streamcart process of ``service`` reads (STREAMCART_* only, as load_settings does)."""
+    values = {k.removeprefix("STREAMCART_").lower(): v for k, v in env(service).items() if k.startswith("STREAMCART_")}
+    return Settings(**values)
+
+
+def streamcart_services() -> list[str]:
+    return [name for name, service in SERVICES.items() if service.get("build")]
+
+
+def published(service: str) -> dict[int, int]:
+    """Container port → host port."""
+    pairs = (str(p).split(":") for p in SERVICES[service].get("ports", []))
+    return {int(container): int(host) for host, container in pairs}
+
+
+def test_every_dependency_exists_and_is_waited_on_by_its_health_or_completion():
+    for name, service in SERVICES.items():
+        for target, rule in (service.get("depends_on") or {}).items():
+            assert target in SERVICES, f"{name} depends on unknown {target}"
+            if rule["condition"] == "service_healthy":
+                assert "healthcheck" in SERVICES[target], f"{name} waits for {target}'s health; it has no check"
+            else:
+                assert rule["condition"] == "service_completed_successfully"
+                assert SERVICES[target].get("restart") == "no", f"{target} must be a one-shot service"
+
+
+def test_every_long_running_service_has_a_healthcheck():
+    for name, service in SERVICES.items():
+        if service.get("restart") != "no":
+            assert service.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+
+
+def test_the_design_topology_is_there():
+    for name in ("kafka", "registry", "connect", "postgres", "gateway", "init", "prometheus", "grafana"):
+        assert name in SERVICES
+    workers = sorted(name for name in SERVICES if name.startswith("worker-"))
+    assert workers == [f"worker-{i}" for i in range(settings_of("worker-0").workers)]
+    assert len(workers) == 2
+
+
+@pytest.mark.parametrize("service", streamcart_services())
+def test_streamcart_processes_find_every_service_where_it_listens(service: str):
+    s = settings_of(service)
+    kafka = env("kafka")
+    assert f"PLAINTEXT://{s.bootstrap_servers}" in kafka["KAFKA_ADVERTISED_LISTENERS"].split(",")
+    assert f":{s.kafka_port}" in kafka["KAFKA_LISTENERS"]
+    assert kafka["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    assert (s.registry_host, s.registry_port) == ("registry", 8080) and 8080 in published("registry")
+    assert s.connect_host == "connect" and s.connect_port in published("connect")
+    assert s.postgres_host == "postgres" and s.postgres_port == 5432 and 5432 in published("postgres")
+    assert s.gateway_host == "gateway" and s.gateway_port in published("gateway")
+    pg = env("postgres")
+    assert (pg["POSTGRES_USER"], pg["POSTGRES_DB"]) == (s.postgres_user, s.postgres_db)
+    assert pg["POSTGRES_PASSWORD"] == s.postgres_password.get_secret_value()
+    assert s.host == "0.0.0.0"  # reachable from the other containers
+
+
+def test_each_worker_serves_the_api_on_its_published_port_and_advertises_its_own_name():
+    for index, name in enumerate(sorted(n for n in SERVICES if n.startswith("worker-"))):
+        s = settings_of(name)
+        assert SERVICES[name]["command"] == ["worker", "--index", str(index)]
+        assert s.advertised_host == name
+        assert s.worker_port(index) in published(name)
+        assert f"localhost:{s.worker_port(index)}/healthz" in " ".join(SERVICES[name]["healthcheck"]["test"])
+
+
+def test_connect_uses_the_topics_partitions_and_converters_the_stack_creates():
+    s, connect = settings_of("init"), env("connect")
+    topics = props.connect_topics(s)
+    assert (connect["CONFIG_STORAGE_TOPIC"], connect["OFFSET_STORAGE_TOPIC"], connect["STATUS_STORAGE_TOPIC"]) == (
+        topics["config"], topics["offset"], topics["status"])
+    assert int(connect["CONNECT_OFFSET_STORAGE_PARTITIONS"]) == props.CONNECT_TOPIC_PARTITIONS["offset"]
+    assert int(connect["CONNECT_STATUS_STORAGE_PARTITIONS"]) == props.CONNECT_TOPIC_PARTITIONS["status"]
+    assert connect["BOOTSTRAP_SERVERS"] == s.bootstrap_servers
+    assert connect["VALUE_CONVERTER"] == "org.apache.kafka.connect.json.JsonConverter"
+
+
+def test_connect_can_resolve_every_env_reference_of_the_sinks():
+    connect = env("connect")
+    assert connect["CONNECT_CONFIG_PROVIDERS"] == "env"
+    in_repo = settings_of("init").model_copy(update={"connectors_dir": None})  # /app/connectors is the same folder
+    wanted = {m for c in load_connectors(in_repo) for v in c.config.values()
+              for m in re.findall(r"\$\{env:(\w+)\}", v)}
+    assert wanted and wanted <= set(connect)
+    assert connect["STREAMCART_POSTGRES_PASSWORD"] == settings_of("init").postgres_password.get_secret_value()
+
+
+def test_the_registry_keeps_its_state_in_the_topics_the_stack_names():
+    registry, s = env("registry"), settings_of("init")
+    assert registry["APICURIO_STORAGE_KIND"] == "kafkasql"
+    assert registry["APICURIO_KAFKASQL_BOOTSTRAP_SERVERS"] == s.bootstrap_servers
+    assert registry["APICURIO_KAFKASQL_TOPIC"] == props.registry_topics(s)["journal"]
+
+
+def test_init_runs_a_command_the_cli_has_against_every_service_it_prepares():
+    assert SERVICES["init"]["command"] == ["init"]
+    assert "init" in {c.name or c.callback.__name__ for c in cli.registered_commands}
+    assert set(SERVICES["init"]["depends_on"]) >= {"kafka", "registry", "connect", "postgres"}
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert settings_of("init").connectors_dir == Path("/app/connectors")
+    assert "WORKDIR /app" in dockerfile and "COPY connectors ./connectors" in dockerfile
+
+
+def test_prometheus_scrapes_every_worker_where_it_listens():
+    config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    targets = {t for job in config["scrape_configs"] for group in job["static_configs"] for t in group["targets"]}
+    workers = sorted(n for n in SERVICES if n.startswith("worker-"))
+    assert targets == {f"{n}:{settings_of(n).worker_port(i)}" for i, n in enumerate(workers)}
+
+
+def test_grafana_is_provisioned_with_the_dashboard_and_the_prometheus_datasource():
+    mounts = " ".join(SERVICES["grafana"]["volumes"])
+    assert "./deploy/grafana/provisioning:" in mounts and "./deploy/grafana/dashboards:" in mounts
+    datasource = yaml.safe_load((ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text())
+    assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
+    assert (ROOT / "deploy/grafana/dashboards/streamcart.json").is_file()

@@ -1,0 +1,155 @@
+"""The Helm chart, rendered with ``helm template`` for a few value sets; every manifest is validated against the
+Kubernetes schemas (kubernetes-validate) and its settings against what the code reads."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from streamcart.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[3]
+CHART = ROOT / "deploy" / "helm" / "streamcart"
+KUBERNETES = "1.33.0"
+SECRETS = {"secrets.jwtSecret": "jwt", "secrets.postgresPassword": "pw"}
+STRIMZI = {
+    "secrets.existingSecret": "streamcart-secrets",
+    "kafka.host": "shop-kafka-bootstrap.kafka.svc",
+    "kafka.port": "9092",
+    "connect.host": "shop-connect-api.kafka.svc",
+    "registry.host": "apicurio.registry.svc",
+    "warehouse.host": "warehouse-rw.db.svc",
+    "gateway.deploy": "false",
+    "gateway.host": "payments.example.internal",
+    "workers.replicas": "4",
+    "workers.persistence.storageClassName": "fast",
+}
+
+
+def helm() -> str:
+    found = shutil.which("helm", path=str(ROOT / ".tools" / "bin")) or shutil.which("helm")
+    if found is None:
+        pytest.fail("helm is not installed: `make setup` builds it into .tools/bin (go install)")
+    return found
+
+
+def render(values: dict[str, str], namespace: str = "shop") -> subprocess.CompletedProcess[str]:
+    sets = [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
+    return subprocess.run([helm(), "template", "t", str(CHART), "--namespace", namespace, *sets],
+                          capture_output=True, text=True, check=False, timeout=60)
+
+
+def manifests(values: dict[str, str]) -> list[dict[str, Any]]:
+    done = render(values)
+    assert done.returncode == 0, done.stderr
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+def of_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [doc for doc in docs if doc["kind"] == kind]
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {item["name"]: item.get("value", item.get("valueFrom")) for item in container["env"]}
+
+
+def settings_from(env: dict[str, Any]) -> Settings:
+    plain = {k.removeprefix("STREAMCART_").lower(): v for k, v in env.items()
+             if k.startswith("STREAMCART_") and isinstance(v, str)}
+    return Settings(**plain)
+
+
+@pytest.mark.parametrize("values", [SECRETS, STRIMZI, {**SECRETS, "init.enabled": "false", "metrics.scrape": "false"}],
+                         ids=["defaults", "strimzi", "minimal"])
+def test_every_manifest_is_valid_kubernetes(values: dict[str, str]):
+    for doc in manifests(values):
+        kubernetes_validate.validate(doc, KUBERNETES, strict=True)
+
+
+def test_workers_are_a_stateful_set_with_a_volume_each_probes_and_a_stable_index():
+    docs = manifests(SECRETS)
+    (workers,) = of_kind(docs, "StatefulSet")
+    pod = workers["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    assert workers["spec"]["replicas"] == 2
+    assert workers["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
+    assert {"name": "data", "mountPath": str(Settings(home=Path("/var/lib/streamcart")).home)} in \
+        container["volumeMounts"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert "--index \"${HOSTNAME##*-}\"" in container["command"][-1]  # pod ordinal = worker index
+    annotations = pod["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/path"] == "/metrics"
+
+
+def test_every_setting_the_chart_passes_is_one_the_code_reads():
+    docs = manifests(SECRETS)
+    fields = set(Settings.model_fields)
+    for doc in of_kind(docs, "StatefulSet") + of_kind(docs, "Deployment") + of_kind(docs, "Job"):
+        for container in doc["spec"]["template"]["spec"]["containers"]:
+            names = {k.removeprefix("STREAMCART_").lower() for k in env_of(container) if k.startswith("STREAMCART_")}
+            assert names <= fields, names - fields
+
+
+def test_workers_listen_where_the_services_and_probes_point_and_advertise_their_pod_name():
+    docs = manifests(SECRETS)
+    (workers,) = of_kind(docs, "StatefulSet")
+    (container,) = workers["spec"]["template"]["spec"]["containers"]
+    env = env_of(container)
+    settings = settings_from(env)
+    assert settings.worker_port(1) == container["ports"][0]["containerPort"] == 8080  # the same port on every pod
+    assert env["STREAMCART_ADVERTISED_HOST"] == f"$(POD_NAME).{workers['spec']['serviceName']}.shop.svc"
+    pod_labels = workers["spec"]["template"]["metadata"]["labels"]
+    for service in of_kind(docs, "Service"):
+        if "worker" in service["metadata"]["name"] or service["metadata"]["name"].endswith("-api"):
+            assert service["spec"]["selector"].items() <= pod_labels.items()
+
+
+def test_secrets_come_from_a_secret_never_from_plain_values():
+    docs = manifests(STRIMZI)
+    assert of_kind(docs, "Secret") == []  # an existing Secret is used as it is
+    (workers,) = of_kind(docs, "StatefulSet")
+    env = env_of(workers["spec"]["template"]["spec"]["containers"][0])
+    for name, key in (("STREAMCART_JWT_SECRET", "jwt-secret"), ("STREAMCART_POSTGRES_PASSWORD", "postgres-password")):
+        assert env[name] == {"secretKeyRef": {"name": "streamcart-secrets", "key": key}}
+
+
+def test_against_an_existing_cluster_the_settings_name_its_services():
+    docs = manifests(STRIMZI)
+    (workers,) = of_kind(docs, "StatefulSet")
+    settings = settings_from(env_of(workers["spec"]["template"]["spec"]["containers"][0]))
+    assert settings.bootstrap_servers == "shop-kafka-bootstrap.kafka.svc:9092"
+    assert settings.connect_url == "http://shop-connect-api.kafka.svc:8083"
+    assert settings.jdbc_url == "jdbc:postgresql://warehouse-rw.db.svc:5432/warehouse"
+    assert settings.gateway_url == "http://payments.example.internal:8090"
+    assert of_kind(docs, "Deployment") == []  # no test gateway when a real provider is named
+    assert workers["spec"]["replicas"] == 4
+    assert workers["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"] == "fast"
+
+
+def test_the_deployed_gateway_is_the_one_the_workers_call():
+    docs = manifests(SECRETS)
+    (gateway,) = of_kind(docs, "Deployment")
+    service = next(s for s in of_kind(docs, "Service") if s["metadata"]["name"].endswith("-gateway"))
+    (workers,) = of_kind(docs, "StatefulSet")
+    settings = settings_from(env_of(workers["spec"]["template"]["spec"]["containers"][0]))
+    assert settings.gateway_url == f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
+    assert gateway["spec"]["template"]["spec"]["containers"][0]["args"] == ["gateway"]
+
+
+def test_the_init_job_prepares_topics_schemas_and_sinks():
+    (job,) = of_kind(manifests(SECRETS), "Job")
+    assert job["spec"]["template"]["spec"]["containers"][0]["args"] == ["init"]
+
+
+def test_more_workers_than_partitions_or_no_secrets_refuse_to_render():
+    too_many = render({**SECRETS, "workers.replicas": "9", "partitions": "8"})
+    assert too_many.returncode != 0 and "may not exceed partitions" in too_many.stderr
+    no_secrets = render({})
+    assert no_secrets.returncode != 0 and "secrets.existingSecret" in no_secrets.stderr

@@ -1,0 +1,28 @@
+"""Settings: where a process listens versus where it finds the others."""
+
+from streamcart.settings import Settings
+
+
+def test_on_one_machine_everything_is_found_on_host_and_workers_take_consecutive_ports():
+    settings = Settings(host="127.0.0.1", api_port=8080)
+    assert settings.bootstrap_servers == "127.0.0.1:9092"
+    assert settings.jdbc_url == "jdbc:postgresql://127.0.0.1:5433/warehouse"
+    assert [settings.worker_url(i) for i in (0, 1)] == ["http://127.0.0.1:8080", "http://127.0.0.1:8081"]
+
+
+def test_in_containers_each_service_has_its_own_host_and_every_worker_the_same_port():
+    settings = Settings(host="0.0.0.0", kafka_host="kafka", registry_host="registry", connect_host="connect",
+                        postgres_host="postgres", postgres_port=5432, gateway_host="gateway",
+                        advertised_host="worker-1", api_port_per_worker=False)
+    assert settings.bootstrap_servers == "kafka:9092"
+    assert settings.registry_url == "http://registry:8085/apis/ccompat/v7"
+    assert settings.connect_url == "http://connect:8083"
+    assert settings.gateway_url == "http://gateway:8090"
+    assert "@postgres:5432/" in settings.postgres_dsn
+    assert settings.worker_port(1) == 8080 and settings.worker_url(1) == "http://worker-1:8080"
+
+
+def test_unset_hosts_are_not_passed_to_children_as_text():
+    env = Settings().to_env()
+    assert "STREAMCART_KAFKA_HOST" not in env
+    assert Settings(**{k.removeprefix("STREAMCART_").lower(): v for k, v in env.items()}) == Settings()
