@@ -95,18 +95,27 @@ class Table:
     def _value_schema(self) -> dict[str, Any]:
         return _struct(f"streamcart.warehouse.{self.name}.Value", self.value)
 
+    @cached_property
+    def _key_prefix(self) -> bytes:
+        # The schema part of every record is the same: serialise it once (it is most of each record's bytes).
+        return b'{"schema":' + _json(self._key_schema) + b',"payload":'
+
+    @cached_property
+    def _value_prefix(self) -> bytes:
+        return b'{"schema":' + _json(self._value_schema) + b',"payload":'
+
     def record(self, row: Mapping[str, object]) -> tuple[bytes, bytes]:
         """The Kafka key and value of ``row`` (every column present): the same row always gives the same bytes."""
         missing = {c.name for c in self.columns} - set(row)
         extra = set(row) - {c.name for c in self.columns}
         if missing or extra:
             raise ValueError(f"{self.name} row: missing {sorted(missing)}, unknown {sorted(extra)}")
-        value = {"schema": self._value_schema, "payload": {c.name: c.wire(row[c.name]) for c in self.value}}
-        return self.record_key(row), _json(value)
+        payload = _json({c.name: c.wire(row[c.name]) for c in self.value})
+        return self.record_key(row), self._value_prefix + payload + b"}"
 
     def record_key(self, row: Mapping[str, object]) -> bytes:
         """The Kafka key of the row whose primary key columns ``row`` names (other columns are ignored)."""
-        return _json({"schema": self._key_schema, "payload": {c.name: c.wire(row[c.name]) for c in self.key}})
+        return self._key_prefix + _json({c.name: c.wire(row[c.name]) for c in self.key}) + b"}"
 
 
 def _struct(name: str, columns: tuple[Column, ...]) -> dict[str, Any]:

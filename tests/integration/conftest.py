@@ -42,6 +42,8 @@ TEST_SETTINGS = Settings(
     # The tests poll hundreds of orders at once with one admin token; the limit itself is tested on its own.
     rate_limit_per_s=1_000_000.0,
     rate_limit_burst=1_000_000,
+    # The webhook tests' receiver listens on loopback (outside tests, loopback webhooks are refused).
+    webhook_allow_private=True,
 )
 
 

@@ -1,0 +1,120 @@
+"""Notifications on the real stack: the customer's webhook hears of confirmation, dispatch and cancellation over
+HTTP, a failing attempt is retried under the same Idempotency-Key, and a webhook that never answers ends in the
+DLQ with the reason while the saga goes on."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from agents.runtime import DlqHeader
+from tests.integration.support import admin_token, headers_of, poll, read_topic
+from tests.integration.test_api import call, customer, order_body, stocked_sku
+from tests.integration.test_saga import Shop
+
+
+@dataclass
+class Hook:
+    """A customer's webhook receiver: records every POST; answers 503 to the first attempt of each key."""
+
+    fail_first: bool = True
+    always_fail: bool = False
+    received: list[dict] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def answer(self, key: str, body: dict) -> int:
+        with self.lock:
+            first = not any(r["key"] == key for r in self.received)
+            self.received.append({"key": key, "body": body})
+        if self.always_fail or (self.fail_first and first):
+            return 503
+        return 204
+
+    def delivered(self, order_id: str, template: str) -> list[dict]:
+        with self.lock:
+            return [r for r in self.received if r["body"].get("order_id") == order_id
+                    and r["body"].get("template") == template]
+
+
+@pytest.fixture
+def hook() -> Iterator[tuple[Hook, str]]:
+    state = Hook()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+            self.send_response(state.answer(self.headers.get("Idempotency-Key", ""), body))
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield state, f"http://127.0.0.1:{server.server_address[1]}/hooks"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def shop(stack, settings, codec) -> Shop:
+    return Shop(settings, codec)
+
+
+def test_the_webhook_hears_of_confirmation_and_dispatch_and_a_failed_attempt_is_retried(shop, settings, hook):
+    receiver, url = hook
+    sku = stocked_sku(shop)
+    _, token = customer(settings)
+    _, _, placed = call(f"{settings.worker_url(0)}/v1/orders", "POST", {**order_body(sku), "webhook_url": url},
+                        token)
+    order_id = placed["order_id"]
+    _, _, order = call(f"{settings.worker_url(0)}/v1/orders/{order_id}?wait=30", token=token)
+    assert order["status"] == "CONFIRMED", order
+
+    confirmed = poll(lambda: len(receiver.delivered(order_id, "order_confirmed")) >= 2 and
+                     receiver.delivered(order_id, "order_confirmed"), what="the confirmation, retried once")
+    assert len({r["key"] for r in confirmed}) == 1, "a retry carries the same Idempotency-Key"
+    assert confirmed[0]["body"]["order_id"] == order_id
+
+    status, _, _ = call(f"{settings.worker_url(1)}/v1/shipments/{order_id}/status", "POST",
+                        {"status": "dispatched"}, admin_token(settings))
+    assert status == 202
+    poll(lambda: len(receiver.delivered(order_id, "shipment_dispatched")) >= 2, what="the dispatch notification")
+
+
+def test_a_cancelled_order_is_notified(shop, settings, hook):
+    receiver, url = hook
+    sku = stocked_sku(shop)
+    _, token = customer(settings)
+    _, _, placed = call(f"{settings.worker_url(0)}/v1/orders", "POST",
+                        {**order_body(sku, token="tok_decline"), "webhook_url": url}, token)
+    order_id = placed["order_id"]
+    _, _, order = call(f"{settings.worker_url(0)}/v1/orders/{order_id}?wait=30", token=token)
+    assert (order["status"], order["cancel_reason"]) == ("CANCELLED", "payment_declined")
+    poll(lambda: len(receiver.delivered(order_id, "order_cancelled")) >= 2, what="the cancellation notification")
+
+
+def test_a_webhook_that_never_answers_ends_in_the_dlq_with_the_reason(shop, settings, hook):
+    receiver, url = hook
+    receiver.always_fail = True
+    sku = stocked_sku(shop)
+    _, token = customer(settings)
+    _, _, placed = call(f"{settings.worker_url(0)}/v1/orders", "POST", {**order_body(sku), "webhook_url": url},
+                        token)
+    order_id = placed["order_id"]
+    _, _, order = call(f"{settings.worker_url(0)}/v1/orders/{order_id}?wait=30", token=token)
+    assert order["status"] == "CONFIRMED"  # the saga does not wait on a customer's webhook
+
+    def given_up(records: list) -> bool:
+        return any(r.key() == order_id.encode() and headers_of(r).get(DlqHeader.FLOW) == b"notifications.webhook"
+                   for r in records)
+
+    dead = [r for r in read_topic(settings, shop.topics.dlq, until=given_up, timeout_s=60)
+            if r.key() == order_id.encode() and headers_of(r).get(DlqHeader.FLOW) == b"notifications.webhook"]
+    assert b"503" in headers_of(dead[0])[DlqHeader.ERROR_MESSAGE]
+    assert len(receiver.delivered(order_id, "order_confirmed")) >= 2  # it was tried more than once
