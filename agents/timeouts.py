@@ -18,8 +18,11 @@ log = logging.getLogger(__name__)
 
 
 #: An ExpireOrder already sent is sent again only after this long without the order settling (the orders
-#: flow may be behind; a lost command must still be retried, but not once a tick for every overdue order).
+#: flow may be behind; a lost command must still be retried, but not once a tick for every overdue order), and
+#: each further time after twice as long, up to :data:`RESEND_MAX_S`: behind a backlog, re-sending every few
+#: seconds would only add to it.
 RESEND_AFTER_S = 10.0
+RESEND_MAX_S = 300.0
 
 
 def register(runtime: Runtime) -> Any:
@@ -27,28 +30,32 @@ def register(runtime: Runtime) -> Any:
     settings = runtime.settings
     tables = runtime.tables
     topic = runtime.topics.order_commands
-    sent_at: dict[tuple[str, int], float] = {}
+    sent: dict[str, tuple[float, float]] = {}  # order id -> (when its ExpireOrder was last sent, wait before next)
 
     async def expire_due_orders() -> None:
         # An exception escaping a faust timer kills the whole worker (notes/faust.md): never let one out.
         try:
             owned = {tp.partition for tp in runtime.app.assignor.assigned_actives() if tp.topic == topic}
             now_ms = int(time.time() * 1000)
+            now = time.monotonic()
             overdue = [
                 order_id for order_id, deadline in tables.deadlines.items()
                 if deadline <= now_ms and partition_for(order_id, settings.partitions) in owned
             ]
-            orders = [order for order_id in overdue if (order := tables.orders.get(order_id)) is not None]
-            now = time.monotonic()
-            for command in timeouts.due(orders, now_ms):
-                key = (command.order_id, command.deadline)
-                if now - sent_at.get(key, -RESEND_AFTER_S) >= RESEND_AFTER_S:
-                    sent_at[key] = now
+            for order_id in overdue:
+                last, wait = sent.get(order_id, (None, RESEND_AFTER_S))
+                if last is not None and now - last < wait:
+                    continue  # sent recently: don't even load the order
+                order = tables.orders.get(order_id)
+                if order is None:
+                    continue
+                for command in timeouts.due([order], now_ms):
+                    sent[order_id] = (now, RESEND_AFTER_S if last is None else min(wait * 2, RESEND_MAX_S))
                     await runtime.send(command)
             # Forget what no longer needs expiring (settled, or owned by another worker now).
             still = set(overdue)
-            for key in [k for k in sent_at if k[0] not in still]:
-                del sent_at[key]
+            for order_id in [o for o in sent if o not in still]:
+                del sent[order_id]
         except Exception:
             log.exception("deadline scan failed; the next tick tries again")
 
