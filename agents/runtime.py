@@ -22,10 +22,11 @@ from schemas.codec import Codec
 from schemas.errors import RegistryUnavailable, SchemaError
 from schemas.messages import Message
 from streamcart.errors import StreamcartError
+from streamcart.logs import log_context
 from streamcart.settings import Settings
 from streamcart.telemetry import Telemetry
 from streamcart.topics import Topics
-from streamcart.tracing import child_traceparent
+from streamcart.tracing import child_traceparent, current_traceparent, span
 from tables import StateTables
 
 log = logging.getLogger(__name__)
@@ -130,8 +131,9 @@ class Runtime:
         )
 
     async def send_record(self, topic: str, key: bytes, value: bytes, *, cause: Any = None) -> None:
-        """Send an already encoded record to ``topic``, continuing the cause's trace."""
-        parent = _header(cause, "traceparent") if cause is not None else None
+        """Send an already encoded record to ``topic``, as a child of the span being handled (or of the cause's,
+        outside one)."""
+        parent = current_traceparent() or (_header(cause, "traceparent") if cause is not None else None)
         assert self.sink is not None
         await self.sink.send(topic, key, value, [("traceparent", child_traceparent(parent).encode())])
 
@@ -184,25 +186,32 @@ async def _decode(codec: Codec, value: bytes) -> Message:
 
 
 async def process(runtime: Runtime, event: Any, handler: Handler, flow: str) -> None:
-    """Decode one event and hand it to ``handler``; dead-letter it if either step fails. Never raises."""
+    """Decode one event and hand it to ``handler``; dead-letter it if either step fails. Never raises.
+
+    The event is handled as a span of the trace its ``traceparent`` header names, and everything logged meanwhile
+    carries the flow, the trace id and, once decoded, the message's ``order_id`` (or ``sku``) and ``event_id``.
+    """
     # Table writes go to the changelog partition of "the current event". faust sets it while a stream iterates
     # one event at a time, but not for events taken in batches: set it here for the event being handled (each
     # concurrently handled event runs in its own task, so each sees its own).
     _current_event.set(weakref.ref(event))
-    try:
-        message = await _decode(runtime.codec, event.value)
-    except SchemaError as exc:  # undecodable, or the registry refused to say what its schema id is
-        runtime.telemetry.failed(flow, exc)
-        await runtime.dead_letter(event, exc, flow)
-        return
-    try:
-        await handler(message, event)
-    except Exception as exc:
-        log.exception("flow %s failed on %s %s", flow, type(message).__name__, message.event_id)
-        runtime.telemetry.failed(flow, exc)
-        await runtime.dead_letter(event, exc, flow)
-    else:
-        runtime.telemetry.processed(flow)
+    with span(_header(event, "traceparent")), log_context(flow=flow):
+        try:
+            message = await _decode(runtime.codec, event.value)
+        except SchemaError as exc:  # undecodable, or the registry refused to say what its schema id is
+            runtime.telemetry.failed(flow, exc)
+            await runtime.dead_letter(event, exc, flow)
+            return
+        ids = {"order_id": getattr(message, "order_id", None), "sku": getattr(message, "sku", None)}
+        with log_context(**ids, event_id=message.event_id):
+            try:
+                await handler(message, event)
+            except Exception as exc:
+                log.exception("flow %s failed on %s %s", flow, type(message).__name__, message.event_id)
+                runtime.telemetry.failed(flow, exc)
+                await runtime.dead_letter(event, exc, flow)
+            else:
+                runtime.telemetry.processed(flow)
 
 
 async def consume(runtime: Runtime, stream: Any, handler: Handler, *, flow: str) -> None:

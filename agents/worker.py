@@ -15,6 +15,7 @@ from agents.app import build_runtime, worker_view
 from api.app import init_app
 from api.commands import KafkaCommands
 from schemas.codec import Codec
+from streamcart.logs import configure_logging, logging_config
 from streamcart.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -72,12 +73,18 @@ def release_local_state(tabledir: Path) -> None:
 
 def run(settings: Settings, index: int) -> None:
     """Run worker ``index`` until it is stopped (SIGTERM/SIGINT stop it gracefully)."""
+    configure_logging(settings)
     codec = Codec.connect(settings)
     runtime = build_runtime(settings, codec, worker_index=index)
     commands = KafkaCommands(settings, codec)
     api = init_app(settings, worker_view(runtime, index), commands)
     runtime.app.add_dependency(ApiServer(api, settings.host, settings.worker_port(index)))
-    worker = faust.Worker(runtime.app, loglevel=settings.log_level, quiet=True)
+    # faust sets logging up again when it starts: with the same config, so its records are formatted like ours
+    # (a fresh copy: dictConfig consumes parts of the dict it is given).
+    worker = faust.Worker(
+        runtime.app, loglevel=settings.log_level, quiet=True,
+        logging_config=logging_config(settings.log_format, settings.log_level),
+    )
     tabledir = Path(runtime.app.conf.tabledir)
     claim_local_state(tabledir)
     try:

@@ -1,4 +1,4 @@
-"""What every request goes through: a request id, metrics by route and status, and a rate limit per token."""
+"""What every request goes through: a request id, a trace, metrics by route and status, a rate limit per token."""
 
 from __future__ import annotations
 
@@ -16,12 +16,14 @@ from aiohttp import web
 from prometheus_client import Counter, Histogram
 
 from api.errors import ApiError
+from streamcart.logs import log_context
+from streamcart.tracing import span
 
 log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-Id"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
-#: The current request's id, for log records (see :class:`RequestIdFilter`).
+#: The current request's id (log records get it from :func:`streamcart.logs.log_context`).
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 REQUESTS = Counter("streamcart_http_requests_total", "HTTP requests answered", ["route", "method", "status"])
@@ -31,14 +33,6 @@ LATENCY = Histogram(
 )
 
 
-class RequestIdFilter(logging.Filter):
-    """Adds ``request_id`` to every log record emitted while a request is handled."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id.get()
-        return True
-
-
 def _route_label(request: web.Request) -> str:
     resource = request.match_info.route.resource
     return resource.canonical if resource is not None else "unmatched"
@@ -46,14 +40,16 @@ def _route_label(request: web.Request) -> str:
 
 @web.middleware
 async def request_id_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Echo a sane ``X-Request-Id`` or mint one; it is on every response and in the logs."""
+    """Echo a sane ``X-Request-Id`` or mint one; it is on every response and in the logs. The request is handled
+    as a span of the caller's trace (its ``traceparent``, or a new trace), which the commands it sends continue."""
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
     rid = incoming if _VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
     token = request_id.set(rid)
     started = time.perf_counter()
     route = _route_label(request)
     try:
-        response: web.StreamResponse = await handler(request)
+        with span(request.headers.get("traceparent")), log_context(request_id=rid):
+            response: web.StreamResponse = await handler(request)
     finally:
         request_id.reset(token)
     if not response.prepared:

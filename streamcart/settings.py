@@ -8,9 +8,13 @@ environment variables (:meth:`Settings.to_env`).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: ``json``: one object per line, for machines (the stack's processes); ``text``: for a person at a terminal.
+LogFormat = Literal["json", "text"]
 
 
 class Settings(BaseSettings):
@@ -83,6 +87,7 @@ class Settings(BaseSettings):
     postgres_db: str = "warehouse"
 
     log_level: str = "info"
+    log_format: LogFormat = "json"
 
     #: The Kafka Connect sink configurations (default: the repository's ``connectors/``).
     connectors_dir: Path | None = None

@@ -4,6 +4,9 @@ POST /v1/authorizations ``{idempotency_key, amount_cents, currency, token}`` →
 with the same request returns the same authorization; with another amount or currency → 409).
 POST /v1/authorizations/{id}/capture | /void | /refund → the authorization after the operation (idempotent).
 GET /v1/authorizations/{id}, GET /v1/authorizations (the ledger, for reconciliation), GET /healthz.
+
+Each call is handled as a span of the caller's trace (its ``traceparent`` header): the log lines carry its trace
+id.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from pydantic import BaseModel, Field, ValidationError
 
 from streamcart.gateway.behaviour import behaviour_of
 from streamcart.ids import derive_id
+from streamcart.logs import configure_logging
 from streamcart.settings import Settings
+from streamcart.tracing import span
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +109,7 @@ async def authorize(request: web.Request) -> web.Response:
         "reason": behaviour.reason,
         "operations": [],
     }
+    log.info("authorization %s for %s: %s", record["authorization_id"], req.idempotency_key, record["status"])
     return web.json_response(ledger.write(record), status=201)
 
 
@@ -119,6 +125,7 @@ async def operate(request: web.Request) -> web.Response:
     if record["status"] not in allowed:
         return _error(409, "invalid_state", f"cannot {operation} an authorization that is {record['status']}")
     updated = {**record, "status": target, "operations": [*record["operations"], operation]}
+    log.info("authorization %s: %s", record["authorization_id"], target)
     return web.json_response(ledger.write(updated))
 
 
@@ -135,8 +142,16 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "authorizations": len(request.app[LEDGER].by_id)})
 
 
+@web.middleware
+async def trace_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Handle the call as a span of the caller's trace."""
+    with span(request.headers.get("traceparent")):
+        response: web.StreamResponse = await handler(request)
+        return response
+
+
 def init_app(journal: Path) -> web.Application:
-    app = web.Application(client_max_size=16 * 1024)
+    app = web.Application(client_max_size=16 * 1024, middlewares=[trace_middleware])
     app[LEDGER] = Ledger(journal)
     app.router.add_post("/v1/authorizations", authorize)
     app.router.add_get("/v1/authorizations", list_authorizations)
@@ -148,5 +163,6 @@ def init_app(journal: Path) -> web.Application:
 
 def run(settings: Settings) -> None:
     """Serve the gateway until stopped."""
+    configure_logging(settings)
     journal = Path(settings.home) / "data" / "gateway" / "journal.jsonl"
     web.run_app(init_app(journal), host=settings.host, port=settings.gateway_port, print=None, access_log=None)

@@ -1,0 +1,94 @@
+"""Log records as JSON lines (or text) with the ids of what is being handled."""
+
+import io
+import json
+import logging
+import logging.config
+import sys
+
+import pytest
+
+from streamcart.logs import JsonFormatter, TextFormatter, log_context, logging_config
+from streamcart.settings import Settings
+from streamcart.tracing import new_traceparent, span, trace_id
+
+
+def record(message: str = "reserved %d units", *args: object, exc_info: object = None) -> logging.LogRecord:
+    args = args or ((2,) if "%" in message else ())
+    return logging.LogRecord("agents.inventory", logging.WARNING, __file__, 1, message, args, exc_info)
+
+
+def test_a_record_is_one_json_object_with_time_level_logger_and_message():
+    line = JsonFormatter().format(record())
+    entry = json.loads(line)
+    assert "\n" not in line
+    assert entry["level"] == "warning"
+    assert entry["logger"] == "agents.inventory"
+    assert entry["message"] == "reserved 2 units"
+    assert entry["time"].endswith("+00:00") and "T" in entry["time"]
+    assert "order_id" not in entry and "trace_id" not in entry
+
+
+def test_a_record_carries_the_bound_ids_and_the_current_trace_id():
+    parent = new_traceparent()
+    with span(parent), log_context(order_id="o-1", event_id="e-1", sku=None):
+        entry = json.loads(JsonFormatter().format(record()))
+    assert entry["order_id"] == "o-1" and entry["event_id"] == "e-1"
+    assert entry["trace_id"] == trace_id(parent)
+    assert "sku" not in entry
+
+
+def test_nested_contexts_add_to_each_other_and_are_undone_on_leaving():
+    with log_context(flow="orders"):
+        with log_context(order_id="o-1"):
+            inner = json.loads(JsonFormatter().format(record()))
+        outer = json.loads(JsonFormatter().format(record()))
+    after = json.loads(JsonFormatter().format(record()))
+    assert (inner["flow"], inner["order_id"]) == ("orders", "o-1")
+    assert outer["flow"] == "orders" and "order_id" not in outer
+    assert "flow" not in after
+
+
+def test_an_exception_is_kept_in_the_same_json_line():
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        line = JsonFormatter().format(record("failed", exc_info=sys.exc_info()))
+    entry = json.loads(line)
+    assert "\n" not in line
+    assert entry["message"] == "failed"
+    assert "ValueError: boom" in entry["exception"]
+
+
+def test_the_text_format_puts_the_context_after_the_message():
+    with log_context(order_id="o-1"):
+        line = TextFormatter().format(record())
+    assert line.endswith("agents.inventory: reserved 2 units [order_id=o-1]")
+
+
+def test_json_is_the_default_and_text_is_a_setting(monkeypatch):
+    assert Settings().log_format == "json"
+    monkeypatch.setenv("STREAMCART_LOG_FORMAT", "text")
+    assert Settings().log_format == "text"
+    monkeypatch.setenv("STREAMCART_LOG_FORMAT", "xml")
+    with pytest.raises(ValueError, match="log_format"):
+        Settings()
+
+
+@pytest.fixture
+def restore_root_logger():
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_the_logging_config_sends_every_logger_to_stdout_as_json(restore_root_logger, monkeypatch):
+    out = io.StringIO()
+    monkeypatch.setattr("sys.stdout", out)
+    logging.config.dictConfig(logging_config("json", "info"))
+    logging.getLogger("faust.worker").info("starting")
+    logging.getLogger("streamcart.test").debug("below the level")
+    lines = out.getvalue().splitlines()
+    assert [json.loads(line)["logger"] for line in lines] == ["faust.worker"]
