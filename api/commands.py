@@ -19,7 +19,7 @@ from schemas.errors import SchemaError
 from schemas.messages import Message
 from streamcart.settings import Settings
 from streamcart.topics import Topics
-from streamcart.tracing import new_traceparent
+from streamcart.tracing import outgoing_traceparent
 
 #: How long a command may wait for the broker's acknowledgement before the client gets 503.
 ACK_TIMEOUT_S = 5.0
@@ -71,7 +71,7 @@ class KafkaCommands:
         try:
             self.producer.produce(
                 getattr(self.topics, message.TOPIC), key=message.key.encode(), value=value,
-                headers=[("traceparent", (traceparent or new_traceparent()).encode())], on_delivery=on_delivery,
+                headers=[("traceparent", (traceparent or outgoing_traceparent()).encode())], on_delivery=on_delivery,
             )
         except (KafkaException, BufferError) as exc:
             raise Unavailable(f"could not queue the command: {exc}", headers={"Retry-After": RETRY_AFTER_S}) from exc

@@ -9,6 +9,7 @@ from __future__ import annotations
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
 
 from api.errors import Unavailable
+from streamcart.tracing import outgoing_traceparent
 
 FORWARDED_HEADER = "X-Streamcart-Forwarded-By"
 _HOP_BY_HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
@@ -24,6 +25,7 @@ async def forward(request: web.Request, session: ClientSession, owner_url: str, 
         raise Unavailable("partition ownership is changing; retry shortly", headers={"Retry-After": RETRY_AFTER_S})
     headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
     headers[FORWARDED_HEADER] = str(self_index)
+    headers["traceparent"] = outgoing_traceparent()  # the owner handles it in this request's trace
     body = await request.read()
     try:
         async with session.request(

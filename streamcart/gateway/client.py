@@ -7,6 +7,7 @@
 - Whatever happens, the caller gets a :class:`GatewayResult`: approved, declined (with the reason), or
   unavailable (no answer after the retries, or the breaker is open). Nothing here decides what that means for
   the order: :mod:`streamcart.domain.payments` does.
+- Every request carries a ``traceparent``: a child of the span being handled (:mod:`streamcart.tracing`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from streamcart.domain.payments import GatewayCall, GatewayResult
 from streamcart.errors import StreamcartError
 from streamcart.telemetry import BREAKER_LEVEL, GATEWAY_BREAKER, GATEWAY_CALLS, GATEWAY_RETRIES
+from streamcart.tracing import outgoing_traceparent
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +135,8 @@ class GatewayClient:
 
     async def _post(self, path: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
         try:
-            async with self._session.post(self.base_url + path, json=body or {}) as response:
+            headers = {"traceparent": outgoing_traceparent()}
+            async with self._session.post(self.base_url + path, json=body or {}, headers=headers) as response:
                 payload = await response.json(content_type=None) if response.content_length != 0 else {}
                 status = response.status
         except (ClientError, TimeoutError, ValueError) as exc:

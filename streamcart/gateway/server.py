@@ -6,7 +6,7 @@ POST /v1/authorizations/{id}/capture | /void | /refund → the authorization aft
 GET /v1/authorizations/{id}, GET /v1/authorizations (the ledger, for reconciliation), GET /healthz.
 
 Each call is handled as a span of the caller's trace (its ``traceparent`` header): the log lines carry its trace
-id.
+id, and an authorization records the ``traceparent`` it was created with.
 """
 
 from __future__ import annotations
@@ -108,6 +108,7 @@ async def authorize(request: web.Request) -> web.Response:
         "status": "approved" if behaviour.approve else "declined",
         "reason": behaviour.reason,
         "operations": [],
+        "traceparent": request.headers.get("traceparent"),
     }
     log.info("authorization %s for %s: %s", record["authorization_id"], req.idempotency_key, record["status"])
     return web.json_response(ledger.write(record), status=201)

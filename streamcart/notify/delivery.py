@@ -1,8 +1,9 @@
 """Channels a notification can go out on, behind one interface, with retries.
 
 The webhook channel POSTs JSON to the customer's URL with an ``Idempotency-Key`` header (a redelivered event
-sends the same key, so a receiver can drop the copy). Email and SMS go through a :class:`Provider`; the one
-shipped here appends to a JSON-lines outbox file, standing in for a real provider's API behind the same interface.
+sends the same key, so a receiver can drop the copy) and a ``traceparent`` continuing the order's trace. Email
+and SMS go through a :class:`Provider`; the one shipped here appends to a JSON-lines outbox file, standing in for
+a real provider's API behind the same interface.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from tenacity import (
 
 from streamcart.domain.notifications import Channel, Notification
 from streamcart.errors import StreamcartError
+from streamcart.tracing import outgoing_traceparent
 
 
 class DeliveryFailed(StreamcartError):
@@ -84,7 +86,7 @@ class WebhookProvider:
     async def deliver(self, notification: Notification) -> None:
         await check_webhook_url(notification.address, allow_private=self.allow_private)
         body = {"template": notification.template, **notification.payload}
-        headers = {"Idempotency-Key": notification.idempotency_key}
+        headers = {"Idempotency-Key": notification.idempotency_key, "traceparent": outgoing_traceparent()}
         try:
             async with self.session.post(
                 notification.address, json=body, headers=headers, timeout=self.timeout, allow_redirects=False

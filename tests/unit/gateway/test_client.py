@@ -6,6 +6,7 @@ from aiohttp import web
 from streamcart.domain.payments import GatewayCall, Outcome
 from streamcart.gateway.client import ClientPolicy, GatewayClient
 from streamcart.gateway.server import init_app
+from streamcart.tracing import new_traceparent, span, trace_id
 
 FAST = ClientPolicy(attempt_timeout_s=0.5, attempts=4, backoff_initial_s=0.001, backoff_max_s=0.005,
                     breaker_threshold=3, breaker_reset_s=60)
@@ -87,3 +88,12 @@ async def test_the_breaker_opens_after_repeated_failures_and_fails_fast(aiohttp_
         assert client.breaker_state == "opened"
     finally:
         await client.close()
+
+
+async def test_each_call_carries_a_child_of_the_span_being_handled(client):
+    parent = new_traceparent()
+    with span(parent) as handling:
+        await client.execute(authorize("o-trace"))
+    (entry,) = await ledger(client)
+    assert trace_id(entry["traceparent"]) == trace_id(parent)
+    assert entry["traceparent"] not in {parent, handling}

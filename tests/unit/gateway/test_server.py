@@ -53,3 +53,12 @@ async def test_an_invalid_request_is_a_422_with_a_json_error(aiohttp_client, tmp
     response = await client.post("/v1/authorizations", data=b"{not json")
     assert response.status == 422
     assert (await response.json())["error"]["code"] == "invalid_request"
+
+
+async def test_an_authorization_records_the_traceparent_it_was_called_with(aiohttp_client, tmp_path):
+    client = await aiohttp_client(init_app(tmp_path / "journal.jsonl"))
+    traceparent = "00-0123456789abcdef0123456789abcdef-0123456789abcdef-01"
+    created = await (await client.post("/v1/authorizations", json=AUTH, headers={"traceparent": traceparent})).json()
+    untraced = await (await client.post("/v1/authorizations", json={**AUTH, "idempotency_key": "order-2"})).json()
+    assert created["traceparent"] == traceparent
+    assert untraced["traceparent"] is None
