@@ -131,11 +131,11 @@ class Runtime:
         )
 
     async def send_record(self, topic: str, key: bytes, value: bytes, *, cause: Any = None) -> None:
-        """Send an already encoded record to ``topic``, as a child of the span being handled (or of the cause's,
-        outside one)."""
-        parent = current_traceparent() or (_header(cause, "traceparent") if cause is not None else None)
+        """Send an already encoded record to ``topic`` in the trace of the span being handled (outside one, in the
+        cause's trace)."""
+        traceparent = current_traceparent() or child_traceparent(_header(cause, "traceparent") if cause else None)
         assert self.sink is not None
-        await self.sink.send(topic, key, value, [("traceparent", child_traceparent(parent).encode())])
+        await self.sink.send(topic, key, value, [("traceparent", traceparent.encode())])
 
     async def dead_letter(self, event: Any, error: BaseException, flow: str) -> None:
         """Send the raw record of ``event`` to the DLQ with headers naming its origin and the error."""
@@ -195,7 +195,7 @@ async def process(runtime: Runtime, event: Any, handler: Handler, flow: str) -> 
     # one event at a time, but not for events taken in batches: set it here for the event being handled (each
     # concurrently handled event runs in its own task, so each sees its own).
     _current_event.set(weakref.ref(event))
-    with span(_header(event, "traceparent")), log_context(flow=flow):
+    with span(_header(event, "traceparent"), flow, "consumer"), log_context(flow=flow):
         try:
             message = await _decode(runtime.codec, event.value)
         except SchemaError as exc:  # undecodable, or the registry refused to say what its schema id is

@@ -16,6 +16,7 @@ from api.app import init_app
 from api.commands import KafkaCommands
 from schemas.codec import Codec
 from streamcart.logs import configure_logging, logging_config
+from streamcart.otel import start_export
 from streamcart.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ def release_local_state(tabledir: Path) -> None:
 def run(settings: Settings, index: int) -> None:
     """Run worker ``index`` until it is stopped (SIGTERM/SIGINT stop it gracefully)."""
     configure_logging(settings)
+    spans = start_export(settings, f"{settings.app_id}-worker-{index}")
     codec = Codec.connect(settings)
     runtime = build_runtime(settings, codec, worker_index=index)
     commands = KafkaCommands(settings, codec)
@@ -93,3 +95,6 @@ def run(settings: Settings, index: int) -> None:
         if stop.code in (0, None) and not worker.crash_reason:
             release_local_state(tabledir)
         raise
+    finally:
+        if spans is not None:
+            spans.shutdown()

@@ -48,7 +48,8 @@ async def request_id_middleware(request: web.Request, handler: Any) -> web.Strea
     started = time.perf_counter()
     route = _route_label(request)
     try:
-        with span(request.headers.get("traceparent")), log_context(request_id=rid):
+        with span(request.headers.get("traceparent"), f"{request.method} {route}", "server"), \
+                log_context(request_id=rid):
             response: web.StreamResponse = await handler(request)
     finally:
         request_id.reset(token)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
 
 from api.errors import Unavailable
-from streamcart.tracing import outgoing_traceparent
+from streamcart.tracing import call_span
 
 FORWARDED_HEADER = "X-Streamcart-Forwarded-By"
 _HOP_BY_HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
@@ -25,16 +25,18 @@ async def forward(request: web.Request, session: ClientSession, owner_url: str, 
         raise Unavailable("partition ownership is changing; retry shortly", headers={"Retry-After": RETRY_AFTER_S})
     headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
     headers[FORWARDED_HEADER] = str(self_index)
-    headers["traceparent"] = outgoing_traceparent()  # the owner handles it in this request's trace
     body = await request.read()
+    url = owner_url.rstrip("/") + request.rel_url.path_qs
     try:
-        async with session.request(
-            request.method, owner_url.rstrip("/") + request.rel_url.path_qs, headers=headers, data=body,
-            timeout=ClientTimeout(total=FORWARD_TIMEOUT_S, sock_connect=2),
-        ) as upstream:
-            payload = await upstream.read()
-            relay = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_BY_HOP}
-            return web.Response(status=upstream.status, body=payload, headers=relay)
+        with call_span(f"forward {request.method}") as traceparent:  # the owner answers in this request's trace
+            headers["traceparent"] = traceparent
+            async with session.request(
+                request.method, url, headers=headers, data=body,
+                timeout=ClientTimeout(total=FORWARD_TIMEOUT_S, sock_connect=2),
+            ) as upstream:
+                payload = await upstream.read()
+                relay = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_BY_HOP}
+                return web.Response(status=upstream.status, body=payload, headers=relay)
     except (ClientError, TimeoutError) as exc:
         raise Unavailable(
             f"the worker owning this key did not answer ({type(exc).__name__})",

@@ -88,6 +88,9 @@ class Settings(BaseSettings):
 
     log_level: str = "info"
     log_format: LogFormat = "json"
+    # OpenTelemetry: where to export spans over OTLP/HTTP (e.g. http://127.0.0.1:4318); empty: no export, and
+    # nothing of OpenTelemetry is loaded (it is the optional extra ``streamcart[otel]``).
+    otel_endpoint: str = ""
 
     #: The Kafka Connect sink configurations (default: the repository's ``connectors/``).
     connectors_dir: Path | None = None

@@ -1,8 +1,9 @@
 """W3C trace context (``traceparent``) carried in Kafka headers and HTTP calls, so one order is one trace.
 
 While a message (or a request) is handled, its span is the *current* one (:func:`span`, a context variable, so
-concurrently handled messages each see their own): outgoing calls carry a child of it
-(:func:`outgoing_traceparent`) and log records its trace id.
+concurrently handled messages each see their own): the messages it sends carry it (:func:`outgoing_traceparent`),
+each HTTP call it makes is a child span, and its log records carry the trace id. Spans are only ids unless a
+:class:`SpanRecorder` is installed (:mod:`streamcart.otel`, when an OpenTelemetry endpoint is configured).
 """
 
 from __future__ import annotations
@@ -11,11 +12,32 @@ import contextvars
 import re
 import secrets
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from typing import Literal, Protocol
+
+SpanKind = Literal["internal", "server", "client", "producer", "consumer"]
 
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 
 _current: contextvars.ContextVar[str | None] = contextvars.ContextVar("traceparent", default=None)
+
+
+class SpanRecorder(Protocol):
+    """Records spans somewhere (an OpenTelemetry exporter); it mints their ids."""
+
+    def span(self, name: str, parent: str | None, kind: SpanKind) -> AbstractContextManager[str]:
+        """Record a span named ``name`` in ``parent``'s trace (a new trace when missing or malformed) while the
+        block runs; yields its ``traceparent``."""
+        ...
+
+
+_recorder: SpanRecorder | None = None
+
+
+def record_spans(recorder: SpanRecorder | None) -> None:
+    """Install (or, with ``None``, remove) the process's span recorder: once, at its wiring point."""
+    global _recorder
+    _recorder = recorder
 
 
 def new_traceparent() -> str:
@@ -44,10 +66,19 @@ def current_traceparent() -> str | None:
 
 
 @contextmanager
-def span(parent: str | None) -> Iterator[str]:
+def span(parent: str | None, name: str, kind: SpanKind = "internal") -> Iterator[str]:
     """Handle something as a new span of ``parent``'s trace (a new trace without one): the current span inside
     the block. Yields its ``traceparent``."""
-    traceparent = child_traceparent(parent)
+    if _recorder is None:
+        with _current_span(child_traceparent(parent)) as traceparent:
+            yield traceparent
+    else:
+        with _recorder.span(name, parent, kind) as recorded, _current_span(recorded) as traceparent:
+            yield traceparent
+
+
+@contextmanager
+def _current_span(traceparent: str) -> Iterator[str]:
     token = _current.set(traceparent)
     try:
         yield traceparent
@@ -55,6 +86,12 @@ def span(parent: str | None) -> Iterator[str]:
         _current.reset(token)
 
 
+def call_span(name: str) -> AbstractContextManager[str]:
+    """An outgoing HTTP call made now, as a child span of the current one: send the ``traceparent`` it yields."""
+    return span(_current.get(), name, "client")
+
+
 def outgoing_traceparent() -> str:
-    """The ``traceparent`` for a call made now: a child of the current span (a new trace outside any)."""
-    return child_traceparent(_current.get())
+    """The ``traceparent`` for a message sent now: the current span's (the span that sent it is the parent of
+    whatever handles it), or a new trace outside any."""
+    return _current.get() or new_traceparent()

@@ -7,7 +7,7 @@
 - Whatever happens, the caller gets a :class:`GatewayResult`: approved, declined (with the reason), or
   unavailable (no answer after the retries, or the breaker is open). Nothing here decides what that means for
   the order: :mod:`streamcart.domain.payments` does.
-- Every request carries a ``traceparent``: a child of the span being handled (:mod:`streamcart.tracing`).
+- Every request is a child span of the one being handled, and says so in its ``traceparent`` header.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from streamcart.domain.payments import GatewayCall, GatewayResult
 from streamcart.errors import StreamcartError
 from streamcart.telemetry import BREAKER_LEVEL, GATEWAY_BREAKER, GATEWAY_CALLS, GATEWAY_RETRIES
-from streamcart.tracing import outgoing_traceparent
+from streamcart.tracing import call_span
 
 log = logging.getLogger(__name__)
 
@@ -135,10 +135,11 @@ class GatewayClient:
 
     async def _post(self, path: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
         try:
-            headers = {"traceparent": outgoing_traceparent()}
-            async with self._session.post(self.base_url + path, json=body or {}, headers=headers) as response:
-                payload = await response.json(content_type=None) if response.content_length != 0 else {}
-                status = response.status
+            with call_span(f"payment gateway {path.rsplit('/', 1)[-1]}") as traceparent:
+                headers = {"traceparent": traceparent}
+                async with self._session.post(self.base_url + path, json=body or {}, headers=headers) as response:
+                    payload = await response.json(content_type=None) if response.content_length != 0 else {}
+                    status = response.status
         except (ClientError, TimeoutError, ValueError) as exc:
             raise TransientGatewayError(f"{type(exc).__name__}: {exc}") from exc
         if status >= 500 or status == 429:

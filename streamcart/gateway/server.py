@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field, ValidationError
 from streamcart.gateway.behaviour import behaviour_of
 from streamcart.ids import derive_id
 from streamcart.logs import configure_logging
+from streamcart.otel import start_export
 from streamcart.settings import Settings
 from streamcart.tracing import span
 
@@ -146,7 +147,9 @@ async def healthz(request: web.Request) -> web.Response:
 @web.middleware
 async def trace_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     """Handle the call as a span of the caller's trace."""
-    with span(request.headers.get("traceparent")):
+    resource = request.match_info.route.resource
+    name = f"{request.method} {resource.canonical if resource is not None else 'unmatched'}"
+    with span(request.headers.get("traceparent"), name, "server"):
         response: web.StreamResponse = await handler(request)
         return response
 
@@ -165,5 +168,10 @@ def init_app(journal: Path) -> web.Application:
 def run(settings: Settings) -> None:
     """Serve the gateway until stopped."""
     configure_logging(settings)
+    spans = start_export(settings, f"{settings.app_id}-gateway")
     journal = Path(settings.home) / "data" / "gateway" / "journal.jsonl"
-    web.run_app(init_app(journal), host=settings.host, port=settings.gateway_port, print=None, access_log=None)
+    try:
+        web.run_app(init_app(journal), host=settings.host, port=settings.gateway_port, print=None, access_log=None)
+    finally:
+        if spans is not None:
+            spans.shutdown()

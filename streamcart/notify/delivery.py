@@ -26,7 +26,7 @@ from tenacity import (
 
 from streamcart.domain.notifications import Channel, Notification
 from streamcart.errors import StreamcartError
-from streamcart.tracing import outgoing_traceparent
+from streamcart.tracing import call_span
 
 
 class DeliveryFailed(StreamcartError):
@@ -86,13 +86,14 @@ class WebhookProvider:
     async def deliver(self, notification: Notification) -> None:
         await check_webhook_url(notification.address, allow_private=self.allow_private)
         body = {"template": notification.template, **notification.payload}
-        headers = {"Idempotency-Key": notification.idempotency_key, "traceparent": outgoing_traceparent()}
         try:
-            async with self.session.post(
-                notification.address, json=body, headers=headers, timeout=self.timeout, allow_redirects=False
-            ) as r:
-                if r.status >= 300:
-                    raise DeliveryFailed(f"webhook answered HTTP {r.status}")
+            with call_span("webhook") as traceparent:
+                headers = {"Idempotency-Key": notification.idempotency_key, "traceparent": traceparent}
+                async with self.session.post(
+                    notification.address, json=body, headers=headers, timeout=self.timeout, allow_redirects=False
+                ) as r:
+                    if r.status >= 300:
+                        raise DeliveryFailed(f"webhook answered HTTP {r.status}")
         except (ClientError, TimeoutError, ValueError) as exc:
             raise DeliveryFailed(f"webhook unreachable: {type(exc).__name__}: {exc}") from exc
 

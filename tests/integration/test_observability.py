@@ -96,8 +96,6 @@ def test_every_record_of_an_order_and_its_http_calls_carry_the_callers_trace(
 
     traces = {name: trace_id(headers_of(record).get("traceparent", b"").decode()) for name, record in ours}
     assert traces == dict.fromkeys(traces, trace_id(traceparent)), traces
-    spans = [headers_of(record)["traceparent"] for _, record in ours]
-    assert len(set(spans)) == len(spans), "each record is a span of its own"
 
     authorization = shop.gateway_ledger()[order_id]
     assert trace_id(authorization["traceparent"]) == trace_id(traceparent)

@@ -31,7 +31,7 @@ def test_a_record_is_one_json_object_with_time_level_logger_and_message():
 
 def test_a_record_carries_the_bound_ids_and_the_current_trace_id():
     parent = new_traceparent()
-    with span(parent), log_context(order_id="o-1", event_id="e-1", sku=None):
+    with span(parent, "test"), log_context(order_id="o-1", event_id="e-1", sku=None):
         entry = json.loads(JsonFormatter().format(record()))
     assert entry["order_id"] == "o-1" and entry["event_id"] == "e-1"
     assert entry["trace_id"] == trace_id(parent)

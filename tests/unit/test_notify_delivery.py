@@ -47,7 +47,7 @@ async def test_a_webhook_carries_the_idempotency_key_and_a_child_of_the_current_
     )
     parent = new_traceparent()
     async with ClientSession() as session:
-        with span(parent) as handling:
+        with span(parent, "test") as handling:
             await WebhookProvider(session, allow_private=True).deliver(notification)
     (headers,) = received
     assert headers["Idempotency-Key"] == "n-1"

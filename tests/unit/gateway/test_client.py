@@ -92,7 +92,7 @@ async def test_the_breaker_opens_after_repeated_failures_and_fails_fast(aiohttp_
 
 async def test_each_call_carries_a_child_of_the_span_being_handled(client):
     parent = new_traceparent()
-    with span(parent) as handling:
+    with span(parent, "test") as handling:
         await client.execute(authorize("o-trace"))
     (entry,) = await ledger(client)
     assert trace_id(entry["traceparent"]) == trace_id(parent)
