@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextvars
 import hashlib
 import logging
 import math
@@ -23,8 +22,6 @@ log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-Id"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
-#: The current request's id (log records get it from :func:`streamcart.logs.log_context`).
-request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 REQUESTS = Counter("streamcart_http_requests_total", "HTTP requests answered", ["route", "method", "status"])
 LATENCY = Histogram(
@@ -44,15 +41,10 @@ async def request_id_middleware(request: web.Request, handler: Any) -> web.Strea
     as a span of the caller's trace (its ``traceparent``, or a new trace), which the commands it sends continue."""
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
     rid = incoming if _VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
-    token = request_id.set(rid)
     started = time.perf_counter()
     route = _route_label(request)
-    try:
-        with span(request.headers.get("traceparent"), f"{request.method} {route}", "server"), \
-                log_context(request_id=rid):
-            response: web.StreamResponse = await handler(request)
-    finally:
-        request_id.reset(token)
+    with span(request.headers.get("traceparent"), f"{request.method} {route}", "server"), log_context(request_id=rid):
+        response: web.StreamResponse = await handler(request)
     if not response.prepared:
         response.headers[REQUEST_ID_HEADER] = rid
     REQUESTS.labels(route, request.method, str(response.status)).inc()
