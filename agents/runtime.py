@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from faust.streams import _current_event
+from pydantic import ValidationError
 
 from agents.watch import OrderWatch
 from schemas.codec import Codec
@@ -204,14 +205,38 @@ async def process(runtime: Runtime, event: Any, handler: Handler, flow: str) -> 
             return
         ids = {"order_id": getattr(message, "order_id", None), "sku": getattr(message, "sku", None)}
         with log_context(**ids, event_id=message.event_id):
-            try:
-                await handler(message, event)
-            except Exception as exc:
-                log.exception("flow %s failed on %s %s", flow, type(message).__name__, message.event_id)
-                runtime.telemetry.failed(flow, exc)
-                await runtime.dead_letter(event, exc, flow)
+            failure = await _handle(handler, message, event, flow)
+            if failure is not None:
+                log.error("flow %s failed on %s %s", flow, type(message).__name__, message.event_id,
+                          exc_info=failure)
+                runtime.telemetry.failed(flow, failure)
+                await runtime.dead_letter(event, failure, flow)
             else:
                 runtime.telemetry.processed(flow)
+
+
+#: Waits before trying a failed handler again. A failure that is the message's own (a refusal, an invalid
+#: message) is dead-lettered at once; any other may be the moment's (a rebalance or a stop under way): the handler
+#: is idempotent, so it is tried again first, and a stop cancels the wait, leaving the message unacknowledged for
+#: whoever owns its partition next instead of dead-lettering a message that was fine.
+HANDLER_RETRY_DELAYS_S = (0.2, 0.5, 1.0)
+
+
+async def _handle(handler: Handler, message: Message, event: Any, flow: str) -> BaseException | None:
+    """Run ``handler``; ``None`` when it succeeded, else the failure that should dead-letter the message."""
+    for delay in (*HANDLER_RETRY_DELAYS_S, None):
+        try:
+            await handler(message, event)
+            return None
+        except (FlowError, ValidationError) as exc:
+            return exc
+        except Exception as exc:
+            if delay is None:
+                return exc
+            log.warning("flow %s failed on %s %s (%s: %s); trying again in %.1f s", flow, type(message).__name__,
+                        message.event_id, type(exc).__name__, exc, delay)
+            await asyncio.sleep(delay)
+    return None
 
 
 async def consume(runtime: Runtime, stream: Any, handler: Handler, *, flow: str) -> None:

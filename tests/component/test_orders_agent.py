@@ -64,3 +64,45 @@ async def test_a_message_of_another_flow_on_the_order_topic_is_dead_lettered(run
         await agent.put(codec.encode(stray), key=b"A")
     dead = sink.records(runtime.topics.dlq)
     assert [d.headers[DlqHeader.ERROR_CLASS] for d in dead] == [b"FlowError"]
+
+
+class FlakySink:
+    """A sink whose first ``failures`` sends raise, as a stopping producer or a rebalance might."""
+
+    def __init__(self, inner, failures: int) -> None:
+        self.inner = inner
+        self.failures = failures
+
+    async def send(self, topic, key, value, headers):
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("producer is stopping")
+        await self.inner.send(topic, key, value, headers)
+
+
+async def test_a_failure_that_is_not_the_messages_fault_is_retried_instead_of_dead_lettered(
+    codec, sink, tmp_path, monkeypatch
+):
+    import agents.runtime as rt
+
+    monkeypatch.setattr(rt, "HANDLER_RETRY_DELAYS_S", (0.0, 0.0, 0.0))
+    runtime = build_runtime(Settings(home=tmp_path, partitions=4), codec, store="memory://",
+                            sink=FlakySink(sink, failures=2))
+    async with runtime.agents["orders"].test_context() as agent:
+        await agent.put(codec.encode(place()), key=b"o-1")
+    assert sink.records(runtime.topics.dlq) == []
+    assert [type(m) for m in sink.messages(runtime.topics.order_events)] == [OrderPlaced]
+    order = runtime.tables.orders.get("o-1")
+    assert order is not None and len(order.history) == 1
+
+
+async def test_a_failure_that_persists_is_dead_lettered_after_the_retries(codec, sink, tmp_path, monkeypatch):
+    import agents.runtime as rt
+
+    monkeypatch.setattr(rt, "HANDLER_RETRY_DELAYS_S", (0.0, 0.0, 0.0))
+    runtime = build_runtime(Settings(home=tmp_path, partitions=4), codec, store="memory://",
+                            sink=FlakySink(sink, failures=4))
+    async with runtime.agents["orders"].test_context() as agent:
+        await agent.put(codec.encode(place()), key=b"o-1")
+    (dead,) = sink.records(runtime.topics.dlq)
+    assert dead.headers[DlqHeader.ERROR_CLASS] == b"RuntimeError"
