@@ -96,7 +96,7 @@ def test_known_orders_give_exactly_the_expected_windows(shop: Shop, settings, co
 
     # The current windows are there before they close.
     current = poll(lambda: (r := revenue_now()) and {k: (v["revenue_cents"], v["orders"]) for k, v in r.items()}
-                   == expected_revenue and r, what="the current revenue windows")
+                   == expected_revenue and r, timeout_s=90, what="the current revenue windows")
     assert not any(w["final"] for w in current.values())
 
     # Move event time past every window these orders fall in (the 5-minute ones too), on every partition.
@@ -107,7 +107,7 @@ def test_known_orders_give_exactly_the_expected_windows(shop: Shop, settings, co
     ))
 
     final = poll(lambda: (r := revenue_now()) and all(w["final"] for w in r.values()) and r,
-                 what="the revenue windows to be final")
+                 timeout_s=90, what="the revenue windows to be final")
     assert {k: (v["revenue_cents"], v["orders"]) for k, v in final.items()} == expected_revenue
     # I6: revenue summed over the windows equals the confirmed totals.
     assert sum(v["revenue_cents"] for v in final.values()) == confirmed_total
