@@ -25,9 +25,19 @@ from api import analytics, dashboard, stream
 from api.auth import Principal, authenticate
 from api.commands import CommandPort
 from api.context import WorkerView
-from api.errors import ApiError, Forbidden, NotFound, Unavailable, error_middleware
+from api.errors import (
+    ApiError,
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+    Unavailable,
+    UnsupportedMediaType,
+    error_middleware,
+)
 from api.middleware import TokenBuckets, rate_limit_middleware, request_id_middleware
 from api.models import (
+    IDENTIFIER_PATTERN,
     Accepted,
     AdjustmentIn,
     CancelIn,
@@ -111,18 +121,6 @@ def _cors(origins: tuple[str, ...]) -> Any:
 
 # --- Plumbing -------------------------------------------------------------------------------------------------
 
-class Conflict(ApiError):
-    status, code = 409, "conflict"
-
-
-class Invalid(ApiError):
-    status, code = 422, "invalid"
-
-
-class UnsupportedMediaType(ApiError):
-    status, code = 415, "unsupported_media_type"
-
-
 def _principal(request: web.Request) -> Principal:
     secret = request.app[SETTINGS].jwt_secret.get_secret_value()
     return authenticate(request.headers.get("Authorization"), secret)
@@ -167,7 +165,7 @@ def _identifier(request: web.Request, name: str) -> str:
     return value
 
 
-_IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+_IDENTIFIER = re.compile(IDENTIFIER_PATTERN)
 
 
 def _commands(request: web.Request) -> CommandPort:

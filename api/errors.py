@@ -37,6 +37,18 @@ class NotFound(ApiError):
     status, code = 404, "not_found"
 
 
+class Conflict(ApiError):
+    status, code = 409, "conflict"
+
+
+class UnsupportedMediaType(ApiError):
+    status, code = 415, "unsupported_media_type"
+
+
+class Invalid(ApiError):
+    status, code = 422, "invalid"
+
+
 class Unavailable(ApiError):
     status, code = 503, "unavailable"
 

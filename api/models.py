@@ -7,7 +7,8 @@ from typing import Annotated, Literal
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
 #: What a SKU, an order id or a customer id may look like in a URL or a body: plain, short, unambiguous.
-Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$", examples=["KB-001"])]
+IDENTIFIER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+Identifier = Annotated[str, Field(pattern=IDENTIFIER_PATTERN, examples=["KB-001"])]
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", examples=["EUR"])]
 
 
@@ -60,13 +61,13 @@ class WaitQuery(_Body):
 
 class OrderPageQuery(_Body):
     limit: int = Field(default=50, ge=1, le=500)
-    cursor: str | None = Field(default=None, pattern=r"^[0-9]{1,15}\.[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$",
+    cursor: str | None = Field(default=None, pattern=r"^[0-9]{1,15}\." + IDENTIFIER_PATTERN[1:],
                                description="`next_cursor` of the previous page (`placed_at.order_id`)")
 
 
 class ProductPageQuery(_Body):
     limit: int = Field(default=50, ge=1, le=500)
-    cursor: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$",
+    cursor: str | None = Field(default=None, pattern=IDENTIFIER_PATTERN,
                                description="`next_cursor` of the previous page (the last SKU seen)")
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel
 
-from api.models import ErrorOut
+from api.models import IDENTIFIER_PATTERN, ErrorOut
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -42,8 +42,6 @@ class Route:
 
 
 _PATH_PARAM = re.compile(r"{([^}]+)}")
-#: What a path parameter (an order id, a SKU, a customer id) may look like.
-PATH_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
 
 ERROR_TEXT = {
     400: "malformed request", 401: "missing, malformed or invalid token", 403: "the token's role may not do this",
@@ -69,7 +67,7 @@ def openapi(routes: Sequence[Route], *, title: str, version: str) -> dict[str, A
         if not route.in_schema:
             continue
         parameters: list[dict[str, Any]] = [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string", "pattern": PATH_PATTERN}}
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string", "pattern": IDENTIFIER_PATTERN}}
             for name in _PATH_PARAM.findall(route.path)
         ]
         if route.query is not None:

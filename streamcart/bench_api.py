@@ -15,13 +15,12 @@ from dataclasses import dataclass, field
 
 from aiohttp import ClientSession, ClientTimeout, TCPConnector
 
+from api.app import SERVED_BY
 from api.auth import issue_token
 from schemas.messages import AdjustStock, UpsertProduct
 from streamcart.commands import CommandSender, envelope
 from streamcart.ids import new_id
 from streamcart.settings import Settings
-
-SERVED_BY = "X-Streamcart-Served-By"  # api.app.SERVED_BY (not imported: the bench needs no server code)
 
 
 @dataclass
