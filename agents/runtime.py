@@ -244,27 +244,62 @@ async def consume(runtime: Runtime, stream: Any, handler: Handler, *, flow: str)
 
     An exception escaping an agent would skip the message *and* restart the agent, so none may escape: a value
     that does not decode, or that the flow cannot process, is dead-lettered with the reason.
+
+    An event is acknowledged only once it was handled (or dead-lettered). faust's own iteration acknowledges an
+    event in a ``finally`` clause, so an agent cancelled mid-handler by a stop would have its event committed, and
+    the message lost to the partition's next owner; iterating without acks and acknowledging here prevents that.
     """
-    async for event in stream.events():
+    events = stream.noack()
+    async for event in events.events():
         await process(runtime, event, handler, flow)
+        await events.ack(event)
+
+
+#: How many messages one concurrently consuming agent handles at once.
+CONCURRENT_MESSAGES = 256
 
 
 async def consume_concurrently(
-    runtime: Runtime, stream: Any, handler: Handler, *, flow: str, batch: int = 256, within_s: float = 0.005
+    runtime: Runtime, stream: Any, handler: Handler, *, flow: str, limit: int = CONCURRENT_MESSAGES
 ) -> None:
-    """Like :func:`consume`, for flows that wait on slow calls: take a batch, handle different keys at once.
+    """Like :func:`consume`, for flows that wait on slow calls: handle the messages of different keys at once.
 
-    The messages of one key are handled one after the other in offset order; different keys run concurrently.
-    Offsets of a batch are committed only after the whole batch was handled (and faust flushes the producer
-    before it commits), so a crash replays the batch and the duplicate rule absorbs what had been done.
+    The messages of one key are handled one after the other in offset order; different keys run concurrently, up
+    to ``limit`` messages in flight. Each event is acknowledged once handled; faust commits a partition's offsets
+    only up to its first unacknowledged event (and flushes the producer first), so a crash or a stop replays what
+    was unfinished and the duplicate rule absorbs what had been done. A stop cancels the messages in flight, which
+    stay unacknowledged (faust's ``take_events`` would acknowledge a whole batch even then).
     """
-    async for events in stream.take_events(batch, within=within_s):
-        by_key: dict[bytes | None, list[Any]] = {}
-        for event in events:
-            by_key.setdefault(event.key, []).append(event)
+    events = stream.noack()
+    slots = asyncio.Semaphore(limit)
+    last_of_key: dict[bytes | None, asyncio.Task[None]] = {}
+    in_flight: dict[asyncio.Task[None], bytes | None] = {}  # each task's key
 
-        async def in_order(key_events: list[Any]) -> None:
-            for event in key_events:
-                await process(runtime, event, handler, flow)
+    async def handle(event: Any, before: asyncio.Task[None] | None) -> None:
+        try:
+            if before is not None:
+                await asyncio.wait((before,))  # the key's previous message first; its failure is its own
+            await process(runtime, event, handler, flow)
+            await events.ack(event)
+        finally:
+            slots.release()
 
-        await asyncio.gather(*(in_order(group) for group in by_key.values()))
+    def done(task: asyncio.Task[None]) -> None:
+        key = in_flight.pop(task)
+        if last_of_key.get(key) is task:
+            del last_of_key[key]
+        if not task.cancelled() and (failure := task.exception()) is not None:
+            # Not even dead-lettering worked: the event stays unacknowledged, so it is processed again after the
+            # next restart or rebalance (its partition commits no further meanwhile).
+            log.error("flow %s could not handle or dead-letter a message", flow, exc_info=failure)
+
+    try:
+        async for event in events.events():
+            await slots.acquire()
+            key = event.key
+            task = asyncio.ensure_future(handle(event, last_of_key.get(key)))
+            last_of_key[key], in_flight[task] = task, key
+            task.add_done_callback(done)
+    finally:
+        for task in list(in_flight):
+            task.cancel()

@@ -12,8 +12,9 @@ is the last hour, to no end. Admin only.
 
 from __future__ import annotations
 
+import re
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol, cast
 
 from aiohttp import web
@@ -22,6 +23,8 @@ import api.app as core
 from api import gather
 from api.auth import Principal, authenticate
 from api.errors import ApiError, Forbidden
+from api.models import OutcomesOut, RevenueOut, TopSkusOut, TopSkusQuery, WindowRangeQuery
+from api.spec import Route
 from streamcart.domain import analytics
 from streamcart.domain.analytics import PartitionView, WindowTotal
 
@@ -41,10 +44,6 @@ class BadQuery(ApiError):
 
 def setup_routes(app: web.Application) -> None:
     gather.setup(app, app[core.SETTINGS])
-    app.router.add_get("/v1/analytics/revenue", revenue)
-    app.router.add_get("/v1/analytics/top-skus", top_skus)
-    app.router.add_get("/v1/analytics/outcomes", outcomes)
-    app.router.add_get("/v1/internal/analytics/{metric}", local_windows)
 
 
 def require_admin(request: web.Request) -> Principal:
@@ -55,24 +54,27 @@ def require_admin(request: web.Request) -> Principal:
     return principal
 
 
+_EPOCH_MS = re.compile(r"-?[0-9]{1,18}")
+
+
 def parse_time(value: str | None, default: int, name: str) -> int:
     """Epoch milliseconds, or an ISO 8601 time (UTC unless it says otherwise)."""
     if value is None or value == "":
         return default
-    if value.lstrip("-").isdigit():
+    if _EPOCH_MS.fullmatch(value):
         return int(value)
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError as exc:
         raise BadQuery(f"'{name}' must be epoch milliseconds or an ISO 8601 time", details={name: value}) from exc
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=datetime.now().astimezone().tzinfo)
+        parsed = parsed.replace(tzinfo=UTC)
     return int(parsed.timestamp() * 1000)
 
 
-def time_range(request: web.Request) -> tuple[int, int]:
-    start = parse_time(request.query.get("from"), int(time.time() * 1000) - DEFAULT_SPAN_MS, "from")
-    end = parse_time(request.query.get("to"), NO_END, "to")
+def time_range(query: WindowRangeQuery) -> tuple[int, int]:
+    start = parse_time(query.from_, int(time.time() * 1000) - DEFAULT_SPAN_MS, "from")
+    end = parse_time(query.to, NO_END, "to")
     if end <= start:
         raise BadQuery("'to' must be after 'from'", details={"from": start, "to": end})
     return start, end
@@ -103,7 +105,7 @@ def _window(total: WindowTotal) -> dict[str, Any]:
 async def revenue(request: web.Request) -> web.Response:
     """Revenue and confirmed orders per 1-minute window, by currency."""
     require_admin(request)
-    start, end = time_range(request)
+    start, end = time_range(core.parsed_query(request, WindowRangeQuery))
     totals, meta = await gathered(request, analytics.REVENUE.metric, start, end)
     windows = []
     for total in totals:
@@ -119,13 +121,9 @@ async def revenue(request: web.Request) -> web.Response:
 async def top_skus(request: web.Request) -> web.Response:
     """Units sold per SKU per 5-minute window hopping every minute, the ``limit`` (default 10) best first."""
     require_admin(request)
-    start, end = time_range(request)
-    try:
-        limit = int(request.query.get("limit", "10"))
-    except ValueError as exc:
-        raise BadQuery("'limit' must be an integer") from exc
-    if not 1 <= limit <= 1000:
-        raise BadQuery("'limit' must be between 1 and 1000")
+    query = core.parsed_query(request, TopSkusQuery)
+    start, end = time_range(query)
+    limit = query.limit
     totals, meta = await gathered(request, analytics.SKU_UNITS.metric, start, end)
     windows = [{**_window(t), "skus": ranked(t.counts, limit)} for t in totals]
     return web.json_response({**meta, "windows": windows})
@@ -140,7 +138,7 @@ def ranked(units: dict[str, int], limit: int) -> list[dict[str, Any]]:
 async def outcomes(request: web.Request) -> web.Response:
     """Confirmed orders and cancellations by reason per 1-minute window."""
     require_admin(request)
-    start, end = time_range(request)
+    start, end = time_range(core.parsed_query(request, WindowRangeQuery))
     totals, meta = await gathered(request, analytics.OUTCOMES.metric, start, end)
     windows = []
     for total in totals:
@@ -158,7 +156,20 @@ async def local_windows(request: web.Request) -> web.Response:
     metric = request.match_info["metric"]
     if metric not in analytics.FOLDS:
         raise BadQuery(f"unknown metric {metric!r}", details={"metrics": sorted(analytics.FOLDS)})
-    start, end = time_range(request)
+    start, end = time_range(core.parsed_query(request, WindowRangeQuery))
     source = cast(AnalyticsSource, request.app[core.WORKER])
     views = source.analytics(metric, start, end)
     return web.json_response({"worker": request.app[core.WORKER].index, "partitions": [v.model_dump() for v in views]})
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/v1/analytics/revenue", revenue, "revenue and confirmed orders per 1-minute event-time window "
+          "(admin)", "analytics", query=WindowRangeQuery, responses={200: RevenueOut}, errors=(400, 403, 503)),
+    Route("GET", "/v1/analytics/top-skus", top_skus, "units per SKU per 5-minute window hopping every minute "
+          "(admin)", "analytics", query=TopSkusQuery, responses={200: TopSkusOut}, errors=(400, 403, 503)),
+    Route("GET", "/v1/analytics/outcomes", outcomes, "confirmed and cancelled orders (by reason) per 1-minute "
+          "window (admin)", "analytics", query=WindowRangeQuery, responses={200: OutcomesOut},
+          errors=(400, 403, 503)),
+    Route("GET", "/v1/internal/analytics/{metric}", local_windows, "this worker's windows (worker to worker)",
+          "internal", in_schema=False),
+)

@@ -93,9 +93,10 @@ def init_app(settings: Settings, worker: WorkerView, commands: CommandPort | Non
         app[COMMANDS] = commands
     app[PLACING] = Placements()
     app.cleanup_ctx.append(_http_session)
-    for route in ROUTES:
+    routes = ROUTES + analytics.ROUTES + stream.ROUTES + dashboard.ROUTES
+    for route in routes:
         app.router.add_route(route.method, route.path, route.handler)
-    app[SPEC] = openapi(ROUTES, title="streamcart", version=API_VERSION)
+    app[SPEC] = openapi(routes, title="streamcart", version=API_VERSION)
     if origins := tuple(o.strip() for o in settings.cors_origins.split(",") if o.strip()):
         app.on_response_prepare.append(_cors(origins))
     for module in (analytics, stream, dashboard):
@@ -151,7 +152,8 @@ async def _body(request: web.Request, model: type[M]) -> M:
         raise Invalid("the body failed validation", details=_validation_details(exc)) from exc
 
 
-def _query(request: web.Request, model: type[M]) -> M:
+def parsed_query(request: web.Request, model: type[M]) -> M:
+    """The request's query as ``model``; 422 with the fields at fault when it is not one."""
     try:
         return model.model_validate(dict(request.query))
     except ValidationError as exc:
@@ -250,7 +252,7 @@ def order_json(order: OrderState) -> dict[str, object]:
 async def get_order(request: web.Request) -> web.Response:
     principal = _principal(request)
     order_id = _identifier(request, "order_id")
-    query = _query(request, WaitQuery)
+    query = parsed_query(request, WaitQuery)
     if (forwarded := await _forward_unless_owner(request, "orders", order_id)) is not None:
         return forwarded
     worker = request.app[WORKER]
@@ -414,7 +416,7 @@ async def customer_orders(request: web.Request) -> web.Response:
     customer_id = _identifier(request, "customer_id")
     if not principal.may_see_customer(customer_id):
         raise NotFound(f"customer {customer_id} not found")
-    page = _query(request, OrderPageQuery)
+    page = parsed_query(request, OrderPageQuery)
     after = _order_cursor(page.cursor)
 
     def local(worker: WorkerView) -> list[dict[str, Any]]:
@@ -479,7 +481,7 @@ async def get_product(request: web.Request) -> web.Response:
 
 async def list_products(request: web.Request) -> web.Response:
     _principal(request)
-    page = _query(request, ProductPageQuery)
+    page = parsed_query(request, ProductPageQuery)
     after = page.cursor
 
     def local(worker: WorkerView) -> list[dict[str, Any]]:

@@ -17,7 +17,9 @@ import api.app as core
 from api import gather
 from api.auth import authenticate
 from api.errors import NotFound, Unavailable
+from api.models import TimelineOut
 from api.routing import forward
+from api.spec import Route
 from streamcart.telemetry import Telemetry
 
 STATIC = Path(__file__).parent / "static"
@@ -25,9 +27,7 @@ STATIC = Path(__file__).parent / "static"
 
 def setup_routes(app: web.Application) -> None:
     gather.setup(app, app[core.SETTINGS])
-    app.router.add_get("/dashboard", page)
     app.router.add_static("/dashboard/static", STATIC, append_version=True)
-    app.router.add_get("/v1/orders/{order_id}/timeline", timeline)
 
 
 async def page(request: web.Request) -> web.FileResponse:
@@ -66,3 +66,11 @@ async def timeline(request: web.Request) -> web.Response:
         "total_cents": order.total_cents, "currency": order.currency, "cancel_reason": order.cancel_reason,
         "placed_at": order.placed_at, "steps": steps,
     })
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/dashboard", page, "the live dashboard (an HTML page; it asks for an admin token)", "live",
+          auth=False, responses={200: None}, content_type="text/html"),
+    Route("GET", "/v1/orders/{order_id}/timeline", timeline, "an order's steps with when each was applied and the "
+          "stage latencies", "orders", responses={200: TimelineOut}, errors=(404, 503)),
+)

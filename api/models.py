@@ -161,3 +161,95 @@ class ErrorDetail(BaseModel):
 
 class ErrorOut(BaseModel):
     error: ErrorDetail
+
+
+# --- Analytics, the live stream, the timeline ----------------------------------------------------------------
+
+class WindowRangeQuery(_Body):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    from_: str | None = Field(default=None, alias="from", max_length=40, examples=["2026-11-25T17:00:00Z"],
+                              description="windows starting at or after this time: epoch milliseconds or ISO 8601 "
+                                          "(UTC unless it says otherwise); default an hour ago")
+    to: str | None = Field(default=None, max_length=40, description="windows starting before this time; default "
+                                                                     "no end")
+
+
+class TopSkusQuery(WindowRangeQuery):
+    limit: int = Field(default=10, ge=1, le=1000, description="SKUs per window, best first")
+
+
+class WindowsMeta(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    from_: int = Field(alias="from")
+    to: int | None
+    late_events: int = Field(description="events that came after their window had closed (in no window)")
+    allowed_lateness_ms: int
+    watermark: int | None = Field(description="the slowest partition's event time; null until every partition "
+                                              "has one")
+
+
+class WindowOut(BaseModel):
+    window_start: int
+    window_end: int
+    final: bool = Field(description="closed on every partition: this count will not change")
+
+
+class RevenueWindowOut(WindowOut):
+    currency: str
+    revenue_cents: int
+    orders: int
+
+
+class RevenueOut(WindowsMeta):
+    windows: list[RevenueWindowOut]
+
+
+class SkuUnitsOut(BaseModel):
+    sku: str
+    units: int
+
+
+class TopSkusWindowOut(WindowOut):
+    skus: list[SkuUnitsOut]
+
+
+class TopSkusOut(WindowsMeta):
+    windows: list[TopSkusWindowOut]
+
+
+class OutcomesWindowOut(WindowOut):
+    confirmed: int
+    cancelled: int
+    cancelled_by_reason: dict[str, int]
+
+
+class OutcomesOut(WindowsMeta):
+    windows: list[OutcomesWindowOut]
+
+
+class StreamQuery(_Body):
+    token: str | None = Field(default=None, max_length=4096,
+                              description="the admin JWT, for clients that cannot set headers (EventSource)")
+
+
+class TimelineStepOut(BaseModel):
+    event: str
+    event_id: str
+    at: int = Field(description="event time")
+    detail: str | None
+    recorded_at: int | None = Field(description="when this worker applied the step (unknown after a restart)")
+    since_placed_ms: int | None
+    stage_ms: int | None
+
+
+class TimelineOut(BaseModel):
+    order_id: str
+    status: str
+    customer_id: str
+    total_cents: int | None
+    currency: str
+    cancel_reason: str | None
+    placed_at: int
+    steps: list[TimelineStepOut]

@@ -27,6 +27,8 @@ import api.app as core
 from api import analytics, gather
 from api.auth import authenticate
 from api.errors import Forbidden, Unavailable
+from api.models import StreamQuery
+from api.spec import Route
 from streamcart.domain import analytics as windows
 from streamcart.settings import Settings
 from streamcart.telemetry import CONSUMER_LAG, DLQ_RECORDS, TABLE_KEYS, Telemetry
@@ -278,8 +280,6 @@ def _quantiles(latencies: list[float]) -> dict[str, Any]:
 def setup_routes(app: web.Application) -> None:
     gather.setup(app, app[core.SETTINGS])
     app.cleanup_ctx.append(_background)
-    app.router.add_get("/v1/stream", stream)
-    app.router.add_get("/v1/internal/live", live)
 
 
 async def _background(app: web.Application) -> AsyncIterator[None]:
@@ -294,10 +294,11 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
-def _admin_from(request: web.Request, *, allow_query: bool) -> None:
+def _admin_from(request: web.Request, *, token: str | None = None) -> None:
+    """The request's principal must be an admin; ``token`` (from the query) stands in for a missing header."""
     header = request.headers.get("Authorization")
-    if header is None and allow_query and request.query.get("token"):
-        header = f"Bearer {request.query['token']}"
+    if header is None and token:
+        header = f"Bearer {token}"
     principal = authenticate(header, request.app[core.SETTINGS].jwt_secret.get_secret_value())
     if not principal.is_admin:
         raise Forbidden("the live stream is for admins")
@@ -305,7 +306,7 @@ def _admin_from(request: web.Request, *, allow_query: bool) -> None:
 
 async def live(request: web.Request) -> web.Response:
     """This worker's own live figures (what every stream gathers from every worker)."""
-    _admin_from(request, allow_query=False)
+    _admin_from(request)
     worker = cast(LiveSource, request.app[core.WORKER])
     observer = request.app[OBSERVER]
     return web.json_response({
@@ -319,7 +320,8 @@ async def live(request: web.Request) -> web.Response:
 
 async def stream(request: web.Request) -> web.StreamResponse:
     """``text/event-stream`` of one ``tick`` a second until the client goes away."""
-    _admin_from(request, allow_query=True)
+    query = core.parsed_query(request, StreamQuery)
+    _admin_from(request, token=query.token)
     response = web.StreamResponse(headers={
         "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
     })
@@ -336,3 +338,12 @@ async def stream(request: web.Request) -> web.StreamResponse:
     finally:
         hub.unsubscribe(queue)
     return response
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/v1/stream", stream, "the live figures as server-sent events, one `tick` a second (admin; the "
+          "token may come as ?token= for EventSource)", "live", query=StreamQuery, responses={200: None},
+          content_type="text/event-stream", errors=(403,)),
+    Route("GET", "/v1/internal/live", live, "this worker's live figures (worker to worker)", "internal",
+          in_schema=False),
+)

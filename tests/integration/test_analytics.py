@@ -77,7 +77,9 @@ def test_known_orders_give_exactly_the_expected_windows(shop: Shop, settings, co
         _order(shop, base + 20_000, {b: 1}),  # 1000, window 0
         _order(shop, base + 30_000, {a: 1}, token="tok_decline"),  # cancelled: payment_declined, window 0
         _order(shop, base + 61_000, {a: 1, b: 1}),  # 1250, window 1
-        _order(shop, base + 90_000, {a: 500}),  # cancelled: out_of_stock, window 1
+        # Before base + 60 s + the 30 s lateness: an event at that time would close window 0 on its partition, and a
+        # window-0 order sharing that partition would be late by the time it confirms.
+        _order(shop, base + 75_000, {a: 500}),  # cancelled: out_of_stock, window 1
     ]
     shop.send(*orders)
     settled = {o.order_id: shop.settled(o.order_id) for o in orders}
@@ -95,8 +97,17 @@ def test_known_orders_give_exactly_the_expected_windows(shop: Shop, settings, co
         return body and {(w["window_start"], w["window_end"]): w for w in body["windows"] if w["currency"] == CURRENCY}
 
     # The current windows are there before they close.
-    current = poll(lambda: (r := revenue_now()) and {k: (v["revenue_cents"], v["orders"]) for k, v in r.items()}
-                   == expected_revenue and r, timeout_s=90, what="the current revenue windows")
+    seen: list = []
+
+    def current_revenue() -> dict | None:
+        r = revenue_now()
+        seen[:] = [r and {k: (v["revenue_cents"], v["orders"]) for k, v in r.items()}]
+        return r if seen[0] == expected_revenue else None
+
+    try:
+        current = poll(current_revenue, timeout_s=90, what="the current revenue windows")
+    except AssertionError as timeout:
+        raise AssertionError(f"{timeout}: expected {expected_revenue}, last saw {seen[0] if seen else None}") from None
     assert not any(w["final"] for w in current.values())
 
     # Move event time past every window these orders fall in (the 5-minute ones too), on every partition.

@@ -1,11 +1,9 @@
-# NOT COLLECTED (no test_ prefix): a known, intermittent failure, kept runnable by hand.
-#   .venv/bin/pytest tests/integration/pending_rebalance.py
-# In 2 of 5 runs of the full suite (never when run alone with the kill test), 2-3 of the first 200 orders of the
-# burst were unknown to the surviving worker after worker-1's graceful stop: their PlaceOrder offsets were past
-# the group's committed offsets, but the orders table of the new owner had no record of them. The cause is not
-# found yet (suspects: faust's stop sequence revokes tables and waits for acks while the last event of each agent
-# is still unacknowledged; see the session 2 closing note). Rename to test_*.py once it passes in the full suite.
-"""A worker stopped in the middle of a burst (a rebalance): every order settles once (issue 5)."""
+"""A worker stopped in the middle of a burst (a rebalance): every order settles once (issue 5).
+
+This once lost 2-3 orders in some runs: the stopped worker's agents were cancelled mid-message, and faust's stream
+iteration acknowledges an event in a ``finally`` clause, so those messages were committed unprocessed. The agent
+loops now acknowledge only handled events (agents/runtime.py, tests/unit/agents/test_consume.py).
+"""
 
 from __future__ import annotations
 

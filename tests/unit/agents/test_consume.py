@@ -1,0 +1,129 @@
+"""The agent loops acknowledge an event only once it was handled: an agent stopped mid-message leaves that message
+for the partition's next owner (faust's own iteration would acknowledge it on the way out and lose it)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from agents import runtime
+from agents.runtime import consume, consume_concurrently
+
+
+@dataclass
+class Event:
+    key: bytes
+    offset: int
+
+
+@dataclass
+class FakeStream:
+    """The part of a faust stream the loops use: ``noack()``, ``events()`` and ``ack()``."""
+
+    pending: list[Event]
+    acked: list[int] = field(default_factory=list)
+    acks_enabled: bool = True
+    drained: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def noack(self) -> FakeStream:
+        self.acks_enabled = False
+        return self
+
+    async def events(self) -> Any:
+        for event in self.pending:
+            yield event
+        self.drained.set()
+        await asyncio.Event().wait()  # a live stream: no more messages for now
+
+    async def ack(self, event: Event) -> bool:
+        self.acked.append(event.offset)
+        return True
+
+
+@dataclass
+class Handling:
+    """Stands in for ``process``: records which events started; event N finishes once ``finish(N)`` is called."""
+
+    started: list[int] = field(default_factory=list)
+    gates: dict[int, asyncio.Event] = field(default_factory=dict)
+
+    def gate(self, offset: int) -> asyncio.Event:
+        return self.gates.setdefault(offset, asyncio.Event())
+
+    def finish(self, *offsets: int) -> None:
+        for offset in offsets:
+            self.gate(offset).set()
+
+    async def process(self, _runtime: Any, event: Event, _handler: Any, _flow: str) -> None:
+        self.started.append(event.offset)
+        await self.gate(event.offset).wait()
+
+
+@pytest.fixture
+def handled(monkeypatch) -> Handling:
+    handling = Handling()
+    monkeypatch.setattr(runtime, "process", handling.process)
+    return handling
+
+
+async def _until(condition: Any) -> None:
+    for _ in range(1_000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition never held")
+
+
+async def test_consume_acknowledges_handled_events_and_not_the_one_a_stop_interrupts(handled):
+    stream = FakeStream([Event(b"k", 0), Event(b"k", 1), Event(b"k", 2)])
+    handled.finish(0, 1)
+    agent = asyncio.create_task(consume(None, stream, None, flow="test"))  # type: ignore[arg-type]
+    await _until(lambda: handled.started == [0, 1, 2])
+
+    agent.cancel()  # a stop while offset 2 is being handled
+    with pytest.raises(asyncio.CancelledError):
+        await agent
+    assert stream.acks_enabled is False
+    assert stream.acked == [0, 1]
+
+
+async def test_consume_concurrently_runs_keys_at_once_keeps_each_key_in_order_and_acks_only_what_finished(handled):
+    stream = FakeStream([Event(b"a", 0), Event(b"b", 1), Event(b"a", 2), Event(b"c", 3)])
+    agent = asyncio.create_task(consume_concurrently(None, stream, None, flow="test"))  # type: ignore[arg-type]
+    await _until(stream.drained.is_set)
+    await _until(lambda: sorted(handled.started) == [0, 1, 3])
+    # Different keys run at once; the second message of key a waits for its first.
+    assert 2 not in handled.started
+
+    handled.finish(3)
+    await _until(lambda: stream.acked == [3])
+    handled.finish(0)
+    await _until(lambda: 2 in handled.started)
+    assert stream.acked == [3, 0]
+
+    agent.cancel()  # a stop while offsets 1 and 2 are in flight
+    with pytest.raises(asyncio.CancelledError):
+        await agent
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert stream.acked == [3, 0]
+
+
+async def test_consume_concurrently_holds_at_most_limit_messages_in_flight(handled):
+    stream = FakeStream([Event(f"k{n}".encode(), n) for n in range(5)])
+    agent = asyncio.create_task(
+        consume_concurrently(None, stream, None, flow="test", limit=2)  # type: ignore[arg-type]
+    )
+    await _until(lambda: handled.started == [0, 1])
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert handled.started == [0, 1]
+    handled.finish(1)
+    await _until(lambda: handled.started == [0, 1, 2])
+    agent.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await agent
+    assert stream.acked == [1]
