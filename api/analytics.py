@@ -54,7 +54,7 @@ def require_admin(request: web.Request) -> Principal:
     return principal
 
 
-_EPOCH_MS = re.compile(r"-?[0-9]{1,18}")
+_EPOCH_MS = re.compile(r"-?[0-9]{1,19}")  # NO_END (2**62) has 19 digits
 
 
 def parse_time(value: str | None, default: int, name: str) -> int:

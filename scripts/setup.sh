@@ -60,4 +60,14 @@ elif command -v go >/dev/null; then
 else
   fail "neither helm nor a Go toolchain to build it is installed: install Go (Debian: apt-get install golang) or helm"
 fi
+# `streamcart bench api` measures with a small Go HTTP client, so that the client is not what limits the figure.
+step "loadgen (.tools/bin, the API benchmark's HTTP client)"
+if [ -x .tools/bin/loadgen ] && [ .tools/bin/loadgen -nt tools/loadgen/main.go ]; then
+  done_ "already built"
+elif command -v go >/dev/null; then
+  (cd tools/loadgen && go build -o ../../.tools/bin/loadgen .) || fail "go build of tools/loadgen failed (see above)"
+  done_ "built with go build"
+else
+  fail "no Go toolchain to build tools/loadgen: install Go (Debian: apt-get install golang)"
+fi
 printf 'setup finished in %s s\n' "$(seconds_since "$total_start")"

@@ -1,17 +1,20 @@
-"""`streamcart bench api`: drive the HTTP API from this (second) process and report req/s and latency.
+"""`streamcart bench api`: drive the HTTP API from another process and report req/s and latency.
 
 ``get``: reads orders that the target worker itself owns (``X-Streamcart-Served-By`` says who answered), so the
 figure is one worker answering from its table, not a forward. ``post``: places orders (each answered once the
 broker acknowledged its PlaceOrder). Requests come from many customers' tokens so the per-token rate limit does
-not cap the run. Latency is per request on this machine's clock.
+not cap the run. The requests are prepared here and sent by tools/loadgen (Go, built by setup): a Python client on
+the same 2-core machine would use more CPU per request than the server it measures. Latency is per request.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
+import json
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from aiohttp import ClientSession, ClientTimeout, TCPConnector
 
@@ -31,6 +34,7 @@ class ApiBenchResult:
     elapsed_s: float
     statuses: Counter[int] = field(default_factory=Counter)
     latencies_ms: list[float] = field(default_factory=list)
+    errors: int = 0  # requests that got no answer at all
 
     def percentile(self, p: float) -> float:
         ordered = sorted(self.latencies_ms)
@@ -47,6 +51,7 @@ class ApiBenchResult:
             "p99 (ms)": round(self.percentile(99), 2),
             "max (ms)": round(max(self.latencies_ms, default=float("nan")), 2),
             "statuses": dict(sorted(self.statuses.items())),
+            "no answer": self.errors,
         }
 
 
@@ -87,29 +92,38 @@ async def _run(settings: Settings, kind: str, seconds: float, concurrency: int, 
             if not targets:
                 raise RuntimeError(f"worker {worker} owns none of the 200 orders placed")
             say(f"reading {len(targets)} orders owned by worker {worker} for {seconds:.0f} s, {concurrency} at once")
+            requests: list[dict[str, object]] = [
+                {"method": "GET", "url": f"{base}/v1/orders/{order_id}",
+                 "headers": {"Authorization": f"Bearer {token}"}} for order_id, token in targets
+            ]
         else:
             say(f"placing orders on worker {worker} for {seconds:.0f} s, {concurrency} at once")
-
-        result = ApiBenchResult(kind=kind, worker=worker, concurrency=concurrency, elapsed_s=0.0)
-        stop_at = time.perf_counter() + seconds
-
-        async def client(n: int) -> None:
-            i = n
-            while time.perf_counter() < stop_at:
-                began = time.perf_counter()
-                if kind == "get":
-                    order_id, token = targets[i % len(targets)]
-                    request = http.get(f"{base}/v1/orders/{order_id}", headers={"Authorization": f"Bearer {token}"})
-                else:
-                    token = tokens[i % len(tokens)]
-                    request = http.post(f"{base}/v1/orders", json=body, headers={"Authorization": f"Bearer {token}"})
-                async with request as response:
-                    await response.read()
-                    result.statuses[response.status] += 1
-                result.latencies_ms.append((time.perf_counter() - began) * 1000)
-                i += concurrency
-
-        started = time.perf_counter()
-        await asyncio.gather(*(client(n) for n in range(concurrency)))
-        result.elapsed_s = time.perf_counter() - started
+            requests = [{"method": "POST", "url": f"{base}/v1/orders", "body": json.dumps(body),
+                         "headers": {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}}
+                        for token in tokens]
+    report = await _loadgen(requests, concurrency, seconds)
+    result = ApiBenchResult(kind=kind, worker=worker, concurrency=concurrency, elapsed_s=report["elapsed_s"],
+                            statuses=Counter({int(k): v for k, v in report["statuses"].items()}),
+                            latencies_ms=report["latencies_ms"], errors=report["errors"])
+    if report["errors"]:
+        say(f"{report['errors']} requests failed without an answer, the first: {report.get('first_error')}")
     return result
+
+
+LOADGEN = Path(__file__).resolve().parents[1] / ".tools" / "bin" / "loadgen"
+
+
+async def _loadgen(requests: list[dict[str, object]], concurrency: int, seconds: float) -> dict[str, Any]:
+    """Run tools/loadgen (built by setup) over ``requests``: the measured part, in Go, so the client is cheap."""
+    if not LOADGEN.exists():
+        raise RuntimeError(f"{LOADGEN} is missing: `make setup` builds it from tools/loadgen (needs Go)")
+    process = await asyncio.create_subprocess_exec(
+        str(LOADGEN), "-c", str(concurrency), "-d", f"{seconds}s",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    lines = "".join(json.dumps(r) + "\n" for r in requests).encode()
+    out, err = await process.communicate(lines)
+    if process.returncode != 0:
+        raise RuntimeError(f"loadgen failed ({process.returncode}): {err.decode().strip()}")
+    report: dict[str, Any] = json.loads(out)
+    return report

@@ -128,8 +128,10 @@ function connect(tok) {
     $("connection").textContent = "partial: " + JSON.parse(e.data).reason; $("connection").className = "badge warn";
   });
   source.addEventListener("error", () => {
-    // EventSource retries by itself (the server asks for 2 s); say so meanwhile.
+    // EventSource retries by itself (the server asks for 2 s); say so meanwhile. A browser gives up for good when
+    // an answer is not the stream (a proxy's 502 while the worker restarts, say): then start over in 2 s.
     $("connection").textContent = "reconnecting…"; $("connection").className = "badge bad";
+    if (source.readyState === EventSource.CLOSED) { source.close(); setTimeout(() => connect(tok), 2000); }
   });
 }
 

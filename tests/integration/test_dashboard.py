@@ -104,6 +104,36 @@ def test_the_stream_needs_an_admin_token(settings):
     assert requests.get(f"{settings.worker_url(0)}/v1/stream", timeout=5).status_code == 401
 
 
+def _orders_placed(page) -> int:
+    return int(page.inner_text("#orders-placed").replace(",", "") or 0)
+
+
+def test_the_dashboard_reconnects_by_itself_after_its_worker_restarts(shop: Shop, settings, stack, skus):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "chromium is missing: `streamcart setup` installs it (Debian's package)"
+    with OrderFlow(shop, skus), sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(f"{settings.worker_url(1)}/dashboard#token={shop.token}")
+            page.wait_for_selector("#connection.ok", timeout=20_000)
+            try:
+                stack.stop("worker-1")
+                page.wait_for_selector("#connection.bad", timeout=20_000)  # it says it lost the stream
+            finally:
+                stack.start("worker-1")
+            page.wait_for_selector("#connection.ok", timeout=60_000)  # and came back without a reload
+            page.wait_for_function("/[0-9]/.test(document.getElementById('orders-placed').textContent)",
+                                   timeout=20_000)
+            before = _orders_placed(page)
+            page.wait_for_function(
+                f"parseInt(document.getElementById('orders-placed').textContent.replace(/,/g, '')) >= {before + 3}",
+                timeout=30_000,
+            )  # the figures move again
+        finally:
+            browser.close()
+
+
 def test_the_dashboard_shows_counters_moving_and_an_order_timeline(shop: Shop, settings, skus):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     assert chromium, "chromium is missing: `streamcart setup` installs it (Debian's package)"
@@ -117,7 +147,7 @@ def test_the_dashboard_shows_counters_moving_and_an_order_timeline(shop: Shop, s
             page.goto(f"{settings.worker_url(0)}/dashboard#token={shop.token}")
             page.wait_for_selector("#connection.ok", timeout=20_000)
             page.wait_for_function("/[0-9]/.test(document.getElementById('orders-placed').textContent)", timeout=20_000)
-            before = int(page.inner_text("#orders-placed").replace(",", ""))
+            before = _orders_placed(page)
             page.wait_for_function(
                 f"parseInt(document.getElementById('orders-placed').textContent.replace(/,/g, '')) >= {before + 5}",
                 timeout=30_000,

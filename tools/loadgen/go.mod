@@ -1,0 +1,3 @@
+module streamcart/tools/loadgen
+
+go 1.21
