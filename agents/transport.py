@@ -1,4 +1,17 @@
-"""faust's Kafka transport with one fix: a partition that has no committed offset is rewound too.
+"""faust's Kafka transport with two fixes, both about never committing past a record that was not processed.
+
+**Commits stop at the first unprocessed record.** faust commits, per partition, the run of acknowledged offsets
+that starts at the committed position, but its check lets one record through: with offset ``c`` committed (the
+next to read) and ``c + 1`` acknowledged, it commits ``c + 2`` although ``c`` was never processed. It also
+commits any run at all while it does not know the committed position, which is the case right after a rebalance
+revoked the partition, when acknowledgements of records handled before the rebalance still arrive. And it fills
+"gaps" (offsets it believes do not exist) with offsets it dropped itself while the flow was suspended. Seen on the
+real stack: a worker stopped mid-burst committed past the first one or two order commands of three partitions,
+which nobody processed. Here the committed run must start exactly at the committed position (the partition's
+start when nothing is committed), acknowledgements below it are forgotten, and gaps are not trusted: streamcart's
+topics are neither compacted nor transactional, so their offsets have no gaps.
+
+**A partition that has no committed offset is rewound too.**
 
 After a rebalance or a table recovery faust drops the records it had fetched but not yet processed and calls
 ``perform_seek`` to go back to the committed offsets. aiokafka's ``seek_to_committed`` only seeks partitions
@@ -30,7 +43,7 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
     async def _seek_to_committed_or_start(self) -> Mapping[Any, int]:
         consumer = self._ensure_consumer()
-        committed: Mapping[Any, int] = await consumer.seek_to_committed()
+        committed: dict[Any, int] = dict(await consumer.seek_to_committed())
         acked = self.app.topics.acks_enabled_for
         never_committed = [TopicPartition(tp.topic, tp.partition) for tp, offset in committed.items()
                            if not offset and acked(tp.topic)]
@@ -42,12 +55,48 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             log.info("rewinding %d partition(s) with no committed offset to their start", len(starts))
             for tp, offset in starts.items():
                 consumer.seek(tp, offset)
+                committed[tp] = offset  # where processing starts: what the first commit must begin at
         return committed
 
 
 class Consumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def _new_offset(self, tp: Any) -> int | None:
+        """The offset to commit for ``tp``: past the acknowledged run that starts at the committed position."""
+        return committable_offset(self._acked[tp], self._acked_index[tp], self._committed_offset[tp])
+
+    async def _add_gap(self, tp: Any, offset_from: int, offset_to: int) -> None:
+        log.warning("not trusting a gap in %s[%s] at offsets %d-%d: its records will be processed, not skipped",
+                    tp.topic, tp.partition, offset_from, offset_to)
+
+
+def committable_offset(acked: list[int], acked_index: set[int], committed: int | None) -> int | None:
+    """The next offset to commit, given the acknowledged offsets of one partition, or ``None`` for none yet.
+
+    ``committed`` is the partition's committed position, the next offset to read (``None``: nothing committed,
+    the partition starts at offset 0). Only a run of consecutive acknowledged offsets starting exactly there can
+    be committed; acknowledgements below it (records handled before a rebalance, processed again since) are
+    forgotten. The committed run is removed from ``acked`` and ``acked_index``.
+    """
+    position = committed or 0
+    acked.sort()
+    stale = 0
+    while stale < len(acked) and acked[stale] < position:
+        stale += 1
+    if stale:
+        acked_index.difference_update(acked[:stale])
+        del acked[:stale]
+    if not acked or acked[0] != position:
+        return None
+    end = 1
+    while end < len(acked) and acked[end] == acked[end - 1] + 1:
+        end += 1
+    acked_index.difference_update(acked[:end])
+    next_offset = acked[end - 1] + 1
+    del acked[:end]
+    return next_offset
 
 
 class Transport(faust_aiokafka.Transport):
