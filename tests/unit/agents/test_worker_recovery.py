@@ -61,5 +61,8 @@ def test_partitions_with_nothing_committed_are_rewound_but_changelogs_are_left_t
     thread._consumer = consumer = FakeConsumer(committed)
     thread.app = SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda topic: topic == "commands"))
 
-    assert asyncio.run(thread._seek_to_committed_or_start()) == committed
+    # The rewound partitions report where processing starts: the position their first commit must begin at.
+    assert asyncio.run(thread._seek_to_committed_or_start()) == {
+        **committed, TopicPartition("commands", 1): 7, TopicPartition("commands", 2): 7,
+    }
     assert consumer.rewound == [(TopicPartition("commands", 1), 7), (TopicPartition("commands", 2), 7)]
