@@ -66,6 +66,8 @@ def build_runtime(
     tables = declare_tables(app, settings.partitions)
     runtime = Runtime(settings=settings, app=app, codec=codec, tables=tables, sink=sink)
     for flow in FLOWS:
+        if flow is analytics and not settings.analytics:
+            continue
         runtime.agents[flow.__name__.rsplit(".", 1)[-1]] = flow.register(runtime)
     return runtime
 

@@ -22,6 +22,7 @@ from agents.watch import OrderWatch
 from schemas.codec import Codec
 from schemas.errors import RegistryUnavailable, SchemaError
 from schemas.messages import Message
+from streamcart import tracing
 from streamcart.errors import StreamcartError
 from streamcart.logs import log_context
 from streamcart.settings import Settings
@@ -134,9 +135,12 @@ class Runtime:
     async def send_record(self, topic: str, key: bytes, value: bytes, *, cause: Any = None) -> None:
         """Send an already encoded record to ``topic`` in the trace of the span being handled (outside one, in the
         cause's trace)."""
-        traceparent = current_traceparent() or child_traceparent(_header(cause, "traceparent") if cause else None)
+        headers: list[tuple[str, bytes]] = []
+        if tracing.enabled():
+            traceparent = current_traceparent() or child_traceparent(_header(cause, "traceparent") if cause else None)
+            headers.append(("traceparent", traceparent.encode()))
         assert self.sink is not None
-        await self.sink.send(topic, key, value, [("traceparent", traceparent.encode())])
+        await self.sink.send(topic, key, value, headers)
 
     async def dead_letter(self, event: Any, error: BaseException, flow: str) -> None:
         """Send the raw record of ``event`` to the DLQ with headers naming its origin and the error."""

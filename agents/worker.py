@@ -15,6 +15,7 @@ from agents.app import build_runtime, worker_view
 from api.app import init_app
 from api.commands import KafkaCommands
 from schemas.codec import Codec
+from streamcart import tracing
 from streamcart.logs import configure_logging, logging_config
 from streamcart.otel import start_export
 from streamcart.settings import Settings
@@ -75,6 +76,7 @@ def release_local_state(tabledir: Path) -> None:
 def run(settings: Settings, index: int) -> None:
     """Run worker ``index`` until it is stopped (SIGTERM/SIGINT stop it gracefully)."""
     configure_logging(settings)
+    tracing.set_enabled(settings.tracing)
     spans = start_export(settings, f"{settings.app_id}-worker-{index}")
     codec = Codec.connect(settings)
     runtime = build_runtime(settings, codec, worker_index=index)

@@ -17,6 +17,7 @@ from api.errors import Unavailable
 from schemas.codec import Codec
 from schemas.errors import SchemaError
 from schemas.messages import Message
+from streamcart import tracing
 from streamcart.settings import Settings
 from streamcart.topics import Topics
 from streamcart.tracing import outgoing_traceparent
@@ -68,10 +69,13 @@ class KafkaCommands:
         except SchemaError as exc:
             raise Unavailable(f"the schema registry is unavailable: {exc}",
                               headers={"Retry-After": RETRY_AFTER_S}) from exc
+        headers: list[tuple[str, str | bytes | None]] = []
+        if tracing.enabled():
+            headers.append(("traceparent", (traceparent or outgoing_traceparent()).encode()))
         try:
             self.producer.produce(
-                getattr(self.topics, message.TOPIC), key=message.key.encode(), value=value,
-                headers=[("traceparent", (traceparent or outgoing_traceparent()).encode())], on_delivery=on_delivery,
+                getattr(self.topics, message.TOPIC), key=message.key.encode(), value=value, headers=headers,
+                on_delivery=on_delivery,
             )
         except (KafkaException, BufferError) as exc:
             raise Unavailable(f"could not queue the command: {exc}", headers={"Retry-After": RETRY_AFTER_S}) from exc

@@ -29,7 +29,8 @@ async def forward(request: web.Request, session: ClientSession, owner_url: str, 
     url = owner_url.rstrip("/") + request.rel_url.path_qs
     try:
         with call_span(f"forward {request.method}") as traceparent:  # the owner answers in this request's trace
-            headers["traceparent"] = traceparent
+            if traceparent:
+                headers["traceparent"] = traceparent
             async with session.request(
                 request.method, url, headers=headers, data=body,
                 timeout=ClientTimeout(total=FORWARD_TIMEOUT_S, sock_connect=2),

@@ -91,6 +91,10 @@ class Settings(BaseSettings):
     # OpenTelemetry: where to export spans over OTLP/HTTP (e.g. http://127.0.0.1:4318); empty: no export, and
     # nothing of OpenTelemetry is loaded (it is the optional extra ``streamcart[otel]``).
     otel_endpoint: str = ""
+    # Off switches, to measure what they cost (`streamcart bench saga` with each off): trace propagation (the
+    # ``traceparent`` headers and spans of every message and request), and the analytics flow.
+    tracing: bool = True
+    analytics: bool = True
 
     #: The Kafka Connect sink configurations (default: the repository's ``connectors/``).
     connectors_dir: Path | None = None

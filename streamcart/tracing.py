@@ -40,6 +40,19 @@ def record_spans(recorder: SpanRecorder | None) -> None:
     _recorder = recorder
 
 
+_enabled = True
+
+
+def set_enabled(enabled: bool) -> None:
+    """Turn trace propagation on or off for the process (``tracing`` setting; on unless measuring its cost)."""
+    global _enabled
+    _enabled = enabled
+
+
+def enabled() -> bool:
+    return _enabled
+
+
 def new_traceparent() -> str:
     """Start a new trace (sampled)."""
     return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
@@ -68,8 +81,10 @@ def current_traceparent() -> str | None:
 @contextmanager
 def span(parent: str | None, name: str, kind: SpanKind = "internal") -> Iterator[str]:
     """Handle something as a new span of ``parent``'s trace (a new trace without one): the current span inside
-    the block. Yields its ``traceparent``."""
-    if _recorder is None:
+    the block. Yields its ``traceparent`` (empty while tracing is off)."""
+    if not _enabled:
+        yield ""
+    elif _recorder is None:
         with _current_span(child_traceparent(parent)) as traceparent:
             yield traceparent
     else:
