@@ -26,11 +26,13 @@ are left alone: faust never commits them and positions them itself during recove
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from typing import Any
 
 from aiokafka import TopicPartition
+from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,11 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class Consumer(faust_aiokafka.Consumer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._next_offset: dict[Any, int] = {}  # per partition of an acknowledged topic: the next to deliver
+        self._seek_back: list[tuple[Any, int]] = []  # partitions to fetch again from an offset
+
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
@@ -70,6 +77,92 @@ class Consumer(faust_aiokafka.Consumer):
     async def _add_gap(self, tp: Any, offset_from: int, offset_to: int) -> None:
         log.warning("not trusting a gap in %s[%s] at offsets %d-%d: its records will be processed, not skipped",
                     tp.topic, tp.partition, offset_from, offset_to)
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        for tp in revoked:
+            self._next_offset.pop(tp, None)
+        await super().on_partitions_revoked(revoked)
+
+    async def perform_seek(self) -> None:
+        await super().perform_seek()
+        self._next_offset = {tp: offset for tp, offset in self._read_offset.items() if offset is not None}
+
+    def _deliverable(self, tp: Any, offset: int, resought: set[Any]) -> bool | None:
+        """For a record of an acknowledged topic: deliver it (True), drop it as delivered already (False), or
+        ``None`` when records before it were never delivered, after seeking back to the first of them."""
+        expected = self._next_offset.get(tp)
+        if expected is None or offset == expected:
+            resought.discard(tp)
+            return True
+        if offset < expected:
+            return False
+        if tp not in resought:
+            log.warning("%s[%s]: offset %d arrived before %d..%d were delivered; fetching them again",
+                        tp.topic, tp.partition, offset, expected, offset - 1)
+            resought.add(tp)
+            self._seek_back.append((tp, expected))
+        return None
+
+    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover (the real stack runs it)
+        """faust's fetch loop, delivering every record of an acknowledged topic exactly in offset order.
+
+        faust's own loop advances its read position over records it drops while the flow is suspended (around
+        a rebalance) and then drops the same records, fetched again, as "already read"; it also records the jump
+        as a gap and commits across it. Here the position moves only when a record was delivered, a record
+        below it is dropped as a duplicate, and a record beyond it sends the partition back to fetch what is
+        missing. Topics without acknowledgements (changelogs, read by recovery) keep faust's handling.
+        """
+        callback = self.callback
+        consumer_should_stop = self._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        read_offset = self._read_offset
+        resought: set[Any] = set()
+        since_yield = 0
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                self.diag.set_flag(CONSUMER_FETCHING)
+                batch = self.getmany(timeout=1.0)
+                await self.sleep(0)
+                if not self.should_stop:
+                    async for tp, message in batch:
+                        since_yield += 1
+                        if since_yield > 100:
+                            await asyncio.sleep(0)
+                            since_yield = 0
+                        offset = message.offset
+                        if acks_enabled_for(message.topic):
+                            deliverable = self._deliverable(tp, offset, resought)
+                            if not deliverable:
+                                continue
+                        else:
+                            r_offset = read_offset[tp]
+                            if r_offset is not None and offset < r_offset:
+                                continue
+                        if self._commit_every is not None and self._n_acked >= self._commit_every:
+                            self._n_acked = 0
+                            await self.commit()
+                        delivery = callback(message)
+                        waited = await self.wait_first(delivery, self.suspend_flow.wait())
+                        if delivery in waited.done:
+                            read_offset[tp] = offset
+                            self._next_offset[tp] = offset + 1
+                    while self._seek_back:
+                        tp, offset = self._seek_back.pop()
+                        await self.seek(tp, offset)
+                self.diag.unset_flag(CONSUMER_FETCHING)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                log.info("Broker stopped consumer, shutting down...")
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                log.info("Consumer shutting down for user cancel.")
+                return
+            raise
+        finally:
+            self.diag.unset_flag(CONSUMER_FETCHING)
 
 
 def committable_offset(acked: list[int], acked_index: set[int], committed: int | None) -> int | None:

@@ -32,3 +32,20 @@ def test_nothing_committed_means_the_partition_starts_at_zero():
 def test_acknowledgements_below_the_committed_position_are_forgotten():
     assert commit([205, 210, 214, 215], committed=214) == (216, [], set())
     assert commit([205, 210], committed=214) == (None, [], set())
+
+
+def test_records_are_delivered_in_offset_order_and_a_jump_fetches_the_missing_ones_again():
+    from faust.types import TP
+
+    from agents.transport import Consumer
+
+    tp = TP("commands", 1)
+    consumer = Consumer.__new__(Consumer)
+    consumer._next_offset, consumer._seek_back = {tp: 212}, []
+    resought: set = set()
+    assert consumer._deliverable(tp, 211, resought) is False  # delivered before: a duplicate
+    assert consumer._deliverable(tp, 220, resought) is None  # 212-219 never delivered: fetch them again
+    assert consumer._deliverable(tp, 221, resought) is None
+    assert consumer._seek_back == [(tp, 212)]  # once
+    assert consumer._deliverable(tp, 212, resought) is True and resought == set()
+    assert consumer._deliverable(TP("commands", 2), 5, resought) is True  # a partition not sought yet: as it comes
