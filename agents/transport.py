@@ -142,9 +142,13 @@ class Consumer(faust_aiokafka.Consumer):
                         if self._commit_every is not None and self._n_acked >= self._commit_every:
                             self._n_acked = 0
                             await self.commit()
-                        delivery = callback(message)
-                        waited = await self.wait_first(delivery, self.suspend_flow.wait())
-                        if delivery in waited.done:
+                        # A delivery is never cancelled half-way: a record consumed by two agents would be in one
+                        # stream and not the other, and wait forever for its second acknowledgement (blocking
+                        # every rebalance). One still under way when the flow is suspended completes on its own;
+                        # the position does not move, so the record is fetched and delivered again later.
+                        delivery = asyncio.ensure_future(callback(message))
+                        await self.wait_first(asyncio.shield(delivery), self.suspend_flow.wait())
+                        if delivery.done() and not delivery.cancelled():
                             read_offset[tp] = offset
                             self._next_offset[tp] = offset + 1
                     while self._seek_back:
