@@ -2,6 +2,8 @@
 
 Latency is from producing PlaceOrder to seeing the order's outcome (OrderConfirmed or OrderCancelled) on
 ``events.orders``, both read on this machine's clock. Throughput is outcomes per second over the whole run.
+With ``warehouse=True`` it also watches PostgreSQL (a query every 20 ms) and reports the delay from each
+confirmation seen on Kafka to that order's confirmed row in the warehouse, on the same clock.
 """
 
 from __future__ import annotations
@@ -32,15 +34,17 @@ class BenchResult:
     cancelled: int
     missing: int
     latencies_ms: list[float] = field(default_factory=list)
+    warehouse_delays_ms: list[float] | None = None  # confirmation on Kafka -> confirmed row in PostgreSQL
 
     @property
     def throughput(self) -> float:
         return (self.confirmed + self.cancelled) / self.elapsed_s if self.elapsed_s else 0.0
 
-    def percentile(self, p: float) -> float:
-        if not self.latencies_ms:
+    def percentile(self, p: float, values: list[float] | None = None) -> float:
+        values = self.latencies_ms if values is None else values
+        if not values:
             return float("nan")
-        ordered = sorted(self.latencies_ms)
+        ordered = sorted(values)
         return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
     def summary(self) -> dict[str, float | int | None]:
@@ -59,6 +63,11 @@ class BenchResult:
             "p99 (ms)": round(self.percentile(99), 1),
             "max (ms)": round(max(self.latencies_ms, default=float("nan")), 1),
             "mean (ms)": round(statistics.fmean(self.latencies_ms), 1) if self.latencies_ms else None,
+            **({} if self.warehouse_delays_ms is None else {
+                "warehouse rows of confirmed orders": len(self.warehouse_delays_ms),
+                "confirmed → warehouse row p50 (ms)": round(self.percentile(50, self.warehouse_delays_ms), 1),
+                "confirmed → warehouse row p99 (ms)": round(self.percentile(99, self.warehouse_delays_ms), 1),
+            }),
         }
 
 
@@ -96,9 +105,34 @@ class _Outcomes(threading.Thread):
         self.consumer.close()
 
 
+class _WarehouseRows(threading.Thread):
+    """Polls the warehouse's ``orders`` table every 20 ms and notes when each order of the run is first seen
+    confirmed (or later: shipped, delivered)."""
+
+    def __init__(self, settings: Settings, prefix: str) -> None:
+        super().__init__(daemon=True)
+        self.settings, self.prefix = settings, prefix
+        self.seen: dict[str, float] = {}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        import psycopg
+
+        s = self.settings
+        with psycopg.connect(host=s.postgres_host or s.host, port=s.postgres_port, dbname=s.postgres_db,
+                             user=s.postgres_user, password=s.postgres_password.get_secret_value(),
+                             autocommit=True) as pg:
+            while not self.stop.wait(0.02):
+                rows = pg.execute("SELECT order_id FROM orders WHERE order_id LIKE %s AND status IN "
+                                  "('CONFIRMED', 'SHIPPED', 'DELIVERED')", (self.prefix + "%",)).fetchall()
+                now = time.perf_counter()
+                for (order_id,) in rows:
+                    self.seen.setdefault(order_id, now)
+
+
 def run_saga_bench(
     settings: Settings, *, orders: int, lines: int = 2, rate: float | None = None, timeout_s: float = 300.0,
-    echo: object = print,
+    warehouse: bool = False, echo: object = print,
 ) -> BenchResult:
     """Seed SKUs with enough stock, place ``orders`` orders (as fast as possible, or at ``rate``/s), wait."""
     say = echo if callable(echo) else print
@@ -114,6 +148,9 @@ def run_saga_bench(
     outcomes = _Outcomes(settings, codec, Topics.from_settings(settings).order_events)
     outcomes.start()
     outcomes.ready.wait()
+    rows = _WarehouseRows(settings, f"o-bench-{run}-") if warehouse else None
+    if rows is not None:
+        rows.start()
     say(f"placing {orders} orders of {lines} lines" + (f" at {rate}/s" if rate else " as fast as possible"))
     placed_at: dict[str, float] = {}
     producer = sender.producer
@@ -146,6 +183,15 @@ def run_saga_bench(
     outcomes.stop.set()
     outcomes.join(5)
     ours = {oid: outcomes.seen[oid] for oid in placed_at if oid in outcomes.seen}
+    delays: list[float] | None = None
+    if rows is not None:
+        confirmed = {oid: at for oid, (at, kind) in ours.items() if kind == "OrderConfirmed"}
+        while time.monotonic() < deadline and not confirmed.keys() <= rows.seen.keys():
+            say(f"  {len(confirmed.keys() & rows.seen.keys())}/{len(confirmed)} confirmed orders in the warehouse")
+            time.sleep(1)
+        rows.stop.set()
+        rows.join(5)
+        delays = [(rows.seen[oid] - at) * 1000 for oid, at in confirmed.items() if oid in rows.seen]
     finished = max((at for at, _ in ours.values()), default=start)
     return BenchResult(
         orders=orders, lines=lines, offered_rate=rate, produced_s=produced, elapsed_s=finished - start,
@@ -153,4 +199,5 @@ def run_saga_bench(
         cancelled=sum(1 for _, kind in ours.values() if kind == "OrderCancelled"),
         missing=orders - len(ours),
         latencies_ms=[(at - placed_at[oid]) * 1000 for oid, (at, _) in ours.items()],
+        warehouse_delays_ms=delays,
     )

@@ -360,6 +360,7 @@ def bench_saga(
     lines: Annotated[int, typer.Option(help="Lines per order.")] = 2,
     rate: Annotated[float, typer.Option(help="Orders per second to offer (0: as fast as possible).")] = 0.0,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for every outcome.")] = 300.0,
+    warehouse: Annotated[bool, typer.Option(help="Also time each confirmation to its row in PostgreSQL.")] = False,
 ) -> None:
     """Place orders through Kafka and report outcomes/s and place-to-outcome latency (p50/p95/p99)."""
     from rich.table import Table
@@ -367,7 +368,7 @@ def bench_saga(
     from streamcart.bench import run_saga_bench
 
     result = run_saga_bench(load_settings(), orders=orders, lines=lines, rate=rate or None, timeout_s=timeout,
-                            echo=console.print)
+                            warehouse=warehouse, echo=console.print)
     table = Table(title="saga benchmark", title_justify="left")
     table.add_column("figure")
     table.add_column("value", justify="right")
