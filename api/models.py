@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
@@ -168,11 +169,12 @@ class ErrorOut(BaseModel):
 class WindowRangeQuery(_Body):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    from_: str | None = Field(default=None, alias="from", max_length=40, examples=["2026-11-25T17:00:00Z"],
-                              description="windows starting at or after this time: epoch milliseconds or ISO 8601 "
-                                          "(UTC unless it says otherwise); default an hour ago")
-    to: str | None = Field(default=None, max_length=40, description="windows starting before this time; default "
-                                                                     "no end")
+    from_: int | datetime | None = Field(
+        default=None, alias="from", examples=["2026-11-25T17:00:00Z"],
+        description="windows starting at or after this time: epoch milliseconds or ISO 8601 (UTC unless it says "
+                    "otherwise); default an hour ago")
+    to: int | datetime | None = Field(default=None, description="windows starting before this time (none when it "
+                                                                  "is not after `from`); default no end")
 
 
 class TopSkusQuery(WindowRangeQuery):
