@@ -262,7 +262,33 @@ async def get_order(request: web.Request) -> web.Response:
     # Another customer's order is indistinguishable from a missing one.
     if order is None or not principal.may_see_customer(order.customer_id):
         raise NotFound(f"order {order_id} not found")
-    return web.json_response(order_json(order), headers={SERVED_BY: str(worker.index)})
+    return web.Response(body=_RENDERED.body(order), content_type="application/json",
+                        headers={SERVED_BY: str(worker.index)})
+
+
+class RenderedOrders:
+    """The JSON of recently answered orders, by stored state: a polled order is rendered once per change.
+
+    The orders table hands out one (frozen) instance per stored value (:class:`tables.typed.ModelTable`), so
+    the instance names the version; it is kept alongside, so a recycled ``id`` can never match.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._bodies: OrderedDict[int, tuple[OrderState, bytes]] = OrderedDict()
+
+    def body(self, order: OrderState) -> bytes:
+        hit = self._bodies.get(id(order))
+        if hit is not None and hit[0] is order:
+            return hit[1]
+        body = json.dumps(order_json(order)).encode()
+        self._bodies[id(order)] = (order, body)
+        if len(self._bodies) > self.size:
+            self._bodies.popitem(last=False)
+        return body
+
+
+_RENDERED = RenderedOrders()
 
 
 class Placements:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from schemas.messages import AdjustStock, UpsertProduct
 from streamcart.commands import CommandSender, envelope
 from streamcart.ids import new_id
 from streamcart.settings import Settings
+from streamcart.stack.admin import consumer_lag
 
 
 @dataclass
@@ -91,6 +93,10 @@ async def _run(settings: Settings, kind: str, seconds: float, concurrency: int, 
                         targets.append((order_id, token))
             if not targets:
                 raise RuntimeError(f"worker {worker} owns none of the 200 orders placed")
+            # The rest of those orders' saga (stock commits, shipping, warehouse rows, analytics) would otherwise
+            # still run on the worker while it is measured.
+            say("waiting for the workers to finish processing them …")
+            await asyncio.to_thread(_wait_until_idle, settings)
             say(f"reading {len(targets)} orders owned by worker {worker} for {seconds:.0f} s, {concurrency} at once")
             requests: list[dict[str, object]] = [
                 {"method": "GET", "url": f"{base}/v1/orders/{order_id}",
@@ -108,6 +114,13 @@ async def _run(settings: Settings, kind: str, seconds: float, concurrency: int, 
     if report["errors"]:
         say(f"{report['errors']} requests failed without an answer, the first: {report.get('first_error')}")
     return result
+
+
+def _wait_until_idle(settings: Settings, timeout_s: float = 120.0) -> None:
+    """Until the workers' consumer group has no lag (or ``timeout_s`` passed)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and sum(consumer_lag(settings, settings.app_id).values()) > 0:
+        time.sleep(0.5)
 
 
 LOADGEN = Path(__file__).resolve().parents[1] / ".tools" / "bin" / "loadgen"
