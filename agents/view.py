@@ -41,6 +41,10 @@ class FaustWorkerView:
     def order(self, order_id: str) -> OrderState | None:
         return self.runtime.tables.orders.get(order_id)
 
+    def order_raw(self, order_id: str) -> bytes | None:
+        """The order as stored (JSON bytes): what :class:`api.app.RenderedOrders` keys its answers by."""
+        return self.runtime.tables.orders.get_raw(order_id)
+
     def stock(self, sku: str) -> StockState | None:
         return self.runtime.tables.stock.get(sku)
 

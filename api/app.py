@@ -256,36 +256,41 @@ async def get_order(request: web.Request) -> web.Response:
     if (forwarded := await _forward_unless_owner(request, "orders", order_id)) is not None:
         return forwarded
     worker = request.app[WORKER]
+    order_raw = getattr(worker, "order_raw", None)
+    if query.wait == 0 and order_raw is not None:  # the common read: answered from the stored bytes' rendering
+        raw = order_raw(order_id)
+        rendered = _RENDERED.get(raw) if raw is not None else None
+        if rendered is None and raw is not None:
+            rendered = _RENDERED.put(raw, OrderState.model_validate_json(raw))
+        if rendered is None or not principal.may_see_customer(rendered[0]):
+            raise NotFound(f"order {order_id} not found")
+        return web.Response(body=rendered[1], content_type="application/json", headers={SERVED_BY: str(worker.index)})
     order = worker.order(order_id)
     if query.wait > 0 and (order is None or order.status not in OrderStatus.SETTLED):
         order = await worker.wait_settled(order_id, query.wait)
     # Another customer's order is indistinguishable from a missing one.
     if order is None or not principal.may_see_customer(order.customer_id):
         raise NotFound(f"order {order_id} not found")
-    return web.Response(body=_RENDERED.body(order), content_type="application/json",
-                        headers={SERVED_BY: str(worker.index)})
+    return web.json_response(order_json(order), headers={SERVED_BY: str(worker.index)})
 
 
 class RenderedOrders:
-    """The JSON of recently answered orders, by stored state: a polled order is rendered once per change.
-
-    The orders table hands out one (frozen) instance per stored value (:class:`tables.typed.ModelTable`), so
-    the instance names the version; it is kept alongside, so a recycled ``id`` can never match.
-    """
+    """The JSON answers of recently read orders, by their stored bytes: a polled order is decoded and rendered once
+    per change (the bytes name the version; the owner's customer id is kept for the access check)."""
 
     def __init__(self, size: int = 4096) -> None:
         self.size = size
-        self._bodies: OrderedDict[int, tuple[OrderState, bytes]] = OrderedDict()
+        self._answers: OrderedDict[bytes, tuple[str, bytes]] = OrderedDict()
 
-    def body(self, order: OrderState) -> bytes:
-        hit = self._bodies.get(id(order))
-        if hit is not None and hit[0] is order:
-            return hit[1]
-        body = json.dumps(order_json(order)).encode()
-        self._bodies[id(order)] = (order, body)
-        if len(self._bodies) > self.size:
-            self._bodies.popitem(last=False)
-        return body
+    def get(self, raw: bytes) -> tuple[str, bytes] | None:
+        return self._answers.get(raw)
+
+    def put(self, raw: bytes, order: OrderState) -> tuple[str, bytes]:
+        answer = (order.customer_id, json.dumps(order_json(order)).encode())
+        self._answers[raw] = answer
+        if len(self._answers) > self.size:
+            self._answers.popitem(last=False)
+        return answer
 
 
 _RENDERED = RenderedOrders()

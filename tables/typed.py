@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any, Generic, TypeVar
 
 from faust.serializers import codecs
@@ -36,20 +35,9 @@ class ModelTable(Generic[M]):
     and this halves the cost. The bytes are plain JSON, the same as faust's ``json`` serializer writes.
     """
 
-    #: How many recently read or written values are kept decoded, by their bytes.
-    DECODED = 4096
-
     def __init__(self, table: Any, model: type[M]) -> None:
         self.table = table
         self.model = model
-        # The models are frozen, so one decoded instance serves every read of the same bytes: the next message
-        # about an order reads what the last one wrote, and a polled order is read again and again unchanged.
-        self._decoded: OrderedDict[bytes, M] = OrderedDict()
-
-    def _remember(self, raw: bytes, value: M) -> None:
-        self._decoded[raw] = value
-        if len(self._decoded) > self.DECODED:
-            self._decoded.popitem(last=False)
 
     @property
     def name(self) -> str:
@@ -57,18 +45,15 @@ class ModelTable(Generic[M]):
 
     def get(self, key: str) -> M | None:
         raw = self.table.get(key)
-        if raw is None:
-            return None
-        value = self._decoded.get(raw)
-        if value is None:
-            value = self.model.model_validate_json(raw)
-            self._remember(raw, value)
-        return value
+        return None if raw is None else self.model.model_validate_json(raw)
+
+    def get_raw(self, key: str) -> bytes | None:
+        """The stored JSON of ``key``, undecoded."""
+        raw: bytes | None = self.table.get(key)
+        return raw
 
     def put(self, key: str, value: M) -> None:
-        raw = value.model_dump_json().encode()
-        self.table[key] = raw
-        self._remember(raw, value)
+        self.table[key] = value.model_dump_json().encode()
 
     def __contains__(self, key: str) -> bool:
         return key in self.table

@@ -1,4 +1,4 @@
-"""A stored state is decoded once per stored value and an answered order rendered once per version."""
+"""A read order is decoded and rendered once per stored version (GET /v1/orders/{id} answers from that)."""
 
 from __future__ import annotations
 
@@ -7,30 +7,20 @@ import json
 from domain_builders import place
 
 from api.app import RenderedOrders, order_json
-from streamcart.domain.catalog import ProductState
 from streamcart.domain.orders import decide
-from tables.typed import ModelTable
 
 
-def test_one_decoded_instance_per_stored_value_and_a_new_one_when_it_changes():
-    table = ModelTable({}, ProductState)
-    table.table["KB-1"] = (b'{"sku": "KB-1", "name": "Keyboard", "unit_price_cents": 100, "currency": "EUR", '
-                           b'"active": true, "updated": {"event_id": "e-1", "at": 1}}')
-    first = table.get("KB-1")
-    assert first is not None and first.unit_price_cents == 100
-    assert table.get("KB-1") is first
-    changed = first.model_copy(update={"unit_price_cents": 200})
-    table.put("KB-1", changed)
-    assert table.get("KB-1") is changed  # what was just written, without decoding it again
-    assert table.get("missing") is None
-
-
-def test_an_order_is_rendered_once_per_version():
+def test_an_order_is_rendered_once_per_stored_version_and_keeps_its_customer_for_the_access_check():
     order = decide(None, place(), saga_timeout_ms=30_000).state
     assert order is not None
-    rendered = RenderedOrders(size=2)
-    body = rendered.body(order)
+    raw = order.model_dump_json().encode()
+    rendered = RenderedOrders(size=1)
+    assert rendered.get(raw) is None
+    customer, body = rendered.put(raw, order)
+    assert customer == order.customer_id
     assert json.loads(body) == json.loads(json.dumps(order_json(order)))
-    assert rendered.body(order) is body
+    assert rendered.get(raw) == (customer, body)
     newer = order.model_copy(update={"status": "CANCELLED"})
-    assert json.loads(rendered.body(newer))["status"] == "CANCELLED"
+    newer_raw = newer.model_dump_json().encode()
+    assert json.loads(rendered.put(newer_raw, newer)[1])["status"] == "CANCELLED"
+    assert rendered.get(raw) is None  # the oldest answer made room (size 1)
