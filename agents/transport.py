@@ -4,12 +4,13 @@
 that starts at the committed position, but its check lets one record through: with offset ``c`` committed (the
 next to read) and ``c + 1`` acknowledged, it commits ``c + 2`` although ``c`` was never processed. It also
 commits any run at all while it does not know the committed position, which is the case right after a rebalance
-revoked the partition, when acknowledgements of records handled before the rebalance still arrive. And it fills
-"gaps" (offsets it believes do not exist) with offsets it dropped itself while the flow was suspended. Seen on the
-real stack: a worker stopped mid-burst committed past the first one or two order commands of three partitions,
-which nobody processed. Here the committed run must start exactly at the committed position (the partition's
-start when nothing is committed), acknowledgements below it are forgotten, and gaps are not trusted: streamcart's
-topics are neither compacted nor transactional, so their offsets have no gaps.
+revoked the partition, when acknowledgements of records handled before the rebalance still arrive. And its fetch
+loop records "gaps" (offsets it believes do not exist) over records it dropped itself while the flow was
+suspended, and commits across them. Seen on the real stack: a worker stopped mid-burst committed past the first
+one or two order commands of three partitions, which nobody processed. Here the committed run must start exactly
+at the committed position (the partition's start when nothing is committed), acknowledgements below it are
+forgotten, and the fetch loop is replaced by one that delivers in offset order and records no gaps: streamcart's
+topics are neither compacted nor transactional, so their offsets have none.
 
 **A partition that has no committed offset is rewound too.**
 
@@ -65,7 +66,6 @@ class Consumer(faust_aiokafka.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._next_offset: dict[Any, int] = {}  # per partition of an acknowledged topic: the next to deliver
-        self._seek_back: list[tuple[Any, int]] = []  # partitions to fetch again from an offset
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -73,10 +73,6 @@ class Consumer(faust_aiokafka.Consumer):
     def _new_offset(self, tp: Any) -> int | None:
         """The offset to commit for ``tp``: past the acknowledged run that starts at the committed position."""
         return committable_offset(self._acked[tp], self._acked_index[tp], self._committed_offset[tp])
-
-    async def _add_gap(self, tp: Any, offset_from: int, offset_to: int) -> None:
-        log.warning("not trusting a gap in %s[%s] at offsets %d-%d: its records will be processed, not skipped",
-                    tp.topic, tp.partition, offset_from, offset_to)
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         for tp in revoked:
@@ -87,21 +83,19 @@ class Consumer(faust_aiokafka.Consumer):
         await super().perform_seek()
         self._next_offset = {tp: offset for tp, offset in self._read_offset.items() if offset is not None}
 
-    def _deliverable(self, tp: Any, offset: int, resought: set[Any]) -> bool | None:
-        """For a record of an acknowledged topic: deliver it (True), drop it as delivered already (False), or
-        ``None`` when records before it were never delivered, after seeking back to the first of them."""
+    def _deliverable(self, tp: Any, offset: int, refetch: dict[Any, int | None]) -> bool:
+        """Whether a record of an acknowledged topic is the next to deliver. A record below the position was
+        delivered already; one beyond it means records before it never were: ``refetch`` notes where to seek
+        (the fetch loop seeks once and leaves ``None`` until the missing record arrives)."""
         expected = self._next_offset.get(tp)
         if expected is None or offset == expected:
-            resought.discard(tp)
+            refetch.pop(tp, None)
             return True
-        if offset < expected:
-            return False
-        if tp not in resought:
+        if offset > expected and tp not in refetch:
             log.warning("%s[%s]: offset %d arrived before %d..%d were delivered; fetching them again",
                         tp.topic, tp.partition, offset, expected, offset - 1)
-            resought.add(tp)
-            self._seek_back.append((tp, expected))
-        return None
+            refetch[tp] = expected
+        return False
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover (the real stack runs it)
         """faust's fetch loop, delivering every record of an acknowledged topic exactly in offset order.
@@ -117,7 +111,7 @@ class Consumer(faust_aiokafka.Consumer):
         fetcher_should_stop = fetcher._stopped.is_set
         acks_enabled_for = self.app.topics.acks_enabled_for
         read_offset = self._read_offset
-        resought: set[Any] = set()
+        refetch: dict[Any, int | None] = {}  # partitions to seek back once this batch is done (None: sought)
         since_yield = 0
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
@@ -132,8 +126,7 @@ class Consumer(faust_aiokafka.Consumer):
                             since_yield = 0
                         offset = message.offset
                         if acks_enabled_for(message.topic):
-                            deliverable = self._deliverable(tp, offset, resought)
-                            if not deliverable:
+                            if not self._deliverable(tp, offset, refetch):
                                 continue
                         else:
                             r_offset = read_offset[tp]
@@ -151,9 +144,10 @@ class Consumer(faust_aiokafka.Consumer):
                         if delivery.done() and not delivery.cancelled():
                             read_offset[tp] = offset
                             self._next_offset[tp] = offset + 1
-                    while self._seek_back:
-                        tp, offset = self._seek_back.pop()
-                        await self.seek(tp, offset)
+                    for partition, start in refetch.items():
+                        if start is not None:
+                            refetch[partition] = None
+                            await self.seek(partition, start)
                 self.diag.unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:

@@ -71,6 +71,7 @@ WORKER = web.AppKey("worker", WorkerView)
 COMMANDS = web.AppKey("commands", CommandPort)
 HTTP = web.AppKey("http", ClientSession)
 PLACING: web.AppKey[Placements] = web.AppKey("placing")
+RENDERED: web.AppKey[RenderedOrders] = web.AppKey("rendered")
 SPEC = web.AppKey("spec", dict)
 
 MAX_BODY_BYTES = 64 * 1024
@@ -92,6 +93,7 @@ def init_app(settings: Settings, worker: WorkerView, commands: CommandPort | Non
     if commands is not None:
         app[COMMANDS] = commands
     app[PLACING] = Placements()
+    app[RENDERED] = RenderedOrders()
     app.cleanup_ctx.append(_http_session)
     routes = ROUTES + analytics.ROUTES + stream.ROUTES + dashboard.ROUTES
     for route in routes:
@@ -256,12 +258,9 @@ async def get_order(request: web.Request) -> web.Response:
     if (forwarded := await _forward_unless_owner(request, "orders", order_id)) is not None:
         return forwarded
     worker = request.app[WORKER]
-    order_raw = getattr(worker, "order_raw", None)
-    if query.wait == 0 and order_raw is not None:  # the common read: answered from the stored bytes' rendering
-        raw = order_raw(order_id)
-        rendered = _RENDERED.get(raw) if raw is not None else None
-        if rendered is None and raw is not None:
-            rendered = _RENDERED.put(raw, OrderState.model_validate_json(raw))
+    if query.wait == 0:  # the common read: answered from the rendering of the stored bytes
+        raw = worker.order_raw(order_id)
+        rendered = None if raw is None else request.app[RENDERED].answer(raw)
         if rendered is None or not principal.may_see_customer(rendered[0]):
             raise NotFound(f"order {order_id} not found")
         return web.Response(body=rendered[1], content_type="application/json", headers={SERVED_BY: str(worker.index)})
@@ -282,18 +281,15 @@ class RenderedOrders:
         self.size = size
         self._answers: OrderedDict[bytes, tuple[str, bytes]] = OrderedDict()
 
-    def get(self, raw: bytes) -> tuple[str, bytes] | None:
-        return self._answers.get(raw)
-
-    def put(self, raw: bytes, order: OrderState) -> tuple[str, bytes]:
-        answer = (order.customer_id, json.dumps(order_json(order)).encode())
-        self._answers[raw] = answer
-        if len(self._answers) > self.size:
-            self._answers.popitem(last=False)
+    def answer(self, raw: bytes) -> tuple[str, bytes]:
+        """The order stored as ``raw``: its customer id and its JSON answer."""
+        answer = self._answers.get(raw)
+        if answer is None:
+            order = OrderState.model_validate_json(raw)
+            answer = self._answers[raw] = (order.customer_id, json.dumps(order_json(order)).encode())
+            if len(self._answers) > self.size:
+                self._answers.popitem(last=False)
         return answer
-
-
-_RENDERED = RenderedOrders()
 
 
 class Placements:

@@ -52,6 +52,10 @@ class FakeWorker:
     def order(self, order_id: str) -> OrderState | None:
         return self.orders.get(order_id)
 
+    def order_raw(self, order_id: str) -> bytes | None:
+        order = self.orders.get(order_id)
+        return None if order is None else order.model_dump_json().encode()
+
     def owner_url(self, table: str, key: str) -> str | None:
         return self.owner
 

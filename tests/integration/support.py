@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -15,6 +18,23 @@ from api.auth import issue_token
 from streamcart.ids import new_id
 from streamcart.settings import Settings
 
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """A request handler for a test's own HTTP server (a customer's webhook) that does not log each request."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def http_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """Serve ``handler`` on a free loopback port in a thread while the block runs; yields the base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
 
 def producer(settings: Settings) -> Producer:
     """A confluent-kafka producer partitioning like faust and the Java client (murmur2), acks from all."""

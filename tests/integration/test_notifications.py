@@ -8,12 +8,11 @@ import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from agents.runtime import DlqHeader
-from tests.integration.support import admin_token, headers_of, poll, read_topic
+from tests.integration.support import QuietHandler, admin_token, headers_of, http_server, poll, read_topic
 from tests.integration.test_api import call, customer, order_body, stocked_sku
 from tests.integration.test_saga import Shop
 
@@ -45,20 +44,14 @@ class Hook:
 def hook() -> Iterator[tuple[Hook, str]]:
     state = Hook()
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
             self.send_response(state.answer(self.headers.get("Idempotency-Key", ""), body))
             self.end_headers()
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield state, f"http://127.0.0.1:{server.server_address[1]}/hooks"
-    server.shutdown()
+    with http_server(Handler) as base:
+        yield state, f"{base}/hooks"
 
 
 @pytest.fixture(scope="module")
@@ -66,14 +59,19 @@ def shop(stack, settings, codec) -> Shop:
     return Shop(settings, codec)
 
 
+
+def _settled_order(shop: Shop, settings, webhook_url: str, **body: str) -> dict:
+    """An order placed through the API with ``webhook_url`` as its webhook, as it is once settled."""
+    _, token = customer(settings)
+    _, _, placed = call(f"{settings.worker_url(0)}/v1/orders", "POST",
+                        {**order_body(stocked_sku(shop), **body), "webhook_url": webhook_url}, token)
+    _, _, order = call(f"{settings.worker_url(0)}/v1/orders/{placed['order_id']}?wait=30", token=token)
+    return order
+
 def test_the_webhook_hears_of_confirmation_and_dispatch_and_a_failed_attempt_is_retried(shop, settings, hook):
     receiver, url = hook
-    sku = stocked_sku(shop)
-    _, token = customer(settings)
-    _, _, placed = call(f"{settings.worker_url(0)}/v1/orders", "POST", {**order_body(sku), "webhook_url": url},
-                        token)
-    order_id = placed["order_id"]
-    _, _, order = call(f"{settings.worker_url(0)}/v1/orders/{order_id}?wait=30", token=token)
+    order = _settled_order(shop, settings, url)
+    order_id = order["order_id"]
     assert order["status"] == "CONFIRMED", order
 
     confirmed = poll(lambda: len(receiver.delivered(order_id, "order_confirmed")) >= 2 and
@@ -89,12 +87,8 @@ def test_the_webhook_hears_of_confirmation_and_dispatch_and_a_failed_attempt_is_
 
 def test_a_cancelled_order_is_notified(shop, settings, hook):
     receiver, url = hook
-    sku = stocked_sku(shop)
-    _, token = customer(settings)
-    _, _, placed = call(f"{settings.worker_url(0)}/v1/orders", "POST",
-                        {**order_body(sku, token="tok_decline"), "webhook_url": url}, token)
-    order_id = placed["order_id"]
-    _, _, order = call(f"{settings.worker_url(0)}/v1/orders/{order_id}?wait=30", token=token)
+    order = _settled_order(shop, settings, url, token="tok_decline")
+    order_id = order["order_id"]
     assert (order["status"], order["cancel_reason"]) == ("CANCELLED", "payment_declined")
     poll(lambda: len(receiver.delivered(order_id, "order_cancelled")) >= 2, what="the cancellation notification")
 
@@ -102,12 +96,8 @@ def test_a_cancelled_order_is_notified(shop, settings, hook):
 def test_a_webhook_that_never_answers_ends_in_the_dlq_with_the_reason(shop, settings, hook):
     receiver, url = hook
     receiver.always_fail = True
-    sku = stocked_sku(shop)
-    _, token = customer(settings)
-    _, _, placed = call(f"{settings.worker_url(0)}/v1/orders", "POST", {**order_body(sku), "webhook_url": url},
-                        token)
-    order_id = placed["order_id"]
-    _, _, order = call(f"{settings.worker_url(0)}/v1/orders/{order_id}?wait=30", token=token)
+    order = _settled_order(shop, settings, url)
+    order_id = order["order_id"]
     assert order["status"] == "CONFIRMED"  # the saga does not wait on a customer's webhook
 
     def given_up(records: list) -> bool:

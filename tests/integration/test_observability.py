@@ -4,16 +4,14 @@ logs one JSON object per line."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
 from streamcart.stack.specs import worker_name
 from streamcart.tracing import new_traceparent, trace_id
-from tests.integration.support import headers_of, read_topic
+from tests.integration.support import QuietHandler, headers_of, http_server, read_topic
 from tests.integration.test_api import call, customer, order_body, stocked_sku
 from tests.integration.test_saga import Shop
 
@@ -28,22 +26,15 @@ def webhook() -> Iterator[tuple[str, list[str]]]:
     """A customer's webhook receiver on loopback: its URL, and the ``traceparent`` of every POST it answered."""
     received: list[str] = []
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length", 0)))
             received.append(self.headers.get("traceparent", ""))
             self.send_response(204)
             self.end_headers()
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hooks", received
-    server.shutdown()
-    thread.join()
+    with http_server(Handler) as base:
+        yield f"{base}/hooks", received
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,10 @@ def test_an_order_is_rendered_once_per_stored_version_and_keeps_its_customer_for
     assert order is not None
     raw = order.model_dump_json().encode()
     rendered = RenderedOrders(size=1)
-    assert rendered.get(raw) is None
-    customer, body = rendered.put(raw, order)
+    customer, body = rendered.answer(raw)
     assert customer == order.customer_id
     assert json.loads(body) == json.loads(json.dumps(order_json(order)))
-    assert rendered.get(raw) == (customer, body)
+    assert rendered.answer(raw)[1] is body  # not rendered again
     newer = order.model_copy(update={"status": "CANCELLED"})
-    newer_raw = newer.model_dump_json().encode()
-    assert json.loads(rendered.put(newer_raw, newer)[1])["status"] == "CANCELLED"
-    assert rendered.get(raw) is None  # the oldest answer made room (size 1)
+    assert json.loads(rendered.answer(newer.model_dump_json().encode())[1])["status"] == "CANCELLED"
+    assert rendered.answer(raw)[1] is not body  # the oldest answer made room (size 1), so it is rendered anew
