@@ -9,7 +9,7 @@ import faust
 
 from agents import analytics, inventory, notifications, orders, payments, shipping, timeouts, warehouse
 from agents.runtime import Runtime, Sink
-from agents.transport import Transport
+from agents.transport import InProgress, Transport
 from schemas.codec import Codec
 from streamcart.settings import Settings
 from tables import declare_tables
@@ -18,7 +18,14 @@ FLOWS = (orders, inventory, payments, shipping, notifications, timeouts, analyti
 
 
 class App(faust.App):
-    """faust's app on :mod:`agents.transport` (rewinds partitions that have no committed offset yet)."""
+    """faust's app on :mod:`agents.transport` (rewinds partitions that have no committed offset yet).
+
+    ``in_progress`` holds the messages the agent loops are handling: what a rebalance or a stop waits for.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.in_progress = InProgress()
 
     def _new_transport(self) -> Any:
         return Transport(self.conf.broker_consumer, self)

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from faust.streams import _current_event
 from pydantic import ValidationError
 
+from agents.transport import InProgress
 from agents.watch import OrderWatch
 from schemas.codec import Codec
 from schemas.errors import RegistryUnavailable, SchemaError
@@ -254,9 +255,17 @@ async def consume(runtime: Runtime, stream: Any, handler: Handler, *, flow: str)
     the message lost to the partition's next owner; iterating without acks and acknowledging here prevents that.
     """
     events = stream.noack()
+    in_progress = _in_progress(runtime)
     async for event in events.events():
-        await process(runtime, event, handler, flow)
-        await events.ack(event)
+        with in_progress.handling(event.message):
+            await process(runtime, event, handler, flow)
+            await events.ack(event)
+
+
+def _in_progress(runtime: Runtime) -> InProgress:
+    """The app's record of the messages being handled (what a rebalance or a stop waits for)."""
+    in_progress: InProgress = runtime.app.in_progress
+    return in_progress
 
 
 #: How many messages one concurrently consuming agent handles at once.
@@ -275,9 +284,10 @@ async def consume_concurrently(
     stay unacknowledged (faust's ``take_events`` would acknowledge a whole batch even then).
     """
     events = stream.noack()
+    in_progress = _in_progress(runtime)
     slots = asyncio.Semaphore(limit)
     last_of_key: dict[bytes | None, asyncio.Task[None]] = {}
-    in_flight: dict[asyncio.Task[None], bytes | None] = {}  # each task's key
+    in_flight: dict[asyncio.Task[None], tuple[bytes | None, Any]] = {}  # each task's key and message
 
     async def handle(event: Any, before: asyncio.Task[None] | None) -> None:
         try:
@@ -288,8 +298,9 @@ async def consume_concurrently(
         finally:
             slots.release()
 
-    def done(task: asyncio.Task[None]) -> None:
-        key = in_flight.pop(task)
+    def done(task: asyncio.Task[None]) -> None:  # also when cancelled before it ever ran
+        key, message = in_flight.pop(task)
+        in_progress.end(message)
         if last_of_key.get(key) is task:
             del last_of_key[key]
         if not task.cancelled() and (failure := task.exception()) is not None:
@@ -299,10 +310,15 @@ async def consume_concurrently(
 
     try:
         async for event in events.events():
-            await slots.acquire()
+            in_progress.begin(event.message)
+            try:
+                await slots.acquire()
+            except BaseException:
+                in_progress.end(event.message)
+                raise
             key = event.key
             task = asyncio.ensure_future(handle(event, last_of_key.get(key)))
-            last_of_key[key], in_flight[task] = task, key
+            last_of_key[key], in_flight[task] = task, (key, event.message)
             task.add_done_callback(done)
     finally:
         for task in list(in_flight):

@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -37,6 +39,58 @@ from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 log = logging.getLogger(__name__)
+
+
+class InProgress:
+    """The messages agents have started handling and not yet acknowledged (a message counts once per agent).
+
+    A rebalance or a stop has to wait for these before it commits, and for nothing else: see
+    :meth:`Consumer.wait_empty`.
+    """
+
+    def __init__(self) -> None:
+        self._agents_on: Counter[Any] = Counter()  # message -> how many agents are handling it
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def __bool__(self) -> bool:
+        return bool(self._agents_on)
+
+    def __len__(self) -> int:
+        return len(self._agents_on)
+
+    def __contains__(self, message: object) -> bool:
+        return message in self._agents_on
+
+    def begin(self, message: Any) -> None:
+        """One agent started handling ``message``."""
+        self._agents_on[message] += 1
+        self._idle.clear()
+
+    def end(self, message: Any) -> None:
+        """That agent acknowledged ``message``, or gave up on it."""
+        self._agents_on[message] -= 1
+        if self._agents_on[message] <= 0:
+            del self._agents_on[message]
+            if not self._agents_on:
+                self._idle.set()
+
+    @contextmanager
+    def handling(self, message: Any) -> Iterator[None]:
+        """While one agent handles ``message``."""
+        self.begin(message)
+        try:
+            yield
+        finally:
+            self.end(message)
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no message is being handled; False if some still are after ``timeout_s``."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
 
 
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -73,6 +127,33 @@ class Consumer(faust_aiokafka.Consumer):
     def _new_offset(self, tp: Any) -> int | None:
         """The offset to commit for ``tp``: past the acknowledged run that starts at the committed position."""
         return committable_offset(self._acked[tp], self._acked_index[tp], self._committed_offset[tp])
+
+    async def wait_empty(self) -> None:
+        """Wait for the messages agents are handling to be acknowledged, then commit.
+
+        faust waits here at every rebalance and stop, but for every message a stream has taken that is not yet
+        acknowledged by all the agents it was delivered to and is still referenced somewhere. A message of a
+        topic that two agents consume (the inventory, payment and shipping events: orders and warehouse) can be
+        handled by one while faust drops it from the other's queue at the suspension; it is then never
+        acknowledged, and faust's own fetch loop keeps a reference to its last message. Seen on the real stack
+        after a worker restart: every agent idle, "wait_empty: Waiting for tasks [(1, <ConsumerMessage:
+        ...commerce.events.payments...>)]" for minutes, the group waiting out its rebalance timeout and orders
+        stalled on both workers. Such a message is not acknowledged, so no commit passes it, and the partition
+        is read again from its committed offset after the rebalance: only what an agent is working on needs
+        waiting for (:class:`InProgress`, kept by the agent loops).
+        """
+        in_progress: InProgress | None = getattr(self.app, "in_progress", None)
+        if in_progress is None:  # an app without the agent loops' bookkeeping: faust's own wait
+            await super().wait_empty()
+            return
+        waited_s = 0
+        while not self.should_stop and not await in_progress.wait_idle(timeout_s=1.0):
+            waited_s += 1
+            if not waited_s % 10:
+                log.warning("waited %d s for %d message(s) agents are still handling", waited_s, len(in_progress))
+            await self.commit()
+        self._unacked_messages.clear()  # dropped from a queue by faust, never to be acknowledged (see above)
+        await self.commit_and_end_transactions()
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         for tp in revoked:

@@ -5,18 +5,33 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from agents import runtime
 from agents.runtime import consume, consume_concurrently
+from agents.transport import InProgress
 
 
 @dataclass
 class Event:
     key: bytes
     offset: int
+
+    @property
+    def message(self) -> tuple[str, int]:  # what faust's event carries: the Kafka message, one per offset
+        return ("topic", self.offset)
+
+
+def running() -> Any:
+    """A runtime with what the loops use of it: the app's record of the messages being handled."""
+    return SimpleNamespace(app=SimpleNamespace(in_progress=InProgress()))
+
+
+def being_handled(rt: Any) -> set[int]:
+    return {offset for offset in range(100) if ("topic", offset) in rt.app.in_progress}
 
 
 @dataclass
@@ -80,26 +95,32 @@ async def _until(condition: Any) -> None:
 async def test_consume_acknowledges_handled_events_and_not_the_one_a_stop_interrupts(handled):
     stream = FakeStream([Event(b"k", 0), Event(b"k", 1), Event(b"k", 2)])
     handled.finish(0, 1)
-    agent = asyncio.create_task(consume(None, stream, None, flow="test"))  # type: ignore[arg-type]
+    rt = running()
+    agent = asyncio.create_task(consume(rt, stream, None, flow="test"))
     await _until(lambda: handled.started == [0, 1, 2])
+    assert being_handled(rt) == {2}  # what a rebalance would wait for
 
     agent.cancel()  # a stop while offset 2 is being handled
     with pytest.raises(asyncio.CancelledError):
         await agent
     assert stream.acks_enabled is False
     assert stream.acked == [0, 1]
+    assert not rt.app.in_progress
 
 
 async def test_consume_concurrently_runs_keys_at_once_keeps_each_key_in_order_and_acks_only_what_finished(handled):
     stream = FakeStream([Event(b"a", 0), Event(b"b", 1), Event(b"a", 2), Event(b"c", 3)])
-    agent = asyncio.create_task(consume_concurrently(None, stream, None, flow="test"))  # type: ignore[arg-type]
+    rt = running()
+    agent = asyncio.create_task(consume_concurrently(rt, stream, None, flow="test"))
     await _until(stream.drained.is_set)
     await _until(lambda: sorted(handled.started) == [0, 1, 3])
     # Different keys run at once; the second message of key a waits for its first.
     assert 2 not in handled.started
+    assert being_handled(rt) == {0, 1, 2, 3}  # taken from the stream: a rebalance waits for all four
 
     handled.finish(3)
     await _until(lambda: stream.acked == [3])
+    await _until(lambda: being_handled(rt) == {0, 1, 2})
     handled.finish(0)
     await _until(lambda: 2 in handled.started)
     assert stream.acked == [3, 0]
@@ -110,20 +131,38 @@ async def test_consume_concurrently_runs_keys_at_once_keeps_each_key_in_order_an
     for _ in range(10):
         await asyncio.sleep(0)
     assert stream.acked == [3, 0]
+    assert not rt.app.in_progress
 
 
 async def test_consume_concurrently_holds_at_most_limit_messages_in_flight(handled):
     stream = FakeStream([Event(f"k{n}".encode(), n) for n in range(5)])
-    agent = asyncio.create_task(
-        consume_concurrently(None, stream, None, flow="test", limit=2)  # type: ignore[arg-type]
-    )
+    rt = running()
+    agent = asyncio.create_task(consume_concurrently(rt, stream, None, flow="test", limit=2))
     await _until(lambda: handled.started == [0, 1])
     for _ in range(10):
         await asyncio.sleep(0)
     assert handled.started == [0, 1]
+    assert being_handled(rt) == {0, 1, 2}  # the third waits for a slot, taken from the stream already
     handled.finish(1)
     await _until(lambda: handled.started == [0, 1, 2])
-    agent.cancel()
+    agent.cancel()  # while waiting for a slot for the fourth
     with pytest.raises(asyncio.CancelledError):
         await agent
     assert stream.acked == [1]
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert not rt.app.in_progress
+
+
+async def test_in_progress_counts_a_message_once_per_agent_and_is_idle_when_every_agent_is_done():
+    in_progress = InProgress()
+    assert await in_progress.wait_idle(timeout_s=0.01)
+    in_progress.begin("m")
+    in_progress.begin("m")  # a second agent the same message was delivered to
+    in_progress.end("m")
+    assert "m" in in_progress and not await in_progress.wait_idle(timeout_s=0.01)
+    waiter = asyncio.create_task(in_progress.wait_idle(timeout_s=5))
+    await asyncio.sleep(0)
+    in_progress.end("m")
+    assert await waiter
+    assert "m" not in in_progress and len(in_progress) == 0

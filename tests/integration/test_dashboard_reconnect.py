@@ -1,8 +1,3 @@
-# NOT COLLECTED (no test_ prefix): a known, intermittent failure, kept runnable by hand.
-#   .venv/bin/pytest tests/integration/pending_dashboard_reconnect.py
-# The page does reconnect by itself. But after worker-1 is stopped and started again, orders stalled on both
-# workers for 1-2 minutes in 3 of 6 full runs (session 3). This test then failed, or the next tests did. The
-# cause is not found. Rename to test_*.py once the stall is fixed.
 """The live dashboard reconnects by itself after its worker restarts (issue 7)."""
 
 from __future__ import annotations
