@@ -273,3 +273,4 @@ def committable_offset(acked: list[int], acked_index: set[int], committed: int |
 
 class Transport(faust_aiokafka.Transport):
     Consumer = Consumer
+

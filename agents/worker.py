@@ -23,6 +23,11 @@ from streamcart.settings import Settings
 log = logging.getLogger(__name__)
 
 
+#: How long a stopping worker lets the API's running requests finish (aiohttp's default is a minute, longer than
+#: ``streamcart down`` waits before it kills).
+SHUTDOWN_TIMEOUT_S = 3.0
+
+
 class ApiServer(Service):
     """Serves the aiohttp API from inside the worker, from the start (readiness answers 503 until ready)."""
 
@@ -34,7 +39,8 @@ class ApiServer(Service):
         self._runner: web.AppRunner | None = None
 
     async def on_start(self) -> None:
-        self._runner = web.AppRunner(self.web_app, access_log=None)
+        # Requests still running at a stop get a few seconds (open event streams are ended at once, api.stream).
+        self._runner = web.AppRunner(self.web_app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
         await self._runner.setup()
         await web.TCPSite(self._runner, self.host, self.port).start()
         log.info("API listening on http://%s:%s", self.host, self.port)

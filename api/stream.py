@@ -134,22 +134,31 @@ class Hub:
     def __init__(self, app: web.Application, settings: Settings) -> None:
         self.app = app
         self.settings = settings
-        self.subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+        self.subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()  # None: the end of the stream
         self._task: asyncio.Task[None] | None = None
         self._last_placed: tuple[float, int] | None = None
         self._analytics: dict[str, Any] = {}
         self._late: dict[str, int] = {}
         self._ticks = 0
 
-    def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=5)
+    def subscribe(self) -> asyncio.Queue[dict[str, Any] | None]:
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=5)
         self.subscribers.add(queue)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run())
         return queue
 
-    def unsubscribe(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
+    def unsubscribe(self, queue: asyncio.Queue[dict[str, Any] | None]) -> None:
         self.subscribers.discard(queue)
+
+    def end_streams(self) -> None:
+        """Tell every open stream to finish (the server is shutting down; the browser reconnects elsewhere)."""
+        for queue in list(self.subscribers):
+            with contextlib.suppress(asyncio.QueueEmpty):
+                while True:
+                    queue.get_nowait()
+            queue.put_nowait(None)
+        self.subscribers.clear()
 
     async def close(self) -> None:
         if self._task is not None:
@@ -280,6 +289,13 @@ def _quantiles(latencies: list[float]) -> dict[str, Any]:
 def setup_routes(app: web.Application) -> None:
     gather.setup(app, app[core.SETTINGS])
     app.cleanup_ctx.append(_background)
+    app.on_shutdown.append(_end_streams)
+
+
+async def _end_streams(app: web.Application) -> None:
+    """Open event streams never end by themselves: a shutdown would wait for them (aiohttp's shutdown timeout,
+    a minute by default) and a stopping worker be killed instead of stopping cleanly."""
+    app[HUB].end_streams()
 
 
 async def _background(app: web.Application) -> AsyncIterator[None]:
@@ -330,8 +346,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     hub = request.app[HUB]
     queue = hub.subscribe()
     try:
-        while True:
-            tick = await queue.get()
+        while (tick := await queue.get()) is not None:
             await response.write(f"event: {tick['type']}\ndata: {json.dumps(tick)}\n\n".encode())
     except (ConnectionResetError, asyncio.CancelledError):
         pass
