@@ -30,10 +30,10 @@ def shop(stack, settings, codec) -> Shop:
 
 
 class OrderFlow:
-    """Places orders in the background (a bounded number, a few a second) until stopped."""
+    """Places orders in the background (a bounded number, one every ``every_s``) until stopped."""
 
-    def __init__(self, shop: Shop, skus: list[str], limit: int = 400) -> None:
-        self.shop, self.skus, self.limit = shop, skus, limit
+    def __init__(self, shop: Shop, skus: list[str], limit: int = 400, every_s: float = 0.1) -> None:
+        self.shop, self.skus, self.limit, self.every_s = shop, skus, limit, every_s
         self.placed: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -44,7 +44,7 @@ class OrderFlow:
             i = len(self.placed)
             order = self.shop.place({self.skus[i % len(self.skus)]: 1 + i % 2}, token=tokens[i % len(tokens)])
             self.placed.append(order.order_id)
-            self._stop.wait(0.1)
+            self._stop.wait(self.every_s)
 
     def __enter__(self) -> OrderFlow:
         self._thread.start()
