@@ -1,4 +1,7 @@
-"""faust's Kafka transport with two fixes, both about never committing past a record that was not processed.
+"""faust's Kafka transport with fixes, all about never committing past a record that was not processed (and
+about rebalances that never end). Besides the two below: a flush before each commit that really drains the buffered
+table writes (:class:`ProducerBuffer`), and rebalances and stops that wait only for the messages agents are
+handling (:meth:`Consumer.wait_empty`).
 
 **Commits stop at the first unprocessed record.** faust commits, per partition, the run of acknowledged offsets
 that starts at the committed position, but its check lets one record through: with offset ``c`` committed (the
@@ -28,6 +31,7 @@ are left alone: faust never commits them and positions them itself during recove
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -37,6 +41,7 @@ from typing import Any
 from aiokafka import TopicPartition
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.transport.producer import ProducerBuffer as FaustProducerBuffer
 
 log = logging.getLogger(__name__)
 
@@ -271,6 +276,48 @@ def committable_offset(acked: list[int], acked_index: set[int], committed: int |
     return next_offset
 
 
+class ProducerBuffer(FaustProducerBuffer):
+    """faust's buffer of table changelog writes, with a flush that waits until every one was handed to Kafka.
+
+    Every offset commit flushes the producer first, so that the state a message wrote is in its changelog before
+    the message counts as processed. But faust's ``flush`` gives up as soon as one buffered write takes more than
+    0.1 s to go out, which a busy event loop easily exceeds, and then flushes only what had reached the Kafka
+    client: the commit could pass messages whose table writes were still buffered, and a worker killed then
+    would lose that state for good (its messages are not delivered again). Here the flush waits for the buffer
+    to be empty *and* for the write being handed over to be done.
+    """
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._handing_over = 0
+
+    async def _send_pending(self, fut: Any) -> None:
+        self._handing_over += 1
+        try:
+            await super()._send_pending(fut)
+        finally:
+            self._handing_over -= 1
+
+    async def flush(self) -> None:
+        while self.size or self._handing_over:
+            if self.state != "running":
+                raise RuntimeError("Cannot flush: Producer not Running")
+            self.message_sent.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.message_sent.wait(), timeout=0.1)
+
+
+class Producer(faust_aiokafka.Producer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        buffer = ProducerBuffer(loop=self.loop, beacon=self.beacon)
+        buffer.app = self.app
+        if getattr(self, "threaded_producer", None) is not None:  # producer_threaded (not used here)
+            buffer.threaded_producer = self.threaded_producer
+        self.buffer = buffer
+
+
 class Transport(faust_aiokafka.Transport):
     Consumer = Consumer
+    Producer = Producer
 
