@@ -39,7 +39,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from aiokafka import TopicPartition
-from faust.transport.consumer import CONSUMER_FETCHING
+from faust.transport.consumer import CONSUMER_FETCHING, CONSUMER_WAIT_EMPTY
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.producer import ProducerBuffer as FaustProducerBuffer
 
@@ -133,14 +133,16 @@ class Consumer(faust_aiokafka.Consumer):
         """The offset to commit for ``tp``: past the acknowledged run that starts at the committed position."""
         return committable_offset(self._acked[tp], self._acked_index[tp], self._committed_offset[tp])
 
+    @faust_aiokafka.Consumer.transitions_to(CONSUMER_WAIT_EMPTY)
     async def wait_empty(self) -> None:
         """Wait for the messages agents are handling to be acknowledged, then commit.
 
         faust waits here at every rebalance and stop, but for every message a stream has taken that is not yet
         acknowledged by all the agents it was delivered to and is still referenced somewhere. A message of a
-        topic that two agents consume (the inventory, payment and shipping events: orders and warehouse) can be
-        handled by one while faust drops it from the other's queue at the suspension; it is then never
-        acknowledged, and faust's own fetch loop keeps a reference to its last message. Seen on the real stack
+        topic several agents consume (the inventory, payment and shipping events: orders and warehouse; the order
+        events: analytics, notifications and shipping) can be handled by one while faust drops it from another's
+        queue at the suspension; it is then never acknowledged, and a reference to it can outlive the drop (the
+        fetch loop keeps its last message in a local). Seen on the real stack
         after a worker restart: every agent idle, "wait_empty: Waiting for tasks [(1, <ConsumerMessage:
         ...commerce.events.payments...>)]" for minutes, the group waiting out its rebalance timeout and orders
         stalled on both workers. Such a message is not acknowledged, so no commit passes it, and the partition
@@ -155,7 +157,8 @@ class Consumer(faust_aiokafka.Consumer):
         while not self.should_stop and not await in_progress.wait_idle(timeout_s=1.0):
             waited_s += 1
             if not waited_s % 10:
-                log.warning("waited %d s for %d message(s) agents are still handling", waited_s, len(in_progress))
+                log.warning("waited %d s for %d message(s) agents are still handling; agents:\n%s", waited_s,
+                            len(in_progress), self.app.agents.human_tracebacks())
             await self.commit()
         self._unacked_messages.clear()  # dropped from a queue by faust, never to be acknowledged (see above)
         await self.commit_and_end_transactions()
@@ -277,44 +280,60 @@ def committable_offset(acked: list[int], acked_index: set[int], committed: int |
 
 
 class ProducerBuffer(FaustProducerBuffer):
-    """faust's buffer of table changelog writes, with a flush that waits until every one was handed to Kafka.
+    """faust's buffer of table changelog writes, with a flush that waits until they were handed to Kafka.
 
     Every offset commit flushes the producer first, so that the state a message wrote is in its changelog before
     the message counts as processed. But faust's ``flush`` gives up as soon as one buffered write takes more than
     0.1 s to go out, which a busy event loop easily exceeds, and then flushes only what had reached the Kafka
     client: the commit could pass messages whose table writes were still buffered, and a worker killed then
-    would lose that state for good (its messages are not delivered again). Here the flush waits for the buffer
-    to be empty *and* for the write being handed over to be done.
+    would lose that state for good (its messages are not delivered again). Here a flush waits until every write
+    buffered when it began was handed over (not the ones agents buffer meanwhile: the offsets a commit writes
+    were decided before its flush). One task hands the writes over, in order, so counts are enough. (Not for
+    faust's ``producer_threaded``, which streamcart leaves off.)
     """
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._handing_over = 0
+        self._put = 0  # writes buffered so far
+        self._handed = 0  # of those, handed to the Kafka client
+
+    def put(self, fut: Any) -> None:
+        super().put(fut)
+        self._put += 1
 
     async def _send_pending(self, fut: Any) -> None:
-        self._handing_over += 1
-        try:
-            await super()._send_pending(fut)
-        finally:
-            self._handing_over -= 1
+        await super()._send_pending(fut)
+        self._handed += 1  # only once it went: a failed hand-over crashes the buffer, and a flush then raises
 
     async def flush(self) -> None:
-        while self.size or self._handing_over:
+        target = self._put
+        while self._handed < target:
             if self.state != "running":
                 raise RuntimeError("Cannot flush: Producer not Running")
             self.message_sent.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.message_sent.wait(), timeout=0.1)
 
+    async def on_stop(self) -> None:
+        # faust's sending task ends as soon as the stop begins; the producer hands everything over before it stops
+        # (Producer.on_stop), so nothing should be left here.
+        if self.size:
+            log.warning("%d table write(s) still buffered when the producer stopped", self.size)
+
 
 class Producer(faust_aiokafka.Producer):
+    """faust's aiokafka producer with :class:`ProducerBuffer`, drained before the Kafka client stops."""
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         buffer = ProducerBuffer(loop=self.loop, beacon=self.beacon)
         buffer.app = self.app
-        if getattr(self, "threaded_producer", None) is not None:  # producer_threaded (not used here)
-            buffer.threaded_producer = self.threaded_producer
         self.buffer = buffer
+
+    async def on_stop(self) -> None:
+        with contextlib.suppress(RuntimeError):  # a crashed buffer: what it held is lost either way
+            await self.buffer.flush()
+        await super().on_stop()
 
 
 class Transport(faust_aiokafka.Transport):

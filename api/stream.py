@@ -140,9 +140,13 @@ class Hub:
         self._analytics: dict[str, Any] = {}
         self._late: dict[str, int] = {}
         self._ticks = 0
+        self.closed = False  # the server is shutting down: streams end
 
     def subscribe(self) -> asyncio.Queue[dict[str, Any] | None]:
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=5)
+        if self.closed:  # a stream opened while the server shuts down ends at once
+            queue.put_nowait(None)
+            return queue
         self.subscribers.add(queue)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run())
@@ -152,7 +156,9 @@ class Hub:
         self.subscribers.discard(queue)
 
     def end_streams(self) -> None:
-        """Tell every open stream to finish (the server is shutting down; the browser reconnects elsewhere)."""
+        """Tell every open stream to finish, and any opened from now on (the server is shutting down; the browser
+        reconnects elsewhere)."""
+        self.closed = True
         for queue in list(self.subscribers):
             with contextlib.suppress(asyncio.QueueEmpty):
                 while True:

@@ -52,3 +52,28 @@ async def test_flush_of_an_empty_buffer_returns_at_once():
         await asyncio.wait_for(buffer.flush(), timeout=0.05)
     finally:
         await buffer.stop()
+
+
+async def test_flush_waits_for_the_writes_buffered_before_it_not_for_those_agents_keep_adding():
+    buffer = ProducerBuffer()
+    buffer.app = SimpleNamespace(conf=SimpleNamespace(producer_threaded=False))
+    channel = SlowChannel(delay_s=0.05)
+    await buffer.start()
+
+    async def keep_writing() -> None:  # faster than the hand-over: the buffer is never empty
+        n = 3
+        while True:
+            buffer.put(write(channel, n))
+            n += 1
+            await asyncio.sleep(0.02)
+
+    try:
+        for n in range(3):
+            buffer.put(write(channel, n))
+        writer = asyncio.create_task(keep_writing())
+        await asyncio.wait_for(buffer.flush(), timeout=5)
+        assert channel.sent[:3] == [0, 1, 2]
+        assert buffer.size > 0  # later writes are still buffered: the flush did not wait for them
+        writer.cancel()
+    finally:
+        await buffer.stop()

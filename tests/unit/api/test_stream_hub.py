@@ -21,3 +21,11 @@ async def test_ending_the_streams_gives_every_subscriber_the_end_even_a_slow_one
     assert ends == [None, None]  # the stale ticks of the slow reader were dropped for the end
     assert idle.empty() and slow.empty()
     assert not hub.subscribers  # and the hub stops gathering ticks for nobody
+
+
+async def test_a_stream_opened_after_the_end_ends_at_once():
+    hub = Hub(app=None, settings=Settings())  # type: ignore[arg-type]
+    hub.end_streams()
+    late = hub.subscribe()
+    assert late.get_nowait() is None
+    assert not hub.subscribers and hub._task is None  # no ticks gathered for it
