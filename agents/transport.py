@@ -306,6 +306,9 @@ class ProducerBuffer(FaustProducerBuffer):
         self._handed += 1  # only once it went: a failed hand-over crashes the buffer, and a flush then raises
 
     async def flush(self) -> None:
+        if self.app is not None and self.app.conf.producer_threaded:  # another thread hands the writes over
+            await super().flush()
+            return
         target = self._put
         while self._handed < target:
             if self.state != "running":
