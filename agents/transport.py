@@ -36,7 +36,7 @@ import logging
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 from aiokafka import TopicPartition
 from faust.transport.consumer import CONSUMER_FETCHING, CONSUMER_WAIT_EMPTY
@@ -57,9 +57,6 @@ class InProgress:
         self._agents_on: Counter[Any] = Counter()  # message -> how many agents are handling it
         self._idle = asyncio.Event()
         self._idle.set()
-
-    def __bool__(self) -> bool:
-        return bool(self._agents_on)
 
     def __len__(self) -> int:
         return len(self._agents_on)
@@ -149,10 +146,7 @@ class Consumer(faust_aiokafka.Consumer):
         is read again from its committed offset after the rebalance: only what an agent is working on needs
         waiting for (:class:`InProgress`, kept by the agent loops).
         """
-        in_progress: InProgress | None = getattr(self.app, "in_progress", None)
-        if in_progress is None:  # an app without the agent loops' bookkeeping: faust's own wait
-            await super().wait_empty()
-            return
+        in_progress: InProgress = cast(Any, self.app).in_progress  # agents.app.App's, kept by the agent loops
         waited_s = 0
         while not self.should_stop and not await in_progress.wait_idle(timeout_s=1.0):
             waited_s += 1

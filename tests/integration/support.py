@@ -119,3 +119,11 @@ def poll(check: Callable[[], Any], *, timeout_s: float = 30.0, every_s: float = 
             return last
         time.sleep(every_s)
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last: {last!r})")
+
+
+def wait_until_worker_0_owns_every_partition(settings: Settings, timeout_s: float = 120) -> None:
+    """The handover after worker-1 stopped: the survivor holds every partition (a stopped static member keeps
+    its partitions until its session times out)."""
+    poll(lambda: (r := http_json(f"{settings.worker_url(0)}/readyz"))[0] == 200
+         and len(r[1]["assigned"]) == settings.partitions,
+         timeout_s=timeout_s, every_s=0.5, what="worker-0 to own every partition")

@@ -6,7 +6,7 @@ import shutil
 
 from playwright.sync_api import sync_playwright
 
-from tests.integration.support import http_json, poll
+from tests.integration.support import wait_until_worker_0_owns_every_partition
 from tests.integration.test_dashboard import OrderFlow, _orders_placed, shop, skus  # noqa: F401 (fixtures)
 from tests.integration.test_saga import Shop
 from tests.integration.test_saga_failures import assert_a_fresh_order_confirms
@@ -25,9 +25,7 @@ def test_the_dashboard_reconnects_by_itself_after_its_worker_restarts(shop: Shop
                 stack.stop("worker-1")
                 page.wait_for_selector("#connection.bad", timeout=20_000)  # it says it lost the stream
                 # A full handover before the restart (as after any stop): the survivor owns every partition.
-                poll(lambda: (r := http_json(f"{settings.worker_url(0)}/readyz"))[0] == 200
-                     and len(r[1]["assigned"]) == settings.partitions,
-                     timeout_s=120, every_s=0.5, what="worker-0 to own every partition")
+                wait_until_worker_0_owns_every_partition(settings)
             finally:
                 stack.start("worker-1")
             page.wait_for_selector("#connection.ok", timeout=60_000)  # and came back without a reload

@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 
 from streamcart.stack import Stack
-from tests.integration.support import http_json, poll
+from tests.integration.support import http_json, wait_until_worker_0_owns_every_partition
 from tests.integration.test_saga import Shop
 from tests.integration.test_saga_failures import Burst, assert_a_fresh_order_confirms, settle_all
 
@@ -30,9 +30,7 @@ def test_a_worker_stopped_mid_burst_hands_its_partitions_over_and_every_order_se
         burst.produce(600, disrupt_after=200, disrupt=lambda: stack.stop("worker-1"))
         assert not stack.is_running("worker-1")
         # The survivor takes every partition over.
-        poll(lambda: (r := http_json(f"{shop.settings.worker_url(0)}/readyz"))[0] == 200
-             and len(r[1]["assigned"]) == shop.settings.partitions,
-             timeout_s=120, every_s=0.5, what="worker-0 to own every partition")
+        wait_until_worker_0_owns_every_partition(shop.settings)
         settled = settle_all(shop, burst.order_ids, timeout_s=240)
         print(f"600 orders terminal: {Counter(b['status'] + ':' + str(b['cancel_reason']) for b in settled.values())}")
         burst.check_invariants(settled)

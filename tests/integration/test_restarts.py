@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 
-from tests.integration.support import http_json, poll
+from tests.integration.support import wait_until_worker_0_owns_every_partition
 from tests.integration.test_dashboard import OrderFlow, shop, skus  # noqa: F401 (fixtures)
 from tests.integration.test_saga import Shop
 from tests.integration.test_saga_failures import OUTCOMES, assert_a_fresh_order_confirms, events_of, settle_all
@@ -26,9 +26,7 @@ def test_a_worker_restarted_again_and_again_while_orders_flow_stalls_nothing_and
     with OrderFlow(shop, skus, limit=100_000, every_s=0.4) as flow:
         for round_ in range(ROUNDS):
             stack.stop("worker-1")
-            poll(lambda: (r := http_json(f"{settings.worker_url(0)}/readyz"))[0] == 200
-                 and len(r[1]["assigned"]) == settings.partitions,
-                 timeout_s=120, every_s=0.5, what=f"round {round_}: worker-0 to own every partition")
+            wait_until_worker_0_owns_every_partition(settings)
             stack.start("worker-1")
             started = time.monotonic()
             assert_a_fresh_order_confirms(shop)  # within its deadline: nothing stalls after the restart
