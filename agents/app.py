@@ -23,9 +23,11 @@ class App(faust.App):
     ``in_progress`` holds the messages the agent loops are handling: what a rebalance or a stop waits for.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, fetch_min_bytes: int = 1, fetch_max_wait_ms: int = 1500, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.in_progress = InProgress()
+        self.fetch_min_bytes = fetch_min_bytes
+        self.fetch_max_wait_ms = fetch_max_wait_ms
 
     def _new_transport(self) -> Any:
         return Transport(self.conf.broker_consumer, self)
@@ -50,6 +52,8 @@ def create_faust_app(settings: Settings, *, worker_index: int = 0, store: str = 
         broker_heartbeat_interval=settings.broker_heartbeat_interval_s,
         broker_commit_interval=settings.commit_interval_s,
         producer_linger=settings.producer_linger_ms / 1000,
+        fetch_min_bytes=settings.consumer_fetch_min_bytes,
+        fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
         # The API is served by our own aiohttp app (api/); the assignor still shares each worker's URL so
         # a request can be forwarded to the worker that owns its key.
         web_enabled=False,

@@ -101,6 +101,11 @@ def connect_worker_properties(settings: Settings, plugin_path: Path) -> dict[str
         # After a SIGKILL the restarted worker waits one session timeout for its old self (~43 s → ~9 s).
         "consumer.session.timeout.ms": 10000,
         "offset.flush.interval.ms": 1000,
+        # Sink tasks fetch in batches instead of one poll per trickle of records: each batch is one statement
+        # per table (the connectors' reduction buffer and UNNEST inserts), at most this long behind.
+        "consumer.fetch.min.bytes": 65536,
+        "consumer.fetch.max.wait.ms": 250,
+        "consumer.max.poll.records": 2000,
         # Connector configs name secrets as ${env:STREAMCART_...}: resolved here, never stored in Connect's topics.
         "config.providers": "env",
         "config.providers.env.class": "org.apache.kafka.common.config.provider.EnvVarConfigProvider",

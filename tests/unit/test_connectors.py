@@ -42,6 +42,14 @@ def test_every_sink_upserts_by_record_key_evolves_the_schema_and_dead_letters_wi
         assert connector.name.startswith("sc-warehouse-")
 
 
+def test_every_sink_writes_a_batch_as_one_statement_with_the_last_state_of_each_row():
+    for connector in connectors.load(SETTINGS):
+        config = connector.config
+        assert config["use.reduction.buffer"] == "true"  # one upsert per primary key and batch: its last state
+        assert config["dialect.postgres.unnest.insert.enabled"] == "true"  # the batch as one INSERT ... UNNEST
+        assert int(config["batch.size"]) >= 500
+
+
 def test_an_unknown_placeholder_fails_before_anything_reaches_connect(tmp_path: Path):
     (tmp_path / "bad.json").write_text('{"name": "x", "config": {"topics": "{{nope}}"}}')
     with pytest.raises(ConnectError, match="nope"):

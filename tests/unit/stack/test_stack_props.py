@@ -56,6 +56,12 @@ def test_connect_worker_uses_its_own_port_and_topics_named_after_the_app() -> No
     assert rendered["value.converter.schemas.enable"] == "true"
 
 
+def test_connect_sink_tasks_fetch_in_batches() -> None:
+    rendered = parse_properties(props.render_properties(props.connect_worker_properties(Settings(), Path("/p"))))
+    assert int(rendered["consumer.fetch.min.bytes"]) > 1
+    assert 0 < int(rendered["consumer.fetch.max.wait.ms"]) <= 500  # what a warehouse row may wait for its batch
+
+
 def test_registry_keeps_its_state_in_kafka_on_the_configured_port_and_loopback_only() -> None:
     settings = Settings(registry_port=18085, kafka_port=19092, app_id="itest")
     env = props.registry_env(settings, Path("/data/registry"))

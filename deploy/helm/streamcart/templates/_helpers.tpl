@@ -80,6 +80,10 @@ app.kubernetes.io/component: {{ .component }}
   value: {{ .Values.workers.producerLingerMs | quote }}
 - name: STREAMCART_COMMIT_INTERVAL_S
   value: {{ .Values.workers.commitIntervalS | quote }}
+- name: STREAMCART_CONSUMER_FETCH_MIN_BYTES
+  value: {{ .Values.workers.consumerFetchMinBytes | quote }}
+- name: STREAMCART_CONSUMER_FETCH_MAX_WAIT_MS
+  value: {{ .Values.workers.consumerFetchMaxWaitMs | quote }}
 - name: STREAMCART_SAGA_TIMEOUT_S
   value: {{ .Values.workers.sagaTimeoutS | quote }}
 - name: STREAMCART_JWT_SECRET
