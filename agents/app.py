@@ -11,6 +11,7 @@ from agents import analytics, inventory, notifications, orders, payments, shippi
 from agents.runtime import Runtime, Sink
 from agents.transport import InProgress, Transport
 from schemas.codec import Codec
+from streamcart.partitioning import CachingPartitioner
 from streamcart.settings import Settings
 from tables import declare_tables
 
@@ -52,6 +53,7 @@ def create_faust_app(settings: Settings, *, worker_index: int = 0, store: str = 
         broker_heartbeat_interval=settings.broker_heartbeat_interval_s,
         broker_commit_interval=settings.commit_interval_s,
         producer_linger=settings.producer_linger_ms / 1000,
+        producer_partitioner=CachingPartitioner(),
         fetch_min_bytes=settings.consumer_fetch_min_bytes,
         fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
         # The API is served by our own aiohttp app (api/); the assignor still shares each worker's URL so

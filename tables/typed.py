@@ -35,9 +35,16 @@ class ModelTable(Generic[M]):
     and this halves the cost. The bytes are plain JSON, the same as faust's ``json`` serializer writes.
     """
 
+    #: How many decoded values each table keeps (a few thousand orders in flight fit many times over).
+    DECODED_CACHE_SIZE = 8192
+
     def __init__(self, table: Any, model: type[M]) -> None:
         self.table = table
         self.model = model
+        # key -> (stored bytes, their model). A hit needs the very bytes the store holds now, so whatever else
+        # writes the store (changelog recovery, standby updates, another path) can never be answered from here;
+        # the models are frozen, so nobody changes a cached one behind the store's back.
+        self._decoded: dict[str, tuple[bytes, M]] = {}
 
     @property
     def name(self) -> str:
@@ -45,7 +52,14 @@ class ModelTable(Generic[M]):
 
     def get(self, key: str) -> M | None:
         raw = self.table.get(key)
-        return None if raw is None else self.model.model_validate_json(raw)
+        if raw is None:
+            return None
+        cached = self._decoded.get(key)
+        if cached is not None and cached[0] == raw:
+            return cached[1]
+        value = self.model.model_validate_json(raw)
+        self._remember(key, raw, value)
+        return value
 
     def get_raw(self, key: str) -> bytes | None:
         """The stored JSON of ``key``, undecoded."""
@@ -53,7 +67,16 @@ class ModelTable(Generic[M]):
         return raw
 
     def put(self, key: str, value: M) -> None:
-        self.table[key] = value.model_dump_json().encode()
+        raw = value.model_dump_json().encode()
+        self.table[key] = raw
+        self._remember(key, raw, value)
+
+    def _remember(self, key: str, raw: bytes, value: M) -> None:
+        decoded = self._decoded
+        decoded.pop(key, None)  # re-inserted last: the oldest entry is the first to go
+        if len(decoded) >= self.DECODED_CACHE_SIZE:
+            del decoded[next(iter(decoded))]
+        decoded[key] = (raw, value)
 
     def __contains__(self, key: str) -> bool:
         return key in self.table
