@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import shutil
 from pathlib import Path
@@ -48,6 +49,21 @@ class ApiServer(Service):
     async def on_stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+#: The garbage collector's generation thresholds in a worker (CPython's are 700, 10, 10). A worker allocates
+#: thousands of short-lived objects per message (decoded records, models, futures), so the default runs a
+#: young-generation pass every few messages and a full pass, through everything the tables' caches and faust
+#: hold, every few hundred. Measured without Kafka (one agent, 4,000 PlaceOrders): 791 µs of CPU per message
+#: with the defaults, 643 µs with no collection at all, 592 µs with these.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def tune_gc() -> None:
+    """Collect less often, and never walk what exists at start again (it lives as long as the process)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 #: Present while a worker runs; still there at start when the last run did not stop cleanly.
@@ -97,6 +113,8 @@ def run(settings: Settings, index: int) -> None:
     )
     tabledir = Path(runtime.app.conf.tabledir)
     claim_local_state(tabledir)
+    if settings.gc_tuning:
+        tune_gc()
     try:
         worker.execute_from_commandline()
     except SystemExit as stop:

@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     #: brings a batch instead of each record waking the worker up on its own (aiokafka's defaults are 1 byte).
     consumer_fetch_min_bytes: int = Field(1, ge=1)
     consumer_fetch_max_wait_ms: int = Field(1500, ge=0)
+    #: Workers collect garbage less often than CPython's defaults (agents/worker.py, GC_THRESHOLDS).
+    gc_tuning: bool = True
     broker_session_timeout_s: float = 10.0
     broker_heartbeat_interval_s: float = 1.0
 
