@@ -9,8 +9,8 @@ from functools import lru_cache
 from aiokafka.partitioner import murmur2
 
 #: aiokafka's murmur2 is pure Python, and one order's key is hashed for every record sent about it (a dozen and
-#: more): remembering the hashes of the keys in flight took it from 3.4% of a worker's event loop to almost
-#: nothing.
+#: more): remembering the hashes of the keys in flight took it from 3.4% of a worker's event loop to 2.1% at
+#: 20 orders/s (what is left is mostly the warehouse rows, whose keys are each sent once or twice).
 _HASHES_KEPT = 65536
 
 
