@@ -22,9 +22,10 @@ class App(faust.App):
     """faust's app on :mod:`agents.transport` (rewinds partitions that have no committed offset yet).
 
     ``in_progress`` holds the messages the agent loops are handling: what a rebalance or a stop waits for.
+    ``fetch_min_bytes`` and ``fetch_max_wait_ms`` are the settings' (faust has no setting to carry them to aiokafka).
     """
 
-    def __init__(self, *args: Any, fetch_min_bytes: int = 1, fetch_max_wait_ms: int = 1500, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, fetch_min_bytes: int, fetch_max_wait_ms: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.in_progress = InProgress()
         self.fetch_min_bytes = fetch_min_bytes

@@ -99,8 +99,9 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         # faust passes neither; aiokafka reads both when the consumer starts (its fetcher is made then).
-        consumer._fetch_min_bytes = getattr(self.app, "fetch_min_bytes", consumer._fetch_min_bytes)
-        consumer._fetch_max_wait_ms = getattr(self.app, "fetch_max_wait_ms", consumer._fetch_max_wait_ms)
+        app = cast(Any, self.app)  # agents.app.App
+        consumer._fetch_min_bytes = app.fetch_min_bytes
+        consumer._fetch_max_wait_ms = app.fetch_max_wait_ms
         return consumer
 
     async def seek_to_committed(self) -> Mapping[Any, int]:
