@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,7 @@ import faust
 
 from agents import analytics, inventory, notifications, orders, payments, shipping, timeouts, warehouse
 from agents.runtime import Runtime, Sink
-from agents.transport import InProgress, Transport
+from agents.transport import Event, FlowControl, InProgress, Stream, Transport
 from schemas.codec import Codec
 from streamcart.partitioning import CachingPartitioner
 from streamcart.settings import Settings
@@ -34,6 +35,10 @@ class App(faust.App):
     def _new_transport(self) -> Any:
         return Transport(self.conf.broker_consumer, self)
 
+    @cached_property
+    def flow_control(self) -> FlowControl:
+        return FlowControl(loop=self.loop)
+
 
 def create_faust_app(settings: Settings, *, worker_index: int = 0, store: str = "rocksdb://") -> App:
     """A faust app configured from ``settings`` for worker ``worker_index``.
@@ -55,6 +60,8 @@ def create_faust_app(settings: Settings, *, worker_index: int = 0, store: str = 
         broker_commit_interval=settings.commit_interval_s,
         producer_linger=settings.producer_linger_ms / 1000,
         producer_partitioner=CachingPartitioner(),
+        Event=Event,
+        Stream=Stream,
         fetch_min_bytes=settings.consumer_fetch_min_bytes,
         fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
         # The API is served by our own aiohttp app (api/); the assignor still shares each worker's URL so

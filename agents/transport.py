@@ -1,7 +1,8 @@
 """faust's Kafka transport with fixes, all about never committing past a record that was not processed (and
 about rebalances that never end). Besides the two below: a flush before each commit that really drains the buffered
-table writes (:class:`ProducerBuffer`), and rebalances and stops that wait only for the messages agents are
-handling (:meth:`Consumer.wait_empty`).
+table writes (:class:`ProducerBuffer`); rebalances and stops that wait only for the messages agents are handling
+(:meth:`Consumer.wait_empty`); and records delivered to agents that faust then drops from their queues fetched
+again (:class:`FlowControl`, and :meth:`Consumer._watch_hole` for whatever else could drop one).
 
 **Commits stop at the first unprocessed record.** faust commits, per partition, the run of acknowledged offsets
 that starts at the committed position, but its check lets one record through: with offset ``c`` committed (the
@@ -33,17 +34,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, cast
 
+import faust
 from aiokafka import TopicPartition
 from faust.transport.consumer import CONSUMER_FETCHING, CONSUMER_WAIT_EMPTY
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.producer import ProducerBuffer as FaustProducerBuffer
+from mode.utils.queues import FlowControlEvent
 
 log = logging.getLogger(__name__)
+
+#: How long a partition's position may stay unacknowledged, while later records are acknowledged and no agent holds
+#: it, before it is delivered again (:meth:`Consumer._watch_hole`).
+HOLE_GRACE_S = 5.0
 
 
 class InProgress:
@@ -63,6 +71,10 @@ class InProgress:
 
     def __contains__(self, message: object) -> bool:
         return message in self._agents_on
+
+    def messages(self) -> list[Any]:
+        """The messages being handled now."""
+        return list(self._agents_on)
 
     def begin(self, message: Any) -> None:
         """One agent started handling ``message``."""
@@ -93,6 +105,57 @@ class InProgress:
         except TimeoutError:
             return False
         return True
+
+
+class FlowControl(FlowControlEvent):
+    """faust's flow control of the agents' queues, counting the times it emptied them.
+
+    faust empties every agent's queue when a rebalance begins and again each time it resumes the flow (the queues
+    are ``clear_on_resume``), and that second time the fetch loop has been delivering already: recovery resumes
+    the partitions, seeks them to their committed offsets, then resumes the flow, and whatever was delivered in
+    between is dropped. Those records had moved the fetch loop's position, so they would never come again. Seen on
+    the real stack: a PlaceOrder delivered in that window, between records that were handled, stuck unhandled until
+    the next rebalance. The fetch loop watches :attr:`clears` and seeks back to the committed offsets after each.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.clears = 0
+
+    def clear(self) -> None:
+        super().clear()
+        self.clears += 1
+
+
+class Event(faust.Event):
+    """faust's event, acknowledged only by the agent that handled it (through :meth:`Stream.ack`).
+
+    faust's stream iteration drops an event it takes from its queue while the flow is suspended or that was
+    fetched in an earlier generation of the group (around a rebalance), and acknowledges it on the way, even in a
+    ``noack`` stream: the record would count as processed although no agent saw it, and a commit could pass it.
+    Here that acknowledgement does nothing. The record stays unacknowledged, so nothing commits past it, and it
+    is handled when it comes again: after the seek every rebalance ends with, or once
+    :meth:`Consumer._watch_hole` notices it.
+    """
+
+    def ack(self) -> bool:
+        return False  # faust's stream skipping the event, never an agent: agents acknowledge through Stream.ack
+
+    def acknowledge(self) -> bool:
+        """The agent handled the event (the message is acknowledged once every agent it went to has)."""
+        return super().ack()
+
+
+class Stream(faust.Stream[Any]):
+    """faust's stream, acknowledging through :meth:`Event.acknowledge` (the agent loops' acknowledgement)."""
+
+    async def ack(self, event: Any) -> bool:
+        last_stream_to_ack: bool = event.acknowledge()
+        message = event.message
+        self._on_stream_event_out(message.tp, message.offset, self, event)
+        if last_stream_to_ack:
+            self._on_message_out(message.tp, message.offset, message)
+        return last_stream_to_ack
 
 
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -130,13 +193,62 @@ class Consumer(faust_aiokafka.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._next_offset: dict[Any, int] = {}  # per partition of an acknowledged topic: the next to deliver
+        # Partitions the fetch loop seeks back once its batch is done: to the offset (None: sought already).
+        self._refetch: dict[Any, int | None] = {}
+        self._seeks = 0  # bumped by every seek that resets positions: a delivery begun before one is not counted
+        self._holes: dict[Any, tuple[int, float]] = {}  # per partition: the unacknowledged position, since when
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     def _new_offset(self, tp: Any) -> int | None:
-        """The offset to commit for ``tp``: past the acknowledged run that starts at the committed position."""
-        return committable_offset(self._acked[tp], self._acked_index[tp], self._committed_offset[tp])
+        """The offset to commit for ``tp``: past the acknowledged run that starts at the committed position.
+
+        Called at every commit for the partitions with acknowledgements pending, so it also watches for a hole:
+        see :meth:`_watch_hole`.
+        """
+        committed = self._committed_offset[tp]
+        offset = committable_offset(self._acked[tp], self._acked_index[tp], committed)
+        if offset is None and committed is not None and self._acked[tp]:
+            self._watch_hole(tp, committed)
+        else:
+            self._holes.pop(tp, None)
+        return offset
+
+    def _watch_hole(self, tp: Any, position: int) -> None:
+        """Deliver the record at ``position`` again if it was lost between the fetch loop and the agents.
+
+        Later records of the partition were acknowledged, so every agent consuming it is past ``position``
+        (each handles its queue in offset order, and a record is acknowledged once all of them handled it), yet
+        that record is not acknowledged, and it was delivered (the fetch position is past it). If no agent is
+        handling it and no agent's queue still holds it, it was dropped on the way: seen on the real stack right
+        after a rebalance, a PlaceOrder skipped while the records around it were handled, its order stuck until
+        the next rebalance. Nothing can commit past it, so nothing is lost, but nothing of its partition commits
+        either. Once that has held for :data:`HOLE_GRACE_S`, the partition is fetched again from ``position``;
+        the duplicate rule absorbs the records handled twice.
+        """
+        now = time.monotonic()
+        hole = self._holes.get(tp)
+        if hole is None or hole[0] != position:
+            self._holes[tp] = (position, now)
+            return
+        delivered = self._next_offset.get(tp, position) > position
+        if now - hole[1] < HOLE_GRACE_S or not delivered or self._holds(tp, position):
+            return
+        log.warning("%s[%s]: offset %d was never handled though later ones were; delivering it again",
+                    tp.topic, tp.partition, position)
+        self._holes[tp] = (position, now)  # give the new delivery as long before looking again
+        self._seeks += 1  # a delivery under way must not move the position past it again
+        self._next_offset[tp] = position
+        self._refetch[tp] = position
+
+    def _holds(self, tp: Any, offset: int) -> bool:
+        """Whether an agent is handling the record at ``offset`` of ``tp``, or has it in its queue."""
+        in_progress: InProgress = cast(Any, self.app).in_progress
+        if any(m.tp == tp and m.offset == offset for m in in_progress.messages()):
+            return True
+        channels = cast(Any, self.app.topics)._tp_index.get(tp, ())  # the channels of the agents consuming tp
+        return any(event.message.offset == offset for channel in channels for event in channel.queue._queue)
 
     @faust_aiokafka.Consumer.transitions_to(CONSUMER_WAIT_EMPTY)
     async def wait_empty(self) -> None:
@@ -166,18 +278,24 @@ class Consumer(faust_aiokafka.Consumer):
         await self.commit_and_end_transactions()
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
+        self._seeks += 1
         for tp in revoked:
-            self._next_offset.pop(tp, None)
+            for state in (self._next_offset, self._refetch, self._holes):
+                state.pop(tp, None)
         await super().on_partitions_revoked(revoked)
 
     async def perform_seek(self) -> None:
         await super().perform_seek()
+        self._seeks += 1
         self._next_offset = {tp: offset for tp, offset in self._read_offset.items() if offset is not None}
+        self._refetch.clear()
+        self._holes.clear()
 
-    def _deliverable(self, tp: Any, offset: int, refetch: dict[Any, int | None]) -> bool:
+    def _deliverable(self, tp: Any, offset: int) -> bool:
         """Whether a record of an acknowledged topic is the next to deliver. A record below the position was
-        delivered already; one beyond it means records before it never were: ``refetch`` notes where to seek
+        delivered already; one beyond it means records before it never were: ``_refetch`` notes where to seek
         (the fetch loop seeks once and leaves ``None`` until the missing record arrives)."""
+        refetch = self._refetch
         expected = self._next_offset.get(tp)
         if expected is None or offset == expected:
             refetch.pop(tp, None)
@@ -202,22 +320,30 @@ class Consumer(faust_aiokafka.Consumer):
         fetcher_should_stop = fetcher._stopped.is_set
         acks_enabled_for = self.app.topics.acks_enabled_for
         read_offset = self._read_offset
-        refetch: dict[Any, int | None] = {}  # partitions to seek back once this batch is done (None: sought)
+        refetch = self._refetch
+        flow_control = cast(FlowControl, self.app.flow_control)
+        clears = flow_control.clears
         since_yield = 0
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
+                if clears != flow_control.clears and self.flow_active:
+                    # The agents' queues were emptied: what they held must come again (see FlowControl).
+                    clears = flow_control.clears
+                    await self.perform_seek()
                 self.diag.set_flag(CONSUMER_FETCHING)
                 batch = self.getmany(timeout=1.0)
                 await self.sleep(0)
                 if not self.should_stop:
                     async for tp, message in batch:
+                        if clears != flow_control.clears:
+                            break  # the rest of the batch comes again after the seek above
                         since_yield += 1
                         if since_yield > 100:
                             await asyncio.sleep(0)
                             since_yield = 0
                         offset = message.offset
                         if acks_enabled_for(message.topic):
-                            if not self._deliverable(tp, offset, refetch):
+                            if not self._deliverable(tp, offset):
                                 continue
                         else:
                             r_offset = read_offset[tp]
@@ -229,13 +355,21 @@ class Consumer(faust_aiokafka.Consumer):
                         # A delivery is never cancelled half-way: a record consumed by two agents would be in one
                         # stream and not the other, and wait forever for its second acknowledgement (blocking
                         # every rebalance). One still under way when the flow is suspended completes on its own;
-                        # the position does not move, so the record is fetched and delivered again later.
+                        # the position does not move, so the record is fetched and delivered again later. Nor
+                        # does it when a seek reset the positions meanwhile (rebalances and recoveries seek while
+                        # this loop runs): the record comes again from where the seek put the partition.
+                        seeks = self._seeks
                         delivery = asyncio.ensure_future(callback(message))
                         await self.wait_first(asyncio.shield(delivery), self.suspend_flow.wait())
-                        if delivery.done() and not delivery.cancelled():
-                            read_offset[tp] = offset
-                            self._next_offset[tp] = offset + 1
-                    for partition, start in refetch.items():
+                        if not delivery.done() or delivery.cancelled() or self._seeks != seeks:
+                            continue
+                        if (failure := delivery.exception()) is not None:
+                            log.error("%s[%s]: offset %d could not be delivered; fetching it again", tp.topic,
+                                      tp.partition, offset, exc_info=failure)
+                            continue  # the position stays: the next record sends the partition back here
+                        read_offset[tp] = offset
+                        self._next_offset[tp] = offset + 1
+                    for partition, start in list(refetch.items()):
                         if start is not None:
                             refetch[partition] = None
                             await self.seek(partition, start)

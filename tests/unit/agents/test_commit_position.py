@@ -42,10 +42,10 @@ def test_records_are_delivered_in_offset_order_and_a_jump_fetches_the_missing_on
     tp = TP("commands", 1)
     consumer = Consumer.__new__(Consumer)
     consumer._next_offset = {tp: 212}
-    refetch: dict = {}
-    assert consumer._deliverable(tp, 211, refetch) is False and refetch == {}  # delivered before: a duplicate
-    assert consumer._deliverable(tp, 220, refetch) is False  # 212-219 never delivered: fetch them again
-    assert consumer._deliverable(tp, 221, refetch) is False
+    consumer._refetch = refetch = {}
+    assert consumer._deliverable(tp, 211) is False and refetch == {}  # delivered before: a duplicate
+    assert consumer._deliverable(tp, 220) is False  # 212-219 never delivered: fetch them again
+    assert consumer._deliverable(tp, 221) is False
     assert refetch == {tp: 212}  # once
-    assert consumer._deliverable(tp, 212, refetch) is True and refetch == {}
-    assert consumer._deliverable(TP("commands", 2), 5, refetch) is True  # a partition not sought yet: as it comes
+    assert consumer._deliverable(tp, 212) is True and refetch == {}
+    assert consumer._deliverable(TP("commands", 2), 5) is True  # a partition not sought yet: as it comes
