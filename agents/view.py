@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from faust.types import TP
+
 from agents.runtime import Runtime
 from streamcart.domain import analytics
 from streamcart.domain.catalog import ProductState
@@ -112,6 +114,22 @@ class FaustWorkerView:
         for tp in self._app.assignor.assigned_actives():
             owned.setdefault(tp.topic, []).append(tp.partition)
         return {topic: sorted(partitions) for topic, partitions in owned.items()}
+
+    def committed(self) -> dict[tuple[str, int], int]:
+        """Where the group stands on the partitions this worker owns: the offsets its consumer committed (or found
+        committed when it took them over)."""
+        committed = self._app.consumer._committed_offset
+        return {(tp.topic, tp.partition): offset for tp, offset in committed.items() if offset is not None}
+
+    async def end_offsets(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """The next offset to be written to each of ``partitions`` (any topic), asked of Kafka by the consumer."""
+        found = await self._app.consumer.highwaters(*(TP(topic, partition) for topic, partition in partitions))
+        return {(tp.topic, tp.partition): offset for tp, offset in found.items()}
+
+    async def start_offsets(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """The first offset still held in each of ``partitions`` (any topic), asked of Kafka by the consumer."""
+        found = await self._app.consumer.earliest_offsets(*(TP(topic, partition) for topic, partition in partitions))
+        return {(tp.topic, tp.partition): offset for tp, offset in found.items()}
 
     def table_sizes(self) -> dict[str, int]:
         """Keys per table in the partitions this worker owns: RocksDB's estimate (counting would read them all)."""

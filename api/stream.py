@@ -20,8 +20,6 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol, cast
 
 from aiohttp import web
-from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
 import api.app as core
 from api import analytics, gather
@@ -53,13 +51,25 @@ class LiveSource(Protocol):
 
     def owned(self) -> dict[str, list[int]]: ...
 
+    def committed(self) -> dict[tuple[str, int], int]: ...
+
+    async def end_offsets(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]: ...
+
+    async def start_offsets(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]: ...
+
     def table_sizes(self) -> dict[str, int]: ...
 
     def ready(self) -> bool: ...
 
 
 class Observer:
-    """This worker's view of Kafka (lag of the group on its partitions, DLQ depth) and of its tables."""
+    """This worker's view of Kafka (lag of the group on its partitions, DLQ depth) and of its tables.
+
+    Kafka is asked through the worker's own consumer: committed positions are the ones it committed itself, and
+    the end offsets come from the same client. (librdkafka's admin client, used here before, aborts the whole
+    process on an assertion when the broker goes away during ListConsumerGroupOffsets: every worker died when
+    Kafka restarted. confluentinc/librdkafka#4605, #3663.)
+    """
 
     def __init__(self, settings: Settings, worker: LiveSource) -> None:
         self.settings = settings
@@ -68,7 +78,6 @@ class Observer:
         self.lag: dict[str, dict[int, int]] = {}
         self.dlq_records: int | None = None
         self.table_sizes: dict[str, int] = {}
-        self._admin: AdminClient | None = None
 
     async def run(self) -> None:
         while True:
@@ -81,48 +90,28 @@ class Observer:
     async def observe(self) -> None:
         if not self.worker.ready():
             return
-        owned = self.worker.owned()
-        lag, dlq = await asyncio.to_thread(self._read_kafka, owned)
-        self.lag, self.dlq_records = lag, dlq
-        DLQ_RECORDS.set(dlq)
+        self.lag, self.dlq_records = await self._read_kafka(self.worker.owned())
+        DLQ_RECORDS.set(self.dlq_records)
         CONSUMER_LAG.clear()
-        for topic, partitions in lag.items():
+        for topic, partitions in self.lag.items():
             for partition, behind in partitions.items():
                 CONSUMER_LAG.labels(topic, str(partition)).set(behind)
         self.table_sizes = self.worker.table_sizes()
         for table, size in self.table_sizes.items():
             TABLE_KEYS.labels(table).set(size)
 
-    def _read_kafka(self, owned: dict[str, list[int]]) -> tuple[dict[str, dict[int, int]], int]:
-        if self._admin is None:
-            self._admin = AdminClient({"bootstrap.servers": self.settings.bootstrap_servers})
-        admin = self._admin
-        tps = [TopicPartition(t, p) for t, ps in owned.items() for p in ps if not t.endswith("-changelog")]
-        committed = admin.list_consumer_group_offsets(
-            [_group_request(self.settings.app_id, tps)], request_timeout=5
-        )[self.settings.app_id].result()
-        positions = {(tp.topic, tp.partition): tp.offset for tp in committed.topic_partitions or []}
-        dlq = [TopicPartition(self.topics.dlq, p) for p in range(self.settings.partitions)]
-        latest = _offsets(admin, tps + dlq, OffsetSpec.latest())  # type: ignore[no-untyped-call]
-        earliest = _offsets(admin, dlq, OffsetSpec.earliest())  # type: ignore[no-untyped-call]
+    async def _read_kafka(self, owned: dict[str, list[int]]) -> tuple[dict[str, dict[int, int]], int]:
+        tps = [(t, p) for t, ps in owned.items() for p in ps if not t.endswith("-changelog")]
+        dlq = [(self.topics.dlq, p) for p in range(self.settings.partitions)]
+        positions = self.worker.committed()
+        latest = await self.worker.end_offsets(tps + dlq)
+        earliest = await self.worker.start_offsets(dlq)
         lag: dict[str, dict[int, int]] = {}
         for tp in tps:
-            position = positions.get((tp.topic, tp.partition), -1)
-            behind = latest[(tp.topic, tp.partition)] - position if position >= 0 else 0
-            lag.setdefault(tp.topic, {})[tp.partition] = max(0, behind)
-        depth = sum(latest[(tp.topic, tp.partition)] - earliest[(tp.topic, tp.partition)] for tp in dlq)
+            position = positions.get(tp)
+            lag.setdefault(tp[0], {})[tp[1]] = max(0, latest[tp] - position) if position is not None else 0
+        depth = sum(latest[tp] - earliest[tp] for tp in dlq)
         return lag, depth
-
-
-def _group_request(group: str, tps: list[TopicPartition]) -> Any:
-    return ConsumerGroupTopicPartitions(group, tps or None)
-
-
-def _offsets(admin: AdminClient, tps: list[TopicPartition], spec: Any) -> dict[tuple[str, int], int]:
-    if not tps:
-        return {}
-    futures = admin.list_offsets({tp: spec for tp in tps}, request_timeout=5)
-    return {(tp.topic, tp.partition): future.result().offset for tp, future in futures.items()}
 
 
 OBSERVER = web.AppKey("observer", Observer)

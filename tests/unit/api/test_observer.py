@@ -1,0 +1,60 @@
+"""A worker's lag and DLQ depth come from its own consumer (librdkafka's admin client aborted every worker when
+Kafka restarted)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from api.stream import Observer
+from streamcart.settings import Settings
+from streamcart.telemetry import Telemetry
+
+DLQ = "commerce.dlq"
+
+
+@dataclass
+class Worker:
+    """What the observer asks of a worker: what it owns, where it committed, and Kafka's offsets."""
+
+    positions: dict[tuple[str, int], int]
+    ends: dict[tuple[str, int], int]
+    starts: dict[tuple[str, int], int]
+    index: int = 0
+    telemetry: Telemetry = field(default_factory=Telemetry)
+    asked: list[list[tuple[str, int]]] = field(default_factory=list)
+
+    def owned(self) -> dict[str, list[int]]:
+        return {"commerce.commands.orders": [0, 1], "streamcart-orders-changelog": [0]}
+
+    def committed(self) -> dict[tuple[str, int], int]:
+        return self.positions
+
+    async def end_offsets(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        self.asked.append(partitions)
+        return {tp: self.ends[tp] for tp in partitions}
+
+    async def start_offsets(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        return {tp: self.starts[tp] for tp in partitions}
+
+    def table_sizes(self) -> dict[str, int]:
+        return {"orders": 3}
+
+    def ready(self) -> bool:
+        return True
+
+
+async def test_lag_is_the_end_offset_past_the_committed_position_and_the_dlq_depth_what_it_still_holds():
+    dlq = {(DLQ, p): 0 for p in range(2)}
+    worker = Worker(
+        positions={("commerce.commands.orders", 0): 90},  # partition 1: nothing committed yet
+        ends={("commerce.commands.orders", 0): 100, ("commerce.commands.orders", 1): 7, **dlq, (DLQ, 1): 5},
+        starts={**dlq, (DLQ, 1): 2},
+    )
+    observer = Observer(Settings(partitions=2), worker)
+
+    await observer.observe()
+
+    assert observer.lag == {"commerce.commands.orders": {0: 10, 1: 0}}
+    assert observer.dlq_records == 3
+    assert observer.table_sizes == {"orders": 3}
+    assert all(not topic.endswith("-changelog") for topic, _ in worker.asked[0])  # changelogs have no lag
