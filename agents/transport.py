@@ -352,21 +352,13 @@ class Consumer(faust_aiokafka.Consumer):
                         if self._commit_every is not None and self._n_acked >= self._commit_every:
                             self._n_acked = 0
                             await self.commit()
-                        # A delivery is never cancelled half-way: a record consumed by two agents would be in one
-                        # stream and not the other, and wait forever for its second acknowledgement (blocking
-                        # every rebalance). One still under way when the flow is suspended completes on its own;
-                        # the position does not move, so the record is fetched and delivered again later. Nor
-                        # does it when a seek reset the positions meanwhile (rebalances and recoveries seek while
-                        # this loop runs): the record comes again from where the seek put the partition.
                         seeks = self._seeks
-                        delivery = asyncio.ensure_future(callback(message))
-                        await self.wait_first(asyncio.shield(delivery), self.suspend_flow.wait())
-                        if not delivery.done() or delivery.cancelled() or self._seeks != seeks:
+                        if not await self._deliver(callback, message, flow_control):
                             continue
-                        if (failure := delivery.exception()) is not None:
-                            log.error("%s[%s]: offset %d could not be delivered; fetching it again", tp.topic,
-                                      tp.partition, offset, exc_info=failure)
-                            continue  # the position stays: the next record sends the partition back here
+                        if self._seeks != seeks:
+                            # A seek reset the positions meanwhile (rebalances and recoveries seek while this loop
+                            # runs): the record comes again from where the seek put the partition.
+                            continue
                         read_offset[tp] = offset
                         self._next_offset[tp] = offset + 1
                     for partition, start in list(refetch.items()):
@@ -386,6 +378,36 @@ class Consumer(faust_aiokafka.Consumer):
             raise
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
+
+
+    async def _deliver(self, callback: Any, message: Any, flow_control: FlowControl) -> bool:
+        """Hand ``message`` to the agents consuming its topic; False if it may not have reached all of them.
+
+        While the flow runs, the delivery is awaited in line: it only waits for room in the agents' queues, and a
+        rebalance that empties them lets it through (:class:`FlowControl` then has everything fetched again).
+        Otherwise it runs as a task of its own that is never cancelled half-way: a record consumed by two agents
+        would be in one stream and not the other. One still under way when the flow is suspended completes on
+        its own, and the position does not move, so the record is fetched and delivered again later.
+
+        A task and a shielded wait for every record cost about 60 µs of CPU and an event loop round each, and the
+        agents ran after every record instead of after a run of them. Delivering in line, measured at 40 two-line
+        orders/s offered on the local stack: 37-39 outcomes/s instead of 27.5, and 46-47 s of worker CPU for
+        1,200 orders instead of 64.
+        """
+        try:
+            if self.flow_active and flow_control.is_active():
+                await callback(message)
+                return True
+            delivery = asyncio.ensure_future(callback(message))
+            await self.wait_first(asyncio.shield(delivery), self.suspend_flow.wait())
+            if not delivery.done() or delivery.cancelled():
+                return False
+            delivery.result()
+            return True
+        except Exception:
+            log.exception("%s[%s]: offset %d could not be delivered; fetching it again", message.topic,
+                          message.partition, message.offset)
+            return False  # the position stays: the next record sends the partition back here
 
 
 def committable_offset(acked: list[int], acked_index: set[int], committed: int | None) -> int | None:
