@@ -41,12 +41,20 @@ class StateTables:
     analytics: AnalyticsTable
 
 
+#: RocksDB options of every table partition's store (ignored by the in-memory store of unit tests). faust's defaults
+#: suit one big store per process: three 64 MiB write buffers and a 2 GiB block cache each. A worker opens one store
+#: per table partition it holds, active or standby (8 tables x 8 partitions here): up to 12 GiB of write buffers,
+#: and RocksDB takes a write buffer's memory in blocks of an eighth of its size (8 MiB) from the first write on.
+STORE_OPTIONS = {"write_buffer_size": 4 << 20, "max_write_buffer_number": 2, "block_cache_size": 8 << 20}
+
+
 def _table(app: Any, name: str, partitions: int, *, values: str = "raw") -> Any:
     table = app.Table(
         name,
         default=None,
         partitions=partitions,
         help=f"{name} state, keyed like its source topic",
+        options=dict(STORE_OPTIONS),  # a copy: faust's store pops keys from the dict it is given
     )
     # faust derives serializers from key_type (JSON for str). Changelog keys must be the id's plain UTF-8 bytes,
     # and the table manager has already built the changelog topic (which recovery decodes with) by now: set the
