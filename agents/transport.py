@@ -328,8 +328,15 @@ class Consumer(faust_aiokafka.Consumer):
             while not (consumer_should_stop() or fetcher_should_stop()):
                 if clears != flow_control.clears and self.flow_active:
                     # The agents' queues were emptied: what they held must come again (see FlowControl).
-                    clears = flow_control.clears
-                    await self.perform_seek()
+                    seen = flow_control.clears
+                    try:
+                        await self.perform_seek()
+                    except Exception as exc:  # e.g. the assignment changing under it: a rebalance began
+                        log.warning("seeking back to the committed offsets failed (%s: %s); trying again",
+                                    type(exc).__name__, exc)
+                        await asyncio.sleep(0.5)
+                        continue  # nothing is delivered before the seek succeeds
+                    clears = seen
                 self.diag.set_flag(CONSUMER_FETCHING)
                 batch = self.getmany(timeout=1.0)
                 await self.sleep(0)

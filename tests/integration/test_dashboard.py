@@ -30,7 +30,11 @@ def shop(stack, settings, codec) -> Shop:
 
 
 class OrderFlow:
-    """Places orders in the background (a bounded number, one every ``every_s``) until stopped."""
+    """Places orders in the background (a bounded number, one every ``every_s``) until stopped.
+
+    Each order is queued in the producer without waiting for Kafka's acknowledgement (so the flow keeps its pace
+    while the broker is away, as in a Kafka restart), and leaving the flow waits until every one was delivered.
+    """
 
     def __init__(self, shop: Shop, skus: list[str], limit: int = 400, every_s: float = 0.1) -> None:
         self.shop, self.skus, self.limit, self.every_s = shop, skus, limit, every_s
@@ -42,7 +46,8 @@ class OrderFlow:
         tokens = ["tok_approve", "tok_approve", "tok_approve", "tok_decline"]
         while not self._stop.is_set() and len(self.placed) < self.limit:
             i = len(self.placed)
-            order = self.shop.place({self.skus[i % len(self.skus)]: 1 + i % 2}, token=tokens[i % len(tokens)])
+            order = self.shop.place_order({self.skus[i % len(self.skus)]: 1 + i % 2}, token=tokens[i % len(tokens)])
+            self.shop.send_later(order)
             self.placed.append(order.order_id)
             self._stop.wait(self.every_s)
 
@@ -53,6 +58,7 @@ class OrderFlow:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
+        self.shop.flush(timeout_s=60)
 
 
 @pytest.fixture(scope="module")
