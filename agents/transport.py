@@ -326,8 +326,11 @@ class Consumer(faust_aiokafka.Consumer):
         since_yield = 0
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
-                if clears != flow_control.clears and self.flow_active:
-                    # The agents' queues were emptied: what they held must come again (see FlowControl).
+                if clears != flow_control.clears and self.flow_active and not self.app.rebalancing:
+                    # The agents' queues were emptied: what they held must come again (see FlowControl). Not
+                    # before the rebalance is over: faust's recovery reads the changelogs through this loop (a seek
+                    # in the middle of it stalled the recovery for good), and it empties the queues again as it
+                    # ends. Meanwhile no record of an acknowledged topic is delivered (below).
                     seen = flow_control.clears
                     try:
                         await self.perform_seek()
@@ -342,14 +345,14 @@ class Consumer(faust_aiokafka.Consumer):
                 await self.sleep(0)
                 if not self.should_stop:
                     async for tp, message in batch:
-                        if clears != flow_control.clears:
-                            break  # the rest of the batch comes again after the seek above
                         since_yield += 1
                         if since_yield > 100:
                             await asyncio.sleep(0)
                             since_yield = 0
                         offset = message.offset
                         if acks_enabled_for(message.topic):
+                            if clears != flow_control.clears:
+                                continue  # fetched again after the seek above
                             if not self._deliverable(tp, offset):
                                 continue
                         else:
