@@ -196,7 +196,8 @@ class Consumer(faust_aiokafka.Consumer):
         # Partitions the fetch loop seeks back once its batch is done: to the offset (None: sought already).
         self._refetch: dict[Any, int | None] = {}
         self._seeks = 0  # bumped by every seek that resets positions: a delivery begun before one is not counted
-        self._holes: dict[Any, tuple[int, float]] = {}  # per partition: the unacknowledged position, since when
+        # Per partition: the unacknowledged position, since when, and how many times it was delivered again.
+        self._holes: dict[Any, tuple[int, float, int]] = {}
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -209,8 +210,10 @@ class Consumer(faust_aiokafka.Consumer):
         """
         committed = self._committed_offset[tp]
         offset = committable_offset(self._acked[tp], self._acked_index[tp], committed)
-        if offset is None and committed is not None and self._acked[tp]:
-            self._watch_hole(tp, committed)
+        # faust keeps a committed 0 as None; a partition this loop is delivering from is then at its start.
+        position = committed if committed is not None else 0 if tp in self._next_offset else None
+        if offset is None and position is not None and self._acked[tp]:
+            self._watch_hole(tp, position)
         else:
             self._holes.pop(tp, None)
         return offset
@@ -224,20 +227,22 @@ class Consumer(faust_aiokafka.Consumer):
         handling it and no agent's queue still holds it, it was dropped on the way: seen on the real stack right
         after a rebalance, a PlaceOrder skipped while the records around it were handled, its order stuck until
         the next rebalance. Nothing can commit past it, so nothing is lost, but nothing of its partition commits
-        either. Once that has held for :data:`HOLE_GRACE_S`, the partition is fetched again from ``position``;
-        the duplicate rule absorbs the records handled twice.
+        either. Once that has held for :data:`HOLE_GRACE_S` (twice as long before each further try), the partition
+        is fetched again from ``position``; the duplicate rule absorbs the records handled twice.
         """
         now = time.monotonic()
         hole = self._holes.get(tp)
         if hole is None or hole[0] != position:
-            self._holes[tp] = (position, now)
+            self._holes[tp] = (position, now, 0)
             return
+        _, since, tries = hole
         delivered = self._next_offset.get(tp, position) > position
-        if now - hole[1] < HOLE_GRACE_S or not delivered or self._holds(tp, position):
+        if now - since < HOLE_GRACE_S * 2**tries or not delivered or self._holds(tp, position):
             return
-        log.warning("%s[%s]: offset %d was never handled though later ones were; delivering it again",
-                    tp.topic, tp.partition, position)
-        self._holes[tp] = (position, now)  # give the new delivery as long before looking again
+        log.log(logging.ERROR if tries else logging.WARNING,
+                "%s[%s]: offset %d was never handled though later ones were; delivering it again (time %d)",
+                tp.topic, tp.partition, position, tries + 1)
+        self._holes[tp] = (position, now, min(tries + 1, 4))  # each new try waits twice as long, up to 80 s
         self._seeks += 1  # a delivery under way must not move the position past it again
         self._next_offset[tp] = position
         self._refetch[tp] = position
@@ -248,7 +253,8 @@ class Consumer(faust_aiokafka.Consumer):
         if any(m.tp == tp and m.offset == offset for m in in_progress.messages()):
             return True
         channels = cast(Any, self.app.topics)._tp_index.get(tp, ())  # the channels of the agents consuming tp
-        return any(event.message.offset == offset for channel in channels for event in channel.queue._queue)
+        return any(event.message.tp == tp and event.message.offset == offset
+                   for channel in channels for event in channel.queue._queue)
 
     @faust_aiokafka.Consumer.transitions_to(CONSUMER_WAIT_EMPTY)
     async def wait_empty(self) -> None:
@@ -333,7 +339,8 @@ class Consumer(faust_aiokafka.Consumer):
                     # ends. Meanwhile no record of an acknowledged topic is delivered (below).
                     seen = flow_control.clears
                     try:
-                        await self.perform_seek()
+                        if self.assignment():  # nothing to seek with no partitions (aiokafka asserts some)
+                            await self.perform_seek()
                     except Exception as exc:  # e.g. the assignment changing under it: a rebalance began
                         log.warning("seeking back to the committed offsets failed (%s: %s); trying again",
                                     type(exc).__name__, exc)

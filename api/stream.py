@@ -104,12 +104,12 @@ class Observer:
         tps = [(t, p) for t, ps in owned.items() for p in ps if not t.endswith("-changelog")]
         dlq = [(self.topics.dlq, p) for p in range(self.settings.partitions)]
         positions = self.worker.committed()
+        never_committed = [tp for tp in tps if tp not in positions]  # the group starts those at the log start
         latest = await self.worker.end_offsets(tps + dlq)
-        earliest = await self.worker.start_offsets(dlq)
+        earliest = await self.worker.start_offsets(dlq + never_committed)
         lag: dict[str, dict[int, int]] = {}
         for tp in tps:
-            position = positions.get(tp)
-            lag.setdefault(tp[0], {})[tp[1]] = max(0, latest[tp] - position) if position is not None else 0
+            lag.setdefault(tp[0], {})[tp[1]] = max(0, latest[tp] - positions.get(tp, earliest.get(tp, 0)))
         depth = sum(latest[tp] - earliest[tp] for tp in dlq)
         return lag, depth
 

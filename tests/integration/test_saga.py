@@ -34,7 +34,7 @@ class Shop:
             self.producer.produce(
                 getattr(self.topics, message.TOPIC), key=message.key.encode(), value=self.codec.encode(message)
             )
-        assert self.producer.flush(10) == 0
+        assert self.producer.flush(30) == 0  # a bound: right after a Kafka restart the client reconnects first
 
     def send_later(self, message: Message) -> None:
         """Queue ``message`` without waiting for it (a burst); :meth:`flush` then waits for every delivery."""

@@ -61,7 +61,7 @@ def consumer(*, committed: int, acked: list[int], next_offset: int, queued: list
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     clock = Clock()
-    monkeypatch.setattr(transport.time, "monotonic", clock)
+    monkeypatch.setattr(transport, "time", SimpleNamespace(monotonic=clock))  # the transport's clock only
     return clock
 
 
@@ -80,8 +80,11 @@ def test_a_delivered_record_nobody_holds_is_delivered_again_once_the_hole_outlas
     assert state._seeks == 1  # a delivery under way cannot move the position past it again
 
     state._refetch.clear()  # the fetch loop sought
-    assert commit_after(state, clock, transport.HOLE_GRACE_S - 1) is None
-    assert state._refetch == {}  # the new delivery gets as long again before anyone looks
+    state._next_offset[TP0] = 178  # ... and delivered up to where it was, 163 included, which is lost again
+    assert commit_after(state, clock, transport.HOLE_GRACE_S * 2 - 1) is None
+    assert state._refetch == {}  # a second try waits twice as long
+    assert commit_after(state, clock, 1) is None
+    assert state._refetch == {TP0: 163}
 
     state._acked[TP0].append(163)  # handled this time
     assert commit_after(state, clock, 0.2) == 167
@@ -118,12 +121,32 @@ def test_the_clock_starts_again_when_the_position_moves(clock: Clock):
     assert state._refetch == {TP0: 11}
 
 
-def test_an_unknown_committed_position_is_no_hole(clock: Clock):
+def test_a_partition_revoked_and_not_sought_yet_has_no_hole(clock: Clock):
     state = consumer(committed=0, acked=[216], next_offset=300)
-    state._committed_offset[TP0] = None  # right after a rebalance
+    state._committed_offset[TP0] = None  # right after a rebalance: position unknown, nothing delivered from it
+    del state._next_offset[TP0]
     state._new_offset(TP0)
     assert commit_after(state, clock, transport.HOLE_GRACE_S * 10) is None
     assert state._refetch == {} and state._holes == {}
+
+
+def test_a_lost_first_record_of_a_partition_is_delivered_again(clock: Clock):
+    state = consumer(committed=0, acked=[1, 2], next_offset=3)
+    state._committed_offset[TP0] = None  # faust keeps a committed 0 as None
+    state._new_offset(TP0)
+    assert commit_after(state, clock, transport.HOLE_GRACE_S) is None
+    assert state._refetch == {TP0: 0} and state._next_offset[TP0] == 0
+
+
+def test_the_same_offset_queued_on_another_partition_does_not_hold_the_hole(clock: Clock):
+    state = consumer(committed=50, acked=[51], next_offset=60)
+    other = TP("commerce.commands.orders", 5)
+    channel = next(iter(state.app.topics._tp_index[TP0]))
+    channel.queue._queue.append(SimpleNamespace(message=message(50, tp=other)))
+    state.app.in_progress.begin(message(50, tp=other))
+    state._new_offset(TP0)
+    assert commit_after(state, clock, transport.HOLE_GRACE_S) is None
+    assert state._refetch == {TP0: 50}
 
 
 async def test_an_event_faust_skips_is_not_acknowledged_and_one_an_agent_handled_is():

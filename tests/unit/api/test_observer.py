@@ -48,13 +48,13 @@ async def test_lag_is_the_end_offset_past_the_committed_position_and_the_dlq_dep
     worker = Worker(
         positions={("commerce.commands.orders", 0): 90},  # partition 1: nothing committed yet
         ends={("commerce.commands.orders", 0): 100, ("commerce.commands.orders", 1): 7, **dlq, (DLQ, 1): 5},
-        starts={**dlq, (DLQ, 1): 2},
+        starts={**dlq, (DLQ, 1): 2, ("commerce.commands.orders", 1): 3},
     )
     observer = Observer(Settings(partitions=2), worker)
 
     await observer.observe()
 
-    assert observer.lag == {"commerce.commands.orders": {0: 10, 1: 0}}
+    assert observer.lag == {"commerce.commands.orders": {0: 10, 1: 4}}  # 1: from where the group starts it
     assert observer.dlq_records == 3
     assert observer.table_sizes == {"orders": 3}
     assert all(not topic.endswith("-changelog") for topic, _ in worker.asked[0])  # changelogs have no lag
