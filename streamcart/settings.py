@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: ``json``: one object per line, for machines (the stack's processes); ``text``: for a person at a terminal.
@@ -136,6 +136,25 @@ class Settings(BaseSettings):
 
     def worker_port(self, index: int) -> int:
         return self.api_port + index if self.api_port_per_worker else self.api_port
+
+    @model_validator(mode="after")
+    def _worker_ports_are_free(self) -> Settings:
+        """On one host the workers take api_port, api_port + 1, …: none may be another process's port (with the
+        defaults, a fourth worker would get 8083, Kafka Connect's, and never start)."""
+        if not self.api_port_per_worker:
+            return self  # every worker has an address of its own
+        others = {"kafka_port": self.kafka_port, "controller_port": self.controller_port,
+                  "registry_port": self.registry_port, "connect_port": self.connect_port,
+                  "postgres_port": self.postgres_port, "gateway_port": self.gateway_port}
+        for index in range(self.workers):
+            for name, port in others.items():
+                if self.worker_port(index) == port:
+                    raise ValueError(
+                        f"worker {index}'s API port would be {port}, which is {name} (the workers listen on api_port "
+                        f"{self.api_port} and up, one per worker): set STREAMCART_API_PORT to a free range, e.g. "
+                        f"STREAMCART_API_PORT=8180, or move STREAMCART_{name.upper()}"
+                    )
+        return self
 
     def worker_url(self, index: int) -> str:
         return f"http://{self.advertised_host or self.host}:{self.worker_port(index)}"

@@ -1,5 +1,8 @@
 """Settings: where a process listens versus where it finds the others."""
 
+import pytest
+from pydantic import ValidationError
+
 from streamcart.settings import Settings
 
 
@@ -26,3 +29,10 @@ def test_unset_hosts_are_not_passed_to_children_as_text():
     env = Settings().to_env()
     assert "STREAMCART_KAFKA_HOST" not in env
     assert Settings(**{k.removeprefix("STREAMCART_").lower(): v for k, v in env.items()}) == Settings()
+
+
+def test_a_worker_port_that_is_another_process_port_is_refused_with_the_way_out():
+    with pytest.raises(ValidationError, match="worker 3's API port would be 8083, which is connect_port"):
+        Settings(workers=4)
+    assert Settings(workers=4, api_port=8180).worker_port(3) == 8183
+    assert Settings(workers=4, api_port_per_worker=False).worker_port(3) == 8080  # a host of its own each
