@@ -396,7 +396,6 @@ class Consumer(faust_aiokafka.Consumer):
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
 
-
     async def _deliver(self, callback: Any, message: Any, flow_control: FlowControl) -> bool:
         """Hand ``message`` to the agents consuming its topic; False if it may not have reached all of them.
 
