@@ -54,10 +54,11 @@ class Settings(BaseSettings):
     # Latency/throughput knobs (notes/faust.md: faust's defaults are hostile to this workload).
     producer_linger_ms: int = 20
     commit_interval_s: float = 0.2
-    #: A worker's fetches wait for this many bytes, or this long, whichever comes first: under load a fetch
-    #: brings a batch instead of each record waking the worker up on its own (aiokafka's defaults are 1 byte).
-    consumer_fetch_min_bytes: int = Field(1, ge=1)
-    consumer_fetch_max_wait_ms: int = Field(1500, ge=0)
+    #: While records flow, a worker's fetches wait for this many bytes, or this long, whichever comes first: a
+    #: fetch brings a batch instead of each record costing a fetch of its own (aiokafka's defaults are 1 byte).
+    #: Idle, a fetch is a long poll that returns on the first record (agents/transport.py, adapt_fetching).
+    consumer_fetch_min_bytes: int = Field(65536, ge=1)
+    consumer_fetch_max_wait_ms: int = Field(30, ge=0)
     #: Workers collect garbage less often than CPython's defaults (agents/worker.py, GC_THRESHOLDS).
     gc_tuning: bool = True
     broker_session_timeout_s: float = 10.0

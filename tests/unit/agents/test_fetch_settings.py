@@ -1,11 +1,13 @@
-"""A worker's Kafka consumer fetches with the settings' minimum size and maximum wait (faust passes neither)."""
+"""A worker's Kafka consumer long-polls while idle and batches its fetches while records flow (faust sets neither)."""
 
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 from agents.app import create_faust_app
+from agents.transport import IDLE_FETCH_MAX_WAIT_MS, adapt_fetching
 from streamcart.settings import Settings
 
 
@@ -17,15 +19,27 @@ async def _worker_consumer(settings: Settings) -> Any:
     return kafka_consumer
 
 
-def test_the_consumer_fetches_with_the_configured_minimum_bytes_and_wait() -> None:
+def test_a_worker_starts_with_a_long_poll_that_returns_on_the_first_record() -> None:
     settings = Settings(consumer_fetch_min_bytes=32768, consumer_fetch_max_wait_ms=25)
-
     kafka_consumer = asyncio.run(_worker_consumer(settings))
 
-    assert (kafka_consumer._fetch_min_bytes, kafka_consumer._fetch_max_wait_ms) == (32768, 25)
+    assert (kafka_consumer._fetch_min_bytes, kafka_consumer._fetch_max_wait_ms) == (1, IDLE_FETCH_MAX_WAIT_MS)
 
 
-def test_by_default_a_fetch_returns_as_soon_as_one_record_is_there() -> None:
-    kafka_consumer = asyncio.run(_worker_consumer(Settings()))
+def test_fetches_wait_for_a_batch_while_records_flow_and_long_poll_once_one_brings_nothing() -> None:
+    settings = Settings()
+    fetcher = SimpleNamespace(_fetch_min_bytes=1, _fetch_max_wait_ms=IDLE_FETCH_MAX_WAIT_MS)
+    batching = (settings.consumer_fetch_min_bytes, settings.consumer_fetch_max_wait_ms)
+    assert batching[0] > 1 and batching[1] < IDLE_FETCH_MAX_WAIT_MS  # the defaults batch
 
-    assert (kafka_consumer._fetch_min_bytes, kafka_consumer._fetch_max_wait_ms) == (1, 1500)
+    adapt_fetching(fetcher, got_records=True, min_bytes=batching[0], max_wait_ms=batching[1])
+    assert (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms) == batching
+
+    adapt_fetching(fetcher, got_records=False, min_bytes=batching[0], max_wait_ms=batching[1])
+    assert (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms) == (1, IDLE_FETCH_MAX_WAIT_MS)
+
+
+def test_a_wait_longer_than_the_long_poll_is_kept_when_idle() -> None:
+    fetcher = SimpleNamespace(_fetch_min_bytes=1, _fetch_max_wait_ms=0)
+    adapt_fetching(fetcher, got_records=False, min_bytes=65536, max_wait_ms=5000)
+    assert (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms) == (1, 5000)
