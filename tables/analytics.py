@@ -17,6 +17,7 @@ import json
 from typing import Any
 
 from streamcart.domain.analytics import ClosedWindow, PartitionWindows, window_id
+from tables.typed import stored
 
 
 class AnalyticsTable:
@@ -30,7 +31,7 @@ class AnalyticsTable:
         return str(self.table.name)
 
     def windows(self, partition: int) -> PartitionWindows:
-        raw = self.table.get(f"p{partition}")
+        raw = stored(self.table, f"p{partition}")
         return PartitionWindows(partition=partition) if raw is None else PartitionWindows.model_validate_json(raw)
 
     def put_windows(self, state: PartitionWindows) -> None:
@@ -38,18 +39,18 @@ class AnalyticsTable:
 
     def seen(self, partition: int, event_id: str) -> tuple[str, ...] | None:
         """The windows the event closed when it was folded; ``None`` if it never was."""
-        raw = self.table.get(f"p{partition}/seen/{event_id}")
+        raw = stored(self.table, f"p{partition}/seen/{event_id}")
         return None if raw is None else tuple(json.loads(raw))
 
     def mark_seen(self, partition: int, event_id: str, closed: tuple[str, ...]) -> None:
         self.table[f"p{partition}/seen/{event_id}"] = json.dumps(list(closed)).encode()
 
     def closed_ids(self, partition: int) -> list[str]:
-        raw = self.table.get(f"p{partition}/index")
+        raw = stored(self.table, f"p{partition}/index")
         return [] if raw is None else list(json.loads(raw))
 
     def closed(self, partition: int, name: str) -> ClosedWindow | None:
-        raw = self.table.get(f"p{partition}/closed/{name}")
+        raw = stored(self.table, f"p{partition}/closed/{name}")
         return None if raw is None else ClosedWindow.model_validate_json(raw)
 
     def keep_closed(self, windows: tuple[ClosedWindow, ...], partition: int, *, forget_before: int) -> None:

@@ -27,6 +27,15 @@ class Utf8Codec(codecs.Codec):
 codecs.register("utf8", Utf8Codec())
 
 
+def stored(table: Any, key: str) -> Any:
+    """``table``'s value for ``key``, or ``None``, read straight from its store: one lookup.
+
+    faust's ``table.get(key)`` asks the store whether the key is there and then for its value, two RocksDB reads
+    (plus a statistics hook), and the flows read state for nearly every message they handle.
+    """
+    return table.data.get(key)
+
+
 class ModelTable(Generic[M]):
     """Typed access to one faust table whose values are ``model`` instances, stored as JSON bytes.
 
@@ -52,7 +61,7 @@ class ModelTable(Generic[M]):
         return str(self.table.name)
 
     def get(self, key: str) -> M | None:
-        raw = self.table.get(key)
+        raw = stored(self.table, key)
         if raw is None:
             return None
         cached = self._decoded.get(key)
@@ -64,7 +73,7 @@ class ModelTable(Generic[M]):
 
     def get_raw(self, key: str) -> bytes | None:
         """The stored JSON of ``key``, undecoded."""
-        raw: bytes | None = self.table.get(key)
+        raw: bytes | None = stored(self.table, key)
         return raw
 
     def put(self, key: str, value: M) -> None:
@@ -95,7 +104,7 @@ class DeadlineTable:
     def track(self, order_id: str, deadline: int | None) -> None:
         """Remember ``order_id``'s deadline, or forget it (``None``) once the order has its outcome."""
         if deadline is not None:
-            if self.table.get(order_id) != deadline:
+            if stored(self.table, order_id) != deadline:
                 self.table[order_id] = deadline
         elif order_id in self.table:
             del self.table[order_id]
