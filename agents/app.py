@@ -8,7 +8,7 @@ from typing import Any
 
 import faust
 
-from agents import analytics, inventory, notifications, orders, payments, shipping, timeouts, warehouse
+from agents import analytics, inventory, notifications, orders, payments, shipping, timeouts
 from agents.runtime import Runtime, Sink
 from agents.transport import Event, FlowControl, InProgress, Stream, Transport
 from schemas.codec import Codec
@@ -16,7 +16,7 @@ from streamcart.partitioning import CachingPartitioner
 from streamcart.settings import Settings
 from tables import declare_tables
 
-FLOWS = (orders, inventory, payments, shipping, notifications, timeouts, analytics, warehouse)
+FLOWS = (orders, inventory, payments, shipping, notifications, timeouts, analytics)
 
 
 class App(faust.App):

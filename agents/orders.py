@@ -29,6 +29,8 @@ def register(runtime: Runtime) -> Any:
     t = runtime.topics
 
     async def handle(message: Message, event: Any) -> None:
+        # First the warehouse's fact row of a payment, shipping or stock event, whatever the order makes of it.
+        await warehouse.send_event_rows(runtime, message, event)
         order_id = getattr(message, "order_id", None)
         if order_id is None:
             raise FlowError(f"{type(message).__name__} has no order_id")

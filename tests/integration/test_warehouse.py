@@ -184,7 +184,7 @@ def test_a_redelivered_event_rewrites_its_rows_instead_of_adding_any(shop: Shop,
 
     produce(producer(settings), t.payment_events, record.key(), record.value())  # the very same event again
 
-    # The warehouse agent sends its fact row again, and the orders flow all of the order's rows.
+    # The orders flow sends the event's fact row again, and all of the order's rows: the same rows, rewritten.
     poll(lambda: count_records(settings, t.warehouse["payments"], order.order_id) > sent_before,
          what="the redelivered payment's row to be sent again")
     assert_equal_to_the_api(shop, warehouse, [order.order_id])
