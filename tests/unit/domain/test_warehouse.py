@@ -114,6 +114,15 @@ def test_times_travel_as_zoned_timestamps_in_utc():
     assert money["type"] == "int64"
 
 
+def test_a_record_is_compact_utf8_json_as_the_json_module_writes_it():
+    row = {**order_row(confirmed_order()), "customer_id": "Zoë ☃ \"quoted\" \\ \n"}
+    _key, value = ORDERS.record(row)
+    document = json.loads(value)
+    assert document["payload"]["customer_id"] == row["customer_id"]
+    assert value == b'{"schema":' + json.dumps(document["schema"], separators=(",", ":"), ensure_ascii=False).encode() \
+        + b',"payload":' + json.dumps(document["payload"], separators=(",", ":"), ensure_ascii=False).encode() + b"}"
+
+
 def test_the_same_row_always_gives_the_same_bytes():
     row = order_row(confirmed_order())
     assert ORDERS.record(row) == ORDERS.record(dict(reversed(list(row.items()))))
