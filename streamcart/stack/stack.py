@@ -167,6 +167,9 @@ class Stack:
         soon as Connect is ready.
         """
         selected = self._select(only)
+        if any(_is_worker(name) for name in selected):
+            self.layout.run_dir.mkdir(parents=True, exist_ok=True)
+            self._workers_file.write_text(f"{self.settings.workers}\n")
         if all(self.is_running(name) and self.probe(name).ok for name in selected):
             self._echo(f"already up: {', '.join(selected)} (nothing to do)")
             return {}
@@ -211,8 +214,12 @@ class Stack:
 
     def status(self) -> list[ProcessStatus]:
         """Every process (and leftover recorded ones): pid, ports, health now, memory, uptime, lag."""
-        recorded = {path.stem for path in self.layout.run_dir.glob("*.json")} - set(self._specs)
-        rows = [self._status_of(name) for name in [*self.names, *sorted(recorded)]]
+        recorded = {path.stem for path in self.layout.run_dir.glob("*.json")}
+        # The workers are those the last `up` started with (STREAMCART_WORKERS then, not necessarily now): one that
+        # is not running is down; one these settings name beyond them is not part of the stack.
+        started = self._workers_at_up()
+        names = [n for n in self.names if started is None or not _is_worker(n) or int(n.split("-")[1]) < started]
+        rows = [self._status_of(name) for name in [*names, *sorted(recorded - set(names))]]
         workers = [row for row in rows if row.assigned is not None]
         kafka_ok = any(row.name == "kafka" and row.health is not None and row.health.ok for row in rows)
         if not workers or not kafka_ok:
@@ -224,6 +231,17 @@ class Stack:
         return [replace(row, lag=with_lag[row.name]) if row.name in with_lag else row for row in rows]
 
     # -- internals -------------------------------------------------------------------------------------
+
+    @property
+    def _workers_file(self) -> Path:
+        return self.layout.run_dir / "workers"
+
+    def _workers_at_up(self) -> int | None:
+        """How many workers the last `up` that started workers was configured with (``None``: never, or unreadable)."""
+        try:
+            return int(self._workers_file.read_text())
+        except (OSError, ValueError):
+            return None
 
     def _status_of(self, name: str) -> ProcessStatus:
         record = self.record(name)
@@ -422,3 +440,7 @@ def parse_assigned(raw: Any) -> tuple[int, ...]:
         elif isinstance(item, str) and item.rpartition(":")[2].isdigit():
             found.add(int(item.rpartition(":")[2]))
     return tuple(sorted(found))
+
+
+def _is_worker(name: str) -> bool:
+    return name.startswith("worker-")

@@ -149,3 +149,30 @@ def test_down_stops_everything_in_reverse_order(make_stack: MakeStack, port: int
     assert set(timings) == {"first", "second", "total"}
     assert stack.down() == ["second", "first"]
     assert not any(row.running for row in stack.status())
+
+
+def test_status_shows_the_workers_the_last_up_started_with(
+    tmp_path: Path, port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Topics and schemas are for the real stack: these workers are plain web servers.
+    monkeypatch.setattr(Stack, "_create_topics_once", lambda self, timings: None)
+    monkeypatch.setattr(Stack, "_register_schemas", lambda self: None)
+    home = tmp_path / "home"
+    specs = [web_server("kafka", port), *(web_server(f"worker-{i}", free_port()) for i in range(3))]
+    with_three = Stack(Settings(home=home, workers=3), specs=specs)  # what these settings name
+    try:
+        assert [row.name for row in with_three.status()] == ["kafka", "worker-0", "worker-1", "worker-2"]  # all down
+
+        # `up` with STREAMCART_WORKERS=2, then status with three: worker-2 is not part of the stack.
+        Stack(Settings(home=home, workers=2), specs=specs).up(["worker-0", "worker-1"])
+        assert [(row.name, row.running) for row in with_three.status()] == [
+            ("kafka", False), ("worker-0", True), ("worker-1", True)
+        ]
+
+        with_three.stop("worker-1")  # stopped, or killed: still part of the stack, and down
+        with_three.kill("worker-0")
+        assert [(row.name, row.running) for row in with_three.status()] == [
+            ("kafka", False), ("worker-0", False), ("worker-1", False)
+        ]
+    finally:
+        with_three.down()
