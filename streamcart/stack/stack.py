@@ -24,7 +24,7 @@ from streamcart.stack.errors import NotReadyError, StackError
 from streamcart.stack.layout import JavaArtifacts, StackLayout
 from streamcart.stack.probes import Probe
 from streamcart.stack.procs import ProcessRecord
-from streamcart.stack.specs import ProcessSpec, build_specs
+from streamcart.stack.specs import ProcessSpec, build_specs, worker_name
 
 STOP_TIMEOUT_S = 10.0
 LOG_TAIL_LINES = 25
@@ -167,7 +167,7 @@ class Stack:
         soon as Connect is ready.
         """
         selected = self._select(only)
-        if any(_is_worker(name) for name in selected):
+        if self._workers_selected(selected):
             self.layout.run_dir.mkdir(parents=True, exist_ok=True)
             self._workers_file.write_text(f"{self.settings.workers}\n")
         if all(self.is_running(name) and self.probe(name).ok for name in selected):
@@ -218,7 +218,8 @@ class Stack:
         # The workers are those the last `up` started with (STREAMCART_WORKERS then, not necessarily now): one that
         # is not running is down; one these settings name beyond them is not part of the stack.
         started = self._workers_at_up()
-        names = [n for n in self.names if started is None or not _is_worker(n) or int(n.split("-")[1]) < started]
+        beyond = {worker_name(i) for i in range(started, self.settings.workers)} if started is not None else set()
+        names = [n for n in self.names if n not in beyond]
         rows = [self._status_of(name) for name in [*names, *sorted(recorded - set(names))]]
         workers = [row for row in rows if row.assigned is not None]
         kafka_ok = any(row.name == "kafka" and row.health is not None and row.health.ok for row in rows)
@@ -440,7 +441,3 @@ def parse_assigned(raw: Any) -> tuple[int, ...]:
         elif isinstance(item, str) and item.rpartition(":")[2].isdigit():
             found.add(int(item.rpartition(":")[2]))
     return tuple(sorted(found))
-
-
-def _is_worker(name: str) -> bool:
-    return name.startswith("worker-")
