@@ -49,7 +49,8 @@ class FaustSink:
 
     Not through a faust ``Topic``: its ``send`` wraps each record in a future message, a channel hop and a
     completion callback, which cost more than the Kafka client's own work for these small records (about a third of
-    each send). A record the client fails to deliver is logged, as faust's topics do.
+    each send). The producer watches every delivery: one that fails stops all commits (agents/transport.py,
+    ``Deliveries``).
     """
 
     def __init__(self, app: Any) -> None:
@@ -57,13 +58,7 @@ class FaustSink:
 
     async def send(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
         producer = await self.app.maybe_start_producer()
-        delivery = await producer.send(topic, key, value, None, None, headers or None)
-        delivery.add_done_callback(_log_failed_delivery)
-
-
-def _log_failed_delivery(delivery: asyncio.Future[Any]) -> None:
-    if not delivery.cancelled() and (failure := delivery.exception()) is not None:
-        log.error("a record could not be delivered to Kafka: %s: %s", type(failure).__name__, failure)
+        await producer.send(topic, key, value, None, None, headers or None)
 
 
 def raw_topic(app: Any, names: str | tuple[str, ...], partitions: int) -> Any:

@@ -527,14 +527,68 @@ class ProducerBuffer(FaustProducerBuffer):
             log.warning("%d table write(s) still buffered when the producer stopped", self.size)
 
 
+class DeliveryFailed(RuntimeError):
+    """Kafka refused a record the worker sent, or never acknowledged it: no offset may be committed any more."""
+
+
+class Deliveries:
+    """Watches the delivery of every record a worker sends; once one failed, :meth:`check` raises for good.
+
+    Every offset commit flushes the producer first, which waits for every record sent before it to be delivered
+    or to fail. A failed record was an effect of a message (a table write, an event, a fact row) that is then about
+    to count as processed: the commit must not happen, and neither may any later one, since they would pass it
+    too. So the first failure stops all commits; the commit that raises crashes the worker (as Kafka Streams'
+    default production handler does), and its messages since the last commit are delivered again to whoever owns
+    their partitions next. Retriable errors never get here: the Kafka client retries them until faust's
+    ``producer_request_timeout``.
+    """
+
+    def __init__(self) -> None:
+        self.failure: BaseException | None = None
+
+    def watch(self, delivery: asyncio.Future[Any]) -> None:
+        delivery.add_done_callback(self._done)
+
+    def _done(self, delivery: asyncio.Future[Any]) -> None:
+        if delivery.cancelled() or (failure := delivery.exception()) is None:
+            return
+        if self.failure is None:
+            log.critical("Kafka did not take a record: %s: %s; no offset will be committed from now on, and the "
+                         "worker stops at its next commit", type(failure).__name__, failure)
+            self.failure = failure
+
+    def check(self) -> None:
+        """Raise :class:`DeliveryFailed` if any record failed."""
+        if self.failure is not None:
+            raise DeliveryFailed(f"a record was not delivered ({type(self.failure).__name__}: {self.failure}): "
+                                 "nothing is committed past it") from self.failure
+
+
 class Producer(faust_aiokafka.Producer):
-    """faust's aiokafka producer with :class:`ProducerBuffer`, drained before the Kafka client stops."""
+    """faust's aiokafka producer with :class:`ProducerBuffer`, drained before the Kafka client stops, and whose
+    flush raises once a record it sent was not delivered (:class:`Deliveries`)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         buffer = ProducerBuffer(loop=self.loop, beacon=self.beacon)
         buffer.app = self.app
         self.buffer = buffer
+        self.deliveries = Deliveries()
+
+    async def send(
+        self, topic: str, key: bytes | None, value: bytes | None, partition: int | None, timestamp: float | None,
+        headers: Any, *, transactional_id: str | None = None,
+    ) -> Any:
+        delivery = await super().send(
+            topic, key, value, partition, timestamp, headers, transactional_id=transactional_id
+        )
+        self.deliveries.watch(cast(asyncio.Future[Any], delivery))
+        return delivery
+
+    async def flush(self) -> None:
+        """Wait until every record sent so far was delivered; raise :class:`DeliveryFailed` if any ever failed."""
+        await super().flush()
+        self.deliveries.check()
 
     async def on_stop(self) -> None:
         with contextlib.suppress(RuntimeError):  # a crashed buffer: what it held is lost either way

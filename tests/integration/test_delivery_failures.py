@@ -1,0 +1,78 @@
+"""A record Kafka refuses stops the worker before it commits past the message that sent it (agents/transport.py,
+``Deliveries``), and once the cause is fixed and the worker restarted, nothing is lost.
+
+Before, such a record was only logged and the next offset commit went past its message: the order's warehouse row
+(or a table write, or an event) was gone for good. Kafka refuses a record for real here: the warehouse ``orders``
+topic is made to accept no record over 64 bytes.
+"""
+
+from __future__ import annotations
+
+import psycopg
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
+
+from streamcart.settings import Settings
+from streamcart.stack import Stack
+from streamcart.topics import Topics
+from tests.integration.support import poll, produce, wait_until_worker_0_owns_every_partition
+from tests.integration.test_saga import Shop, sku
+from tests.integration.test_warehouse import differences, shop, warehouse  # noqa: F401 (fixtures)
+
+
+def set_max_message_bytes(settings: Settings, topic: str, limit: int | None) -> None:
+    """Set (or, with ``None``, remove) the topic's ``max.message.bytes``."""
+    operation = AlterConfigOpType.SET if limit is not None else AlterConfigOpType.DELETE
+    entry = ConfigEntry("max.message.bytes", str(limit) if limit is not None else None,
+                        incremental_operation=operation)
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    resource = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[entry])
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result(timeout=30)
+
+
+def committed_offset(settings: Settings, topic: str, partition: int) -> int:
+    """The workers' group's committed offset on the partition (-1001 when nothing was committed)."""
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": settings.app_id})
+    try:
+        (found,) = consumer.committed([TopicPartition(topic, partition)], timeout=10)
+        return int(found.offset)
+    finally:
+        consumer.close()
+
+
+def test_a_record_kafka_refuses_stops_the_worker_before_its_message_is_committed_and_nothing_is_lost(
+    shop: Shop, stack: Stack, settings: Settings, warehouse: psycopg.Connection  # noqa: F811
+):
+    topics = Topics.from_settings(settings)
+    item = sku()
+    shop.product(item, price=700, stock=5)
+    # One worker holds every partition, so exactly one worker meets the refused record.
+    stack.stop("worker-1")
+    wait_until_worker_0_owns_every_partition(settings)
+    order = shop.place_order({item: 2})
+    log_start = stack.log_path("worker-0").stat().st_size
+    set_max_message_bytes(settings, topics.warehouse["orders"], 64)
+    try:
+        partition, offset = produce(shop.producer, topics.order_commands, order.key.encode(),
+                                    shop.codec.encode(order))
+        # The PlaceOrder's handling sends the order's warehouse row: Kafka refuses it, and the worker stops.
+        poll(lambda: not stack.is_running("worker-0"), timeout_s=60, what="worker-0 to stop")
+        with stack.log_path("worker-0").open("rb") as log_file:
+            log = log_file.read()[log_start:].decode(errors="replace")
+        assert "MessageSizeTooLargeError" in log and "no offset will be committed" in log
+        assert committed_offset(settings, topics.order_commands, partition) <= offset  # not committed past it
+    finally:
+        set_max_message_bytes(settings, topics.warehouse["orders"], None)
+        for worker in ("worker-0", "worker-1"):
+            if not stack.is_running(worker):
+                stack.start(worker)
+
+    # The restarted worker handles the PlaceOrder again: the order settles and its row reaches the warehouse.
+    assert shop.settled(order.order_id, timeout_s=120)["status"] == "CONFIRMED"
+    poll(lambda: not differences(shop, warehouse, order.order_id), timeout_s=60, every_s=0.5,
+         what="the order's warehouse rows to equal the API's view")
+    stock = shop.quiet_stock(item)
+    assert (stock["on_hand"], stock["sold"]) == (3, 2)  # sold once, though the order was handled twice
+    auth = poll(lambda: shop.gateway_ledger().get(order.order_id), what="the authorization")
+    assert auth["amount_cents"] == 2 * 700
