@@ -5,6 +5,10 @@ Latency is from producing PlaceOrder to seeing the order's outcome (OrderConfirm
 With ``warehouse=True`` it also watches PostgreSQL (a query every 20 ms) and reports the delay from each
 OrderConfirmed record (its Kafka timestamp, set by the worker that wrote it) to that order's confirmed row being
 visible in the warehouse, both on this machine's wall clock.
+
+When the local stack runs on this machine, it also reports the CPU each of its processes used from the first order
+produced until the last outcome was seen (and the machine's total, this benchmark included): what limits the
+figures.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from schemas.messages import AdjustStock, OrderCancelled, OrderConfirmed, OrderL
 from streamcart.commands import CommandSender, envelope
 from streamcart.ids import new_id
 from streamcart.settings import Settings
+from streamcart.stack import cpu
 from streamcart.topics import Topics
 
 
@@ -36,6 +41,7 @@ class BenchResult:
     missing: int
     latencies_ms: list[float] = field(default_factory=list)
     warehouse_delays_ms: list[float] | None = None  # confirmation on Kafka -> confirmed row in PostgreSQL
+    cpu: list[cpu.CpuUse] = field(default_factory=list)  # per stack process, then the machine ("machine")
 
     @property
     def throughput(self) -> float:
@@ -110,12 +116,16 @@ class _Outcomes(threading.Thread):
 
 
 class _WarehouseRows(threading.Thread):
-    """Polls the warehouse's ``orders`` table every 20 ms and notes when (epoch seconds) each order of the run is
-    first seen confirmed (or later: shipped, delivered)."""
+    """Every 20 ms, looks up in the warehouse's ``orders`` table the orders confirmed on Kafka whose row it has not
+    seen yet, and notes when (epoch seconds) each is first seen confirmed (or later: shipped, delivered).
 
-    def __init__(self, settings: Settings, prefix: str) -> None:
+    Only those, by primary key: a scan of every row of the run (``LIKE 'prefix%'`` cannot use the key's index)
+    cost PostgreSQL a fifth of a core, which the benchmark then took away from the system it measures.
+    """
+
+    def __init__(self, settings: Settings, confirmed: dict[str, float]) -> None:
         super().__init__(daemon=True)
-        self.settings, self.prefix = settings, prefix
+        self.settings, self.confirmed = settings, confirmed
         self.seen: dict[str, float] = {}
         self.stop = threading.Event()
 
@@ -127,8 +137,11 @@ class _WarehouseRows(threading.Thread):
                              user=s.postgres_user, password=s.postgres_password.get_secret_value(),
                              autocommit=True) as pg:
             while not self.stop.wait(0.02):
-                rows = pg.execute("SELECT order_id FROM orders WHERE order_id LIKE %s AND status IN "
-                                  "('CONFIRMED', 'SHIPPED', 'DELIVERED')", (self.prefix + "%",)).fetchall()
+                waiting = list(self.confirmed.keys() - self.seen.keys())  # a copy: the other thread adds to it
+                if not waiting:
+                    continue
+                rows = pg.execute("SELECT order_id FROM orders WHERE order_id = ANY(%s) AND status IN "
+                                  "('CONFIRMED', 'SHIPPED', 'DELIVERED')", (waiting,)).fetchall()
                 now = time.time()
                 for (order_id,) in rows:
                     self.seen.setdefault(order_id, now)
@@ -152,13 +165,15 @@ def run_saga_bench(
     outcomes = _Outcomes(settings, codec, Topics.from_settings(settings).order_events)
     outcomes.start()
     outcomes.ready.wait()
-    rows = _WarehouseRows(settings, f"o-bench-{run}-") if warehouse else None
+    rows = _WarehouseRows(settings, outcomes.confirmed_at) if warehouse else None
     if rows is not None:
         rows.start()
     say(f"placing {orders} orders of {lines} lines" + (f" at {rate}/s" if rate else " as fast as possible"))
     placed_at: dict[str, float] = {}
     producer = sender.producer
     topic = sender.topics.order_commands
+    leaders = _stack_leaders(settings)
+    cpu_before = cpu.snapshot(leaders)
     start = time.perf_counter()
     for i in range(orders):
         if rate:
@@ -184,6 +199,7 @@ def run_saga_bench(
             say(f"  {done}/{orders} orders settled")
             last_report = time.monotonic()
         time.sleep(0.05)
+    cpu_after, cpu_wall_s = cpu.snapshot(leaders), time.perf_counter() - start
     outcomes.stop.set()
     outcomes.join(5)
     ours = {oid: outcomes.seen[oid] for oid in placed_at if oid in outcomes.seen}
@@ -204,4 +220,13 @@ def run_saga_bench(
         missing=orders - len(ours),
         latencies_ms=[(at - placed_at[oid]) * 1000 for oid, (at, _) in ours.items()],
         warehouse_delays_ms=delays,
+        cpu=cpu.usage(cpu_before, cpu_after, cpu_wall_s),
     )
+
+
+def _stack_leaders(settings: Settings) -> dict[str, int]:
+    """The pid of each running process of the local stack these settings name (none when it runs elsewhere)."""
+    from streamcart.stack import Stack
+
+    stack = Stack(settings)
+    return {name: record.pid for name in stack.names if stack.is_running(name) and (record := stack.record(name))}

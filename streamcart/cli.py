@@ -7,6 +7,7 @@ Every command reads the settings once and turns a :class:`StreamcartError` into 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -375,6 +376,14 @@ def bench_saga(
     for name, value in result.summary().items():
         table.add_row(name, "-" if value is None else str(value))
     console.print(table)
+    if result.cpu:
+        used = Table(title="CPU from the first order produced to the last outcome", title_justify="left")
+        for column in ("process", "CPU (s)", "cores", "ms per order"):
+            used.add_column(column, justify="left" if column == "process" else "right")
+        for use in result.cpu:
+            name = f"machine ({os.cpu_count()} cores, all processes)" if use.name == "machine" else use.name
+            used.add_row(name, f"{use.seconds:.1f}", f"{use.cores:.2f}", f"{use.seconds * 1000 / orders:.1f}")
+        console.print(used)
     if result.missing:
         raise StreamcartError(f"{result.missing} orders had no outcome within {timeout:.0f} s")
 

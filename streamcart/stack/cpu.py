@@ -1,0 +1,87 @@
+"""CPU time spent by the local stack's processes (Linux ``/proc``): where a benchmark's work went.
+
+A process's time includes all its threads (Kafka's JVM, librdkafka's), its live descendants (PostgreSQL's
+backends, which leave their parent's process group) and what its exited children left in its ``cutime`` and
+``cstime``. The machine's busy time (every process, the benchmark's own included) comes from ``/proc/stat``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+PROC = Path("/proc")
+
+
+@dataclass(frozen=True)
+class CpuSnapshot:
+    """CPU seconds used so far, per named process group and by the whole machine."""
+
+    groups: dict[str, float]
+    machine_busy_s: float
+
+
+@dataclass(frozen=True)
+class CpuUse:
+    """What one process group (or the machine, ``name="machine"``) used between two snapshots."""
+
+    name: str
+    seconds: float
+    cores: float  # seconds of CPU per second of wall time
+
+
+def snapshot(leaders: Mapping[str, int], proc: Path = PROC) -> CpuSnapshot:
+    """The CPU seconds of each named process with its descendants (by its pid) and the machine's busy seconds, now.
+
+    A process that is gone is left out.
+    """
+    ticks = os.sysconf("SC_CLK_TCK")
+    parent: dict[int, int] = {}
+    used: dict[int, int] = {}  # each live process's own ticks, and what its exited children left it
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # exited meanwhile
+        # After the command's ")": state ppid ... utime(12) stime(13) cutime(14) cstime(15) (1-based fields).
+        pid = int(entry.name)
+        parent[pid] = int(fields[1])
+        used[pid] = sum(int(value) for value in fields[11:15])
+    # Each process -> the named process it counts for (None: none of them).
+    tree: dict[int, int | None] = {pid: pid for pid in leaders.values() if pid in used}
+    for pid in used:
+        chain: list[int] = []
+        while pid not in tree and pid in parent and pid not in chain:
+            chain.append(pid)
+            pid = parent[pid]
+        leader = tree.get(pid)
+        for member in chain:
+            tree[member] = leader
+    groups: dict[str, float] = {}
+    for name, leader in leaders.items():
+        if leader in used:
+            groups[name] = sum(used[pid] for pid, top in tree.items() if top == leader) / ticks
+    return CpuSnapshot(groups=groups, machine_busy_s=_machine_busy_ticks(proc) / ticks)
+
+
+def usage(before: CpuSnapshot, after: CpuSnapshot, wall_s: float) -> list[CpuUse]:
+    """Each group's use between the snapshots (busiest first), then the machine's."""
+    uses = [
+        CpuUse(name, after.groups[name] - spent, (after.groups[name] - spent) / wall_s if wall_s else 0.0)
+        for name, spent in before.groups.items()
+        if name in after.groups
+    ]
+    uses.sort(key=lambda use: -use.seconds)
+    machine = after.machine_busy_s - before.machine_busy_s
+    return [*uses, CpuUse("machine", machine, machine / wall_s if wall_s else 0.0)]
+
+
+def _machine_busy_ticks(proc: Path) -> int:
+    """Ticks the CPUs spent on anything but idling or waiting for I/O (the first line of ``/proc/stat``)."""
+    first = (proc / "stat").read_text().splitlines()[0].split()
+    times = [int(value) for value in first[1:9]]  # user nice system idle iowait irq softirq steal
+    return sum(times) - times[3] - times[4]
