@@ -10,7 +10,7 @@ import faust
 
 from agents import analytics, inventory, notifications, orders, payments, shipping, timeouts
 from agents.runtime import Runtime, Sink
-from agents.transport import Event, FlowControl, InProgress, Stream, Transport
+from agents.transport import Event, FlowControl, InProgress, Stream, Table, Transport
 from schemas.codec import Codec
 from streamcart.partitioning import CachingPartitioner
 from streamcart.settings import Settings
@@ -62,6 +62,7 @@ def create_faust_app(settings: Settings, *, worker_index: int = 0, store: str = 
         producer_partitioner=CachingPartitioner(),
         Event=Event,
         Stream=Stream,
+        Table=Table,
         fetch_min_bytes=settings.consumer_fetch_min_bytes,
         fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
         # The API is served by our own aiohttp app (api/); the assignor still shares each worker's URL so

@@ -45,9 +45,13 @@ from aiokafka import TopicPartition
 from faust.transport.consumer import CONSUMER_FETCHING, CONSUMER_WAIT_EMPTY
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.producer import ProducerBuffer as FaustProducerBuffer
+from mode import Service
 from mode.utils.queues import FlowControlEvent
 
 log = logging.getLogger(__name__)
+
+#: How often the worker checks for partitions whose fetches or streams stalled (faust: every 0.5 s here).
+LIVELOCK_CHECK_INTERVAL_S = 10.0
 
 #: How long a partition's position may stay unacknowledged, while later records are acknowledged and no agent holds
 #: it, before it is delivered again (:meth:`Consumer._watch_hole`).
@@ -230,6 +234,18 @@ class Consumer(faust_aiokafka.Consumer):
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    @Service.task
+    async def _commit_livelock_detector(self) -> None:
+        """faust's check for partitions whose fetches or streams stalled, every :data:`LIVELOCK_CHECK_INTERVAL_S`.
+
+        faust runs it every 2.5 commit intervals (0.5 s here) and yields to the event loop once per partition, some
+        70 of them: 1.4% of a worker's CPU, for warnings about partitions stalled for five minutes
+        (``stream_processing_timeout``).
+        """
+        async for _ in self.itertimer(LIVELOCK_CHECK_INTERVAL_S, name="livelock"):
+            if not self.app.rebalancing:
+                await self.verify_all_partitions_active()
 
     def _new_offset(self, tp: Any) -> int | None:
         """The offset to commit for ``tp``: past the acknowledged run that starts at the committed position.
@@ -589,11 +605,44 @@ class Producer(faust_aiokafka.Producer):
         """Wait until every record sent so far was delivered; raise :class:`DeliveryFailed` if any ever failed."""
         await super().flush()
         self.deliveries.check()
+        for table in self.app.tables.values():
+            if isinstance(table, Table):
+                table.persist_offsets()
 
     async def on_stop(self) -> None:
         with contextlib.suppress(RuntimeError):  # a crashed buffer: what it held is lost either way
             await self.buffer.flush()
         await super().on_stop()
+
+
+class Table(faust.Table[Any, Any]):
+    """faust's table, which notes in RocksDB how far its changelog reached once per partition and producer flush
+    rather than once per write.
+
+    A store keeps the offset of the last changelog record it knows was delivered, so that a worker restarted after
+    a clean stop replays only the changelog after it. faust writes it to RocksDB as each record is acknowledged,
+    one more RocksDB write (and a callback) per table write: 1.4% of a worker's CPU. Here the highest offset per
+    changelog partition is kept, and :meth:`persist_offsets` writes them when the producer flushes, before every
+    offset commit and when the worker stops. A persisted offset that lags behind only makes a recovery replay
+    records the store already holds, which changes nothing. (Not for faust's ``exactly_once``, which streamcart
+    does not use.)
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._delivered: dict[Any, int] = {}  # changelog partition -> highest offset delivered, not yet persisted
+
+    def _on_changelog_sent(self, fut: Any) -> None:
+        sent = fut.result()
+        tp, offset = sent.topic_partition, sent.offset
+        if offset > self._delivered.get(tp, -1):
+            self._delivered[tp] = offset
+
+    def persist_offsets(self) -> None:
+        """Note in the store how far each changelog partition's delivered records reach."""
+        delivered, self._delivered = self._delivered, {}
+        for tp, offset in delivered.items():
+            self.data.set_persisted_offset(tp, offset)
 
 
 class Transport(faust_aiokafka.Transport):

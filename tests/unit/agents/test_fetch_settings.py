@@ -1,4 +1,5 @@
-"""A worker's Kafka consumer long-polls while idle and batches its fetches while records flow (faust sets neither)."""
+"""A worker's Kafka consumer long-polls while idle and batches its fetches while records flow (faust sets neither),
+and checks for stalled partitions every few seconds rather than every half second."""
 
 from __future__ import annotations
 
@@ -43,3 +44,25 @@ def test_a_wait_longer_than_the_long_poll_is_kept_when_idle() -> None:
     fetcher = SimpleNamespace(_fetch_min_bytes=1, _fetch_max_wait_ms=0)
     adapt_fetching(fetcher, got_records=False, min_bytes=65536, max_wait_ms=5000)
     assert (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms) == (1, 5000)
+
+
+async def test_the_check_for_stalled_partitions_runs_on_its_own_interval_not_every_half_second(
+    monkeypatch: Any,
+) -> None:
+    from agents import transport
+
+    consumer = create_faust_app(Settings(), store="memory://").consumer
+    (detector,) = [task for task in consumer._get_tasks() if task.fun.__name__ == "_commit_livelock_detector"]
+    assert detector.fun.__module__ == "agents.transport"  # ours, not faust's 0.5 s loop
+    assert 10 * consumer.commit_interval <= transport.LIVELOCK_CHECK_INTERVAL_S
+    checks: list[float] = []
+
+    async def verify_all_partitions_active() -> None:
+        checks.append(asyncio.get_running_loop().time())
+
+    monkeypatch.setattr(transport, "LIVELOCK_CHECK_INTERVAL_S", 0.05)
+    monkeypatch.setattr(consumer, "verify_all_partitions_active", verify_all_partitions_active)
+    running = asyncio.ensure_future(detector.fun(consumer))
+    await asyncio.sleep(0.3)
+    running.cancel()
+    assert 3 <= len(checks) <= 7  # it still checks, every interval
