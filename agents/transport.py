@@ -560,7 +560,8 @@ class Deliveries:
     """
 
     def __init__(self) -> None:
-        self.failure: BaseException | None = None
+        self.failure: BaseException | None = None  # the first
+        self.failures = 0
 
     def watch(self, delivery: asyncio.Future[Any]) -> None:
         delivery.add_done_callback(self._done)
@@ -568,16 +569,19 @@ class Deliveries:
     def _done(self, delivery: asyncio.Future[Any]) -> None:
         if delivery.cancelled() or (failure := delivery.exception()) is None:
             return
+        self.failures += 1
         if self.failure is None:
             log.critical("Kafka did not take a record: %s: %s; no offset will be committed from now on, and the "
                          "worker stops at its next commit", type(failure).__name__, failure)
-            self.failure = failure
+            self.failure = failure  # the later ones are counted (a failed batch fails each of its records)
 
     def check(self) -> None:
         """Raise :class:`DeliveryFailed` if any record failed."""
         if self.failure is not None:
-            raise DeliveryFailed(f"a record was not delivered ({type(self.failure).__name__}: {self.failure}): "
-                                 "nothing is committed past it") from self.failure
+            raise DeliveryFailed(
+                f"{self.failures} record(s) not delivered, the first: {type(self.failure).__name__}: {self.failure}; "
+                "nothing is committed past them"
+            ) from self.failure
 
 
 class Producer(faust_aiokafka.Producer):
@@ -604,7 +608,14 @@ class Producer(faust_aiokafka.Producer):
     async def flush(self) -> None:
         """Wait until every record sent so far was delivered; raise :class:`DeliveryFailed` if any ever failed."""
         await super().flush()
-        self.deliveries.check()
+        try:
+            self.deliveries.check()
+        except DeliveryFailed as failure:
+            # The worker crashes, whichever flush met the failure: a commit's, or a stop's (which would otherwise
+            # end as a clean stop that keeps a local store ahead of its changelog, and leave the consumer's thread
+            # running). A crashed worker exits non-zero and rebuilds its tables from the changelogs at its next start.
+            await self.crash(failure)
+            raise
         for table in self.app.tables.values():
             if isinstance(table, Table):
                 table.persist_offsets()

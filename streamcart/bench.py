@@ -119,8 +119,10 @@ class _WarehouseRows(threading.Thread):
     """Every 20 ms, looks up in the warehouse's ``orders`` table the orders confirmed on Kafka whose row it has not
     seen yet, and notes when (epoch seconds) each is first seen confirmed (or later: shipped, delivered).
 
-    Only those, by primary key: a scan of every row of the run (``LIKE 'prefix%'`` cannot use the key's index)
-    cost PostgreSQL a fifth of a core, which the benchmark then took away from the system it measures.
+    A row is looked for once this benchmark has read the order's OrderConfirmed from Kafka, so a delay is never
+    shorter than that read (tens of milliseconds); the rows arrive later than that anyway (Connect's fetch wait and
+    batch). Only those orders, by primary key: a scan of every row of the run (``LIKE 'prefix%'`` cannot use the
+    key's index) cost PostgreSQL a fifth of a core, which the benchmark then took away from the system it measures.
     """
 
     def __init__(self, settings: Settings, confirmed: dict[str, float]) -> None:

@@ -376,7 +376,7 @@ def bench_saga(
     for name, value in result.summary().items():
         table.add_row(name, "-" if value is None else str(value))
     console.print(table)
-    if result.cpu:
+    if any(use.name != "machine" for use in result.cpu):  # the stack runs here
         used = Table(title="CPU from the first order produced to the last outcome", title_justify="left")
         for column in ("process", "CPU (s)", "cores", "ms per order"):
             used.add_column(column, justify="left" if column == "process" else "right")

@@ -81,7 +81,8 @@ def usage(before: CpuSnapshot, after: CpuSnapshot, wall_s: float) -> list[CpuUse
 
 
 def _machine_busy_ticks(proc: Path) -> int:
-    """Ticks the CPUs spent on anything but idling or waiting for I/O (the first line of ``/proc/stat``)."""
+    """Ticks the CPUs spent running something here: not idling, not waiting for I/O, not taken by the hypervisor
+    (steal), from the first line of ``/proc/stat``."""
     first = (proc / "stat").read_text().splitlines()[0].split()
-    times = [int(value) for value in first[1:9]]  # user nice system idle iowait irq softirq steal
-    return sum(times) - times[3] - times[4]
+    user, nice, system, _idle, _iowait, irq, softirq = (int(value) for value in first[1:8])
+    return user + nice + system + irq + softirq

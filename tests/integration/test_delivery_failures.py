@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import psycopg
 from confluent_kafka import Consumer, TopicPartition
-from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    ConfigSource,
+    ResourceType,
+)
 
 from streamcart.settings import Settings
 from streamcart.stack import Stack
@@ -21,7 +28,7 @@ from tests.integration.test_warehouse import differences, shop, warehouse  # noq
 
 
 def set_max_message_bytes(settings: Settings, topic: str, limit: int | None) -> None:
-    """Set (or, with ``None``, remove) the topic's ``max.message.bytes``."""
+    """Set (or, with ``None``, remove) the topic's ``max.message.bytes``, and wait until the broker reports it."""
     operation = AlterConfigOpType.SET if limit is not None else AlterConfigOpType.DELETE
     entry = ConfigEntry("max.message.bytes", str(limit) if limit is not None else None,
                         incremental_operation=operation)
@@ -29,6 +36,14 @@ def set_max_message_bytes(settings: Settings, topic: str, limit: int | None) -> 
     resource = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[entry])
     for future in admin.incremental_alter_configs([resource]).values():
         future.result(timeout=30)
+
+    def applied() -> bool:
+        (described,) = admin.describe_configs([ConfigResource(ResourceType.TOPIC, topic)]).values()
+        value = described.result(timeout=30)["max.message.bytes"]
+        # A limit removed leaves the broker's own, whatever it is.
+        return value.value == str(limit) if limit is not None else value.source != ConfigSource.DYNAMIC_TOPIC_CONFIG
+
+    poll(applied, timeout_s=30, every_s=0.2, what=f"the broker to report {topic}'s max.message.bytes")
 
 
 def committed_offset(settings: Settings, topic: str, partition: int) -> int:
@@ -47,20 +62,22 @@ def test_a_record_kafka_refuses_stops_the_worker_before_its_message_is_committed
     topics = Topics.from_settings(settings)
     item = sku()
     shop.product(item, price=700, stock=5)
-    # One worker holds every partition, so exactly one worker meets the refused record.
-    stack.stop("worker-1")
-    wait_until_worker_0_owns_every_partition(settings)
     order = shop.place_order({item: 2})
     log_start = stack.log_path("worker-0").stat().st_size
-    set_max_message_bytes(settings, topics.warehouse["orders"], 64)
     try:
+        # One worker holds every partition, so exactly one worker meets the refused record.
+        stack.stop("worker-1")
+        wait_until_worker_0_owns_every_partition(settings)
+        set_max_message_bytes(settings, topics.warehouse["orders"], 64)
         partition, offset = produce(shop.producer, topics.order_commands, order.key.encode(),
                                     shop.codec.encode(order))
         # The PlaceOrder's handling sends the order's warehouse row: Kafka refuses it, and the worker stops.
         poll(lambda: not stack.is_running("worker-0"), timeout_s=60, what="worker-0 to stop")
         with stack.log_path("worker-0").open("rb") as log_file:
             log = log_file.read()[log_start:].decode(errors="replace")
-        assert "MessageSizeTooLargeError" in log and "no offset will be committed" in log
+        refusals = [line for line in log.splitlines() if "Kafka did not take a record" in line]
+        assert refusals and order.order_id in refusals[0]  # the refused record was this order's, not another's
+        assert "MessageSizeTooLargeError" in refusals[0]
         assert committed_offset(settings, topics.order_commands, partition) <= offset  # not committed past it
     finally:
         set_max_message_bytes(settings, topics.warehouse["orders"], None)

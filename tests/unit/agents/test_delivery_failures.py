@@ -83,9 +83,15 @@ async def test_a_record_that_fails_while_a_flush_waits_makes_that_flush_raise_an
             await flushing
     assert "no offset will be committed from now on" in caplog.text
 
+    assert producer.crash_reason is not None  # the worker crashes, even when the flush was a stop's
+    assert isinstance(producer.crash_reason, DeliveryFailed)
+
     await producer.send("t", b"k", b"v3", None, None, None)  # later records are delivered...
     kafka.deliver(2)
-    with pytest.raises(DeliveryFailed):  # ...but nothing may be committed past the lost one
+    await producer.send("t", b"k", b"v4", None, None, None)
+    kafka.fail(3, MessageSizeTooLargeError())
+    await asyncio.sleep(0)  # its report arrives on the loop's next turn
+    with pytest.raises(DeliveryFailed, match="2 record"):  # ...but nothing may be committed past the lost ones
         await producer.flush()
 
 

@@ -21,7 +21,8 @@ def write_process(proc: Path, pid: int, ppid: int, ticks: tuple[int, int, int, i
 
 
 def write_machine(proc: Path, user: int, system: int, idle: int, iowait: int) -> None:
-    (proc / "stat").write_text(f"cpu  {user} 0 {system} {idle} {iowait} 0 0 0 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n")
+    steal = 77  # time the hypervisor gave another machine: not ours
+    (proc / "stat").write_text(f"cpu  {user} 0 {system} {idle} {iowait} 0 0 {steal} 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n")
 
 
 @pytest.fixture
@@ -42,7 +43,7 @@ def proc(tmp_path: Path) -> Path:
 def test_a_process_counts_its_threads_its_descendants_and_its_exited_children(proc: Path) -> None:
     taken = cpu.snapshot({"worker-0": 100, "postgres": 200}, proc)
     assert taken.groups == {"worker-0": 60 / TICKS, "postgres": 130 / TICKS}
-    assert taken.machine_busy_s == 1500 / TICKS  # user + system: not idle, not waiting for I/O
+    assert taken.machine_busy_s == 1500 / TICKS  # user + system: not idle, waiting for I/O or stolen
 
 
 def test_a_process_that_is_gone_is_left_out(proc: Path) -> None:
