@@ -12,12 +12,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from streamcart.stack.procs import stat_fields
+
 PROC = Path("/proc")
 
 
 @dataclass(frozen=True)
 class CpuSnapshot:
-    """CPU seconds used so far, per named process group and by the whole machine."""
+    """CPU seconds used so far, per named process (with its descendants) and by the whole machine."""
 
     groups: dict[str, float]
     machine_busy_s: float
@@ -25,7 +27,7 @@ class CpuSnapshot:
 
 @dataclass(frozen=True)
 class CpuUse:
-    """What one process group (or the machine, ``name="machine"``) used between two snapshots."""
+    """What one named process (or the machine, ``name="machine"``) used between two snapshots."""
 
     name: str
     seconds: float
@@ -38,38 +40,33 @@ def snapshot(leaders: Mapping[str, int], proc: Path = PROC) -> CpuSnapshot:
     A process that is gone is left out.
     """
     ticks = os.sysconf("SC_CLK_TCK")
-    parent: dict[int, int] = {}
+    children: dict[int, list[int]] = {}
     used: dict[int, int] = {}  # each live process's own ticks, and what its exited children left it
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+            fields = stat_fields((entry / "stat").read_text())
+        except (OSError, ValueError):
             continue  # exited meanwhile
-        # After the command's ")": state ppid ... utime(12) stime(13) cutime(14) cstime(15) (1-based fields).
         pid = int(entry.name)
-        parent[pid] = int(fields[1])
-        used[pid] = sum(int(value) for value in fields[11:15])
-    # Each process -> the named process it counts for (None: none of them).
-    tree: dict[int, int | None] = {pid: pid for pid in leaders.values() if pid in used}
-    for pid in used:
-        chain: list[int] = []
-        while pid not in tree and pid in parent and pid not in chain:
-            chain.append(pid)
-            pid = parent[pid]
-        leader = tree.get(pid)
-        for member in chain:
-            tree[member] = leader
-    groups: dict[str, float] = {}
-    for name, leader in leaders.items():
-        if leader in used:
-            groups[name] = sum(used[pid] for pid, top in tree.items() if top == leader) / ticks
+        children.setdefault(int(fields[1]), []).append(pid)  # ppid, field 4
+        used[pid] = sum(int(value) for value in fields[11:15])  # utime, stime, cutime, cstime: fields 14-17
+
+    def tree_ticks(root: int) -> int:
+        total, pending = 0, [root]
+        while pending:
+            pid = pending.pop()
+            total += used[pid]
+            pending.extend(children.get(pid, ()))
+        return total
+
+    groups = {name: tree_ticks(pid) / ticks for name, pid in leaders.items() if pid in used}
     return CpuSnapshot(groups=groups, machine_busy_s=_machine_busy_ticks(proc) / ticks)
 
 
 def usage(before: CpuSnapshot, after: CpuSnapshot, wall_s: float) -> list[CpuUse]:
-    """Each group's use between the snapshots (busiest first), then the machine's."""
+    """Each named process's use between the snapshots (busiest first), then the machine's."""
     uses = [
         CpuUse(name, after.groups[name] - spent, (after.groups[name] - spent) / wall_s if wall_s else 0.0)
         for name, spent in before.groups.items()

@@ -58,9 +58,14 @@ def proc_stat(pid: int) -> tuple[str, int, int] | None:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
-    # The command name (field 2) is in parentheses and may itself contain spaces or parentheses.
-    fields = raw[raw.rindex(")") + 2 :].split()
+    fields = stat_fields(raw)
     return fields[0], int(fields[1]), int(fields[19])
+
+
+def stat_fields(raw: str) -> list[str]:
+    """The fields of a ``/proc/<pid>/stat`` line after the command name: the state (field 3) first."""
+    # The command name (field 2) is in parentheses and may itself contain spaces or parentheses.
+    return raw[raw.rindex(")") + 2 :].split()
 
 
 def start_ticks(pid: int) -> int | None:
