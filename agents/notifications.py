@@ -1,7 +1,7 @@
 """The notifications flow: order events → the customer's channels, with retries; give-ups go to the DLQ.
 
-It consumes ``events.orders`` (keyed by order_id, so the order's own record, with its webhook URL, is in this
-worker's orders table) and reports each delivery on ``events.notifications``.
+It consumes ``events.orders`` (keyed by order_id, so the order's own record, with its webhook URL, email address
+and phone number, is in this worker's orders table) and reports each delivery on ``events.notifications``.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def register(runtime: Runtime, worker_index: int = 0) -> Any:
         if not isinstance(message, OrderEvent):
             return
         order = runtime.tables.orders.get(message.order_id)
-        contact = Contact(webhook_url=order.webhook_url if order else None)
+        contact = Contact() if order is None else Contact(order.webhook_url, order.email, order.phone)
         planned = notifications.plan(message, contact)
         outcomes = await asyncio.gather(*(deliver(n, event) for n in planned))
         await runtime.emit(tuple(outcomes), cause=event)

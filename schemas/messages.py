@@ -103,6 +103,9 @@ class PlaceOrder(OrderCommand):
     currency: str = Field(min_length=3, max_length=3)
     payment_token: str
     webhook_url: str | None = None
+    #: Where the order's email and SMS notifications go (none when absent).
+    email: str | None = None
+    phone: str | None = None
 
 
 class CancelOrder(OrderCommand):
@@ -242,6 +245,13 @@ class OrderCancelled(OrderEvent):
     detail: str | None = None
 
 
+class OrderCancelRequested(OrderEvent):
+    """A confirmed order's cancel, waiting for shipping to stop the shipment (or to have dispatched it already)."""
+
+    reason: str
+    detail: str | None = None
+
+
 class OrderShipped(OrderEvent):
     tracking_id: str
 
@@ -332,6 +342,10 @@ class ShipmentDispatched(ShippingEvent):
 
 class ShipmentDelivered(ShippingEvent):
     pass
+
+
+class ShipmentCancelled(ShippingEvent):
+    """The shipment was stopped before it left: the order's refund and restock may go ahead."""
 
 
 # --- events.notifications (key customer_id) -----------------------------------------------------------------

@@ -13,6 +13,7 @@ from schemas.messages import (
     CommitStock,
     Message,
     OrderCancelled,
+    OrderCancelRequested,
     OrderConfirmed,
     OrderDelivered,
     OrderPlaced,
@@ -39,6 +40,12 @@ def effects_of(order: OrderState, cause_id: str) -> tuple[Message, ...]:
     if caused(order.confirmed, cause_id) and payment is not None:
         out.extend(_confirmation(order, order.confirmed, payment))
     out.extend(_releases(order, cause_id))
+    request = order.cancel_request
+    if request is not None and caused(request.cause, cause_id):
+        out.append(OrderCancelRequested(
+            **derived(request.cause, order.order_id, OrderCancelRequested),
+            order_id=order.order_id, customer_id=order.customer_id, reason=request.reason, detail=request.detail,
+        ))
     if caused(order.cancelled, cause_id):
         out.extend(_cancellation(order, order.cancelled))
     if payment is not None and caused(payment.void, cause_id):

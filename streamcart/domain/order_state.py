@@ -91,6 +91,14 @@ class ShipmentInfo(_Model):
     carrier: str | None = None
 
 
+class CancelRequest(_Model):
+    """A confirmed order's cancel, asked of shipping: it goes ahead once the shipment is stopped."""
+
+    cause: Cause
+    reason: str
+    detail: str | None = None
+
+
 class LineView(_Model):
     """A line as the API shows it: the price is the catalog price it was reserved at (``None`` until then)."""
 
@@ -114,6 +122,8 @@ class OrderState(_Model):
     currency: str
     payment_token: str
     webhook_url: str | None = None
+    email: str | None = None
+    phone: str | None = None
     placed_at: int
     deadline: int
     placed_event_id: str
@@ -127,6 +137,8 @@ class OrderState(_Model):
     cancel_detail: str | None = None
     confirmed: Cause | None = None
     cancelled: Cause | None = None
+    #: A cancel of the CONFIRMED order waiting for shipping's answer (the goods may be leaving meanwhile).
+    cancel_request: CancelRequest | None = None
     shipped: Cause | None = None
     delivered: Cause | None = None
 

@@ -11,8 +11,11 @@ shipping events) to one :class:`OrderState`:
   compensations. What is still in flight is compensated when it lands: a later StockReserved is released, a later
   PaymentAuthorized is voided. (DESIGN.md says "once the in-flight step settles"; cancelling at once and
   compensating each late answer gives the same end state without a second waiting state.)
-- CancelOrder on a CONFIRMED order → CANCELLED(customer_request) with RefundPayment and RestockItems per line;
-  after dispatch it is refused (:data:`CANNOT_CANCEL_AFTER_DISPATCH`, see :func:`cancel_refusal`).
+- CancelOrder on a CONFIRMED order → OrderCancelRequested: shipping, the one flow that decides whether the goods
+  leave, either stops the shipment (ShipmentCancelled → CANCELLED(customer_request) with RefundPayment and
+  RestockItems per line) or has dispatched it already (ShipmentDispatched → SHIPPED: the cancel lost the race and
+  the money stays). Refunding at once would refund goods a dispatch racing the cancel had just sent. After
+  dispatch a CancelOrder is refused (:data:`CANNOT_CANCEL_AFTER_DISPATCH`, see :func:`cancel_refusal`).
 - ShipmentDispatched → SHIPPED (OrderShipped), ShipmentDelivered → DELIVERED (OrderDelivered).
 
 Nothing leaves CANCELLED; CONFIRMED only moves on to SHIPPED → DELIVERED or to CANCELLED by refund (I1).
@@ -34,6 +37,7 @@ from schemas.messages import (
     ExpireOrder,
     Message,
     OrderCancelled,
+    OrderCancelRequested,
     OrderEvent,
     OrderLine,
     PaymentAuthorized,
@@ -42,6 +46,7 @@ from schemas.messages import (
     PaymentRefunded,
     PaymentVoided,
     PlaceOrder,
+    ShipmentCancelled,
     ShipmentCreated,
     ShipmentDelivered,
     ShipmentDispatched,
@@ -56,6 +61,7 @@ from streamcart.domain.causes import Cause
 from streamcart.domain.decision import Decision
 from streamcart.domain.order_effects import effects_of
 from streamcart.domain.order_state import (
+    CancelRequest,
     HistoryEntry,
     LineOutcome,
     LineStatus,
@@ -135,6 +141,8 @@ def _place(state: OrderState | None, cmd: PlaceOrder, saga_timeout_ms: int) -> D
         currency=cmd.currency,
         payment_token=cmd.payment_token,
         webhook_url=cmd.webhook_url,
+        email=cmd.email,
+        phone=cmd.phone,
         placed_at=cmd.occurred_at,
         deadline=cmd.occurred_at + saga_timeout_ms,
         placed_event_id=cmd.event_id,
@@ -175,6 +183,8 @@ def _transition(order: OrderState, message: Message) -> OrderState | None:
             return _on_payment_settled(order, message)
         case ShipmentCreated() | ShipmentDispatched() | ShipmentDelivered():
             return _on_shipment(order, message)
+        case ShipmentCancelled():
+            return _on_shipment_cancelled(order, message)
     return None
 
 
@@ -236,9 +246,26 @@ def _on_declined(order: OrderState, event: PaymentDeclined) -> OrderState | None
 
 
 def _on_cancel(order: OrderState, cmd: CancelOrder) -> OrderState | None:
-    if order.status not in (OrderStatus.PENDING, OrderStatus.CONFIRMED):
+    detail = f"requested by {cmd.requested_by}"
+    if order.status == OrderStatus.CONFIRMED:
+        if order.cancel_request is not None:
+            return None  # asked already; shipping's answer settles both
+        return order.model_copy(
+            update={"cancel_request": CancelRequest(cause=Cause.of(cmd), reason=cmd.reason, detail=detail)}
+        )
+    if order.status != OrderStatus.PENDING:
         return None  # cancelled already (dispatched orders were refused before we got here)
-    return _cancel(order, Cause.of(cmd), cmd.reason, f"requested by {cmd.requested_by}")
+    return _cancel(order, Cause.of(cmd), cmd.reason, detail)
+
+
+def _on_shipment_cancelled(order: OrderState, event: ShipmentCancelled) -> OrderState | None:
+    """Shipping stopped the shipment: the requested cancel goes ahead, with the refund and the restock."""
+    request = order.cancel_request
+    if order.status != OrderStatus.CONFIRMED or request is None:
+        return None  # stopped because the order was cancelled already: nothing more to do
+    stopped = ShipmentInfo(tracking_id=event.tracking_id, status=ShipmentStatus.CANCELLED,
+                           carrier=order.shipment.carrier if order.shipment else None)
+    return _cancel(order.model_copy(update={"shipment": stopped}), Cause.of(event), request.reason, request.detail)
 
 
 def _cancel(order: OrderState, cause: Cause, reason: str, detail: str | None) -> OrderState:
@@ -296,7 +323,9 @@ _SHIPMENT_STATUS_AFTER: dict[type[Message], str] = {
     ShipmentDispatched: ShipmentStatus.DISPATCHED,
     ShipmentDelivered: ShipmentStatus.DELIVERED,
 }
-_SHIPMENT_RANK = {ShipmentStatus.CREATED: 0, ShipmentStatus.DISPATCHED: 1, ShipmentStatus.DELIVERED: 2}
+#: A stopped shipment never moves again (shipping refuses to dispatch it).
+_SHIPMENT_RANK = {ShipmentStatus.CREATED: 0, ShipmentStatus.DISPATCHED: 1, ShipmentStatus.DELIVERED: 2,
+                  ShipmentStatus.CANCELLED: 3}
 
 
 def _on_shipment(order: OrderState, event: ShipmentCreated | ShipmentDispatched | ShipmentDelivered) -> OrderState:
@@ -344,8 +373,10 @@ def _history_entry(message: Message) -> HistoryEntry:
             detail = message.sku
         case PaymentDeclined() | OrderCancelled():
             detail = message.reason
-        case ShipmentDispatched() | ShipmentDelivered() | ShipmentCreated():
+        case ShipmentDispatched() | ShipmentDelivered() | ShipmentCreated() | ShipmentCancelled():
             detail = message.tracking_id
+        case OrderCancelRequested():
+            detail = message.detail
     return HistoryEntry(event=type(message).__name__, at=message.occurred_at, event_id=message.event_id, detail=detail)
 
 
@@ -354,5 +385,5 @@ _HANDLED = (
     *_COMMANDS,
     StockReserved, StockRejected, StockReleased, StockCommitted, StockRestocked,
     PaymentAuthorized, PaymentDeclined, PaymentCaptured, PaymentVoided, PaymentRefunded,
-    ShipmentCreated, ShipmentDispatched, ShipmentDelivered,
+    ShipmentCreated, ShipmentDispatched, ShipmentDelivered, ShipmentCancelled,
 )

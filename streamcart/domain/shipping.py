@@ -5,9 +5,11 @@ it to dispatched (ShipmentDispatched) and then delivered (ShipmentDelivered). A 
 delivered, and only a shipment that exists can move: anything else is refused with a reason. A duplicate (the same
 message again, or the same status update again with a new event id) changes nothing and re-emits the first event.
 
-OrderCancelled (the order was refunded before dispatch) stops the shipment: a later dispatch is refused, so the
-goods do not leave for an order whose money went back. A cancellation that reaches a dispatched shipment is too
-late and changes nothing (the orders flow has refused that cancel already, or it lost a race a person must see).
+Shipping decides whether a confirmed order's cancel wins: it is the one flow that sees both the dispatch and the
+cancel, one message at a time per order. OrderCancelRequested on a shipment that has not left stops it
+(ShipmentCancelled, on which the orders flow refunds and restocks) and a later dispatch is refused; on a dispatched
+shipment it changes nothing, and the ShipmentDispatched already sent ships the order instead. OrderCancelled stops
+a shipment the same way (an order cancelled before this rule existed).
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from pydantic import BaseModel, ConfigDict
 from schemas.messages import (
     Message,
     OrderCancelled,
+    OrderCancelRequested,
     OrderConfirmed,
     OrderEvent,
+    ShipmentCancelled,
     ShipmentCreated,
     ShipmentDelivered,
     ShipmentDispatched,
@@ -73,18 +77,16 @@ def decide(
 ) -> Decision[ShipmentState]:
     """Apply an order event or an UpdateShipment to an order's shipment (``None``: no shipment yet).
 
-    Order events other than OrderConfirmed and OrderCancelled are not about shipping and are ignored.
+    Order events other than OrderConfirmed, OrderCancelRequested and OrderCancelled are not about shipping and are
+    ignored.
     """
     match message:
         case OrderConfirmed():
             if state is not None:
                 return Decision(state=None, messages=effects_of(state, state.created.event_id))
             return _emitting(_create(message, carrier), message)
-        case OrderCancelled():
-            if state is None or state.status != ShipmentStatus.CREATED:
-                return Decision(state=None)
-            return Decision(state=state.model_copy(update={"status": ShipmentStatus.CANCELLED,
-                                                           "cancelled": Cause.of(message)}))
+        case OrderCancelRequested() | OrderCancelled():
+            return _stop(state, message)
         case OrderEvent():
             return Decision(state=None)
         case UpdateShipment():
@@ -103,7 +105,28 @@ def effects_of(shipment: ShipmentState, cause_id: str) -> tuple[Message, ...]:
         out.append(ShipmentDispatched(**derived(shipment.dispatched, shipment.order_id, ShipmentDispatched), **ids))
     if caused(shipment.delivered, cause_id):
         out.append(ShipmentDelivered(**derived(shipment.delivered, shipment.order_id, ShipmentDelivered), **ids))
+    if caused(shipment.cancelled, cause_id):
+        out.append(ShipmentCancelled(**derived(shipment.cancelled, shipment.order_id, ShipmentCancelled), **ids))
     return tuple(out)
+
+
+def _stop(state: ShipmentState | None, cancel: OrderCancelRequested | OrderCancelled) -> Decision[ShipmentState]:
+    """Stop a shipment that has not left; one that has left, or was stopped already, changes nothing."""
+    if state is None:
+        if isinstance(cancel, OrderCancelled):
+            return Decision(state=None)  # cancelled before it was confirmed: there never was a shipment
+        # Confirmed orders always have one; answer anyway, so the order's cancel is not left waiting.
+        stopped = Cause.of(cancel)
+        ids = {"order_id": cancel.order_id, "tracking_id": tracking_id(cancel.order_id)}
+        return Decision(state=None, messages=(
+            ShipmentCancelled(**derived(stopped, cancel.order_id, ShipmentCancelled), **ids),
+        ))
+    if state.cancelled is not None:
+        return Decision(state=None, messages=effects_of(state, cancel.event_id))  # a redelivery re-emits
+    if state.status != ShipmentStatus.CREATED:
+        return Decision(state=None)  # the goods left: the dispatch the orders flow gets ships the order
+    return _emitting(state.model_copy(update={"status": ShipmentStatus.CANCELLED, "cancelled": Cause.of(cancel)}),
+                     cancel)
 
 
 def _create(confirmed: OrderConfirmed, carrier: str) -> ShipmentState:

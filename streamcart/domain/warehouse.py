@@ -33,6 +33,7 @@ from schemas.messages import (
     PaymentEvent,
     PaymentRefunded,
     PaymentVoided,
+    ShipmentCancelled,
     ShipmentCreated,
     ShipmentDelivered,
     ShipmentDispatched,
@@ -300,6 +301,7 @@ _SHIPMENT_EVENTS: dict[type[Message], str] = {
     ShipmentCreated: "created",
     ShipmentDispatched: "dispatched",
     ShipmentDelivered: "delivered",
+    ShipmentCancelled: "cancelled",
 }
 #: Each stock movement's effect on the SKU's (on_hand, reserved), per unit.
 _MOVEMENTS: dict[type[Message], tuple[str, int, int]] = {

@@ -1,6 +1,7 @@
 """Notifications on the real stack: the customer's webhook hears of confirmation, dispatch and cancellation over
-HTTP, a failing attempt is retried under the same Idempotency-Key, and a webhook that never answers ends in the
-DLQ with the reason while the saga goes on."""
+HTTP, a failing attempt is retried under the same Idempotency-Key, a webhook that never answers ends in the DLQ
+with the reason while the saga goes on, and the order's email address and phone number get theirs through the
+email/SMS provider."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
 from agents.runtime import DlqHeader
 from tests.integration.support import QuietHandler, admin_token, headers_of, http_server, poll, read_topic
 from tests.integration.test_api import call, customer, order_body, stocked_sku
-from tests.integration.test_saga import Shop
+from tests.integration.test_saga import Shop, sku
 
 
 @dataclass
@@ -108,3 +110,23 @@ def test_a_webhook_that_never_answers_ends_in_the_dlq_with_the_reason(shop, sett
             if r.key() == order_id.encode() and headers_of(r).get(DlqHeader.FLOW) == b"notifications.webhook"]
     assert b"503" in headers_of(dead[0])[DlqHeader.ERROR_MESSAGE]
     assert len(receiver.delivered(order_id, "order_confirmed")) >= 2  # it was tried more than once
+
+
+def test_the_orders_email_and_phone_hear_through_the_provider_each_on_the_channels_its_event_calls_for(shop, settings):
+    item = sku()
+    shop.product(item, price=450, stock=3)
+    order = shop.place_order({item: 1}).model_copy(update={"email": "ada@example.com", "phone": "+15550100"})
+    shop.send(order)
+    assert shop.settled(order.order_id)["status"] == "CONFIRMED"
+    poll(lambda: (shop.order(order.order_id) or {}).get("shipment"), what="shipment created")
+    shop.ship(order.order_id, "dispatched")
+    outbox = Path(settings.home).resolve() / "data" / "notifications" / "outbox.jsonl"
+
+    def sent() -> set[tuple[str, str, str]]:
+        lines = outbox.read_text(encoding="utf-8").splitlines() if outbox.exists() else []
+        records = [json.loads(line) for line in lines]
+        return {(r["channel"], r["template"], r["to"]) for r in records if r["payload"]["order_id"] == order.order_id}
+
+    expected = {("email", "order_confirmed", "ada@example.com"), ("email", "shipment_dispatched", "ada@example.com"),
+                ("sms", "shipment_dispatched", "+15550100")}
+    assert poll(lambda: sent() == expected and sent(), what="an email for each event and an SMS for the dispatch")

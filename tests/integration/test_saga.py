@@ -218,6 +218,41 @@ def test_a_cancel_after_dispatch_is_refused_and_the_order_is_delivered(shop: Sho
     assert shop.gateway_ledger()[order.order_id]["status"] == "captured"
 
 
+def test_a_cancel_racing_a_dispatch_either_refunds_goods_that_stayed_or_ships_and_keeps_the_money(shop: Shop):
+    # The cancel goes to the orders flow, the dispatch to the shipping flow: sent back to back they race. Shipping
+    # decides who wins, so each order ends one consistent way, never refunded *and* dispatched.
+    item = sku()
+    count = 8
+    shop.product(item, price=700, stock=count)
+    orders = [shop.place({item: 1}) for _ in range(count)]
+    for order in orders:
+        assert shop.settled(order.order_id)["status"] == "CONFIRMED"
+        poll(lambda o=order: (shop.order(o.order_id) or {}).get("shipment"), what="shipment created")
+    for i, order in enumerate(orders):
+        race = [CancelOrder(**shop.envelope(order.order_id), order_id=order.order_id, requested_by="c-saga"),
+                UpdateShipment(**shop.envelope(order.order_id), order_id=order.order_id, status="dispatched")]
+        shop.send(*(race if i % 2 else race[::-1]))
+    ends = {o.order_id: shop.settled(o.order_id, statuses={"CANCELLED", "SHIPPED"}) for o in orders}
+    shipped = [i for i, end in ends.items() if end["status"] == "SHIPPED"]
+
+    def settled_at_the_gateway() -> bool:
+        ledger = shop.gateway_ledger()
+        return all(ledger[i]["status"] == ("captured" if i in shipped else "refunded") for i in ends)
+
+    assert poll(settled_at_the_gateway, what="captures and refunds")
+    assert shop.quiet_stock(item)["on_hand"] == len(shipped)  # I2: what stayed is back on hand
+    for order_id, end in ends.items():
+        now = shop.order(order_id)
+        assert now is not None and now["status"] == end["status"]  # and it stays there (I1)
+        events = [h["event"] for h in now["history"]]
+        assert "OrderCancelRequested" in events
+        if order_id in shipped:
+            assert now["cancel_reason"] is None and "OrderCancelled" not in events
+        else:
+            assert now["cancel_reason"] == "customer_request" and now["shipment"]["status"] == "cancelled"
+            assert "ShipmentDispatched" not in events
+
+
 def test_200_orders_racing_for_the_last_50_units_confirm_exactly_50(shop: Shop):
     item = sku()
     shop.product(item, price=100, stock=50)

@@ -147,6 +147,8 @@ def test_orders_of_every_outcome_land_in_the_warehouse_as_the_api_shows_them(sho
     assert sum(r for *_, r in movements) == 0  # what was reserved was given back
     shipments = query(warehouse, "select event from shipments where order_id = %s", delivered.order_id)
     assert sorted(e for (e,) in shipments) == ["created", "delivered", "dispatched"]
+    stopped = query(warehouse, "select event from shipments where order_id = %s", refunded.order_id)
+    assert sorted(e for (e,) in stopped) == ["cancelled", "created"]  # stopped before it left, then refunded
 
 
 def test_columns_are_typed_money_in_integer_cents_and_times_with_time_zone(shop: Shop, warehouse):

@@ -13,6 +13,7 @@ from schemas.messages import (
     ExpireOrder,
     Message,
     OrderCancelled,
+    OrderCancelRequested,
     OrderConfirmed,
     OrderPlaced,
     OrderShipped,
@@ -25,6 +26,7 @@ from schemas.messages import (
     ReleaseStock,
     ReserveStock,
     RestockItems,
+    ShipmentCancelled,
     ShipmentCreated,
     ShipmentDelivered,
     ShipmentDispatched,
@@ -92,6 +94,10 @@ def shipment(kind: type[ShipmentCreated] | type[ShipmentDispatched] | type[Shipm
     return make(kind, order_id="o-1", tracking_id="trk-1", **extra, **kw)
 
 
+def stopped(**kw) -> ShipmentCancelled:
+    return make(ShipmentCancelled, order_id="o-1", tracking_id="trk-1", **kw)
+
+
 def pending() -> OrderState:
     return apply(None, place())[0]
 
@@ -106,6 +112,11 @@ def confirmed() -> OrderState:
 
 def shipped() -> OrderState:
     return apply(confirmed(), shipment(ShipmentCreated), shipment(ShipmentDispatched))[0]
+
+
+def refunded() -> OrderState:
+    """A confirmed order cancelled by its customer, the shipment stopped before it left."""
+    return apply(confirmed(), shipment(ShipmentCreated), cancel(), stopped())[0]
 
 
 # --- placing ------------------------------------------------------------------------------------------------
@@ -388,10 +399,21 @@ def test_cancel_while_payment_is_in_flight_voids_the_authorization_when_it_lands
     assert kinds(emitted) == ["VoidPayment"]
 
 
-def test_cancel_of_a_confirmed_order_refunds_restocks_every_line_and_cancels_as_customer_request():
-    state, emitted = apply(confirmed(), cancel())
+def test_cancel_of_a_confirmed_order_asks_shipping_to_stop_the_shipment_first():
+    state, emitted = apply(confirmed(), shipment(ShipmentCreated), cancel(requested_by="c-1"))
+    assert (state.status, state.cancel_reason) == (OrderStatus.CONFIRMED, None)
+    [request] = of_type(emitted, OrderCancelRequested)
+    assert (kinds(emitted), request.reason, request.detail) == (
+        ["OrderCancelRequested"], CancelReason.CUSTOMER_REQUEST, "requested by c-1")
+    assert state.payment is not None and state.payment.status == PaymentStatus.AUTHORIZED
+
+
+def test_a_stopped_shipment_refunds_restocks_every_line_and_cancels_as_customer_request():
+    state, _ = apply(confirmed(), shipment(ShipmentCreated), cancel())
+    state, emitted = apply(state, stopped())
     assert (state.status, state.cancel_reason) == (OrderStatus.CANCELLED, CancelReason.CUSTOMER_REQUEST)
     assert kinds(emitted) == ["RefundPayment", "RestockItems", "RestockItems", "OrderCancelled"]
+    assert state.shipment is not None and state.shipment.status == "cancelled"
     [refund] = of_type(emitted, RefundPayment)
     assert (refund.authorization_id, refund.amount_cents, refund.currency) == ("auth-1", 2_250, "EUR")
     assert [r.sku for r in of_type(emitted, RestockItems)] == ["A", "B"]
@@ -413,6 +435,23 @@ def test_cancel_after_delivery_is_refused():
 @pytest.mark.parametrize("state", [pending, confirmed], ids=["pending", "confirmed"])
 def test_cancel_refusal_lets_the_api_accept_a_cancel_before_dispatch(state):
     assert cancel_refusal(state()) is None
+
+
+def test_a_second_cancel_while_shipping_answers_the_first_changes_nothing():
+    state, _ = apply(confirmed(), cancel())
+    assert order_decide(state, cancel(event_id="second-click")) == Decision(state=None)
+
+
+def test_a_dispatch_that_won_the_race_against_the_cancel_ships_the_order_and_refunds_nothing():
+    state, _ = apply(confirmed(), shipment(ShipmentCreated), cancel())
+    state, emitted = apply(state, shipment(ShipmentDispatched))
+    assert (state.status, kinds(emitted)) == (OrderStatus.SHIPPED, ["OrderShipped"])
+    assert [h.event for h in state.history[-3:]] == ["OrderCancelRequested", "ShipmentDispatched", "OrderShipped"]
+    assert order_decide(state, cancel(event_id="later-click")).rejected == CANNOT_CANCEL_AFTER_DISPATCH
+
+
+def test_a_shipment_stopped_for_an_order_that_asked_nothing_changes_nothing():
+    assert order_decide(confirmed(), stopped()) == Decision(state=None)
 
 
 def test_cancel_of_a_cancelled_order_changes_nothing():
@@ -463,9 +502,8 @@ def test_a_shipment_created_arriving_after_the_dispatch_does_not_move_the_shipme
     assert state.status == OrderStatus.SHIPPED
 
 
-def test_a_dispatch_racing_a_refund_does_not_take_the_order_out_of_cancelled():
-    state, _ = apply(confirmed(), cancel())
-    state, emitted = apply(state, shipment(ShipmentDispatched))
+def test_a_dispatch_reaching_a_refunded_order_does_not_take_it_out_of_cancelled():
+    state, emitted = apply(refunded(), shipment(ShipmentDispatched))
     assert (state.status, emitted) == (OrderStatus.CANCELLED, [])
     assert state.history[-1].event == "ShipmentDispatched"  # visible, for a person to sort out
 
@@ -490,9 +528,8 @@ def test_stock_and_payment_settlements_update_the_lines_and_the_payment():
 
 
 def test_a_refund_and_restock_are_recorded_when_they_land():
-    state, _ = apply(confirmed(), cancel())
     state, _ = apply(
-        state,
+        refunded(),
         make(StockRestocked, order_id="o-1", sku="B", quantity=1),
         make(PaymentRefunded, order_id="o-1", amount_cents=2_250, currency="EUR", authorization_id="auth-1"),
     )
@@ -501,8 +538,7 @@ def test_a_refund_and_restock_are_recorded_when_they_land():
 
 
 def test_a_capture_landing_after_the_refund_was_requested_does_not_hide_the_refund():
-    state, _ = apply(confirmed(), cancel())
-    state, _ = apply(state, make(PaymentCaptured, order_id="o-1", amount_cents=2_250, currency="EUR",
+    state, _ = apply(refunded(), make(PaymentCaptured, order_id="o-1", amount_cents=2_250, currency="EUR",
                                  authorization_id="auth-1"))
     assert state.payment is not None and state.payment.status == PaymentStatus.REFUND_REQUESTED
 
@@ -552,7 +588,10 @@ def test_the_order_survives_the_json_round_trip_its_table_makes():
 JOURNEYS = {
     "delivered": lambda: [place(), reserved("A"), reserved("B"), authorized(), shipment(ShipmentCreated),
                           shipment(ShipmentDispatched), shipment(ShipmentDelivered)],
-    "refunded": lambda: [place(), reserved("A"), reserved("B"), authorized(), cancel()],
+    "refunded": lambda: [place(), reserved("A"), reserved("B"), authorized(), shipment(ShipmentCreated), cancel(),
+                         stopped()],
+    "cancel lost to the dispatch": lambda: [place(), reserved("A"), reserved("B"), authorized(), cancel(),
+                                            shipment(ShipmentDispatched)],
     "timed out with late answers": lambda: [place(), reserved("A"), expire(), reserved("B"), authorized()],
     "declined": lambda: [place(), reserved("B"), reserved("A"), declined()],
     "rejected": lambda: [place(), reserved("A"), rejected("B")],
@@ -590,7 +629,7 @@ def _storm(rng: random.Random) -> list[Message]:
     a = reserved("A") if rng.random() < 0.85 else rejected("A")
     b = reserved("B") if rng.random() < 0.85 else rejected("B", reason=StockRejection.PRODUCT_UNAVAILABLE)
     pay = authorized() if rng.random() < 0.8 else declined()
-    optional = [expire(), cancel(), shipment(ShipmentCreated), shipment(ShipmentDispatched),
+    optional = [expire(), cancel(), stopped(), shipment(ShipmentCreated), shipment(ShipmentDispatched),
                 shipment(ShipmentDelivered), make(PaymentCaptured, order_id="o-1", amount_cents=2_250, currency="EUR",
                                                   authorization_id="auth-1")]
     messages = [a, b, pay, *(m for m in optional if rng.random() < 0.35)]

@@ -5,9 +5,11 @@ from schemas.messages import (
     AdjustStock,
     Message,
     OrderCancelled,
+    OrderCancelRequested,
     OrderConfirmed,
     OrderPlaced,
     PricedLine,
+    ShipmentCancelled,
     ShipmentCreated,
     ShipmentDispatched,
     UpdateShipment,
@@ -37,6 +39,10 @@ def update(status: str, **kw) -> UpdateShipment:
 
 def cancelled() -> OrderCancelled:
     return make(OrderCancelled, order_id="o-1", customer_id="c-1", reason="customer_request")
+
+
+def cancel_requested(**kw) -> OrderCancelRequested:
+    return make(OrderCancelRequested, order_id="o-1", customer_id="c-1", reason="customer_request", **kw)
 
 
 def apply(state: ShipmentState | None, *messages: Message) -> tuple[ShipmentState, list[Message]]:
@@ -120,14 +126,33 @@ def test_an_unknown_status_is_refused():
     assert decide(created(), update("lost")).rejected == "unknown shipment status 'lost' (dispatched | delivered)"
 
 
-def test_a_cancelled_order_stops_its_shipment_so_it_cannot_be_dispatched():
-    state, emitted = apply(created(), cancelled())
-    assert (state.status, emitted) == (ShipmentStatus.CANCELLED, [])
+@pytest.mark.parametrize("cancel", [cancel_requested, cancelled], ids=["cancel requested", "order cancelled"])
+def test_a_cancel_stops_a_shipment_that_has_not_left_so_it_cannot_be_dispatched(cancel):
+    state, emitted = apply(created(), cancel())
+    [event] = emitted
+    assert isinstance(event, ShipmentCancelled)
+    assert (state.status, event.order_id, event.tracking_id) == (ShipmentStatus.CANCELLED, "o-1", tracking_id("o-1"))
     assert decide(state, update("dispatched")).rejected == SHIPMENT_CANCELLED
 
 
-def test_a_cancellation_reaching_a_dispatched_shipment_changes_nothing():
-    assert decide(dispatched(), cancelled()) == Decision(state=None)
+@pytest.mark.parametrize("cancel", [cancel_requested, cancelled], ids=["cancel requested", "order cancelled"])
+def test_a_cancel_reaching_a_dispatched_shipment_changes_nothing_the_dispatch_wins(cancel):
+    assert decide(dispatched(), cancel()) == Decision(state=None)
+
+
+def test_a_redelivered_cancel_request_re_emits_the_same_shipment_cancelled():
+    request = cancel_requested()
+    state, first = apply(created(), request)
+    assert list(decide(state, request).messages) == first
+    assert decide(state, cancel_requested(event_id="another")) == Decision(state=None)
+
+
+def test_a_cancel_request_without_a_shipment_is_answered_so_the_order_is_not_left_waiting():
+    request = cancel_requested()
+    decision = decide(None, request)
+    [event] = decision.messages
+    assert decision.state is None and isinstance(event, ShipmentCancelled)
+    assert decide(None, request).messages == decision.messages  # the same event id every time
 
 
 def test_a_cancellation_of_an_order_never_confirmed_creates_no_shipment():
