@@ -1,7 +1,9 @@
 """``streamcart``: set up, run and inspect the local stack (DESIGN.md §7), and the entry points of its
 Python processes (``gateway``, ``worker``).
 
-Every command reads the settings once and turns a :class:`StreamcartError` into one red line and exit code 1.
+Every command reads the settings once and turns a :class:`StreamcartError` into one red line and exit code 1, and
+bad settings into a line per STREAMCART_* variable to fix and exit code 2. The order and product commands check
+what the system would refuse before they send, then wait to see their effect: the flows only log a refusal.
 """
 
 from __future__ import annotations
@@ -10,18 +12,24 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any, Protocol, TypeVar
 
 import typer
+from pydantic import SecretStr, ValidationError
 from rich.console import Console
 from rich.markup import escape
 
-from streamcart.errors import StreamcartError
+from streamcart.errors import ConfigurationError, StreamcartError
 from streamcart.settings import Settings, load_settings
 
 if TYPE_CHECKING:
+    from schemas.messages import Message
     from streamcart.commands import CommandSender
+    from streamcart.domain.inventory import StockState
+    from streamcart.domain.orders import OrderState
     from streamcart.stack import Stack
 
 app = typer.Typer(
@@ -34,11 +42,38 @@ console = Console(soft_wrap=True, width=_WIDTH)
 err_console = Console(stderr=True, soft_wrap=True, width=_WIDTH)
 
 
+class CommandRefused(StreamcartError):
+    """The system refuses (or refused) a command: it changed nothing."""
+
+
+def _settings() -> Settings:
+    """The settings from the environment; a bad value is a :class:`ConfigurationError` that names its variable."""
+    try:
+        return load_settings()
+    except ValidationError as exc:
+        raise ConfigurationError(describe_bad_settings(exc)) from exc
+
+
+def describe_bad_settings(exc: ValidationError) -> str:
+    """One line per problem, naming the STREAMCART_* variable to change (its value too, unless it is a secret)."""
+    lines = ["bad settings (STREAMCART_* environment variables):"]
+    for error in exc.errors(include_url=False):
+        reason = error["msg"].removeprefix("Value error, ")
+        if not error["loc"]:  # a check across settings: its message names them
+            lines.append(f"  {reason}")
+            continue
+        name = str(error["loc"][0])
+        field = Settings.model_fields.get(name)
+        shown = "" if field is None or field.annotation is SecretStr else f"={error['input']!r}"
+        lines.append(f"  STREAMCART_{name.upper()}{shown}: {reason}")
+    return "\n".join(lines)
+
+
 def _stack() -> Stack:
     # Imported here so `streamcart worker`/`gateway` do not load the supervision code they never use.
     from streamcart.stack import Stack
 
-    return Stack(load_settings(), echo=lambda line: console.print(line, markup=False))
+    return Stack(_settings(), echo=lambda line: console.print(line, markup=False))
 
 
 @app.command()
@@ -46,7 +81,7 @@ def setup() -> None:
     """Fetch the Java parts with Maven, check the Java runtime, install PostgreSQL if missing."""
     from streamcart.stack.install import run_setup
 
-    run_setup(load_settings(), console)
+    run_setup(_settings(), console)
 
 
 @app.command()
@@ -150,7 +185,7 @@ def init() -> None:
     from streamcart import connectors
     from streamcart.stack.admin import ensure_topics, stack_topics
 
-    settings = load_settings()
+    settings = _settings()
     console.print(f"topics: created {len(ensure_topics(settings, stack_topics(settings)))}")
     console.print(f"schemas: {len(register_all(settings))} registered")
     for name, outcome in connectors.apply(settings).items():
@@ -166,7 +201,7 @@ def connectors_apply() -> None:
     """Register or update every sink through Connect's REST API (running it again changes nothing)."""
     from streamcart import connectors
 
-    for name, outcome in connectors.apply(load_settings()).items():
+    for name, outcome in connectors.apply(_settings()).items():
         console.print(f"{name}: {outcome}")
 
 
@@ -180,7 +215,7 @@ def connectors_status(
     from streamcart import connectors
     from streamcart.stack.views import connectors_table
 
-    rows = connectors.status(load_settings())
+    rows = connectors.status(_settings())
     if as_json:
         print(json.dumps([asdict(row) | {"healthy": row.healthy} for row in rows], indent=2))
     else:
@@ -224,7 +259,7 @@ def token(
     unknown = set(role) - {"customer", "admin"}
     if unknown:
         raise typer.BadParameter(f"unknown role(s) {sorted(unknown)}: use customer or admin")
-    print(issue_token(load_settings().jwt_secret.get_secret_value(), sub, role, ttl_s=ttl))
+    print(issue_token(_settings().jwt_secret.get_secret_value(), sub, role, ttl_s=ttl))
 
 
 order_app = typer.Typer(help="Place, cancel and inspect orders (commands go to Kafka; reads come from the tables).")
@@ -233,19 +268,64 @@ app.add_typer(order_app, name="order")
 app.add_typer(product_app, name="product")
 
 
-def _sender() -> tuple[Settings, CommandSender]:
-    from streamcart.commands import CommandSender
+#: How often a command that waits for its effect reads again.
+POLL_INTERVAL_S = 0.1
 
-    settings = load_settings()
-    return settings, CommandSender(settings)
+T = TypeVar("T")
 
 
-def _api_get(settings: Settings, path: str) -> tuple[int, object]:
-    from api.auth import issue_token
-    from streamcart.stack.probes import http_get_json
+class Remote(Protocol):
+    """The running system as the order and product commands reach it (a hand-written fake in the unit tests)."""
 
-    admin = issue_token(settings.jwt_secret.get_secret_value(), "cli", ["admin"], ttl_s=60)
-    return http_get_json(f"{settings.worker_url(0)}{path}", 5.0, headers={"Authorization": f"Bearer {admin}"})
+    def get(self, path: str) -> tuple[int, object]:
+        """GET ``path`` from the API as an admin: the HTTP status and the decoded JSON body."""
+
+    def send(self, message: Message) -> None:
+        """Produce ``message`` to its command topic; returns once the broker has acknowledged it."""
+
+
+class _LiveRemote:
+    """Reads through worker 0's API (which forwards to the key's owner) and sends commands straight to Kafka."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._sender: CommandSender | None = None
+
+    def get(self, path: str) -> tuple[int, object]:
+        from api.auth import issue_token
+        from streamcart.stack.probes import http_get_json
+
+        admin = issue_token(self.settings.jwt_secret.get_secret_value(), "cli", ["admin"], ttl_s=60)
+        return http_get_json(f"{self.settings.worker_url(0)}{path}", 5.0, headers={"Authorization": f"Bearer {admin}"})
+
+    def send(self, message: Message) -> None:
+        from streamcart.commands import CommandSender
+
+        if self._sender is None:  # it connects to the schema registry: only once there is something to send
+            self._sender = CommandSender(self.settings)
+        self._sender.send(message)
+
+
+def _remote() -> Remote:
+    return _LiveRemote(_settings())
+
+
+@dataclass(frozen=True)
+class Wait:
+    """How long a command waits to see what it asked for, and the clock it waits by (a fake one in tests)."""
+
+    seconds: float
+    clock: Callable[[], float] = time.monotonic
+    pause: Callable[[float], None] = time.sleep
+
+    def until(self, read: Callable[[], T], done: Callable[[T], bool]) -> T:
+        """Read until ``done`` holds or the time is up, and return the last read either way."""
+        deadline = self.clock() + self.seconds
+        while True:
+            seen = read()
+            if done(seen) or self.clock() >= deadline:
+                return seen
+            self.pause(POLL_INTERVAL_S)
 
 
 @order_app.command("place")
@@ -269,13 +349,13 @@ def order_place(
         if not sku or not qty.isdigit() or int(qty) < 1:
             raise typer.BadParameter(f"{item!r}: expected SKU:QUANTITY with a positive quantity")
         lines.append(OrderLine(sku=sku, quantity=int(qty)))
-    settings, sender = _sender()
+    remote = _remote()
     order_id = f"o-{new_id()}"
-    sender.send(PlaceOrder(**envelope(order_id), order_id=order_id, customer_id=customer, lines=tuple(lines),
+    remote.send(PlaceOrder(**envelope(order_id), order_id=order_id, customer_id=customer, lines=tuple(lines),
                            currency=currency, payment_token=payment_token))
     console.print(f"placed [bold]{order_id}[/]")
     if wait > 0:
-        _show_order(settings, order_id, wait_s=wait)
+        _show_order(remote, order_id, Wait(wait))
 
 
 @order_app.command("show")
@@ -283,33 +363,94 @@ def order_show(
     order_id: str, wait: Annotated[float, typer.Option(help="Wait up to S seconds for an outcome.")] = 0.0
 ) -> None:
     """Show an order: status, lines with prices, payment, shipment, history."""
-    _show_order(load_settings(), order_id, wait_s=wait)
+    _show_order(_remote(), order_id, Wait(wait))
 
 
 @order_app.command("cancel")
-def order_cancel(order_id: str, by: str = "c-cli") -> None:
-    """Ask to cancel an order (refused after dispatch)."""
-    from schemas.messages import CancelOrder
-    from streamcart.commands import envelope
+def order_cancel(
+    order_id: str,
+    by: Annotated[str, typer.Option(help="Who asks (a customer id or an admin's name).")] = "c-cli",
+    wait: Annotated[float, typer.Option(help="Seconds to wait until it is CANCELLED (0: don't).")] = 10.0,
+) -> None:
+    """Cancel an order and (by default) wait until it is CANCELLED; refused, with the reason, after dispatch."""
+    cancel_order(_remote(), order_id, by, Wait(wait))
 
-    _, sender = _sender()
-    sender.send(CancelOrder(**envelope(order_id), order_id=order_id, requested_by=by))
-    console.print(f"cancel requested for {order_id}")
 
-
-def _show_order(settings: Settings, order_id: str, *, wait_s: float) -> None:
-    deadline = time.monotonic() + wait_s
-    while True:
-        status, body = _api_get(settings, f"/v1/orders/{order_id}")
-        settled = status == 200 and isinstance(body, dict) and body.get("status") != "PENDING"
-        if settled or time.monotonic() >= deadline:
-            break
-        time.sleep(0.1)
-    if status != 200 or not isinstance(body, dict):
-        raise StreamcartError(f"order {order_id}: HTTP {status} {body}")
+def _show_order(remote: Remote, order_id: str, wait: Wait) -> None:
+    """Print the order once it has an outcome or ``wait`` is up (it may not be readable yet just after placing)."""
     from streamcart.stack.views import order_panel
 
-    console.print(order_panel(body))
+    def settled(response: tuple[int, object]) -> bool:
+        status, body = response
+        return status == 200 and isinstance(body, dict) and body.get("status") != "PENDING"
+
+    response = wait.until(lambda: remote.get(f"/v1/orders/{order_id}"), settled)
+    console.print(order_panel(_order_body(order_id, response)))
+
+
+def _order_body(order_id: str, response: tuple[int, object]) -> dict[str, Any]:
+    status, body = response
+    if status == 404:
+        raise StreamcartError(f"order {order_id} not found")
+    if status != 200 or not isinstance(body, dict):
+        raise StreamcartError(f"order {order_id}: HTTP {status} {body}")
+    return body
+
+
+def cancel_order(remote: Remote, order_id: str, requested_by: str, wait: Wait) -> None:
+    """Send a CancelOrder and wait until the order is CANCELLED.
+
+    The orders flow only logs a cancel it refuses, so a command sent regardless would look done and change
+    nothing: a cancel the order's current state rules out is refused here, with the domain's reason, and one that
+    loses a race (the goods dispatched meanwhile) is reported as not done.
+    """
+    from schemas.messages import CancelOrder
+    from streamcart.commands import envelope
+    from streamcart.domain.orders import OrderStatus, cancel_refusal
+
+    def read() -> dict[str, Any]:
+        return _order_body(order_id, remote.get(f"/v1/orders/{order_id}"))
+
+    order = read()
+    if order["status"] == OrderStatus.CANCELLED:
+        console.print(f"order {order_id} was cancelled already ({order.get('cancel_reason')})")
+        return
+    if (refusal := cancel_refusal(_order_state(order))) is not None:
+        raise CommandRefused(f"order {order_id} cannot be cancelled: {refusal} (it is {order['status']})")
+    remote.send(CancelOrder(**envelope(order_id), order_id=order_id, requested_by=requested_by))
+    if wait.seconds <= 0:
+        console.print(f"cancel of {order_id} sent (not waited for: `streamcart order show {order_id}`)")
+        return
+
+    def ended(seen: dict[str, Any]) -> bool:
+        return seen["status"] == OrderStatus.CANCELLED or cancel_refusal(_order_state(seen)) is not None
+
+    order = wait.until(read, ended)
+    if (refusal := cancel_refusal(_order_state(order))) is not None:
+        raise CommandRefused(f"order {order_id} was not cancelled: {refusal} (it was {order['status']} "
+                             f"before the cancel took effect)")
+    if order["status"] != OrderStatus.CANCELLED:
+        raise StreamcartError(f"order {order_id} is not cancelled after {wait.seconds:g} s (it is "
+                              f"{order['status']}); `streamcart order show {order_id}` shows how it ends")
+    from streamcart.stack.views import order_panel
+
+    console.print(f"[green]cancelled[/] {order_id}")
+    console.print(order_panel(order))
+
+
+def _order_state(view: dict[str, Any]) -> OrderState:
+    """The order as the API shows it, as the domain's :class:`OrderState`, so that the CLI asks the domain's own
+    rule. What the view leaves out (the payment token, the saga's causes) is left blank: no refusal turns on it."""
+    from streamcart.domain.orders import OrderState
+
+    shown = ("order_id", "customer_id", "status", "currency", "placed_at", "deadline", "total_cents", "shipment",
+             "cancel_reason", "cancel_detail")
+    return OrderState.model_validate({
+        **{name: view.get(name) for name in shown},
+        "lines": [{"sku": line["sku"], "quantity": line["quantity"]} for line in view["lines"]],
+        "payment_token": "",
+        "placed_event_id": "",
+    })
 
 
 @product_app.command("upsert")
@@ -324,30 +465,76 @@ def product_upsert(
     from schemas.messages import UpsertProduct
     from streamcart.commands import envelope
 
-    _, sender = _sender()
-    sender.send(UpsertProduct(**envelope(sku), sku=sku, name=name, unit_price_cents=price,
-                              currency=currency, active=active))
+    _remote().send(UpsertProduct(**envelope(sku), sku=sku, name=name, unit_price_cents=price,
+                                 currency=currency, active=active))
     console.print(f"upserted {sku}")
 
 
-@product_app.command("stock")
-def product_stock(sku: str, delta: Annotated[int, typer.Argument(help="Units to add (negative: remove).")],
-                  reason: str = "cli") -> None:
-    """Adjust a SKU's stock on hand."""
+# ignore_unknown_options: a negative delta (`stock KB-001 -3`) is the argument, not an unknown option.
+@product_app.command("stock", context_settings={"ignore_unknown_options": True})
+def product_stock(
+    sku: str,
+    delta: Annotated[int, typer.Argument(help="Units to add (negative: remove).")],
+    reason: str = "cli",
+    wait: Annotated[float, typer.Option(help="Seconds to wait until the stock shows it (0: don't).")] = 10.0,
+) -> None:
+    """Adjust a SKU's stock on hand and (by default) wait until the stock shows it; refused, with the reason,
+    when it would take away stock that orders hold."""
+    adjust_stock(_remote(), sku, delta, reason, Wait(wait))
+
+
+def adjust_stock(remote: Remote, sku: str, delta: int, reason: str, wait: Wait) -> None:
+    """Send an AdjustStock and wait until the SKU's stock shows it.
+
+    The inventory flow only logs an adjustment it refuses, so the domain's own decision is taken here first, on
+    the stock as it is now: a refusal is reported with its reason and nothing is sent.
+    """
     from schemas.messages import AdjustStock
     from streamcart.commands import envelope
+    from streamcart.domain import inventory
 
-    _, sender = _sender()
-    sender.send(AdjustStock(**envelope(sku), sku=sku, delta=delta, reason=reason))
-    console.print(f"adjusted {sku} by {delta}")
+    command = AdjustStock(**envelope(sku), sku=sku, delta=delta, reason=reason)
+
+    def refusal(stock: StockState) -> str | None:
+        return inventory.decide(stock, None, command, product=None).rejected
+
+    before = _read_stock(remote, sku)
+    if (why := refusal(before)) is not None:
+        raise CommandRefused(f"stock of {sku} not adjusted: {why}")
+    remote.send(command)
+    if wait.seconds <= 0:
+        console.print(f"adjustment of {sku} by {delta} sent (not waited for: `streamcart product show {sku}`)")
+        return
+    # ``adjusted`` sums the adjustments: it moves by exactly this one's delta once the flow has applied it.
+    stock = wait.until(lambda: _read_stock(remote, sku), lambda seen: seen.adjusted == before.adjusted + delta)
+    if stock.adjusted != before.adjusted + delta:
+        if (why := refusal(stock)) is not None:  # orders reserved the stock between the check and the command
+            raise CommandRefused(f"stock of {sku} was not adjusted: {why}")
+        raise StreamcartError(f"the stock of {sku} does not show the adjustment by {delta} after {wait.seconds:g} s; "
+                              f"`streamcart product show {sku}` shows whether it lands")
+    console.print(f"[green]adjusted[/] {sku} by {delta}: on hand {stock.on_hand}, reserved {stock.reserved}, "
+                  f"available {stock.available}")
+
+
+def _read_stock(remote: Remote, sku: str) -> StockState:
+    """The SKU's counters as the API shows them (a SKU never stocked has none: zero, as the domain counts it)."""
+    from streamcart.domain.inventory import StockState
+
+    status, body = remote.get(f"/v1/stock/{sku}")
+    if status == 404:
+        return StockState(sku=sku)
+    if status != 200 or not isinstance(body, dict):
+        raise StreamcartError(f"stock of {sku}: HTTP {status} {body}")
+    return StockState(sku=sku, **{name: body[name] for name in ("on_hand", "reserved", "adjusted", "sold",
+                                                                  "restocked")})
 
 
 @product_app.command("show")
 def product_show(sku: str) -> None:
     """A product and its stock."""
-    settings = load_settings()
+    remote = _remote()
     for path in (f"/v1/products/{sku}", f"/v1/stock/{sku}"):
-        status, body = _api_get(settings, path)
+        status, body = remote.get(path)
         console.print_json(data=body) if status == 200 else console.print(f"{path}: HTTP {status} {body}")
 
 
@@ -368,7 +555,7 @@ def bench_saga(
 
     from streamcart.bench import run_saga_bench
 
-    result = run_saga_bench(load_settings(), orders=orders, lines=lines, rate=rate or None, timeout_s=timeout,
+    result = run_saga_bench(_settings(), orders=orders, lines=lines, rate=rate or None, timeout_s=timeout,
                             warehouse=warehouse, echo=console.print)
     table = Table(title="saga benchmark", title_justify="left")
     table.add_column("figure")
@@ -402,7 +589,7 @@ def bench_api(
 
     if kind not in ("get", "post"):
         raise StreamcartError(f"unknown benchmark {kind!r}: use get or post")
-    result = run_api_bench(load_settings(), kind=kind, seconds=seconds, concurrency=concurrency, worker=worker,
+    result = run_api_bench(_settings(), kind=kind, seconds=seconds, concurrency=concurrency, worker=worker,
                            echo=console.print)
     table = Table(title=f"API benchmark: {kind}", title_justify="left")
     table.add_column("figure")
@@ -417,7 +604,7 @@ def gateway() -> None:
     """Run the payment gateway in the foreground (the stack starts it as a process)."""
     from streamcart.gateway.server import run
 
-    run(load_settings())
+    run(_settings())
 
 
 @app.command()
@@ -427,13 +614,17 @@ def worker(
     """Run one streamcart worker in the foreground (the stack starts them as processes)."""
     from agents.worker import run
 
-    run(load_settings(), index)
+    run(_settings(), index)
 
 
-def main() -> None:
-    """Console entry point: a StreamcartError becomes one red line and exit code 1, not a traceback."""
+def main(args: list[str] | None = None) -> None:
+    """Console entry point (``args``: the command line, default ``sys.argv``). A StreamcartError becomes one red
+    line and exit code 1, bad settings their description and exit code 2; never a traceback."""
     try:
-        app()
+        app(args)
+    except ConfigurationError as exc:
+        err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
+        raise SystemExit(2) from None
     except StreamcartError as exc:
         # escape: messages carry log tails, whose "[...]" rich would otherwise read as markup.
         err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)

@@ -36,10 +36,20 @@ def streamcart_services() -> list[str]:
     return [name for name, service in SERVICES.items() if service.get("build")]
 
 
+def bindings(service: str) -> list[tuple[str, int, int]]:
+    """Each published port as (host address, host port, container port); the address is "" when none is named
+    (Docker then listens on every interface)."""
+    rows = []
+    for spec in SERVICES[service].get("ports", []):
+        address, _, ports = str(spec).rpartition(":")
+        address, _, host = address.rpartition(":")
+        rows.append((address, int(host), int(ports)))
+    return rows
+
+
 def published(service: str) -> dict[int, int]:
     """Container port → host port."""
-    pairs = (str(p).split(":") for p in SERVICES[service].get("ports", []))
-    return {int(container): int(host) for host, container in pairs}
+    return {container: host for _, host, container in bindings(service)}
 
 
 def test_every_dependency_exists_and_is_waited_on_by_its_health_or_completion():
@@ -57,6 +67,20 @@ def test_every_long_running_service_has_a_healthcheck():
     for name, service in SERVICES.items():
         if service.get("restart") != "no":
             assert service.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+
+
+def test_every_published_port_listens_on_loopback_only():
+    published_anywhere = {name: bindings(name) for name in SERVICES if SERVICES[name].get("ports")}
+    assert len(published_anywhere) == 9  # kafka, registry, postgres, connect, gateway, 2 workers, prometheus, grafana
+    for name, rows in published_anywhere.items():
+        for address, host, _ in rows:
+            assert address == "127.0.0.1", f"{name} publishes {host} on {address or 'every interface'}"
+
+
+def test_kafka_advertises_its_published_listener_at_the_address_it_is_published_on():
+    (address, host, container), = bindings("kafka")
+    assert f"EXTERNAL://{address}:{host}" in env("kafka")["KAFKA_ADVERTISED_LISTENERS"].split(",")
+    assert f"EXTERNAL://:{container}" in env("kafka")["KAFKA_LISTENERS"].split(",")
 
 
 def test_the_design_topology_is_there():

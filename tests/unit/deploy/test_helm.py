@@ -153,3 +153,23 @@ def test_more_workers_than_partitions_or_no_secrets_refuse_to_render():
     assert too_many.returncode != 0 and "may not exceed partitions" in too_many.stderr
     no_secrets = render({})
     assert no_secrets.returncode != 0 and "secrets.existingSecret" in no_secrets.stderr
+
+
+def worker_env(values: dict[str, str]) -> dict[str, Any]:
+    (workers,) = of_kind(manifests(values), "StatefulSet")
+    return env_of(workers["spec"]["template"]["spec"]["containers"][0])
+
+
+def test_by_default_the_workers_fetch_with_the_projects_defaults():
+    env = worker_env(SECRETS)
+    assert "STREAMCART_CONSUMER_FETCH_MIN_BYTES" not in env and "STREAMCART_CONSUMER_FETCH_MAX_WAIT_MS" not in env
+    defaults = Settings()
+    settings = settings_from(env)
+    assert (settings.consumer_fetch_min_bytes, settings.consumer_fetch_max_wait_ms) == (
+        defaults.consumer_fetch_min_bytes, defaults.consumer_fetch_max_wait_ms)
+
+
+def test_fetch_settings_a_user_sets_reach_the_workers_even_zero():
+    env = worker_env({**SECRETS, "workers.consumerFetchMinBytes": "1024", "workers.consumerFetchMaxWaitMs": "0"})
+    settings = settings_from(env)
+    assert (settings.consumer_fetch_min_bytes, settings.consumer_fetch_max_wait_ms) == (1024, 0)

@@ -80,10 +80,15 @@ app.kubernetes.io/component: {{ .component }}
   value: {{ .Values.workers.producerLingerMs | quote }}
 - name: STREAMCART_COMMIT_INTERVAL_S
   value: {{ .Values.workers.commitIntervalS | quote }}
+{{- /* The fetch settings are passed only when set: unset, the code's defaults apply (0 ms is a value). */}}
+{{- if not (kindIs "invalid" .Values.workers.consumerFetchMinBytes) }}
 - name: STREAMCART_CONSUMER_FETCH_MIN_BYTES
   value: {{ .Values.workers.consumerFetchMinBytes | quote }}
+{{- end }}
+{{- if not (kindIs "invalid" .Values.workers.consumerFetchMaxWaitMs) }}
 - name: STREAMCART_CONSUMER_FETCH_MAX_WAIT_MS
   value: {{ .Values.workers.consumerFetchMaxWaitMs | quote }}
+{{- end }}
 - name: STREAMCART_SAGA_TIMEOUT_S
   value: {{ .Values.workers.sagaTimeoutS | quote }}
 - name: STREAMCART_JWT_SECRET

@@ -1,0 +1,215 @@
+"""`streamcart order cancel` and `streamcart product stock` refuse what the flows would refuse, with the domain's
+reason, and otherwise wait until the effect shows: never "done" for a command the system ignored."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from schemas.messages import AdjustStock, CancelOrder, Message
+from streamcart import cli
+from streamcart.domain.orders import CANNOT_CANCEL_AFTER_DISPATCH
+from streamcart.errors import StreamcartError
+
+
+class FakeSystem:
+    """The API's views of orders and stock, and the flows' reaction to each command sent (``react``)."""
+
+    def __init__(self, *, orders: dict[str, dict[str, Any]] | None = None,
+                 stock: dict[str, dict[str, Any]] | None = None,
+                 react: Callable[[FakeSystem, Message], None] = lambda system, message: None) -> None:
+        self.views = {"orders": orders or {}, "stock": stock or {}}
+        self.react = react
+        self.sent: list[Message] = []
+
+    def get(self, path: str) -> tuple[int, object]:
+        kind, _, key = path.removeprefix("/v1/").partition("/")
+        found = self.views[kind].get(key)
+        return (200, found) if found is not None else (404, {"error": {"code": "not_found"}})
+
+    def send(self, message: Message) -> None:
+        self.sent.append(message)
+        self.react(self, message)
+
+
+class FakeClock:
+    """Time that passes only when the command pauses."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def pause(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def order(status: str, **shown: Any) -> dict[str, Any]:
+    """An order as GET /v1/orders/{id} shows it."""
+    return {"order_id": "o-1", "customer_id": "c-1", "status": status, "currency": "EUR",
+            "lines": [{"sku": "A", "quantity": 2, "unit_price_cents": 500, "status": "committed"}],
+            "total_cents": 1000, "payment": None, "shipment": None, "cancel_reason": None, "cancel_detail": None,
+            "placed_at": 1_000, "deadline": 31_000, "history": [], **shown}
+
+
+def stock(on_hand: int, reserved: int, adjusted: int) -> dict[str, Any]:
+    """A SKU's stock as GET /v1/stock/{sku} shows it."""
+    return {"sku": "A", "on_hand": on_hand, "reserved": reserved, "available": on_hand - reserved,
+            "adjusted": adjusted, "sold": 0, "restocked": 0}
+
+
+def becomes(status: str, **shown: Any) -> Callable[[FakeSystem, Message], None]:
+    """The orders flow's answer to a CancelOrder: the order moves to ``status``."""
+    def react(system: FakeSystem, message: Message) -> None:
+        if isinstance(message, CancelOrder):
+            system.views["orders"][message.order_id] = order(status, **shown)
+    return react
+
+
+def applies_adjustments(system: FakeSystem, message: Message) -> None:
+    """The inventory flow applying an AdjustStock."""
+    if isinstance(message, AdjustStock):
+        now = system.views["stock"].get(message.sku, stock(0, 0, 0))
+        system.views["stock"][message.sku] = stock(now["on_hand"] + message.delta, now["reserved"],
+                                                   now["adjusted"] + message.delta)
+
+
+def run(system: FakeSystem, *args: str, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Run the console entry point against ``system``; its exit code."""
+    monkeypatch.setattr(cli, "_remote", lambda: system)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(list(args))
+    return int(exited.value.code or 0)
+
+
+def fake_wait(seconds: float) -> tuple[cli.Wait, FakeClock]:
+    clock = FakeClock()
+    return cli.Wait(seconds, clock=clock.monotonic, pause=clock.pause), clock
+
+
+# --- order cancel -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("status", ["SHIPPED", "DELIVERED"])
+def test_cancelling_a_dispatched_order_is_refused_with_the_domains_reason_and_nothing_is_sent(
+        status: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    system = FakeSystem(orders={"o-1": order(status)})
+    assert run(system, "order", "cancel", "o-1", monkeypatch=monkeypatch) == 1
+    out, err = capsys.readouterr()
+    assert err.strip() == f"error: order o-1 cannot be cancelled: {CANNOT_CANCEL_AFTER_DISPATCH} (it is {status})"
+    assert system.sent == [] and out == ""
+
+
+def test_cancelling_a_confirmed_order_waits_until_it_is_cancelled_and_shows_it(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    system = FakeSystem(orders={"o-1": order("CONFIRMED")},
+                        react=becomes("CANCELLED", cancel_reason="customer_request"))
+    assert run(system, "order", "cancel", "o-1", "--by", "c-1", monkeypatch=monkeypatch) == 0
+    out, err = capsys.readouterr()
+    (sent,) = system.sent
+    assert isinstance(sent, CancelOrder) and (sent.order_id, sent.requested_by) == ("o-1", "c-1")
+    assert out.startswith("cancelled o-1\norder o-1 · CANCELLED (customer_request)")
+    assert err == ""
+
+
+def test_a_cancel_that_loses_the_race_to_dispatch_is_reported_as_not_done(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    system = FakeSystem(orders={"o-1": order("CONFIRMED")}, react=becomes("SHIPPED"))
+    assert run(system, "order", "cancel", "o-1", monkeypatch=monkeypatch) == 1
+    out, err = capsys.readouterr()
+    assert err.startswith(f"error: order o-1 was not cancelled: {CANNOT_CANCEL_AFTER_DISPATCH} (it was SHIPPED")
+    assert "cancelled o-1" not in out
+
+
+def test_a_cancel_the_order_does_not_show_in_time_is_an_error_after_the_whole_wait() -> None:
+    system = FakeSystem(orders={"o-1": order("CONFIRMED")})  # shipping has not answered yet
+    wait, clock = fake_wait(5.0)
+    with pytest.raises(StreamcartError, match="order o-1 is not cancelled after 5 s \\(it is CONFIRMED\\)"):
+        cli.cancel_order(system, "o-1", "c-1", wait)
+    assert clock.now >= 5.0 and len(system.sent) == 1
+
+
+def test_a_cancel_waits_through_a_pending_answer_until_the_order_is_cancelled() -> None:
+    system = FakeSystem(orders={"o-1": order("CONFIRMED")})
+    clock = FakeClock()
+
+    def answer_after_a_second(seconds: float) -> None:
+        clock.pause(seconds)
+        if clock.now >= 1.0:
+            system.views["orders"]["o-1"] = order("CANCELLED", cancel_reason="customer_request")
+
+    cli.cancel_order(system, "o-1", "c-1", cli.Wait(5.0, clock=clock.monotonic, pause=answer_after_a_second))
+    assert 1.0 <= clock.now < 5.0
+
+
+def test_cancelling_an_order_cancelled_already_sends_nothing_and_says_why_it_ended(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    system = FakeSystem(orders={"o-1": order("CANCELLED", cancel_reason="timeout")})
+    assert run(system, "order", "cancel", "o-1", monkeypatch=monkeypatch) == 0
+    assert capsys.readouterr().out.strip() == "order o-1 was cancelled already (timeout)"
+    assert system.sent == []
+
+
+def test_cancelling_an_unknown_order_is_an_error_and_sends_nothing(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    system = FakeSystem()
+    assert run(system, "order", "cancel", "o-404", monkeypatch=monkeypatch) == 1
+    assert capsys.readouterr().err.strip() == "error: order o-404 not found"
+    assert system.sent == []
+
+
+def test_a_cancel_not_waited_for_says_it_was_sent_not_that_it_was_done(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    system = FakeSystem(orders={"o-1": order("PENDING")})
+    assert run(system, "order", "cancel", "o-1", "--wait", "0", monkeypatch=monkeypatch) == 0
+    assert capsys.readouterr().out.startswith("cancel of o-1 sent (not waited for")
+    assert len(system.sent) == 1
+
+
+# --- product stock ------------------------------------------------------------------------------------------
+
+def test_removing_stock_that_orders_hold_is_refused_with_the_domains_reason_and_nothing_is_sent(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    system = FakeSystem(stock={"A": stock(on_hand=10, reserved=4, adjusted=10)})
+    assert run(system, "product", "stock", "A", "-7", monkeypatch=monkeypatch) == 1
+    out, err = capsys.readouterr()
+    assert err.strip() == ("error: stock of A not adjusted: adjusting A by -7 would leave -1 available "
+                           "(on hand 10, reserved 4)")
+    assert system.sent == [] and out == ""
+
+
+def test_an_adjustment_waits_until_the_stock_shows_it_and_prints_the_new_counts(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    system = FakeSystem(stock={"A": stock(on_hand=10, reserved=4, adjusted=10)}, react=applies_adjustments)
+    assert run(system, "product", "stock", "A", "-6", "--reason", "count", monkeypatch=monkeypatch) == 0
+    (sent,) = system.sent
+    assert isinstance(sent, AdjustStock) and (sent.sku, sent.delta, sent.reason) == ("A", -6, "count")
+    assert capsys.readouterr().out.strip() == "adjusted A by -6: on hand 4, reserved 4, available 0"
+
+
+def test_a_sku_never_stocked_can_be_stocked() -> None:
+    system = FakeSystem(react=applies_adjustments)
+    wait, _ = fake_wait(5.0)
+    cli.adjust_stock(system, "A", 3, "delivery", wait)
+    assert system.views["stock"]["A"]["on_hand"] == 3
+
+
+def test_an_adjustment_refused_because_orders_reserved_meanwhile_is_reported_with_the_reason() -> None:
+    def reserved_first(system: FakeSystem, message: Message) -> None:
+        system.views["stock"]["A"] = stock(on_hand=10, reserved=8, adjusted=10)  # the flow then refuses -5
+
+    system = FakeSystem(stock={"A": stock(on_hand=10, reserved=4, adjusted=10)}, react=reserved_first)
+    wait, clock = fake_wait(5.0)
+    with pytest.raises(cli.CommandRefused, match="stock of A was not adjusted: adjusting A by -5 would leave -3"):
+        cli.adjust_stock(system, "A", -5, "count", wait)
+    assert clock.now >= 5.0
+
+
+def test_an_adjustment_the_stock_does_not_show_in_time_is_an_error_not_a_refusal() -> None:
+    system = FakeSystem(stock={"A": stock(on_hand=10, reserved=0, adjusted=10)})
+    wait, _ = fake_wait(2.0)
+    with pytest.raises(StreamcartError, match="does not show the adjustment by 5 after 2 s") as raised:
+        cli.adjust_stock(system, "A", 5, "delivery", wait)
+    assert not isinstance(raised.value, cli.CommandRefused)
