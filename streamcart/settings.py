@@ -151,9 +151,10 @@ class Settings(BaseSettings):
             for name, port in others.items():
                 if self.worker_port(index) == port:
                     raise ValueError(
-                        f"worker {index}'s API port would be {port}, which is {name} (the workers listen on api_port "
-                        f"{self.api_port} and up, one per worker): set STREAMCART_API_PORT to a free range, e.g. "
-                        f"STREAMCART_API_PORT=8180, or move STREAMCART_{name.upper()}"
+                        f"worker {index}'s API port would be {port}, which is {name} (STREAMCART_WORKERS="
+                        f"{self.workers} workers listen on STREAMCART_API_PORT={self.api_port} and up, one each): set "
+                        f"STREAMCART_API_PORT to a free range, e.g. STREAMCART_API_PORT=8180, move "
+                        f"STREAMCART_{name.upper()}, or run fewer workers"
                     )
         return self
 
