@@ -235,14 +235,24 @@ def seed_demo(settings: Settings) -> None:
     console.print(f"admin token (12 h): [bold]{token}[/]")
 
 
+#: How long the admin token `demo` prints stays valid.
+DEMO_TOKEN_TTL_S = 12 * 3600
+
+
 @app.command()
 def demo() -> None:
     """Start everything, seed the demo data, and say where to look."""
     stack = _stack()
     _up(stack, None)
     seed_demo(stack.settings)
+    from api.auth import issue_token
+
+    url = stack.settings.worker_url(0)
+    admin = issue_token(stack.settings.jwt_secret.get_secret_value(), "demo-admin", ["admin"], ttl_s=DEMO_TOKEN_TTL_S)
+    console.print(f"The live dashboard: [bold]{url}/dashboard#token={admin}[/]", overflow="ignore", crop=False)
+    console.print(f"An admin token for the API (valid 12 h): {admin}", overflow="ignore", crop=False)
     console.print(
-        f"The API is at [bold]{stack.settings.worker_url(0)}[/]; try `streamcart order place --line KB-001:2`. "
+        f"The API is at [bold]{url}[/] (`{url}/docs` lists it); try `streamcart order place --line KB-001:2`. "
         "`streamcart status` shows every process, `streamcart logs -f` follows the logs, `make down` stops it all."
     )
 

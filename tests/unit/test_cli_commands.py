@@ -213,3 +213,25 @@ def test_an_adjustment_the_stock_does_not_show_in_time_is_an_error_not_a_refusal
     with pytest.raises(StreamcartError, match="does not show the adjustment by 5 after 2 s") as raised:
         cli.adjust_stock(system, "A", 5, "delivery", wait)
     assert not isinstance(raised.value, cli.CommandRefused)
+
+
+def test_demo_ends_by_printing_the_dashboard_link_with_an_admin_token_that_the_api_accepts(monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from api.auth import authenticate
+    from streamcart.settings import Settings
+
+    settings = Settings()
+    started: list[str] = []
+    monkeypatch.setattr(cli, "_stack", lambda: SimpleNamespace(settings=settings))
+    monkeypatch.setattr(cli, "_up", lambda stack, only: started.append("up"))
+    monkeypatch.setattr(cli, "seed_demo", lambda s: started.append("seeded"))
+
+    cli.demo()
+
+    out = capsys.readouterr().out
+    assert started == ["up", "seeded"]
+    link = next(line for line in out.splitlines() if "/dashboard#token=" in line)
+    token = link.split("#token=", 1)[1].strip()
+    assert link.split()[-1].startswith(f"{settings.worker_url(0)}/dashboard#token=")
+    assert authenticate(f"Bearer {token}", settings.jwt_secret.get_secret_value()).is_admin
