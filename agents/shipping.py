@@ -12,7 +12,7 @@ from streamcart.domain import shipping
 log = logging.getLogger(__name__)
 
 #: Refusals of an UpdateShipment the API checks before sending; one that races past it is only logged.
-REFUSALS = {shipping.UNKNOWN_SHIPMENT, shipping.NOT_DISPATCHED, shipping.SHIPMENT_CANCELLED}
+REFUSALS = {shipping.UNKNOWN_SHIPMENT, shipping.SHIPMENT_CANCELLED}
 
 
 def register(runtime: Runtime) -> Any:

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ValidationError
 from api import analytics, dashboard, stream
 from api.auth import Principal, authenticate
 from api.commands import CommandPort
+from api.content_coding import decoded
 from api.context import WorkerView
 from api.errors import (
     ApiError,
@@ -56,12 +57,13 @@ from api.models import (
     StockOut,
     WaitQuery,
 )
-from api.routing import FORWARDED_HEADER, forward
+from api.routing import PEER_PROOF, PeerProof, forward
 from api.spec import Route, docs_page, openapi
 from schemas.messages import AdjustStock, CancelOrder, OrderLine, PlaceOrder, UpdateShipment, UpsertProduct
 from streamcart.commands import envelope
 from streamcart.domain.order_state import OrderState, OrderStatus
 from streamcart.domain.orders import cancel_refusal
+from streamcart.domain.shipping import update_refusal
 from streamcart.ids import derive_id, new_id
 from streamcart.settings import Settings
 from streamcart.tracing import new_traceparent
@@ -84,12 +86,16 @@ M = TypeVar("M", bound=BaseModel)
 
 def init_app(settings: Settings, worker: WorkerView, commands: CommandPort | None = None) -> web.Application:
     buckets = TokenBuckets(settings.rate_limit_per_s, settings.rate_limit_burst)
+    proof = PeerProof(settings.jwt_secret.get_secret_value())
     app = web.Application(
-        middlewares=[request_id_middleware, error_middleware, rate_limit_middleware(buckets, FORWARDED_HEADER)],
+        middlewares=[request_id_middleware, error_middleware, rate_limit_middleware(buckets, proof.forwarded)],
         client_max_size=MAX_BODY_BYTES,
+        # Bodies are decoded by _body, where a coding that fails is a JSON error (api/content_coding.py).
+        handler_args={"auto_decompress": False},
     )
     app[SETTINGS] = settings
     app[WORKER] = worker
+    app[PEER_PROOF] = proof
     if commands is not None:
         app[COMMANDS] = commands
     app[PLACING] = Placements()
@@ -143,11 +149,13 @@ def _validation_details(exc: ValidationError) -> list[dict[str, Any]]:
 async def _body(request: web.Request, model: type[M]) -> M:
     if request.content_type != "application/json":
         raise UnsupportedMediaType(f"expected Content-Type: application/json, got {request.content_type!r}")
-    raw = await request.read()
+    raw = decoded(await request.read(), request.headers.get("Content-Encoding", ""), MAX_BODY_BYTES)
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(f"the body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # the parser recurses once per level: "[" * 5000 is refused, not a crash
+        raise ApiError("the body's JSON nests deeper than this API reads") from exc
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -188,6 +196,14 @@ async def _forward_unless_owner(request: web.Request, table: str, key: str) -> w
     if owner.rstrip("/") != request.app[SETTINGS].worker_url(worker.index):
         return await forward(request, request.app[HTTP], owner, worker.index)
     return None
+
+
+def _to_peer(request: web.Request) -> dict[str, str]:
+    """The headers of a request to another worker on behalf of ``request``'s client: the client's credentials
+    and this worker's proof that it sent it (:class:`api.routing.PeerProof`)."""
+    authorization = request.headers.get("Authorization", "")
+    proof = request.app[PEER_PROOF].headers(request.app[WORKER].index, authorization)
+    return {"Authorization": authorization, **proof}
 
 
 def _json(model: BaseModel, status: int = 200, **headers: str) -> web.Response:
@@ -399,9 +415,9 @@ async def _order_anywhere(request: web.Request, order_id: str) -> OrderState | N
         raise Unavailable("partitions are being reassigned; retry shortly", headers={"Retry-After": "1"})
     if owner.rstrip("/") == request.app[SETTINGS].worker_url(worker.index):
         return worker.order(order_id)
-    headers = {"Authorization": request.headers.get("Authorization", ""), FORWARDED_HEADER: str(worker.index)}
     try:
-        async with request.app[HTTP].get(f"{owner.rstrip('/')}/internal/v1/orders/{order_id}", headers=headers,
+        async with request.app[HTTP].get(f"{owner.rstrip('/')}/internal/v1/orders/{order_id}",
+                                         headers=_to_peer(request),
                                          timeout=ClientTimeout(total=5, sock_connect=2)) as response:
             if response.status == 404:
                 return None
@@ -472,9 +488,9 @@ async def _gather(
     worker = request.app[WORKER]
     settings = request.app[SETTINGS]
     items: list[dict[str, Any]] = list(local(worker))
-    if FORWARDED_HEADER not in request.headers:
+    if not request.app[PEER_PROOF].forwarded(request):  # else a peer gathering: it wants this worker's part only
         others = [settings.worker_url(i) for i in range(settings.workers) if i != worker.index]
-        headers = {"Authorization": request.headers.get("Authorization", ""), FORWARDED_HEADER: str(worker.index)}
+        headers = _to_peer(request)
 
         async def ask(url: str) -> list[dict[str, Any]]:
             try:
@@ -576,6 +592,8 @@ async def shipment_status(request: web.Request) -> web.Response:
     if order.shipment is None:
         raise Conflict(f"order {order_id} has no shipment yet (status {order.status})",
                        details={"status": order.status})
+    if (refusal := update_refusal(order.shipment.status)) is not None:
+        raise Conflict(refusal, details={"status": order.status, "shipment_status": order.shipment.status})
     command = UpdateShipment(**envelope(order_id), order_id=order_id, status=body.status, carrier=body.carrier)
     await _commands(request).send(command, traceparent=new_traceparent())
     return _json(CommandAccepted(event_id=command.event_id), 202, Location=f"/v1/orders/{order_id}")

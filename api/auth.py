@@ -69,7 +69,7 @@ def _verify(authorization: str | None, secret: str) -> tuple[Principal, float]:
         )
     except jwt.ExpiredSignatureError as exc:
         raise Unauthorized("token expired", headers={"WWW-Authenticate": "Bearer"}) from exc
-    except jwt.PyJWTError as exc:
+    except (jwt.PyJWTError, UnicodeError) as exc:  # UnicodeError: header bytes that are not UTF-8 are no JWT
         raise Unauthorized(f"invalid token: {exc}", headers={"WWW-Authenticate": "Bearer"}) from exc
     roles = claims.get("roles", [])
     if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):

@@ -27,7 +27,18 @@ STATIC = Path(__file__).parent / "static"
 
 def setup_routes(app: web.Application) -> None:
     gather.setup(app, app[core.SETTINGS])
-    app.router.add_static("/dashboard/static", STATIC, append_version=True)
+    # A route per file rather than add_static: any other name is then an unknown route, the JSON 404 every
+    # unknown path gets (add_static finds a file missing only after every middleware ran, and answers it empty).
+    for path in STATIC.iterdir():
+        if path.is_file():
+            app.router.add_get(f"/dashboard/static/{path.name}", _static_file(path))
+
+
+def _static_file(path: Path) -> Any:
+    async def serve(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(path)
+
+    return serve
 
 
 async def page(request: web.Request) -> web.FileResponse:

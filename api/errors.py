@@ -41,6 +41,10 @@ class Conflict(ApiError):
     status, code = 409, "conflict"
 
 
+class PayloadTooLarge(ApiError):
+    status, code = 413, "request_entity_too_large"  # the code aiohttp's own 413 gets (see error_middleware)
+
+
 class UnsupportedMediaType(ApiError):
     status, code = 415, "unsupported_media_type"
 

@@ -9,6 +9,7 @@ import re
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -67,7 +68,7 @@ class TokenBuckets:
 
     def take(self, token: str, now: float) -> float:
         """Take one request from ``token``'s bucket: 0 when allowed, else seconds until one would be."""
-        key = hashlib.blake2b(token.encode(), digest_size=16).digest()
+        key = hashlib.blake2b(token.encode(errors="surrogateescape"), digest_size=16).digest()
         level, at = self._buckets.pop(key, (float(self.burst), now))
         level = min(float(self.burst), level + (now - at) * self.rate)
         if level >= 1:
@@ -81,12 +82,14 @@ class TokenBuckets:
         return wait
 
 
-def rate_limit_middleware(buckets: TokenBuckets, forwarded_header: str) -> Any:
+def rate_limit_middleware(buckets: TokenBuckets, forwarded: Callable[[web.Request], bool]) -> Any:
+    """Take every request with a token from its bucket, but one ``forwarded`` by another worker: it was counted
+    where it came in."""
+
     @web.middleware
     async def rate_limit(request: web.Request, handler: Any) -> web.StreamResponse:
         authorization = request.headers.get("Authorization")
-        # A request forwarded by another worker was counted where it came in.
-        if authorization and forwarded_header not in request.headers:
+        if authorization and not forwarded(request):
             wait = buckets.take(authorization, time.monotonic())
             if wait > 0:
                 raise RateLimited("too many requests for this token", headers={"Retry-After": str(math.ceil(wait))})

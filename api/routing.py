@@ -6,25 +6,77 @@ assignor for the owner of the key's partition and replays the whole request, one
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import re
+import time
+
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
+from multidict import CIMultiDict
 
 from api.errors import Unavailable
 from streamcart.tracing import call_span
 
 FORWARDED_HEADER = "X-Streamcart-Forwarded-By"
+#: What makes :data:`FORWARDED_HEADER` count: see :class:`PeerProof`.
+PROOF_HEADER = "X-Streamcart-Forwarded-Proof"
+#: How long a proof is good for, either way of the signing time (the workers' clocks may differ a little).
+PROOF_WINDOW_S = 30
+_PROOF = re.compile(r"([0-9]{1,12})\.([0-9a-f]{64})")
 _HOP_BY_HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
 RETRY_AFTER_S = "1"
 #: Longer than the longest long-poll a client may ask for, so a forwarded ``?wait=`` still works.
 FORWARD_TIMEOUT_S = 35.0
 
 
+class PeerProof:
+    """Tells a request one worker sent another (forwarded, or asked for its part of a list) from a client's.
+
+    Such a request carries the client's own ``Authorization`` (the receiver authorizes the client) and
+    :data:`FORWARDED_HEADER`, on which the receiver neither rate-limits it again nor forwards or gathers it again.
+    Any client can send that header, so it counts only with :data:`PROOF_HEADER`: when it was signed and an HMAC,
+    with the cluster's jwt secret, of that time and the ``Authorization`` it travels with. Bound to that token, a
+    proof seen by someone else lets them skip nobody's rate limit but the token owner's.
+    """
+
+    def __init__(self, secret: str) -> None:
+        self._key = secret.encode()
+
+    def headers(self, self_index: int, authorization: str, now: float | None = None) -> dict[str, str]:
+        """The headers marking a request to a peer, carrying ``authorization``, as sent by worker ``self_index``
+        (``now``: the signing time, for tests)."""
+        signed_at = str(int(time.time() if now is None else now))
+        return {FORWARDED_HEADER: str(self_index), PROOF_HEADER: f"{signed_at}.{self._sign(signed_at, authorization)}"}
+
+    def forwarded(self, request: web.Request) -> bool:
+        """Whether a worker sent ``request`` (its proof holds), not merely a client saying so."""
+        if FORWARDED_HEADER not in request.headers:
+            return False
+        proof = _PROOF.fullmatch(request.headers.get(PROOF_HEADER, ""))
+        if proof is None:
+            return False
+        signed_at, signature = proof.groups()
+        if abs(time.time() - int(signed_at)) > PROOF_WINDOW_S:
+            return False
+        return hmac.compare_digest(signature, self._sign(signed_at, request.headers.get("Authorization", "")))
+
+    def _sign(self, signed_at: str, authorization: str) -> str:
+        message = f"streamcart-forwarded\n{signed_at}\n{authorization}".encode(errors="surrogateescape")
+        return hmac.new(self._key, message, hashlib.sha256).hexdigest()
+
+
+PEER_PROOF = web.AppKey("peer_proof", PeerProof)
+
+
 async def forward(request: web.Request, session: ClientSession, owner_url: str, self_index: int) -> web.Response:
     """Replay ``request`` on the worker at ``owner_url`` and relay its answer."""
-    if FORWARDED_HEADER in request.headers:
+    proof = request.app[PEER_PROOF]
+    if proof.forwarded(request):
         # Already forwarded once and still not the owner: ownership is moving. Say so rather than loop.
         raise Unavailable("partition ownership is changing; retry shortly", headers={"Retry-After": RETRY_AFTER_S})
-    headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
-    headers[FORWARDED_HEADER] = str(self_index)
+    # A CIMultiDict, so that this worker's marks replace a client's, however the client spelled them.
+    headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP)
+    headers.update(proof.headers(self_index, request.headers.get("Authorization", "")))
     body = await request.read()
     url = owner_url.rstrip("/") + request.rel_url.path_qs
     try:

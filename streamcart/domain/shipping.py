@@ -1,8 +1,10 @@
 """Shipments, keyed by order_id (DESIGN.md §3 step 6).
 
 OrderConfirmed → a shipment with a tracking id derived from the order id → ShipmentCreated. UpdateShipment moves
-it to dispatched (ShipmentDispatched) and then delivered (ShipmentDelivered). A shipment is dispatched before it is
-delivered, and only a shipment that exists can move: anything else is refused with a reason. A duplicate (the same
+it to dispatched (ShipmentDispatched) and then delivered (ShipmentDelivered). A delivery reported before any
+dispatch says the goods left too: it dispatches and delivers at once (a carrier's scan can overtake the warehouse's,
+and an admin's two updates sent back to back must not depend on the first being applied). Only a shipment that
+exists and was not stopped can move: anything else is refused with a reason. A duplicate (the same
 message again, or the same status update again with a new event id) changes nothing and re-emits the first event.
 
 Shipping decides whether a confirmed order's cancel wins: it is the one flow that sees both the dispatch and the
@@ -37,7 +39,6 @@ from streamcart.ids import derive_id
 DEFAULT_CARRIER = "streamcart-post"
 
 UNKNOWN_SHIPMENT = "no shipment for this order (it is not confirmed)"
-NOT_DISPATCHED = "cannot deliver a shipment that has not been dispatched"
 SHIPMENT_CANCELLED = "the order was cancelled; its shipment must not leave"
 
 
@@ -140,25 +141,39 @@ def _create(confirmed: OrderConfirmed, carrier: str) -> ShipmentState:
     )
 
 
+def update_refusal(status: str) -> str | None:
+    """Why a shipment that is ``status`` cannot be dispatched or delivered, or ``None`` when it can (or is there
+    already: a repeat changes nothing).
+
+    The API checks this on the order's view of its shipment before it sends an UpdateShipment, so that an update
+    this flow would refuse is answered 409 rather than accepted and dropped. A stopped shipment is stopped for good,
+    so the order's view, one event behind the flow at most, cannot be wrong about it.
+    """
+    if status == ShipmentStatus.CANCELLED:
+        return SHIPMENT_CANCELLED  # only a shipment that had not left is stopped: nothing was applied to it
+    return None
+
+
 def _update(state: ShipmentState | None, cmd: UpdateShipment) -> Decision[ShipmentState]:
     if state is None:
         return Decision(state=None, rejected=UNKNOWN_SHIPMENT)
     if cmd.status not in (ShipmentStatus.DISPATCHED, ShipmentStatus.DELIVERED):
         return Decision(state=None, rejected=f"unknown shipment status {cmd.status!r} (dispatched | delivered)")
+    if (refusal := update_refusal(state.status)) is not None:
+        return Decision(state=None, rejected=refusal)
     done = state.dispatched if cmd.status == ShipmentStatus.DISPATCHED else state.delivered
     if done is not None:
         return Decision(state=None, messages=effects_of(state, done.event_id))  # applied before
-    if state.status == ShipmentStatus.CANCELLED:
-        return Decision(state=None, rejected=SHIPMENT_CANCELLED)
     cause = Cause.of(cmd)
     if cmd.status == ShipmentStatus.DISPATCHED:
         dispatched = state.model_copy(
             update={"status": ShipmentStatus.DISPATCHED, "dispatched": cause, "dispatch_carrier": cmd.carrier}
         )
         return _emitting(dispatched, cmd)
-    if state.dispatched is None:
-        return Decision(state=None, rejected=NOT_DISPATCHED)
-    return _emitting(state.model_copy(update={"status": ShipmentStatus.DELIVERED, "delivered": cause}), cmd)
+    update: dict[str, object] = {"status": ShipmentStatus.DELIVERED, "delivered": cause}
+    if state.dispatched is None:  # delivered implies it left: dispatched by the same update
+        update.update(dispatched=cause, dispatch_carrier=cmd.carrier)
+    return _emitting(state.model_copy(update=update), cmd)
 
 
 def _emitting(shipment: ShipmentState, cause: Message) -> Decision[ShipmentState]:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
+import json
+import zlib
 from dataclasses import dataclass, field
 
 import pytest
@@ -13,6 +16,7 @@ from schemas.messages import AdjustStock, CancelOrder, Message, PlaceOrder, Upda
 from streamcart.domain.catalog import ProductState
 from streamcart.domain.inventory import StockState
 from streamcart.domain.order_state import ShipmentInfo
+from streamcart.domain.shipping import SHIPMENT_CANCELLED
 from tests.component.test_api_orders import SETTINGS, FakeWorker, an_order, bearer
 
 #: One worker: lists are gathered from this one alone (gathering across workers runs on the real stack).
@@ -90,6 +94,49 @@ async def test_bad_input_is_a_json_error_and_sends_nothing(client, commands, bod
     assert response.status == status
     assert set((await response.json())["error"]) == {"code", "message", "details"}
     assert commands.sent == []
+
+
+#: Every route that reads a JSON body, with a body it would accept.
+BODY_ROUTES = [
+    ("POST", "/v1/orders", ORDER),
+    ("POST", "/v1/orders/o-1/cancel", {"reason": "customer_request"}),
+    ("PUT", "/v1/products/KB-001", {"name": "Keyboard", "unit_price_cents": 4999, "currency": "EUR"}),
+    ("POST", "/v1/stock/KB-001/adjustments", {"delta": 1, "reason": "delivery"}),
+    ("POST", "/v1/shipments/o-1/status", {"status": "dispatched"}),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), BODY_ROUTES, ids=[path for _, path, _ in BODY_ROUTES])
+@pytest.mark.parametrize(
+    ("raw", "encoding", "status"),
+    [
+        (b"[" * 5000, None, 400),
+        (b"[" * 30_000, None, 400),
+        (None, "gzip", 400),
+        (None, "deflate", 400),
+        (None, "br", 415),
+    ],
+    ids=["nested-5000", "nested-30000", "gzip-not-compressed", "deflate-not-compressed", "brotli"],
+)
+async def test_a_body_the_api_cannot_read_is_a_json_4xx_and_sends_nothing(
+    client, commands, method, path, body, raw, encoding, status
+):
+    headers = {**ADMIN, "Content-Type": "application/json", **({"Content-Encoding": encoding} if encoding else {})}
+    data = raw if raw is not None else json.dumps(body).encode()
+    response = await client.request(method, path, data=data, headers=headers)
+    assert response.status == status
+    assert response.content_type == "application/json"
+    assert set((await response.json())["error"]) == {"code", "message", "details"}
+    assert commands.sent == []
+
+
+@pytest.mark.parametrize(("encoding", "compress"), [("gzip", gzip.compress), ("deflate", zlib.compress)])
+async def test_a_compressed_body_is_decoded(client, commands, encoding, compress):
+    headers = {**CUSTOMER, "Content-Type": "application/json", "Content-Encoding": encoding}
+    response = await client.post("/v1/orders", data=compress(json.dumps(ORDER).encode()), headers=headers)
+    assert response.status == 202
+    (sent,) = commands.sent
+    assert isinstance(sent, PlaceOrder) and [(line.sku, line.quantity) for line in sent.lines] == [("KB-001", 2)]
 
 
 async def test_validation_errors_say_which_field_is_wrong(client):
@@ -250,6 +297,52 @@ async def test_a_shipment_update_needs_a_shipment(client, commands, worker):
     assert (await client.post(url, json={"status": "dispatched"}, headers=CUSTOMER)).status == 403
     assert (await client.post(url, json={"status": "dispatched"}, headers=ADMIN)).status == 202
     assert [type(m) for m in commands.sent] == [UpdateShipment]
+
+
+def with_shipment(worker: FakeWorker, order_status: str, shipment_status: str) -> None:
+    worker.orders["o-1"] = an_order().model_copy(update={
+        "status": order_status, "shipment": ShipmentInfo(status=shipment_status, tracking_id="T-1")})
+
+
+@pytest.mark.parametrize(
+    ("order_status", "shipment_status", "requested", "reason"),
+    [
+        ("CANCELLED", "cancelled", "dispatched", SHIPMENT_CANCELLED),
+        ("CANCELLED", "cancelled", "delivered", SHIPMENT_CANCELLED),
+    ],
+    ids=["dispatch-after-cancel", "delivered-after-cancel"],
+)
+async def test_a_shipment_update_shipping_would_refuse_is_a_409_with_its_reason_and_sends_nothing(
+    client, commands, worker, order_status, shipment_status, requested, reason
+):
+    with_shipment(worker, order_status, shipment_status)
+    response = await client.post("/v1/shipments/o-1/status", json={"status": requested}, headers=ADMIN)
+    assert response.status == 409
+    error = (await response.json())["error"]
+    assert (error["message"], error["details"]["shipment_status"]) == (reason, shipment_status)
+    assert commands.sent == []
+
+
+@pytest.mark.parametrize(
+    ("order_status", "shipment_status", "requested"),
+    [
+        ("CONFIRMED", "created", "dispatched"),
+        ("CONFIRMED", "created", "delivered"),  # right after a dispatch the order has not heard of yet
+        ("SHIPPED", "dispatched", "delivered"),
+        ("SHIPPED", "dispatched", "dispatched"),
+        ("DELIVERED", "delivered", "delivered"),
+        ("DELIVERED", "delivered", "dispatched"),
+    ],
+    ids=["dispatch", "deliver-at-once", "deliver", "dispatch-again", "deliver-again", "dispatch-after-delivery"],
+)
+async def test_a_shipment_update_shipping_applies_or_repeats_harmlessly_is_sent(
+    client, commands, worker, order_status, shipment_status, requested
+):
+    with_shipment(worker, order_status, shipment_status)
+    response = await client.post("/v1/shipments/o-1/status", json={"status": requested}, headers=ADMIN)
+    assert response.status == 202
+    (sent,) = commands.sent
+    assert isinstance(sent, UpdateShipment) and sent.status == requested
 
 
 async def test_every_response_carries_a_request_id_and_a_sane_one_is_echoed(client):

@@ -130,6 +130,14 @@ async def test_an_unknown_route_is_a_json_404(client):
     assert (await response.json())["error"]["code"] == "not_found"
 
 
+async def test_a_missing_dashboard_file_is_a_json_404_and_a_present_one_is_served(client):
+    missing = await client.get("/dashboard/static/nope.js")
+    assert missing.status == 404
+    assert (await missing.json())["error"]["code"] == "not_found"
+    present = await client.get("/dashboard/static/dashboard.js")
+    assert (present.status, present.content_type) == (200, "application/javascript")
+
+
 async def test_metrics_are_exposed_for_prometheus(client):
     response = await client.get("/metrics")
     assert response.status == 200

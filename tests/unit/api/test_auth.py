@@ -28,8 +28,10 @@ def test_a_valid_token_names_its_subject_and_roles():
         "Bearer " + issue_token(SECRET, "c-1", ["admin"], ttl_s=-60),
         "Bearer " + jwt.encode({"sub": "c-1", "roles": ["admin"], "exp": 9999999999}, None, algorithm="none"),
         "Bearer " + jwt.encode({"sub": "c-1", "roles": ["admin"]}, SECRET, algorithm="HS256"),
+        "Bearer \udcff\udcfe",  # how aiohttp hands over header bytes that are not UTF-8
     ],
-    ids=["missing", "empty", "basic", "no-token", "malformed", "wrong-signature", "expired", "alg-none", "no-exp"],
+    ids=["missing", "empty", "basic", "no-token", "malformed", "wrong-signature", "expired", "alg-none", "no-exp",
+         "not-utf-8"],
 )
 def test_a_bad_credential_is_refused(header):
     with pytest.raises(Unauthorized):

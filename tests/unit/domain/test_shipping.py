@@ -17,7 +17,6 @@ from schemas.messages import (
 from streamcart.domain.decision import Decision
 from streamcart.domain.shipping import (
     DEFAULT_CARRIER,
-    NOT_DISPATCHED,
     SHIPMENT_CANCELLED,
     UNKNOWN_SHIPMENT,
     ShipmentState,
@@ -114,8 +113,13 @@ def test_a_dispatch_update_after_delivery_re_emits_the_dispatch():
     assert list(again.messages) == emitted[:1]
 
 
-def test_delivering_before_dispatch_is_refused():
-    assert decide(created(), update("delivered")) == Decision(state=None, rejected=NOT_DISPATCHED)
+def test_a_delivery_before_any_dispatch_dispatches_and_delivers_at_once():
+    state, emitted = apply(created(), update("delivered"))
+    assert (state.status, kinds(emitted)) == (ShipmentStatus.DELIVERED, ["ShipmentDispatched", "ShipmentDelivered"])
+    assert len({m.event_id for m in emitted}) == 2
+    assert list(decide(state, update("delivered", event_id="again")).messages) == emitted  # a repeat: the same
+    # A dispatch arriving late: what dispatched it is that delivery, which it re-emits whole (ids unchanged).
+    assert list(decide(state, update("dispatched", event_id="late")).messages) == emitted
 
 
 def test_an_update_for_an_order_without_a_shipment_is_refused():

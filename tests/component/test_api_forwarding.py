@@ -1,0 +1,90 @@
+"""Requests between workers: the forwarded-by mark counts on a worker's proof, never on a client's word.
+
+Two workers over aiohttp's test servers: worker 1 (``peer``) is a real server; worker 0 (``client``) finds it at
+its worker URL. A request a worker forwards, or sends to gather a list, is not rate-limited again, not forwarded
+again, and is answered with the receiver's part of a list only.
+"""
+
+import time
+
+import pytest
+
+from api.app import SERVED_BY, init_app
+from api.routing import FORWARDED_HEADER, PROOF_HEADER, PeerProof
+from streamcart.domain.catalog import ProductState
+from tests.component.test_api_orders import SECRET, SETTINGS, FakeWorker, an_order, bearer
+
+CUSTOMER = bearer("c-1", "customer")
+AUTHORIZATION = CUSTOMER["Authorization"]
+
+
+def genuine() -> dict[str, str]:
+    """What worker 1 sends with a request it forwards for this client (signed now: a proof is short-lived)."""
+    return {**CUSTOMER, **PeerProof(SECRET).headers(1, AUTHORIZATION)}
+
+
+#: What a client may send to pass for a worker, each lacking a valid proof.
+FORGED = {
+    "no-proof": {**CUSTOMER, FORWARDED_HEADER: "1"},
+    "garbage-proof": {**CUSTOMER, FORWARDED_HEADER: "1", PROOF_HEADER: "1.abc"},
+    "another-secret": {**CUSTOMER, **PeerProof("not-the-cluster-secret").headers(1, AUTHORIZATION)},
+    "another-token": {**CUSTOMER, **PeerProof(SECRET).headers(1, bearer("c-2", "customer")["Authorization"])},
+    "too-old": {**CUSTOMER, **PeerProof(SECRET).headers(1, AUTHORIZATION, now=time.time() - 120)},
+}
+
+
+def a_product(sku: str) -> ProductState:
+    return ProductState(sku=sku, name=sku, unit_price_cents=1, currency="EUR", active=True,
+                        updated={"event_id": "e", "at": 0})
+
+
+@pytest.fixture
+async def peer(aiohttp_server):
+    """Worker 1: product B and order o-2 are its own (its owner URL is its own worker URL in ``SETTINGS``)."""
+    worker = FakeWorker(index=1, owner=SETTINGS.worker_url(1), orders={"o-2": an_order("o-2")},
+                        catalog={"B": a_product("B")})
+    return await aiohttp_server(init_app(SETTINGS, worker))
+
+
+@pytest.fixture
+async def client(aiohttp_client, peer):
+    """Worker 0 of two: product A is its own, every order is ``peer``'s."""
+    settings = SETTINGS.model_copy(update={"api_port": peer.port - 1, "advertised_host": peer.host,
+                                           "rate_limit_per_s": 0.01, "rate_limit_burst": 2})
+    worker = FakeWorker(owner=settings.worker_url(1), catalog={"A": a_product("A")})
+    return await aiohttp_client(init_app(settings, worker))
+
+
+@pytest.mark.parametrize("headers", FORGED.values(), ids=FORGED.keys())
+async def test_a_forged_forwarded_header_is_rate_limited_like_any_request(client, headers):
+    answers = [await client.get("/v1/products", headers=headers) for _ in range(3)]
+    assert [a.status for a in answers] == [200, 200, 429]
+
+
+async def test_a_request_a_worker_sent_is_not_rate_limited_again(client):
+    answers = [await client.get("/v1/products", headers=genuine()) for _ in range(3)]
+    assert [a.status for a in answers] == [200, 200, 200]
+
+
+@pytest.mark.parametrize("headers", [CUSTOMER, *FORGED.values()], ids=["plain", *FORGED.keys()])
+async def test_a_client_gets_every_workers_part_of_a_list_whatever_it_claims(client, headers):
+    page = await (await client.get("/v1/products", headers=headers)).json()
+    assert [p["sku"] for p in page["items"]] == ["A", "B"]
+
+
+async def test_a_worker_gathering_a_list_gets_this_workers_part_only(client):
+    page = await (await client.get("/v1/products", headers=genuine())).json()
+    assert [p["sku"] for p in page["items"]] == ["A"]
+
+
+@pytest.mark.parametrize("headers", [CUSTOMER, FORGED["no-proof"]], ids=["plain", "forged"])
+async def test_a_key_another_worker_owns_is_answered_there(client, headers):
+    response = await client.get("/v1/orders/o-2", headers=headers)
+    assert response.status == 200
+    assert response.headers[SERVED_BY] == "1"
+
+
+async def test_a_request_a_worker_forwarded_is_not_forwarded_again(client):
+    response = await client.get("/v1/orders/o-2", headers=genuine())
+    assert response.status == 503
+    assert response.headers["Retry-After"] == "1"
