@@ -16,6 +16,7 @@ import json
 import logging
 import statistics
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any, Protocol, cast
 
@@ -41,6 +42,8 @@ ANALYTICS_EVERY = 3
 OBSERVE_S = 3.0
 RECONNECT_MS = 2000
 REVENUE_MINUTES = 15
+#: The saga's step rates are taken over this much of the recent past (a second alone is too jumpy to read).
+STEP_RATE_S = 5.0
 
 
 class LiveSource(Protocol):
@@ -126,6 +129,7 @@ class Hub:
         self.subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()  # None: the end of the stream
         self._task: asyncio.Task[None] | None = None
         self._last_placed: tuple[float, int] | None = None
+        self._step_counts: deque[tuple[float, dict[str, int]]] = deque()
         self._analytics: dict[str, Any] = {}
         self._late: dict[str, int] = {}
         self._ticks = 0
@@ -190,6 +194,10 @@ class Hub:
         if self._last_placed is not None and now > self._last_placed[0]:
             rate = max(0.0, (placed - self._last_placed[1]) / (now - self._last_placed[0]))
         self._last_placed = (now, placed)
+        steps: dict[str, int] = {}
+        for answer in answers:
+            for name, n in answer["telemetry"].get("steps", {}).items():
+                steps[name] = steps.get(name, 0) + n
         if self._ticks % ANALYTICS_EVERY == 0:
             self._analytics = await self.recent_windows()
         self._ticks += 1
@@ -209,10 +217,25 @@ class Hub:
             "orders_per_s": round(rate, 2),
             "outcomes": outcomes,
             "saga_latency_ms": _quantiles(latencies),
+            "saga_steps": self.step_rates(now, steps),
+            "in_flight": max(0, placed - sum(outcomes.values())),
             "dlq_records": max((a["dlq_records"] for a in answers if a["dlq_records"] is not None), default=None),
             "consumer_lag": {"total": sum(lag.values()), "by_partition": lag},
             "stock": await self.stock([s["sku"] for s in top[:5]]),
             **self._analytics,
+        }
+
+    def step_rates(self, now: float, steps: dict[str, int]) -> dict[str, dict[str, float]]:
+        """Each saga step's count since the workers started and its rate over the last :data:`STEP_RATE_S`."""
+        history = self._step_counts
+        history.append((now, steps))
+        while len(history) > 2 and history[1][0] <= now - STEP_RATE_S:
+            history.popleft()
+        then, before = history[0]
+        span = now - then
+        return {
+            name: {"total": n, "per_s": round(max(0, n - before.get(name, 0)) / span, 2) if span > 0 else 0.0}
+            for name, n in steps.items()
         }
 
     async def recent_windows(self) -> dict[str, Any]:

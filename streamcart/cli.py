@@ -224,19 +224,18 @@ def connectors_status(
         raise typer.Exit(1)
 
 
-def seed_demo(settings: Settings) -> None:
-    """Fill the running stack with the demo catalog and print a token to call the API with."""
+#: How long the admin token `demo` prints stays valid.
+DEMO_TOKEN_TTL_S = 12 * 3600
+
+
+def seed_demo(settings: Settings) -> str:
+    """Fill the running stack with the demo catalog; return an admin token to call the API with."""
     from api.auth import issue_token
     from streamcart.demo import seed
 
     count = seed(settings)
     console.print(f"seeded {count} demo products (`streamcart product show KB-001`)")
-    token = issue_token(settings.jwt_secret.get_secret_value(), "ops", ["admin"], ttl_s=12 * 3600)
-    console.print(f"admin token (12 h): [bold]{token}[/]")
-
-
-#: How long the admin token `demo` prints stays valid.
-DEMO_TOKEN_TTL_S = 12 * 3600
+    return issue_token(settings.jwt_secret.get_secret_value(), "ops", ["admin"], ttl_s=DEMO_TOKEN_TTL_S)
 
 
 @app.command()
@@ -244,13 +243,10 @@ def demo() -> None:
     """Start everything, seed the demo data, and say where to look."""
     stack = _stack()
     _up(stack, None)
-    seed_demo(stack.settings)
-    from api.auth import issue_token
-
+    admin = seed_demo(stack.settings)
     url = stack.settings.worker_url(0)
-    admin = issue_token(stack.settings.jwt_secret.get_secret_value(), "demo-admin", ["admin"], ttl_s=DEMO_TOKEN_TTL_S)
-    console.print(f"The live dashboard: [bold]{url}/dashboard#token={admin}[/]", overflow="ignore", crop=False)
-    console.print(f"An admin token for the API (valid 12 h): {admin}", overflow="ignore", crop=False)
+    console.print(f"admin token (12 h): [bold]{admin}[/]", overflow="ignore", crop=False)
+    console.print(f"the live dashboard: [bold]{url}/dashboard#token={admin}[/]", overflow="ignore", crop=False)
     console.print(
         f"The API is at [bold]{url}[/] (`{url}/docs` lists it); try `streamcart order place --line KB-001:2`. "
         "`streamcart status` shows every process, `streamcart logs -f` follows the logs, `make down` stops it all."

@@ -82,6 +82,8 @@ class Telemetry:
         self.outcomes: Tally[str] = Tally()
         self.latencies: deque[tuple[float, float]] = deque(maxlen=20_000)  # (when, seconds to outcome)
         self.timelines: OrderedDict[str, list[Step]] = OrderedDict()
+        #: How many of each message the orders flow applied or emitted (the saga's steps, for its live flow).
+        self.steps: Tally[str] = Tally()
         self.breaker_state = "closed"
 
     # -- fed by the flows ------------------------------------------------------------------------------------
@@ -105,6 +107,7 @@ class Telemetry:
         self.timelines.move_to_end(order_id)
         for m in (message, *emitted):
             steps.append(Step(type(m).__name__, m.event_id, m.occurred_at, int(now * 1000)))
+            self.steps[type(m).__name__] += 1
         while len(self.timelines) > TIMELINES:
             self.timelines.popitem(last=False)
         if name == "PlaceOrder" and first:
@@ -145,6 +148,7 @@ class Telemetry:
         return {
             "placed": self.placed,
             "outcomes": dict(self.outcomes),
+            "steps": dict(self.steps),
             "latencies": [round(s, 4) for s in self.recent_latencies()],
             "breaker": self.breaker_state,
         }

@@ -74,6 +74,51 @@ function outcomes(mix) {
   if (!total) legend.appendChild(el("li", { class: "muted" }, "no outcomes yet"));
 }
 
+// The saga's main path, then its ways out; each box is one message the orders flow applied or emitted.
+const SAGA = [["PlaceOrder", "placed"], ["StockReserved", "lines reserved"], ["AuthorizePayment", "payment asked"],
+  ["PaymentAuthorized", "authorized"], ["OrderConfirmed", "confirmed"], ["ShipmentDispatched", "dispatched"],
+  ["ShipmentDelivered", "delivered"]];
+const EXITS = [["StockRejected", "lines rejected"], ["PaymentDeclined", "declined"], ["ExpireOrder", "timed out"],
+  ["OrderCancelRequested", "cancel asked"], ["OrderCancelled", "cancelled"]];
+
+function sagaFlow(steps, inFlight) {
+  const stage = ([name, label]) => {
+    const s = steps[name] || { total: 0, per_s: 0 };
+    const box = el("div", { class: s.per_s > 0 ? "stage busy" : "stage", "data-step": name });
+    box.appendChild(el("div", { class: "rate" }, `${s.per_s.toFixed(1)}/s`));
+    box.appendChild(el("div", {}, label));
+    box.appendChild(el("div", { class: "muted" }, `${fmt(s.total)} in all`));
+    return box;
+  };
+  $("saga").replaceChildren(...SAGA.map(stage));
+  $("saga-exits").replaceChildren(...EXITS.map(stage));
+  $("in-flight").textContent = `(${fmt(inFlight)} orders in flight)`;
+}
+
+// Topics as rows, partitions as columns: only the topics with records waiting, the cell's shade by how many.
+function lagGrid(byPartition) {
+  const target = $("lag-partitions"); target.replaceChildren();
+  const lag = {}; let partitions = 0; let max = 1;
+  for (const [key, n] of Object.entries(byPartition)) {
+    const cut = key.lastIndexOf("/"); const topic = key.slice(0, cut); const p = Number(key.slice(cut + 1));
+    (lag[topic] ||= {})[p] = n; partitions = Math.max(partitions, p + 1); max = Math.max(max, n);
+  }
+  const busy = Object.keys(lag).filter((t) => Object.values(lag[t]).some((n) => n > 0)).sort();
+  if (!busy.length) { target.textContent = "every partition caught up"; return; }
+  const table = el("table", { class: "lag" }); const head = el("tr"); head.appendChild(el("th", {}, "topic"));
+  for (let p = 0; p < partitions; p++) head.appendChild(el("th", {}, String(p)));
+  table.appendChild(head);
+  for (const topic of busy) {
+    const tr = el("tr"); tr.appendChild(el("td", {}, topic));
+    for (let p = 0; p < partitions; p++) {
+      const n = lag[topic][p] || 0;
+      tr.appendChild(el("td", n ? { style: `background: rgba(88,166,255,${0.15 + 0.6 * n / max})` } : {}, n ? fmt(n) : "·"));
+    }
+    table.appendChild(tr);
+  }
+  target.appendChild(table);
+}
+
 function rows(tableId, items, cells) {
   const body = $(tableId).querySelector("tbody"); body.replaceChildren();
   for (const item of items) {
@@ -93,8 +138,8 @@ function render(tick) {
   $("dlq").textContent = fmt(tick.dlq_records);
   $("lag").textContent = fmt(tick.consumer_lag.total);
   push(series.lag, tick.consumer_lag.total); spark("lag-spark", series.lag);
-  const busy = Object.entries(tick.consumer_lag.by_partition).filter(([, n]) => n > 0);
-  $("lag-partitions").textContent = busy.length ? busy.map(([p, n]) => `${p}: ${n}`).join(" · ") : "every partition caught up";
+  lagGrid(tick.consumer_lag.by_partition);
+  if (tick.saga_steps) sagaFlow(tick.saga_steps, tick.in_flight);
   const breakers = $("breakers"); breakers.replaceChildren();
   for (const w of tick.workers) {
     const state = w.breaker;

@@ -102,6 +102,10 @@ def test_the_stream_delivers_ticks_that_move_while_orders_flow(shop: Shop, setti
     assert {w["breaker"] for w in tick["workers"]} <= {"closed", "half-opened", "opened"}
     assert tick["dlq_records"] is not None and tick["consumer_lag"]["total"] >= 0
     assert tick["saga_latency_ms"]["p99"] >= tick["saga_latency_ms"]["p50"] > 0
+    steps = tick["saga_steps"]
+    assert steps["PlaceOrder"]["total"] >= 10 and steps["OrderConfirmed"]["total"] >= 5
+    assert any(t["saga_steps"].get("PlaceOrder", {}).get("per_s", 0) > 0 for t in seen)
+    assert tick["in_flight"] >= 0
     # A tick a second: the ticks seen span about as many seconds as there are ticks.
     assert seen[-1]["at"] - seen[0]["at"] >= (len(seen) - 2) * 900
 
@@ -135,6 +139,10 @@ def test_the_dashboard_shows_counters_moving_and_an_order_timeline(shop: Shop, s
             page.wait_for_selector("[data-outcome='confirmed']", timeout=30_000)
             page.wait_for_function("parseFloat(document.getElementById('orders-per-s').textContent) > 0",
                                    timeout=30_000)
+            # The saga's flow: orders move through its steps while they are placed.
+            for step in ("PlaceOrder", "StockReserved", "PaymentAuthorized", "OrderConfirmed"):
+                page.wait_for_selector(f"#saga [data-step='{step}'].busy", timeout=30_000)
+            assert "orders in flight" in page.inner_text("#in-flight")
 
             order_id = poll(lambda: next((o for o in flow.placed[:20] if (shop.order(o) or {}).get("status")
                                           == "CONFIRMED"), None), what="a confirmed order to look up")

@@ -218,14 +218,17 @@ def test_an_adjustment_the_stock_does_not_show_in_time_is_an_error_not_a_refusal
 def test_demo_ends_by_printing_the_dashboard_link_with_an_admin_token_that_the_api_accepts(monkeypatch, capsys):
     from types import SimpleNamespace
 
-    from api.auth import authenticate
+    from api.auth import authenticate, issue_token
     from streamcart.settings import Settings
+
+    def cli_token(s: Settings) -> str:
+        return issue_token(s.jwt_secret.get_secret_value(), "ops", ["admin"], ttl_s=60)
 
     settings = Settings()
     started: list[str] = []
     monkeypatch.setattr(cli, "_stack", lambda: SimpleNamespace(settings=settings))
     monkeypatch.setattr(cli, "_up", lambda stack, only: started.append("up"))
-    monkeypatch.setattr(cli, "seed_demo", lambda s: started.append("seeded"))
+    monkeypatch.setattr(cli, "seed_demo", lambda s: started.append("seeded") or cli_token(s))
 
     cli.demo()
 

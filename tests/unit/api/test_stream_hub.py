@@ -1,11 +1,14 @@
-"""A shutting-down worker ends its open event streams at once instead of waiting for them (issue 7)."""
+"""The live stream's hub: a shutting-down worker ends its open event streams at once instead of waiting for them
+(issue 7), and the saga's step counts and rates."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 from api.stream import Hub
 from streamcart.settings import Settings
+from streamcart.telemetry import Telemetry
 
 
 async def test_ending_the_streams_gives_every_subscriber_the_end_even_a_slow_one_with_a_full_queue():
@@ -29,3 +32,31 @@ async def test_a_stream_opened_after_the_end_ends_at_once():
     late = hub.subscribe()
     assert late.get_nowait() is None
     assert not hub.subscribers and hub._task is None  # no ticks gathered for it
+
+
+def test_a_saga_steps_rate_is_its_count_over_the_last_seconds_and_a_restarted_worker_never_makes_it_negative():
+    hub = Hub(app=None, settings=Settings())  # type: ignore[arg-type]  # the rates need neither
+    assert hub.step_rates(100.0, {"PlaceOrder": 10}) == {"PlaceOrder": {"total": 10, "per_s": 0.0}}
+    hub.step_rates(101.0, {"PlaceOrder": 20})
+    assert hub.step_rates(102.0, {"PlaceOrder": 40, "OrderConfirmed": 6}) == {
+        "PlaceOrder": {"total": 40, "per_s": 15.0}, "OrderConfirmed": {"total": 6, "per_s": 3.0}}
+    # Past the window only the latest counts are compared: nothing moved since.
+    assert hub.step_rates(110.0, {"PlaceOrder": 40})["PlaceOrder"]["per_s"] == 0.0
+    # A worker restarted and its counts started again from zero: the total falls, the rate stays at zero.
+    assert hub.step_rates(111.0, {"PlaceOrder": 5})["PlaceOrder"] == {"total": 5, "per_s": 0.0}
+
+
+def test_telemetry_counts_each_message_the_orders_flow_applied_and_emitted():
+    telemetry = Telemetry(clock=lambda: 100.0)
+    placed = SimpleNamespace(event_id="e1", occurred_at=99_000)
+    telemetry.order_step("o-1", _named("PlaceOrder", placed), 99_000, None,
+                         (_named("ReserveStock", placed), _named("ReserveStock", placed)))
+    telemetry.order_step("o-1", _named("PaymentAuthorized", placed), 99_000, "confirmed",
+                         (_named("OrderConfirmed", placed),))
+    assert telemetry.snapshot()["steps"] == {"PlaceOrder": 1, "ReserveStock": 2, "PaymentAuthorized": 1,
+                                             "OrderConfirmed": 1}
+
+
+def _named(name: str, fields: SimpleNamespace) -> Any:
+    """A stand-in message whose type is called ``name`` (telemetry goes by the type's name)."""
+    return type(name, (), {"event_id": fields.event_id, "occurred_at": fields.occurred_at})()
