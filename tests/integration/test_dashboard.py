@@ -142,7 +142,7 @@ def test_the_dashboard_shows_counters_moving_and_an_order_timeline(shop: Shop, s
             # The saga's flow: orders move through its steps while they are placed.
             for step in ("PlaceOrder", "StockReserved", "PaymentAuthorized", "OrderConfirmed"):
                 page.wait_for_selector(f"#saga [data-step='{step}'].busy", timeout=30_000)
-            assert "orders in flight" in page.inner_text("#in-flight")
+            assert "orders in flight" in page.inner_text("#in-flight").lower()  # the heading is shown in capitals
 
             order_id = poll(lambda: next((o for o in flow.placed[:20] if (shop.order(o) or {}).get("status")
                                           == "CONFIRMED"), None), what="a confirmed order to look up")
