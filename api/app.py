@@ -404,6 +404,7 @@ def _place_order(order_id: str, event_id: str, principal: Principal, body: Place
         lines=tuple(OrderLine(sku=line.sku, quantity=line.quantity) for line in body.lines),
         currency=body.currency, payment_token=body.payment.token,
         webhook_url=str(body.webhook_url) if body.webhook_url is not None else None,
+        email=body.email, phone=body.phone,
     )
 
 

@@ -33,6 +33,10 @@ class PlaceOrderIn(_Body):
     payment: PaymentIn
     currency: Currency
     webhook_url: AnyHttpUrl | None = Field(default=None, description="where the order's notifications are POSTed")
+    email: str | None = Field(default=None, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$",
+                              description="where the order's email notifications go", examples=["ada@example.com"])
+    phone: str | None = Field(default=None, pattern=r"^\+[1-9][0-9]{6,14}$",
+                              description="where its SMS notifications go (E.164)", examples=["+15550100"])
 
 
 class CancelIn(_Body):

@@ -343,6 +343,8 @@ def order_place(
     ] = "tok_approve",
     currency: str = "EUR",
     wait: Annotated[float, typer.Option(help="Seconds to wait for the outcome (0: don't).")] = 10.0,
+    email: Annotated[str | None, typer.Option(help="Send the order's email notifications here.")] = None,
+    phone: Annotated[str | None, typer.Option(help="Send its SMS notifications here (E.164).")] = None,
 ) -> None:
     """Place an order and (by default) wait for its outcome."""
     from schemas.messages import OrderLine, PlaceOrder
@@ -358,7 +360,7 @@ def order_place(
     remote = _remote()
     order_id = f"o-{new_id()}"
     remote.send(PlaceOrder(**envelope(order_id), order_id=order_id, customer_id=customer, lines=tuple(lines),
-                           currency=currency, payment_token=payment_token))
+                           currency=currency, payment_token=payment_token, email=email, phone=phone))
     console.print(f"placed [bold]{order_id}[/]")
     if wait > 0:
         _show_order(remote, order_id, Wait(wait))

@@ -70,6 +70,21 @@ async def test_placing_an_order_answers_202_with_its_location_after_the_command_
     assert [(line.sku, line.quantity) for line in sent.lines] == [("KB-001", 2)]
 
 
+async def test_an_orders_email_and_phone_travel_with_it_for_its_notifications(client, commands):
+    contact = {"email": "ada@example.com", "phone": "+15550100"}
+    assert (await client.post("/v1/orders", json={**ORDER, **contact}, headers=CUSTOMER)).status == 202
+    (sent,) = commands.sent
+    assert (sent.email, sent.phone) == ("ada@example.com", "+15550100")
+
+
+@pytest.mark.parametrize("contact", [{"email": "not-an-address"}, {"phone": "555-0100"}, {"phone": "+0123456789"}])
+async def test_an_unusable_email_or_phone_is_a_422_and_sends_nothing(client, commands, contact):
+    response = await client.post("/v1/orders", json={**ORDER, **contact}, headers=CUSTOMER)
+    assert response.status == 422
+    assert (await response.json())["error"]["code"]
+    assert commands.sent == []
+
+
 @pytest.mark.parametrize(
     ("body", "content_type", "status"),
     [
