@@ -43,6 +43,9 @@ class Sink(Protocol):
 
     async def send(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None: ...
 
+    async def flush(self) -> None:
+        """Return once everything sent so far, table writes included, is in Kafka."""
+
 
 class FaustSink:
     """Hands records straight to the faust app's producer, which faust flushes before every offset commit.
@@ -59,6 +62,10 @@ class FaustSink:
     async def send(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
         producer = await self.app.maybe_start_producer()
         await producer.send(topic, key, value, None, None, headers or None)
+
+    async def flush(self) -> None:
+        producer = await self.app.maybe_start_producer()
+        await producer.flush()
 
 
 def raw_topic(app: Any, names: str | tuple[str, ...], partitions: int) -> Any:
@@ -128,6 +135,16 @@ class Runtime:
         """Send a decision's messages in order, after its state was stored (DESIGN.md §3, the duplicate rule)."""
         for message in messages:
             await self.send(message, cause=cause)
+
+    async def durable(self) -> None:
+        """Wait until the state stored so far is in its changelogs, before telling anyone what it decided.
+
+        Sends usually go out while the table writes wait in faust's buffer, and a crash in between is healed by
+        the redelivery deciding the same again. A decision that races a message on another topic is not: after a
+        crash the other message may come first and decide otherwise, when this one's events are already out.
+        """
+        assert self.sink is not None
+        await self.sink.flush()
 
     async def send(self, message: Message, *, cause: Any = None) -> None:
         """Encode and send ``message`` to its topic, keyed by its key, continuing the cause's trace."""

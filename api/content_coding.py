@@ -37,4 +37,6 @@ def decoded(raw: bytes, coding: str, limit: int) -> bytes:
         raise PayloadTooLarge(f"the body is larger than {limit} bytes once decoded")
     if not decompressor.eof:
         raise ApiError(f"the {coding} body ends before its compressed data does")
+    if decompressor.unused_data:  # a second gzip member, or bytes after the end: not read, so not accepted
+        raise ApiError(f"the body has data after the end of its {coding} data")
     return body

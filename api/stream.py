@@ -129,7 +129,7 @@ class Hub:
         self.subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()  # None: the end of the stream
         self._task: asyncio.Task[None] | None = None
         self._last_placed: tuple[float, int] | None = None
-        self._step_counts: deque[tuple[float, dict[str, int]]] = deque()
+        self._step_counts: deque[tuple[float, dict[int, dict[str, int]]]] = deque()
         self._analytics: dict[str, Any] = {}
         self._late: dict[str, int] = {}
         self._ticks = 0
@@ -194,10 +194,7 @@ class Hub:
         if self._last_placed is not None and now > self._last_placed[0]:
             rate = max(0.0, (placed - self._last_placed[1]) / (now - self._last_placed[0]))
         self._last_placed = (now, placed)
-        steps: dict[str, int] = {}
-        for answer in answers:
-            for name, n in answer["telemetry"].get("steps", {}).items():
-                steps[name] = steps.get(name, 0) + n
+        steps = {a["worker"]: a["telemetry"].get("steps", {}) for a in answers}
         if self._ticks % ANALYTICS_EVERY == 0:
             self._analytics = await self.recent_windows()
         self._ticks += 1
@@ -217,25 +214,37 @@ class Hub:
             "orders_per_s": round(rate, 2),
             "outcomes": outcomes,
             "saga_latency_ms": _quantiles(latencies),
-            "saga_steps": self.step_rates(now, steps),
-            "in_flight": max(0, placed - sum(outcomes.values())),
+            "saga_steps": (saga := self.step_rates(now, steps)),
+            "in_flight": _in_flight(saga),
             "dlq_records": max((a["dlq_records"] for a in answers if a["dlq_records"] is not None), default=None),
             "consumer_lag": {"total": sum(lag.values()), "by_partition": lag},
             "stock": await self.stock([s["sku"] for s in top[:5]]),
             **self._analytics,
         }
 
-    def step_rates(self, now: float, steps: dict[str, int]) -> dict[str, dict[str, float]]:
-        """Each saga step's count since the workers started and its rate over the last :data:`STEP_RATE_S`."""
+    def step_rates(self, now: float, by_worker: dict[int, dict[str, int]]) -> dict[str, dict[str, float]]:
+        """Each saga step's count since the workers started and its rate over the last :data:`STEP_RATE_S`.
+
+        Rates come from each worker's own counts, compared with that worker's earlier ones: a worker that missed a
+        tick, or restarted and counts from zero again, adds nothing for that while instead of a jump.
+        """
         history = self._step_counts
-        history.append((now, steps))
+        history.append((now, by_worker))
         while len(history) > 2 and history[1][0] <= now - STEP_RATE_S:
             history.popleft()
         then, before = history[0]
         span = now - then
+        totals: dict[str, int] = {}
+        moved: dict[str, int] = {}
+        for worker, steps in by_worker.items():
+            earlier = before.get(worker)
+            for name, n in steps.items():
+                totals[name] = totals.get(name, 0) + n
+                if earlier is not None and span > 0:
+                    moved[name] = moved.get(name, 0) + max(0, n - earlier.get(name, 0))
         return {
-            name: {"total": n, "per_s": round(max(0, n - before.get(name, 0)) / span, 2) if span > 0 else 0.0}
-            for name, n in steps.items()
+            name: {"total": n, "per_s": round(moved.get(name, 0) / span, 2) if span > 0 else 0.0}
+            for name, n in totals.items()
         }
 
     async def recent_windows(self) -> dict[str, Any]:
@@ -293,6 +302,14 @@ class Hub:
 
 
 HUB = web.AppKey("stream_hub", Hub)
+
+
+def _in_flight(steps: dict[str, dict[str, float]]) -> int:
+    """Orders placed that have no outcome yet. A confirmed order cancelled later (its shipment stopped first) has
+    two outcome events: only its first counts."""
+    count = {name: int(s["total"]) for name, s in steps.items()}
+    settled = count.get("OrderConfirmed", 0) + count.get("OrderCancelled", 0) - count.get("ShipmentCancelled", 0)
+    return max(0, count.get("PlaceOrder", 0) - settled)
 
 
 def _quantiles(latencies: list[float]) -> dict[str, Any]:

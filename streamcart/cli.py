@@ -46,6 +46,10 @@ class CommandRefused(StreamcartError):
     """The system refuses (or refused) a command: it changed nothing."""
 
 
+class NotNow(StreamcartError):
+    """The API cannot answer this moment (503: partitions moving between workers); reading again will do."""
+
+
 def _settings() -> Settings:
     """The settings from the environment; a bad value is a :class:`ConfigurationError` that names its variable."""
     try:
@@ -328,9 +332,14 @@ class Wait:
         """Read until ``done`` holds or the time is up, and return the last read either way."""
         deadline = self.clock() + self.seconds
         while True:
-            seen = read()
-            if done(seen) or self.clock() >= deadline:
-                return seen
+            try:
+                seen = read()
+            except NotNow:
+                if self.clock() >= deadline:
+                    raise
+            else:
+                if done(seen) or self.clock() >= deadline:
+                    return seen
             self.pause(POLL_INTERVAL_S)
 
 
@@ -400,6 +409,8 @@ def _order_body(order_id: str, response: tuple[int, object]) -> dict[str, Any]:
     status, body = response
     if status == 404:
         raise StreamcartError(f"order {order_id} not found")
+    if status == 503:
+        raise NotNow(f"order {order_id}: the API cannot answer now (HTTP 503: {body}); try again shortly")
     if status != 200 or not isinstance(body, dict):
         raise StreamcartError(f"order {order_id}: HTTP {status} {body}")
     return body
@@ -531,6 +542,8 @@ def _read_stock(remote: Remote, sku: str) -> StockState:
     status, body = remote.get(f"/v1/stock/{sku}")
     if status == 404:
         return StockState(sku=sku)
+    if status == 503:
+        raise NotNow(f"stock of {sku}: the API cannot answer now (HTTP 503: {body}); try again shortly")
     if status != 200 or not isinstance(body, dict):
         raise StreamcartError(f"stock of {sku}: HTTP {status} {body}")
     return StockState(sku=sku, **{name: body[name] for name in ("on_hand", "reserved", "adjusted", "sold",

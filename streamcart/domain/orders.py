@@ -112,6 +112,10 @@ def decide(state: OrderState | None, message: Message, *, saga_timeout_ms: int) 
         return Decision(state=None, messages=effects_of(state, message.event_id))
     if isinstance(message, CancelOrder) and (refusal := cancel_refusal(state)) is not None:
         return Decision(state=None, rejected=refusal)
+    if isinstance(message, CancelOrder) and state.status == OrderStatus.CONFIRMED and state.cancel_request:
+        # Asked already and shipping has not answered yet: ask again, the very same request (a lost answer, a
+        # request shipping could not read, are then healed by the customer's second click).
+        return Decision(state=None, messages=effects_of(state, state.cancel_request.cause.event_id))
     updated = _transition(state, message)
     if updated is None:
         return Decision(state=None)
@@ -248,8 +252,6 @@ def _on_declined(order: OrderState, event: PaymentDeclined) -> OrderState | None
 def _on_cancel(order: OrderState, cmd: CancelOrder) -> OrderState | None:
     detail = f"requested by {cmd.requested_by}"
     if order.status == OrderStatus.CONFIRMED:
-        if order.cancel_request is not None:
-            return None  # asked already; shipping's answer settles both
         return order.model_copy(
             update={"cancel_request": CancelRequest(cause=Cause.of(cmd), reason=cmd.reason, detail=detail)}
         )
@@ -261,11 +263,14 @@ def _on_cancel(order: OrderState, cmd: CancelOrder) -> OrderState | None:
 def _on_shipment_cancelled(order: OrderState, event: ShipmentCancelled) -> OrderState | None:
     """Shipping stopped the shipment: the requested cancel goes ahead, with the refund and the restock."""
     request = order.cancel_request
+    stopped = order.model_copy(update={"shipment": ShipmentInfo(
+        tracking_id=event.tracking_id, status=ShipmentStatus.CANCELLED,
+        carrier=order.shipment.carrier if order.shipment else None,
+    )})
     if order.status != OrderStatus.CONFIRMED or request is None:
-        return None  # stopped because the order was cancelled already: nothing more to do
-    stopped = ShipmentInfo(tracking_id=event.tracking_id, status=ShipmentStatus.CANCELLED,
-                           carrier=order.shipment.carrier if order.shipment else None)
-    return _cancel(order.model_copy(update={"shipment": stopped}), Cause.of(event), request.reason, request.detail)
+        # Stopped because the order was cancelled already: only note it (the API then refuses to move it).
+        return stopped if order.shipment is None or order.shipment.status != ShipmentStatus.CANCELLED else None
+    return _cancel(stopped, Cause.of(event), request.reason, request.detail)
 
 
 def _cancel(order: OrderState, cause: Cause, reason: str, detail: str | None) -> OrderState:

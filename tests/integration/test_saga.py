@@ -252,12 +252,11 @@ def test_a_cancel_racing_a_dispatch_either_refunds_goods_that_stayed_or_ships_an
         now = shop.order(order_id)
         assert now is not None and now["status"] == end["status"]  # and it stays there (I1)
         events = [h["event"] for h in now["history"]]
-        assert "OrderCancelRequested" in events
-        if order_id in shipped:
+        if order_id in shipped:  # the cancel came too late: asked and lost, or refused at once after the dispatch
             assert now["cancel_reason"] is None and "OrderCancelled" not in events
         else:
             assert now["cancel_reason"] == "customer_request" and now["shipment"]["status"] == "cancelled"
-            assert "ShipmentDispatched" not in events
+            assert "OrderCancelRequested" in events and "ShipmentDispatched" not in events
 
 
 def test_200_orders_racing_for_the_last_50_units_confirm_exactly_50(shop: Shop):

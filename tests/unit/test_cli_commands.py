@@ -144,6 +144,40 @@ def test_a_cancel_waits_through_a_pending_answer_until_the_order_is_cancelled() 
     assert 1.0 <= clock.now < 5.0
 
 
+def test_a_cancel_reads_through_a_rebalances_503s_while_it_waits() -> None:
+    system = FakeSystem(orders={"o-1": order("CONFIRMED")})
+    system.get = _after_first(system.get, iter([(503, {"error": {"code": "unavailable"}})] * 3))  # type: ignore[method-assign]
+    clock = FakeClock()
+
+    def answer_after_a_second(seconds: float) -> None:
+        clock.pause(seconds)
+        if clock.now >= 1.0:
+            system.views["orders"]["o-1"] = order("CANCELLED", cancel_reason="customer_request")
+
+    cli.cancel_order(system, "o-1", "c-1", cli.Wait(5.0, clock=clock.monotonic, pause=answer_after_a_second))
+    assert len(system.sent) == 1 and 1.0 <= clock.now < 5.0
+
+
+def test_a_503_that_lasts_the_whole_wait_is_reported() -> None:
+    system = FakeSystem(orders={"o-1": order("CONFIRMED")})
+    system.get = _after_first(system.get, iter([(503, {"error": {"code": "unavailable"}})] * 1_000))  # type: ignore[method-assign]
+    wait, clock = fake_wait(2.0)
+    with pytest.raises(cli.NotNow, match="HTTP 503"):
+        cli.cancel_order(system, "o-1", "c-1", wait)
+    assert clock.now >= 2.0
+
+
+def _after_first(get: Callable[[str], tuple[int, object]], then: Any) -> Callable[[str], tuple[int, object]]:
+    """``get`` for the first read, then the answers of ``then`` while they last, then ``get`` again."""
+    reads = 0
+
+    def reading(path: str) -> tuple[int, object]:
+        nonlocal reads
+        reads += 1
+        return get(path) if reads == 1 else next(then, None) or get(path)
+    return reading
+
+
 def test_cancelling_an_order_cancelled_already_sends_nothing_and_says_why_it_ended(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     system = FakeSystem(orders={"o-1": order("CANCELLED", cancel_reason="timeout")})

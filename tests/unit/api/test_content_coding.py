@@ -47,3 +47,10 @@ def test_a_body_past_the_limit_once_decoded_is_a_413_however_small_it_was_sent()
 
 def test_a_body_of_exactly_the_limit_is_decoded():
     assert decoded(gzip.compress(b"x" * 100), "gzip", limit=100) == b"x" * 100
+
+
+@pytest.mark.parametrize("trailer", [gzip.compress(b'{"b": 2}'), b"junk"], ids=["second-member", "trailing-bytes"])
+def test_data_after_the_end_of_a_gzip_body_is_a_400_not_silently_dropped(trailer):
+    with pytest.raises(ApiError, match="after the end") as refused:
+        decoded(gzip.compress(b'{"a": 1}') + trailer, "gzip", 1024)
+    assert refused.type is ApiError

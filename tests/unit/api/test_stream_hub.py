@@ -6,7 +6,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from api.stream import Hub
+from api.stream import Hub, _in_flight
 from streamcart.settings import Settings
 from streamcart.telemetry import Telemetry
 
@@ -36,14 +36,27 @@ async def test_a_stream_opened_after_the_end_ends_at_once():
 
 def test_a_saga_steps_rate_is_its_count_over_the_last_seconds_and_a_restarted_worker_never_makes_it_negative():
     hub = Hub(app=None, settings=Settings())  # type: ignore[arg-type]  # the rates need neither
-    assert hub.step_rates(100.0, {"PlaceOrder": 10}) == {"PlaceOrder": {"total": 10, "per_s": 0.0}}
-    hub.step_rates(101.0, {"PlaceOrder": 20})
-    assert hub.step_rates(102.0, {"PlaceOrder": 40, "OrderConfirmed": 6}) == {
+    assert hub.step_rates(100.0, {0: {"PlaceOrder": 10}}) == {"PlaceOrder": {"total": 10, "per_s": 0.0}}
+    hub.step_rates(101.0, {0: {"PlaceOrder": 20}})
+    assert hub.step_rates(102.0, {0: {"PlaceOrder": 40, "OrderConfirmed": 6}}) == {
         "PlaceOrder": {"total": 40, "per_s": 15.0}, "OrderConfirmed": {"total": 6, "per_s": 3.0}}
     # Past the window only the latest counts are compared: nothing moved since.
-    assert hub.step_rates(110.0, {"PlaceOrder": 40})["PlaceOrder"]["per_s"] == 0.0
+    assert hub.step_rates(110.0, {0: {"PlaceOrder": 40}})["PlaceOrder"]["per_s"] == 0.0
     # A worker restarted and its counts started again from zero: the total falls, the rate stays at zero.
-    assert hub.step_rates(111.0, {"PlaceOrder": 5})["PlaceOrder"] == {"total": 5, "per_s": 0.0}
+    assert hub.step_rates(111.0, {0: {"PlaceOrder": 5}})["PlaceOrder"] == {"total": 5, "per_s": 0.0}
+
+
+def test_a_worker_missing_from_a_tick_adds_nothing_to_the_rate_instead_of_its_whole_count():
+    hub = Hub(app=None, settings=Settings())  # type: ignore[arg-type]
+    hub.step_rates(100.0, {0: {"PlaceOrder": 100}})  # worker 1 did not answer in time
+    rates = hub.step_rates(102.0, {0: {"PlaceOrder": 110}, 1: {"PlaceOrder": 5_000}})
+    assert rates["PlaceOrder"] == {"total": 5_110, "per_s": 5.0}
+
+
+def test_orders_in_flight_count_a_confirmed_order_cancelled_later_once():
+    steps = {name: {"total": n, "per_s": 0.0} for name, n in
+             {"PlaceOrder": 10, "OrderConfirmed": 6, "OrderCancelled": 3, "ShipmentCancelled": 1}.items()}
+    assert _in_flight(steps) == 10 - 6 - (3 - 1)
 
 
 def test_telemetry_counts_each_message_the_orders_flow_applied_and_emitted():

@@ -437,9 +437,10 @@ def test_cancel_refusal_lets_the_api_accept_a_cancel_before_dispatch(state):
     assert cancel_refusal(state()) is None
 
 
-def test_a_second_cancel_while_shipping_answers_the_first_changes_nothing():
-    state, _ = apply(confirmed(), cancel())
-    assert order_decide(state, cancel(event_id="second-click")) == Decision(state=None)
+def test_a_second_cancel_while_shipping_has_not_answered_asks_again_with_the_same_request():
+    state, first = apply(confirmed(), cancel())
+    again = order_decide(state, cancel(event_id="second-click"))
+    assert (again.state, list(again.messages)) == (None, first)  # same event id: shipping's answer is the same
 
 
 def test_a_dispatch_that_won_the_race_against_the_cancel_ships_the_order_and_refunds_nothing():
@@ -450,8 +451,11 @@ def test_a_dispatch_that_won_the_race_against_the_cancel_ships_the_order_and_ref
     assert order_decide(state, cancel(event_id="later-click")).rejected == CANNOT_CANCEL_AFTER_DISPATCH
 
 
-def test_a_shipment_stopped_for_an_order_that_asked_nothing_changes_nothing():
-    assert order_decide(confirmed(), stopped()) == Decision(state=None)
+def test_a_shipment_stopped_for_an_order_that_asked_nothing_is_only_noted():
+    state, emitted = apply(confirmed(), shipment(ShipmentCreated), stopped())
+    assert (state.status, emitted) == (OrderStatus.CONFIRMED, [])
+    assert state.shipment is not None and state.shipment.status == "cancelled"
+    assert order_decide(state, stopped(event_id="again")) == Decision(state=None)
 
 
 def test_cancel_of_a_cancelled_order_changes_nothing():

@@ -1,0 +1,33 @@
+"""The shipping agent through faust's test_context: a stop or a dispatch is in the changelog before it is told."""
+
+import pytest
+
+from agents.app import build_runtime
+from schemas.messages import OrderCancelRequested, OrderConfirmed, PricedLine, ShipmentCancelled, ShipmentCreated
+from streamcart.settings import Settings
+
+
+@pytest.fixture
+def runtime(codec, sink, tmp_path):
+    return build_runtime(Settings(home=tmp_path, partitions=4), codec, store="memory://", sink=sink)
+
+
+def envelope(event_id: str) -> dict:
+    return {"event_id": event_id, "occurred_at": 1_000, "causation_id": event_id, "correlation_id": "o-1"}
+
+
+CONFIRMED = OrderConfirmed(**envelope("c-1"), order_id="o-1", customer_id="c-1", total_cents=500, currency="EUR",
+                           lines=(PricedLine(sku="A", quantity=1, unit_price_cents=500),), authorization_id="a-1")
+CANCEL_REQUESTED = OrderCancelRequested(**envelope("r-1"), order_id="o-1", customer_id="c-1", reason="customer_request")
+
+
+async def test_a_stopped_shipment_is_flushed_to_its_changelog_before_shipment_cancelled_is_sent(runtime, codec, sink):
+    async with runtime.agents["shipping"].test_context() as agent:
+        await agent.put(codec.encode(CONFIRMED), key=b"o-1")
+        created = len(sink.sent)
+        await agent.put(codec.encode(CANCEL_REQUESTED), key=b"o-1")
+    events = sink.messages(runtime.topics.shipping_events)
+    assert [type(m) for m in events] == [ShipmentCreated, ShipmentCancelled]
+    assert sink.flushes == [created]  # none for the creation, which races nothing; one before the stop went out
+    stored = runtime.tables.shipments.get("o-1")
+    assert stored is not None and stored.status == "cancelled"
