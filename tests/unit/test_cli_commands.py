@@ -131,8 +131,8 @@ def test_a_cancel_the_order_does_not_show_in_time_is_an_error_after_the_whole_wa
     assert clock.now >= 5.0 and len(system.sent) == 1
 
 
-def test_a_cancel_waits_through_a_pending_answer_until_the_order_is_cancelled() -> None:
-    system = FakeSystem(orders={"o-1": order("CONFIRMED")})
+def cancelled_after_a_second(system: FakeSystem) -> tuple[cli.Wait, FakeClock]:
+    """A five-second wait during which the order shows CANCELLED from its first second on."""
     clock = FakeClock()
 
     def answer_after_a_second(seconds: float) -> None:
@@ -140,21 +140,21 @@ def test_a_cancel_waits_through_a_pending_answer_until_the_order_is_cancelled() 
         if clock.now >= 1.0:
             system.views["orders"]["o-1"] = order("CANCELLED", cancel_reason="customer_request")
 
-    cli.cancel_order(system, "o-1", "c-1", cli.Wait(5.0, clock=clock.monotonic, pause=answer_after_a_second))
+    return cli.Wait(5.0, clock=clock.monotonic, pause=answer_after_a_second), clock
+
+
+def test_a_cancel_waits_through_a_pending_answer_until_the_order_is_cancelled() -> None:
+    system = FakeSystem(orders={"o-1": order("CONFIRMED")})
+    wait, clock = cancelled_after_a_second(system)
+    cli.cancel_order(system, "o-1", "c-1", wait)
     assert 1.0 <= clock.now < 5.0
 
 
 def test_a_cancel_reads_through_a_rebalances_503s_while_it_waits() -> None:
     system = FakeSystem(orders={"o-1": order("CONFIRMED")})
     system.get = _after_first(system.get, iter([(503, {"error": {"code": "unavailable"}})] * 3))  # type: ignore[method-assign]
-    clock = FakeClock()
-
-    def answer_after_a_second(seconds: float) -> None:
-        clock.pause(seconds)
-        if clock.now >= 1.0:
-            system.views["orders"]["o-1"] = order("CANCELLED", cancel_reason="customer_request")
-
-    cli.cancel_order(system, "o-1", "c-1", cli.Wait(5.0, clock=clock.monotonic, pause=answer_after_a_second))
+    wait, clock = cancelled_after_a_second(system)
+    cli.cancel_order(system, "o-1", "c-1", wait)
     assert len(system.sent) == 1 and 1.0 <= clock.now < 5.0
 
 
