@@ -278,7 +278,8 @@ async def get_order(request: web.Request) -> web.Response:
         raw = worker.order_raw(order_id)
         rendered = None if raw is None else request.app[RENDERED].answer(raw)
         if rendered is None or not principal.may_see_customer(rendered[0]):
-            raise NotFound(f"order {order_id} not found")
+            raise NotFound(f"order {order_id} not found (one accepted a moment ago is readable once the orders flow "
+                           "has stored it: ?wait=S waits for it)")
         return web.Response(body=rendered[1], content_type="application/json", headers={SERVED_BY: str(worker.index)})
     order = worker.order(order_id)
     if query.wait > 0 and (order is None or order.status not in OrderStatus.SETTLED):

@@ -93,6 +93,12 @@ async def test_a_customer_reads_their_own_order(client):
     assert (body["order_id"], body["status"]) == ("o-1", "PENDING")
 
 
+async def test_an_order_not_stored_yet_is_a_404_that_says_how_to_wait_for_it(client):
+    response = await client.get("/v1/orders/o-just-placed", headers=bearer("c-1", "customer"))
+    assert response.status == 404
+    assert "?wait=S waits for it" in (await response.json())["error"]["message"]
+
+
 async def test_another_customers_order_is_not_found(client):
     response = await client.get("/v1/orders/o-1", headers=bearer("c-2", "customer"))
     assert response.status == 404
