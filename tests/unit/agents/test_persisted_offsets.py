@@ -6,10 +6,11 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+from kafka_fakes import FakeKafkaProducer
+
 from agents.app import create_faust_app
 from agents.transport import Table
 from streamcart.settings import Settings
-from tests.unit.agents.test_delivery_failures import FakeKafkaProducer
 
 
 class FakeStore:
