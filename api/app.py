@@ -261,6 +261,7 @@ def order_json(order: OrderState) -> dict[str, object]:
         "shipment": order.shipment.model_dump() if order.shipment else None,
         "cancel_reason": order.cancel_reason,
         "cancel_detail": order.cancel_detail,
+        "cancel_requested": order.status == OrderStatus.CONFIRMED and order.cancel_request is not None,
         "placed_at": order.placed_at,
         "deadline": order.deadline,
         "history": [entry.model_dump() for entry in order.history],

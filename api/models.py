@@ -108,6 +108,8 @@ class OrderOut(BaseModel):
     shipment: dict[str, object] | None
     cancel_reason: str | None
     cancel_detail: str | None
+    cancel_requested: bool = Field(description="a cancel of the confirmed order waits for shipping: it becomes "
+                                               "CANCELLED once the shipment is stopped, or SHIPPED if it had left")
     placed_at: int
     deadline: int
     history: list[HistoryOut]

@@ -8,7 +8,9 @@ from api.app import init_app
 from api.auth import issue_token
 from schemas.messages import OrderLine
 from streamcart.domain.catalog import ProductState
+from streamcart.domain.causes import Cause
 from streamcart.domain.inventory import StockState
+from streamcart.domain.order_state import CancelRequest
 from streamcart.domain.orders import OrderState
 from streamcart.settings import Settings
 
@@ -91,6 +93,16 @@ async def test_a_customer_reads_their_own_order(client):
     assert response.status == 200
     body = await response.json()
     assert (body["order_id"], body["status"]) == ("o-1", "PENDING")
+
+
+@pytest.mark.parametrize(("status", "asked", "shown"), [
+    ("CONFIRMED", True, True), ("CONFIRMED", False, False), ("SHIPPED", True, False),  # asked, then the goods left
+])
+async def test_a_confirmed_orders_pending_cancel_is_shown_until_shipping_answers(client, worker, status, asked, shown):
+    request = CancelRequest(cause=Cause(event_id="x-1", at=2), reason="customer_request") if asked else None
+    worker.orders["o-1"] = an_order().model_copy(update={"status": status, "cancel_request": request})
+    body = await (await client.get("/v1/orders/o-1", headers=bearer("c-1", "customer"))).json()
+    assert (body["status"], body["cancel_requested"]) == (status, shown)
 
 
 async def test_an_order_not_stored_yet_is_a_404_that_says_how_to_wait_for_it(client):
