@@ -60,7 +60,8 @@ class ShipmentState(BaseModel):
     #: The carrier booked at creation (what ShipmentCreated says; kept so a re-emission says the same).
     carrier: str
     status: str
-    created: Cause
+    #: ``None`` for a shipment stopped before its order's confirmation reached shipping (it never left, nor will).
+    created: Cause | None
     #: The carrier an admin named when dispatching, if any.
     dispatch_carrier: str | None = None
     dispatched: Cause | None = None
@@ -83,8 +84,9 @@ def decide(
     """
     match message:
         case OrderConfirmed():
-            if state is not None:
-                return Decision(state=None, messages=effects_of(state, state.created.event_id))
+            if state is not None:  # created before (re-emit that), or stopped before it could be: nothing
+                cause = state.created.event_id if state.created is not None else message.event_id
+                return Decision(state=None, messages=effects_of(state, cause))
             return _emitting(_create(message, carrier), message)
         case OrderCancelRequested() | OrderCancelled():
             return _stop(state, message)
@@ -116,12 +118,13 @@ def _stop(state: ShipmentState | None, cancel: OrderCancelRequested | OrderCance
     if state is None:
         if isinstance(cancel, OrderCancelled):
             return Decision(state=None)  # cancelled before it was confirmed: there never was a shipment
-        # Confirmed orders always have one; answer anyway, so the order's cancel is not left waiting.
-        stopped = Cause.of(cancel)
-        ids = {"order_id": cancel.order_id, "tracking_id": tracking_id(cancel.order_id)}
-        return Decision(state=None, messages=(
-            ShipmentCancelled(**derived(stopped, cancel.order_id, ShipmentCancelled), **ids),
-        ))
+        # Confirmed orders always have one by now, unless their OrderConfirmed was dead-lettered: stop the shipment
+        # it would have made, so that a confirmation replayed later creates nothing, and answer the cancel.
+        never_made = ShipmentState(
+            order_id=cancel.order_id, customer_id=cancel.customer_id, tracking_id=tracking_id(cancel.order_id),
+            carrier=DEFAULT_CARRIER, status=ShipmentStatus.CANCELLED, created=None, cancelled=Cause.of(cancel),
+        )
+        return _emitting(never_made, cancel)
     if state.cancelled is not None:
         return Decision(state=None, messages=effects_of(state, cancel.event_id))  # a redelivery re-emits
     if state.status != ShipmentStatus.CREATED:

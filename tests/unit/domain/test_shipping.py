@@ -151,12 +151,14 @@ def test_a_redelivered_cancel_request_re_emits_the_same_shipment_cancelled():
     assert decide(state, cancel_requested(event_id="another")) == Decision(state=None)
 
 
-def test_a_cancel_request_without_a_shipment_is_answered_so_the_order_is_not_left_waiting():
+def test_a_cancel_request_without_a_shipment_is_answered_and_a_confirmation_replayed_later_creates_none():
     request = cancel_requested()
-    decision = decide(None, request)
-    [event] = decision.messages
-    assert decision.state is None and isinstance(event, ShipmentCancelled)
-    assert decide(None, request).messages == decision.messages  # the same event id every time
+    state, emitted = apply(None, request)
+    [event] = emitted
+    assert isinstance(event, ShipmentCancelled) and state.status == ShipmentStatus.CANCELLED
+    assert list(decide(state, request).messages) == emitted  # a redelivery: the same event id
+    assert decide(state, confirmed()) == Decision(state=None)  # e.g. replayed from the DLQ: no shipment appears
+    assert decide(state, update("dispatched")).rejected == SHIPMENT_CANCELLED
 
 
 def test_a_cancellation_of_an_order_never_confirmed_creates_no_shipment():
