@@ -198,11 +198,11 @@ async def _forward_unless_owner(request: web.Request, table: str, key: str) -> w
     return None
 
 
-def _to_peer(request: web.Request) -> dict[str, str]:
-    """The headers of a request to another worker on behalf of ``request``'s client: the client's credentials
-    and this worker's proof that it sent it (:class:`api.routing.PeerProof`)."""
+def _to_peer(request: web.Request, target: str) -> dict[str, str]:
+    """The headers of a request ``target`` (method, path and query) to another worker on behalf of ``request``'s
+    client: the client's credentials and this worker's proof that it sent it (:class:`api.routing.PeerProof`)."""
     authorization = request.headers.get("Authorization", "")
-    proof = request.app[PEER_PROOF].headers(request.app[WORKER].index, authorization)
+    proof = request.app[PEER_PROOF].headers(request.app[WORKER].index, authorization, target)
     return {"Authorization": authorization, **proof}
 
 
@@ -419,8 +419,8 @@ async def _order_anywhere(request: web.Request, order_id: str) -> OrderState | N
     if owner.rstrip("/") == request.app[SETTINGS].worker_url(worker.index):
         return worker.order(order_id)
     try:
-        async with request.app[HTTP].get(f"{owner.rstrip('/')}/internal/v1/orders/{order_id}",
-                                         headers=_to_peer(request),
+        path = f"/internal/v1/orders/{order_id}"
+        async with request.app[HTTP].get(f"{owner.rstrip('/')}{path}", headers=_to_peer(request, f"GET {path}"),
                                          timeout=ClientTimeout(total=5, sock_connect=2)) as response:
             if response.status == 404:
                 return None
@@ -493,7 +493,7 @@ async def _gather(
     items: list[dict[str, Any]] = list(local(worker))
     if not request.app[PEER_PROOF].forwarded(request):  # else a peer gathering: it wants this worker's part only
         others = [settings.worker_url(i) for i in range(settings.workers) if i != worker.index]
-        headers = _to_peer(request)
+        headers = _to_peer(request, f"GET {request.rel_url.path_qs}")
 
         async def ask(url: str) -> list[dict[str, Any]]:
             try:

@@ -35,18 +35,20 @@ class PeerProof:
     Such a request carries the client's own ``Authorization`` (the receiver authorizes the client) and
     :data:`FORWARDED_HEADER`, on which the receiver neither rate-limits it again nor forwards or gathers it again.
     Any client can send that header, so it counts only with :data:`PROOF_HEADER`: when it was signed and an HMAC,
-    with the cluster's jwt secret, of that time and the ``Authorization`` it travels with. Bound to that token, a
-    proof seen by someone else lets them skip nobody's rate limit but the token owner's.
+    with the cluster's jwt secret, of that time, the request's method and path, and the ``Authorization`` it travels
+    with. A proof seen by someone else is good for that one request of that token's owner for a moment, no more.
     """
 
     def __init__(self, secret: str) -> None:
         self._key = secret.encode()
 
-    def headers(self, self_index: int, authorization: str, now: float | None = None) -> dict[str, str]:
-        """The headers marking a request to a peer, carrying ``authorization``, as sent by worker ``self_index``
-        (``now``: the signing time, for tests)."""
+    def headers(self, self_index: int, authorization: str, target: str, now: float | None = None) -> dict[str, str]:
+        """The headers marking a request to a peer, ``target`` (``"GET /v1/products?limit=5"``: its method, path
+        and query), carrying ``authorization``, as sent by worker ``self_index`` (``now``: the signing time, for
+        tests)."""
         signed_at = str(int(time.time() if now is None else now))
-        return {FORWARDED_HEADER: str(self_index), PROOF_HEADER: f"{signed_at}.{self._sign(signed_at, authorization)}"}
+        signature = self._sign(signed_at, target, authorization)
+        return {FORWARDED_HEADER: str(self_index), PROOF_HEADER: f"{signed_at}.{signature}"}
 
     def forwarded(self, request: web.Request) -> bool:
         """Whether a worker sent ``request`` (its proof holds), not merely a client saying so."""
@@ -58,10 +60,11 @@ class PeerProof:
         signed_at, signature = proof.groups()
         if abs(time.time() - int(signed_at)) > PROOF_WINDOW_S:
             return False
-        return hmac.compare_digest(signature, self._sign(signed_at, request.headers.get("Authorization", "")))
+        target = f"{request.method} {request.rel_url.path_qs}"
+        return hmac.compare_digest(signature, self._sign(signed_at, target, request.headers.get("Authorization", "")))
 
-    def _sign(self, signed_at: str, authorization: str) -> str:
-        message = f"streamcart-forwarded\n{signed_at}\n{authorization}".encode(errors="surrogateescape")
+    def _sign(self, signed_at: str, target: str, authorization: str) -> str:
+        message = f"streamcart-forwarded\n{signed_at}\n{target}\n{authorization}".encode(errors="surrogateescape")
         return hmac.new(self._key, message, hashlib.sha256).hexdigest()
 
 
@@ -76,7 +79,8 @@ async def forward(request: web.Request, session: ClientSession, owner_url: str, 
         raise Unavailable("partition ownership is changing; retry shortly", headers={"Retry-After": RETRY_AFTER_S})
     # A CIMultiDict, so that this worker's marks replace a client's, however the client spelled them.
     headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP)
-    headers.update(proof.headers(self_index, request.headers.get("Authorization", "")))
+    target = f"{request.method} {request.rel_url.path_qs}"  # replayed as it came
+    headers.update(proof.headers(self_index, request.headers.get("Authorization", ""), target))
     body = await request.read()
     url = owner_url.rstrip("/") + request.rel_url.path_qs
     try:

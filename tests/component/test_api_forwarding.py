@@ -18,18 +18,24 @@ CUSTOMER = bearer("c-1", "customer")
 AUTHORIZATION = CUSTOMER["Authorization"]
 
 
-def genuine() -> dict[str, str]:
-    """What worker 1 sends with a request it forwards for this client (signed now: a proof is short-lived)."""
-    return {**CUSTOMER, **PeerProof(SECRET).headers(1, AUTHORIZATION)}
+def genuine(target: str = "GET /v1/products") -> dict[str, str]:
+    """What worker 1 sends with the request ``target`` it forwards for this client (signed now: a proof is
+    short-lived)."""
+    return {**CUSTOMER, **PeerProof(SECRET).headers(1, AUTHORIZATION, target)}
 
 
-#: What a client may send to pass for a worker, each lacking a valid proof.
+#: What a client may send with GET /v1/products to pass for a worker, each lacking a valid proof (made when the
+#: test runs, so that only what each one is about makes it invalid: its proof is not too old).
 FORGED = {
-    "no-proof": {**CUSTOMER, FORWARDED_HEADER: "1"},
-    "garbage-proof": {**CUSTOMER, FORWARDED_HEADER: "1", PROOF_HEADER: "1.abc"},
-    "another-secret": {**CUSTOMER, **PeerProof("not-the-cluster-secret").headers(1, AUTHORIZATION)},
-    "another-token": {**CUSTOMER, **PeerProof(SECRET).headers(1, bearer("c-2", "customer")["Authorization"])},
-    "too-old": {**CUSTOMER, **PeerProof(SECRET).headers(1, AUTHORIZATION, now=time.time() - 120)},
+    "no-proof": lambda: {**CUSTOMER, FORWARDED_HEADER: "1"},
+    "garbage-proof": lambda: {**CUSTOMER, FORWARDED_HEADER: "1", PROOF_HEADER: "1.abc"},
+    "another-secret": lambda: {**CUSTOMER, **PeerProof("not-the-cluster-secret").headers(1, AUTHORIZATION,
+                                                                                          "GET /v1/products")},
+    "another-token": lambda: {**CUSTOMER, **PeerProof(SECRET).headers(1, bearer("c-2", "customer")["Authorization"],
+                                                                      "GET /v1/products")},
+    "another-request": lambda: genuine("GET /v1/orders/o-2"),  # a proof seen elsewhere, replayed
+    "too-old": lambda: {**CUSTOMER, **PeerProof(SECRET).headers(1, AUTHORIZATION, "GET /v1/products",
+                                                                now=time.time() - 120)},
 }
 
 
@@ -55,9 +61,9 @@ async def client(aiohttp_client, peer):
     return await aiohttp_client(init_app(settings, worker))
 
 
-@pytest.mark.parametrize("headers", FORGED.values(), ids=FORGED.keys())
-async def test_a_forged_forwarded_header_is_rate_limited_like_any_request(client, headers):
-    answers = [await client.get("/v1/products", headers=headers) for _ in range(3)]
+@pytest.mark.parametrize("forged", FORGED.values(), ids=FORGED.keys())
+async def test_a_forged_forwarded_header_is_rate_limited_like_any_request(client, forged):
+    answers = [await client.get("/v1/products", headers=forged()) for _ in range(3)]
     assert [a.status for a in answers] == [200, 200, 429]
 
 
@@ -66,9 +72,9 @@ async def test_a_request_a_worker_sent_is_not_rate_limited_again(client):
     assert [a.status for a in answers] == [200, 200, 200]
 
 
-@pytest.mark.parametrize("headers", [CUSTOMER, *FORGED.values()], ids=["plain", *FORGED.keys()])
-async def test_a_client_gets_every_workers_part_of_a_list_whatever_it_claims(client, headers):
-    page = await (await client.get("/v1/products", headers=headers)).json()
+@pytest.mark.parametrize("claim", [lambda: CUSTOMER, *FORGED.values()], ids=["plain", *FORGED.keys()])
+async def test_a_client_gets_every_workers_part_of_a_list_whatever_it_claims(client, claim):
+    page = await (await client.get("/v1/products", headers=claim())).json()
     assert [p["sku"] for p in page["items"]] == ["A", "B"]
 
 
@@ -77,14 +83,14 @@ async def test_a_worker_gathering_a_list_gets_this_workers_part_only(client):
     assert [p["sku"] for p in page["items"]] == ["A"]
 
 
-@pytest.mark.parametrize("headers", [CUSTOMER, FORGED["no-proof"]], ids=["plain", "forged"])
-async def test_a_key_another_worker_owns_is_answered_there(client, headers):
-    response = await client.get("/v1/orders/o-2", headers=headers)
+@pytest.mark.parametrize("claim", [lambda: CUSTOMER, FORGED["no-proof"]], ids=["plain", "forged"])
+async def test_a_key_another_worker_owns_is_answered_there(client, claim):
+    response = await client.get("/v1/orders/o-2", headers=claim())
     assert response.status == 200
     assert response.headers[SERVED_BY] == "1"
 
 
 async def test_a_request_a_worker_forwarded_is_not_forwarded_again(client):
-    response = await client.get("/v1/orders/o-2", headers=genuine())
+    response = await client.get("/v1/orders/o-2", headers=genuine("GET /v1/orders/o-2"))
     assert response.status == 503
     assert response.headers["Retry-After"] == "1"
