@@ -57,7 +57,7 @@ from api.models import (
     StockOut,
     WaitQuery,
 )
-from api.routing import PEER_PROOF, PeerProof, forward
+from api.routing import PEER_PROOF, PeerProof, forward, request_target
 from api.spec import Route, docs_page, openapi
 from schemas.messages import AdjustStock, CancelOrder, OrderLine, PlaceOrder, UpdateShipment, UpsertProduct
 from streamcart.commands import envelope
@@ -450,7 +450,7 @@ async def cancel_order(request: web.Request) -> web.Response:
     order = request.app[WORKER].order(order_id)
     if order is None or not principal.may_see_customer(order.customer_id):
         raise NotFound(f"order {order_id} not found")
-    if (refusal := cancel_refusal(order)) is not None:
+    if (refusal := cancel_refusal(order.status)) is not None:
         raise Conflict(refusal, details={"status": order.status})
     await _commands(request).send(CancelOrder(**envelope(order_id), order_id=order_id,
                                               requested_by=principal.subject, reason=body.reason))
@@ -493,7 +493,7 @@ async def _gather(
     items: list[dict[str, Any]] = list(local(worker))
     if not request.app[PEER_PROOF].forwarded(request):  # else a peer gathering: it wants this worker's part only
         others = [settings.worker_url(i) for i in range(settings.workers) if i != worker.index]
-        headers = _to_peer(request, f"GET {request.rel_url.path_qs}")
+        headers = _to_peer(request, request_target(request))  # each peer is asked the very same request
 
         async def ask(url: str) -> list[dict[str, Any]]:
             try:

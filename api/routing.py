@@ -60,8 +60,8 @@ class PeerProof:
         signed_at, signature = proof.groups()
         if abs(time.time() - int(signed_at)) > PROOF_WINDOW_S:
             return False
-        target = f"{request.method} {request.rel_url.path_qs}"
-        return hmac.compare_digest(signature, self._sign(signed_at, target, request.headers.get("Authorization", "")))
+        authorization = request.headers.get("Authorization", "")
+        return hmac.compare_digest(signature, self._sign(signed_at, request_target(request), authorization))
 
     def _sign(self, signed_at: str, target: str, authorization: str) -> str:
         message = f"streamcart-forwarded\n{signed_at}\n{target}\n{authorization}".encode(errors="surrogateescape")
@@ -69,6 +69,11 @@ class PeerProof:
 
 
 PEER_PROOF = web.AppKey("peer_proof", PeerProof)
+
+
+def request_target(request: web.Request) -> str:
+    """What a :class:`PeerProof` signs of a request: its method, path and query (``"GET /v1/products?limit=5"``)."""
+    return f"{request.method} {request.rel_url.path_qs}"
 
 
 async def forward(request: web.Request, session: ClientSession, owner_url: str, self_index: int) -> web.Response:
@@ -79,8 +84,7 @@ async def forward(request: web.Request, session: ClientSession, owner_url: str, 
         raise Unavailable("partition ownership is changing; retry shortly", headers={"Retry-After": RETRY_AFTER_S})
     # A CIMultiDict, so that this worker's marks replace a client's, however the client spelled them.
     headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP)
-    target = f"{request.method} {request.rel_url.path_qs}"  # replayed as it came
-    headers.update(proof.headers(self_index, request.headers.get("Authorization", ""), target))
+    headers.update(proof.headers(self_index, request.headers.get("Authorization", ""), request_target(request)))
     body = await request.read()
     url = owner_url.rstrip("/") + request.rel_url.path_qs
     try:

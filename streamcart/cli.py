@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from schemas.messages import Message
     from streamcart.commands import CommandSender
     from streamcart.domain.inventory import StockState
-    from streamcart.domain.orders import OrderState
     from streamcart.stack import Stack
 
 app = typer.Typer(
@@ -434,7 +433,7 @@ def cancel_order(remote: Remote, order_id: str, requested_by: str, wait: Wait) -
     if order["status"] == OrderStatus.CANCELLED:
         console.print(f"order {order_id} was cancelled already ({order.get('cancel_reason')})")
         return
-    if (refusal := cancel_refusal(_order_state(order))) is not None:
+    if (refusal := cancel_refusal(order["status"])) is not None:
         raise CommandRefused(f"order {order_id} cannot be cancelled: {refusal} (it is {order['status']})")
     remote.send(CancelOrder(**envelope(order_id), order_id=order_id, requested_by=requested_by))
     if wait.seconds <= 0:
@@ -442,10 +441,10 @@ def cancel_order(remote: Remote, order_id: str, requested_by: str, wait: Wait) -
         return
 
     def ended(seen: dict[str, Any]) -> bool:
-        return seen["status"] == OrderStatus.CANCELLED or cancel_refusal(_order_state(seen)) is not None
+        return seen["status"] == OrderStatus.CANCELLED or cancel_refusal(seen["status"]) is not None
 
     order = wait.until(read, ended)
-    if (refusal := cancel_refusal(_order_state(order))) is not None:
+    if (refusal := cancel_refusal(order["status"])) is not None:
         raise CommandRefused(f"order {order_id} was not cancelled: {refusal} (it was {order['status']} "
                              f"before the cancel took effect)")
     if order["status"] != OrderStatus.CANCELLED:
@@ -455,21 +454,6 @@ def cancel_order(remote: Remote, order_id: str, requested_by: str, wait: Wait) -
 
     console.print(f"[green]cancelled[/] {order_id}")
     console.print(order_panel(order))
-
-
-def _order_state(view: dict[str, Any]) -> OrderState:
-    """The order as the API shows it, as the domain's :class:`OrderState`, so that the CLI asks the domain's own
-    rule. What the view leaves out (the payment token, the saga's causes) is left blank: no refusal turns on it."""
-    from streamcart.domain.orders import OrderState
-
-    shown = ("order_id", "customer_id", "status", "currency", "placed_at", "deadline", "total_cents", "shipment",
-             "cancel_reason", "cancel_detail")
-    return OrderState.model_validate({
-        **{name: view.get(name) for name in shown},
-        "lines": [{"sku": line["sku"], "quantity": line["quantity"]} for line in view["lines"]],
-        "payment_token": "",
-        "placed_event_id": "",
-    })
 
 
 @product_app.command("upsert")

@@ -110,7 +110,7 @@ def decide(state: OrderState | None, message: Message, *, saga_timeout_ms: int) 
         return Decision(state=None, rejected=f"unknown order {order_id}")
     if message.event_id in state.applied:
         return Decision(state=None, messages=effects_of(state, message.event_id))
-    if isinstance(message, CancelOrder) and (refusal := cancel_refusal(state)) is not None:
+    if isinstance(message, CancelOrder) and (refusal := cancel_refusal(state.status)) is not None:
         return Decision(state=None, rejected=refusal)
     if isinstance(message, CancelOrder) and state.status == OrderStatus.CONFIRMED and state.cancel_request:
         # Asked already and shipping has not answered yet: ask again, the very same request (a lost answer, a
@@ -122,9 +122,10 @@ def decide(state: OrderState | None, message: Message, *, saga_timeout_ms: int) 
     return _applied(updated, message)
 
 
-def cancel_refusal(order: OrderState) -> str | None:
-    """Why a CancelOrder would be refused now, or ``None`` when it would be accepted (or be a harmless no-op)."""
-    if order.status in (OrderStatus.SHIPPED, OrderStatus.DELIVERED):
+def cancel_refusal(status: str) -> str | None:
+    """Why a CancelOrder would be refused now that the order is ``status``, or ``None`` when it would be accepted
+    (or be a harmless no-op). The status alone decides, so the API and the CLI ask it of the order they read."""
+    if status in (OrderStatus.SHIPPED, OrderStatus.DELIVERED):
         return CANNOT_CANCEL_AFTER_DISPATCH
     return None
 

@@ -424,7 +424,7 @@ def test_cancel_after_dispatch_is_refused_with_a_clear_reason():
     state = shipped()
     decision = order_decide(state, cancel())
     assert decision == Decision(state=None, rejected=CANNOT_CANCEL_AFTER_DISPATCH)
-    assert cancel_refusal(state) == CANNOT_CANCEL_AFTER_DISPATCH
+    assert cancel_refusal(state.status) == CANNOT_CANCEL_AFTER_DISPATCH
 
 
 def test_cancel_after_delivery_is_refused():
@@ -434,7 +434,7 @@ def test_cancel_after_delivery_is_refused():
 
 @pytest.mark.parametrize("state", [pending, confirmed], ids=["pending", "confirmed"])
 def test_cancel_refusal_lets_the_api_accept_a_cancel_before_dispatch(state):
-    assert cancel_refusal(state()) is None
+    assert cancel_refusal(state().status) is None
 
 
 def test_a_second_cancel_while_shipping_has_not_answered_asks_again_with_the_same_request():
