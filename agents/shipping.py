@@ -31,10 +31,6 @@ def register(runtime: Runtime) -> Any:
         shipment = decision.state if decision.state is not None else stored
         if shipment is not None:  # a redelivery stores it again (see agents/orders.py for why)
             tables.shipments.put(order_id, shipment)
-        if decision.state is not None and stored is not None:
-            # A dispatch and a stop race each other (an UpdateShipment, an OrderCancelRequested: two topics). Once
-            # one is announced it must be the one a restart finds, or the order could be refunded and dispatched.
-            await runtime.durable()
         await runtime.emit(decision.messages, cause=event)
 
     async def shipping_agent(stream: Any) -> None:

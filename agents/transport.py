@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections import Counter
@@ -47,6 +48,8 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.producer import ProducerBuffer as FaustProducerBuffer
 from mode import Service
 from mode.utils.queues import FlowControlEvent
+
+from agents.state_first import HeldForever, Record, StateFirst
 
 log = logging.getLogger(__name__)
 
@@ -511,6 +514,9 @@ class ProducerBuffer(FaustProducerBuffer):
     faust's ``producer_threaded``, which streamcart leaves off.)
     """
 
+    #: Set by :class:`Producer`: what the flows send waits there for the writes buffered before it.
+    state_first: StateFirst | None = None
+
     def __post_init__(self) -> None:
         super().__post_init__()
         self._put = 0  # writes buffered so far
@@ -519,6 +525,8 @@ class ProducerBuffer(FaustProducerBuffer):
     def put(self, fut: Any) -> None:
         super().put(fut)
         self._put += 1
+        if self.state_first is not None:
+            self.state_first.note_write(fut)
 
     async def _send_pending(self, fut: Any) -> None:
         await super()._send_pending(fut)
@@ -563,8 +571,9 @@ class Deliveries:
         self.failure: BaseException | None = None  # the first
         self.failures = 0
 
-    def watch(self, delivery: asyncio.Future[Any]) -> None:
-        delivery.add_done_callback(self._done)
+    def watch(self, delivery: asyncio.Future[Any], context: contextvars.Context | None = None) -> None:
+        """Watch ``delivery``; a failure is logged in ``context`` (the sender's: its log fields), or the current."""
+        delivery.add_done_callback(self._done, context=context)
 
     def _done(self, delivery: asyncio.Future[Any]) -> None:
         if delivery.cancelled() or (failure := delivery.exception()) is None:
@@ -592,8 +601,21 @@ class Producer(faust_aiokafka.Producer):
         super().__init__(*args, **kwargs)
         buffer = ProducerBuffer(loop=self.loop, beacon=self.beacon)
         buffer.app = self.app
-        self.buffer = buffer
         self.deliveries = Deliveries()
+        self.state_first = buffer.state_first = StateFirst(self._send_record)
+        self.buffer = buffer
+
+    async def _send_record(self, record: Record, context: contextvars.Context) -> None:
+        topic, key, value, headers = record
+        delivery = await super().send(topic, key, value, None, None, headers or None)
+        self.deliveries.watch(cast(asyncio.Future[Any], delivery), context)
+
+    async def send_after_state(
+        self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None
+    ) -> None:
+        """Send a flow's record once the table writes buffered before it are in their changelogs
+        (agents/state_first.py)."""
+        await self.state_first.send((topic, key, value, headers))
 
     async def send(
         self, topic: str, key: bytes | None, value: bytes | None, partition: int | None, timestamp: float | None,
@@ -607,10 +629,12 @@ class Producer(faust_aiokafka.Producer):
 
     async def flush(self) -> None:
         """Wait until every record sent so far was delivered; raise :class:`DeliveryFailed` if any ever failed."""
-        await super().flush()
         try:
+            await self.buffer.flush()
+            await self.state_first.drain()
+            await super().flush()
             self.deliveries.check()
-        except DeliveryFailed as failure:
+        except (DeliveryFailed, HeldForever) as failure:
             # The worker crashes, whichever flush met the failure: a commit's, or a stop's (which would otherwise
             # end as a clean stop that keeps a local store ahead of its changelog, and leave the consumer's thread
             # running). A crashed worker exits non-zero and rebuilds its tables from the changelogs at its next start.
@@ -621,8 +645,10 @@ class Producer(faust_aiokafka.Producer):
                 table.persist_offsets()
 
     async def on_stop(self) -> None:
-        with contextlib.suppress(RuntimeError):  # a crashed buffer: what it held is lost either way
+        with contextlib.suppress(RuntimeError, HeldForever):  # a crash: what they held is lost either way
             await self.buffer.flush()
+            await self.state_first.drain()
+        await self.state_first.close()
         await super().on_stop()
 
 

@@ -15,6 +15,7 @@ from mode import Service
 from agents.app import build_runtime, worker_view
 from api.app import init_app
 from api.commands import KafkaCommands
+from api.errors import JsonErrorsRunner
 from schemas.codec import Codec
 from streamcart import tracing
 from streamcart.logs import configure_logging, logging_config
@@ -37,11 +38,11 @@ class ApiServer(Service):
         self.web_app = app
         self.host = host
         self.port = port
-        self._runner: web.AppRunner | None = None
+        self._runner: JsonErrorsRunner | None = None
 
     async def on_start(self) -> None:
         # Requests still running at a stop get a few seconds (open event streams are ended at once, api.stream).
-        self._runner = web.AppRunner(self.web_app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+        self._runner = JsonErrorsRunner(self.web_app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
         await self._runner.setup()
         await web.TCPSite(self._runner, self.host, self.port).start()
         log.info("API listening on http://%s:%s", self.host, self.port)

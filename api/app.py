@@ -264,7 +264,10 @@ def order_json(order: OrderState) -> dict[str, object]:
         "cancel_requested": order.status == OrderStatus.CONFIRMED and order.cancel_request is not None,
         "placed_at": order.placed_at,
         "deadline": order.deadline,
-        "history": [entry.model_dump() for entry in order.history],
+        "history": [
+            {"event": entry.event, "time": entry.at, "event_id": entry.event_id, "detail": entry.detail}
+            for entry in order.history
+        ],
     }
 
 

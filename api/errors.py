@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 from streamcart.errors import StreamcartError
 
@@ -81,3 +83,39 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, "internal", "internal error; it has been logged")
+
+
+class _JsonErrorsHandler(RequestHandler):
+    """aiohttp's connection handler, answering what it cannot parse in the JSON error shape too."""
+
+    def handle_error(
+        self, request: Any, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
+        # A request line or header aiohttp cannot parse (or one over its 8 KiB limit) never reaches the app and its
+        # middleware: aiohttp answers it here, in plain text, and logs a stack trace. Bad input is the client's; a
+        # line says what it was.
+        if request.writer.output_size > 0:  # part of a response went out already: aiohttp closes the connection
+            raise ConnectionError("a response was being sent when the request failed")
+        if status >= 500:
+            log.error("error handling a request from %s", request.remote, exc_info=exc)
+            response = error_response(status, "internal", "internal error; it has been logged")
+        else:
+            log.info("unreadable request from %s: %s", request.remote, message or exc)
+            phrase = HTTPStatus(status).phrase
+            response = error_response(status, phrase.lower().replace(" ", "_"), message or phrase)
+        response.force_close()
+        return response
+
+
+class _JsonErrorsServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _JsonErrorsHandler(self, loop=self._loop, **self._kwargs)
+
+
+class JsonErrorsRunner(web.AppRunner):
+    """``web.AppRunner`` whose connections answer even an unparseable request with the JSON error shape."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _JsonErrorsServer  # aiohttp has no setting for the handler's class
+        return server

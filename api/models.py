@@ -91,8 +91,10 @@ class LineOut(BaseModel):
 
 
 class HistoryOut(BaseModel):
+    """One step of the order (DESIGN.md §5: event, time); ``time`` is the event time in ms."""
+
     event: str
-    at: int
+    time: int
     event_id: str
     detail: str | None = None
 

@@ -127,5 +127,5 @@ def order_panel(order: dict[str, Any]) -> Table:
     start = order.get("placed_at") or 0
     for entry in order.get("history", []):
         detail = f" · {entry['detail']}" if entry.get("detail") else ""
-        table.add_row(f"+{(entry['at'] - start) / 1000:.3f} s", f"{entry['event']}{detail}")
+        table.add_row(f"+{(entry['time'] - start) / 1000:.3f} s", f"{entry['event']}{detail}")
     return table

@@ -25,14 +25,9 @@ class RecordingSink:
 
     codec: Codec
     sent: list[Sent] = field(default_factory=list)
-    #: How many records had been sent at each flush.
-    flushes: list[int] = field(default_factory=list)
 
     async def send(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
         self.sent.append(Sent(topic, key, value, dict(headers)))
-
-    async def flush(self) -> None:
-        self.flushes.append(len(self.sent))
 
     def messages(self, topic: str) -> list[Message]:
         return [self.codec.decode(s.value) for s in self.sent if s.topic == topic]

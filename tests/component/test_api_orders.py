@@ -10,7 +10,7 @@ from schemas.messages import OrderLine
 from streamcart.domain.catalog import ProductState
 from streamcart.domain.causes import Cause
 from streamcart.domain.inventory import StockState
-from streamcart.domain.order_state import CancelRequest
+from streamcart.domain.order_state import CancelRequest, HistoryEntry
 from streamcart.domain.orders import OrderState
 from streamcart.settings import Settings
 
@@ -93,6 +93,19 @@ async def test_a_customer_reads_their_own_order(client):
     assert response.status == 200
     body = await response.json()
     assert (body["order_id"], body["status"]) == ("o-1", "PENDING")
+
+
+async def test_an_orders_history_names_each_event_and_its_time(client, worker):
+    worker.orders["o-1"] = an_order().model_copy(update={"history": (
+        HistoryEntry(event="OrderPlaced", at=1, event_id="e-1"),
+        HistoryEntry(event="StockRejected", at=40, event_id="e-2", detail="A: out_of_stock"),
+    )})
+    for wait in ("", "?wait=1"):  # the stored bytes' rendering, and the model's
+        response = await client.get(f"/v1/orders/o-1{wait}", headers=bearer("c-1", "customer"))
+        assert (await response.json())["history"] == [
+            {"event": "OrderPlaced", "time": 1, "event_id": "e-1", "detail": None},
+            {"event": "StockRejected", "time": 40, "event_id": "e-2", "detail": "A: out_of_stock"},
+        ]
 
 
 @pytest.mark.parametrize(("status", "asked", "shown"), [

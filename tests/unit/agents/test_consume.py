@@ -36,9 +36,10 @@ def being_handled(rt: Any) -> set[int]:
 
 @dataclass
 class FakeStream:
-    """The part of a faust stream the loops use: ``noack()``, ``events()`` and ``ack()``."""
+    """The part of a faust stream the loops use: ``noack()``, ``events()``, ``ack()`` and the channel's topics."""
 
     pending: list[Event]
+    channel: Any = field(default_factory=lambda: SimpleNamespace(topics=("commands.payments",)))
     acked: list[int] = field(default_factory=list)
     acks_enabled: bool = True
     drained: asyncio.Event = field(default_factory=asyncio.Event)

@@ -1,4 +1,4 @@
-"""How a worker hands records to Kafka and decodes what it receives: straight to the producer, once per record."""
+"""How a worker hands records to Kafka and decodes what it receives: to the producer once per record, decoded once."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from agents.runtime import DecodedRecords, FaustSink
+from agents.runtime import DecodedRecords, FaustSink, note_sources
 from schemas.codec import Codec
 from schemas.errors import MalformedMessage
 from schemas.messages import OrderLine, PlaceOrder
@@ -16,17 +16,18 @@ from schemas.registry import InMemoryRegistry
 
 
 class FakeProducer:
-    """faust's producer as the sink uses it: ``send`` enqueues and returns the delivery's future."""
+    """The worker's producer as the sink uses it: ``send`` hands a record to Kafka at once, ``send_after_state``
+    once the table writes before it are delivered (agents/state_first.py)."""
 
     def __init__(self) -> None:
         self.sent: list[tuple[Any, ...]] = []
-        self.deliveries: list[asyncio.Future[Any]] = []
+        self.at_once: list[bytes] = []
 
-    async def send(self, topic: str, key: Any, value: Any, partition: Any, timestamp: Any, headers: Any) -> Any:
-        self.sent.append((topic, key, value, partition, timestamp, headers))
-        delivery: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.deliveries.append(delivery)
-        return delivery
+    async def send(self, topic: str, key: Any, value: Any, partition: Any, timestamp: Any, headers: Any) -> None:
+        self.at_once.append(value)
+
+    async def send_after_state(self, topic: str, key: Any, value: Any, headers: Any) -> None:
+        self.sent.append((topic, key, value, headers))
 
 
 def app_with(producer: FakeProducer) -> Any:
@@ -41,10 +42,25 @@ async def test_the_sink_hands_each_record_to_the_producer_keyed_with_its_headers
     sink = FaustSink(app_with(producer))
     await sink.send("t", b"k", b"v", [("traceparent", b"00-1")])
     await sink.send("t", b"k2", b"v2", [])
-    assert producer.sent == [  # the key's partition, the time of sending
-        ("t", b"k", b"v", None, None, [("traceparent", b"00-1")]),
-        ("t", b"k2", b"v2", None, None, None),  # no headers at all rather than an empty list
+    assert producer.sent == [
+        ("t", b"k", b"v", [("traceparent", b"00-1")]),
+        ("t", b"k2", b"v2", None),  # no headers at all rather than an empty list
     ]
+
+
+async def test_a_flow_reading_one_topic_sends_at_once_and_one_reading_several_after_its_state() -> None:
+    producer = FakeProducer()
+    sink = FaustSink(app_with(producer))
+
+    async def flow(topics: tuple[str, ...], value: bytes) -> None:  # each agent runs in its own task
+        note_sources(SimpleNamespace(channel=SimpleNamespace(topics=topics)))
+        await sink.send("t", b"k", value, [])
+
+    await asyncio.create_task(flow(("commands.payments",), b"payments"))
+    await asyncio.create_task(flow(("commands.orders", "events.inventory"), b"orders"))
+    await sink.send("t", b"k", b"timer", [])  # outside any flow: after the state, to be safe
+    assert producer.at_once == [b"payments"]
+    assert [value for _, _, value, _ in producer.sent] == [b"orders", b"timer"]
 
 
 def place(order_id: str) -> PlaceOrder:

@@ -1,0 +1,152 @@
+"""A worker's records leave only after the state that decided them is in its changelogs.
+
+A flow stores its new state in a table, then sends what it decided (DESIGN.md §3, the duplicate rule). faust
+buffers the table write and hands it to Kafka a little later, while a record sent straight to the producer could
+reach Kafka first. A worker killed in between leaves the events out and the state lost: its restart rebuilds the
+table from the changelog (agents/worker.py) and the messages since the last commit are delivered again. When they
+come in the same order, each is decided the same way again and its events, with the same ids, are dropped by
+their consumers. But a flow that reads several topics (orders reads four, inventory two) may get them in another
+order after a restart: a CancelOrder before the PaymentAuthorized it followed, an AdjustStock before the
+ReserveStock. The order would then be cancelled after its OrderConfirmed went out, a reservation refused after its
+StockReserved did: two decisions for one state, each with its effects.
+
+:class:`StateFirst` closes that window without blocking the flows: a record sent while table writes noted before
+it are undelivered waits in a queue, and a task hands the queue over, in order, as their changelog records are
+acknowledged. The flows go on deciding meanwhile; their records leave a changelog round trip later. An offset
+commit waits for the queue (:meth:`StateFirst.drain`), as it waits for the rest of the producer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+from streamcart.errors import StreamcartError
+
+log = logging.getLogger(__name__)
+
+#: A record as the producer takes it: topic, key, value, headers.
+Record = tuple[str, bytes | None, bytes, list[tuple[str, bytes]] | None]
+
+#: Hands a record to the Kafka client; the context is the sender's (its delivery is reported in it: log fields).
+Send = Callable[[Record, contextvars.Context], Awaitable[Any]]
+
+#: Records held at most; a flow that sends more waits until Kafka acknowledges the writes before them.
+HOLD_LIMIT = 20_000
+
+
+class HeldForever(StreamcartError):
+    """A record cannot leave: a table write before it was not delivered, or handing it to Kafka failed."""
+
+
+class StateFirst:
+    """Sends records only once every table write noted before them was delivered to its changelog.
+
+    ``send`` hands a record to the Kafka client. :meth:`note_write` is called for each table write as faust
+    buffers it, with the future its delivery resolves.
+    """
+
+    def __init__(self, send: Send, *, limit: int = HOLD_LIMIT) -> None:
+        self._send = send
+        self.limit = limit
+        self._writes = 0  # table writes noted so far; the n-th has sequence number n
+        self._undelivered: dict[int, None] = {}  # sequence numbers of writes not delivered yet, in order
+        # (writes noted before it, record, the sender's context)
+        self._held: deque[tuple[int, Record, contextvars.Context]] = deque()
+        self._accepted = 0  # records taken by send
+        self._released = 0  # of those, handed to the Kafka client
+        self._progress = asyncio.Event()  # a write was delivered or a record held: the releaser looks again
+        self._released_some = asyncio.Event()  # the releaser handed records over (or gave up): drains look again
+        self._releaser: asyncio.Task[None] | None = None
+        self.failure: BaseException | None = None
+
+    @property
+    def held(self) -> int:
+        """Records waiting for table writes to be delivered."""
+        return len(self._held)
+
+    def note_write(self, delivery: asyncio.Future[Any]) -> None:
+        """Note a table write that records sent from now on must wait for; ``delivery`` resolves once it is in Kafka."""
+        self._writes += 1
+        self._undelivered[self._writes] = None
+        delivery.add_done_callback(partial(self._delivered, self._writes))
+
+    def _delivered(self, number: int, delivery: asyncio.Future[Any]) -> None:
+        failure = asyncio.CancelledError() if delivery.cancelled() else delivery.exception()
+        if failure is not None:
+            # Whatever was sent after this write stays held; the producer's flush raises and the worker crashes
+            # before any commit passes it.
+            self._give_up(failure)
+            return
+        del self._undelivered[number]
+        self._progress.set()
+
+    def _stored_through(self) -> int:
+        """The highest n such that table writes 1..n were all delivered."""
+        return next(iter(self._undelivered)) - 1 if self._undelivered else self._writes
+
+    async def send(self, record: Record) -> None:
+        """Hand ``record`` to Kafka now if every table write noted so far was delivered, or queue it until they are."""
+        if self.failure is not None:
+            raise HeldForever(f"no record can leave any more: {self.failure!r}") from self.failure
+        self._accepted += 1
+        if not self._held and not self._undelivered:
+            await self._send(record, contextvars.copy_context())
+            self._released += 1
+            return
+        while len(self._held) >= self.limit and self.failure is None:
+            self._released_some.clear()
+            await self._released_some.wait()
+        self._held.append((self._writes, record, contextvars.copy_context()))
+        if self._releaser is None:  # in a context of its own, not that of the message that happened to start it
+            self._releaser = asyncio.get_running_loop().create_task(self._release(), context=contextvars.Context())
+        self._progress.set()
+
+    async def _release(self) -> None:
+        while True:
+            await self._progress.wait()
+            self._progress.clear()
+            stored = self._stored_through()
+            while self._held and self._held[0][0] <= stored:
+                _, record, context = self._held[0]
+                try:
+                    await self._send(record, context)
+                except Exception as exc:  # the Kafka client stopped or refused: nothing after it may go either
+                    self._give_up(exc)
+                    return
+                self._held.popleft()
+                self._released += 1
+            self._released_some.set()
+
+    def _give_up(self, failure: BaseException) -> None:
+        if self.failure is None:
+            log.critical("%d record(s) can no longer be sent after the state that decided them: %s: %s",
+                         len(self._held), type(failure).__name__, failure)
+            self.failure = failure
+        self._released_some.set()
+
+    async def drain(self) -> None:
+        """Return once every record accepted before the call was handed to the Kafka client.
+
+        Raises :class:`HeldForever` if one of them never can be.
+        """
+        target = self._accepted
+        while self._released < target:
+            if self.failure is not None:
+                raise HeldForever(
+                    f"{self._accepted - self._released} record(s) held after a failure: {self.failure!r}"
+                ) from self.failure
+            self._released_some.clear()
+            await self._released_some.wait()
+
+    async def close(self) -> None:
+        """Stop the releaser (after :meth:`drain`, or for good when the worker crashes)."""
+        if self._releaser is not None:
+            self._releaser.cancel()
+            await asyncio.gather(self._releaser, return_exceptions=True)
+            self._releaser = None

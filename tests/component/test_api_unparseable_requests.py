@@ -1,0 +1,59 @@
+"""A request aiohttp cannot even parse gets the JSON error shape too (api/errors.py, ``JsonErrorsRunner``): it never
+reaches the app's middleware, and aiohttp would answer it in plain text."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+
+from api.errors import JsonErrorsRunner
+
+
+@pytest.fixture
+async def port() -> AsyncIterator[int]:
+    async def ok(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_get("/", ok)
+    runner = JsonErrorsRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield runner.addresses[0][1]
+    await runner.cleanup()
+
+
+async def exchange(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    await writer.drain()
+    raw = await asyncio.wait_for(reader.read(), timeout=5)  # the server closes the connection after an error
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode().split("\r\n")
+    headers = dict(line.split(": ", 1) for line in header_lines)
+    return int(status_line.split()[1]), {k.lower(): v for k, v in headers.items()}, body
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"NOT AN HTTP REQUEST\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nno colon in this header\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 10_000 + b"\r\n\r\n",
+], ids=["request line", "header", "header over 8 KiB"])
+async def test_an_unparseable_request_gets_a_json_400_and_the_connection_closes(port: int, request_bytes: bytes):
+    status, headers, body = await exchange(port, request_bytes)
+    assert status == 400
+    assert headers["content-type"].startswith("application/json")
+    error = json.loads(body)["error"]
+    assert error["code"] == "bad_request" and error["message"]
+    assert "Traceback" not in error["message"]
+
+
+async def test_a_good_request_on_the_same_server_is_answered_by_the_app(port: int) -> None:
+    status, _, body = await exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert (status, json.loads(body)) == (200, {"ok": True})

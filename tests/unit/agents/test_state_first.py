@@ -1,0 +1,202 @@
+"""A flow's records leave only after the table writes made before them are in their changelogs
+(agents/state_first.py): a worker killed in between must not leave the effects of a state its restart never finds."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from typing import Any
+
+import pytest
+from kafka_fakes import FakeKafkaProducer
+
+from agents.app import create_faust_app
+from agents.state_first import HeldForever, Record, StateFirst
+from agents.transport import Producer
+from streamcart.settings import Settings
+
+
+class Kafka:
+    """The Kafka client as StateFirst hands records to it."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    async def send(self, record: Record, context: contextvars.Context) -> None:
+        self.sent.append(record[2])
+
+
+def record(value: bytes) -> Record:
+    return ("events", b"o-1", value, None)
+
+
+def write() -> asyncio.Future[Any]:
+    return asyncio.get_running_loop().create_future()
+
+
+async def settle() -> None:
+    """Let callbacks and the releaser run (each step is one turn of the loop)."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_a_record_goes_at_once_when_every_write_before_it_was_delivered() -> None:
+    kafka = Kafka()
+    first = StateFirst(kafka.send)
+    await first.send(record(b"a"))
+    stored = write()
+    first.note_write(stored)
+    stored.set_result(None)
+    await settle()
+    await first.send(record(b"b"))
+    assert kafka.sent == [b"a", b"b"]
+
+
+async def test_a_record_waits_for_the_write_before_it_without_holding_up_the_flow() -> None:
+    kafka = Kafka()
+    first = StateFirst(kafka.send)
+    stored = write()
+    first.note_write(stored)
+    await asyncio.wait_for(first.send(record(b"confirmed")), timeout=1)  # the flow goes on at once
+    await settle()
+    assert kafka.sent == [] and first.held == 1
+    stored.set_result(None)
+    await settle()
+    assert kafka.sent == [b"confirmed"] and first.held == 0
+    await first.close()
+
+
+async def test_records_leave_in_the_order_sent_each_once_every_earlier_write_was_delivered() -> None:
+    kafka = Kafka()
+    first = StateFirst(kafka.send)
+    one, two = write(), write()
+    first.note_write(one)
+    await first.send(record(b"a"))
+    first.note_write(two)
+    await first.send(record(b"b"))
+    two.set_result(None)  # acknowledgements come in any order: "b" still waits for the first write
+    await settle()
+    assert kafka.sent == []
+    one.set_result(None)
+    await settle()
+    assert kafka.sent == [b"a", b"b"]
+    await first.close()
+
+
+async def test_a_record_before_a_write_does_not_wait_for_it() -> None:
+    kafka = Kafka()
+    first = StateFirst(kafka.send)
+    one, two = write(), write()
+    first.note_write(one)
+    await first.send(record(b"a"))
+    first.note_write(two)
+    await first.send(record(b"b"))
+    one.set_result(None)
+    await settle()
+    assert kafka.sent == [b"a"]  # "b" waits for the second write, "a" did not
+    await first.close()
+
+
+async def test_a_drain_waits_for_the_records_held_when_it_began_and_not_for_later_ones() -> None:
+    kafka = Kafka()
+    first = StateFirst(kafka.send)
+    one = write()
+    first.note_write(one)
+    await first.send(record(b"a"))
+    draining = asyncio.ensure_future(first.drain())
+    await settle()
+    assert not draining.done()
+    first.note_write(write())  # never delivered
+    await first.send(record(b"later"))
+    one.set_result(None)
+    await asyncio.wait_for(draining, timeout=1)
+    assert kafka.sent == [b"a"]
+    await first.close()
+
+
+async def test_a_write_that_fails_holds_everything_after_it_and_every_drain_and_send_raise() -> None:
+    kafka = Kafka()
+    first = StateFirst(kafka.send)
+    stored = write()
+    first.note_write(stored)
+    await first.send(record(b"a"))
+    draining = asyncio.ensure_future(first.drain())
+    await settle()
+    stored.set_exception(RuntimeError("MessageSizeTooLarge"))
+    with pytest.raises(HeldForever, match="1 record"):
+        await asyncio.wait_for(draining, timeout=1)
+    assert kafka.sent == []
+    with pytest.raises(HeldForever):
+        await first.send(record(b"b"))
+    await first.close()
+
+
+async def test_a_client_that_refuses_a_record_stops_the_release_and_the_drain_raises() -> None:
+    async def refuse(record: Record, context: contextvars.Context) -> None:
+        raise RuntimeError("producer stopped")
+
+    first = StateFirst(refuse)
+    stored = write()
+    first.note_write(stored)
+    await first.send(record(b"a"))
+    stored.set_result(None)
+    with pytest.raises(HeldForever, match="producer stopped"):
+        await asyncio.wait_for(first.drain(), timeout=1)
+
+
+async def test_a_flow_that_sends_more_than_the_limit_waits_until_records_leave() -> None:
+    kafka = Kafka()
+    first = StateFirst(kafka.send, limit=2)
+    stored = write()
+    first.note_write(stored)
+    await first.send(record(b"a"))
+    await first.send(record(b"b"))
+    third = asyncio.ensure_future(first.send(record(b"c")))
+    await settle()
+    assert not third.done()
+    stored.set_result(None)
+    await asyncio.wait_for(third, timeout=1)
+    await settle()
+    assert kafka.sent == [b"a", b"b", b"c"]
+    await first.close()
+
+
+async def test_the_workers_producer_sends_a_flows_record_only_once_the_table_write_before_it_is_in_kafka() -> None:
+    producer = create_faust_app(Settings(), store="memory://").producer
+    assert isinstance(producer, Producer)
+    kafka = FakeKafkaProducer()
+    producer._producer = kafka
+    changelog = write()
+    producer.buffer.put(changelog)  # as a table write does (faust's send_soon)
+    await producer.send_after_state("events", b"o-1", b"OrderConfirmed", None)
+    await settle()
+    assert kafka.batches == []
+    changelog.set_result(None)  # faust resolves it once Kafka acknowledged the changelog record
+    await settle()
+    assert len(kafka.batches) == 1
+    await producer.state_first.close()
+
+
+MESSAGE: contextvars.ContextVar[str] = contextvars.ContextVar("message", default="none")
+
+
+async def test_a_held_record_is_handed_over_in_the_context_of_the_flow_that_sent_it() -> None:
+    seen: list[tuple[bytes, str]] = []
+
+    async def send(record: Record, context: contextvars.Context) -> None:
+        seen.append((record[2], context.run(MESSAGE.get)))  # where its delivery is reported: the log fields
+
+    first = StateFirst(send)
+    stored = write()
+    first.note_write(stored)
+
+    async def flow(message: str) -> None:
+        MESSAGE.set(message)
+        await first.send(record(message.encode()))
+
+    await asyncio.create_task(flow("o-1"))
+    await asyncio.create_task(flow("o-2"))
+    stored.set_result(None)
+    await settle()
+    assert seen == [(b"o-1", "o-1"), (b"o-2", "o-2")]
+    await first.close()
