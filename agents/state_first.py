@@ -41,28 +41,36 @@ HOLD_LIMIT = 20_000
 
 
 class HeldForever(StreamcartError):
-    """A record cannot leave: a table write before it was not delivered, or handing it to Kafka failed."""
+    """Records cannot leave: a table write before them was not delivered, or the Kafka client refused a record."""
 
 
 class StateFirst:
     """Sends records only once every table write noted before them was delivered to its changelog.
 
     ``send`` hands a record to the Kafka client. :meth:`note_write` is called for each table write as faust
-    buffers it, with the future its delivery resolves.
+    buffers it, with the future its delivery resolves. A held record waits for every earlier write, whatever its
+    table or partition: what it depends on is not known here, and one changelog round trip covers them all.
+
+    Failure policy, as for a record Kafka refuses (agents/transport.py, ``Deliveries``): once a table write fails or
+    the Kafka client refuses a record, nothing held leaves any more and every :meth:`drain` raises, so the commit
+    that meets it crashes the worker and its messages since the last commit are delivered again. The flows are not
+    told (their records are accepted and dropped): whether a send went out at once or was held must not change
+    what a flow does.
     """
 
     def __init__(self, send: Send, *, limit: int = HOLD_LIMIT) -> None:
         self._send = send
         self.limit = limit
-        self._writes = 0  # table writes noted so far; the n-th has sequence number n
-        self._undelivered: dict[int, None] = {}  # sequence numbers of writes not delivered yet, in order
-        # (writes noted before it, record, the sender's context)
-        self._held: deque[tuple[int, Record, contextvars.Context]] = deque()
-        self._accepted = 0  # records taken by send
-        self._released = 0  # of those, handed to the Kafka client
+        self._writes = 0  # table writes noted so far; the n-th has number n
+        self._undelivered: dict[int, None] = {}  # numbers of the writes not delivered yet, in order
+        self._records = 0  # records taken so far; the n-th has number n
+        self._unfinished: dict[int, None] = {}  # numbers of the records not handed to the client yet, in order
+        # (record number, writes noted before it, record, the sender's context)
+        self._held: deque[tuple[int, int, Record, contextvars.Context]] = deque()
         self._progress = asyncio.Event()  # a write was delivered or a record held: the releaser looks again
-        self._released_some = asyncio.Event()  # the releaser handed records over (or gave up): drains look again
+        self._finished = asyncio.Event()  # records were handed over, or a failure came: drains look again
         self._releaser: asyncio.Task[None] | None = None
+        self._closed = False
         self.failure: BaseException | None = None
 
     @property
@@ -79,9 +87,7 @@ class StateFirst:
     def _delivered(self, number: int, delivery: asyncio.Future[Any]) -> None:
         failure = asyncio.CancelledError() if delivery.cancelled() else delivery.exception()
         if failure is not None:
-            # Whatever was sent after this write stays held; the producer's flush raises and the worker crashes
-            # before any commit passes it.
-            self._give_up(failure)
+            self._give_up(failure)  # the write stays undelivered: whatever was sent after it stays held
             return
         del self._undelivered[number]
         self._progress.set()
@@ -90,19 +96,35 @@ class StateFirst:
         """The highest n such that table writes 1..n were all delivered."""
         return next(iter(self._undelivered)) - 1 if self._undelivered else self._writes
 
+    def _take(self) -> int:
+        self._records += 1
+        self._unfinished[self._records] = None
+        return self._records
+
+    def _finish(self, number: int) -> None:
+        self._unfinished.pop(number, None)
+        self._finished.set()
+
     async def send(self, record: Record) -> None:
         """Hand ``record`` to Kafka now if every table write noted so far was delivered, or queue it until they are."""
-        if self.failure is not None:
-            raise HeldForever(f"no record can leave any more: {self.failure!r}") from self.failure
-        self._accepted += 1
-        if not self._held and not self._undelivered:
-            await self._send(record, contextvars.copy_context())
-            self._released += 1
+        if self._closed:
+            raise HeldForever("the producer stopped")
+        context = contextvars.copy_context()
+        if not self._held and not self._undelivered and self.failure is None:
+            number = self._take()
+            try:
+                await self._send(record, context)
+            except Exception as exc:
+                self._give_up(exc)
+            finally:
+                self._finish(number)
             return
         while len(self._held) >= self.limit and self.failure is None:
-            self._released_some.clear()
-            await self._released_some.wait()
-        self._held.append((self._writes, record, contextvars.copy_context()))
+            self._finished.clear()
+            await self._finished.wait()
+        if self.failure is not None:
+            return  # never sent: the next commit crashes the worker before it passes the message that sent it
+        self._held.append((self._take(), self._writes, record, context))
         if self._releaser is None:  # in a context of its own, not that of the message that happened to start it
             self._releaser = asyncio.get_running_loop().create_task(self._release(), context=contextvars.Context())
         self._progress.set()
@@ -112,40 +134,41 @@ class StateFirst:
             await self._progress.wait()
             self._progress.clear()
             stored = self._stored_through()
-            while self._held and self._held[0][0] <= stored:
-                _, record, context = self._held[0]
+            while self._held and self._held[0][1] <= stored:
+                number, _, record, context = self._held[0]
                 try:
                     await self._send(record, context)
-                except Exception as exc:  # the Kafka client stopped or refused: nothing after it may go either
+                except Exception as exc:
                     self._give_up(exc)
                     return
                 self._held.popleft()
-                self._released += 1
-            self._released_some.set()
+                self._finish(number)
 
     def _give_up(self, failure: BaseException) -> None:
         if self.failure is None:
-            log.critical("%d record(s) can no longer be sent after the state that decided them: %s: %s",
-                         len(self._held), type(failure).__name__, failure)
+            log.critical("a record cannot be sent after the state that decided it: %s: %s; %d record(s) held stay "
+                         "unsent, and the worker stops at its next commit", type(failure).__name__, failure,
+                         len(self._held))
             self.failure = failure
-        self._released_some.set()
+        self._finished.set()
 
     async def drain(self) -> None:
-        """Return once every record accepted before the call was handed to the Kafka client.
+        """Return once every record taken before the call was handed to the Kafka client.
 
-        Raises :class:`HeldForever` if one of them never can be.
+        Raises :class:`HeldForever` once a record can never be (then nothing may be committed any more).
         """
-        target = self._accepted
-        while self._released < target:
+        target = self._records
+        while True:
             if self.failure is not None:
-                raise HeldForever(
-                    f"{self._accepted - self._released} record(s) held after a failure: {self.failure!r}"
-                ) from self.failure
-            self._released_some.clear()
-            await self._released_some.wait()
+                raise HeldForever(f"records cannot be sent any more: {self.failure!r}") from self.failure
+            if not self._unfinished or next(iter(self._unfinished)) > target:
+                return
+            self._finished.clear()
+            await self._finished.wait()
 
     async def close(self) -> None:
-        """Stop the releaser (after :meth:`drain`, or for good when the worker crashes)."""
+        """Stop the releaser (after :meth:`drain`, or for good when the worker crashes); later sends raise."""
+        self._closed = True
         if self._releaser is not None:
             self._releaser.cancel()
             await asyncio.gather(self._releaser, return_exceptions=True)

@@ -594,8 +594,10 @@ class Deliveries:
 
 
 class Producer(faust_aiokafka.Producer):
-    """faust's aiokafka producer with :class:`ProducerBuffer`, drained before the Kafka client stops, and whose
-    flush raises once a record it sent was not delivered (:class:`Deliveries`)."""
+    """faust's aiokafka producer with :class:`ProducerBuffer`, drained before the Kafka client stops; the records of
+    flows that read several topics wait there until the table writes before them are delivered (``send_after_state``,
+    agents/state_first.py). Its flush waits for those too, and raises once a record it sent was not delivered
+    (:class:`Deliveries`) or can no longer be sent (``HeldForever``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -628,7 +630,8 @@ class Producer(faust_aiokafka.Producer):
         return delivery
 
     async def flush(self) -> None:
-        """Wait until every record sent so far was delivered; raise :class:`DeliveryFailed` if any ever failed."""
+        """Wait until every record sent so far, held ones included, was delivered; raise :class:`DeliveryFailed` or
+        ``HeldForever`` (and crash the worker) if any ever failed."""
         try:
             await self.buffer.flush()
             await self.state_first.drain()

@@ -114,7 +114,7 @@ async def test_a_drain_waits_for_the_records_held_when_it_began_and_not_for_late
     await first.close()
 
 
-async def test_a_write_that_fails_holds_everything_after_it_and_every_drain_and_send_raise() -> None:
+async def test_a_write_that_fails_holds_everything_after_it_and_every_drain_raises() -> None:
     kafka = Kafka()
     first = StateFirst(kafka.send)
     stored = write()
@@ -123,15 +123,17 @@ async def test_a_write_that_fails_holds_everything_after_it_and_every_drain_and_
     draining = asyncio.ensure_future(first.drain())
     await settle()
     stored.set_exception(RuntimeError("MessageSizeTooLarge"))
-    with pytest.raises(HeldForever, match="1 record"):
+    with pytest.raises(HeldForever, match="MessageSizeTooLarge"):
         await asyncio.wait_for(draining, timeout=1)
+    await first.send(record(b"b"))  # the flow is not told: the commit that would pass its message crashes the worker
+    await settle()
     assert kafka.sent == []
     with pytest.raises(HeldForever):
-        await first.send(record(b"b"))
+        await first.drain()
     await first.close()
 
 
-async def test_a_client_that_refuses_a_record_stops_the_release_and_the_drain_raises() -> None:
+async def test_a_client_that_refuses_a_held_record_stops_the_release_and_every_drain_raises() -> None:
     async def refuse(record: Record, context: contextvars.Context) -> None:
         raise RuntimeError("producer stopped")
 
@@ -142,6 +144,65 @@ async def test_a_client_that_refuses_a_record_stops_the_release_and_the_drain_ra
     stored.set_result(None)
     with pytest.raises(HeldForever, match="producer stopped"):
         await asyncio.wait_for(first.drain(), timeout=1)
+
+
+async def test_a_record_refused_on_the_way_out_at_once_is_treated_the_same_as_a_held_one() -> None:
+    async def refuse(record: Record, context: contextvars.Context) -> None:
+        raise RuntimeError("MessageSizeTooLarge")
+
+    first = StateFirst(refuse)
+    await first.send(record(b"a"))  # nothing held: it went at once, and the flow is not told either way
+    with pytest.raises(HeldForever, match="MessageSizeTooLarge"):
+        await asyncio.wait_for(first.drain(), timeout=1)
+
+
+async def test_a_drain_waits_for_a_record_the_client_is_still_taking_at_once() -> None:
+    taken = asyncio.Event()
+
+    async def slow(record: Record, context: contextvars.Context) -> None:
+        await taken.wait()  # as aiokafka waits for a topic's metadata, or for room in a full batch
+
+    first = StateFirst(slow)
+    sending = asyncio.ensure_future(first.send(record(b"a")))
+    await settle()
+    draining = asyncio.ensure_future(first.drain())
+    await settle()
+    assert not draining.done()
+    taken.set()
+    await asyncio.wait_for(asyncio.gather(sending, draining), timeout=1)
+
+
+async def test_a_send_cancelled_on_its_way_out_or_waiting_for_room_leaves_no_drain_waiting() -> None:
+    never = asyncio.Event()
+
+    async def stuck(record: Record, context: contextvars.Context) -> None:
+        await never.wait()
+
+    first = StateFirst(stuck)
+    sending = asyncio.ensure_future(first.send(record(b"at once")))  # a stop cancels the flow mid-send
+    await settle()
+    sending.cancel()
+    await asyncio.wait_for(first.drain(), timeout=1)
+
+    kafka = Kafka()
+    first = StateFirst(kafka.send, limit=1)
+    stored = write()
+    first.note_write(stored)
+    await first.send(record(b"a"))
+    waiting = asyncio.ensure_future(first.send(record(b"b")))  # no room: it waits before it is taken
+    await settle()
+    waiting.cancel()
+    stored.set_result(None)
+    await asyncio.wait_for(first.drain(), timeout=1)
+    assert kafka.sent == [b"a"]
+    await first.close()
+
+
+async def test_a_send_after_the_producer_stopped_raises() -> None:
+    first = StateFirst(Kafka().send)
+    await first.close()
+    with pytest.raises(HeldForever, match="stopped"):
+        await first.send(record(b"late"))
 
 
 async def test_a_flow_that_sends_more_than_the_limit_waits_until_records_leave() -> None:
