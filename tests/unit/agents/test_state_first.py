@@ -66,7 +66,8 @@ async def test_a_record_waits_for_the_write_before_it_without_holding_up_the_flo
     await first.close()
 
 
-async def test_records_leave_in_the_order_sent_each_once_every_earlier_write_was_delivered() -> None:
+async def write_a_write_b() -> tuple[Kafka, StateFirst, asyncio.Future[Any], asyncio.Future[Any]]:
+    """A flow that wrote its state and sent "a", then wrote again and sent "b"."""
     kafka = Kafka()
     first = StateFirst(kafka.send)
     one, two = write(), write()
@@ -74,6 +75,11 @@ async def test_records_leave_in_the_order_sent_each_once_every_earlier_write_was
     await first.send(record(b"a"))
     first.note_write(two)
     await first.send(record(b"b"))
+    return kafka, first, one, two
+
+
+async def test_records_leave_in_the_order_sent_each_once_every_earlier_write_was_delivered() -> None:
+    kafka, first, one, two = await write_a_write_b()
     two.set_result(None)  # acknowledgements come in any order: "b" still waits for the first write
     await settle()
     assert kafka.sent == []
@@ -84,28 +90,28 @@ async def test_records_leave_in_the_order_sent_each_once_every_earlier_write_was
 
 
 async def test_a_record_before_a_write_does_not_wait_for_it() -> None:
-    kafka = Kafka()
-    first = StateFirst(kafka.send)
-    one, two = write(), write()
-    first.note_write(one)
-    await first.send(record(b"a"))
-    first.note_write(two)
-    await first.send(record(b"b"))
+    kafka, first, one, _ = await write_a_write_b()
     one.set_result(None)
     await settle()
     assert kafka.sent == [b"a"]  # "b" waits for the second write, "a" did not
     await first.close()
 
 
-async def test_a_drain_waits_for_the_records_held_when_it_began_and_not_for_later_ones() -> None:
+async def a_held_record_drained() -> tuple[Kafka, StateFirst, asyncio.Future[Any], asyncio.Future[None]]:
+    """A flow that wrote its state and sent "a", and a commit's drain waiting for it."""
     kafka = Kafka()
     first = StateFirst(kafka.send)
-    one = write()
-    first.note_write(one)
+    stored = write()
+    first.note_write(stored)
     await first.send(record(b"a"))
     draining = asyncio.ensure_future(first.drain())
     await settle()
     assert not draining.done()
+    return kafka, first, stored, draining
+
+
+async def test_a_drain_waits_for_the_records_held_when_it_began_and_not_for_later_ones() -> None:
+    kafka, first, one, draining = await a_held_record_drained()
     first.note_write(write())  # never delivered
     await first.send(record(b"later"))
     one.set_result(None)
@@ -115,13 +121,7 @@ async def test_a_drain_waits_for_the_records_held_when_it_began_and_not_for_late
 
 
 async def test_a_write_that_fails_holds_everything_after_it_and_every_drain_raises() -> None:
-    kafka = Kafka()
-    first = StateFirst(kafka.send)
-    stored = write()
-    first.note_write(stored)
-    await first.send(record(b"a"))
-    draining = asyncio.ensure_future(first.drain())
-    await settle()
+    kafka, first, stored, draining = await a_held_record_drained()
     stored.set_exception(RuntimeError("MessageSizeTooLarge"))
     with pytest.raises(HeldForever, match="MessageSizeTooLarge"):
         await asyncio.wait_for(draining, timeout=1)
