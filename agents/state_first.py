@@ -5,15 +5,16 @@ buffers the table write and hands it to Kafka a little later, while a record sen
 reach Kafka first. A worker killed in between leaves the events out and the state lost: its restart rebuilds the
 table from the changelog (agents/worker.py) and the messages since the last commit are delivered again. When they
 come in the same order, each is decided the same way again and its events, with the same ids, are dropped by
-their consumers. But a flow that reads several topics (orders reads four, inventory two) may get them in another
-order after a restart: a CancelOrder before the PaymentAuthorized it followed, an AdjustStock before the
+their consumers. But a flow that reads several topics (orders reads four, inventory and shipping two) may get them
+in another order after a restart: a CancelOrder before the PaymentAuthorized it followed, an AdjustStock before the
 ReserveStock. The order would then be cancelled after its OrderConfirmed went out, a reservation refused after its
 StockReserved did: two decisions for one state, each with its effects.
 
 :class:`StateFirst` closes that window without blocking the flows: a record sent while table writes noted before
 it are undelivered waits in a queue, and a task hands the queue over, in order, as their changelog records are
 acknowledged. The flows go on deciding meanwhile; their records leave a changelog round trip later. An offset
-commit waits for the queue (:meth:`StateFirst.drain`), as it waits for the rest of the producer.
+commit waits for the queue (:meth:`StateFirst.drain`), as it waits for the rest of the producer. Flows that read
+one topic send at once (agents/runtime.py, ``FaustSink``).
 """
 
 from __future__ import annotations
