@@ -45,6 +45,30 @@ class HeldForever(StreamcartError):
     """Records cannot leave: a table write before them was not delivered, or the Kafka client refused a record."""
 
 
+class _Numbered:
+    """Things numbered 1, 2, … as they come, and which of them are still outstanding (ended in any order)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._outstanding: dict[int, None] = {}  # insertion order is number order
+
+    def __bool__(self) -> bool:
+        """Whether any is outstanding."""
+        return bool(self._outstanding)
+
+    def add(self) -> int:
+        self.count += 1
+        self._outstanding[self.count] = None
+        return self.count
+
+    def end(self, number: int) -> None:
+        self._outstanding.pop(number, None)
+
+    def ended_through(self) -> int:
+        """The highest n such that 1..n have all ended."""
+        return next(iter(self._outstanding)) - 1 if self._outstanding else self.count
+
+
 class StateFirst:
     """Sends records only once every table write noted before them was delivered to its changelog.
 
@@ -62,10 +86,8 @@ class StateFirst:
     def __init__(self, send: Send, *, limit: int = HOLD_LIMIT) -> None:
         self._send = send
         self.limit = limit
-        self._writes = 0  # table writes noted so far; the n-th has number n
-        self._undelivered: dict[int, None] = {}  # numbers of the writes not delivered yet, in order
-        self._records = 0  # records taken so far; the n-th has number n
-        self._unfinished: dict[int, None] = {}  # numbers of the records not handed to the client yet, in order
+        self._writes = _Numbered()  # table writes noted; outstanding: not delivered yet
+        self._records = _Numbered()  # records taken; outstanding: not handed to the Kafka client yet
         # (record number, writes noted before it, record, the sender's context)
         self._held: deque[tuple[int, int, Record, contextvars.Context]] = deque()
         self._progress = asyncio.Event()  # a write was delivered or a record held: the releaser looks again
@@ -81,29 +103,18 @@ class StateFirst:
 
     def note_write(self, delivery: asyncio.Future[Any]) -> None:
         """Note a table write that records sent from now on must wait for; ``delivery`` resolves once it is in Kafka."""
-        self._writes += 1
-        self._undelivered[self._writes] = None
-        delivery.add_done_callback(partial(self._delivered, self._writes))
+        delivery.add_done_callback(partial(self._delivered, self._writes.add()))
 
     def _delivered(self, number: int, delivery: asyncio.Future[Any]) -> None:
         failure = asyncio.CancelledError() if delivery.cancelled() else delivery.exception()
         if failure is not None:
             self._give_up(failure)  # the write stays undelivered: whatever was sent after it stays held
             return
-        del self._undelivered[number]
+        self._writes.end(number)
         self._progress.set()
 
-    def _stored_through(self) -> int:
-        """The highest n such that table writes 1..n were all delivered."""
-        return next(iter(self._undelivered)) - 1 if self._undelivered else self._writes
-
-    def _take(self) -> int:
-        self._records += 1
-        self._unfinished[self._records] = None
-        return self._records
-
     def _finish(self, number: int) -> None:
-        self._unfinished.pop(number, None)
+        self._records.end(number)
         self._finished.set()
 
     async def send(self, record: Record) -> None:
@@ -111,8 +122,8 @@ class StateFirst:
         if self._closed:
             raise HeldForever("the producer stopped")
         context = contextvars.copy_context()
-        if not self._held and not self._undelivered and self.failure is None:
-            number = self._take()
+        if not self._held and not self._writes and self.failure is None:
+            number = self._records.add()
             try:
                 await self._send(record, context)
             except Exception as exc:
@@ -125,7 +136,7 @@ class StateFirst:
             await self._finished.wait()
         if self.failure is not None:
             return  # never sent: the next commit crashes the worker before it passes the message that sent it
-        self._held.append((self._take(), self._writes, record, context))
+        self._held.append((self._records.add(), self._writes.count, record, context))
         if self._releaser is None:  # in a context of its own, not that of the message that happened to start it
             self._releaser = asyncio.get_running_loop().create_task(self._release(), context=contextvars.Context())
         self._progress.set()
@@ -134,7 +145,7 @@ class StateFirst:
         while True:
             await self._progress.wait()
             self._progress.clear()
-            stored = self._stored_through()
+            stored = self._writes.ended_through()
             while self._held and self._held[0][1] <= stored:
                 number, _, record, context = self._held[0]
                 try:
@@ -158,11 +169,11 @@ class StateFirst:
 
         Raises :class:`HeldForever` once a record can never be (then nothing may be committed any more).
         """
-        target = self._records
+        target = self._records.count
         while True:
             if self.failure is not None:
                 raise HeldForever(f"records cannot be sent any more: {self.failure!r}") from self.failure
-            if not self._unfinished or next(iter(self._unfinished)) > target:
+            if self._records.ended_through() >= target:
                 return
             self._finished.clear()
             await self._finished.wait()

@@ -59,6 +59,11 @@ class Unavailable(ApiError):
     status, code = 503, "unavailable"
 
 
+def code_of(reason: str) -> str:
+    """The error code of an HTTP reason phrase: ``"Request Entity Too Large"`` → ``"request_entity_too_large"``."""
+    return reason.lower().replace(" ", "_")
+
+
 def error_response(status: int, code: str, message: str, details: Any = None, **headers: str) -> web.Response:
     return web.json_response(
         {"error": {"code": code, "message": message, "details": details}}, status=status, headers=headers
@@ -76,8 +81,7 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = exc.reason.lower().replace(" ", "_")
-        return error_response(exc.status, code, exc.reason, None, **{
+        return error_response(exc.status, code_of(exc.reason), exc.reason, None, **{
             k: v for k, v in exc.headers.items() if k.lower() in {"allow", "retry-after"}
         })
     except Exception:
@@ -102,7 +106,7 @@ class _JsonErrorsHandler(RequestHandler):
         else:
             log.info("unreadable request from %s: %s", request.remote, message or exc)
             phrase = HTTPStatus(status).phrase
-            response = error_response(status, phrase.lower().replace(" ", "_"), message or phrase)
+            response = error_response(status, code_of(phrase), message or phrase)
         response.force_close()
         return response
 

@@ -405,13 +405,18 @@ def _show_order(remote: Remote, order_id: str, wait: Wait) -> None:
 
 
 def _order_body(order_id: str, response: tuple[int, object]) -> dict[str, Any]:
-    status, body = response
-    if status == 404:
+    if response[0] == 404:
         raise StreamcartError(f"order {order_id} not found")
+    return _json_body(f"order {order_id}", response)
+
+
+def _json_body(what: str, response: tuple[int, object]) -> dict[str, Any]:
+    """The JSON object of a 200; a 503 is :class:`NotNow` (reading again will do), anything else an error."""
+    status, body = response
     if status == 503:
-        raise NotNow(f"order {order_id}: the API cannot answer now (HTTP 503: {body}); try again shortly")
+        raise NotNow(f"{what}: the API cannot answer now (HTTP 503: {body}); try again shortly")
     if status != 200 or not isinstance(body, dict):
-        raise StreamcartError(f"order {order_id}: HTTP {status} {body}")
+        raise StreamcartError(f"{what}: HTTP {status} {body}")
     return body
 
 
@@ -523,13 +528,10 @@ def _read_stock(remote: Remote, sku: str) -> StockState:
     """The SKU's counters as the API shows them (a SKU never stocked has none: zero, as the domain counts it)."""
     from streamcart.domain.inventory import StockState
 
-    status, body = remote.get(f"/v1/stock/{sku}")
-    if status == 404:
+    response = remote.get(f"/v1/stock/{sku}")
+    if response[0] == 404:
         return StockState(sku=sku)
-    if status == 503:
-        raise NotNow(f"stock of {sku}: the API cannot answer now (HTTP 503: {body}); try again shortly")
-    if status != 200 or not isinstance(body, dict):
-        raise StreamcartError(f"stock of {sku}: HTTP {status} {body}")
+    body = _json_body(f"stock of {sku}", response)
     return StockState(sku=sku, **{name: body[name] for name in ("on_hand", "reserved", "adjusted", "sold",
                                                                   "restocked")})
 
