@@ -43,6 +43,7 @@ from typing import Any, cast
 
 import faust
 from aiokafka import TopicPartition
+from aiokafka.producer.message_accumulator import MessageAccumulator
 from faust.transport.consumer import CONSUMER_FETCHING, CONSUMER_WAIT_EMPTY
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.producer import ProducerBuffer as FaustProducerBuffer
@@ -593,6 +594,32 @@ class Deliveries:
             ) from self.failure
 
 
+class NodeDrainingAccumulator(MessageAccumulator):  # type: ignore[misc]  # aiokafka has no type hints
+    """aiokafka's accumulator of record batches, drained a broker at a time as Java's producer drains them.
+
+    aiokafka sends a partition's batch only once that batch has lingered ``linger_ms``, so the many partitions a
+    worker writes (its changelogs, the saga's topics, the warehouse's) each start their own clock, and their batches
+    leave in a stream of small produce requests: at 100 orders/s a worker sent several requests per order, and
+    writing them was an eighth of its CPU. Here, as soon as one batch bound for a broker is due, every partition led
+    by that broker sends its batch in the same request: one request per broker and linger period, each record still
+    sent within ``linger_ms`` of being appended. (Per partition nothing changes: one batch at a time, in order.)
+    """
+
+    def drain_by_nodes(self, ignore_nodes: Any, muted_partitions: Any = frozenset()) -> Any:
+        leaders: dict[Any, Any] = {}
+        due: set[Any] = set()
+        for tp, batches in self._batches.items():
+            if not batches or tp in muted_partitions:
+                continue
+            leader = leaders[tp] = self._cluster.leader_for_partition(tp)
+            if leader not in (None, -1) and batches[0].remaining_linger() is None:
+                due.add(leader)
+        for tp, leader in leaders.items():
+            if leader in due:
+                self._batches[tp][0]._linger_time = 0  # due with the rest of its broker's batches
+        return super().drain_by_nodes(ignore_nodes, muted_partitions)
+
+
 class Producer(faust_aiokafka.Producer):
     """faust's aiokafka producer with :class:`ProducerBuffer`, drained before the Kafka client stops; the records of
     flows that read several topics wait there until the table writes before them are delivered (``send_after_state``,
@@ -606,6 +633,11 @@ class Producer(faust_aiokafka.Producer):
         self.deliveries = Deliveries()
         self.state_first = buffer.state_first = StateFirst(self._send_record)
         self.buffer = buffer
+
+    def _new_producer(self, transactional_id: str | None = None) -> Any:
+        producer = super()._new_producer(transactional_id)
+        producer._message_accumulator.__class__ = NodeDrainingAccumulator
+        return producer
 
     async def _send_record(self, record: Record, context: contextvars.Context) -> None:
         topic, key, value, headers = record

@@ -52,7 +52,9 @@ class Settings(BaseSettings):
     app_id: str = "streamcart"
 
     # Latency/throughput knobs (notes/faust.md: faust's defaults are hostile to this workload).
-    producer_linger_ms: int = 20
+    #: How long a record waits for others bound for the same broker before the worker sends them in one request
+    #: (agents/transport.py, NodeDrainingAccumulator); under load, the one request in flight per broker batches more.
+    producer_linger_ms: int = 5
     commit_interval_s: float = 0.2
     #: While records flow, a worker's fetches wait for this many bytes, or this long, whichever comes first: a
     #: fetch brings a batch instead of each record costing a fetch of its own (aiokafka's defaults are 1 byte).
