@@ -602,7 +602,8 @@ class NodeDrainingAccumulator(MessageAccumulator):  # type: ignore[misc]  # aiok
     leave in a stream of small produce requests: at 100 orders/s a worker sent several requests per order, and
     writing them was an eighth of its CPU. Here, as soon as one batch bound for a broker is due, every partition led
     by that broker sends its batch in the same request: one request per broker and linger period, each record still
-    sent within ``linger_ms`` of being appended. (Per partition nothing changes: one batch at a time, in order.)
+    sent within ``linger_ms`` of being appended. (Per partition nothing changes: one batch at a time, in order. faust's
+    ``producer_threaded``, which streamcart leaves off, builds its Kafka client elsewhere and would not drain so.)
     """
 
     def drain_by_nodes(self, ignore_nodes: Any, muted_partitions: Any = frozenset()) -> Any:

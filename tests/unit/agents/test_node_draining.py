@@ -15,13 +15,14 @@ from streamcart.settings import Settings
 
 LINGER_MS = 50
 DUE, WAITING, ELSEWHERE = TopicPartition("a", 0), TopicPartition("b", 3), TopicPartition("c", 1)
+LEADERLESS = TopicPartition("d", 2)
 
 
 class _Cluster:
-    """Partitions ``a/0`` and ``b/3`` are led by broker 0, ``c/1`` by broker 1."""
+    """Partitions ``a/0`` and ``b/3`` are led by broker 0, ``c/1`` by broker 1; ``d/2`` has no leader known."""
 
-    def leader_for_partition(self, tp: TopicPartition) -> int:
-        return 1 if tp == ELSEWHERE else 0
+    def leader_for_partition(self, tp: TopicPartition) -> int | None:
+        return {ELSEWHERE: 1, LEADERLESS: None}.get(tp, 0)
 
 
 async def _accumulator(kind: type[MessageAccumulator]) -> MessageAccumulator:
@@ -76,6 +77,17 @@ async def test_a_broker_with_a_request_in_flight_gets_nothing_until_it_answered(
 
     assert accumulator.drain_by_nodes(ignore_nodes={0})[0] == {}
     assert _drained(accumulator.drain_by_nodes(ignore_nodes=set())[0]) == {0: {DUE, WAITING}}
+
+
+async def test_a_partition_whose_leader_is_unknown_waits_for_the_metadata() -> None:
+    accumulator = await _accumulator(NodeDrainingAccumulator)
+    await accumulator.add_message(LEADERLESS, b"k", b"v", timeout=1)
+
+    nodes, unknown_leaders = accumulator.drain_by_nodes(ignore_nodes=set())
+
+    assert _drained(nodes) == {0: {DUE, WAITING}}
+    assert unknown_leaders  # the sender refreshes the metadata, and the batch goes once its leader is known
+    assert accumulator._batches[LEADERLESS]
 
 
 async def test_the_workers_kafka_producer_drains_by_broker() -> None:
