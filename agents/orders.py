@@ -35,7 +35,8 @@ def register(runtime: Runtime) -> Any:
         if order_id is None:
             raise FlowError(f"{type(message).__name__} has no order_id")
         stored = tables.orders.get(order_id)
-        decision = orders.decide(stored, message, saga_timeout_ms=saga_timeout_ms)
+        decision = orders.decide(stored, message, saga_timeout_ms=saga_timeout_ms,
+                                 recorded_at=warehouse.record_time_ms(event))
         if refused(decision.rejected, message, REFUSALS):
             return
         # A message that changes nothing (a redelivery) stores the order again: a worker killed after writing

@@ -32,11 +32,12 @@ async def send_order_rows(runtime: Runtime, before: OrderState | None, after: Or
 async def send_event_rows(runtime: Runtime, message: Message, event: Any) -> None:
     """Send the fact row of a payment, shipping or stock event (nothing for other messages), stamped with the time
     its record was written to Kafka (the same for a redelivered record)."""
-    rows = warehouse.event_rows(message, _record_time_ms(event))
+    rows = warehouse.event_rows(message, record_time_ms(event))
     if rows:
         await runtime.send_rows(rows, cause=event)
 
 
-def _record_time_ms(event: Any) -> int | None:
+def record_time_ms(event: Any) -> int | None:
+    """When faust's ``event`` was written to Kafka: its record's timestamp in ms (``None`` if it has none)."""
     written_s = event.message.timestamp  # seconds (faust); None if the record has none
     return None if written_s is None else round(written_s * 1000)

@@ -265,7 +265,8 @@ def order_json(order: OrderState) -> dict[str, object]:
         "placed_at": order.placed_at,
         "deadline": order.deadline,
         "history": [
-            {"event": entry.event, "time": entry.at, "event_id": entry.event_id, "detail": entry.detail}
+            {"event": entry.event, "time": entry.at, "event_id": entry.event_id, "detail": entry.detail,
+             "recorded": entry.recorded_at}
             for entry in order.history
         ],
     }

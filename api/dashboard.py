@@ -3,7 +3,8 @@
 GET /v1/orders/{order_id}/timeline answers on the worker that owns the order (forwarded there like every keyed
 read): the order's history (event times) with, for each step, the wall-clock time the orders flow applied it on
 that worker and the stage latencies between steps. The wall-clock times are the worker's memory of recent
-orders (:class:`streamcart.telemetry.Telemetry`): after a restart, older steps show their event time only.
+orders (:class:`streamcart.telemetry.Telemetry`); for steps it no longer remembers (after a restart, say), the time
+the message that made the step was written to Kafka, which the order's history keeps.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ async def timeline(request: web.Request) -> web.Response:
     steps: list[dict[str, Any]] = []
     previous: int | None = None
     for entry in order.history:
-        at = recorded.get(entry.event_id)
+        at = recorded.get(entry.event_id, entry.recorded_at)
         steps.append({
             "event": entry.event, "event_id": entry.event_id, "at": entry.at, "detail": entry.detail,
             "recorded_at": at,

@@ -91,12 +91,15 @@ class LineOut(BaseModel):
 
 
 class HistoryOut(BaseModel):
-    """One step of the order (DESIGN.md §5: event, time); ``time`` is the event time in ms."""
+    """One step of the order (DESIGN.md §5: event, time); ``time`` is the event time in ms (a derived event has its
+    cause's, so a saga's steps share the time of its placement); ``recorded`` is when the message that made the
+    step was written to Kafka, in ms (``null`` for steps of orders placed before streamcart recorded it)."""
 
     event: str
     time: int
     event_id: str
     detail: str | None = None
+    recorded: int | None = None
 
 
 class OrderOut(BaseModel):

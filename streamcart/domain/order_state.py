@@ -53,12 +53,18 @@ class _Model(BaseModel):
 
 
 class HistoryEntry(_Model):
-    """One thing that happened to the order, with its event time; ``detail`` says which line or why."""
+    """One thing that happened to the order, with its event time; ``detail`` says which line or why.
+
+    ``recorded_at`` is when the message the orders flow applied for this step was written to Kafka (its record's
+    timestamp, ms; the same for a redelivery): derived events carry their cause's event time, so a whole saga has
+    the time of its placement, and this says when each step came.
+    """
 
     event: str
     at: int
     event_id: str
     detail: str | None = None
+    recorded_at: int | None = None
 
 
 class LineOutcome(_Model):

@@ -94,15 +94,18 @@ __all__ = [
 CANNOT_CANCEL_AFTER_DISPATCH = "cannot cancel after dispatch"
 
 
-def decide(state: OrderState | None, message: Message, *, saga_timeout_ms: int) -> Decision[OrderState]:
-    """Apply one message to an order (``state`` is ``None`` for an order not seen yet).
+def decide(
+    state: OrderState | None, message: Message, *, saga_timeout_ms: int, recorded_at: int | None = None
+) -> Decision[OrderState]:
+    """Apply one message to an order (``state`` is ``None`` for an order not seen yet); ``recorded_at`` is when
+    ``message`` was written to Kafka, if known (the history's :attr:`HistoryEntry.recorded_at`).
 
     ``rejected`` is set for a message about an order that does not exist, a message type the orders flow does
     not handle, and a CancelOrder after dispatch (:data:`CANNOT_CANCEL_AFTER_DISPATCH`); the state is then
     unchanged and nothing is emitted.
     """
     if isinstance(message, PlaceOrder):
-        return _place(state, message, saga_timeout_ms)
+        return _place(state, message, saga_timeout_ms, recorded_at)
     order_id = getattr(message, "order_id", None)
     if not isinstance(message, _HANDLED) or order_id is None:
         return Decision(state=None, rejected=f"orders does not handle {type(message).__name__}")
@@ -119,7 +122,7 @@ def decide(state: OrderState | None, message: Message, *, saga_timeout_ms: int) 
     updated = _transition(state, message)
     if updated is None:
         return Decision(state=None)
-    return _applied(updated, message)
+    return _applied(updated, message, recorded_at)
 
 
 def cancel_refusal(status: str) -> str | None:
@@ -132,7 +135,9 @@ def cancel_refusal(status: str) -> str | None:
 
 # --- Placing ------------------------------------------------------------------------------------------------
 
-def _place(state: OrderState | None, cmd: PlaceOrder, saga_timeout_ms: int) -> Decision[OrderState]:
+def _place(
+    state: OrderState | None, cmd: PlaceOrder, saga_timeout_ms: int, recorded_at: int | None
+) -> Decision[OrderState]:
     if state is not None:
         # Placed before (a redelivery, or a retried request that reused the order id): change nothing and
         # emit exactly what the first placement emitted.
@@ -153,7 +158,7 @@ def _place(state: OrderState | None, cmd: PlaceOrder, saga_timeout_ms: int) -> D
         placed_event_id=cmd.event_id,
         outcomes={line.sku: LineOutcome() for line in lines},
     )
-    return _applied(placed, cmd)
+    return _applied(placed, cmd, recorded_at)
 
 
 def _merge_lines(lines: Iterable[OrderLine]) -> tuple[OrderLine, ...]:
@@ -359,18 +364,18 @@ def _with_outcome(order: OrderState, sku: str, outcome: LineOutcome) -> OrderSta
     return order.model_copy(update={"outcomes": {**order.outcomes, sku: outcome}})
 
 
-def _applied(order: OrderState, message: Message) -> Decision[OrderState]:
+def _applied(order: OrderState, message: Message, recorded_at: int | None) -> Decision[OrderState]:
     """Record ``message`` as applied, with its history, and emit what it caused."""
     messages = effects_of(order, message.event_id)
-    entries = [] if isinstance(message, _COMMANDS) else [_history_entry(message)]
-    entries.extend(_history_entry(m) for m in messages if isinstance(m, OrderEvent))
+    entries = [] if isinstance(message, _COMMANDS) else [_history_entry(message, recorded_at)]
+    entries.extend(_history_entry(m, recorded_at) for m in messages if isinstance(m, OrderEvent))
     recorded = order.model_copy(
         update={"applied": order.applied | {message.event_id}, "history": (*order.history, *entries)}
     )
     return Decision(state=recorded, messages=messages)
 
 
-def _history_entry(message: Message) -> HistoryEntry:
+def _history_entry(message: Message, recorded_at: int | None) -> HistoryEntry:
     detail: str | None = None
     match message:
         case StockRejected():
@@ -383,7 +388,8 @@ def _history_entry(message: Message) -> HistoryEntry:
             detail = message.tracking_id
         case OrderCancelRequested():
             detail = message.detail
-    return HistoryEntry(event=type(message).__name__, at=message.occurred_at, event_id=message.event_id, detail=detail)
+    return HistoryEntry(event=type(message).__name__, at=message.occurred_at, event_id=message.event_id, detail=detail,
+                        recorded_at=recorded_at)
 
 
 _COMMANDS = (PlaceOrder, CancelOrder, ExpireOrder)

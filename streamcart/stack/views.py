@@ -124,8 +124,12 @@ def order_panel(order: dict[str, Any]) -> Table:
     for part in ("payment", "shipment"):
         if order.get(part):
             table.add_row(part, ", ".join(f"{k}={v}" for k, v in order[part].items() if v is not None))
-    start = order.get("placed_at") or 0
-    for entry in order.get("history", []):
+    # Each step's offset from the first: when its message was written to Kafka (the event times of a saga's steps
+    # are all the placement's), or the event time for an order recorded without it.
+    history = order.get("history", [])
+    clock = "recorded" if history and all(entry.get("recorded") is not None for entry in history) else "time"
+    start = history[0][clock] if clock == "recorded" else order.get("placed_at") or 0
+    for entry in history:
         detail = f" · {entry['detail']}" if entry.get("detail") else ""
-        table.add_row(f"+{(entry['time'] - start) / 1000:.3f} s", f"{entry['event']}{detail}")
+        table.add_row(f"+{(entry[clock] - start) / 1000:.3f} s", f"{entry['event']}{detail}")
     return table

@@ -95,17 +95,30 @@ async def test_a_customer_reads_their_own_order(client):
     assert (body["order_id"], body["status"]) == ("o-1", "PENDING")
 
 
-async def test_an_orders_history_names_each_event_and_its_time(client, worker):
+async def test_an_orders_history_names_each_event_its_time_and_when_it_was_recorded(client, worker):
     worker.orders["o-1"] = an_order().model_copy(update={"history": (
-        HistoryEntry(event="OrderPlaced", at=1, event_id="e-1"),
-        HistoryEntry(event="StockRejected", at=40, event_id="e-2", detail="A: out_of_stock"),
+        HistoryEntry(event="OrderPlaced", at=1, event_id="e-1"),  # stored before streamcart kept when
+        HistoryEntry(event="StockRejected", at=1, event_id="e-2", detail="A: out_of_stock", recorded_at=43),
     )})
     for wait in ("", "?wait=1"):  # the stored bytes' rendering, and the model's
         response = await client.get(f"/v1/orders/o-1{wait}", headers=bearer("c-1", "customer"))
         assert (await response.json())["history"] == [
-            {"event": "OrderPlaced", "time": 1, "event_id": "e-1", "detail": None},
-            {"event": "StockRejected", "time": 40, "event_id": "e-2", "detail": "A: out_of_stock"},
+            {"event": "OrderPlaced", "time": 1, "event_id": "e-1", "detail": None, "recorded": None},
+            {"event": "StockRejected", "time": 1, "event_id": "e-2", "detail": "A: out_of_stock", "recorded": 43},
         ]
+
+
+async def test_a_timeline_without_the_workers_memory_of_its_steps_times_them_from_the_history(client, worker):
+    worker.orders["o-1"] = an_order().model_copy(update={"history": (
+        HistoryEntry(event="OrderPlaced", at=1, event_id="e-1", recorded_at=1_004),
+        HistoryEntry(event="StockRejected", at=1, event_id="e-2", detail="A: out_of_stock", recorded_at=1_046),
+    )})
+    response = await client.get("/v1/orders/o-1/timeline", headers=bearer("c-1", "customer"))
+    assert response.status == 200
+    steps = (await response.json())["steps"]
+    assert [(s["event"], s["recorded_at"], s["stage_ms"]) for s in steps] == [
+        ("OrderPlaced", 1_004, None), ("StockRejected", 1_046, 42),
+    ]
 
 
 @pytest.mark.parametrize(("status", "asked", "shown"), [

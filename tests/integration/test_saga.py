@@ -128,6 +128,12 @@ def test_a_multi_line_order_is_confirmed_at_catalog_prices(shop: Shop):
     assert confirmed["status"] == "CONFIRMED"
     assert confirmed["total_cents"] == 2 * 1250 + 3 * 399
     assert {line["sku"]: line["unit_price_cents"] for line in confirmed["lines"]} == {a: 1250, b: 399}
+    # Each step is timed by when the message that made it was written: after the placement, the confirmation
+    # after both reservations (their event times are all the placement's).
+    recorded = {(h["event"], h["detail"]): h["recorded"] for h in confirmed["history"]}
+    assert None not in recorded.values(), confirmed["history"]
+    placed, done = recorded[("OrderPlaced", None)], recorded[("OrderConfirmed", None)]
+    assert placed <= recorded[("StockReserved", a)] <= done and placed <= recorded[("StockReserved", b)] <= done
     # I2: sold leaves on_hand; nothing stays reserved.
     assert shop.quiet_stock(a)["on_hand"] == 8
     assert shop.quiet_stock(b)["on_hand"] == 2

@@ -572,6 +572,25 @@ def test_the_history_lists_what_happened_with_event_times():
     assert len({h.event_id for h in state.history}) == len(state.history)
 
 
+def test_each_step_of_the_history_keeps_when_the_message_that_made_it_was_recorded():
+    placed = decide(None, place(), saga_timeout_ms=TIMEOUT_MS, recorded_at=1_003).state
+    assert placed is not None
+    state = placed
+    for message, recorded_at in ((reserved("A"), 1_040), (reserved("B"), 1_052), (authorized(), 1_120)):
+        decision = decide(state, message, saga_timeout_ms=TIMEOUT_MS, recorded_at=recorded_at)
+        assert decision.state is not None
+        state = decision.state
+    assert [(h.event, h.recorded_at) for h in state.history] == [
+        ("OrderPlaced", 1_003),
+        ("StockReserved", 1_040),
+        ("StockReserved", 1_052),
+        ("PaymentAuthorized", 1_120),
+        ("OrderConfirmed", 1_120),  # decided as the authorization was applied
+    ]
+    again = decide(state, authorized(), saga_timeout_ms=TIMEOUT_MS, recorded_at=1_120)  # a redelivery
+    assert again.state is None
+
+
 def test_a_message_for_an_unknown_order_is_rejected():
     assert order_decide(None, reserved("A")).rejected == "unknown order o-1"
 

@@ -1,0 +1,35 @@
+"""`streamcart order show` times each step of an order from when its message was written to Kafka (every step of a
+saga has the placement's event time), and from the event times for an order stored before that was kept."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+
+from streamcart.stack.views import order_panel
+
+
+def order(*steps: tuple[str, int, int | None]) -> dict[str, Any]:
+    return {
+        "order_id": "o-1", "status": "CONFIRMED", "currency": "EUR", "placed_at": 1_000, "lines": [],
+        "history": [{"event": event, "time": time, "event_id": f"e-{event}", "detail": None, "recorded": recorded}
+                    for event, time, recorded in steps],
+    }
+
+
+def rendered(panel: Any) -> str:
+    console = Console(width=120, record=True)
+    console.print(panel)
+    return console.export_text()
+
+
+def test_the_steps_are_timed_from_when_their_messages_were_recorded() -> None:
+    text = rendered(order_panel(order(("OrderPlaced", 1_000, 1_004), ("StockReserved", 1_000, 1_046),
+                          ("OrderConfirmed", 1_000, 1_254))))
+    assert "+0.000 s" in text and "+0.042 s" in text and "+0.250 s" in text
+
+
+def test_an_order_recorded_without_those_times_is_timed_by_its_event_times() -> None:
+    text = rendered(order_panel(order(("OrderPlaced", 1_000, None), ("OrderCancelled", 31_000, 31_020))))
+    assert "+0.000 s" in text and "+30.000 s" in text
