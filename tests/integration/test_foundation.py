@@ -40,8 +40,9 @@ def test_an_avro_place_order_from_confluent_kafka_lands_in_a_worker_table(stack,
     order = place_order(f"o-{new_id()}")
     produce(producer(settings), topics.order_commands, order.key.encode(), codec.encode(order))
     stored = poll(lambda: order_from_api(settings, order.order_id), what="the order in the orders table")
-    assert stored["status"] == "PENDING"
-    assert [h["event"] for h in stored["history"]] == ["OrderPlaced"]
+    # SKU-1 is in no catalog, and its 2023 deadline is long past: the saga may have cancelled it by this read.
+    assert stored["status"] in {"PENDING", "CANCELLED"}
+    assert stored["history"][0]["event"] == "OrderPlaced"
 
 
 def test_a_read_sent_to_either_worker_is_answered_by_the_owner(stack, settings, codec):

@@ -81,6 +81,8 @@ def test_the_webhook_hears_of_confirmation_and_dispatch_and_a_failed_attempt_is_
     assert len({r["key"] for r in confirmed}) == 1, "a retry carries the same Idempotency-Key"
     assert confirmed[0]["body"]["order_id"] == order_id
 
+    # The shipment is created after the confirmation: until the orders flow has it, a dispatch is a 409.
+    poll(lambda: (shop.order(order_id) or {}).get("shipment"), what="the shipment created")
     status, _, _ = call(f"{settings.worker_url(1)}/v1/shipments/{order_id}/status", "POST",
                         {"status": "dispatched"}, admin_token(settings))
     assert status == 202
