@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 from agents import warehouse
-from agents.runtime import FlowError, Runtime, consume, refused
+from agents.runtime import FlowError, Runtime, consume, record_time_ms, refused
 from schemas.messages import Message
 from streamcart.domain import orders
 from streamcart.domain.order_state import OrderState, OrderStatus
@@ -36,7 +36,7 @@ def register(runtime: Runtime) -> Any:
             raise FlowError(f"{type(message).__name__} has no order_id")
         stored = tables.orders.get(order_id)
         decision = orders.decide(stored, message, saga_timeout_ms=saga_timeout_ms,
-                                 recorded_at=warehouse.record_time_ms(event))
+                                 recorded_at=record_time_ms(event))
         if refused(decision.rejected, message, REFUSALS):
             return
         # A message that changes nothing (a redelivery) stores the order again: a worker killed after writing

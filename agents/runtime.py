@@ -197,6 +197,13 @@ def _headers(event: Any) -> list[tuple[str, bytes]]:
     return [(str(k), bytes(v) if v is not None else b"") for k, v in items]
 
 
+def record_time_ms(event: Any) -> int | None:
+    """When faust's ``event`` was written to Kafka: its record's timestamp in ms (``None`` if it has none; the same
+    for a redelivered record)."""
+    written_s = event.message.timestamp  # seconds (faust)
+    return None if written_s is None else round(written_s * 1000)
+
+
 def _header(event: Any, name: str) -> str | None:
     for key, value in _headers(event):
         if key == name:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agents.runtime import Runtime
+from agents.runtime import Runtime, record_time_ms
 from schemas.messages import Message
 from streamcart.domain import warehouse
 from streamcart.domain.order_state import OrderState
@@ -36,8 +36,3 @@ async def send_event_rows(runtime: Runtime, message: Message, event: Any) -> Non
     if rows:
         await runtime.send_rows(rows, cause=event)
 
-
-def record_time_ms(event: Any) -> int | None:
-    """When faust's ``event`` was written to Kafka: its record's timestamp in ms (``None`` if it has none)."""
-    written_s = event.message.timestamp  # seconds (faust); None if the record has none
-    return None if written_s is None else round(written_s * 1000)

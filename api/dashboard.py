@@ -83,6 +83,7 @@ async def timeline(request: web.Request) -> web.Response:
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/dashboard", page, "the live dashboard (an HTML page; it asks for an admin token)", "live",
           auth=False, responses={200: None}, content_type="text/html"),
-    Route("GET", "/v1/orders/{order_id}/timeline", timeline, "an order's steps with when each was applied and the "
-          "stage latencies", "orders", responses={200: TimelineOut}, errors=(404, 503)),
+    Route("GET", "/v1/orders/{order_id}/timeline", timeline, "an order's steps with when each was applied (or, "
+          "after a restart, recorded in Kafka) and the stage latencies", "orders", responses={200: TimelineOut},
+          errors=(404, 503)),
 )

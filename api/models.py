@@ -92,8 +92,8 @@ class LineOut(BaseModel):
 
 class HistoryOut(BaseModel):
     """One step of the order (DESIGN.md §5: event, time); ``time`` is the event time in ms (a derived event has its
-    cause's, so a saga's steps share the time of its placement); ``recorded`` is when the message that made the
-    step was written to Kafka, in ms (``null`` for steps of orders placed before streamcart recorded it)."""
+    cause's, so the steps that follow from a placement share its time); ``recorded`` is when the message that made
+    the step was written to Kafka, in ms (``null`` for steps of orders placed before streamcart recorded it)."""
 
     event: str
     time: int
@@ -252,7 +252,9 @@ class TimelineStepOut(BaseModel):
     event_id: str
     at: int = Field(description="event time")
     detail: str | None
-    recorded_at: int | None = Field(description="when this worker applied the step (unknown after a restart)")
+    recorded_at: int | None = Field(description="when this worker applied the step; for a step it no longer "
+                                    "remembers (after a restart), when the message that made it was written to "
+                                    "Kafka; unknown for an order stored before streamcart kept that")
     since_placed_ms: int | None
     stage_ms: int | None
 
