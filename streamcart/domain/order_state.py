@@ -56,8 +56,8 @@ class HistoryEntry(_Model):
     """One thing that happened to the order, with its event time; ``detail`` says which line or why.
 
     ``recorded_at`` is when the message the orders flow applied for this step was written to Kafka (its record's
-    timestamp, ms; the same for a redelivery): derived events carry their cause's event time, so a whole saga has
-    the time of its placement, and this says when each step came.
+    timestamp, ms; the same for a redelivery): derived events carry their cause's event time, so the steps that
+    follow from a placement share its time, and this says when each step came.
     """
 
     event: str

@@ -97,12 +97,11 @@ def caught_up(settings: Settings) -> bool:
 
 
 def assert_equal_to_the_api(shop: Shop, conn: psycopg.Connection, order_ids: list[str], timeout_s: float = 60) -> None:
-    poll(lambda: not [p for o in order_ids for p in differences(shop, conn, o)], timeout_s=timeout_s, every_s=0.5,
-         what=f"the warehouse to equal the API for {len(order_ids)} orders")
-    # Caught up, and still equal: no older state landed after the latest one (which would stay). The API's view may
-    # still move meanwhile (a capture, a commitment, a shipment follow the outcome): equal once caught up again.
+    # Caught up, and equal: no older state landed after the latest one (which would stay). The API's view may still
+    # move meanwhile (a capture, a commitment, a shipment follow the outcome): equal once caught up again.
     poll(lambda: caught_up(shop.settings) and not [p for o in order_ids for p in differences(shop, conn, o)],
-         timeout_s=timeout_s, every_s=0.5, what="the sinks to catch up with the warehouse equal to the API")
+         timeout_s=timeout_s, every_s=0.5,
+         what=f"the sinks to catch up with the warehouse equal to the API for {len(order_ids)} orders")
 
 
 def test_the_sinks_are_registered_and_running_and_applying_again_changes_nothing(stack, settings):
@@ -146,6 +145,7 @@ def test_orders_of_every_outcome_land_in_the_warehouse_as_the_api_shows_them(sho
 
     poll(lambda: events("payments", refunded.order_id) == ["authorized", "captured", "refunded"],
          what="the refunded order's payment rows")
+
     def settled_movements() -> list[tuple] | None:
         rows = query(warehouse, "select movement, sum(on_hand_delta), sum(reserved_delta) from stock_movements "
                                 "where order_id = %s group by movement order by movement", out_of_stock.order_id)
