@@ -42,7 +42,7 @@ def register(runtime: Runtime) -> Any:
             table.put_windows(folded.state)
             table.mark_seen(partition, message.event_id, folded.closed_ids)
             closed = folded.closed
-        else:  # a duplicate: send again what it sent the first time
+        else:  # a duplicate sends again what it sent the first time (an event that changed nothing, nothing)
             closed = tuple(w for name in folded.reemit if (w := table.closed(partition, name)) is not None)
         for window in closed:
             await runtime.emit(window.results(message.event_id), cause=event)

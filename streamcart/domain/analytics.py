@@ -11,6 +11,10 @@ partition's *watermark* is the latest event time it has seen; a window ``[start,
 counted per metric and reported, never folded in silently. A duplicate (an ``event_id`` already folded) changes
 nothing.
 
+An event that counts toward no metric (an OrderPlaced) moves the watermark only when that closes a window;
+otherwise it changes nothing and costs no write. Its time is not lost: the order's outcome carries the same time
+or a later one (a confirmation carries its order's time, a cancellation by timeout the deadline).
+
 Pure: no faust, Kafka or clock import. Time comes in the messages.
 """
 
@@ -219,6 +223,7 @@ class Folded:
     duplicate rule), nothing else changes.
     """
 
+    #: ``None``: nothing to store (a duplicate, or an event that neither counts nor closes a window).
     state: PartitionWindows | None
     closed: tuple[ClosedWindow, ...] = ()
     late: tuple[str, ...] = ()
@@ -246,9 +251,11 @@ def fold(
     open_windows = {name: dict(counts) for name, counts in state.open.items()}
     late = dict(state.late)
     late_for: list[str] = []
+    counted = False
     for fold_ in FOLDS.values():
         if not fold_.add(fold_.initialize(), message):
             continue  # this metric does not count this kind of message
+        counted = True
         missed = False
         for window in fold_.windows(t):
             name = window_id(fold_.metric, window)
@@ -269,6 +276,8 @@ def fold(
                 metric=metric, start=window.start, end=window.end, partition=state.partition,
                 counts=open_windows.pop(name),
             ))
+    if not counted and not closed:
+        return Folded(state=None)  # it only moved the clock, and nothing depends on that yet
     new_state = PartitionWindows(
         partition=state.partition, watermark=watermark, open=open_windows, late=late,
         last_event_id=message.event_id, last_closed=tuple(window_id(w.metric, w.window) for w in closed),

@@ -137,12 +137,36 @@ def test_an_event_for_a_closed_window_is_counted_as_late_and_changes_no_result()
 
 
 def test_an_event_late_for_only_some_hopping_windows_counts_in_the_open_ones_and_is_reported_late():
-    p = Partition().apply(placed("o-0", T0 + MINUTE_MS + LATENESS))  # closes every window ending at T0 + 1 min
+    # A cancellation counts no units: it moves the watermark past every window ending at T0 + 1 min.
+    p = Partition().apply(cancelled("o-0", T0 + MINUTE_MS + LATENESS))
     p.apply(confirmed("o-1", T0 + 10_000, 100, lines=(("A", 2),)))
     assert p.late.count("sku-units") == 1
     open_units = {k: v for k, v in p.state.open.items() if k.startswith("sku-units/")}
     assert len(open_units) == 4  # the window [T0 - 4 min, T0 + 1 min) had closed
     assert all(counts == {"A": 2} for counts in open_units.values())
+
+
+def test_an_event_that_counts_nothing_and_closes_nothing_changes_nothing():
+    p = Partition().apply(confirmed("o-1", T0 + 1_000, 1_500))
+    before = p.state
+    folded = analytics.fold(before, placed("o-2", T0 + MINUTE_MS), lateness_ms=LATENESS)
+    assert (folded.state, folded.closed, folded.reemit, folded.late) == (None, (), (), ())
+    # Unstored, its time moved nothing: an order confirmed later at an earlier time is not late for its window.
+    p.apply(placed("o-2", T0 + MINUTE_MS + LATENESS - 1), confirmed("o-3", T0 + 2_000, 500))
+    assert p.late == []
+    assert p.open_counts("revenue", T0) == {"cents.EUR": 2_000, "orders.EUR": 2}
+
+
+def test_an_event_that_counts_nothing_stores_the_watermark_when_it_closes_a_window():
+    closer = placed("o-2", T0 + MINUTE_MS + LATENESS)
+    p = Partition().apply(confirmed("o-1", T0 + 1_000, 1_500), closer)
+    assert (p.state.watermark, p.state.last_event_id) == (T0 + MINUTE_MS + LATENESS, closer.event_id)
+    assert [r.revenue_cents for r in p.results(RevenueWindow)] == [1_500]
+    # What it closed is remembered: a redelivery sends the same results again.
+    assert set(p.seen[closer.event_id]) == {
+        f"revenue/{T0}/{T0 + MINUTE_MS}", f"outcomes/{T0}/{T0 + MINUTE_MS}",
+        f"sku-units/{T0 - 4 * MINUTE_MS}/{T0 + MINUTE_MS}",
+    }
 
 
 def test_a_duplicate_event_is_not_counted_twice():
