@@ -21,6 +21,7 @@ from streamcart import tracing
 from streamcart.logs import configure_logging, logging_config
 from streamcart.otel import start_export
 from streamcart.settings import Settings
+from streamcart.sink_keeper import SinkKeeper
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,8 @@ def run(settings: Settings, index: int) -> None:
     commands = KafkaCommands(settings, codec)
     api = init_app(settings, worker_view(runtime, index), commands)
     runtime.app.add_dependency(ApiServer(api, settings.host, settings.worker_port(index)))
+    if settings.sink_keeper_interval_s > 0:
+        runtime.app.add_dependency(SinkKeeper(settings))
     # faust sets logging up again when it starts: with the same config, so its records are formatted like ours
     # (a fresh copy: dictConfig consumes parts of the dict it is given).
     worker = faust.Worker(

@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     broker_session_timeout_s: float = 10.0
     broker_heartbeat_interval_s: float = 1.0
 
+    #: How often each worker checks the warehouse sinks and restarts the ones Kafka Connect reports failed
+    #: (streamcart/sink_keeper.py); 0 turns the keeper off.
+    sink_keeper_interval_s: float = Field(10.0, ge=0)
+
     # The saga.
     saga_timeout_s: float = 30.0
     timer_interval_s: float = 1.0

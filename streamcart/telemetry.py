@@ -54,6 +54,10 @@ ANALYTICS_LATE = Counter(
     "streamcart_analytics_late_events", "Order events that arrived after their window closed", ["metric"]
 )
 ANALYTICS_WINDOWS_CLOSED = Counter("streamcart_analytics_windows_closed", "Windows closed and emitted", ["metric"])
+SINK_RESTARTS = Counter(
+    "streamcart_sink_restarts", "Warehouse sinks this worker restarted after Connect reported them failed",
+    ["connector"],
+)
 
 BREAKER_LEVEL = {"closed": 0.0, "half-opened": 0.5, "opened": 1.0}
 

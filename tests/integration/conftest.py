@@ -44,6 +44,8 @@ TEST_SETTINGS = Settings(
     rate_limit_burst=1_000_000,
     # The webhook tests' receiver listens on loopback (outside tests, loopback webhooks are refused).
     webhook_allow_private=True,
+    # The keeper's test restarts a failed sink several times (with backoff): checked every 3 s instead of 10.
+    sink_keeper_interval_s=3.0,
 )
 
 

@@ -1,0 +1,152 @@
+"""The warehouse sinks' keeper: restarts a Kafka Connect sink task that failed, with backoff, from every worker.
+
+Kafka Connect never restarts a failed task by itself, and the Debezium JDBC sink fails one on any database error
+it does not count as a connection error. The sinks' own retries (connectors/*.json: ``connection.restart.on.errors``,
+``flush.max.retries``) carry them through a PostgreSQL outage, but not through the moment it comes back: while
+PostgreSQL replays its log after a crash it answers "the database system is starting up", and a task that meets
+that fails for good. Its records wait in Kafka, nothing is lost, but the warehouse stops until someone restarts it.
+
+So each worker checks the sinks of ``connectors/`` every ``sink_keeper_interval_s`` and restarts the failed
+instances (Connect's ``onlyFailed`` restart). A sink that fails again waits longer before each next restart (the
+interval, then twice as long, up to :data:`MAX_BACKOFF_S`) until a check sees it running. Several workers may
+restart the same task: a restart only touches what is failed when Connect receives it, and the records are
+upserted by key (a batch written twice is the same rows).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import urllib.parse
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import ClientError, ClientSession, ClientTimeout
+from mode import Service
+
+from streamcart import connectors
+from streamcart.errors import StreamcartError
+from streamcart.settings import Settings
+from streamcart.telemetry import SINK_RESTARTS
+
+log = logging.getLogger(__name__)
+
+#: The longest wait between two restarts of a sink that keeps failing.
+MAX_BACKOFF_S = 300.0
+
+#: Connect's REST API answers 415 to a POST without a JSON content type, even one with no body.
+JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
+
+
+@dataclass(frozen=True)
+class SinkState:
+    """One sink as Connect reports it: whether any instance (connector or task) failed, and the root cause."""
+
+    name: str
+    failed: bool
+    reason: str | None = None
+
+
+def sink_states(names: Iterable[str], statuses: Mapping[str, Any]) -> list[SinkState]:
+    """The sinks ``names`` in the body of ``GET /connectors?expand=status`` (a sink Connect does not list: none)."""
+    states = []
+    for name in names:
+        status = (statuses.get(name) or {}).get("status")
+        if not isinstance(status, dict):
+            continue
+        instances = [status.get("connector") or {}, *(status.get("tasks") or [])]
+        failed = [i for i in instances if isinstance(i, dict) and i.get("state") == "FAILED"]
+        reason = next((root_cause(str(i["trace"])) for i in failed if i.get("trace")), None)
+        states.append(SinkState(name, bool(failed), reason))
+    return states
+
+
+def root_cause(trace: str, limit: int = 300) -> str:
+    """The innermost ``Caused by:`` of a Java stack trace (else its first line), cut at ``limit`` characters."""
+    lines = trace.splitlines() or [""]
+    causes = [line.removeprefix("Caused by: ") for line in lines if line.startswith("Caused by: ")]
+    cause = causes[-1] if causes else lines[0]
+    return cause if len(cause) <= limit else cause[: limit - 1] + "…"
+
+
+@dataclass
+class Backoff:
+    """When to restart each sink: at once when it first fails, then after ``first_s``, doubling up to ``max_s``."""
+
+    first_s: float
+    max_s: float = MAX_BACKOFF_S
+    _delay: dict[str, float] = field(default_factory=dict)
+    _next: dict[str, float] = field(default_factory=dict)
+
+    def due(self, sink: SinkState, now: float) -> bool:
+        """Whether to restart ``sink`` now; a running sink starts over."""
+        if not sink.failed:
+            self._delay.pop(sink.name, None)
+            self._next.pop(sink.name, None)
+            return False
+        if now < self._next.get(sink.name, now):
+            return False
+        delay = self._delay.get(sink.name)
+        self._delay[sink.name] = self.first_s if delay is None else min(delay * 2, self.max_s)
+        self._next[sink.name] = now + self._delay[sink.name]
+        return True
+
+
+class SinkKeeperError(StreamcartError):
+    """Connect did not answer a status read or a restart."""
+
+
+class SinkKeeper(Service):
+    """Every ``settings.sink_keeper_interval_s``, restart the warehouse sinks Connect reports failed."""
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings
+        self.interval_s = settings.sink_keeper_interval_s
+        self.backoff = Backoff(first_s=self.interval_s)
+        self.names = [c.name for c in connectors.load(settings)]
+        self._session: ClientSession | None = None
+
+    async def on_start(self) -> None:
+        self._session = ClientSession(timeout=ClientTimeout(total=5.0))
+
+    async def on_stop(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    @Service.task
+    async def _keep(self) -> None:
+        # Workers started together check at different moments: one restart, not one per worker, per failure.
+        await self.sleep(random.uniform(0, self.interval_s))
+        while not self.should_stop:
+            await self.sleep(self.interval_s)
+            if self.should_stop:
+                break
+            try:
+                await self.check(self.loop.time())
+            except SinkKeeperError as exc:  # Connect restarting or unreachable: the next check tries again
+                log.warning("warehouse sinks not checked or not restarted: %s", exc)
+
+    async def check(self, now: float) -> list[str]:
+        """Restart the failed sinks that are due; returns their names."""
+        restarted = []
+        for sink in sink_states(self.names, await self._call("GET", "/connectors?expand=status")):
+            if self.backoff.due(sink, now):
+                log.warning("restarting warehouse sink %s, failed: %s", sink.name, sink.reason or "no reason given")
+                quoted = urllib.parse.quote(sink.name, safe="")
+                await self._call("POST", f"/connectors/{quoted}/restart?includeTasks=true&onlyFailed=true")
+                SINK_RESTARTS.labels(sink.name).inc()
+                restarted.append(sink.name)
+        return restarted
+
+    async def _call(self, method: str, path: str) -> Any:
+        assert self._session is not None, "the keeper is not started"
+        url = self.settings.connect_url + path
+        try:
+            async with self._session.request(method, url, headers=JSON_HEADERS) as response:
+                if response.status >= 300:
+                    raise SinkKeeperError(f"{method} {url}: HTTP {response.status} {await response.text()}")
+                return await response.json(content_type=None) if response.status != 204 else None
+        except (ClientError, TimeoutError) as exc:
+            raise SinkKeeperError(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
