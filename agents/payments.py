@@ -8,8 +8,8 @@ order (:func:`agents.runtime.consume_concurrently`).
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import time
 from typing import Any
 
 from agents.runtime import FlowError, Runtime, consume_concurrently, refused
@@ -21,9 +21,10 @@ from streamcart.gateway.client import ClientPolicy, GatewayClient
 
 log = logging.getLogger(__name__)
 
-#: A capture, void or refund the gateway cannot do now is tried again this many times (with backoff) before it
-#: is dead-lettered for a person to replay: a compensation is never dropped silently.
-SETTLEMENT_ATTEMPTS = 6
+#: Waits between two tries of a payment step the gateway could not do (each try is the client's own retries: a few
+#: seconds, or at once while its circuit breaker is open): doubling from the first to the last.
+RETRY_FIRST_S = 0.2
+RETRY_MAX_S = 5.0
 
 
 def register(runtime: Runtime) -> Any:
@@ -41,23 +42,35 @@ def register(runtime: Runtime) -> Any:
             client = GatewayClient(settings.gateway_url, policy, on_breaker=runtime.telemetry.breaker)
         return client
 
+    saga_timeout_ms = int(runtime.settings.saga_timeout_s * 1000)
+    in_progress = runtime.app.in_progress
+
     async def settle(command: PaymentCommand) -> Decision[PaymentState]:
-        delay = 0.2
-        for attempt in range(1, SETTLEMENT_ATTEMPTS + 1):
+        """Plan, call the gateway, apply its answer; while the gateway cannot be reached, try again.
+
+        A capture, void or refund is tried until it is done: money is never left held, or uncollected, because
+        the gateway was down for a while. An authorization is tried until its order's deadline (the order is
+        cancelled then, and the authorization found by its key is voided if it went through). Each wait gives
+        the message back if a rebalance or a stop begins (``InProgress.pause``).
+        """
+        delay, attempt = RETRY_FIRST_S, 1
+        while True:
             state = table.get(command.order_id)
             planned = payments.plan(state, command)
             if not isinstance(planned, payments.GatewayCall):
                 return planned
             result = await gateway().execute(planned)
             decision = payments.apply_result(state, command, result)
-            retryable = result.outcome == payments.Outcome.UNAVAILABLE
-            if decision.rejected is None or isinstance(command, AuthorizePayment) or not retryable:
+            if result.outcome != payments.Outcome.UNAVAILABLE:
                 return decision
-            if attempt < SETTLEMENT_ATTEMPTS:
-                log.warning("payment %s: %s (attempt %d), retrying", command.order_id, decision.rejected, attempt)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        return decision
+            # Derived commands carry their order's time (the placement): this is the order's deadline.
+            deadline_passed = time.time() * 1000 + delay * 1000 >= command.occurred_at + saga_timeout_ms
+            if isinstance(command, AuthorizePayment) and deadline_passed:
+                return decision  # declined as unavailable, and a void of whatever went through
+            log.warning("payment %s: the gateway could not %s it (%s, try %d); trying again in %.1f s",
+                        command.order_id, planned.operation, result.reason, attempt, delay)
+            await in_progress.pause(delay)
+            delay, attempt = min(delay * 2, RETRY_MAX_S), attempt + 1
 
     async def handle(message: Message, event: Any) -> None:
         if not isinstance(message, PaymentCommand):

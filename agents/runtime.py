@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from faust.streams import _current_event
 from pydantic import ValidationError
 
-from agents.transport import InProgress
+from agents.transport import InProgress, Yielded
 from agents.watch import OrderWatch
 from schemas.codec import Codec
 from schemas.errors import RegistryUnavailable, SchemaError
@@ -344,24 +344,35 @@ async def consume_concurrently(
     only up to its first unacknowledged event (and flushes the producer first), so a crash or a stop replays what
     was unfinished and the duplicate rule absorbs what had been done. A stop cancels the messages in flight, which
     stay unacknowledged (faust's ``take_events`` would acknowledge a whole batch even then).
+
+    A handler that waits to try something again does so with ``InProgress.pause``: when a rebalance or a stop
+    begins, its message is given back unacknowledged instead of holding the group up, and so are the later messages
+    of its key (after the rebalance, the partition is read again from its committed offset).
     """
     note_sources(stream)
     events = stream.noack()
     in_progress = _in_progress(runtime)
     slots = asyncio.Semaphore(limit)
-    last_of_key: dict[bytes | None, asyncio.Task[None]] = {}
-    in_flight: dict[asyncio.Task[None], tuple[bytes | None, Any]] = {}  # each task's key and message
+    last_of_key: dict[bytes | None, asyncio.Task[bool]] = {}
+    in_flight: dict[asyncio.Task[bool], tuple[bytes | None, Any]] = {}  # each task's key and message
 
-    async def handle(event: Any, before: asyncio.Task[None] | None) -> None:
+    async def handle(event: Any, before: asyncio.Task[bool] | None) -> bool:
+        """Handle ``event`` after the key's previous message; False if it was given back unhandled."""
         try:
             if before is not None:
                 await asyncio.wait((before,))  # the key's previous message first; its failure is its own
+                if not before.cancelled() and before.exception() is None and not before.result():
+                    return False  # given back: so are the key's later messages, or they would overtake it
             await process(runtime, event, handler, flow)
             await events.ack(event)
+            return True
+        except Yielded:  # a rebalance or a stop came while it waited to try again: handled again afterwards
+            log.info("flow %s gave a message of key %r back for a rebalance or a stop", flow, event.key)
+            return False
         finally:
             slots.release()
 
-    def done(task: asyncio.Task[None]) -> None:  # also when cancelled before it ever ran
+    def done(task: asyncio.Task[bool]) -> None:  # also when cancelled before it ever ran
         key, message = in_flight.pop(task)
         in_progress.end(message)
         if last_of_key.get(key) is task:

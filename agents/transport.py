@@ -62,17 +62,43 @@ LIVELOCK_CHECK_INTERVAL_S = 10.0
 HOLE_GRACE_S = 5.0
 
 
+class Yielded(BaseException):
+    """Raised by :meth:`InProgress.pause` when a rebalance or a stop is waiting: leave the message unacknowledged.
+
+    A BaseException, so that no ``except Exception`` on the way (the dead-letter path) takes it for a failure.
+    """
+
+
 class InProgress:
     """The messages agents have started handling and not yet acknowledged (a message counts once per agent).
 
     A rebalance or a stop has to wait for these before it commits, and for nothing else: see
-    :meth:`Consumer.wait_empty`.
+    :meth:`Consumer.wait_empty`. A handler that waits to try something again (a payment gateway that is down)
+    waits with :meth:`pause`, which gives the message back when a rebalance or a stop begins instead of holding
+    it up: the message stays unacknowledged and is handled again by whoever owns its partition next.
     """
 
     def __init__(self) -> None:
         self._agents_on: Counter[Any] = Counter()  # message -> how many agents are handling it
         self._idle = asyncio.Event()
         self._idle.set()
+        self._yield = asyncio.Event()  # set while a rebalance or a stop waits for the messages being handled
+
+    async def pause(self, delay_s: float) -> None:
+        """Sleep ``delay_s``; raise :class:`Yielded` at once if a rebalance or a stop is waiting, or begins to."""
+        if not self._yield.is_set():
+            try:
+                await asyncio.wait_for(self._yield.wait(), delay_s)
+            except TimeoutError:
+                return
+        raise Yielded
+
+    def ask_to_yield(self, asked: bool = True) -> None:
+        """Make every :meth:`pause`, now and until called again with ``False``, give its message back."""
+        if asked:
+            self._yield.set()
+        else:
+            self._yield.clear()
 
     def __len__(self) -> int:
         return len(self._agents_on)
@@ -323,12 +349,16 @@ class Consumer(faust_aiokafka.Consumer):
         """
         in_progress: InProgress = cast(Any, self.app).in_progress  # agents.app.App's, kept by the agent loops
         waited_s = 0
-        while not self.should_stop and not await in_progress.wait_idle(timeout_s=1.0):
-            waited_s += 1
-            if not waited_s % 10:
-                log.warning("waited %d s for %d message(s) agents are still handling; agents:\n%s", waited_s,
-                            len(in_progress), self.app.agents.human_tracebacks())
-            await self.commit()
+        in_progress.ask_to_yield()  # handlers waiting to try again give their messages back (InProgress.pause)
+        try:
+            while not self.should_stop and not await in_progress.wait_idle(timeout_s=1.0):
+                waited_s += 1
+                if not waited_s % 10:
+                    log.warning("waited %d s for %d message(s) agents are still handling; agents:\n%s", waited_s,
+                                len(in_progress), self.app.agents.human_tracebacks())
+                await self.commit()
+        finally:
+            in_progress.ask_to_yield(False)
         self._unacked_messages.clear()  # dropped from a queue by faust, never to be acknowledged (see above)
         await self.commit_and_end_transactions()
 

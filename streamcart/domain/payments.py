@@ -12,7 +12,8 @@ happened re-emits that step's event (same event id) and calls nothing.
 
 Decisions where DESIGN.md is silent:
 
-- Retries exhausted on an authorization (``unavailable``): the outcome is unknown (the gateway may have approved
+- An authorization the gateway could not answer (``unavailable``; the flow tries again until the order's
+  deadline, agents/payments.py): the outcome is unknown (the gateway may have approved
   after the client gave up), so the payment is declined to the saga (PaymentDeclined ``gateway_unavailable``) and
   a VoidPayment is sent to this flow itself. Its plan is a void *by idempotency key* (``authorization_id`` None):
   the client finds the authorization by re-sending the same keyed request and voids it if it was approved. Either
@@ -21,8 +22,8 @@ Decisions where DESIGN.md is silent:
   is nothing to report); an AuthorizePayment arriving after it is not sent to the gateway but declined
   (``cancelled_before_authorization``).
 - A capture, void or refund the gateway cannot do now (``unavailable``) or refuses is ``rejected``: the record is
-  unchanged, so the failure policy can retry or dead-letter the command and a replay does it. Compensations are
-  never silently dropped.
+  unchanged. The flow tries an unavailable one again until it is done; a refused one is dead-lettered with the
+  reason, and a replay does it. Compensations are never silently dropped.
 - Capture after the money went back (voided or refunded), void or refund of a declined payment: nothing to do.
   Void of a captured payment is refused (a captured payment is refunded).
 """

@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from api.auth import issue_token
 from streamcart.ids import new_id
@@ -127,3 +128,16 @@ def wait_until_worker_0_owns_every_partition(settings: Settings, timeout_s: floa
     poll(lambda: (r := http_json(f"{settings.worker_url(0)}/readyz"))[0] == 200
          and len(r[1]["assigned"]) == settings.partitions,
          timeout_s=timeout_s, every_s=0.5, what="worker-0 to own every partition")
+
+
+def worker_metric(settings: Settings, name: str, **labels: str) -> float:
+    """A metric summed over every worker's ``/metrics`` (the series ``name`` whose labels include ``labels``)."""
+    total = 0.0
+    for index in range(settings.workers):
+        with urllib.request.urlopen(f"{settings.worker_url(index)}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        for family in text_string_to_metric_families(text):
+            total += sum(sample.value for sample in family.samples
+                         if sample.name == name and labels.items() <= sample.labels.items())
+    return total
+

@@ -1,8 +1,8 @@
 """The saga's failure scenarios on the real stack (issue 5), each checked against the invariants of DESIGN.md §4.
 
 A gateway slower than the deadline, a customer cancel racing the payment, a worker SIGKILLed in the middle of a
-burst, and a poison message in every saga topic. (A worker stopped in the middle of a burst, a rebalance, is in
-``pending_rebalance.py``: it fails intermittently in the full suite, see there.)
+burst, the payment gateway SIGKILLed in the middle of a burst, and a poison message in every saga topic. (A worker
+stopped in the middle of a burst, a rebalance, is in ``test_rebalance.py``.)
 """
 
 from __future__ import annotations
@@ -21,8 +21,12 @@ from schemas.messages import PlaceOrder
 from streamcart.ids import new_id
 from streamcart.settings import Settings
 from streamcart.stack import Stack
-from tests.integration.support import headers_of, http_json, poll, produce, read_topic
+from tests.integration.support import headers_of, http_json, poll, produce, read_topic, worker_metric
 from tests.integration.test_saga import TERMINAL, Shop
+
+#: How long the gateway stays killed: well inside the test stack's 15 s saga deadline, with room for the client's
+#: circuit breaker (open 5 s after 20 failures in a row) to let calls through again.
+GATEWAY_OUTAGE_S = 3.0
 
 #: The gateway statuses an authorization of a CANCELLED order may end in: it nets to zero (I4).
 NETS_TO_ZERO = {"declined", "voided", "refunded"}
@@ -292,6 +296,36 @@ def test_a_worker_killed_mid_burst_of_2000_orders_loses_nothing_and_doubles_noth
     print(f"2,000 orders terminal {time.monotonic() - began:.1f} s after the first was produced: "
           f"{Counter(b['status'] + ':' + str(b['cancel_reason']) for b in settled.values())}")
     burst.check_invariants(settled)
+    assert_a_fresh_order_confirms(shop)
+
+
+# --- 4b. The payment gateway killed in the middle of a burst ------------------------------------------------
+
+def test_the_payment_gateway_killed_mid_burst_cancels_nothing_and_every_payment_step_is_done_once_it_is_back(
+    shop: Shop, stack: Stack, settings: Settings
+):
+    """A gateway outage shorter than the orders' deadline: authorizations, captures and voids wait for it (none is
+    dead-lettered, no order is cancelled for it), and the money still adds up (I4)."""
+    burst = Burst.stocked(shop, plenty_stock=5_000, scarce_stock=20)
+    failed_before = worker_metric(settings, "streamcart_messages_failed_total", flow="payments")
+    began = time.monotonic()
+    try:
+        burst.produce(300, disrupt_after=100, disrupt=lambda: stack.kill("gateway"))
+        assert not stack.is_running("gateway")
+        time.sleep(GATEWAY_OUTAGE_S)  # the outage itself: orders keep coming meanwhile
+    finally:
+        stack.start("gateway")  # its journal keeps every authorization made before the kill
+    settled = settle_all(shop, burst.order_ids, timeout_s=120)
+    print(f"300 orders terminal {time.monotonic() - began:.1f} s after the first was produced: "
+          f"{Counter(b['status'] + ':' + str(b['cancel_reason']) for b in settled.values())}")
+    burst.check_invariants(settled)
+    # Only the orders that could never confirm are cancelled: the scarce SKU's losers and the declined cards.
+    reasons = {b["cancel_reason"] for b in settled.values() if b["status"] == "CANCELLED"}
+    assert reasons <= {"out_of_stock", "payment_declined"}, reasons
+    declined = [o for o, b in settled.items() if b["cancel_reason"] == "payment_declined"]
+    cards = {o.order_id: o.payment_token for o in burst.orders}
+    assert {cards[o] for o in declined} <= {"tok_decline"}, [(o, settled[o]["payment"]) for o in declined][:5]
+    assert worker_metric(settings, "streamcart_messages_failed_total", flow="payments") == failed_before
     assert_a_fresh_order_confirms(shop)
 
 

@@ -7,16 +7,14 @@ A module of its own: killing PostgreSQL breaks every open connection to it, such
 from __future__ import annotations
 
 import time
-import urllib.request
 
 import psycopg
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from streamcart import connectors
 from streamcart.settings import Settings
 from streamcart.stack import Stack
-from tests.integration.support import poll
+from tests.integration.support import poll, worker_metric
 from tests.integration.test_saga import Shop
 from tests.integration.test_warehouse import assert_equal_to_the_api, caught_up, query, sku
 
@@ -85,15 +83,8 @@ def test_postgresql_killed_mid_stream_is_waited_for_and_the_warehouse_loses_and_
 
 
 def sink_restarts(settings: Settings, connector: str) -> float:
-    """How many times the workers' keepers restarted ``connector`` (their ``/metrics``, summed)."""
-    total = 0.0
-    for index in range(settings.workers):
-        with urllib.request.urlopen(f"{settings.worker_url(index)}/metrics", timeout=5) as response:
-            text = response.read().decode()
-        for family in text_string_to_metric_families(text):
-            total += sum(s.value for s in family.samples
-                         if s.name == "streamcart_sink_restarts_total" and s.labels.get("connector") == connector)
-    return total
+    """How many times the workers' keepers restarted ``connector``."""
+    return worker_metric(settings, "streamcart_sink_restarts_total", connector=connector)
 
 
 def test_a_sink_task_that_fails_is_restarted_by_the_workers_and_catches_up_once_its_cause_is_gone(

@@ -12,7 +12,7 @@ import pytest
 
 from agents import runtime
 from agents.runtime import consume, consume_concurrently
-from agents.transport import InProgress
+from agents.transport import InProgress, Yielded
 
 
 @dataclass
@@ -167,3 +167,50 @@ async def test_in_progress_counts_a_message_once_per_agent_and_is_idle_when_ever
     in_progress.end("m")
     assert await waiter
     assert "m" not in in_progress and len(in_progress) == 0
+
+
+async def test_a_pause_sleeps_its_delay_or_gives_the_message_back_once_a_rebalance_asks():
+    in_progress = InProgress()
+    await in_progress.pause(0.01)  # nobody waiting: just a sleep
+    sleeper = asyncio.create_task(in_progress.pause(60))
+    await asyncio.sleep(0)
+    in_progress.ask_to_yield()  # a rebalance begins
+    with pytest.raises(Yielded):
+        await asyncio.wait_for(sleeper, timeout=1)
+    with pytest.raises(Yielded):  # and every pause until it is over
+        await in_progress.pause(60)
+    in_progress.ask_to_yield(False)
+    await in_progress.pause(0.01)
+
+
+@dataclass
+class Retrying(Handling):
+    """``process`` for events that wait to try again (``InProgress.pause``) until ``finish``ed; others finish."""
+
+    waiting: set[int] = field(default_factory=set)
+    in_progress: InProgress = field(default_factory=InProgress)
+
+    async def process(self, _runtime: Any, event: Event, _handler: Any, _flow: str) -> None:
+        self.started.append(event.offset)
+        while event.offset in self.waiting and not self.gate(event.offset).is_set():
+            await self.in_progress.pause(0.01)
+
+
+async def test_a_message_given_back_for_a_rebalance_and_the_later_ones_of_its_key_stay_unacknowledged(monkeypatch):
+    rt = running()
+    retrying = Retrying(waiting={0}, in_progress=rt.app.in_progress)
+    monkeypatch.setattr(runtime, "process", retrying.process)
+    stream = FakeStream([Event(b"a", 0), Event(b"b", 1), Event(b"a", 2), Event(b"c", 3)])
+    agent = asyncio.create_task(consume_concurrently(rt, stream, None, flow="test"))
+    await _until(lambda: sorted(stream.acked) == [1, 3])  # other keys go on while key a's first waits
+    await _until(lambda: being_handled(rt) == {0, 2})
+    assert retrying.started == [0, 1, 3]
+
+    rt.app.in_progress.ask_to_yield()  # a rebalance waits for what is being handled
+    assert await rt.app.in_progress.wait_idle(timeout_s=1)
+    # Key a's second message was never handled: it would have overtaken the first.
+    assert retrying.started == [0, 1, 3]
+    assert sorted(stream.acked) == [1, 3]
+    agent.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await agent

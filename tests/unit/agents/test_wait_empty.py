@@ -10,7 +10,9 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
-from agents.transport import Consumer, InProgress
+import pytest
+
+from agents.transport import Consumer, InProgress, Yielded
 
 
 class Dropped:
@@ -55,3 +57,21 @@ async def test_the_wait_lasts_while_an_agent_handles_a_message_and_commits_once_
     in_progress.end("handled")
     await asyncio.wait_for(waiting, timeout=2)
     assert state.commits[-1] == "final"
+
+
+async def test_a_handler_waiting_to_try_again_gives_its_message_back_and_the_wait_ends():
+    in_progress = InProgress()
+
+    async def handler_retrying_forever() -> None:
+        with in_progress.handling("retrying"):
+            while True:
+                await in_progress.pause(0.05)
+
+    retrying = asyncio.create_task(handler_retrying_forever())
+    await asyncio.sleep(0.1)
+    state = consumer(in_progress)
+    await asyncio.wait_for(Consumer.wait_empty(state), timeout=2)
+    with pytest.raises(Yielded):
+        await retrying
+    assert state.commits == ["final"]
+    await asyncio.wait_for(in_progress.pause(0.01), timeout=1)  # the wait is over: a pause is a sleep again

@@ -1,0 +1,106 @@
+"""The payments agent through faust's test_context, against a gateway that is down for a while: a capture is tried
+again until it is done (never dead-lettered for an outage), an authorization until its order's deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from agents import payments as payments_flow
+from agents.app import build_runtime
+from schemas.messages import AuthorizePayment, CapturePayment, PaymentAuthorized, PaymentCaptured, PaymentDeclined
+from streamcart.domain.payments import GATEWAY_UNAVAILABLE
+from streamcart.settings import Settings
+
+
+class Gateway:
+    """Approves every authorization; answers 503 to the first ``down[operation]`` calls of each operation."""
+
+    def __init__(self, **down: int) -> None:
+        self.down = down
+        self.calls: dict[str, int] = {}
+
+    def _down(self, operation: str) -> bool:
+        self.calls[operation] = self.calls.get(operation, 0) + 1
+        return self.calls[operation] <= self.down.get(operation, 0)
+
+    async def authorize(self, request: web.Request) -> web.Response:
+        if self._down("authorize"):
+            return web.json_response({"error": {"code": "unavailable"}}, status=503)
+        body = await request.json()
+        return web.json_response({"authorization_id": f"auth-{body['idempotency_key']}", "status": "approved"})
+
+    async def capture(self, request: web.Request) -> web.Response:
+        if self._down("capture"):
+            return web.json_response({"error": {"code": "unavailable"}}, status=503)
+        return web.json_response({"authorization_id": request.match_info["id"], "status": "captured"})
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/authorizations", self.authorize)
+        app.router.add_post("/v1/authorizations/{id}/capture", self.capture)
+        return app
+
+
+@pytest.fixture
+def fast_retries(monkeypatch) -> None:
+    monkeypatch.setattr(payments_flow, "RETRY_FIRST_S", 0.01)
+    monkeypatch.setattr(payments_flow, "RETRY_MAX_S", 0.02)
+
+
+def envelope(event_id: str, at: int) -> dict[str, Any]:
+    return {"event_id": event_id, "occurred_at": at, "causation_id": event_id, "correlation_id": "o-1"}
+
+
+async def run(aiohttp_server: Any, gateway: Gateway, codec: Any, sink: Any, tmp_path: Any, *commands: Any,
+              until: Any) -> Any:
+    server = await aiohttp_server(gateway.app())
+    settings = Settings(home=tmp_path, partitions=4, gateway_host=server.host, gateway_port=server.port,
+                        gateway_attempts=1, saga_timeout_s=30.0)
+    runtime = build_runtime(settings, codec, store="memory://", sink=sink)
+    async with runtime.agents["payments"].test_context() as agent:
+        for command in commands:
+            await agent.put(codec.encode(command), key=command.order_id.encode())
+        for _ in range(500):
+            if until(runtime):
+                break
+            await asyncio.sleep(0.01)
+    return runtime
+
+
+async def test_a_capture_the_gateway_cannot_do_for_a_while_is_tried_until_it_is_done(
+    aiohttp_server, codec, sink, tmp_path, fast_retries
+):
+    now = int(time.time() * 1000)
+    authorize = AuthorizePayment(**envelope("a-1", now), order_id="o-1", customer_id="c-1", amount_cents=500,
+                                 currency="EUR", payment_token="tok_approve")
+    capture = CapturePayment(**envelope("k-1", now), order_id="o-1", authorization_id="auth-o-1", amount_cents=500,
+                             currency="EUR")
+    gateway = Gateway(capture=15)  # more tries than the six the flow once made before dead-lettering it
+    runtime = await run(aiohttp_server, gateway, codec, sink, tmp_path, authorize, capture,
+                        until=lambda rt: any(isinstance(m, PaymentCaptured)
+                                             for m in sink.messages(rt.topics.payment_events)))
+    assert [type(m) for m in sink.messages(runtime.topics.payment_events)] == [PaymentAuthorized, PaymentCaptured]
+    assert gateway.calls == {"authorize": 1, "capture": 16}
+    assert sink.records(runtime.topics.dlq) == []
+    assert runtime.tables.payments.get("o-1").captured is not None
+
+
+async def test_an_authorization_is_tried_until_its_orders_deadline_then_declined_as_unavailable(
+    aiohttp_server, codec, sink, tmp_path, fast_retries
+):
+    placed = int(time.time() * 1000) - 29_800  # 200 ms before the order's 30 s deadline
+    authorize = AuthorizePayment(**envelope("a-1", placed), order_id="o-1", customer_id="c-1", amount_cents=500,
+                                 currency="EUR", payment_token="tok_approve")
+    gateway = Gateway(authorize=10_000)
+    started = time.monotonic()
+    runtime = await run(aiohttp_server, gateway, codec, sink, tmp_path, authorize,
+                        until=lambda rt: sink.messages(rt.topics.payment_events))
+    [declined] = sink.messages(runtime.topics.payment_events)
+    assert isinstance(declined, PaymentDeclined) and declined.reason == GATEWAY_UNAVAILABLE
+    assert gateway.calls["authorize"] > 3  # tried again meanwhile
+    assert time.monotonic() - started < 2  # and not past the deadline by much
