@@ -26,6 +26,8 @@ def register(runtime: Runtime) -> Any:
     table = runtime.tables.analytics
 
     async def handle(message: Message, event: Any) -> None:
+        if not analytics.is_counted(message):
+            return  # a placement: it changes nothing (see streamcart.domain.analytics)
         partition = int(event.message.partition)
         state = table.windows(partition)
         seen = table.seen(partition, message.event_id)
@@ -42,7 +44,7 @@ def register(runtime: Runtime) -> Any:
             table.put_windows(folded.state)
             table.mark_seen(partition, message.event_id, folded.closed_ids)
             closed = folded.closed
-        else:  # a duplicate sends again what it sent the first time (an event that changed nothing, nothing)
+        else:  # a duplicate: send again what it sent the first time
             closed = tuple(w for name in folded.reemit if (w := table.closed(partition, name)) is not None)
         for window in closed:
             await runtime.emit(window.results(message.event_id), cause=event)

@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 #: seconds, or at once while its circuit breaker is open): doubling from the first to the last.
 RETRY_FIRST_S = 0.2
 RETRY_MAX_S = 5.0
+#: How long a capture, void or refund is tried before it is dead-lettered with the reason for a person to replay:
+#: long enough to outlast a gateway outage, short enough that a call the gateway always fails (a 500 for that one
+#: authorization) does not hold its order's commands, and its partition's commits, for good.
+SETTLE_FOR_S = 15 * 60.0
 
 
 def register(runtime: Runtime) -> Any:
@@ -48,12 +52,17 @@ def register(runtime: Runtime) -> Any:
     async def settle(command: PaymentCommand) -> Decision[PaymentState]:
         """Plan, call the gateway, apply its answer; while the gateway cannot be reached, try again.
 
-        A capture, void or refund is tried until it is done: money is never left held, or uncollected, because
-        the gateway was down for a while. An authorization is tried until its order's deadline (the order is
-        cancelled then, and the authorization found by its key is voided if it went through). Each wait gives
-        the message back if a rebalance or a stop begins (``InProgress.pause``).
+        An authorization is tried until its order's deadline (the order is cancelled then, and the authorization
+        found by its key is voided if it went through). A capture, void or refund is tried for
+        :data:`SETTLE_FOR_S`, then dead-lettered: money is not left held, or uncollected, because the gateway was
+        down for a while. Each wait gives the message back if a rebalance or a stop begins (``InProgress.pause``).
         """
         delay, attempt = RETRY_FIRST_S, 1
+        if isinstance(command, AuthorizePayment):
+            # Derived commands carry their order's time (the placement): this is the order's deadline.
+            give_up_at = (command.occurred_at + saga_timeout_ms) / 1000
+        else:
+            give_up_at = time.time() + SETTLE_FOR_S
         while True:
             state = table.get(command.order_id)
             planned = payments.plan(state, command)
@@ -61,15 +70,13 @@ def register(runtime: Runtime) -> Any:
                 return planned
             result = await gateway().execute(planned)
             decision = payments.apply_result(state, command, result)
-            if result.outcome != payments.Outcome.UNAVAILABLE:
-                return decision
-            # Derived commands carry their order's time (the placement): this is the order's deadline.
-            deadline_passed = time.time() * 1000 + delay * 1000 >= command.occurred_at + saga_timeout_ms
-            if isinstance(command, AuthorizePayment) and deadline_passed:
-                return decision  # declined as unavailable, and a void of whatever went through
+            left_s = give_up_at - time.time()
+            if result.outcome != payments.Outcome.UNAVAILABLE or left_s <= 0:
+                return decision  # an unavailable authorization: declined, and a void of whatever went through
+            wait_s = min(delay, left_s)  # the last try comes just before the deadline
             log.warning("payment %s: the gateway could not %s it (%s, try %d); trying again in %.1f s",
-                        command.order_id, planned.operation, result.reason, attempt, delay)
-            await in_progress.pause(delay)
+                        command.order_id, planned.operation, result.reason, attempt, wait_s)
+            await in_progress.pause(wait_s)
             delay, attempt = min(delay * 2, RETRY_MAX_S), attempt + 1
 
     async def handle(message: Message, event: Any) -> None:

@@ -83,6 +83,7 @@ class InProgress:
         self._idle = asyncio.Event()
         self._idle.set()
         self._yield = asyncio.Event()  # set while a rebalance or a stop waits for the messages being handled
+        self._waiting = 0  # how many such waits (a stop may begin during a rebalance's)
 
     async def pause(self, delay_s: float) -> None:
         """Sleep ``delay_s``; raise :class:`Yielded` at once if a rebalance or a stop is waiting, or begins to."""
@@ -94,10 +95,13 @@ class InProgress:
         raise Yielded
 
     def ask_to_yield(self, asked: bool = True) -> None:
-        """Make every :meth:`pause`, now and until called again with ``False``, give its message back."""
-        if asked:
+        """Make every :meth:`pause`, now and until each such call is matched by one with ``False``, give its
+        message back."""
+        self._waiting += 1 if asked else -1
+        if self._waiting > 0:
             self._yield.set()
         else:
+            self._waiting = 0
             self._yield.clear()
 
     def __len__(self) -> int:

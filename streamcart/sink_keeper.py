@@ -52,10 +52,12 @@ def sink_states(names: Iterable[str], statuses: Mapping[str, Any]) -> list[SinkS
     """The sinks ``names`` in the body of ``GET /connectors?expand=status`` (a sink Connect does not list: none)."""
     states = []
     for name in names:
-        status = (statuses.get(name) or {}).get("status")
+        entry = statuses.get(name)
+        status = entry.get("status") if isinstance(entry, dict) else None
         if not isinstance(status, dict):
             continue
-        instances = [status.get("connector") or {}, *(status.get("tasks") or [])]
+        tasks = status.get("tasks")
+        instances = [status.get("connector"), *(tasks if isinstance(tasks, list) else [])]
         failed = [i for i in instances if isinstance(i, dict) and i.get("state") == "FAILED"]
         reason = next((root_cause(str(i["trace"])) for i in failed if i.get("trace")), None)
         states.append(SinkState(name, bool(failed), reason))
@@ -85,12 +87,13 @@ class Backoff:
             self._delay.pop(sink.name, None)
             self._next.pop(sink.name, None)
             return False
-        if now < self._next.get(sink.name, now):
-            return False
-        delay = self._delay.get(sink.name)
-        self._delay[sink.name] = self.first_s if delay is None else min(delay * 2, self.max_s)
-        self._next[sink.name] = now + self._delay[sink.name]
-        return True
+        return now >= self._next.get(sink.name, now)
+
+    def restarted(self, name: str, now: float) -> None:
+        """``name`` was restarted at ``now``: the next restart waits (longer than the last time)."""
+        delay = self._delay.get(name)
+        self._delay[name] = self.first_s if delay is None else min(delay * 2, self.max_s)
+        self._next[name] = now + self._delay[name]
 
 
 class SinkKeeperError(StreamcartError):
@@ -111,7 +114,7 @@ class SinkKeeper(Service):
     async def on_start(self) -> None:
         self._session = ClientSession(timeout=ClientTimeout(total=5.0))
 
-    async def on_stop(self) -> None:
+    async def on_shutdown(self) -> None:  # after mode has cancelled the checks (on_stop comes before)
         if self._session is not None:
             await self._session.close()
 
@@ -126,18 +129,29 @@ class SinkKeeper(Service):
             try:
                 await self.check(self.loop.time())
             except SinkKeeperError as exc:  # Connect restarting or unreachable: the next check tries again
-                log.warning("warehouse sinks not checked or not restarted: %s", exc)
+                log.warning("warehouse sinks not checked: %s", exc)
+            except Exception:  # never the worker's end: an escaping error would crash the whole worker
+                log.exception("warehouse sinks not checked")
 
     async def check(self, now: float) -> list[str]:
-        """Restart the failed sinks that are due; returns their names."""
+        """Restart the failed sinks that are due; returns their names. One refused restart spares the others."""
+        statuses = await self._call("GET", "/connectors?expand=status")
+        if not isinstance(statuses, dict):
+            raise SinkKeeperError(f"Connect's status is not an object: {str(statuses)[:200]}")
         restarted = []
-        for sink in sink_states(self.names, await self._call("GET", "/connectors?expand=status")):
-            if self.backoff.due(sink, now):
-                log.warning("restarting warehouse sink %s, failed: %s", sink.name, sink.reason or "no reason given")
-                quoted = urllib.parse.quote(sink.name, safe="")
+        for sink in sink_states(self.names, statuses):
+            if not self.backoff.due(sink, now):
+                continue
+            log.warning("restarting warehouse sink %s, failed: %s", sink.name, sink.reason or "no reason given")
+            quoted = urllib.parse.quote(sink.name, safe="")
+            try:
                 await self._call("POST", f"/connectors/{quoted}/restart?includeTasks=true&onlyFailed=true")
-                SINK_RESTARTS.labels(sink.name).inc()
-                restarted.append(sink.name)
+            except SinkKeeperError as exc:  # e.g. 409 while Connect rebalances: tried again at the next check
+                log.warning("warehouse sink %s not restarted: %s", sink.name, exc)
+                continue
+            self.backoff.restarted(sink.name, now)
+            SINK_RESTARTS.labels(sink.name).inc()
+            restarted.append(sink.name)
         return restarted
 
     async def _call(self, method: str, path: str) -> Any:
@@ -148,5 +162,5 @@ class SinkKeeper(Service):
                 if response.status >= 300:
                     raise SinkKeeperError(f"{method} {url}: HTTP {response.status} {await response.text()}")
                 return await response.json(content_type=None) if response.status != 204 else None
-        except (ClientError, TimeoutError) as exc:
+        except (ClientError, TimeoutError, ValueError) as exc:  # ValueError: an answer that is not JSON
             raise SinkKeeperError(f"{method} {url}: {type(exc).__name__}: {exc}") from exc

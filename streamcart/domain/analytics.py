@@ -11,9 +11,11 @@ partition's *watermark* is the latest event time it has seen; a window ``[start,
 counted per metric and reported, never folded in silently. A duplicate (an ``event_id`` already folded) changes
 nothing.
 
-An event that counts toward no metric (an OrderPlaced) moves the watermark only when that closes a window;
-otherwise it changes nothing and costs no write. Its time is not lost: the order's outcome carries the same time
-or a later one (a confirmation carries its order's time, a cancellation by timeout the deadline).
+Every metric counts outcomes, so the outcomes are the clock: an event that counts toward no metric (an
+OrderPlaced) changes nothing, not even the watermark, and costs no write. Its time is not lost: the order's outcome
+carries the same time or a later one (a confirmation carries its order's time, a cancellation by timeout the
+deadline). Were it to move the watermark without being stored, a replay after a crash could close a window
+another way than the first run did; stored, it would cost a state write per order for no count.
 
 Pure: no faust, Kafka or clock import. Time comes in the messages.
 """
@@ -223,7 +225,7 @@ class Folded:
     duplicate rule), nothing else changes.
     """
 
-    #: ``None``: nothing to store (a duplicate, or an event that neither counts nor closes a window).
+    #: ``None``: nothing to store (a duplicate, or an event that counts toward no metric).
     state: PartitionWindows | None
     closed: tuple[ClosedWindow, ...] = ()
     late: tuple[str, ...] = ()
@@ -234,6 +236,11 @@ class Folded:
         return tuple(window_id(w.metric, w.window) for w in self.closed)
 
 
+def is_counted(message: Message) -> bool:
+    """Whether ``message`` counts toward any metric (only those move a partition's windows)."""
+    return any(fold_.add(fold_.initialize(), message) for fold_ in FOLDS.values())
+
+
 def fold(
     state: PartitionWindows, message: Message, *, lateness_ms: int, seen: tuple[str, ...] | None = None
 ) -> Folded:
@@ -242,6 +249,8 @@ def fold(
     ``seen`` is what the store remembers of this event id: ``None`` if it was never folded, else the ids of the
     windows it closed. A duplicate (a redelivery or a re-emission) changes nothing.
     """
+    if not is_counted(message):
+        return Folded(state=None)
     if seen is not None:
         return Folded(state=None, reemit=seen)
     if message.event_id == state.last_event_id:
@@ -251,11 +260,9 @@ def fold(
     open_windows = {name: dict(counts) for name, counts in state.open.items()}
     late = dict(state.late)
     late_for: list[str] = []
-    counted = False
     for fold_ in FOLDS.values():
         if not fold_.add(fold_.initialize(), message):
             continue  # this metric does not count this kind of message
-        counted = True
         missed = False
         for window in fold_.windows(t):
             name = window_id(fold_.metric, window)
@@ -276,8 +283,6 @@ def fold(
                 metric=metric, start=window.start, end=window.end, partition=state.partition,
                 counts=open_windows.pop(name),
             ))
-    if not counted and not closed:
-        return Folded(state=None)  # it only moved the clock, and nothing depends on that yet
     new_state = PartitionWindows(
         partition=state.partition, watermark=watermark, open=open_windows, late=late,
         last_event_id=message.event_id, last_closed=tuple(window_id(w.metric, w.window) for w in closed),

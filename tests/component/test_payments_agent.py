@@ -104,3 +104,22 @@ async def test_an_authorization_is_tried_until_its_orders_deadline_then_declined
     assert isinstance(declined, PaymentDeclined) and declined.reason == GATEWAY_UNAVAILABLE
     assert gateway.calls["authorize"] > 3  # tried again meanwhile
     assert time.monotonic() - started < 2  # and not past the deadline by much
+
+
+async def test_a_capture_the_gateway_never_does_is_dead_lettered_with_the_reason_after_a_while(
+    aiohttp_server, codec, sink, tmp_path, fast_retries, monkeypatch
+):
+    monkeypatch.setattr(payments_flow, "SETTLE_FOR_S", 0.3)  # 15 minutes outside tests
+    now = int(time.time() * 1000)
+    authorize = AuthorizePayment(**envelope("a-1", now), order_id="o-1", customer_id="c-1", amount_cents=500,
+                                 currency="EUR", payment_token="tok_approve")
+    capture = CapturePayment(**envelope("k-1", now), order_id="o-1", authorization_id="auth-o-1", amount_cents=500,
+                             currency="EUR")
+    gateway = Gateway(capture=10**6)
+    runtime = await run(aiohttp_server, gateway, codec, sink, tmp_path, authorize, capture,
+                        until=lambda rt: sink.records(rt.topics.dlq))
+    [dead] = sink.records(runtime.topics.dlq)
+    assert b"capture of o-1 not done" in dead.headers["dlq.error.message"]
+    assert gateway.calls["capture"] > 3
+    assert [type(m) for m in sink.messages(runtime.topics.payment_events)] == [PaymentAuthorized]
+    assert runtime.tables.payments.get("o-1").captured is None

@@ -24,9 +24,10 @@ from streamcart.stack import Stack
 from tests.integration.support import headers_of, http_json, poll, produce, read_topic, worker_metric
 from tests.integration.test_saga import TERMINAL, Shop
 
-#: How long the gateway stays killed: well inside the test stack's 15 s saga deadline, with room for the client's
-#: circuit breaker (open 5 s after 20 failures in a row) to let calls through again.
-GATEWAY_OUTAGE_S = 3.0
+#: How long the gateway stays killed before it is started again (its start takes a second or two more). The
+#: client's circuit breaker opens at once (20 failures in a row) and lets a call through 5 s later: the gateway is
+#: back by then, well inside the test stack's 15 s saga deadline.
+GATEWAY_OUTAGE_S = 1.0
 
 #: The gateway statuses an authorization of a CANCELLED order may end in: it nets to zero (I4).
 NETS_TO_ZERO = {"declined", "voided", "refunded"}

@@ -52,34 +52,52 @@ def test_the_root_cause_is_the_innermost_cause_or_else_the_first_line_and_never_
     assert len(long) == 300 and long.endswith("…")
 
 
+def restarts_at(backoff: Backoff, sink: SinkState, times: range) -> list[int]:
+    """When a keeper checking at ``times`` restarts ``sink`` (each restart succeeding)."""
+    due = []
+    for t in times:
+        if backoff.due(sink, float(t)):
+            backoff.restarted(sink.name, float(t))
+            due.append(t)
+    return due
+
+
 def test_a_failed_sink_is_restarted_at_once_then_after_a_doubling_wait_until_it_runs_again():
     backoff = Backoff(first_s=10, max_s=35)
     failed, running = SinkState("s", True), SinkState("s", False)
-    restarts = [t for t in range(0, 120) if backoff.due(failed, float(t))]
-    assert restarts == [0, 10, 30, 65, 100]  # waits of 10, 20, then 35 (the cap)
+    assert restarts_at(backoff, failed, range(0, 120)) == [0, 10, 30, 65, 100]  # waits of 10, 20, then 35 (the cap)
     assert not backoff.due(running, 120.0)
-    assert backoff.due(failed, 121.0)  # running again in between: the next failure is restarted at once
-    assert not backoff.due(failed, 130.0)
-    assert backoff.due(failed, 131.0)
+    assert restarts_at(backoff, failed, range(121, 132)) == [121, 131]  # running in between: starts over
 
 
-def test_each_sink_has_its_own_backoff():
+def test_each_sink_has_its_own_backoff_and_only_a_restart_done_moves_it():
     backoff = Backoff(first_s=10)
-    assert backoff.due(SinkState("a", True), 0.0)
-    assert backoff.due(SinkState("b", True), 1.0)
-    assert not backoff.due(SinkState("a", True), 2.0)
+    a, b = SinkState("a", True), SinkState("b", True)
+    assert backoff.due(a, 0.0) and backoff.due(b, 0.0)
+    backoff.restarted("a", 0.0)  # b's restart was refused: still due
+    assert not backoff.due(a, 2.0) and backoff.due(b, 2.0)
 
 
-async def fake_connect(aiohttp_server: Any, statuses: dict, restarts: list[str], *, broken: bool = False) -> Settings:
+async def fake_connect(
+    aiohttp_server: Any, statuses: dict, restarts: list[str], *, broken: bool = False, listing: str | None = None,
+    refusing: str | None = None,
+) -> Settings:
+    """Connect's REST API as the keeper uses it: ``broken`` answers 500, ``listing`` replaces the status body,
+    ``refusing`` names a connector whose restart is refused (409, as during a rebalance)."""
     async def listed(request: web.Request) -> web.Response:
         assert request.query.get("expand") == "status"
         if broken:
             return web.json_response({"error_code": 500, "message": "rebalancing"}, status=500)
+        if listing is not None:
+            return web.Response(text=listing, content_type="text/html")
         return web.json_response(statuses)
 
     async def restart(request: web.Request) -> web.Response:
         if request.content_type != "application/json":  # as Connect answers
             return web.json_response({"error_code": 415, "message": "HTTP 415 Unsupported Media Type"}, status=415)
+        if request.match_info["name"] == refusing:
+            return web.json_response({"error_code": 409, "message": "Cannot complete request momentarily"},
+                                     status=409)
         restarts.append(f"{request.match_info['name']}?{request.query_string}")
         return web.json_response({}, status=202)
 
@@ -106,7 +124,7 @@ async def test_the_keeper_restarts_only_its_own_failed_sinks_and_only_their_fail
         assert await keeper.check(now=1.0) == []  # still failed, but not due yet
         assert SINK_RESTARTS.labels("keeper-warehouse-orders")._value.get() == before + 1
     finally:
-        await keeper.on_stop()
+        await keeper.on_shutdown()
 
 
 async def test_a_connect_that_does_not_answer_is_an_error_the_next_check_gets_past(aiohttp_server):
@@ -118,4 +136,29 @@ async def test_a_connect_that_does_not_answer_is_an_error_the_next_check_gets_pa
             await keeper.check(now=0.0)
         assert restarts == []
     finally:
-        await keeper.on_stop()
+        await keeper.on_shutdown()
+
+
+async def test_an_answer_that_is_not_json_is_an_error_the_next_check_gets_past(aiohttp_server):
+    keeper = SinkKeeper(await fake_connect(aiohttp_server, {}, [], listing="<html>proxy error</html>"))
+    await keeper.on_start()
+    try:
+        with pytest.raises(SinkKeeperError):
+            await keeper.check(now=0.0)
+    finally:
+        await keeper.on_shutdown()
+
+
+async def test_a_refused_restart_spares_the_other_sinks_and_is_tried_again_at_the_next_check(aiohttp_server):
+    restarts: list[str] = []
+    statuses = {"keeper-warehouse-orders": status("RUNNING", "FAILED"),
+                "keeper-warehouse-payments": status("RUNNING", "FAILED")}
+    settings = await fake_connect(aiohttp_server, statuses, restarts, refusing="keeper-warehouse-orders")
+    keeper = SinkKeeper(settings)
+    await keeper.on_start()
+    try:
+        assert await keeper.check(now=0.0) == ["keeper-warehouse-payments"]
+        assert keeper.backoff.due(SinkState("keeper-warehouse-orders", True), 1.0)  # refused: not waited on
+        assert not keeper.backoff.due(SinkState("keeper-warehouse-payments", True), 1.0)
+    finally:
+        await keeper.on_shutdown()

@@ -179,6 +179,10 @@ async def test_a_pause_sleeps_its_delay_or_gives_the_message_back_once_a_rebalan
         await asyncio.wait_for(sleeper, timeout=1)
     with pytest.raises(Yielded):  # and every pause until it is over
         await in_progress.pause(60)
+    in_progress.ask_to_yield()  # a stop begins during the rebalance's wait
+    in_progress.ask_to_yield(False)  # the rebalance's wait ends, the stop's goes on
+    with pytest.raises(Yielded):
+        await in_progress.pause(60)
     in_progress.ask_to_yield(False)
     await in_progress.pause(0.01)
 

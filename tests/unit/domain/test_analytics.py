@@ -36,6 +36,11 @@ def cancelled(order_id: str, at: int, reason: str = "payment_declined") -> Messa
     return make(OrderCancelled, at=at, order_id=order_id, customer_id="c-1", reason=reason)
 
 
+def closing(order_id: str, at: int) -> Message:
+    """An outcome that moves the watermark to ``at`` (it counts only toward the outcomes of its own minute)."""
+    return cancelled(order_id, at, "timeout")
+
+
 def placed(order_id: str, at: int) -> Message:
     return make(OrderPlaced, at=at, order_id=order_id, customer_id="c-1", lines=(OrderLine(sku="A", quantity=1),),
                 currency="EUR", deadline=at + 30_000)
@@ -98,9 +103,9 @@ def test_confirmed_orders_add_up_per_minute_and_currency():
 
 
 def test_a_window_closes_once_the_watermark_passes_its_end_plus_the_lateness():
-    p = Partition().apply(confirmed("o-1", T0 + 1_000, 1_500), placed("o-2", T0 + MINUTE_MS + LATENESS - 1))
+    p = Partition().apply(confirmed("o-1", T0 + 1_000, 1_500), closing("o-2", T0 + MINUTE_MS + LATENESS - 1))
     assert p.results(RevenueWindow) == []
-    p.apply(placed("o-3", T0 + MINUTE_MS + LATENESS))
+    p.apply(closing("o-3", T0 + MINUTE_MS + LATENESS))
     [revenue] = p.results(RevenueWindow)
     assert (revenue.window_start, revenue.window_end, revenue.revenue_cents, revenue.orders, revenue.currency) == (
         T0, T0 + MINUTE_MS, 1_500, 1, "EUR"
@@ -114,7 +119,7 @@ def test_an_out_of_order_event_within_the_lateness_is_counted_in_its_window():
     p = Partition().apply(
         confirmed("o-2", T0 + MINUTE_MS + 5_000, 200),  # the next minute first
         confirmed("o-1", T0 + 30_000, 100),  # then an earlier one, 35 s behind the watermark: not late
-        placed("o-9", T0 + 2 * MINUTE_MS + LATENESS),
+        closing("o-9", T0 + 2 * MINUTE_MS + LATENESS),
     )
     assert [(r.window_start, r.revenue_cents) for r in p.results(RevenueWindow)] == [
         (T0, 100), (T0 + MINUTE_MS, 200),
@@ -123,7 +128,7 @@ def test_an_out_of_order_event_within_the_lateness_is_counted_in_its_window():
 
 
 def test_an_event_for_a_closed_window_is_counted_as_late_and_changes_no_result():
-    p = Partition().apply(confirmed("o-1", T0 + 1_000, 100), placed("o-2", T0 + MINUTE_MS + LATENESS))
+    p = Partition().apply(confirmed("o-1", T0 + 1_000, 100), closing("o-2", T0 + MINUTE_MS + LATENESS))
     before = p.state.open.copy()
     p.apply(confirmed("o-3", T0 + 2_000, 999))
     assert p.late == ["revenue", "sku-units", "outcomes"]
@@ -146,27 +151,17 @@ def test_an_event_late_for_only_some_hopping_windows_counts_in_the_open_ones_and
     assert all(counts == {"A": 2} for counts in open_units.values())
 
 
-def test_an_event_that_counts_nothing_and_closes_nothing_changes_nothing():
+def test_an_event_that_counts_toward_no_metric_changes_nothing_not_even_the_watermark():
     p = Partition().apply(confirmed("o-1", T0 + 1_000, 1_500))
     before = p.state
-    folded = analytics.fold(before, placed("o-2", T0 + MINUTE_MS), lateness_ms=LATENESS)
+    # Far enough ahead to close the first minute's windows, were it to move the clock.
+    folded = analytics.fold(before, placed("o-2", T0 + MINUTE_MS + LATENESS), lateness_ms=LATENESS)
     assert (folded.state, folded.closed, folded.reemit, folded.late) == (None, (), (), ())
-    # Unstored, its time moved nothing: an order confirmed later at an earlier time is not late for its window.
-    p.apply(placed("o-2", T0 + MINUTE_MS + LATENESS - 1), confirmed("o-3", T0 + 2_000, 500))
-    assert p.late == []
+    assert not analytics.is_counted(placed("o-2", T0)) and analytics.is_counted(confirmed("o-3", T0))
+    # So an order confirmed afterwards at an earlier time is not late for its window.
+    p.apply(placed("o-2", T0 + MINUTE_MS + LATENESS), confirmed("o-3", T0 + 2_000, 500))
+    assert p.late == [] and p.closed == []
     assert p.open_counts("revenue", T0) == {"cents.EUR": 2_000, "orders.EUR": 2}
-
-
-def test_an_event_that_counts_nothing_stores_the_watermark_when_it_closes_a_window():
-    closer = placed("o-2", T0 + MINUTE_MS + LATENESS)
-    p = Partition().apply(confirmed("o-1", T0 + 1_000, 1_500), closer)
-    assert (p.state.watermark, p.state.last_event_id) == (T0 + MINUTE_MS + LATENESS, closer.event_id)
-    assert [r.revenue_cents for r in p.results(RevenueWindow)] == [1_500]
-    # What it closed is remembered: a redelivery sends the same results again.
-    assert set(p.seen[closer.event_id]) == {
-        f"revenue/{T0}/{T0 + MINUTE_MS}", f"outcomes/{T0}/{T0 + MINUTE_MS}",
-        f"sku-units/{T0 - 4 * MINUTE_MS}/{T0 + MINUTE_MS}",
-    }
 
 
 def test_a_duplicate_event_is_not_counted_twice():
@@ -178,13 +173,13 @@ def test_a_duplicate_event_is_not_counted_twice():
 
 def test_a_duplicate_arriving_after_its_window_closed_is_neither_counted_nor_late():
     order = confirmed("o-1", T0 + 1_000, 1_500)
-    p = Partition().apply(order, placed("o-2", T0 + MINUTE_MS + LATENESS), order)
+    p = Partition().apply(order, closing("o-2", T0 + MINUTE_MS + LATENESS), order)
     assert p.late == []
     assert [r.revenue_cents for r in p.results(RevenueWindow)] == [1_500]
 
 
 def test_a_duplicate_of_an_event_that_closed_windows_names_them_again_and_changes_nothing():
-    closer = placed("o-2", T0 + MINUTE_MS + LATENESS)
+    closer = closing("o-2", T0 + MINUTE_MS + LATENESS)
     p = Partition().apply(confirmed("o-1", T0 + 1_000), closer)
     state = p.state
     p.apply(closer)
@@ -194,7 +189,7 @@ def test_a_duplicate_of_an_event_that_closed_windows_names_them_again_and_change
 
 
 def test_the_last_event_folded_is_recognised_even_if_it_was_not_marked_seen():
-    closer = placed("o-2", T0 + MINUTE_MS + LATENESS)
+    closer = closing("o-2", T0 + MINUTE_MS + LATENESS)
     p = Partition().apply(confirmed("o-1", T0 + 1_000), closer)
     del p.seen[closer.event_id]  # a crash between storing the state and marking the event
     state = p.state
@@ -206,7 +201,7 @@ def test_the_last_event_folded_is_recognised_even_if_it_was_not_marked_seen():
 def test_outcomes_count_confirmations_and_cancellations_by_reason():
     p = Partition().apply(
         confirmed("o-1", T0 + 1), cancelled("o-2", T0 + 2, "out_of_stock"), cancelled("o-3", T0 + 3, "timeout"),
-        cancelled("o-4", T0 + 4, "out_of_stock"), placed("o-5", T0 + 5), placed("o-9", T0 + MINUTE_MS + LATENESS),
+        cancelled("o-4", T0 + 4, "out_of_stock"), placed("o-5", T0 + 5), closing("o-9", T0 + MINUTE_MS + LATENESS),
     )
     [outcome] = p.results(OutcomeWindow)
     assert outcome.confirmed == 1
@@ -215,11 +210,11 @@ def test_outcomes_count_confirmations_and_cancellations_by_reason():
 
 def test_units_per_sku_fill_five_hopping_windows_and_close_one_by_one():
     p = Partition().apply(confirmed("o-1", T0 + 1_000, 900, lines=(("A", 2), ("B", 1))))
-    p.apply(placed("o-9", T0 + MINUTE_MS + LATENESS))
+    p.apply(closing("o-9", T0 + MINUTE_MS + LATENESS))
     first = p.results(SkuUnitsWindow)
     oldest = T0 - 4 * MINUTE_MS
     assert [(r.window_start, r.sku, r.units) for r in first] == [(oldest, "A", 2), (oldest, "B", 1)]
-    p.apply(placed("o-10", T0 + 5 * MINUTE_MS + LATENESS))
+    p.apply(closing("o-10", T0 + 5 * MINUTE_MS + LATENESS))
     assert sorted({r.window_start for r in p.results(SkuUnitsWindow)}) == [T0 + i * MINUTE_MS for i in range(-4, 1)]
 
 
@@ -227,14 +222,14 @@ def test_revenue_over_the_closed_windows_equals_the_confirmed_totals():
     orders = [confirmed(f"o-{i}", T0 + i * 7_919, 100 + i) for i in range(40)]  # ~5 minutes of orders
     # Every adjacent pair swapped: each event is up to 8 s out of order, within the lateness.
     swapped = [orders[i ^ 1] for i in range(len(orders))]
-    p = Partition().apply(*swapped, placed("o-end", T0 + 10 * MINUTE_MS))
+    p = Partition().apply(*swapped, closing("o-end", T0 + 10 * MINUTE_MS))
     assert p.late == []
     assert sum(r.revenue_cents for r in p.results(RevenueWindow)) == sum(100 + i for i in range(40))
     assert sum(r.orders for r in p.results(RevenueWindow)) == 40
 
 
 def test_results_are_deterministic_so_a_replay_emits_the_same_ids():
-    events = [confirmed("o-1", T0 + 1_000), cancelled("o-2", T0 + 2_000), placed("o-9", T0 + 6 * MINUTE_MS)]
+    events = [confirmed("o-1", T0 + 1_000), cancelled("o-2", T0 + 2_000), closing("o-9", T0 + 6 * MINUTE_MS)]
     first, second = Partition().apply(*events), Partition().apply(*events)
     ids = [r.event_id for w in first.closed for r in w.results("x")]
     assert ids == [r.event_id for w in second.closed for r in w.results("x")]
