@@ -277,5 +277,17 @@ def test_connect_killed_mid_stream_and_a_sink_restarted_lose_and_double_nothing(
     assert lines == [(60, 60)]
     # Reserved and committed, once each (the primary key makes a row sent twice one row). A confirmed order's stock
     # is committed after its confirmation, so the last commitments may still be on their way to the warehouse.
-    poll(lambda: query(warehouse, "select count(*) from stock_movements where order_id = any(%s)", ids) == [(120,)],
-         timeout_s=60, every_s=0.5, what="120 stock movements (60 reservations, 60 commitments)")
+    movements = "select order_id, movement from stock_movements where order_id = any(%s)"
+    try:
+        poll(lambda: len(query(warehouse, movements, ids)) == 120, timeout_s=60, every_s=0.5,
+             what="120 stock movements (60 reservations, 60 commitments)")
+    except AssertionError as timeout:  # say where the missing ones are: the saga, the topic, the sink or its DLQ
+        expected = {(o, m) for o in ids for m in ("reserved", "committed")}
+        missing = sorted(expected - set(query(warehouse, movements, ids)))
+        first = missing[0][0] if missing else None
+        raise AssertionError(
+            f"{timeout}: {len(missing)} missing, e.g. {missing[:4]}; stock {shop.stock(item)}; sinks "
+            f"{[(r.name, r.state, [t.state for t in r.tasks], r.lag) for r in connectors.status(settings)]}; "
+            f"records of {first}: {count_records(settings, shop.topics.warehouse['stock_movements'], first)} in the "
+            f"movements topic, {count_records(settings, shop.topics.warehouse_dlq, first)} in the warehouse DLQ"
+        ) from None
