@@ -119,7 +119,7 @@ def test_the_orders_email_and_phone_hear_through_the_provider_each_on_the_channe
     shop.product(item, price=450, stock=3)
     order = shop.place_order({item: 1}).model_copy(update={"email": "ada@example.com", "phone": "+15550100"})
     shop.send(order)
-    assert shop.settled(order.order_id)["status"] == "CONFIRMED"
+    shop.confirmed(order.order_id)
     poll(lambda: (shop.order(order.order_id) or {}).get("shipment"), what="shipment created")
     shop.ship(order.order_id, "dispatched")
     outbox = Path(settings.home).resolve() / "data" / "notifications" / "outbox.jsonl"

@@ -86,6 +86,15 @@ class Shop:
     def order(self, order_id: str) -> dict | None:
         return self.get(f"/v1/orders/{order_id}")
 
+    def confirmed(self, order_id: str, timeout_s: float = 30) -> dict:
+        """The order once terminal, which must be CONFIRMED (else the failure says why it was cancelled)."""
+        order = self.settled(order_id, timeout_s)
+        assert order["status"] == "CONFIRMED", (
+            f"{order_id} is {order['status']} ({order['cancel_reason']}: {order['cancel_detail']}); history "
+            f"{[(h['event'], h['at'], h.get('recorded')) for h in order['history']]}"
+        )
+        return order
+
     def settled(self, order_id: str, timeout_s: float = 30, statuses: set[str] = TERMINAL) -> dict:
         return poll(lambda: (o := self.order(order_id)) and o["status"] in statuses and o,
                     timeout_s=timeout_s, what=f"order {order_id} to reach {sorted(statuses)}")
@@ -178,7 +187,7 @@ def test_transient_gateway_failures_are_retried_into_one_authorization(shop: Sho
     item = sku()
     shop.product(item, price=700, stock=3)
     order = shop.place({item: 1}, token="tok_flaky_2")
-    assert shop.settled(order.order_id)["status"] == "CONFIRMED"
+    shop.confirmed(order.order_id)
     ledger = shop.gateway_ledger()
     assert [k for k in ledger if k == order.order_id] == [order.order_id]
     assert ledger[order.order_id]["status"] in {"approved", "captured"}
@@ -191,7 +200,7 @@ def test_a_duplicate_place_order_changes_nothing(shop: Shop):
     shop.send(order)  # the very same command again (same event id)
     again = order.model_copy(update={"event_id": new_id()})
     shop.send(again)  # and a retried request for the same order id
-    assert shop.settled(order.order_id)["status"] == "CONFIRMED"
+    shop.confirmed(order.order_id)
     assert shop.quiet_stock(item)["on_hand"] == 3
     placed = [h for h in shop.order(order.order_id)["history"] if h["event"] == "OrderPlaced"]
     assert len(placed) == 1
@@ -201,7 +210,7 @@ def test_a_customer_cancel_after_confirmation_refunds_and_restocks(shop: Shop):
     item = sku()
     shop.product(item, price=900, stock=2)
     order = shop.place({item: 2})
-    assert shop.settled(order.order_id)["status"] == "CONFIRMED"
+    shop.confirmed(order.order_id)
     shop.cancel(order.order_id)
     cancelled = shop.settled(order.order_id, statuses={"CANCELLED"})
     assert cancelled["cancel_reason"] == "customer_request"
@@ -234,7 +243,7 @@ def test_a_cancel_racing_a_dispatch_either_refunds_goods_that_stayed_or_ships_an
     shop.product(item, price=700, stock=count)
     orders = [shop.place({item: 1}) for _ in range(count)]
     for order in orders:
-        assert shop.settled(order.order_id)["status"] == "CONFIRMED"
+        shop.confirmed(order.order_id)
         poll(lambda o=order: (shop.order(o.order_id) or {}).get("shipment"), what="shipment created")
     for i, order in enumerate(orders):
         cancel = CancelOrder(**shop.envelope(order.order_id), order_id=order.order_id, requested_by="c-saga")
