@@ -91,7 +91,7 @@ class Shop:
         order = self.settled(order_id, timeout_s)
         assert order["status"] == "CONFIRMED", (
             f"{order_id} is {order['status']} ({order['cancel_reason']}: {order['cancel_detail']}); history "
-            f"{[(h['event'], h['at'], h.get('recorded')) for h in order['history']]}"
+            f"{order['history']}"
         )
         return order
 
