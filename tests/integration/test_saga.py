@@ -58,6 +58,9 @@ class Shop:
             AdjustStock(**self.envelope(sku), sku=sku, delta=stock, reason="initial"),
         )
         poll(lambda: (self.get(f"/v1/stock/{sku}") or {}).get("on_hand") == stock, what=f"stock of {sku}")
+        # The catalog is a topic of its own: its upsert may land after the stock's.
+        poll(lambda: (p := self.get(f"/v1/products/{sku}")) and (p["unit_price_cents"], p["active"]) == (price, active),
+             what=f"product {sku}")
 
     def place(self, lines: dict[str, int], token: str = "tok_approve", order_id: str | None = None) -> PlaceOrder:
         order = self.place_order(lines, token, order_id)
