@@ -106,13 +106,13 @@ def apply(settings: Settings) -> dict[str, str]:
     outcomes: dict[str, str] = {}
     for connector in load(settings):
         path = f"/connectors/{_quote(connector.name)}/config"
-        status, current = _request(settings, "GET", path)
+        status, current = request(settings, "GET", path)
         if status == 200 and isinstance(current, dict):
             current.pop("name", None)
             if current == connector.config:
                 outcomes[connector.name] = "unchanged"
                 continue
-        status, body = _request(settings, "PUT", path, connector.config)
+        status, body = request(settings, "PUT", path, connector.config)
         if status not in (200, 201):
             raise ConnectError(f"Connect refused {connector.name} ({connector.file.name}): HTTP {status} {body}")
         outcomes[connector.name] = "created" if status == 201 else "updated"
@@ -125,7 +125,7 @@ def status(settings: Settings) -> list[ConnectorStatus]:
 
     rows = []
     for connector in load(settings):
-        code, body = _request(settings, "GET", f"/connectors/{_quote(connector.name)}/status")
+        code, body = request(settings, "GET", f"/connectors/{_quote(connector.name)}/status")
         lag = consumer_lag(settings, f"connect-{connector.name}")
         if code == 404 or not isinstance(body, dict):
             rows.append(ConnectorStatus(connector.name, "MISSING", (), None))
@@ -142,7 +142,7 @@ def status(settings: Settings) -> list[ConnectorStatus]:
 
 def restart(settings: Settings, name: str) -> None:
     """Restart a connector and all its tasks (e.g. after a task failed)."""
-    code, body = _request(settings, "POST", f"/connectors/{_quote(name)}/restart?includeTasks=true")
+    code, body = request(settings, "POST", f"/connectors/{_quote(name)}/restart?includeTasks=true")
     if code not in (200, 202, 204):
         raise ConnectError(f"restarting {name}: HTTP {code} {body}")
 
@@ -151,7 +151,7 @@ def _quote(name: str) -> str:
     return urllib.parse.quote(name, safe="")
 
 
-def _request(settings: Settings, method: str, path: str, body: object = None) -> tuple[int, Any]:
+def request(settings: Settings, method: str, path: str, body: object = None) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(
         settings.connect_url + path, data=data, method=method,

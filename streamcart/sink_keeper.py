@@ -15,6 +15,7 @@ upserted by key (a batch written twice is the same rows).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import urllib.parse
@@ -22,7 +23,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import ClientError, ClientSession, ClientTimeout
 from mode import Service
 
 from streamcart import connectors
@@ -34,9 +34,6 @@ log = logging.getLogger(__name__)
 
 #: The longest wait between two restarts of a sink that keeps failing.
 MAX_BACKOFF_S = 300.0
-
-#: Connect's REST API answers 415 to a POST without a JSON content type, even one with no body.
-JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 
 
 @dataclass(frozen=True)
@@ -109,14 +106,6 @@ class SinkKeeper(Service):
         self.interval_s = settings.sink_keeper_interval_s
         self.backoff = Backoff(first_s=self.interval_s)
         self.names = [c.name for c in connectors.load(settings)]
-        self._session: ClientSession | None = None
-
-    async def on_start(self) -> None:
-        self._session = ClientSession(timeout=ClientTimeout(total=5.0))
-
-    async def on_shutdown(self) -> None:  # after mode has cancelled the checks (on_stop comes before)
-        if self._session is not None:
-            await self._session.close()
 
     @Service.task
     async def _keep(self) -> None:
@@ -155,12 +144,11 @@ class SinkKeeper(Service):
         return restarted
 
     async def _call(self, method: str, path: str) -> Any:
-        assert self._session is not None, "the keeper is not started"
-        url = self.settings.connect_url + path
+        """``connectors.request`` off the event loop; any answer but a 2xx is a :class:`SinkKeeperError`."""
         try:
-            async with self._session.request(method, url, headers=JSON_HEADERS) as response:
-                if response.status >= 300:
-                    raise SinkKeeperError(f"{method} {url}: HTTP {response.status} {await response.text()}")
-                return await response.json(content_type=None) if response.status != 204 else None
-        except (ClientError, TimeoutError, ValueError) as exc:  # ValueError: an answer that is not JSON
-            raise SinkKeeperError(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
+            status, body = await asyncio.to_thread(connectors.request, self.settings, method, path)
+        except connectors.ConnectError as exc:
+            raise SinkKeeperError(str(exc)) from exc
+        if status >= 300:
+            raise SinkKeeperError(f"{method} {path}: HTTP {status} {body}")
+        return body
