@@ -14,6 +14,7 @@ import re
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,71 @@ def status(settings: Settings) -> list[ConnectorStatus]:
         rows.append(ConnectorStatus(connector.name, str(body["connector"]["state"]), tasks,
                                     sum(lag.values()) if lag else None))
     return rows
+
+
+@dataclass(frozen=True)
+class SinkState:
+    """One sink as Connect reports it: whether any instance (connector or task) failed, and the root cause."""
+
+    name: str
+    failed: bool
+    reason: str | None = None
+
+
+def sink_states(names: Iterable[str], statuses: Mapping[str, Any]) -> list[SinkState]:
+    """The sinks ``names`` in the body of ``GET /connectors?expand=status`` (a sink Connect does not list: none)."""
+    states = []
+    for name in names:
+        entry = statuses.get(name)
+        status = entry.get("status") if isinstance(entry, dict) else None
+        if not isinstance(status, dict):
+            continue
+        tasks = status.get("tasks")
+        instances = [status.get("connector"), *(tasks if isinstance(tasks, list) else [])]
+        failed = [i for i in instances if isinstance(i, dict) and i.get("state") == "FAILED"]
+        reason = next((root_cause(str(i["trace"])) for i in failed if i.get("trace")), None)
+        states.append(SinkState(name, bool(failed), reason))
+    return states
+
+
+def root_cause(trace: str, limit: int = 300) -> str:
+    """The innermost ``Caused by:`` of a Java stack trace (else its first line), cut at ``limit`` characters."""
+    lines = trace.splitlines() or [""]
+    causes = [line.removeprefix("Caused by: ") for line in lines if line.startswith("Caused by: ")]
+    cause = causes[-1] if causes else lines[0]
+    return cause if len(cause) <= limit else cause[: limit - 1] + "…"
+
+
+def trouble(names: Iterable[str], statuses: Mapping[str, Any]) -> str | None:
+    """What is wrong with the sinks ``names``, in one line, from ``GET /connectors?expand=status``; ``None`` when
+    each is registered and its connector and every task are RUNNING."""
+    problems = []
+    for name in names:
+        entry = statuses.get(name)
+        status = entry.get("status") if isinstance(entry, dict) else None
+        if not isinstance(status, dict):
+            problems.append(f"{name} not registered")
+            continue
+        listed = status.get("tasks")
+        tasks: list[Any] = listed if isinstance(listed, list) else []
+        instances = [("connector", status.get("connector")), *((f"task {t.get('id')}", t) for t in tasks)]
+        wrong = [f"{label} {i.get('state')}" for label, i in instances
+                 if isinstance(i, dict) and i.get("state") != "RUNNING"]
+        if not tasks:
+            wrong.append("no task")
+        if wrong:
+            reason = next((root_cause(str(i["trace"]), 120) for _, i in instances
+                           if isinstance(i, dict) and i.get("trace")), None)
+            problems.append(f"{name}: {', '.join(wrong)}" + (f" ({reason})" if reason else ""))
+    return "; ".join(problems) if problems else None
+
+
+def sinks_trouble(settings: Settings) -> str | None:
+    """:func:`trouble` for the configured sinks, asked of Connect in one request (for ``streamcart status``)."""
+    code, statuses = request(settings, "GET", "/connectors?expand=status")
+    if code != 200 or not isinstance(statuses, dict):
+        raise ConnectError(f"GET /connectors?expand=status: HTTP {code} {str(statuses)[:200]}")
+    return trouble([c.name for c in load(settings)], statuses)
 
 
 def restart(settings: Settings, name: str) -> None:

@@ -19,13 +19,13 @@ import asyncio
 import logging
 import random
 import urllib.parse
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from mode import Service
 
 from streamcart import connectors
+from streamcart.connectors import SinkState, sink_states
 from streamcart.errors import StreamcartError
 from streamcart.settings import Settings
 from streamcart.telemetry import SINK_RESTARTS
@@ -34,39 +34,6 @@ log = logging.getLogger(__name__)
 
 #: The longest wait between two restarts of a sink that keeps failing.
 MAX_BACKOFF_S = 300.0
-
-
-@dataclass(frozen=True)
-class SinkState:
-    """One sink as Connect reports it: whether any instance (connector or task) failed, and the root cause."""
-
-    name: str
-    failed: bool
-    reason: str | None = None
-
-
-def sink_states(names: Iterable[str], statuses: Mapping[str, Any]) -> list[SinkState]:
-    """The sinks ``names`` in the body of ``GET /connectors?expand=status`` (a sink Connect does not list: none)."""
-    states = []
-    for name in names:
-        entry = statuses.get(name)
-        status = entry.get("status") if isinstance(entry, dict) else None
-        if not isinstance(status, dict):
-            continue
-        tasks = status.get("tasks")
-        instances = [status.get("connector"), *(tasks if isinstance(tasks, list) else [])]
-        failed = [i for i in instances if isinstance(i, dict) and i.get("state") == "FAILED"]
-        reason = next((root_cause(str(i["trace"])) for i in failed if i.get("trace")), None)
-        states.append(SinkState(name, bool(failed), reason))
-    return states
-
-
-def root_cause(trace: str, limit: int = 300) -> str:
-    """The innermost ``Caused by:`` of a Java stack trace (else its first line), cut at ``limit`` characters."""
-    lines = trace.splitlines() or [""]
-    causes = [line.removeprefix("Caused by: ") for line in lines if line.startswith("Caused by: ")]
-    cause = causes[-1] if causes else lines[0]
-    return cause if len(cause) <= limit else cause[: limit - 1] + "…"
 
 
 @dataclass

@@ -220,7 +220,7 @@ class Stack:
         started = self._workers_at_up()
         beyond = {worker_name(i) for i in range(started, self.settings.workers)} if started is not None else set()
         names = [n for n in self.names if n not in beyond]
-        rows = [self._status_of(name) for name in [*names, *sorted(recorded - set(names))]]
+        rows = [self._with_sinks(self._status_of(name)) for name in [*names, *sorted(recorded - set(names))]]
         workers = [row for row in rows if row.assigned is not None]
         kafka_ok = any(row.name == "kafka" and row.health is not None and row.health.ok for row in rows)
         if not workers or not kafka_ok:
@@ -243,6 +243,21 @@ class Stack:
             return int(self._workers_file.read_text())
         except (OSError, ValueError):
             return None
+
+    def _with_sinks(self, row: ProcessStatus) -> ProcessStatus:
+        """Connect's row is only healthy when the warehouse sinks run too: a failed task stops the warehouse while
+        Connect itself answers fine (and Connect never restarts it; the workers' sink keeper does)."""
+        if row.name != "connect" or row.health is None or not row.health.ok:
+            return row
+        from streamcart import connectors
+
+        try:
+            problem = connectors.sinks_trouble(self.settings)
+        except connectors.ConnectError as exc:
+            problem = f"sinks unknown: {exc}"
+        if problem is None:
+            return row
+        return replace(row, health=Probe(False, f"{problem} (`streamcart connectors status`)"))
 
     def _status_of(self, name: str) -> ProcessStatus:
         record = self.record(name)

@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from streamcart.connectors import SinkState, root_cause, sink_states, trouble
 from streamcart.settings import Settings
-from streamcart.sink_keeper import Backoff, SinkKeeper, SinkKeeperError, SinkState, root_cause, sink_states
+from streamcart.sink_keeper import Backoff, SinkKeeper, SinkKeeperError
 from streamcart.telemetry import SINK_RESTARTS
 
 TRACE = ("org.apache.kafka.connect.errors.ConnectException: Exiting WorkerSinkTask due to unrecoverable exception.\n"
@@ -42,6 +43,22 @@ def test_a_sink_failed_when_its_connector_or_any_task_failed_with_the_root_cause
         SinkState("payments", True, CAUSE),
         SinkState("shipments", False),
     ]
+
+
+def test_status_names_every_sink_not_fully_running_and_why_and_nothing_when_all_run():
+    """What `streamcart status` shows on Connect's row: Connect answering is not enough, its sinks must run."""
+    statuses = {
+        "orders": status("RUNNING", "RUNNING"),
+        "lines": status("RUNNING", "RUNNING", "FAILED"),
+        "payments": status("FAILED"),
+        "shipments": status("RUNNING", "UNASSIGNED"),
+        "someone-elses": status("RUNNING", "FAILED"),
+    }
+    assert trouble(["orders"], statuses) is None
+    assert trouble(["orders", "lines", "payments", "shipments", "missing"], statuses) == (
+        f"lines: task 1 FAILED ({CAUSE}); payments: connector FAILED, no task ({CAUSE}); "
+        "shipments: task 0 UNASSIGNED; missing not registered"
+    )
 
 
 def test_the_root_cause_is_the_innermost_cause_or_else_the_first_line_and_never_a_whole_page():
