@@ -28,17 +28,21 @@ def register(runtime: Runtime) -> Any:
         if not isinstance(message, InventoryCommand):
             raise FlowError(f"{type(message).__name__} on an inventory topic")
         change, writes = inventory.records(
-            tables.stock.get(message.sku), tables.reservations.get, message, product=tables.catalog.get(message.sku)
+            tables.stock.get(message.sku), tables.reservations.get, message, product=tables.catalog.get(message.sku),
+            remembered=tables.adjustments.get,
         )
         # An adjustment that would take stock promised to orders is refused (the API checks first).
         adjustment_refusal = {change.rejected} if isinstance(message, AdjustStock) and change.rejected else set()
         if refused(change.rejected, message, adjustment_refusal):
             return
         for key, record in writes:
-            if isinstance(record, inventory.StockState):
-                tables.stock.put(key, record)
-            else:
-                tables.reservations.put(key, record)
+            match record:
+                case inventory.StockState():
+                    tables.stock.put(key, record)
+                case inventory.Reservation():
+                    tables.reservations.put(key, record)
+                case inventory.AdjustmentMemory():
+                    tables.adjustments.put(key, record)
         await runtime.emit(change.messages, cause=event)
 
     async def inventory_agent(stream: Any) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 from faust.types import TP
 
 from agents.runtime import Runtime
-from streamcart.domain import analytics
+from streamcart.domain import analytics, inventory
 from streamcart.domain.catalog import ProductState
 from streamcart.domain.inventory import StockState
 from streamcart.domain.order_state import OrderState, OrderStatus
@@ -49,6 +49,10 @@ class FaustWorkerView:
 
     def stock(self, sku: str) -> StockState | None:
         return self.runtime.tables.stock.get(sku)
+
+    def adjustment_applied(self, sku: str, event_id: str) -> bool:
+        memory = self.runtime.tables.adjustments.get(inventory.adjustments_key(sku))
+        return inventory.counts_adjustment(self.stock(sku), memory, event_id)
 
     def product(self, sku: str) -> ProductState | None:
         return self.runtime.tables.catalog.get(sku)

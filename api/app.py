@@ -345,12 +345,17 @@ def _digest(body: PlaceOrderIn) -> str:
     return hashlib.sha256(body.model_dump_json().encode()).hexdigest()
 
 
-async def place_order(request: web.Request) -> web.Response:
-    principal = _principal(request)
-    body = await _body(request, PlaceOrderIn)
+def _idempotency_key(request: web.Request) -> str | None:
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is not None and not (1 <= len(key) <= 200 and _IDENTIFIER_KEY.fullmatch(key)):
         raise Invalid(f"{IDEMPOTENCY_HEADER} must be 1-200 characters of [A-Za-z0-9._:-]")
+    return key
+
+
+async def place_order(request: web.Request) -> web.Response:
+    principal = _principal(request)
+    body = await _body(request, PlaceOrderIn)
+    key = _idempotency_key(request)
     commands = _commands(request)
     settings = request.app[SETTINGS]
     if key is None:
@@ -570,17 +575,29 @@ def _stock_out(sku: str, on_hand: int, reserved: int, adjusted: int, sold: int, 
 
 
 async def adjust_stock(request: web.Request) -> web.Response:
+    """With an ``Idempotency-Key`` the adjustment's event id is derived from the SKU and the key: a repeat is applied
+    once however often it is sent (the inventory drops an event id among the SKU's last 1,000 adjustments), and
+    one already applied is answered 200 with the stock as it is, sending nothing."""
     _admin(request)
     sku = _identifier(request, "sku")
     body = await _body(request, AdjustmentIn)
+    key = _idempotency_key(request)
     if (forwarded := await _forward_unless_owner(request, "stock", sku)) is not None:
         return forwarded
-    stock = request.app[WORKER].stock(sku)
+    worker = request.app[WORKER]
+    stock = worker.stock(sku)
+    fields = envelope(sku)
+    if key is not None:
+        event_id = derive_id("adjustment", sku, key)
+        if stock is not None and worker.adjustment_applied(sku, event_id):
+            return _json(_stock_out(sku, stock.on_hand, stock.reserved, stock.adjusted, stock.sold, stock.restocked),
+                         200, Location=f"/v1/stock/{sku}")
+        fields |= {"event_id": event_id, "causation_id": event_id}
     on_hand, reserved = (stock.on_hand, stock.reserved) if stock is not None else (0, 0)
     if on_hand - reserved + body.delta < 0:
         raise Conflict(f"adjusting {sku} by {body.delta} would leave {on_hand - reserved + body.delta} available",
                        details={"on_hand": on_hand, "reserved": reserved, "available": on_hand - reserved})
-    await _commands(request).send(AdjustStock(**envelope(sku), sku=sku, delta=body.delta, reason=body.reason))
+    await _commands(request).send(AdjustStock(**fields, sku=sku, delta=body.delta, reason=body.reason))
     expected = _stock_out(sku, on_hand + body.delta, reserved,
                           (stock.adjusted if stock else 0) + body.delta, stock.sold if stock else 0,
                           stock.restocked if stock else 0)
@@ -634,7 +651,9 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/stock/{sku}", get_stock, "a SKU's stock", "stock", responses={200: StockOut},
           errors=(404, 503)),
     Route("POST", "/v1/stock/{sku}/adjustments", adjust_stock, "change what is on hand (admin)", "stock",
-          body=AdjustmentIn, responses={202: StockOut}, errors=(403, 409, 503)),
+          body=AdjustmentIn, responses={202: StockOut, 200: StockOut}, errors=(403, 409, 503),
+          headers=((IDEMPOTENCY_HEADER, "the same key is one adjustment of the SKU, applied once (the first body "
+                                        "counts); 200 with the stock when it already was"),)),
     Route("POST", "/v1/shipments/{order_id}/status", shipment_status, "a shipment was dispatched or delivered "
           "(admin)", "shipments", body=ShipmentStatusIn, responses={202: CommandAccepted},
           errors=(403, 404, 409, 503)),

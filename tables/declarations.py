@@ -6,7 +6,8 @@ because every key is the same UTF-8 bytes on every topic of the same partition c
 ``reservations`` is a view of the ``stock`` table under keys ``"{sku}/{order_id}"`` (in its SKU's partition for
 the same reason): one inventory command writes the SKU's counters and the order's reservation, and in one table
 both go to one changelog partition, in order. After a crash the changelog holds a prefix of the writes, so the
-two can never be rebuilt from different points in time (agents/inventory.py).
+two can never be rebuilt from different points in time (agents/inventory.py). ``adjustments`` is one more view of
+it, under ``"{sku}#adjustments"``, for the same reason.
 
 No table uses ``use_partitioner=True`` (notes/faust.md suggests it for writes inside ``take()`` batches): faust
 then asks the producer's metadata for the changelog's partitions, which it does not have until it has sent there,
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from streamcart.domain.catalog import ProductState
-from streamcart.domain.inventory import Reservation, StockState
+from streamcart.domain.inventory import AdjustmentMemory, Reservation, StockState
 from streamcart.domain.order_state import OrderState
 from streamcart.domain.payments import PaymentState
 from streamcart.domain.shipping import ShipmentState
@@ -36,6 +37,7 @@ class StateTables:
     catalog: ModelTable[ProductState]
     stock: ModelTable[StockState]
     reservations: ModelTable[Reservation]
+    adjustments: ModelTable[AdjustmentMemory]
     payments: ModelTable[PaymentState]
     shipments: ModelTable[ShipmentState]
     analytics: AnalyticsTable
@@ -75,6 +77,7 @@ def declare_tables(app: Any, partitions: int) -> StateTables:
         catalog=ModelTable(_table(app, "catalog", partitions), ProductState),
         stock=ModelTable(stock, StockState),
         reservations=ModelTable(stock, Reservation),
+        adjustments=ModelTable(stock, AdjustmentMemory),
         payments=ModelTable(_table(app, "payments", partitions), PaymentState),
         shipments=ModelTable(_table(app, "shipments", partitions), ShipmentState),
         analytics=AnalyticsTable(_table(app, "analytics", partitions)),

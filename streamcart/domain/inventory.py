@@ -17,7 +17,9 @@ ReserveStock / ReleaseStock / CommitStock / RestockItems to the pair and returns
 Idempotency: every operation is idempotent by (order, sku): a reservation records the cause of each step, and a
 step that has happened re-emits its events (same ids) whatever event id the repeat carries. AdjustStock, which
 has no such natural key, is deduplicated by event id against the last :data:`ADJUSTMENT_MEMORY` adjustments (a
-redelivery comes soon after the original; an unbounded set would grow for ever).
+redelivery comes soon after the original; an unbounded set would grow for ever). Those ids are a third record of
+the SKU (:class:`AdjustmentMemory`, under :func:`adjustments_key`), read and written only by adjustments: in the
+counters, which every reservation writes, a SKU restocked often would carry some 40 KB into each write.
 
 Out of order: a ReleaseStock for a reservation not seen yet leaves a tombstone (StockReleased, quantity 0), and the
 ReserveStock arriving after it holds nothing (StockRejected ``released``). A RestockItems that overtakes its
@@ -77,7 +79,8 @@ class StockState(_Model):
     adjusted: int = 0
     sold: int = 0
     restocked: int = 0
-    recent_adjustments: tuple[str, ...] = ()
+    #: The event id of the SKU's latest adjustment; the ones before it are in its :class:`AdjustmentMemory`.
+    last_adjustment: str | None = None
     #: The reservation the same command wrote (see :func:`current_reservation`).
     last_reservation: Reservation | None = None
 
@@ -85,6 +88,16 @@ class StockState(_Model):
     def available(self) -> int:
         """What a new reservation can take."""
         return self.on_hand - self.reserved
+
+
+class AdjustmentMemory(_Model):
+    """The event ids of a SKU's recent adjustments before its latest one (``StockState.last_adjustment``)."""
+
+    sku: str
+    event_ids: tuple[str, ...] = ()
+
+    def knows(self, event_id: str) -> bool:
+        return event_id in self.event_ids
 
 
 class Rejection(_Model):
@@ -124,6 +137,10 @@ class StockChange(_Model):
 
     stock: StockState
     reservation: Reservation | None = None
+    adjustments: AdjustmentMemory | None = None
+
+
+Record = StockState | Reservation | AdjustmentMemory
 
 
 def records(
@@ -132,7 +149,8 @@ def records(
     message: Message,
     *,
     product: ProductState | None,
-) -> tuple[Decision[StockChange], tuple[tuple[str, StockState | Reservation], ...]]:
+    remembered: Callable[[str], AdjustmentMemory | None] = lambda key: None,
+) -> tuple[Decision[StockChange], tuple[tuple[str, Record], ...]]:
     """Decide ``message`` and say which records to store, in order, under which keys.
 
     ``stock`` is the SKU's record, ``stored(key)`` reads a reservation record. A command changes the SKU's
@@ -142,9 +160,23 @@ def records(
     from the record that counted it: the counters and the reservations never disagree. Before the SKU record
     stops carrying a reservation, that reservation is written under its own key if it is not there yet.
 
+    An adjustment writes its memory of earlier adjustments first, then the counters naming it as the latest: a
+    prefix that ends between the two knows every adjustment it applied, and the one it did not apply yet is in
+    neither record.
+
     A redelivery (nothing to change) stores the current records again: a worker killed before its changelog
-    records left would otherwise keep a changelog that is behind for good.
+    records left would otherwise keep a changelog that is behind for good. ``remembered(key)`` reads an
+    :class:`AdjustmentMemory` (only adjustments ask).
     """
+    if isinstance(message, AdjustStock):
+        memory = remembered(adjustments_key(message.sku))
+        decision = decide(stock, None, message, product=product, adjustments=memory)
+        if decision.rejected is not None:
+            return decision, ()
+        if decision.state is not None:
+            stock, memory = decision.state.stock, decision.state.adjustments
+        writes: list[tuple[str, Record]] = [] if memory is None else [(adjustments_key(memory.sku), memory)]
+        return decision, (*writes, *([] if stock is None else [(stock.sku, stock)]))
     order_id = getattr(message, "order_id", None)
     key = reservation_key(message.sku, order_id) if order_id else None  # type: ignore[attr-defined]
     last = stock.last_reservation if stock is not None else None
@@ -155,7 +187,7 @@ def records(
         return decision, ()
     if decision.state is not None:
         stock, reservation = decision.state.stock, decision.state.reservation
-    writes: list[tuple[str, StockState | Reservation]] = []
+    writes = []
     if stock is not None:
         if key is not None and reservation is not None:
             if last is not None and carried is not None and carried != key and stored(carried) != last:
@@ -172,20 +204,31 @@ def reservation_key(sku: str, order_id: str) -> str:
     return f"{sku}/{order_id}"
 
 
+def adjustments_key(sku: str) -> str:
+    """The table key of ``sku``'s :class:`AdjustmentMemory` (no order id has a ``#``: api/models.py)."""
+    return f"{sku}#adjustments"
+
+
 def decide(
-    stock: StockState | None, reservation: Reservation | None, message: Message, *, product: ProductState | None
+    stock: StockState | None,
+    reservation: Reservation | None,
+    message: Message,
+    *,
+    product: ProductState | None,
+    adjustments: AdjustmentMemory | None = None,
 ) -> Decision[StockChange]:
     """Apply one inventory command to a SKU's counters and to the order's reservation of it.
 
     ``stock`` is ``None`` for a SKU never stocked, ``reservation`` the one stored under
     ``reservation_key(message.sku, message.order_id)`` (``None`` for AdjustStock and for a reservation not seen
-    yet), ``product`` the SKU's catalog entry (only ReserveStock reads it). ``rejected`` is set, with nothing
+    yet), ``product`` the SKU's catalog entry (only ReserveStock reads it), ``adjustments`` the SKU's memory of
+    earlier adjustments (only AdjustStock reads it). ``rejected`` is set, with nothing
     changed or emitted, for an adjustment that would make ``available`` negative and for a step that cannot follow
     the reservation's state (e.g. committing stock that was released).
     """
     counters = stock if stock is not None else StockState(sku=getattr(message, "sku", ""))
     if isinstance(message, AdjustStock):
-        return _adjust(counters, message)
+        return _adjust(counters, adjustments or AdjustmentMemory(sku=counters.sku), message)
     if not isinstance(message, ReservationCommand):
         return Decision(state=None, rejected=f"inventory does not handle {type(message).__name__}")
     if reservation is not None and (reservation.sku, reservation.order_id) != (message.sku, message.order_id):
@@ -231,8 +274,13 @@ def effects_of(res: Reservation, cause_id: str) -> tuple[Message, ...]:
     return tuple(out)
 
 
-def _adjust(stock: StockState, cmd: AdjustStock) -> Decision[StockChange]:
-    if cmd.event_id in stock.recent_adjustments:
+def counts_adjustment(stock: StockState | None, memory: AdjustmentMemory | None, event_id: str) -> bool:
+    """Whether ``stock`` has applied the adjustment ``event_id`` (one of its last :data:`ADJUSTMENT_MEMORY`)."""
+    return stock is not None and (stock.last_adjustment == event_id or (memory is not None and memory.knows(event_id)))
+
+
+def _adjust(stock: StockState, memory: AdjustmentMemory, cmd: AdjustStock) -> Decision[StockChange]:
+    if counts_adjustment(stock, memory, cmd.event_id):
         return Decision(state=None)
     if stock.available + cmd.delta < 0:
         return Decision(state=None, rejected=(
@@ -242,9 +290,14 @@ def _adjust(stock: StockState, cmd: AdjustStock) -> Decision[StockChange]:
     adjusted = stock.model_copy(update={
         "on_hand": stock.on_hand + cmd.delta,
         "adjusted": stock.adjusted + cmd.delta,
-        "recent_adjustments": (*stock.recent_adjustments, cmd.event_id)[-ADJUSTMENT_MEMORY:],
+        "last_adjustment": cmd.event_id,
     })
-    return Decision(state=StockChange(stock=adjusted))
+    if stock.last_adjustment is None:  # the SKU's first: nothing earlier to remember
+        return Decision(state=StockChange(stock=adjusted))
+    # Already there when a crash kept the memory's write and lost the counters' (records() writes them in turn).
+    known = memory.event_ids[-1:] == (stock.last_adjustment,)
+    earlier = memory.event_ids if known else (*memory.event_ids, stock.last_adjustment)[-(ADJUSTMENT_MEMORY - 1):]
+    return Decision(state=StockChange(stock=adjusted, adjustments=memory.model_copy(update={"event_ids": earlier})))
 
 
 def _reserve(

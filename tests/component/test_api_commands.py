@@ -303,6 +303,32 @@ async def test_a_stock_adjustment_that_would_take_reserved_stock_is_a_409(client
     assert isinstance(commands.sent[0], AdjustStock)
 
 
+async def test_a_stock_adjustment_with_an_idempotency_key_is_one_adjustment_however_often_it_is_sent(
+    client, commands, worker
+):
+    worker.stocks["KB-001"] = StockState(sku="KB-001", on_hand=5)
+    url, body = "/v1/stock/KB-001/adjustments", {"delta": 3, "reason": "delivery"}
+    first = await client.post(url, json=body, headers={**ADMIN, "Idempotency-Key": "delivery-77"})
+    again = await client.post(url, json=body, headers={**ADMIN, "Idempotency-Key": "delivery-77"})
+    other = await client.post(url, json=body, headers={**ADMIN, "Idempotency-Key": "delivery-78"})
+    other_sku = await client.post("/v1/stock/MS-002/adjustments", json=body,
+                                  headers={**ADMIN, "Idempotency-Key": "delivery-77"})
+    assert [r.status for r in (first, again, other, other_sku)] == [202, 202, 202, 202]
+    ids = [m.event_id for m in commands.sent]
+    assert ids[0] == ids[1] and len(set(ids)) == 3  # a repeat in flight: the inventory drops the second
+    assert all(isinstance(m, AdjustStock) and m.causation_id == m.event_id for m in commands.sent)
+
+    worker.adjustments.add(("KB-001", ids[0]))
+    worker.stocks["KB-001"] = StockState(sku="KB-001", on_hand=8, adjusted=8)
+    applied = await client.post(url, json=body, headers={**ADMIN, "Idempotency-Key": "delivery-77"})
+    assert applied.status == 200
+    assert (await applied.json())["on_hand"] == 8  # as it is: not counted twice
+    assert len(commands.sent) == 4
+
+    bad = await client.post(url, json=body, headers={**ADMIN, "Idempotency-Key": "no spaces"})
+    assert bad.status == 422 and len(commands.sent) == 4
+
+
 async def test_a_shipment_update_needs_a_shipment(client, commands, worker):
     url = "/v1/shipments/o-1/status"
     assert (await client.post(url, json={"status": "dispatched"}, headers=ADMIN)).status == 409

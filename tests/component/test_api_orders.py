@@ -38,6 +38,7 @@ class FakeWorker:
     stocks: dict[str, StockState] = field(default_factory=dict)
     catalog: dict[str, ProductState] = field(default_factory=dict)
     waited: list[tuple[str, float]] = field(default_factory=list)
+    adjustments: set[tuple[str, str]] = field(default_factory=set)  # (sku, event id) the stock counts
 
     def recovered(self) -> bool:
         return self.is_ready
@@ -63,6 +64,9 @@ class FakeWorker:
 
     def stock(self, sku: str) -> StockState | None:
         return self.stocks.get(sku)
+
+    def adjustment_applied(self, sku: str, event_id: str) -> bool:
+        return (sku, event_id) in self.adjustments
 
     def product(self, sku: str) -> ProductState | None:
         return self.catalog.get(sku)

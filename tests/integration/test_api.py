@@ -21,7 +21,7 @@ from api.auth import issue_token
 from schemas.messages import PlaceOrder
 from streamcart.ids import new_id
 from streamcart.settings import Settings
-from tests.integration.support import admin_token, read_topic
+from tests.integration.support import admin_token, poll, read_topic
 from tests.integration.test_saga import Shop
 
 
@@ -207,6 +207,29 @@ def test_bad_input_changes_nothing(shop, settings):
                              {"delta": -6, "reason": "write-off"}, admin_token(settings))
     assert status == 409, answer
     assert shop.quiet_stock(sku)["on_hand"] == 5
+
+
+def test_a_stock_adjustment_sent_again_with_its_idempotency_key_is_applied_once(shop, settings):
+    """A client that retries an adjustment (a timeout, a second worker) must not count the delivery twice: the key
+    names one event id, which the inventory remembers past later adjustments of the SKU."""
+    sku = stocked_sku(shop, stock=5)
+    token = admin_token(settings)
+
+    def adjust(worker: int, key: str, delta: int) -> int:
+        status, _, answer = call(f"{settings.worker_url(worker)}/v1/stock/{sku}/adjustments", "POST",
+                                 {"delta": delta, "reason": "delivery"}, token, {"Idempotency-Key": key})
+        assert status in (200, 202), answer
+        return status
+
+    assert [adjust(0, "delivery-1", 3), adjust(1, "delivery-1", 3)] == [202, 202]  # likely both in flight
+    adjust(1, "delivery-2", 1)
+    adjust(0, "delivery-3", 1)
+    # The SKU's commands are applied in order: once the later two count, both copies of the first were handled.
+    stock = poll(lambda: (s := shop.stock(sku))["adjusted"] >= 10 and s, timeout_s=30, what="the adjustments")
+    assert (stock["on_hand"], stock["adjusted"]) == (10, 10)
+    assert adjust(1, "delivery-1", 3) == 200  # applied, and not the latest: answered from the SKU's memory
+    assert adjust(0, "delivery-3", 1) == 200
+    assert shop.stock(sku)["on_hand"] == 10
 
 
 # --- schemathesis: every documented operation, generated inputs, zero 5xx, every answer matches the schema ---

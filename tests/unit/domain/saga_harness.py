@@ -182,6 +182,8 @@ class Saga:
             if state.reservation is not None:
                 key = inventory.reservation_key(state.reservation.sku, state.reservation.order_id)
                 self.tables["reservations"][key] = state.reservation
+            if state.adjustments is not None:
+                self.tables["adjustments"][inventory.adjustments_key(state.adjustments.sku)] = state.adjustments
         else:
             self.tables[flow][message.key] = state
 
@@ -250,7 +252,8 @@ def _inventory(saga: Saga, message: Message) -> Decision[Any]:
     order_id = getattr(message, "order_id", None)
     reservation = saga.tables["reservations"].get(inventory.reservation_key(sku, order_id)) if order_id else None
     return inventory.decide(saga.tables["inventory"].get(sku), reservation, message,
-                            product=saga.tables["catalog"].get(sku))
+                            product=saga.tables["catalog"].get(sku),
+                            adjustments=saga.tables["adjustments"].get(inventory.adjustments_key(sku)))
 
 
 def _payments(saga: Saga, message: Message) -> Decision[Any]:

@@ -25,6 +25,7 @@ from streamcart.domain.catalog import ProductState
 from streamcart.domain.decision import Decision
 from streamcart.domain.inventory import (
     ADJUSTMENT_MEMORY,
+    AdjustmentMemory,
     Reservation,
     ReservationStatus,
     StockChange,
@@ -43,6 +44,7 @@ class Shelf:
 
     stock: StockState
     reservations: dict[str, Reservation] = field(default_factory=dict)
+    adjustments: AdjustmentMemory | None = None
 
 
 def stock_decide(shelf: Shelf | None, message: Message, product: ProductState | None = ANVIL) -> Decision[Shelf]:
@@ -50,13 +52,14 @@ def stock_decide(shelf: Shelf | None, message: Message, product: ProductState | 
     order_id = getattr(message, "order_id", None)
     stock = shelf.stock if shelf else None
     reservation = shelf.reservations.get(order_id) if shelf and order_id else None
-    decision = decide(stock, reservation, message, product=product)
+    decision = decide(stock, reservation, message, product=product, adjustments=shelf.adjustments if shelf else None)
     if decision.state is None:
         return Decision(state=None, messages=decision.messages, rejected=decision.rejected)
     reservations = dict(shelf.reservations) if shelf else {}
     if decision.state.reservation is not None:
         reservations[decision.state.reservation.order_id] = decision.state.reservation
-    return Decision(state=Shelf(decision.state.stock, reservations), messages=decision.messages)
+    adjustments = decision.state.adjustments or (shelf.adjustments if shelf else None)
+    return Decision(state=Shelf(decision.state.stock, reservations, adjustments), messages=decision.messages)
 
 
 def apply(state: Shelf | None, *messages: Message, product: ProductState | None = ANVIL):
@@ -307,9 +310,22 @@ def test_adjustments_are_remembered_long_enough_to_drop_redeliveries_but_not_for
     first = adjust(1, event_id="adj-first")
     state, _ = apply(None, first, *(adjust(1, event_id=f"adj-{n}") for n in range(ADJUSTMENT_MEMORY - 1)))
     assert stock_decide(state, first) == Decision(state=None)
+    assert stock_decide(state, adjust(1, event_id=f"adj-{ADJUSTMENT_MEMORY - 2}")) == Decision(state=None)  # latest
     state, _ = apply(state, adjust(1, event_id="adj-one-more"))
-    assert len(state.stock.recent_adjustments) == ADJUSTMENT_MEMORY
-    assert "adj-first" not in state.stock.recent_adjustments
+    assert state.adjustments is not None and len(state.adjustments.event_ids) == ADJUSTMENT_MEMORY - 1
+    assert state.stock.last_adjustment == "adj-one-more"
+    assert state.stock.on_hand == ADJUSTMENT_MEMORY + 1
+    assert not state.adjustments.knows("adj-first")
+    assert stock_decide(state, first).state is not None  # forgotten: applied again
+
+
+def test_a_reservation_carries_no_adjustment_memory_however_often_the_sku_was_adjusted():
+    """The counters, which every reservation writes, stay small: the ids live in a record only adjustments touch."""
+    state, _ = apply(None, *(adjust(1, event_id=f"adjustment-{n:04}") for n in range(300)))
+    decision = stock_decide(state, reserve())
+    assert decision.state is not None
+    assert decision.state.stock.model_dump_json().count("adjustment-") == 1  # the latest, by name
+    assert len(decision.state.stock.model_dump_json()) < 1_000
 
 
 def test_inventory_rejects_what_it_does_not_handle():

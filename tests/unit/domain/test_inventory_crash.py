@@ -15,15 +15,15 @@ from domain_builders import make
 
 from schemas.messages import AdjustStock, CommitStock, Message, ReleaseStock, ReserveStock, RestockItems
 from streamcart.domain.catalog import ProductState
-from streamcart.domain.inventory import Reservation, StockState, records
+from streamcart.domain.inventory import AdjustmentMemory, Record, Reservation, StockState, records
 
 ANVIL = ProductState(sku="A", name="Anvil", unit_price_cents=500, currency="EUR", active=True,
                      updated={"event_id": "p-1", "at": 0})
 
-Store = dict[str, StockState | Reservation]
+Store = dict[str, Record]
 
 
-def handle(store: Store, changelog: list[tuple[str, StockState | Reservation]], message: Message) -> tuple:
+def handle(store: Store, changelog: list[tuple[str, Record]], message: Message) -> tuple:
     """What the agent does with one command: read, decide, write in order. Returns the emitted event ids."""
     stock = store.get("A")
     assert stock is None or isinstance(stock, StockState)
@@ -33,7 +33,12 @@ def handle(store: Store, changelog: list[tuple[str, StockState | Reservation]], 
         assert record is None or isinstance(record, Reservation)
         return record
 
-    decision, writes = records(stock, stored, message, product=ANVIL)
+    def remembered(key: str) -> AdjustmentMemory | None:
+        record = store.get(key)
+        assert record is None or isinstance(record, AdjustmentMemory)
+        return record
+
+    decision, writes = records(stock, stored, message, product=ANVIL, remembered=remembered)
     for key, record in writes:
         store[key] = record
         changelog.append((key, record))
@@ -42,7 +47,7 @@ def handle(store: Store, changelog: list[tuple[str, StockState | Reservation]], 
 
 def commands(rng: random.Random, orders: int) -> list[Message]:
     """A plausible interleaving: stock arrives, orders reserve, then each is released, or committed (and some
-    of those restocked), in random order across orders."""
+    of those restocked), in random order across orders, with more deliveries now and then."""
     out: list[Message] = [make(AdjustStock, sku="A", delta=orders, reason="delivery")]
     follow_ups: list[list[Message]] = []
     for n in range(orders):
@@ -59,6 +64,9 @@ def commands(rng: random.Random, orders: int) -> list[Message]:
     while any(follow_ups):
         steps = rng.choice([s for s in follow_ups if s])
         out.append(steps.pop(0))
+        if rng.random() < 0.3:
+            out.append(make(AdjustStock, sku="A", delta=rng.randint(1, 3), reason="delivery",
+                            event_id=f"delivery-{len(out)}"))
     return out
 
 
