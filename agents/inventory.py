@@ -27,6 +27,8 @@ def register(runtime: Runtime) -> Any:
             return
         if not isinstance(message, InventoryCommand):
             raise FlowError(f"{type(message).__name__} on an inventory topic")
+        if not inventory.keyable(message.sku):
+            raise FlowError(f"SKU {message.sku!r} cannot key the stock table (no '/' or '#')")
         change, writes = inventory.records(
             tables.stock.get(message.sku), tables.reservations.get, message, product=tables.catalog.get(message.sku),
             remembered=tables.adjustments.get,
@@ -43,6 +45,8 @@ def register(runtime: Runtime) -> Any:
                     tables.reservations.put(key, record)
                 case inventory.AdjustmentMemory():
                     tables.adjustments.put(key, record)
+                case _:
+                    raise FlowError(f"no table for a {type(record).__name__} record")
         await runtime.emit(change.messages, cause=event)
 
     async def inventory_agent(stream: Any) -> None:

@@ -105,10 +105,11 @@ def run(settings: Settings, index: int) -> None:
     codec = Codec.connect(settings)
     runtime = build_runtime(settings, codec, worker_index=index)
     commands = KafkaCommands(settings, codec)
-    api = init_app(settings, worker_view(runtime, index), commands)
+    view = worker_view(runtime, index)
+    api = init_app(settings, view, commands)
     runtime.app.add_dependency(ApiServer(api, settings.host, settings.worker_port(index)))
     if settings.sink_keeper_interval_s > 0:
-        runtime.app.add_dependency(SinkKeeper(settings))
+        runtime.app.add_dependency(SinkKeeper(settings, on_duty=lambda: 0 in view.assigned()))
     # faust sets logging up again when it starts: with the same config, so its records are formatted like ours
     # (a fresh copy: dictConfig consumes parts of the dict it is given).
     worker = faust.Worker(

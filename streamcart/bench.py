@@ -33,6 +33,7 @@ from streamcart.topics import Topics
 class BenchResult:
     orders: int
     lines: int
+    skus: int
     offered_rate: float | None
     produced_s: float
     elapsed_s: float
@@ -58,6 +59,7 @@ class BenchResult:
         return {
             "orders": self.orders,
             "lines per order": self.lines,
+            "SKUs": self.skus,
             "offered rate (orders/s)": self.offered_rate,
             "produce time (s)": round(self.produced_s, 2),
             "elapsed (s)": round(self.elapsed_s, 2),
@@ -151,19 +153,26 @@ class _WarehouseRows(threading.Thread):
 
 def run_saga_bench(
     settings: Settings, *, orders: int, lines: int = 2, rate: float | None = None, timeout_s: float = 300.0,
-    warehouse: bool = False, echo: object = print,
+    warehouse: bool = False, skus: int = 8, echo: object = print,
 ) -> BenchResult:
-    """Seed SKUs with enough stock, place ``orders`` orders (as fast as possible, or at ``rate``/s), wait."""
+    """Seed ``skus`` SKUs with enough stock, place ``orders`` orders (as fast as possible, or at ``rate``/s), wait.
+
+    Order ``i`` takes the SKUs ``i``, ``i + 1``, … (modulo ``skus``): a large catalog spreads the orders thin."""
     say = echo if callable(echo) else print
     codec = Codec.connect(settings)
     sender = CommandSender(settings, codec)
     run = new_id()[:8]
-    skus = [f"BENCH-{run}-{i}" for i in range(max(lines, 8))]
-    for sku in skus:
-        sender.send(
-            UpsertProduct(**envelope(sku), sku=sku, name=sku, unit_price_cents=1000, currency="EUR"),
-            AdjustStock(**envelope(sku), sku=sku, delta=orders * lines + 1000, reason="bench"),
-        )
+    catalog = [f"BENCH-{run}-{i}" for i in range(max(lines, skus))]
+    say(f"seeding {len(catalog)} SKUs")
+    for first in range(0, len(catalog), 500):
+        sender.send(*(
+            message
+            for sku in catalog[first:first + 500]
+            for message in (
+                UpsertProduct(**envelope(sku), sku=sku, name=sku, unit_price_cents=1000, currency="EUR"),
+                AdjustStock(**envelope(sku), sku=sku, delta=orders * lines + 1000, reason="bench"),
+            )
+        ), timeout_s=30)
     outcomes = _Outcomes(settings, codec, Topics.from_settings(settings).order_events)
     outcomes.start()
     outcomes.ready.wait()
@@ -183,7 +192,7 @@ def run_saga_bench(
             while (wait := due - time.perf_counter()) > 0:
                 time.sleep(min(wait, 0.01))
         order_id = f"o-bench-{run}-{i}"
-        order_lines = tuple(OrderLine(sku=skus[(i + k) % len(skus)], quantity=1) for k in range(lines))
+        order_lines = tuple(OrderLine(sku=catalog[(i + k) % len(catalog)], quantity=1) for k in range(lines))
         order = PlaceOrder(**envelope(order_id), order_id=order_id, customer_id=f"c-bench-{i % 50}",
                            lines=order_lines, currency="EUR", payment_token="tok_approve")
         placed_at[order_id] = time.perf_counter()
@@ -216,7 +225,8 @@ def run_saga_bench(
         delays = [(rows.seen[oid] - at) * 1000 for oid, at in confirmed.items() if oid in rows.seen]
     finished = max((at for at, _ in ours.values()), default=start)
     return BenchResult(
-        orders=orders, lines=lines, offered_rate=rate, produced_s=produced, elapsed_s=finished - start,
+        orders=orders, lines=lines, skus=len(catalog), offered_rate=rate, produced_s=produced,
+        elapsed_s=finished - start,
         confirmed=sum(1 for _, kind in ours.values() if kind == "OrderConfirmed"),
         cancelled=sum(1 for _, kind in ours.values() if kind == "OrderCancelled"),
         missing=orders - len(ours),

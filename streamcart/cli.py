@@ -556,6 +556,7 @@ def bench_saga(
     rate: Annotated[float, typer.Option(help="Orders per second to offer (0: as fast as possible).")] = 0.0,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for every outcome.")] = 300.0,
     warehouse: Annotated[bool, typer.Option(help="Also time each confirmation to its row in PostgreSQL.")] = False,
+    skus: Annotated[int, typer.Option(help="How many SKUs the orders spread over (a catalog's size).")] = 8,
 ) -> None:
     """Place orders through Kafka and report outcomes/s and place-to-outcome latency (p50/p95/p99)."""
     from rich.table import Table
@@ -563,7 +564,7 @@ def bench_saga(
     from streamcart.bench import run_saga_bench
 
     result = run_saga_bench(_settings(), orders=orders, lines=lines, rate=rate or None, timeout_s=timeout,
-                            warehouse=warehouse, echo=console.print)
+                            warehouse=warehouse, skus=skus, echo=console.print)
     table = Table(title="saga benchmark", title_justify="left")
     table.add_column("figure")
     table.add_column("value", justify="right")

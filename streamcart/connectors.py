@@ -9,6 +9,7 @@ with ``PUT /connectors/{name}/config``: running it again changes nothing.
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import urllib.error
@@ -186,7 +187,8 @@ def trouble(names: Iterable[str], statuses: Mapping[str, Any]) -> str | None:
             continue
         listed = status.get("tasks")
         tasks: list[Any] = listed if isinstance(listed, list) else []
-        instances = [("connector", status.get("connector")), *((f"task {t.get('id')}", t) for t in tasks)]
+        instances = [("connector", status.get("connector")),
+                     *((f"task {t.get('id')}", t) for t in tasks if isinstance(t, dict))]
         wrong = [f"{label} {i.get('state')}" for label, i in instances
                  if isinstance(i, dict) and i.get("state") != "RUNNING"]
         if not tasks:
@@ -200,7 +202,7 @@ def trouble(names: Iterable[str], statuses: Mapping[str, Any]) -> str | None:
 
 def sinks_trouble(settings: Settings) -> str | None:
     """:func:`trouble` for the configured sinks, asked of Connect in one request (for ``streamcart status``)."""
-    code, statuses = request(settings, "GET", "/connectors?expand=status")
+    code, statuses = request(settings, "GET", "/connectors?expand=status", timeout_s=3.0)
     if code != 200 or not isinstance(statuses, dict):
         raise ConnectError(f"GET /connectors?expand=status: HTTP {code} {str(statuses)[:200]}")
     return trouble([c.name for c in load(settings)], statuses)
@@ -217,18 +219,20 @@ def _quote(name: str) -> str:
     return urllib.parse.quote(name, safe="")
 
 
-def request(settings: Settings, method: str, path: str, body: object = None) -> tuple[int, Any]:
+def request(
+    settings: Settings, method: str, path: str, body: object = None, *, timeout_s: float = TIMEOUT_S
+) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(
         settings.connect_url + path, data=data, method=method,
         headers={"Content-Type": "application/json", "Accept": "application/json"},
     )
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
             status, raw = response.status, response.read()
     except urllib.error.HTTPError as exc:
         status, raw = exc.code, exc.read()
-    except OSError as exc:
+    except (OSError, http.client.HTTPException) as exc:  # refused, timed out, or an answer cut off
         raise ConnectError(f"Kafka Connect at {settings.connect_url} does not answer: {exc}") from exc
     try:
         return status, json.loads(raw) if raw else None

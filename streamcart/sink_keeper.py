@@ -6,11 +6,12 @@ it does not count as a connection error. The sinks' own retries (connectors/*.js
 PostgreSQL replays its log after a crash it answers "the database system is starting up", and a task that meets
 that fails for good. Its records wait in Kafka, nothing is lost, but the warehouse stops until someone restarts it.
 
-So each worker checks the sinks of ``connectors/`` every ``sink_keeper_interval_s`` and restarts the failed
-instances (Connect's ``onlyFailed`` restart). A sink that fails again waits longer before each next restart (the
-interval, then twice as long, up to :data:`MAX_BACKOFF_S`) until a check sees it running. Several workers may
-restart the same task: a restart only touches what is failed when Connect receives it, and the records are
-upserted by key (a batch written twice is the same rows).
+So the worker on duty (the one that owns partition 0 of the saga's topics: exactly one while the group is settled,
+and another as soon as that one is gone) checks the sinks of ``connectors/`` every ``sink_keeper_interval_s`` and
+restarts the failed instances (Connect's ``onlyFailed`` restart). A sink that fails again waits longer before each
+next restart (the interval, then twice as long, up to :data:`MAX_BACKOFF_S`) until a check sees it running. Should
+two workers restart the same task around a rebalance, no harm is done: a restart only touches what is failed when
+Connect receives it, and the records are upserted by key (a batch written twice is the same rows).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import asyncio
 import logging
 import random
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,9 +69,10 @@ class SinkKeeperError(StreamcartError):
 class SinkKeeper(Service):
     """Every ``settings.sink_keeper_interval_s``, restart the warehouse sinks Connect reports failed."""
 
-    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+    def __init__(self, settings: Settings, on_duty: Callable[[], bool] = lambda: True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.settings = settings
+        self.on_duty = on_duty
         self.interval_s = settings.sink_keeper_interval_s
         self.backoff = Backoff(first_s=self.interval_s)
         self.names = [c.name for c in connectors.load(settings)]
@@ -83,11 +86,15 @@ class SinkKeeper(Service):
             if self.should_stop:
                 break
             try:
-                await self.check(self.loop.time())
+                await self.tick(self.loop.time())
             except SinkKeeperError as exc:  # Connect restarting or unreachable: the next check tries again
                 log.warning("warehouse sinks not checked: %s", exc)
             except Exception:  # never the worker's end: an escaping error would crash the whole worker
                 log.exception("warehouse sinks not checked")
+
+    async def tick(self, now: float) -> list[str]:
+        """:meth:`check` when this worker is on duty; another worker keeps the sinks (and its backoff counts)."""
+        return await self.check(now) if self.on_duty() else []
 
     async def check(self, now: float) -> list[str]:
         """Restart the failed sinks that are due; returns their names. One refused restart spares the others."""

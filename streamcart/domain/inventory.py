@@ -81,6 +81,9 @@ class StockState(_Model):
     restocked: int = 0
     #: The event id of the SKU's latest adjustment; the ones before it are in its :class:`AdjustmentMemory`.
     last_adjustment: str | None = None
+    #: Where a stock stored before the memory had a record of its own kept every id: still honoured, and moved into
+    #: the memory by the SKU's next adjustment.
+    recent_adjustments: tuple[str, ...] = ()
     #: The reservation the same command wrote (see :func:`current_reservation`).
     last_reservation: Reservation | None = None
 
@@ -175,7 +178,7 @@ def records(
             return decision, ()
         if decision.state is not None:
             stock, memory = decision.state.stock, decision.state.adjustments
-        writes: list[tuple[str, Record]] = [] if memory is None else [(adjustments_key(memory.sku), memory)]
+        writes: list[tuple[str, Record]] = [] if memory is None else [(adjustments_key(message.sku), memory)]
         return decision, (*writes, *([] if stock is None else [(stock.sku, stock)]))
     order_id = getattr(message, "order_id", None)
     key = reservation_key(message.sku, order_id) if order_id else None  # type: ignore[attr-defined]
@@ -205,8 +208,14 @@ def reservation_key(sku: str, order_id: str) -> str:
 
 
 def adjustments_key(sku: str) -> str:
-    """The table key of ``sku``'s :class:`AdjustmentMemory` (no order id has a ``#``: api/models.py)."""
+    """The table key of ``sku``'s :class:`AdjustmentMemory` (see :func:`keyable`)."""
     return f"{sku}#adjustments"
+
+
+def keyable(sku: str) -> bool:
+    """Whether ``sku`` can key the stock table: with a ``/`` or a ``#`` in it, its counters could meet another SKU's
+    reservation or adjustment memory (the API accepts no such SKU; a command sent past it is dead-lettered)."""
+    return bool(sku) and "/" not in sku and "#" not in sku
 
 
 def decide(
@@ -276,7 +285,10 @@ def effects_of(res: Reservation, cause_id: str) -> tuple[Message, ...]:
 
 def counts_adjustment(stock: StockState | None, memory: AdjustmentMemory | None, event_id: str) -> bool:
     """Whether ``stock`` has applied the adjustment ``event_id`` (one of its last :data:`ADJUSTMENT_MEMORY`)."""
-    return stock is not None and (stock.last_adjustment == event_id or (memory is not None and memory.knows(event_id)))
+    return stock is not None and (
+        stock.last_adjustment == event_id or event_id in stock.recent_adjustments
+        or (memory is not None and memory.knows(event_id))
+    )
 
 
 def _adjust(stock: StockState, memory: AdjustmentMemory, cmd: AdjustStock) -> Decision[StockChange]:
@@ -291,12 +303,14 @@ def _adjust(stock: StockState, memory: AdjustmentMemory, cmd: AdjustStock) -> De
         "on_hand": stock.on_hand + cmd.delta,
         "adjusted": stock.adjusted + cmd.delta,
         "last_adjustment": cmd.event_id,
+        "recent_adjustments": (),
     })
-    if stock.last_adjustment is None:  # the SKU's first: nothing earlier to remember
+    latest = () if stock.last_adjustment is None else (stock.last_adjustment,)
+    # Once each, oldest first: a crash may have kept the memory's write and lost the counters' (records() writes
+    # them in turn), so what the counters still name can be in the memory already.
+    earlier = tuple(dict.fromkeys((*memory.event_ids, *stock.recent_adjustments, *latest)))[-(ADJUSTMENT_MEMORY - 1):]
+    if earlier == memory.event_ids:  # the SKU's first adjustment: nothing earlier to remember
         return Decision(state=StockChange(stock=adjusted))
-    # Already there when a crash kept the memory's write and lost the counters' (records() writes them in turn).
-    known = memory.event_ids[-1:] == (stock.last_adjustment,)
-    earlier = memory.event_ids if known else (*memory.event_ids, stock.last_adjustment)[-(ADJUSTMENT_MEMORY - 1):]
     return Decision(state=StockChange(stock=adjusted, adjustments=memory.model_copy(update={"event_ids": earlier})))
 
 

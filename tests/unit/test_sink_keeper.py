@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 from aiohttp import web
 
+from streamcart import connectors
 from streamcart.connectors import SinkState, root_cause, sink_states, trouble
 from streamcart.settings import Settings
 from streamcart.sink_keeper import Backoff, SinkKeeper, SinkKeeperError
@@ -142,6 +144,37 @@ async def test_the_keeper_restarts_only_its_own_failed_sinks_and_only_their_fail
         assert SINK_RESTARTS.labels("keeper-warehouse-orders")._value.get() == before + 1
     finally:
         await keeper.on_shutdown()
+
+
+async def test_only_the_worker_on_duty_restarts_a_failed_sink(aiohttp_server):
+    """One restart per failure, not one per worker: the keeper of a worker without partition 0 stands by."""
+    restarts: list[str] = []
+    duty = {"on": False}
+    settings = await fake_connect(aiohttp_server, {"keeper-warehouse-orders": status("RUNNING", "FAILED")}, restarts)
+    keeper = SinkKeeper(settings, on_duty=lambda: duty["on"])
+    await keeper.on_start()
+    try:
+        assert await keeper.tick(now=0.0) == []
+        assert restarts == []
+        duty["on"] = True  # partition 0 moved here
+        assert await keeper.tick(now=1.0) == ["keeper-warehouse-orders"]
+        assert restarts == ["keeper-warehouse-orders?includeTasks=true&onlyFailed=true"]
+    finally:
+        await keeper.on_shutdown()
+
+
+async def test_status_asks_connect_once_for_every_sink_and_says_so_when_connect_answers_nonsense(aiohttp_server):
+    statuses = {"keeper-warehouse-orders": status("RUNNING", "FAILED"),
+                "keeper-warehouse-payments": status("RUNNING", "RUNNING")}
+    settings = await fake_connect(aiohttp_server, statuses, [])
+    names = [c.name for c in connectors.load(settings)]
+    problem = await asyncio.to_thread(connectors.sinks_trouble, settings)
+    assert problem is not None and f"keeper-warehouse-orders: task 0 FAILED ({CAUSE})" in problem
+    assert "keeper-warehouse-payments" not in problem
+    assert all(f"{name} not registered" in problem for name in names if name not in statuses)
+    broken = await fake_connect(aiohttp_server, {}, [], listing="<html>proxy error</html>")
+    with pytest.raises(connectors.ConnectError, match="proxy error"):
+        await asyncio.to_thread(connectors.sinks_trouble, broken)
 
 
 async def test_a_connect_that_does_not_answer_is_an_error_the_next_check_gets_past(aiohttp_server):

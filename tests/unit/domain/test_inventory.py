@@ -31,6 +31,7 @@ from streamcart.domain.inventory import (
     StockChange,
     StockState,
     decide,
+    keyable,
     reservation_key,
 )
 
@@ -326,6 +327,26 @@ def test_a_reservation_carries_no_adjustment_memory_however_often_the_sku_was_ad
     assert decision.state is not None
     assert decision.state.stock.model_dump_json().count("adjustment-") == 1  # the latest, by name
     assert len(decision.state.stock.model_dump_json()) < 1_000
+
+
+def test_a_stock_stored_before_the_memory_had_its_own_record_still_drops_the_adjustments_it_remembers():
+    """A SKU stored by an older streamcart keeps its ids in the counters: they count until the next adjustment
+    moves them into the memory, and after that too."""
+    legacy = StockState.model_validate_json(
+        '{"sku": "A", "on_hand": 5, "adjusted": 5, "recent_adjustments": ["old-1", "old-2"]}')
+    shelf = Shelf(legacy)
+    assert stock_decide(shelf, adjust(5, event_id="old-2")) == Decision(state=None)
+    state, _ = apply(shelf, adjust(1, event_id="new-1"))
+    assert state.stock.recent_adjustments == ()
+    assert state.adjustments is not None and state.adjustments.event_ids == ("old-1", "old-2")
+    for again in ("old-1", "old-2", "new-1"):
+        assert stock_decide(state, adjust(5, event_id=again)) == Decision(state=None)
+    assert state.stock.on_hand == 6
+
+
+def test_a_sku_that_could_meet_another_record_of_the_stock_table_cannot_key_it():
+    assert keyable("KB-001") and keyable("a.b:c_d")
+    assert not keyable("A/o-1") and not keyable("A#adjustments") and not keyable("")
 
 
 def test_inventory_rejects_what_it_does_not_handle():
