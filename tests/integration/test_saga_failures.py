@@ -194,30 +194,39 @@ class Burst:
             assert order["total_cents"] == expected_total, (order_id, order["total_cents"], expected_total)
 
         # I4: one captured authorization per confirmed order for its total; cancelled orders net to zero.
-        def money_problems() -> list[str]:
-            by_key: defaultdict[str, list[dict]] = defaultdict(list)
-            for auth in shop.gateway_authorizations():
-                if auth["idempotency_key"] in settled:
-                    by_key[auth["idempotency_key"]].append(auth)
-            problems = []
-            for order_id, order in confirmed.items():
-                auths = by_key.get(order_id, [])
-                if len(auths) != 1:
-                    problems.append(f"{order_id} CONFIRMED with {len(auths)} authorizations")
-                    continue
-                (auth,) = auths
-                if auth["amount_cents"] != order["total_cents"] or auth["status"] != "captured":
-                    problems.append(f"{order_id} CONFIRMED for {order['total_cents']}: {auth}")
-                elif auth["authorization_id"] != (order["payment"] or {}).get("authorization_id"):
-                    problems.append(f"{order_id} names {order['payment']}, the gateway has {auth}")
-            for order_id in cancelled:
-                for auth in by_key.get(order_id, []):
-                    if auth["status"] not in NETS_TO_ZERO:
-                        problems.append(f"{order_id} CANCELLED ({cancelled[order_id]['cancel_reason']}): {auth}")
-            return problems
+        assert_money_nets_out(shop, settled)
 
-        problems = eventually(money_problems, timeout_s=60)
-        assert not problems, f"{len(problems)} money problems, e.g. {problems[:5]}"
+
+def assert_money_nets_out(shop: Shop, settled: dict[str, dict]) -> None:
+    """I4 over settled orders: one captured authorization per confirmed order, for its total and named by the
+    order; whatever a cancelled order was authorized nets to zero (declined, voided or refunded)."""
+    confirmed = {o: b for o, b in settled.items() if b["status"] == "CONFIRMED"}
+    cancelled = {o: b for o, b in settled.items() if b["status"] == "CANCELLED"}
+
+    def money_problems() -> list[str]:
+        by_key: defaultdict[str, list[dict]] = defaultdict(list)
+        for auth in shop.gateway_authorizations():
+            if auth["idempotency_key"] in settled:
+                by_key[auth["idempotency_key"]].append(auth)
+        problems = []
+        for order_id, order in confirmed.items():
+            auths = by_key.get(order_id, [])
+            if len(auths) != 1:
+                problems.append(f"{order_id} CONFIRMED with {len(auths)} authorizations")
+                continue
+            (auth,) = auths
+            if auth["amount_cents"] != order["total_cents"] or auth["status"] != "captured":
+                problems.append(f"{order_id} CONFIRMED for {order['total_cents']}: {auth}")
+            elif auth["authorization_id"] != (order["payment"] or {}).get("authorization_id"):
+                problems.append(f"{order_id} names {order['payment']}, the gateway has {auth}")
+        for order_id in cancelled:
+            for auth in by_key.get(order_id, []):
+                if auth["status"] not in NETS_TO_ZERO:
+                    problems.append(f"{order_id} CANCELLED ({cancelled[order_id]['cancel_reason']}): {auth}")
+        return problems
+
+    problems = eventually(money_problems, timeout_s=60)
+    assert not problems, f"{len(problems)} money problems, e.g. {problems[:5]}"
 
 
 def assert_a_fresh_order_confirms(shop: Shop) -> None:
