@@ -38,7 +38,6 @@ from api.errors import (
 )
 from api.middleware import TokenBuckets, rate_limit_middleware, request_id_middleware
 from api.models import (
-    IDENTIFIER_PATTERN,
     Accepted,
     AdjustmentIn,
     CancelIn,
@@ -64,7 +63,7 @@ from streamcart.commands import envelope
 from streamcart.domain.order_state import OrderState, OrderStatus
 from streamcart.domain.orders import cancel_refusal
 from streamcart.domain.shipping import update_refusal
-from streamcart.ids import derive_id, new_id
+from streamcart.ids import IDENTIFIER_PATTERN, derive_id, new_id
 from streamcart.settings import Settings
 from streamcart.tracing import new_traceparent
 

@@ -7,8 +7,8 @@ from typing import Annotated, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
-#: What a SKU, an order id or a customer id may look like in a URL or a body: plain, short, unambiguous.
-IDENTIFIER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+from streamcart.ids import IDENTIFIER_PATTERN
+
 Identifier = Annotated[str, Field(pattern=IDENTIFIER_PATTERN, examples=["KB-001"])]
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", examples=["EUR"])]
 

@@ -14,7 +14,8 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel
 
-from api.models import IDENTIFIER_PATTERN, ErrorOut
+from api.models import ErrorOut
+from streamcart.ids import IDENTIFIER_PATTERN
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

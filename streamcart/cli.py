@@ -319,6 +319,19 @@ def _remote() -> Remote:
     return _LiveRemote(_settings())
 
 
+def _identifier(value: str) -> str:
+    """A SKU, order id or customer id as the API accepts them (a ``#`` or ``/`` would change the URL it names)."""
+    from streamcart.ids import IDENTIFIER_PATTERN, is_identifier
+
+    if not is_identifier(value):
+        raise typer.BadParameter(f"{value!r} is not an id: it must match {IDENTIFIER_PATTERN}")
+    return value
+
+
+#: A SKU, order id or customer id argument, checked before anything is sent or read.
+Id = Annotated[str, typer.Argument(callback=_identifier)]
+
+
 @dataclass(frozen=True)
 class Wait:
     """How long a command waits to see what it asked for, and the clock it waits by (a fake one in tests)."""
@@ -345,7 +358,7 @@ class Wait:
 @order_app.command("place")
 def order_place(
     line: Annotated[list[str], typer.Option(help="SKU:QUANTITY; repeat for several lines.")],
-    customer: Annotated[str, typer.Option(help="The customer id.")] = "c-cli",
+    customer: Annotated[str, typer.Option(help="The customer id.", callback=_identifier)] = "c-cli",
     payment_token: Annotated[
         str, typer.Option("--token", help="Card token (see the payment gateway).")
     ] = "tok_approve",
@@ -364,6 +377,7 @@ def order_place(
         sku, _, qty = item.rpartition(":")
         if not sku or not qty.isdigit() or int(qty) < 1:
             raise typer.BadParameter(f"{item!r}: expected SKU:QUANTITY with a positive quantity")
+        _identifier(sku)
         lines.append(OrderLine(sku=sku, quantity=int(qty)))
     remote = _remote()
     order_id = f"o-{new_id()}"
@@ -376,7 +390,7 @@ def order_place(
 
 @order_app.command("show")
 def order_show(
-    order_id: str, wait: Annotated[float, typer.Option(help="Wait up to S seconds for an outcome.")] = 0.0
+    order_id: Id, wait: Annotated[float, typer.Option(help="Wait up to S seconds for an outcome.")] = 0.0
 ) -> None:
     """Show an order: status, lines with prices, payment, shipment, history."""
     _show_order(_remote(), order_id, Wait(wait))
@@ -384,7 +398,7 @@ def order_show(
 
 @order_app.command("cancel")
 def order_cancel(
-    order_id: str,
+    order_id: Id,
     by: Annotated[str, typer.Option(help="Who asks (a customer id or an admin's name).")] = "c-cli",
     wait: Annotated[float, typer.Option(help="Seconds to wait until it is CANCELLED (0: don't).")] = 10.0,
 ) -> None:
@@ -463,7 +477,7 @@ def cancel_order(remote: Remote, order_id: str, requested_by: str, wait: Wait) -
 
 @product_app.command("upsert")
 def product_upsert(
-    sku: str,
+    sku: Id,
     name: Annotated[str, typer.Option()],
     price: Annotated[int, typer.Option(help="Unit price in cents.")],
     currency: str = "EUR",
@@ -481,7 +495,7 @@ def product_upsert(
 # ignore_unknown_options: a negative delta (`stock KB-001 -3`) is the argument, not an unknown option.
 @product_app.command("stock", context_settings={"ignore_unknown_options": True})
 def product_stock(
-    sku: str,
+    sku: Id,
     delta: Annotated[int, typer.Argument(help="Units to add (negative: remove).")],
     reason: str = "cli",
     wait: Annotated[float, typer.Option(help="Seconds to wait until the stock shows it (0: don't).")] = 10.0,
@@ -537,7 +551,7 @@ def _read_stock(remote: Remote, sku: str) -> StockState:
 
 
 @product_app.command("show")
-def product_show(sku: str) -> None:
+def product_show(sku: Id) -> None:
     """A product and its stock."""
     remote = _remote()
     for path in (f"/v1/products/{sku}", f"/v1/stock/{sku}"):

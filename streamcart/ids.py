@@ -6,7 +6,17 @@ input emits byte-identical ids and every downstream consumer can drop the second
 
 from __future__ import annotations
 
+import re
 import uuid
+
+#: What a SKU, an order id or a customer id may look like (in a URL, a body, a table key): plain, short, unambiguous.
+IDENTIFIER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+_IDENTIFIER = re.compile(IDENTIFIER_PATTERN)
+
+
+def is_identifier(value: str) -> bool:
+    return _IDENTIFIER.fullmatch(value) is not None
+
 
 _NAMESPACE = uuid.UUID("5d1b8a3e-4c0f-4b7e-9f61-2a8c0e6d9b10")
 

@@ -272,3 +272,25 @@ def test_demo_ends_by_printing_the_dashboard_link_with_an_admin_token_that_the_a
     token = link.split("#token=", 1)[1].strip()
     assert link.split()[-1].startswith(f"{settings.worker_url(0)}/dashboard#token=")
     assert authenticate(f"Bearer {token}", settings.jwt_secret.get_secret_value()).is_admin
+
+
+@pytest.mark.parametrize("args", [
+    ["product", "stock", "A#x", "5"],  # '#' would cut the URL the stock is read from: another SKU's answer
+    ["product", "upsert", "A/o-1", "--name", "x", "--price", "1"],
+    ["product", "show", "A?b"],
+    ["order", "show", "o 1"],
+    ["order", "cancel", "o-1/x"],
+    ["order", "place", "--line", "A#x:1"],
+    ["order", "place", "--line", "A:1", "--customer", "c 1"],
+])
+def test_an_id_the_api_would_not_accept_is_refused_before_anything_is_read_or_sent(monkeypatch, args) -> None:
+    from typer.testing import CliRunner
+
+    system = FakeSystem(stock={"A": {"on_hand": 1, "reserved": 0, "adjusted": 1, "sold": 0, "restocked": 0}})
+    read: list[str] = []
+    monkeypatch.setattr(system, "get", lambda path: read.append(path) or (404, {}))
+    monkeypatch.setattr(cli, "_remote", lambda: system)
+    done = CliRunner().invoke(cli.app, args)
+    assert done.exit_code == 2, done.output
+    assert "is not an id" in done.output
+    assert (system.sent, read) == ([], [])
