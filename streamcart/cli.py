@@ -251,9 +251,37 @@ def demo() -> None:
     console.print(f"admin token (12 h): [bold]{admin}[/]", overflow="ignore", crop=False)
     console.print(f"the live dashboard: [bold]{url}/dashboard#token={admin}[/]", overflow="ignore", crop=False)
     console.print(
-        f"The API is at [bold]{url}[/] (`{url}/docs` lists it); try `streamcart order place --line KB-001:2`. "
+        f"The API is at [bold]{url}[/] (`{url}/docs` lists it); try `streamcart order place --line KB-001:2`, "
+        "or `streamcart traffic` to watch customers shop on the dashboard. "
         "`streamcart status` shows every process, `streamcart logs -f` follows the logs, `make down` stops it all."
     )
+
+
+@app.command()
+def traffic(
+    rate: Annotated[float, typer.Option(help="Orders per second.", min=0.01)] = 2.0,
+    orders: Annotated[int | None, typer.Option(help="Stop after this many orders (default: until Ctrl-C).")] = None,
+    seconds: Annotated[float | None, typer.Option(help="Stop placing after this many seconds.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Make the same choices as another run with this seed.")] = None,
+    sku: Annotated[list[str] | None, typer.Option(help="Shop only these (repeat); default: every active product.",
+                                                  callback=lambda v: [_identifier(s) for s in v or []])] = None,
+) -> None:
+    """Customers shopping through the HTTP API, to watch the saga live on the dashboard: confirmations, shipments,
+    declined and flaky cards, cancels (refunds and restocks), restocks of what runs low."""
+    import asyncio
+
+    from streamcart.traffic import Tally, run
+
+    tally = Tally()
+    try:
+        asyncio.run(run(_settings(), rate=rate, orders=orders, seconds=seconds, seed=seed, tally=tally,
+                        skus=sku or (), echo=lambda line: console.print(line, highlight=False)))
+    except KeyboardInterrupt:
+        console.print("stopped: " + tally.line(), highlight=False)
+        return
+    console.print("done: " + tally.line(), highlight=False)
+    if tally.errors:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -1,0 +1,260 @@
+"""Shoppers for a running stack: customers place, cancel and receive orders through the HTTP API, to watch live.
+
+``streamcart traffic`` drives the saga the way a shop's users would, so the dashboard shows every path: most
+orders are confirmed, then dispatched and delivered by an admin; some cards are declined or flaky; a few
+customers cancel (before or after confirmation: a refund and a restock); a SKU running low is restocked. Each
+order is one task that places it, long-polls it to its outcome and carries out what its :class:`Plan` says.
+The requests go to every worker in turn, so some are forwarded to the worker that owns the order.
+
+What an order does is drawn from a seeded random generator (:func:`plan`): a run with the same seed and catalog
+makes the same choices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from api.auth import issue_token
+from streamcart.errors import StreamcartError
+from streamcart.ids import new_id
+from streamcart.settings import Settings
+
+#: (token, weight): what pays for an order. ``tok_funds_5000`` declines totals above 50.00.
+CARDS: tuple[tuple[str, int], ...] = (
+    ("tok_approve", 80), ("tok_decline", 6), ("tok_flaky_2", 6), ("tok_funds_5000", 8),
+)
+#: What happens once an order is confirmed: shipped to the door, cancelled by its customer, or left alone.
+AFTER_CONFIRMATION: tuple[tuple[str, int], ...] = (("ship", 80), ("cancel", 10), ("keep", 10))
+#: The share of orders whose customer cancels at once, while the saga is still on it.
+CANCEL_AT_ONCE = 0.04
+#: A SKU with fewer available units than this is restocked (by :data:`RESTOCK` units).
+LOW_STOCK, RESTOCK = 5, 50
+#: How long a long-poll may wait at a time (the API's limit), and how long a shopper waits for an outcome.
+POLL_S, SETTLE_S = 30.0, 90.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One order: its lines, its card, whether it is cancelled at once, and what follows its confirmation."""
+
+    customer: str
+    lines: tuple[tuple[str, int], ...]
+    token: str
+    cancel_at_once: bool
+    after: str  # "ship", "cancel" or "keep"
+
+
+def _pick(rng: random.Random, weighted: Sequence[tuple[str, int]]) -> str:
+    return rng.choices([v for v, _ in weighted], weights=[w for _, w in weighted])[0]
+
+
+def plan(rng: random.Random, skus: Sequence[str], customers: int = 20) -> Plan:
+    """What the next shopper does (deterministic for a seeded ``rng``)."""
+    chosen = rng.sample(list(skus), k=min(len(skus), rng.choice((1, 1, 2, 2, 3))))
+    return Plan(
+        customer=f"c-shop-{rng.randrange(customers)}",
+        lines=tuple((sku, rng.choice((1, 1, 1, 2))) for sku in chosen),
+        token=_pick(rng, CARDS),
+        cancel_at_once=rng.random() < CANCEL_AT_ONCE,
+        after=_pick(rng, AFTER_CONFIRMATION),
+    )
+
+
+@dataclass
+class Tally:
+    """What the shoppers saw, order by order: the last status of each, and why each cancelled one was."""
+
+    placed: int = 0
+    status: dict[str, str] = field(default_factory=dict)  # order id -> its last status seen
+    reason: dict[str, str] = field(default_factory=dict)  # order id -> why it was cancelled
+    errors: Counter[str] = field(default_factory=Counter)
+    restocks: int = 0
+
+    @property
+    def reasons(self) -> Counter[str]:
+        return Counter(self.reason.values())
+
+    def line(self) -> str:
+        seen = Counter(self.status.values())
+        reasons = ", ".join(f"{r} {n}" for r, n in sorted(self.reasons.items()))
+        in_flight = seen.get("PENDING", 0)
+        out = (f"placed {self.placed}: {seen.get('CONFIRMED', 0)} confirmed, {seen.get('SHIPPED', 0)} shipped, "
+               f"{seen.get('DELIVERED', 0)} delivered, {seen.get('CANCELLED', 0)} cancelled"
+               + (f" ({reasons})" if reasons else "") + f", {in_flight} in flight")
+        if self.restocks:
+            out += f"; {self.restocks} restocks"
+        if self.errors:
+            out += "; errors: " + ", ".join(f"{e} {n}" for e, n in self.errors.most_common(3))
+        return out
+
+
+class Shoppers:
+    """The customers and the admin of one run, talking to the workers' API."""
+
+    def __init__(self, settings: Settings, session: aiohttp.ClientSession, seed: int | None = None,
+                 tally: Tally | None = None) -> None:
+        self.settings = settings
+        self.session = session
+        self.rng = random.Random(seed)
+        self.tally = tally if tally is not None else Tally()
+        self.urls = [settings.worker_url(i) for i in range(settings.workers)]
+        self._turn = 0
+        secret = settings.jwt_secret.get_secret_value()
+        self._tokens: dict[str, str] = {}
+        self._issue: Callable[[str, list[str]], str] = lambda sub, roles: issue_token(secret, sub, roles, ttl_s=86_400)
+        self.admin = self._issue("shop-admin", ["admin"])
+        self._restocking: set[str] = set()
+
+    def _token(self, customer: str) -> str:
+        if customer not in self._tokens:
+            self._tokens[customer] = self._issue(customer, ["customer"])
+        return self._tokens[customer]
+
+    async def call(self, method: str, path: str, token: str, body: Any = None,
+                   headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        """One request to the next worker in turn; a 503 (a rebalance) is tried again after its Retry-After."""
+        for _ in range(20):
+            url = self.urls[self._turn % len(self.urls)] + path
+            self._turn += 1
+            async with self.session.request(method, url, json=body, headers={
+                "Authorization": f"Bearer {token}", **(headers or {})
+            }) as response:
+                answer = await response.json(content_type=None)
+                if response.status != 503:
+                    return response.status, answer
+                await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
+        return 503, answer
+
+    async def catalog(self) -> list[str]:
+        """The active products of the catalog's first page (the demo's after `streamcart demo`)."""
+        status, page = await self.call("GET", "/v1/products?limit=500", self.admin)
+        if status != 200:
+            raise StreamcartError(f"the catalog could not be read: HTTP {status} {page}")
+        skus = [product["sku"] for product in page["items"] if product["active"]]
+        if not skus:
+            raise StreamcartError("no active product to sell: run `streamcart demo` (or add products) first")
+        return skus
+
+    async def shop(self, skus: Sequence[str]) -> str:
+        """One shopper, from placing an order to its last step; returns the order id."""
+        p = plan(self.rng, skus)
+        token = self._token(p.customer)
+        body = {"lines": [{"sku": s, "quantity": q} for s, q in p.lines], "payment": {"token": p.token},
+                "currency": "EUR"}
+        status, placed = await self.call("POST", "/v1/orders", token, body, {"Idempotency-Key": new_id()})
+        if status != 202:
+            self.tally.errors[f"place HTTP {status}"] += 1
+            return ""
+        order_id = str(placed["order_id"])
+        self.tally.placed += 1
+        self.tally.status[order_id] = "PENDING"
+        if p.cancel_at_once:
+            await self.call("POST", f"/v1/orders/{order_id}/cancel", token, {"reason": "customer_request"})
+        order = await self._settled(order_id, token)
+        if order is None:
+            return order_id
+        await self._restock_low(order)  # what it took, or what it found missing (out_of_stock)
+        if order["status"] == "CONFIRMED":
+            if p.after == "cancel":  # refunded and restocked
+                await self.call("POST", f"/v1/orders/{order_id}/cancel", token, {"reason": "customer_request"})
+                await self._until(order_id, token, lambda o: o["status"] == "CANCELLED")
+            elif p.after == "ship":
+                for step in ("dispatched", "delivered"):
+                    await asyncio.sleep(self.rng.uniform(1.0, 4.0))
+                    await self._ship(order_id, step)
+                await self._until(order_id, token, lambda o: o["status"] in ("DELIVERED", "CANCELLED"))
+        return order_id
+
+    async def _ship(self, order_id: str, step: str) -> None:
+        """The admin's shipment update; the shipment is created just after the confirmation, so a 409 (none yet)
+        is tried again a few times."""
+        for _ in range(20):
+            status, _ = await self.call("POST", f"/v1/shipments/{order_id}/status", self.admin, {"status": step})
+            if status == 202:
+                return
+            if status != 409:
+                break
+            await asyncio.sleep(0.5)
+        self.tally.errors[f"{step}: HTTP {status}"] += 1
+
+    async def _settled(self, order_id: str, token: str) -> dict[str, Any] | None:
+        """The order once CONFIRMED or CANCELLED (long-polled), else ``None`` after :data:`SETTLE_S`."""
+        return await self._until(order_id, token, lambda o: o["status"] != "PENDING")
+
+    async def _until(self, order_id: str, token: str, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
+        deadline = time.monotonic() + SETTLE_S
+        while time.monotonic() < deadline:
+            status, order = await self.call("GET", f"/v1/orders/{order_id}?wait={POLL_S:g}", token)
+            if status == 200:
+                self.tally.status[order_id] = order["status"]
+                if order["status"] == "CANCELLED" and order["cancel_reason"]:
+                    self.tally.reason[order_id] = order["cancel_reason"]
+                if done(order):
+                    return dict(order)
+            await asyncio.sleep(0.5)  # a 404 right after placing, or a long-poll that returned as it was
+        self.tally.errors["not settled in time"] += 1
+        return None
+
+    async def _restock_low(self, order: dict[str, Any]) -> None:
+        for line in order["lines"]:
+            sku = line["sku"]
+            if sku in self._restocking:
+                continue
+            status, stock = await self.call("GET", f"/v1/stock/{sku}", self.admin)
+            if status == 200 and stock["available"] < LOW_STOCK:
+                self._restocking.add(sku)
+                try:
+                    status, _ = await self.call("POST", f"/v1/stock/{sku}/adjustments", self.admin,
+                                                {"delta": RESTOCK, "reason": "restock"},
+                                                {"Idempotency-Key": new_id()})
+                    if status in (200, 202):
+                        self.tally.restocks += 1
+                finally:
+                    self._restocking.discard(sku)
+
+
+async def run(
+    settings: Settings, *, rate: float, orders: int | None = None, seconds: float | None = None,
+    seed: int | None = None, echo: Callable[[str], None] = print, every_s: float = 5.0, tally: Tally | None = None,
+    skus: Sequence[str] = (),
+) -> Tally:
+    """Start a shopper every ``1/rate`` seconds until ``orders`` were placed or ``seconds`` passed (or forever),
+    then wait for every shopper to finish; ``echo`` gets a progress line every ``every_s``. ``tally`` (filled as
+    the run goes) is what a caller interrupted with Ctrl-C can still report. ``skus`` limits the shopping to those
+    (default: every active product)."""
+    timeout = aiohttp.ClientTimeout(total=POLL_S + 15)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        shoppers = Shoppers(settings, session, seed, tally)
+        skus = list(skus) or await shoppers.catalog()
+        shown = ", ".join(skus[:6]) + (f" and {len(skus) - 6} more" if len(skus) > 6 else "")
+        echo(f"shopping {shown} at {rate:g} orders/s" + (f" for {orders} orders" if orders else "")
+             + (f" for {seconds:g} s" if seconds else "") + " (Ctrl-C stops)")
+        tasks: set[asyncio.Task[str]] = set()
+        started = time.monotonic()
+        last_echo = started
+        n = 0
+        try:
+            while (orders is None or n < orders) and (seconds is None or time.monotonic() - started < seconds):
+                task = asyncio.create_task(shoppers.shop(skus))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                n += 1
+                await asyncio.sleep(max(0.0, started + n / rate - time.monotonic()))
+                if time.monotonic() - last_echo >= every_s:
+                    echo(shoppers.tally.line())
+                    last_echo = time.monotonic()
+            while tasks:
+                await asyncio.wait(set(tasks), timeout=every_s)
+                echo(shoppers.tally.line())
+        finally:
+            for task in tasks:
+                task.cancel()
+        return shoppers.tally

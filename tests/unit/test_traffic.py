@@ -1,0 +1,45 @@
+"""`streamcart traffic`: what its shoppers choose, and how a run is summed up."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+from streamcart.traffic import AFTER_CONFIRMATION, CARDS, Tally, plan
+
+SKUS = ["KB-001", "MS-002", "MN-003", "HD-004"]
+
+
+def test_the_same_seed_makes_the_same_shoppers():
+    first = [plan(random.Random(7), SKUS) for _ in range(3)]
+    again = [plan(random.Random(7), SKUS) for _ in range(3)]
+    assert first == again
+    assert [plan(random.Random(8), SKUS) for _ in range(3)] != first
+
+
+def test_every_path_of_the_saga_is_taken_and_each_order_is_one_the_api_accepts():
+    rng = random.Random(1)
+    plans = [plan(rng, SKUS) for _ in range(2_000)]
+    assert {p.token for p in plans} == {card for card, _ in CARDS}
+    assert {p.after for p in plans} == {after for after, _ in AFTER_CONFIRMATION}
+    assert any(p.cancel_at_once for p in plans) and not all(p.cancel_at_once for p in plans)
+    assert Counter(len(p.lines) for p in plans).keys() == {1, 2, 3}
+    for p in plans:
+        skus = [sku for sku, _ in p.lines]
+        assert len(set(skus)) == len(skus) and set(skus) <= set(SKUS)
+        assert all(1 <= quantity <= 2 for _, quantity in p.lines)
+    assert Counter(p.token for p in plans).most_common(1)[0][0] == "tok_approve"  # most orders are paid
+
+
+def test_a_catalog_of_one_still_makes_orders_of_one_line():
+    assert {len(plan(random.Random(n), ["ONLY-1"]).lines) for n in range(50)} == {1}
+
+
+def test_the_progress_line_counts_each_order_once_by_its_last_status():
+    tally = Tally(placed=5, status={"a": "DELIVERED", "b": "CANCELLED", "c": "CANCELLED", "d": "PENDING",
+                                    "e": "CONFIRMED"},
+                  reason={"b": "payment_declined", "c": "customer_request"}, restocks=1)
+    assert tally.line() == ("placed 5: 1 confirmed, 0 shipped, 1 delivered, 2 cancelled (customer_request 1, "
+                            "payment_declined 1), 1 in flight; 1 restocks")
+    tally.errors["place HTTP 429"] += 2
+    assert tally.line().endswith("; errors: place HTTP 429 2")
