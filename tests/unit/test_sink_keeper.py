@@ -31,15 +31,18 @@ def status(connector: str = "RUNNING", *tasks: str, trace: str = TRACE) -> dict:
     }}
 
 
+#: One sink of each kind: running, a failed task, a failed connector, an unassigned task, and someone else's.
+MIXED = {
+    "orders": status("RUNNING", "RUNNING"),
+    "lines": status("RUNNING", "RUNNING", "FAILED"),
+    "payments": status("FAILED"),
+    "shipments": status("RUNNING", "UNASSIGNED"),
+    "someone-elses": status("RUNNING", "FAILED"),
+}
+
+
 def test_a_sink_failed_when_its_connector_or_any_task_failed_with_the_root_cause_of_the_trace():
-    statuses = {
-        "orders": status("RUNNING", "RUNNING"),
-        "lines": status("RUNNING", "RUNNING", "FAILED"),
-        "payments": status("FAILED"),
-        "shipments": status("RUNNING", "UNASSIGNED"),
-        "someone-elses": status("RUNNING", "FAILED"),
-    }
-    assert sink_states(["orders", "lines", "payments", "shipments", "missing"], statuses) == [
+    assert sink_states(["orders", "lines", "payments", "shipments", "missing"], MIXED) == [
         SinkState("orders", False),
         SinkState("lines", True, CAUSE),
         SinkState("payments", True, CAUSE),
@@ -49,15 +52,8 @@ def test_a_sink_failed_when_its_connector_or_any_task_failed_with_the_root_cause
 
 def test_status_names_every_sink_not_fully_running_and_why_and_nothing_when_all_run():
     """What `streamcart status` shows on Connect's row: Connect answering is not enough, its sinks must run."""
-    statuses = {
-        "orders": status("RUNNING", "RUNNING"),
-        "lines": status("RUNNING", "RUNNING", "FAILED"),
-        "payments": status("FAILED"),
-        "shipments": status("RUNNING", "UNASSIGNED"),
-        "someone-elses": status("RUNNING", "FAILED"),
-    }
-    assert trouble(["orders"], statuses) is None
-    assert trouble(["orders", "lines", "payments", "shipments", "missing"], statuses) == (
+    assert trouble(["orders"], MIXED) is None
+    assert trouble(["orders", "lines", "payments", "shipments", "missing"], MIXED) == (
         f"lines: task 1 FAILED ({CAUSE}); payments: connector FAILED, no task ({CAUSE}); "
         "shipments: task 0 UNASSIGNED; missing not registered"
     )
