@@ -79,6 +79,19 @@ def _stack() -> Stack:
     return Stack(_settings(), echo=lambda line: console.print(line, markup=False))
 
 
+def _identifier(value: str) -> str:
+    """A SKU, order id or customer id as the API accepts them (a ``#`` or ``/`` would change the URL it names)."""
+    from streamcart.ids import IDENTIFIER_PATTERN, is_identifier
+
+    if not is_identifier(value):
+        raise typer.BadParameter(f"{value!r} is not an id: it must match {IDENTIFIER_PATTERN}")
+    return value
+
+
+#: A SKU, order id or customer id argument, checked before anything is sent or read.
+Id = Annotated[str, typer.Argument(callback=_identifier)]
+
+
 @app.command()
 def setup() -> None:
     """Fetch the Java parts with Maven, check the Java runtime, install PostgreSQL if missing."""
@@ -278,15 +291,17 @@ def traffic(
                         skus=sku or (), echo=lambda line: console.print(line, highlight=False)))
     except KeyboardInterrupt:
         console.print("stopped: " + tally.line(), highlight=False)
-        return
-    console.print("done: " + tally.line(), highlight=False)
+    else:
+        console.print("done: " + tally.line(), highlight=False)
     if tally.errors:
         raise typer.Exit(1)
 
 
 @app.command()
 def token(
-    sub: Annotated[str, typer.Option(help="The subject: a customer id (or any name for an admin).")],
+    sub: Annotated[
+        str, typer.Option(help="The subject: a customer id (or a name for an admin).", callback=_identifier)
+    ],
     role: Annotated[list[str], typer.Option(help="customer or admin; repeat for several.")],
     ttl: Annotated[int, typer.Option(help="Seconds until it expires.")] = 3600,
 ) -> None:
@@ -347,17 +362,6 @@ def _remote() -> Remote:
     return _LiveRemote(_settings())
 
 
-def _identifier(value: str) -> str:
-    """A SKU, order id or customer id as the API accepts them (a ``#`` or ``/`` would change the URL it names)."""
-    from streamcart.ids import IDENTIFIER_PATTERN, is_identifier
-
-    if not is_identifier(value):
-        raise typer.BadParameter(f"{value!r} is not an id: it must match {IDENTIFIER_PATTERN}")
-    return value
-
-
-#: A SKU, order id or customer id argument, checked before anything is sent or read.
-Id = Annotated[str, typer.Argument(callback=_identifier)]
 
 
 @dataclass(frozen=True)
@@ -427,7 +431,9 @@ def order_show(
 @order_app.command("cancel")
 def order_cancel(
     order_id: Id,
-    by: Annotated[str, typer.Option(help="Who asks (a customer id or an admin's name).")] = "c-cli",
+    by: Annotated[
+        str, typer.Option(help="Who asks (a customer id or an admin's name).", callback=_identifier)
+    ] = "c-cli",
     wait: Annotated[float, typer.Option(help="Seconds to wait until it is CANCELLED (0: don't).")] = 10.0,
 ) -> None:
     """Cancel an order and (by default) wait until it is CANCELLED; refused, with the reason, after dispatch."""

@@ -6,8 +6,9 @@ customers cancel (before or after confirmation: a refund and a restock); a SKU r
 order is one task that places it, long-polls it to its outcome and carries out what its :class:`Plan` says.
 The requests go to every worker in turn, so some are forwarded to the worker that owns the order.
 
-What an order does is drawn from a seeded random generator (:func:`plan`): a run with the same seed and catalog
-makes the same choices.
+What an order does is drawn from a seeded random generator (:func:`plan`) when it starts, before any request:
+a run with the same seed and catalog makes the same choices (what the stack then does with them may differ: a
+cancel can race a payment).
 """
 
 from __future__ import annotations
@@ -43,13 +44,15 @@ POLL_S, SETTLE_S = 30.0, 90.0
 
 @dataclass(frozen=True)
 class Plan:
-    """One order: its lines, its card, whether it is cancelled at once, and what follows its confirmation."""
+    """One order: its lines, its card, whether it is cancelled at once, what follows its confirmation, and how
+    long the admin takes to dispatch and then to deliver it."""
 
     customer: str
     lines: tuple[tuple[str, int], ...]
     token: str
     cancel_at_once: bool
     after: str  # "ship", "cancel" or "keep"
+    ship_after_s: tuple[float, float] = (1.0, 1.0)
 
 
 def _pick(rng: random.Random, weighted: Sequence[tuple[str, int]]) -> str:
@@ -65,6 +68,7 @@ def plan(rng: random.Random, skus: Sequence[str], customers: int = 20) -> Plan:
         token=_pick(rng, CARDS),
         cancel_at_once=rng.random() < CANCEL_AT_ONCE,
         after=_pick(rng, AFTER_CONFIRMATION),
+        ship_after_s=(rng.uniform(1.0, 4.0), rng.uniform(1.0, 4.0)),
     )
 
 
@@ -120,32 +124,47 @@ class Shoppers:
 
     async def call(self, method: str, path: str, token: str, body: Any = None,
                    headers: dict[str, str] | None = None) -> tuple[int, Any]:
-        """One request to the next worker in turn; a 503 (a rebalance) is tried again after its Retry-After."""
+        """One request to the next worker in turn; a 503 (a rebalance) or a 429 is tried again after its
+        Retry-After. A worker that cannot be reached, or an answer that is not JSON, is status 0."""
+        status, answer = 0, None
         for _ in range(20):
             url = self.urls[self._turn % len(self.urls)] + path
             self._turn += 1
-            async with self.session.request(method, url, json=body, headers={
-                "Authorization": f"Bearer {token}", **(headers or {})
-            }) as response:
-                answer = await response.json(content_type=None)
-                if response.status != 503:
-                    return response.status, answer
-                await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
-        return 503, answer
+            try:
+                async with self.session.request(method, url, json=body, headers={
+                    "Authorization": f"Bearer {token}", **(headers or {})
+                }) as response:
+                    status, answer = response.status, await response.json(content_type=None)
+                    retry_after = response.headers.get("Retry-After", "1")
+            except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+                return 0, {"error": f"{method} {path}: {type(exc).__name__} {exc}"}
+            if status not in (429, 503):
+                return status, answer
+            await asyncio.sleep(float(retry_after) if retry_after.replace(".", "", 1).isdigit() else 1.0)
+        return status, answer
 
     async def catalog(self) -> list[str]:
         """The active products of the catalog's first page (the demo's after `streamcart demo`)."""
         status, page = await self.call("GET", "/v1/products?limit=500", self.admin)
         if status != 200:
-            raise StreamcartError(f"the catalog could not be read: HTTP {status} {page}")
+            raise StreamcartError(f"the catalog could not be read from {self.urls[0]}: "
+                                  + (f"HTTP {status} {page}" if status else str(page["error"])))
         skus = [product["sku"] for product in page["items"] if product["active"]]
         if not skus:
             raise StreamcartError("no active product to sell: run `streamcart demo` (or add products) first")
         return skus
 
     async def shop(self, skus: Sequence[str]) -> str:
-        """One shopper, from placing an order to its last step; returns the order id."""
+        """One shopper, from placing an order to its last step; returns the order id. Whatever goes wrong is
+        counted in the tally (a shopper never ends silently)."""
         p = plan(self.rng, skus)
+        try:
+            return await self._shop(p)
+        except Exception as exc:  # reported, not raised: one shopper's failure is not the run's
+            self.tally.errors[type(exc).__name__] += 1
+            return ""
+
+    async def _shop(self, p: Plan) -> str:
         token = self._token(p.customer)
         body = {"lines": [{"sku": s, "quantity": q} for s, q in p.lines], "payment": {"token": p.token},
                 "currency": "EUR"}
@@ -156,22 +175,38 @@ class Shoppers:
         order_id = str(placed["order_id"])
         self.tally.placed += 1
         self.tally.status[order_id] = "PENDING"
-        if p.cancel_at_once:
-            await self.call("POST", f"/v1/orders/{order_id}/cancel", token, {"reason": "customer_request"})
+        if p.cancel_at_once and await self._cancel(order_id, token):
+            await self._until(order_id, token, lambda o: o["status"] == "CANCELLED")
+            return order_id
         order = await self._settled(order_id, token)
         if order is None:
             return order_id
         await self._restock_low(order)  # what it took, or what it found missing (out_of_stock)
         if order["status"] == "CONFIRMED":
-            if p.after == "cancel":  # refunded and restocked
-                await self.call("POST", f"/v1/orders/{order_id}/cancel", token, {"reason": "customer_request"})
+            if p.after == "cancel" and await self._cancel(order_id, token):  # refunded and restocked
                 await self._until(order_id, token, lambda o: o["status"] == "CANCELLED")
             elif p.after == "ship":
-                for step in ("dispatched", "delivered"):
-                    await asyncio.sleep(self.rng.uniform(1.0, 4.0))
+                for step, delay in zip(("dispatched", "delivered"), p.ship_after_s, strict=True):
+                    await asyncio.sleep(delay)
                     await self._ship(order_id, step)
                 await self._until(order_id, token, lambda o: o["status"] in ("DELIVERED", "CANCELLED"))
         return order_id
+
+    async def _cancel(self, order_id: str, token: str) -> bool:
+        """The customer's cancel; ``True`` once accepted. An order just placed is not stored yet (404) for a
+        moment; a refusal (409: it settled another way) is the answer, not an error."""
+        for _ in range(20):
+            status, _ = await self.call("POST", f"/v1/orders/{order_id}/cancel", token,
+                                        {"reason": "customer_request"})
+            if status == 202:
+                return True
+            if status == 409:
+                return False
+            if status != 404:
+                break
+            await asyncio.sleep(0.25)
+        self.tally.errors[f"cancel: HTTP {status}"] += 1
+        return False
 
     async def _ship(self, order_id: str, step: str) -> None:
         """The admin's shipment update; the shipment is created just after the confirmation, so a 409 (none yet)
@@ -190,6 +225,8 @@ class Shoppers:
         return await self._until(order_id, token, lambda o: o["status"] != "PENDING")
 
     async def _until(self, order_id: str, token: str, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
+        """The order once ``done``. The API's long-poll waits while it is PENDING; after that this reads it every
+        half second."""
         deadline = time.monotonic() + SETTLE_S
         while time.monotonic() < deadline:
             status, order = await self.call("GET", f"/v1/orders/{order_id}?wait={POLL_S:g}", token)
@@ -206,19 +243,21 @@ class Shoppers:
     async def _restock_low(self, order: dict[str, Any]) -> None:
         for line in order["lines"]:
             sku = line["sku"]
-            if sku in self._restocking:
+            if sku in self._restocking:  # another shopper is on it
                 continue
-            status, stock = await self.call("GET", f"/v1/stock/{sku}", self.admin)
-            if status == 200 and stock["available"] < LOW_STOCK:
-                self._restocking.add(sku)
-                try:
-                    status, _ = await self.call("POST", f"/v1/stock/{sku}/adjustments", self.admin,
-                                                {"delta": RESTOCK, "reason": "restock"},
-                                                {"Idempotency-Key": new_id()})
-                    if status in (200, 202):
-                        self.tally.restocks += 1
-                finally:
-                    self._restocking.discard(sku)
+            self._restocking.add(sku)
+            try:
+                status, stock = await self.call("GET", f"/v1/stock/{sku}", self.admin)
+                if status != 200 or stock["available"] >= LOW_STOCK:
+                    continue
+                status, _ = await self.call("POST", f"/v1/stock/{sku}/adjustments", self.admin,
+                                            {"delta": RESTOCK, "reason": "restock"}, {"Idempotency-Key": new_id()})
+                if status in (200, 202):
+                    self.tally.restocks += 1
+                else:
+                    self.tally.errors[f"restock: HTTP {status}"] += 1
+            finally:
+                self._restocking.discard(sku)
 
 
 async def run(
@@ -238,8 +277,14 @@ async def run(
         echo(f"shopping {shown} at {rate:g} orders/s" + (f" for {orders} orders" if orders else "")
              + (f" for {seconds:g} s" if seconds else "") + " (Ctrl-C stops)")
         tasks: set[asyncio.Task[str]] = set()
+
+        async def report() -> None:
+            while True:
+                await asyncio.sleep(every_s)
+                echo(shoppers.tally.line())
+
+        reporter = asyncio.create_task(report())
         started = time.monotonic()
-        last_echo = started
         n = 0
         try:
             while (orders is None or n < orders) and (seconds is None or time.monotonic() - started < seconds):
@@ -248,13 +293,10 @@ async def run(
                 task.add_done_callback(tasks.discard)
                 n += 1
                 await asyncio.sleep(max(0.0, started + n / rate - time.monotonic()))
-                if time.monotonic() - last_echo >= every_s:
-                    echo(shoppers.tally.line())
-                    last_echo = time.monotonic()
-            while tasks:
-                await asyncio.wait(set(tasks), timeout=every_s)
-                echo(shoppers.tally.line())
+            if tasks:
+                await asyncio.wait(set(tasks))
         finally:
+            reporter.cancel()
             for task in tasks:
                 task.cancel()
         return shoppers.tally

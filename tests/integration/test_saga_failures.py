@@ -198,9 +198,10 @@ class Burst:
 
 
 def assert_money_nets_out(shop: Shop, settled: dict[str, dict]) -> None:
-    """I4 over settled orders: one captured authorization per confirmed order, for its total and named by the
-    order; whatever a cancelled order was authorized nets to zero (declined, voided or refunded)."""
-    confirmed = {o: b for o, b in settled.items() if b["status"] == "CONFIRMED"}
+    """I4 over settled orders: one captured authorization per confirmed order (shipped and delivered ones too), for
+    its total and named by the order; whatever a cancelled order was authorized nets to zero (declined, voided or
+    refunded)."""
+    confirmed = {o: b for o, b in settled.items() if b["status"] in ("CONFIRMED", "SHIPPED", "DELIVERED")}
     cancelled = {o: b for o, b in settled.items() if b["status"] == "CANCELLED"}
 
     def money_problems() -> list[str]:

@@ -28,6 +28,7 @@ def test_every_path_of_the_saga_is_taken_and_each_order_is_one_the_api_accepts()
         skus = [sku for sku, _ in p.lines]
         assert len(set(skus)) == len(skus) and set(skus) <= set(SKUS)
         assert all(1 <= quantity <= 2 for _, quantity in p.lines)
+        assert all(1.0 <= delay <= 4.0 for delay in p.ship_after_s)
     assert Counter(p.token for p in plans).most_common(1)[0][0] == "tok_approve"  # most orders are paid
 
 
