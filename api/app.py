@@ -40,6 +40,7 @@ from api.middleware import TokenBuckets, rate_limit_middleware, request_id_middl
 from api.models import (
     Accepted,
     AdjustmentIn,
+    AdjustmentOut,
     CancelIn,
     CommandAccepted,
     HealthOut,
@@ -60,6 +61,7 @@ from api.routing import PEER_PROOF, PeerProof, forward, request_target
 from api.spec import Route, docs_page, openapi
 from schemas.messages import AdjustStock, CancelOrder, OrderLine, PlaceOrder, UpdateShipment, UpsertProduct
 from streamcart.commands import envelope
+from streamcart.domain import inventory
 from streamcart.domain.order_state import OrderState, OrderStatus
 from streamcart.domain.orders import cancel_refusal
 from streamcart.domain.shipping import update_refusal
@@ -587,7 +589,7 @@ async def adjust_stock(request: web.Request) -> web.Response:
     stock = worker.stock(sku)
     fields = envelope(sku)
     if key is not None:
-        event_id = derive_id("adjustment", sku, key)
+        event_id = inventory.adjustment_id(sku, key)
         if stock is not None and worker.adjustment_applied(sku, event_id):
             return _json(_stock_out(sku, stock.on_hand, stock.reserved, stock.adjusted, stock.sold, stock.restocked),
                          200, Location=f"/v1/stock/{sku}")
@@ -601,6 +603,26 @@ async def adjust_stock(request: web.Request) -> web.Response:
                           (stock.adjusted if stock else 0) + body.delta, stock.sold if stock else 0,
                           stock.restocked if stock else 0)
     return _json(expected, 202, Location=f"/v1/stock/{sku}")
+
+
+async def get_adjustment(request: web.Request) -> web.Response:
+    """The adjustment sent under ``key`` (an ``Idempotency-Key``), once the SKU's stock counts it; 404 before (or
+    when it is older than the SKU's last 1,000 adjustments)."""
+    _admin(request)
+    sku = _identifier(request, "sku")
+    key = request.match_info["key"]
+    if not (len(key) <= 200 and _IDENTIFIER_KEY.fullmatch(key)):
+        raise NotFound(f"no such key: {key[:80]!r}")
+    if (forwarded := await _forward_unless_owner(request, "stock", sku)) is not None:
+        return forwarded
+    worker = request.app[WORKER]
+    event_id = inventory.adjustment_id(sku, key)
+    stock = worker.stock(sku)
+    if stock is None or not worker.adjustment_applied(sku, event_id):
+        raise NotFound(f"the stock of {sku} does not count an adjustment sent under {key!r} (not applied yet, or "
+                       "more than 1,000 adjustments ago)")
+    return _json(AdjustmentOut(sku=sku, key=key, event_id=event_id, stock=_stock_out(
+        sku, stock.on_hand, stock.reserved, stock.adjusted, stock.sold, stock.restocked)))
 
 
 async def shipment_status(request: web.Request) -> web.Response:
@@ -653,6 +675,9 @@ ROUTES: tuple[Route, ...] = (
           body=AdjustmentIn, responses={202: StockOut, 200: StockOut}, errors=(403, 409, 503),
           headers=((IDEMPOTENCY_HEADER, "the same key is one adjustment of the SKU, applied once (the first body "
                                         "counts); 200 with the stock when it already was"),)),
+    Route("GET", "/v1/stock/{sku}/adjustments/{key}", get_adjustment, "the adjustment sent under this "
+          "Idempotency-Key, once the stock counts it (admin)", "stock", responses={200: AdjustmentOut},
+          errors=(403, 404, 503)),
     Route("POST", "/v1/shipments/{order_id}/status", shipment_status, "a shipment was dispatched or delivered "
           "(admin)", "shipments", body=ShipmentStatusIn, responses={202: CommandAccepted},
           errors=(403, 404, 409, 503)),

@@ -148,6 +148,13 @@ class StockOut(BaseModel):
     restocked: int
 
 
+class AdjustmentOut(BaseModel):
+    sku: str
+    key: str
+    event_id: str
+    stock: StockOut
+
+
 class CommandAccepted(BaseModel):
     accepted: bool = True
     event_id: str

@@ -43,6 +43,8 @@ class Route:
 
 
 _PATH_PARAM = re.compile(r"{([^}]+)}")
+#: Path parameters that are not ids: an idempotency key is what the ``Idempotency-Key`` header may be.
+_PATH_PATTERNS = {"key": r"^[A-Za-z0-9._:-]{1,200}$"}
 
 ERROR_TEXT = {
     400: "malformed request", 401: "missing, malformed or invalid token", 403: "the token's role may not do this",
@@ -68,7 +70,8 @@ def openapi(routes: Sequence[Route], *, title: str, version: str) -> dict[str, A
         if not route.in_schema:
             continue
         parameters: list[dict[str, Any]] = [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string", "pattern": IDENTIFIER_PATTERN}}
+            {"name": name, "in": "path", "required": True,
+             "schema": {"type": "string", "pattern": _PATH_PATTERNS.get(name, IDENTIFIER_PATTERN)}}
             for name in _PATH_PARAM.findall(route.path)
         ]
         if route.query is not None:

@@ -540,16 +540,22 @@ def product_stock(
 
 
 def adjust_stock(remote: Remote, sku: str, delta: int, reason: str, wait: Wait) -> None:
-    """Send an AdjustStock and wait until the SKU's stock shows it.
+    """Send an AdjustStock and wait until the SKU's stock counts it.
 
     The inventory flow only logs an adjustment it refuses, so the domain's own decision is taken here first, on
-    the stock as it is now: a refusal is reported with its reason and nothing is sent.
+    the stock as it is now: a refusal is reported with its reason and nothing is sent. The command's event id is
+    the one an API client's ``Idempotency-Key`` would give it, so the wait asks for this very adjustment
+    (``GET /v1/stock/{sku}/adjustments/{key}``): another adjustment of the SKU at the same time cannot fool it.
     """
     from schemas.messages import AdjustStock
     from streamcart.commands import envelope
     from streamcart.domain import inventory
+    from streamcart.ids import new_id
 
-    command = AdjustStock(**envelope(sku), sku=sku, delta=delta, reason=reason)
+    key = f"cli-{new_id()}"
+    event_id = inventory.adjustment_id(sku, key)
+    command = AdjustStock(**{**envelope(sku), "event_id": event_id, "causation_id": event_id}, sku=sku, delta=delta,
+                          reason=reason)
 
     def refusal(stock: StockState) -> str | None:
         return inventory.decide(stock, None, command, product=None).rejected
@@ -561,15 +567,15 @@ def adjust_stock(remote: Remote, sku: str, delta: int, reason: str, wait: Wait) 
     if wait.seconds <= 0:
         console.print(f"adjustment of {sku} by {delta} sent (not waited for: `streamcart product show {sku}`)")
         return
-    # ``adjusted`` sums the adjustments: it moves by exactly this one's delta once the flow has applied it.
-    stock = wait.until(lambda: _read_stock(remote, sku), lambda seen: seen.adjusted == before.adjusted + delta)
-    if stock.adjusted != before.adjusted + delta:
-        if (why := refusal(stock)) is not None:  # orders reserved the stock between the check and the command
+    counted = wait.until(lambda: remote.get(f"/v1/stock/{sku}/adjustments/{key}"), lambda seen: seen[0] == 200)
+    if counted[0] != 200:
+        if (why := refusal(_read_stock(remote, sku))) is not None:  # orders reserved the stock in between
             raise CommandRefused(f"stock of {sku} was not adjusted: {why}")
         raise StreamcartError(f"the stock of {sku} does not show the adjustment by {delta} after {wait.seconds:g} s; "
                               f"`streamcart product show {sku}` shows whether it lands")
-    console.print(f"[green]adjusted[/] {sku} by {delta}: on hand {stock.on_hand}, reserved {stock.reserved}, "
-                  f"available {stock.available}")
+    stock = _json_body(f"adjustment of {sku}", counted)["stock"]
+    console.print(f"[green]adjusted[/] {sku} by {delta}: on hand {stock['on_hand']}, reserved {stock['reserved']}, "
+                  f"available {stock['available']}")
 
 
 def _read_stock(remote: Remote, sku: str) -> StockState:

@@ -51,6 +51,7 @@ from schemas.messages import (
 from streamcart.domain.catalog import ProductState
 from streamcart.domain.causes import Cause, caused, derived
 from streamcart.domain.decision import Decision
+from streamcart.ids import derive_id
 
 #: How many recent AdjustStock event ids a SKU remembers to drop redeliveries.
 ADJUSTMENT_MEMORY = 1_000
@@ -210,6 +211,11 @@ def reservation_key(sku: str, order_id: str) -> str:
 def adjustments_key(sku: str) -> str:
     """The table key of ``sku``'s :class:`AdjustmentMemory` (see :func:`keyable`)."""
     return f"{sku}#adjustments"
+
+
+def adjustment_id(sku: str, key: str) -> str:
+    """The event id of the adjustment of ``sku`` sent under the client's idempotency ``key``."""
+    return derive_id("adjustment", sku, key)
 
 
 def keyable(sku: str) -> bool:

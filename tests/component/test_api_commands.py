@@ -329,6 +329,24 @@ async def test_a_stock_adjustment_with_an_idempotency_key_is_one_adjustment_howe
     assert bad.status == 422 and len(commands.sent) == 4
 
 
+async def test_an_adjustment_is_found_by_its_idempotency_key_once_the_stock_counts_it(client, commands, worker):
+    from streamcart.domain.inventory import adjustment_id
+
+    worker.stocks["KB-001"] = StockState(sku="KB-001", on_hand=8, adjusted=8)
+    url = "/v1/stock/KB-001/adjustments/delivery-77"
+    assert (await client.get(url, headers=ADMIN)).status == 404  # not applied yet
+    worker.adjustments.add(("KB-001", adjustment_id("KB-001", "delivery-77")))
+    found = await client.get(url, headers=ADMIN)
+    assert found.status == 200
+    body = await found.json()
+    assert (body["key"], body["event_id"], body["stock"]["on_hand"]) == (
+        "delivery-77", adjustment_id("KB-001", "delivery-77"), 8)
+    assert (await client.get(url, headers=CUSTOMER)).status == 403
+    assert (await client.get("/v1/stock/KB-001/adjustments/no%20spaces", headers=ADMIN)).status == 404
+    assert (await client.get("/v1/stock/KB-001/adjustments/delivery-78", headers=ADMIN)).status == 404
+    assert commands.sent == []
+
+
 async def test_a_shipment_update_needs_a_shipment(client, commands, worker):
     url = "/v1/shipments/o-1/status"
     assert (await client.post(url, json={"status": "dispatched"}, headers=ADMIN)).status == 409

@@ -231,6 +231,10 @@ def test_a_stock_adjustment_sent_again_with_its_idempotency_key_is_applied_once(
     assert adjust(1, "delivery-1", 3) == 200  # applied, and not the latest: answered from the SKU's memory
     assert adjust(0, "delivery-3", 1) == 200
     assert shop.stock(sku)["on_hand"] == 10
+    for worker, key, found in ((0, "delivery-1", 200), (1, "delivery-3", 200), (1, "delivery-4", 404)):
+        status, _, answer = call(f"{settings.worker_url(worker)}/v1/stock/{sku}/adjustments/{key}", token=token)
+        assert status == found, answer
+        assert found == 404 or (answer["key"], answer["stock"]["on_hand"]) == (key, 10)
 
 
 # --- schemathesis: every documented operation, generated inputs, zero 5xx, every answer matches the schema ---

@@ -10,6 +10,7 @@ import pytest
 
 from schemas.messages import AdjustStock, CancelOrder, Message
 from streamcart import cli
+from streamcart.domain.inventory import adjustment_id
 from streamcart.domain.orders import CANNOT_CANCEL_AFTER_DISPATCH
 from streamcart.errors import StreamcartError
 
@@ -23,9 +24,15 @@ class FakeSystem:
         self.views = {"orders": orders or {}, "stock": stock or {}}
         self.react = react
         self.sent: list[Message] = []
+        self.applied: set[str] = set()  # the event ids of the adjustments the inventory flow applied
 
     def get(self, path: str) -> tuple[int, object]:
         kind, _, key = path.removeprefix("/v1/").partition("/")
+        sku, marker, idempotency_key = key.partition("/adjustments/")
+        if marker:  # GET /v1/stock/{sku}/adjustments/{key}: counted once the flow applied that event id
+            if adjustment_id(sku, idempotency_key) in self.applied:
+                return 200, {"sku": sku, "key": idempotency_key, "stock": self.views["stock"][sku]}
+            return 404, {"error": {"code": "not_found"}}
         found = self.views[kind].get(key)
         return (200, found) if found is not None else (404, {"error": {"code": "not_found"}})
 
@@ -75,6 +82,7 @@ def applies_adjustments(system: FakeSystem, message: Message) -> None:
         now = system.views["stock"].get(message.sku, stock(0, 0, 0))
         system.views["stock"][message.sku] = stock(now["on_hand"] + message.delta, now["reserved"],
                                                    now["adjusted"] + message.delta)
+        system.applied.add(message.event_id)
 
 
 def run(system: FakeSystem, *args: str, monkeypatch: pytest.MonkeyPatch) -> int:
@@ -247,6 +255,19 @@ def test_an_adjustment_the_stock_does_not_show_in_time_is_an_error_not_a_refusal
     with pytest.raises(StreamcartError, match="does not show the adjustment by 5 after 2 s") as raised:
         cli.adjust_stock(system, "A", 5, "delivery", wait)
     assert not isinstance(raised.value, cli.CommandRefused)
+
+
+def test_an_adjustment_waits_for_itself_not_for_another_of_the_same_size_landing_meanwhile() -> None:
+    """The wait asks for this adjustment's own event id: someone else's +5 arriving instead is not this one."""
+    def someone_elses_instead(system: FakeSystem, message: Message) -> None:
+        assert isinstance(message, AdjustStock)
+        applies_adjustments(system, message.model_copy(update={"event_id": "someone-else"}))
+
+    system = FakeSystem(stock={"A": stock(on_hand=10, reserved=0, adjusted=10)}, react=someone_elses_instead)
+    wait, _ = fake_wait(2.0)
+    with pytest.raises(StreamcartError, match="does not show the adjustment by 5 after 2 s"):
+        cli.adjust_stock(system, "A", 5, "delivery", wait)
+    assert system.views["stock"]["A"]["adjusted"] == 15  # the stock moved by 5, but not by ours
 
 
 def test_demo_ends_by_printing_the_dashboard_link_with_an_admin_token_that_the_api_accepts(monkeypatch, capsys):
