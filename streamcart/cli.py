@@ -567,13 +567,19 @@ def adjust_stock(remote: Remote, sku: str, delta: int, reason: str, wait: Wait) 
     if wait.seconds <= 0:
         console.print(f"adjustment of {sku} by {delta} sent (not waited for: `streamcart product show {sku}`)")
         return
-    counted = wait.until(lambda: remote.get(f"/v1/stock/{sku}/adjustments/{key}"), lambda seen: seen[0] == 200)
-    if counted[0] != 200:
+    def counted_yet() -> dict[str, Any] | None:
+        """The adjustment once the stock counts it; ``None`` (404) before. A 503 is :class:`NotNow`, anything else
+        an error at once."""
+        response = remote.get(f"/v1/stock/{sku}/adjustments/{key}")
+        return None if response[0] == 404 else _json_body(f"adjustment of {sku}", response)
+
+    counted = wait.until(counted_yet, lambda seen: seen is not None)
+    if counted is None:
         if (why := refusal(_read_stock(remote, sku))) is not None:  # orders reserved the stock in between
             raise CommandRefused(f"stock of {sku} was not adjusted: {why}")
         raise StreamcartError(f"the stock of {sku} does not show the adjustment by {delta} after {wait.seconds:g} s; "
                               f"`streamcart product show {sku}` shows whether it lands")
-    stock = _json_body(f"adjustment of {sku}", counted)["stock"]
+    stock = counted["stock"]
     console.print(f"[green]adjusted[/] {sku} by {delta}: on hand {stock['on_hand']}, reserved {stock['reserved']}, "
                   f"available {stock['available']}")
 

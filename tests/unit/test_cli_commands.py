@@ -270,6 +270,26 @@ def test_an_adjustment_waits_for_itself_not_for_another_of_the_same_size_landing
     assert system.views["stock"]["A"]["adjusted"] == 15  # the stock moved by 5, but not by ours
 
 
+def test_an_adjustment_waits_through_a_rebalances_503s_and_reports_one_that_lasts_the_whole_wait(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    system = FakeSystem(stock={"A": stock(on_hand=10, reserved=0, adjusted=10)}, react=applies_adjustments)
+    answers = iter([(503, {"error": {"code": "unavailable"}})] * 3)
+    plain_get = system.get
+    monkeypatch.setattr(system, "get", lambda path: next(answers, None) or plain_get(path)
+                        if "/adjustments/" in path else plain_get(path))
+    wait, _ = fake_wait(5.0)
+    cli.adjust_stock(system, "A", 5, "delivery", wait)  # three 503s, then counted
+    assert system.views["stock"]["A"]["on_hand"] == 15
+
+    system = FakeSystem(stock={"A": stock(on_hand=10, reserved=0, adjusted=10)}, react=applies_adjustments)
+    plain_get = system.get
+    monkeypatch.setattr(system, "get", lambda path: (503, {"error": {"code": "unavailable"}})
+                        if "/adjustments/" in path else plain_get(path))
+    wait, _ = fake_wait(2.0)
+    with pytest.raises(cli.NotNow, match="HTTP 503"):
+        cli.adjust_stock(system, "A", 5, "delivery", wait)
+
+
 def test_demo_ends_by_printing_the_dashboard_link_with_an_admin_token_that_the_api_accepts(monkeypatch, capsys):
     from types import SimpleNamespace
 
