@@ -65,7 +65,7 @@ from streamcart.domain import inventory
 from streamcart.domain.order_state import OrderState, OrderStatus
 from streamcart.domain.orders import cancel_refusal
 from streamcart.domain.shipping import update_refusal
-from streamcart.ids import IDENTIFIER_PATTERN, derive_id, new_id
+from streamcart.ids import derive_id, is_identifier, new_id
 from streamcart.settings import Settings
 from streamcart.tracing import new_traceparent
 
@@ -173,12 +173,9 @@ def parsed_query(request: web.Request, model: type[M]) -> M:
 
 def _identifier(request: web.Request, name: str) -> str:
     value = request.match_info[name]
-    if not _IDENTIFIER.fullmatch(value):
+    if not is_identifier(value):
         raise NotFound(f"no such {name}: {value[:80]!r}")
     return value
-
-
-_IDENTIFIER = re.compile(IDENTIFIER_PATTERN)
 
 
 def _commands(request: web.Request) -> CommandPort:
@@ -346,9 +343,14 @@ def _digest(body: PlaceOrderIn) -> str:
     return hashlib.sha256(body.model_dump_json().encode()).hexdigest()
 
 
+def _valid_key(key: str) -> bool:
+    """An idempotency key: 1-200 characters of ``[A-Za-z0-9._:-]``."""
+    return len(key) <= 200 and _IDENTIFIER_KEY.fullmatch(key) is not None
+
+
 def _idempotency_key(request: web.Request) -> str | None:
     key = request.headers.get(IDEMPOTENCY_HEADER)
-    if key is not None and not (1 <= len(key) <= 200 and _IDENTIFIER_KEY.fullmatch(key)):
+    if key is not None and not _valid_key(key):
         raise Invalid(f"{IDEMPOTENCY_HEADER} must be 1-200 characters of [A-Za-z0-9._:-]")
     return key
 
@@ -409,9 +411,8 @@ def _accepted(order_id: str, status: str) -> web.Response:
 
 
 def _place_order(order_id: str, event_id: str, principal: Principal, body: PlaceOrderIn) -> PlaceOrder:
-    fields = envelope(order_id)
     return PlaceOrder(
-        **{**fields, "event_id": event_id, "causation_id": event_id},
+        **envelope(order_id, event_id=event_id),
         order_id=order_id, customer_id=principal.subject,
         lines=tuple(OrderLine(sku=line.sku, quantity=line.quantity) for line in body.lines),
         currency=body.currency, payment_token=body.payment.token,
@@ -567,7 +568,11 @@ async def get_stock(request: web.Request) -> web.Response:
     stock = request.app[WORKER].stock(sku)
     if stock is None:
         raise NotFound(f"no stock record for {sku}")
-    return _json(_stock_out(sku, stock.on_hand, stock.reserved, stock.adjusted, stock.sold, stock.restocked))
+    return _json(_stock_now(stock))
+
+
+def _stock_now(stock: inventory.StockState) -> StockOut:
+    return _stock_out(stock.sku, stock.on_hand, stock.reserved, stock.adjusted, stock.sold, stock.restocked)
 
 
 def _stock_out(sku: str, on_hand: int, reserved: int, adjusted: int, sold: int, restocked: int) -> StockOut:
@@ -587,18 +592,15 @@ async def adjust_stock(request: web.Request) -> web.Response:
         return forwarded
     worker = request.app[WORKER]
     stock = worker.stock(sku)
-    fields = envelope(sku)
-    if key is not None:
-        event_id = inventory.adjustment_id(sku, key)
-        if stock is not None and worker.adjustment_applied(sku, event_id):
-            return _json(_stock_out(sku, stock.on_hand, stock.reserved, stock.adjusted, stock.sold, stock.restocked),
-                         200, Location=f"/v1/stock/{sku}")
-        fields |= {"event_id": event_id, "causation_id": event_id}
+    event_id = inventory.adjustment_id(sku, key) if key is not None else None
+    if event_id is not None and stock is not None and worker.adjustment_applied(sku, event_id):
+        return _json(_stock_now(stock), 200, Location=f"/v1/stock/{sku}")
     on_hand, reserved = (stock.on_hand, stock.reserved) if stock is not None else (0, 0)
     if on_hand - reserved + body.delta < 0:
         raise Conflict(f"adjusting {sku} by {body.delta} would leave {on_hand - reserved + body.delta} available",
                        details={"on_hand": on_hand, "reserved": reserved, "available": on_hand - reserved})
-    await _commands(request).send(AdjustStock(**fields, sku=sku, delta=body.delta, reason=body.reason))
+    await _commands(request).send(AdjustStock(**envelope(sku, event_id=event_id), sku=sku, delta=body.delta,
+                                              reason=body.reason))
     expected = _stock_out(sku, on_hand + body.delta, reserved,
                           (stock.adjusted if stock else 0) + body.delta, stock.sold if stock else 0,
                           stock.restocked if stock else 0)
@@ -611,7 +613,7 @@ async def get_adjustment(request: web.Request) -> web.Response:
     _admin(request)
     sku = _identifier(request, "sku")
     key = request.match_info["key"]
-    if not (len(key) <= 200 and _IDENTIFIER_KEY.fullmatch(key)):
+    if not _valid_key(key):
         raise NotFound(f"no such key: {key[:80]!r}")
     if (forwarded := await _forward_unless_owner(request, "stock", sku)) is not None:
         return forwarded
@@ -621,8 +623,7 @@ async def get_adjustment(request: web.Request) -> web.Response:
     if stock is None or not worker.adjustment_applied(sku, event_id):
         raise NotFound(f"the stock of {sku} does not count an adjustment sent under {key!r} (not applied yet, or "
                        "more than 1,000 adjustments ago)")
-    return _json(AdjustmentOut(sku=sku, key=key, event_id=event_id, stock=_stock_out(
-        sku, stock.on_hand, stock.reserved, stock.adjusted, stock.sold, stock.restocked)))
+    return _json(AdjustmentOut(sku=sku, key=key, event_id=event_id, stock=_stock_now(stock)))
 
 
 async def shipment_status(request: web.Request) -> web.Response:

@@ -362,8 +362,6 @@ def _remote() -> Remote:
     return _LiveRemote(_settings())
 
 
-
-
 @dataclass(frozen=True)
 class Wait:
     """How long a command waits to see what it asked for, and the clock it waits by (a fake one in tests)."""
@@ -554,8 +552,7 @@ def adjust_stock(remote: Remote, sku: str, delta: int, reason: str, wait: Wait) 
 
     key = f"cli-{new_id()}"
     event_id = inventory.adjustment_id(sku, key)
-    command = AdjustStock(**{**envelope(sku), "event_id": event_id, "causation_id": event_id}, sku=sku, delta=delta,
-                          reason=reason)
+    command = AdjustStock(**envelope(sku, event_id=event_id), sku=sku, delta=delta, reason=reason)
 
     def refusal(stock: StockState) -> str | None:
         return inventory.decide(stock, None, command, product=None).rejected

@@ -24,9 +24,10 @@ class CommandNotSent(StreamcartError):
     """The broker did not acknowledge a command."""
 
 
-def envelope(correlation_id: str, *, now_ms: int | None = None) -> dict[str, Any]:
-    """The common fields of a command that starts here: a fresh id, the time now, its own cause."""
-    event_id = new_id()
+def envelope(correlation_id: str, *, now_ms: int | None = None, event_id: str | None = None) -> dict[str, Any]:
+    """The common fields of a command that starts here: a fresh id (or ``event_id``, one derived from a client's
+    idempotency key), the time now, its own cause."""
+    event_id = event_id if event_id is not None else new_id()
     return {
         "event_id": event_id,
         "occurred_at": now_ms if now_ms is not None else int(time.time() * 1000),

@@ -151,17 +151,27 @@ class SinkState:
     reason: str | None = None
 
 
+def _instances(statuses: Mapping[str, Any], name: str) -> list[tuple[str, dict[str, Any]]] | None:
+    """Sink ``name``'s connector and tasks, labelled, in the body of ``GET /connectors?expand=status``; ``None``
+    when Connect does not list it."""
+    entry = statuses.get(name)
+    status = entry.get("status") if isinstance(entry, dict) else None
+    if not isinstance(status, dict):
+        return None
+    listed = status.get("tasks")
+    tasks = [t for t in listed if isinstance(t, dict)] if isinstance(listed, list) else []
+    connector = status.get("connector")
+    return [*([("connector", connector)] if isinstance(connector, dict) else []),
+            *((f"task {t.get('id')}", t) for t in tasks)]
+
+
 def sink_states(names: Iterable[str], statuses: Mapping[str, Any]) -> list[SinkState]:
     """The sinks ``names`` in the body of ``GET /connectors?expand=status`` (a sink Connect does not list: none)."""
     states = []
     for name in names:
-        entry = statuses.get(name)
-        status = entry.get("status") if isinstance(entry, dict) else None
-        if not isinstance(status, dict):
+        if (instances := _instances(statuses, name)) is None:
             continue
-        tasks = status.get("tasks")
-        instances = [status.get("connector"), *(tasks if isinstance(tasks, list) else [])]
-        failed = [i for i in instances if isinstance(i, dict) and i.get("state") == "FAILED"]
+        failed = [i for _, i in instances if i.get("state") == "FAILED"]
         reason = next((root_cause(str(i["trace"])) for i in failed if i.get("trace")), None)
         states.append(SinkState(name, bool(failed), reason))
     return states
@@ -180,22 +190,14 @@ def trouble(names: Iterable[str], statuses: Mapping[str, Any]) -> str | None:
     each is registered and its connector and every task are RUNNING."""
     problems = []
     for name in names:
-        entry = statuses.get(name)
-        status = entry.get("status") if isinstance(entry, dict) else None
-        if not isinstance(status, dict):
+        if (instances := _instances(statuses, name)) is None:
             problems.append(f"{name} not registered")
             continue
-        listed = status.get("tasks")
-        tasks: list[Any] = listed if isinstance(listed, list) else []
-        instances = [("connector", status.get("connector")),
-                     *((f"task {t.get('id')}", t) for t in tasks if isinstance(t, dict))]
-        wrong = [f"{label} {i.get('state')}" for label, i in instances
-                 if isinstance(i, dict) and i.get("state") != "RUNNING"]
-        if not tasks:
+        wrong = [f"{label} {i.get('state')}" for label, i in instances if i.get("state") != "RUNNING"]
+        if not any(label.startswith("task ") for label, _ in instances):
             wrong.append("no task")
         if wrong:
-            reason = next((root_cause(str(i["trace"]), 120) for _, i in instances
-                           if isinstance(i, dict) and i.get("trace")), None)
+            reason = next((root_cause(str(i["trace"]), 120) for _, i in instances if i.get("trace")), None)
             problems.append(f"{name}: {', '.join(wrong)}" + (f" ({reason})" if reason else ""))
     return "; ".join(problems) if problems else None
 

@@ -25,6 +25,5 @@ def seed(settings: Settings) -> int:
             UpsertProduct(**envelope(sku, now_ms=1), sku=sku, name=name, unit_price_cents=price, currency="EUR"),
         )
         # A fixed event id per SKU: inventory drops a repeated adjustment, so re-seeding never doubles stock.
-        adjust = AdjustStock(**envelope(sku), sku=sku, delta=units, reason="demo seed")
-        sender.send(adjust.model_copy(update={"event_id": f"demo-seed-{sku}", "causation_id": f"demo-seed-{sku}"}))
+        sender.send(AdjustStock(**envelope(sku, event_id=f"demo-seed-{sku}"), sku=sku, delta=units, reason="demo seed"))
     return len(CATALOG)

@@ -105,7 +105,6 @@ class Shoppers:
 
     def __init__(self, settings: Settings, session: aiohttp.ClientSession, seed: int | None = None,
                  tally: Tally | None = None) -> None:
-        self.settings = settings
         self.session = session
         self.rng = random.Random(seed)
         self.tally = tally if tally is not None else Tally()
