@@ -50,9 +50,9 @@ class FaustWorkerView:
     def stock(self, sku: str) -> StockState | None:
         return self.runtime.tables.stock.get(sku)
 
-    def adjustment_applied(self, sku: str, event_id: str) -> bool:
+    def applied_adjustment(self, sku: str, event_id: str) -> inventory.AppliedAdjustment | None:
         memory = self.runtime.tables.adjustments.get(inventory.adjustments_key(sku))
-        return inventory.counts_adjustment(self.stock(sku), memory, event_id)
+        return inventory.applied_adjustment(self.stock(sku), memory, event_id)
 
     def product(self, sku: str) -> ProductState | None:
         return self.runtime.tables.catalog.get(sku)

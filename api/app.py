@@ -73,7 +73,8 @@ SETTINGS = web.AppKey("settings", Settings)
 WORKER = web.AppKey("worker", WorkerView)
 COMMANDS = web.AppKey("commands", CommandPort)
 HTTP = web.AppKey("http", ClientSession)
-PLACING: web.AppKey[Placements] = web.AppKey("placing")
+PLACING: web.AppKey[KeyedRequests] = web.AppKey("placing")
+ADJUSTING: web.AppKey[KeyedRequests] = web.AppKey("adjusting")
 RENDERED: web.AppKey[RenderedOrders] = web.AppKey("rendered")
 SPEC = web.AppKey("spec", dict)
 
@@ -99,7 +100,8 @@ def init_app(settings: Settings, worker: WorkerView, commands: CommandPort | Non
     app[PEER_PROOF] = proof
     if commands is not None:
         app[COMMANDS] = commands
-    app[PLACING] = Placements()
+    app[PLACING] = KeyedRequests()
+    app[ADJUSTING] = KeyedRequests()
     app[RENDERED] = RenderedOrders()
     app.cleanup_ctx.append(_http_session)
     routes = ROUTES + analytics.ROUTES + stream.ROUTES + dashboard.ROUTES
@@ -312,29 +314,30 @@ class RenderedOrders:
         return answer
 
 
-class Placements:
-    """The owner's memory of orders it placed but may not have stored yet, and one lock per order id.
+class KeyedRequests:
+    """The owner's memory of requests it sent under an ``Idempotency-Key`` whose effect may not be stored yet, and
+    one lock per resource the key names (an order id, an adjustment's event id).
 
-    Two identical requests (same customer, same Idempotency-Key) are forwarded to the one worker that owns the
-    order id derived from the key; the lock makes the second wait for the first, and this memory answers it
-    even before the orders flow has stored the order.
+    Two requests under one key are forwarded to the one worker that owns what the key names; the lock makes the
+    second wait for the first, and this memory answers it (the same request, or a conflict) even before the flow
+    has stored the effect.
     """
 
     def __init__(self, remember: int = 10_000) -> None:
         self.remember = remember
-        self.recent: OrderedDict[str, tuple[str, float]] = OrderedDict()  # order id -> (placement event id, when)
+        self.recent: OrderedDict[str, tuple[str, float]] = OrderedDict()  # resource -> (what the request said, when)
         self.locks: dict[str, asyncio.Lock] = {}
 
-    def lock(self, order_id: str) -> asyncio.Lock:
-        return self.locks.setdefault(order_id, asyncio.Lock())
+    def lock(self, resource: str) -> asyncio.Lock:
+        return self.locks.setdefault(resource, asyncio.Lock())
 
-    def release(self, order_id: str) -> None:
-        lock = self.locks.get(order_id)
+    def release(self, resource: str) -> None:
+        lock = self.locks.get(resource)
         if lock is not None and not lock.locked():
-            del self.locks[order_id]
+            del self.locks[resource]
 
-    def placed(self, order_id: str, event_id: str, at: float) -> None:
-        self.recent[order_id] = (event_id, at)
+    def sent(self, resource: str, said: str, at: float) -> None:
+        self.recent[resource] = (said, at)
         while len(self.recent) > self.remember:
             self.recent.popitem(last=False)
 
@@ -390,7 +393,7 @@ async def place_order(request: web.Request) -> web.Response:
             if (recent := placing.recent.get(order_id)) is not None:
                 return _same_or_conflict(order_id, recent[0], event_id, OrderStatus.PENDING)
             await commands.send(_place_order(order_id, event_id, principal, body))
-            placing.placed(order_id, event_id, now)
+            placing.sent(order_id, event_id, now)
             return _accepted(order_id, OrderStatus.PENDING)
         finally:
             placing.release(order_id)
@@ -582,19 +585,47 @@ def _stock_out(sku: str, on_hand: int, reserved: int, adjusted: int, sold: int, 
 
 async def adjust_stock(request: web.Request) -> web.Response:
     """With an ``Idempotency-Key`` the adjustment's event id is derived from the SKU and the key: a repeat is applied
-    once however often it is sent (the inventory drops an event id among the SKU's last 1,000 adjustments), and
-    one already applied is answered 200 with the stock as it is, sending nothing."""
+    once however often it is sent (the inventory drops an event id among the SKU's last 1,000 adjustments), one
+    already applied is answered 200 with the stock as it is, sending nothing, and a request under a key used for
+    another delta or reason is refused with 409."""
     _admin(request)
     sku = _identifier(request, "sku")
     body = await _body(request, AdjustmentIn)
     key = _idempotency_key(request)
     if (forwarded := await _forward_unless_owner(request, "stock", sku)) is not None:
         return forwarded
-    worker = request.app[WORKER]
-    stock = worker.stock(sku)
-    event_id = inventory.adjustment_id(sku, key) if key is not None else None
-    if event_id is not None and stock is not None and worker.adjustment_applied(sku, event_id):
-        return _json(_stock_now(stock), 200, Location=f"/v1/stock/{sku}")
+    if key is None:
+        return await _adjust(request, sku, body, None)
+    event_id = inventory.adjustment_id(sku, key)
+    said = inventory.adjustment_body(body.delta, body.reason)
+    adjusting = request.app[ADJUSTING]
+    async with adjusting.lock(event_id):
+        try:
+            worker = request.app[WORKER]
+            stock = worker.stock(sku)
+            if stock is not None and (applied := worker.applied_adjustment(sku, event_id)) is not None:
+                _same_adjustment(sku, key, applied.body, said)
+                return _json(_stock_now(stock), 200, Location=f"/v1/stock/{sku}")
+            if (recent := adjusting.recent.get(event_id)) is not None:
+                _same_adjustment(sku, key, recent[0], said)
+            response = await _adjust(request, sku, body, event_id)
+            adjusting.sent(event_id, said, time.time())
+            return response
+        finally:
+            adjusting.release(event_id)
+
+
+def _same_adjustment(sku: str, key: str, first: str | None, said: str) -> None:
+    """Refuse a request whose body differs from the first one sent under its key (``first`` unknown: let it be)."""
+    if first is not None and first != said:
+        raise Conflict(f"this {IDEMPOTENCY_HEADER} was used for a different adjustment of {sku} (the first body sent "
+                       "under a key is the one that counts)", details={"sku": sku, "key": key})
+
+
+async def _adjust(request: web.Request, sku: str, body: AdjustmentIn, event_id: str | None) -> web.Response:
+    """Send the adjustment (``event_id``: derived from its key, or a fresh one) and answer 202 with the stock it
+    should leave, or 409 if it would take stock promised to orders."""
+    stock = request.app[WORKER].stock(sku)
     on_hand, reserved = (stock.on_hand, stock.reserved) if stock is not None else (0, 0)
     if on_hand - reserved + body.delta < 0:
         raise Conflict(f"adjusting {sku} by {body.delta} would leave {on_hand - reserved + body.delta} available",
@@ -620,7 +651,7 @@ async def get_adjustment(request: web.Request) -> web.Response:
     worker = request.app[WORKER]
     event_id = inventory.adjustment_id(sku, key)
     stock = worker.stock(sku)
-    if stock is None or not worker.adjustment_applied(sku, event_id):
+    if stock is None or worker.applied_adjustment(sku, event_id) is None:
         raise NotFound(f"the stock of {sku} does not count an adjustment sent under {key!r} (not applied yet, or "
                        "more than 1,000 adjustments ago)")
     return _json(AdjustmentOut(sku=sku, key=key, event_id=event_id, stock=_stock_now(stock)))
@@ -674,8 +705,8 @@ ROUTES: tuple[Route, ...] = (
           errors=(404, 503)),
     Route("POST", "/v1/stock/{sku}/adjustments", adjust_stock, "change what is on hand (admin)", "stock",
           body=AdjustmentIn, responses={202: StockOut, 200: StockOut}, errors=(403, 409, 503),
-          headers=((IDEMPOTENCY_HEADER, "the same key is one adjustment of the SKU, applied once (the first body "
-                                        "counts); 200 with the stock when it already was"),)),
+          headers=((IDEMPOTENCY_HEADER, "the same key is one adjustment of the SKU, applied once; 200 with the "
+                                        "stock when it already was, 409 for a key used with another body"),)),
     Route("GET", "/v1/stock/{sku}/adjustments/{key}", get_adjustment, "the adjustment sent under this "
           "Idempotency-Key, once the stock counts it (admin)", "stock", responses={200: AdjustmentOut},
           errors=(403, 404, 503)),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from streamcart.domain.catalog import ProductState
-from streamcart.domain.inventory import StockState
+from streamcart.domain.inventory import AppliedAdjustment, StockState
 from streamcart.domain.order_state import OrderState
 
 
@@ -28,8 +28,8 @@ class WorkerView(Protocol):
 
     def stock(self, sku: str) -> StockState | None: ...
 
-    def adjustment_applied(self, sku: str, event_id: str) -> bool:
-        """Whether the SKU's stock counts the adjustment ``event_id`` (among its last 1,000)."""
+    def applied_adjustment(self, sku: str, event_id: str) -> AppliedAdjustment | None:
+        """The adjustment ``event_id`` if the SKU's stock counts it (among its last 1,000), else ``None``."""
         ...
 
     def product(self, sku: str) -> ProductState | None: ...

@@ -30,9 +30,11 @@ the counters: ``on_hand = Σ adjustments - Σ StockCommitted + Σ StockRestocked
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.messages import (
     AdjustStock,
@@ -82,6 +84,8 @@ class StockState(_Model):
     restocked: int = 0
     #: The event id of the SKU's latest adjustment; the ones before it are in its :class:`AdjustmentMemory`.
     last_adjustment: str | None = None
+    #: What the latest adjustment said (:func:`adjustment_body`): a repeat of its key with another body is told apart.
+    last_adjustment_body: str | None = None
     #: Where a stock stored before the memory had a record of its own kept every id: still honoured, and moved into
     #: the memory by the SKU's next adjustment.
     recent_adjustments: tuple[str, ...] = ()
@@ -95,10 +99,12 @@ class StockState(_Model):
 
 
 class AdjustmentMemory(_Model):
-    """The event ids of a SKU's recent adjustments before its latest one (``StockState.last_adjustment``)."""
+    """The event ids of a SKU's recent adjustments before its latest one (``StockState.last_adjustment``), and what
+    each said (:func:`adjustment_body`; none for an adjustment stored before bodies were kept)."""
 
     sku: str
     event_ids: tuple[str, ...] = ()
+    bodies: dict[str, str] = Field(default_factory=dict)
 
     def knows(self, event_id: str) -> bool:
         return event_id in self.event_ids
@@ -218,6 +224,11 @@ def adjustment_id(sku: str, key: str) -> str:
     return derive_id("adjustment", sku, key)
 
 
+def adjustment_body(delta: int, reason: str) -> str:
+    """A short digest of what an adjustment says: two requests under one key that differ in it conflict."""
+    return hashlib.sha256(f"{delta}\x1f{reason}".encode()).hexdigest()[:16]
+
+
 def keyable(sku: str) -> bool:
     """Whether ``sku`` can key the stock table: with a ``/`` or a ``#`` in it, its counters could meet another SKU's
     reservation or adjustment memory (the API accepts no such SKU; a command sent past it is dead-lettered)."""
@@ -297,6 +308,26 @@ def counts_adjustment(stock: StockState | None, memory: AdjustmentMemory | None,
     )
 
 
+@dataclass(frozen=True, slots=True)
+class AppliedAdjustment:
+    """An adjustment the SKU's stock counts, and what it said (:func:`adjustment_body`; ``None`` when it was stored
+    before bodies were kept)."""
+
+    body: str | None
+
+
+def applied_adjustment(
+    stock: StockState | None, memory: AdjustmentMemory | None, event_id: str
+) -> AppliedAdjustment | None:
+    """The adjustment ``event_id`` if ``stock`` counts it (one of its last :data:`ADJUSTMENT_MEMORY`), else ``None``."""
+    if not counts_adjustment(stock, memory, event_id):
+        return None
+    assert stock is not None
+    if stock.last_adjustment == event_id:
+        return AppliedAdjustment(stock.last_adjustment_body)
+    return AppliedAdjustment(None if memory is None else memory.bodies.get(event_id))
+
+
 def _adjust(stock: StockState, memory: AdjustmentMemory, cmd: AdjustStock) -> Decision[StockChange]:
     if counts_adjustment(stock, memory, cmd.event_id):
         return Decision(state=None)
@@ -309,6 +340,7 @@ def _adjust(stock: StockState, memory: AdjustmentMemory, cmd: AdjustStock) -> De
         "on_hand": stock.on_hand + cmd.delta,
         "adjusted": stock.adjusted + cmd.delta,
         "last_adjustment": cmd.event_id,
+        "last_adjustment_body": adjustment_body(cmd.delta, cmd.reason),
         "recent_adjustments": (),
     })
     latest = () if stock.last_adjustment is None else (stock.last_adjustment,)
@@ -317,7 +349,12 @@ def _adjust(stock: StockState, memory: AdjustmentMemory, cmd: AdjustStock) -> De
     earlier = tuple(dict.fromkeys((*memory.event_ids, *stock.recent_adjustments, *latest)))[-(ADJUSTMENT_MEMORY - 1):]
     if earlier == memory.event_ids:  # the SKU's first adjustment: nothing earlier to remember
         return Decision(state=StockChange(stock=adjusted))
-    return Decision(state=StockChange(stock=adjusted, adjustments=memory.model_copy(update={"event_ids": earlier})))
+    bodies = dict(memory.bodies)
+    if stock.last_adjustment is not None and stock.last_adjustment_body is not None:
+        bodies[stock.last_adjustment] = stock.last_adjustment_body
+    kept = {event_id: bodies[event_id] for event_id in earlier if event_id in bodies}
+    return Decision(state=StockChange(stock=adjusted, adjustments=memory.model_copy(
+        update={"event_ids": earlier, "bodies": kept})))
 
 
 def _reserve(

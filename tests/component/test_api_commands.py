@@ -14,7 +14,7 @@ from api.app import init_app
 from api.errors import Unavailable
 from schemas.messages import AdjustStock, CancelOrder, Message, PlaceOrder, UpdateShipment, UpsertProduct
 from streamcart.domain.catalog import ProductState
-from streamcart.domain.inventory import StockState
+from streamcart.domain.inventory import StockState, adjustment_body, adjustment_id
 from streamcart.domain.order_state import ShipmentInfo
 from streamcart.domain.shipping import SHIPMENT_CANCELLED
 from tests.component.test_api_orders import SETTINGS, FakeWorker, an_order, bearer
@@ -318,7 +318,7 @@ async def test_a_stock_adjustment_with_an_idempotency_key_is_one_adjustment_howe
     assert ids[0] == ids[1] and len(set(ids)) == 3  # a repeat in flight: the inventory drops the second
     assert all(isinstance(m, AdjustStock) and m.causation_id == m.event_id for m in commands.sent)
 
-    worker.adjustments.add(("KB-001", ids[0]))
+    worker.adjustments["KB-001", ids[0]] = adjustment_body(3, "delivery")
     worker.stocks["KB-001"] = StockState(sku="KB-001", on_hand=8, adjusted=8)
     applied = await client.post(url, json=body, headers={**ADMIN, "Idempotency-Key": "delivery-77"})
     assert applied.status == 200
@@ -329,13 +329,38 @@ async def test_a_stock_adjustment_with_an_idempotency_key_is_one_adjustment_howe
     assert bad.status == 422 and len(commands.sent) == 4
 
 
-async def test_an_adjustment_is_found_by_its_idempotency_key_once_the_stock_counts_it(client, commands, worker):
-    from streamcart.domain.inventory import adjustment_id
+async def test_an_idempotency_key_used_for_another_adjustment_is_a_409_in_flight_and_once_applied(
+    aiohttp_client, client, commands, worker
+):
+    worker.stocks["KB-001"] = StockState(sku="KB-001", on_hand=5)
+    url, key = "/v1/stock/KB-001/adjustments", {**ADMIN, "Idempotency-Key": "delivery-77"}
+    first = await client.post(url, json={"delta": 3, "reason": "delivery"}, headers=key)
+    assert first.status == 202
+    for other in ({"delta": 4, "reason": "delivery"}, {"delta": 3, "reason": "count"}):
+        conflict = await client.post(url, json=other, headers=key)
+        assert conflict.status == 409  # in flight: the owner remembers what the key said
+        error = (await conflict.json())["error"]
+        assert error["code"] == "conflict" and error["details"] == {"sku": "KB-001", "key": "delivery-77"}
+    assert len(commands.sent) == 1
+    elsewhere = await client.post("/v1/stock/MS-002/adjustments", json={"delta": 4, "reason": "count"}, headers=key)
+    assert elsewhere.status == 202  # a key names an adjustment of its SKU
 
+    # Applied: an API that did not send it (another process, or after a restart) knows it from the stock.
+    fresh = await aiohttp_client(init_app(SOLO, worker, commands))
+    event_id = adjustment_id("KB-001", "delivery-77")
+    worker.adjustments["KB-001", event_id] = adjustment_body(3, "delivery")
+    assert (await fresh.post(url, json={"delta": 4, "reason": "delivery"}, headers=key)).status == 409
+    assert (await fresh.post(url, json={"delta": 3, "reason": "delivery"}, headers=key)).status == 200
+    worker.adjustments["KB-001", event_id] = None  # stored before bodies were kept: it cannot tell
+    assert (await fresh.post(url, json={"delta": 4, "reason": "delivery"}, headers=key)).status == 200
+    assert len(commands.sent) == 2
+
+
+async def test_an_adjustment_is_found_by_its_idempotency_key_once_the_stock_counts_it(client, commands, worker):
     worker.stocks["KB-001"] = StockState(sku="KB-001", on_hand=8, adjusted=8)
     url = "/v1/stock/KB-001/adjustments/delivery-77"
     assert (await client.get(url, headers=ADMIN)).status == 404  # not applied yet
-    worker.adjustments.add(("KB-001", adjustment_id("KB-001", "delivery-77")))
+    worker.adjustments["KB-001", adjustment_id("KB-001", "delivery-77")] = adjustment_body(3, "delivery")
     found = await client.get(url, headers=ADMIN)
     assert found.status == 200
     body = await found.json()

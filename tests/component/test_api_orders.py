@@ -9,7 +9,7 @@ from api.auth import issue_token
 from schemas.messages import OrderLine
 from streamcart.domain.catalog import ProductState
 from streamcart.domain.causes import Cause
-from streamcart.domain.inventory import StockState
+from streamcart.domain.inventory import AppliedAdjustment, StockState
 from streamcart.domain.order_state import CancelRequest, HistoryEntry
 from streamcart.domain.orders import OrderState
 from streamcart.settings import Settings
@@ -38,7 +38,8 @@ class FakeWorker:
     stocks: dict[str, StockState] = field(default_factory=dict)
     catalog: dict[str, ProductState] = field(default_factory=dict)
     waited: list[tuple[str, float]] = field(default_factory=list)
-    adjustments: set[tuple[str, str]] = field(default_factory=set)  # (sku, event id) the stock counts
+    #: (sku, event id) the stock counts -> what the adjustment said (``adjustment_body``; ``None``: not kept)
+    adjustments: dict[tuple[str, str], str | None] = field(default_factory=dict)
 
     def recovered(self) -> bool:
         return self.is_ready
@@ -65,8 +66,10 @@ class FakeWorker:
     def stock(self, sku: str) -> StockState | None:
         return self.stocks.get(sku)
 
-    def adjustment_applied(self, sku: str, event_id: str) -> bool:
-        return (sku, event_id) in self.adjustments
+    def applied_adjustment(self, sku: str, event_id: str) -> AppliedAdjustment | None:
+        if (sku, event_id) not in self.adjustments:
+            return None
+        return AppliedAdjustment(self.adjustments[sku, event_id])
 
     def product(self, sku: str) -> ProductState | None:
         return self.catalog.get(sku)

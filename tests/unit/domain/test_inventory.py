@@ -26,10 +26,13 @@ from streamcart.domain.decision import Decision
 from streamcart.domain.inventory import (
     ADJUSTMENT_MEMORY,
     AdjustmentMemory,
+    AppliedAdjustment,
     Reservation,
     ReservationStatus,
     StockChange,
     StockState,
+    adjustment_body,
+    applied_adjustment,
     decide,
     keyable,
     reservation_key,
@@ -342,6 +345,34 @@ def test_a_stock_stored_before_the_memory_had_its_own_record_still_drops_the_adj
     for again in ("old-1", "old-2", "new-1"):
         assert stock_decide(state, adjust(5, event_id=again)) == Decision(state=None)
     assert state.stock.on_hand == 6
+
+
+def test_what_each_remembered_adjustment_said_is_kept_with_it_and_forgotten_with_it():
+    """What tells a retry of a key from another adjustment under the same key (the API answers the latter 409)."""
+    state, _ = apply(None, adjust(3, event_id="adj-a"))
+    delivery = AppliedAdjustment(adjustment_body(3, "delivery"))
+    assert applied_adjustment(state.stock, state.adjustments, "adj-a") == delivery  # the latest
+    state, _ = apply(state, make(AdjustStock, sku="A", delta=-1, reason="count", event_id="adj-b"))
+    assert applied_adjustment(state.stock, state.adjustments, "adj-a") == delivery  # from the memory
+    count = AppliedAdjustment(adjustment_body(-1, "count"))
+    assert applied_adjustment(state.stock, state.adjustments, "adj-b") == count
+    assert applied_adjustment(state.stock, state.adjustments, "adj-c") is None
+    assert adjustment_body(3, "delivery") not in {adjustment_body(4, "delivery"), adjustment_body(3, "count")}
+
+    state, _ = apply(state, *(adjust(1, event_id=f"adj-{n}") for n in range(ADJUSTMENT_MEMORY)))
+    assert state.adjustments is not None
+    assert set(state.adjustments.bodies) == set(state.adjustments.event_ids)  # no body outlives its id
+    assert "adj-a" not in state.adjustments.bodies
+
+
+def test_an_adjustment_remembered_before_bodies_were_kept_counts_without_one():
+    legacy = StockState.model_validate_json(
+        '{"sku": "A", "on_hand": 5, "adjusted": 5, "last_adjustment": "old-1"}')
+    assert applied_adjustment(legacy, None, "old-1") == AppliedAdjustment(None)
+    state, _ = apply(Shelf(legacy), adjust(1, event_id="new-1"))
+    assert state.adjustments is not None and state.adjustments.event_ids == ("old-1",)
+    assert applied_adjustment(state.stock, state.adjustments, "old-1") == AppliedAdjustment(None)
+    assert applied_adjustment(state.stock, state.adjustments, "new-1").body == adjustment_body(1, "delivery")
 
 
 def test_a_sku_that_could_meet_another_record_of_the_stock_table_cannot_key_it():
