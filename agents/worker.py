@@ -100,6 +100,10 @@ def release_local_state(tabledir: Path) -> None:
 def run(settings: Settings, index: int) -> None:
     """Run worker ``index`` until it is stopped (SIGTERM/SIGINT stop it gracefully)."""
     configure_logging(settings)
+    if settings.exposed_with_development_secret():
+        log.warning("the API listens on %s and signs tokens with the development JWT secret, which is in "
+                    "streamcart's source: anyone who can reach it can mint an admin token. Set STREAMCART_JWT_SECRET.",
+                    settings.host)
     tracing.set_enabled(settings.tracing)
     spans = start_export(settings, f"{settings.app_id}-worker-{index}")
     codec = Codec.connect(settings)

@@ -7,6 +7,7 @@ environment variables (:meth:`Settings.to_env`).
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
@@ -15,6 +16,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: ``json``: one object per line, for machines (the stack's processes); ``text``: for a person at a terminal.
 LogFormat = Literal["json", "text"]
+
+
+#: The JWT secret a local stack signs with unless ``STREAMCART_JWT_SECRET`` says otherwise: it is in this source, so
+#: whoever can reach an API signed with it can mint an admin token.
+DEVELOPMENT_JWT_SECRET = "streamcart-local-development-secret"
 
 
 class Settings(BaseSettings):
@@ -94,7 +100,7 @@ class Settings(BaseSettings):
     cors_origins: str = ""
 
     # Secrets.
-    jwt_secret: SecretStr = SecretStr("streamcart-local-development-secret")
+    jwt_secret: SecretStr = SecretStr(DEVELOPMENT_JWT_SECRET)
     postgres_user: str = "streamcart"
     postgres_password: SecretStr = SecretStr("streamcart")
     postgres_db: str = "warehouse"
@@ -164,6 +170,10 @@ class Settings(BaseSettings):
                     )
         return self
 
+    def exposed_with_development_secret(self) -> bool:
+        """Whether this process listens beyond loopback while tokens are signed with :data:`DEVELOPMENT_JWT_SECRET`."""
+        return self.jwt_secret.get_secret_value() == DEVELOPMENT_JWT_SECRET and not _loopback(self.host)
+
     def worker_url(self, index: int) -> str:
         return f"http://{self.advertised_host or self.host}:{self.worker_port(index)}"
 
@@ -177,6 +187,15 @@ class Settings(BaseSettings):
                 value = value.get_secret_value()
             env[f"STREAMCART_{name.upper()}"] = str(value)
         return env
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: whatever it resolves to may be reachable
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -36,3 +36,20 @@ def test_a_worker_port_that_is_another_process_port_is_refused_with_the_way_out(
         Settings(workers=4)
     assert Settings(workers=4, api_port=8180).worker_port(3) == 8183
     assert Settings(workers=4, api_port_per_worker=False).worker_port(3) == 8080  # a host of its own each
+
+
+@pytest.mark.parametrize(
+    ("host", "secret", "exposed"),
+    [
+        ("127.0.0.1", None, False),
+        ("localhost", None, False),
+        ("::1", None, False),
+        ("0.0.0.0", None, True),
+        ("10.1.2.3", None, True),
+        ("worker-0", None, True),  # a name may resolve to anything
+        ("0.0.0.0", "a-secret-of-our-own", False),
+    ],
+)
+def test_an_api_beyond_loopback_signing_with_the_development_secret_is_called_out(host, secret, exposed):
+    settings = Settings(host=host, **({} if secret is None else {"jwt_secret": secret}))
+    assert settings.exposed_with_development_secret() is exposed
