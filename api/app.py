@@ -9,11 +9,12 @@ JSON error shape before anything is sent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import re
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
@@ -319,27 +320,39 @@ class KeyedRequests:
     one lock per resource the key names (an order id, an adjustment's event id).
 
     Two requests under one key are forwarded to the one worker that owns what the key names; the lock makes the
-    second wait for the first, and this memory answers it (the same request, or a conflict) even before the flow
-    has stored the effect.
+    second wait for the first, and this memory tells it what the first said (the same, or a conflict) even before
+    the flow has stored the effect.
     """
 
     def __init__(self, remember: int = 10_000) -> None:
         self.remember = remember
         self.recent: OrderedDict[str, tuple[str, float]] = OrderedDict()  # resource -> (what the request said, when)
         self.locks: dict[str, asyncio.Lock] = {}
+        self._holders: Counter[str] = Counter()  # per lock: who holds it or waits for it
 
-    def lock(self, resource: str) -> asyncio.Lock:
-        return self.locks.setdefault(resource, asyncio.Lock())
-
-    def release(self, resource: str) -> None:
-        lock = self.locks.get(resource)
-        if lock is not None and not lock.locked():
-            del self.locks[resource]
+    @contextlib.asynccontextmanager
+    async def holding(self, resource: str) -> AsyncIterator[None]:
+        """Hold ``resource``'s lock; it is forgotten once nobody holds it or waits for it."""
+        lock = self.locks.setdefault(resource, asyncio.Lock())
+        self._holders[resource] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._holders[resource] -= 1
+            if not self._holders[resource]:
+                del self._holders[resource], self.locks[resource]
 
     def sent(self, resource: str, said: str, at: float) -> None:
         self.recent[resource] = (said, at)
+        self.recent.move_to_end(resource)
         while len(self.recent) > self.remember:
             self.recent.popitem(last=False)
+
+    def said(self, resource: str, *, since: float = 0.0) -> str | None:
+        """What the request sent for ``resource`` said, if it was sent at ``since`` or later."""
+        recent = self.recent.get(resource)
+        return recent[0] if recent is not None and recent[1] >= since else None
 
 
 def _digest(body: PlaceOrderIn) -> str:
@@ -379,24 +392,21 @@ async def place_order(request: web.Request) -> web.Response:
         return forwarded
     event_id = derive_id("place", principal.subject, key, period, _digest(body))
     placing = request.app[PLACING]
-    async with placing.lock(order_id):
-        try:
-            # Used in the previous period, less than a TTL ago: that is still the key's order.
-            previous_id = derive_id("order", principal.subject, key, period - 1)
-            previous = await _order_anywhere(request, previous_id)
-            if previous is not None and now * 1000 - previous.placed_at < ttl * 1000:
-                previous_event = derive_id("place", principal.subject, key, period - 1, _digest(body))
-                return _same_or_conflict(previous.order_id, previous.placed_event_id, previous_event, previous.status)
-            stored = request.app[WORKER].order(order_id)
-            if stored is not None:
-                return _same_or_conflict(order_id, stored.placed_event_id, event_id, stored.status)
-            if (recent := placing.recent.get(order_id)) is not None:
-                return _same_or_conflict(order_id, recent[0], event_id, OrderStatus.PENDING)
-            await commands.send(_place_order(order_id, event_id, principal, body))
-            placing.sent(order_id, event_id, now)
-            return _accepted(order_id, OrderStatus.PENDING)
-        finally:
-            placing.release(order_id)
+    async with placing.holding(order_id):
+        # Used in the previous period, less than a TTL ago: that is still the key's order.
+        previous_id = derive_id("order", principal.subject, key, period - 1)
+        previous = await _order_anywhere(request, previous_id)
+        if previous is not None and now * 1000 - previous.placed_at < ttl * 1000:
+            previous_event = derive_id("place", principal.subject, key, period - 1, _digest(body))
+            return _same_or_conflict(previous.order_id, previous.placed_event_id, previous_event, previous.status)
+        stored = request.app[WORKER].order(order_id)
+        if stored is not None:
+            return _same_or_conflict(order_id, stored.placed_event_id, event_id, stored.status)
+        if (placed := placing.said(order_id)) is not None:
+            return _same_or_conflict(order_id, placed, event_id, OrderStatus.PENDING)
+        await commands.send(_place_order(order_id, event_id, principal, body))
+        placing.sent(order_id, event_id, now)
+        return _accepted(order_id, OrderStatus.PENDING)
 
 
 _IDENTIFIER_KEY = re.compile(r"[A-Za-z0-9._:-]+")
@@ -599,20 +609,23 @@ async def adjust_stock(request: web.Request) -> web.Response:
     event_id = inventory.adjustment_id(sku, key)
     said = inventory.adjustment_body(body.delta, body.reason)
     adjusting = request.app[ADJUSTING]
-    async with adjusting.lock(event_id):
-        try:
-            worker = request.app[WORKER]
-            stock = worker.stock(sku)
-            if stock is not None and (applied := worker.applied_adjustment(sku, event_id)) is not None:
-                _same_adjustment(sku, key, applied.body, said)
-                return _json(_stock_now(stock), 200, Location=f"/v1/stock/{sku}")
-            if (recent := adjusting.recent.get(event_id)) is not None:
-                _same_adjustment(sku, key, recent[0], said)
-            response = await _adjust(request, sku, body, event_id)
-            adjusting.sent(event_id, said, time.time())
-            return response
-        finally:
-            adjusting.release(event_id)
+    async with adjusting.holding(event_id):
+        worker = request.app[WORKER]
+        stock = worker.stock(sku)
+        if stock is not None and (applied := worker.applied_adjustment(sku, event_id)) is not None:
+            _same_adjustment(sku, key, applied.body, said)
+            return _json(_stock_now(stock), 200, Location=f"/v1/stock/{sku}")
+        now = time.time()
+        # Sent a moment ago and not counted yet: in flight (or refused, when the stock went to orders meanwhile).
+        _same_adjustment(sku, key, adjusting.said(event_id, since=now - ADJUSTMENT_IN_FLIGHT_S), said)
+        response = await _adjust(request, sku, body, event_id)
+        adjusting.sent(event_id, said, now)
+        return response
+
+
+#: How long the owner takes an adjustment it sent, and its stock does not count yet, for in flight: within it, the
+#: same key with another body is a 409; after it, the key's first adjustment was refused or lost.
+ADJUSTMENT_IN_FLIGHT_S = 60.0
 
 
 def _same_adjustment(sku: str, key: str, first: str | None, said: str) -> None:

@@ -17,9 +17,11 @@ ReserveStock / ReleaseStock / CommitStock / RestockItems to the pair and returns
 Idempotency: every operation is idempotent by (order, sku): a reservation records the cause of each step, and a
 step that has happened re-emits its events (same ids) whatever event id the repeat carries. AdjustStock, which
 has no such natural key, is deduplicated by event id against the last :data:`ADJUSTMENT_MEMORY` adjustments (a
-redelivery comes soon after the original; an unbounded set would grow for ever). Those ids are a third record of
-the SKU (:class:`AdjustmentMemory`, under :func:`adjustments_key`), read and written only by adjustments: in the
-counters, which every reservation writes, a SKU restocked often would carry some 40 KB into each write.
+redelivery comes soon after the original; an unbounded set would grow for ever). Those ids, each with a digest of
+what it said (:func:`adjustment_body`: the API answers 409 to a key reused for another adjustment, and a command
+that slips past it is refused, not applied), are a third record of the SKU (:class:`AdjustmentMemory`, under
+:func:`adjustments_key`), read and written only by adjustments: in the counters, which every reservation writes, a
+SKU restocked often would carry some 60 KB into each write.
 
 Out of order: a ReleaseStock for a reservation not seen yet leaves a tombstone (StockReleased, quantity 0), and the
 ReserveStock arriving after it holds nothing (StockRejected ``released``). A RestockItems that overtakes its
@@ -34,7 +36,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 from schemas.messages import (
     AdjustStock,
@@ -99,15 +101,21 @@ class StockState(_Model):
 
 
 class AdjustmentMemory(_Model):
-    """The event ids of a SKU's recent adjustments before its latest one (``StockState.last_adjustment``), and what
-    each said (:func:`adjustment_body`; none for an adjustment stored before bodies were kept)."""
+    """The event ids of a SKU's recent adjustments before its latest one (``StockState.last_adjustment``), oldest
+    first, and what each said (:func:`adjustment_body`): ``bodies`` runs beside ``event_ids``, and is empty in a
+    record stored before bodies were kept."""
 
     sku: str
     event_ids: tuple[str, ...] = ()
-    bodies: dict[str, str] = Field(default_factory=dict)
+    bodies: tuple[str | None, ...] = ()
 
     def knows(self, event_id: str) -> bool:
         return event_id in self.event_ids
+
+    def entries(self) -> dict[str, str | None]:
+        """Each remembered event id and what it said (``None``: not kept), oldest first."""
+        bodies = self.bodies if len(self.bodies) == len(self.event_ids) else (None,) * len(self.event_ids)
+        return dict(zip(self.event_ids, bodies, strict=True))
 
 
 class Rejection(_Model):
@@ -325,11 +333,17 @@ def applied_adjustment(
     assert stock is not None
     if stock.last_adjustment == event_id:
         return AppliedAdjustment(stock.last_adjustment_body)
-    return AppliedAdjustment(None if memory is None else memory.bodies.get(event_id))
+    return AppliedAdjustment(None if memory is None else memory.entries().get(event_id))
 
 
 def _adjust(stock: StockState, memory: AdjustmentMemory, cmd: AdjustStock) -> Decision[StockChange]:
-    if counts_adjustment(stock, memory, cmd.event_id):
+    said = adjustment_body(cmd.delta, cmd.reason)
+    if (applied := applied_adjustment(stock, memory, cmd.event_id)) is not None:
+        if applied.body is not None and applied.body != said:  # its key was used for another adjustment
+            return Decision(state=None, rejected=(
+                f"adjustment {cmd.event_id} of {stock.sku} was applied with another delta or reason; "
+                f"this one (by {cmd.delta}, {cmd.reason!r}) is dropped"
+            ))
         return Decision(state=None)
     if stock.available + cmd.delta < 0:
         return Decision(state=None, rejected=(
@@ -340,21 +354,22 @@ def _adjust(stock: StockState, memory: AdjustmentMemory, cmd: AdjustStock) -> De
         "on_hand": stock.on_hand + cmd.delta,
         "adjusted": stock.adjusted + cmd.delta,
         "last_adjustment": cmd.event_id,
-        "last_adjustment_body": adjustment_body(cmd.delta, cmd.reason),
+        "last_adjustment_body": said,
         "recent_adjustments": (),
     })
-    latest = () if stock.last_adjustment is None else (stock.last_adjustment,)
     # Once each, oldest first: a crash may have kept the memory's write and lost the counters' (records() writes
     # them in turn), so what the counters still name can be in the memory already.
-    earlier = tuple(dict.fromkeys((*memory.event_ids, *stock.recent_adjustments, *latest)))[-(ADJUSTMENT_MEMORY - 1):]
+    entries = memory.entries()
+    for event_id in stock.recent_adjustments:
+        entries.setdefault(event_id, None)
+    if stock.last_adjustment is not None:
+        entries.setdefault(stock.last_adjustment, stock.last_adjustment_body)
+    earlier = tuple(entries)[-(ADJUSTMENT_MEMORY - 1):]
     if earlier == memory.event_ids:  # the SKU's first adjustment: nothing earlier to remember
         return Decision(state=StockChange(stock=adjusted))
-    bodies = dict(memory.bodies)
-    if stock.last_adjustment is not None and stock.last_adjustment_body is not None:
-        bodies[stock.last_adjustment] = stock.last_adjustment_body
-    kept = {event_id: bodies[event_id] for event_id in earlier if event_id in bodies}
+    bodies = tuple(entries[event_id] for event_id in earlier)
     return Decision(state=StockChange(stock=adjusted, adjustments=memory.model_copy(
-        update={"event_ids": earlier, "bodies": kept})))
+        update={"event_ids": earlier, "bodies": bodies})))
 
 
 def _reserve(

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from api.app import init_app
+from api.app import ADJUSTING, ADJUSTMENT_IN_FLIGHT_S, PLACING, init_app
 from api.errors import Unavailable
 from schemas.messages import AdjustStock, CancelOrder, Message, PlaceOrder, UpdateShipment, UpsertProduct
 from streamcart.domain.catalog import ProductState
@@ -184,6 +184,7 @@ async def test_two_identical_requests_at_once_place_one_order(client, commands):
     assert [a.status for a in answers] == [202, 202]
     assert len({(await a.json())["order_id"] for a in answers}) == 1
     assert len(commands.sent) == 1
+    assert client.app[PLACING].locks == {}  # nothing kept per key once its requests are answered
 
 
 async def test_the_same_idempotency_key_with_another_body_is_a_409(client, commands):
@@ -354,6 +355,40 @@ async def test_an_idempotency_key_used_for_another_adjustment_is_a_409_in_flight
     worker.adjustments["KB-001", event_id] = None  # stored before bodies were kept: it cannot tell
     assert (await fresh.post(url, json={"delta": 4, "reason": "delivery"}, headers=key)).status == 200
     assert len(commands.sent) == 2
+
+
+async def test_two_adjustments_under_one_key_at_once_send_the_first_and_refuse_the_other(client, commands, worker):
+    worker.stocks["KB-001"] = StockState(sku="KB-001", on_hand=5)
+    commands.delay_s = 0.05  # the first is still waiting on the broker when the second arrives
+    url, key = "/v1/stock/KB-001/adjustments", {**ADMIN, "Idempotency-Key": "delivery-77"}
+    answers = await asyncio.gather(client.post(url, json={"delta": 3, "reason": "delivery"}, headers=key),
+                                   client.post(url, json={"delta": 4, "reason": "delivery"}, headers=key))
+    assert [a.status for a in answers] == [202, 409]
+    assert [m.delta for m in commands.sent] == [3]  # type: ignore[attr-defined]
+    assert client.app[ADJUSTING].locks == {}  # nothing kept per key once its requests are answered
+
+
+async def test_an_adjustment_the_broker_did_not_take_leaves_its_key_free(client, commands, worker):
+    worker.stocks["KB-001"] = StockState(sku="KB-001", on_hand=5)
+    url, key = "/v1/stock/KB-001/adjustments", {**ADMIN, "Idempotency-Key": "delivery-77"}
+    commands.broker_down = True
+    assert (await client.post(url, json={"delta": 3, "reason": "delivery"}, headers=key)).status == 503
+    commands.broker_down = False
+    assert (await client.post(url, json={"delta": 4, "reason": "delivery"}, headers=key)).status == 202
+    assert [m.delta for m in commands.sent] == [4]  # type: ignore[attr-defined]
+
+
+async def test_an_adjustment_sent_long_ago_and_never_counted_no_longer_holds_its_key(client, commands, worker):
+    """Refused (the stock went to orders meanwhile) or lost: after a while, the key takes another body."""
+    worker.stocks["KB-001"] = StockState(sku="KB-001", on_hand=5)
+    url, key = "/v1/stock/KB-001/adjustments", {**ADMIN, "Idempotency-Key": "delivery-77"}
+    assert (await client.post(url, json={"delta": 3, "reason": "delivery"}, headers=key)).status == 202
+    adjusting = client.app[ADJUSTING]
+    event_id = adjustment_id("KB-001", "delivery-77")
+    said, at = adjusting.recent[event_id]
+    adjusting.recent[event_id] = (said, at - ADJUSTMENT_IN_FLIGHT_S - 1)
+    assert (await client.post(url, json={"delta": 4, "reason": "delivery"}, headers=key)).status == 202
+    assert [m.delta for m in commands.sent] == [3, 4]  # type: ignore[attr-defined]
 
 
 async def test_an_adjustment_is_found_by_its_idempotency_key_once_the_stock_counts_it(client, commands, worker):

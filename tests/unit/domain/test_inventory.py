@@ -342,8 +342,8 @@ def test_a_stock_stored_before_the_memory_had_its_own_record_still_drops_the_adj
     state, _ = apply(shelf, adjust(1, event_id="new-1"))
     assert state.stock.recent_adjustments == ()
     assert state.adjustments is not None and state.adjustments.event_ids == ("old-1", "old-2")
-    for again in ("old-1", "old-2", "new-1"):
-        assert stock_decide(state, adjust(5, event_id=again)) == Decision(state=None)
+    for again, delta in (("old-1", 5), ("old-2", 5), ("new-1", 1)):
+        assert stock_decide(state, adjust(delta, event_id=again)) == Decision(state=None)
     assert state.stock.on_hand == 6
 
 
@@ -361,8 +361,18 @@ def test_what_each_remembered_adjustment_said_is_kept_with_it_and_forgotten_with
 
     state, _ = apply(state, *(adjust(1, event_id=f"adj-{n}") for n in range(ADJUSTMENT_MEMORY)))
     assert state.adjustments is not None
-    assert set(state.adjustments.bodies) == set(state.adjustments.event_ids)  # no body outlives its id
-    assert "adj-a" not in state.adjustments.bodies
+    assert len(state.adjustments.bodies) == len(state.adjustments.event_ids)  # no body outlives its id
+    assert "adj-a" not in state.adjustments.entries()
+    assert state.adjustments.entries()[f"adj-{ADJUSTMENT_MEMORY - 2}"] == adjustment_body(1, "delivery")
+
+
+def test_an_adjustment_id_applied_with_another_body_is_refused_not_applied_or_ignored():
+    """What slips past the API's 409 (a key reused while its first adjustment was in flight on another owner)."""
+    state, _ = apply(None, adjust(3, event_id="adj-a"), adjust(1, event_id="adj-b"))
+    for event_id in ("adj-b", "adj-a"):  # the latest, and one in the memory
+        other = stock_decide(state, make(AdjustStock, sku="A", delta=5, reason="delivery", event_id=event_id))
+        assert other.state is None and other.rejected is not None and "another delta or reason" in other.rejected
+    assert stock_decide(state, adjust(3, event_id="adj-a")) == Decision(state=None)  # a redelivery stays a no-op
 
 
 def test_an_adjustment_remembered_before_bodies_were_kept_counts_without_one():
