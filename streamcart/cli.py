@@ -202,7 +202,7 @@ def init() -> None:
     from streamcart.stack.admin import ensure_topics, stack_topics
 
     settings = _settings()
-    console.print(f"topics: created {len(ensure_topics(settings, stack_topics(settings)))}")
+    console.print(f"topics: {ensure_topics(settings, stack_topics(settings)).summary()}")
     console.print(f"schemas: {len(register_all(settings))} registered")
     for name, outcome in connectors.apply(settings).items():
         console.print(f"connector {name}: {outcome}")

@@ -12,6 +12,9 @@ from streamcart.settings import Settings
 
 DAY_MS = 24 * 60 * 60 * 1000
 
+#: Where a compacted topic's segment closes at the latest (see ``topic_specs``).
+COMPACTED_SEGMENT_BYTES = 64 * 2**20
+
 #: Every table a worker declares (tables/declarations.py); each has a compacted changelog topic.
 TABLE_NAMES = ("orders", "deadlines", "catalog", "stock", "payments", "shipments", "analytics")
 
@@ -67,8 +70,15 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     # Commands are inputs: kept a week. Events are the system of record: kept forever.
     commands = {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)}
     events = {"cleanup.policy": "delete", "retention.ms": "-1"}
-    # A window result is replaced by a later emission for the same window: keep the latest.
-    latest = {"cleanup.policy": "compact"}
+    # A window result is replaced by a later emission for the same window: keep the latest. Kafka compacts only
+    # closed segments, and a segment closes at 1 GiB or after 7 days by default: a changelog (an order is written
+    # some 8 times) would be read whole, every write of a week, by the recovery of a worker that did not stop
+    # cleanly. Closing them every few minutes (or 64 MiB) lets the cleaner keep about one record per key.
+    latest = {
+        "cleanup.policy": "compact",
+        "segment.ms": str(settings.compacted_segment_ms),
+        "segment.bytes": str(COMPACTED_SEGMENT_BYTES),
+    }
     dead_letters = {"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS)}
     return [
         TopicSpec(t.order_commands, n, "order_id", commands),

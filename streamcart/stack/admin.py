@@ -10,6 +10,8 @@ from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaExcep
 # confluent-kafka re-exports these without marking them public; mypy then refuses the plain import.
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
     ConfigResource,
     NewTopic,
     OffsetSpec,
@@ -41,9 +43,26 @@ def stack_topics(settings: Settings) -> list[TopicSpec]:
     return [*topic_specs(settings), *connect]
 
 
-def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> list[str]:
-    """Create the missing topics; return their names. An existing topic with another partition count fails:
-    keys would no longer land where the co-partitioned tables expect them."""
+@dataclass(frozen=True)
+class EnsuredTopics:
+    """What :func:`ensure_topics` changed: the topics it created, and those whose settings it set back."""
+
+    created: list[str]
+    reconfigured: list[str]
+
+    def summary(self) -> str:
+        if not self.created and not self.reconfigured:
+            return "all present"
+        parts = [f"created {len(self.created)} topics"] if self.created else []
+        if self.reconfigured:
+            parts.append(f"updated the settings of {len(self.reconfigured)}")
+        return ", ".join(parts)
+
+
+def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> EnsuredTopics:
+    """Create the missing topics, and give existing ones the settings their spec names (an older streamcart may
+    have created them otherwise). An existing topic with another partition count fails: keys would no longer land
+    where the co-partitioned tables expect them."""
     admin = admin_client(settings)
     wanted = {spec.name: spec for spec in specs}
     existing = admin.list_topics(timeout=TIMEOUT_S).topics
@@ -63,15 +82,38 @@ def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> list[str]:
         for name, spec in wanted.items()
         if name not in existing
     ]
-    if not missing:
-        return []
-    for name, future in admin.create_topics(missing, request_timeout=TIMEOUT_S).items():
+    for name, future in (admin.create_topics(missing, request_timeout=TIMEOUT_S) if missing else {}).items():
         try:
             future.result()
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise StackError(f"cannot create topic {name}: {exc.args[0].str()}") from exc
-    return [topic.topic for topic in missing]
+    reconfigured = _set_back(admin, [spec for name, spec in wanted.items() if name in existing and spec.config])
+    return EnsuredTopics(created=[topic.topic for topic in missing], reconfigured=reconfigured)
+
+
+def _set_back(admin: AdminClient, specs: list[TopicSpec]) -> list[str]:
+    """Set each topic's settings that differ from its spec (only those: the others stay as they are)."""
+    if not specs:
+        return []
+    described = admin.describe_configs([ConfigResource(ResourceType.TOPIC, s.name) for s in specs],
+                                       request_timeout=TIMEOUT_S)
+    now = {resource.name: future.result() for resource, future in described.items()}
+    changes = []
+    for spec in specs:
+        differ = {key: value for key, value in spec.config.items()
+                  if (entry := now[spec.name].get(key)) is None or entry.value != value}
+        if differ:
+            changes.append(ConfigResource(ResourceType.TOPIC, spec.name, incremental_configs=[
+                ConfigEntry(key, value, incremental_operation=AlterConfigOpType.SET) for key, value in differ.items()
+            ]))
+    for resource, future in (admin.incremental_alter_configs(changes, request_timeout=TIMEOUT_S)
+                             if changes else {}).items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            raise StackError(f"cannot set the settings of topic {resource.name}: {exc.args[0].str()}") from exc
+    return sorted(resource.name for resource in changes)
 
 
 @dataclass(frozen=True)

@@ -418,8 +418,7 @@ class Stack:
             self._timed(timings, "topics", self._create_topics)
 
     def _create_topics(self) -> str:
-        created = ensure_topics(self.settings, stack_topics(self.settings))
-        return f"created {len(created)} topics" if created else "all present"
+        return ensure_topics(self.settings, stack_topics(self.settings)).summary()
 
     def _apply_connectors(self) -> str:
         """Register the warehouse sinks with Connect (unchanged ones are left alone)."""

@@ -27,3 +27,5 @@ def test_the_stack_creates_every_tables_changelog_with_the_saga_partition_count(
     for table in app.tables.values():
         spec = specs[table.changelog_topic.get_topic_name()]
         assert (spec.partitions, spec.config["cleanup.policy"]) == (4, "compact")
+        # Compacted for real: a segment closes (and becomes compactable) within minutes, not Kafka's 7 days.
+        assert (spec.config["segment.ms"], spec.config["segment.bytes"]) == (str(600_000), str(64 * 2**20))

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import time
 
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    ResourceType,
+)
+
 from streamcart.settings import Settings
 from streamcart.stack import Stack
-from streamcart.stack.admin import describe_topics
-from streamcart.topics import topic_specs
+from streamcart.stack.admin import describe_topics, ensure_topics, stack_topics
+from streamcart.stack.probes import admin_client
+from streamcart.topics import DAY_MS, changelog_topic, topic_specs
 
 
 def test_every_process_runs_healthy_with_its_memory_and_uptime(stack: Stack, settings: Settings) -> None:
@@ -50,3 +58,26 @@ def test_the_topics_exist_with_their_partition_counts_and_cleanup_policies(stack
     for spec in topic_specs(settings):
         assert on_broker[spec.name].partitions == spec.partitions
         assert on_broker[spec.name].cleanup_policy == spec.config["cleanup.policy"]
+    assert topic_settings(settings, changelog_topic(settings.app_id, "orders"), "segment.ms") == \
+        str(settings.compacted_segment_ms)
+
+
+def topic_settings(settings: Settings, topic: str, key: str) -> str:
+    admin = admin_client(settings)  # alive until the answer is in
+    resource = ConfigResource(ResourceType.TOPIC, topic)
+    return str(admin.describe_configs([resource])[resource].result()[key].value)
+
+
+def test_a_topic_an_older_streamcart_created_otherwise_gets_its_settings_back(stack: Stack, settings: Settings) -> None:
+    """Say a changelog compacted only once a week (Kafka's default segment time): `up` and `init` set it right."""
+    changelog = changelog_topic(settings.app_id, "stock")
+    admin = admin_client(settings)
+    resource = ConfigResource(ResourceType.TOPIC, changelog, incremental_configs=[
+        ConfigEntry("segment.ms", str(7 * DAY_MS), incremental_operation=AlterConfigOpType.SET)])
+    admin.incremental_alter_configs([resource])[resource].result()
+    assert topic_settings(settings, changelog, "segment.ms") == str(7 * DAY_MS)
+
+    ensured = ensure_topics(settings, stack_topics(settings))
+    assert (ensured.created, ensured.reconfigured) == ([], [changelog])
+    assert topic_settings(settings, changelog, "segment.ms") == str(settings.compacted_segment_ms)
+    assert ensure_topics(settings, stack_topics(settings)).summary() == "all present"  # nothing else differed
