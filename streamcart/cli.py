@@ -195,8 +195,9 @@ def topics(
 
 @app.command()
 def init() -> None:
-    """Prepare services that already run (docker-compose's and Helm's one-shot init): create the topics, register
-    the schemas, apply the warehouse sinks. Running it again changes nothing."""
+    """Prepare services that already run (docker-compose's and Helm's one-shot init): create the topics (and give
+    existing ones the settings they lack), register the schemas, apply the warehouse sinks. Running it again
+    changes nothing."""
     from schemas.registry import register_all
     from streamcart import connectors
     from streamcart.stack.admin import ensure_topics, stack_topics

@@ -73,11 +73,16 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     # A window result is replaced by a later emission for the same window: keep the latest. Kafka compacts only
     # closed segments, and a segment closes at 1 GiB or after 7 days by default: a changelog (an order is written
     # some 8 times) would be read whole, every write of a week, by the recovery of a worker that did not stop
-    # cleanly. Closing them every few minutes (or 64 MiB) lets the cleaner keep about one record per key.
+    # cleanly. Closing them every few minutes (or 64 MiB) lets the cleaner keep about one record per key. A record
+    # stays at least as long again before it may be compacted away (a standby, a sink or a reader a little behind
+    # still sees every version), and a deletion's tombstone a week (a worker stopped cleanly for less than that
+    # still learns of every key deleted meanwhile when it resumes from its own store).
     latest = {
         "cleanup.policy": "compact",
         "segment.ms": str(settings.compacted_segment_ms),
         "segment.bytes": str(COMPACTED_SEGMENT_BYTES),
+        "min.compaction.lag.ms": str(settings.compacted_segment_ms),
+        "delete.retention.ms": str(7 * DAY_MS),
     }
     dead_letters = {"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS)}
     return [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
 
@@ -13,6 +14,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AlterConfigOpType,
     ConfigEntry,
     ConfigResource,
+    ConfigSource,
     NewTopic,
     OffsetSpec,
     ResourceType,
@@ -45,7 +47,7 @@ def stack_topics(settings: Settings) -> list[TopicSpec]:
 
 @dataclass(frozen=True)
 class EnsuredTopics:
-    """What :func:`ensure_topics` changed: the topics it created, and those whose settings it set back."""
+    """What :func:`ensure_topics` changed: the topics it created, and those it gave settings they lacked."""
 
     created: list[str]
     reconfigured: list[str]
@@ -60,9 +62,9 @@ class EnsuredTopics:
 
 
 def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> EnsuredTopics:
-    """Create the missing topics, and give existing ones the settings their spec names (an older streamcart may
-    have created them otherwise). An existing topic with another partition count fails: keys would no longer land
-    where the co-partitioned tables expect them."""
+    """Create the missing topics, and give existing ones the settings their spec names that they do not set
+    themselves (an older streamcart created them without). An existing topic with another partition count fails:
+    keys would no longer land where the co-partitioned tables expect them."""
     admin = admin_client(settings)
     wanted = {spec.name: spec for spec in specs}
     existing = admin.list_topics(timeout=TIMEOUT_S).topics
@@ -93,27 +95,35 @@ def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> EnsuredTopi
 
 
 def _set_back(admin: AdminClient, specs: list[TopicSpec]) -> list[str]:
-    """Set each topic's settings that differ from its spec (only those: the others stay as they are)."""
+    """Give each topic the settings of its spec that it does not set itself (an older streamcart created it without
+    them). A setting the topic does set stays as it is, even when it differs: an operator may have changed it on
+    purpose (a longer retention), and setting it back could delete what they meant to keep."""
     if not specs:
         return []
     described = admin.describe_configs([ConfigResource(ResourceType.TOPIC, s.name) for s in specs],
                                        request_timeout=TIMEOUT_S)
-    now = {resource.name: future.result() for resource, future in described.items()}
+    now = {resource.name: _result(future, f"cannot read the settings of topic {resource.name}")
+           for resource, future in described.items()}
     changes = []
     for spec in specs:
-        differ = {key: value for key, value in spec.config.items()
-                  if (entry := now[spec.name].get(key)) is None or entry.value != value}
-        if differ:
+        unset = {key: value for key, value in spec.config.items()
+                 if (entry := now[spec.name].get(key)) is None
+                 or (entry.source != ConfigSource.DYNAMIC_TOPIC_CONFIG.value and entry.value != value)}
+        if unset:
             changes.append(ConfigResource(ResourceType.TOPIC, spec.name, incremental_configs=[
-                ConfigEntry(key, value, incremental_operation=AlterConfigOpType.SET) for key, value in differ.items()
+                ConfigEntry(key, value, incremental_operation=AlterConfigOpType.SET) for key, value in unset.items()
             ]))
-    for resource, future in (admin.incremental_alter_configs(changes, request_timeout=TIMEOUT_S)
-                             if changes else {}).items():
-        try:
-            future.result()
-        except KafkaException as exc:
-            raise StackError(f"cannot set the settings of topic {resource.name}: {exc.args[0].str()}") from exc
+    altered = admin.incremental_alter_configs(changes, request_timeout=TIMEOUT_S) if changes else {}
+    for resource, future in altered.items():
+        _result(future, f"cannot set the settings of topic {resource.name}")
     return sorted(resource.name for resource in changes)
+
+
+def _result(future: Any, failure: str) -> Any:
+    try:
+        return future.result()
+    except KafkaException as exc:
+        raise StackError(f"{failure}: {exc.args[0].str()}") from exc
 
 
 @dataclass(frozen=True)

@@ -28,4 +28,5 @@ def test_the_stack_creates_every_tables_changelog_with_the_saga_partition_count(
         spec = specs[table.changelog_topic.get_topic_name()]
         assert (spec.partitions, spec.config["cleanup.policy"]) == (4, "compact")
         # Compacted for real: a segment closes (and becomes compactable) within minutes, not Kafka's 7 days.
-        assert (spec.config["segment.ms"], spec.config["segment.bytes"]) == (str(600_000), str(64 * 2**20))
+        assert (spec.config["segment.ms"], spec.config["segment.bytes"]) == (
+            str(settings.compacted_segment_ms), str(64 * 2**20))

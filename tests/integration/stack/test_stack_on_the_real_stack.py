@@ -15,7 +15,8 @@ from streamcart.settings import Settings
 from streamcart.stack import Stack
 from streamcart.stack.admin import describe_topics, ensure_topics, stack_topics
 from streamcart.stack.probes import admin_client
-from streamcart.topics import DAY_MS, changelog_topic, topic_specs
+from streamcart.topics import DAY_MS, Topics, changelog_topic, topic_specs
+from tests.integration.support import poll
 
 
 def test_every_process_runs_healthy_with_its_memory_and_uptime(stack: Stack, settings: Settings) -> None:
@@ -68,16 +69,32 @@ def topic_settings(settings: Settings, topic: str, key: str) -> str:
     return str(admin.describe_configs([resource])[resource].result()[key].value)
 
 
-def test_a_topic_an_older_streamcart_created_otherwise_gets_its_settings_back(stack: Stack, settings: Settings) -> None:
-    """Say a changelog compacted only once a week (Kafka's default segment time): `up` and `init` set it right."""
-    changelog = changelog_topic(settings.app_id, "stock")
+def alter(settings: Settings, topic: str, key: str, value: str | None) -> None:
+    """Set ``key`` of ``topic`` (``None``: delete it, as a topic created without it), and wait until it reads back."""
     admin = admin_client(settings)
-    resource = ConfigResource(ResourceType.TOPIC, changelog, incremental_configs=[
-        ConfigEntry("segment.ms", str(7 * DAY_MS), incremental_operation=AlterConfigOpType.SET)])
+    operation = AlterConfigOpType.DELETE if value is None else AlterConfigOpType.SET
+    resource = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[
+        ConfigEntry(key, value, incremental_operation=operation)])
     admin.incremental_alter_configs([resource])[resource].result()
-    assert topic_settings(settings, changelog, "segment.ms") == str(7 * DAY_MS)
+    poll(lambda: value is None or topic_settings(settings, topic, key) == value, timeout_s=10, what=f"{topic} {key}")
+
+
+def test_a_topic_an_older_streamcart_created_gets_the_settings_it_lacks_and_keeps_its_own(
+    stack: Stack, settings: Settings
+) -> None:
+    """A changelog created without a segment time (Kafka's 7 days) gets the spec's from `up` and `init`; a setting
+    an operator changed (a longer retention of commands) stays theirs."""
+    changelog = changelog_topic(settings.app_id, "stock")
+    commands = Topics.from_settings(settings).order_commands
+    alter(settings, changelog, "segment.ms", None)
+    poll(lambda: topic_settings(settings, changelog, "segment.ms") == str(7 * DAY_MS), timeout_s=10,
+         what="the broker's default segment time")
+    alter(settings, commands, "retention.ms", str(30 * DAY_MS))
 
     ensured = ensure_topics(settings, stack_topics(settings))
     assert (ensured.created, ensured.reconfigured) == ([], [changelog])
-    assert topic_settings(settings, changelog, "segment.ms") == str(settings.compacted_segment_ms)
-    assert ensure_topics(settings, stack_topics(settings)).summary() == "all present"  # nothing else differed
+    poll(lambda: topic_settings(settings, changelog, "segment.ms") == str(settings.compacted_segment_ms),
+         timeout_s=10, what="the spec's segment time")
+    assert topic_settings(settings, commands, "retention.ms") == str(30 * DAY_MS)
+    assert ensure_topics(settings, stack_topics(settings)).summary() == "all present"  # nothing else lacked
+    alter(settings, commands, "retention.ms", str(7 * DAY_MS))  # as the spec has it, for the tests after this one
