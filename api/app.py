@@ -59,7 +59,7 @@ from api.models import (
     WaitQuery,
 )
 from api.routing import PEER_PROOF, PeerProof, forward, request_target
-from api.spec import Route, docs_page, openapi
+from api.spec import IDEMPOTENCY_KEY_MAX, IDEMPOTENCY_KEY_PATTERN, Route, docs_page, openapi
 from schemas.messages import AdjustStock, CancelOrder, OrderLine, PlaceOrder, UpdateShipment, UpsertProduct
 from streamcart.commands import envelope
 from streamcart.domain import inventory
@@ -360,14 +360,14 @@ def _digest(body: PlaceOrderIn) -> str:
 
 
 def _valid_key(key: str) -> bool:
-    """An idempotency key: 1-200 characters of ``[A-Za-z0-9._:-]``."""
-    return len(key) <= 200 and _IDENTIFIER_KEY.fullmatch(key) is not None
+    """An idempotency key: 1-200 characters of ``[A-Za-z0-9._:-]``, not all dots (``api.spec``)."""
+    return len(key) <= IDEMPOTENCY_KEY_MAX and _IDEMPOTENCY_KEY.fullmatch(key) is not None
 
 
 def _idempotency_key(request: web.Request) -> str | None:
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is not None and not _valid_key(key):
-        raise Invalid(f"{IDEMPOTENCY_HEADER} must be 1-200 characters of [A-Za-z0-9._:-]")
+        raise Invalid(f"{IDEMPOTENCY_HEADER} must be 1-200 characters of [A-Za-z0-9._:-], not all dots")
     return key
 
 
@@ -409,7 +409,7 @@ async def place_order(request: web.Request) -> web.Response:
         return _accepted(order_id, OrderStatus.PENDING)
 
 
-_IDENTIFIER_KEY = re.compile(r"[A-Za-z0-9._:-]+")
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 
 
 def _same_or_conflict(order_id: str, placed_event_id: str, event_id: str, status: str) -> web.Response:

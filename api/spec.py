@@ -43,8 +43,12 @@ class Route:
 
 
 _PATH_PARAM = re.compile(r"{([^}]+)}")
+#: An ``Idempotency-Key``: up to 200 characters of ``[A-Za-z0-9._:-]``, not all dots (a key names a resource in a
+#: URL, ``/v1/stock/{sku}/adjustments/{key}``, where ``.`` and ``..`` are not a name).
+IDEMPOTENCY_KEY_PATTERN = r"^[A-Za-z0-9._:-]*[A-Za-z0-9_:-][A-Za-z0-9._:-]*$"
+IDEMPOTENCY_KEY_MAX = 200
 #: Path parameters that are not ids: an idempotency key is what the ``Idempotency-Key`` header may be.
-_PATH_PATTERNS = {"key": r"^[A-Za-z0-9._:-]{1,200}$"}
+_PATH_SCHEMAS = {"key": {"type": "string", "maxLength": IDEMPOTENCY_KEY_MAX, "pattern": IDEMPOTENCY_KEY_PATTERN}}
 
 ERROR_TEXT = {
     400: "malformed request", 401: "missing, malformed or invalid token", 403: "the token's role may not do this",
@@ -71,7 +75,7 @@ def openapi(routes: Sequence[Route], *, title: str, version: str) -> dict[str, A
             continue
         parameters: list[dict[str, Any]] = [
             {"name": name, "in": "path", "required": True,
-             "schema": {"type": "string", "pattern": _PATH_PATTERNS.get(name, IDENTIFIER_PATTERN)}}
+             "schema": _PATH_SCHEMAS.get(name, {"type": "string", "pattern": IDENTIFIER_PATTERN})}
             for name in _PATH_PARAM.findall(route.path)
         ]
         if route.query is not None:
@@ -81,8 +85,8 @@ def openapi(routes: Sequence[Route], *, title: str, version: str) -> dict[str, A
                                    "schema": prop})
         for name, description in route.headers:
             parameters.append({"name": name, "in": "header", "required": False, "description": description,
-                               "schema": {"type": "string", "minLength": 1, "maxLength": 200,
-                                          "pattern": r"^[A-Za-z0-9._:-]+$"}})
+                               "schema": {"type": "string", "maxLength": IDEMPOTENCY_KEY_MAX,
+                                          "pattern": IDEMPOTENCY_KEY_PATTERN}})
         responses: dict[str, Any] = {}
         for status, model in route.responses.items():
             content = {route.content_type: {"schema": ref(model)}} if model is not None else \

@@ -330,6 +330,28 @@ async def test_a_stock_adjustment_with_an_idempotency_key_is_one_adjustment_howe
     assert bad.status == 422 and len(commands.sent) == 4
 
 
+@pytest.mark.parametrize("key", [".", "..", "....", "x" * 201, "a b"])
+async def test_an_idempotency_key_that_could_not_name_its_resource_in_a_url_is_a_422(client, commands, worker, key):
+    """``GET /v1/stock/{sku}/adjustments/{key}`` reads an adjustment back by its key: ``.`` and ``..`` are not a
+    path segment's name there (URLs normalise them away), so no request may use one."""
+    worker.stocks["KB-001"] = StockState(sku="KB-001", on_hand=5)
+    adjustment = await client.post("/v1/stock/KB-001/adjustments", json={"delta": 1, "reason": "count"},
+                                   headers={**ADMIN, "Idempotency-Key": key})
+    order = await client.post("/v1/orders", json=ORDER, headers={**CUSTOMER, "Idempotency-Key": key})
+    assert (adjustment.status, order.status) == (422, 422)
+    assert "not all dots" in (await adjustment.json())["error"]["message"]
+    assert commands.sent == []
+
+
+async def test_a_key_with_dots_and_something_else_is_fine(client, commands, worker):
+    worker.stocks["KB-001"] = StockState(sku="KB-001", on_hand=5)
+    for key in ("a.", "..a", "delivery.2026-12-01", "x" * 200):
+        response = await client.post("/v1/stock/KB-001/adjustments", json={"delta": 1, "reason": "count"},
+                                     headers={**ADMIN, "Idempotency-Key": key})
+        assert response.status == 202, key
+    assert len(commands.sent) == 4
+
+
 async def test_an_idempotency_key_used_for_another_adjustment_is_a_409_in_flight_and_once_applied(
     aiohttp_client, client, commands, worker
 ):
