@@ -112,6 +112,11 @@ class AdjustmentMemory(_Model):
     def knows(self, event_id: str) -> bool:
         return event_id in self.event_ids
 
+    def body_of(self, event_id: str) -> str | None:
+        """What the remembered adjustment ``event_id`` said (``None``: not kept)."""
+        aligned = len(self.bodies) == len(self.event_ids)
+        return self.bodies[self.event_ids.index(event_id)] if aligned else None
+
     def entries(self) -> dict[str, str | None]:
         """Each remembered event id and what it said (``None``: not kept), oldest first."""
         bodies = self.bodies if len(self.bodies) == len(self.event_ids) else (None,) * len(self.event_ids)
@@ -308,14 +313,6 @@ def effects_of(res: Reservation, cause_id: str) -> tuple[Message, ...]:
     return tuple(out)
 
 
-def counts_adjustment(stock: StockState | None, memory: AdjustmentMemory | None, event_id: str) -> bool:
-    """Whether ``stock`` has applied the adjustment ``event_id`` (one of its last :data:`ADJUSTMENT_MEMORY`)."""
-    return stock is not None and (
-        stock.last_adjustment == event_id or event_id in stock.recent_adjustments
-        or (memory is not None and memory.knows(event_id))
-    )
-
-
 @dataclass(frozen=True, slots=True)
 class AppliedAdjustment:
     """An adjustment the SKU's stock counts, and what it said (:func:`adjustment_body`; ``None`` when it was stored
@@ -328,12 +325,15 @@ def applied_adjustment(
     stock: StockState | None, memory: AdjustmentMemory | None, event_id: str
 ) -> AppliedAdjustment | None:
     """The adjustment ``event_id`` if ``stock`` counts it (one of its last :data:`ADJUSTMENT_MEMORY`), else ``None``."""
-    if not counts_adjustment(stock, memory, event_id):
+    if stock is None:
         return None
-    assert stock is not None
     if stock.last_adjustment == event_id:
         return AppliedAdjustment(stock.last_adjustment_body)
-    return AppliedAdjustment(None if memory is None else memory.entries().get(event_id))
+    if event_id in stock.recent_adjustments:
+        return AppliedAdjustment(None)
+    if memory is not None and memory.knows(event_id):
+        return AppliedAdjustment(memory.body_of(event_id))
+    return None
 
 
 def _adjust(stock: StockState, memory: AdjustmentMemory, cmd: AdjustStock) -> Decision[StockChange]:

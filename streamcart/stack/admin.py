@@ -90,11 +90,12 @@ def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> EnsuredTopi
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise StackError(f"cannot create topic {name}: {exc.args[0].str()}") from exc
-    reconfigured = _set_back(admin, [spec for name, spec in wanted.items() if name in existing and spec.config])
+    present = [spec for name, spec in wanted.items() if name in existing and spec.config]
+    reconfigured = _add_missing_settings(admin, present)
     return EnsuredTopics(created=[topic.topic for topic in missing], reconfigured=reconfigured)
 
 
-def _set_back(admin: AdminClient, specs: list[TopicSpec]) -> list[str]:
+def _add_missing_settings(admin: AdminClient, specs: list[TopicSpec]) -> list[str]:
     """Give each topic the settings of its spec that it does not set itself (an older streamcart created it without
     them). A setting the topic does set stays as it is, even when it differs: an operator may have changed it on
     purpose (a longer retention), and setting it back could delete what they meant to keep."""
