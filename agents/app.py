@@ -8,7 +8,7 @@ from typing import Any
 
 import faust
 
-from agents import analytics, inventory, notifications, orders, payments, shipping, timeouts
+from agents import analytics, inventory, notifications, orders, payments, retention, shipping, timeouts
 from agents.runtime import Runtime, Sink
 from agents.transport import Event, FlowControl, InProgress, Stream, Table, Transport
 from schemas.codec import Codec
@@ -16,7 +16,7 @@ from streamcart.partitioning import CachingPartitioner
 from streamcart.settings import Settings
 from tables import declare_tables
 
-FLOWS = (orders, inventory, payments, shipping, notifications, timeouts, analytics)
+FLOWS = (orders, inventory, payments, shipping, notifications, timeouts, retention, analytics)
 
 
 class App(faust.App):
@@ -90,7 +90,8 @@ def build_runtime(
     for flow in FLOWS:
         if flow is analytics and not settings.analytics:
             continue
-        runtime.agents[flow.__name__.rsplit(".", 1)[-1]] = flow.register(runtime)
+        if (declared := flow.register(runtime)) is not None:  # retention declares nothing when it is off
+            runtime.agents[flow.__name__.rsplit(".", 1)[-1]] = declared
     return runtime
 
 

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from agents.runtime import FlowError, Runtime, consume, refused
-from schemas.messages import AdjustStock, InventoryCommand, Message, UpsertProduct
+from schemas.messages import AdjustStock, ForgetReservation, InventoryCommand, Message, UpsertProduct
 from streamcart.domain import catalog, inventory
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,9 @@ def register(runtime: Runtime) -> Any:
             raise FlowError(f"{type(message).__name__} on an inventory topic")
         if not inventory.keyable(message.sku):
             raise FlowError(f"SKU {message.sku!r} cannot key the stock table (no '/' or '#')")
+        if isinstance(message, ForgetReservation):
+            forget(message)
+            return
         change, writes = inventory.records(
             tables.stock.get(message.sku), tables.reservations.get, message, product=tables.catalog.get(message.sku),
             remembered=tables.adjustments.get,
@@ -48,6 +51,16 @@ def register(runtime: Runtime) -> Any:
                 case _:
                     raise FlowError(f"no table for a {type(record).__name__} record")
         await runtime.emit(change.messages, cause=event)
+
+    def forget(message: ForgetReservation) -> None:
+        key = inventory.reservation_key(message.sku, message.order_id)
+        forgotten = inventory.forget(tables.stock.get(message.sku), tables.reservations.get(key), message)
+        if refused(forgotten.refused, message):
+            return
+        if forgotten.stock is not None:
+            tables.stock.put(message.sku, forgotten.stock)
+        if forgotten.delete:
+            tables.reservations.delete(key)
 
     async def inventory_agent(stream: Any) -> None:
         await consume(runtime, stream, handle, flow="inventory")

@@ -2,7 +2,8 @@
 
 It consumes the order commands and every event the saga's other flows send back about an order (all keyed by
 order_id and co-partitioned with the orders table), and keeps the ``deadlines`` table of still-pending orders
-that the timer scans.
+and the ``retention`` index of settled ones that the timers scan. A ForgetOrder from the retention timer forgets
+a settled order with everything kept about it in its partition (:mod:`streamcart.domain.retention`).
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from typing import Any
 
 from agents import warehouse
 from agents.runtime import FlowError, Runtime, consume, record_time_ms, refused
-from schemas.messages import Message
-from streamcart.domain import orders
+from schemas.messages import ForgetOrder, Message
+from streamcart.domain import orders, retention
 from streamcart.domain.order_state import OrderState, OrderStatus
 
 log = logging.getLogger(__name__)
@@ -25,10 +26,33 @@ REFUSALS = {orders.CANNOT_CANCEL_AFTER_DISPATCH}
 def register(runtime: Runtime) -> Any:
     """Declare the orders agent on the runtime's app."""
     saga_timeout_ms = int(runtime.settings.saga_timeout_s * 1000)
+    retention_ms = int(runtime.settings.order_retention_s * 1000)
     tables = runtime.tables
     t = runtime.topics
 
+    async def forget(command: ForgetOrder, event: Any) -> None:
+        order_id = command.order_id
+        order = tables.orders.get(order_id)
+        forgetting = retention.forget(order, command, retention_ms)
+        if forgetting is None:
+            if order is not None:  # kept: indexed under its time now (a later step, another retention setting)
+                tables.retention.track(order_id, command.forget_at, retention.forget_at(order, retention_ms))
+            return
+        await runtime.emit(forgetting.messages, cause=event)
+        # The order goes last: a crash before it replays the command, which finds the order and does it all again.
+        partition = int(event.message.partition)
+        for event_id in forgetting.counted_event_ids:
+            tables.analytics.forget_seen(partition, event_id)
+        tables.payments.delete(order_id)
+        tables.shipments.delete(order_id)
+        tables.retention.track(order_id, command.forget_at, None)
+        tables.orders.delete(order_id)
+        runtime.telemetry.order_forgotten()
+
     async def handle(message: Message, event: Any) -> None:
+        if isinstance(message, ForgetOrder):
+            await forget(message, event)
+            return
         # First the warehouse's fact row of a payment, shipping or stock event, whatever the order makes of it.
         await warehouse.send_event_rows(runtime, message, event)
         order_id = getattr(message, "order_id", None)
@@ -48,6 +72,8 @@ def register(runtime: Runtime) -> Any:
             # The deadline index follows the order (it writes only when it differs): after a crash between the
             # two writes, the message is processed again and this puts the index right.
             tables.deadlines.track(order_id, order.deadline if order.status == OrderStatus.PENDING else None)
+            tables.retention.track(order_id, None if stored is None else retention.forget_at(stored, retention_ms),
+                                   retention.forget_at(order, retention_ms))
             # The warehouse rows follow the stored order; a message that changed nothing sends them all again.
             changed_from = stored if decision.state is not None else None
             await warehouse.send_order_rows(runtime, changed_from, order, cause=event)

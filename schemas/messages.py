@@ -121,6 +121,13 @@ class ExpireOrder(OrderCommand):
     deadline: int
 
 
+class ForgetOrder(OrderCommand):
+    """Internal: a settled order's retention has run out (``forget_at``). Emitted by timers; the orders flow
+    forgets the order, its payment and shipment, and asks inventory to forget its reservations."""
+
+    forget_at: int
+
+
 # --- commands.catalog (key sku) -----------------------------------------------------------------------------
 
 class UpsertProduct(Message):
@@ -171,6 +178,12 @@ class CommitStock(InventoryCommand):
 
 class RestockItems(InventoryCommand):
     """Internal: what an order bought goes back on hand (refund before dispatch)."""
+
+    order_id: str
+
+
+class ForgetReservation(InventoryCommand):
+    """Internal: the order is forgotten (its retention ran out): drop its settled reservation of ``sku``."""
 
     order_id: str
 

@@ -82,6 +82,11 @@ class Settings(BaseSettings):
     # The saga.
     saga_timeout_s: float = 30.0
     timer_interval_s: float = 1.0
+    #: How long the workers' tables keep an order after its last step once it is settled for good (CANCELLED or
+    #: DELIVERED, nothing in flight): then the order, its payment, shipment, reservations and analytics marks are
+    #: forgotten (the warehouse keeps them). 0 keeps every order for ever. At least ``idempotency_ttl_s``: a key
+    #: must find its order for as long as it names it.
+    order_retention_s: float = Field(7 * 24 * 3600.0, ge=0)
 
     # Analytics (event time): how long after a window's end its events are still counted, and how long (in event
     # time) closed windows stay queryable.
@@ -171,6 +176,16 @@ class Settings(BaseSettings):
                         f"STREAMCART_API_PORT to a free range, e.g. STREAMCART_API_PORT=8180, move "
                         f"STREAMCART_{name.upper()}, or run fewer workers"
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _orders_outlive_their_keys(self) -> Settings:
+        if 0 < self.order_retention_s < self.idempotency_ttl_s:
+            raise ValueError(
+                f"STREAMCART_ORDER_RETENTION_S={self.order_retention_s:g} is shorter than STREAMCART_IDEMPOTENCY_TTL_S="
+                f"{self.idempotency_ttl_s:g}: an Idempotency-Key would outlive its order and place it again; keep "
+                f"orders at least as long (or 0: for ever)"
+            )
         return self
 
     def exposed_with_development_secret(self) -> bool:

@@ -39,6 +39,9 @@ SAGA_LATENCY = Histogram(
 )
 ORDERS_PLACED = Counter("streamcart_orders_placed", "Orders accepted by the orders flow")
 ORDERS_BY_OUTCOME = Counter("streamcart_orders_outcome", "Orders reaching an outcome", ["outcome", "reason"])
+ORDERS_FORGOTTEN = Counter(
+    "streamcart_orders_forgotten", "Settled orders forgotten by the tables once their retention ran out"
+)
 GATEWAY_CALLS = Histogram(
     "streamcart_gateway_call_seconds", "Payment gateway HTTP calls (one attempt each)", ["operation", "result"],
     buckets=LATENCY_BUCKETS,
@@ -127,6 +130,9 @@ class Telemetry:
             if since_placed is not None and since_placed >= 0:
                 SAGA_LATENCY.labels(status).observe(since_placed)
                 self.latencies.append((now, since_placed))
+
+    def order_forgotten(self) -> None:
+        ORDERS_FORGOTTEN.inc()
 
     def analytics_folded(self, folded: Any) -> None:
         for metric in folded.late:

@@ -6,7 +6,7 @@ while its store also holds standby copies of others:
 
 - ``p3`` -> :class:`PartitionWindows`: the open windows, the watermark, the late counts;
 - ``p3/seen/{event_id}`` -> the windows it closed: the events already folded (a duplicate changes nothing but
-  sends those results again); kept like the orders table keeps every order (no retention yet);
+  sends those results again); forgotten with their order (:mod:`streamcart.domain.retention`);
 - ``p3/closed/{window id}`` -> :class:`ClosedWindow`: a final result, kept for queries for the retention;
 - ``p3/index`` -> the ids of the closed windows kept, oldest first (what retention deletes).
 """
@@ -44,6 +44,11 @@ class AnalyticsTable:
 
     def mark_seen(self, partition: int, event_id: str, closed: tuple[str, ...]) -> None:
         self.table[f"p{partition}/seen/{event_id}"] = json.dumps(list(closed)).encode()
+
+    def forget_seen(self, partition: int, event_id: str) -> None:
+        key = f"p{partition}/seen/{event_id}"
+        if stored(self.table, key) is not None:
+            del self.table[key]
 
     def closed_ids(self, partition: int) -> list[str]:
         raw = stored(self.table, f"p{partition}/index")

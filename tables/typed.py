@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from typing import Any, Generic, TypeVar
 
 from faust.serializers import codecs
@@ -81,6 +82,12 @@ class ModelTable(Generic[M]):
         self.table[key] = raw
         self._remember(key, raw, value)
 
+    def delete(self, key: str) -> None:
+        """Forget ``key`` (a tombstone in the changelog); nothing happens if it is not there."""
+        self._decoded.pop(key, None)
+        if stored(self.table, key) is not None:
+            del self.table[key]
+
     def _remember(self, key: str, raw: bytes, value: M) -> None:
         decoded = self._decoded
         decoded.pop(key, None)  # re-inserted last: the oldest entry is the first to go
@@ -111,3 +118,65 @@ class DeadlineTable:
 
     def items(self) -> list[tuple[str, int]]:
         return [(str(k), int(v)) for k, v in self.table.items()]
+
+
+class RetentionIndex:
+    """The settled orders by when they may be forgotten (:mod:`streamcart.domain.retention`): what a timer tick
+    reads, oldest first, stopping at the first one not due yet.
+
+    Keys are ``{forget_at:013d}/{order_id}``, so they sort by time in each partition's store, and the value is the
+    order id. Each key is written while a message of its order is processed, in the order's partition.
+    """
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+        #: Per partition, the key a scan starts from: the first due key the last scan found, nothing before it then.
+        #: A key added since is due later than that scan's time (its last step plus the retention, far beyond any
+        #: backlog), so none is missed; and RocksDB does not step over every deleted key at the start of the range
+        #: again on each tick until it compacts them away.
+        self._floor: dict[int, str] = {}
+
+    @staticmethod
+    def key(order_id: str, at: int) -> str:
+        return f"{at:013d}/{order_id}"
+
+    def track(self, order_id: str, before: int | None, after: int | None) -> None:
+        """Move ``order_id`` from its time ``before`` to ``after`` (``None``: not in the index); writes only what
+        differs from the store, so a redelivery heals a crash between the order's write and this one."""
+        if before is not None and before != after:
+            old = self.key(order_id, before)
+            if stored(self.table, old) is not None:
+                del self.table[old]
+        if after is not None:
+            new = self.key(order_id, after)
+            if stored(self.table, new) is None:
+                self.table[new] = order_id.encode()
+
+    def due(
+        self, partitions: Collection[int], now_ms: int, *, limit: int, partition_of: Callable[[str], int]
+    ) -> list[tuple[str, int]]:
+        """Up to ``limit`` ``(order_id, forget_at)`` of ``partitions`` due at ``now_ms``, oldest first in each."""
+        for partition in [p for p in self._floor if p not in partitions]:
+            del self._floor[partition]  # given away: scanned from its start if it comes back
+        found: list[tuple[str, int]] = []
+        for partition in sorted(partitions):
+            first = True
+            for key in self._keys_from(partition, self._floor.get(partition, ""), partition_of):
+                at, _, order_id = key.partition("/")
+                # Past the last entry (faust keeps its own offset key in each partition's store, after the digits).
+                if not at.isdigit() or int(at) > now_ms or len(found) >= limit:
+                    break
+                if first:  # nothing before it now, and a key added later is not due yet at this tick
+                    self._floor[partition] = key
+                    first = False
+                found.append((order_id, int(at)))
+        return found
+
+    def _keys_from(self, partition: int, start: str, partition_of: Callable[[str], int]) -> Any:
+        store = self.table.data
+        open_partition = getattr(store, "_db_for_partition", None)
+        if open_partition is not None:  # RocksDB: one database per partition, its keys in byte order
+            for raw in open_partition(partition).keys(from_key=start.encode()):
+                yield raw.decode()
+        else:  # the memory store of unit tests: every partition in one dict
+            yield from sorted(k for k in store.data if k >= start and partition_of(k.partition("/")[2]) == partition)

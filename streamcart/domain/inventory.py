@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict
 from schemas.messages import (
     AdjustStock,
     CommitStock,
+    ForgetReservation,
     Message,
     ReleaseStock,
     ReserveStock,
@@ -220,6 +221,34 @@ def records(
     if key is not None and reservation is not None:
         writes.append((key, reservation))
     return decision, tuple(writes)
+
+
+@dataclass(frozen=True)
+class Forgotten:
+    """What forgetting a reservation (its order's retention ran out) writes: the counters again without carrying
+    it (``stock``, when they do), then a delete of its own key (``delete``); ``refused`` says why not."""
+
+    stock: StockState | None = None
+    delete: bool = False
+    refused: str | None = None
+
+
+def forget(stock: StockState | None, stored: Reservation | None, cmd: ForgetReservation) -> Forgotten:
+    """Forget ``cmd.order_id``'s reservation of ``cmd.sku`` (``stored``: its record, ``None`` if gone already).
+
+    A reservation that still holds stock is kept (and refused): its order would not have been forgotten while a
+    line was in flight, so this is a bug to see, not a case to handle. The counters stop carrying it
+    (``last_reservation``) before its key goes: otherwise the SKU's next command would write it back.
+    """
+    last = stock.last_reservation if stock is not None else None
+    carried = last is not None and (last.sku, last.order_id) == (cmd.sku, cmd.order_id)
+    reservation = stored if stored is not None else (last if carried else None)
+    if reservation is None:
+        return Forgotten()
+    if reservation.held:
+        return Forgotten(refused=f"order {cmd.order_id}'s reservation of {cmd.sku} still holds {reservation.held}")
+    kept = stock.model_copy(update={"last_reservation": None}) if carried and stock is not None else None
+    return Forgotten(stock=kept, delete=stored is not None)
 
 
 def reservation_key(sku: str, order_id: str) -> str:

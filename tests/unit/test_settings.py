@@ -53,3 +53,11 @@ def test_a_worker_port_that_is_another_process_port_is_refused_with_the_way_out(
 def test_an_api_beyond_loopback_signing_with_the_development_secret_is_called_out(host, secret, exposed):
     settings = Settings(host=host, jwt_secret=secret or DEVELOPMENT_JWT_SECRET)  # whatever the environment says
     assert settings.exposed_with_development_secret() is exposed
+
+
+def test_orders_must_be_kept_at_least_as_long_as_an_idempotency_key_names_them():
+    with pytest.raises(ValidationError, match="STREAMCART_ORDER_RETENTION_S=3600 is shorter than"):
+        Settings(order_retention_s=3600, idempotency_ttl_s=7200)
+    assert Settings(order_retention_s=7200, idempotency_ttl_s=7200).order_retention_s == 7200
+    assert Settings(order_retention_s=0, idempotency_ttl_s=7200).order_retention_s == 0  # kept for ever
+    assert Settings().order_retention_s == 7 * 24 * 3600

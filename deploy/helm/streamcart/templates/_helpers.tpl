@@ -91,6 +91,8 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 - name: STREAMCART_SAGA_TIMEOUT_S
   value: {{ .Values.workers.sagaTimeoutS | quote }}
+- name: STREAMCART_ORDER_RETENTION_S
+  value: {{ .Values.workers.orderRetentionS | quote }}
 - name: STREAMCART_JWT_SECRET
   valueFrom:
     secretKeyRef: {name: {{ include "streamcart.secretName" . }}, key: jwt-secret}

@@ -1,0 +1,145 @@
+"""Forgetting a settled order through the agents (faust's test_context, in-memory tables): what goes and what stays."""
+
+import pytest
+
+from agents.app import build_runtime
+from schemas.messages import (
+    AdjustStock,
+    ForgetReservation,
+    OrderCancelled,
+    OrderLine,
+    PlaceOrder,
+    ReleaseStock,
+    ReserveStock,
+    StockRejected,
+    UpsertProduct,
+)
+from streamcart.domain import retention
+from streamcart.domain.inventory import reservation_key
+from streamcart.partitioning import partition_for
+from streamcart.settings import Settings
+
+PARTITIONS = 4
+DAY_S = 24 * 3600
+
+
+@pytest.fixture
+def runtime(codec, sink, tmp_path):
+    settings = Settings(home=tmp_path, partitions=PARTITIONS, order_retention_s=DAY_S)
+    return build_runtime(settings, codec, store="memory://", sink=sink)
+
+
+def envelope(event_id: str, order_id: str = "o-1", at: int = 1_000) -> dict:
+    return {"event_id": event_id, "occurred_at": at, "causation_id": event_id, "correlation_id": order_id}
+
+
+def place(order_id: str = "o-1") -> PlaceOrder:
+    return PlaceOrder(**envelope(f"place-{order_id}", order_id), order_id=order_id, customer_id="c-1",
+                      lines=(OrderLine(sku="A", quantity=2),), currency="EUR", payment_token="tok_approve")
+
+
+def rejected(order_id: str = "o-1") -> StockRejected:
+    return StockRejected(**envelope(f"rej-{order_id}", order_id, at=2_000), order_id=order_id, sku="A", quantity=2,
+                         reason="out_of_stock", available=0)
+
+
+def due(runtime, now_ms: int) -> list[tuple[str, int]]:
+    return runtime.tables.retention.due(range(PARTITIONS), now_ms, limit=100,
+                                        partition_of=lambda o: partition_for(o, PARTITIONS))
+
+
+async def cancelled_and_counted(runtime, codec, sink, order_id: str = "o-1") -> None:
+    """``order_id`` placed and cancelled (out of stock), and its OrderCancelled folded by the analytics flow."""
+    async with runtime.agents["orders"].test_context() as agent:
+        for message in (place(order_id), rejected(order_id)):
+            await agent.put(codec.encode(message), key=order_id.encode())
+    outcome = [m for m in sink.messages(runtime.topics.order_events)
+               if isinstance(m, OrderCancelled) and m.order_id == order_id]
+    async with runtime.agents["analytics"].test_context() as agent:
+        await agent.put(codec.encode(outcome[0]), key=order_id.encode())
+
+
+async def test_a_settled_order_is_indexed_at_its_time_and_forgotten_with_what_its_partition_kept(
+    runtime, codec, sink
+):
+    await cancelled_and_counted(runtime, codec, sink)
+    order = runtime.tables.orders.get("o-1")
+    at = retention.forget_at(order, DAY_S * 1000)
+    # The time its last step was written to Kafka, plus the retention.
+    assert at == max(step.recorded_at for step in order.history) + DAY_S * 1000
+    assert due(runtime, at - 1) == [] and due(runtime, at) == [("o-1", at)]
+    cancelled_id = next(m.event_id for m in sink.messages(runtime.topics.order_events) if isinstance(m, OrderCancelled))
+    partition = 0  # where test_context delivers
+    assert runtime.tables.analytics.seen(partition, cancelled_id) is not None
+
+    async with runtime.agents["orders"].test_context() as agent:
+        await agent.put(codec.encode(retention.forget_command("o-1", at)), key=b"o-1")
+        await agent.put(codec.encode(retention.forget_command("o-1", at)), key=b"o-1")  # redelivered: nothing more
+
+    assert runtime.tables.orders.get("o-1") is None
+    assert due(runtime, at + DAY_S * 1000) == []
+    assert runtime.tables.analytics.seen(partition, cancelled_id) is None
+    forgets = sink.messages(runtime.topics.inventory_commands)
+    assert [(type(m), m.sku, m.order_id) for m in forgets if isinstance(m, ForgetReservation)] == [
+        (ForgetReservation, "A", "o-1")]
+
+
+async def test_a_forget_command_before_the_orders_time_keeps_it_and_its_index_entry(runtime, codec, sink):
+    await cancelled_and_counted(runtime, codec, sink)
+    at = retention.forget_at(runtime.tables.orders.get("o-1"), DAY_S * 1000)
+    async with runtime.agents["orders"].test_context() as agent:
+        await agent.put(codec.encode(retention.forget_command("o-1", at - 1)), key=b"o-1")
+    assert runtime.tables.orders.get("o-1") is not None
+    assert due(runtime, at) == [("o-1", at)]
+    assert not [m for m in sink.messages(runtime.topics.inventory_commands) if isinstance(m, ForgetReservation)]
+
+
+async def test_a_pending_order_is_not_in_the_index_and_a_forget_command_for_it_changes_nothing(runtime, codec, sink):
+    async with runtime.agents["orders"].test_context() as agent:
+        await agent.put(codec.encode(place("o-2")), key=b"o-2")
+        await agent.put(codec.encode(retention.forget_command("o-2", 10**13)), key=b"o-2")
+    assert due(runtime, 10**13) == []
+    assert runtime.tables.orders.get("o-2") is not None
+
+
+async def test_the_index_answers_only_for_the_partitions_asked_oldest_first_up_to_the_limit(runtime, codec, sink):
+    order_ids = [f"o-{n}" for n in range(12)]
+    for order_id in order_ids:
+        await cancelled_and_counted(runtime, codec, sink, order_id)
+    found = due(runtime, 10**13)
+    assert sorted(o for o, _ in found) == sorted(order_ids)
+    one = partition_for("o-3", PARTITIONS)
+    mine = runtime.tables.retention.due({one}, 10**13, limit=100, partition_of=lambda o: partition_for(o, PARTITIONS))
+    assert {o for o, _ in mine} == {o for o in order_ids if partition_for(o, PARTITIONS) == one}
+    assert len(runtime.tables.retention.due(range(PARTITIONS), 10**13, limit=5,
+                                            partition_of=lambda o: partition_for(o, PARTITIONS))) == 5
+
+
+async def test_inventory_forgets_a_released_reservation_and_its_counters_stop_carrying_it(runtime, codec, sink):
+    product = UpsertProduct(**envelope("p-1", "A"), sku="A", name="Anvil", unit_price_cents=500, currency="EUR")
+    reserve = ReserveStock(**envelope("r-1"), sku="A", order_id="o-1", quantity=2, currency="EUR")
+    release = ReleaseStock(**envelope("x-1"), sku="A", order_id="o-1", reason="payment_declined")
+    forget = ForgetReservation(**envelope("f-1"), sku="A", order_id="o-1")
+    adjust = AdjustStock(**envelope("d-1", "A"), sku="A", delta=5, reason="delivery")
+    async with runtime.agents["inventory"].test_context() as agent:
+        for message in (product, adjust, reserve, release, forget, forget):
+            await agent.put(codec.encode(message), key=b"A")
+    stock = runtime.tables.stock.get("A")
+    assert stock is not None and (stock.on_hand, stock.reserved, stock.last_reservation) == (5, 0, None)
+    assert runtime.tables.reservations.get(reservation_key("A", "o-1")) is None
+
+
+async def test_the_index_reads_each_partitions_rocksdb_store_in_time_order_and_stops_before_fausts_own_keys(
+    codec, sink, tmp_path
+):
+    settings = Settings(home=tmp_path, partitions=PARTITIONS, order_retention_s=DAY_S)
+    runtime = build_runtime(settings, codec, store="rocksdb://", sink=sink)
+    order_ids = [f"o-{n}" for n in range(6)]
+    for order_id in order_ids:
+        await cancelled_and_counted(runtime, codec, sink, order_id)
+    store = runtime.tables.retention.table.data
+    store._db_for_partition(0).put(b"__faust\x00offset__", b"7")  # what faust keeps beside the entries
+    found = runtime.tables.retention.due({0}, 10**13, limit=100, partition_of=lambda o: partition_for(o, PARTITIONS))
+    assert sorted(o for o, _ in found) == order_ids  # test_context writes every key in partition 0
+    assert [at for _, at in found] == sorted(at for _, at in found)
+    assert runtime.tables.retention.due({0}, 0, limit=100, partition_of=lambda o: 0) == []

@@ -1,0 +1,105 @@
+"""Settled orders are forgotten by the workers' tables once their retention runs out, and kept by the warehouse.
+
+The workers are restarted keeping settled orders (and Idempotency-Keys) for :data:`RETENTION_S` seconds instead
+of a week, then restarted as they were: an order settled meanwhile is still due early in the index, and the
+orders flow then keeps it under its week (the decision is the flow's, not the timer's).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from streamcart.ids import new_id
+from streamcart.settings import Settings
+from streamcart.stack import Stack
+from streamcart.topics import changelog_topic
+from tests.integration.support import http_json, poll, read_topic, worker_metric
+from tests.integration.test_saga import Shop
+
+RETENTION_S = 15.0
+
+
+@pytest.fixture(scope="module")
+def shop(stack: Stack, settings: Settings, codec: Any) -> Iterator[Shop]:
+    """The saga's shop, with the workers keeping settled orders :data:`RETENTION_S` for this module."""
+    brief = Stack(settings.model_copy(update={"order_retention_s": RETENTION_S, "idempotency_ttl_s": RETENTION_S}),
+                  echo=print)
+    workers = [name for name in stack.names if name.startswith("worker")]
+    try:
+        for name in workers:
+            brief.restart(name)
+        yield Shop(settings, codec)
+    finally:
+        for name in workers:
+            stack.restart(name)
+
+
+def latest(records: list[Any]) -> dict[bytes, bytes | None]:
+    """Each key's latest value in a changelog (``None``: deleted)."""
+    return {msg.key(): msg.value() for msg in records}
+
+
+def tombstoned(records: list[Any], *keys: str) -> bool:
+    """Whether each of ``keys`` has been deleted (its latest record in the changelog is a tombstone)."""
+    values = latest(records)
+    return all(key.encode() in values and values[key.encode()] is None for key in keys)
+
+
+def indexed(records: list[Any], order_id: str) -> dict[bytes, bytes | None]:
+    """The retention index's entries for ``order_id`` (keys ``{time}/{order_id}``), latest value each."""
+    return {k: v for k, v in latest(records).items() if k.endswith(f"/{order_id}".encode())}
+
+
+def test_settled_orders_are_forgotten_by_the_tables_and_kept_by_the_warehouse_while_a_live_one_stays(
+    shop: Shop, settings: Settings
+):
+    item = f"RT-{new_id()[:8]}"
+    shop.product(item, price=300, stock=5)
+    forgotten_before = worker_metric(settings, "streamcart_orders_forgotten_total")
+    # CONFIRMED first: it may still be shipped or cancelled, so it must outlive the two settled after it.
+    live = shop.place({item: 1})
+    shop.confirmed(live.order_id)
+    delivered = shop.place({item: 2})
+    declined = shop.place({item: 1}, token="tok_decline")
+    shop.confirmed(delivered.order_id)
+    poll(lambda: (shop.order(delivered.order_id) or {}).get("shipment"), what="the shipment")
+    shop.ship(delivered.order_id, "dispatched")
+    shop.ship(delivered.order_id, "delivered")
+    shop.settled(delivered.order_id, statuses={"DELIVERED"})
+    assert shop.settled(declined.order_id)["cancel_reason"] == "payment_declined"
+
+    # Gone from the API once the retention has run out after each one's last step (and nothing is left in flight).
+    orders = [delivered.order_id, declined.order_id]
+    for order_id in orders:
+        poll(lambda o=order_id: http_json(f"{settings.worker_url(0)}/v1/orders/{o}", shop.token)[0] == 404,
+             timeout_s=RETENTION_S + 45, every_s=0.5, what=f"order {order_id} to be forgotten")
+    assert worker_metric(settings, "streamcart_orders_forgotten_total") >= forgotten_before + 2
+
+    # Deleted from every table that kept them, in their changelogs too (so a recovering worker forgets them).
+    for table, keys in {
+        "orders": orders,
+        "payments": orders,
+        "shipments": [delivered.order_id],
+        "stock": [f"{item}/{order_id}" for order_id in orders],  # their reservations
+    }.items():
+        read_topic(settings, changelog_topic(settings.app_id, table), until=lambda r, k=keys: tombstoned(r, *k))
+    index = read_topic(settings, changelog_topic(settings.app_id, "retention"),
+                       until=lambda r: all(indexed(r, o) and all(v is None for v in indexed(r, o).values())
+                                           for o in orders))
+    # The live order was never in the index, and is still there.
+    assert indexed(index, live.order_id) == {}
+    assert (shop.order(live.order_id) or {}).get("status") == "CONFIRMED"
+
+    # The stock is as the orders left it: sales of 1 (live) and 2, the declined line released.
+    stock = shop.quiet_stock(item)
+    assert (stock["on_hand"], stock["reserved"], stock["available"]) == (2, 0, 2)
+    # The warehouse still has the forgotten orders, as they ended.
+    with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
+        rows = poll(lambda: len(found := conn.execute(
+            "select order_id, status from orders where order_id = any(%s)", (orders,)).fetchall()) == 2 and found,
+            what="both orders in the warehouse")
+    assert dict(rows) == {delivered.order_id: "DELIVERED", declined.order_id: "CANCELLED"}
