@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 #: instead of sending a whole day's worth at once.
 PER_TICK = 2_000
 
+#: How often the scans start again from the first entry of each partition (``RetentionIndex.due`` remembers where
+#: the due entries began): a safety net, should an entry ever be added before that point.
+RESCAN_S = 600.0
+
 
 def register(runtime: Runtime) -> Any:
     """Declare the retention timer on the runtime's app (none when orders are kept for ever)."""
@@ -30,14 +34,23 @@ def register(runtime: Runtime) -> Any:
         return None
     index = runtime.tables.retention
     resends = Resends()
+    app = runtime.app
+    rescanned = time.monotonic()
 
     def partition_of(order_id: str) -> int:
         return partition_for(order_id, settings.partitions)
 
     async def forget_settled_orders() -> None:
+        nonlocal rescanned
         # An exception escaping a faust timer kills the whole worker (notes/faust.md): never let one out.
         try:
             now = time.monotonic()
+            if app.rebalancing or app.in_recovery or not app.tables.recovery.completed.is_set():
+                index.reset()  # partitions being restored: their entries come back in changelog order
+                return
+            if now - rescanned >= RESCAN_S:
+                index.reset()
+                rescanned = now
             due = index.due(owned_partitions(runtime), int(time.time() * 1000), limit=PER_TICK,
                             partition_of=partition_of)
             for order_id, at in due:

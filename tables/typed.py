@@ -133,8 +133,15 @@ class RetentionIndex:
         #: Per partition, the key a scan starts from: the first due key the last scan found, nothing before it then.
         #: A key added since is due later than that scan's time (its last step plus the retention, far beyond any
         #: backlog), so none is missed; and RocksDB does not step over every deleted key at the start of the range
-        #: again on each tick until it compacts them away.
+        #: again on each tick until it compacts them away. Not while a partition is being restored (the timer does
+        #: not scan then: keys come back in changelog order, not time order); cleared when the partitions asked for
+        #: change and by :meth:`reset`.
         self._floor: dict[int, str] = {}
+        self._partitions: frozenset[int] = frozenset()
+
+    def reset(self) -> None:
+        """Scan every partition from its start next time."""
+        self._floor.clear()
 
     @staticmethod
     def key(order_id: str, at: int) -> str:
@@ -156,8 +163,9 @@ class RetentionIndex:
         self, partitions: Collection[int], now_ms: int, *, limit: int, partition_of: Callable[[str], int]
     ) -> list[tuple[str, int]]:
         """Up to ``limit`` ``(order_id, forget_at)`` of ``partitions`` due at ``now_ms``, oldest first in each."""
-        for partition in [p for p in self._floor if p not in partitions]:
-            del self._floor[partition]  # given away: scanned from its start if it comes back
+        if frozenset(partitions) != self._partitions:  # a rebalance: each partition from its start again
+            self._partitions = frozenset(partitions)
+            self.reset()
         found: list[tuple[str, int]] = []
         for partition in sorted(partitions):
             first = True

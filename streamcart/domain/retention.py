@@ -4,27 +4,31 @@ Without it every order ever placed stays in the orders, payments, shipments and 
 changelogs, which a crashed worker reads back in full), and a customer's order list scans them all. The warehouse
 is where orders are kept for good; the tables are the saga's working memory.
 
-An order may be forgotten once it is settled for good and nothing about it is still in flight (:func:`quiet`):
-CANCELLED or DELIVERED, every line released, rejected, restocked or committed, and its payment declined, voided,
-refunded or captured. Its time comes :attr:`retention_ms` after its last step (:func:`forget_at`); a later step
-(a late answer compensated) moves it.
+An order may be forgotten once it is settled for good and nothing about it is still owed (:func:`quiet`): DELIVERED
+with every line committed and the payment captured, or CANCELLED with every line rejected, released or restocked
+and the payment declined, voided or refunded, both in the order's view and in the payments flow's record (which
+alone knows of a void by key still owed for an authorization the gateway never answered). Its time comes
+the retention after its last step (:func:`forget_at`); a later step (a late answer compensated) moves it.
 
-Timers only *emit* :class:`~schemas.messages.ForgetOrder` commands, named by the order and its forget time, so a
-tick that runs twice changes nothing; the orders flow decides with :func:`forget` when it applies one, and what it
-forgets is the order's own state plus, through :class:`~schemas.messages.ForgetReservation` commands, its
-reservations in inventory. A redelivered ForgetOrder finds the order still there (it is deleted last) and does it
-all again, or finds it gone and does nothing.
+Timers only *emit* :class:`~schemas.messages.ForgetOrder` commands, named by the order and its time, so a tick
+that runs twice changes nothing. The orders flow decides with :func:`forget` when it applies one, in two steps,
+because a crashed worker rebuilds each table from its own changelog and nothing orders one changelog's writes
+against another's: first it deletes the order's payment, shipment, analytics marks and index entry and then sends
+:class:`~schemas.messages.ForgetReservation` per SKU and :class:`~schemas.messages.DropOrder` to itself (its sends
+wait until those deletes are in Kafka, agents/state_first.py); the DropOrder deletes the order. A crash before
+the DropOrder is out delivers the ForgetOrder again, which finds the order and does it all again.
 
 A forgotten order is unknown again: the API answers 404 for it, and a message about it is dead-lettered. Keep
 the retention well beyond anything that can still arrive for an order: its Idempotency-Key's life (the settings
-insist on that), a consumer's backlog, the analytics windows' lateness.
+insist on that), a consumer's backlog, the analytics windows' lateness, a dead-lettered message's replay.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from schemas.messages import ForgetOrder, ForgetReservation, Message, OrderEvent
+from schemas.messages import DropOrder, ForgetOrder, ForgetReservation, Message, OrderEvent
+from streamcart.domain import payments
 from streamcart.domain.analytics import is_counted
 from streamcart.domain.order_effects import effects_of
 from streamcart.domain.order_state import LineStatus, OrderState, OrderStatus, PaymentStatus
@@ -33,12 +37,17 @@ from streamcart.ids import derive_id
 #: Where an order can never move on from (SHIPPED may still be delivered, CONFIRMED cancelled and refunded).
 FINAL = frozenset({OrderStatus.CANCELLED, OrderStatus.DELIVERED})
 
-#: A line's stock is settled: nothing held for it, nothing asked of inventory that has not been answered.
-_LINE_SETTLED = frozenset({LineStatus.REJECTED, LineStatus.RELEASED, LineStatus.RESTOCKED, LineStatus.COMMITTED})
-
-#: A payment's money is settled: no gateway call is owed for it.
-_PAYMENT_SETTLED = frozenset({PaymentStatus.DECLINED, PaymentStatus.VOIDED, PaymentStatus.REFUNDED,
-                              PaymentStatus.CAPTURED})
+#: Per final status, where each line's stock and the payment (the order's view, then the payments flow's record)
+#: must be for nothing to be owed: a cancelled order that was confirmed still owes its restock while a line is
+#: committed, and its refund while the payment is captured.
+_SETTLED = {
+    OrderStatus.DELIVERED: (frozenset({LineStatus.COMMITTED}), frozenset({PaymentStatus.CAPTURED}),
+                            frozenset({payments.PaymentStatus.CAPTURED})),
+    OrderStatus.CANCELLED: (frozenset({LineStatus.REJECTED, LineStatus.RELEASED, LineStatus.RESTOCKED}),
+                            frozenset({PaymentStatus.DECLINED, PaymentStatus.VOIDED, PaymentStatus.REFUNDED}),
+                            frozenset({payments.PaymentStatus.DECLINED, payments.PaymentStatus.VOIDED,
+                                       payments.PaymentStatus.REFUNDED})),
+}
 
 
 def forget_at(order: OrderState, retention_ms: int) -> int | None:
@@ -50,13 +59,18 @@ def forget_at(order: OrderState, retention_ms: int) -> int | None:
     return max(last, order.placed_at) + retention_ms
 
 
-def quiet(order: OrderState) -> bool:
-    """Whether nothing about ``order`` is still in flight: final, every line's stock and its payment settled."""
-    if order.status not in FINAL or order.cancel_request is not None:
+def quiet(order: OrderState, payment: payments.PaymentState | None) -> bool:
+    """Whether nothing about ``order`` is still owed: it is final, and every line's stock and its payment (as the
+    order saw it, and ``payment``, the payments flow's record, if any) are where that final status leaves them."""
+    settled = _SETTLED.get(order.status)
+    if settled is None:
         return False
-    if any(order.outcome(line.sku).status not in _LINE_SETTLED for line in order.lines):
+    lines, seen, recorded = settled
+    if any(order.outcome(line.sku).status not in lines for line in order.lines):
         return False
-    return order.payment is None or order.payment.status in _PAYMENT_SETTLED
+    if order.payment is not None and order.payment.status not in seen:
+        return False
+    return payment is None or payment.status in recorded
 
 
 def forget_command(order_id: str, at: int) -> ForgetOrder:
@@ -68,31 +82,50 @@ def forget_command(order_id: str, at: int) -> ForgetOrder:
 
 @dataclass(frozen=True)
 class Forgetting:
-    """What forgetting one order takes beyond deleting its own records.
+    """The first step of forgetting one order, after deleting its payment, shipment and index entry.
 
-    ``messages`` ask inventory to forget the order's reservations; ``counted_event_ids`` are the order's events
-    that the analytics flow folded and remembers having seen (in the order's own partition).
+    ``counted_event_ids`` are the order's events that the analytics flow folded and remembers having seen (in the
+    order's own partition): delete those marks too. Then send ``messages``: a ForgetReservation per SKU, and the
+    DropOrder that deletes the order itself.
     """
 
     messages: tuple[Message, ...]
     counted_event_ids: tuple[str, ...]
 
 
-def forget(order: OrderState | None, command: ForgetOrder, retention_ms: int) -> Forgetting | None:
-    """Whether ``command`` forgets ``order``, and what that takes; ``None`` keeps it: already forgotten, not
-    final, something still in flight, its time moved past the command's (a later step), or retention is off."""
+def forget(
+    order: OrderState | None, payment: payments.PaymentState | None, command: ForgetOrder | DropOrder,
+    retention_ms: int,
+) -> Forgetting | None:
+    """Whether ``command`` forgets ``order`` (``payment``: the payments flow's record of it), and what that takes;
+    ``None`` keeps it: already forgotten, not final, something still owed, its time moved past the command's (a
+    later step), or retention is off. A DropOrder asks the same question again (the answer is the same unless a
+    message came in between)."""
     if order is None:
         return None
     at = forget_at(order, retention_ms)
-    if at is None or at > command.forget_at or not quiet(order):
+    if at is None or at > command.forget_at or not quiet(order, payment):
         return None
+    cause = command.event_id
     releases = tuple(
-        ForgetReservation(event_id=derive_id(command.event_id, "ForgetReservation", sku), occurred_at=command.forget_at,
-                          causation_id=command.event_id, correlation_id=order.order_id, sku=sku,
-                          order_id=order.order_id)
+        ForgetReservation(event_id=derive_id(cause, "ForgetReservation", sku), occurred_at=command.forget_at,
+                          causation_id=cause, correlation_id=order.order_id, sku=sku, order_id=order.order_id)
         for sku in dict.fromkeys(line.sku for line in order.lines)
     )
-    return Forgetting(messages=releases, counted_event_ids=_counted_events(order))
+    drop = DropOrder(event_id=derive_id(cause, "DropOrder"), occurred_at=command.forget_at, causation_id=cause,
+                     correlation_id=order.order_id, order_id=order.order_id, forget_at=command.forget_at)
+    return Forgetting(messages=(*releases, drop), counted_event_ids=_counted_events(order))
+
+
+def kept_until(order: OrderState, command: ForgetOrder | DropOrder, retention_ms: int) -> int | None:
+    """Where the index keeps an order that ``command`` did not forget: at its own time if that moved past the
+    command's (a later step, a longer retention), else (something still in flight) a retention after the command,
+    so an order that stays unsettled does not sit at the front of the index; ``None``: not to be forgotten at all.
+    """
+    at = forget_at(order, retention_ms)
+    if at is None:
+        return None
+    return at if at > command.forget_at else command.forget_at + retention_ms
 
 
 def _counted_events(order: OrderState) -> tuple[str, ...]:

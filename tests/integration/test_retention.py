@@ -1,9 +1,7 @@
 """Settled orders are forgotten by the workers' tables once their retention runs out, and kept by the warehouse.
 
 The workers are restarted keeping settled orders (and Idempotency-Keys) for :data:`RETENTION_S` seconds instead
-of a week, then restarted as they were: an order settled meanwhile is still due early in the index, and the
-orders flow then keeps it under its week (the decision is the flow's, not the timer's).
-"""
+of a week, and restarted as they were after this module."""
 
 from __future__ import annotations
 
