@@ -5,11 +5,14 @@ of a week, and restarted as they were after this module."""
 
 from __future__ import annotations
 
+import time
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from streamcart.ids import new_id
 from streamcart.settings import Settings
@@ -22,18 +25,31 @@ RETENTION_S = 15.0
 
 
 @pytest.fixture(scope="module")
-def shop(stack: Stack, settings: Settings, codec: Any) -> Iterator[Shop]:
-    """The saga's shop, with the workers keeping settled orders :data:`RETENTION_S` for this module."""
+def brief(stack: Stack, settings: Settings) -> Iterator[Stack]:
+    """The stack with its workers keeping settled orders :data:`RETENTION_S` for this module."""
     brief = Stack(settings.model_copy(update={"order_retention_s": RETENTION_S, "idempotency_ttl_s": RETENTION_S}),
                   echo=print)
     workers = [name for name in stack.names if name.startswith("worker")]
     try:
         for name in workers:
             brief.restart(name)
-        yield Shop(settings, codec)
+        yield brief
     finally:
         for name in workers:
             stack.restart(name)
+
+
+@pytest.fixture(scope="module")
+def shop(brief: Stack, settings: Settings, codec: Any) -> Shop:
+    return Shop(settings, codec)
+
+
+def forgotten_by(settings: Settings, worker: int) -> float:
+    """``streamcart_orders_forgotten_total`` of one worker (since its start)."""
+    with urllib.request.urlopen(f"{settings.worker_url(worker)}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == "streamcart_orders_forgotten_total")
 
 
 def latest(records: list[Any]) -> dict[bytes, bytes | None]:
@@ -101,3 +117,42 @@ def test_settled_orders_are_forgotten_by_the_tables_and_kept_by_the_warehouse_wh
             "select order_id, status from orders where order_id = any(%s)", (orders,)).fetchall()) == 2 and found,
             what="both orders in the warehouse")
     assert dict(rows) == {delivered.order_id: "DELIVERED", declined.order_id: "CANCELLED"}
+
+
+def test_a_worker_killed_while_it_forgets_orders_leaves_nothing_behind(shop: Shop, brief: Stack, settings: Settings):
+    item = f"RT-{new_id()[:8]}"
+    shop.product(item, price=100, stock=1_000)
+    # Declined orders, placed over ~10 s so that their retention runs out over ~10 s too: worker-0 is killed while
+    # it forgets its share, in either step (a ForgetOrder's deletes and sends, or a DropOrder).
+    orders = []
+    for _ in range(20):
+        for _ in range(15):
+            order = shop.place_order({item: 1}, token="tok_decline")
+            shop.send_later(order)
+            orders.append(order.order_id)
+        shop.flush()
+        time.sleep(0.5)  # spreads the orders over time (load shaping; nothing waits on it)
+    for order_id in orders:
+        shop.settled(order_id, timeout_s=60)
+    poll(lambda: forgotten_by(settings, 0) >= 20, timeout_s=RETENTION_S + 60, every_s=0.1,
+         what="worker-0 to have forgotten some orders")
+    at_kill = forgotten_by(settings, 0)
+    brief.kill("worker-0")
+    print(f"worker-0 killed after forgetting {at_kill:.0f} orders")
+    brief.start("worker-0")
+
+    for order_id in orders:
+        poll(lambda o=order_id: http_json(f"{settings.worker_url(0)}/v1/orders/{o}", shop.token)[0] == 404,
+             timeout_s=RETENTION_S + 60, every_s=0.5, what=f"order {order_id} to be forgotten")
+    for table, keys in {
+        "orders": orders,
+        "payments": orders,
+        "stock": [f"{item}/{order_id}" for order_id in orders],
+    }.items():
+        read_topic(settings, changelog_topic(settings.app_id, table), until=lambda r, k=keys: tombstoned(r, *k),
+                   timeout_s=60)
+    read_topic(settings, changelog_topic(settings.app_id, "retention"),
+               until=lambda r: all(indexed(r, o) and all(v is None for v in indexed(r, o).values()) for o in orders),
+               timeout_s=60)
+    stock = shop.quiet_stock(item)
+    assert (stock["on_hand"], stock["reserved"]) == (1_000, 0)
