@@ -31,33 +31,66 @@ def register(runtime: Runtime) -> Any:
     tables = runtime.tables
     t = runtime.topics
 
-    async def forget(command: ForgetOrder | DropOrder, event: Any) -> None:
+    async def forget(command: ForgetOrder, event: Any) -> None:
         order_id = command.order_id
         order = tables.orders.get(order_id)
         forgetting = retention.forget(order, tables.payments.get(order_id), command, retention_ms)
-        if forgetting is None:
+        if forgetting is None or order is None:
             # Kept, and looked at again later; an entry whose order is gone already (a second entry, left by a
             # change of the retention setting) goes.
             after = None if order is None else retention.kept_until(order, command, retention_ms)
             tables.retention.track(order_id, command.forget_at, after)
             return
-        if isinstance(command, DropOrder):  # the rest is gone for good: the order goes last
-            tables.orders.delete(order_id)
-            runtime.telemetry.order_forgotten()
-            return
+        clear(order, command, forgetting, event)
+        # Sent once those deletes are in their changelogs (agents/state_first.py): a crash before leaves the order
+        # there, and the ForgetOrder, delivered again, does it all again.
+        await runtime.emit((forgetting.drop,), cause=event)
+
+    def clear(order: OrderState, command: ForgetOrder | DropOrder, forgetting: retention.Forgetting,
+              event: Any) -> None:
+        """The first step: everything the partition keeps about the order but the order itself."""
+        order_id = order.order_id
         partition = int(event.message.partition)
         for event_id in forgetting.counted_event_ids:
             tables.analytics.forget_seen(partition, event_id)
         tables.payments.delete(order_id)
         tables.shipments.delete(order_id)
-        tables.retention.track(order_id, command.forget_at, None)
-        # Sent once those deletes are in their changelogs (agents/state_first.py): a crash before leaves the order
-        # there, and the ForgetOrder, delivered again, does it all again.
-        await runtime.emit(forgetting.messages, cause=event)
+        tables.retention.track(order_id, retention.forget_at(order, retention_ms), None)
+        tables.retention.track(order_id, command.forget_at, forgetting.fallback_at)
+
+    def leftovers(order: OrderState, forgetting: retention.Forgetting, event: Any) -> bool:
+        """Whether something the first step deleted is back (a replayed or redelivered message in between)."""
+        partition = int(event.message.partition)
+        return (tables.payments.get(order.order_id) is not None or tables.shipments.get(order.order_id) is not None
+                or any(tables.analytics.seen(partition, e) is not None for e in forgetting.counted_event_ids))
+
+    async def drop(command: DropOrder, event: Any) -> None:
+        order_id = command.order_id
+        order = tables.orders.get(order_id)
+        if order is not None:
+            forgetting = retention.forget(order, None, command, retention_ms)
+            if forgetting is None:  # a message in between changed it: kept after all, and indexed again
+                tables.retention.track(order_id, None, retention.kept_until(order, command, retention_ms))
+                return
+            if leftovers(order, forgetting, event):  # the first step again, then another DropOrder
+                clear(order, command, forgetting, event)
+                await runtime.emit((forgetting.drop,), cause=event)
+                return
+        # Inventory forgets the reservations first (again, if the order is gone already: a crash may have kept
+        # them from leaving the first time); this command is committed only once they are in Kafka.
+        await runtime.emit(retention.reservation_forgets(command), cause=event)
+        if order is not None:
+            tables.retention.track(order_id, command.forget_at + retention_ms, None)
+            tables.retention.track(order_id, command.forget_at, None)
+            tables.orders.delete(order_id)
+            runtime.telemetry.order_forgotten()
 
     async def handle(message: Message, event: Any) -> None:
-        if isinstance(message, ForgetOrder | DropOrder):
+        if isinstance(message, ForgetOrder):
             await forget(message, event)
+            return
+        if isinstance(message, DropOrder):
+            await drop(message, event)
             return
         # First the warehouse's fact row of a payment, shipping or stock event, whatever the order makes of it.
         await warehouse.send_event_rows(runtime, message, event)

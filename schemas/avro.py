@@ -129,7 +129,7 @@ def _field(name: str, info: FieldInfo, defined: set[str]) -> AvroSchema:
         if isinstance(avro_type, list) and default is not None:
             # An Avro union's default must match its first branch.
             avro_type = [branch for branch in avro_type if branch != "null"] + ["null"]
-        field["default"] = default
+        field["default"] = list(default) if isinstance(default, tuple) else default  # an array's default is a list
     field["type"] = avro_type
     return field
 

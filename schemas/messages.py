@@ -123,17 +123,18 @@ class ExpireOrder(OrderCommand):
 
 class ForgetOrder(OrderCommand):
     """Internal: a settled order's retention has run out (``forget_at``). Emitted by timers; the orders flow
-    forgets the order's payment, shipment and analytics marks, asks inventory to forget its reservations, and
-    sends itself DropOrder."""
+    forgets the order's payment, shipment and analytics marks and sends itself DropOrder."""
 
     forget_at: int
 
 
 class DropOrder(OrderCommand):
-    """Internal: everything else of a forgotten order is gone for good; now the order itself goes (last, so a
-    crash at any point leaves the order there to do the rest again)."""
+    """Internal: everything else of a forgotten order kept in its partition is gone for good; now inventory is asked
+    to forget its reservations of ``skus``, and the order itself goes (last, so a crash at any point leaves the
+    order there to do the rest again)."""
 
     forget_at: int
+    skus: tuple[str, ...] = ()
 
 
 # --- commands.catalog (key sku) -----------------------------------------------------------------------------

@@ -13,10 +13,13 @@ the retention after its last step (:func:`forget_at`); a later step (a late answ
 Timers only *emit* :class:`~schemas.messages.ForgetOrder` commands, named by the order and its time, so a tick
 that runs twice changes nothing. The orders flow decides with :func:`forget` when it applies one, in two steps,
 because a crashed worker rebuilds each table from its own changelog and nothing orders one changelog's writes
-against another's: first it deletes the order's payment, shipment, analytics marks and index entry and then sends
-:class:`~schemas.messages.ForgetReservation` per SKU and :class:`~schemas.messages.DropOrder` to itself (its sends
-wait until those deletes are in Kafka, agents/state_first.py); the DropOrder deletes the order. A crash before
-the DropOrder is out delivers the ForgetOrder again, which finds the order and does it all again.
+against another's. First it deletes the order's payment, shipment and analytics marks, moves its index entry a
+retention later (a fallback, should the second step never come) and sends itself a
+:class:`~schemas.messages.DropOrder`, which leaves only once those deletes are in Kafka (agents/state_first.py).
+The DropOrder first checks that nothing deleted came back in between (else it takes the first step again), then
+asks inventory to forget the order's reservations (:func:`reservation_forgets`; again when the order is gone
+already, since a crash may have kept them from leaving), deletes the index entries and, last, the order. A crash
+before the DropOrder is out delivers the ForgetOrder again, which finds the order and does it all again.
 
 A forgotten order is unknown again: the API answers 404 for it, and a message about it is dead-lettered. Keep
 the retention well beyond anything that can still arrive for an order: its Idempotency-Key's life (the settings
@@ -27,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from schemas.messages import DropOrder, ForgetOrder, ForgetReservation, Message, OrderEvent
+from schemas.messages import DropOrder, ForgetOrder, ForgetReservation, OrderEvent
 from streamcart.domain import payments
 from streamcart.domain.analytics import is_counted
 from streamcart.domain.order_effects import effects_of
@@ -82,15 +85,16 @@ def forget_command(order_id: str, at: int) -> ForgetOrder:
 
 @dataclass(frozen=True)
 class Forgetting:
-    """The first step of forgetting one order, after deleting its payment, shipment and index entry.
+    """What forgetting one order takes in its partition.
 
-    ``counted_event_ids`` are the order's events that the analytics flow folded and remembers having seen (in the
-    order's own partition): delete those marks too. Then send ``messages``: a ForgetReservation per SKU, and the
-    DropOrder that deletes the order itself.
+    Delete its payment, shipment and the analytics marks of ``counted_event_ids`` (the order's events that the
+    analytics flow folded and remembers having seen), keep its index entry at ``fallback_at`` (should ``drop`` never
+    be applied: a worker of an older version dead-letters it), then send ``drop``.
     """
 
-    messages: tuple[Message, ...]
     counted_event_ids: tuple[str, ...]
+    fallback_at: int
+    drop: DropOrder
 
 
 def forget(
@@ -99,22 +103,27 @@ def forget(
 ) -> Forgetting | None:
     """Whether ``command`` forgets ``order`` (``payment``: the payments flow's record of it), and what that takes;
     ``None`` keeps it: already forgotten, not final, something still owed, its time moved past the command's (a
-    later step), or retention is off. A DropOrder asks the same question again (the answer is the same unless a
-    message came in between)."""
+    later step), or retention is off. A DropOrder asks the same again of the order alone (its payment is gone)."""
     if order is None:
         return None
     at = forget_at(order, retention_ms)
     if at is None or at > command.forget_at or not quiet(order, payment):
         return None
     cause = command.event_id
-    releases = tuple(
-        ForgetReservation(event_id=derive_id(cause, "ForgetReservation", sku), occurred_at=command.forget_at,
-                          causation_id=cause, correlation_id=order.order_id, sku=sku, order_id=order.order_id)
-        for sku in dict.fromkeys(line.sku for line in order.lines)
-    )
     drop = DropOrder(event_id=derive_id(cause, "DropOrder"), occurred_at=command.forget_at, causation_id=cause,
-                     correlation_id=order.order_id, order_id=order.order_id, forget_at=command.forget_at)
-    return Forgetting(messages=(*releases, drop), counted_event_ids=_counted_events(order))
+                     correlation_id=order.order_id, order_id=order.order_id, forget_at=command.forget_at,
+                     skus=tuple(dict.fromkeys(line.sku for line in order.lines)))
+    return Forgetting(counted_event_ids=_counted_events(order), fallback_at=command.forget_at + retention_ms,
+                      drop=drop)
+
+
+def reservation_forgets(drop: DropOrder) -> tuple[ForgetReservation, ...]:
+    """What ``drop`` asks of inventory: forget the order's reservation of each SKU (the same ids every time)."""
+    return tuple(
+        ForgetReservation(event_id=derive_id(drop.causation_id, "ForgetReservation", sku), occurred_at=drop.forget_at,
+                          causation_id=drop.event_id, correlation_id=drop.order_id, sku=sku, order_id=drop.order_id)
+        for sku in drop.skus
+    )
 
 
 def kept_until(order: OrderState, command: ForgetOrder | DropOrder, retention_ms: int) -> int | None:

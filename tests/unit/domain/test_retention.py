@@ -89,11 +89,14 @@ def test_the_due_command_forgets_the_order_asks_inventory_once_per_sku_and_names
     command = retention.forget_command("o-1", retention.forget_at(order, DAY_MS))
     forgetting = retention.forget(order, None, command, DAY_MS)
     assert forgetting is not None
-    *forgets, drop = forgetting.messages
+    drop = forgetting.drop
+    assert isinstance(drop, DropOrder) and (drop.order_id, drop.forget_at, drop.skus) == ("o-1", command.forget_at,
+                                                                                           ("A", "B"))
+    assert forgetting.fallback_at == command.forget_at + DAY_MS
+    forgets = retention.reservation_forgets(drop)
     assert [(m.sku, m.order_id) for m in forgets] == [("A", "o-1"), ("B", "o-1")]
-    assert all(isinstance(m, ForgetReservation) and m.causation_id == command.event_id for m in forgets)
-    # The order itself goes last, on a command of its own (sent once the rest is gone for good).
-    assert isinstance(drop, DropOrder) and (drop.order_id, drop.forget_at) == ("o-1", command.forget_at)
+    assert all(isinstance(m, ForgetReservation) and m.causation_id == drop.event_id for m in forgets)
+    assert retention.reservation_forgets(drop) == forgets  # the same ids every time
     # OrderConfirmed is the one event of this order the analytics flow folds (placements and shipping count for
     # nothing): its id, rebuilt from the cause the order kept, is the mark to drop.
     confirmed = [m for m in effects_of(order, order.confirmed.event_id) if isinstance(m, OrderConfirmed)]

@@ -56,8 +56,10 @@ def _value(name: str, annotation: Any, n: int, with_optionals: bool) -> Any:
     if origin in (typing.Union, types.UnionType):
         (present,) = (arg for arg in args if arg is not type(None))
         return _value(name, present, n, with_optionals) if with_optionals else None
-    if origin is tuple:
+    if origin is tuple and isinstance(args[0], type) and issubclass(args[0], Record):
         return tuple(make_sample(args[0], i, with_optionals=with_optionals) for i in range(1, 4))
+    if origin is tuple:
+        return tuple(_value(name, args[0], i, with_optionals) for i in range(1, 4))
     if origin is dict:
         return {CancelReason.TIMEOUT: 2, CancelReason.PAYMENT_DECLINED: 1}
     if isinstance(annotation, type) and issubclass(annotation, Record):
