@@ -14,7 +14,7 @@ from typing import Any
 
 from agents import warehouse
 from agents.runtime import FlowError, Runtime, consume, record_time_ms, refused
-from schemas.messages import DropOrder, ForgetOrder, Message
+from schemas.messages import DropOrder, ForgetOrder, IndexOrder, Message
 from streamcart.domain import orders, retention
 from streamcart.domain.order_state import OrderState, OrderStatus
 
@@ -55,6 +55,7 @@ def register(runtime: Runtime) -> Any:
             tables.analytics.forget_seen(partition, event_id)
         tables.payments.delete(order_id)
         tables.shipments.delete(order_id)
+        tables.customer_orders.remove(order.customer_id, order.placed_at, order_id)
         tables.retention.track(order_id, retention.forget_at(order, retention_ms), None)
         tables.retention.track(order_id, command.forget_at, forgetting.fallback_at)
 
@@ -62,6 +63,7 @@ def register(runtime: Runtime) -> Any:
         """Whether something the first step deleted is back (a replayed or redelivered message in between)."""
         partition = int(event.message.partition)
         return (tables.payments.get(order.order_id) is not None or tables.shipments.get(order.order_id) is not None
+                or tables.customer_orders.has(order.customer_id, order.placed_at, order.order_id)
                 or any(tables.analytics.seen(partition, e) is not None for e in forgetting.counted_event_ids))
 
     async def drop(command: DropOrder, event: Any) -> None:
@@ -85,12 +87,21 @@ def register(runtime: Runtime) -> Any:
             tables.orders.delete(order_id)
             runtime.telemetry.order_forgotten()
 
+    def index(order_id: str) -> None:
+        """File a stored order in the indexes beside it (one stored before they existed); changes nothing else."""
+        if (order := tables.orders.get(order_id)) is not None:
+            tables.customer_orders.add(order.customer_id, order.placed_at, order_id)
+            tables.retention.track(order_id, None, retention.forget_at(order, retention_ms))
+
     async def handle(message: Message, event: Any) -> None:
         if isinstance(message, ForgetOrder):
             await forget(message, event)
             return
         if isinstance(message, DropOrder):
             await drop(message, event)
+            return
+        if isinstance(message, IndexOrder):
+            index(message.order_id)
             return
         # First the warehouse's fact row of a payment, shipping or stock event, whatever the order makes of it.
         await warehouse.send_event_rows(runtime, message, event)
@@ -113,6 +124,8 @@ def register(runtime: Runtime) -> Any:
             tables.deadlines.track(order_id, order.deadline if order.status == OrderStatus.PENDING else None)
             tables.retention.track(order_id, None if stored is None else retention.forget_at(stored, retention_ms),
                                    retention.forget_at(order, retention_ms))
+            if stored is None or decision.state is None:  # placed now, or a redelivery (which heals a crash here)
+                tables.customer_orders.add(order.customer_id, order.placed_at, order_id)
             # The warehouse rows follow the stored order; a message that changed nothing sends them all again.
             changed_from = stored if decision.state is not None else None
             await warehouse.send_order_rows(runtime, changed_from, order, cause=event)

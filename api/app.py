@@ -490,9 +490,7 @@ async def customer_orders(request: web.Request) -> web.Response:
     after = _order_cursor(page.cursor)
 
     def local(worker: WorkerView) -> list[dict[str, Any]]:
-        orders = worker.orders_of(customer_id)
-        keyed = sorted(((-o.placed_at, o.order_id), o) for o in orders)
-        return [order_json(o) for k, o in keyed if after is None or k > after][: page.limit]
+        return [order_json(o) for o in worker.orders_of(customer_id, after=after, limit=page.limit)]
 
     items = await _gather(request, "orders", local, page.limit,
                           sort=lambda o: (-int(o["placed_at"]), str(o["order_id"])))

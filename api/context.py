@@ -40,8 +40,9 @@ class WorkerView(Protocol):
         """The order once it is settled, or as it is when ``timeout_s`` ran out (``None``: still unknown)."""
         ...
 
-    def orders_of(self, customer_id: str) -> list[OrderState]:
-        """The customer's orders in the partitions this worker owns."""
+    def orders_of(self, customer_id: str, *, after: tuple[int, str] | None, limit: int) -> list[OrderState]:
+        """Up to ``limit`` of the customer's orders in the partitions this worker owns, newest first (by
+        ``(-placed_at, order_id)``), after ``after`` (that pair of the last order of the page before)."""
         ...
 
     def products(self) -> list[ProductState]:

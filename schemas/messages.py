@@ -137,6 +137,11 @@ class DropOrder(OrderCommand):
     skus: tuple[str, ...] = ()
 
 
+class IndexOrder(OrderCommand):
+    """Internal: file a stored order in the indexes kept beside it (its customer's list, the retention index), for
+    orders stored before those existed (``streamcart order reindex``); one already filed changes nothing."""
+
+
 # --- commands.catalog (key sku) -----------------------------------------------------------------------------
 
 class UpsertProduct(Message):

@@ -439,6 +439,17 @@ def order_cancel(
     cancel_order(_remote(), order_id, by, Wait(wait))
 
 
+@order_app.command("reindex")
+def order_reindex() -> None:
+    """File every stored order in the customer index and the retention index: once, after upgrading a stack whose
+    orders were stored before those indexes existed (until then they are missing from customers' order lists and
+    never forgotten). Running it again changes nothing."""
+    from streamcart.commands import reindex_orders
+
+    sent = reindex_orders(_settings(), on_progress=lambda line: console.print(line))
+    console.print(f"{sent} orders sent to be indexed (the workers file them as they catch up)")
+
+
 def _show_order(remote: Remote, order_id: str, wait: Wait) -> None:
     """Print the order once it has an outcome or ``wait`` is up (it may not be readable yet just after placing)."""
     from streamcart.stack.views import order_panel

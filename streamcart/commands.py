@@ -7,16 +7,17 @@ Commands are produced with confluent-kafka through the same codec as the agents 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
 from schemas.codec import Codec
-from schemas.messages import Message
+from schemas.messages import IndexOrder, Message
 from streamcart.errors import StreamcartError
 from streamcart.ids import new_id
 from streamcart.settings import Settings
-from streamcart.topics import Topics
+from streamcart.topics import Topics, changelog_topic
 from streamcart.tracing import new_traceparent
 
 
@@ -71,3 +72,56 @@ class CommandSender:
         left = self.producer.flush(timeout_s)
         if left or failures:
             raise CommandNotSent(f"the broker did not acknowledge {left or len(failures)} command(s): {failures}")
+
+
+def stored_order_ids(settings: Settings, *, on_progress: Callable[[int], None] = lambda read: None) -> list[str]:
+    """The id of every order the orders table holds now, read from its changelog (the latest record of each key;
+    a tombstone: forgotten), up to the end it had when the read began."""
+    topic = changelog_topic(settings.app_id, "orders")
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": f"streamcart-reindex-{new_id()}",
+                         "enable.auto.commit": False, "enable.partition.eof": False})
+    try:
+        metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if metadata is None or metadata.error is not None:
+            raise CommandNotSent(f"no topic {topic}: is the stack up, with STREAMCART_APP_ID={settings.app_id}?")
+        ends = {}
+        for partition in metadata.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+            if high > low:
+                ends[partition] = high
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
+        live: dict[bytes, bool] = {}
+        read = 0
+        stalled_since = time.monotonic()
+        while ends:
+            records = consumer.consume(num_messages=1000, timeout=1.0)
+            for record in records:
+                if record.error() is not None:
+                    raise CommandNotSent(f"reading {topic}: {record.error()}")
+                key = record.key()
+                if key is not None:
+                    live[key] = record.value() is not None
+            read += len(records)
+            for position in consumer.position([TopicPartition(topic, p) for p in ends]):
+                if position.offset >= ends[position.partition]:  # read up to the end it had at the start
+                    del ends[position.partition]
+            if records:
+                stalled_since = time.monotonic()
+                on_progress(read)
+            elif time.monotonic() - stalled_since > 30:
+                raise CommandNotSent(f"reading {topic}: nothing came for 30 s with partitions {sorted(ends)} unread")
+        return sorted(key.decode() for key, present in live.items() if present)
+    finally:
+        consumer.close()
+
+
+def reindex_orders(settings: Settings, *, on_progress: Callable[[str], None] = lambda line: None) -> int:
+    """Send IndexOrder for every stored order (the orders flow files each in the customer index and the retention
+    index; one filed already changes nothing); how many were sent."""
+    order_ids = stored_order_ids(settings, on_progress=lambda read: on_progress(f"read {read} changelog records"))
+    sender = CommandSender(settings)
+    for start in range(0, len(order_ids), 1000):
+        sender.send(*(IndexOrder(**envelope(order_id), order_id=order_id)
+                      for order_id in order_ids[start:start + 1000]), timeout_s=30.0)
+        on_progress(f"sent {min(start + 1000, len(order_ids))} of {len(order_ids)}")
+    return len(order_ids)

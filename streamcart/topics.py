@@ -16,7 +16,9 @@ DAY_MS = 24 * 60 * 60 * 1000
 COMPACTED_SEGMENT_BYTES = 64 * 2**20
 
 #: Every table a worker declares (tables/declarations.py); each has a compacted changelog topic.
-TABLE_NAMES = ("orders", "deadlines", "retention", "catalog", "stock", "payments", "shipments", "analytics")
+TABLE_NAMES = (
+    "orders", "deadlines", "retention", "customer_orders", "catalog", "stock", "payments", "shipments", "analytics",
+)
 
 
 def changelog_topic(app_id: str, table: str) -> str:

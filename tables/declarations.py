@@ -25,7 +25,7 @@ from streamcart.domain.order_state import OrderState
 from streamcart.domain.payments import PaymentState
 from streamcart.domain.shipping import ShipmentState
 from tables.analytics import AnalyticsTable
-from tables.typed import DeadlineTable, ModelTable, RetentionIndex
+from tables.typed import CustomerIndex, DeadlineTable, ModelTable, RetentionIndex
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,7 @@ class StateTables:
     orders: ModelTable[OrderState]
     deadlines: DeadlineTable
     retention: RetentionIndex
+    customer_orders: CustomerIndex
     catalog: ModelTable[ProductState]
     stock: ModelTable[StockState]
     reservations: ModelTable[Reservation]
@@ -76,6 +77,7 @@ def declare_tables(app: Any, partitions: int) -> StateTables:
         orders=ModelTable(_table(app, "orders", partitions), OrderState),
         deadlines=DeadlineTable(_table(app, "deadlines", partitions, values="json")),
         retention=RetentionIndex(_table(app, "retention", partitions)),
+        customer_orders=CustomerIndex(_table(app, "customer_orders", partitions)),
         catalog=ModelTable(_table(app, "catalog", partitions), ProductState),
         stock=ModelTable(stock, StockState),
         reservations=ModelTable(stock, Reservation),

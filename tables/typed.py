@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from typing import Any, Generic, TypeVar
 
 from faust.serializers import codecs
@@ -120,6 +120,23 @@ class DeadlineTable:
         return [(str(k), int(v)) for k, v in self.table.items()]
 
 
+def keys_from(table: Any, partition: int, start: str, partition_of: Callable[[str], int]) -> Iterator[str]:
+    """The keys of ``table`` in ``partition`` from ``start`` on, in order (``partition_of(key)``: where a key lives,
+    for the memory store of unit tests, which keeps every partition in one dict).
+
+    A RocksDB store keeps one database per partition with its keys in byte order (the same order as the strings':
+    UTF-8 keeps code point order), so a range is read without reading the rest; this reaches into faust's store for
+    it (``_db_for_partition``), as faust's own API has no range reads.
+    """
+    store = table.data
+    open_partition = getattr(store, "_db_for_partition", None)
+    if open_partition is not None:
+        for raw in open_partition(partition).keys(from_key=start.encode()):
+            yield raw.decode()
+    else:
+        yield from sorted(k for k in store.data if k >= start and partition_of(k) == partition)
+
+
 class RetentionIndex:
     """The settled orders by when they may be forgotten (:mod:`streamcart.domain.retention`): what a timer tick
     reads, oldest first, stopping at the first one not due yet.
@@ -169,7 +186,8 @@ class RetentionIndex:
         found: list[tuple[str, int]] = []
         for partition in sorted(partitions):
             first = True
-            for key in self._keys_from(partition, self._floor.get(partition, ""), partition_of):
+            start = self._floor.get(partition, "")
+            for key in keys_from(self.table, partition, start, lambda k: partition_of(k.partition("/")[2])):
                 at, _, order_id = key.partition("/")
                 # Past the last entry (faust keeps its own offset key in each partition's store, after the digits).
                 if not at.isdigit() or int(at) > now_ms or len(found) >= limit:
@@ -180,11 +198,60 @@ class RetentionIndex:
                 found.append((order_id, int(at)))
         return found
 
-    def _keys_from(self, partition: int, start: str, partition_of: Callable[[str], int]) -> Any:
-        store = self.table.data
-        open_partition = getattr(store, "_db_for_partition", None)
-        if open_partition is not None:  # RocksDB: one database per partition, its keys in byte order
-            for raw in open_partition(partition).keys(from_key=start.encode()):
-                yield raw.decode()
-        else:  # the memory store of unit tests: every partition in one dict
-            yield from sorted(k for k in store.data if k >= start and partition_of(k.partition("/")[2]) == partition)
+
+class CustomerIndex:
+    """Each customer's orders, newest first: what ``GET /v1/customers/{id}/orders`` reads a page of, instead of
+    scanning every order.
+
+    Keys are ``{customer_id}\0{inverted placed_at:013d}\0{order_id}`` (the value is the order id): in each
+    partition's store a customer's entries are together, in the order the API lists them (newest first, then by
+    order id). An entry lives in its order's partition, written while a message of the order is processed.
+    """
+
+    #: Times are inverted against this (13 digits of milliseconds reach the year 2286).
+    NEWEST = 10**13 - 1
+    SEP = "\0"
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def key(self, customer_id: str, placed_at: int, order_id: str) -> str:
+        return f"{customer_id}{self.SEP}{self.NEWEST - placed_at:013d}{self.SEP}{order_id}"
+
+    def add(self, customer_id: str, placed_at: int, order_id: str) -> None:
+        """File the order (writes only if it is not filed yet: a redelivery heals a crash before this write)."""
+        key = self.key(customer_id, placed_at, order_id)
+        if stored(self.table, key) is None:
+            self.table[key] = order_id.encode()
+
+    def has(self, customer_id: str, placed_at: int, order_id: str) -> bool:
+        return stored(self.table, self.key(customer_id, placed_at, order_id)) is not None
+
+    def remove(self, customer_id: str, placed_at: int, order_id: str) -> None:
+        key = self.key(customer_id, placed_at, order_id)
+        if stored(self.table, key) is not None:
+            del self.table[key]
+
+    def page(
+        self, customer_id: str, partitions: Collection[int], *, after: tuple[int, str] | None, limit: int,
+        partition_of: Callable[[str], int],
+    ) -> list[tuple[tuple[int, str], str]]:
+        """Up to ``limit`` of the customer's orders in ``partitions`` as ``((-placed_at, order_id), order_id)``, in
+        that order, after ``after`` (such a pair: the last of the page before)."""
+        prefix = f"{customer_id}{self.SEP}"
+        start = prefix if after is None else f"{prefix}{self.NEWEST + after[0]:013d}{self.SEP}{after[1]}"
+        found: list[tuple[tuple[int, str], str]] = []
+        for partition in partitions:
+            taken = 0
+            for key in keys_from(self.table, partition, start, lambda k: partition_of(k.rsplit(self.SEP, 1)[-1])):
+                if not key.startswith(prefix) or taken >= limit:
+                    break
+                inverted, sep, order_id = key[len(prefix):].partition(self.SEP)
+                if not sep or not inverted.isdigit():
+                    continue  # another customer's whose id goes on past ours with a separator (never via the API)
+                rank = (int(inverted) - self.NEWEST, order_id)
+                if after is not None and rank <= after:
+                    continue
+                found.append((rank, order_id))
+                taken += 1
+        return sorted(found)[:limit]

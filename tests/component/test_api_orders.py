@@ -77,8 +77,9 @@ class FakeWorker:
     def products(self) -> list[ProductState]:
         return list(self.catalog.values())
 
-    def orders_of(self, customer_id: str) -> list[OrderState]:
-        return [o for o in self.orders.values() if o.customer_id == customer_id]
+    def orders_of(self, customer_id: str, *, after: tuple[int, str] | None, limit: int) -> list[OrderState]:
+        mine = sorted(((-o.placed_at, o.order_id), o) for o in self.orders.values() if o.customer_id == customer_id)
+        return [o for rank, o in mine if after is None or rank > after][:limit]
 
     async def wait_settled(self, order_id: str, timeout_s: float) -> OrderState | None:
         self.waited.append((order_id, timeout_s))

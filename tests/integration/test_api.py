@@ -19,6 +19,7 @@ from hypothesis import settings as hypothesis_settings
 
 from api.auth import issue_token
 from schemas.messages import PlaceOrder
+from streamcart.commands import reindex_orders, stored_order_ids
 from streamcart.ids import new_id
 from streamcart.settings import Settings
 from tests.integration.support import admin_token, poll, read_topic
@@ -158,17 +159,27 @@ def test_a_customers_orders_are_gathered_from_both_workers_page_by_page(shop, se
               for _ in range(7)}
     for order_id in placed:
         assert call(f"{settings.worker_url(0)}/v1/orders/{order_id}?wait=30", token=token)[0] == 200
-    seen: list[str] = []
+    seen: list[tuple[int, str]] = []
     cursor = ""
     while True:
         status, _, page = call(f"{settings.worker_url(1)}/v1/customers/{subject}/orders?limit=3{cursor}",
                                token=token)
         assert status == 200, page
-        seen += [o["order_id"] for o in page["items"]]
+        seen += [(-o["placed_at"], o["order_id"]) for o in page["items"]]
         if page["next_cursor"] is None:
             break
         cursor = f"&cursor={page['next_cursor']}"
-    assert sorted(seen) == sorted(placed) and len(seen) == len(placed)
+    # Each once, newest first (the customer index's order in each worker's partitions, merged).
+    assert sorted(o for _, o in seen) == sorted(placed) and len(seen) == len(placed)
+    assert seen == sorted(seen)
+
+    # Reindexing (an upgraded stack's one-off) finds these orders in the orders changelog and changes nothing.
+    assert placed <= set(stored_order_ids(settings))
+    progress: list[str] = []
+    assert reindex_orders(settings, on_progress=progress.append) >= len(placed)
+    assert progress and progress[-1].startswith("sent ")
+    again = call(f"{settings.worker_url(0)}/v1/customers/{subject}/orders?limit=50", token=token)[2]
+    assert [(-o["placed_at"], o["order_id"]) for o in again["items"]] == seen
 
 
 def test_the_auth_matrix(shop, settings):
