@@ -73,6 +73,7 @@ def register(runtime: Runtime) -> Any:
             forgetting = retention.forget(order, None, command, retention_ms)
             if forgetting is None:  # a message in between changed it: kept after all, and indexed again
                 tables.retention.track(order_id, None, retention.kept_until(order, command, retention_ms))
+                tables.customer_orders.add(order.customer_id, order.placed_at, order_id)
                 return
             if leftovers(order, forgetting, event):  # the first step again, then another DropOrder
                 clear(order, command, forgetting, event)
@@ -124,8 +125,8 @@ def register(runtime: Runtime) -> Any:
             tables.deadlines.track(order_id, order.deadline if order.status == OrderStatus.PENDING else None)
             tables.retention.track(order_id, None if stored is None else retention.forget_at(stored, retention_ms),
                                    retention.forget_at(order, retention_ms))
-            if stored is None or decision.state is None:  # placed now, or a redelivery (which heals a crash here)
-                tables.customer_orders.add(order.customer_id, order.placed_at, order_id)
+            # Written only if missing (placed now; a crash before this write; forgetting that stopped halfway).
+            tables.customer_orders.add(order.customer_id, order.placed_at, order_id)
             # The warehouse rows follow the stored order; a message that changed nothing sends them all again.
             changed_from = stored if decision.state is not None else None
             await warehouse.send_order_rows(runtime, changed_from, order, cause=event)

@@ -69,17 +69,18 @@ class FaustWorkerView:
             await self.runtime.order_watch.next_change(order_id, left)
 
     def orders_of(self, customer_id: str, *, after: tuple[int, str] | None, limit: int) -> list[OrderState]:
-        # A range of the customer index in each partition this worker owns, then one read per order on the page.
+        # A range of the customer index in each partition this worker owns, and one read per order on the page.
         tables = self.runtime.tables
         partitions = self.runtime.settings.partitions
-        page = tables.customer_orders.page(customer_id, self.assigned(), after=after, limit=limit,
-                                           partition_of=lambda order_id: partition_for(order_id, partitions))
-        found = []
-        for _, order_id in page:
+
+        def load(order_id: str) -> OrderState | None:
             order = tables.orders.get(order_id)
-            if order is not None and order.customer_id == customer_id:
-                found.append(order)
-        return found
+            return order if order is not None and order.customer_id == customer_id else None
+
+        page = tables.customer_orders.page(customer_id, self.assigned(), after=after, limit=limit,
+                                           partition_of=lambda order_id: partition_for(order_id, partitions),
+                                           load=load)
+        return [order for _, order in page]
 
     def products(self) -> list[ProductState]:
         model = self.runtime.tables.catalog.model

@@ -9,6 +9,7 @@ from faust.serializers import codecs
 from pydantic import BaseModel
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 
 class Utf8Codec(codecs.Codec):
@@ -234,13 +235,14 @@ class CustomerIndex:
 
     def page(
         self, customer_id: str, partitions: Collection[int], *, after: tuple[int, str] | None, limit: int,
-        partition_of: Callable[[str], int],
-    ) -> list[tuple[tuple[int, str], str]]:
-        """Up to ``limit`` of the customer's orders in ``partitions`` as ``((-placed_at, order_id), order_id)``, in
-        that order, after ``after`` (such a pair: the last of the page before)."""
+        partition_of: Callable[[str], int], load: Callable[[str], T | None],
+    ) -> list[tuple[tuple[int, str], T]]:
+        """Up to ``limit`` of the customer's orders in ``partitions`` as ``((-placed_at, order_id), load(order_id))``,
+        in that order, after ``after`` (such a pair: the last of the page before). An entry whose ``load`` is
+        ``None`` (its order not there: a table still being rebuilt) is passed over without taking a place."""
         prefix = f"{customer_id}{self.SEP}"
         start = prefix if after is None else f"{prefix}{self.NEWEST + after[0]:013d}{self.SEP}{after[1]}"
-        found: list[tuple[tuple[int, str], str]] = []
+        found: list[tuple[tuple[int, str], T]] = []
         for partition in partitions:
             taken = 0
             for key in keys_from(self.table, partition, start, lambda k: partition_of(k.rsplit(self.SEP, 1)[-1])):
@@ -252,6 +254,8 @@ class CustomerIndex:
                 rank = (int(inverted) - self.NEWEST, order_id)
                 if after is not None and rank <= after:
                     continue
-                found.append((rank, order_id))
-                taken += 1
-        return sorted(found)[:limit]
+                if (value := load(order_id)) is not None:
+                    found.append((rank, value))
+                    taken += 1
+        found.sort(key=lambda ranked: ranked[0])
+        return found[:limit]
