@@ -69,6 +69,7 @@ def register(runtime: Runtime) -> Any:
     async def drop(command: DropOrder, event: Any) -> None:
         order_id = command.order_id
         order = tables.orders.get(order_id)
+        forgetting = None
         if order is not None:
             forgetting = retention.forget(order, None, command, retention_ms)
             if forgetting is None:  # a message in between changed it: kept after all, and indexed again
@@ -82,8 +83,8 @@ def register(runtime: Runtime) -> Any:
         # Inventory forgets the reservations first (again, if the order is gone already: a crash may have kept
         # them from leaving the first time); this command is committed only once they are in Kafka.
         await runtime.emit(retention.reservation_forgets(command), cause=event)
-        if order is not None:
-            tables.retention.track(order_id, command.forget_at + retention_ms, None)
+        if forgetting is not None:  # the order is there, and goes now
+            tables.retention.track(order_id, forgetting.fallback_at, None)
             tables.retention.track(order_id, command.forget_at, None)
             tables.orders.delete(order_id)
             runtime.telemetry.order_forgotten()
@@ -125,8 +126,10 @@ def register(runtime: Runtime) -> Any:
             tables.deadlines.track(order_id, order.deadline if order.status == OrderStatus.PENDING else None)
             tables.retention.track(order_id, None if stored is None else retention.forget_at(stored, retention_ms),
                                    retention.forget_at(order, retention_ms))
-            # Written only if missing (placed now; a crash before this write; forgetting that stopped halfway).
-            tables.customer_orders.add(order.customer_id, order.placed_at, order_id)
+            # Filed if missing: placed now, a redelivery (a crash before this write), or a settled order whose
+            # forgetting took its entry and stopped halfway (only a settled order is ever forgotten).
+            if stored is None or decision.state is None or order.status in retention.FINAL:
+                tables.customer_orders.add(order.customer_id, order.placed_at, order_id)
             # The warehouse rows follow the stored order; a message that changed nothing sends them all again.
             changed_from = stored if decision.state is not None else None
             await warehouse.send_order_rows(runtime, changed_from, order, cause=event)

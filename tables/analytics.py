@@ -17,7 +17,7 @@ import json
 from typing import Any
 
 from streamcart.domain.analytics import ClosedWindow, PartitionWindows, window_id
-from tables.typed import stored
+from tables.typed import delete, stored
 
 
 class AnalyticsTable:
@@ -46,9 +46,7 @@ class AnalyticsTable:
         self.table[f"p{partition}/seen/{event_id}"] = json.dumps(list(closed)).encode()
 
     def forget_seen(self, partition: int, event_id: str) -> None:
-        key = f"p{partition}/seen/{event_id}"
-        if stored(self.table, key) is not None:
-            del self.table[key]
+        delete(self.table, f"p{partition}/seen/{event_id}")
 
     def closed_ids(self, partition: int) -> list[str]:
         raw = stored(self.table, f"p{partition}/index")

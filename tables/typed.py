@@ -38,6 +38,18 @@ def stored(table: Any, key: str) -> Any:
     return table.data.get(key)
 
 
+def delete(table: Any, key: str) -> None:
+    """Delete ``key`` from ``table`` if it is there: a tombstone in the changelog only for what was stored."""
+    if stored(table, key) is not None:
+        del table[key]
+
+
+def put_absent(table: Any, key: str, value: bytes) -> None:
+    """Store ``value`` under ``key`` unless something is stored there: a redelivery writes nothing again."""
+    if stored(table, key) is None:
+        table[key] = value
+
+
 class ModelTable(Generic[M]):
     """Typed access to one faust table whose values are ``model`` instances, stored as JSON bytes.
 
@@ -86,8 +98,7 @@ class ModelTable(Generic[M]):
     def delete(self, key: str) -> None:
         """Forget ``key`` (a tombstone in the changelog); nothing happens if it is not there."""
         self._decoded.pop(key, None)
-        if stored(self.table, key) is not None:
-            del self.table[key]
+        delete(self.table, key)
 
     def _remember(self, key: str, raw: bytes, value: M) -> None:
         decoded = self._decoded
@@ -169,13 +180,9 @@ class RetentionIndex:
         """Move ``order_id`` from its time ``before`` to ``after`` (``None``: not in the index); writes only what
         differs from the store, so a redelivery heals a crash between the order's write and this one."""
         if before is not None and before != after:
-            old = self.key(order_id, before)
-            if stored(self.table, old) is not None:
-                del self.table[old]
+            delete(self.table, self.key(order_id, before))
         if after is not None:
-            new = self.key(order_id, after)
-            if stored(self.table, new) is None:
-                self.table[new] = order_id.encode()
+            put_absent(self.table, self.key(order_id, after), order_id.encode())
 
     def due(
         self, partitions: Collection[int], now_ms: int, *, limit: int, partition_of: Callable[[str], int]
@@ -221,17 +228,13 @@ class CustomerIndex:
 
     def add(self, customer_id: str, placed_at: int, order_id: str) -> None:
         """File the order (writes only if it is not filed yet: a redelivery heals a crash before this write)."""
-        key = self.key(customer_id, placed_at, order_id)
-        if stored(self.table, key) is None:
-            self.table[key] = order_id.encode()
+        put_absent(self.table, self.key(customer_id, placed_at, order_id), order_id.encode())
 
     def has(self, customer_id: str, placed_at: int, order_id: str) -> bool:
         return stored(self.table, self.key(customer_id, placed_at, order_id)) is not None
 
     def remove(self, customer_id: str, placed_at: int, order_id: str) -> None:
-        key = self.key(customer_id, placed_at, order_id)
-        if stored(self.table, key) is not None:
-            del self.table[key]
+        delete(self.table, self.key(customer_id, placed_at, order_id))
 
     def page(
         self, customer_id: str, partitions: Collection[int], *, after: tuple[int, str] | None, limit: int,
