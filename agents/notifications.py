@@ -1,7 +1,8 @@
 """The notifications flow: order events → the customer's channels, with retries; give-ups go to the DLQ.
 
 It consumes ``events.orders`` (keyed by order_id, so the order's own record, with its webhook URL, email address
-and phone number, is in this worker's orders table) and reports each delivery on ``events.notifications``.
+and phone number, is in this worker's orders table) and reports each delivery on ``events.notifications``. A
+give-up replayed from the dead-letter topic (``streamcart dlq replay``) goes to the channel that gave up alone.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from typing import Any
 
 from aiohttp import ClientSession
 
-from agents.runtime import Runtime, consume_concurrently
+from agents.runtime import Runtime, consume_concurrently, header
 from schemas.messages import Message, OrderEvent
+from streamcart.dead_letters import DlqHeader, replayed_channel
 from streamcart.domain import notifications
 from streamcart.domain.notifications import Contact, Notification
 from streamcart.notify.delivery import Deliverer, default_providers
@@ -48,6 +50,8 @@ def register(runtime: Runtime, worker_index: int = 0) -> Any:
         order = runtime.tables.orders.get(message.order_id)
         contact = Contact() if order is None else Contact(order.webhook_url, order.email, order.phone)
         planned = notifications.plan(message, contact)
+        if (channel := replayed_channel(header(event, DlqHeader.REPLAY_FLOW))) is not None:
+            planned = tuple(n for n in planned if n.channel == channel)  # a replay of this channel's give-up
         outcomes = await asyncio.gather(*(deliver(n, event) for n in planned))
         await runtime.emit(tuple(outcomes), cause=event)
 

@@ -25,6 +25,7 @@ from schemas.codec import Codec
 from schemas.errors import RegistryUnavailable, SchemaError
 from schemas.messages import Message
 from streamcart import tracing
+from streamcart.dead_letters import DlqHeader, replay_target
 from streamcart.domain import warehouse
 from streamcart.errors import StreamcartError
 from streamcart.logs import log_context
@@ -105,18 +106,6 @@ def refused(rejected: str | None, message: Message, refusals: Container[str] = (
     raise FlowError(rejected)
 
 
-class DlqHeader:
-    """Headers every dead-lettered record carries (invariant I8)."""
-
-    SOURCE_TOPIC = "dlq.source.topic"
-    SOURCE_PARTITION = "dlq.source.partition"
-    SOURCE_OFFSET = "dlq.source.offset"
-    ERROR_CLASS = "dlq.error.class"
-    ERROR_MESSAGE = "dlq.error.message"
-    FLOW = "dlq.flow"
-    FAILED_AT = "dlq.failed.at"
-
-
 @dataclass
 class Runtime:
     """The app's shared parts, built once per worker and passed to every flow."""
@@ -163,7 +152,7 @@ class Runtime:
         cause's trace)."""
         headers: list[tuple[str, bytes]] = []
         if tracing.enabled():
-            traceparent = current_traceparent() or child_traceparent(_header(cause, "traceparent") if cause else None)
+            traceparent = current_traceparent() or child_traceparent(header(cause, "traceparent") if cause else None)
             headers.append(("traceparent", traceparent.encode()))
         assert self.sink is not None
         await self.sink.send(topic, key, value, headers)
@@ -204,7 +193,8 @@ def record_time_ms(event: Any) -> int | None:
     return None if written_s is None else round(written_s * 1000)
 
 
-def _header(event: Any, name: str) -> str | None:
+def header(event: Any, name: str) -> str | None:
+    """The text of the header ``name`` of faust's ``event`` (``None`` if it has none)."""
     for key, value in _headers(event):
         if key == name:
             return value.decode(errors="replace")
@@ -261,8 +251,11 @@ async def process(runtime: Runtime, event: Any, handler: Handler, flow: str) -> 
     # Table writes go to the changelog partition of "the current event". faust sets it while a stream iterates
     # one event at a time, but not for events taken in batches: set it here for the event being handled (each
     # concurrently handled event runs in its own task, so each sees its own).
+    replay_for = header(event, DlqHeader.REPLAY_FLOW)
+    if replay_for is not None and replay_target(replay_for) != flow:
+        return  # a dead letter replayed for the flow that failed on it (streamcart dlq replay); this one had it
     _current_event.set(weakref.ref(event))
-    with span(_header(event, "traceparent"), flow, "consumer"), log_context(flow=flow):
+    with span(header(event, "traceparent"), flow, "consumer"), log_context(flow=flow):
         try:
             message = await runtime.decoded.decode(runtime.codec, event.message)
         except SchemaError as exc:  # undecodable, or the registry refused to say what its schema id is

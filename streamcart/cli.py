@@ -28,6 +28,7 @@ from streamcart.settings import Settings, load_settings
 if TYPE_CHECKING:
     from schemas.messages import Message
     from streamcart.commands import CommandSender
+    from streamcart.dead_letters import DeadLetter, Selection
     from streamcart.domain.inventory import StockState
     from streamcart.stack import Stack
 
@@ -612,6 +613,144 @@ def product_show(sku: Id) -> None:
     for path in (f"/v1/products/{sku}", f"/v1/stock/{sku}"):
         status, body = remote.get(path)
         console.print_json(data=body) if status == 200 else console.print(f"{path}: HTTP {status} {body}")
+
+
+dlq_app = typer.Typer(help="The dead-letter topic: what failed, where and why; replay what can succeed now.")
+app.add_typer(dlq_app, name="dlq")
+
+Flows = Annotated[list[str] | None, typer.Option(
+    "--flow", help="Only what failed in this flow: orders, inventory, payments, shipping, analytics, notifications "
+                   "(or one channel: notifications.webhook, .email, .sms). Repeatable.")]
+Errors = Annotated[list[str] | None, typer.Option(
+    "--error", help="Only this error class (as `dlq list` shows it, e.g. FlowError, InvalidMessage). Repeatable.")]
+SourceTopics = Annotated[list[str] | None, typer.Option(
+    "--topic", help="Only records from this topic (e.g. commands.orders). Repeatable.")]
+OfOrder = Annotated[str | None, typer.Option("--order", help="Only the messages of this order.")]
+Since = Annotated[str | None, typer.Option(help="Only what failed in this last while: 90s, 15m, 2h, 7d.")]
+
+
+def _selection(flows: list[str] | None, errors: list[str] | None, topics: list[str] | None, order: str | None,
+               since: str | None, positions: list[str] | None = None) -> Selection:
+    from streamcart.dead_letters import Selection, parse_age
+
+    try:
+        since_ms = None if since is None else int(time.time() * 1000) - parse_age(since)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--since") from None
+    for position in positions or ():
+        partition, _, offset = position.partition(":")
+        if not (partition.isdigit() and offset.isdigit()):
+            raise typer.BadParameter(f"{position!r}: expected PARTITION:OFFSET as `dlq list` shows it",
+                                     param_hint="--at")
+    prefix = _settings().topic_prefix  # `--topic commands.orders` whatever the stack's topic prefix
+    named = {name for topic in topics or () for name in (topic, topic if topic.startswith(prefix) else prefix + topic)}
+    return Selection(flows=frozenset(flows or ()), error_classes=frozenset(errors or ()), topics=frozenset(named),
+                     order_id=order, positions=frozenset(positions or ()), since_ms=since_ms)
+
+
+def _dead_letters(settings: Settings, selection: Selection) -> list[DeadLetter]:
+    from schemas.codec import Codec
+    from streamcart.commands import read_dead_letters
+
+    with console.status("reading the dead-letter topic…"):
+        letters = read_dead_letters(settings, Codec.connect(settings))
+    return [letter for letter in letters if letter in selection]
+
+
+@dlq_app.command("list")
+def dlq_list(
+    flow: Flows = None, error: Errors = None, topic: SourceTopics = None, order: OfOrder = None, since: Since = None,
+    limit: Annotated[int, typer.Option(help="Show the latest this many (the counts cover all).")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output (every selected record).")] = False,
+) -> None:
+    """What was dead-lettered (kept 30 days): when, in which flow, from where, why, and what it was; counts by flow
+    and error first."""
+    from streamcart.stack.views import dead_letter_counts, dead_letters_table
+
+    selection = _selection(flow, error, topic, order, since)
+    letters = _dead_letters(_settings(), selection)
+    if as_json:
+        print(json.dumps([letter.as_json() for letter in letters], indent=2))
+        return
+    if not letters:
+        console.print("no dead letters" if selection.empty else "no dead letters match")
+        return
+    console.print(dead_letter_counts(letters))
+    console.print(dead_letters_table(letters[-limit:], total=len(letters)))
+    console.print("[dim]`streamcart dlq show PARTITION:OFFSET` for one in full; `streamcart dlq replay` sends "
+                  "them back once their cause is gone[/]")
+
+
+@dlq_app.command("show")
+def dlq_show(
+    position: Annotated[str, typer.Argument(help="PARTITION:OFFSET of the dead letter, as `dlq list` shows it.")],
+) -> None:
+    """One dead letter in full: its headers, and its message as JSON."""
+    letters = _dead_letters(_settings(), _selection(None, None, None, None, None, [position]))
+    if not letters:
+        raise StreamcartError(f"no dead letter at {position} (`streamcart dlq list` lists them)")
+    console.print_json(data=letters[0].as_json() | {"headers": {k: v.decode(errors="replace")
+                                                                for k, v in letters[0].headers}})
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    flow: Flows = None, error: Errors = None, topic: SourceTopics = None, order: OfOrder = None, since: Since = None,
+    at: Annotated[list[str] | None, typer.Option(help="The dead letter at PARTITION:OFFSET. Repeatable.")] = None,
+    every: Annotated[bool, typer.Option("--all", help="Every dead letter (no other selection needed).")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Say what would be replayed, and send nothing.")] = False,
+    force: Annotated[bool, typer.Option(help="Replay even what the checks refuse (an order not stored, a value that "
+                                             "does not decode).")] = False,
+) -> None:
+    """Send dead letters back to the partitions they came from, for the flow that failed on them alone (once their
+    cause is gone: a webhook back up, a worker upgraded). The flows deduplicate a message handled already; a record
+    of an order the workers do not hold (forgotten after it settled) is refused unless --force."""
+    selection = _selection(flow, error, topic, order, since, at)
+    if selection.empty and not every:
+        raise typer.BadParameter("name what to replay (--flow, --error, --topic, --order, --since, --at), or --all")
+    settings = _settings()
+    replayed = replay_dead_letters(_dead_letters(settings, selection), _remote(), settings, dry_run=dry_run,
+                                   force=force)
+    if replayed is None:
+        console.print("no dead letters match")
+
+
+def replay_dead_letters(letters: list[DeadLetter], remote: Remote, settings: Settings, *, dry_run: bool = False,
+                        force: bool = False, sender: CommandSender | None = None) -> int | None:
+    """Replay what the checks let through (all of it with ``force``), print each letter's fate; how many were sent
+    (``None`` when there was nothing to look at)."""
+    from streamcart.commands import CommandSender
+    from streamcart.dead_letters import plan_replays, replay_of
+
+    if not letters:
+        return None
+
+    def order_stored(order_id: str) -> bool | str:
+        try:
+            status, _ = remote.get(f"/v1/orders/{order_id}")
+        except OSError as exc:
+            return f"the API cannot be reached: {getattr(exc, 'reason', exc)}"
+        return status == 200 if status in (200, 404) else f"the API answered {status}"
+
+    plan = plan_replays(letters, order_stored=order_stored, now_ms=int(time.time() * 1000),
+                        retention_ms=round(settings.order_retention_s * 1000), force=force)
+    going = [letter for letter, refusal in plan if refusal is None]
+    for letter, refusal in plan:
+        what = f"{letter.position} {letter.summary} ({letter.flow}: {letter.error_class})"
+        if refusal is not None:
+            console.print(f"[yellow]kept[/] {escape(what)}: {escape(refusal)}")
+        elif dry_run:
+            console.print(f"would replay {escape(what)} to {letter.source_topic}[{letter.source_partition}]")
+    if going and not dry_run:
+        (sender or CommandSender(settings)).resend(*(replay_of(letter) for letter in going), timeout_s=30.0)
+        for letter in going:
+            console.print(f"[green]replayed[/] {escape(letter.position)} {escape(letter.summary)} to "
+                          f"{letter.source_topic}[{letter.source_partition}] for {letter.flow}")
+    verb = "would be replayed" if dry_run else "replayed"
+    console.print(f"{len(going)} of {len(plan)} {verb}"
+                  + ("" if dry_run or not going else "; a replay that fails again is dead-lettered anew, marked "
+                     "with the letter it replays (`streamcart dlq list`)"))
+    return 0 if dry_run else len(going)
 
 
 bench_app = typer.Typer(help="Benchmarks against the running stack (figures, not pass/fail).")

@@ -7,13 +7,14 @@ Commands are produced with confluent-kafka through the same codec as the agents 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
 from schemas.codec import Codec
 from schemas.messages import IndexOrder, Message
+from streamcart.dead_letters import DeadLetter, Replay, dead_letter
 from streamcart.errors import StreamcartError
 from streamcart.ids import new_id
 from streamcart.settings import Settings
@@ -52,6 +53,22 @@ class CommandSender:
         })
 
     def send(self, *messages: Message, timeout_s: float = 10.0) -> None:
+        self._deliver(
+            ({"topic": getattr(self.topics, message.TOPIC), "key": message.key.encode(),
+              "value": self.codec.encode(message), "headers": [("traceparent", new_traceparent().encode())]}
+             for message in messages),
+            timeout_s,
+        )
+
+    def resend(self, *replays: Replay, timeout_s: float = 10.0) -> None:
+        """Produce dead letters back to the partitions they came from (``streamcart dlq replay``)."""
+        self._deliver(
+            ({"topic": r.topic, "partition": r.partition, "key": r.key, "value": r.value, "headers": list(r.headers)}
+             for r in replays),
+            timeout_s,
+        )
+
+    def _deliver(self, records: Iterable[dict[str, Any]], timeout_s: float) -> None:
         failures: list[str] = []
 
         def on_delivery(err: Any, _msg: Any) -> None:
@@ -59,27 +76,21 @@ class CommandSender:
                 failures.append(str(err))
 
         try:
-            for message in messages:
-                self.producer.produce(
-                    getattr(self.topics, message.TOPIC),
-                    key=message.key.encode(),
-                    value=self.codec.encode(message),
-                    headers=[("traceparent", new_traceparent().encode())],
-                    on_delivery=on_delivery,
-                )
+            for record in records:
+                self.producer.produce(**record, on_delivery=on_delivery)
         except (KafkaException, BufferError) as exc:
             raise CommandNotSent(f"could not produce: {exc}") from exc
         left = self.producer.flush(timeout_s)
         if left or failures:
-            raise CommandNotSent(f"the broker did not acknowledge {left or len(failures)} command(s): {failures}")
+            raise CommandNotSent(f"the broker did not acknowledge {left or len(failures)} record(s): {failures}")
 
 
-def stored_order_ids(settings: Settings, *, on_progress: Callable[[int], None] = lambda read: None) -> list[str]:
-    """The id of every order the orders table holds now, read from its changelog (the latest record of each key;
-    a tombstone: forgotten), up to the end it had when the read began."""
-    topic = changelog_topic(settings.app_id, "orders")
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": f"streamcart-reindex-{new_id()}",
-                         "enable.auto.commit": False, "enable.partition.eof": False})
+def read_to_end(settings: Settings, topic: str, on_record: Callable[[Any], None], *, purpose: str,
+                on_progress: Callable[[int], None] = lambda read: None) -> None:
+    """Hand every record of ``topic`` to ``on_record`` (a confluent-kafka message), from each partition's start up to
+    the end it had when the read began; committing nothing (``purpose`` names the throwaway consumer group)."""
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "enable.auto.commit": False,
+                         "group.id": f"streamcart-{purpose}-{new_id()}", "enable.partition.eof": False})
     try:
         metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
         if metadata is None or metadata.error is not None:
@@ -90,7 +101,6 @@ def stored_order_ids(settings: Settings, *, on_progress: Callable[[int], None] =
             if high > low:
                 ends[partition] = high
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
-        live: dict[bytes, bool] = {}
         read = 0
         stalled_since = time.monotonic()
         while ends:
@@ -98,9 +108,9 @@ def stored_order_ids(settings: Settings, *, on_progress: Callable[[int], None] =
             for record in records:
                 if record.error() is not None:
                     raise CommandNotSent(f"reading {topic}: {record.error()}")
-                key = record.key()
-                if key is not None:
-                    live[key] = record.value() is not None
+                offset = record.offset()
+                if offset is not None and offset < ends.get(record.partition(), 0):  # not one written since
+                    on_record(record)
             read += len(records)
             for position in consumer.position([TopicPartition(topic, p) for p in ends]):
                 if position.offset >= ends[position.partition]:  # read up to the end it had at the start
@@ -110,9 +120,21 @@ def stored_order_ids(settings: Settings, *, on_progress: Callable[[int], None] =
                 on_progress(read)
             elif time.monotonic() - stalled_since > 30:
                 raise CommandNotSent(f"reading {topic}: nothing came for 30 s with partitions {sorted(ends)} unread")
-        return sorted(key.decode() for key, present in live.items() if present)
     finally:
         consumer.close()
+
+
+def stored_order_ids(settings: Settings, *, on_progress: Callable[[int], None] = lambda read: None) -> list[str]:
+    """The id of every order the orders table holds now, read from its changelog (the latest record of each key;
+    a tombstone: forgotten), up to the end it had when the read began."""
+    live: dict[bytes, bool] = {}
+
+    def note(record: Any) -> None:
+        if (key := record.key()) is not None:
+            live[key] = record.value() is not None
+
+    read_to_end(settings, changelog_topic(settings.app_id, "orders"), note, purpose="reindex", on_progress=on_progress)
+    return sorted(key.decode() for key, present in live.items() if present)
 
 
 def reindex_orders(settings: Settings, *, on_progress: Callable[[str], None] = lambda line: None) -> int:
@@ -125,3 +147,17 @@ def reindex_orders(settings: Settings, *, on_progress: Callable[[str], None] = l
                       for order_id in order_ids[start:start + 1000]), timeout_s=30.0)
         on_progress(f"sent {min(start + 1000, len(order_ids))} of {len(order_ids)}")
     return len(order_ids)
+
+
+def read_dead_letters(settings: Settings, codec: Codec, *,
+                      on_progress: Callable[[int], None] = lambda read: None) -> list[DeadLetter]:
+    """Every record of the dead-letter topic (kept 30 days), oldest failure first, its value decoded where it can be.
+    Raises :class:`~schemas.errors.RegistryUnavailable` when the schema registry cannot be asked."""
+    letters: list[DeadLetter] = []
+
+    def note(record: Any) -> None:
+        letters.append(dead_letter(record.partition(), record.offset(), record.key(), record.value(),
+                                   record.headers() or (), codec.decode))
+
+    read_to_end(settings, Topics.from_settings(settings).dlq, note, purpose="dlq", on_progress=on_progress)
+    return sorted(letters, key=lambda letter: (letter.failed_at_ms or 0, letter.partition, letter.offset))

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import time
+from collections import Counter
 from dataclasses import asdict
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from streamcart.connectors import ConnectorStatus
+from streamcart.dead_letters import DeadLetter
 from streamcart.settings import Settings
 from streamcart.stack.admin import TopicInfo
 from streamcart.stack.stack import ProcessStatus
@@ -133,3 +137,38 @@ def order_panel(order: dict[str, Any]) -> Table:
         detail = f" · {entry['detail']}" if entry.get("detail") else ""
         table.add_row(f"+{(entry[clock] - start) / 1000:.3f} s", f"{entry['event']}{detail}")
     return table
+
+
+def dead_letter_counts(letters: list[DeadLetter]) -> Table:
+    """How many dead letters each flow and error class has: what to look at first."""
+    table = Table(title=f"{len(letters)} dead letters", title_justify="left")
+    for column in ("flow", "error", "records", "last failed"):
+        table.add_column(column, justify="right" if column == "records" else "left")
+    last: dict[tuple[str, str], int] = {}
+    counts = Counter((letter.flow, letter.error_class) for letter in letters)
+    for letter in letters:
+        last[(letter.flow, letter.error_class)] = max(last.get((letter.flow, letter.error_class), 0),
+                                                      letter.failed_at_ms or 0)
+    for (flow, error), count in counts.most_common():
+        table.add_row(flow, error, str(count), _when(last[(flow, error)]))
+    return table
+
+
+def dead_letters_table(letters: list[DeadLetter], *, total: int) -> Table:
+    """The dead letters, oldest failure first (the last of ``total``)."""
+    title = "dead letters" if len(letters) == total else f"the last {len(letters)} of {total} dead letters"
+    table = Table(title=title, title_justify="left")
+    for column in ("at", "failed", "flow", "from", "message", "error"):
+        table.add_column(column, overflow="fold")
+    for letter in letters:
+        source = f"{letter.source_topic}[{letter.source_partition}]@{letter.source_offset}"
+        error = escape(f"{letter.error_class}: {letter.error}"[:300])
+        if letter.replay_of:
+            error += f" [dim](replay of {escape(letter.replay_of)})[/]"
+        table.add_row(letter.position, _when(letter.failed_at_ms), escape(letter.flow), escape(source),
+                      "(undecodable)" if letter.message is None else escape(letter.summary), error)
+    return table
+
+
+def _when(ms: int | None) -> str:
+    return "?" if not ms else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000))

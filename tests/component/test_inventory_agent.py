@@ -3,8 +3,8 @@
 import pytest
 
 from agents.app import build_runtime
-from agents.runtime import DlqHeader
 from schemas.messages import AdjustStock, ReserveStock, UpsertProduct
+from streamcart.dead_letters import DlqHeader
 from streamcart.domain.inventory import adjustments_key
 from streamcart.settings import Settings
 

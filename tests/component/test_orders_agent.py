@@ -3,8 +3,8 @@
 import pytest
 
 from agents.app import build_runtime
-from agents.runtime import DlqHeader
 from schemas.messages import OrderLine, OrderPlaced, PlaceOrder, ReserveStock
+from streamcart.dead_letters import DlqHeader
 from streamcart.settings import Settings
 
 
@@ -64,6 +64,23 @@ async def test_a_message_of_another_flow_on_the_order_topic_is_dead_lettered(run
         await agent.put(codec.encode(stray), key=b"A")
     dead = sink.records(runtime.topics.dlq)
     assert [d.headers[DlqHeader.ERROR_CLASS] for d in dead] == [b"FlowError"]
+
+
+async def test_a_record_replayed_for_another_flow_is_left_to_that_flow(runtime, codec, sink):
+    replayed = [(DlqHeader.REPLAY_FLOW, b"notifications.webhook"), (DlqHeader.REPLAY_OF, b"0:4")]
+    async with runtime.agents["orders"].test_context() as agent:
+        await agent.put(codec.encode(place()), key=b"o-1", headers=replayed)
+    assert runtime.tables.orders.get("o-1") is None
+    assert sink.sent == []
+
+
+async def test_a_record_replayed_for_this_flow_is_handled_like_any_other(runtime, codec, sink):
+    replayed = [(DlqHeader.REPLAY_FLOW, b"orders"), (DlqHeader.REPLAY_OF, b"0:4")]
+    async with runtime.agents["orders"].test_context() as agent:
+        await agent.put(codec.encode(place()), key=b"o-1", headers=replayed)
+    order = runtime.tables.orders.get("o-1")
+    assert order is not None and order.status == "PENDING"
+    assert [type(m) for m in sink.messages(runtime.topics.order_events)] == [OrderPlaced]
 
 
 class FlakySink:

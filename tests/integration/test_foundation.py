@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from agents.runtime import DlqHeader
 from schemas.codec import Codec
 from schemas.messages import OrderLine, OrderPlaced, PlaceOrder
+from streamcart.dead_letters import DlqHeader
 from streamcart.ids import new_id
 from streamcart.stack import Stack
 from streamcart.topics import Topics

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.runtime import DlqHeader
+from streamcart.dead_letters import DlqHeader
 from tests.integration.support import QuietHandler, admin_token, headers_of, http_server, poll, read_topic
 from tests.integration.test_api import call, customer, order_body, stocked_sku
 from tests.integration.test_saga import Shop, sku

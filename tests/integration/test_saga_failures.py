@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from agents.runtime import DlqHeader
 from schemas.messages import PlaceOrder
+from streamcart.dead_letters import DlqHeader
 from streamcart.ids import new_id
 from streamcart.settings import Settings
 from streamcart.stack import Stack

@@ -1,0 +1,149 @@
+"""`streamcart dlq` on the real stack: the dead letters listed with where they came from and why, and a replay that
+reaches the one flow (and the one channel) that failed, changes nothing the second time, and never acts on an
+order the workers do not hold."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from schemas.messages import OrderPlaced, ReserveStock
+from streamcart import cli
+from streamcart.commands import read_dead_letters
+from streamcart.dead_letters import DeadLetter, DlqHeader
+from streamcart.ids import new_id
+from streamcart.partitioning import partition_for
+from tests.integration.support import poll, produce, producer, read_topic
+from tests.integration.test_api import call, customer, order_body, stocked_sku
+from tests.integration.test_notifications import hook  # noqa: F401 (a fixture)
+from tests.integration.test_saga import Shop, sku
+
+
+@pytest.fixture(scope="module")
+def shop(stack, settings, codec) -> Shop:
+    return Shop(settings, codec)
+
+
+def letters_of(settings, codec, order_id: str) -> list[DeadLetter]:
+    return [letter for letter in read_dead_letters(settings, codec) if letter.order_id == order_id]
+
+
+def streamcart(settings, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI as a user runs it, against the test stack."""
+    env = {**os.environ, **settings.to_env()}
+    return subprocess.run([sys.executable, "-m", "streamcart.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+
+
+def test_a_place_order_a_flow_could_not_handle_is_replayed_once_and_a_second_replay_changes_nothing(
+    shop, settings, codec
+):
+    item = sku()
+    shop.product(item, price=700, stock=5)
+    order = shop.place_order({item: 2})
+    # What the orders flow writes when it fails on a record (agents/runtime.py, dead_letter): say a worker older
+    # than the command was handed it.
+    partition = partition_for(order.order_id, settings.partitions)
+    failed = [(DlqHeader.SOURCE_TOPIC, shop.topics.order_commands.encode()),
+              (DlqHeader.SOURCE_PARTITION, str(partition).encode()), (DlqHeader.SOURCE_OFFSET, b"0"),
+              (DlqHeader.ERROR_CLASS, b"FlowError"), (DlqHeader.ERROR_MESSAGE, b"unknown command"),
+              (DlqHeader.FLOW, b"orders"), (DlqHeader.FAILED_AT, str(int(time.time() * 1000)).encode())]
+    produce(producer(settings), shop.topics.dlq, order.order_id.encode(), codec.encode(order), failed)
+    assert shop.order(order.order_id) is None
+
+    listed = streamcart(settings, "dlq", "list", "--order", order.order_id, "--json")
+    assert listed.returncode == 0, listed.stderr
+    (shown,) = json.loads(listed.stdout)
+    assert (shown["flow"], shown["error"]["class"], shown["message_type"]) == ("orders", "FlowError", "PlaceOrder")
+    assert shown["source"] == {"topic": shop.topics.order_commands, "partition": partition, "offset": 0}
+
+    replayed = streamcart(settings, "dlq", "replay", "--order", order.order_id)
+    assert replayed.returncode == 0, replayed.stderr
+    assert "1 of 1 replayed" in replayed.stdout, replayed.stdout
+    assert shop.confirmed(order.order_id)["total_cents"] == 1400
+
+    def settled(seen: dict | None) -> bool:  # every step after the confirmation taken: committed, captured, shipped
+        return bool(seen and seen["shipment"] and (seen["payment"] or {}).get("status") == "captured"
+                    and all(line["status"] == "committed" for line in seen["lines"]))
+
+    confirmed = poll(lambda: settled(o := shop.order(order.order_id)) and o, what="the order's last steps")
+
+    # The order is stored now: a second replay is let through, and is a duplicate the flow absorbs (I5), re-sending
+    # the same OrderPlaced.
+    again = cli.replay_dead_letters(letters_of(settings, codec, order.order_id), cli._LiveRemote(settings), settings)
+    assert again == 1
+
+    def placed_twice(records: list) -> bool:
+        return sum(1 for r in records if r.key() == order.order_id.encode()
+                   and isinstance(codec.decode(r.value()), OrderPlaced)) >= 2
+
+    read_topic(settings, shop.topics.order_events, until=placed_twice, timeout_s=30)
+    after = shop.order(order.order_id)
+    assert after is not None and after["history"] == confirmed["history"]
+    assert [a["idempotency_key"] for a in shop.gateway_authorizations()].count(order.order_id) == 1  # I4
+    assert shop.quiet_stock(item)["on_hand"] == 3  # I2: sold once
+
+
+def test_a_webhook_give_up_is_replayed_to_the_webhook_alone_once_it_answers(shop, settings, codec, hook):  # noqa: F811
+    receiver, url = hook
+    receiver.always_fail = True
+    email = f"{new_id()}@example.com"
+    _, token = customer(settings)
+    _, _, placed = call(f"{settings.worker_url(0)}/v1/orders", "POST",
+                        {**order_body(stocked_sku(shop)), "webhook_url": url, "email": email}, token)
+    _, _, order = call(f"{settings.worker_url(0)}/v1/orders/{placed['order_id']}?wait=30", token=token)
+    order_id = order["order_id"]
+    assert order["status"] == "CONFIRMED"
+    given_up = poll(lambda: [letter for letter in letters_of(settings, codec, order_id)
+                             if letter.flow == "notifications.webhook"], timeout_s=60, what="the webhook's give-up")
+    tried = len(receiver.delivered(order_id, "order_confirmed"))
+
+    receiver.always_fail = False
+    receiver.fail_first = False
+    sent = cli.replay_dead_letters(given_up, cli._LiveRemote(settings), settings)
+    assert sent == len(given_up) == 1
+
+    delivered = poll(lambda: len(receiver.delivered(order_id, "order_confirmed")) > tried
+                     and receiver.delivered(order_id, "order_confirmed"), what="the replayed webhook call")
+    assert len({r["key"] for r in delivered}) == 1, "the replay carries the notification's own Idempotency-Key"
+
+    def webhook_sent(records: list) -> bool:
+        return any(r.key() is not None and type(m := codec.decode(r.value())).__name__ == "NotificationSent"
+                   and m.order_id == order_id and m.channel == "webhook" for r in records)
+
+    read_topic(settings, shop.topics.notification_events, until=webhook_sent, timeout_s=30)
+    outbox = Path(settings.home).resolve() / "data" / "notifications" / "outbox.jsonl"
+    emails = [json.loads(line) for line in outbox.read_text(encoding="utf-8").split("\n")[:-1]]
+    confirmations = [e for e in emails if e["to"] == email and e["template"] == "order_confirmed"]
+    assert len(confirmations) == 1, "the email channel, which had delivered, is not sent the replay"
+    assert [letter.flow for letter in letters_of(settings, codec, order_id)] == ["notifications.webhook"]
+    assert len(receiver.delivered(order_id, "order_confirmed")) == tried + 1
+
+
+def test_what_would_fail_again_or_act_on_an_unknown_order_is_kept_with_the_reason(shop, settings, codec, capsys):
+    stray_order = f"o-never-{new_id()}"
+    stray = ReserveStock(**shop.envelope(stray_order), sku=sku(), order_id=stray_order, quantity=1, currency="EUR")
+    poison_key = f"poison-{new_id()}".encode()
+    p = producer(settings)
+    produce(p, shop.topics.order_commands, poison_key, b"not avro at all")
+    produce(p, shop.topics.order_commands, stray_order.encode(), codec.encode(stray))  # the wrong flow's command
+
+    def dead() -> list[DeadLetter]:
+        letters = [letter for letter in read_dead_letters(settings, codec)
+                   if letter.key in (poison_key, stray_order.encode())]
+        return letters if len(letters) == 2 else []
+
+    letters = poll(dead, timeout_s=60, what="both dead-lettered by the orders flow")
+    assert {(letter.flow, letter.error_class) for letter in letters} == {("orders", "MalformedMessage"),
+                                                                         ("orders", "FlowError")}
+    capsys.readouterr()
+    assert cli.replay_dead_letters(letters, cli._LiveRemote(settings), settings) == 0
+    out = capsys.readouterr().out
+    assert "does not decode" in out and f"order {stray_order} is not stored" in out and "0 of 2 replayed" in out
+    assert shop.order(stray_order) is None

@@ -1,0 +1,259 @@
+"""The dead-letter topic read from outside: letters, selections, and which of them may be replayed now (an order
+the workers no longer hold is never acted on again), as `streamcart dlq replay` decides and reports it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from schemas.codec import Codec
+from schemas.errors import RegistryUnavailable
+from schemas.messages import Message, OrderLine, PlaceOrder, ReserveStock, UpsertProduct
+from schemas.registry import InMemoryRegistry
+from streamcart import cli
+from streamcart.dead_letters import (
+    DeadLetter,
+    DlqHeader,
+    Selection,
+    dead_letter,
+    parse_age,
+    plan_replays,
+    replay_of,
+    replay_refusal,
+    replay_target,
+    replayed_channel,
+)
+from streamcart.settings import Settings
+
+DAY_MS = 86_400_000
+NOW_MS = 100 * DAY_MS
+
+
+@pytest.fixture(scope="module")
+def codec() -> Codec:
+    codec = Codec(InMemoryRegistry())
+    codec.prepare()
+    return codec
+
+
+def place(order_id: str = "o-1", *, occurred_at: int = NOW_MS - DAY_MS) -> PlaceOrder:
+    return PlaceOrder(event_id=f"e-{order_id}", occurred_at=occurred_at, causation_id="c", correlation_id=order_id,
+                      order_id=order_id, customer_id="cust", lines=(OrderLine(sku="A", quantity=1),),
+                      currency="EUR", payment_token="tok_approve")
+
+
+def reserve(order_id: str = "o-1") -> ReserveStock:
+    return ReserveStock(event_id=f"r-{order_id}", occurred_at=NOW_MS - DAY_MS, causation_id="c",
+                        correlation_id=order_id, sku="A", order_id=order_id, quantity=1, currency="EUR")
+
+
+def product() -> UpsertProduct:
+    return UpsertProduct(event_id="p", occurred_at=1, causation_id="p", correlation_id="p", sku="A", name="A",
+                         unit_price_cents=100, currency="EUR", active=True)
+
+
+def failure(*, flow: str = "orders", topic: str = "commands.orders", partition: int = 3, offset: int = 41,
+            error: str = "RuntimeError", failed_at: int = NOW_MS - 1000, **more: str) -> list[tuple[str, bytes]]:
+    """The headers a flow puts on what it dead-letters, after the record's own."""
+    return [("traceparent", b"00-abc-def-01"), (DlqHeader.SOURCE_TOPIC, topic.encode()),
+            (DlqHeader.SOURCE_PARTITION, str(partition).encode()), (DlqHeader.SOURCE_OFFSET, str(offset).encode()),
+            (DlqHeader.ERROR_CLASS, error.encode()), (DlqHeader.ERROR_MESSAGE, b"it broke"),
+            (DlqHeader.FLOW, flow.encode()), (DlqHeader.FAILED_AT, str(failed_at).encode()),
+            *((k, v.encode()) for k, v in more.items())]
+
+
+def letter(codec: Codec, message: Message | None, *, position: tuple[int, int] = (0, 7), **headers: Any) -> DeadLetter:
+    value = codec.encode(message) if message is not None else b"not avro at all"
+    key = message.key.encode() if message is not None else b"k"
+    return dead_letter(*position, key, value, failure(**headers), codec.decode)
+
+
+def test_a_dead_letter_names_where_it_came_from_why_and_what_it_was(codec):
+    read = letter(codec, place(), flow="orders", topic="commands.orders", partition=3, offset=41)
+    assert (read.source_topic, read.source_partition, read.source_offset) == ("commands.orders", 3, 41)
+    assert (read.flow, read.error_class, read.error, read.failed_at_ms) == ("orders", "RuntimeError", "it broke",
+                                                                            NOW_MS - 1000)
+    assert read.message == place() and read.order_id == "o-1" and read.summary == "PlaceOrder o-1"
+    assert read.position == "0:7" and read.replay_of is None
+    assert read.as_json()["message"]["order_id"] == "o-1"
+
+
+def test_a_value_that_does_not_decode_is_a_letter_that_says_why(codec):
+    read = letter(codec, None)
+    assert read.message is None and read.order_id is None
+    assert read.summary.startswith("undecodable: MalformedMessage")
+
+
+def test_an_unreachable_registry_is_an_error_not_an_undecodable_letter():
+    def unreachable(value: bytes | None) -> Message:
+        raise RegistryUnavailable("registry down")
+
+    with pytest.raises(RegistryUnavailable):
+        dead_letter(0, 0, b"k", b"v", failure(), unreachable)
+
+
+def test_a_selection_matches_by_flow_channel_error_topic_order_position_and_age(codec):
+    webhook = letter(codec, place("o-1"), flow="notifications.webhook", topic="events.orders", error="DeliveryFailed")
+    orders = letter(codec, place("o-2"), position=(1, 9), failed_at=NOW_MS - 3 * DAY_MS)
+    assert webhook in Selection(flows=frozenset({"notifications"}))
+    assert webhook in Selection(flows=frozenset({"notifications.webhook"}))
+    assert webhook not in Selection(flows=frozenset({"notifications.email"}))
+    assert orders not in Selection(flows=frozenset({"notifications"}))
+    assert webhook in Selection(error_classes=frozenset({"DeliveryFailed"}))
+    assert orders not in Selection(error_classes=frozenset({"DeliveryFailed"}))
+    assert orders in Selection(topics=frozenset({"commands.orders"}))
+    assert orders not in Selection(topics=frozenset({"orders"}))
+    assert orders in Selection(order_id="o-2") and orders not in Selection(order_id="o-1")
+    assert orders in Selection(positions=frozenset({"1:9"})) and webhook not in Selection(positions=frozenset({"1:9"}))
+    assert webhook in Selection(since_ms=NOW_MS - DAY_MS) and orders not in Selection(since_ms=NOW_MS - DAY_MS)
+    assert Selection().empty and orders in Selection()
+
+
+def test_the_cli_selects_a_topic_by_its_name_with_or_without_the_stacks_prefix():
+    assert cli._selection(None, None, ["commands.orders"], None, None).topics == {"commands.orders",
+                                                                                  "commerce.commands.orders"}
+    assert cli._selection(None, None, ["commerce.dlq"], None, None).topics == {"commerce.dlq"}
+
+
+def test_a_letter_of_an_order_the_workers_hold_may_be_replayed(codec):
+    assert replay_refusal(letter(codec, reserve()), order_stored=True, now_ms=NOW_MS, retention_ms=7 * DAY_MS) is None
+
+
+def test_a_letter_of_no_order_may_be_replayed(codec):
+    assert replay_refusal(letter(codec, product()), order_stored=None, now_ms=NOW_MS, retention_ms=DAY_MS) is None
+
+
+def test_a_stock_message_of_an_order_not_stored_is_kept_for_it_would_hold_stock_for_nobody(codec):
+    refusal = replay_refusal(letter(codec, reserve()), order_stored=False, now_ms=NOW_MS, retention_ms=7 * DAY_MS)
+    assert refusal is not None and "order o-1 is not stored" in refusal and "ReserveStock" in refusal
+
+
+def test_a_recent_place_order_of_an_order_not_stored_is_replayed_for_it_was_never_placed(codec):
+    recent = letter(codec, place(occurred_at=NOW_MS - 7 * DAY_MS + 1))
+    assert replay_refusal(recent, order_stored=False, now_ms=NOW_MS, retention_ms=7 * DAY_MS) is None
+
+
+def test_a_place_order_older_than_the_retention_is_kept_for_its_order_may_have_been_forgotten(codec):
+    old = letter(codec, place(occurred_at=NOW_MS - 7 * DAY_MS))
+    refusal = replay_refusal(old, order_stored=False, now_ms=NOW_MS, retention_ms=7 * DAY_MS)
+    assert refusal is not None and "7.0 days ago" in refusal
+    assert replay_refusal(old, order_stored=False, now_ms=NOW_MS, retention_ms=0) is None  # orders kept for ever
+
+
+def test_a_letter_whose_order_cannot_be_looked_up_now_is_kept_with_the_reason(codec):
+    refusal = replay_refusal(letter(codec, reserve()), order_stored="the API answered 503", now_ms=NOW_MS,
+                             retention_ms=DAY_MS)
+    assert refusal is not None and "the API answered 503" in refusal
+
+
+def test_an_undecodable_letter_is_kept_for_its_flow_would_dead_letter_it_again(codec):
+    refusal = replay_refusal(letter(codec, None), order_stored=None, now_ms=NOW_MS, retention_ms=DAY_MS)
+    assert refusal is not None and "does not decode" in refusal
+
+
+def test_a_letter_without_its_origin_cannot_be_replayed(codec):
+    nameless = dead_letter(0, 1, b"o-1", codec.encode(place()), [(DlqHeader.FLOW, b"orders")], codec.decode)
+    assert replay_refusal(nameless, order_stored=True, now_ms=NOW_MS, retention_ms=DAY_MS) is not None
+    assert plan_replays([nameless], order_stored=lambda _: True, now_ms=NOW_MS, retention_ms=DAY_MS,
+                        force=True)[0][1] is not None
+
+
+def test_the_plan_asks_once_per_order_and_force_asks_nothing(codec):
+    asked: list[str] = []
+
+    def stored(order_id: str) -> bool:
+        asked.append(order_id)
+        return order_id == "o-1"
+
+    letters = [letter(codec, reserve("o-1")), letter(codec, place("o-1")), letter(codec, reserve("o-2")),
+               letter(codec, None)]
+    plan = plan_replays(letters, order_stored=stored, now_ms=NOW_MS, retention_ms=DAY_MS)
+    assert [refusal is None for _, refusal in plan] == [True, True, False, False]
+    assert asked == ["o-1", "o-2"]
+    asked.clear()
+    forced = plan_replays(letters, order_stored=stored, now_ms=NOW_MS, retention_ms=DAY_MS, force=True)
+    assert [refusal for _, refusal in forced] == [None] * 4 and asked == []
+
+
+def test_a_replay_goes_to_its_partition_with_its_own_headers_marked_for_the_flow_that_failed(codec):
+    read = letter(codec, place(), position=(5, 12), flow="notifications.webhook", topic="events.orders",
+                  partition=6, **{DlqHeader.REPLAY_OF: "2:3", DlqHeader.REPLAY_FLOW: "notifications.webhook"})
+    replay = replay_of(read)
+    assert (replay.topic, replay.partition, replay.key, replay.value) == ("events.orders", 6, read.key, read.value)
+    assert dict(replay.headers) == {"traceparent": b"00-abc-def-01", DlqHeader.REPLAY_FLOW: b"notifications.webhook",
+                                    DlqHeader.REPLAY_OF: b"5:12"}
+
+
+def test_a_replay_is_for_the_flow_and_the_channel_that_failed():
+    assert replay_target("notifications.webhook") == "notifications" and replay_target("orders") == "orders"
+    assert replayed_channel("notifications.sms") == "sms"
+    assert replayed_channel("notifications") is None and replayed_channel(None) is None
+
+
+@pytest.mark.parametrize(("text", "ms"), [("90s", 90_000), ("15m", 900_000), ("2h", 7_200_000), ("1.5d", 129_600_000)])
+def test_an_age_reads_with_its_unit(text, ms):
+    assert parse_age(text) == ms
+
+
+@pytest.mark.parametrize("text", ["", "15", "m", "2w", "-1h", "1.2.3h"])
+def test_an_age_without_a_known_unit_is_refused(text):
+    with pytest.raises(ValueError, match="such as 90s"):
+        parse_age(text)
+
+
+class FakeApi:
+    """GET /v1/orders/{id}: 200 for the orders it holds, 404 for the others; or a connection error."""
+
+    def __init__(self, orders: set[str], *, down: bool = False) -> None:
+        self.orders, self.down = orders, down
+
+    def get(self, path: str) -> tuple[int, object]:
+        if self.down:
+            raise ConnectionRefusedError("connection refused")
+        order_id = path.removeprefix("/v1/orders/")
+        return (200, {"order_id": order_id}) if order_id in self.orders else (404, {"error": {}})
+
+    def send(self, message: Message) -> None:
+        raise AssertionError("replays are produced as records, not sent as commands")
+
+
+class FakeSender:
+    def __init__(self) -> None:
+        self.replays: list[Any] = []
+
+    def resend(self, *replays: Any, timeout_s: float = 10.0) -> None:
+        self.replays.extend(replays)
+
+
+def test_replay_sends_what_may_go_and_reports_what_stays_and_why(codec, capsys):
+    sender = FakeSender()
+    letters = [letter(codec, reserve("o-1"), position=(0, 1)), letter(codec, reserve("o-2"), position=(0, 2))]
+    sent = cli.replay_dead_letters(letters, FakeApi({"o-1"}), Settings(), sender=sender)
+    out = capsys.readouterr().out
+    assert sent == 1 and [r.headers[-1] for r in sender.replays] == [(DlqHeader.REPLAY_OF, b"0:1")]
+    assert "replayed 0:1 ReserveStock A" in out and "kept 0:2" in out and "order o-2 is not stored" in out
+    assert "1 of 2 replayed" in out
+
+
+def test_a_dry_run_sends_nothing(codec, capsys):
+    sender = FakeSender()
+    sent = cli.replay_dead_letters([letter(codec, reserve("o-1"))], FakeApi({"o-1"}), Settings(), dry_run=True,
+                                   sender=sender)
+    assert sent == 0 and sender.replays == []
+    assert "would replay 0:7 ReserveStock A" in capsys.readouterr().out
+
+
+def test_an_api_that_cannot_be_reached_keeps_every_letter_of_an_order(codec, capsys):
+    sender = FakeSender()
+    sent = cli.replay_dead_letters([letter(codec, reserve("o-1")), letter(codec, product())], FakeApi(set(), down=True),
+                                   Settings(), sender=sender)
+    assert sent == 1 and [type(codec.decode(r.value)) for r in sender.replays] == [UpsertProduct]
+    assert "the API cannot be reached: connection refused" in capsys.readouterr().out
+
+
+def test_replay_without_a_selection_is_refused(capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["dlq", "replay"])
+    assert exited.value.code == 2
+    assert "name what to replay" in capsys.readouterr().err
