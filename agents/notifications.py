@@ -16,7 +16,7 @@ from aiohttp import ClientSession
 
 from agents.runtime import Runtime, consume_concurrently, header
 from schemas.messages import Message, OrderEvent
-from streamcart.dead_letters import DlqHeader, replayed_channel
+from streamcart.dead_letters import DlqHeader, replay_route
 from streamcart.domain import notifications
 from streamcart.domain.notifications import Contact, Notification
 from streamcart.notify.delivery import Deliverer, default_providers
@@ -49,9 +49,8 @@ def register(runtime: Runtime, worker_index: int = 0) -> Any:
             return
         order = runtime.tables.orders.get(message.order_id)
         contact = Contact() if order is None else Contact(order.webhook_url, order.email, order.phone)
-        planned = notifications.plan(message, contact)
-        if (channel := replayed_channel(header(event, DlqHeader.REPLAY_FLOW))) is not None:
-            planned = tuple(n for n in planned if n.channel == channel)  # a replay of this channel's give-up
+        replay = header(event, DlqHeader.REPLAY_FLOW)  # a channel's give-up, replayed: for that channel alone
+        planned = notifications.plan(message, contact, only=None if replay is None else replay_route(replay)[1])
         outcomes = await asyncio.gather(*(deliver(n, event) for n in planned))
         await runtime.emit(tuple(outcomes), cause=event)
 

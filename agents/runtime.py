@@ -25,7 +25,7 @@ from schemas.codec import Codec
 from schemas.errors import RegistryUnavailable, SchemaError
 from schemas.messages import Message
 from streamcart import tracing
-from streamcart.dead_letters import DlqHeader, replay_target
+from streamcart.dead_letters import DlqHeader, replay_route
 from streamcart.domain import warehouse
 from streamcart.errors import StreamcartError
 from streamcart.logs import log_context
@@ -248,12 +248,13 @@ async def process(runtime: Runtime, event: Any, handler: Handler, flow: str) -> 
     The event is handled as a span of the trace its ``traceparent`` header names, and everything logged meanwhile
     carries the flow, the trace id and, once decoded, the message's ``order_id`` (or ``sku``) and ``event_id``.
     """
+    replay_for = header(event, DlqHeader.REPLAY_FLOW)
+    if replay_for is not None and replay_route(replay_for)[0] != flow:
+        log.debug("flow %s leaves a replay for %s alone", flow, replay_for)
+        return  # a dead letter replayed for the flow that failed on it (streamcart dlq replay); this one had it
     # Table writes go to the changelog partition of "the current event". faust sets it while a stream iterates
     # one event at a time, but not for events taken in batches: set it here for the event being handled (each
     # concurrently handled event runs in its own task, so each sees its own).
-    replay_for = header(event, DlqHeader.REPLAY_FLOW)
-    if replay_for is not None and replay_target(replay_for) != flow:
-        return  # a dead letter replayed for the flow that failed on it (streamcart dlq replay); this one had it
     _current_event.set(weakref.ref(event))
     with span(header(event, "traceparent"), flow, "consumer"), log_context(flow=flow):
         try:

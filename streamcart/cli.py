@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Protocol, TypeVar
@@ -26,6 +26,7 @@ from streamcart.errors import ConfigurationError, StreamcartError
 from streamcart.settings import Settings, load_settings
 
 if TYPE_CHECKING:
+    from schemas.codec import Codec
     from schemas.messages import Message
     from streamcart.commands import CommandSender
     from streamcart.dead_letters import DeadLetter, Selection
@@ -638,47 +639,60 @@ def _selection(flows: list[str] | None, errors: list[str] | None, topics: list[s
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--since") from None
     for position in positions or ():
-        partition, _, offset = position.partition(":")
-        if not (partition.isdigit() and offset.isdigit()):
-            raise typer.BadParameter(f"{position!r}: expected PARTITION:OFFSET as `dlq list` shows it",
-                                     param_hint="--at")
+        _position(position, "--at")
     prefix = _settings().topic_prefix  # `--topic commands.orders` whatever the stack's topic prefix
     named = {name for topic in topics or () for name in (topic, topic if topic.startswith(prefix) else prefix + topic)}
     return Selection(flows=frozenset(flows or ()), error_classes=frozenset(errors or ()), topics=frozenset(named),
                      order_id=order, positions=frozenset(positions or ()), since_ms=since_ms)
 
 
-def _dead_letters(settings: Settings, selection: Selection) -> list[DeadLetter]:
-    from schemas.codec import Codec
-    from streamcart.commands import read_dead_letters
+def _position(text: str, hint: str) -> tuple[int, int]:
+    """A dead letter's ``PARTITION:OFFSET``."""
+    partition, _, offset = text.partition(":")
+    if not (partition.isdigit() and offset.isdigit()):
+        raise typer.BadParameter(f"{text!r}: expected PARTITION:OFFSET as `dlq list` shows it", param_hint=hint)
+    return int(partition), int(offset)
+
+
+def _dead_letters(settings: Settings, codec: Codec, selection: Selection) -> tuple[list[DeadLetter], dict[str, int]]:
+    """The selected dead letters, and when those replayed already were."""
+    from streamcart.commands import read_dead_letters, read_replayed
 
     with console.status("reading the dead-letter topic…"):
-        letters = read_dead_letters(settings, Codec.connect(settings))
-    return [letter for letter in letters if letter in selection]
+        letters = read_dead_letters(settings, codec)
+        replayed = read_replayed(settings)
+    return [letter for letter in letters if letter in selection], replayed
+
+
+def _codec(settings: Settings) -> Codec:
+    from schemas.codec import Codec
+
+    return Codec.connect(settings)
 
 
 @dlq_app.command("list")
 def dlq_list(
     flow: Flows = None, error: Errors = None, topic: SourceTopics = None, order: OfOrder = None, since: Since = None,
-    limit: Annotated[int, typer.Option(help="Show the latest this many (the counts cover all).")] = 50,
+    limit: Annotated[int, typer.Option(min=1, help="Show the latest this many (the counts cover all).")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output (every selected record).")] = False,
 ) -> None:
-    """What was dead-lettered (kept 30 days): when, in which flow, from where, why, and what it was; counts by flow
-    and error first."""
+    """What was dead-lettered (kept 30 days): when, in which flow, from where, why, what it was, and whether it was
+    replayed; counts by flow and error first."""
     from streamcart.stack.views import dead_letter_counts, dead_letters_table
 
+    settings = _settings()
     selection = _selection(flow, error, topic, order, since)
-    letters = _dead_letters(_settings(), selection)
+    letters, replayed = _dead_letters(settings, _codec(settings), selection)
     if as_json:
-        print(json.dumps([letter.as_json() for letter in letters], indent=2))
+        print(json.dumps([letter.as_json(replayed.get(letter.position)) for letter in letters], indent=2))
         return
     if not letters:
         console.print("no dead letters" if selection.empty else "no dead letters match")
         return
-    console.print(dead_letter_counts(letters))
-    console.print(dead_letters_table(letters[-limit:], total=len(letters)))
-    console.print("[dim]`streamcart dlq show PARTITION:OFFSET` for one in full; `streamcart dlq replay` sends "
-                  "them back once their cause is gone[/]")
+    console.print(dead_letter_counts(letters, replayed))
+    console.print(dead_letters_table(letters[-limit:], replayed, total=len(letters)))
+    console.print("[dim]`streamcart dlq show PARTITION:OFFSET` shows one in full; `streamcart dlq replay` sends them "
+                  "back once their cause is gone[/]")
 
 
 @dlq_app.command("show")
@@ -686,11 +700,16 @@ def dlq_show(
     position: Annotated[str, typer.Argument(help="PARTITION:OFFSET of the dead letter, as `dlq list` shows it.")],
 ) -> None:
     """One dead letter in full: its headers, and its message as JSON."""
-    letters = _dead_letters(_settings(), _selection(None, None, None, None, None, [position]))
-    if not letters:
+    from streamcart.commands import read_dead_letter, read_replayed
+
+    settings = _settings()
+    partition, offset = _position(position, "POSITION")
+    letter = read_dead_letter(settings, _codec(settings), partition, offset)
+    if letter is None:
         raise StreamcartError(f"no dead letter at {position} (`streamcart dlq list` lists them)")
-    console.print_json(data=letters[0].as_json() | {"headers": {k: v.decode(errors="replace")
-                                                                for k, v in letters[0].headers}})
+    replayed_at = read_replayed(settings).get(letter.position)
+    console.print_json(data=letter.as_json(replayed_at) | {"headers": {k: v.decode(errors="replace")
+                                                                       for k, v in letter.headers}})
 
 
 @dlq_app.command("replay")
@@ -699,58 +718,101 @@ def dlq_replay(
     at: Annotated[list[str] | None, typer.Option(help="The dead letter at PARTITION:OFFSET. Repeatable.")] = None,
     every: Annotated[bool, typer.Option("--all", help="Every dead letter (no other selection needed).")] = False,
     dry_run: Annotated[bool, typer.Option(help="Say what would be replayed, and send nothing.")] = False,
-    force: Annotated[bool, typer.Option(help="Replay even what the checks refuse (an order not stored, a value that "
-                                             "does not decode).")] = False,
+    again: Annotated[bool, typer.Option(help="Also send letters replayed before (whose replay went through: one "
+                                             "that failed again is a newer letter).")] = False,
+    force: Annotated[bool, typer.Option(help="Replay even what the checks keep (an order not stored or settled, a "
+                                             "value that does not decode).")] = False,
 ) -> None:
-    """Send dead letters back to the partitions they came from, for the flow that failed on them alone (once their
-    cause is gone: a webhook back up, a worker upgraded). The flows deduplicate a message handled already; a record
-    of an order the workers do not hold (forgotten after it settled) is refused unless --force."""
+    """Send dead letters back to the partitions they came from, for the flow that failed on them alone, once their
+    cause is gone (a webhook back up, a bug fixed); only once every worker runs this version. The flows
+    deduplicate a message handled already; what would act on an order the workers do not hold, or reopen a settled
+    one, is kept unless --force. Exits 1 if anything selected was kept or not sent."""
     selection = _selection(flow, error, topic, order, since, at)
     if selection.empty and not every:
         raise typer.BadParameter("name what to replay (--flow, --error, --topic, --order, --since, --at), or --all")
     settings = _settings()
-    replayed = replay_dead_letters(_dead_letters(settings, selection), _remote(), settings, dry_run=dry_run,
-                                   force=force)
-    if replayed is None:
-        console.print("no dead letters match")
-
-
-def replay_dead_letters(letters: list[DeadLetter], remote: Remote, settings: Settings, *, dry_run: bool = False,
-                        force: bool = False, sender: CommandSender | None = None) -> int | None:
-    """Replay what the checks let through (all of it with ``force``), print each letter's fate; how many were sent
-    (``None`` when there was nothing to look at)."""
-    from streamcart.commands import CommandSender
-    from streamcart.dead_letters import plan_replays, replay_of
-
+    codec = _codec(settings)
+    letters, replayed = _dead_letters(settings, codec, selection)
     if not letters:
-        return None
+        console.print("no dead letters match")
+        return
+    report = replay_dead_letters(letters, _remote(), settings, replayed=replayed, dry_run=dry_run, again=again,
+                                 force=force, codec=codec)
+    if report.kept or report.failed:
+        raise typer.Exit(1)
 
-    def order_stored(order_id: str) -> bool | str:
+
+@dataclass
+class ReplayReport:
+    """What ``streamcart dlq replay`` did with the letters it was given."""
+
+    sent: int = 0
+    kept: int = 0
+    failed: int = 0
+
+
+def replay_dead_letters(letters: list[DeadLetter], remote: Remote, settings: Settings, *,
+                        replayed: Mapping[str, int] | None = None, dry_run: bool = False, again: bool = False,
+                        force: bool = False, codec: Codec | None = None,
+                        sender: CommandSender | None = None) -> ReplayReport:
+    """Replay what the checks let through, print each letter's fate and mark what was sent as replayed."""
+    from urllib.parse import quote
+
+    from streamcart.commands import CommandSender
+    from streamcart.dead_letters import Limits, OrderSeen, plan_replays, replay_of
+
+    def order_seen(order_id: str) -> OrderSeen:
         try:
-            status, _ = remote.get(f"/v1/orders/{order_id}")
+            status, body = remote.get(f"/v1/orders/{quote(order_id, safe='')}")
         except OSError as exc:
-            return f"the API cannot be reached: {getattr(exc, 'reason', exc)}"
-        return status == 200 if status in (200, 404) else f"the API answered {status}"
+            return OrderSeen(unknown=f"the API cannot be reached: {getattr(exc, 'reason', exc)}")
+        if status == 404:
+            return OrderSeen()
+        if status == 200 and isinstance(body, dict) and isinstance(body.get("status"), str):
+            return OrderSeen(status=body["status"])
+        return OrderSeen(unknown=f"the API answered {status}")
 
-    plan = plan_replays(letters, order_stored=order_stored, now_ms=int(time.time() * 1000),
-                        retention_ms=round(settings.order_retention_s * 1000), force=force)
-    going = [letter for letter, refusal in plan if refusal is None]
+    now_ms = int(time.time() * 1000)
+    limits = Limits(retention_ms=round(settings.order_retention_s * 1000),
+                    idempotency_ttl_ms=round(settings.idempotency_ttl_s * 1000))
+    plan = plan_replays(letters, order_seen=order_seen, now_ms=now_ms, limits=limits, replayed=replayed,
+                        force=force, again=again)
+    report = ReplayReport()
+    going: list[DeadLetter] = []
     for letter, refusal in plan:
-        what = f"{letter.position} {letter.summary} ({letter.flow}: {letter.error_class})"
+        what = escape(f"{letter.position} {letter.summary} ({letter.flow}: {letter.error_class})")
         if refusal is not None:
-            console.print(f"[yellow]kept[/] {escape(what)}: {escape(refusal)}")
+            report.kept += 1
+            console.print(f"[yellow]kept[/] {what}: {escape(refusal)}")
         elif dry_run:
-            console.print(f"would replay {escape(what)} to {letter.source_topic}[{letter.source_partition}]")
-    if going and not dry_run:
-        (sender or CommandSender(settings)).resend(*(replay_of(letter) for letter in going), timeout_s=30.0)
-        for letter in going:
-            console.print(f"[green]replayed[/] {escape(letter.position)} {escape(letter.summary)} to "
-                          f"{letter.source_topic}[{letter.source_partition}] for {letter.flow}")
-    verb = "would be replayed" if dry_run else "replayed"
-    console.print(f"{len(going)} of {len(plan)} {verb}"
-                  + ("" if dry_run or not going else "; a replay that fails again is dead-lettered anew, marked "
-                     "with the letter it replays (`streamcart dlq list`)"))
-    return 0 if dry_run else len(going)
+            console.print(f"would replay {what} to {letter.source_topic}[{letter.source_partition}]")
+        else:
+            going.append(letter)
+    if going:
+        sender = sender or CommandSender(settings, codec)
+        outcomes = sender.resend(*(replay_of(letter) for letter in going), timeout_s=30.0)
+        sent = [letter for letter, failure in zip(going, outcomes, strict=True) if failure is None]
+        for letter, failure in zip(going, outcomes, strict=True):
+            what = escape(f"{letter.position} {letter.summary}")
+            if failure is None:
+                console.print(f"[green]replayed[/] {what} to {letter.source_topic}[{letter.source_partition}] for "
+                              f"{escape(letter.flow)}")
+            else:
+                console.print(f"[red]not sent[/] {what}: {escape(failure)}")
+        report.sent, report.failed = len(sent), len(going) - len(sent)
+        unmarked = [letter.position for letter, failure in zip(sent, sender.mark_replayed(sent, now_ms), strict=True)
+                    if failure is not None]
+        if unmarked:
+            console.print(f"[yellow]not marked as replayed[/] (a later replay would send them again): "
+                          f"{', '.join(unmarked)}")
+    if dry_run:
+        console.print(f"{len(plan) - report.kept} of {len(plan)} would be replayed")
+    else:
+        console.print(f"{report.sent} of {len(plan)} replayed" + (f", {report.failed} not sent" if report.failed
+                                                                   else "")
+                      + ("; a replay that fails again is dead-lettered anew, marked with the letter it replays"
+                         if report.sent else ""))
+    return report
 
 
 bench_app = typer.Typer(help="Benchmarks against the running stack (figures, not pass/fail).")

@@ -6,15 +6,17 @@ Commands are produced with confluent-kafka through the same codec as the agents 
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from schemas.codec import Codec
 from schemas.messages import IndexOrder, Message
-from streamcart.dead_letters import DeadLetter, Replay, dead_letter
+from streamcart.dead_letters import DeadLetter, Replay
 from streamcart.errors import StreamcartError
 from streamcart.ids import new_id
 from streamcart.settings import Settings
@@ -53,36 +55,48 @@ class CommandSender:
         })
 
     def send(self, *messages: Message, timeout_s: float = 10.0) -> None:
-        self._deliver(
-            ({"topic": getattr(self.topics, message.TOPIC), "key": message.key.encode(),
+        failures = [failure for failure in self._deliver(
+            [{"topic": getattr(self.topics, message.TOPIC), "key": message.key.encode(),
               "value": self.codec.encode(message), "headers": [("traceparent", new_traceparent().encode())]}
-             for message in messages),
+             for message in messages],
+            timeout_s,
+        ) if failure is not None]
+        if failures:
+            raise CommandNotSent(f"the broker did not acknowledge {len(failures)} command(s): {failures[:5]}")
+
+    def resend(self, *replays: Replay, timeout_s: float = 10.0) -> list[str | None]:
+        """Produce dead letters back to the partitions they came from (``streamcart dlq replay``); for each, why the
+        broker did not acknowledge it (``None``: it did)."""
+        return self._deliver(
+            [{"topic": r.topic, "partition": r.partition, "key": r.key, "value": r.value, "headers": list(r.headers)}
+             for r in replays],
             timeout_s,
         )
 
-    def resend(self, *replays: Replay, timeout_s: float = 10.0) -> None:
-        """Produce dead letters back to the partitions they came from (``streamcart dlq replay``)."""
-        self._deliver(
-            ({"topic": r.topic, "partition": r.partition, "key": r.key, "value": r.value, "headers": list(r.headers)}
-             for r in replays),
+    def mark_replayed(self, letters: list[DeadLetter], at_ms: int, timeout_s: float = 10.0) -> list[str | None]:
+        """Note on the replays topic that ``letters`` were replayed (:func:`read_replayed` reads it back)."""
+        return self._deliver(
+            [{"topic": self.topics.dlq_replays, "key": letter.position.encode(),
+              "value": json.dumps({"replayed_at_ms": at_ms, "flow": letter.flow}).encode()} for letter in letters],
             timeout_s,
         )
 
-    def _deliver(self, records: Iterable[dict[str, Any]], timeout_s: float) -> None:
-        failures: list[str] = []
+    def _deliver(self, records: list[dict[str, Any]], timeout_s: float) -> list[str | None]:
+        """Produce ``records`` and wait for the broker; for each, why it was not acknowledged (``None``: it was)."""
+        outcomes: list[str | None] = ["not acknowledged in time"] * len(records)
 
-        def on_delivery(err: Any, _msg: Any) -> None:
-            if err is not None:
-                failures.append(str(err))
+        def on_delivery(index: int) -> Callable[[Any, Any], None]:
+            def delivered(err: Any, _msg: Any) -> None:
+                outcomes[index] = None if err is None else str(err)
+            return delivered
 
-        try:
-            for record in records:
-                self.producer.produce(**record, on_delivery=on_delivery)
-        except (KafkaException, BufferError) as exc:
-            raise CommandNotSent(f"could not produce: {exc}") from exc
-        left = self.producer.flush(timeout_s)
-        if left or failures:
-            raise CommandNotSent(f"the broker did not acknowledge {left or len(failures)} record(s): {failures}")
+        for index, record in enumerate(records):
+            try:
+                self.producer.produce(**record, on_delivery=on_delivery(index))
+            except (KafkaException, BufferError) as exc:
+                outcomes[index] = f"could not produce: {exc}"
+        self.producer.flush(timeout_s)
+        return outcomes
 
 
 def read_to_end(settings: Settings, topic: str, on_record: Callable[[Any], None], *, purpose: str,
@@ -90,7 +104,8 @@ def read_to_end(settings: Settings, topic: str, on_record: Callable[[Any], None]
     """Hand every record of ``topic`` to ``on_record`` (a confluent-kafka message), from each partition's start up to
     the end it had when the read began; committing nothing (``purpose`` names the throwaway consumer group)."""
     consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "enable.auto.commit": False,
-                         "group.id": f"streamcart-{purpose}-{new_id()}", "enable.partition.eof": False})
+                         "group.id": f"streamcart-{purpose}-{new_id()}", "auto.offset.reset": "earliest",
+                         "enable.partition.eof": True})
     try:
         metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
         if metadata is None or metadata.error is not None:
@@ -106,13 +121,16 @@ def read_to_end(settings: Settings, topic: str, on_record: Callable[[Any], None]
         while ends:
             records = consumer.consume(num_messages=1000, timeout=1.0)
             for record in records:
-                if record.error() is not None:
-                    raise CommandNotSent(f"reading {topic}: {record.error()}")
+                if (error := record.error()) is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:  # compaction may have removed its last offsets
+                        ends.pop(record.partition(), None)
+                        continue
+                    raise CommandNotSent(f"reading {topic}: {error}")
                 offset = record.offset()
                 if offset is not None and offset < ends.get(record.partition(), 0):  # not one written since
                     on_record(record)
             read += len(records)
-            for position in consumer.position([TopicPartition(topic, p) for p in ends]):
+            for position in consumer.position([TopicPartition(topic, p) for p in ends]) if ends else ():
                 if position.offset >= ends[position.partition]:  # read up to the end it had at the start
                     del ends[position.partition]
             if records:
@@ -156,8 +174,46 @@ def read_dead_letters(settings: Settings, codec: Codec, *,
     letters: list[DeadLetter] = []
 
     def note(record: Any) -> None:
-        letters.append(dead_letter(record.partition(), record.offset(), record.key(), record.value(),
-                                   record.headers() or (), codec.decode))
+        letters.append(DeadLetter.read(record.partition(), record.offset(), record.key(), record.value(),
+                                       record.headers() or (), codec.decode))
 
     read_to_end(settings, Topics.from_settings(settings).dlq, note, purpose="dlq", on_progress=on_progress)
     return sorted(letters, key=lambda letter: (letter.failed_at_ms or 0, letter.partition, letter.offset))
+
+
+def read_dead_letter(settings: Settings, codec: Codec, partition: int, offset: int) -> DeadLetter | None:
+    """The dead letter at ``partition``:``offset``, or ``None`` if there is none (any more)."""
+    topic = Topics.from_settings(settings).dlq
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "enable.auto.commit": False,
+                         "group.id": f"streamcart-dlq-{new_id()}", "enable.partition.eof": True})
+    try:
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+        if not low <= offset < high:
+            return None
+        consumer.assign([TopicPartition(topic, partition, offset)])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            record: Any = consumer.poll(1.0)
+            if record is None:
+                continue
+            if record.error() is not None:
+                return None  # the end of the partition: that offset is gone
+            if record.offset() == offset:
+                return DeadLetter.read(partition, offset, record.key(), record.value(), record.headers() or (),
+                                       codec.decode)
+            return None
+        raise CommandNotSent(f"reading {topic}: nothing came for 30 s")
+    finally:
+        consumer.close()
+
+
+def read_replayed(settings: Settings) -> dict[str, int]:
+    """When each dead letter replayed so far was (by its ``PARTITION:OFFSET``), from the replays topic."""
+    replayed: dict[str, int] = {}
+
+    def note(record: Any) -> None:
+        with contextlib.suppress(AttributeError, TypeError, ValueError, KeyError):  # not a mark this code wrote
+            replayed[record.key().decode()] = int(json.loads(record.value())["replayed_at_ms"])
+
+    read_to_end(settings, Topics.from_settings(settings).dlq_replays, note, purpose="dlq-replays")
+    return replayed

@@ -3,25 +3,30 @@
 A flow dead-letters a record it cannot process (invariant I8): the record's own key and value, its headers, and
 headers naming where it came from and why (:class:`DlqHeader`). Most dead letters stay dead: a message that will
 never decode or that its flow refuses. Some failed for a reason that passes: a customer's webhook that was down
-for an hour, a schema registry that refused, a worker older than the command it was sent. Once the cause is
-gone, ``streamcart dlq replay`` sends such a record back to the partition it came from, for the flow that failed
-on it alone (:data:`DlqHeader.REPLAY_FLOW`: the other flows of that topic handled it the first time).
+for an hour, a schema registry that refused, a bug fixed since. Once the cause is gone, ``streamcart dlq replay``
+sends such a record back to the partition it came from, for the flow that failed on it alone
+(:data:`DlqHeader.REPLAY_FLOW`: the other flows of that topic handled it the first time), and notes on the
+``dlq.replays`` topic that it did, so that the next replay does not send it again.
 
-A replay is a redelivery, which the duplicate rule (DESIGN.md §3) makes harmless, with one exception it checks
-for: an order is forgotten a retention after it settled (README, "Retention"), and a stock or payment message
-of a forgotten order would act on an order nobody remembers (hold stock for it, for ever). So a record of an
-order the API cannot find is replayed only if it is the order's own PlaceOrder, sent less than a retention ago
-(an order is forgotten a retention after it was placed at the earliest): :func:`replay_refusal`.
+A replay is a redelivery, which the duplicate rule (DESIGN.md §3) makes harmless, except where the order it is
+about is not what it was: an order is forgotten a retention after it settled (README, "Retention"), and a stock
+or payment command of a forgotten order, or of a settled one about to be, would act on an order nobody remembers
+(hold stock for it, for ever). :func:`replay_refusal` keeps those.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from schemas.errors import RegistryUnavailable, SchemaError
 from schemas.messages import Message, PlaceOrder
+from streamcart.domain.retention import FINAL
+
+#: The flows a dead letter can be replayed for (the agents' names, and the ``dlq.flow`` before any ``.channel``).
+FLOWS = frozenset({"orders", "inventory", "payments", "shipping", "analytics", "notifications"})
 
 
 class DlqHeader:
@@ -47,18 +52,11 @@ _FAILURE_HEADERS = frozenset({
 })
 
 
-def replay_target(flow: str) -> str:
-    """The flow (consumer) a replay of a record dead-lettered in ``flow`` is for: ``notifications.webhook`` (one
-    channel of the notifications flow) is for ``notifications``."""
-    return flow.split(".", 1)[0]
-
-
-def replayed_channel(replay_flow: str | None) -> str | None:
-    """The one notification channel a replayed record is for (``webhook`` of ``notifications.webhook``); ``None``
-    when it is not a replay of one channel's give-up."""
-    if replay_flow is None or "." not in replay_flow:
-        return None
-    return replay_flow.split(".", 1)[1]
+def replay_route(replay_flow: str) -> tuple[str, str | None]:
+    """The flow a replay marked ``replay_flow`` is for, and the one notification channel, if it names one:
+    ``notifications.webhook`` is for the notifications flow's webhook alone, ``orders`` for the orders flow."""
+    flow, _, channel = replay_flow.partition(".")
+    return flow, channel or None
 
 
 @dataclass(frozen=True)
@@ -74,6 +72,20 @@ class DeadLetter:
     #: Why :attr:`message` is ``None``: the decoding error.
     undecodable: str | None = None
 
+    @classmethod
+    def read(cls, partition: int, offset: int, key: bytes | None, value: bytes | None,
+             headers: Iterable[tuple[str, bytes | None]], decode: Callable[[bytes | None], Message]) -> DeadLetter:
+        """One record of the dead-letter topic. ``decode`` may raise :class:`SchemaError` (the letter says why);
+        :class:`RegistryUnavailable` passes through (nothing can be judged without the registry)."""
+        kept = tuple((name, b"" if raw is None else bytes(raw)) for name, raw in headers)
+        try:
+            message = decode(value)
+        except RegistryUnavailable:
+            raise
+        except SchemaError as exc:
+            return cls(partition, offset, key, value, kept, undecodable=f"{type(exc).__name__}: {exc}")
+        return cls(partition, offset, key, value, kept, message=message)
+
     @property
     def position(self) -> str:
         return f"{self.partition}:{self.offset}"
@@ -84,19 +96,21 @@ class DeadLetter:
                 return value.decode(errors="replace")
         return None
 
+    def _number(self, name: str) -> int | None:
+        value = self.header(name)
+        return int(value) if value is not None and value.isdigit() else None
+
     @property
-    def source_topic(self) -> str:
-        return self.header(DlqHeader.SOURCE_TOPIC) or "?"
+    def source_topic(self) -> str | None:
+        return self.header(DlqHeader.SOURCE_TOPIC) or None
 
     @property
     def source_partition(self) -> int | None:
-        value = self.header(DlqHeader.SOURCE_PARTITION)
-        return int(value) if value is not None and value.isdigit() else None
+        return self._number(DlqHeader.SOURCE_PARTITION)
 
     @property
     def source_offset(self) -> int | None:
-        value = self.header(DlqHeader.SOURCE_OFFSET)
-        return int(value) if value is not None and value.isdigit() else None
+        return self._number(DlqHeader.SOURCE_OFFSET)
 
     @property
     def flow(self) -> str:
@@ -112,8 +126,7 @@ class DeadLetter:
 
     @property
     def failed_at_ms(self) -> int | None:
-        value = self.header(DlqHeader.FAILED_AT)
-        return int(value) if value is not None and value.isdigit() else None
+        return self._number(DlqHeader.FAILED_AT)
 
     @property
     def replay_of(self) -> str | None:
@@ -131,7 +144,16 @@ class DeadLetter:
             return f"undecodable: {self.undecodable}"
         return f"{type(self.message).__name__} {self.message.key}"
 
-    def as_json(self) -> dict[str, Any]:
+    @property
+    def unreplayable(self) -> str | None:
+        """Why this record can never be sent back (whatever ``--force`` says), or ``None``."""
+        if self.source_topic is None or self.source_partition is None:
+            return "its headers do not name the topic and partition it came from"
+        if replay_route(self.flow)[0] not in FLOWS:
+            return f"it failed in {self.flow!r}, not in a flow that could take it again"
+        return None
+
+    def as_json(self, replayed_at_ms: int | None = None) -> dict[str, Any]:
         return {
             "dlq_partition": self.partition,
             "dlq_offset": self.offset,
@@ -140,25 +162,12 @@ class DeadLetter:
             "source": {"topic": self.source_topic, "partition": self.source_partition, "offset": self.source_offset},
             "error": {"class": self.error_class, "message": self.error},
             "replay_of": self.replay_of,
+            "replayed_at_ms": replayed_at_ms,
             "key": None if self.key is None else self.key.decode(errors="replace"),
             "message_type": None if self.message is None else type(self.message).__name__,
             "message": None if self.message is None else self.message.model_dump(mode="json"),
             "undecodable": self.undecodable,
         }
-
-
-def dead_letter(partition: int, offset: int, key: bytes | None, value: bytes | None,
-                headers: Iterable[tuple[str, bytes | None]], decode: Callable[[bytes | None], Message]) -> DeadLetter:
-    """Read one record of the dead-letter topic. ``decode`` may raise :class:`SchemaError` (the letter says why);
-    :class:`RegistryUnavailable` passes through (nothing can be judged without the registry)."""
-    kept = tuple((name, b"" if raw is None else bytes(raw)) for name, raw in headers)
-    try:
-        message = decode(value)
-    except RegistryUnavailable:
-        raise
-    except SchemaError as exc:
-        return DeadLetter(partition, offset, key, value, kept, undecodable=f"{type(exc).__name__}: {exc}")
-    return DeadLetter(partition, offset, key, value, kept, message=message)
 
 
 @dataclass(frozen=True)
@@ -180,7 +189,7 @@ class Selection:
         if not isinstance(letter, DeadLetter):
             return False
         flow = letter.flow
-        if self.flows and flow not in self.flows and replay_target(flow) not in self.flows:
+        if self.flows and flow not in self.flows and replay_route(flow)[0] not in self.flows:
             return False
         if self.error_classes and letter.error_class not in self.error_classes:
             return False
@@ -194,33 +203,68 @@ class Selection:
         return self.since_ms is None or (failed_at is not None and failed_at >= self.since_ms)
 
 
-#: Whether the workers hold an order now: ``True``, ``False``, or why that cannot be told this moment.
-OrderStored = bool | str
+@dataclass(frozen=True)
+class OrderSeen:
+    """What the workers hold of a letter's order now: its status (``None``: no such order), or why that cannot
+    be told this moment."""
+
+    status: str | None = None
+    unknown: str | None = None
 
 
-def replay_refusal(letter: DeadLetter, *, order_stored: OrderStored | None, now_ms: int,
-                   retention_ms: int) -> str | None:
+@dataclass(frozen=True)
+class Limits:
+    """The stack's settings a replay is judged by (in ms): the order retention (0: orders are kept for ever) and
+    how long a client may retry a placement with its Idempotency-Key."""
+
+    retention_ms: int
+    idempotency_ttl_ms: int
+
+    @property
+    def placement_window_ms(self) -> int:
+        """How long after a PlaceOrder its order, not stored, certainly was never placed (and so may be now).
+
+        An order is forgotten a retention after it was placed at the earliest, and placed by its first PlaceOrder:
+        a client's retry with the same key (and order id) can come an idempotency TTL after that first one. A
+        customer whose order was never placed has also been told nothing for that long: placing it later would
+        surprise them more than it helps, so the window is at most the idempotency TTL.
+        """
+        if self.retention_ms <= 0:
+            return self.idempotency_ttl_ms
+        return max(0, min(self.idempotency_ttl_ms, self.retention_ms - self.idempotency_ttl_ms))
+
+
+def replay_refusal(letter: DeadLetter, *, order: OrderSeen | None, now_ms: int, limits: Limits) -> str | None:
     """Why ``letter`` must not be replayed now, or ``None`` when it may.
 
-    ``order_stored`` answers for the letter's order (``None`` when its message names none). A letter that does not
-    decode would only be dead-lettered again; one of an order the workers do not hold is safe only as that order's
-    PlaceOrder, sent less than a retention ago: an order is forgotten no sooner than a retention after it was
-    placed, so such an order was never placed (its PlaceOrder is what failed).
+    ``order`` is what the workers hold of the letter's order (``None`` when its message names no order). A letter
+    that does not decode would only be dead-lettered again. A letter of an order the workers do not hold may only
+    be that order's PlaceOrder, recent enough that the order certainly was never placed
+    (:attr:`Limits.placement_window_ms`). A command (not an event) for a settled order would reopen it, and may
+    land after the order was forgotten.
     """
-    if letter.message is None:
+    if (never := letter.unreplayable) is not None:
+        return never
+    message = letter.message
+    if message is None:
         return f"it does not decode ({letter.undecodable}): its flow would dead-letter it again"
-    if letter.source_partition is None or letter.source_topic == "?":
-        return "its headers do not name the partition it came from"
-    if order_stored is None or order_stored is True:
+    if order is None:
         return None
-    if isinstance(order_stored, str):
-        return f"cannot tell now whether order {letter.order_id} is stored ({order_stored}); try again"
-    if not isinstance(letter.message, PlaceOrder):
-        return (f"order {letter.order_id} is not stored: it was never placed, or was forgotten after it settled; "
-                f"a {type(letter.message).__name__} for it would act on an order nobody remembers")
-    if retention_ms > 0 and now_ms - letter.message.occurred_at >= retention_ms:
-        return (f"its order was placed {(now_ms - letter.message.occurred_at) / 86_400_000:.1f} days ago, more than "
-                f"the order retention: it may have been placed and forgotten since, and would be placed again")
+    if order.unknown is not None:
+        return f"cannot tell now whether order {letter.order_id} is stored ({order.unknown}); try again"
+    if order.status is None:
+        if not isinstance(message, PlaceOrder):
+            return (f"order {letter.order_id} is not stored: it was never placed, or was forgotten after it "
+                    f"settled; a {type(message).__name__} for it would act on an order nobody remembers")
+        age_ms = now_ms - message.occurred_at
+        if age_ms >= limits.placement_window_ms:
+            return (f"its order was placed {age_ms / 3_600_000:.1f} h ago, longer than a replay may place an order "
+                    f"({limits.placement_window_ms / 3_600_000:.1f} h): it may have been placed and forgotten "
+                    f"since, and its customer has heard nothing since")
+        return None
+    if order.status in FINAL and message.TOPIC.endswith("_commands"):
+        return (f"order {letter.order_id} is {order.status}: a {type(message).__name__} now would reopen a settled "
+                f"order (which may be forgotten before it lands)")
     return None
 
 
@@ -232,16 +276,46 @@ class Replay:
     partition: int
     key: bytes | None
     value: bytes | None
-    headers: tuple[tuple[str, bytes], ...] = field(default=())
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 def replay_of(letter: DeadLetter) -> Replay:
     """The record that replays ``letter``: its key, value and own headers (a trace's ``traceparent``…), to the
     partition it came from, marked for the flow that failed on it."""
-    assert letter.source_partition is not None, "replay_refusal() first"
+    assert letter.source_topic is not None and letter.source_partition is not None, "unreplayable"
     headers = tuple((k, v) for k, v in letter.headers if k not in _FAILURE_HEADERS)
     marks = ((DlqHeader.REPLAY_FLOW, letter.flow.encode()), (DlqHeader.REPLAY_OF, letter.position.encode()))
     return Replay(letter.source_topic, letter.source_partition, letter.key, letter.value, headers + marks)
+
+
+def plan_replays(letters: Iterable[DeadLetter], *, order_seen: Callable[[str], OrderSeen], now_ms: int,
+                 limits: Limits, replayed: Mapping[str, int] | None = None, force: bool = False,
+                 again: bool = False) -> list[tuple[DeadLetter, str | None]]:
+    """Each letter with why it must not be replayed now (``None``: it may).
+
+    ``order_seen`` is asked once per order. ``replayed`` holds when each letter replayed already was (its replay
+    may have failed again: then a newer letter stands for it); ``again`` sends those once more. ``force`` skips
+    every check but :attr:`DeadLetter.unreplayable`.
+    """
+    seen: dict[str, OrderSeen] = {}
+
+    def order_of(order_id: str | None) -> OrderSeen | None:
+        if order_id is None:
+            return None
+        if order_id not in seen:
+            seen[order_id] = order_seen(order_id)
+        return seen[order_id]
+
+    plan: list[tuple[DeadLetter, str | None]] = []
+    for letter in letters:
+        refusal = letter.unreplayable
+        if refusal is None and not again and (at := (replayed or {}).get(letter.position)) is not None:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at / 1000))
+            refusal = f"replayed already (at {when}); --again sends it once more"
+        if refusal is None and not force:
+            refusal = replay_refusal(letter, order=order_of(letter.order_id), now_ms=now_ms, limits=limits)
+        plan.append((letter, refusal))
+    return plan
 
 
 def parse_age(text: str) -> int:
@@ -251,28 +325,3 @@ def parse_age(text: str) -> int:
     if unit not in units or not number.replace(".", "", 1).isdigit():
         raise ValueError(f"{text!r}: expected a number and a unit, such as 90s, 15m, 2h or 7d")
     return round(float(number) * units[unit])
-
-
-
-def plan_replays(letters: Iterable[DeadLetter], *, order_stored: Callable[[str], OrderStored], now_ms: int,
-                 retention_ms: int, force: bool = False) -> list[tuple[DeadLetter, str | None]]:
-    """Each letter with why it must not be replayed now (``None``: it may). ``order_stored`` is asked once per
-    order; ``force`` replays every letter that names where it came from, whatever else holds."""
-    answers: dict[str, OrderStored] = {}
-
-    def stored(order_id: str | None) -> OrderStored | None:
-        if order_id is None or force:
-            return None
-        if order_id not in answers:
-            answers[order_id] = order_stored(order_id)
-        return answers[order_id]
-
-    plan: list[tuple[DeadLetter, str | None]] = []
-    for letter in letters:
-        if force:
-            refusal = None if letter.source_partition is not None else "its headers do not name where it came from"
-        else:
-            refusal = replay_refusal(letter, order_stored=stored(letter.order_id), now_ms=now_ms,
-                                     retention_ms=retention_ms)
-        plan.append((letter, refusal))
-    return plan

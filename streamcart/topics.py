@@ -55,6 +55,8 @@ class Topics:
         self.analytics_sku_units = f"{prefix}analytics.sku-units"
         self.analytics_outcomes = f"{prefix}analytics.outcomes"
         self.dlq = f"{prefix}dlq"
+        #: Which dead letters `streamcart dlq replay` sent back, and when (keyed by their ``PARTITION:OFFSET``).
+        self.dlq_replays = f"{prefix}dlq.replays"
         #: The warehouse sink topics (JSON with embedded schemas for Kafka Connect), by table name.
         self.warehouse = {table.name: f"{prefix}warehouse.{table.name}" for table in WAREHOUSE_TABLES}
         #: Where the warehouse sinks put records they cannot write (with Connect's error context headers).
@@ -102,6 +104,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t.analytics_sku_units, n, "window", latest),
         TopicSpec(t.analytics_outcomes, n, "window", latest),
         TopicSpec(t.dlq, n, "original key", dead_letters),
+        TopicSpec(t.dlq_replays, 1, "dead letter's partition:offset", dead_letters),
         # A warehouse record is rewritten by a later one with the same key (an order's newer state, a fact sent
         # again): compaction keeps what a sink replaying from the start needs.
         *(TopicSpec(topic, n, "primary key", latest) for topic in t.warehouse.values()),

@@ -80,8 +80,9 @@ class Notification:
     payload: Payload = field(default_factory=dict)
 
 
-def plan(event: OrderEvent, contact: Contact) -> tuple[Notification, ...]:
-    """The notifications ``event`` calls for, one per channel the customer can be reached on; none for others."""
+def plan(event: OrderEvent, contact: Contact, *, only: str | None = None) -> tuple[Notification, ...]:
+    """The notifications ``event`` calls for, one per channel the customer can be reached on; none for others.
+    ``only`` names the one channel to plan for (a give-up of that channel, replayed)."""
     rule = _RULES.get(type(event))
     if rule is None:
         return ()
@@ -99,7 +100,7 @@ def plan(event: OrderEvent, contact: Contact) -> tuple[Notification, ...]:
             payload=payload,
         )
         for channel in channels
-        if (address := contact.address(channel))
+        if (only is None or channel == only) and (address := contact.address(channel))
     )
 
 

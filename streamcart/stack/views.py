@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections import Counter
+from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
 
@@ -139,26 +139,27 @@ def order_panel(order: dict[str, Any]) -> Table:
     return table
 
 
-def dead_letter_counts(letters: list[DeadLetter]) -> Table:
-    """How many dead letters each flow and error class has: what to look at first."""
+def dead_letter_counts(letters: list[DeadLetter], replayed: Mapping[str, int]) -> Table:
+    """How many dead letters each flow and error class has, and how many of them were replayed: what to look at
+    first."""
     table = Table(title=f"{len(letters)} dead letters", title_justify="left")
-    for column in ("flow", "error", "records", "last failed"):
-        table.add_column(column, justify="right" if column == "records" else "left")
-    last: dict[tuple[str, str], int] = {}
-    counts = Counter((letter.flow, letter.error_class) for letter in letters)
+    for column in ("flow", "error", "records", "replayed", "last failed"):
+        table.add_column(column, justify="right" if column in ("records", "replayed") else "left")
+    groups: dict[tuple[str, str], list[DeadLetter]] = {}
     for letter in letters:
-        last[(letter.flow, letter.error_class)] = max(last.get((letter.flow, letter.error_class), 0),
-                                                      letter.failed_at_ms or 0)
-    for (flow, error), count in counts.most_common():
-        table.add_row(flow, error, str(count), _when(last[(flow, error)]))
+        groups.setdefault((letter.flow, letter.error_class), []).append(letter)
+    for (flow, error), members in sorted(groups.items(), key=lambda group: -len(group[1])):
+        table.add_row(escape(flow), escape(error), str(len(members)),
+                      str(sum(1 for letter in members if letter.position in replayed)),
+                      _when(max(letter.failed_at_ms or 0 for letter in members)))
     return table
 
 
-def dead_letters_table(letters: list[DeadLetter], *, total: int) -> Table:
+def dead_letters_table(letters: list[DeadLetter], replayed: Mapping[str, int], *, total: int) -> Table:
     """The dead letters, oldest failure first (the last of ``total``)."""
     title = "dead letters" if len(letters) == total else f"the last {len(letters)} of {total} dead letters"
     table = Table(title=title, title_justify="left")
-    for column in ("at", "failed", "flow", "from", "message", "error"):
+    for column in ("at", "failed", "flow", "from", "message", "error", "replayed"):
         table.add_column(column, overflow="fold")
     for letter in letters:
         source = f"{letter.source_topic}[{letter.source_partition}]@{letter.source_offset}"
@@ -166,7 +167,8 @@ def dead_letters_table(letters: list[DeadLetter], *, total: int) -> Table:
         if letter.replay_of:
             error += f" [dim](replay of {escape(letter.replay_of)})[/]"
         table.add_row(letter.position, _when(letter.failed_at_ms), escape(letter.flow), escape(source),
-                      "(undecodable)" if letter.message is None else escape(letter.summary), error)
+                      "(undecodable)" if letter.message is None else escape(letter.summary), error,
+                      _when(replayed[letter.position]) if letter.position in replayed else "")
     return table
 
 

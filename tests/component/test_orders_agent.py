@@ -4,7 +4,7 @@ import pytest
 
 from agents.app import build_runtime
 from schemas.messages import OrderLine, OrderPlaced, PlaceOrder, ReserveStock
-from streamcart.dead_letters import DlqHeader
+from streamcart.dead_letters import FLOWS, DlqHeader
 from streamcart.settings import Settings
 
 
@@ -72,6 +72,11 @@ async def test_a_record_replayed_for_another_flow_is_left_to_that_flow(runtime, 
         await agent.put(codec.encode(place()), key=b"o-1", headers=replayed)
     assert runtime.tables.orders.get("o-1") is None
     assert sink.sent == []
+
+
+def test_every_flow_a_dead_letter_can_be_replayed_for_is_an_agent(runtime):
+    assert set(runtime.agents) >= FLOWS
+    assert set(runtime.agents) - FLOWS == {"retention", "timeouts"}  # timers: they consume no record
 
 
 async def test_a_record_replayed_for_this_flow_is_handled_like_any_other(runtime, codec, sink):

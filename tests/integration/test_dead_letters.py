@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from schemas.messages import OrderPlaced, ReserveStock
+from schemas.messages import ReserveStock
 from streamcart import cli
 from streamcart.commands import read_dead_letters
 from streamcart.dead_letters import DeadLetter, DlqHeader
@@ -74,20 +74,40 @@ def test_a_place_order_a_flow_could_not_handle_is_replayed_once_and_a_second_rep
 
     confirmed = poll(lambda: settled(o := shop.order(order.order_id)) and o, what="the order's last steps")
 
-    # The order is stored now: a second replay is let through, and is a duplicate the flow absorbs (I5), re-sending
-    # the same OrderPlaced.
-    again = cli.replay_dead_letters(letters_of(settings, codec, order.order_id), cli._LiveRemote(settings), settings)
-    assert again == 1
+    # Replayed once: the same selection does not send it again, and says so.
+    kept = streamcart(settings, "dlq", "replay", "--order", order.order_id)
+    assert kept.returncode == 1 and "replayed already" in kept.stdout and "0 of 1 replayed" in kept.stdout, kept
 
-    def placed_twice(records: list) -> bool:
-        return sum(1 for r in records if r.key() == order.order_id.encode()
-                   and isinstance(codec.decode(r.value()), OrderPlaced)) >= 2
+    # Sent again all the same, it is a duplicate PlaceOrder, which the saga absorbs step by step (I5): each flow
+    # re-emits what it emitted the first time, with the same event ids, and acts on nothing twice.
+    report = cli.replay_dead_letters(letters_of(settings, codec, order.order_id), cli._LiveRemote(settings), settings,
+                                     again=True)
+    assert report.sent == 1
+    echoed = {shop.topics.order_events: ("OrderPlaced", "OrderConfirmed"),
+              shop.topics.inventory_events: ("StockReserved", "StockCommitted"),
+              shop.topics.payment_events: ("PaymentAuthorized", "PaymentCaptured"),
+              shop.topics.shipping_events: ("ShipmentCreated",)}
+    for topic, names in echoed.items():
+        def twice(records: list, names: tuple[str, ...] = names) -> bool:
+            ids = events_of(codec, records, order.order_id)
+            return all(len(ids.get(name, [])) >= 2 for name in names)
 
-    read_topic(settings, shop.topics.order_events, until=placed_twice, timeout_s=30)
+        ids = events_of(codec, read_topic(settings, topic, until=twice, timeout_s=60), order.order_id)
+        assert all(len(set(ids[name])) == 1 for name in names), f"{topic}: the same event ids again: {ids}"
     after = shop.order(order.order_id)
     assert after is not None and after["history"] == confirmed["history"]
     assert [a["idempotency_key"] for a in shop.gateway_authorizations()].count(order.order_id) == 1  # I4
     assert shop.quiet_stock(item)["on_hand"] == 3  # I2: sold once
+
+
+def events_of(codec, records: list, order_id: str) -> dict[str, list[str]]:
+    """The event ids of ``order_id``'s records, by message type."""
+    ids: dict[str, list[str]] = {}
+    for record in records:
+        if record.key() == order_id.encode():
+            message = codec.decode(record.value())
+            ids.setdefault(type(message).__name__, []).append(message.event_id)
+    return ids
 
 
 def test_a_webhook_give_up_is_replayed_to_the_webhook_alone_once_it_answers(shop, settings, codec, hook):  # noqa: F811
@@ -106,8 +126,8 @@ def test_a_webhook_give_up_is_replayed_to_the_webhook_alone_once_it_answers(shop
 
     receiver.always_fail = False
     receiver.fail_first = False
-    sent = cli.replay_dead_letters(given_up, cli._LiveRemote(settings), settings)
-    assert sent == len(given_up) == 1
+    report = cli.replay_dead_letters(given_up, cli._LiveRemote(settings), settings)
+    assert report.sent == len(given_up) == 1
 
     delivered = poll(lambda: len(receiver.delivered(order_id, "order_confirmed")) > tried
                      and receiver.delivered(order_id, "order_confirmed"), what="the replayed webhook call")
@@ -143,7 +163,8 @@ def test_what_would_fail_again_or_act_on_an_unknown_order_is_kept_with_the_reaso
     assert {(letter.flow, letter.error_class) for letter in letters} == {("orders", "MalformedMessage"),
                                                                          ("orders", "FlowError")}
     capsys.readouterr()
-    assert cli.replay_dead_letters(letters, cli._LiveRemote(settings), settings) == 0
+    report = cli.replay_dead_letters(letters, cli._LiveRemote(settings), settings)
+    assert (report.sent, report.kept) == (0, 2)
     out = capsys.readouterr().out
     assert "does not decode" in out and f"order {stray_order} is not stored" in out and "0 of 2 replayed" in out
     assert shop.order(stray_order) is None

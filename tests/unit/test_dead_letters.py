@@ -9,25 +9,29 @@ import pytest
 
 from schemas.codec import Codec
 from schemas.errors import RegistryUnavailable
-from schemas.messages import Message, OrderLine, PlaceOrder, ReserveStock, UpsertProduct
+from schemas.messages import Message, OrderCancelled, OrderLine, PlaceOrder, ReserveStock, UpsertProduct
 from schemas.registry import InMemoryRegistry
 from streamcart import cli
 from streamcart.dead_letters import (
     DeadLetter,
     DlqHeader,
+    Limits,
+    OrderSeen,
     Selection,
-    dead_letter,
     parse_age,
     plan_replays,
     replay_of,
     replay_refusal,
-    replay_target,
-    replayed_channel,
+    replay_route,
 )
 from streamcart.settings import Settings
 
 DAY_MS = 86_400_000
 NOW_MS = 100 * DAY_MS
+#: The default settings: orders forgotten a week after they settle, Idempotency-Keys remembered a day.
+LIMITS = Limits(retention_ms=7 * DAY_MS, idempotency_ttl_ms=DAY_MS)
+STORED = OrderSeen(status="PENDING")
+NOT_STORED = OrderSeen()
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +70,7 @@ def failure(*, flow: str = "orders", topic: str = "commands.orders", partition: 
 def letter(codec: Codec, message: Message | None, *, position: tuple[int, int] = (0, 7), **headers: Any) -> DeadLetter:
     value = codec.encode(message) if message is not None else b"not avro at all"
     key = message.key.encode() if message is not None else b"k"
-    return dead_letter(*position, key, value, failure(**headers), codec.decode)
+    return DeadLetter.read(*position, key, value, failure(**headers), codec.decode)
 
 
 def test_a_dead_letter_names_where_it_came_from_why_and_what_it_was(codec):
@@ -90,7 +94,7 @@ def test_an_unreachable_registry_is_an_error_not_an_undecodable_letter():
         raise RegistryUnavailable("registry down")
 
     with pytest.raises(RegistryUnavailable):
-        dead_letter(0, 0, b"k", b"v", failure(), unreachable)
+        DeadLetter.read(0, 0, b"k", b"v", failure(), unreachable)
 
 
 def test_a_selection_matches_by_flow_channel_error_topic_order_position_and_age(codec):
@@ -110,85 +114,122 @@ def test_a_selection_matches_by_flow_channel_error_topic_order_position_and_age(
     assert Selection().empty and orders in Selection()
 
 
-def test_the_cli_selects_a_topic_by_its_name_with_or_without_the_stacks_prefix():
+def test_the_cli_selects_a_topic_by_its_name_with_or_without_the_stacks_prefix(monkeypatch):
+    monkeypatch.delenv("STREAMCART_TOPIC_PREFIX", raising=False)
     assert cli._selection(None, None, ["commands.orders"], None, None).topics == {"commands.orders",
                                                                                   "commerce.commands.orders"}
     assert cli._selection(None, None, ["commerce.dlq"], None, None).topics == {"commerce.dlq"}
 
 
 def test_a_letter_of_an_order_the_workers_hold_may_be_replayed(codec):
-    assert replay_refusal(letter(codec, reserve()), order_stored=True, now_ms=NOW_MS, retention_ms=7 * DAY_MS) is None
+    assert replay_refusal(letter(codec, reserve()), order=STORED, now_ms=NOW_MS, limits=LIMITS) is None
 
 
 def test_a_letter_of_no_order_may_be_replayed(codec):
-    assert replay_refusal(letter(codec, product()), order_stored=None, now_ms=NOW_MS, retention_ms=DAY_MS) is None
+    assert replay_refusal(letter(codec, product()), order=None, now_ms=NOW_MS, limits=LIMITS) is None
 
 
 def test_a_stock_message_of_an_order_not_stored_is_kept_for_it_would_hold_stock_for_nobody(codec):
-    refusal = replay_refusal(letter(codec, reserve()), order_stored=False, now_ms=NOW_MS, retention_ms=7 * DAY_MS)
+    refusal = replay_refusal(letter(codec, reserve()), order=NOT_STORED, now_ms=NOW_MS, limits=LIMITS)
     assert refusal is not None and "order o-1 is not stored" in refusal and "ReserveStock" in refusal
 
 
+@pytest.mark.parametrize("status", ["CANCELLED", "DELIVERED"])
+def test_a_command_for_a_settled_order_is_kept_for_it_would_reopen_it(codec, status):
+    refusal = replay_refusal(letter(codec, reserve()), order=OrderSeen(status=status), now_ms=NOW_MS, limits=LIMITS)
+    assert refusal is not None and f"is {status}" in refusal
+
+
+def test_an_event_of_a_settled_order_may_be_replayed_for_a_notification_or_the_warehouse(codec):
+    cancelled = OrderCancelled(event_id="x", occurred_at=1, causation_id="x", correlation_id="o-1", order_id="o-1",
+                               customer_id="cust", reason="payment_declined")
+    assert replay_refusal(letter(codec, cancelled, flow="notifications.webhook"), order=OrderSeen(status="CANCELLED"),
+                          now_ms=NOW_MS, limits=LIMITS) is None
+
+
 def test_a_recent_place_order_of_an_order_not_stored_is_replayed_for_it_was_never_placed(codec):
-    recent = letter(codec, place(occurred_at=NOW_MS - 7 * DAY_MS + 1))
-    assert replay_refusal(recent, order_stored=False, now_ms=NOW_MS, retention_ms=7 * DAY_MS) is None
+    recent = letter(codec, place(occurred_at=NOW_MS - DAY_MS + 1))
+    assert replay_refusal(recent, order=NOT_STORED, now_ms=NOW_MS, limits=LIMITS) is None
 
 
-def test_a_place_order_older_than_the_retention_is_kept_for_its_order_may_have_been_forgotten(codec):
-    old = letter(codec, place(occurred_at=NOW_MS - 7 * DAY_MS))
-    refusal = replay_refusal(old, order_stored=False, now_ms=NOW_MS, retention_ms=7 * DAY_MS)
-    assert refusal is not None and "7.0 days ago" in refusal
-    assert replay_refusal(old, order_stored=False, now_ms=NOW_MS, retention_ms=0) is None  # orders kept for ever
+def test_a_place_order_older_than_a_client_may_retry_is_kept(codec):
+    # A retry with the same key (and order id) may come a day after the first PlaceOrder: an order placed by the
+    # first could be forgotten a week after it, while its retry is only six days old.
+    old = letter(codec, place(occurred_at=NOW_MS - DAY_MS))
+    refusal = replay_refusal(old, order=NOT_STORED, now_ms=NOW_MS, limits=LIMITS)
+    assert refusal is not None and "24.0 h ago" in refusal
+
+
+def test_the_placement_window_leaves_room_for_a_retry_before_the_retention():
+    assert Limits(retention_ms=7 * DAY_MS, idempotency_ttl_ms=DAY_MS).placement_window_ms == DAY_MS
+    assert Limits(retention_ms=30 * 3600_000, idempotency_ttl_ms=DAY_MS).placement_window_ms == 6 * 3600_000
+    assert Limits(retention_ms=DAY_MS, idempotency_ttl_ms=DAY_MS).placement_window_ms == 0
+    assert Limits(retention_ms=0, idempotency_ttl_ms=DAY_MS).placement_window_ms == DAY_MS  # kept for ever
 
 
 def test_a_letter_whose_order_cannot_be_looked_up_now_is_kept_with_the_reason(codec):
-    refusal = replay_refusal(letter(codec, reserve()), order_stored="the API answered 503", now_ms=NOW_MS,
-                             retention_ms=DAY_MS)
+    refusal = replay_refusal(letter(codec, reserve()), order=OrderSeen(unknown="the API answered 503"), now_ms=NOW_MS,
+                             limits=LIMITS)
     assert refusal is not None and "the API answered 503" in refusal
 
 
 def test_an_undecodable_letter_is_kept_for_its_flow_would_dead_letter_it_again(codec):
-    refusal = replay_refusal(letter(codec, None), order_stored=None, now_ms=NOW_MS, retention_ms=DAY_MS)
+    refusal = replay_refusal(letter(codec, None), order=None, now_ms=NOW_MS, limits=LIMITS)
     assert refusal is not None and "does not decode" in refusal
 
 
-def test_a_letter_without_its_origin_cannot_be_replayed(codec):
-    nameless = dead_letter(0, 1, b"o-1", codec.encode(place()), [(DlqHeader.FLOW, b"orders")], codec.decode)
-    assert replay_refusal(nameless, order_stored=True, now_ms=NOW_MS, retention_ms=DAY_MS) is not None
-    assert plan_replays([nameless], order_stored=lambda _: True, now_ms=NOW_MS, retention_ms=DAY_MS,
+@pytest.mark.parametrize("headers", [
+    [(DlqHeader.FLOW, b"orders")],  # no origin
+    [(DlqHeader.FLOW, b"warehouse"), (DlqHeader.SOURCE_TOPIC, b"t"), (DlqHeader.SOURCE_PARTITION, b"1")],
+    [(DlqHeader.SOURCE_TOPIC, b"t"), (DlqHeader.SOURCE_PARTITION, b"1")],  # no flow
+])
+def test_a_letter_without_its_origin_or_a_flow_to_take_it_is_never_replayed_even_forced(codec, headers):
+    nameless = DeadLetter.read(0, 1, b"o-1", codec.encode(place()), headers, codec.decode)
+    assert replay_refusal(nameless, order=STORED, now_ms=NOW_MS, limits=LIMITS) is not None
+    assert plan_replays([nameless], order_seen=lambda _: STORED, now_ms=NOW_MS, limits=LIMITS,
                         force=True)[0][1] is not None
 
 
 def test_the_plan_asks_once_per_order_and_force_asks_nothing(codec):
     asked: list[str] = []
 
-    def stored(order_id: str) -> bool:
+    def seen(order_id: str) -> OrderSeen:
         asked.append(order_id)
-        return order_id == "o-1"
+        return STORED if order_id == "o-1" else NOT_STORED
 
     letters = [letter(codec, reserve("o-1")), letter(codec, place("o-1")), letter(codec, reserve("o-2")),
                letter(codec, None)]
-    plan = plan_replays(letters, order_stored=stored, now_ms=NOW_MS, retention_ms=DAY_MS)
+    plan = plan_replays(letters, order_seen=seen, now_ms=NOW_MS, limits=LIMITS)
     assert [refusal is None for _, refusal in plan] == [True, True, False, False]
     assert asked == ["o-1", "o-2"]
     asked.clear()
-    forced = plan_replays(letters, order_stored=stored, now_ms=NOW_MS, retention_ms=DAY_MS, force=True)
+    forced = plan_replays(letters, order_seen=seen, now_ms=NOW_MS, limits=LIMITS, force=True)
     assert [refusal for _, refusal in forced] == [None] * 4 and asked == []
+
+
+def test_a_letter_replayed_before_is_kept_unless_again(codec):
+    letters = [letter(codec, product(), position=(0, 1)), letter(codec, product(), position=(0, 2))]
+    replayed = {"0:1": NOW_MS - 60_000}
+    plan = plan_replays(letters, order_seen=lambda _: STORED, now_ms=NOW_MS, limits=LIMITS, replayed=replayed)
+    assert [(letter.position, refusal is None) for letter, refusal in plan] == [("0:1", False), ("0:2", True)]
+    assert "replayed already" in (plan[0][1] or "") and "--again" in (plan[0][1] or "")
+    again = plan_replays(letters, order_seen=lambda _: STORED, now_ms=NOW_MS, limits=LIMITS, replayed=replayed,
+                         again=True)
+    assert [refusal for _, refusal in again] == [None, None]
 
 
 def test_a_replay_goes_to_its_partition_with_its_own_headers_marked_for_the_flow_that_failed(codec):
     read = letter(codec, place(), position=(5, 12), flow="notifications.webhook", topic="events.orders",
-                  partition=6, **{DlqHeader.REPLAY_OF: "2:3", DlqHeader.REPLAY_FLOW: "notifications.webhook"})
+                  partition=6, **{DlqHeader.REPLAY_OF: "2:3", DlqHeader.REPLAY_FLOW: "orders"})
     replay = replay_of(read)
     assert (replay.topic, replay.partition, replay.key, replay.value) == ("events.orders", 6, read.key, read.value)
-    assert dict(replay.headers) == {"traceparent": b"00-abc-def-01", DlqHeader.REPLAY_FLOW: b"notifications.webhook",
-                                    DlqHeader.REPLAY_OF: b"5:12"}
+    assert replay.headers == (("traceparent", b"00-abc-def-01"), (DlqHeader.REPLAY_FLOW, b"notifications.webhook"),
+                              (DlqHeader.REPLAY_OF, b"5:12"))
 
 
 def test_a_replay_is_for_the_flow_and_the_channel_that_failed():
-    assert replay_target("notifications.webhook") == "notifications" and replay_target("orders") == "orders"
-    assert replayed_channel("notifications.sms") == "sms"
-    assert replayed_channel("notifications") is None and replayed_channel(None) is None
+    assert replay_route("notifications.webhook") == ("notifications", "webhook")
+    assert replay_route("orders") == ("orders", None)
 
 
 @pytest.mark.parametrize(("text", "ms"), [("90s", 90_000), ("15m", 900_000), ("2h", 7_200_000), ("1.5d", 129_600_000)])
@@ -212,44 +253,77 @@ class FakeApi:
         if self.down:
             raise ConnectionRefusedError("connection refused")
         order_id = path.removeprefix("/v1/orders/")
-        return (200, {"order_id": order_id}) if order_id in self.orders else (404, {"error": {}})
+        return (200, {"order_id": order_id, "status": "PENDING"}) if order_id in self.orders else (404, {"error": {}})
 
     def send(self, message: Message) -> None:
         raise AssertionError("replays are produced as records, not sent as commands")
 
 
 class FakeSender:
-    def __init__(self) -> None:
+    """Records what would be produced; ``refuse`` names the source partitions the broker does not acknowledge."""
+
+    def __init__(self, refuse: frozenset[int] = frozenset()) -> None:
         self.replays: list[Any] = []
+        self.marked: list[str] = []
+        self.refuse = refuse
 
-    def resend(self, *replays: Any, timeout_s: float = 10.0) -> None:
+    def resend(self, *replays: Any, timeout_s: float = 10.0) -> list[str | None]:
         self.replays.extend(replays)
+        return ["broker down" if r.partition in self.refuse else None for r in replays]
+
+    def mark_replayed(self, letters: list[DeadLetter], at_ms: int, timeout_s: float = 10.0) -> list[str | None]:
+        self.marked.extend(letter.position for letter in letters)
+        return [None] * len(letters)
 
 
-def test_replay_sends_what_may_go_and_reports_what_stays_and_why(codec, capsys):
+def test_replay_sends_what_may_go_marks_it_and_reports_what_stays_and_why(codec, capsys):
     sender = FakeSender()
     letters = [letter(codec, reserve("o-1"), position=(0, 1)), letter(codec, reserve("o-2"), position=(0, 2))]
-    sent = cli.replay_dead_letters(letters, FakeApi({"o-1"}), Settings(), sender=sender)
+    report = cli.replay_dead_letters(letters, FakeApi({"o-1"}), Settings(), sender=sender)
     out = capsys.readouterr().out
-    assert sent == 1 and [r.headers[-1] for r in sender.replays] == [(DlqHeader.REPLAY_OF, b"0:1")]
+    assert (report.sent, report.kept, report.failed) == (1, 1, 0)
+    assert [r.headers[-1] for r in sender.replays] == [(DlqHeader.REPLAY_OF, b"0:1")] and sender.marked == ["0:1"]
     assert "replayed 0:1 ReserveStock A" in out and "kept 0:2" in out and "order o-2 is not stored" in out
     assert "1 of 2 replayed" in out
 
 
-def test_a_dry_run_sends_nothing(codec, capsys):
+def test_a_replay_the_broker_does_not_take_is_reported_and_not_marked(codec, capsys):
+    sender = FakeSender(refuse=frozenset({4}))
+    letters = [letter(codec, product(), position=(0, 1), partition=3), letter(codec, product(), position=(0, 2),
+                                                                               partition=4)]
+    report = cli.replay_dead_letters(letters, FakeApi(set()), Settings(), sender=sender)
+    assert (report.sent, report.kept, report.failed) == (1, 0, 1) and sender.marked == ["0:1"]
+    out = capsys.readouterr().out
+    assert "not sent 0:2 UpsertProduct A: broker down" in out and "1 of 2 replayed, 1 not sent" in out
+
+
+def test_a_dry_run_sends_and_marks_nothing(codec, capsys):
     sender = FakeSender()
-    sent = cli.replay_dead_letters([letter(codec, reserve("o-1"))], FakeApi({"o-1"}), Settings(), dry_run=True,
-                                   sender=sender)
-    assert sent == 0 and sender.replays == []
+    report = cli.replay_dead_letters([letter(codec, reserve("o-1"))], FakeApi({"o-1"}), Settings(), dry_run=True,
+                                     sender=sender)
+    assert report.sent == 0 and sender.replays == [] and sender.marked == []
     assert "would replay 0:7 ReserveStock A" in capsys.readouterr().out
 
 
 def test_an_api_that_cannot_be_reached_keeps_every_letter_of_an_order(codec, capsys):
     sender = FakeSender()
-    sent = cli.replay_dead_letters([letter(codec, reserve("o-1")), letter(codec, product())], FakeApi(set(), down=True),
-                                   Settings(), sender=sender)
-    assert sent == 1 and [type(codec.decode(r.value)) for r in sender.replays] == [UpsertProduct]
+    report = cli.replay_dead_letters([letter(codec, reserve("o-1")), letter(codec, product())],
+                                     FakeApi(set(), down=True), Settings(), sender=sender)
+    assert report.sent == 1 and [type(codec.decode(r.value)) for r in sender.replays] == [UpsertProduct]
     assert "the API cannot be reached: connection refused" in capsys.readouterr().out
+
+
+def test_an_order_id_is_asked_about_as_one_path_segment(codec):
+    asked: list[str] = []
+
+    class Recording(FakeApi):
+        def get(self, path: str) -> tuple[int, object]:
+            asked.append(path)
+            return 404, None
+
+    weird = reserve("o-1?x=1/..")
+    cli.replay_dead_letters([letter(codec, weird)], Recording(set()), Settings(), sender=FakeSender())
+    assert asked == ["/v1/orders/o-1%3Fx%3D1%2F.."]
 
 
 def test_replay_without_a_selection_is_refused(capsys):

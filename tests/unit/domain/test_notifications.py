@@ -40,6 +40,12 @@ def test_channels_the_customer_has_no_address_for_are_skipped():
     assert plan(CANCELLED, Contact()) == ()
 
 
+def test_a_replayed_give_up_is_planned_for_its_own_channel_alone():
+    (only,) = plan(CANCELLED, EVERYWHERE, only=Channel.SMS)
+    assert only == next(n for n in plan(CANCELLED, EVERYWHERE) if n.channel == Channel.SMS)
+    assert plan(CANCELLED, Contact(email="ann@example.com"), only=Channel.SMS) == ()
+
+
 def test_events_that_are_not_outcomes_notify_nobody():
     placed = make(OrderPlaced, order_id="o-1", customer_id="c-1", lines=(), currency="EUR", deadline=1)
     assert plan(placed, EVERYWHERE) == ()
