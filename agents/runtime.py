@@ -176,6 +176,7 @@ class Runtime:
             "dead-lettered %s[%s]@%s in %s: %s: %s",
             msg.topic, msg.partition, msg.offset, flow, type(error).__name__, error,
         )
+        self.telemetry.dead_lettered(flow, error, f"{msg.topic}[{msg.partition}]@{msg.offset}", msg.key)
         assert self.sink is not None
         await self.sink.send(self.topics.dlq, msg.key, msg.value, list(headers.items()))
 

@@ -30,7 +30,7 @@ from api.models import StreamQuery
 from api.spec import Route
 from streamcart.domain import analytics as windows
 from streamcart.settings import Settings
-from streamcart.telemetry import CONSUMER_LAG, DLQ_RECORDS, TABLE_KEYS, Telemetry
+from streamcart.telemetry import CONSUMER_LAG, DEAD_LETTERS_SHOWN, DLQ_RECORDS, TABLE_KEYS, Telemetry
 from streamcart.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,13 @@ class Observer:
 
 
 OBSERVER = web.AppKey("observer", Observer)
+
+
+def latest_dead_letters(answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The workers' latest dead letters together, newest first, each with the worker that sent it."""
+    letters = [dict(letter, worker=answer["worker"]) for answer in answers
+               for letter in answer["telemetry"].get("dead_letters", ())]
+    return sorted(letters, key=lambda letter: letter["at"], reverse=True)[:DEAD_LETTERS_SHOWN]
 
 
 class Hub:
@@ -217,6 +224,7 @@ class Hub:
             "saga_steps": (saga := self.step_rates(now, steps)),
             "in_flight": _in_flight(saga),
             "dlq_records": max((a["dlq_records"] for a in answers if a["dlq_records"] is not None), default=None),
+            "dead_letters": latest_dead_letters(answers),
             "consumer_lag": {"total": sum(lag.values()), "by_partition": lag},
             "stock": await self.stock([s["sku"] for s in top[:5]]),
             **self._analytics,

@@ -68,6 +68,8 @@ BREAKER_LEVEL = {"closed": 0.0, "half-opened": 0.5, "opened": 1.0}
 RECENT_S = 60.0
 #: Orders whose timeline is remembered (the most recent ones).
 TIMELINES = 5_000
+#: How many of its latest dead letters a worker shows on the dashboard (`streamcart dlq list` has them all).
+DEAD_LETTERS_SHOWN = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +94,8 @@ class Telemetry:
         #: How many of each message the orders flow applied or emitted (the saga's steps, for its live flow).
         self.steps: Tally[str] = Tally()
         self.breaker_state = "closed"
+        #: The latest records this worker dead-lettered, newest last (what failed, where, why), for the dashboard.
+        self.dead_letters: deque[dict[str, Any]] = deque(maxlen=DEAD_LETTERS_SHOWN)
 
     # -- fed by the flows ------------------------------------------------------------------------------------
 
@@ -100,6 +104,14 @@ class Telemetry:
 
     def failed(self, flow: str, error: BaseException) -> None:
         MESSAGES_FAILED.labels(flow, type(error).__name__).inc()
+
+    def dead_lettered(self, flow: str, error: BaseException, source: str, key: bytes | None) -> None:
+        """``flow`` sent the record at ``source`` (topic[partition]@offset) to the DLQ because of ``error``."""
+        self.dead_letters.append({
+            "at": int(self.clock() * 1000), "flow": flow, "source": source,
+            "key": None if key is None else key.decode(errors="replace")[:80],
+            "error": f"{type(error).__name__}: {error}"[:200],
+        })
 
     def order_step(
         self, order_id: str, message: Any, placed_at: int | None, outcome: str | None, emitted: tuple[Any, ...] = ()
@@ -161,4 +173,5 @@ class Telemetry:
             "steps": dict(self.steps),
             "latencies": [round(s, 4) for s in self.recent_latencies()],
             "breaker": self.breaker_state,
+            "dead_letters": list(self.dead_letters),
         }

@@ -162,6 +162,9 @@ function render(tick) {
     });
   }
   rows("stock", tick.stock, (s) => [s.sku, fmt(s.on_hand), fmt(s.reserved), fmt(s.available)]);
+  const dead = tick.dead_letters || [];
+  $("dead-letters").hidden = !dead.length; $("dead-letters-none").hidden = !!dead.length;
+  rows("dead-letters", dead, (d) => [clock(d.at), d.flow, d.source, d.key || "–", d.error]);
   $("updated").textContent = `updated ${clock(tick.at)}`;
 }
 

@@ -21,6 +21,7 @@ from streamcart.ids import new_id
 from streamcart.partitioning import partition_for
 from tests.integration.support import poll, produce, producer, read_topic
 from tests.integration.test_api import call, customer, order_body, stocked_sku
+from tests.integration.test_dashboard import ticks
 from tests.integration.test_notifications import hook  # noqa: F401 (a fixture)
 from tests.integration.test_saga import Shop, sku
 
@@ -162,6 +163,16 @@ def test_what_would_fail_again_or_act_on_an_unknown_order_is_kept_with_the_reaso
     letters = poll(dead, timeout_s=60, what="both dead-lettered by the orders flow")
     assert {(letter.flow, letter.error_class) for letter in letters} == {("orders", "MalformedMessage"),
                                                                          ("orders", "FlowError")}
+    # The dashboard's live stream shows them as they come, with the reason.
+    deadline = time.monotonic() + 30
+    for tick in ticks(settings, shop.token):
+        shown = {d["key"]: d for d in tick["dead_letters"]}
+        if poison_key.decode() in shown and stray_order in shown:
+            break
+        assert time.monotonic() < deadline, f"not on the dashboard after 30 s: {tick['dead_letters']}"
+    assert shown[poison_key.decode()]["error"].startswith("MalformedMessage: ")
+    assert shown[poison_key.decode()]["source"].startswith(f"{shop.topics.order_commands}[")
+    assert shown[stray_order]["flow"] == "orders" and shown[stray_order]["error"].startswith("FlowError: ")
     capsys.readouterr()
     report = cli.replay_dead_letters(letters, cli._LiveRemote(settings), settings)
     assert (report.sent, report.kept) == (0, 2)

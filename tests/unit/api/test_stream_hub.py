@@ -1,14 +1,14 @@
 """The live stream's hub: a shutting-down worker ends its open event streams at once instead of waiting for them
-(issue 7), and the saga's step counts and rates."""
+(issue 7), the saga's step counts and rates, and the latest dead letters."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 from typing import Any
 
-from api.stream import Hub, _in_flight
+from api.stream import Hub, _in_flight, latest_dead_letters
 from streamcart.settings import Settings
-from streamcart.telemetry import Telemetry
+from streamcart.telemetry import DEAD_LETTERS_SHOWN, Telemetry
 
 
 async def test_ending_the_streams_gives_every_subscriber_the_end_even_a_slow_one_with_a_full_queue():
@@ -73,3 +73,25 @@ def test_telemetry_counts_each_message_the_orders_flow_applied_and_emitted():
 def _named(name: str, fields: SimpleNamespace) -> Any:
     """A stand-in message whose type is called ``name`` (telemetry goes by the type's name)."""
     return type(name, (), {"event_id": fields.event_id, "occurred_at": fields.occurred_at})()
+
+
+def test_a_worker_shows_its_latest_dead_letters_with_where_they_came_from_and_why():
+    now = [100.0]
+    telemetry = Telemetry(clock=lambda: now[0])
+    for i in range(DEAD_LETTERS_SHOWN + 2):
+        now[0] += 1
+        telemetry.dead_lettered("orders", ValueError(f"bad {i}"), f"commands.orders[3]@{i}", b"o-1")
+    shown = telemetry.snapshot()["dead_letters"]
+    assert len(shown) == DEAD_LETTERS_SHOWN
+    assert shown[-1] == {"at": 112_000, "flow": "orders", "source": "commands.orders[3]@11", "key": "o-1",
+                         "error": "ValueError: bad 11"}
+
+
+def test_the_dashboard_shows_the_newest_dead_letters_of_every_worker_first():
+    def answer(worker: int, *ats: int) -> dict:
+        return {"worker": worker, "telemetry": {"dead_letters": [{"at": at, "flow": "orders"} for at in ats]}}
+
+    merged = latest_dead_letters([answer(0, 1, 5, 9), answer(1, *range(2, 20, 2))])
+    assert [(d["at"], d["worker"]) for d in merged[:4]] == [(18, 1), (16, 1), (14, 1), (12, 1)]
+    assert len(merged) == DEAD_LETTERS_SHOWN and (9, 0) in [(d["at"], d["worker"]) for d in merged]
+    assert latest_dead_letters([{"worker": 0, "telemetry": {}}]) == []  # a worker of an older version
