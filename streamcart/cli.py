@@ -654,14 +654,24 @@ def _position(text: str, hint: str) -> tuple[int, int]:
     return int(partition), int(offset)
 
 
-def _dead_letters(settings: Settings, codec: Codec, selection: Selection) -> tuple[list[DeadLetter], dict[str, int]]:
-    """The selected dead letters, and when those replayed already were."""
+@dataclass(frozen=True)
+class _Letters:
+    """The selected dead letters, when those replayed already were (``None``: the stack has no replays topic yet),
+    and which letters a newer one stands for (their replay failed again)."""
+
+    selected: list[DeadLetter]
+    replayed: dict[str, int] | None
+    replaced: dict[str, str]
+
+
+def _dead_letters(settings: Settings, codec: Codec, selection: Selection) -> _Letters:
     from streamcart.commands import read_dead_letters, read_replayed
+    from streamcart.dead_letters import superseded
 
     with console.status("reading the dead-letter topic…"):
         letters = read_dead_letters(settings, codec)
         replayed = read_replayed(settings)
-    return [letter for letter in letters if letter in selection], replayed
+    return _Letters([letter for letter in letters if letter in selection], replayed, superseded(letters))
 
 
 def _codec(settings: Settings) -> Codec:
@@ -682,7 +692,8 @@ def dlq_list(
 
     settings = _settings()
     selection = _selection(flow, error, topic, order, since)
-    letters, replayed = _dead_letters(settings, _codec(settings), selection)
+    read = _dead_letters(settings, _codec(settings), selection)
+    letters, replayed = read.selected, read.replayed or {}
     if as_json:
         print(json.dumps([letter.as_json(replayed.get(letter.position)) for letter in letters], indent=2))
         return
@@ -707,7 +718,7 @@ def dlq_show(
     letter = read_dead_letter(settings, _codec(settings), partition, offset)
     if letter is None:
         raise StreamcartError(f"no dead letter at {position} (`streamcart dlq list` lists them)")
-    replayed_at = read_replayed(settings).get(letter.position)
+    replayed_at = (read_replayed(settings) or {}).get(letter.position)
     console.print_json(data=letter.as_json(replayed_at) | {"headers": {k: v.decode(errors="replace")
                                                                        for k, v in letter.headers}})
 
@@ -718,48 +729,53 @@ def dlq_replay(
     at: Annotated[list[str] | None, typer.Option(help="The dead letter at PARTITION:OFFSET. Repeatable.")] = None,
     every: Annotated[bool, typer.Option("--all", help="Every dead letter (no other selection needed).")] = False,
     dry_run: Annotated[bool, typer.Option(help="Say what would be replayed, and send nothing.")] = False,
-    again: Annotated[bool, typer.Option(help="Also send letters replayed before (whose replay went through: one "
-                                             "that failed again is a newer letter).")] = False,
+    again: Annotated[bool, typer.Option(help="Also send letters replayed before (not one whose replay failed "
+                                             "again: the newer letter stands for it).")] = False,
     force: Annotated[bool, typer.Option(help="Replay even what the checks keep (an order not stored or settled, a "
-                                             "value that does not decode).")] = False,
+                                             "placement past its deadline, a value that does not decode).")] = False,
 ) -> None:
     """Send dead letters back to the partitions they came from, for the flow that failed on them alone, once their
     cause is gone (a webhook back up, a bug fixed); only once every worker runs this version. The flows
     deduplicate a message handled already; what would act on an order the workers do not hold, or reopen a settled
-    one, is kept unless --force. Exits 1 if anything selected was kept or not sent."""
+    one, is kept unless --force. Exits 1 if anything selected was kept or not sent (replayed before: not)."""
     selection = _selection(flow, error, topic, order, since, at)
     if selection.empty and not every:
         raise typer.BadParameter("name what to replay (--flow, --error, --topic, --order, --since, --at), or --all")
     settings = _settings()
     codec = _codec(settings)
-    letters, replayed = _dead_letters(settings, codec, selection)
-    if not letters:
+    read = _dead_letters(settings, codec, selection)
+    if read.replayed is None:
+        raise StreamcartError(f"no topic {settings.topic_prefix}dlq.replays, where replays are noted: run "
+                              f"`streamcart init` (it creates it) first")
+    if not read.selected:
         console.print("no dead letters match")
         return
-    report = replay_dead_letters(letters, _remote(), settings, replayed=replayed, dry_run=dry_run, again=again,
-                                 force=force, codec=codec)
+    report = replay_dead_letters(read.selected, _remote(), settings, replayed=read.replayed, replaced=read.replaced,
+                                 dry_run=dry_run, again=again, force=force, codec=codec)
     if report.kept or report.failed:
         raise typer.Exit(1)
 
 
 @dataclass
 class ReplayReport:
-    """What ``streamcart dlq replay`` did with the letters it was given."""
+    """What ``streamcart dlq replay`` did with the letters it was given. ``kept`` and ``failed`` are what stays to
+    be done (the command exits 1); a letter replayed before is ``already``, not a failure."""
 
     sent: int = 0
+    already: int = 0
     kept: int = 0
     failed: int = 0
 
 
 def replay_dead_letters(letters: list[DeadLetter], remote: Remote, settings: Settings, *,
-                        replayed: Mapping[str, int] | None = None, dry_run: bool = False, again: bool = False,
-                        force: bool = False, codec: Codec | None = None,
+                        replayed: Mapping[str, int] | None = None, replaced: Mapping[str, str] | None = None,
+                        dry_run: bool = False, again: bool = False, force: bool = False, codec: Codec | None = None,
                         sender: CommandSender | None = None) -> ReplayReport:
     """Replay what the checks let through, print each letter's fate and mark what was sent as replayed."""
     from urllib.parse import quote
 
     from streamcart.commands import CommandSender
-    from streamcart.dead_letters import Limits, OrderSeen, plan_replays, replay_of
+    from streamcart.dead_letters import ALREADY, FLOWS, Limits, OrderSeen, plan_replays, replay_of
 
     def order_seen(order_id: str) -> OrderSeen:
         try:
@@ -774,15 +790,20 @@ def replay_dead_letters(letters: list[DeadLetter], remote: Remote, settings: Set
 
     now_ms = int(time.time() * 1000)
     limits = Limits(retention_ms=round(settings.order_retention_s * 1000),
-                    idempotency_ttl_ms=round(settings.idempotency_ttl_s * 1000))
+                    idempotency_ttl_ms=round(settings.idempotency_ttl_s * 1000),
+                    saga_timeout_ms=round(settings.saga_timeout_s * 1000))
+    running = FLOWS if settings.analytics else FLOWS - {"analytics"}
     plan = plan_replays(letters, order_seen=order_seen, now_ms=now_ms, limits=limits, replayed=replayed,
-                        force=force, again=again)
+                        replaced=replaced, running=running, force=force, again=again)
     report = ReplayReport()
     going: list[DeadLetter] = []
     for letter, refusal in plan:
         what = escape(f"{letter.position} {letter.summary} ({letter.flow}: {letter.error_class})")
         if refusal is not None:
-            report.kept += 1
+            if refusal.startswith(ALREADY):
+                report.already += 1
+            else:
+                report.kept += 1
             console.print(f"[yellow]kept[/] {what}: {escape(refusal)}")
         elif dry_run:
             console.print(f"would replay {what} to {letter.source_topic}[{letter.source_partition}]")
@@ -803,13 +824,14 @@ def replay_dead_letters(letters: list[DeadLetter], remote: Remote, settings: Set
         unmarked = [letter.position for letter, failure in zip(sent, sender.mark_replayed(sent, now_ms), strict=True)
                     if failure is not None]
         if unmarked:
-            console.print(f"[yellow]not marked as replayed[/] (a later replay would send them again): "
+            report.failed += len(unmarked)
+            console.print(f"[red]replayed but not marked as replayed[/] (a later replay would send them again): "
                           f"{', '.join(unmarked)}")
     if dry_run:
-        console.print(f"{len(plan) - report.kept} of {len(plan)} would be replayed")
+        console.print(f"{len(plan) - report.kept - report.already} of {len(plan)} would be replayed")
     else:
-        console.print(f"{report.sent} of {len(plan)} replayed" + (f", {report.failed} not sent" if report.failed
-                                                                   else "")
+        console.print(f"{report.sent} of {len(plan)} replayed"
+                      + (f", {report.failed} not sent or not marked" if report.failed else "")
                       + ("; a replay that fails again is dead-lettered anew, marked with the letter it replays"
                          if report.sent else ""))
     return report

@@ -82,12 +82,21 @@ class CommandSender:
         )
 
     def _deliver(self, records: list[dict[str, Any]], timeout_s: float) -> list[str | None]:
-        """Produce ``records`` and wait for the broker; for each, why it was not acknowledged (``None``: it was)."""
-        outcomes: list[str | None] = ["not acknowledged in time"] * len(records)
+        """Produce ``records`` and wait for the broker; for each, why it was not acknowledged (``None``: it was).
+
+        What is still unacknowledged after ``timeout_s`` is purged, so that it cannot arrive later unnoticed: one
+        still queued was not sent; one in flight may have reached the broker (:data:`MAYBE_DELIVERED`).
+        """
+        outcomes: list[str | None] = ["not acknowledged"] * len(records)
 
         def on_delivery(index: int) -> Callable[[Any, Any], None]:
             def delivered(err: Any, _msg: Any) -> None:
-                outcomes[index] = None if err is None else str(err)
+                if err is None:
+                    outcomes[index] = None
+                elif err.code() == KafkaError._PURGE_INFLIGHT:
+                    outcomes[index] = MAYBE_DELIVERED
+                else:
+                    outcomes[index] = str(err)
             return delivered
 
         for index, record in enumerate(records):
@@ -95,8 +104,18 @@ class CommandSender:
                 self.producer.produce(**record, on_delivery=on_delivery(index))
             except (KafkaException, BufferError) as exc:
                 outcomes[index] = f"could not produce: {exc}"
-        self.producer.flush(timeout_s)
+        if self.producer.flush(timeout_s):
+            self.producer.purge(in_queue=True, in_flight=True)
+            self.producer.flush(0)  # serves the purged records' callbacks
         return outcomes
+
+
+#: Why a record is reported unacknowledged although it may have been written (purged while in flight).
+MAYBE_DELIVERED = "not acknowledged in time: it may have been written all the same"
+
+
+class TopicMissing(CommandNotSent):
+    """The topic to read does not exist (on this stack, under these settings)."""
 
 
 def read_to_end(settings: Settings, topic: str, on_record: Callable[[Any], None], *, purpose: str,
@@ -109,7 +128,7 @@ def read_to_end(settings: Settings, topic: str, on_record: Callable[[Any], None]
     try:
         metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
         if metadata is None or metadata.error is not None:
-            raise CommandNotSent(f"no topic {topic}: is the stack up, with STREAMCART_APP_ID={settings.app_id}?")
+            raise TopicMissing(f"no topic {topic}: is the stack up, with STREAMCART_APP_ID={settings.app_id}?")
         ends = {}
         for partition in metadata.partitions:
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
@@ -118,25 +137,33 @@ def read_to_end(settings: Settings, topic: str, on_record: Callable[[Any], None]
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
         read = 0
         stalled_since = time.monotonic()
+
+        def done(partition: int) -> None:  # read to its end: what is written to it since is not this read's
+            del ends[partition]
+            consumer.pause([TopicPartition(topic, partition)])
+
         while ends:
-            records = consumer.consume(num_messages=1000, timeout=1.0)
-            for record in records:
+            progressed = False
+            for record in consumer.consume(num_messages=1000, timeout=1.0):
+                partition = record.partition()
                 if (error := record.error()) is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:  # compaction may have removed its last offsets
-                        ends.pop(record.partition(), None)
-                        continue
-                    raise CommandNotSent(f"reading {topic}: {error}")
+                    if error.code() != KafkaError._PARTITION_EOF:
+                        raise CommandNotSent(f"reading {topic}: {error}")
+                    if partition is not None and partition in ends:  # compaction may have removed its last offsets
+                        done(partition)
+                    continue
                 offset = record.offset()
-                if offset is not None and offset < ends.get(record.partition(), 0):  # not one written since
+                if partition in ends and offset is not None and offset < ends[partition]:
                     on_record(record)
-            read += len(records)
+                    read += 1
+                    progressed = True
             for position in consumer.position([TopicPartition(topic, p) for p in ends]) if ends else ():
-                if position.offset >= ends[position.partition]:  # read up to the end it had at the start
-                    del ends[position.partition]
-            if records:
+                if position.offset >= ends[position.partition]:
+                    done(position.partition)
+            if progressed:
                 stalled_since = time.monotonic()
                 on_progress(read)
-            elif time.monotonic() - stalled_since > 30:
+            elif ends and time.monotonic() - stalled_since > 30:
                 raise CommandNotSent(f"reading {topic}: nothing came for 30 s with partitions {sorted(ends)} unread")
     finally:
         consumer.close()
@@ -187,7 +214,13 @@ def read_dead_letter(settings: Settings, codec: Codec, partition: int, offset: i
     consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "enable.auto.commit": False,
                          "group.id": f"streamcart-dlq-{new_id()}", "enable.partition.eof": True})
     try:
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+        try:
+            marks = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+        except KafkaException as exc:  # e.g. no such partition
+            raise CommandNotSent(f"reading {topic}[{partition}]: {exc.args[0] if exc.args else exc}") from exc
+        if marks is None:
+            raise CommandNotSent(f"reading {topic}[{partition}]: the broker did not answer in 10 s")
+        low, high = marks
         if not low <= offset < high:
             return None
         consumer.assign([TopicPartition(topic, partition, offset)])
@@ -207,13 +240,17 @@ def read_dead_letter(settings: Settings, codec: Codec, partition: int, offset: i
         consumer.close()
 
 
-def read_replayed(settings: Settings) -> dict[str, int]:
-    """When each dead letter replayed so far was (by its ``PARTITION:OFFSET``), from the replays topic."""
+def read_replayed(settings: Settings) -> dict[str, int] | None:
+    """When each dead letter replayed so far was (by its ``PARTITION:OFFSET``), from the replays topic; ``None``
+    when that topic does not exist (a stack upgraded without ``streamcart init``)."""
     replayed: dict[str, int] = {}
 
     def note(record: Any) -> None:
         with contextlib.suppress(AttributeError, TypeError, ValueError, KeyError):  # not a mark this code wrote
             replayed[record.key().decode()] = int(json.loads(record.value())["replayed_at_ms"])
 
-    read_to_end(settings, Topics.from_settings(settings).dlq_replays, note, purpose="dlq-replays")
+    try:
+        read_to_end(settings, Topics.from_settings(settings).dlq_replays, note, purpose="dlq-replays")
+    except TopicMissing:
+        return None
     return replayed

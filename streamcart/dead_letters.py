@@ -214,24 +214,23 @@ class OrderSeen:
 
 @dataclass(frozen=True)
 class Limits:
-    """The stack's settings a replay is judged by (in ms): the order retention (0: orders are kept for ever) and
-    how long a client may retry a placement with its Idempotency-Key."""
+    """The stack's settings a replay is judged by (in ms): the order retention (0: orders are kept for ever), how
+    long a client may retry a placement with its Idempotency-Key, and the saga's deadline after a placement."""
 
     retention_ms: int
     idempotency_ttl_ms: int
+    saga_timeout_ms: int
 
     @property
-    def placement_window_ms(self) -> int:
-        """How long after a PlaceOrder its order, not stored, certainly was never placed (and so may be now).
+    def forget_safe_ms(self) -> int:
+        """How long after a PlaceOrder its order, not stored, certainly was never placed (rather than forgotten).
 
         An order is forgotten a retention after it was placed at the earliest, and placed by its first PlaceOrder:
-        a client's retry with the same key (and order id) can come an idempotency TTL after that first one. A
-        customer whose order was never placed has also been told nothing for that long: placing it later would
-        surprise them more than it helps, so the window is at most the idempotency TTL.
+        a client's retry with the same key (and order id) can come an idempotency TTL after that first one.
         """
         if self.retention_ms <= 0:
             return self.idempotency_ttl_ms
-        return max(0, min(self.idempotency_ttl_ms, self.retention_ms - self.idempotency_ttl_ms))
+        return max(0, self.retention_ms - self.idempotency_ttl_ms)
 
 
 def replay_refusal(letter: DeadLetter, *, order: OrderSeen | None, now_ms: int, limits: Limits) -> str | None:
@@ -240,8 +239,8 @@ def replay_refusal(letter: DeadLetter, *, order: OrderSeen | None, now_ms: int, 
     ``order`` is what the workers hold of the letter's order (``None`` when its message names no order). A letter
     that does not decode would only be dead-lettered again. A letter of an order the workers do not hold may only
     be that order's PlaceOrder, recent enough that the order certainly was never placed
-    (:attr:`Limits.placement_window_ms`). A command (not an event) for a settled order would reopen it, and may
-    land after the order was forgotten.
+    (:attr:`Limits.forget_safe_ms`) and still before its deadline (after it, the order would only time out). A
+    command (not an event) for a settled order would reopen it, and may land after the order was forgotten.
     """
     if (never := letter.unreplayable) is not None:
         return never
@@ -257,10 +256,12 @@ def replay_refusal(letter: DeadLetter, *, order: OrderSeen | None, now_ms: int, 
             return (f"order {letter.order_id} is not stored: it was never placed, or was forgotten after it "
                     f"settled; a {type(message).__name__} for it would act on an order nobody remembers")
         age_ms = now_ms - message.occurred_at
-        if age_ms >= limits.placement_window_ms:
-            return (f"its order was placed {age_ms / 3_600_000:.1f} h ago, longer than a replay may place an order "
-                    f"({limits.placement_window_ms / 3_600_000:.1f} h): it may have been placed and forgotten "
-                    f"since, and its customer has heard nothing since")
+        if age_ms >= limits.forget_safe_ms:
+            return (f"its order was placed {age_ms / 3_600_000:.1f} h ago: it may have been placed and forgotten "
+                    f"since, and would be placed again")
+        if age_ms >= limits.saga_timeout_ms:  # the deadline is the placement's time plus the saga timeout
+            return (f"its deadline passed {(age_ms - limits.saga_timeout_ms) / 1000:.0f} s ago: placed now, it would "
+                    f"be cancelled as timed out (its customer should order again)")
         return None
     if order.status in FINAL and message.TOPIC.endswith("_commands"):
         return (f"order {letter.order_id} is {order.status}: a {type(message).__name__} now would reopen a settled "
@@ -288,14 +289,29 @@ def replay_of(letter: DeadLetter) -> Replay:
     return Replay(letter.source_topic, letter.source_partition, letter.key, letter.value, headers + marks)
 
 
+def superseded(letters: Iterable[DeadLetter]) -> dict[str, str]:
+    """The letters whose replay failed again, each with the newest letter that stands for it now."""
+    newer: dict[str, str] = {}
+    for letter in letters:  # oldest failure first: a chain's newest letter wins
+        if letter.replay_of is not None:
+            newer[letter.replay_of] = letter.position
+    for old, new in list(newer.items()):
+        while new in newer:  # A replayed as B, B replayed as C: A stands for C
+            new = newer[new]
+        newer[old] = new
+    return newer
+
+
 def plan_replays(letters: Iterable[DeadLetter], *, order_seen: Callable[[str], OrderSeen], now_ms: int,
-                 limits: Limits, replayed: Mapping[str, int] | None = None, force: bool = False,
+                 limits: Limits, replayed: Mapping[str, int] | None = None,
+                 replaced: Mapping[str, str] | None = None, running: frozenset[str] = FLOWS, force: bool = False,
                  again: bool = False) -> list[tuple[DeadLetter, str | None]]:
     """Each letter with why it must not be replayed now (``None``: it may).
 
-    ``order_seen`` is asked once per order. ``replayed`` holds when each letter replayed already was (its replay
-    may have failed again: then a newer letter stands for it); ``again`` sends those once more. ``force`` skips
-    every check but :attr:`DeadLetter.unreplayable`.
+    ``order_seen`` is asked once per order. ``replayed`` holds when each letter replayed already was; ``again``
+    sends those once more, unless their replay failed again (``replaced``, from :func:`superseded`: the newer
+    letter stands for them). ``running`` are the flows the stack runs. ``force`` skips the checks of
+    :func:`replay_refusal` but these.
     """
     seen: dict[str, OrderSeen] = {}
 
@@ -309,13 +325,21 @@ def plan_replays(letters: Iterable[DeadLetter], *, order_seen: Callable[[str], O
     plan: list[tuple[DeadLetter, str | None]] = []
     for letter in letters:
         refusal = letter.unreplayable
+        if refusal is None and (newer := (replaced or {}).get(letter.position)) is not None:
+            refusal = f"its replay failed again, as {newer}: that letter stands for it"
+        if refusal is None and (flow := replay_route(letter.flow)[0]) not in running:
+            refusal = f"the {flow} flow does not run on this stack"
         if refusal is None and not again and (at := (replayed or {}).get(letter.position)) is not None:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at / 1000))
-            refusal = f"replayed already (at {when}); --again sends it once more"
+            refusal = f"{ALREADY} (at {when}); --again sends it once more"
         if refusal is None and not force:
             refusal = replay_refusal(letter, order=order_of(letter.order_id), now_ms=now_ms, limits=limits)
         plan.append((letter, refusal))
     return plan
+
+
+#: How a refusal of a letter replayed before begins (``streamcart dlq replay`` does not count it as a failure).
+ALREADY = "replayed already"
 
 
 def parse_age(text: str) -> int:

@@ -8,6 +8,7 @@ It is lost with the process: the tables and topics are the record, this is only 
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter as Tally
 from collections import OrderedDict, deque
@@ -70,6 +71,8 @@ RECENT_S = 60.0
 TIMELINES = 5_000
 #: How many of its latest dead letters a worker shows on the dashboard (`streamcart dlq list` has them all).
 DEAD_LETTERS_SHOWN = 10
+#: A URL's query, which may carry a customer's webhook token: not shown on the dashboard.
+_URL_QUERY = re.compile(r"(\bhttps?://[^\s?#]+)\?[^\s]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +113,7 @@ class Telemetry:
         self.dead_letters.append({
             "at": int(self.clock() * 1000), "flow": flow, "source": source,
             "key": None if key is None else key.decode(errors="replace")[:80],
-            "error": f"{type(error).__name__}: {error}"[:200],
+            "error": _URL_QUERY.sub(r"\1?…", f"{type(error).__name__}: {error}")[:200],
         })
 
     def order_step(

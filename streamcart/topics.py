@@ -104,7 +104,8 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t.analytics_sku_units, n, "window", latest),
         TopicSpec(t.analytics_outcomes, n, "window", latest),
         TopicSpec(t.dlq, n, "original key", dead_letters),
-        TopicSpec(t.dlq_replays, 1, "dead letter's partition:offset", dead_letters),
+        # A mark per replayed letter, kept as long as any letter could be (an operator may keep the DLQ longer).
+        TopicSpec(t.dlq_replays, 1, "dead letter's partition:offset", latest),
         # A warehouse record is rewritten by a later one with the same key (an order's newer state, a fact sent
         # again): compaction keeps what a sink replaying from the start needs.
         *(TopicSpec(topic, n, "primary key", latest) for topic in t.warehouse.values()),

@@ -6,13 +6,16 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from confluent_kafka import KafkaError
 
 from schemas.codec import Codec
 from schemas.errors import RegistryUnavailable
 from schemas.messages import Message, OrderCancelled, OrderLine, PlaceOrder, ReserveStock, UpsertProduct
 from schemas.registry import InMemoryRegistry
 from streamcart import cli
+from streamcart.commands import MAYBE_DELIVERED, CommandSender
 from streamcart.dead_letters import (
+    FLOWS,
     DeadLetter,
     DlqHeader,
     Limits,
@@ -23,13 +26,14 @@ from streamcart.dead_letters import (
     replay_of,
     replay_refusal,
     replay_route,
+    superseded,
 )
 from streamcart.settings import Settings
 
 DAY_MS = 86_400_000
 NOW_MS = 100 * DAY_MS
 #: The default settings: orders forgotten a week after they settle, Idempotency-Keys remembered a day.
-LIMITS = Limits(retention_ms=7 * DAY_MS, idempotency_ttl_ms=DAY_MS)
+LIMITS = Limits(retention_ms=7 * DAY_MS, idempotency_ttl_ms=DAY_MS, saga_timeout_ms=30_000)
 STORED = OrderSeen(status="PENDING")
 NOT_STORED = OrderSeen()
 
@@ -147,24 +151,32 @@ def test_an_event_of_a_settled_order_may_be_replayed_for_a_notification_or_the_w
                           now_ms=NOW_MS, limits=LIMITS) is None
 
 
-def test_a_recent_place_order_of_an_order_not_stored_is_replayed_for_it_was_never_placed(codec):
-    recent = letter(codec, place(occurred_at=NOW_MS - DAY_MS + 1))
+def test_a_place_order_of_an_order_not_stored_before_its_deadline_is_replayed_for_it_was_never_placed(codec):
+    recent = letter(codec, place(occurred_at=NOW_MS - 29_999))
     assert replay_refusal(recent, order=NOT_STORED, now_ms=NOW_MS, limits=LIMITS) is None
 
 
-def test_a_place_order_older_than_a_client_may_retry_is_kept(codec):
+def test_a_place_order_past_its_deadline_is_kept_for_its_order_would_only_time_out(codec):
+    late = letter(codec, place(occurred_at=NOW_MS - 90_000))
+    refusal = replay_refusal(late, order=NOT_STORED, now_ms=NOW_MS, limits=LIMITS)
+    assert refusal is not None and "deadline passed 60 s ago" in refusal and "timed out" in refusal
+
+
+def test_a_place_order_that_may_have_been_placed_and_forgotten_is_kept(codec):
     # A retry with the same key (and order id) may come a day after the first PlaceOrder: an order placed by the
     # first could be forgotten a week after it, while its retry is only six days old.
-    old = letter(codec, place(occurred_at=NOW_MS - DAY_MS))
-    refusal = replay_refusal(old, order=NOT_STORED, now_ms=NOW_MS, limits=LIMITS)
-    assert refusal is not None and "24.0 h ago" in refusal
+    lenient = Limits(retention_ms=7 * DAY_MS, idempotency_ttl_ms=DAY_MS, saga_timeout_ms=30 * DAY_MS)
+    old = letter(codec, place(occurred_at=NOW_MS - 6 * DAY_MS))
+    refusal = replay_refusal(old, order=NOT_STORED, now_ms=NOW_MS, limits=lenient)
+    assert refusal is not None and "144.0 h ago" in refusal and "forgotten" in refusal
+    assert replay_refusal(letter(codec, place(occurred_at=NOW_MS - 6 * DAY_MS + 1)), order=NOT_STORED,
+                          now_ms=NOW_MS, limits=lenient) is None
 
 
-def test_the_placement_window_leaves_room_for_a_retry_before_the_retention():
-    assert Limits(retention_ms=7 * DAY_MS, idempotency_ttl_ms=DAY_MS).placement_window_ms == DAY_MS
-    assert Limits(retention_ms=30 * 3600_000, idempotency_ttl_ms=DAY_MS).placement_window_ms == 6 * 3600_000
-    assert Limits(retention_ms=DAY_MS, idempotency_ttl_ms=DAY_MS).placement_window_ms == 0
-    assert Limits(retention_ms=0, idempotency_ttl_ms=DAY_MS).placement_window_ms == DAY_MS  # kept for ever
+def test_an_order_is_surely_not_forgotten_a_retention_less_the_idempotency_ttl_after_a_placement():
+    assert Limits(retention_ms=7 * DAY_MS, idempotency_ttl_ms=DAY_MS, saga_timeout_ms=0).forget_safe_ms == 6 * DAY_MS
+    assert Limits(retention_ms=DAY_MS, idempotency_ttl_ms=DAY_MS, saga_timeout_ms=0).forget_safe_ms == 0
+    assert Limits(retention_ms=0, idempotency_ttl_ms=DAY_MS, saga_timeout_ms=0).forget_safe_ms == DAY_MS
 
 
 def test_a_letter_whose_order_cannot_be_looked_up_now_is_kept_with_the_reason(codec):
@@ -205,6 +217,26 @@ def test_the_plan_asks_once_per_order_and_force_asks_nothing(codec):
     asked.clear()
     forced = plan_replays(letters, order_seen=seen, now_ms=NOW_MS, limits=LIMITS, force=True)
     assert [refusal for _, refusal in forced] == [None] * 4 and asked == []
+
+
+def test_a_letter_whose_replay_failed_again_is_kept_even_again_for_the_newer_letter_stands_for_it(codec):
+    first = letter(codec, product(), position=(0, 1))
+    second = letter(codec, product(), position=(2, 5), **{DlqHeader.REPLAY_OF: "0:1"})
+    third = letter(codec, product(), position=(1, 9), **{DlqHeader.REPLAY_OF: "2:5"})
+    replaced = superseded([first, second, third])
+    assert replaced == {"0:1": "1:9", "2:5": "1:9"}
+    plan = plan_replays([first, second, third], order_seen=lambda _: STORED, now_ms=NOW_MS, limits=LIMITS,
+                        replayed={"0:1": 1, "2:5": 2}, replaced=replaced, again=True, force=True)
+    assert [(letter.position, refusal is None) for letter, refusal in plan] == [("0:1", False), ("2:5", False),
+                                                                                ("1:9", True)]
+    assert "as 1:9" in (plan[0][1] or "")
+
+
+def test_a_letter_of_a_flow_the_stack_does_not_run_is_kept(codec):
+    folded = letter(codec, product(), flow="analytics")
+    (only,) = plan_replays([folded], order_seen=lambda _: STORED, now_ms=NOW_MS, limits=LIMITS,
+                           running=FLOWS - {"analytics"}, force=True)
+    assert only[1] == "the analytics flow does not run on this stack"
 
 
 def test_a_letter_replayed_before_is_kept_unless_again(codec):
@@ -281,7 +313,7 @@ def test_replay_sends_what_may_go_marks_it_and_reports_what_stays_and_why(codec,
     letters = [letter(codec, reserve("o-1"), position=(0, 1)), letter(codec, reserve("o-2"), position=(0, 2))]
     report = cli.replay_dead_letters(letters, FakeApi({"o-1"}), Settings(), sender=sender)
     out = capsys.readouterr().out
-    assert (report.sent, report.kept, report.failed) == (1, 1, 0)
+    assert (report.sent, report.already, report.kept, report.failed) == (1, 0, 1, 0)
     assert [r.headers[-1] for r in sender.replays] == [(DlqHeader.REPLAY_OF, b"0:1")] and sender.marked == ["0:1"]
     assert "replayed 0:1 ReserveStock A" in out and "kept 0:2" in out and "order o-2 is not stored" in out
     assert "1 of 2 replayed" in out
@@ -295,6 +327,52 @@ def test_a_replay_the_broker_does_not_take_is_reported_and_not_marked(codec, cap
     assert (report.sent, report.kept, report.failed) == (1, 0, 1) and sender.marked == ["0:1"]
     out = capsys.readouterr().out
     assert "not sent 0:2 UpsertProduct A: broker down" in out and "1 of 2 replayed, 1 not sent" in out
+
+
+def test_a_letter_replayed_before_is_no_failure_of_the_command(codec, capsys):
+    report = cli.replay_dead_letters([letter(codec, product(), position=(0, 1))], FakeApi(set()), Settings(),
+                                     replayed={"0:1": NOW_MS}, sender=FakeSender())
+    assert (report.sent, report.already, report.kept, report.failed) == (0, 1, 0, 0)
+    assert "replayed already" in capsys.readouterr().out
+
+
+class FakeProducer:
+    """confluent-kafka's Producer as `_deliver` uses it: ``acked`` records are acknowledged at once; the others
+    stay queued (``queued``) or in flight until purged."""
+
+    def __init__(self, acked: set[int], queued: set[int]) -> None:
+        self.acked, self.queued = acked, queued
+        self.callbacks: list[tuple[int, Any]] = []
+        self.purged = False
+
+    def produce(self, **record: Any) -> None:
+        self.callbacks.append((record["value"], record["on_delivery"]))
+
+    def flush(self, timeout: float) -> int:
+        left = 0
+        for value, callback in self.callbacks:
+            if value in self.acked:
+                callback(None, None)
+            elif self.purged:
+                code = KafkaError._PURGE_QUEUE if value in self.queued else KafkaError._PURGE_INFLIGHT
+                callback(KafkaError(code), None)
+            else:
+                left += 1
+        self.callbacks = [(v, c) for v, c in self.callbacks if v not in self.acked and not self.purged]
+        return left
+
+    def purge(self, in_queue: bool, in_flight: bool) -> None:
+        assert in_queue and in_flight
+        self.purged = True
+
+
+def test_what_the_broker_did_not_acknowledge_in_time_is_purged_and_said_to_be_unsent_or_maybe_written():
+    sender = CommandSender.__new__(CommandSender)
+    sender.producer = FakeProducer(acked={0}, queued={1})
+    outcomes = sender._deliver([{"topic": "t", "value": i} for i in range(3)], timeout_s=0.1)
+    assert outcomes[0] is None
+    assert outcomes[1] is not None and "Purged" in outcomes[1]  # never left: not sent
+    assert outcomes[2] == MAYBE_DELIVERED
 
 
 def test_a_dry_run_sends_and_marks_nothing(codec, capsys):

@@ -87,6 +87,14 @@ def test_a_worker_shows_its_latest_dead_letters_with_where_they_came_from_and_wh
                          "error": "ValueError: bad 11"}
 
 
+def test_a_webhook_token_in_a_dead_letters_error_is_not_shown():
+    telemetry = Telemetry(clock=lambda: 1.0)
+    telemetry.dead_lettered("notifications.webhook", RuntimeError("POST https://shop.example/hook?token=s3cret failed"),
+                            "events.orders[0]@1", None)
+    (shown,) = telemetry.snapshot()["dead_letters"]
+    assert shown["error"] == "RuntimeError: POST https://shop.example/hook?… failed" and shown["key"] is None
+
+
 def test_the_dashboard_shows_the_newest_dead_letters_of_every_worker_first():
     def answer(worker: int, *ats: int) -> dict:
         return {"worker": worker, "telemetry": {"dead_letters": [{"at": at, "flow": "orders"} for at in ats]}}
