@@ -399,11 +399,20 @@ def order_place(
     wait: Annotated[float, typer.Option(help="Seconds to wait for the outcome (0: don't).")] = 10.0,
     email: Annotated[str | None, typer.Option(help="Send the order's email notifications here.")] = None,
     phone: Annotated[str | None, typer.Option(help="Send its SMS notifications here (E.164).")] = None,
+    webhook: Annotated[str | None, typer.Option(help="POST its notifications to this http(s) URL.")] = None,
 ) -> None:
     """Place an order and (by default) wait for its outcome."""
+    from pydantic import AnyHttpUrl, TypeAdapter
+
     from schemas.messages import OrderLine, PlaceOrder
     from streamcart.commands import envelope
     from streamcart.ids import new_id
+
+    if webhook is not None:
+        try:
+            TypeAdapter(AnyHttpUrl).validate_python(webhook)
+        except ValidationError:
+            raise typer.BadParameter(f"{webhook!r}: expected an http(s) URL", param_hint="--webhook") from None
 
     lines = []
     for item in line:
@@ -415,7 +424,8 @@ def order_place(
     remote = _remote()
     order_id = f"o-{new_id()}"
     remote.send(PlaceOrder(**envelope(order_id), order_id=order_id, customer_id=customer, lines=tuple(lines),
-                           currency=currency, payment_token=payment_token, email=email, phone=phone))
+                           currency=currency, payment_token=payment_token, email=email, phone=phone,
+                           webhook_url=webhook))
     console.print(f"placed [bold]{order_id}[/]")
     if wait > 0:
         _show_order(remote, order_id, Wait(wait))
@@ -759,7 +769,8 @@ def dlq_replay(
 @dataclass
 class ReplayReport:
     """What ``streamcart dlq replay`` did with the letters it was given. ``kept`` and ``failed`` are what stays to
-    be done (the command exits 1); a letter replayed before is ``already``, not a failure."""
+    be done (the command exits 1); a letter replayed before (or whose replay a newer letter stands for) is
+    ``already``, not a failure."""
 
     sent: int = 0
     already: int = 0
@@ -775,7 +786,7 @@ def replay_dead_letters(letters: list[DeadLetter], remote: Remote, settings: Set
     from urllib.parse import quote
 
     from streamcart.commands import CommandSender
-    from streamcart.dead_letters import ALREADY, FLOWS, Limits, OrderSeen, plan_replays, replay_of
+    from streamcart.dead_letters import FLOWS, Limits, OrderSeen, plan_replays, replay_of, replayed_before
 
     def order_seen(order_id: str) -> OrderSeen:
         try:
@@ -800,11 +811,12 @@ def replay_dead_letters(letters: list[DeadLetter], remote: Remote, settings: Set
     for letter, refusal in plan:
         what = escape(f"{letter.position} {letter.summary} ({letter.flow}: {letter.error_class})")
         if refusal is not None:
-            if refusal.startswith(ALREADY):
+            if replayed_before(refusal):
                 report.already += 1
+                console.print(f"[dim]skipped {what}: {escape(refusal)}[/]")
             else:
                 report.kept += 1
-            console.print(f"[yellow]kept[/] {what}: {escape(refusal)}")
+                console.print(f"[yellow]kept[/] {what}: {escape(refusal)}")
         elif dry_run:
             console.print(f"would replay {what} to {letter.source_topic}[{letter.source_partition}]")
         else:

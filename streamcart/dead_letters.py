@@ -326,7 +326,7 @@ def plan_replays(letters: Iterable[DeadLetter], *, order_seen: Callable[[str], O
     for letter in letters:
         refusal = letter.unreplayable
         if refusal is None and (newer := (replaced or {}).get(letter.position)) is not None:
-            refusal = f"its replay failed again, as {newer}: that letter stands for it"
+            refusal = f"{SUPERSEDED}, as {newer}: that letter stands for it"
         if refusal is None and (flow := replay_route(letter.flow)[0]) not in running:
             refusal = f"the {flow} flow does not run on this stack"
         if refusal is None and not again and (at := (replayed or {}).get(letter.position)) is not None:
@@ -338,8 +338,15 @@ def plan_replays(letters: Iterable[DeadLetter], *, order_seen: Callable[[str], O
     return plan
 
 
-#: How a refusal of a letter replayed before begins (``streamcart dlq replay`` does not count it as a failure).
+#: How the refusals of letters replayed before begin: the replay's work is done (it went, or a newer letter
+#: stands for it), so ``streamcart dlq replay`` does not count them as failures.
 ALREADY = "replayed already"
+SUPERSEDED = "its replay failed again"
+
+
+def replayed_before(refusal: str) -> bool:
+    """Whether ``refusal`` keeps a letter because it was replayed before (no failure of this replay)."""
+    return refusal.startswith((ALREADY, SUPERSEDED))
 
 
 def parse_age(text: str) -> int:

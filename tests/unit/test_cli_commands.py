@@ -335,3 +335,14 @@ def test_an_id_the_api_would_not_accept_is_refused_before_anything_is_read_or_se
     assert done.exit_code == 2, done.output
     assert "is not an id" in done.output
     assert (system.sent, read) == ([], [])
+
+
+def test_an_order_placed_with_a_webhook_carries_it_and_a_bad_url_is_refused_before_anything_is_sent(monkeypatch):
+    system = FakeSystem()
+    assert run(system, "order", "place", "--line", "A:1", "--wait", "0", "--webhook", "https://shop.example/hook",
+               monkeypatch=monkeypatch) == 0
+    (placed,) = system.sent
+    assert placed.webhook_url == "https://shop.example/hook"
+    assert run(system, "order", "place", "--line", "A:1", "--webhook", "shop.example/hook",
+               monkeypatch=monkeypatch) == 2
+    assert len(system.sent) == 1

@@ -330,10 +330,14 @@ def test_a_replay_the_broker_does_not_take_is_reported_and_not_marked(codec, cap
 
 
 def test_a_letter_replayed_before_is_no_failure_of_the_command(codec, capsys):
-    report = cli.replay_dead_letters([letter(codec, product(), position=(0, 1))], FakeApi(set()), Settings(),
-                                     replayed={"0:1": NOW_MS}, sender=FakeSender())
-    assert (report.sent, report.already, report.kept, report.failed) == (0, 1, 0, 0)
-    assert "replayed already" in capsys.readouterr().out
+    letters = [letter(codec, product(), position=(0, 1)), letter(codec, product(), position=(0, 2)),
+               letter(codec, product(), position=(0, 3), **{DlqHeader.REPLAY_OF: "0:2"})]
+    report = cli.replay_dead_letters(letters, FakeApi(set()), Settings(), replayed={"0:1": NOW_MS, "0:2": NOW_MS},
+                                     replaced={"0:2": "0:3"}, sender=FakeSender())
+    assert (report.sent, report.already, report.kept, report.failed) == (1, 2, 0, 0)
+    out = capsys.readouterr().out
+    assert "0:1 UpsertProduct A (orders: RuntimeError): replayed already" in out
+    assert "0:2 UpsertProduct A (orders: RuntimeError): its replay failed again, as 0:3" in out
 
 
 class FakeProducer:
