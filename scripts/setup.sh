@@ -70,4 +70,15 @@ elif command -v go >/dev/null; then
 else
   fail "no Go toolchain to build tools/loadgen: install Go (Debian: apt-get install golang)"
 fi
+# The alerting rules are checked as Prometheus loads them, by Prometheus's own parser (tests/unit/deploy).
+step "promrules (.tools/bin, checks deploy/prometheus/alerts.yml)"
+if [ -x .tools/bin/promrules ] && [ .tools/bin/promrules -nt tools/promrules/main.go ] \
+    && [ .tools/bin/promrules -nt tools/promrules/go.mod ]; then
+  done_ "already built"
+elif command -v go >/dev/null; then
+  (cd tools/promrules && go build -o ../../.tools/bin/promrules .) || fail "go build of tools/promrules failed (see above)"
+  done_ "built with go build"
+else
+  fail "no Go toolchain to build tools/promrules: install Go (Debian: apt-get install golang)"
+fi
 printf 'setup finished in %s s\n' "$(seconds_since "$total_start")"
