@@ -60,25 +60,22 @@ elif command -v go >/dev/null; then
 else
   fail "neither helm nor a Go toolchain to build it is installed: install Go (Debian: apt-get install golang) or helm"
 fi
+# A small Go program of tools/NAME, built into .tools/bin once, and again when its source or module changes.
+go_tool() {
+  local name=$1 source="tools/$1" binary=".tools/bin/$1"
+  if [ -x "$binary" ] && [ "$binary" -nt "$source/main.go" ] && [ "$binary" -nt "$source/go.mod" ]; then
+    done_ "already built"
+  elif command -v go >/dev/null; then
+    (cd "$source" && go build -o "../../$binary" .) || fail "go build of $source failed (see above)"
+    done_ "built with go build"
+  else
+    fail "no Go toolchain to build $source: install Go (Debian: apt-get install golang)"
+  fi
+}
 # `streamcart bench api` measures with a small Go HTTP client, so that the client is not what limits the figure.
 step "loadgen (.tools/bin, the API benchmark's HTTP client)"
-if [ -x .tools/bin/loadgen ] && [ .tools/bin/loadgen -nt tools/loadgen/main.go ]; then
-  done_ "already built"
-elif command -v go >/dev/null; then
-  (cd tools/loadgen && go build -o ../../.tools/bin/loadgen .) || fail "go build of tools/loadgen failed (see above)"
-  done_ "built with go build"
-else
-  fail "no Go toolchain to build tools/loadgen: install Go (Debian: apt-get install golang)"
-fi
-# The alerting rules are checked as Prometheus loads them, by Prometheus's own parser (tests/unit/deploy).
+go_tool loadgen
+# The alerting rules are checked as Prometheus loads them, by Prometheus's own parsers (tests/unit/deploy).
 step "promrules (.tools/bin, checks deploy/prometheus/alerts.yml)"
-if [ -x .tools/bin/promrules ] && [ .tools/bin/promrules -nt tools/promrules/main.go ] \
-    && [ .tools/bin/promrules -nt tools/promrules/go.mod ]; then
-  done_ "already built"
-elif command -v go >/dev/null; then
-  (cd tools/promrules && go build -o ../../.tools/bin/promrules .) || fail "go build of tools/promrules failed (see above)"
-  done_ "built with go build"
-else
-  fail "no Go toolchain to build tools/promrules: install Go (Debian: apt-get install golang)"
-fi
+go_tool promrules
 printf 'setup finished in %s s\n' "$(seconds_since "$total_start")"
