@@ -678,8 +678,11 @@ def _dead_letters(settings: Settings, codec: Codec, selection: Selection) -> _Le
     from streamcart.commands import read_dead_letters, read_replayed
     from streamcart.dead_letters import superseded
 
-    with console.status("reading the dead-letter topic…"):
-        letters = read_dead_letters(settings, codec)
+    with console.status("reading the dead-letter topic…") as status:
+        # A letter is written as it fails: the records before --since (less a minute) need not be read.
+        since = None if selection.since_ms is None else selection.since_ms - 60_000
+        letters = read_dead_letters(settings, codec, since_ms=since,
+                                    on_progress=lambda read: status.update(f"reading the dead-letter topic… {read}"))
         replayed = read_replayed(settings)
     return _Letters([letter for letter in letters if letter in selection], replayed, superseded(letters))
 

@@ -119,9 +119,10 @@ class TopicMissing(CommandNotSent):
 
 
 def read_to_end(settings: Settings, topic: str, on_record: Callable[[Any], None], *, purpose: str,
-                on_progress: Callable[[int], None] = lambda read: None) -> None:
-    """Hand every record of ``topic`` to ``on_record`` (a confluent-kafka message), from each partition's start up to
-    the end it had when the read began; committing nothing (``purpose`` names the throwaway consumer group)."""
+                since_ms: int | None = None, on_progress: Callable[[int], None] = lambda read: None) -> None:
+    """Hand every record of ``topic`` to ``on_record`` (a confluent-kafka message), from each partition's start (or
+    its first record written at ``since_ms`` or later) up to the end it had when the read began; committing nothing
+    (``purpose`` names the throwaway consumer group)."""
     consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "enable.auto.commit": False,
                          "group.id": f"streamcart-{purpose}-{new_id()}", "auto.offset.reset": "earliest",
                          "enable.partition.eof": True})
@@ -134,7 +135,14 @@ def read_to_end(settings: Settings, topic: str, on_record: Callable[[Any], None]
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
             if high > low:
                 ends[partition] = high
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
+        starts = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends]
+        if since_ms is not None and starts:  # the broker's time index: no need to read what came before
+            starts = consumer.offsets_for_times([TopicPartition(topic, p, since_ms) for p in ends], timeout=10)
+            for start in starts:
+                if start.offset < 0:  # nothing written since then
+                    del ends[start.partition]
+            starts = [start for start in starts if start.offset >= 0]
+        consumer.assign(starts)
         read = 0
         stalled_since = time.monotonic()
 
@@ -194,17 +202,19 @@ def reindex_orders(settings: Settings, *, on_progress: Callable[[str], None] = l
     return len(order_ids)
 
 
-def read_dead_letters(settings: Settings, codec: Codec, *,
+def read_dead_letters(settings: Settings, codec: Codec, *, since_ms: int | None = None,
                       on_progress: Callable[[int], None] = lambda read: None) -> list[DeadLetter]:
-    """Every record of the dead-letter topic (kept 30 days), oldest failure first, its value decoded where it can be.
-    Raises :class:`~schemas.errors.RegistryUnavailable` when the schema registry cannot be asked."""
+    """Every record of the dead-letter topic (kept 30 days), or those written since ``since_ms``, oldest failure
+    first, its value decoded where it can be. Raises :class:`~schemas.errors.RegistryUnavailable` when the schema
+    registry cannot be asked."""
     letters: list[DeadLetter] = []
 
     def note(record: Any) -> None:
         letters.append(DeadLetter.read(record.partition(), record.offset(), record.key(), record.value(),
                                        record.headers() or (), codec.decode))
 
-    read_to_end(settings, Topics.from_settings(settings).dlq, note, purpose="dlq", on_progress=on_progress)
+    read_to_end(settings, Topics.from_settings(settings).dlq, note, purpose="dlq", since_ms=since_ms,
+                on_progress=on_progress)
     return sorted(letters, key=lambda letter: (letter.failed_at_ms or 0, letter.partition, letter.offset))
 
 
