@@ -27,6 +27,10 @@ MESSAGES_FAILED = Counter(
     "streamcart_messages_failed", "Messages an agent could not decode or process (sent to the DLQ)", ["flow", "error"]
 )
 DLQ_RECORDS = Gauge("streamcart_dlq_records", "Records in the dead-letter topic (all partitions)")
+DEAD_LETTERS = Counter(
+    "streamcart_dead_letters", "Records this worker sent to the dead-letter topic, by the flow that failed on them",
+    ["flow"],
+)
 CONSUMER_LAG = Gauge(
     "streamcart_consumer_lag", "Records not yet committed by the worker group, per partition this worker owns",
     ["topic", "partition"],
@@ -110,6 +114,7 @@ class Telemetry:
 
     def dead_lettered(self, flow: str, error: BaseException, source: str, key: bytes | None) -> None:
         """``flow`` sent the record at ``source`` (topic[partition]@offset) to the DLQ because of ``error``."""
+        DEAD_LETTERS.labels(flow).inc()
         self.dead_letters.append({
             "at": int(self.clock() * 1000), "flow": flow, "source": source,
             "key": None if key is None else key.decode(errors="replace")[:80],

@@ -6,6 +6,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+from prometheus_client import REGISTRY
+
 from api.stream import Hub, _in_flight, latest_dead_letters
 from streamcart.settings import Settings
 from streamcart.telemetry import DEAD_LETTERS_SHOWN, Telemetry
@@ -78,11 +80,13 @@ def _named(name: str, fields: SimpleNamespace) -> Any:
 def test_a_worker_shows_its_latest_dead_letters_with_where_they_came_from_and_why():
     now = [100.0]
     telemetry = Telemetry(clock=lambda: now[0])
+    counted = REGISTRY.get_sample_value("streamcart_dead_letters_total", {"flow": "orders"}) or 0.0
     for i in range(DEAD_LETTERS_SHOWN + 2):
         now[0] += 1
         telemetry.dead_lettered("orders", ValueError(f"bad {i}"), f"commands.orders[3]@{i}", b"o-1")
     shown = telemetry.snapshot()["dead_letters"]
     assert len(shown) == DEAD_LETTERS_SHOWN
+    assert REGISTRY.get_sample_value("streamcart_dead_letters_total", {"flow": "orders"}) == counted + 12  # alerted on
     assert shown[-1] == {"at": 112_000, "flow": "orders", "source": "commands.orders[3]@11", "key": "o-1",
                          "error": "ValueError: bad 11"}
 
