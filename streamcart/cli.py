@@ -688,9 +688,12 @@ def _dead_letters(settings: Settings, codec: Codec, selection: Selection) -> _Le
 
 
 def _codec(settings: Settings) -> Codec:
+    """A codec that reads (what it decodes names its schema id, fetched from the registry on first sight): reading
+    dead letters registers nothing."""
     from schemas.codec import Codec
+    from schemas.registry import ConfluentRegistry
 
-    return Codec.connect(settings)
+    return Codec(ConfluentRegistry.from_settings(settings))
 
 
 @dlq_app.command("list")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -118,16 +119,39 @@ class TopicMissing(CommandNotSent):
     """The topic to read does not exist (on this stack, under these settings)."""
 
 
+#: librdkafka's own log lines (a refused connection every 50 ms while the broker is away) are not for the
+#: command line: a failure reaches the user as one error naming the broker (:func:`_unreachable`).
+_KAFKA_LOG = logging.getLogger("streamcart.commands.librdkafka")
+_KAFKA_LOG.addHandler(logging.NullHandler())
+_KAFKA_LOG.propagate = False
+
+
+def _reader(settings: Settings, purpose: str) -> Consumer:
+    """A consumer that reads without committing (``purpose`` names its throwaway group), from the earliest offset,
+    and says when it reaches a partition's end."""
+    return Consumer({"bootstrap.servers": settings.bootstrap_servers, "enable.auto.commit": False,
+                     "group.id": f"streamcart-{purpose}-{new_id()}", "auto.offset.reset": "earliest",
+                     "enable.partition.eof": True}, logger=_KAFKA_LOG)
+
+
+def _unreachable(settings: Settings, what: str, exc: KafkaException) -> CommandNotSent:
+    error = exc.args[0] if exc.args else exc
+    reason = error.str() if isinstance(error, KafkaError) else str(error)
+    return CommandNotSent(f"cannot read {what} from Kafka at {settings.bootstrap_servers} ({reason}): is the stack "
+                          f"up (`streamcart status`)?")
+
+
 def read_to_end(settings: Settings, topic: str, on_record: Callable[[Any], None], *, purpose: str,
                 since_ms: int | None = None, on_progress: Callable[[int], None] = lambda read: None) -> None:
     """Hand every record of ``topic`` to ``on_record`` (a confluent-kafka message), from each partition's start (or
     its first record written at ``since_ms`` or later) up to the end it had when the read began; committing nothing
     (``purpose`` names the throwaway consumer group)."""
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "enable.auto.commit": False,
-                         "group.id": f"streamcart-{purpose}-{new_id()}", "auto.offset.reset": "earliest",
-                         "enable.partition.eof": True})
+    consumer = _reader(settings, purpose)
     try:
-        metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        try:
+            metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        except KafkaException as exc:
+            raise _unreachable(settings, topic, exc) from exc
         if metadata is None or metadata.error is not None:
             raise TopicMissing(f"no topic {topic}: is the stack up, with STREAMCART_APP_ID={settings.app_id}?")
         ends = {}
@@ -221,13 +245,12 @@ def read_dead_letters(settings: Settings, codec: Codec, *, since_ms: int | None 
 def read_dead_letter(settings: Settings, codec: Codec, partition: int, offset: int) -> DeadLetter | None:
     """The dead letter at ``partition``:``offset``, or ``None`` if there is none (any more)."""
     topic = Topics.from_settings(settings).dlq
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "enable.auto.commit": False,
-                         "group.id": f"streamcart-dlq-{new_id()}", "enable.partition.eof": True})
+    consumer = _reader(settings, "dlq")
     try:
         try:
             marks = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
-        except KafkaException as exc:  # e.g. no such partition
-            raise CommandNotSent(f"reading {topic}[{partition}]: {exc.args[0] if exc.args else exc}") from exc
+        except KafkaException as exc:  # no such partition, or no broker
+            raise _unreachable(settings, f"{topic}[{partition}]", exc) from exc
         if marks is None:
             raise CommandNotSent(f"reading {topic}[{partition}]: the broker did not answer in 10 s")
         low, high = marks

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, KafkaException
 
 from schemas.codec import Codec
 from schemas.errors import RegistryUnavailable
@@ -413,3 +413,30 @@ def test_replay_without_a_selection_is_refused(capsys):
         cli.main(["dlq", "replay"])
     assert exited.value.code == 2
     assert "name what to replay" in capsys.readouterr().err
+
+
+class BrokerAway:
+    """A consumer whose broker cannot be reached."""
+
+    def list_topics(self, topic: str, timeout: float) -> Any:
+        failure = KafkaError(KafkaError._TRANSPORT, "Failed to get metadata: Local: Broker transport failure")
+        raise KafkaException(failure)
+
+    def get_watermark_offsets(self, partition: Any, timeout: float) -> Any:
+        return self.list_topics("", timeout)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_broker_that_cannot_be_reached_is_one_clear_error_naming_it(monkeypatch, codec):
+    from streamcart import commands
+
+    monkeypatch.setattr(commands, "_reader", lambda settings, purpose: BrokerAway())
+    settings = Settings(kafka_port=19999)
+    for read in (lambda: commands.read_dead_letters(settings, codec), lambda: commands.stored_order_ids(settings),
+                 lambda: commands.read_dead_letter(settings, codec, 0, 0)):
+        with pytest.raises(commands.CommandNotSent) as failed:
+            read()
+        assert "from Kafka at 127.0.0.1:19999 (Failed to get metadata" in str(failed.value)
+        assert "is the stack up" in str(failed.value)
