@@ -195,10 +195,15 @@ def record_time_ms(event: Any) -> int | None:
 
 
 def header(event: Any, name: str) -> str | None:
-    """The text of the header ``name`` of faust's ``event`` (``None`` if it has none)."""
-    for key, value in _headers(event):
-        if key == name:
-            return value.decode(errors="replace")
+    """The text of the header ``name`` of faust's ``event`` (``None`` if it has none).
+
+    Every flow asks each record for two (its trace and a replay's flow): one pass that copies nothing, not
+    :func:`_headers`' copy of them all.
+    """
+    raw = getattr(event, "headers", None) or {}
+    for key, value in raw.items() if isinstance(raw, dict) else raw:
+        if str(key) == name:
+            return "" if value is None else bytes(value).decode(errors="replace")
     return None
 
 
