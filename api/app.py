@@ -36,6 +36,7 @@ from api.errors import (
     Unavailable,
     UnsupportedMediaType,
     error_middleware,
+    expect_handler,
 )
 from api.middleware import TokenBuckets, rate_limit_middleware, request_id_middleware
 from api.models import (
@@ -107,7 +108,7 @@ def init_app(settings: Settings, worker: WorkerView, commands: CommandPort | Non
     app.cleanup_ctx.append(_http_session)
     routes = ROUTES + analytics.ROUTES + stream.ROUTES + dashboard.ROUTES
     for route in routes:
-        app.router.add_route(route.method, route.path, route.handler)
+        app.router.add_route(route.method, route.path, route.handler, expect_handler=expect_handler)
     app[SPEC] = openapi(routes, title="streamcart", version=API_VERSION)
     if origins := tuple(o.strip() for o in settings.cors_origins.split(",") if o.strip()):
         app.on_response_prepare.append(_cors(origins))
@@ -174,7 +175,8 @@ def parsed_query(request: web.Request, model: type[M]) -> M:
         raise Invalid("the query failed validation", details=_validation_details(exc)) from exc
 
 
-def _identifier(request: web.Request, name: str) -> str:
+def identifier(request: web.Request, name: str) -> str:
+    """The path parameter ``name``, an identifier (anything else names nothing here: 404)."""
     value = request.match_info[name]
     if not is_identifier(value):
         raise NotFound(f"no such {name}: {value[:80]!r}")
@@ -275,7 +277,7 @@ def order_json(order: OrderState) -> dict[str, object]:
 
 async def get_order(request: web.Request) -> web.Response:
     principal = _principal(request)
-    order_id = _identifier(request, "order_id")
+    order_id = identifier(request, "order_id")
     query = parsed_query(request, WaitQuery)
     if (forwarded := await _forward_unless_owner(request, "orders", order_id)) is not None:
         return forwarded
@@ -457,9 +459,13 @@ async def _order_anywhere(request: web.Request, order_id: str) -> OrderState | N
 
 
 async def internal_order(request: web.Request) -> web.Response:
-    """The stored order as the owner holds it, for another worker (same credentials as the caller's)."""
+    """The stored order as the owner holds it, for another worker (same credentials as the caller's). Only a worker
+    may ask (its proof holds): the stored order carries the payment token and the contact details, which no client
+    sees."""
+    if not request.app[PEER_PROOF].forwarded(request):
+        raise NotFound("no such route")
     principal = _principal(request)
-    order = request.app[WORKER].order(_identifier(request, "order_id"))
+    order = request.app[WORKER].order(identifier(request, "order_id"))
     if order is None or not principal.may_see_customer(order.customer_id):
         raise NotFound("order not found")
     return web.Response(body=order.model_dump_json().encode(), content_type="application/json")
@@ -467,7 +473,7 @@ async def internal_order(request: web.Request) -> web.Response:
 
 async def cancel_order(request: web.Request) -> web.Response:
     principal = _principal(request)
-    order_id = _identifier(request, "order_id")
+    order_id = identifier(request, "order_id")
     body = await _body(request, CancelIn) if request.can_read_body else CancelIn()
     if (forwarded := await _forward_unless_owner(request, "orders", order_id)) is not None:
         return forwarded
@@ -483,7 +489,7 @@ async def cancel_order(request: web.Request) -> web.Response:
 
 async def customer_orders(request: web.Request) -> web.Response:
     principal = _principal(request)
-    customer_id = _identifier(request, "customer_id")
+    customer_id = identifier(request, "customer_id")
     if not principal.may_see_customer(customer_id):
         raise NotFound(f"customer {customer_id} not found")
     page = parsed_query(request, OrderPageQuery)
@@ -538,7 +544,7 @@ async def _gather(
 
 async def get_product(request: web.Request) -> web.Response:
     _principal(request)
-    sku = _identifier(request, "sku")
+    sku = identifier(request, "sku")
     if (forwarded := await _forward_unless_owner(request, "catalog", sku)) is not None:
         return forwarded
     product = request.app[WORKER].product(sku)
@@ -564,7 +570,7 @@ async def list_products(request: web.Request) -> web.Response:
 
 async def put_product(request: web.Request) -> web.Response:
     _admin(request)
-    sku = _identifier(request, "sku")
+    sku = identifier(request, "sku")
     body = await _body(request, ProductIn)
     command = UpsertProduct(**envelope(sku), sku=sku, **body.model_dump())
     await _commands(request).send(command)
@@ -573,7 +579,7 @@ async def put_product(request: web.Request) -> web.Response:
 
 async def get_stock(request: web.Request) -> web.Response:
     _principal(request)
-    sku = _identifier(request, "sku")
+    sku = identifier(request, "sku")
     if (forwarded := await _forward_unless_owner(request, "stock", sku)) is not None:
         return forwarded
     stock = request.app[WORKER].stock(sku)
@@ -597,7 +603,7 @@ async def adjust_stock(request: web.Request) -> web.Response:
     already applied is answered 200 with the stock as it is, sending nothing, and a request under a key used for
     another delta or reason is refused with 409."""
     _admin(request)
-    sku = _identifier(request, "sku")
+    sku = identifier(request, "sku")
     body = await _body(request, AdjustmentIn)
     key = _idempotency_key(request)
     if (forwarded := await _forward_unless_owner(request, "stock", sku)) is not None:
@@ -653,7 +659,7 @@ async def get_adjustment(request: web.Request) -> web.Response:
     """The adjustment sent under ``key`` (an ``Idempotency-Key``), once the SKU's stock counts it; 404 before (or
     when it is older than the SKU's last 1,000 adjustments)."""
     _admin(request)
-    sku = _identifier(request, "sku")
+    sku = identifier(request, "sku")
     key = request.match_info["key"]
     if not _valid_key(key):
         raise NotFound(f"no such key: {key[:80]!r}")
@@ -670,7 +676,7 @@ async def get_adjustment(request: web.Request) -> web.Response:
 
 async def shipment_status(request: web.Request) -> web.Response:
     _admin(request)
-    order_id = _identifier(request, "order_id")
+    order_id = identifier(request, "order_id")
     body = await _body(request, ShipmentStatusIn)
     if (forwarded := await _forward_unless_owner(request, "orders", order_id)) is not None:
         return forwarded

@@ -20,6 +20,9 @@ class Principal:
 
     subject: str
     roles: frozenset[str]
+    #: When the token stops being accepted (epoch seconds, its ``exp`` plus the leeway): what a live stream opened
+    #: with it runs until.
+    expires_at: float = float("inf")
 
     @property
     def is_admin(self) -> bool:
@@ -42,14 +45,23 @@ _VERIFIED: OrderedDict[tuple[str, str], tuple[Principal, float]] = OrderedDict()
 _VERIFIED_MAX = 10_000
 
 
+def credential(authorization: str) -> str:
+    """The token of an ``Authorization`` header however it is written (``bearer``, spaces around it), so that one
+    token is one entry wherever tokens are counted or remembered (the rate limit, the verified tokens); a header
+    that is no bearer token, as it is."""
+    scheme, _, token = authorization.strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else authorization
+
+
 def authenticate(authorization: str | None, secret: str) -> Principal:
     """The principal of an ``Authorization`` header, or :class:`Unauthorized` with the reason."""
+    key = (credential(authorization or ""), secret)
     if authorization:
-        cached = _VERIFIED.get((authorization, secret))
+        cached = _VERIFIED.get(key)
         if cached is not None and time.time() < cached[1]:
             return cached[0]
     principal, expires = _verify(authorization, secret)
-    _VERIFIED[(authorization or "", secret)] = (principal, expires)
+    _VERIFIED[key] = (principal, expires)
     while len(_VERIFIED) > _VERIFIED_MAX:
         _VERIFIED.popitem(last=False)
     return principal
@@ -74,4 +86,5 @@ def _verify(authorization: str | None, secret: str) -> tuple[Principal, float]:
     roles = claims.get("roles", [])
     if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
         raise Unauthorized("invalid token: roles must be a list of strings")
-    return Principal(subject=str(claims["sub"]), roles=frozenset(roles)), float(claims["exp"]) + LEEWAY_S
+    expires_at = float(claims["exp"]) + LEEWAY_S
+    return Principal(subject=str(claims["sub"]), roles=frozenset(roles), expires_at=expires_at), expires_at

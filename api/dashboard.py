@@ -49,7 +49,7 @@ async def page(request: web.Request) -> web.FileResponse:
 async def timeline(request: web.Request) -> web.Response:
     secret = request.app[core.SETTINGS].jwt_secret.get_secret_value()
     principal = authenticate(request.headers.get("Authorization"), secret)
-    order_id = request.match_info["order_id"]
+    order_id = core.identifier(request, "order_id")
     worker = request.app[core.WORKER]
     owner = worker.owner_url("orders", order_id)
     if owner is None:

@@ -6,8 +6,9 @@ import logging
 from http import HTTPStatus
 from typing import Any
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_urldispatcher import _default_expect_handler
 
 from streamcart.errors import StreamcartError
 
@@ -84,9 +85,28 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         return error_response(exc.status, code_of(exc.reason), exc.reason, None, **{
             k: v for k, v in exc.headers.items() if k.lower() in {"allow", "retry-after"}
         })
+    except ConnectionResetError:  # the client went away while its body was read: nobody to answer
+        log.info("the client of %s %s closed the connection before its request was read", request.method,
+                 request.path)
+        return error_response(CLIENT_CLOSED, "client_closed_request", "the client closed the connection")
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, "internal", "internal error; it has been logged")
+
+
+#: The status a request gets (in the logs and metrics: nobody receives it) when its client went away before it was
+#: read, as nginx counts it: not a 500, which would be the server's fault.
+CLIENT_CLOSED = 499
+
+
+async def expect_handler(request: web.Request) -> web.StreamResponse | None:
+    """aiohttp's handling of ``Expect``, with the JSON error shape: ``100-continue`` is answered ``100 Continue``;
+    any other expectation fails (417), before the body is read, as an error like every other."""
+    expect = request.headers.get("Expect", "")
+    if request.version == HttpVersion11 and expect.lower() != "100-continue":
+        return error_response(417, "expectation_failed", f"unknown Expect: {expect[:100]!r} (only 100-continue is)")
+    await _default_expect_handler(request)
+    return None
 
 
 class _JsonErrorsHandler(RequestHandler):

@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import Counter, Histogram
 
+from api.auth import credential
 from api.errors import ApiError
 from streamcart.logs import log_context
 from streamcart.tracing import span
@@ -84,13 +85,14 @@ class TokenBuckets:
 
 def rate_limit_middleware(buckets: TokenBuckets, forwarded: Callable[[web.Request], bool]) -> Any:
     """Take every request with a token from its bucket, but one ``forwarded`` by another worker: it was counted
-    where it came in."""
+    where it came in. A token is one bucket however its header is written, and one sent as ``?token=`` (the live
+    stream's, for EventSource) is the same token."""
 
     @web.middleware
     async def rate_limit(request: web.Request, handler: Any) -> web.StreamResponse:
-        authorization = request.headers.get("Authorization")
+        authorization = request.headers.get("Authorization") or request.query.get("token")
         if authorization and not forwarded(request):
-            wait = buckets.take(authorization, time.monotonic())
+            wait = buckets.take(credential(authorization), time.monotonic())
             if wait > 0:
                 raise RateLimited("too many requests for this token", headers={"Retry-After": str(math.ceil(wait))})
         response: web.StreamResponse = await handler(request)

@@ -14,12 +14,15 @@ Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", examples=["EUR"])]
 
 
 class _Body(BaseModel):
+    """A request body or query. A body's numbers and flags are strict (``"quantity": true`` or ``"3"`` is refused,
+    not read as 1 or 3); a query's values are text, read as what their field is."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class LineIn(_Body):
     sku: Identifier
-    quantity: int = Field(ge=1, le=1000)
+    quantity: int = Field(ge=1, le=1000, strict=True)
 
 
 class PaymentIn(_Body):
@@ -45,13 +48,13 @@ class CancelIn(_Body):
 
 class ProductIn(_Body):
     name: str = Field(min_length=1, max_length=200)
-    unit_price_cents: int = Field(ge=0, le=100_000_000)
+    unit_price_cents: int = Field(ge=0, le=100_000_000, strict=True)
     currency: Currency
-    active: bool = True
+    active: bool = Field(default=True, strict=True)
 
 
 class AdjustmentIn(_Body):
-    delta: int = Field(ge=-1_000_000, le=1_000_000)
+    delta: int = Field(ge=-1_000_000, le=1_000_000, strict=True)
     reason: str = Field(min_length=1, max_length=200, examples=["delivery"])
 
 

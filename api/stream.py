@@ -24,7 +24,7 @@ from aiohttp import web
 
 import api.app as core
 from api import analytics, gather
-from api.auth import authenticate
+from api.auth import Principal, authenticate
 from api.errors import Forbidden, Unavailable
 from api.models import StreamQuery
 from api.spec import Route
@@ -41,6 +41,8 @@ ANALYTICS_EVERY = 3
 #: Lag, DLQ depth and table sizes are read from Kafka and RocksDB this often.
 OBSERVE_S = 3.0
 RECONNECT_MS = 2000
+#: Live streams one worker serves at once (each costs a queue and a write a second; dashboards are few).
+MAX_STREAMS = 100
 REVENUE_MINUTES = 15
 #: The saga's step rates are taken over this much of the recent past (a second alone is too jumpy to read).
 STEP_RATE_S = 5.0
@@ -353,14 +355,15 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
-def _admin_from(request: web.Request, *, token: str | None = None) -> None:
-    """The request's principal must be an admin; ``token`` (from the query) stands in for a missing header."""
+def _admin_from(request: web.Request, *, token: str | None = None) -> Principal:
+    """The request's principal, who must be an admin; ``token`` (from the query) stands in for a missing header."""
     header = request.headers.get("Authorization")
     if header is None and token:
         header = f"Bearer {token}"
     principal = authenticate(header, request.app[core.SETTINGS].jwt_secret.get_secret_value())
     if not principal.is_admin:
         raise Forbidden("the live stream is for admins")
+    return principal
 
 
 async def live(request: web.Request) -> web.Response:
@@ -380,17 +383,29 @@ async def live(request: web.Request) -> web.Response:
 async def stream(request: web.Request) -> web.StreamResponse:
     """``text/event-stream`` of one ``tick`` a second until the client goes away."""
     query = core.parsed_query(request, StreamQuery)
-    _admin_from(request, token=query.token)
+    principal = _admin_from(request, token=query.token)
+    hub = request.app[HUB]
+    if len(hub.subscribers) >= MAX_STREAMS:
+        raise Unavailable(f"this worker serves {MAX_STREAMS} live streams already; try another worker or later",
+                          headers={"Retry-After": "5"})
     response = web.StreamResponse(headers={
         "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
     })
-    await response.prepare(request)
-    await response.write(f"retry: {RECONNECT_MS}\n\n".encode())
-    hub = request.app[HUB]
-    queue = hub.subscribe()
+    queue = hub.subscribe()  # before the first byte: a client that read it counts among the streams
     try:
-        while (tick := await queue.get()) is not None:
+        await response.prepare(request)
+        await response.write(f"retry: {RECONNECT_MS}\n\n".encode())
+        # Until the token expires: the browser then reconnects, and is refused until it has a new one.
+        while (left_s := principal.expires_at - time.time()) > 0:
+            try:
+                tick = await asyncio.wait_for(queue.get(), min(left_s, 3600.0))
+            except TimeoutError:
+                continue
+            if tick is None:
+                break
             await response.write(f"event: {tick['type']}\ndata: {json.dumps(tick)}\n\n".encode())
+        else:  # the dashboard asks for a new token instead of reconnecting with this one
+            await response.write(b'event: expired\ndata: {"reason": "token expired"}\n\n')
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     finally:
@@ -401,7 +416,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/stream", stream, "the live figures as server-sent events, one `tick` a second (admin; the "
           "token may come as ?token= for EventSource)", "live", query=StreamQuery, responses={200: None},
-          content_type="text/event-stream", errors=(403,)),
+          content_type="text/event-stream", errors=(403, 503)),
     Route("GET", "/v1/internal/live", live, "this worker's live figures (worker to worker)", "internal",
           in_schema=False),
 )

@@ -175,6 +175,12 @@ function connect(tok) {
   source.addEventListener("unavailable", (e) => {
     $("connection").textContent = "partial: " + JSON.parse(e.data).reason; $("connection").className = "badge warn";
   });
+  source.addEventListener("expired", () => {
+    // The token the stream was opened with expired: asking again with it would only be refused.
+    source.close(); sessionStorage.removeItem("streamcart-token");
+    $("connection").textContent = "token expired"; $("connection").className = "badge bad";
+    showLogin("The admin token expired: paste a new one");
+  });
   source.addEventListener("error", () => {
     // EventSource retries by itself (the server asks for 2 s); say so meanwhile. A browser gives up for good when
     // an answer is not the stream (a proxy's 502 while the worker restarts, say): then start over in 2 s.
@@ -193,13 +199,18 @@ async function showOrder(tok, orderId) {
     s.since_placed_ms === null ? "–" : `${s.since_placed_ms} ms`, s.stage_ms === null ? "–" : `+${s.stage_ms} ms`, s.detail || ""]);
 }
 
+function showLogin(message) {
+  if (message) $("login-message").textContent = message;
+  $("login").hidden = false;
+}
+
 function start() {
+  $("login").addEventListener("submit", (e) => {
+    e.preventDefault(); sessionStorage.setItem("streamcart-token", $("token-input").value.trim()); location.reload();
+  });
   const tok = token();
   if (!tok) {
-    $("board").hidden = true; $("login").hidden = false;
-    $("login").addEventListener("submit", (e) => {
-      e.preventDefault(); sessionStorage.setItem("streamcart-token", $("token-input").value.trim()); location.reload();
-    });
+    $("board").hidden = true; showLogin();
     return;
   }
   connect(tok);

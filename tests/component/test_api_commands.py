@@ -504,6 +504,54 @@ async def test_a_token_over_its_rate_gets_429_with_retry_after(aiohttp_client, w
     assert (await client.get("/v1/orders/o-1", headers=bearer("c-9", "customer"))).status == 404  # its own bucket
 
 
+async def test_a_token_is_one_bucket_however_its_header_is_written(aiohttp_client, worker, commands):
+    strict = SOLO.model_copy(update={"rate_limit_per_s": 0.01, "rate_limit_burst": 2})
+    client = await aiohttp_client(init_app(strict, worker, commands))
+    token = CUSTOMER["Authorization"].removeprefix("Bearer ")
+    spellings = [f"Bearer {token}", f"bearer  {token}", f"BEARER {token} ", f"Bearer    {token}"]
+    answers = [await client.get("/v1/orders/o-1", headers={"Authorization": header}) for header in spellings]
+    assert [a.status for a in answers] == [200, 200, 429, 429]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("quantity", True), ("quantity", "3"), ("quantity", 2.0)],
+)
+async def test_a_quantity_that_is_not_a_json_integer_is_a_422_and_sends_nothing(client, commands, field, value):
+    body = {**ORDER, "lines": [{"sku": "KB-001", field: value}]}
+    response = await client.post("/v1/orders", json=body, headers=CUSTOMER)
+    assert response.status == 422
+    assert (await response.json())["error"]["details"][0]["loc"] == ["lines", 0, field]
+    assert commands.sent == []
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("PUT", "/v1/products/KB-001", {"name": "Keyboard", "unit_price_cents": True, "currency": "EUR"}),
+        ("PUT", "/v1/products/KB-001", {"name": "Keyboard", "unit_price_cents": "4999", "currency": "EUR"}),
+        ("PUT", "/v1/products/KB-001", {"name": "Keyboard", "unit_price_cents": 1, "currency": "EUR", "active": "no"}),
+        ("POST", "/v1/stock/KB-001/adjustments", {"delta": True, "reason": "delivery"}),
+        ("POST", "/v1/stock/KB-001/adjustments", {"delta": "5", "reason": "delivery"}),
+    ],
+    ids=["price-bool", "price-text", "active-text", "delta-bool", "delta-text"],
+)
+async def test_a_number_or_flag_of_another_json_type_is_a_422_and_sends_nothing(client, commands, method, path,
+                                                                                body):
+    response = await client.request(method, path, json=body, headers=ADMIN)
+    assert response.status == 422
+    assert commands.sent == []
+
+
+async def test_an_expectation_other_than_100_continue_is_a_json_417_and_sends_nothing(client, commands):
+    response = await client.post("/v1/orders", json=ORDER, headers={**CUSTOMER, "Expect": "200-ok"})
+    assert response.status == 417
+    assert (await response.json())["error"]["code"] == "expectation_failed"
+    assert commands.sent == []
+    continued = await client.post("/v1/orders", json=ORDER, headers={**CUSTOMER, "Expect": "100-continue"})
+    assert continued.status == 202
+
+
 async def test_cors_is_off_by_default(client):
     response = await client.get("/healthz", headers={"Origin": "https://evil.example"})
     assert "Access-Control-Allow-Origin" not in response.headers

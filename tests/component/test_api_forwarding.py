@@ -94,3 +94,15 @@ async def test_a_request_a_worker_forwarded_is_not_forwarded_again(client):
     response = await client.get("/v1/orders/o-2", headers=genuine("GET /v1/orders/o-2"))
     assert response.status == 503
     assert response.headers["Retry-After"] == "1"
+
+
+async def test_an_order_as_stored_is_given_to_a_worker_only(aiohttp_client, peer):
+    """The stored order carries the payment token and the contact details: a client never gets it, even with a
+    token that may see the order; a worker asking on its behalf does (the idempotency check of a placement)."""
+    owner = await aiohttp_client(peer)
+    path = "/internal/v1/orders/o-2"
+    assert (await owner.get(path, headers=CUSTOMER)).status == 404
+    assert (await owner.get(path, headers=FORGED["no-proof"]())).status == 404
+    asked = await owner.get(path, headers=genuine(f"GET {path}"))
+    assert asked.status == 200
+    assert (await asked.json())["payment_token"] == "tok_approve"

@@ -194,3 +194,9 @@ async def test_metrics_are_exposed_for_prometheus(client):
     response = await client.get("/metrics")
     assert response.status == 200
     assert "python_info" in await response.text()
+
+
+async def test_a_timeline_of_an_id_that_is_no_identifier_is_a_404_that_does_not_echo_it_whole(client):
+    response = await client.get(f"/v1/orders/{'o' * 7000}/timeline", headers=bearer("c-1", "customer"))
+    assert response.status == 404
+    assert len((await response.json())["error"]["message"]) < 200

@@ -17,6 +17,7 @@ import pytest
 import requests
 from playwright.sync_api import sync_playwright
 
+from api.auth import issue_token
 from streamcart.ids import new_id
 from tests.integration.support import poll
 from tests.integration.test_saga import Shop
@@ -164,3 +165,25 @@ def test_the_dashboard_shows_counters_moving_and_an_order_timeline(shop: Shop, s
         finally:
             browser.close()
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
+
+
+def test_a_dashboard_whose_token_expires_asks_for_a_new_one_instead_of_reconnecting_with_it(settings):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "chromium is missing: `streamcart setup` installs it (Debian's package)"
+    # Good for a second, plus the workers' 10 s leeway: the stream runs about 11 s, then ends.
+    token = issue_token(settings.jwt_secret.get_secret_value(), "ops", ["admin"], ttl_s=1)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(f"{settings.worker_url(0)}/dashboard#token={token}")
+            page.wait_for_selector("#connection.ok", timeout=20_000)
+            page.wait_for_selector("#login:not([hidden])", timeout=30_000)
+            assert page.inner_text("#connection") == "token expired"
+            assert "expired" in page.inner_text("#login-message")
+            assert page.evaluate("sessionStorage.getItem('streamcart-token')") is None
+            assert errors == []
+        finally:
+            browser.close()

@@ -3,7 +3,7 @@ import time
 import jwt
 import pytest
 
-from api.auth import authenticate, issue_token
+from api.auth import _VERIFIED, authenticate, credential, issue_token
 from api.errors import Unauthorized
 
 SECRET = "s3cret-for-tests-only-0123456789abcdef"
@@ -50,9 +50,11 @@ def test_a_verified_token_is_trusted_only_until_it_expires(monkeypatch):
     import api.auth as auth
 
     now = time.time()
-    header = f"Bearer {issue_token(SECRET, 'c-cache', ['customer'], ttl_s=60, now=now)}"
-    assert authenticate(header, SECRET).subject == "c-cache"
-    assert auth._VERIFIED[(header, SECRET)][1] == int(now) + 60 + auth.LEEWAY_S
+    token = issue_token(SECRET, 'c-cache', ['customer'], ttl_s=60, now=now)
+    header = f"Bearer {token}"
+    principal = authenticate(header, SECRET)
+    assert principal.subject == "c-cache"
+    assert auth._VERIFIED[(token, SECRET)][1] == principal.expires_at == int(now) + 60 + auth.LEEWAY_S
 
     def verify_again(authorization, secret):
         raise Unauthorized("token expired")
@@ -69,3 +71,14 @@ def test_a_token_verified_under_one_secret_is_not_trusted_under_another():
     authenticate(f"Bearer {token}", SECRET)
     with pytest.raises(Unauthorized):
         authenticate(f"Bearer {token}", "another-secret-0123456789abcdef0123")
+
+
+def test_a_token_is_one_credential_however_its_header_is_written():
+    token = issue_token(SECRET, "c-spelled", ["customer"])
+    assert {credential(f"Bearer {token}"), credential(f"bearer   {token} "), credential(f"BEARER {token}"),
+            credential(token)} == {token}
+    assert credential("Basic abc") == "Basic abc"  # no bearer token: as it is
+    before = len(_VERIFIED)
+    for header in (f"Bearer {token}", f"bearer   {token}", f"BEARER {token}  "):
+        assert authenticate(header, SECRET).subject == "c-spelled"
+    assert len(_VERIFIED) == before + 1
