@@ -90,6 +90,9 @@ def register(runtime: Runtime) -> Any:
         await runtime.emit(decision.messages, cause=event)
 
     async def payments_agent(stream: Any) -> None:
-        await consume_concurrently(runtime, stream, handle, flow="payments")
+        # Its decisions rest on the gateway's answers and the deadline, not on its state and the message alone: a
+        # redelivery after a crash that lost its state could be decided otherwise (an approval become a decline,
+        # and a void) while the first decision's events were out. So its records leave after its state.
+        await consume_concurrently(runtime, stream, handle, flow="payments", decides_alone=False)
 
     return runtime.app.agent(runtime.source(runtime.topics.payment_commands), name="payments")(payments_agent)

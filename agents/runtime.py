@@ -46,21 +46,26 @@ class Sink(Protocol):
     async def send(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None: ...
 
 
-#: Whether the flow running in this task reads more than one topic. Its records then leave only after the table
-#: writes made before them (agents/state_first.py): after a crash its messages may come back in another order and
-#: be decided otherwise. A flow reading one topic gets them back in the same order, decides the same again, and
-#: sends straight away (payments, notifications, analytics: one changelog round trip less per step).
-_reads_several_topics: ContextVar[bool] = ContextVar("reads_several_topics", default=True)
+#: Whether the records of the flow running in this task leave only after the table writes made before them
+#: (agents/state_first.py). They must when a crash could make the flow decide a redelivered message otherwise than
+#: the first time, with the first decision's records out and its state lost: when it reads several topics (after a
+#: crash its messages may come back in another order), or when its decision rests on more than its state and the
+#: message (payments: the gateway's answer, which a gateway down at the redelivery turns from an approval into a
+#: decline, and the order's deadline). A flow reading one topic that decides from the message and its state alone
+#: gets its messages back in the same order, decides the same again, and sends straight away (notifications,
+#: analytics: one changelog round trip less per step).
+_state_first: ContextVar[bool] = ContextVar("state_first", default=True)
 
 
-def note_sources(stream: Any) -> None:
-    """Note, for the agent task consuming ``stream``, whether it reads several topics."""
-    _reads_several_topics.set(len(getattr(stream.channel, "topics", ())) != 1)
+def note_sources(stream: Any, *, decides_alone: bool = True) -> None:
+    """Note, for the agent task consuming ``stream``, whether its records wait for its state: when it reads several
+    topics, or does not decide from the message and its state alone (``decides_alone``)."""
+    _state_first.set(len(getattr(stream.channel, "topics", ())) != 1 or not decides_alone)
 
 
 class FaustSink:
-    """Hands records to the faust app's producer; a flow's that reads several topics, after the table writes made
-    before them (agents/state_first.py).
+    """Hands records to the faust app's producer; those of a flow that must send after its state (``_state_first``)
+    once the table writes made before them are delivered (agents/state_first.py).
 
     Not through a faust ``Topic``: its ``send`` wraps each record in a future message, a channel hop and a
     completion callback, which cost more than the Kafka client's own work for these small records (about a third of
@@ -73,7 +78,7 @@ class FaustSink:
 
     async def send(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
         producer = await self.app.maybe_start_producer()
-        if _reads_several_topics.get():
+        if _state_first.get():
             await producer.send_after_state(topic, key, value, headers or None)
         else:
             await producer.send(topic, key, value, None, None, headers or None)
@@ -305,7 +310,7 @@ async def _handle(handler: Handler, message: Message, event: Any, flow: str) -> 
     return None
 
 
-async def consume(runtime: Runtime, stream: Any, handler: Handler, *, flow: str) -> None:
+async def consume(runtime: Runtime, stream: Any, handler: Handler, *, flow: str, decides_alone: bool = True) -> None:
     """Run ``handler`` on every decodable message of ``stream``; dead-letter the rest and go on.
 
     An exception escaping an agent would skip the message *and* restart the agent, so none may escape: a value
@@ -314,8 +319,11 @@ async def consume(runtime: Runtime, stream: Any, handler: Handler, *, flow: str)
     An event is acknowledged only once it was handled (or dead-lettered). faust's own iteration acknowledges an
     event in a ``finally`` clause, so an agent cancelled mid-handler by a stop would have its event committed, and
     the message lost to the partition's next owner; iterating without acks and acknowledging here prevents that.
+
+    ``decides_alone``: whether the handler decides from the message and the flow's state alone (no outside call, no
+    clock); if not, the flow's records leave after its state, as those of a flow reading several topics do.
     """
-    note_sources(stream)
+    note_sources(stream, decides_alone=decides_alone)
     events = stream.noack()
     in_progress = _in_progress(runtime)
     async for event in events.events():
@@ -335,7 +343,8 @@ CONCURRENT_MESSAGES = 256
 
 
 async def consume_concurrently(
-    runtime: Runtime, stream: Any, handler: Handler, *, flow: str, limit: int = CONCURRENT_MESSAGES
+    runtime: Runtime, stream: Any, handler: Handler, *, flow: str, limit: int = CONCURRENT_MESSAGES,
+    decides_alone: bool = True,
 ) -> None:
     """Like :func:`consume`, for flows that wait on slow calls: handle the messages of different keys at once.
 
@@ -349,7 +358,7 @@ async def consume_concurrently(
     begins, its message is given back unacknowledged instead of holding the group up, and so are the later messages
     of its key (after the rebalance, the partition is read again from its committed offset).
     """
-    note_sources(stream)
+    note_sources(stream, decides_alone=decides_alone)
     events = stream.noack()
     in_progress = _in_progress(runtime)
     slots = asyncio.Semaphore(limit)

@@ -135,13 +135,15 @@ def down(
 @app.command()
 def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
     """Each process: pid, port, up/down, health now, memory, uptime; workers' partitions and lag."""
-    from streamcart.stack.views import status_json, status_table
+    from streamcart.stack.views import dead_letters_line, status_json, status_table
 
     rows = _stack().status()
     if as_json:
         print(json.dumps(status_json(rows), indent=2))
     else:
         console.print(status_table(rows))
+        if (line := dead_letters_line(rows)) is not None:
+            console.print(line)
 
 
 @app.command()
@@ -626,7 +628,8 @@ def product_show(sku: Id) -> None:
         console.print_json(data=body) if status == 200 else console.print(f"{path}: HTTP {status} {body}")
 
 
-dlq_app = typer.Typer(help="The dead-letter topic: what failed, where and why; replay what can succeed now.")
+dlq_app = typer.Typer(help="The dead-letter topic: what failed, where and why; replay what can succeed now "
+                                 "(--warehouse: the rows the warehouse sinks could not take).")
 app.add_typer(dlq_app, name="dlq")
 
 Flows = Annotated[list[str] | None, typer.Option(
@@ -638,6 +641,8 @@ SourceTopics = Annotated[list[str] | None, typer.Option(
     "--topic", help="Only records from this topic (e.g. commands.orders). Repeatable.")]
 OfOrder = Annotated[str | None, typer.Option("--order", help="Only the messages of this order.")]
 Since = Annotated[str | None, typer.Option(help="Only what failed in this last while: 90s, 15m, 2h, 7d.")]
+Warehouse = Annotated[bool, typer.Option(
+    "--warehouse", help="The warehouse's dead-letter topic instead: rows a Kafka Connect sink could not take.")]
 
 
 def _selection(flows: list[str] | None, errors: list[str] | None, topics: list[str] | None, order: str | None,
@@ -674,15 +679,22 @@ class _Letters:
     replaced: dict[str, str]
 
 
-def _dead_letters(settings: Settings, codec: Codec, selection: Selection) -> _Letters:
-    from streamcart.commands import read_dead_letters, read_replayed
+def _dead_letters(settings: Settings, codec: Codec, selection: Selection, *, warehouse: bool = False) -> _Letters:
+    from streamcart.commands import read_dead_letters, read_replayed, read_sink_letters
     from streamcart.dead_letters import superseded
 
-    with console.status("reading the dead-letter topic…") as status:
+    what = "the warehouse's dead-letter topic" if warehouse else "the dead-letter topic"
+    with console.status(f"reading {what}…") as status:
         # A letter is written as it fails: the records before --since (less a minute) need not be read.
         since = None if selection.since_ms is None else selection.since_ms - 60_000
-        letters = read_dead_letters(settings, codec, since_ms=since,
-                                    on_progress=lambda read: status.update(f"reading the dead-letter topic… {read}"))
+
+        def progress(read: int) -> None:
+            status.update(f"reading {what}… {read}")
+
+        if warehouse:  # rows a sink could not take: never replayed
+            letters = read_sink_letters(settings, since_ms=since, on_progress=progress)
+            return _Letters([letter for letter in letters if letter in selection], {}, {})
+        letters = read_dead_letters(settings, codec, since_ms=since, on_progress=progress)
         replayed = read_replayed(settings)
     return _Letters([letter for letter in letters if letter in selection], replayed, superseded(letters))
 
@@ -701,40 +713,50 @@ def dlq_list(
     flow: Flows = None, error: Errors = None, topic: SourceTopics = None, order: OfOrder = None, since: Since = None,
     limit: Annotated[int, typer.Option(min=1, help="Show the latest this many (the counts cover all).")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output (every selected record).")] = False,
+    warehouse: Warehouse = False,
 ) -> None:
     """What was dead-lettered (kept 30 days): when, in which flow, from where, why, what it was, and whether it was
-    replayed; counts by flow and error first."""
+    replayed; counts by flow and error first. With --warehouse, the rows the warehouse sinks could not take."""
     from streamcart.stack.views import dead_letter_counts, dead_letters_table
 
     settings = _settings()
     selection = _selection(flow, error, topic, order, since)
-    read = _dead_letters(settings, _codec(settings), selection)
+    read = _dead_letters(settings, _codec(settings), selection, warehouse=warehouse)
     letters, replayed = read.selected, read.replayed or {}
     if as_json:
         print(json.dumps([letter.as_json(replayed.get(letter.position)) for letter in letters], indent=2))
         return
+    noun = "warehouse dead letters" if warehouse else "dead letters"
     if not letters:
-        console.print("no dead letters" if selection.empty else "no dead letters match")
+        console.print(f"no {noun}" if selection.empty else f"no {noun} match")
         return
-    console.print(dead_letter_counts(letters, replayed))
-    console.print(dead_letters_table(letters[-limit:], replayed, total=len(letters)))
-    console.print("[dim]`streamcart dlq show PARTITION:OFFSET` shows one in full; `streamcart dlq replay` sends them "
-                  "back once their cause is gone[/]")
+    marks = None if warehouse else replayed  # rows a sink could not take are never replayed
+    console.print(dead_letter_counts(letters, marks, noun=noun))
+    console.print(dead_letters_table(letters[-limit:], marks, total=len(letters), noun=noun))
+    if warehouse:
+        console.print("[dim]`streamcart dlq show --warehouse PARTITION:OFFSET` shows one in full, with its row; rows a "
+                      "sink's converter could not read are not replayed (the next write of the key replaces it)[/]")
+    else:
+        console.print("[dim]`streamcart dlq show PARTITION:OFFSET` shows one in full; `streamcart dlq replay` sends "
+                      "them back once their cause is gone[/]")
 
 
 @dlq_app.command("show")
 def dlq_show(
     position: Annotated[str, typer.Argument(help="PARTITION:OFFSET of the dead letter, as `dlq list` shows it.")],
+    warehouse: Warehouse = False,
 ) -> None:
-    """One dead letter in full: its headers, and its message as JSON."""
+    """One dead letter in full: its headers, and its message as JSON (with --warehouse, a row a sink could not
+    take)."""
     from streamcart.commands import read_dead_letter, read_replayed
 
     settings = _settings()
     partition, offset = _position(position, "POSITION")
-    letter = read_dead_letter(settings, _codec(settings), partition, offset)
+    letter = read_dead_letter(settings, _codec(settings), partition, offset, warehouse=warehouse)
     if letter is None:
-        raise StreamcartError(f"no dead letter at {position} (`streamcart dlq list` lists them)")
-    replayed_at = (read_replayed(settings) or {}).get(letter.position)
+        listing = "`streamcart dlq list --warehouse`" if warehouse else "`streamcart dlq list`"
+        raise StreamcartError(f"no dead letter at {position} ({listing} lists them)")
+    replayed_at = None if warehouse else (read_replayed(settings) or {}).get(letter.position)
     console.print_json(data=letter.as_json(replayed_at) | {"headers": {k: v.decode(errors="replace")
                                                                        for k, v in letter.headers}})
 

@@ -13,11 +13,19 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 
 from schemas.codec import Codec
 from schemas.messages import IndexOrder, Message
-from streamcart.dead_letters import DeadLetter, Replay
+from streamcart.dead_letters import DeadLetter, Replay, SinkLetter
 from streamcart.errors import StreamcartError
 from streamcart.ids import new_id
 from streamcart.settings import Settings
@@ -242,9 +250,29 @@ def read_dead_letters(settings: Settings, codec: Codec, *, since_ms: int | None 
     return sorted(letters, key=lambda letter: (letter.failed_at_ms or 0, letter.partition, letter.offset))
 
 
-def read_dead_letter(settings: Settings, codec: Codec, partition: int, offset: int) -> DeadLetter | None:
-    """The dead letter at ``partition``:``offset``, or ``None`` if there is none (any more)."""
-    topic = Topics.from_settings(settings).dlq
+def read_sink_letters(settings: Settings, *, since_ms: int | None = None,
+                      on_progress: Callable[[int], None] = lambda read: None) -> list[DeadLetter]:
+    """Every record of the warehouse's dead-letter topic (rows a sink could not take), or those written since
+    ``since_ms``, oldest first."""
+    letters: list[DeadLetter] = []
+    read_to_end(settings, Topics.from_settings(settings).warehouse_dlq,
+                lambda record: letters.append(_sink_letter(record, record.partition(), record.offset())),
+                purpose="warehouse-dlq", since_ms=since_ms, on_progress=on_progress)
+    return sorted(letters, key=lambda letter: (letter.failed_at_ms or 0, letter.partition, letter.offset))
+
+
+def _sink_letter(record: Any, partition: int, offset: int) -> SinkLetter:
+    kind, at = record.timestamp()
+    return SinkLetter.read_row(partition, offset, record.key(), record.value(), record.headers() or (),
+                               at if kind != TIMESTAMP_NOT_AVAILABLE else None)
+
+
+def read_dead_letter(settings: Settings, codec: Codec, partition: int, offset: int, *,
+                     warehouse: bool = False) -> DeadLetter | None:
+    """The dead letter at ``partition``:``offset`` (of the warehouse's dead-letter topic with ``warehouse``), or
+    ``None`` if there is none (any more)."""
+    topics = Topics.from_settings(settings)
+    topic = topics.warehouse_dlq if warehouse else topics.dlq
     consumer = _reader(settings, "dlq")
     try:
         try:
@@ -265,6 +293,8 @@ def read_dead_letter(settings: Settings, codec: Codec, partition: int, offset: i
             if record.error() is not None:
                 return None  # the end of the partition: that offset is gone
             if record.offset() == offset:
+                if warehouse:
+                    return _sink_letter(record, partition, offset)
                 return DeadLetter.read(partition, offset, record.key(), record.value(), record.headers() or (),
                                        codec.decode)
             return None

@@ -16,13 +16,23 @@ or payment command of a forgotten order, or of a settled one about to be, would 
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from schemas.errors import RegistryUnavailable, SchemaError
-from schemas.messages import Message, PlaceOrder
+from schemas.messages import (
+    CapturePayment,
+    CommitStock,
+    Message,
+    PlaceOrder,
+    RefundPayment,
+    ReleaseStock,
+    RestockItems,
+    VoidPayment,
+)
 from streamcart.domain.retention import FINAL
 
 #: The flows a dead letter can be replayed for (the agents' names, and the ``dlq.flow`` before any ``.channel``).
@@ -170,6 +180,128 @@ class DeadLetter:
         }
 
 
+class ConnectHeader:
+    """Headers Kafka Connect puts on a record its sink could not take (``errors.deadletterqueue.context.headers``)."""
+
+    TOPIC = "__connect.errors.topic"
+    PARTITION = "__connect.errors.partition"
+    OFFSET = "__connect.errors.offset"
+    CONNECTOR = "__connect.errors.connector.name"
+    STAGE = "__connect.errors.stage"
+    EXCEPTION_CLASS = "__connect.errors.exception.class.name"
+    EXCEPTION_MESSAGE = "__connect.errors.exception.message"
+    STACKTRACE = "__connect.errors.exception.stacktrace"
+
+
+@dataclass(frozen=True)
+class SinkLetter(DeadLetter):
+    """A record of the warehouse's dead-letter topic: a row a Kafka Connect sink could not take, with Connect's
+    headers naming where it came from and why.
+
+    Connect dead-letters what fails in its converter or its transforms (a row that is not JSON, or not the schema
+    and payload a row is); a row PostgreSQL refuses stops the sink's task instead, and the workers restart it
+    (README, "The warehouse"). Connect keeps the row's own time on the record: it stands for when it failed, since
+    a sink takes a row within moments of its writing. Such a row is never replayed: it would fail again, and the
+    next write of its key replaces it in the warehouse anyway.
+    """
+
+    #: The record's time (ms): when the worker wrote the row.
+    written_at_ms: int | None = None
+
+    @classmethod
+    def read_row(cls, partition: int, offset: int, key: bytes | None, value: bytes | None,
+                 headers: Iterable[tuple[str, bytes | None]], written_at_ms: int | None) -> SinkLetter:
+        kept = tuple((name, b"" if raw is None else bytes(raw)) for name, raw in headers)
+        return cls(partition, offset, key, value, kept, written_at_ms=written_at_ms)
+
+    @property
+    def source_topic(self) -> str | None:
+        return self.header(ConnectHeader.TOPIC) or None
+
+    @property
+    def source_partition(self) -> int | None:
+        return self._number(ConnectHeader.PARTITION)
+
+    @property
+    def source_offset(self) -> int | None:
+        return self._number(ConnectHeader.OFFSET)
+
+    @property
+    def flow(self) -> str:
+        """The sink, as ``warehouse:{connector}``."""
+        return f"warehouse:{self.header(ConnectHeader.CONNECTOR) or '?'}"
+
+    @property
+    def error_class(self) -> str:
+        """The exception's class without its package (``DataException``)."""
+        return (self.header(ConnectHeader.EXCEPTION_CLASS) or "?").rsplit(".", 1)[-1]
+
+    @property
+    def error(self) -> str:
+        """The exception's message, its root cause (Connect's messages often end in ``error: ``, the cause in its
+        stack trace) and the stage that failed."""
+        message = (self.header(ConnectHeader.EXCEPTION_MESSAGE) or "").strip()
+        causes = [line[len("Caused by: "):] for line in (self.header(ConnectHeader.STACKTRACE) or "").splitlines()
+                  if line.startswith("Caused by: ")]
+        if causes:
+            root_class, _, root_message = causes[-1].partition(": ")
+            cause = f"{root_class.rsplit('.', 1)[-1]}: {root_message}"
+            message = f"{message.removesuffix(':')}; caused by {cause}" if message else cause
+        stage = self.header(ConnectHeader.STAGE)
+        return f"{message} (in {stage.lower()})" if stage else message
+
+    @property
+    def failed_at_ms(self) -> int | None:
+        return self.written_at_ms
+
+    @property
+    def replay_of(self) -> str | None:
+        return None
+
+    @property
+    def order_id(self) -> str | None:
+        """The order the row is about, when its key names one."""
+        try:
+            payload = json.loads(self.key or b"").get("payload")
+        except (AttributeError, ValueError):
+            return None
+        order_id = payload.get("order_id") if isinstance(payload, dict) else None
+        return order_id if isinstance(order_id, str) else None
+
+    @property
+    def summary(self) -> str:
+        """The row's table and primary key (the payload of its key)."""
+        table = (self.source_topic or "?").rsplit(".", 1)[-1]
+        try:
+            key = json.loads(self.key or b"")
+            shown = json.dumps(key.get("payload", key) if isinstance(key, dict) else key, separators=(",", ":"))
+        except ValueError:
+            shown = repr(self.key)
+        return f"{table} row {shown}"
+
+    @property
+    def unreplayable(self) -> str | None:
+        return "a warehouse row a sink could not take would fail again; the next write of its key replaces it"
+
+    def as_json(self, replayed_at_ms: int | None = None) -> dict[str, Any]:
+        value = (self.value or b"").decode(errors="replace")
+        try:
+            row: Any = json.loads(value)
+        except ValueError:
+            row = None
+        return {
+            "dlq_partition": self.partition,
+            "dlq_offset": self.offset,
+            "written_at_ms": self.written_at_ms,
+            "connector": self.header(ConnectHeader.CONNECTOR),
+            "source": {"topic": self.source_topic, "partition": self.source_partition, "offset": self.source_offset},
+            "error": {"class": self.header(ConnectHeader.EXCEPTION_CLASS), "message": self.error},
+            "key": None if self.key is None else self.key.decode(errors="replace"),
+            "row": row,
+            "value": value if row is None else None,
+        }
+
+
 @dataclass(frozen=True)
 class Selection:
     """Which dead letters a command is about; an empty selection is every one."""
@@ -263,10 +395,17 @@ def replay_refusal(letter: DeadLetter, *, order: OrderSeen | None, now_ms: int, 
             return (f"its deadline passed {(age_ms - limits.saga_timeout_ms) / 1000:.0f} s ago: placed now, it would "
                     f"be cancelled as timed out (its customer should order again)")
         return None
-    if order.status in FINAL and message.TOPIC.endswith("_commands"):
+    if order.status in FINAL and message.TOPIC.endswith("_commands") and not isinstance(message, SETTLING):
         return (f"order {letter.order_id} is {order.status}: a {type(message).__name__} now would reopen a settled "
                 f"order (which may be forgotten before it lands)")
     return None
+
+
+#: The commands that settle what an order owes once it is final: a capture, void or refund the gateway could not do
+#: for a while (the payments flow dead-letters those for a person to replay), and the stock steps that follow a
+#: cancel or a delivery. They reopen nothing (one done already changes nothing), and an order that still owes one
+#: is never forgotten (:func:`streamcart.domain.retention.quiet`), so they may be replayed for a settled order.
+SETTLING = (CapturePayment, VoidPayment, RefundPayment, ReleaseStock, CommitStock, RestockItems)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -195,3 +195,38 @@ def consumer_lag(settings: Settings, group: str) -> dict[tuple[str, int], int]:
         return {}
     high = _offsets(admin, [TopicPartition(t, p) for t, p in positions], LATEST)
     return {key: max(0, high[key] - offset) for key, offset in positions.items()}
+
+
+@dataclass(frozen=True)
+class Depth:
+    """How many records a topic holds, and how many of them were written since a time (by their timestamps)."""
+
+    records: int
+    recent: int
+
+
+def depths(settings: Settings, topics: Collection[str], since_ms: int) -> dict[str, Depth]:
+    """Each of ``topics`` that exists: its records (high minus low watermark, summed over partitions) and those
+    written at ``since_ms`` or later (from the broker's time index: no record is read)."""
+    admin = admin_client(settings)
+    try:
+        metadata = admin.list_topics(timeout=TIMEOUT_S)
+    except KafkaException as exc:
+        raise StackError(f"Kafka at {settings.bootstrap_servers} does not answer: {exc.args[0]}") from exc
+    partitions = [TopicPartition(t, p) for t in topics if t in metadata.topics for p in metadata.topics[t].partitions]
+    if not partitions:
+        return {}
+    try:
+        low = _offsets(admin, partitions, EARLIEST)
+        high = _offsets(admin, partitions, LATEST)
+        since = _offsets(admin, partitions, OffsetSpec.for_timestamp(since_ms))
+    except KafkaException as exc:
+        raise StackError(f"cannot read the offsets of {', '.join(sorted(set(topics)))}: {exc.args[0]}") from exc
+    found: dict[str, Depth] = {}
+    for tp in partitions:
+        key = (tp.topic, tp.partition)
+        first_recent = since[key] if since[key] >= 0 else high[key]  # -1: nothing written since
+        depth = found.get(tp.topic, Depth(0, 0))
+        found[tp.topic] = Depth(depth.records + high[key] - low[key],
+                                depth.recent + high[key] - max(first_recent, low[key]))
+    return found

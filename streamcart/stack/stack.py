@@ -19,15 +19,18 @@ from typing import Any
 
 from streamcart.settings import Settings
 from streamcart.stack import procs
-from streamcart.stack.admin import consumer_lag, ensure_topics, stack_topics
+from streamcart.stack.admin import Depth, consumer_lag, depths, ensure_topics, stack_topics
 from streamcart.stack.errors import NotReadyError, StackError
 from streamcart.stack.layout import JavaArtifacts, StackLayout
 from streamcart.stack.probes import Probe
 from streamcart.stack.procs import ProcessRecord
 from streamcart.stack.specs import ProcessSpec, build_specs, worker_name
+from streamcart.topics import Topics
 
 STOP_TIMEOUT_S = 10.0
 LOG_TAIL_LINES = 25
+#: What ``status`` counts as a recent dead letter.
+RECENT_S = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,9 @@ class ProcessStatus:
     uptime_s: float | None
     assigned: tuple[int, ...] | None = None  # workers only: partition numbers (of every co-partitioned topic)
     lag: int | None = None  # workers only: the group's lag summed over those partitions of every topic
+    #: Kafka only: the records of each dead-letter topic (the flows' and the warehouse sinks'), and those of the
+    #: last :data:`RECENT_S`.
+    dead_letters: dict[str, Depth] | None = None
 
 
 class Stack:
@@ -223,7 +229,10 @@ class Stack:
         rows = [self._with_sinks(self._status_of(name)) for name in [*names, *sorted(recorded - set(names))]]
         workers = [row for row in rows if row.assigned is not None]
         kafka_ok = any(row.name == "kafka" and row.health is not None and row.health.ok for row in rows)
-        if not workers or not kafka_ok:
+        if not kafka_ok:
+            return rows
+        rows = [self._with_dead_letters(row) if row.name == "kafka" else row for row in rows]
+        if not workers:
             return rows
         lag = consumer_lag(self.settings, self.settings.app_id)
         with_lag = {
@@ -243,6 +252,15 @@ class Stack:
             return int(self._workers_file.read_text())
         except (OSError, ValueError):
             return None
+
+    def _with_dead_letters(self, row: ProcessStatus) -> ProcessStatus:
+        topics = Topics.from_settings(self.settings)
+        since_ms = int((time.time() - RECENT_S) * 1000)
+        try:
+            found = depths(self.settings, (topics.dlq, topics.warehouse_dlq), since_ms)
+        except StackError:  # Kafka stopped answering since its probe: the row says what the probe saw
+            return row
+        return replace(row, dead_letters=found)
 
     def _with_sinks(self, row: ProcessStatus) -> ProcessStatus:
         """Connect's row is only healthy when the warehouse sinks run too: a failed task stops the warehouse while

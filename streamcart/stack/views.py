@@ -39,6 +39,21 @@ def status_table(rows: list[ProcessStatus]) -> Table:
     return table
 
 
+def dead_letters_line(rows: list[ProcessStatus]) -> str | None:
+    """``status``'s line under the table: what each dead-letter topic holds, and where to look (``None`` while
+    Kafka does not answer)."""
+    kafka = next((row for row in rows if row.name == "kafka" and row.dead_letters is not None), None)
+    if kafka is None or kafka.dead_letters is None:
+        return None
+    if not kafka.dead_letters:
+        return "dead letters: no dead-letter topics yet (`streamcart up` or `init` creates them)"
+    parts = []
+    for topic, depth in sorted(kafka.dead_letters.items()):
+        recent = f"[yellow]{depth.recent} in the last 24 h[/]" if depth.recent else "none in the last 24 h"
+        parts.append(f"{escape(topic)} {depth.records} ({recent})")
+    return f"dead letters: {'; '.join(parts)}. `streamcart dlq list` reads them (`--warehouse`: the sinks')"
+
+
 def status_json(rows: list[ProcessStatus]) -> list[dict[str, Any]]:
     """``status --json``: one object per process, health flattened to ``healthy``/``health_detail``."""
     out = []
@@ -139,27 +154,33 @@ def order_panel(order: dict[str, Any]) -> Table:
     return table
 
 
-def dead_letter_counts(letters: list[DeadLetter], replayed: Mapping[str, int]) -> Table:
+def dead_letter_counts(
+    letters: list[DeadLetter], replayed: Mapping[str, int] | None, *, noun: str = "dead letters"
+) -> Table:
     """How many dead letters each flow and error class has, and how many of them were replayed: what to look at
     first."""
-    table = Table(title=f"{len(letters)} dead letters", title_justify="left")
-    for column in ("flow", "error", "records", "replayed", "last failed"):
+    table = Table(title=f"{len(letters)} {noun if len(letters) != 1 else noun.removesuffix('s')}",
+                  title_justify="left")
+    for column in ("flow", "error", "records", *(("replayed",) if replayed is not None else ()), "last failed"):
         table.add_column(column, justify="right" if column in ("records", "replayed") else "left")
     groups: dict[tuple[str, str], list[DeadLetter]] = {}
     for letter in letters:
         groups.setdefault((letter.flow, letter.error_class), []).append(letter)
     for (flow, error), members in sorted(groups.items(), key=lambda group: -len(group[1])):
-        table.add_row(escape(flow), escape(error), str(len(members)),
-                      str(sum(1 for letter in members if letter.position in replayed)),
+        replays = () if replayed is None else (str(sum(1 for letter in members if letter.position in replayed)),)
+        table.add_row(escape(flow), escape(error), str(len(members)), *replays,
                       _when(max(letter.failed_at_ms or 0 for letter in members)))
     return table
 
 
-def dead_letters_table(letters: list[DeadLetter], replayed: Mapping[str, int], *, total: int) -> Table:
-    """The dead letters, oldest failure first (the last of ``total``)."""
-    title = "dead letters" if len(letters) == total else f"the last {len(letters)} of {total} dead letters"
+def dead_letters_table(letters: list[DeadLetter], replayed: Mapping[str, int] | None, *, total: int,
+                       noun: str = "dead letters") -> Table:
+    """The dead letters, oldest failure first (the last of ``total``); ``replayed`` ``None``: letters that are
+    never replayed (no column for it)."""
+    title = noun if len(letters) == total else f"the last {len(letters)} of {total} {noun}"
     table = Table(title=title, title_justify="left")
-    for column in ("at", "failed", "flow", "from", "message", "error", "replayed"):
+    replays = ("replayed",) if replayed is not None else ()
+    for column in ("at", "failed", "flow", "from", "message", "error", *replays):
         table.add_column(column, overflow="fold")
     for letter in letters:
         source = f"{letter.source_topic}[{letter.source_partition}]@{letter.source_offset}"
@@ -167,8 +188,9 @@ def dead_letters_table(letters: list[DeadLetter], replayed: Mapping[str, int], *
         if letter.replay_of:
             error += f" [dim](replay of {escape(letter.replay_of)})[/]"
         table.add_row(letter.position, _when(letter.failed_at_ms), escape(letter.flow), escape(source),
-                      "(undecodable)" if letter.message is None else escape(letter.summary), error,
-                      _when(replayed[letter.position]) if letter.position in replayed else "")
+                      "(undecodable)" if letter.undecodable else escape(letter.summary), error,
+                      *(() if replayed is None else
+                        (_when(replayed[letter.position]) if letter.position in replayed else "",)))
     return table
 
 

@@ -1,8 +1,9 @@
-"""On the real stack, what the orders and inventory flows announce reaches Kafka only after the changelog record of
-the state that decided it (agents/state_first.py).
+"""On the real stack, what the orders, inventory and payments flows announce reaches Kafka only after the changelog
+record of the state that decided it (agents/state_first.py).
 
-Those flows read several topics, so a restart may deliver their messages in another order and decide them anew: an
-event already out whose state a restart would not find could be contradicted. Record timestamps are taken when the
+The first two read several topics, so a restart may deliver their messages in another order and decide them anew;
+payments decides on the gateway's answer, which may differ when a message comes again. Either way an event already
+out whose state a restart would not find could be contradicted. Record timestamps are taken when the
 worker hands a record to its Kafka client, so an event whose timestamp is older than the changelog record of its
 state went out first.
 """
@@ -14,7 +15,14 @@ from collections.abc import Callable
 from typing import Any
 
 from schemas.codec import Codec
-from schemas.messages import OrderCancelled, OrderConfirmed, OrderPlaced, StockReserved
+from schemas.messages import (
+    OrderCancelled,
+    OrderConfirmed,
+    OrderPlaced,
+    PaymentAuthorized,
+    PaymentDeclined,
+    StockReserved,
+)
 from streamcart.settings import Settings
 from streamcart.topics import Topics, changelog_topic
 from tests.integration.support import read_topic
@@ -36,7 +44,7 @@ def earliest(records: list[Any], key_of: Callable[[bytes, dict], tuple[str, str]
     return first
 
 
-def test_every_order_event_and_stock_reservation_leaves_after_the_state_that_decided_it(
+def test_every_order_event_stock_reservation_and_authorization_leaves_after_the_state_that_decided_it(
     shop: Shop, settings: Settings, codec: Codec  # noqa: F811
 ):
     items = [sku() for _ in range(4)]
@@ -86,4 +94,22 @@ def test_every_order_event_and_stock_reservation_leaves_after_the_state_that_dec
         needed <= earliest(records, reservation).keys())), reservation)
     for event, at in reserved:
         stored_at = reservations[(f"{event.sku}/{event.order_id}", "reserved")]
+        assert stored_at <= at, f"{event!r} left {stored_at - at} ms before its state"
+
+    def authorizations_announced(records: list[Any]) -> list[tuple[Any, int]]:
+        return [(e, at) for e, at in announced(records) if isinstance(e, PaymentAuthorized | PaymentDeclined)]
+
+    authorized = authorizations_announced(read_topic(
+        settings, topics.payment_events, until=lambda records: len(authorizations_announced(records)) >= len(orders)
+    ))
+
+    def authorization(key: bytes, value: dict) -> tuple[str, str] | None:
+        return (key.decode(), "authorization") if value.get("authorization") is not None else None
+
+    payments = earliest(read_topic(settings, changelog_topic(settings.app_id, "payments"), until=lambda records: (
+        {(e.order_id, "authorization") for e, _ in authorized} <= earliest(records, authorization).keys())),
+        authorization)
+    assert {type(event) for event, _ in authorized} == {PaymentAuthorized, PaymentDeclined}
+    for event, at in authorized:
+        stored_at = payments[(event.order_id, "authorization")]
         assert stored_at <= at, f"{event!r} left {stored_at - at} ms before its state"

@@ -12,10 +12,12 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from streamcart import connectors
+from streamcart.commands import read_sink_letters
 from streamcart.domain.warehouse import ORDERS
 from streamcart.ids import new_id
 from streamcart.settings import Settings
 from streamcart.stack import Stack
+from streamcart.stack.admin import depths
 from streamcart.topics import Topics
 from tests.integration.support import headers_of, poll, produce, producer, read_topic
 from tests.integration.test_saga import Shop
@@ -230,7 +232,7 @@ def count_records(settings: Settings, topic: str, order_id: str) -> int:
 
 
 def test_a_record_the_sink_cannot_write_goes_to_its_dead_letter_topic_and_the_sink_keeps_running(
-    shop: Shop, warehouse, settings
+    shop: Shop, warehouse, settings, stack: Stack
 ):
     t = Topics.from_settings(settings)
     item = sku()
@@ -246,6 +248,16 @@ def test_a_record_the_sink_cannot_write_goes_to_its_dead_letter_topic_and_the_si
     assert headers["__connect.errors.topic"] == t.warehouse["orders"].encode()
     assert headers["__connect.errors.connector.name"] == f"{settings.app_id}-warehouse-orders".encode()
     assert "__connect.errors.exception.class.name" in headers
+    # As `streamcart dlq list --warehouse` and `status` read it.
+    (letter,) = [letter for letter in read_sink_letters(settings) if letter.key == poison_key]
+    assert letter.flow == f"warehouse:{settings.app_id}-warehouse-orders" and letter.order_id == order.order_id
+    assert (letter.source_topic, letter.error_class) == (t.warehouse["orders"], "DataException")
+    assert "caused by JsonParseException" in letter.error and letter.error.endswith("(in value_converter)")
+    depth = depths(settings, [t.warehouse_dlq], since_ms=int(time.time() * 1000) - 600_000)[t.warehouse_dlq]
+    assert depth.records >= depth.recent >= 1
+    (kafka,) = [row for row in stack.status() if row.name == "kafka"]
+    assert kafka.dead_letters is not None and set(kafka.dead_letters) == {t.dlq, t.warehouse_dlq}
+    assert kafka.dead_letters[t.warehouse_dlq].recent >= 1
 
     shop.send(order)
     shop.settled(order.order_id)

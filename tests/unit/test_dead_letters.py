@@ -10,17 +10,32 @@ from confluent_kafka import KafkaError, KafkaException
 
 from schemas.codec import Codec
 from schemas.errors import RegistryUnavailable
-from schemas.messages import Message, OrderCancelled, OrderLine, PlaceOrder, ReserveStock, UpsertProduct
+from schemas.messages import (
+    CapturePayment,
+    CommitStock,
+    Message,
+    OrderCancelled,
+    OrderLine,
+    PlaceOrder,
+    RefundPayment,
+    ReleaseStock,
+    ReserveStock,
+    RestockItems,
+    UpsertProduct,
+    VoidPayment,
+)
 from schemas.registry import InMemoryRegistry
 from streamcart import cli
 from streamcart.commands import MAYBE_DELIVERED, CommandSender
 from streamcart.dead_letters import (
     FLOWS,
+    ConnectHeader,
     DeadLetter,
     DlqHeader,
     Limits,
     OrderSeen,
     Selection,
+    SinkLetter,
     parse_age,
     plan_replays,
     replay_of,
@@ -142,6 +157,27 @@ def test_a_stock_message_of_an_order_not_stored_is_kept_for_it_would_hold_stock_
 def test_a_command_for_a_settled_order_is_kept_for_it_would_reopen_it(codec, status):
     refusal = replay_refusal(letter(codec, reserve()), order=OrderSeen(status=status), now_ms=NOW_MS, limits=LIMITS)
     assert refusal is not None and f"is {status}" in refusal
+
+
+ENVELOPE = {"event_id": "s-1", "occurred_at": NOW_MS - DAY_MS, "causation_id": "c", "correlation_id": "o-1"}
+SETTLING_COMMANDS = [
+    VoidPayment(**ENVELOPE, order_id="o-1", reason="timeout"),
+    RefundPayment(**ENVELOPE, order_id="o-1", amount_cents=500, currency="EUR", reason="customer_request"),
+    CapturePayment(**ENVELOPE, order_id="o-1", authorization_id="auth-1", amount_cents=500, currency="EUR"),
+    ReleaseStock(**ENVELOPE, sku="A", order_id="o-1", reason="timeout"),
+    RestockItems(**ENVELOPE, sku="A", order_id="o-1"),
+    CommitStock(**ENVELOPE, sku="A", order_id="o-1"),
+]
+
+
+@pytest.mark.parametrize("status", ["CANCELLED", "DELIVERED"])
+@pytest.mark.parametrize("command", SETTLING_COMMANDS, ids=[type(c).__name__ for c in SETTLING_COMMANDS])
+def test_a_compensation_or_settling_step_a_settled_order_owes_may_be_replayed(codec, status, command):
+    """A void the gateway could not do for 15 minutes is dead-lettered for a person to replay (agents/payments.py):
+    the cancelled order still owes it, so it is not forgotten meanwhile, and the void reopens nothing."""
+    assert replay_refusal(letter(codec, command), order=OrderSeen(status=status), now_ms=NOW_MS, limits=LIMITS) is None
+    refusal = replay_refusal(letter(codec, command), order=NOT_STORED, now_ms=NOW_MS, limits=LIMITS)
+    assert refusal is not None and "is not stored" in refusal  # an order forgotten: nothing is owed any more
 
 
 def test_an_event_of_a_settled_order_may_be_replayed_for_a_notification_or_the_warehouse(codec):
@@ -440,3 +476,85 @@ def test_a_broker_that_cannot_be_reached_is_one_clear_error_naming_it(monkeypatc
             read()
         assert "from Kafka at 127.0.0.1:19999 (Failed to get metadata" in str(failed.value)
         assert "is the stack up" in str(failed.value)
+
+
+# -- the warehouse's dead letters: rows a Kafka Connect sink could not take --------------------------------------
+
+CONNECT_TRACE = (
+    "org.apache.kafka.connect.errors.DataException: Converting byte[] to Kafka Connect data failed due to "
+    "serialization error: \n\tat org.apache.kafka.connect.json.JsonConverter.toConnectData(JsonConverter.java:348)\n"
+    "Caused by: org.apache.kafka.common.errors.SerializationException: com.fasterxml.jackson.core.JsonParseException: "
+    "Unexpected character ('n')\n\tat x\n"
+    "Caused by: com.fasterxml.jackson.core.JsonParseException: Unexpected character ('n')\n at [Source: REDACTED]\n"
+)
+
+
+def sink_letter(key: bytes | None = b'{"schema":{},"payload":{"order_id":"o-7","sku":"A"}}', value: bytes = b"{no",
+                **changed: str) -> SinkLetter:
+    headers = {ConnectHeader.TOPIC: "commerce.warehouse.order_lines", ConnectHeader.PARTITION: "5",
+               ConnectHeader.OFFSET: "161", ConnectHeader.CONNECTOR: "streamcart-warehouse-order-lines",
+               ConnectHeader.STAGE: "VALUE_CONVERTER",
+               ConnectHeader.EXCEPTION_CLASS: "org.apache.kafka.connect.errors.DataException",
+               ConnectHeader.EXCEPTION_MESSAGE: "Converting byte[] to Kafka Connect data failed due to "
+                                                "serialization error: ",
+               ConnectHeader.STACKTRACE: CONNECT_TRACE, "traceparent": "00-abc"} | changed
+    return SinkLetter.read_row(0, 3, key, value, [(k, v.encode()) for k, v in headers.items()], 1_000)
+
+
+def test_a_sink_letter_names_its_row_its_sink_and_the_root_cause_of_its_failure():
+    letter = sink_letter()
+    assert (letter.source_topic, letter.source_partition, letter.source_offset) == (
+        "commerce.warehouse.order_lines", 5, 161)
+    assert letter.flow == "warehouse:streamcart-warehouse-order-lines"
+    assert letter.error_class == "DataException"
+    assert letter.error == ("Converting byte[] to Kafka Connect data failed due to serialization error; caused by "
+                            "JsonParseException: Unexpected character ('n') (in value_converter)")
+    assert letter.failed_at_ms == 1_000 and letter.replay_of is None
+    assert letter.order_id == "o-7"
+    assert letter.summary == 'order_lines row {"order_id":"o-7","sku":"A"}'
+
+
+def test_a_sink_letter_without_a_cause_or_a_readable_key_still_reads():
+    letter = sink_letter(key=b"not json", **{ConnectHeader.STACKTRACE: "", ConnectHeader.EXCEPTION_MESSAGE: "bad"})
+    assert letter.error == "bad (in value_converter)"
+    assert letter.order_id is None
+    assert letter.summary == "order_lines row b'not json'"
+    assert sink_letter(key=None).order_id is None
+
+
+def test_a_sink_letter_is_selected_by_its_source_topic_its_order_and_its_time():
+    letter = sink_letter()
+    assert letter in Selection(topics=frozenset({"commerce.warehouse.order_lines"}))
+    assert letter not in Selection(topics=frozenset({"commerce.warehouse.orders"}))
+    assert letter in Selection(order_id="o-7") and letter not in Selection(order_id="o-8")
+    assert letter in Selection(since_ms=1_000) and letter not in Selection(since_ms=1_001)
+
+
+def test_a_sink_letter_is_never_replayed_even_forced():
+    plan = plan_replays([sink_letter()], order_seen=lambda order_id: STORED, now_ms=NOW_MS, limits=LIMITS, force=True)
+    assert plan[0][1] is not None and "would fail again" in plan[0][1]
+
+
+def test_a_sink_letter_as_json_carries_its_row_or_its_raw_value():
+    row = sink_letter(value=b'{"schema":{},"payload":{"qty":1}}').as_json()["row"]
+    assert row == {"schema": {}, "payload": {"qty": 1}}
+    raw = sink_letter(value=b"{no").as_json()
+    assert raw["row"] is None and raw["value"] == "{no"
+    assert raw["connector"] == "streamcart-warehouse-order-lines"
+    assert raw["error"]["class"] == "org.apache.kafka.connect.errors.DataException"
+
+
+def test_the_warehouse_listing_has_no_replayed_column_and_the_flows_listing_has():
+    from rich.console import Console
+
+    from streamcart.stack.views import dead_letter_counts, dead_letters_table
+
+    def text(table: Any) -> str:
+        console = Console(width=400, record=True)
+        console.print(table)
+        return console.export_text()
+
+    assert "replayed" not in text(dead_letters_table([sink_letter()], None, total=1, noun="warehouse dead letters"))
+    counts = text(dead_letter_counts([sink_letter()], None, noun="warehouse dead letters")).splitlines()
+    assert counts[0].rstrip() == "1 warehouse dead letter" and "replayed" not in counts[1]
+    assert "replayed" in text(dead_letter_counts([sink_letter()], {}, noun="dead letters"))

@@ -48,19 +48,20 @@ async def test_the_sink_hands_each_record_to_the_producer_keyed_with_its_headers
     ]
 
 
-async def test_a_flow_reading_one_topic_sends_at_once_and_one_reading_several_after_its_state() -> None:
+async def test_a_flow_reading_one_topic_sends_at_once_and_one_reading_several_or_calling_out_after_its_state():
     producer = FakeProducer()
     sink = FaustSink(app_with(producer))
 
-    async def flow(topics: tuple[str, ...], value: bytes) -> None:  # each agent runs in its own task
-        note_sources(SimpleNamespace(channel=SimpleNamespace(topics=topics)))
+    async def flow(topics: tuple[str, ...], value: bytes, decides_alone: bool = True) -> None:  # a task per agent
+        note_sources(SimpleNamespace(channel=SimpleNamespace(topics=topics)), decides_alone=decides_alone)
         await sink.send("t", b"k", value, [])
 
-    await asyncio.create_task(flow(("commands.payments",), b"payments"))
+    await asyncio.create_task(flow(("events.orders",), b"analytics"))
     await asyncio.create_task(flow(("commands.orders", "events.inventory"), b"orders"))
+    await asyncio.create_task(flow(("commands.payments",), b"payments", decides_alone=False))  # the gateway decides
     await sink.send("t", b"k", b"timer", [])  # outside any flow: after the state, to be safe
-    assert producer.at_once == [b"payments"]
-    assert [value for _, _, value, _ in producer.sent] == [b"orders", b"timer"]
+    assert producer.at_once == [b"analytics"]
+    assert [value for _, _, value, _ in producer.sent] == [b"orders", b"payments", b"timer"]
 
 
 def place(order_id: str) -> PlaceOrder:

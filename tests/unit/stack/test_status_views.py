@@ -1,0 +1,31 @@
+"""`streamcart status`'s line about the dead-letter topics, and its JSON."""
+
+from __future__ import annotations
+
+from streamcart.stack.admin import Depth
+from streamcart.stack.probes import Probe
+from streamcart.stack.stack import ProcessStatus
+from streamcart.stack.views import dead_letters_line, status_json
+
+
+def kafka(dead_letters: dict[str, Depth] | None) -> ProcessStatus:
+    return ProcessStatus("kafka", True, 1, (9092,), Probe(True, "1 broker"), 1, 1.0, dead_letters=dead_letters)
+
+
+def test_the_line_gives_each_dead_letter_topics_depth_and_what_came_lately():
+    line = dead_letters_line([kafka({"commerce.warehouse.dlq": Depth(0, 0), "commerce.dlq": Depth(12, 3)})])
+    assert line is not None
+    assert line.startswith("dead letters: commerce.dlq 12 ([yellow]3 in the last 24 h[/]); "
+                           "commerce.warehouse.dlq 0 (none in the last 24 h).")
+    assert "`streamcart dlq list`" in line
+
+
+def test_no_line_while_kafka_does_not_answer_and_a_hint_when_the_topics_are_missing():
+    assert dead_letters_line([kafka(None)]) is None
+    assert dead_letters_line([]) is None
+    assert "no dead-letter topics yet" in (dead_letters_line([kafka({})]) or "")
+
+
+def test_the_json_carries_the_depths_on_kafkas_row():
+    (row,) = status_json([kafka({"commerce.dlq": Depth(2, 1)})])
+    assert row["dead_letters"] == {"commerce.dlq": {"records": 2, "recent": 1}}
