@@ -37,6 +37,7 @@ from api.errors import (
     UnsupportedMediaType,
     error_middleware,
     expect_handler,
+    read_body,
 )
 from api.middleware import TokenBuckets, rate_limit_middleware, request_id_middleware
 from api.models import (
@@ -154,7 +155,7 @@ def _validation_details(exc: ValidationError) -> list[dict[str, Any]]:
 async def _body(request: web.Request, model: type[M]) -> M:
     if request.content_type != "application/json":
         raise UnsupportedMediaType(f"expected Content-Type: application/json, got {request.content_type!r}")
-    raw = decoded(await request.read(), request.headers.get("Content-Encoding", ""), MAX_BODY_BYTES)
+    raw = decoded(await read_body(request), request.headers.get("Content-Encoding", ""), MAX_BODY_BYTES)
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:

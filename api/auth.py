@@ -50,7 +50,9 @@ def credential(authorization: str) -> str:
     token is one entry wherever tokens are counted or remembered (the rate limit, the verified tokens); a header
     that is no bearer token, as it is."""
     scheme, _, token = authorization.strip().partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else authorization
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return f"\0{authorization}"  # never the same as a token: a bare token is no bearer header, and is refused
 
 
 def authenticate(authorization: str | None, secret: str) -> Principal:

@@ -60,6 +60,21 @@ class Unavailable(ApiError):
     status, code = 503, "unavailable"
 
 
+class ClientGone(ApiError):
+    """The client closed its connection before its request's body was read. Nobody receives the answer; its status
+    (nginx's 499) keeps it out of the server's errors in the logs and the metrics."""
+
+    status, code = 499, "client_closed_request"
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The request's body; :class:`ClientGone` when the client closes the connection before it is all there."""
+    try:
+        return await request.read()
+    except ConnectionResetError as exc:  # what aiohttp raises for a body cut short by the client
+        raise ClientGone("the client closed the connection before its request's body was read") from exc
+
+
 def code_of(reason: str) -> str:
     """The error code of an HTTP reason phrase: ``"Request Entity Too Large"`` → ``"request_entity_too_large"``."""
     return reason.lower().replace(" ", "_")
@@ -74,9 +89,14 @@ def error_response(status: int, code: str, message: str, details: Any = None, **
 @web.middleware
 async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     """Map domain errors and aiohttp's own HTTP errors to JSON; never leak a stack trace."""
+    if (expect := _unmet_expectation(request)) is not None:  # before the body is read (see expect_handler)
+        return error_response(417, "expectation_failed", f"unknown Expect: {expect[:100]!r} (only 100-continue is)")
     try:
         response: web.StreamResponse = await handler(request)
         return response
+    except ClientGone as exc:  # nobody to answer: said once, at INFO, and counted apart from the server's errors
+        log.info("%s %s: %s", request.method, request.path, exc.message)
+        return error_response(exc.status, exc.code, exc.message)
     except ApiError as exc:
         return error_response(exc.status, exc.code, exc.message, exc.details, **exc.headers)
     except web.HTTPException as exc:
@@ -85,27 +105,24 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         return error_response(exc.status, code_of(exc.reason), exc.reason, None, **{
             k: v for k, v in exc.headers.items() if k.lower() in {"allow", "retry-after"}
         })
-    except ConnectionResetError:  # the client went away while its body was read: nobody to answer
-        log.info("the client of %s %s closed the connection before its request was read", request.method,
-                 request.path)
-        return error_response(CLIENT_CLOSED, "client_closed_request", "the client closed the connection")
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, "internal", "internal error; it has been logged")
 
 
-#: The status a request gets (in the logs and metrics: nobody receives it) when its client went away before it was
-#: read, as nginx counts it: not a 500, which would be the server's fault.
-CLIENT_CLOSED = 499
+async def expect_handler(request: web.Request) -> None:
+    """``Expect: 100-continue`` is answered ``100 Continue`` as aiohttp does; any other expectation is left to
+    :func:`error_middleware` (a JSON 417 with a request id, counted like every answer), where aiohttp's own
+    handler would answer it in plain text before any middleware."""
+    if _unmet_expectation(request) is None:
+        await _default_expect_handler(request)
 
 
-async def expect_handler(request: web.Request) -> web.StreamResponse | None:
-    """aiohttp's handling of ``Expect``, with the JSON error shape: ``100-continue`` is answered ``100 Continue``;
-    any other expectation fails (417), before the body is read, as an error like every other."""
+def _unmet_expectation(request: web.Request) -> str | None:
+    """The request's ``Expect``, when it is one this server does not meet (HTTP/1.1 only, as aiohttp)."""
     expect = request.headers.get("Expect", "")
-    if request.version == HttpVersion11 and expect.lower() != "100-continue":
-        return error_response(417, "expectation_failed", f"unknown Expect: {expect[:100]!r} (only 100-continue is)")
-    await _default_expect_handler(request)
+    if request.version == HttpVersion11 and expect and expect.lower() != "100-continue":
+        return expect
     return None
 
 

@@ -90,7 +90,9 @@ def rate_limit_middleware(buckets: TokenBuckets, forwarded: Callable[[web.Reques
 
     @web.middleware
     async def rate_limit(request: web.Request, handler: Any) -> web.StreamResponse:
-        authorization = request.headers.get("Authorization") or request.query.get("token")
+        authorization = request.headers.get("Authorization")
+        if not authorization and (token := request.query.get("token")):
+            authorization = f"Bearer {token}"
         if authorization and not forwarded(request):
             wait = buckets.take(credential(authorization), time.monotonic())
             if wait > 0:

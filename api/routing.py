@@ -14,7 +14,7 @@ import time
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
 from multidict import CIMultiDict
 
-from api.errors import Unavailable
+from api.errors import Unavailable, read_body
 from streamcart.tracing import call_span
 
 FORWARDED_HEADER = "X-Streamcart-Forwarded-By"
@@ -85,7 +85,7 @@ async def forward(request: web.Request, session: ClientSession, owner_url: str, 
     # A CIMultiDict, so that this worker's marks replace a client's, however the client spelled them.
     headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP)
     headers.update(proof.headers(self_index, request.headers.get("Authorization", ""), request_target(request)))
-    body = await request.read()
+    body = await read_body(request)
     url = owner_url.rstrip("/") + request.rel_url.path_qs
     try:
         with call_span(f"forward {request.method}") as traceparent:  # the owner answers in this request's trace

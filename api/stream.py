@@ -43,6 +43,8 @@ OBSERVE_S = 3.0
 RECONNECT_MS = 2000
 #: Live streams one worker serves at once (each costs a queue and a write a second; dashboards are few).
 MAX_STREAMS = 100
+#: How long one write to a stream may wait for its client to read (ticks come every second).
+WRITE_TIMEOUT_S = 30.0
 REVENUE_MINUTES = 15
 #: The saga's step rates are taken over this much of the recent past (a second alone is too jumpy to read).
 STEP_RATE_S = 5.0
@@ -403,10 +405,12 @@ async def stream(request: web.Request) -> web.StreamResponse:
                 continue
             if tick is None:
                 break
-            await response.write(f"event: {tick['type']}\ndata: {json.dumps(tick)}\n\n".encode())
+            async with asyncio.timeout(WRITE_TIMEOUT_S):  # a client that stopped reading gives its place up
+                await response.write(f"event: {tick['type']}\ndata: {json.dumps(tick)}\n\n".encode())
         else:  # the dashboard asks for a new token instead of reconnecting with this one
-            await response.write(b'event: expired\ndata: {"reason": "token expired"}\n\n')
-    except (ConnectionResetError, asyncio.CancelledError):
+            async with asyncio.timeout(WRITE_TIMEOUT_S):
+                await response.write(b'event: expired\ndata: {"reason": "token expired"}\n\n')
+    except (ConnectionResetError, TimeoutError, asyncio.CancelledError):
         pass
     finally:
         hub.unsubscribe(queue)

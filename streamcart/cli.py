@@ -824,7 +824,7 @@ def replay_dead_letters(letters: list[DeadLetter], remote: Remote, settings: Set
         if status == 404:
             return OrderSeen()
         if status == 200 and isinstance(body, dict) and isinstance(body.get("status"), str):
-            return OrderSeen(status=body["status"])
+            return OrderSeen.from_api(body)
         return OrderSeen(unknown=f"the API answered {status}")
 
     now_ms = int(time.time() * 1000)

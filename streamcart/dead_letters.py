@@ -11,7 +11,8 @@ sends such a record back to the partition it came from, for the flow that failed
 A replay is a redelivery, which the duplicate rule (DESIGN.md §3) makes harmless, except where the order it is
 about is not what it was: an order is forgotten a retention after it settled (README, "Retention"), and a stock
 or payment command of a forgotten order, or of a settled one about to be, would act on an order nobody remembers
-(hold stock for it, for ever). :func:`replay_refusal` keeps those.
+(hold stock for it, for ever). :func:`replay_refusal` keeps those, but the steps a settled order still owes
+(:func:`still_owed`: such an order is never forgotten).
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from schemas.errors import RegistryUnavailable, SchemaError
 from schemas.messages import (
     CapturePayment,
     CommitStock,
+    InventoryCommand,
     Message,
     PlaceOrder,
     RefundPayment,
@@ -33,6 +35,7 @@ from schemas.messages import (
     RestockItems,
     VoidPayment,
 )
+from streamcart.domain.order_state import LineStatus, OrderStatus, PaymentStatus
 from streamcart.domain.retention import FINAL
 
 #: The flows a dead letter can be replayed for (the agents' names, and the ``dlq.flow`` before any ``.channel``).
@@ -245,7 +248,7 @@ class SinkLetter(DeadLetter):
                   if line.startswith("Caused by: ")]
         if causes:
             root_class, _, root_message = causes[-1].partition(": ")
-            cause = f"{root_class.rsplit('.', 1)[-1]}: {root_message}"
+            cause = f"{root_class.rsplit('.', 1)[-1]}: {root_message}".rstrip(": ")
             message = f"{message.removesuffix(':')}; caused by {cause}" if message else cause
         stage = self.header(ConnectHeader.STAGE)
         return f"{message} (in {stage.lower()})" if stage else message
@@ -263,7 +266,7 @@ class SinkLetter(DeadLetter):
         """The order the row is about, when its key names one."""
         try:
             payload = json.loads(self.key or b"").get("payload")
-        except (AttributeError, ValueError):
+        except (AttributeError, ValueError, RecursionError):
             return None
         order_id = payload.get("order_id") if isinstance(payload, dict) else None
         return order_id if isinstance(order_id, str) else None
@@ -275,7 +278,7 @@ class SinkLetter(DeadLetter):
         try:
             key = json.loads(self.key or b"")
             shown = json.dumps(key.get("payload", key) if isinstance(key, dict) else key, separators=(",", ":"))
-        except ValueError:
+        except (ValueError, RecursionError):
             shown = repr(self.key)
         return f"{table} row {shown}"
 
@@ -287,7 +290,7 @@ class SinkLetter(DeadLetter):
         value = (self.value or b"").decode(errors="replace")
         try:
             row: Any = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):
             row = None
         return {
             "dlq_partition": self.partition,
@@ -338,10 +341,25 @@ class Selection:
 @dataclass(frozen=True)
 class OrderSeen:
     """What the workers hold of a letter's order now: its status (``None``: no such order), or why that cannot
-    be told this moment."""
+    be told this moment; and, for a settled order's owed steps, where its payment (``payment``, the order's view of
+    it) and each line's stock (``lines``, by SKU) stand."""
 
     status: str | None = None
     unknown: str | None = None
+    payment: str | None = None
+    lines: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_api(cls, body: Mapping[str, Any]) -> OrderSeen:
+        """From the order as ``GET /v1/orders/{id}`` answers it."""
+        payment = body.get("payment")
+        lines = body.get("lines")
+        return cls(
+            status=str(body["status"]),
+            payment=str(payment["status"]) if isinstance(payment, dict) and "status" in payment else None,
+            lines={str(line["sku"]): str(line["status"]) for line in lines if isinstance(line, dict)
+                   and "sku" in line and "status" in line} if isinstance(lines, list) else {},
+        )
 
 
 @dataclass(frozen=True)
@@ -372,7 +390,8 @@ def replay_refusal(letter: DeadLetter, *, order: OrderSeen | None, now_ms: int, 
     that does not decode would only be dead-lettered again. A letter of an order the workers do not hold may only
     be that order's PlaceOrder, recent enough that the order certainly was never placed
     (:attr:`Limits.forget_safe_ms`) and still before its deadline (after it, the order would only time out). A
-    command (not an event) for a settled order would reopen it, and may land after the order was forgotten.
+    command (not an event) for a settled order would reopen it, and may land after the order was forgotten, but
+    for a step it still owes (:func:`still_owed`).
     """
     if (never := letter.unreplayable) is not None:
         return never
@@ -395,17 +414,44 @@ def replay_refusal(letter: DeadLetter, *, order: OrderSeen | None, now_ms: int, 
             return (f"its deadline passed {(age_ms - limits.saga_timeout_ms) / 1000:.0f} s ago: placed now, it would "
                     f"be cancelled as timed out (its customer should order again)")
         return None
-    if order.status in FINAL and message.TOPIC.endswith("_commands") and not isinstance(message, SETTLING):
-        return (f"order {letter.order_id} is {order.status}: a {type(message).__name__} now would reopen a settled "
-                f"order (which may be forgotten before it lands)")
+    if order.status in FINAL and message.TOPIC.endswith("_commands"):
+        if (owed := still_owed(order, message)) is None:
+            return (f"order {letter.order_id} is {order.status}: a {type(message).__name__} now would reopen a "
+                    f"settled order (which may be forgotten before it lands)")
+        if not owed:
+            return (f"order {letter.order_id} is {order.status} and owes no {type(message).__name__} any more "
+                    f"(its payment is {order.payment}, its lines {dict(order.lines)}): nothing to replay")
     return None
 
 
-#: The commands that settle what an order owes once it is final: a capture, void or refund the gateway could not do
-#: for a while (the payments flow dead-letters those for a person to replay), and the stock steps that follow a
-#: cancel or a delivery. They reopen nothing (one done already changes nothing), and an order that still owes one
-#: is never forgotten (:func:`streamcart.domain.retention.quiet`), so they may be replayed for a settled order.
-SETTLING = (CapturePayment, VoidPayment, RefundPayment, ReleaseStock, CommitStock, RestockItems)
+def still_owed(order: OrderSeen, message: Message) -> bool | None:
+    """Whether the settled ``order`` still owes the step ``message`` takes; ``None`` when it is no step a settled
+    order of that status can owe (a command that would reopen it).
+
+    A DELIVERED order owes its capture and each line's commitment until they are done; a CANCELLED one its void
+    (a void by key may be owed even when the order saw the payment declined: the gateway may have authorized it
+    unseen), its refund, and each line's release (while reserved) or restock (while sold). These are what the
+    payments flow dead-letters for a person to replay when the gateway could not do them for 15 minutes, and the
+    stock steps of a cancel or a delivery. An order that owes one is never forgotten
+    (:func:`streamcart.domain.retention.quiet`), and a step once done is refused here: so a replay never lands
+    after its order was forgotten, and a capture never reaches a cancelled order.
+    """
+    line = order.lines.get(message.sku) if isinstance(message, InventoryCommand) else None
+    if order.status == OrderStatus.DELIVERED:
+        if isinstance(message, CapturePayment):
+            return order.payment != PaymentStatus.CAPTURED
+        if isinstance(message, CommitStock):
+            return line != LineStatus.COMMITTED
+    elif order.status == OrderStatus.CANCELLED:
+        if isinstance(message, VoidPayment):
+            return order.payment not in (PaymentStatus.VOIDED, PaymentStatus.REFUNDED)
+        if isinstance(message, RefundPayment):
+            return order.payment in (PaymentStatus.CAPTURED, PaymentStatus.REFUND_REQUESTED)
+        if isinstance(message, ReleaseStock):
+            return line in (LineStatus.PENDING, LineStatus.RESERVED)
+        if isinstance(message, RestockItems):
+            return line == LineStatus.COMMITTED
+    return None
 
 
 @dataclass(frozen=True)

@@ -225,7 +225,9 @@ def depths(settings: Settings, topics: Collection[str], since_ms: int) -> dict[s
     found: dict[str, Depth] = {}
     for tp in partitions:
         key = (tp.topic, tp.partition)
-        first_recent = since[key] if since[key] >= 0 else high[key]  # -1: nothing written since
+        # -1: nothing written since. The time index is read after the end offsets: a record written in between
+        # may put it past them (and Connect's dead letters keep their rows' times, which need not grow).
+        first_recent = min(since[key] if since[key] >= 0 else high[key], high[key])
         depth = found.get(tp.topic, Depth(0, 0))
         found[tp.topic] = Depth(depth.records + high[key] - low[key],
                                 depth.recent + high[key] - max(first_recent, low[key]))

@@ -547,6 +547,7 @@ async def test_an_expectation_other_than_100_continue_is_a_json_417_and_sends_no
     response = await client.post("/v1/orders", json=ORDER, headers={**CUSTOMER, "Expect": "200-ok"})
     assert response.status == 417
     assert (await response.json())["error"]["code"] == "expectation_failed"
+    assert len(response.headers["X-Request-Id"]) == 32  # an answer like every other, through the middlewares
     assert commands.sent == []
     continued = await client.post("/v1/orders", json=ORDER, headers={**CUSTOMER, "Expect": "100-continue"})
     assert continued.status == 202

@@ -75,10 +75,11 @@ def test_a_token_verified_under_one_secret_is_not_trusted_under_another():
 
 def test_a_token_is_one_credential_however_its_header_is_written():
     token = issue_token(SECRET, "c-spelled", ["customer"])
-    assert {credential(f"Bearer {token}"), credential(f"bearer   {token} "), credential(f"BEARER {token}"),
-            credential(token)} == {token}
-    assert credential("Basic abc") == "Basic abc"  # no bearer token: as it is
+    assert {credential(f"Bearer {token}"), credential(f"bearer   {token} "), credential(f"BEARER {token}")} == {token}
+    assert credential(token) != token and credential("Basic abc") != "Basic abc"  # no bearer header: never a token
     before = len(_VERIFIED)
     for header in (f"Bearer {token}", f"bearer   {token}", f"BEARER {token}  "):
         assert authenticate(header, SECRET).subject == "c-spelled"
     assert len(_VERIFIED) == before + 1
+    with pytest.raises(Unauthorized):  # the bare token is no header of the scheme, even once the token is known
+        authenticate(token, SECRET)

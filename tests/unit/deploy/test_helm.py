@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from streamcart.settings import Settings
+from tests.unit.deploy.test_alerts import promrules
 
 ROOT = Path(__file__).resolve().parents[3]
 CHART = ROOT / "deploy" / "helm" / "streamcart"
@@ -173,3 +174,24 @@ def test_fetch_settings_a_user_sets_reach_the_workers_even_zero():
     env = worker_env({**SECRETS, "workers.consumerFetchMinBytes": "1024", "workers.consumerFetchMaxWaitMs": "0"})
     settings = settings_from(env)
     assert (settings.consumer_fetch_min_bytes, settings.consumer_fetch_max_wait_ms) == (1024, 0)
+
+
+def test_the_alerting_rules_come_as_a_prometheus_rule_only_when_asked_with_the_releases_scrape_job(tmp_path):
+    assert of_kind(manifests(SECRETS), "PrometheusRule") == []
+    docs = manifests({**SECRETS, "metrics.prometheusRule.enabled": "true", "metrics.prometheusRule.job": "kube-sc",
+                      "metrics.prometheusRule.labels.release": "kps"})
+    (rule,) = of_kind(docs, "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["labels"]["release"] == "kps"
+    # The very rules of deploy/prometheus/alerts.yml, their `up` on this release's job; Prometheus's own parsers
+    # still take them (tools/promrules), {{ $labels }} templates included.
+    alerts = (ROOT / "deploy" / "prometheus" / "alerts.yml").read_text()
+    assert rule["spec"] == yaml.safe_load(alerts.replace('job="streamcart-workers"', 'job="kube-sc"'))
+    assert 'up{job="kube-sc"}' in yaml.safe_dump(rule["spec"])
+    rendered = tmp_path / "rules.yml"
+    rendered.write_text(yaml.safe_dump(rule["spec"]))
+    checked = promrules(rendered)
+    assert checked.returncode == 0, checked.stderr
+    for doc in docs:
+        if doc["kind"] != "PrometheusRule":  # the operator's CRD: not in Kubernetes' own schemas
+            kubernetes_validate.validate(doc, KUBERNETES, strict=True)
