@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
+from pydantic import AnyHttpUrl, BaseModel, BeforeValidator, ConfigDict, Field
 
 from streamcart.ids import IDENTIFIER_PATTERN
 
@@ -13,8 +13,20 @@ Identifier = Annotated[str, Field(pattern=IDENTIFIER_PATTERN, examples=["KB-001"
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", examples=["EUR"])]
 
 
+def _json_integer(value: object) -> object:
+    """A JSON integer as JSON Schema has it (``3``, and ``3.0``, a number with no fraction), not ``true`` or
+    ``"3"``, which pydantic would read as 1 and 3."""
+    if isinstance(value, bool | str | bytes):
+        raise ValueError("must be a JSON integer")
+    return value
+
+
+#: A body's integer: what the OpenAPI document's ``integer`` admits, and nothing pydantic would coerce besides.
+JsonInteger = Annotated[int, BeforeValidator(_json_integer)]
+
+
 class _Body(BaseModel):
-    """A request body or query. A body's numbers and flags are strict (``"quantity": true`` or ``"3"`` is refused,
+    """A request body or query. A body's numbers and flags are JSON's (``"quantity": true`` or ``"3"`` is refused,
     not read as 1 or 3); a query's values are text, read as what their field is."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -22,7 +34,7 @@ class _Body(BaseModel):
 
 class LineIn(_Body):
     sku: Identifier
-    quantity: int = Field(ge=1, le=1000, strict=True)
+    quantity: JsonInteger = Field(ge=1, le=1000)
 
 
 class PaymentIn(_Body):
@@ -48,13 +60,13 @@ class CancelIn(_Body):
 
 class ProductIn(_Body):
     name: str = Field(min_length=1, max_length=200)
-    unit_price_cents: int = Field(ge=0, le=100_000_000, strict=True)
+    unit_price_cents: JsonInteger = Field(ge=0, le=100_000_000)
     currency: Currency
     active: bool = Field(default=True, strict=True)
 
 
 class AdjustmentIn(_Body):
-    delta: int = Field(ge=-1_000_000, le=1_000_000, strict=True)
+    delta: JsonInteger = Field(ge=-1_000_000, le=1_000_000)
     reason: str = Field(min_length=1, max_length=200, examples=["delivery"])
 
 

@@ -515,7 +515,7 @@ async def test_a_token_is_one_bucket_however_its_header_is_written(aiohttp_clien
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("quantity", True), ("quantity", "3"), ("quantity", 2.0)],
+    [("quantity", True), ("quantity", "3"), ("quantity", 2.5)],
 )
 async def test_a_quantity_that_is_not_a_json_integer_is_a_422_and_sends_nothing(client, commands, field, value):
     body = {**ORDER, "lines": [{"sku": "KB-001", field: value}]}
@@ -541,6 +541,15 @@ async def test_a_number_or_flag_of_another_json_type_is_a_422_and_sends_nothing(
     response = await client.request(method, path, json=body, headers=ADMIN)
     assert response.status == 422
     assert commands.sent == []
+
+
+async def test_a_quantity_written_as_a_number_with_no_fraction_is_a_json_integer_as_the_document_says(client,
+                                                                                                    commands):
+    response = await client.post("/v1/orders", json={**ORDER, "lines": [{"sku": "KB-001", "quantity": 2.0}]},
+                                 headers=CUSTOMER)
+    assert response.status == 202
+    (sent,) = commands.sent
+    assert isinstance(sent, PlaceOrder) and sent.lines[0].quantity == 2
 
 
 async def test_an_expectation_other_than_100_continue_is_a_json_417_and_sends_nothing(client, commands):
