@@ -242,17 +242,29 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer = self._ensure_consumer()
         committed: dict[Any, int] = dict(await consumer.seek_to_committed())
         acked = self.app.topics.acks_enabled_for
-        never_committed = [TopicPartition(tp.topic, tp.partition) for tp, offset in committed.items()
-                           if not offset and acked(tp.topic)]
-        if never_committed:
-            # Look the start offsets up and seek to them, rather than ``seek_to_beginning``: that leaves the
-            # position unset until a reset completes, and faust's livelock check crashes the worker on an unset
-            # position (AssertionError in ``TopicPartitionState.position``).
-            starts = await consumer.beginning_offsets(never_committed)
-            log.info("rewinding %d partition(s) with no committed offset to their start", len(starts))
-            for tp, offset in starts.items():
-                consumer.seek(tp, offset)
-                committed[tp] = offset  # where processing starts: what the first commit must begin at
+        partitions = [TopicPartition(tp.topic, tp.partition) for tp in committed if acked(tp.topic)]
+        # A partition with nothing committed starts at its log's start. So does one whose committed offset the log
+        # no longer holds (retention deleted records never handled, after a week or more without a commit): the
+        # fetch would be reset to the start, and the delivery loop, waiting for the committed offset, would send
+        # it back there for ever. Looked up and sought, rather than ``seek_to_beginning``: that leaves the position
+        # unset until a reset completes, and faust's livelock check crashes the worker on an unset position
+        # (AssertionError in ``TopicPartitionState.position``).
+        starts = await consumer.beginning_offsets(partitions) if partitions else {}
+        rewound = 0
+        for tp, start in starts.items():
+            offset = committed.get(tp)
+            if offset and offset >= start:
+                continue
+            if offset:
+                log.error("%s[%s]: committed offset %d is gone from the log, which starts at %d: records %d..%d "
+                          "were deleted by retention before they were handled; resuming at %d",
+                          tp.topic, tp.partition, offset, start, offset, start - 1, start)
+            consumer.seek(tp, start)
+            committed[tp] = start  # where processing starts: what the first commit must begin at
+            rewound += 1
+        if rewound:
+            log.info("rewinding %d partition(s) with no committed offset (or one the log lost) to their start",
+                     rewound)
         return committed
 
 

@@ -83,10 +83,16 @@ def claim_local_state(tabledir: Path) -> bool:
     which the flows are built to resume from (the unprocessed messages are delivered again).
     """
     marker = tabledir / RUNNING_MARKER
+    # The store and its marker go away together: renamed aside in one step, then deleted. Deleted in place, the
+    # marker could go before some stores, and a kill in between would leave those stores, unmarked, to be kept.
+    discarded = tabledir.with_name(f"{tabledir.name}.discarded")
+    if discarded.exists():  # a wipe that a kill interrupted
+        shutil.rmtree(discarded)
     wiped = marker.exists()
     if wiped:
         log.warning("the last run of this worker did not stop cleanly: rebuilding its tables from the changelogs")
-        shutil.rmtree(tabledir)
+        tabledir.rename(discarded)
+        shutil.rmtree(discarded)
     tabledir.mkdir(parents=True, exist_ok=True)
     marker.touch()
     return wiped

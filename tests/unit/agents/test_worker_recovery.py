@@ -26,6 +26,17 @@ def test_a_clean_stop_keeps_the_local_store_for_the_next_start(tmp_path):
     assert (tabledir / "orders-0.db").read_text() == "state"
 
 
+def test_a_wipe_a_kill_interrupted_leaves_no_store_to_keep_and_is_finished_at_the_next_start(tmp_path):
+    tabledir = tmp_path / "tables"
+    claim_local_state(tabledir)
+    (tabledir / "orders-0.db").write_text("ahead of the changelog")
+    # Killed once the store was set aside, before it was deleted and the marker put back.
+    tabledir.rename(tmp_path / "tables.discarded")
+    assert claim_local_state(tabledir) is False  # nothing left to wipe: an empty store rebuilds from the changelogs
+    assert list(tabledir.iterdir()) == [tabledir / RUNNING_MARKER]
+    assert not (tmp_path / "tables.discarded").exists()
+
+
 def test_a_start_after_a_kill_drops_the_local_store_so_recovery_reads_only_the_changelogs(tmp_path):
     tabledir = tmp_path / "tables"
     claim_local_state(tabledir)
@@ -50,11 +61,15 @@ class FakeConsumer:
         self.rewound.append((tp, offset))
 
 
-def test_partitions_with_nothing_committed_are_rewound_but_changelogs_are_left_to_faust():
+def test_partitions_with_nothing_committed_or_a_commit_the_log_lost_are_rewound_but_changelogs_left_to_faust(
+    caplog,
+):
     committed = {
         TopicPartition("commands", 0): 42,
         TopicPartition("commands", 1): None,
         TopicPartition("commands", 2): 0,
+        TopicPartition("commands", 3): 5,  # retention deleted 5 and 6 before they were handled
+        TopicPartition("commands", 4): 7,  # the log's first record: still there
         TopicPartition("app-orders-changelog", 1): None,
     }
     thread = ConsumerThread.__new__(ConsumerThread)
@@ -64,5 +79,8 @@ def test_partitions_with_nothing_committed_are_rewound_but_changelogs_are_left_t
     # The rewound partitions report where processing starts: the position their first commit must begin at.
     assert asyncio.run(thread._seek_to_committed_or_start()) == {
         **committed, TopicPartition("commands", 1): 7, TopicPartition("commands", 2): 7,
+        TopicPartition("commands", 3): 7,
     }
-    assert consumer.rewound == [(TopicPartition("commands", 1), 7), (TopicPartition("commands", 2), 7)]
+    assert consumer.rewound == [(TopicPartition("commands", p), 7) for p in (1, 2, 3)]
+    (lost,) = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert "records 5..6 were deleted by retention" in lost.getMessage()
