@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from streamcart.logs import configure_logging, logging_config
 from streamcart.otel import start_export
 from streamcart.settings import Settings
 from streamcart.sink_keeper import SinkKeeper
+from streamcart.topics import TOMBSTONE_RETENTION_MS
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +72,16 @@ def tune_gc() -> None:
 
 #: Present while a worker runs; still there at start when the last run did not stop cleanly.
 RUNNING_MARKER = "RUNNING"
+#: Written by a clean stop: when (epoch seconds). A store stopped longer ago than Kafka keeps tombstones may have
+#: missed deletions (a forgotten order, a released reservation) whose tombstones were compacted away meanwhile.
+STOPPED_MARKER = "STOPPED"
+#: A store stopped cleanly this long ago is rebuilt from the changelogs too: a day less than the tombstones stay.
+STALE_AFTER_S = TOMBSTONE_RETENTION_MS / 1000 - 24 * 3600
 
 
-def claim_local_state(tabledir: Path) -> bool:
-    """Mark ``tabledir`` in use; wipe it first if the last run was killed. Returns whether it was wiped.
+def claim_local_state(tabledir: Path, *, now: float | None = None) -> bool:
+    """Mark ``tabledir`` in use; wipe it first if the last run was killed, or stopped more than
+    :data:`STALE_AFTER_S` ago. Returns whether it was wiped.
 
     A table write lands in the local RocksDB store at once but reaches its changelog a little later. A worker
     killed in between leaves a store *ahead* of the changelog for some keys, and recovery, which replays the
@@ -88,18 +96,34 @@ def claim_local_state(tabledir: Path) -> bool:
     discarded = tabledir.with_name(f"{tabledir.name}.discarded")
     if discarded.exists():  # a wipe that a kill interrupted
         shutil.rmtree(discarded)
-    wiped = marker.exists()
-    if wiped:
+    killed = marker.exists()
+    stopped_s = _stopped_for_s(tabledir, time.time() if now is None else now)
+    wiped = killed or (stopped_s is not None and stopped_s > STALE_AFTER_S)
+    if killed:
         log.warning("the last run of this worker did not stop cleanly: rebuilding its tables from the changelogs")
+    elif wiped:
+        log.warning("this worker's tables were stopped %.1f days ago, longer than Kafka keeps the tombstones of "
+                    "deleted keys: rebuilding them from the changelogs", (stopped_s or 0) / 86_400)
+    if wiped:
         tabledir.rename(discarded)
         shutil.rmtree(discarded)
     tabledir.mkdir(parents=True, exist_ok=True)
     marker.touch()
+    (tabledir / STOPPED_MARKER).unlink(missing_ok=True)
     return wiped
 
 
-def release_local_state(tabledir: Path) -> None:
-    """Mark ``tabledir`` as consistent with the changelogs (after a clean stop)."""
+def _stopped_for_s(tabledir: Path, now: float) -> float | None:
+    """How long ago the store was stopped cleanly (``None``: not known, as for a store older than the marker)."""
+    try:
+        return now - float((tabledir / STOPPED_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def release_local_state(tabledir: Path, *, now: float | None = None) -> None:
+    """Mark ``tabledir`` as consistent with the changelogs (after a clean stop), as of now."""
+    (tabledir / STOPPED_MARKER).write_text(f"{time.time() if now is None else now:.0f}")
     (tabledir / RUNNING_MARKER).unlink(missing_ok=True)
 
 

@@ -11,6 +11,8 @@ from streamcart.domain.warehouse import TABLES as WAREHOUSE_TABLES
 from streamcart.settings import Settings
 
 DAY_MS = 24 * 60 * 60 * 1000
+#: How long a compacted topic keeps a deletion's tombstone: a worker's local store older than that may have missed one.
+TOMBSTONE_RETENTION_MS = 7 * DAY_MS
 
 #: Where a compacted topic's segment closes at the latest (see ``topic_specs``).
 COMPACTED_SEGMENT_BYTES = 64 * 2**20
@@ -86,7 +88,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         "segment.ms": str(settings.compacted_segment_ms),
         "segment.bytes": str(COMPACTED_SEGMENT_BYTES),
         "min.compaction.lag.ms": str(settings.compacted_segment_ms),
-        "delete.retention.ms": str(7 * DAY_MS),
+        "delete.retention.ms": str(TOMBSTONE_RETENTION_MS),
     }
     dead_letters = {"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS)}
     return [

@@ -8,7 +8,8 @@ from types import SimpleNamespace
 from aiokafka import TopicPartition
 
 from agents.transport import ConsumerThread
-from agents.worker import RUNNING_MARKER, claim_local_state, release_local_state
+from agents.worker import RUNNING_MARKER, STALE_AFTER_S, STOPPED_MARKER, claim_local_state, release_local_state
+from streamcart.topics import TOMBSTONE_RETENTION_MS
 
 
 def test_a_first_start_keeps_the_store_and_marks_it_running(tmp_path):
@@ -84,3 +85,18 @@ def test_partitions_with_nothing_committed_or_a_commit_the_log_lost_are_rewound_
     assert consumer.rewound == [(TopicPartition("commands", p), 7) for p in (1, 2, 3)]
     (lost,) = [r for r in caplog.records if r.levelname == "ERROR"]
     assert "records 5..6 were deleted by retention" in lost.getMessage()
+
+
+def test_a_store_stopped_cleanly_longer_ago_than_tombstones_stay_is_rebuilt_and_a_recent_one_kept(tmp_path):
+    tabledir = tmp_path / "tables"
+    day = 86_400.0
+    claim_local_state(tabledir, now=0)
+    (tabledir / "orders-0.db").write_text("state")
+    release_local_state(tabledir, now=0)
+    assert claim_local_state(tabledir, now=5 * day) is False  # five days: every deletion's tombstone is still there
+    assert (tabledir / "orders-0.db").exists() and not (tabledir / STOPPED_MARKER).exists()
+    release_local_state(tabledir, now=5 * day)
+    # Eleven days after: tombstones of keys deleted while it was stopped may be compacted away (kept 7 days).
+    assert claim_local_state(tabledir, now=5 * day + STALE_AFTER_S + 1) is True
+    assert not (tabledir / "orders-0.db").exists()
+    assert TOMBSTONE_RETENTION_MS / 1000 - day == STALE_AFTER_S
