@@ -128,14 +128,7 @@ class GatewayClient:
                 if body.get("status") not in {"approved", "captured"}:
                     # It holds no money (declined, or already given back): nothing to void.
                     return GatewayResult.declined(f"authorization_{body.get('status')}")
-                operation = call.operation
-                if operation == "void" and body.get("status") == "captured":
-                    # The money was taken, not held: a void cannot give it back, a refund does. (The saga never
-                    # captures what it voids; this keeps a cancelled order's money returned should it happen.)
-                    log.warning("payment %s: its authorization was captured; refunded instead of voided",
-                                call.idempotency_key)
-                    operation = "refund"
-                status, body = await self._post(f"/v1/authorizations/{body['authorization_id']}/{operation}")
+                status, body = await self._post(f"/v1/authorizations/{body['authorization_id']}/{call.operation}")
         else:
             status, body = await self._post(f"/v1/authorizations/{call.authorization_id}/{call.operation}")
         return _result(call, status, body)

@@ -72,14 +72,6 @@ async def test_a_void_by_idempotency_key_finds_and_voids_the_authorization(clien
     assert [a["status"] for a in await ledger(client)] == ["voided"]
 
 
-async def test_a_void_by_key_of_an_authorization_that_was_captured_refunds_it(client):
-    auth = await client.execute(authorize("o-6c"))
-    await client.execute(GatewayCall("capture", "o-6c", 1000, "EUR", authorization_id=auth.authorization_id))
-    void = GatewayCall("void", "o-6c", 1000, "EUR", payment_token="tok_approve")
-    assert (await client.execute(void)).outcome == Outcome.APPROVED
-    assert [a["status"] for a in await ledger(client)] == ["refunded"]  # the money taken is given back
-
-
 async def test_the_breaker_opens_after_repeated_failures_and_fails_fast(aiohttp_server):
     async def always_503(request: web.Request) -> web.Response:
         return web.json_response({"error": {"code": "down"}}, status=503)
