@@ -30,14 +30,7 @@ from api.models import StreamQuery
 from api.spec import Route
 from streamcart.domain import analytics as windows
 from streamcart.settings import Settings
-from streamcart.telemetry import (
-    CONSUMER_LAG,
-    DEAD_LETTERS_SHOWN,
-    DLQ_RECORDS,
-    TABLE_KEYS,
-    WAREHOUSE_DLQ_RECORDS,
-    Telemetry,
-)
+from streamcart.telemetry import CONSUMER_LAG, DEAD_LETTERS_SHOWN, DLQ_RECORDS, TABLE_KEYS, Telemetry
 from streamcart.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -91,8 +84,6 @@ class Observer:
         self.topics = Topics.from_settings(settings)
         self.lag: dict[str, dict[int, int]] = {}
         self.dlq_records: int | None = None
-        #: Rows the warehouse sinks could not take (Kafka Connect's dead-letter topic; ``None``: not known).
-        self.warehouse_dlq_records: int | None = None
         self.table_sizes: dict[str, int] = {}
 
     async def run(self) -> None:
@@ -115,21 +106,6 @@ class Observer:
         self.table_sizes = self.worker.table_sizes()
         for table, size in self.table_sizes.items():
             TABLE_KEYS.labels(table).set(size)
-        self.warehouse_dlq_records = await self._warehouse_depth()
-        if self.warehouse_dlq_records is not None:
-            WAREHOUSE_DLQ_RECORDS.set(self.warehouse_dlq_records)
-
-    async def _warehouse_depth(self) -> int | None:
-        """Records in the warehouse's dead-letter topic (one partition); ``None`` when Kafka cannot say (a stack
-        without that topic): the saga's own figures do not wait on it."""
-        tp = (self.topics.warehouse_dlq, 0)
-        try:
-            latest = await asyncio.wait_for(self.worker.end_offsets([tp]), OBSERVE_S)
-            earliest = await asyncio.wait_for(self.worker.start_offsets([tp]), OBSERVE_S)
-        except Exception as exc:  # Kafka's client raises many kinds for a topic it does not know
-            log.debug("the warehouse's dead-letter topic could not be read: %s", exc)
-            return None
-        return max(0, latest[tp] - earliest[tp])
 
     async def _read_kafka(self, owned: dict[str, list[int]]) -> tuple[dict[str, dict[int, int]], int]:
         tps = [(t, p) for t, ps in owned.items() for p in ps if not t.endswith("-changelog")]
@@ -252,8 +228,6 @@ class Hub:
             "saga_steps": (saga := self.step_rates(now, steps)),
             "in_flight": _in_flight(saga),
             "dlq_records": max((a["dlq_records"] for a in answers if a["dlq_records"] is not None), default=None),
-            "warehouse_dlq_records": max((a["warehouse_dlq_records"] for a in answers
-                                          if a.get("warehouse_dlq_records") is not None), default=None),
             "dead_letters": latest_dead_letters(answers),
             "consumer_lag": {"total": sum(lag.values()), "by_partition": lag},
             "stock": await self.stock([s["sku"] for s in top[:5]]),
@@ -404,7 +378,6 @@ async def live(request: web.Request) -> web.Response:
         "telemetry": worker.telemetry.snapshot(),
         "lag": observer.lag,
         "dlq_records": observer.dlq_records,
-        "warehouse_dlq_records": observer.warehouse_dlq_records,
         "tables": observer.table_sizes,
     })
 

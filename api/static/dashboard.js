@@ -136,9 +136,6 @@ function render(tick) {
   $("p99").textContent = tick.saga_latency_ms.p99 === null ? "–" : `${tick.saga_latency_ms.p99} ms`;
   $("latency-count").textContent = `(${tick.saga_latency_ms.count} in the last minute)`;
   $("dlq").textContent = fmt(tick.dlq_records);
-  const warehouse = tick.warehouse_dlq_records;
-  $("warehouse-dlq").textContent = warehouse
-    ? ` · ${fmt(warehouse)} warehouse row${warehouse === 1 ? "" : "s"} a sink could not take (streamcart dlq list --warehouse)` : "";
   $("lag").textContent = fmt(tick.consumer_lag.total);
   push(series.lag, tick.consumer_lag.total); spark("lag-spark", series.lag);
   lagGrid(tick.consumer_lag.by_partition);

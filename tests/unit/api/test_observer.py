@@ -56,17 +56,5 @@ async def test_lag_is_the_end_offset_past_the_committed_position_and_the_dlq_dep
 
     assert observer.lag == {"commerce.commands.orders": {0: 10, 1: 4}}  # 1: from where the group starts it
     assert observer.dlq_records == 3
-    assert observer.warehouse_dlq_records is None  # this worker's Kafka knows no such topic: not known, not 0
     assert observer.table_sizes == {"orders": 3}
     assert all(not topic.endswith("-changelog") for topic, _ in worker.asked[0])  # changelogs have no lag
-
-
-async def test_the_warehouse_dead_letters_are_what_connects_topic_still_holds():
-    warehouse = ("commerce.warehouse.dlq", 0)
-    worker = Worker(positions={}, ends={("commerce.commands.orders", 0): 0, ("commerce.commands.orders", 1): 0,
-                                        (DLQ, 0): 0, (DLQ, 1): 0, warehouse: 9},
-                    starts={(DLQ, 0): 0, (DLQ, 1): 0, ("commerce.commands.orders", 0): 0,
-                            ("commerce.commands.orders", 1): 0, warehouse: 4})
-    observer = Observer(Settings(partitions=2), worker)
-    await observer.observe()
-    assert observer.warehouse_dlq_records == 5
