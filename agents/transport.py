@@ -56,6 +56,9 @@ log = logging.getLogger(__name__)
 
 #: How often the worker checks for partitions whose fetches or streams stalled (faust: every 0.5 s here).
 LIVELOCK_CHECK_INTERVAL_S = 10.0
+#: How long a seek waits for the start offsets of every partition it might rewind (a committed offset retention
+#: deleted) before it rewinds only those with nothing committed.
+LOG_STARTS_TIMEOUT_S = 5.0
 
 #: How long a partition's position may stay unacknowledged, while later records are acknowledged and no agent holds
 #: it, before it is delivered again (:meth:`Consumer._watch_hole`).
@@ -249,7 +252,14 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         # it back there for ever. Looked up and sought, rather than ``seek_to_beginning``: that leaves the position
         # unset until a reset completes, and faust's livelock check crashes the worker on an unset position
         # (AssertionError in ``TopicPartitionState.position``).
-        starts = await consumer.beginning_offsets(partitions) if partitions else {}
+        try:
+            starts = (await asyncio.wait_for(consumer.beginning_offsets(partitions), LOG_STARTS_TIMEOUT_S)
+                      if partitions else {})
+        except TimeoutError:  # a partition without a leader for now: do not hold the seek (and a recovery) up
+            never_committed = [tp for tp in partitions if not committed.get(tp)]
+            log.warning("the log starts of %d partition(s) did not come in %.0f s: rewinding only the %d with "
+                        "nothing committed", len(partitions), LOG_STARTS_TIMEOUT_S, len(never_committed))
+            starts = await consumer.beginning_offsets(never_committed) if never_committed else {}
         rewound = 0
         for tp, start in starts.items():
             offset = committed.get(tp)

@@ -100,3 +100,29 @@ def test_a_store_stopped_cleanly_longer_ago_than_tombstones_stay_is_rebuilt_and_
     assert claim_local_state(tabledir, now=5 * day + STALE_AFTER_S + 1) is True
     assert not (tabledir / "orders-0.db").exists()
     assert TOMBSTONE_RETENTION_MS / 1000 - day == STALE_AFTER_S
+
+
+class LeaderlessConsumer(FakeConsumer):
+    """The first lookup of the log starts (every partition) does not answer: one partition has no leader now."""
+
+    def __init__(self, committed):
+        super().__init__(committed)
+        self.lookups = 0
+
+    async def beginning_offsets(self, partitions):
+        self.lookups += 1
+        if self.lookups == 1:
+            await asyncio.sleep(3600)
+        return await super().beginning_offsets(partitions)
+
+
+def test_a_seek_whose_log_starts_do_not_come_rewinds_only_what_has_nothing_committed(monkeypatch):
+    import agents.transport as transport
+
+    monkeypatch.setattr(transport, "LOG_STARTS_TIMEOUT_S", 0.05)
+    committed = {TopicPartition("commands", 0): 5, TopicPartition("commands", 1): None}
+    thread = ConsumerThread.__new__(ConsumerThread)
+    thread._consumer = consumer = LeaderlessConsumer(committed)
+    thread.app = SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda topic: True))
+    assert asyncio.run(thread._seek_to_committed_or_start()) == {**committed, TopicPartition("commands", 1): 7}
+    assert consumer.rewound == [(TopicPartition("commands", 1), 7)]  # 0's start unknown: left at its commit
