@@ -53,6 +53,9 @@ from streamcart.domain.decision import Decision
 
 #: PaymentDeclined reasons this flow gives itself (others come from the gateway: card_declined, ...).
 GATEWAY_UNAVAILABLE = "gateway_unavailable"
+#: A void by idempotency key found its authorization captured: the money was taken, not held, and a void cannot
+#: return it. The saga never captures what it voids (its record would say so), so this is for a person to look at.
+AUTHORIZATION_CAPTURED = "authorization_captured"
 CANCELLED_BEFORE_AUTHORIZATION = "cancelled_before_authorization"
 
 Operation = Literal["authorize", "capture", "void", "refund"]
@@ -202,6 +205,10 @@ def apply_result(state: PaymentState | None, command: PaymentCommand, result: Ga
         return Decision(state=None, rejected=f"payment gateway unavailable: {call.operation} of {state.order_id} "
                                              f"not done ({result.reason})")
     if result.outcome != Outcome.APPROVED:
+        if call.operation == "void" and result.reason == AUTHORIZATION_CAPTURED:
+            return Decision(state=None, rejected=f"the void by key of {state.order_id} found its authorization "
+                                                 f"captured: the money was taken, and a void cannot return it "
+                                                 f"(a person must refund it at the gateway)")
         if call.operation == "void" and call.authorization_id is None:
             # The unknown authorization turned out not to hold any money: settled with nothing to void.
             return _emitting(state.model_copy(update={"voided": Settlement(cause=cause)}), cause)

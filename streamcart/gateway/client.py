@@ -23,7 +23,7 @@ from purgatory import AsyncCircuitBreakerFactory
 from purgatory.domain.model import OpenedState
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from streamcart.domain.payments import GatewayCall, GatewayResult
+from streamcart.domain.payments import AUTHORIZATION_CAPTURED, GatewayCall, GatewayResult
 from streamcart.errors import StreamcartError
 from streamcart.telemetry import BREAKER_LEVEL, GATEWAY_BREAKER, GATEWAY_CALLS, GATEWAY_RETRIES
 from streamcart.tracing import call_span
@@ -128,6 +128,8 @@ class GatewayClient:
                 if body.get("status") not in {"approved", "captured"}:
                     # It holds no money (declined, or already given back): nothing to void.
                     return GatewayResult.declined(f"authorization_{body.get('status')}")
+                if call.operation == "void" and body.get("status") == "captured":
+                    return GatewayResult.declined(AUTHORIZATION_CAPTURED)  # taken, not held: not "nothing to void"
                 status, body = await self._post(f"/v1/authorizations/{body['authorization_id']}/{call.operation}")
         else:
             status, body = await self._post(f"/v1/authorizations/{call.authorization_id}/{call.operation}")

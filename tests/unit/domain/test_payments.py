@@ -15,6 +15,7 @@ from schemas.messages import (
 )
 from streamcart.domain.decision import Decision
 from streamcart.domain.payments import (
+    AUTHORIZATION_CAPTURED,
     CANCELLED_BEFORE_AUTHORIZATION,
     GATEWAY_UNAVAILABLE,
     GatewayCall,
@@ -131,6 +132,13 @@ def test_the_void_by_key_of_an_authorization_that_held_nothing_settles_quietly()
     assert emitted == []
     assert state.status == PaymentStatus.VOIDED
     assert plan(state, void_cmd) == Decision(state=None)
+
+
+def test_the_void_by_key_of_an_authorization_found_captured_is_refused_for_a_person_not_settled_as_nothing():
+    state, (_, void_cmd), _ = through_gateway(None, authorize(), GatewayResult.unavailable())
+    decision = apply_result(state, void_cmd, GatewayResult.declined(AUTHORIZATION_CAPTURED))
+    assert decision.state is None and decision.messages == ()
+    assert decision.rejected is not None and "captured" in decision.rejected
 
 
 # --- capture --------------------------------------------------------------------------------------------------

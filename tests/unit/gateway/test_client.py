@@ -3,7 +3,7 @@
 import pytest
 from aiohttp import web
 
-from streamcart.domain.payments import GatewayCall, Outcome
+from streamcart.domain.payments import AUTHORIZATION_CAPTURED, GatewayCall, Outcome
 from streamcart.gateway.client import ClientPolicy, GatewayClient
 from streamcart.gateway.server import init_app
 from streamcart.tracing import new_traceparent, span, trace_id
@@ -70,6 +70,15 @@ async def test_a_void_by_idempotency_key_finds_and_voids_the_authorization(clien
     void = GatewayCall("void", "o-6", 1000, "EUR", payment_token="tok_approve")
     assert (await client.execute(void)).outcome == Outcome.APPROVED
     assert [a["status"] for a in await ledger(client)] == ["voided"]
+
+
+async def test_a_void_by_key_that_finds_its_authorization_captured_says_so_and_changes_nothing(client):
+    auth = await client.execute(authorize("o-6c"))
+    await client.execute(GatewayCall("capture", "o-6c", 1000, "EUR", authorization_id=auth.authorization_id))
+    void = GatewayCall("void", "o-6c", 1000, "EUR", payment_token="tok_approve")
+    result = await client.execute(void)
+    assert (result.outcome, result.reason) == (Outcome.DECLINED, AUTHORIZATION_CAPTURED)
+    assert [a["status"] for a in await ledger(client)] == ["captured"]
 
 
 async def test_the_breaker_opens_after_repeated_failures_and_fails_fast(aiohttp_server):
