@@ -134,7 +134,8 @@ def down(
 
 @app.command()
 def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
-    """Each process: pid, port, up/down, health now, memory, uptime; workers' partitions and lag."""
+    """Each process: pid, port, up/down, health now, memory, uptime; workers' partitions and lag; then how many
+    records each dead-letter topic holds."""
     from streamcart.stack.views import dead_letters_line, status_json, status_table
 
     rows = _stack().status()
@@ -634,7 +635,8 @@ app.add_typer(dlq_app, name="dlq")
 
 Flows = Annotated[list[str] | None, typer.Option(
     "--flow", help="Only what failed in this flow: orders, inventory, payments, shipping, analytics, notifications "
-                   "(or one channel: notifications.webhook, .email, .sms). Repeatable.")]
+                   "(or one channel: notifications.webhook, .email, .sms; with --warehouse, warehouse:<connector>). "
+                   "Repeatable.")]
 Errors = Annotated[list[str] | None, typer.Option(
     "--error", help="Only this error class (as `dlq list` shows it, e.g. FlowError, InvalidMessage). Repeatable.")]
 SourceTopics = Annotated[list[str] | None, typer.Option(
