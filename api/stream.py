@@ -405,16 +405,20 @@ async def stream(request: web.Request) -> web.StreamResponse:
                 continue
             if tick is None:
                 break
-            async with asyncio.timeout(WRITE_TIMEOUT_S):  # a client that stopped reading gives its place up
-                await response.write(f"event: {tick['type']}\ndata: {json.dumps(tick)}\n\n".encode())
+            await _send(response, f"event: {tick['type']}\ndata: {json.dumps(tick)}\n\n".encode())
         else:  # the dashboard asks for a new token instead of reconnecting with this one
-            async with asyncio.timeout(WRITE_TIMEOUT_S):
-                await response.write(b'event: expired\ndata: {"reason": "token expired"}\n\n')
+            await _send(response, b'event: expired\ndata: {"reason": "token expired"}\n\n')
     except (ConnectionResetError, TimeoutError, asyncio.CancelledError):
         pass
     finally:
         hub.unsubscribe(queue)
     return response
+
+
+async def _send(response: web.StreamResponse, data: bytes) -> None:
+    """Write to a stream; a client that stopped reading (:data:`WRITE_TIMEOUT_S`) gives its place up."""
+    async with asyncio.timeout(WRITE_TIMEOUT_S):
+        await response.write(data)
 
 
 ROUTES: tuple[Route, ...] = (

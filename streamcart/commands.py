@@ -247,6 +247,10 @@ def read_dead_letters(settings: Settings, codec: Codec, *, since_ms: int | None 
 
     read_to_end(settings, Topics.from_settings(settings).dlq, note, purpose="dlq", since_ms=since_ms,
                 on_progress=on_progress)
+    return _oldest_first(letters)
+
+
+def _oldest_first(letters: list[DeadLetter]) -> list[DeadLetter]:
     return sorted(letters, key=lambda letter: (letter.failed_at_ms or 0, letter.partition, letter.offset))
 
 
@@ -258,7 +262,7 @@ def read_sink_letters(settings: Settings, *, since_ms: int | None = None,
     read_to_end(settings, Topics.from_settings(settings).warehouse_dlq,
                 lambda record: letters.append(_sink_letter(record, record.partition(), record.offset())),
                 purpose="warehouse-dlq", since_ms=since_ms, on_progress=on_progress)
-    return sorted(letters, key=lambda letter: (letter.failed_at_ms or 0, letter.partition, letter.offset))
+    return _oldest_first(letters)
 
 
 def _sink_letter(record: Any, partition: int, offset: int) -> SinkLetter:

@@ -21,7 +21,7 @@ import json
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from schemas.errors import RegistryUnavailable, SchemaError
 from schemas.messages import (
@@ -72,6 +72,11 @@ def replay_route(replay_flow: str) -> tuple[str, str | None]:
     return flow, channel or None
 
 
+def _kept(headers: Iterable[tuple[str, bytes | None]]) -> tuple[tuple[str, bytes], ...]:
+    """A record's headers as a letter keeps them (a header without a value: empty bytes)."""
+    return tuple((name, b"" if raw is None else bytes(raw)) for name, raw in headers)
+
+
 @dataclass(frozen=True)
 class DeadLetter:
     """One record of the dead-letter topic, its headers read, its value decoded where it can be."""
@@ -85,12 +90,17 @@ class DeadLetter:
     #: Why :attr:`message` is ``None``: the decoding error.
     undecodable: str | None = None
 
+    #: The headers naming the topic, partition and offset the record came from.
+    SOURCE_HEADERS: ClassVar[tuple[str, str, str]] = (
+        DlqHeader.SOURCE_TOPIC, DlqHeader.SOURCE_PARTITION, DlqHeader.SOURCE_OFFSET,
+    )
+
     @classmethod
     def read(cls, partition: int, offset: int, key: bytes | None, value: bytes | None,
              headers: Iterable[tuple[str, bytes | None]], decode: Callable[[bytes | None], Message]) -> DeadLetter:
         """One record of the dead-letter topic. ``decode`` may raise :class:`SchemaError` (the letter says why);
         :class:`RegistryUnavailable` passes through (nothing can be judged without the registry)."""
-        kept = tuple((name, b"" if raw is None else bytes(raw)) for name, raw in headers)
+        kept = _kept(headers)
         try:
             message = decode(value)
         except RegistryUnavailable:
@@ -115,15 +125,15 @@ class DeadLetter:
 
     @property
     def source_topic(self) -> str | None:
-        return self.header(DlqHeader.SOURCE_TOPIC) or None
+        return self.header(self.SOURCE_HEADERS[0]) or None
 
     @property
     def source_partition(self) -> int | None:
-        return self._number(DlqHeader.SOURCE_PARTITION)
+        return self._number(self.SOURCE_HEADERS[1])
 
     @property
     def source_offset(self) -> int | None:
-        return self._number(DlqHeader.SOURCE_OFFSET)
+        return self._number(self.SOURCE_HEADERS[2])
 
     @property
     def flow(self) -> str:
@@ -211,23 +221,14 @@ class SinkLetter(DeadLetter):
     #: The record's time (ms): when the worker wrote the row.
     written_at_ms: int | None = None
 
+    SOURCE_HEADERS: ClassVar[tuple[str, str, str]] = (
+        ConnectHeader.TOPIC, ConnectHeader.PARTITION, ConnectHeader.OFFSET,
+    )
+
     @classmethod
     def read_row(cls, partition: int, offset: int, key: bytes | None, value: bytes | None,
                  headers: Iterable[tuple[str, bytes | None]], written_at_ms: int | None) -> SinkLetter:
-        kept = tuple((name, b"" if raw is None else bytes(raw)) for name, raw in headers)
-        return cls(partition, offset, key, value, kept, written_at_ms=written_at_ms)
-
-    @property
-    def source_topic(self) -> str | None:
-        return self.header(ConnectHeader.TOPIC) or None
-
-    @property
-    def source_partition(self) -> int | None:
-        return self._number(ConnectHeader.PARTITION)
-
-    @property
-    def source_offset(self) -> int | None:
-        return self._number(ConnectHeader.OFFSET)
+        return cls(partition, offset, key, value, _kept(headers), written_at_ms=written_at_ms)
 
     @property
     def flow(self) -> str:
