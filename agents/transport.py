@@ -35,10 +35,12 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, cast
 
 import faust
@@ -769,10 +771,51 @@ class Table(faust.Table[Any, Any]):
             self._delivered[tp] = offset
 
     def persist_offsets(self) -> None:
-        """Note in the store how far each changelog partition's delivered records reach."""
+        """Note in the store how far each changelog partition's delivered records reach (in a partition's store
+        that is still open: one discarded on a revocation is not opened again for an offset alone)."""
         delivered, self._delivered = self._delivered, {}
+        open_partitions = getattr(self.data, "_dbs", None)  # RocksDB's per partition; the memory store has none
         for tp, offset in delivered.items():
-            self.data.set_persisted_offset(tp, offset)
+            if open_partitions is None or tp.partition in open_partitions:
+                self.data.set_persisted_offset(tp, offset)
+
+    async def on_rebalance(self, assigned: set[Any], revoked: set[Any], newly_assigned: set[Any],
+                           generation_id: int = 0) -> None:
+        """A changelog partition this worker no longer holds at all (neither active nor standby: faust's
+        ``revoked`` is the previous assignment less the new one) is deleted from its disk.
+
+        faust keeps a revoked partition's RocksDB files, and when the partition comes back, weeks later perhaps,
+        replays its changelog from the offset the files noted. Kafka keeps a tombstone a week
+        (:data:`streamcart.topics.TOMBSTONE_RETENTION_MS`): a key deleted meanwhile, whose tombstone compaction
+        has removed since, would come back (a forgotten order, a released reservation). Without the files the
+        partition is rebuilt from its changelog alone. With one or two workers nothing is ever revoked this way
+        (each holds every partition, active or standby); with more, a partition that moves away and back is read
+        again from its changelog, which retention keeps to a week of orders.
+        """
+        await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
+        for tp in revoked:
+            if tp.topic in self.changelog_topic.topics:
+                self._delivered.pop(tp, None)
+                if (path := partition_path(self.data, tp.partition)) is not None and path.exists():
+                    log.info("%s[%s]: no longer held by this worker; its local store is deleted (rebuilt from "
+                             "the changelog if it comes back)", tp.topic, tp.partition)
+                    discard_directory(path)
+
+
+def partition_path(store: Any, partition: int) -> Path | None:
+    """Where ``store`` keeps ``partition`` on disk (``None`` for a store that keeps nothing there)."""
+    path_of = getattr(store, "partition_path", None)
+    return None if path_of is None else Path(path_of(partition))
+
+
+def discard_directory(path: Path) -> None:
+    """Delete ``path`` all at once as far as a later reader can tell: renamed aside in one step, then deleted.
+    A kill in between leaves only the aside copy (``<name>.discarded``), never part of the directory."""
+    discarded = path.with_name(f"{path.name}.discarded")
+    if discarded.exists():  # an earlier discard that a kill interrupted
+        shutil.rmtree(discarded)
+    path.rename(discarded)
+    shutil.rmtree(discarded)
 
 
 class Transport(faust_aiokafka.Transport):

@@ -14,6 +14,7 @@ from aiohttp import web
 from mode import Service
 
 from agents.app import build_runtime, worker_view
+from agents.transport import discard_directory
 from api.app import init_app
 from api.commands import KafkaCommands
 from api.errors import JsonErrorsRunner
@@ -91,8 +92,8 @@ def claim_local_state(tabledir: Path, *, now: float | None = None) -> bool:
     which the flows are built to resume from (the unprocessed messages are delivered again).
     """
     marker = tabledir / RUNNING_MARKER
-    # The store and its marker go away together: renamed aside in one step, then deleted. Deleted in place, the
-    # marker could go before some stores, and a kill in between would leave those stores, unmarked, to be kept.
+    # The store and its marker go away together (discard_directory). Deleted in place, the marker could go before
+    # some stores, and a kill in between would leave those stores, unmarked, to be kept.
     discarded = tabledir.with_name(f"{tabledir.name}.discarded")
     if discarded.exists():  # a wipe that a kill interrupted
         shutil.rmtree(discarded)
@@ -105,8 +106,7 @@ def claim_local_state(tabledir: Path, *, now: float | None = None) -> bool:
         log.warning("this worker's tables were stopped %.1f days ago, longer than Kafka keeps the tombstones of "
                     "deleted keys: rebuilding them from the changelogs", (stopped_s or 0) / 86_400)
     if wiped:
-        tabledir.rename(discarded)
-        shutil.rmtree(discarded)
+        discard_directory(tabledir)
     tabledir.mkdir(parents=True, exist_ok=True)
     marker.touch()
     (tabledir / STOPPED_MARKER).unlink(missing_ok=True)
