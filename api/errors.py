@@ -90,7 +90,7 @@ def error_response(status: int, code: str, message: str, details: Any = None, **
 async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     """Map domain errors and aiohttp's own HTTP errors to JSON; never leak a stack trace."""
     if (expect := _unmet_expectation(request)) is not None:  # before the body is read (see expect_handler)
-        return error_response(417, "expectation_failed", f"unknown Expect: {expect[:100]!r} (only 100-continue is)")
+        return _expectation_failed(expect)
     try:
         response: web.StreamResponse = await handler(request)
         return response
@@ -116,6 +116,10 @@ async def expect_handler(request: web.Request) -> None:
     handler would answer it in plain text before any middleware."""
     if _unmet_expectation(request) is None:
         await _default_expect_handler(request)
+
+
+def _expectation_failed(expect: str) -> web.Response:
+    return error_response(417, "expectation_failed", f"unknown Expect: {expect[:100]!r} (only 100-continue is)")
 
 
 def _unmet_expectation(request: web.Request) -> str | None:
@@ -159,4 +163,19 @@ class JsonErrorsRunner(web.AppRunner):
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         server.__class__ = _JsonErrorsServer  # aiohttp has no setting for the handler's class
+        server.request_handler = _unmet_expectations_in_json(server.request_handler)
         return server
+
+
+def _unmet_expectations_in_json(handle: Any) -> Any:
+    """A path no route has gets aiohttp's own ``Expect`` handler (routes get :func:`expect_handler`), which raises
+    its plain-text 417 before any middleware runs: answered here in the JSON shape instead."""
+
+    async def handle_request(request: web.BaseRequest) -> web.StreamResponse:
+        try:
+            response: web.StreamResponse = await handle(request)
+            return response
+        except web.HTTPExpectationFailed:
+            return _expectation_failed(request.headers.get("Expect", ""))
+
+    return handle_request

@@ -57,3 +57,14 @@ async def test_an_unparseable_request_gets_a_json_400_and_the_connection_closes(
 async def test_a_good_request_on_the_same_server_is_answered_by_the_app(port: int) -> None:
     status, _, body = await exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert (status, json.loads(body)) == (200, {"ok": True})
+
+
+async def test_an_unmet_expectation_on_a_path_no_route_has_is_a_json_417(port: int) -> None:
+    # Routes answer it through the middlewares (test_api_commands.py); a route-less path gets aiohttp's own handler.
+    status, headers, body = await exchange(
+        port, b"POST /nowhere HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\nContent-Length: 2\r\n"
+              b"Connection: close\r\n\r\n{}")
+    assert status == 417
+    assert headers["content-type"].startswith("application/json")
+    assert json.loads(body)["error"]["code"] == "expectation_failed"
+
