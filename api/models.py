@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, AnyHttpUrl, BaseModel, BeforeValidator, ConfigDict, Field
 
 from streamcart.ids import IDENTIFIER_PATTERN
 
@@ -24,6 +25,21 @@ def _json_integer(value: object) -> object:
 #: A body's integer: what the OpenAPI document's ``integer`` admits, and nothing pydantic would coerce besides.
 JsonInteger = Annotated[int, BeforeValidator(_json_integer)]
 
+#: Text without control characters (C0, DEL, C1): no newline forging a log line, escape sequence or NUL reaches a
+#: table, the warehouse, a notification or a terminal.
+PRINTABLE_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _printable(value: str) -> str:
+    if (found := _CONTROL.search(value)) is not None:
+        raise ValueError(f"must not contain control characters (found {found.group()!r} at {found.start()})")
+    return value
+
+
+#: A body's free text (names, reasons, tokens): what the OpenAPI document's pattern admits, told plainly otherwise.
+Text = Annotated[str, AfterValidator(_printable), Field(json_schema_extra={"pattern": PRINTABLE_PATTERN})]
+
 
 class _Body(BaseModel):
     """A request body or query. A body's numbers and flags are JSON's (``"quantity": true`` or ``"3"`` is refused,
@@ -38,7 +54,7 @@ class LineIn(_Body):
 
 
 class PaymentIn(_Body):
-    token: str = Field(min_length=1, max_length=128, examples=["tok_approve"])
+    token: Text = Field(min_length=1, max_length=128, examples=["tok_approve"])
 
 
 class PlaceOrderIn(_Body):
@@ -59,7 +75,7 @@ class CancelIn(_Body):
 
 
 class ProductIn(_Body):
-    name: str = Field(min_length=1, max_length=200)
+    name: Text = Field(min_length=1, max_length=200)
     unit_price_cents: JsonInteger = Field(ge=0, le=100_000_000)
     currency: Currency
     active: bool = Field(default=True, strict=True)
@@ -67,12 +83,12 @@ class ProductIn(_Body):
 
 class AdjustmentIn(_Body):
     delta: JsonInteger = Field(ge=-1_000_000, le=1_000_000)
-    reason: str = Field(min_length=1, max_length=200, examples=["delivery"])
+    reason: Text = Field(min_length=1, max_length=200, examples=["delivery"])
 
 
 class ShipmentStatusIn(_Body):
     status: Literal["dispatched", "delivered"]
-    carrier: str | None = Field(default=None, max_length=100)
+    carrier: Text | None = Field(default=None, max_length=100)
 
 
 class WaitQuery(_Body):

@@ -543,6 +543,35 @@ async def test_a_number_or_flag_of_another_json_type_is_a_422_and_sends_nothing(
     assert commands.sent == []
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        ("PUT", "/v1/products/KB-001", {"name": "Key\nboard", "unit_price_cents": 1, "currency": "EUR"}, "name"),
+        ("PUT", "/v1/products/KB-001", {"name": "\x1b[31mKeyboard", "unit_price_cents": 1, "currency": "EUR"}, "name"),
+        ("POST", "/v1/stock/KB-001/adjustments", {"delta": 1, "reason": "delivery\x00"}, "reason"),
+        ("POST", "/v1/shipments/o-1/status", {"status": "dispatched", "carrier": "DHL\u0085"}, "carrier"),
+        ("POST", "/v1/orders", {**ORDER, "payment": {"token": "tok\r\napprove"}}, "token"),
+    ],
+    ids=["newline", "escape", "nul", "c1-next-line", "crlf-token"],
+)
+async def test_text_with_a_control_character_is_a_422_that_says_so_and_sends_nothing(client, commands, method, path,
+                                                                                      body, field):
+    headers = CUSTOMER if path == "/v1/orders" else ADMIN
+    response = await client.request(method, path, json=body, headers=headers)
+    assert response.status == 422
+    (detail,) = (await response.json())["error"]["details"]
+    assert detail["loc"][-1] == field and "control characters" in detail["msg"]
+    assert commands.sent == []
+
+
+async def test_text_in_any_script_with_punctuation_and_spaces_is_accepted(client, commands):
+    body = {"name": "Clavier « AZERTY » — 日本語, 100 %", "unit_price_cents": 4999, "currency": "EUR"}
+    response = await client.put("/v1/products/KB-001", json=body, headers=ADMIN)
+    assert response.status in (200, 202)
+    (sent,) = commands.sent
+    assert sent.name == body["name"]
+
+
 async def test_a_quantity_written_as_a_number_with_no_fraction_is_a_json_integer_as_the_document_says(client,
                                                                                                     commands):
     response = await client.post("/v1/orders", json={**ORDER, "lines": [{"sku": "KB-001", "quantity": 2.0}]},
