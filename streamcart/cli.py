@@ -543,11 +543,18 @@ def product_upsert(
     active: bool = True,
 ) -> None:
     """Create or change a catalog entry."""
+    from pydantic import ValidationError
+
+    from api.models import ProductIn
     from schemas.messages import UpsertProduct
     from streamcart.commands import envelope
 
-    _remote().send(UpsertProduct(**envelope(sku), sku=sku, name=name, unit_price_cents=price,
-                                 currency=currency, active=active))
+    try:  # what PUT /v1/products/{sku} accepts, checked before anything is sent
+        product = ProductIn(name=name, unit_price_cents=price, currency=currency, active=active)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise typer.BadParameter(f"{error['loc'][0]}: {error['msg']}") from None
+    _remote().send(UpsertProduct(**envelope(sku), sku=sku, **product.model_dump()))
     console.print(f"upserted {sku}")
 
 

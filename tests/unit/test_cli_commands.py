@@ -337,6 +337,31 @@ def test_an_id_the_api_would_not_accept_is_refused_before_anything_is_read_or_se
     assert (system.sent, read) == ([], [])
 
 
+@pytest.mark.parametrize(("args", "says"), [
+    (["--name", "Key\x1b[2Jboard", "--price", "1"], "control characters"),
+    (["--name", "Keyboard", "--price", "-1"], "greater than or equal to 0"),
+    (["--name", "Keyboard", "--price", "1", "--currency", "euro"], "currency"),
+])
+def test_a_product_the_api_would_refuse_is_refused_before_anything_is_sent(monkeypatch, args, says) -> None:
+    from typer.testing import CliRunner
+
+    system = FakeSystem()
+    monkeypatch.setattr(cli, "_remote", lambda: system)
+    done = CliRunner().invoke(cli.app, ["product", "upsert", "KB-001", *args])
+    assert done.exit_code == 2, done.output
+    assert says in done.output
+    assert system.sent == []
+
+
+def test_a_product_upsert_sends_what_it_was_given(monkeypatch) -> None:
+    system = FakeSystem()
+    assert run(system, "product", "upsert", "KB-001", "--name", "Clavier — AZERTY", "--price", "4999",
+               "--no-active", monkeypatch=monkeypatch) == 0
+    (sent,) = system.sent
+    assert (sent.sku, sent.name, sent.unit_price_cents, sent.currency, sent.active) == (
+        "KB-001", "Clavier — AZERTY", 4999, "EUR", False)
+
+
 def test_an_order_placed_with_a_webhook_carries_it_and_a_bad_url_is_refused_before_anything_is_sent(monkeypatch):
     system = FakeSystem()
     assert run(system, "order", "place", "--line", "A:1", "--wait", "0", "--webhook", "https://shop.example/hook",
