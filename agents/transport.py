@@ -793,13 +793,15 @@ class Table(faust.Table[Any, Any]):
         again from its changelog, which retention keeps to a week of orders.
         """
         await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
-        for tp in revoked:
-            if tp.topic in self.changelog_topic.topics:
-                self._delivered.pop(tp, None)
-                if (path := partition_path(self.data, tp.partition)) is not None and path.exists():
-                    log.info("%s[%s]: no longer held by this worker; its local store is deleted (rebuilt from "
-                             "the changelog if it comes back)", tp.topic, tp.partition)
-                    discard_directory(path)
+        discarded = []
+        for tp in sorted(tp for tp in revoked if tp.topic in self.changelog_topic.topics):
+            self._delivered.pop(tp, None)
+            if (path := partition_path(self.data, tp.partition)) is not None and path.exists():
+                discard_directory(path)
+                discarded.append(tp.partition)
+        if discarded:
+            log.info("%s: partitions %s no longer held by this worker; their local stores are deleted (rebuilt from "
+                     "the changelog if they come back)", self.changelog_topic.get_topic_name(), discarded)
 
 
 def partition_path(store: Any, partition: int) -> Path | None:
