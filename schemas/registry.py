@@ -24,6 +24,9 @@ from streamcart.settings import Settings
 #: Every message schema must stay readable by every older and newer version of itself.
 FULL_TRANSITIVE = "FULL_TRANSITIVE"
 
+#: How long one request to the registry may take (seconds).
+TIMEOUT_S = 10
+
 # HTTP statuses after which the same request may well succeed later.
 _TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -77,9 +80,13 @@ class ConfluentRegistry:
     """
 
     def __init__(self, url: str, conf: Mapping[str, Any] | None = None) -> None:
-        """``conf``: further ``SchemaRegistryClient`` settings, e.g. ``{"max.retries": 0, "timeout": 5}``."""
+        """``conf``: further ``SchemaRegistryClient`` settings, e.g. ``{"max.retries": 0, "timeout": 5}``. A
+        request waits :data:`TIMEOUT_S` at most unless ``conf`` says otherwise: the client's own default is no
+        limit, and a registry that accepts connections but never answers held ``streamcart up`` (or a worker's
+        event loop, decoding a schema id it had not seen) for ever. A timeout is :class:`RegistryUnavailable`,
+        tried again like any outage."""
         self.url = url
-        self._client = SchemaRegistryClient({**(conf or {}), "url": url})
+        self._client = SchemaRegistryClient({"timeout": TIMEOUT_S, **(conf or {}), "url": url})
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ConfluentRegistry:

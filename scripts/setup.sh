@@ -3,7 +3,9 @@
 #   1. a Python >= 3.11 virtualenv in .venv
 #   2. the project installed into it (pip, pinned by constraints.txt), redone only when pyproject.toml or
 #      constraints.txt changed since the last install
-#   3. `streamcart setup`: the Java parts from Maven Central, the Java runtime check, PostgreSQL
+#   3. `streamcart setup`: the Java parts from Maven Central, the Java runtime check, PostgreSQL, chromium (the
+#      dashboard's browser test)
+#   4. Go tools built into .tools/bin: helm (the chart's test), loadgen (bench api), promrules (the alert rules' test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,14 +24,16 @@ fail() { printf '%serror:%s %s\n' "$red" "$plain" "$1" >&2; exit 1; }
 total_start=$(ms)
 
 step "python virtualenv ($VENV)"
-if [ -x "$VENV/bin/python" ]; then
+# A virtualenv counts only with its pip: Debian's python3 without python3-venv leaves bin/python and no pip.
+if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
   done_ "already present ($("$VENV/bin/python" --version))"
 else
   command -v "$PYTHON" >/dev/null || fail "no $PYTHON on PATH: install Python 3.11 or newer (or set PYTHON=/path/to/python3.11)"
   "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
     || fail "streamcart needs Python 3.11 or newer; $PYTHON is $("$PYTHON" --version 2>&1). Set PYTHON=/path/to/python3.11"
+  rm -rf "$VENV"  # one without pip, from a run that failed
   "$PYTHON" -m venv "$VENV" \
-    || fail "'$PYTHON -m venv' failed (on Debian: apt-get install -y python3-venv)"
+    || { rm -rf "$VENV"; fail "'$PYTHON -m venv' failed (on Debian: apt-get install -y python3-venv, then run this again)"; }
   done_ "created with $("$VENV/bin/python" --version)"
 fi
 
@@ -46,6 +50,20 @@ fi
 
 "$VENV/bin/streamcart" setup
 
+# The Go tools below need this Go at least (tools/promrules's go.mod; helm's asks for 1.26.0). A Go older than that
+# fetches the newer toolchain from the module proxy by itself unless GOTOOLCHAIN=local forbids it.
+GO_MIN=1.26.7
+check_go() {
+  command -v go >/dev/null || return 0  # said where a build needs it
+  local have
+  have=$(go env GOVERSION 2>/dev/null | sed 's/^go//')
+  if [ "$(printf '%s\n%s\n' "$GO_MIN" "$have" | sort -V | head -n1)" != "$GO_MIN" ] \
+     && [ "$(go env GOTOOLCHAIN 2>/dev/null)" = "local" ]; then
+    fail "Go $have is older than the $GO_MIN the tools need, and GOTOOLCHAIN=local stops it from fetching that one: install Go $GO_MIN or newer (https://go.dev/dl), or run with GOTOOLCHAIN=auto"
+  fi
+}
+check_go
+
 # The Helm chart's test renders it with `helm template`. helm builds from its Go module (cached after the first
 # build, which takes a few minutes on 2 cores).
 HELM_VERSION=v3.22.0
@@ -58,7 +76,7 @@ elif command -v go >/dev/null; then
   GOBIN="$PWD/.tools/bin" go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" || fail "go install of helm failed (see above)"
   done_ "built with go install"
 else
-  fail "neither helm nor a Go toolchain to build it is installed: install Go (Debian: apt-get install golang) or helm"
+  fail "neither helm nor a Go toolchain to build it is installed: install Go $GO_MIN or newer (https://go.dev/dl) or helm"
 fi
 # A small Go program of tools/NAME, built into .tools/bin once, and again when its source or module changes.
 go_tool() {
@@ -69,7 +87,7 @@ go_tool() {
     (cd "$source" && go build -o "../../$binary" .) || fail "go build of $source failed (see above)"
     done_ "built with go build"
   else
-    fail "no Go toolchain to build $source: install Go (Debian: apt-get install golang)"
+    fail "no Go toolchain to build $source: install Go $GO_MIN or newer (https://go.dev/dl)"
   fi
 }
 # `streamcart bench api` measures with a small Go HTTP client, so that the client is not what limits the figure.

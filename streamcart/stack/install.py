@@ -29,6 +29,9 @@ KAFKA_VERSION = "4.3.1"
 LOG4J_VERSION = "2.25.4"
 DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 MIN_JAVA = 21
+#: How long one Maven fetch (an artifact set) and one apt-get step may take before setup gives up and says so.
+MAVEN_TIMEOUT_S = 30 * 60
+APT_TIMEOUT_S = 20 * 60
 
 
 @dataclass(frozen=True)
@@ -110,12 +113,19 @@ def fetch(maven_set: MavenSet, artifacts: JavaArtifacts, console: Console) -> st
     with tempfile.TemporaryDirectory(prefix="streamcart-mvn-") as scratch:
         pom = Path(scratch) / "pom.xml"
         pom.write_text(render_pom(maven_set, partial))
-        done = subprocess.run(
-            [mvn, "-q", "-B", "-f", str(pom), f"{DEPENDENCY_PLUGIN}:{maven_set.goal}"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        try:
+            # -C: a download whose checksum does not match Central's fails (Maven only warns by default).
+            done = subprocess.run(
+                [mvn, "-q", "-B", "-C", "-f", str(pom), f"{DEPENDENCY_PLUGIN}:{maven_set.goal}"],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=MAVEN_TIMEOUT_S,
+            )
+        except subprocess.TimeoutExpired:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise SetupError(f"Maven did not fetch {', '.join(maven_set.coordinates)} within {MAVEN_TIMEOUT_S // 60} "
+                             "minutes (a stalled download from Maven Central?): run the setup again") from None
     if done.returncode != 0:
         shutil.rmtree(partial, ignore_errors=True)
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-20:])
@@ -182,7 +192,12 @@ def apt_install(package: str, console: Console) -> None:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for command in (["apt-get", "update"], ["apt-get", "install", "-y", package]):
         console.print(f"    $ {' '.join(command)}")
-        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        try:
+            done = subprocess.run(command, env=env, capture_output=True, text=True, check=False,
+                                  timeout=APT_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise SetupError(f"`{' '.join(command)}` did not finish within {APT_TIMEOUT_S // 60} minutes (a stalled "
+                             "download, or another apt holding the lock?): run the setup again") from None
         if done.returncode != 0:
             tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
             raise SetupError(f"`{' '.join(command)}` failed (exit {done.returncode}):\n{tail}")
@@ -223,7 +238,10 @@ def ensure_postgres(console: Console) -> str:
             raise SetupError("postgresql was installed but no initdb is under /usr/lib/postgresql")
     if not postgres.postgres_user_exists():
         useradd = ["useradd", "--system", "--user-group", "--no-create-home", postgres.PG_USER]
-        subprocess.run(useradd, check=True)
+        done = subprocess.run(useradd, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise SetupError(f"`{' '.join(useradd)}` failed (exit {done.returncode}): "
+                             f"{(done.stdout + done.stderr).strip()}; PostgreSQL runs as that user: create it yourself")
         note += ", created user postgres"
     return f"{note} ({bindir})"
 

@@ -158,3 +158,19 @@ def test_a_registry_nobody_listens_on_raises_registry_unavailable():
     registry = ConfluentRegistry(f"http://127.0.0.1:{port}", NO_RETRIES)
     with registry, pytest.raises(RegistryUnavailable):
         registry.schema_by_id(1)
+
+
+def test_a_registry_that_accepts_connections_but_never_answers_is_unavailable_after_the_timeout(monkeypatch):
+    import time
+
+    import schemas.registry
+
+    monkeypatch.setattr(schemas.registry, "TIMEOUT_S", 0.5)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()  # connections are taken (by the kernel) and never answered
+        registry = ConfluentRegistry(f"http://127.0.0.1:{silent.getsockname()[1]}", NO_RETRIES)
+        started = time.monotonic()
+        with registry, pytest.raises(RegistryUnavailable):
+            registry.schema_by_id(1)
+        assert time.monotonic() - started < 5  # without a timeout the client waits for ever

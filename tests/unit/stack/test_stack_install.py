@@ -56,3 +56,39 @@ def test_provisioning_quotes_names_and_passwords() -> None:
     sql = postgres.provisioning_sql(settings)
     assert "CREATE ROLE \"we\"\"ird\" LOGIN PASSWORD 'it''s';" in sql
     assert 'CREATE DATABASE "wh" OWNER "we""ird";' in sql
+
+
+def fake_mvn(tmp_path: Path, body: str) -> Path:
+    """An ``mvn`` that runs ``body`` (a shell script) and records its arguments."""
+    mvn = tmp_path / "mvn"
+    mvn.write_text(f'#!/bin/sh\necho "$@" > {tmp_path / "mvn.args"}\n{body}\n')
+    mvn.chmod(0o755)
+    return mvn
+
+
+def test_a_maven_fetch_that_stalls_is_given_up_with_what_to_do_and_leaves_nothing_half_done(tmp_path, monkeypatch):
+    from rich.console import Console
+
+    monkeypatch.setattr(install, "ensure_maven", lambda console: str(fake_mvn(tmp_path, "exec sleep 30")))
+    monkeypatch.setattr(install, "MAVEN_TIMEOUT_S", 1)
+    artifacts = install.JavaArtifacts(tmp_path / "java")
+    kafka = install.MAVEN_SETS[0]
+    with pytest.raises(install.SetupError, match=r"did not fetch .* run the setup again"):
+        install.fetch(kafka, artifacts, Console(quiet=True))
+    assert "-C" in (tmp_path / "mvn.args").read_text().split()  # checksums checked strictly
+    assert not artifacts.marker(kafka.name).exists()
+    assert not list((tmp_path / "java").rglob("*.partial"))
+
+
+def test_a_postgres_user_that_cannot_be_created_is_a_setup_error_not_a_traceback(tmp_path, monkeypatch):
+    from rich.console import Console
+
+    monkeypatch.setattr(install.postgres, "find_bindir", lambda: tmp_path)
+    monkeypatch.setattr(install.postgres, "postgres_user_exists", lambda: False)
+    failing = tmp_path / "bin"
+    failing.mkdir()
+    (failing / "useradd").write_text("#!/bin/sh\necho 'useradd: cannot lock /etc/passwd' >&2\nexit 1\n")
+    (failing / "useradd").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{failing}:/usr/bin:/bin")
+    with pytest.raises(install.SetupError, match=r"cannot lock /etc/passwd.*create it yourself"):
+        install.ensure_postgres(Console(quiet=True))
