@@ -12,8 +12,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from aiohttp import ClientSession
-
 from agents.runtime import Runtime, consume_concurrently, header
 from schemas.messages import Message, OrderEvent
 from streamcart.dead_letters import DlqHeader, replay_route
@@ -33,7 +31,8 @@ def register(runtime: Runtime, worker_index: int = 0) -> Any:
         nonlocal deliverer
         if deliverer is None:  # the HTTP session must be made inside the running loop
             allow_private = runtime.settings.webhook_allow_private
-            deliverer = Deliverer(default_providers(ClientSession(), outbox, allow_private=allow_private))
+            deliverer = Deliverer(default_providers(outbox, allow_private=allow_private),
+                                  sleep=runtime.app.in_progress.pause)
         return deliverer
 
     async def deliver(notification: Notification, event: Any) -> Message:
@@ -51,7 +50,13 @@ def register(runtime: Runtime, worker_index: int = 0) -> Any:
         contact = Contact() if order is None else Contact(order.webhook_url, order.email, order.phone)
         replay = header(event, DlqHeader.REPLAY_FLOW)  # a channel's give-up, replayed: for that channel alone
         planned = notifications.plan(message, contact, only=None if replay is None else replay_route(replay)[1])
-        outcomes = await asyncio.gather(*(deliver(n, event) for n in planned))
+        deliveries = [asyncio.ensure_future(deliver(n, event)) for n in planned]
+        try:
+            outcomes = await asyncio.gather(*deliveries)
+        except BaseException:  # a rebalance or a stop took the message back (Yielded): the others stop too
+            for delivery in deliveries:
+                delivery.cancel()
+            raise
         await runtime.emit(tuple(outcomes), cause=event)
 
     async def notifications_agent(stream: Any) -> None:

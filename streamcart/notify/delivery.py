@@ -11,11 +11,16 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from aiohttp import ClientError, ClientSession, ClientTimeout
+from aiohttp import ClientConnectorError, ClientError, ClientSession, ClientTimeout, TCPConnector
+from aiohttp.abc import AbstractResolver, ResolveResult
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
@@ -37,22 +42,90 @@ class DeliveryRefused(DeliveryFailed):
     """The notification must never be sent (e.g. a webhook aimed inside our own network); not retried."""
 
 
+class HostFailing(DeliveryFailed):
+    """The webhook's host failed every recent attempt: given up at once (to the DLQ, replayable) instead of
+    waiting out more timeouts, which would hold the flow's slots and, behind them, the worker's other flows."""
+
+
+class NonPublicAddress(OSError):
+    """A webhook host resolved to a loopback, private, link-local or otherwise internal address."""
+
+
 async def check_webhook_url(url: str, *, allow_private: bool) -> None:
-    """Refuse a webhook URL that is not http(s), or whose host resolves to a loopback, private, link-local or
-    otherwise internal address: the URL comes from a customer, and the gateway and the workers listen there."""
+    """Refuse a webhook URL that is not http(s), or whose host is an internal address written as such. A host
+    *name* is checked by :class:`PublicResolver` on the addresses the connection is then made to."""
     parts = urlsplit(url)
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise DeliveryRefused(f"webhook URL must be http(s) with a host: {url!r}")
-    if allow_private:
-        return
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(parts.hostname, parts.port or 443)
-    except OSError as exc:
-        raise DeliveryFailed(f"webhook host {parts.hostname!r} does not resolve: {exc}") from exc
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if not address.is_global:
-            raise DeliveryRefused(f"webhook host {parts.hostname!r} resolves to a non-public address ({address})")
+        literal = ipaddress.ip_address(parts.hostname)
+    except ValueError:
+        return
+    if not allow_private and not literal.is_global:
+        raise DeliveryRefused(f"webhook host {parts.hostname!r} is a non-public address")
+
+
+#: A host name's lookup: ``socket.getaddrinfo(host, port, family=…, type=…, flags=…)``.
+Lookup = Callable[..., list[tuple[Any, ...]]]
+
+
+class PublicResolver(AbstractResolver):
+    """Resolves webhook hosts for aiohttp's connector, so that the addresses checked are the ones connected to.
+
+    The URL comes from a customer, and the gateway, Connect and the workers listen inside our network: a host
+    with any non-public address is refused (:class:`NonPublicAddress`) unless ``allow_private``. A check on a
+    lookup of its own would not do: DNS can answer it with a public address and the connection's lookup, a moment
+    later, with ``127.0.0.1`` (DNS rebinding).
+
+    Lookups run in threads of their own, within ``timeout_s``: a host whose name server never answers holds one
+    of those threads for as long as the system resolver tries, not one of the loop's default executor (which
+    Kafka's and the sink keeper's calls use too), and such a host fails at once for ``unresolvable_for_s``
+    after a timeout instead of taking another thread.
+    """
+
+    def __init__(self, *, allow_private: bool = False, timeout_s: float = 2.0, threads: int = 8,
+                 unresolvable_for_s: float = 60.0, lookup: Lookup = socket.getaddrinfo) -> None:
+        self.allow_private = allow_private
+        self.timeout_s = timeout_s
+        self.unresolvable_for_s = unresolvable_for_s
+        self._lookup = lookup
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="webhook-dns")
+        self._timed_out: dict[str, float] = {}  # host -> until when it is not looked up again
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+                      ) -> list[ResolveResult]:
+        now = time.monotonic()
+        if self._timed_out.get(host, 0) > now:
+            raise OSError(f"{host!r} did not resolve within {self.timeout_s:g} s a moment ago")
+        self._timed_out = {h: until for h, until in self._timed_out.items() if until > now}
+        loop = asyncio.get_running_loop()
+        lookup = loop.run_in_executor(self._executor, lambda: self._lookup(
+            host, port, family=family, type=socket.SOCK_STREAM, flags=socket.AI_ADDRCONFIG))
+        try:
+            infos = await asyncio.wait_for(lookup, self.timeout_s)
+        except TimeoutError:
+            self._timed_out[host] = now + self.unresolvable_for_s
+            raise OSError(f"{host!r} did not resolve within {self.timeout_s:g} s") from None
+        found: list[ResolveResult] = []
+        for found_family, _, proto, _, sockaddr in infos:
+            address = ipaddress.ip_address(sockaddr[0])
+            if not self.allow_private and not address.is_global:
+                raise NonPublicAddress(f"webhook host {host!r} resolves to a non-public address ({address})")
+            found.append(ResolveResult(hostname=host, host=sockaddr[0], port=sockaddr[1], family=found_family,
+                                       proto=proto, flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV))
+        if not found:
+            raise OSError(f"{host!r} has no address")
+        return found
+
+    async def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def webhook_session(*, allow_private: bool = False, timeout_s: float = 2.0) -> ClientSession:
+    """The HTTP session webhooks go out through: its connector resolves with :class:`PublicResolver`. (Made
+    inside the running loop.)"""
+    resolver = PublicResolver(allow_private=allow_private, timeout_s=timeout_s)
+    return ClientSession(connector=TCPConnector(resolver=resolver, limit=256))
 
 
 class Provider(Protocol):
@@ -76,24 +149,57 @@ class OutboxProvider:
 
 
 class WebhookProvider:
-    """POSTs the notification to the customer's webhook URL; any non-2xx answer is a failed attempt."""
+    """POSTs the notification to the customer's webhook URL; any non-2xx answer is a failed attempt.
 
-    def __init__(self, session: ClientSession, timeout_s: float = 2.0, allow_private: bool = False) -> None:
+    An attempt, its host's lookup included, takes ``timeout_s`` at most. A host whose last ``failing_after``
+    attempts all failed is given up at once (:class:`HostFailing`) for ``failing_for_s``: a customer's endpoint
+    that is down costs one slot of the flow for a moment, not every slot for the length of every retry.
+    """
+
+    def __init__(self, session: ClientSession, timeout_s: float = 2.0, allow_private: bool = False,
+                 failing_after: int = 5, failing_for_s: float = 30.0) -> None:
         self.session = session
+        self.timeout_s = timeout_s
         self.timeout = ClientTimeout(total=timeout_s)
         self.allow_private = allow_private
+        self.failing_after = failing_after
+        self.failing_for_s = failing_for_s
+        self._failures: dict[str, tuple[int, float]] = {}  # host -> (failed attempts in a row, the last one's time)
 
     async def deliver(self, notification: Notification) -> None:
         await check_webhook_url(notification.address, allow_private=self.allow_private)
+        host = urlsplit(notification.address).hostname or ""
+        failed, last = self._failures.get(host, (0, 0.0))
+        if failed >= self.failing_after and time.monotonic() - last < self.failing_for_s:
+            raise HostFailing(f"webhook host {host!r} failed its last {failed} attempts; not tried again for "
+                              f"{self.failing_for_s:g} s after the last")
+        try:
+            await self._post(notification)
+        except DeliveryRefused:
+            raise
+        except DeliveryFailed:
+            self._failures[host] = (failed + 1, time.monotonic())
+            if len(self._failures) > 10_000:  # hosts that failed once, long ago
+                self._failures = dict(list(self._failures.items())[-5_000:])
+            raise
+        self._failures.pop(host, None)
+
+    async def _post(self, notification: Notification) -> None:
         body = {"template": notification.template, **notification.payload}
         try:
-            with call_span("webhook") as traceparent:
-                headers = {"Idempotency-Key": notification.idempotency_key, "traceparent": traceparent}
-                async with self.session.post(
-                    notification.address, json=body, headers=headers, timeout=self.timeout, allow_redirects=False
-                ) as r:
-                    if r.status >= 300:
-                        raise DeliveryFailed(f"webhook answered HTTP {r.status}")
+            async with asyncio.timeout(self.timeout_s):  # the lookup too, whatever the session's connector does
+                with call_span("webhook") as traceparent:
+                    headers = {"Idempotency-Key": notification.idempotency_key, "traceparent": traceparent}
+                    async with self.session.post(
+                        notification.address, json=body, headers=headers, timeout=self.timeout,
+                        allow_redirects=False,
+                    ) as r:
+                        if r.status >= 300:
+                            raise DeliveryFailed(f"webhook answered HTTP {r.status}")
+        except ClientConnectorError as exc:
+            if isinstance(exc.os_error, NonPublicAddress):
+                raise DeliveryRefused(str(exc.os_error)) from exc
+            raise DeliveryFailed(f"webhook unreachable: {type(exc).__name__}: {exc}") from exc
         except (ClientError, TimeoutError, ValueError) as exc:
             raise DeliveryFailed(f"webhook unreachable: {type(exc).__name__}: {exc}") from exc
 
@@ -101,10 +207,14 @@ class WebhookProvider:
 class Deliverer:
     """Delivers on the right channel, retrying with backoff; returns how many attempts it took, or raises."""
 
-    def __init__(self, providers: dict[str, Provider], attempts: int = 4, backoff_s: float = 0.2) -> None:
+    def __init__(self, providers: dict[str, Provider], attempts: int = 4, backoff_s: float = 0.2,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        """``sleep`` waits between attempts: the flow passes ``InProgress.pause``, which gives the message back
+        (raising ``Yielded``) when a rebalance or a stop begins instead of holding it up for the retries."""
         self.providers = providers
         self.attempts = attempts
         self.backoff_s = backoff_s
+        self.sleep = sleep
 
     async def deliver(self, notification: Notification) -> int:
         provider = self.providers.get(notification.channel)
@@ -114,7 +224,9 @@ class Deliverer:
         async for attempt in AsyncRetrying(
             stop=stop_after_attempt(self.attempts),
             wait=wait_exponential_jitter(multiplier=self.backoff_s, max=5.0, jitter=self.backoff_s),
-            retry=retry_if_exception_type(DeliveryFailed) & retry_if_not_exception_type(DeliveryRefused),
+            retry=retry_if_exception_type(DeliveryFailed)
+            & retry_if_not_exception_type((DeliveryRefused, HostFailing)),
+            sleep=self.sleep,
             reraise=True,
         ):
             with attempt:
@@ -123,7 +235,8 @@ class Deliverer:
         return tries
 
 
-def default_providers(session: ClientSession, outbox: Path, *, allow_private: bool = False) -> dict[str, Provider]:
+def default_providers(outbox: Path, *, allow_private: bool = False) -> dict[str, Provider]:
+    """Webhooks through :func:`webhook_session`, email and SMS through the outbox. (Made inside the running loop.)"""
     email_and_sms = OutboxProvider(outbox)
-    webhook = WebhookProvider(session, allow_private=allow_private)
+    webhook = WebhookProvider(webhook_session(allow_private=allow_private), allow_private=allow_private)
     return {Channel.WEBHOOK: webhook, Channel.EMAIL: email_and_sms, Channel.SMS: email_and_sms}
