@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from agents.runtime import Runtime, consume
+from agents.runtime import Runtime, consume, record_time_ms
 from schemas.messages import Message
 from streamcart.domain import analytics
 
@@ -31,8 +31,13 @@ def register(runtime: Runtime) -> Any:
         partition = int(event.message.partition)
         state = table.windows(partition)
         seen = table.seen(partition, message.event_id)
-        folded = analytics.fold(state, message, lateness_ms=lateness_ms, seen=seen)
+        record_ms = record_time_ms(event)
+        folded = analytics.fold(state, message, lateness_ms=lateness_ms, seen=seen, record_ms=record_ms)
         runtime.telemetry.analytics_folded(folded)
+        if folded.state is not None and analytics.event_time(message, record_ms) != message.occurred_at:
+            log.warning("%s %s is timed %.0f s after it was written to Kafka (a clock ahead?): counted as of when "
+                        "it was written", type(message).__name__, message.event_id,
+                        (message.occurred_at - (record_ms or 0)) / 1000)
         if folded.late:
             log.info("%s %s is late for %s (watermark %s)", type(message).__name__, message.event_id,
                      ", ".join(folded.late), state.watermark)

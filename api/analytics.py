@@ -21,7 +21,7 @@ from aiohttp import web
 import api.app as core
 from api import gather
 from api.auth import Principal, authenticate
-from api.errors import ApiError, Forbidden
+from api.errors import ApiError, Forbidden, Unavailable
 from api.models import OutcomesOut, RevenueOut, TopSkusOut, TopSkusQuery, WindowRangeQuery
 from api.spec import Route
 from streamcart.domain import analytics
@@ -121,8 +121,10 @@ async def top_skus(request: web.Request) -> web.Response:
 
 
 def ranked(units: dict[str, int], limit: int) -> list[dict[str, Any]]:
-    """The ``limit`` SKUs with the most units, best first (ties by SKU)."""
-    best = sorted(units.items(), key=lambda item: (-item[1], item[0]))[:limit]
+    """The ``limit`` SKUs with the most units, best first (ties by SKU); not the units of the SKUs beyond a
+    window's first thousand (:data:`~streamcart.domain.analytics.OTHER_SKUS`), which are no one SKU's."""
+    best = sorted(((sku, n) for sku, n in units.items() if sku != analytics.OTHER_SKUS),
+                  key=lambda item: (-item[1], item[0]))[:limit]
     return [{"sku": sku, "units": n} for sku, n in best]
 
 
@@ -148,7 +150,14 @@ async def local_windows(request: web.Request) -> web.Response:
     if metric not in analytics.FOLDS:
         raise BadQuery(f"unknown metric {metric!r}", details={"metrics": sorted(analytics.FOLDS)})
     start, end = time_range(core.parsed_query(request, WindowRangeQuery))
-    source = cast(AnalyticsSource, request.app[core.WORKER])
+    worker = request.app[core.WORKER]
+    if worker.rebalancing() or not worker.recovered():
+        # Its partitions are assigned before their table is read back from the changelog: an answer now could be
+        # an older state (smaller counts, a window reported final going back). No answer makes the gathered
+        # read incomplete: a 503, never a silently smaller total.
+        raise Unavailable("this worker's analytics are being restored after a rebalance; retry shortly",
+                          headers={"Retry-After": "1"})
+    source = cast(AnalyticsSource, worker)
     views = source.analytics(metric, start, end)
     return web.json_response({"worker": request.app[core.WORKER].index, "partitions": [v.model_dump() for v in views]})
 

@@ -260,7 +260,8 @@ class Hub:
         }
 
     async def recent_windows(self) -> dict[str, Any]:
-        """Revenue per minute and outcomes for the last minutes, and the top SKUs of the latest 5-minute window."""
+        """Revenue per minute and outcomes for the last minutes, and the top SKUs of the last 5 minutes (the
+        5-minute window that ends next)."""
         now = int(time.time() * 1000)
         start = now - now % windows.MINUTE_MS - (REVENUE_MINUTES - 1) * windows.MINUTE_MS
         result: dict[str, Any] = {}
@@ -278,8 +279,9 @@ class Hub:
                 for t in outcomes
             ]
             units = await self.analytics("sku-units", now - 5 * windows.MINUTE_MS)
+            # The windows holding now, oldest first: the oldest has the last 4 to 5 minutes (the newest, seconds).
             current = [t for t in units if t.window.start <= now < t.window.end]
-            result["top_skus"] = analytics.ranked(current[-1].counts, 10) if current else []
+            result["top_skus"] = analytics.ranked(current[0].counts, 10) if current else []
             result["late_events"] = self._late
         except Unavailable as exc:
             result["analytics_unavailable"] = exc.message

@@ -91,7 +91,8 @@ class Settings(BaseSettings):
     # Analytics (event time): how long after a window's end its events are still counted, and how long (in event
     # time) closed windows stay queryable.
     analytics_lateness_s: float = Field(30.0, ge=0)
-    analytics_retention_s: float = Field(24 * 60 * 60, gt=0)
+    #: At most 3 days: a partition's list of the closed windows it keeps is one table value (under Kafka's 1 MB).
+    analytics_retention_s: float = Field(24 * 60 * 60, gt=0, le=3 * 24 * 60 * 60)
 
     # The payment gateway client: each attempt's timeout, and how many attempts before "unavailable".
     gateway_attempt_timeout_s: float = 2.0

@@ -119,11 +119,22 @@ def _revenue_results(window: Window, counts: Counts, partition: int, closed_by: 
     )
 
 
+#: The most SKUs one units window names; the units of any further SKU are counted under :data:`OTHER_SKUS`. A
+#: partition's open windows are one table value, rewritten at each event and bounded by Kafka's message size (1 MB):
+#: a catalog of thousands of SKUs selling in one 5-minute window would otherwise outgrow it, and a worker that
+#: cannot write its state stops (and the next owner of the partition with it). 1,000 SKUs of up to 64 characters
+#: in each of the open windows stay well under.
+MAX_SKUS_PER_WINDOW = 1_000
+#: The units of the SKUs beyond the first :data:`MAX_SKUS_PER_WINDOW` of a window (not an identifier any SKU can have).
+OTHER_SKUS = "*"
+
+
 def _add_units(counts: Counts, message: Message) -> bool:
     if not isinstance(message, OrderConfirmed):
         return False
     for line in message.lines:
-        _add(counts, line.sku, line.quantity)
+        sku = line.sku if line.sku in counts or len(counts) < MAX_SKUS_PER_WINDOW else OTHER_SKUS
+        _add(counts, sku, line.quantity)
     return True
 
 
@@ -241,13 +252,29 @@ def is_counted(message: Message) -> bool:
     return any(fold_.add(fold_.initialize(), message) for fold_ in FOLDS.values())
 
 
+#: How far an event's time may be ahead of its record's timestamp (when it was written to Kafka) and still count
+#: as it says. Further ahead, a clock ran fast (the event time is the clock of whoever accepted the order): one
+#: such event would move its partition's watermark that far ahead, close every open window at once and make every
+#: event after it late until the real time caught up. It counts at its record's timestamp instead.
+MAX_AHEAD_MS = 15 * MINUTE_MS
+
+
+def event_time(message: Message, record_ms: int | None) -> int:
+    """The time ``message`` counts at: its own, unless that is more than :data:`MAX_AHEAD_MS` after ``record_ms``
+    (its record's timestamp, the same on every redelivery, so the fold stays deterministic)."""
+    t = message.occurred_at
+    return record_ms if record_ms is not None and t > record_ms + MAX_AHEAD_MS else t
+
+
 def fold(
-    state: PartitionWindows, message: Message, *, lateness_ms: int, seen: tuple[str, ...] | None = None
+    state: PartitionWindows, message: Message, *, lateness_ms: int, seen: tuple[str, ...] | None = None,
+    record_ms: int | None = None,
 ) -> Folded:
     """Fold one order event into its partition's windows, then close every window the watermark has passed.
 
     ``seen`` is what the store remembers of this event id: ``None`` if it was never folded, else the ids of the
-    windows it closed. A duplicate (a redelivery or a re-emission) changes nothing.
+    windows it closed. A duplicate (a redelivery or a re-emission) changes nothing. ``record_ms`` is the event's
+    record timestamp: an event time too far ahead of it counts at it (:func:`event_time`).
     """
     if not is_counted(message):
         return Folded(state=None)
@@ -255,7 +282,7 @@ def fold(
         return Folded(state=None, reemit=seen)
     if message.event_id == state.last_event_id:
         return Folded(state=None, reemit=state.last_closed)
-    t = message.occurred_at
+    t = event_time(message, record_ms)
     watermark = state.watermark
     open_windows = {name: dict(counts) for name, counts in state.open.items()}
     late = dict(state.late)

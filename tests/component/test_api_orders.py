@@ -200,3 +200,16 @@ async def test_a_timeline_of_an_id_that_is_no_identifier_is_a_404_that_does_not_
     response = await client.get(f"/v1/orders/{'o' * 7000}/timeline", headers=bearer("c-1", "customer"))
     assert response.status == 404
     assert len((await response.json())["error"]["message"]) < 200
+
+
+async def test_a_worker_still_restoring_its_tables_answers_no_analytics_rather_than_older_ones(client, worker):
+    from streamcart.domain.analytics import PartitionView
+
+    views = [PartitionView(partition=0, watermark=120_000, late={}, windows={"revenue/0/60000": {"cents.EUR": 5}})]
+    worker.analytics = lambda metric, start, end: views  # type: ignore[attr-defined]
+    admin = bearer("ops", "admin")
+    ok = await client.get("/v1/internal/analytics/revenue?from=0&to=60000", headers=admin)
+    assert ok.status == 200 and (await ok.json())["partitions"][0]["windows"] == {"revenue/0/60000": {"cents.EUR": 5}}
+    worker.is_ready = False  # assigned its partitions, reading their changelogs back
+    restoring = await client.get("/v1/internal/analytics/revenue?from=0&to=60000", headers=admin)
+    assert restoring.status == 503 and restoring.headers["Retry-After"] == "1"

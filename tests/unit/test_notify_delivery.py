@@ -108,7 +108,7 @@ async def test_a_lookup_that_never_answers_fails_the_attempt_in_time_and_the_hos
     resolver = PublicResolver(timeout_s=0.2, lookup=hanging)
     try:
         started = time.monotonic()
-        with pytest.raises(OSError, match="did not resolve within 0.2 s"):
+        with pytest.raises(OSError, match=r"did not resolve within 0\.2 s"):
             await resolver.resolve("silent.example", 443)
         assert time.monotonic() - started < 2
         with pytest.raises(OSError, match="a moment ago"):

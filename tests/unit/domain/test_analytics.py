@@ -240,3 +240,44 @@ def test_results_are_deterministic_so_a_replay_emits_the_same_ids():
 def test_window_ids_round_trip(t):
     window = tumbling(t, MINUTE_MS)
     assert analytics.parse_window_id(analytics.window_id("revenue", window)) == ("revenue", window)
+
+
+def test_an_event_timed_far_ahead_of_its_record_counts_when_it_was_written_and_holds_nothing_back():
+    # A day ahead (a clock that ran fast where the order was accepted): it would close every window at once and
+    # make every event after it late. It counts at its record's timestamp instead, so nothing is lost.
+    p = Partition()
+    fast = analytics.fold(p.state, confirmed("o-fast", T0 + 24 * 3600_000 + 1_000, 700), lateness_ms=LATENESS,
+                          record_ms=T0 + 2_000)
+    assert fast.state is not None and fast.state.watermark == T0 + 2_000
+    assert analytics.fold(p.state, confirmed("o-fast", T0 + 24 * 3600_000 + 1_000, 700), lateness_ms=LATENESS,
+                          record_ms=T0 + 2_000) == fast  # the same on a redelivery
+    p.state = fast.state
+    p.apply(confirmed("o-1", T0 + 3_000, 300), closing("o-9", T0 + MINUTE_MS + LATENESS))
+    assert p.late == []
+    assert [(r.window_start, r.revenue_cents, r.orders) for r in p.results(RevenueWindow)] == [(T0, 1_000, 2)]
+
+
+def test_an_event_a_little_ahead_of_its_record_keeps_its_own_time():
+    ahead = T0 + analytics.MAX_AHEAD_MS - 1_000
+    folded = analytics.fold(PartitionWindows(partition=3), confirmed("o-1", ahead + 1_000), lateness_ms=LATENESS,
+                            record_ms=T0)
+    assert folded.state is not None and folded.state.watermark == ahead + 1_000
+    assert analytics.event_time(confirmed("o-2", T0 + 5), record_ms=None) == T0 + 5
+
+
+def test_a_units_window_names_its_first_thousand_skus_and_counts_the_rest_together(monkeypatch):
+    monkeypatch.setattr(analytics, "MAX_SKUS_PER_WINDOW", 3)
+    p = Partition().apply(
+        confirmed("o-1", T0 + 1_000, lines=(("A", 1), ("B", 2), ("C", 1))),
+        confirmed("o-2", T0 + 2_000, lines=(("D", 4), ("A", 1), ("E", 1))),
+    )
+    assert p.open_counts("sku-units", T0) == {"A": 2, "B": 2, "C": 1, analytics.OTHER_SKUS: 5}
+    # No unit is lost: they sum to what was sold.
+    assert sum(p.open_counts("sku-units", T0).values()) == 10
+
+
+def test_the_units_of_no_one_sku_are_never_ranked_among_the_top():
+    from api.analytics import ranked
+
+    top = ranked({"A": 2, analytics.OTHER_SKUS: 50, "B": 3}, 10)
+    assert top == [{"sku": "B", "units": 3}, {"sku": "A", "units": 2}]
