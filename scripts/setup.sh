@@ -68,12 +68,17 @@ check_go
 # build, which takes a few minutes on 2 cores).
 HELM_VERSION=v3.22.0
 step "helm $HELM_VERSION (.tools/bin)"
-if [ -x .tools/bin/helm ]; then
+# A build is marked with the version it was built from (go install's binary reports only "v3.22"): another
+# HELM_VERSION builds again. A helm on PATH is used if it is a Helm 3.
+HELM_STAMP=.tools/bin/.helm-version
+if [ -x .tools/bin/helm ] && [ "$(cat "$HELM_STAMP" 2>/dev/null)" = "$HELM_VERSION" ]; then
   done_ "already built"
-elif command -v helm >/dev/null; then
+elif [ ! -x .tools/bin/helm ] && command -v helm >/dev/null \
+     && [[ "$(helm version --template '{{.Version}}' 2>/dev/null)" == v3.* ]]; then
   done_ "on PATH: $(command -v helm)"
 elif command -v go >/dev/null; then
   GOBIN="$PWD/.tools/bin" go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" || fail "go install of helm failed (see above)"
+  echo "$HELM_VERSION" > "$HELM_STAMP"
   done_ "built with go install"
 else
   fail "neither helm nor a Go toolchain to build it is installed: install Go $GO_MIN or newer (https://go.dev/dl) or helm"
@@ -81,7 +86,8 @@ fi
 # A small Go program of tools/NAME, built into .tools/bin once, and again when its source or module changes.
 go_tool() {
   local name=$1 source="tools/$1" binary=".tools/bin/$1"
-  if [ -x "$binary" ] && [ "$binary" -nt "$source/main.go" ] && [ "$binary" -nt "$source/go.mod" ]; then
+  if [ -x "$binary" ] && [ "$binary" -nt "$source/main.go" ] && [ "$binary" -nt "$source/go.mod" ] \
+     && { [ ! -f "$source/go.sum" ] || [ "$binary" -nt "$source/go.sum" ]; }; then
     done_ "already built"
   elif command -v go >/dev/null; then
     (cd "$source" && go build -o "../../$binary" .) || fail "go build of $source failed (see above)"

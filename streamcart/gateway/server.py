@@ -137,7 +137,12 @@ async def get_authorization(request: web.Request) -> web.Response:
 
 
 async def list_authorizations(request: web.Request) -> web.Response:
-    return web.json_response({"authorizations": list(request.app[LEDGER].by_id.values())})
+    """Every authorization, each with ``attempts``: how many requests for its key this process received before
+    it existed (the failed ones and the one that made it; 0 for one made before a restart)."""
+    ledger = request.app[LEDGER]
+    return web.json_response({"authorizations": [
+        {**record, "attempts": ledger.attempts.get(record["idempotency_key"], 0)} for record in ledger.by_id.values()
+    ]})
 
 
 async def healthz(request: web.Request) -> web.Response:

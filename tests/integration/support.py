@@ -101,8 +101,13 @@ def admin_token(settings: Settings) -> str:
     return issue_token(settings.jwt_secret.get_secret_value(), "ops", ["admin"])
 
 
-def http_json(url: str, token: str | None = None, timeout_s: float = 5.0) -> tuple[int, Any]:
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+def http_json(url: str, token: str | None = None, timeout_s: float = 5.0, body: Any = None) -> tuple[int, Any]:
+    """GET ``url``, or POST ``body`` as JSON to it: the status and the JSON answer."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    data = None if body is None else json.dumps(body).encode()
+    if data is not None:
+        headers["Content-Type"] = "application/json"
+    request = urllib.request.Request(url, data=data, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             return response.status, json.loads(response.read())

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 import urllib.request
 
 import pytest
@@ -152,6 +154,7 @@ def test_a_multi_line_order_is_confirmed_at_catalog_prices(shop: Shop):
     # I4: exactly one successful authorization, for the total.
     auth = poll(lambda: shop.gateway_ledger().get(order.order_id), what="the authorization")
     assert auth["amount_cents"] == confirmed["total_cents"]
+    assert auth["attempts"] == 1  # asked once
     assert poll(lambda: shop.gateway_ledger()[order.order_id]["status"] == "captured", what="capture")
 
 
@@ -168,12 +171,17 @@ def test_one_line_out_of_stock_cancels_and_releases_the_other_lines(shop: Shop):
 
 
 def test_an_unknown_or_inactive_product_cancels_as_unavailable(shop: Shop):
-    inactive = sku()
+    inactive, plenty = sku(), sku()
     shop.product(inactive, price=100, stock=10, active=False)
-    for lines in ({inactive: 1}, {f"NOPE-{new_id()[:8]}": 1}):
+    shop.product(plenty, price=100, stock=10)
+    for lines in ({inactive: 1, plenty: 2}, {f"NOPE-{new_id()[:8]}": 1, plenty: 3}):
         order = shop.place(lines)
         cancelled = shop.settled(order.order_id)
         assert (cancelled["status"], cancelled["cancel_reason"]) == ("CANCELLED", "product_unavailable")
+        # I2: the line that could be reserved is released, the inactive product's stock never was.
+        assert (shop.quiet_stock(plenty)["available"], shop.quiet_stock(plenty)["sold"]) == (10, 0)
+        assert shop.quiet_stock(inactive)["available"] == 10
+        assert order.order_id not in shop.gateway_ledger()  # I4: no payment was asked for
 
 
 def test_a_declined_payment_cancels_and_releases_the_stock(shop: Shop):
@@ -191,9 +199,12 @@ def test_transient_gateway_failures_are_retried_into_one_authorization(shop: Sho
     shop.product(item, price=700, stock=3)
     order = shop.place({item: 1}, token="tok_flaky_2")
     shop.confirmed(order.order_id)
-    ledger = shop.gateway_ledger()
-    assert [k for k in ledger if k == order.order_id] == [order.order_id]
-    assert ledger[order.order_id]["status"] in {"approved", "captured"}
+    (auth,) = [a for a in shop.gateway_authorizations() if a["idempotency_key"] == order.order_id]
+    # The gateway refused the first two requests (503): retried, and the third made the one authorization.
+    assert auth["attempts"] == 3
+    assert (auth["amount_cents"], auth["status"] in {"approved", "captured"}) == (700, True)
+    assert poll(lambda: shop.gateway_ledger()[order.order_id]["status"] == "captured", what="the capture")
+    assert (shop.quiet_stock(item)["on_hand"], shop.quiet_stock(item)["sold"]) == (2, 1)
 
 
 def test_a_duplicate_place_order_changes_nothing(shop: Shop):
@@ -218,7 +229,10 @@ def test_a_customer_cancel_after_confirmation_refunds_and_restocks(shop: Shop):
     cancelled = shop.settled(order.order_id, statuses={"CANCELLED"})
     assert cancelled["cancel_reason"] == "customer_request"
     assert poll(lambda: shop.stock(item)["on_hand"] == 2, what="restock")
+    stock = shop.quiet_stock(item)
+    assert (stock["sold"], stock["restocked"], stock["available"]) == (2, 2, 2)
     assert poll(lambda: shop.gateway_ledger()[order.order_id]["status"] == "refunded", what="refund")
+    assert shop.gateway_ledger()[order.order_id]["amount_cents"] == 2 * 900
 
 
 def test_a_cancel_after_dispatch_is_refused_and_the_order_is_delivered(shop: Shop):
@@ -229,10 +243,16 @@ def test_a_cancel_after_dispatch_is_refused_and_the_order_is_delivered(shop: Sho
     poll(lambda: (shop.order(order.order_id) or {}).get("shipment"), what="shipment created")
     shop.ship(order.order_id, "dispatched")
     shop.settled(order.order_id, statuses={"SHIPPED"})
-    shop.cancel(order.order_id)
+    # Through the API: refused with the reason, nothing sent.
+    status, body = http_json(f"{shop.settings.worker_url(1)}/v1/orders/{order.order_id}/cancel", shop.token,
+                             body={"reason": "customer_request"})
+    assert (status, body["error"]["message"]) == (409, "cannot cancel after dispatch"), body
+    shop.cancel(order.order_id)  # and a CancelOrder produced straight to Kafka changes nothing either
     shop.ship(order.order_id, "delivered")
     delivered = shop.settled(order.order_id, statuses={"DELIVERED"})
     assert delivered["cancel_reason"] is None
+    events = [h["event"] for h in delivered["history"]]
+    assert "OrderCancelled" not in events and "OrderCancelRequested" not in events, events
     # The capture runs beside shipping, not before it.
     assert poll(lambda: shop.gateway_ledger()[order.order_id]["status"] == "captured", what="the capture")
 
@@ -282,9 +302,36 @@ def test_a_cancel_racing_a_dispatch_either_refunds_goods_that_stayed_or_ships_an
 def test_200_orders_racing_for_the_last_50_units_confirm_exactly_50(shop: Shop):
     item = sku()
     shop.product(item, price=100, stock=50)
-    orders = [shop.place({item: 1}) for _ in range(200)]
-    outcomes = [shop.settled(o.order_id, timeout_s=60)["status"] for o in orders]
+    orders = [shop.place_order({item: 1}) for _ in range(200)]
+    seen: list[dict] = []  # the stock as the API shows it while the orders race (I2: never negative)
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            seen.append(shop.stock(item))
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        for order in orders:  # one burst: the last one is in Kafka before the first is decided
+            shop.send_later(order)
+        shop.flush()
+        settled = [shop.settled(o.order_id, timeout_s=60) for o in orders]
+    finally:
+        done.set()
+        watcher.join(timeout=10)
+    outcomes = [o["status"] for o in settled]
     assert outcomes.count("CONFIRMED") == 50
     assert outcomes.count("CANCELLED") == 150
+    assert {o["cancel_reason"] for o in settled if o["status"] == "CANCELLED"} == {"out_of_stock"}
+    assert len(seen) > 10 and all(s["available"] >= 0 and 0 <= s["reserved"] <= s["on_hand"] for s in seen), [
+        s for s in seen if s["available"] < 0 or not 0 <= s["reserved"] <= s["on_hand"]][:3]
     stock = shop.quiet_stock(item)
     assert (stock["on_hand"], stock["available"], stock["sold"]) == (0, 0, 50)
+    # I4: the 50 paid once each, for their one unit; the refused were never charged.
+    confirmed = {o["order_id"] for o in settled if o["status"] == "CONFIRMED"}
+    ledger = poll(lambda: (led := shop.gateway_ledger()) and all(led.get(i, {}).get("status") == "captured"
+                                                                 for i in confirmed) and led, what="50 captures")
+    assert all(ledger[i]["amount_cents"] == 100 for i in confirmed)
+    assert not {o.order_id for o in orders} - confirmed & set(ledger)

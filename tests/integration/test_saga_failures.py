@@ -7,11 +7,13 @@ stopped in the middle of a burst, a rebalance, is in ``test_rebalance.py``.)
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -367,10 +369,21 @@ def test_a_poison_message_in_every_saga_topic_is_dead_lettered_and_the_saga_goes
 
     item = sku()
     shop.product(item, price=450, stock=3)
-    order = shop.place({item: 2})
+    order = shop.place_order({item: 2}).model_copy(update={"email": "poison@example.com"})
+    shop.send(order)
     shop.confirmed(order.order_id)
     assert poll(lambda: shop.gateway_ledger()[order.order_id]["status"] == "captured", what="capture")
     assert shop.quiet_stock(item)["on_hand"] == 1
+    # The flows behind the poisoned order events go on too: shipping made the shipment, notifications the email.
+    assert poll(lambda: (shop.order(order.order_id) or {}).get("shipment"), what="the shipment")
+    outbox = Path(settings.home).resolve() / "data" / "notifications" / "outbox.jsonl"
+
+    def emailed() -> bool:
+        lines = outbox.read_text(encoding="utf-8").split("\n")[:-1] if outbox.exists() else []
+        return any((r := json.loads(line))["payload"]["order_id"] == order.order_id
+                   and (r["channel"], r["template"]) == ("email", "order_confirmed") for line in lines)
+
+    assert poll(emailed, what="the confirmation email")
 
     def ours(record: Any) -> tuple[str, str] | None:
         """(source topic, flow) of a DLQ record of one of our poison messages, else None."""

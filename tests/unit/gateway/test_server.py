@@ -26,6 +26,8 @@ async def test_a_flaky_token_fails_transiently_then_approves_once(aiohttp_client
     request = {**AUTH, "token": "tok_flaky_2"}
     statuses = [(await client.post("/v1/authorizations", json=request)).status for _ in range(4)]
     assert statuses == [503, 503, 201, 200]
+    (listed,) = (await (await client.get("/v1/authorizations")).json())["authorizations"]
+    assert listed["attempts"] == 3  # the two refused and the one that made it; the repeat found it made
 
 
 async def test_capture_void_and_refund_follow_the_card_lifecycle(aiohttp_client, tmp_path):
