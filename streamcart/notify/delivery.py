@@ -164,14 +164,15 @@ class WebhookProvider:
         self.allow_private = allow_private
         self.failing_after = failing_after
         self.failing_for_s = failing_for_s
-        self._failures: dict[str, tuple[int, float]] = {}  # host -> (failed attempts in a row, the last one's time)
+        self._failures: dict[str, tuple[int, float]] = {}  # host:port -> (failed attempts in a row, the last's time)
 
     async def deliver(self, notification: Notification) -> None:
         await check_webhook_url(notification.address, allow_private=self.allow_private)
-        host = urlsplit(notification.address).hostname or ""
+        parts = urlsplit(notification.address)
+        host = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"  # an endpoint
         failed, last = self._failures.get(host, (0, 0.0))
         if failed >= self.failing_after and time.monotonic() - last < self.failing_for_s:
-            raise HostFailing(f"webhook host {host!r} failed its last {failed} attempts; not tried again for "
+            raise HostFailing(f"webhook endpoint {host} failed its last {failed} attempts; not tried again for "
                               f"{self.failing_for_s:g} s after the last")
         try:
             await self._post(notification)

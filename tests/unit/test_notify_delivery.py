@@ -184,3 +184,22 @@ async def test_a_webhook_carries_the_idempotency_key_and_a_child_of_the_current_
     assert headers["Idempotency-Key"] == "n-1"
     assert trace_id(headers["traceparent"]) == trace_id(parent)
     assert headers["traceparent"] not in {parent, handling}
+
+
+async def test_an_endpoint_that_fails_does_not_make_another_port_of_its_host_fail(hook, aiohttp_server):
+    port, _, answer = hook
+    answer["status"] = 503
+    async def fine(request: web.Request) -> web.Response:
+        return web.Response(status=204)
+
+    other = web.Application()
+    other.router.add_post("/hook", fine)
+    healthy = await aiohttp_server(other)
+    async with ClientSession() as session:
+        webhook = WebhookProvider(session, allow_private=True, failing_after=2)
+        for _ in range(2):
+            with pytest.raises(DeliveryFailed):
+                await webhook.deliver(to(f"http://127.0.0.1:{port}/hook"))
+        with pytest.raises(HostFailing):
+            await webhook.deliver(to(f"http://127.0.0.1:{port}/hook"))
+        await webhook.deliver(to(f"http://127.0.0.1:{healthy.port}/hook"))
