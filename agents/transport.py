@@ -763,6 +763,7 @@ class Table(faust.Table[Any, Any]):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._delivered: dict[Any, int] = {}  # changelog partition -> highest offset delivered, not yet persisted
+        self._first_assignment = True
 
     def _on_changelog_sent(self, fut: Any) -> None:
         sent = fut.result()
@@ -791,14 +792,25 @@ class Table(faust.Table[Any, Any]):
         partition is rebuilt from its changelog alone. With one or two workers nothing is ever revoked this way
         (each holds every partition, active or standby); with more, a partition that moves away and back is read
         again from its changelog, which retention keeps to a week of orders.
+
+        The first assignment of a run revokes nothing in faust's terms (there was no previous one), so then every
+        partition store on disk that it does not hold is deleted: one kept by an earlier run of this worker
+        (stopped cleanly, its files trusted) that held partitions it does not hold now.
         """
         await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
-        discarded = []
-        for tp in sorted(tp for tp in revoked if tp.topic in self.changelog_topic.topics):
+        topics = self.changelog_topic.topics
+        gone = {tp.partition for tp in revoked if tp.topic in topics}
+        for tp in revoked:
             self._delivered.pop(tp, None)
-            if (path := partition_path(self.data, tp.partition)) is not None and path.exists():
+        if self._first_assignment:
+            self._first_assignment = False
+            held = {tp.partition for tp in assigned if tp.topic in topics}
+            gone |= stored_partitions(self.data) - held - set(getattr(self.data, "_dbs", ()))
+        discarded = []
+        for partition in sorted(gone):
+            if (path := partition_path(self.data, partition)) is not None and path.exists():
                 discard_directory(path)
-                discarded.append(tp.partition)
+                discarded.append(partition)
         if discarded:
             log.info("%s: partitions %s no longer held by this worker; their local stores are deleted (rebuilt from "
                      "the changelog if they come back)", self.changelog_topic.get_topic_name(), discarded)
@@ -808,6 +820,19 @@ def partition_path(store: Any, partition: int) -> Path | None:
     """Where ``store`` keeps ``partition`` on disk (``None`` for a store that keeps nothing there)."""
     path_of = getattr(store, "partition_path", None)
     return None if path_of is None else Path(path_of(partition))
+
+
+def stored_partitions(store: Any) -> set[int]:
+    """The partitions ``store`` has a directory for on disk (none for a store that keeps nothing there)."""
+    if partition_path(store, 0) is None:
+        return set()
+    prefix = f"{store.basename}-"
+    found = set()
+    for path in Path(store.path).glob(f"{prefix}*.db"):
+        number = path.name[len(prefix):-len(".db")]
+        if number.isdigit() and Path(store.partition_path(int(number))) == path:
+            found.add(int(number))
+    return found
 
 
 def discard_directory(path: Path) -> None:

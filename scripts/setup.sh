@@ -50,16 +50,22 @@ fi
 
 "$VENV/bin/streamcart" setup
 
-# The Go tools below need this Go at least (tools/promrules's go.mod; helm's asks for 1.26.0). A Go older than that
-# fetches the newer toolchain from the module proxy by itself unless GOTOOLCHAIN=local forbids it.
+# The Go tools below need this Go at least (tools/promrules's go.mod; helm's asks for 1.26.0). A Go from 1.21 on
+# that is older fetches the newer toolchain from the module proxy by itself unless GOTOOLCHAIN (local, path)
+# forbids it; an older one cannot.
 GO_MIN=1.26.7
+older() { [ "$1" != "$2" ] && [ "$(printf '%s\n%s\n' "$1" "$2" | sort -V | head -n1)" = "$1" ]; }
 check_go() {
   command -v go >/dev/null || return 0  # said where a build needs it
-  local have
+  local have toolchain
   have=$(go env GOVERSION 2>/dev/null | sed 's/^go//')
-  if [ "$(printf '%s\n%s\n' "$GO_MIN" "$have" | sort -V | head -n1)" != "$GO_MIN" ] \
-     && [ "$(go env GOTOOLCHAIN 2>/dev/null)" = "local" ]; then
-    fail "Go $have is older than the $GO_MIN the tools need, and GOTOOLCHAIN=local stops it from fetching that one: install Go $GO_MIN or newer (https://go.dev/dl), or run with GOTOOLCHAIN=auto"
+  have=${have:-$(go version | sed -n 's/^go version go\([0-9.]*\).*/\1/p')}  # Go before 1.16 has no GOVERSION
+  older "$have" "$GO_MIN" || return 0
+  toolchain=$(go env GOTOOLCHAIN 2>/dev/null)
+  if older "$have" 1.21; then  # toolchains are fetched from Go 1.21 on
+    fail "Go $have is older than the $GO_MIN the tools need: install Go $GO_MIN or newer (https://go.dev/dl)"
+  elif [ "$toolchain" = local ] || [[ "$toolchain" == *path ]]; then
+    fail "Go $have is older than the $GO_MIN the tools need, and GOTOOLCHAIN=$toolchain stops it from fetching that one: install Go $GO_MIN or newer (https://go.dev/dl), or run with GOTOOLCHAIN=auto"
   fi
 }
 check_go

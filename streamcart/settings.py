@@ -90,7 +90,9 @@ class Settings(BaseSettings):
 
     # Analytics (event time): how long after a window's end its events are still counted, and how long (in event
     # time) closed windows stay queryable.
-    analytics_lateness_s: float = Field(30.0, ge=0)
+    #: At most 5 minutes: each minute of lateness keeps one more 5-minute units window open in a partition's
+    #: state, one table value under Kafka's 1 MB (see streamcart.domain.analytics.MAX_SKUS_PER_WINDOW).
+    analytics_lateness_s: float = Field(30.0, ge=0, le=300)
     #: At most 3 days: a partition's list of the closed windows it keeps is one table value (under Kafka's 1 MB).
     analytics_retention_s: float = Field(24 * 60 * 60, gt=0, le=3 * 24 * 60 * 60)
 

@@ -9,12 +9,13 @@ a real provider's API behind the same interface.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -77,10 +78,11 @@ class PublicResolver(AbstractResolver):
     lookup of its own would not do: DNS can answer it with a public address and the connection's lookup, a moment
     later, with ``127.0.0.1`` (DNS rebinding).
 
-    Lookups run in threads of their own, within ``timeout_s``: a host whose name server never answers holds one
-    of those threads for as long as the system resolver tries, not one of the loop's default executor (which
-    Kafka's and the sink keeper's calls use too), and such a host fails at once for ``unresolvable_for_s``
-    after a timeout instead of taking another thread.
+    Lookups run in daemon threads of their own, at most ``threads`` at once, within ``timeout_s`` (waiting for a
+    thread included): a host whose name server never answers holds one of those threads for as long as the system
+    resolver tries, not one of the loop's default executor (which Kafka's and the sink keeper's calls use too),
+    and it does not hold a worker's exit up. A host whose own lookup ran out of time fails at once for
+    ``unresolvable_for_s`` instead of taking another thread; one that only waited for a thread is not blamed.
     """
 
     def __init__(self, *, allow_private: bool = False, timeout_s: float = 2.0, threads: int = 8,
@@ -89,7 +91,8 @@ class PublicResolver(AbstractResolver):
         self.timeout_s = timeout_s
         self.unresolvable_for_s = unresolvable_for_s
         self._lookup = lookup
-        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="webhook-dns")
+        self._threads = threads
+        self._slots: asyncio.Semaphore | None = None  # made in the running loop
         self._timed_out: dict[str, float] = {}  # host -> until when it is not looked up again
 
     async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
@@ -99,12 +102,40 @@ class PublicResolver(AbstractResolver):
             raise OSError(f"{host!r} did not resolve within {self.timeout_s:g} s a moment ago")
         self._timed_out = {h: until for h, until in self._timed_out.items() if until > now}
         loop = asyncio.get_running_loop()
-        lookup = loop.run_in_executor(self._executor, lambda: self._lookup(
-            host, port, family=family, type=socket.SOCK_STREAM, flags=socket.AI_ADDRCONFIG))
+        deadline = loop.time() + self.timeout_s
+        slots = self._slots = self._slots or asyncio.Semaphore(self._threads)
         try:
-            infos = await asyncio.wait_for(lookup, self.timeout_s)
+            async with asyncio.timeout_at(deadline):
+                await slots.acquire()
         except TimeoutError:
-            self._timed_out[host] = now + self.unresolvable_for_s
+            raise OSError(f"no lookup of {host!r} within {self.timeout_s:g} s: every webhook lookup thread is "
+                          "waiting on a name server") from None
+        looked_up: asyncio.Future[list[tuple[Any, ...]]] = loop.create_future()
+
+        def answer(result: list[tuple[Any, ...]] | None, error: BaseException | None) -> None:
+            slots.release()
+            if not looked_up.done():  # given up on already
+                if error is not None:
+                    looked_up.set_exception(error)
+                else:
+                    looked_up.set_result(result or [])
+
+        def look_up() -> None:
+            try:
+                result = self._lookup(host, port, family=family, type=socket.SOCK_STREAM, flags=socket.AI_ADDRCONFIG)
+            except BaseException as exc:  # handed to the loop, which raises it in resolve
+                outcome: tuple[Any, BaseException | None] = (None, exc)
+            else:
+                outcome = (result, None)
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile (the worker stopped)
+                loop.call_soon_threadsafe(answer, *outcome)
+
+        threading.Thread(target=look_up, name="webhook-dns", daemon=True).start()
+        try:
+            async with asyncio.timeout_at(deadline):
+                infos = await looked_up  # cancelled on the timeout: the thread's answer is then dropped
+        except TimeoutError:
+            self._timed_out[host] = time.monotonic() + self.unresolvable_for_s
             raise OSError(f"{host!r} did not resolve within {self.timeout_s:g} s") from None
         found: list[ResolveResult] = []
         for found_family, _, proto, _, sockaddr in infos:
@@ -118,7 +149,7 @@ class PublicResolver(AbstractResolver):
         return found
 
     async def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        """Nothing to release: a lookup still running ends with its thread, which holds nothing up."""
 
 
 def webhook_session(*, allow_private: bool = False, timeout_s: float = 2.0) -> ClientSession:
@@ -179,7 +210,8 @@ class WebhookProvider:
         except DeliveryRefused:
             raise
         except DeliveryFailed:
-            self._failures[host] = (failed + 1, time.monotonic())
+            # Counted from what is recorded now: other deliveries to the endpoint may have failed meanwhile.
+            self._failures[host] = (self._failures.get(host, (0, 0.0))[0] + 1, time.monotonic())
             if len(self._failures) > 10_000:  # hosts that failed once, long ago
                 self._failures = dict(list(self._failures.items())[-5_000:])
             raise

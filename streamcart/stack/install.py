@@ -197,7 +197,8 @@ def apt_install(package: str, console: Console) -> None:
                                   timeout=APT_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             raise SetupError(f"`{' '.join(command)}` did not finish within {APT_TIMEOUT_S // 60} minutes (a stalled "
-                             "download, or another apt holding the lock?): run the setup again") from None
+                             "download, or another apt holding the lock?): run the setup again (if apt then says "
+                             "dpkg was interrupted: `dpkg --configure -a` first)") from None
         if done.returncode != 0:
             tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
             raise SetupError(f"`{' '.join(command)}` failed (exit {done.returncode}):\n{tail}")

@@ -62,3 +62,20 @@ async def test_an_interrupted_discard_is_finished_by_the_next(codec, sink, tmp_p
     leftover.mkdir(parents=True)  # what a kill between the rename and the delete leaves
     await table.on_rebalance(set(), {TP(changelog, 3)}, set())
     assert not leftover.exists() and not store.partition_path(3).exists()
+
+
+async def test_the_first_assignment_of_a_run_deletes_the_stores_an_earlier_run_kept_of_partitions_not_held(
+    codec, sink, tmp_path
+):
+    table, store, changelog = rocksdb_orders(codec, sink, tmp_path)
+    for partition in (0, 1, 2):
+        store._db_for_partition(partition).put(b"o-1", b"an order")
+    store._dbs.clear()  # that run stopped
+    table, store, changelog = rocksdb_orders(codec, sink, tmp_path)  # the next run, on the same disk
+
+    await table.on_rebalance({TP(changelog, 0), TP(changelog, 2)}, set(), {TP(changelog, 0), TP(changelog, 2)})
+
+    assert not store.partition_path(1).exists()  # held before, not now: it could miss tombstones meanwhile
+    assert stored(store, 0, b"o-1") == b"an order" and stored(store, 2, b"o-1") == b"an order"
+    await table.on_rebalance({TP(changelog, 0)}, {TP(changelog, 2)}, set())
+    assert not store.partition_path(2).exists() and store.partition_path(0).exists()

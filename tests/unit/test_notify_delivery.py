@@ -203,3 +203,38 @@ async def test_an_endpoint_that_fails_does_not_make_another_port_of_its_host_fai
         with pytest.raises(HostFailing):
             await webhook.deliver(to(f"http://127.0.0.1:{port}/hook"))
         await webhook.deliver(to(f"http://127.0.0.1:{healthy.port}/hook"))
+
+
+async def test_a_host_that_only_waited_for_a_lookup_thread_is_not_blamed_for_the_hanging_one():
+    release = threading.Event()
+
+    def lookup(host, port, **_):
+        if host == "silent.example":
+            release.wait(10)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", port))]
+
+    resolver = PublicResolver(timeout_s=0.2, threads=1, lookup=lookup)
+    try:
+        with pytest.raises(OSError, match="did not resolve"):
+            await resolver.resolve("silent.example", 443)  # holds the one thread
+        with pytest.raises(OSError, match="every webhook lookup thread is waiting"):
+            await resolver.resolve("shop.example", 443)
+        release.set()  # the name server answers at last: the thread is free again
+        await asyncio.sleep(0.05)
+        (found,) = await resolver.resolve("shop.example", 443)  # not refused "a moment ago"
+        assert found["host"] == "93.184.216.34"
+    finally:
+        release.set()
+
+
+async def test_failures_of_concurrent_deliveries_to_one_endpoint_all_count(hook):
+    port, received, answer = hook
+    answer["status"] = 503
+    url = f"http://127.0.0.1:{port}/hook"
+    async with ClientSession() as session:
+        webhook = WebhookProvider(session, allow_private=True, failing_after=5)
+        failures = await asyncio.gather(*(webhook.deliver(to(url)) for _ in range(10)), return_exceptions=True)
+        assert all(isinstance(f, DeliveryFailed) for f in failures)
+        with pytest.raises(HostFailing, match="failed its last 10 attempts"):
+            await webhook.deliver(to(url))
+    assert len(received) == 10
