@@ -42,6 +42,10 @@ def new_cluster_id() -> str:
             return cluster_id
 
 
+#: How long Kafka keeps a consumer group's committed offsets after the group was last active: ten years.
+OFFSETS_RETENTION_MINUTES = 10 * 365 * 24 * 60
+
+
 def kafka_server_properties(settings: Settings, log_dir: Path) -> dict[str, object]:
     """A single-node KRaft broker+controller on loopback (notes/kafka-stack.md)."""
     host = settings.host
@@ -67,6 +71,10 @@ def kafka_server_properties(settings: Settings, log_dir: Path) -> dict[str, obje
         "min.insync.replicas": 1,
         # Consumers join at once instead of waiting 3 s for more members.
         "group.initial.rebalance.delay.ms": 0,
+        # A group's committed offsets outlive the records they point into (Kafka forgets them 7 days after the
+        # group was last active): a stack stopped longer would otherwise read every topic again from its start,
+        # and the event topics keep their records for ever.
+        "offsets.retention.minutes": OFFSETS_RETENTION_MINUTES,
     }
 
 

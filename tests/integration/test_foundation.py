@@ -147,3 +147,14 @@ def test_schema_ids_survive_a_registry_restart_and_old_messages_still_decode(sta
 
     record = next(r for r in read_topic(settings, topics.order_commands, until=has_it) if r.key() == order.key.encode())
     assert fresh.decode(record.value()) == order
+
+
+def test_the_broker_keeps_a_groups_committed_offsets_longer_than_any_record(stack, settings):
+    # Kafka's default forgets them 7 days after the group was last active: workers stopped longer would read every
+    # topic again from its start (the event topics keep their records for ever).
+    from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
+
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    (future,) = admin.describe_configs([ConfigResource(ResourceType.BROKER, "1")]).values()
+    configs = future.result(timeout=30)
+    assert int(configs["offsets.retention.minutes"].value) >= 10 * 365 * 24 * 60

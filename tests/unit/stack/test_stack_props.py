@@ -40,6 +40,8 @@ def test_kafka_listens_on_the_configured_loopback_ports_and_never_auto_creates_t
     assert rendered["group.initial.rebalance.delay.ms"] == "0"
     assert rendered["offsets.topic.replication.factor"] == "1"
     assert rendered["log.dirs"] == "/x"
+    # A group's positions outlive every record they point into (the event topics keep theirs for ever).
+    assert int(rendered["offsets.retention.minutes"]) >= 10 * 365 * 24 * 60
 
 
 def test_connect_worker_uses_its_own_port_and_topics_named_after_the_app() -> None:
