@@ -110,8 +110,10 @@ def up(
     ] = None,
 ) -> None:
     """Start the stack in order, each process waited on by a real readiness check."""
-    stack = _stack()
-    _up(stack, [name.strip() for name in only.split(",") if name.strip()] if only else None)
+    names = None if only is None else [name.strip() for name in only.split(",") if name.strip()]
+    if names == []:  # an empty list would mean the whole stack
+        raise typer.BadParameter("name at least one process", param_hint="--only")
+    _up(_stack(), names)
 
 
 def _up(stack: Stack, only: list[str] | None) -> None:
@@ -151,7 +153,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
 def logs(
     process: Annotated[str | None, typer.Argument(help="One process (default: all).")] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
-    lines: Annotated[int, typer.Option("--lines", "-n", help="How many lines of the end to show.")] = 40,
+    lines: Annotated[int, typer.Option("--lines", "-n", help="How many lines of the end to show.", min=0)] = 40,
 ) -> None:
     """Show the end of one process's log, or of all."""
     from streamcart.stack.procs import tail
@@ -195,7 +197,10 @@ def topics(
     from streamcart.stack.admin import describe_topics
     from streamcart.stack.views import topics_table
 
-    console.print(topics_table(describe_topics(_stack().settings, include_internal=all_topics)))
+    settings = _stack().settings
+    with console.status(f"asking Kafka at {settings.bootstrap_servers} …"):
+        found = describe_topics(settings, include_internal=all_topics)
+    console.print(topics_table(found))
 
 
 @app.command()
@@ -309,7 +314,7 @@ def token(
         str, typer.Option(help="The subject: a customer id (or a name for an admin).", callback=_identifier)
     ],
     role: Annotated[list[str], typer.Option(help="customer or admin; repeat for several.")],
-    ttl: Annotated[int, typer.Option(help="Seconds until it expires.")] = 3600,
+    ttl: Annotated[int, typer.Option(help="Seconds until it expires.", min=1)] = 3600,
 ) -> None:
     """Print a signed API token (HS256 with STREAMCART_JWT_SECRET) for local use."""
     from api.auth import issue_token
@@ -342,6 +347,22 @@ class Remote(Protocol):
         """Produce ``message`` to its command topic; returns once the broker has acknowledged it."""
 
 
+def _as_the_api_would(model: Any, body: dict[str, Any], options: dict[str, str] | None = None) -> Any:
+    """``body`` checked by the API's own model of it: what the API would refuse is refused before anything is sent,
+    as a usage error naming the option (``options``: a body field's option, when it is not ``--field``)."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0])
+        option = (options or {}).get(field, "--" + field.replace("_", "-"))
+        raise typer.BadParameter(error["msg"], param_hint=option) from None
+
+
+class ApiUnreachable(StreamcartError, OSError):
+    """The workers' API did not answer (an OSError too, for callers that treat any connection failure alike)."""
+
+
 class _LiveRemote:
     """Reads through worker 0's API (which forwards to the key's owner) and sends commands straight to Kafka."""
 
@@ -354,7 +375,12 @@ class _LiveRemote:
         from streamcart.stack.probes import http_get_json
 
         admin = issue_token(self.settings.jwt_secret.get_secret_value(), "cli", ["admin"], ttl_s=60)
-        return http_get_json(f"{self.settings.worker_url(0)}{path}", 5.0, headers={"Authorization": f"Bearer {admin}"})
+        url = f"{self.settings.worker_url(0)}{path}"
+        try:
+            return http_get_json(url, 5.0, headers={"Authorization": f"Bearer {admin}"})
+        except OSError as exc:
+            raise ApiUnreachable(f"the API at {self.settings.worker_url(0)} does not answer "
+                                 f"({getattr(exc, 'reason', exc)}): is the stack up (`streamcart status`)?") from exc
 
     def send(self, message: Message) -> None:
         from streamcart.commands import CommandSender
@@ -405,30 +431,28 @@ def order_place(
     webhook: Annotated[str | None, typer.Option(help="POST its notifications to this http(s) URL.")] = None,
 ) -> None:
     """Place an order and (by default) wait for its outcome."""
-    from pydantic import AnyHttpUrl, TypeAdapter
-
+    from api.models import PlaceOrderIn
     from schemas.messages import OrderLine, PlaceOrder
     from streamcart.commands import envelope
     from streamcart.ids import new_id
-
-    if webhook is not None:
-        try:
-            TypeAdapter(AnyHttpUrl).validate_python(webhook)
-        except ValidationError:
-            raise typer.BadParameter(f"{webhook!r}: expected an http(s) URL", param_hint="--webhook") from None
 
     lines = []
     for item in line:
         sku, _, qty = item.rpartition(":")
         if not sku or not qty.isdigit() or int(qty) < 1:
-            raise typer.BadParameter(f"{item!r}: expected SKU:QUANTITY with a positive quantity")
+            raise typer.BadParameter(f"{item!r}: expected SKU:QUANTITY with a positive quantity", param_hint="--line")
         _identifier(sku)
-        lines.append(OrderLine(sku=sku, quantity=int(qty)))
+        lines.append({"sku": sku, "quantity": int(qty)})
+    body = {"lines": lines, "payment": {"token": payment_token}, "currency": currency, "webhook_url": webhook,
+            "email": email, "phone": phone}
+    checked = _as_the_api_would(PlaceOrderIn, body, {"payment": "--token", "webhook_url": "--webhook",
+                                                     "lines": "--line"})
     remote = _remote()
     order_id = f"o-{new_id()}"
-    remote.send(PlaceOrder(**envelope(order_id), order_id=order_id, customer_id=customer, lines=tuple(lines),
-                           currency=currency, payment_token=payment_token, email=email, phone=phone,
-                           webhook_url=webhook))
+    remote.send(PlaceOrder(**envelope(order_id), order_id=order_id, customer_id=customer,
+                           lines=tuple(OrderLine(sku=x.sku, quantity=x.quantity) for x in checked.lines),
+                           currency=checked.currency, payment_token=checked.payment.token, email=checked.email,
+                           phone=checked.phone, webhook_url=None if webhook is None else str(checked.webhook_url)))
     console.print(f"placed [bold]{order_id}[/]")
     if wait > 0:
         _show_order(remote, order_id, Wait(wait))
@@ -543,17 +567,12 @@ def product_upsert(
     active: bool = True,
 ) -> None:
     """Create or change a catalog entry."""
-    from pydantic import ValidationError
-
     from api.models import ProductIn
     from schemas.messages import UpsertProduct
     from streamcart.commands import envelope
 
-    try:  # what PUT /v1/products/{sku} accepts, checked before anything is sent
-        product = ProductIn(name=name, unit_price_cents=price, currency=currency, active=active)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        raise typer.BadParameter(f"{error['loc'][0]}: {error['msg']}") from None
+    product = _as_the_api_would(ProductIn, {"name": name, "unit_price_cents": price, "currency": currency,
+                                            "active": active}, {"unit_price_cents": "--price"})
     _remote().send(UpsertProduct(**envelope(sku), sku=sku, **product.model_dump()))
     console.print(f"upserted {sku}")
 
@@ -568,6 +587,9 @@ def product_stock(
 ) -> None:
     """Adjust a SKU's stock on hand and (by default) wait until the stock shows it; refused, with the reason,
     when it would take away stock that orders hold."""
+    from api.models import AdjustmentIn
+
+    _as_the_api_would(AdjustmentIn, {"delta": delta, "reason": reason}, {"delta": "DELTA"})
     adjust_stock(_remote(), sku, delta, reason, Wait(wait))
 
 
@@ -631,9 +653,16 @@ def _read_stock(remote: Remote, sku: str) -> StockState:
 def product_show(sku: Id) -> None:
     """A product and its stock."""
     remote = _remote()
+    found = False
     for path in (f"/v1/products/{sku}", f"/v1/stock/{sku}"):
         status, body = remote.get(path)
-        console.print_json(data=body) if status == 200 else console.print(f"{path}: HTTP {status} {body}")
+        if status == 200:
+            found = True
+            console.print_json(data=body)
+        else:
+            console.print(f"{path}: HTTP {status} {body}")
+    if not found:
+        raise StreamcartError(f"no product and no stock {sku}")
 
 
 dlq_app = typer.Typer(help="The dead-letter topic: what failed, where and why; replay what can succeed now "
@@ -642,7 +671,8 @@ app.add_typer(dlq_app, name="dlq")
 
 Flows = Annotated[list[str] | None, typer.Option(
     "--flow", help="Only what failed in this flow: orders, inventory, payments, shipping, analytics, notifications "
-                   "(or one channel: notifications.webhook, .email, .sms; with --warehouse, warehouse:<connector>). "
+                   "(or one channel: notifications.webhook, .email, .sms; for `dlq list/show --warehouse`, "
+                   "warehouse:<connector>). "
                    "Repeatable.")]
 Errors = Annotated[list[str] | None, typer.Option(
     "--error", help="Only this error class (as `dlq list` shows it, e.g. FlowError, InvalidMessage). Repeatable.")]
@@ -892,12 +922,12 @@ app.add_typer(bench_app, name="bench")
 
 @bench_app.command("saga")
 def bench_saga(
-    orders: Annotated[int, typer.Option(help="How many orders to place.")] = 2000,
-    lines: Annotated[int, typer.Option(help="Lines per order.")] = 2,
-    rate: Annotated[float, typer.Option(help="Orders per second to offer (0: as fast as possible).")] = 0.0,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for every outcome.")] = 300.0,
+    orders: Annotated[int, typer.Option(help="How many orders to place.", min=1)] = 2000,
+    lines: Annotated[int, typer.Option(help="Lines per order.", min=1, max=50)] = 2,
+    rate: Annotated[float, typer.Option(help="Orders per second to offer (0: as fast as possible).", min=0)] = 0.0,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for every outcome.", min=1)] = 300.0,
     warehouse: Annotated[bool, typer.Option(help="Also time each confirmation to its row in PostgreSQL.")] = False,
-    skus: Annotated[int, typer.Option(help="How many SKUs the orders spread over (a catalog's size).")] = 8,
+    skus: Annotated[int, typer.Option(help="How many SKUs the orders spread over (a catalog's size).", min=1)] = 8,
 ) -> None:
     """Place orders through Kafka and report outcomes/s and place-to-outcome latency (p50/p95/p99)."""
     from rich.table import Table
@@ -927,9 +957,9 @@ def bench_saga(
 @bench_app.command("api")
 def bench_api(
     kind: Annotated[str, typer.Argument(help="get: GET /v1/orders/{id} from the owner; post: POST /v1/orders.")],
-    seconds: Annotated[float, typer.Option(help="How long to drive the API.")] = 10.0,
-    concurrency: Annotated[int, typer.Option(help="Requests in flight at once.")] = 32,
-    worker: Annotated[int, typer.Option(help="Which worker to drive.")] = 0,
+    seconds: Annotated[float, typer.Option(help="How long to drive the API.", min=0.1)] = 10.0,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight at once.", min=1)] = 32,
+    worker: Annotated[int, typer.Option(help="Which worker to drive.", min=0)] = 0,
 ) -> None:
     """Drive the HTTP API from this process and report requests/s and latency (p50/p99)."""
     from rich.table import Table
@@ -937,8 +967,12 @@ def bench_api(
     from streamcart.bench_api import run_api_bench
 
     if kind not in ("get", "post"):
-        raise StreamcartError(f"unknown benchmark {kind!r}: use get or post")
-    result = run_api_bench(_settings(), kind=kind, seconds=seconds, concurrency=concurrency, worker=worker,
+        raise typer.BadParameter(f"{kind!r}: use get or post", param_hint="KIND")
+    settings = _settings()
+    if worker >= settings.workers:
+        raise typer.BadParameter(f"the stack runs {settings.workers} workers (0 to {settings.workers - 1})",
+                                 param_hint="--worker")
+    result = run_api_bench(settings, kind=kind, seconds=seconds, concurrency=concurrency, worker=worker,
                            echo=console.print)
     table = Table(title=f"API benchmark: {kind}", title_justify="left")
     table.add_column("figure")

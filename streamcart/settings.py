@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: ``json``: one object per line, for machines (the stack's processes); ``text``: for a person at a terminal.
 LogFormat = Literal["json", "text"]
+#: A TCP port.
+Port = Annotated[int, Field(ge=1, le=65535)]
+#: A log level, in any case (``INFO`` is ``info``).
+LogLevel = Annotated[Literal["debug", "info", "warning", "error", "critical"],
+                     BeforeValidator(lambda v: v.lower() if isinstance(v, str) else v)]
+#: HS256 keys shorter than its 32-byte hash are weaker than the signature (and PyJWT warns on every token).
+MIN_JWT_SECRET_LENGTH = 32
 
 
 #: The JWT secret a local stack signs with unless ``STREAMCART_JWT_SECRET`` says otherwise: it is in this source, so
@@ -42,13 +49,13 @@ class Settings(BaseSettings):
     gateway_host: str | None = None
     #: How the other workers reach this one (its container or pod name); defaults to ``host``.
     advertised_host: str | None = None
-    kafka_port: int = 9092
-    controller_port: int = 9093
-    registry_port: int = 8085
-    connect_port: int = 8083
-    postgres_port: int = 5433
-    gateway_port: int = 8090
-    api_port: int = Field(8080, description="worker i serves the HTTP API on api_port + i")
+    kafka_port: Port = 9092
+    controller_port: Port = 9093
+    registry_port: Port = 8085
+    connect_port: Port = 8083
+    postgres_port: Port = 5433
+    gateway_port: Port = 8090
+    api_port: Port = Field(8080, description="worker i serves the HTTP API on api_port + i")
     #: False where every worker has an address of its own (containers, pods): then each listens on api_port.
     api_port_per_worker: bool = True
     workers: int = Field(2, ge=1, le=16)
@@ -116,7 +123,7 @@ class Settings(BaseSettings):
     postgres_password: SecretStr = SecretStr("streamcart")
     postgres_db: str = "warehouse"
 
-    log_level: str = "info"
+    log_level: LogLevel = "info"
     log_format: LogFormat = "json"
     # OpenTelemetry: where to export spans over OTLP/HTTP (e.g. http://127.0.0.1:4318); empty: no export, and
     # nothing of OpenTelemetry is loaded (it is the optional extra ``streamcart[otel]``).
@@ -167,6 +174,9 @@ class Settings(BaseSettings):
         defaults, a fourth worker would get 8083, Kafka Connect's, and never start)."""
         if not self.api_port_per_worker:
             return self  # every worker has an address of its own
+        if (last := self.worker_port(self.workers - 1)) > 65535:
+            raise ValueError(f"worker {self.workers - 1}'s API port would be {last}, beyond 65535 (STREAMCART_WORKERS="
+                             f"{self.workers} workers listen on STREAMCART_API_PORT={self.api_port} and up, one each)")
         others = {"kafka_port": self.kafka_port, "controller_port": self.controller_port,
                   "registry_port": self.registry_port, "connect_port": self.connect_port,
                   "postgres_port": self.postgres_port, "gateway_port": self.gateway_port}
@@ -180,6 +190,14 @@ class Settings(BaseSettings):
                         f"STREAMCART_{name.upper()}, or run fewer workers"
                     )
         return self
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _secret_long_enough(cls, secret: SecretStr) -> SecretStr:
+        if len(secret.get_secret_value().encode()) < MIN_JWT_SECRET_LENGTH:
+            raise ValueError(f"must be at least {MIN_JWT_SECRET_LENGTH} bytes (HS256 tokens are signed with it; an "
+                             "empty or short one is guessable): e.g. STREAMCART_JWT_SECRET=$(openssl rand -hex 32)")
+        return secret
 
     @model_validator(mode="after")
     def _orders_outlive_their_keys(self) -> Settings:

@@ -143,7 +143,7 @@ def describe_topics(settings: Settings, include_internal: bool = False) -> list[
     try:
         metadata = admin.list_topics(timeout=TIMEOUT_S)
     except KafkaException as exc:
-        raise StackError(f"Kafka at {settings.bootstrap_servers} does not answer: {exc.args[0]}") from exc
+        raise _unanswered(settings, exc) from exc
     names = sorted(n for n in metadata.topics if include_internal or not n.startswith("__"))
     if not names:
         return []
@@ -212,7 +212,7 @@ def depths(settings: Settings, topics: Collection[str], since_ms: int) -> dict[s
     try:
         metadata = admin.list_topics(timeout=TIMEOUT_S)
     except KafkaException as exc:
-        raise StackError(f"Kafka at {settings.bootstrap_servers} does not answer: {exc.args[0]}") from exc
+        raise _unanswered(settings, exc) from exc
     partitions = [TopicPartition(t, p) for t in topics if t in metadata.topics for p in metadata.topics[t].partitions]
     if not partitions:
         return {}
@@ -232,3 +232,10 @@ def depths(settings: Settings, topics: Collection[str], since_ms: int) -> dict[s
         found[tp.topic] = Depth(depth.records + high[key] - low[key],
                                 depth.recent + high[key] - max(first_recent, low[key]))
     return found
+
+
+def _unanswered(settings: Settings, exc: KafkaException) -> StackError:
+    error = exc.args[0] if exc.args else exc
+    reason = error.str() if hasattr(error, "str") else str(error)
+    return StackError(f"Kafka at {settings.bootstrap_servers} does not answer ({reason}): is the stack up "
+                      "(`streamcart status`)?")

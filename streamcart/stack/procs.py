@@ -17,6 +17,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from streamcart.stack.errors import StackError
+
 
 @dataclass(frozen=True)
 class ProcessRecord:
@@ -182,7 +184,8 @@ def port_in_use(host: str, port: int) -> bool:
         except OSError as exc:
             if exc.errno in (errno.EADDRINUSE, errno.EACCES):
                 return True
-            raise
+            raise StackError(f"cannot listen on {host}:{port} ({exc.strerror or exc}): STREAMCART_HOST must be an "
+                             "address of this machine") from exc
     return False
 
 
@@ -211,4 +214,6 @@ def tail(path: Path, lines: int) -> list[str]:
                 data = handle.read(end - start)
     except FileNotFoundError:
         return []
-    return data.decode("utf-8", errors="replace").splitlines()[-lines:]
+    except OSError as exc:
+        raise StackError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    return data.decode("utf-8", errors="replace").splitlines()[-lines:] if lines else []

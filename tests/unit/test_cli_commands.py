@@ -33,7 +33,7 @@ class FakeSystem:
             if adjustment_id(sku, idempotency_key) in self.applied:
                 return 200, {"sku": sku, "key": idempotency_key, "stock": self.views["stock"][sku]}
             return 404, {"error": {"code": "not_found"}}
-        found = self.views[kind].get(key)
+        found = self.views.get(kind, {}).get(key)
         return (200, found) if found is not None else (404, {"error": {"code": "not_found"}})
 
     def send(self, message: Message) -> None:
@@ -371,3 +371,28 @@ def test_an_order_placed_with_a_webhook_carries_it_and_a_bad_url_is_refused_befo
     assert run(system, "order", "place", "--line", "A:1", "--webhook", "shop.example/hook",
                monkeypatch=monkeypatch) == 2
     assert len(system.sent) == 1
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--line", "A:1", "--currency", "eur"], "--currency"),
+    (["--line", "A:1001"], "--line"),
+    (["--line", "A:1", "--email", "not-an-address"], "--email"),
+    (["--line", "A:1", "--phone", "555"], "--phone"),
+    (["--line", "A:1", "--token", "tok\x1b[2J"], "--token"),
+    (["--line", "A:1", "--webhook", "ftp://x"], "--webhook"),
+])
+def test_an_order_the_api_would_refuse_is_refused_before_anything_is_sent(monkeypatch, args, says) -> None:
+    from typer.testing import CliRunner
+
+    system = FakeSystem()
+    monkeypatch.setattr(cli, "_remote", lambda: system)
+    done = CliRunner().invoke(cli.app, ["order", "place", *args, "--wait", "0"])
+    assert done.exit_code == 2, done.output
+    assert says in done.output
+    assert system.sent == []
+
+
+def test_a_product_neither_catalogued_nor_stocked_is_an_error_and_one_that_is_not(monkeypatch) -> None:
+    assert run(FakeSystem(), "product", "show", "NOPE-1", monkeypatch=monkeypatch) == 1
+    stocked = FakeSystem(stock={"A": {"on_hand": 1, "reserved": 0, "adjusted": 1, "sold": 0, "restocked": 0}})
+    assert run(stocked, "product", "show", "A", monkeypatch=monkeypatch) == 0

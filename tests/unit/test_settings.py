@@ -47,7 +47,7 @@ def test_a_worker_port_that_is_another_process_port_is_refused_with_the_way_out(
         ("0.0.0.0", None, True),
         ("10.1.2.3", None, True),
         ("worker-0", None, True),  # a name may resolve to anything
-        ("0.0.0.0", "a-secret-of-our-own", False),
+        ("0.0.0.0", "a-secret-of-our-own-at-least-32-bytes", False),
     ],
 )
 def test_an_api_beyond_loopback_signing_with_the_development_secret_is_called_out(host, secret, exposed):

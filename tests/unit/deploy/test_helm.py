@@ -18,7 +18,7 @@ from tests.unit.deploy.test_alerts import promrules
 ROOT = Path(__file__).resolve().parents[3]
 CHART = ROOT / "deploy" / "helm" / "streamcart"
 KUBERNETES = "1.33.0"
-SECRETS = {"secrets.jwtSecret": "jwt", "secrets.postgresPassword": "pw"}
+SECRETS = {"secrets.jwtSecret": "jwt-secret-of-the-helm-test-0123456789", "secrets.postgresPassword": "pw"}
 STRIMZI = {
     "secrets.existingSecret": "streamcart-secrets",
     "kafka.host": "shop-kafka-bootstrap.kafka.svc",
@@ -154,6 +154,8 @@ def test_more_workers_than_partitions_or_no_secrets_refuse_to_render():
     assert too_many.returncode != 0 and "may not exceed partitions" in too_many.stderr
     no_secrets = render({})
     assert no_secrets.returncode != 0 and "secrets.existingSecret" in no_secrets.stderr
+    short = render({**SECRETS, "secrets.jwtSecret": "jwt"})  # the workers would refuse it and never start
+    assert short.returncode != 0 and "at least 32 bytes" in short.stderr
 
 
 def worker_env(values: dict[str, str]) -> dict[str, Any]:

@@ -31,3 +31,38 @@ def test_status_of_a_stack_that_never_ran_says_everything_is_down(tmp_path: Path
     assert done.returncode == 0, done.stderr
     assert '"running": false' in done.stdout
     assert '"running": true' not in done.stdout
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def run_cli_with(env: dict[str, str], *args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "streamcart.cli", *args], capture_output=True, text=True,
+                          env={"STREAMCART_HOME": str(home), "PATH": "/usr/bin:/bin", **env}, check=False, timeout=60)
+
+
+def test_a_read_of_the_api_while_the_stack_is_down_says_so_in_one_line(tmp_path: Path) -> None:
+    for command in (["order", "show", "o-1"], ["product", "show", "KB-001"]):
+        done = run_cli_with({"STREAMCART_API_PORT": str(free_port())}, *command, home=tmp_path)
+        assert done.returncode == 1, done.stderr
+        assert "does not answer" in done.stderr and "is the stack up" in done.stderr
+        assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_setting_out_of_range_or_too_weak_stops_every_command_with_exit_code_2(tmp_path: Path) -> None:
+    for env in ({"STREAMCART_API_PORT": "99999"}, {"STREAMCART_JWT_SECRET": ""}, {"STREAMCART_LOG_LEVEL": "verbose"},
+                {"STREAMCART_API_PORT": "65535"}):  # the second worker's port would be 65536
+        done = run_cli_with(env, "token", "--sub", "x", "--role", "admin", home=tmp_path)
+        assert done.returncode == 2, (env, done.stderr)
+        assert next(iter(env)) in done.stderr or "worker 1" in done.stderr
+        assert "Traceback" not in done.stderr
+
+
+def test_an_empty_only_list_is_a_usage_error_not_the_whole_stack(tmp_path: Path) -> None:
+    done = run_cli("up", "--only", ",", home=tmp_path)
+    assert done.returncode == 2 and "name at least one process" in done.stderr
