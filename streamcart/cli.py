@@ -119,7 +119,12 @@ def up(
 def _up(stack: Stack, only: list[str] | None) -> None:
     from streamcart.stack.views import endpoints_table
 
-    timings = stack.up(only)
+    try:
+        timings = stack.up(only)
+    except KeyboardInterrupt:  # typer would exit 130 without a word, and half the stack would run on unnoticed
+        err_console.print("interrupted: what had started keeps running; `streamcart status` shows it, "
+                          "`streamcart down` stops it")
+        raise typer.Exit(130) from None
     if timings:
         console.print(f"[green]up[/] in {timings['total']:.1f} s")
     console.print(endpoints_table(stack.settings, str(stack.layout.logs_dir)))
@@ -1012,8 +1017,7 @@ def main(args: list[str] | None = None) -> None:
         # escape: messages carry log tails, whose "[...]" rich would otherwise read as markup.
         err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
         raise SystemExit(1) from None
-    except KeyboardInterrupt:
-        err_console.print("interrupted: whatever already started keeps running; `streamcart down` stops it")
+    except KeyboardInterrupt:  # typer turns one inside a command into exit code 130 itself (`up` says more)
         raise SystemExit(130) from None
 
 

@@ -396,3 +396,17 @@ def test_a_product_neither_catalogued_nor_stocked_is_an_error_and_one_that_is_no
     assert run(FakeSystem(), "product", "show", "NOPE-1", monkeypatch=monkeypatch) == 1
     stocked = FakeSystem(stock={"A": {"on_hand": 1, "reserved": 0, "adjusted": 1, "sold": 0, "restocked": 0}})
     assert run(stocked, "product", "show", "A", monkeypatch=monkeypatch) == 0
+
+
+def test_an_up_interrupted_says_what_keeps_running_and_how_to_stop_it(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    def interrupted(only):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_stack", lambda: SimpleNamespace(up=interrupted))
+    done = CliRunner().invoke(cli.app, ["up"])
+    assert done.exit_code == 130
+    assert "keeps running" in done.output and "streamcart down" in done.output
