@@ -142,7 +142,8 @@ def down(
 @app.command()
 def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
     """Each process: pid, port, up/down, health now, memory, uptime; workers' partitions and lag; then how many
-    records each dead-letter topic holds."""
+    records each dead-letter topic holds. Exit code 0 when every process runs and passes its health check, 3
+    otherwise (as `systemctl is-active`), for scripts."""
     from streamcart.stack.views import dead_letters_line, status_json, status_table
 
     rows = _stack().status()
@@ -152,6 +153,8 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
         console.print(status_table(rows))
         if (line := dead_letters_line(rows)) is not None:
             console.print(line)
+    if not all(row.running and row.health is not None and row.health.ok for row in rows):
+        raise typer.Exit(3)
 
 
 @app.command()

@@ -29,3 +29,19 @@ def test_no_line_while_kafka_does_not_answer_and_a_hint_when_the_topics_are_miss
 def test_the_json_carries_the_depths_on_kafkas_row():
     (row,) = status_json([kafka({"commerce.dlq": Depth(2, 1)})])
     assert row["dead_letters"] == {"commerce.dlq": {"records": 2, "recent": 1}}
+
+
+def test_status_exits_0_only_when_every_process_runs_and_answers_its_health_check(monkeypatch):
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    from streamcart import cli
+
+    healthy = kafka({})
+    worker = ProcessStatus("worker-0", True, 2, (8080,), Probe(True, "ready"), 1, 1.0)
+    for rows, code in (([healthy, worker], 0),
+                       ([healthy, ProcessStatus("worker-0", True, 2, (8080,), Probe(False, "rebalancing"), 1, 1.0)], 3),
+                       ([healthy, ProcessStatus("worker-0", False, None, (8080,), None, None, None)], 3)):
+        monkeypatch.setattr(cli, "_stack", lambda rows=rows: SimpleNamespace(status=lambda: rows))
+        assert CliRunner().invoke(cli.app, ["status", "--json"]).exit_code == code
