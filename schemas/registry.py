@@ -24,7 +24,8 @@ from streamcart.settings import Settings
 #: Every message schema must stay readable by every older and newer version of itself.
 FULL_TRANSITIVE = "FULL_TRANSITIVE"
 
-#: How long one request to the registry may take (seconds).
+#: How long one HTTP attempt to the registry may wait (seconds); with the client's default 3 retries and their
+#: backoff, a call to a registry that never answers gives up after about 45 s.
 TIMEOUT_S = 10
 
 # HTTP statuses after which the same request may well succeed later.
@@ -80,11 +81,13 @@ class ConfluentRegistry:
     """
 
     def __init__(self, url: str, conf: Mapping[str, Any] | None = None) -> None:
-        """``conf``: further ``SchemaRegistryClient`` settings, e.g. ``{"max.retries": 0, "timeout": 5}``. A
-        request waits :data:`TIMEOUT_S` at most unless ``conf`` says otherwise: the client's own default is no
-        limit, and a registry that accepts connections but never answers held ``streamcart up`` (or a worker's
-        event loop, decoding a schema id it had not seen) for ever. A timeout is :class:`RegistryUnavailable`,
-        tried again like any outage."""
+        """``conf``: further ``SchemaRegistryClient`` settings, e.g. ``{"max.retries": 0, "timeout": 5}``.
+
+        Each HTTP attempt waits :data:`TIMEOUT_S` at most unless ``conf`` says otherwise (the client then retries,
+        3 times by default, so a call gives up after about 45 s). The client's own default is no limit: a registry
+        that accepts connections but never answers held ``streamcart up`` (or a worker's event loop, decoding a
+        schema id it had not seen) for ever. A timeout is :class:`RegistryUnavailable`, tried again like any
+        outage."""
         self.url = url
         self._client = SchemaRegistryClient({"timeout": TIMEOUT_S, **(conf or {}), "url": url})
 

@@ -679,7 +679,7 @@ app.add_typer(dlq_app, name="dlq")
 
 Flows = Annotated[list[str] | None, typer.Option(
     "--flow", help="Only what failed in this flow: orders, inventory, payments, shipping, analytics, notifications "
-                   "(or one channel: notifications.webhook, .email, .sms; for `dlq list/show --warehouse`, "
+                   "(or one channel: notifications.webhook, .email, .sms; with `dlq list --warehouse`, "
                    "warehouse:<connector>). "
                    "Repeatable.")]
 Errors = Annotated[list[str] | None, typer.Option(

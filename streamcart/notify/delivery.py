@@ -44,8 +44,9 @@ class DeliveryRefused(DeliveryFailed):
 
 
 class HostFailing(DeliveryFailed):
-    """The webhook's host failed every recent attempt: given up at once (to the DLQ, replayable) instead of
-    waiting out more timeouts, which would hold the flow's slots and, behind them, the worker's other flows."""
+    """The webhook's endpoint (host and port) failed every recent attempt: given up at once (to the DLQ,
+    replayable) instead of waiting out more timeouts, which would hold the flow's slots and, behind them, the
+    worker's other flows."""
 
 
 class NonPublicAddress(OSError):
@@ -182,9 +183,10 @@ class OutboxProvider:
 class WebhookProvider:
     """POSTs the notification to the customer's webhook URL; any non-2xx answer is a failed attempt.
 
-    An attempt, its host's lookup included, takes ``timeout_s`` at most. A host whose last ``failing_after``
-    attempts all failed is given up at once (:class:`HostFailing`) for ``failing_for_s``: a customer's endpoint
-    that is down costs one slot of the flow for a moment, not every slot for the length of every retry.
+    An attempt, its host's lookup included, takes ``timeout_s`` at most. An endpoint (host and port) whose last
+    ``failing_after`` attempts all failed is given up at once (:class:`HostFailing`) for ``failing_for_s``: a
+    customer's endpoint that is down costs one slot of the flow for a moment, not every slot for the length of
+    every retry.
     """
 
     def __init__(self, session: ClientSession, timeout_s: float = 2.0, allow_private: bool = False,
