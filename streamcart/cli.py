@@ -36,6 +36,22 @@ if TYPE_CHECKING:
 app = typer.Typer(
     help="streamcart: a Kafka-native commerce order pipeline.", no_args_is_help=True, add_completion=False
 )
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        from importlib.metadata import version
+
+        print(f"streamcart {version('streamcart')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    show_version: Annotated[bool, typer.Option("--version", help="Print the version and exit.",
+                                               callback=_print_version, is_eager=True)] = False,
+) -> None:
+    """streamcart: a Kafka-native commerce order pipeline."""
 # soft_wrap: long paths and messages stay on one line (for grep and copy-paste); tables still fit the width.
 # Piped output (CI logs, `| less`) would otherwise be cut at 80 columns, truncating the status tables.
 _WIDTH = None if sys.stdout.isatty() else 160
@@ -385,10 +401,14 @@ class _LiveRemote:
         admin = issue_token(self.settings.jwt_secret.get_secret_value(), "cli", ["admin"], ttl_s=60)
         url = f"{self.settings.worker_url(0)}{path}"
         try:
-            return http_get_json(url, 5.0, headers={"Authorization": f"Bearer {admin}"})
+            status, body = http_get_json(url, 5.0, headers={"Authorization": f"Bearer {admin}"})
         except OSError as exc:
             raise ApiUnreachable(f"the API at {self.settings.worker_url(0)} does not answer "
                                  f"({getattr(exc, 'reason', exc)}): is the stack up (`streamcart status`)?") from exc
+        if status == 401:  # the only token this command sends is its own admin token
+            raise StreamcartError(f"the API at {self.settings.worker_url(0)} refused this command's token: "
+                                  "STREAMCART_JWT_SECRET here must be the stack's")
+        return status, body
 
     def send(self, message: Message) -> None:
         from streamcart.commands import CommandSender

@@ -410,3 +410,20 @@ def test_an_up_interrupted_says_what_keeps_running_and_how_to_stop_it(monkeypatc
     done = CliRunner().invoke(cli.app, ["up"])
     assert done.exit_code == 130
     assert "keeps running" in done.output and "streamcart down" in done.output
+
+
+def test_a_token_the_api_refuses_names_the_secret_to_check(monkeypatch) -> None:
+    from streamcart.errors import StreamcartError
+    from streamcart.settings import Settings
+    from streamcart.stack import probes
+
+    monkeypatch.setattr(probes, "http_get_json", lambda url, timeout_s, headers=None: (401, {"error": {}}))
+    with pytest.raises(StreamcartError, match="STREAMCART_JWT_SECRET here must be the stack's"):
+        cli._LiveRemote(Settings()).get("/v1/orders/o-1")
+
+
+def test_the_version_is_printed(capsys) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--version"])
+    assert exited.value.code in (0, None)
+    assert capsys.readouterr().out.startswith("streamcart 0.")
