@@ -20,6 +20,7 @@ from api.commands import KafkaCommands
 from api.errors import JsonErrorsRunner
 from schemas.codec import Codec
 from streamcart import tracing
+from streamcart.errors import ConfigurationError
 from streamcart.logs import configure_logging, logging_config
 from streamcart.otel import start_export
 from streamcart.settings import Settings
@@ -130,6 +131,8 @@ def release_local_state(tabledir: Path, *, now: float | None = None) -> None:
 def run(settings: Settings, index: int) -> None:
     """Run worker ``index`` until it is stopped (SIGTERM/SIGINT stop it gracefully)."""
     configure_logging(settings)
+    if (weak := settings.weak_jwt_secret()) is not None:
+        raise ConfigurationError(weak)
     if settings.exposed_with_development_secret():
         log.warning("the API listens on %s and signs tokens with the development JWT secret, which is in "
                     "streamcart's source: anyone who can reach it can mint an admin token. Set STREAMCART_JWT_SECRET.",

@@ -50,7 +50,7 @@ fi
 
 "$VENV/bin/streamcart" setup
 
-# The Go tools below need this Go at least (tools/promrules's go.mod; helm's asks for 1.26.0). A Go from 1.21 on
+# The Go tools below need this Go at least, checked when one is about to be built (tools/promrules's go.mod; helm's asks for 1.26.0). A Go from 1.21 on
 # that is older fetches the newer toolchain from the module proxy by itself unless GOTOOLCHAIN (local, path)
 # forbids it; an older one cannot.
 GO_MIN=1.26.7
@@ -60,6 +60,7 @@ check_go() {
   local have toolchain
   have=$(go env GOVERSION 2>/dev/null | sed 's/^go//')
   have=${have:-$(go version | sed -n 's/^go version go\([0-9.]*\).*/\1/p')}  # Go before 1.16 has no GOVERSION
+  [ -n "$have" ] || return 0  # a version it does not tell: the build says
   older "$have" "$GO_MIN" || return 0
   toolchain=$(go env GOTOOLCHAIN 2>/dev/null)
   if older "$have" 1.21; then  # toolchains are fetched from Go 1.21 on
@@ -68,7 +69,6 @@ check_go() {
     fail "Go $have is older than the $GO_MIN the tools need, and GOTOOLCHAIN=$toolchain stops it from fetching that one: install Go $GO_MIN or newer (https://go.dev/dl), or run with GOTOOLCHAIN=auto"
   fi
 }
-check_go
 
 # The Helm chart's test renders it with `helm template`. helm builds from its Go module (cached after the first
 # build, which takes a few minutes on 2 cores).
@@ -83,6 +83,7 @@ elif [ ! -x .tools/bin/helm ] && command -v helm >/dev/null \
      && [[ "$(helm version --template '{{.Version}}' 2>/dev/null)" == v3.* ]]; then
   done_ "on PATH: $(command -v helm)"
 elif command -v go >/dev/null; then
+  check_go
   GOBIN="$PWD/.tools/bin" go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" || fail "go install of helm failed (see above)"
   echo "$HELM_VERSION" > "$HELM_STAMP"
   done_ "built with go install"
@@ -96,6 +97,7 @@ go_tool() {
      && { [ ! -f "$source/go.sum" ] || [ "$binary" -nt "$source/go.sum" ]; }; then
     done_ "already built"
   elif command -v go >/dev/null; then
+    check_go
     (cd "$source" && go build -o "../../$binary" .) || fail "go build of $source failed (see above)"
     done_ "built with go build"
   else

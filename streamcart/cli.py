@@ -135,6 +135,8 @@ def up(
 def _up(stack: Stack, only: list[str] | None) -> None:
     from streamcart.stack.views import endpoints_table
 
+    if (weak := stack.settings.weak_jwt_secret()) is not None:
+        raise ConfigurationError(weak)
     try:
         timings = stack.up(only)
     except KeyboardInterrupt:  # typer would exit 130 without a word, and half the stack would run on unnoticed
@@ -346,7 +348,10 @@ def token(
     unknown = set(role) - {"customer", "admin"}
     if unknown:
         raise typer.BadParameter(f"unknown role(s) {sorted(unknown)}: use customer or admin")
-    print(issue_token(_settings().jwt_secret.get_secret_value(), sub, role, ttl_s=ttl))
+    settings = _settings()
+    if (weak := settings.weak_jwt_secret()) is not None:
+        raise ConfigurationError(weak)
+    print(issue_token(settings.jwt_secret.get_secret_value(), sub, role, ttl_s=ttl))
 
 
 order_app = typer.Typer(help="Place, cancel and inspect orders (commands go to Kafka; reads come from the tables).")
@@ -681,16 +686,18 @@ def _read_stock(remote: Remote, sku: str) -> StockState:
 def product_show(sku: Id) -> None:
     """A product and its stock."""
     remote = _remote()
-    found = False
+    statuses = []
     for path in (f"/v1/products/{sku}", f"/v1/stock/{sku}"):
         status, body = remote.get(path)
+        statuses.append(status)
         if status == 200:
-            found = True
             console.print_json(data=body)
         else:
             console.print(f"{path}: HTTP {status} {body}")
-    if not found:
+    if statuses == [404, 404]:
         raise StreamcartError(f"no product and no stock {sku}")
+    if 200 not in statuses:
+        raise StreamcartError(f"the API answered neither read of {sku} (HTTP {statuses[0]}, {statuses[1]})")
 
 
 dlq_app = typer.Typer(help="The dead-letter topic: what failed, where and why; replay what can succeed now "

@@ -11,7 +11,7 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
+from pydantic import BeforeValidator, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: ``json``: one object per line, for machines (the stack's processes); ``text``: for a person at a terminal.
@@ -19,8 +19,14 @@ LogFormat = Literal["json", "text"]
 #: A TCP port.
 Port = Annotated[int, Field(ge=1, le=65535)]
 #: A log level, in any case (``INFO`` is ``info``).
-LogLevel = Annotated[Literal["debug", "info", "warning", "error", "critical"],
-                     BeforeValidator(lambda v: v.lower() if isinstance(v, str) else v)]
+_LOG_LEVEL_ALIASES = {"warn": "warning", "fatal": "critical", "notset": "debug"}  # Python logging's other names
+
+
+def _log_level(value: object) -> object:
+    return _LOG_LEVEL_ALIASES.get(value.lower(), value.lower()) if isinstance(value, str) else value
+
+
+LogLevel = Annotated[Literal["debug", "info", "warning", "error", "critical"], BeforeValidator(_log_level)]
 #: HS256 keys shorter than its 32-byte hash are weaker than the signature (and PyJWT warns on every token).
 MIN_JWT_SECRET_LENGTH = 32
 
@@ -191,14 +197,6 @@ class Settings(BaseSettings):
                     )
         return self
 
-    @field_validator("jwt_secret")
-    @classmethod
-    def _secret_long_enough(cls, secret: SecretStr) -> SecretStr:
-        if len(secret.get_secret_value().encode()) < MIN_JWT_SECRET_LENGTH:
-            raise ValueError(f"must be at least {MIN_JWT_SECRET_LENGTH} bytes (HS256 tokens are signed with it; an "
-                             "empty or short one is guessable): e.g. STREAMCART_JWT_SECRET=$(openssl rand -hex 32)")
-        return secret
-
     @model_validator(mode="after")
     def _orders_outlive_their_keys(self) -> Settings:
         if 0 < self.order_retention_s < self.idempotency_ttl_s:
@@ -208,6 +206,15 @@ class Settings(BaseSettings):
                 f"orders at least as long (or 0: for ever)"
             )
         return self
+
+    def weak_jwt_secret(self) -> str | None:
+        """Why ``jwt_secret`` may not sign tokens (``None``: it may). Asked where tokens are signed or checked (a
+        worker's start, ``up``, ``token``), not of every command: ``down`` or ``status`` of a stack started with
+        an older, shorter secret must still work."""
+        if len(self.jwt_secret.get_secret_value().encode()) < MIN_JWT_SECRET_LENGTH:
+            return (f"STREAMCART_JWT_SECRET must be at least {MIN_JWT_SECRET_LENGTH} bytes (HS256 tokens are signed "
+                    "with it; an empty or short one is guessable): e.g. STREAMCART_JWT_SECRET=$(openssl rand -hex 32)")
+        return None
 
     def exposed_with_development_secret(self) -> bool:
         """Whether this process listens beyond loopback while tokens are signed with :data:`DEVELOPMENT_JWT_SECRET`."""

@@ -406,7 +406,9 @@ def test_an_up_interrupted_says_what_keeps_running_and_how_to_stop_it(monkeypatc
     def interrupted(only):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_stack", lambda: SimpleNamespace(up=interrupted))
+    from streamcart.settings import Settings
+
+    monkeypatch.setattr(cli, "_stack", lambda: SimpleNamespace(up=interrupted, settings=Settings()))
     done = CliRunner().invoke(cli.app, ["up"])
     assert done.exit_code == 130
     assert "keeps running" in done.output and "streamcart down" in done.output

@@ -66,3 +66,18 @@ def test_a_setting_out_of_range_or_too_weak_stops_every_command_with_exit_code_2
 def test_an_empty_only_list_is_a_usage_error_not_the_whole_stack(tmp_path: Path) -> None:
     done = run_cli("up", "--only", ",", home=tmp_path)
     assert done.returncode == 2 and "name at least one process" in done.stderr
+
+
+def test_a_stack_started_with_a_short_secret_can_still_be_looked_at_and_stopped(tmp_path: Path) -> None:
+    # The secret is checked where tokens are signed (up, a worker's start, token), not by every command.
+    for command in (["status"], ["down"], ["logs"]):
+        done = run_cli_with({"STREAMCART_JWT_SECRET": "short-secret-from-before"}, *command, home=tmp_path)
+        assert done.returncode != 2, (command, done.stderr)
+    refused = run_cli_with({"STREAMCART_JWT_SECRET": "short-secret-from-before"}, "up", home=tmp_path)
+    assert refused.returncode == 2 and "at least 32 bytes" in refused.stderr
+
+
+def test_python_loggings_other_level_names_are_accepted(tmp_path: Path) -> None:
+    for level in ("WARN", "fatal", "Info"):
+        done = run_cli_with({"STREAMCART_LOG_LEVEL": level}, "token", "--sub", "x", "--role", "admin", home=tmp_path)
+        assert done.returncode == 0, (level, done.stderr)
