@@ -721,8 +721,14 @@ Warehouse = Annotated[bool, typer.Option(
 
 def _selection(flows: list[str] | None, errors: list[str] | None, topics: list[str] | None, order: str | None,
                since: str | None, positions: list[str] | None = None) -> Selection:
-    from streamcart.dead_letters import Selection, parse_age
+    from streamcart.dead_letters import FLOWS, Selection, parse_age
+    from streamcart.domain.notifications import Channel
 
+    known = sorted(FLOWS) + [f"notifications.{c}" for c in (Channel.WEBHOOK, Channel.EMAIL, Channel.SMS)]
+    for flow in flows or ():
+        if flow not in known and not flow.startswith("warehouse:"):
+            raise typer.BadParameter(f"{flow!r}: no flow is named so; one of {', '.join(known)} (or, with "
+                                     "`dlq list --warehouse`, warehouse:<connector>)", param_hint="--flow")
     try:
         since_ms = None if since is None else int(time.time() * 1000) - parse_age(since)
     except ValueError as exc:

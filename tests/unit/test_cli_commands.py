@@ -429,3 +429,13 @@ def test_the_version_is_printed(capsys) -> None:
         cli.main(["--version"])
     assert exited.value.code in (0, None)
     assert capsys.readouterr().out.startswith("streamcart 0.")
+
+
+def test_a_flow_no_letter_can_name_is_a_usage_error_naming_those_that_can() -> None:
+    from typer.testing import CliRunner
+
+    done = CliRunner().invoke(cli.app, ["dlq", "list", "--flow", "notification"])
+    assert done.exit_code == 2 and "notifications.webhook" in done.output
+    selection = cli._selection(["orders", "notifications.sms", "warehouse:streamcart-warehouse-orders"], None, None,
+                               None, None)
+    assert selection.flows == {"orders", "notifications.sms", "warehouse:streamcart-warehouse-orders"}
