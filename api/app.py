@@ -191,14 +191,31 @@ def _commands(request: web.Request) -> CommandPort:
     return commands
 
 
-async def _forward_unless_owner(request: web.Request, table: str, key: str) -> web.Response | None:
-    """The owner's answer when another worker owns ``key`` of ``table``; ``None`` when this worker does."""
+def owner_elsewhere(request: web.Request, table: str, key: str) -> str | None:
+    """The URL of the worker that owns ``key`` of ``table`` when it is another one; ``None`` when this worker owns it
+    and its tables can answer for it.
+
+    503 (``Retry-After``) while nobody is known to own it, and while this worker, its owner, is in a rebalance or
+    still reading its tables back from the changelogs: a partition is assigned before its table is restored, and an
+    answer from the table then (a 404 for an order that exists, a stock of 0) would pass for a final one.
+    """
     worker = request.app[WORKER]
     owner = worker.owner_url(table, key)
     if owner is None:
         raise Unavailable("partitions are being reassigned; retry shortly", headers={"Retry-After": "1"})
     if owner.rstrip("/") != request.app[SETTINGS].worker_url(worker.index):
-        return await forward(request, request.app[HTTP], owner, worker.index)
+        return owner
+    if worker.rebalancing() or not worker.recovered():
+        raise Unavailable("this worker is restoring its tables after a rebalance; retry shortly",
+                          headers={"Retry-After": "1"})
+    return None
+
+
+async def _forward_unless_owner(request: web.Request, table: str, key: str) -> web.Response | None:
+    """The owner's answer when another worker owns ``key`` of ``table``; ``None`` when this worker does (and can
+    answer: :func:`owner_elsewhere`)."""
+    if (owner := owner_elsewhere(request, table, key)) is not None:
+        return await forward(request, request.app[HTTP], owner, request.app[WORKER].index)
     return None
 
 
@@ -439,12 +456,8 @@ def _place_order(order_id: str, event_id: str, principal: Principal, body: Place
 
 async def _order_anywhere(request: web.Request, order_id: str) -> OrderState | None:
     """``order_id`` from this worker's table, or from its owner's (asked with the caller's own credentials)."""
-    worker = request.app[WORKER]
-    owner = worker.owner_url("orders", order_id)
-    if owner is None:
-        raise Unavailable("partitions are being reassigned; retry shortly", headers={"Retry-After": "1"})
-    if owner.rstrip("/") == request.app[SETTINGS].worker_url(worker.index):
-        return worker.order(order_id)
+    if (owner := owner_elsewhere(request, "orders", order_id)) is None:
+        return request.app[WORKER].order(order_id)
     try:
         path = f"/internal/v1/orders/{order_id}"
         async with request.app[HTTP].get(f"{owner.rstrip('/')}{path}", headers=_to_peer(request, f"GET {path}"),
@@ -466,7 +479,10 @@ async def internal_order(request: web.Request) -> web.Response:
     if not request.app[PEER_PROOF].forwarded(request):
         raise NotFound("no such route")
     principal = _principal(request)
-    order = request.app[WORKER].order(identifier(request, "order_id"))
+    order_id = identifier(request, "order_id")
+    if owner_elsewhere(request, "orders", order_id) is not None:  # moved meanwhile: the asker retries
+        raise Unavailable("partitions are being reassigned; retry shortly", headers={"Retry-After": "1"})
+    order = request.app[WORKER].order(order_id)
     if order is None or not principal.may_see_customer(order.customer_id):
         raise NotFound("order not found")
     return web.Response(body=order.model_dump_json().encode(), content_type="application/json")

@@ -17,7 +17,7 @@ from aiohttp import web
 import api.app as core
 from api import gather
 from api.auth import authenticate
-from api.errors import NotFound, Unavailable
+from api.errors import NotFound
 from api.models import TimelineOut
 from api.routing import forward
 from api.spec import Route
@@ -51,10 +51,7 @@ async def timeline(request: web.Request) -> web.Response:
     principal = authenticate(request.headers.get("Authorization"), secret)
     order_id = core.identifier(request, "order_id")
     worker = request.app[core.WORKER]
-    owner = worker.owner_url("orders", order_id)
-    if owner is None:
-        raise Unavailable("partitions are being reassigned; retry shortly", headers={"Retry-After": "1"})
-    if owner.rstrip("/") != request.app[core.SETTINGS].worker_url(worker.index):
+    if (owner := core.owner_elsewhere(request, "orders", order_id)) is not None:
         return await forward(request, request.app[gather.PEERS], owner, worker.index)
     order = worker.order(order_id)
     if order is None or not principal.may_see_customer(order.customer_id):

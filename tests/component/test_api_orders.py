@@ -213,3 +213,22 @@ async def test_a_worker_still_restoring_its_tables_answers_no_analytics_rather_t
     worker.is_ready = False  # assigned its partitions, reading their changelogs back
     restoring = await client.get("/v1/internal/analytics/revenue?from=0&to=60000", headers=admin)
     assert restoring.status == 503 and restoring.headers["Retry-After"] == "1"
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [
+    ("GET", "/v1/orders/o-1", None),
+    ("GET", "/v1/orders/o-1?wait=1", None),
+    ("GET", "/v1/stock/A", None),
+    ("POST", "/v1/orders/o-1/cancel", {"reason": "customer_request"}),
+    ("POST", "/v1/stock/A/adjustments", {"delta": -1, "reason": "write-off"}),
+    ("GET", "/v1/orders/o-1/timeline", None),
+])
+async def test_the_owner_still_restoring_its_tables_answers_503_not_what_an_empty_table_says(client, worker, method,
+                                                                                             path, body):
+    # Assigned its partitions, reading their changelogs back: a 404 (or a stock of 0) would pass for final.
+    worker.is_ready = False
+    response = await client.request(method, path, json=body, headers=bearer("ops", "admin"))
+    assert response.status == 503, await response.text()
+    assert response.headers["Retry-After"] == "1"
+    worker.is_ready = True
+    assert (await client.request("GET", "/v1/orders/o-1", headers=bearer("ops", "admin"))).status == 200
