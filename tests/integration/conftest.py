@@ -71,6 +71,22 @@ def stack(settings: Settings) -> Iterator[Stack]:
         stack.down(purge=True)
 
 
+@pytest.fixture(autouse=True)
+def workers_ready(stack: Stack, settings: Settings) -> None:
+    """Each test starts with every worker ready (its partitions assigned, its tables read back, no rebalance under
+    way): a restart in the test before sets a rebalance off, during which the owner of a key answers 503."""
+    from tests.integration.support import http_json, poll
+
+    def ready(index: int) -> bool:
+        try:
+            return http_json(f"{settings.worker_url(index)}/readyz")[0] == 200
+        except OSError:
+            return False
+
+    poll(lambda: all(ready(i) for i in range(settings.workers)), timeout_s=120, every_s=0.2,
+         what="every worker to be ready")
+
+
 @pytest.fixture(scope="session")
 def codec(stack: Stack, settings: Settings) -> Codec:
     return Codec.connect(settings)

@@ -85,8 +85,14 @@ class Shop:
         self.send(UpdateShipment(**self.envelope(order_id), order_id=order_id, status=status))
 
     def get(self, path: str, worker: int = 0) -> dict | None:
-        status, body = http_json(f"{self.settings.worker_url(worker)}{path}", self.token)
-        return body if status == 200 else None
+        """The answer to ``GET path`` (``None`` unless 200). A 503 (a rebalance, or the owner still reading its
+        tables back) is asked again, as its ``Retry-After`` says, for up to 30 s."""
+        deadline = time.monotonic() + 30
+        while True:
+            status, body = http_json(f"{self.settings.worker_url(worker)}{path}", self.token)
+            if status != 503 or time.monotonic() > deadline:
+                return body if status == 200 else None
+            time.sleep(0.2)
 
     def order(self, order_id: str) -> dict | None:
         return self.get(f"/v1/orders/{order_id}")

@@ -52,15 +52,22 @@ def events_of(order: dict) -> list[str]:
 # --- Reading many orders at once ------------------------------------------------------------------------------
 
 def read_order(settings: Settings, token: str, order_id: str) -> dict | None:
-    """The order from whichever worker answers (the API forwards to the owner); None while nobody can."""
-    for worker in range(settings.workers):
-        try:
-            status, body = http_json(f"{settings.worker_url(worker)}/v1/orders/{order_id}", token)
-        except OSError:  # that worker is down or restarting: ask the other one
-            continue
-        if status == 200:
-            return body
-    return None
+    """The order from whichever worker answers (the API forwards to the owner); None while nobody can. A 503 (a
+    rebalance, or the owner still reading its tables back) is asked again for up to 30 s, as a client would."""
+    deadline = time.monotonic() + 30
+    while True:
+        unavailable = False
+        for worker in range(settings.workers):
+            try:
+                status, body = http_json(f"{settings.worker_url(worker)}/v1/orders/{order_id}", token)
+            except OSError:  # that worker is down or restarting: ask the other one
+                continue
+            if status == 200:
+                return body
+            unavailable = unavailable or status == 503
+        if not unavailable or time.monotonic() > deadline:
+            return None
+        time.sleep(0.2)
 
 
 def read_orders(shop: Shop, order_ids: list[str]) -> dict[str, dict | None]:
