@@ -371,8 +371,17 @@ class KeyedRequests:
 
     def said(self, resource: str, *, since: float = 0.0) -> str | None:
         """What the request sent for ``resource`` said, if it was sent at ``since`` or later."""
+        sent = self.sent_at(resource, since=since)
+        return sent[0] if sent is not None else None
+
+    def sent_at(self, resource: str, *, since: float = 0.0) -> tuple[str, float] | None:
+        """What the request sent for ``resource`` said and when (s), if it was sent at ``since`` or later."""
         recent = self.recent.get(resource)
-        return recent[0] if recent is not None and recent[1] >= since else None
+        return recent if recent is not None and recent[1] >= since else None
+
+    def busy(self, resource: str) -> bool:
+        """Whether a request holds ``resource``'s lock (or waits for it): what it will say is not known yet."""
+        return resource in self.locks
 
 
 def _digest(body: PlaceOrderIn) -> str:
@@ -413,12 +422,13 @@ async def place_order(request: web.Request) -> web.Response:
     event_id = derive_id("place", principal.subject, key, period, _digest(body))
     placing = request.app[PLACING]
     async with placing.holding(order_id):
-        # Used in the previous period, less than a TTL ago: that is still the key's order.
+        # Used in the previous period, less than a TTL ago: that is still the key's order, stored or still on its
+        # way to the orders table (a retry a moment after the boundary must not place a second order).
         previous_id = derive_id("order", principal.subject, key, period - 1)
-        previous = await _order_anywhere(request, previous_id)
+        previous = await _placement_anywhere(request, previous_id, now)
         if previous is not None and now * 1000 - previous.placed_at < ttl * 1000:
             previous_event = derive_id("place", principal.subject, key, period - 1, _digest(body))
-            return _same_or_conflict(previous.order_id, previous.placed_event_id, previous_event, previous.status)
+            return _same_or_conflict(previous_id, previous.placed_event_id, previous_event, previous.status)
         stored = request.app[WORKER].order(order_id)
         if stored is not None:
             return _same_or_conflict(order_id, stored.placed_event_id, event_id, stored.status)
@@ -454,12 +464,43 @@ def _place_order(order_id: str, event_id: str, principal: Principal, body: Place
     )
 
 
-async def _order_anywhere(request: web.Request, order_id: str) -> OrderState | None:
-    """``order_id`` from this worker's table, or from its owner's (asked with the caller's own credentials)."""
+class Placement(BaseModel):
+    """What an idempotency check needs of an order placed under a key: its placement's event id, when, and its
+    status; from the orders table, or from the owner's memory of a ``PlaceOrder`` it sent and the table does not
+    hold yet (``PENDING``)."""
+
+    placed_event_id: str
+    placed_at: int
+    status: str
+
+
+#: How long the owner takes an order it sent a ``PlaceOrder`` for, and its table does not hold yet, for on its way:
+#: far beyond the flow's latency under load (a burst settles in tens of seconds); an order that never comes (its
+#: command dead-lettered) holds its key no longer than this across a period's boundary.
+PLACEMENT_IN_FLIGHT_S = 60.0
+
+
+def _placement(request: web.Request, order_id: str, now: float) -> Placement | None:
+    """``order_id``'s placement as this worker, its owner, knows it: stored, sent and not stored yet, or being
+    sent right now (503: what that request will say is not known yet)."""
+    order = request.app[WORKER].order(order_id)
+    if order is not None:
+        return Placement(placed_event_id=order.placed_event_id, placed_at=order.placed_at, status=order.status)
+    placing = request.app[PLACING]
+    if (sent := placing.sent_at(order_id, since=now - PLACEMENT_IN_FLIGHT_S)) is not None:
+        return Placement(placed_event_id=sent[0], placed_at=int(sent[1] * 1000), status=OrderStatus.PENDING)
+    if placing.busy(order_id):
+        raise Unavailable("an order under this Idempotency-Key is being placed; retry shortly",
+                          headers={"Retry-After": "1"})
+    return None
+
+
+async def _placement_anywhere(request: web.Request, order_id: str, now: float) -> Placement | None:
+    """``order_id``'s placement from this worker, or from its owner (asked with the caller's own credentials)."""
     if (owner := owner_elsewhere(request, "orders", order_id)) is None:
-        return request.app[WORKER].order(order_id)
+        return _placement(request, order_id, now)
     try:
-        path = f"/internal/v1/orders/{order_id}"
+        path = f"/internal/v1/placements/{order_id}"
         async with request.app[HTTP].get(f"{owner.rstrip('/')}{path}", headers=_to_peer(request, f"GET {path}"),
                                          timeout=ClientTimeout(total=5, sock_connect=2)) as response:
             if response.status == 404:
@@ -467,15 +508,15 @@ async def _order_anywhere(request: web.Request, order_id: str) -> OrderState | N
             if response.status != 200:
                 raise Unavailable(f"the worker owning {order_id} answered {response.status}",
                                   headers={"Retry-After": "1"})
-            return OrderState.model_validate_json(await response.read())
-    except (ClientError, TimeoutError) as exc:
+            return Placement.model_validate_json(await response.read())
+    except (ClientError, TimeoutError, ValidationError) as exc:
         raise Unavailable(f"the worker owning {order_id} did not answer", headers={"Retry-After": "1"}) from exc
 
 
-async def internal_order(request: web.Request) -> web.Response:
-    """The stored order as the owner holds it, for another worker (same credentials as the caller's). Only a worker
-    may ask (its proof holds): the stored order carries the payment token and the contact details, which no client
-    sees."""
+async def internal_placement(request: web.Request) -> web.Response:
+    """An order's placement as its owner knows it (:func:`_placement`), for another worker checking an
+    ``Idempotency-Key`` across a TTL period's boundary, with the caller's own credentials. Only a worker may ask
+    (its proof holds); to anyone else it is 404."""
     if not request.app[PEER_PROOF].forwarded(request):
         raise NotFound("no such route")
     principal = _principal(request)
@@ -483,9 +524,11 @@ async def internal_order(request: web.Request) -> web.Response:
     if owner_elsewhere(request, "orders", order_id) is not None:  # moved meanwhile: the asker retries
         raise Unavailable("partitions are being reassigned; retry shortly", headers={"Retry-After": "1"})
     order = request.app[WORKER].order(order_id)
-    if order is None or not principal.may_see_customer(order.customer_id):
+    if order is not None and not principal.may_see_customer(order.customer_id):
         raise NotFound("order not found")
-    return web.Response(body=order.model_dump_json().encode(), content_type="application/json")
+    if (placement := _placement(request, order_id, time.time())) is None:
+        raise NotFound("order not found")
+    return _json(placement, 200)
 
 
 async def cancel_order(request: web.Request) -> web.Response:
@@ -725,7 +768,8 @@ ROUTES: tuple[Route, ...] = (
           query=WaitQuery, responses={200: OrderOut}, errors=(404, 503)),
     Route("POST", "/v1/orders/{order_id}/cancel", cancel_order, "ask to cancel an order", "orders",
           responses={202: Accepted}, errors=(400, 404, 409, 413, 415, 422, 503)),
-    Route("GET", "/internal/v1/orders/{order_id}", internal_order, "an order as stored (worker to worker)",
+    Route("GET", "/internal/v1/placements/{order_id}", internal_placement,
+          "an order's placement, stored or on its way (worker to worker)",
           "internal", in_schema=False),
     Route("GET", "/v1/customers/{customer_id}/orders", customer_orders, "a customer's orders, newest first",
           "orders", query=OrderPageQuery, responses={200: OrderPage}, errors=(404, 503)),

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import time
 import zlib
 from dataclasses import dataclass, field
 
 import pytest
 
-from api.app import ADJUSTING, ADJUSTMENT_IN_FLIGHT_S, PLACING, init_app
+from api.app import ADJUSTING, ADJUSTMENT_IN_FLIGHT_S, PLACEMENT_IN_FLIGHT_S, PLACING, init_app
 from api.errors import Unavailable
 from schemas.messages import AdjustStock, CancelOrder, Message, PlaceOrder, UpdateShipment, UpsertProduct
 from streamcart.domain.catalog import ProductState
@@ -29,8 +30,10 @@ class RecordingCommands:
     sent: list[Message] = field(default_factory=list)
     broker_down: bool = False
     delay_s: float = 0.0
+    sending: asyncio.Event = field(default_factory=asyncio.Event)  # set once a send has begun
 
     async def send(self, message: Message, *, traceparent: str | None = None) -> None:
+        self.sending.set()
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         if self.broker_down:
@@ -213,6 +216,66 @@ async def test_an_already_stored_order_answers_a_repeated_key_from_the_table(cli
     again = await (await client.post("/v1/orders", json=ORDER, headers=headers)).json()
     assert again == {"order_id": first["order_id"], "status": "CONFIRMED"}
     assert len(commands.sent) == 1
+
+
+@dataclass
+class Clock:
+    """``api.app``'s clock, set by a test (the rest of the process keeps the real one)."""
+
+    now: float
+
+    def time(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    """Half a second before a boundary between two of ``Idempotency-Key``'s TTL periods."""
+    ttl = SOLO.idempotency_ttl_s
+    clock = Clock((time.time() // ttl) * ttl - 0.5)
+    monkeypatch.setattr("api.app.time", clock)
+    return clock
+
+
+async def test_a_retry_just_after_the_keys_ttl_period_ends_is_the_order_still_on_its_way(client, commands, clock):
+    """The first request's order is not in the table yet when its retry comes, a second later but in the next
+    TTL period (whose order id is another): the owner's memory of what it sent answers for it."""
+    headers = {**CUSTOMER, "Idempotency-Key": "checkout-boundary"}
+    first = await (await client.post("/v1/orders", json=ORDER, headers=headers)).json()
+    clock.now += 1.0
+    retry = await client.post("/v1/orders", json=ORDER, headers=headers)
+    assert retry.status == 202
+    assert (await retry.json())["order_id"] == first["order_id"]
+    other = await client.post("/v1/orders", json={**ORDER, "currency": "USD"}, headers=headers)
+    assert other.status == 409
+    assert (await other.json())["error"]["details"] == {"order_id": first["order_id"]}
+    assert [m.order_id for m in commands.sent] == [first["order_id"]]
+
+
+async def test_a_retry_after_the_boundary_while_the_first_is_being_sent_is_told_to_retry(client, commands, clock):
+    commands.delay_s = 0.2  # the broker has not acknowledged the first when the retry comes
+    headers = {**CUSTOMER, "Idempotency-Key": "checkout-slow"}
+    first = asyncio.ensure_future(client.post("/v1/orders", json=ORDER, headers=headers))
+    await commands.sending.wait()  # the first holds its order's lock while it is being sent
+    clock.now += 1.0
+    retry = await client.post("/v1/orders", json=ORDER, headers=headers)
+    assert retry.status == 503
+    assert retry.headers["Retry-After"] == "1"
+    placed = await (await first).json()
+    again = await client.post("/v1/orders", json=ORDER, headers=headers)
+    assert (await again.json())["order_id"] == placed["order_id"]
+    assert len(commands.sent) == 1
+
+
+async def test_an_order_that_never_reached_its_table_holds_its_key_across_the_boundary_a_minute_at_most(
+        client, commands, clock):
+    """Its command was dead-lettered (say): after ``PLACEMENT_IN_FLIGHT_S`` the key in the new period places one."""
+    headers = {**CUSTOMER, "Idempotency-Key": "checkout-lost"}
+    first = await (await client.post("/v1/orders", json=ORDER, headers=headers)).json()
+    clock.now += 0.5 + PLACEMENT_IN_FLIGHT_S + 0.1
+    later = await (await client.post("/v1/orders", json=ORDER, headers=headers)).json()
+    assert later["order_id"] != first["order_id"]
+    assert len(commands.sent) == 2
 
 
 async def test_a_long_poll_asks_the_worker_to_wait_and_answers_with_what_it_got(client, worker):

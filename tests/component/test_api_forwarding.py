@@ -6,12 +6,17 @@ again, and is answered with the receiver's part of a list only.
 """
 
 import time
+from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import pytest
 
-from api.app import SERVED_BY, init_app
+from api.app import PLACING, SERVED_BY, _digest, init_app
+from api.models import PlaceOrderIn
 from api.routing import FORWARDED_HEADER, PROOF_HEADER, PeerProof
 from streamcart.domain.catalog import ProductState
+from streamcart.ids import derive_id
+from tests.component.test_api_commands import RecordingCommands
 from tests.component.test_api_orders import SECRET, SETTINGS, FakeWorker, an_order, bearer
 
 CUSTOMER = bearer("c-1", "customer")
@@ -96,13 +101,52 @@ async def test_a_request_a_worker_forwarded_is_not_forwarded_again(client):
     assert response.headers["Retry-After"] == "1"
 
 
-async def test_an_order_as_stored_is_given_to_a_worker_only(aiohttp_client, peer):
-    """The stored order carries the payment token and the contact details: a client never gets it, even with a
-    token that may see the order; a worker asking on its behalf does (the idempotency check of a placement)."""
+async def test_an_orders_placement_is_given_to_a_worker_only(aiohttp_client, peer):
+    """What an Idempotency-Key check needs of an order (its placement's event id, time and status, nothing of the
+    payment token or the contact details): a client never gets it, even with a token that may see the order."""
     owner = await aiohttp_client(peer)
-    path = "/internal/v1/orders/o-2"
+    path = "/internal/v1/placements/o-2"
     assert (await owner.get(path, headers=CUSTOMER)).status == 404
     assert (await owner.get(path, headers=FORGED["no-proof"]())).status == 404
     asked = await owner.get(path, headers=genuine(f"GET {path}"))
     assert asked.status == 200
-    assert (await asked.json())["payment_token"] == "tok_approve"
+    assert await asked.json() == {"placed_event_id": "e-1", "placed_at": 1, "status": "PENDING"}
+    someone_else = {**bearer("c-2", "customer"),
+                    **PeerProof(SECRET).headers(1, bearer("c-2", "customer")["Authorization"], f"GET {path}")}
+    assert (await owner.get(path, headers=someone_else)).status == 404
+
+
+@dataclass
+class SplitWorker(FakeWorker):
+    """A worker owning every order but those in ``elsewhere`` (order id -> its owner's URL)."""
+
+    elsewhere: dict[str, str] = field(default_factory=dict)
+
+    def owner_url(self, table: str, key: str) -> str | None:
+        return self.elsewhere.get(key, self.owner)
+
+
+async def test_a_key_used_just_before_its_periods_end_names_that_order_on_the_worker_sending_it(
+        aiohttp_client, peer, monkeypatch):
+    """The first request went to worker 1, which owns the key's order of the period that is ending and sent its
+    PlaceOrder; the retry, a second later, falls in the next period, whose order id worker 0 owns: worker 0 asks
+    worker 1, which answers from what it sent, before its table holds the order."""
+    ttl = SETTINGS.idempotency_ttl_s
+    boundary = (time.time() // ttl) * ttl
+    monkeypatch.setattr("api.app.time", SimpleNamespace(time=lambda: boundary + 0.5))
+    body = {"lines": [{"sku": "A", "quantity": 1}], "payment": {"token": "tok_approve"}, "currency": "EUR"}
+    period = int(boundary // ttl) - 1
+    previous_id = derive_id("order", "c-1", "checkout-9", period)
+    sent = derive_id("place", "c-1", "checkout-9", period, _digest(PlaceOrderIn.model_validate(body)))
+    peer.app[PLACING].sent(previous_id, sent, boundary - 0.5)
+    settings = SETTINGS.model_copy(update={"api_port": peer.port - 1, "advertised_host": peer.host})
+    worker = SplitWorker(owner=settings.worker_url(0), elsewhere={previous_id: settings.worker_url(1)})
+    commands = RecordingCommands()
+    client = await aiohttp_client(init_app(settings, worker, commands))
+    headers = {**CUSTOMER, "Idempotency-Key": "checkout-9"}
+    retry = await client.post("/v1/orders", json=body, headers=headers)
+    assert retry.status == 202
+    assert await retry.json() == {"order_id": previous_id, "status": "PENDING"}
+    other = await client.post("/v1/orders", json={**body, "currency": "USD"}, headers=headers)
+    assert other.status == 409
+    assert commands.sent == []
