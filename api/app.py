@@ -561,7 +561,7 @@ async def customer_orders(request: web.Request) -> web.Response:
     items = await _gather(request, "orders", local, page.limit,
                           sort=lambda o: (-int(o["placed_at"]), str(o["order_id"])))
     next_cursor = f"{items[-1]['placed_at']}.{items[-1]['order_id']}" if len(items) == page.limit else None
-    return _json(OrderPage(items=[OrderOut.model_validate(i) for i in items], next_cursor=next_cursor))
+    return _page(request, OrderPage(items=[OrderOut.model_validate(i) for i in items], next_cursor=next_cursor))
 
 
 def _order_cursor(raw: str | None) -> tuple[int, str] | None:
@@ -572,32 +572,61 @@ def _order_cursor(raw: str | None) -> tuple[int, str] | None:
     return -int(placed_at), order_id
 
 
+#: On a worker's part of a gathered list: the partitions it answered for (comma-separated).
+PARTITIONS_HEADER = "X-Streamcart-Partitions"
+_COVERED = web.RequestKey("covered", list[int])
+
+
 async def _gather(
     request: web.Request, what: str, local: Any, limit: int, *, sort: Any
 ) -> list[dict[str, Any]]:
-    """This worker's page of ``what`` merged with every other worker's (each answers for its own partitions)."""
+    """This worker's page of ``what`` merged with every other worker's (each answers for its own partitions).
+
+    A list is only whole if every partition was answered for exactly once: while a worker is in a rebalance, or
+    reading its tables back, or a partition is between owners, its orders would be missing (and a page's cursor
+    would step past them for good), so that is a 503 + ``Retry-After``, never a silently shorter page.
+    """
     worker = request.app[WORKER]
     settings = request.app[SETTINGS]
+    if worker.rebalancing() or not worker.recovered():
+        raise Unavailable(f"this worker is restoring its tables after a rebalance; retry its {what} shortly",
+                          headers={"Retry-After": "1"})
+    covered = Counter(worker.assigned())
     items: list[dict[str, Any]] = list(local(worker))
-    if not request.app[PEER_PROOF].forwarded(request):  # else a peer gathering: it wants this worker's part only
-        others = [settings.worker_url(i) for i in range(settings.workers) if i != worker.index]
-        headers = _to_peer(request, request_target(request))  # each peer is asked the very same request
+    if request.app[PEER_PROOF].forwarded(request):  # a peer gathering: it wants this worker's part only
+        request[_COVERED] = sorted(covered)
+        return items
+    others = [settings.worker_url(i) for i in range(settings.workers) if i != worker.index]
+    headers = _to_peer(request, request_target(request))  # each peer is asked the very same request
 
-        async def ask(url: str) -> list[dict[str, Any]]:
-            try:
-                async with request.app[HTTP].get(url + request.rel_url.path_qs, headers=headers,
-                                                 timeout=ClientTimeout(total=5, sock_connect=1)) as response:
-                    if response.status != 200:
-                        raise Unavailable(f"a worker answered {response.status} for its {what}",
-                                          headers={"Retry-After": "1"})
-                    body = await response.json()
-                    return list(body["items"])
-            except (ClientError, TimeoutError) as exc:
-                raise Unavailable(f"a worker did not answer for its {what}", headers={"Retry-After": "1"}) from exc
+    async def ask(url: str) -> tuple[list[int], list[dict[str, Any]]]:
+        try:
+            async with request.app[HTTP].get(url + request.rel_url.path_qs, headers=headers,
+                                             timeout=ClientTimeout(total=5, sock_connect=1)) as response:
+                if response.status != 200:
+                    raise Unavailable(f"a worker answered {response.status} for its {what}",
+                                      headers={"Retry-After": "1"})
+                body = await response.json()
+                partitions = [int(p) for p in response.headers.get(PARTITIONS_HEADER, "").split(",") if p]
+                return partitions, list(body["items"])
+        except (ClientError, TimeoutError, ValueError) as exc:
+            raise Unavailable(f"a worker did not answer for its {what}", headers={"Retry-After": "1"}) from exc
 
-        for part in await asyncio.gather(*(ask(url) for url in others)):
-            items.extend(part)
+    for partitions, part in await asyncio.gather(*(ask(url) for url in others)):
+        covered.update(partitions)
+        items.extend(part)
+    if sorted(covered.elements()) != list(range(settings.partitions)):
+        raise Unavailable(f"partitions are being reassigned: not every partition's {what} could be read; retry "
+                          "shortly", headers={"Retry-After": "1"})
     return sorted(items, key=sort)[:limit]
+
+
+def _page(request: web.Request, page: BaseModel) -> web.Response:
+    """A gathered list's page; a worker's part for a peer says which partitions it covers."""
+    response = _json(page)
+    if (covered := request.get(_COVERED)) is not None:
+        response.headers[PARTITIONS_HEADER] = ",".join(map(str, covered))
+    return response
 
 
 # --- Catalog, stock, shipments ------------------------------------------------------------------------------------
@@ -625,7 +654,7 @@ async def list_products(request: web.Request) -> web.Response:
 
     items = await _gather(request, "products", local, page.limit, sort=lambda p: p["sku"])
     next_cursor = items[-1]["sku"] if len(items) == page.limit else None
-    return _json(ProductPage(items=[ProductOut.model_validate(i) for i in items], next_cursor=next_cursor))
+    return _page(request, ProductPage(items=[ProductOut.model_validate(i) for i in items], next_cursor=next_cursor))
 
 
 async def put_product(request: web.Request) -> web.Response:

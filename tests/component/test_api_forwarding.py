@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from api.app import PLACING, SERVED_BY, _digest, init_app
+from api.app import PARTITIONS_HEADER, PLACING, SERVED_BY, WORKER, _digest, init_app
 from api.models import PlaceOrderIn
 from api.routing import FORWARDED_HEADER, PROOF_HEADER, PeerProof
 from streamcart.domain.catalog import ProductState
@@ -44,6 +44,11 @@ FORGED = {
 }
 
 
+#: The partitions each of the two workers owns.
+FIRST_HALF = list(range(SETTINGS.partitions // 2))
+SECOND_HALF = list(range(SETTINGS.partitions // 2, SETTINGS.partitions))
+
+
 def a_product(sku: str) -> ProductState:
     return ProductState(sku=sku, name=sku, unit_price_cents=1, currency="EUR", active=True,
                         updated={"event_id": "e", "at": 0})
@@ -53,7 +58,7 @@ def a_product(sku: str) -> ProductState:
 async def peer(aiohttp_server):
     """Worker 1: product B and order o-2 are its own (its owner URL is its own worker URL in ``SETTINGS``)."""
     worker = FakeWorker(index=1, owner=SETTINGS.worker_url(1), orders={"o-2": an_order("o-2")},
-                        catalog={"B": a_product("B")})
+                        catalog={"B": a_product("B")}, partitions=SECOND_HALF)
     return await aiohttp_server(init_app(SETTINGS, worker))
 
 
@@ -62,7 +67,7 @@ async def client(aiohttp_client, peer):
     """Worker 0 of two: product A is its own, every order is ``peer``'s."""
     settings = SETTINGS.model_copy(update={"api_port": peer.port - 1, "advertised_host": peer.host,
                                            "rate_limit_per_s": 0.01, "rate_limit_burst": 2})
-    worker = FakeWorker(owner=settings.worker_url(1), catalog={"A": a_product("A")})
+    worker = FakeWorker(owner=settings.worker_url(1), catalog={"A": a_product("A")}, partitions=FIRST_HALF)
     return await aiohttp_client(init_app(settings, worker))
 
 
@@ -150,3 +155,28 @@ async def test_a_key_used_just_before_its_periods_end_names_that_order_on_the_wo
     other = await client.post("/v1/orders", json={**body, "currency": "USD"}, headers=headers)
     assert other.status == 409
     assert commands.sent == []
+
+
+async def test_a_list_while_another_worker_is_restoring_its_tables_is_a_503_not_a_shorter_page(client, peer):
+    peer.app[WORKER].is_ready = False  # in a rebalance: its part of the catalog would be missing
+    response = await client.get("/v1/products", headers=CUSTOMER)
+    assert response.status == 503
+    assert response.headers["Retry-After"] == "1"
+
+
+@pytest.mark.parametrize("peers", [SECOND_HALF[1:], SECOND_HALF + FIRST_HALF[:1]], ids=["unowned", "twice"])
+async def test_a_list_is_a_503_unless_every_partition_was_answered_for_once(client, peer, peers):
+    """A partition between owners (revoked from one, not assigned to the next yet), or claimed by two workers for
+    a moment: the page would skip (or repeat) its items and its cursor would step past them for good."""
+    peer.app[WORKER].partitions = peers
+    response = await client.get("/v1/products", headers=CUSTOMER)
+    assert response.status == 503
+    assert "partitions are being reassigned" in (await response.json())["error"]["message"]
+    peer.app[WORKER].partitions = SECOND_HALF
+    assert (await client.get("/v1/products", headers=CUSTOMER)).status == 200
+
+
+async def test_a_workers_part_of_a_list_says_which_partitions_it_answered_for(aiohttp_client, peer):
+    owner = await aiohttp_client(peer)
+    part = await owner.get("/v1/products", headers=genuine())
+    assert part.headers[PARTITIONS_HEADER] == ",".join(map(str, SECOND_HALF))

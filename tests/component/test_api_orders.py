@@ -35,6 +35,8 @@ class FakeWorker:
     orders: dict[str, OrderState] = field(default_factory=dict)
     owner: str | None = SETTINGS.worker_url(0)
     is_ready: bool = True
+    #: The partitions it owns (every one: a worker alone; split them between workers of a cluster)
+    partitions: list[int] = field(default_factory=lambda: list(range(SETTINGS.partitions)))
     stocks: dict[str, StockState] = field(default_factory=dict)
     catalog: dict[str, ProductState] = field(default_factory=dict)
     waited: list[tuple[str, float]] = field(default_factory=list)
@@ -48,7 +50,7 @@ class FakeWorker:
         return not self.is_ready
 
     def assigned(self) -> list[int]:
-        return [0, 1] if self.is_ready else []
+        return self.partitions if self.is_ready else []
 
     def ready(self) -> bool:
         return self.is_ready
@@ -171,7 +173,7 @@ async def test_while_ownership_is_unknown_a_read_is_a_503_with_retry_after(clien
 async def test_readiness_reports_assignment_and_is_503_until_ready(client, worker):
     ready = await client.get("/readyz")
     assert ready.status == 200
-    assert (await ready.json())["assigned"] == [0, 1]
+    assert (await ready.json())["assigned"] == list(range(SETTINGS.partitions))
     worker.is_ready = False
     assert (await client.get("/readyz")).status == 503
 
