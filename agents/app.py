@@ -87,6 +87,11 @@ def build_runtime(
     app = create_faust_app(settings, worker_index=worker_index, store=store)
     tables = declare_tables(app, settings.partitions)
     runtime = Runtime(settings=settings, app=app, codec=codec, tables=tables, sink=sink)
+
+    async def revoked(_app: Any, /, *_: Any, **__: Any) -> None:
+        runtime.order_watch.rebalanced()  # a long-poll's order may be another worker's now
+
+    app.on_partitions_revoked.connect(revoked)
     for flow in FLOWS:
         if flow is analytics and not settings.analytics:
             continue

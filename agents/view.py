@@ -59,14 +59,18 @@ class FaustWorkerView:
         return self.runtime.tables.catalog.get(sku)
 
     async def wait_settled(self, order_id: str, timeout_s: float) -> OrderState | None:
-        """Woken by the orders flow each time the order changes (:class:`agents.watch.OrderWatch`)."""
+        """Woken by the orders flow each time the order changes (:class:`agents.watch.OrderWatch`); returns early
+        after a rebalance (the order may belong to another worker now: the caller checks)."""
+        watch = self.runtime.order_watch
         deadline = time.monotonic() + timeout_s
+        rebalances = watch.rebalances
         while True:
             order = self.order(order_id)
             left = deadline - time.monotonic()
-            if (order is not None and order.status in OrderStatus.SETTLED) or left <= 0:
+            if (order is not None and order.status in OrderStatus.SETTLED) or left <= 0 \
+                    or watch.rebalances != rebalances:
                 return order
-            await self.runtime.order_watch.next_change(order_id, left)
+            await watch.next_change(order_id, left)
 
     def orders_of(self, customer_id: str, *, after: tuple[int, str] | None, limit: int) -> list[OrderState]:
         # A range of the customer index in each partition this worker owns, and one read per order on the page.

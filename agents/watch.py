@@ -1,7 +1,9 @@
 """Waiting for an order to change, for the API's long-poll (``GET /v1/orders/{id}?wait=S``).
 
 The orders flow calls :meth:`OrderWatch.changed` after it stores an order; a request waiting on that order wakes
-at once. Event-driven, not a sleep loop: a long-poll answers within milliseconds of the event that settles it.
+at once. Event-driven, not a sleep loop: a long-poll answers within milliseconds of the event that settles it. A
+rebalance wakes every waiter (:meth:`OrderWatch.rebalanced`): its order may have moved to another worker, whose
+flow will never wake it here.
 """
 
 from __future__ import annotations
@@ -13,6 +15,14 @@ from collections import defaultdict
 class OrderWatch:
     def __init__(self) -> None:
         self._waiters: dict[str, set[asyncio.Future[None]]] = defaultdict(set)
+        #: How many rebalances took this worker's partitions back so far: a waiter that sees it move stops waiting.
+        self.rebalances = 0
+
+    def rebalanced(self) -> None:
+        """Wake everyone: this worker's partitions were taken back in a rebalance (call when they are revoked)."""
+        self.rebalances += 1
+        for order_id in list(self._waiters):
+            self.changed(order_id)
 
     def changed(self, order_id: str) -> None:
         """Wake everyone waiting on ``order_id`` (call after the new state is stored)."""

@@ -310,6 +310,9 @@ async def get_order(request: web.Request) -> web.Response:
     order = worker.order(order_id)
     if query.wait > 0 and (order is None or order.status not in OrderStatus.SETTLED):
         order = await worker.wait_settled(order_id, query.wait)
+        # A rebalance ends the wait: the order may be another worker's now, or this one's table being read back.
+        if owner_elsewhere(request, "orders", order_id) is not None:
+            raise Unavailable("the order moved to another worker in a rebalance; retry", headers={"Retry-After": "1"})
     # Another customer's order is indistinguishable from a missing one.
     if order is None or not principal.may_see_customer(order.customer_id):
         raise NotFound(f"order {order_id} not found")

@@ -42,6 +42,7 @@ class FakeWorker:
     waited: list[tuple[str, float]] = field(default_factory=list)
     #: (sku, event id) the stock counts -> what the adjustment said (``adjustment_body``; ``None``: not kept)
     adjustments: dict[tuple[str, str], str | None] = field(default_factory=dict)
+    moves_to: str | None = None  # the owner's URL after a long-poll's wait, if its order moves meanwhile
 
     def recovered(self) -> bool:
         return self.is_ready
@@ -85,6 +86,8 @@ class FakeWorker:
 
     async def wait_settled(self, order_id: str, timeout_s: float) -> OrderState | None:
         self.waited.append((order_id, timeout_s))
+        if self.moves_to is not None:  # a rebalance while it waits gives the order's partition to another worker
+            self.owner = self.moves_to
         return self.orders.get(order_id)
 
 
@@ -103,6 +106,16 @@ async def test_a_customer_reads_their_own_order(client):
     assert response.status == 200
     body = await response.json()
     assert (body["order_id"], body["status"]) == ("o-1", "PENDING")
+
+
+async def test_a_long_poll_whose_order_moved_to_another_worker_meanwhile_is_told_to_retry(client, worker):
+    """What this worker holds of it after the rebalance is no answer (its store here is gone, or stale): a 503, and
+    the retry is forwarded to the new owner."""
+    worker.moves_to = SETTINGS.worker_url(1)
+    response = await client.get("/v1/orders/o-1?wait=5", headers=bearer("c-1", "customer"))
+    assert response.status == 503
+    assert response.headers["Retry-After"] == "1"
+    assert worker.waited == [("o-1", 5.0)]
 
 
 async def test_an_orders_history_names_each_event_its_time_and_when_it_was_recorded(client, worker):
