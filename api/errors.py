@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import re
+import uuid
 from http import HTTPStatus
 from typing import Any
 
@@ -11,6 +13,16 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_urldispatcher import _default_expect_handler
 
 from streamcart.errors import StreamcartError
+
+#: On every response, also those answered before any middleware runs (an unparseable request, an unmet Expect).
+REQUEST_ID_HEADER = "X-Request-Id"
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
+
+
+def request_id(incoming: str | None) -> str:
+    """A sane incoming ``X-Request-Id``, echoed, or a new one."""
+    return incoming if incoming and _VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +160,7 @@ class _JsonErrorsHandler(RequestHandler):
             log.info("unreadable request from %s: %s", request.remote, message or exc)
             phrase = HTTPStatus(status).phrase
             response = error_response(status, code_of(phrase), message or phrase)
+        response.headers[REQUEST_ID_HEADER] = request_id(None)  # what it sent could not be read
         response.force_close()
         return response
 
@@ -176,6 +189,8 @@ def _unmet_expectations_in_json(handle: Any) -> Any:
             response: web.StreamResponse = await handle(request)
             return response
         except web.HTTPExpectationFailed:
-            return _expectation_failed(request.headers.get("Expect", ""))
+            response = _expectation_failed(request.headers.get("Expect", ""))
+            response.headers[REQUEST_ID_HEADER] = request_id(request.headers.get(REQUEST_ID_HEADER))
+            return response
 
     return handle_request

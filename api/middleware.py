@@ -5,9 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import re
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -16,14 +14,12 @@ from aiohttp import web
 from prometheus_client import Counter, Histogram
 
 from api.auth import credential
-from api.errors import ApiError
+from api.errors import REQUEST_ID_HEADER, ApiError, request_id
 from streamcart.logs import log_context
 from streamcart.tracing import span
 
 log = logging.getLogger(__name__)
 
-REQUEST_ID_HEADER = "X-Request-Id"
-_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
 
 REQUESTS = Counter("streamcart_http_requests_total", "HTTP requests answered", ["route", "method", "status"])
 LATENCY = Histogram(
@@ -41,8 +37,7 @@ def _route_label(request: web.Request) -> str:
 async def request_id_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     """Echo a sane ``X-Request-Id`` or mint one; it is on every response and in the logs. The request is handled
     as a span of the caller's trace (its ``traceparent``, or a new trace), which the commands it sends continue."""
-    incoming = request.headers.get(REQUEST_ID_HEADER, "")
-    rid = incoming if _VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    rid = request_id(request.headers.get(REQUEST_ID_HEADER))
     started = time.perf_counter()
     route = _route_label(request)
     with span(request.headers.get("traceparent"), f"{request.method} {route}", "server"), log_context(request_id=rid):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 
 import pytest
@@ -52,6 +53,7 @@ async def test_an_unparseable_request_gets_a_json_400_and_the_connection_closes(
     error = json.loads(body)["error"]
     assert error["code"] == "bad_request" and error["message"]
     assert "Traceback" not in error["message"]
+    assert re.fullmatch(r"[0-9a-f]{32}", headers["x-request-id"])  # a new one: what it sent could not be read
 
 
 async def test_a_good_request_on_the_same_server_is_answered_by_the_app(port: int) -> None:
@@ -63,8 +65,9 @@ async def test_an_unmet_expectation_on_a_path_no_route_has_is_a_json_417(port: i
     # Routes answer it through the middlewares (test_api_commands.py); a route-less path gets aiohttp's own handler.
     status, headers, body = await exchange(
         port, b"POST /nowhere HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\nContent-Length: 2\r\n"
-              b"Connection: close\r\n\r\n{}")
+              b"X-Request-Id: req-417\r\nConnection: close\r\n\r\n{}")
     assert status == 417
     assert headers["content-type"].startswith("application/json")
     assert json.loads(body)["error"]["code"] == "expectation_failed"
+    assert headers["x-request-id"] == "req-417"  # echoed, as the middleware would
 
