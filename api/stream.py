@@ -30,7 +30,14 @@ from api.models import StreamQuery
 from api.spec import Route
 from streamcart.domain import analytics as windows
 from streamcart.settings import Settings
-from streamcart.telemetry import CONSUMER_LAG, DEAD_LETTERS_SHOWN, DLQ_RECORDS, TABLE_KEYS, Telemetry
+from streamcart.telemetry import (
+    CONSUMER_LAG,
+    DEAD_LETTERS_SHOWN,
+    DLQ_RECORDS,
+    TABLE_KEYS,
+    WAREHOUSE_DLQ_RECORDS,
+    Telemetry,
+)
 from streamcart.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -70,7 +77,8 @@ class LiveSource(Protocol):
 
 
 class Observer:
-    """This worker's view of Kafka (lag of the group on its partitions, DLQ depth) and of its tables.
+    """This worker's view of Kafka (lag of the group on its partitions, the depth of the DLQ and of the warehouse's)
+    and of its tables.
 
     Kafka is asked through the worker's own consumer: committed positions are the ones it committed itself, and
     the end offsets come from the same client. (librdkafka's admin client, used here before, aborts the whole
@@ -84,6 +92,7 @@ class Observer:
         self.topics = Topics.from_settings(settings)
         self.lag: dict[str, dict[int, int]] = {}
         self.dlq_records: int | None = None
+        self.warehouse_dlq_records: int | None = None  # rows a Kafka Connect sink could not take
         self.table_sizes: dict[str, int] = {}
 
     async def run(self) -> None:
@@ -97,8 +106,9 @@ class Observer:
     async def observe(self) -> None:
         if not self.worker.ready():
             return
-        self.lag, self.dlq_records = await self._read_kafka(self.worker.owned())
+        self.lag, self.dlq_records, self.warehouse_dlq_records = await self._read_kafka(self.worker.owned())
         DLQ_RECORDS.set(self.dlq_records)
+        WAREHOUSE_DLQ_RECORDS.set(self.warehouse_dlq_records)
         CONSUMER_LAG.clear()
         for topic, partitions in self.lag.items():
             for partition, behind in partitions.items():
@@ -107,18 +117,22 @@ class Observer:
         for table, size in self.table_sizes.items():
             TABLE_KEYS.labels(table).set(size)
 
-    async def _read_kafka(self, owned: dict[str, list[int]]) -> tuple[dict[str, dict[int, int]], int]:
+    async def _read_kafka(self, owned: dict[str, list[int]]) -> tuple[dict[str, dict[int, int]], int, int]:
         tps = [(t, p) for t, ps in owned.items() for p in ps if not t.endswith("-changelog")]
         dlq = [(self.topics.dlq, p) for p in range(self.settings.partitions)]
+        warehouse_dlq = [(self.topics.warehouse_dlq, 0)]  # one partition (streamcart/topics.py)
         positions = self.worker.committed()
         never_committed = [tp for tp in tps if tp not in positions]  # the group starts those at the log start
-        latest = await self.worker.end_offsets(tps + dlq)
-        earliest = await self.worker.start_offsets(dlq + never_committed)
+        latest = await self.worker.end_offsets(tps + dlq + warehouse_dlq)
+        earliest = await self.worker.start_offsets(dlq + warehouse_dlq + never_committed)
         lag: dict[str, dict[int, int]] = {}
         for tp in tps:
             lag.setdefault(tp[0], {})[tp[1]] = max(0, latest[tp] - positions.get(tp, earliest.get(tp, 0)))
-        depth = sum(latest[tp] - earliest[tp] for tp in dlq)
-        return lag, depth
+
+        def depth(partitions: list[tuple[str, int]]) -> int:
+            return sum(latest[tp] - earliest[tp] for tp in partitions)
+
+        return lag, depth(dlq), depth(warehouse_dlq)
 
 
 OBSERVER = web.AppKey("observer", Observer)
@@ -228,6 +242,8 @@ class Hub:
             "saga_steps": (saga := self.step_rates(now, steps)),
             "in_flight": _in_flight(saga),
             "dlq_records": max((a["dlq_records"] for a in answers if a["dlq_records"] is not None), default=None),
+            "warehouse_dlq_records": max((a["warehouse_dlq_records"] for a in answers
+                                          if a.get("warehouse_dlq_records") is not None), default=None),
             "dead_letters": latest_dead_letters(answers),
             "consumer_lag": {"total": sum(lag.values()), "by_partition": lag},
             "stock": await self.stock([s["sku"] for s in top[:5]]),
@@ -380,6 +396,7 @@ async def live(request: web.Request) -> web.Response:
         "telemetry": worker.telemetry.snapshot(),
         "lag": observer.lag,
         "dlq_records": observer.dlq_records,
+        "warehouse_dlq_records": observer.warehouse_dlq_records,
         "tables": observer.table_sizes,
     })
 

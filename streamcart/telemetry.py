@@ -27,6 +27,9 @@ MESSAGES_FAILED = Counter(
     "streamcart_messages_failed", "Messages an agent could not decode or process (sent to the DLQ)", ["flow", "error"]
 )
 DLQ_RECORDS = Gauge("streamcart_dlq_records", "Records in the dead-letter topic (all partitions)")
+WAREHOUSE_DLQ_RECORDS = Gauge(
+    "streamcart_warehouse_dlq_records", "Records in the warehouse's dead-letter topic: rows a Kafka Connect sink "
+    "could not take")
 DEAD_LETTERS = Counter(
     "streamcart_dead_letters", "Records this worker sent to the dead-letter topic, by the flow that failed on them",
     ["flow"],

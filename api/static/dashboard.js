@@ -136,6 +136,7 @@ function render(tick) {
   $("p99").textContent = tick.saga_latency_ms.p99 === null ? "–" : `${tick.saga_latency_ms.p99} ms`;
   $("latency-count").textContent = `(${tick.saga_latency_ms.count} in the last minute)`;
   $("dlq").textContent = fmt(tick.dlq_records);
+  $("warehouse-dlq").textContent = fmt(tick.warehouse_dlq_records);
   $("lag").textContent = fmt(tick.consumer_lag.total);
   push(series.lag, tick.consumer_lag.total); spark("lag-spark", series.lag);
   lagGrid(tick.consumer_lag.by_partition);

@@ -102,6 +102,7 @@ def test_the_stream_delivers_ticks_that_move_while_orders_flow(shop: Shop, setti
     assert [w["worker"] for w in tick["workers"]] == list(range(settings.workers))
     assert {w["breaker"] for w in tick["workers"]} <= {"closed", "half-opened", "opened"}
     assert tick["dlq_records"] is not None and tick["consumer_lag"]["total"] >= 0
+    assert tick["warehouse_dlq_records"] is not None
     assert tick["saga_latency_ms"]["p99"] >= tick["saga_latency_ms"]["p50"] > 0
     steps = tick["saga_steps"]
     assert steps["PlaceOrder"]["total"] >= 10 and steps["OrderConfirmed"]["total"] >= 5

@@ -10,6 +10,7 @@ from streamcart.settings import Settings
 from streamcart.telemetry import Telemetry
 
 DLQ = "commerce.dlq"
+WAREHOUSE_DLQ = ("commerce.warehouse.dlq", 0)
 
 
 @dataclass
@@ -47,8 +48,9 @@ async def test_lag_is_the_end_offset_past_the_committed_position_and_the_dlq_dep
     dlq = {(DLQ, p): 0 for p in range(2)}
     worker = Worker(
         positions={("commerce.commands.orders", 0): 90},  # partition 1: nothing committed yet
-        ends={("commerce.commands.orders", 0): 100, ("commerce.commands.orders", 1): 7, **dlq, (DLQ, 1): 5},
-        starts={**dlq, (DLQ, 1): 2, ("commerce.commands.orders", 1): 3},
+        ends={("commerce.commands.orders", 0): 100, ("commerce.commands.orders", 1): 7, **dlq, (DLQ, 1): 5,
+              WAREHOUSE_DLQ: 9},
+        starts={**dlq, (DLQ, 1): 2, ("commerce.commands.orders", 1): 3, WAREHOUSE_DLQ: 8},
     )
     observer = Observer(Settings(partitions=2), worker)
 
@@ -56,5 +58,6 @@ async def test_lag_is_the_end_offset_past_the_committed_position_and_the_dlq_dep
 
     assert observer.lag == {"commerce.commands.orders": {0: 10, 1: 4}}  # 1: from where the group starts it
     assert observer.dlq_records == 3
+    assert observer.warehouse_dlq_records == 1
     assert observer.table_sizes == {"orders": 3}
     assert all(not topic.endswith("-changelog") for topic, _ in worker.asked[0])  # changelogs have no lag
