@@ -230,7 +230,11 @@ def topics(
 
 
 @app.command()
-def init() -> None:
+def init(
+    sinks: Annotated[bool, typer.Option("--connectors/--no-connectors", help="Also apply the warehouse sinks "
+                                        "(--no-connectors: what a worker needs before it starts, without Connect).")]
+    = True,
+) -> None:
     """Prepare services that already run (docker-compose's and Helm's one-shot init): create the topics (and give
     existing ones the settings they lack), register the schemas, apply the warehouse sinks. Running it again
     changes nothing."""
@@ -241,8 +245,9 @@ def init() -> None:
     settings = _settings()
     console.print(f"topics: {ensure_topics(settings, stack_topics(settings)).summary()}")
     console.print(f"schemas: {len(register_all(settings))} registered")
-    for name, outcome in connectors.apply(settings).items():
-        console.print(f"connector {name}: {outcome}")
+    if sinks:
+        for name, outcome in connectors.apply(settings).items():
+            console.print(f"connector {name}: {outcome}")
 
 
 connectors_app = typer.Typer(help="The warehouse's Kafka Connect sinks (connectors/*.json).")

@@ -53,7 +53,10 @@ class Settings(BaseSettings):
     connect_host: str | None = None
     postgres_host: str | None = None
     gateway_host: str | None = None
-    #: How the other workers reach this one (its container or pod name); defaults to ``host``.
+    #: How a worker is reached by the others, ``{index}`` standing for its index where each has an address of its
+    #: own (containers: ``worker-{index}``; pods: ``streamcart-worker-{index}.streamcart-worker.shop.svc``);
+    #: defaults to ``host``. Every worker must be able to name every other one: lists, analytics and the live
+    #: dashboard are gathered from all of them.
     advertised_host: str | None = None
     kafka_port: Port = 9092
     controller_port: Port = 9093
@@ -198,6 +201,18 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _workers_reach_each_other(self) -> Settings:
+        """Where each worker has an address of its own, the others must be able to name it: lists, analytics and
+        the live dashboard are gathered from every worker (one name for all made each ask itself twice)."""
+        if not self.api_port_per_worker and self.workers > 1 and "{index}" not in (self.advertised_host or ""):
+            raise ValueError(
+                "with STREAMCART_API_PORT_PER_WORKER=false every worker has an address of its own: "
+                "STREAMCART_ADVERTISED_HOST must name each worker by its index, e.g. worker-{index} (containers) or "
+                "streamcart-worker-{index}.streamcart-worker.NAMESPACE.svc (a StatefulSet's pods)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _orders_outlive_their_keys(self) -> Settings:
         if 0 < self.order_retention_s < self.idempotency_ttl_s:
             raise ValueError(
@@ -221,7 +236,9 @@ class Settings(BaseSettings):
         return self.jwt_secret.get_secret_value() == DEVELOPMENT_JWT_SECRET and not _loopback(self.host)
 
     def worker_url(self, index: int) -> str:
-        return f"http://{self.advertised_host or self.host}:{self.worker_port(index)}"
+        """Where worker ``index`` answers HTTP."""
+        host = (self.advertised_host or self.host).replace("{index}", str(index))
+        return f"http://{host}:{self.worker_port(index)}"
 
     def to_env(self) -> dict[str, str]:
         """These settings as ``STREAMCART_*`` variables, for a child process to read back unchanged."""

@@ -16,13 +16,21 @@ def test_on_one_machine_everything_is_found_on_host_and_workers_take_consecutive
 def test_in_containers_each_service_has_its_own_host_and_every_worker_the_same_port():
     settings = Settings(host="0.0.0.0", kafka_host="kafka", registry_host="registry", connect_host="connect",
                         postgres_host="postgres", postgres_port=5432, gateway_host="gateway",
-                        advertised_host="worker-1", api_port_per_worker=False)
+                        advertised_host="worker-{index}", api_port_per_worker=False)
     assert settings.bootstrap_servers == "kafka:9092"
     assert settings.registry_url == "http://registry:8085/apis/ccompat/v7"
     assert settings.connect_url == "http://connect:8083"
     assert settings.gateway_url == "http://gateway:8090"
     assert "@postgres:5432/" in settings.postgres_dsn
     assert settings.worker_port(1) == 8080 and settings.worker_url(1) == "http://worker-1:8080"
+    assert settings.worker_url(0) == "http://worker-0:8080"
+
+
+def test_workers_with_an_address_each_must_be_named_by_index_or_they_could_not_reach_each_other():
+    with pytest.raises(ValidationError, match=r"STREAMCART_ADVERTISED_HOST must name each worker by its index"):
+        Settings(api_port_per_worker=False, advertised_host="worker-0")
+    assert Settings(api_port_per_worker=False, advertised_host="worker-0", workers=1).worker_url(0) == \
+        "http://worker-0:8080"
 
 
 def test_unset_hosts_are_not_passed_to_children_as_text():
@@ -35,7 +43,8 @@ def test_a_worker_port_that_is_another_process_port_is_refused_with_the_way_out(
     with pytest.raises(ValidationError, match="worker 3's API port would be 8083, which is connect_port"):
         Settings(workers=4)
     assert Settings(workers=4, api_port=8180).worker_port(3) == 8183
-    assert Settings(workers=4, api_port_per_worker=False).worker_port(3) == 8080  # a host of its own each
+    assert Settings(workers=4, api_port_per_worker=False,
+                    advertised_host="w{index}").worker_port(3) == 8080  # a host of its own each
 
 
 @pytest.mark.parametrize(

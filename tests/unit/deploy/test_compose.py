@@ -108,11 +108,14 @@ def test_streamcart_processes_find_every_service_where_it_listens(service: str):
     assert s.host == "0.0.0.0"  # reachable from the other containers
 
 
-def test_each_worker_serves_the_api_on_its_published_port_and_advertises_its_own_name():
-    for index, name in enumerate(sorted(n for n in SERVICES if n.startswith("worker-"))):
+def test_each_worker_serves_the_api_on_its_published_port_and_every_worker_names_every_other_one():
+    workers = sorted(n for n in SERVICES if n.startswith("worker-"))
+    for index, name in enumerate(workers):
         s = settings_of(name)
         assert SERVICES[name]["command"] == ["worker", "--index", str(index)]
-        assert s.advertised_host == name
+        assert s.workers == len(workers)
+        # Lists, analytics and the dashboard are gathered from every worker: each must reach each by name.
+        assert [s.worker_url(i) for i in range(s.workers)] == [f"http://{w}:8080" for w in workers]
         assert s.worker_port(index) in published(name)
         assert f"localhost:{s.worker_port(index)}/healthz" in " ".join(SERVICES[name]["healthcheck"]["test"])
 
@@ -167,3 +170,14 @@ def test_grafana_is_provisioned_with_the_dashboard_and_the_prometheus_datasource
     datasource = yaml.safe_load((ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text())
     assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
     assert (ROOT / "deploy/grafana/dashboards/streamcart.json").is_file()
+
+
+def test_kafka_keeps_its_log_on_its_volume():
+    """The image writes to /tmp/kraft-combined-logs unless told: every topic would go with the container."""
+    (volume,) = SERVICES["kafka"]["volumes"]
+    assert volume.split(":", 1)[1] == env("kafka")["KAFKA_LOG_DIRS"]
+
+
+def test_connect_saves_its_sinks_positions_as_often_as_the_local_stack():
+    local = props.connect_worker_properties(settings_of("init"), Path("/plugins"))
+    assert int(env("connect")["OFFSET_FLUSH_INTERVAL_MS"]) == local["offset.flush.interval.ms"]

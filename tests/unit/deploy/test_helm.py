@@ -98,14 +98,17 @@ def test_every_setting_the_chart_passes_is_one_the_code_reads():
             assert names <= fields, names - fields
 
 
-def test_workers_listen_where_the_services_and_probes_point_and_advertise_their_pod_name():
+def test_workers_listen_where_the_services_and_probes_point_and_name_each_other_by_pod():
     docs = manifests(SECRETS)
     (workers,) = of_kind(docs, "StatefulSet")
     (container,) = workers["spec"]["template"]["spec"]["containers"]
     env = env_of(container)
     settings = settings_from(env)
     assert settings.worker_port(1) == container["ports"][0]["containerPort"] == 8080  # the same port on every pod
-    assert env["STREAMCART_ADVERTISED_HOST"] == f"$(POD_NAME).{workers['spec']['serviceName']}.shop.svc"
+    # Worker i is the StatefulSet's pod i behind its headless service: every worker names every other one.
+    service, pod = workers["spec"]["serviceName"], workers["metadata"]["name"]
+    assert [settings.worker_url(i) for i in range(settings.workers)] == [
+        f"http://{pod}-{i}.{service}.shop.svc:8080" for i in range(workers["spec"]["replicas"])]
     pod_labels = workers["spec"]["template"]["metadata"]["labels"]
     for service in of_kind(docs, "Service"):
         if "worker" in service["metadata"]["name"] or service["metadata"]["name"].endswith("-api"):
@@ -144,9 +147,46 @@ def test_the_deployed_gateway_is_the_one_the_workers_call():
     assert gateway["spec"]["template"]["spec"]["containers"][0]["args"] == ["gateway"]
 
 
-def test_the_init_job_prepares_topics_schemas_and_sinks():
-    (job,) = of_kind(manifests(SECRETS), "Job")
+def test_the_init_job_prepares_topics_schemas_and_sinks_and_each_worker_waits_for_its_topics():
+    docs = manifests(SECRETS)
+    (job,) = of_kind(docs, "Job")
     assert job["spec"]["template"]["spec"]["containers"][0]["args"] == ["init"]
+    # The Job may not have run when a worker starts (nothing orders them): a worker's topics are made first.
+    (workers,) = of_kind(docs, "StatefulSet")
+    (first,) = workers["spec"]["template"]["spec"]["initContainers"]
+    assert first["args"] == ["init", "--no-connectors"]
+    assert env_of(first).items() <= env_of(workers["spec"]["template"]["spec"]["containers"][0]).items()
+    assert "initContainers" not in of_kind(manifests({**SECRETS, "init.enabled": "false"}), "StatefulSet")[0][
+        "spec"]["template"]["spec"]
+
+
+def test_an_external_gateway_must_be_named():
+    unnamed = render({**SECRETS, "gateway.deploy": "false"})
+    assert unnamed.returncode != 0 and "gateway.host is required" in unnamed.stderr
+
+
+def test_whole_numbers_from_a_values_file_reach_the_settings_as_whole_numbers(tmp_path):
+    """A values file's numbers are floats to Helm: 1048576 would render "1.048576e+06", refused by the settings."""
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"partitions": 12, "workers": {"replicas": 3, "consumerFetchMinBytes": 1048576,
+                                                                    "producerLingerMs": 5}}))
+    done = subprocess.run([helm(), "template", "t", str(CHART), "--namespace", "shop", "-f", str(values),
+                           *(arg for k, v in SECRETS.items() for arg in ("--set", f"{k}={v}"))],
+                          capture_output=True, text=True, check=False, timeout=60)
+    assert done.returncode == 0, done.stderr
+    (workers,) = of_kind([d for d in yaml.safe_load_all(done.stdout) if d], "StatefulSet")
+    settings = settings_from(env_of(workers["spec"]["template"]["spec"]["containers"][0]))
+    assert (settings.partitions, settings.workers, settings.consumer_fetch_min_bytes) == (12, 3, 1048576)
+
+
+def test_a_long_release_name_still_makes_pods():
+    """A StatefulSet name over 52 characters cannot make pods (its controller-revision-hash label passes 63)."""
+    done = subprocess.run([helm(), "template", "a" * 53, str(CHART), "--namespace", "shop",
+                           *(arg for k, v in SECRETS.items() for arg in ("--set", f"{k}={v}"))],
+                          capture_output=True, text=True, check=False, timeout=60)
+    assert done.returncode == 0, done.stderr
+    (workers,) = of_kind([d for d in yaml.safe_load_all(done.stdout) if d], "StatefulSet")
+    assert len(workers["metadata"]["name"]) <= 52
 
 
 def test_more_workers_than_partitions_or_no_secrets_refuse_to_render():

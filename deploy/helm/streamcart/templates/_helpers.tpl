@@ -1,8 +1,10 @@
+{{/* At most 45 characters: the workers' StatefulSet adds "-worker", and a StatefulSet name over 52 characters
+cannot make pods (their controller-revision-hash label would pass 63). */}}
 {{- define "streamcart.fullname" -}}
 {{- if contains .Chart.Name .Release.Name -}}
-{{- .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- .Release.Name | trunc 45 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 50 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 45 | trimSuffix "-" -}}
 {{- end -}}
 {{- end -}}
 
@@ -28,7 +30,8 @@ app.kubernetes.io/component: {{ .component }}
 {{ .Values.image.repository }}:{{ .Values.image.tag }}
 {{- end -}}
 
-{{/* The STREAMCART_* settings every streamcart process reads (streamcart/settings.py). */}}
+{{/* The STREAMCART_* settings every streamcart process reads (streamcart/settings.py). Whole numbers go through
+int64: a values file's 1048576 arrives as a float and would render as "1.048576e+06", which the settings refuse. */}}
 {{- define "streamcart.env" -}}
 - name: STREAMCART_HOST
   value: 0.0.0.0
@@ -39,55 +42,58 @@ app.kubernetes.io/component: {{ .component }}
 - name: STREAMCART_TOPIC_PREFIX
   value: {{ .Values.topicPrefix | quote }}
 - name: STREAMCART_PARTITIONS
-  value: {{ .Values.partitions | quote }}
+  value: {{ .Values.partitions | int64 | quote }}
 - name: STREAMCART_WORKERS
-  value: {{ .Values.workers.replicas | quote }}
+  value: {{ .Values.workers.replicas | int64 | quote }}
 - name: STREAMCART_LOG_LEVEL
   value: {{ .Values.logLevel | quote }}
 - name: STREAMCART_KAFKA_HOST
   value: {{ .Values.kafka.host | quote }}
 - name: STREAMCART_KAFKA_PORT
-  value: {{ .Values.kafka.port | quote }}
+  value: {{ .Values.kafka.port | int64 | quote }}
 - name: STREAMCART_REGISTRY_HOST
   value: {{ .Values.registry.host | quote }}
 - name: STREAMCART_REGISTRY_PORT
-  value: {{ .Values.registry.port | quote }}
+  value: {{ .Values.registry.port | int64 | quote }}
 - name: STREAMCART_CONNECT_HOST
   value: {{ .Values.connect.host | quote }}
 - name: STREAMCART_CONNECT_PORT
-  value: {{ .Values.connect.port | quote }}
+  value: {{ .Values.connect.port | int64 | quote }}
 - name: STREAMCART_POSTGRES_HOST
   value: {{ .Values.warehouse.host | quote }}
 - name: STREAMCART_POSTGRES_PORT
-  value: {{ .Values.warehouse.port | quote }}
+  value: {{ .Values.warehouse.port | int64 | quote }}
 - name: STREAMCART_POSTGRES_DB
   value: {{ .Values.warehouse.database | quote }}
 - name: STREAMCART_POSTGRES_USER
   value: {{ .Values.warehouse.user | quote }}
+{{- if and (not .Values.gateway.deploy) (not .Values.gateway.host) }}
+{{- fail "gateway.host is required when gateway.deploy=false: the workers would call a gateway at 0.0.0.0 and decline every payment" }}
+{{- end }}
 - name: STREAMCART_GATEWAY_HOST
   value: {{ ternary (printf "%s-gateway" (include "streamcart.fullname" .)) .Values.gateway.host .Values.gateway.deploy | quote }}
 - name: STREAMCART_GATEWAY_PORT
-  value: {{ .Values.gateway.port | quote }}
+  value: {{ .Values.gateway.port | int64 | quote }}
 - name: STREAMCART_GATEWAY_ATTEMPT_TIMEOUT_S
   value: {{ .Values.gateway.attemptTimeoutS | quote }}
 - name: STREAMCART_GATEWAY_ATTEMPTS
-  value: {{ .Values.gateway.attempts | quote }}
+  value: {{ .Values.gateway.attempts | int64 | quote }}
 - name: STREAMCART_API_PORT
-  value: {{ .Values.workers.apiPort | quote }}
+  value: {{ .Values.workers.apiPort | int64 | quote }}
 - name: STREAMCART_API_PORT_PER_WORKER
   value: "false"
 - name: STREAMCART_PRODUCER_LINGER_MS
-  value: {{ .Values.workers.producerLingerMs | quote }}
+  value: {{ .Values.workers.producerLingerMs | int64 | quote }}
 - name: STREAMCART_COMMIT_INTERVAL_S
   value: {{ .Values.workers.commitIntervalS | quote }}
 {{- /* The fetch settings are passed only when set: unset, the code's defaults apply (0 ms is a value). */}}
 {{- if not (kindIs "invalid" .Values.workers.consumerFetchMinBytes) }}
 - name: STREAMCART_CONSUMER_FETCH_MIN_BYTES
-  value: {{ .Values.workers.consumerFetchMinBytes | quote }}
+  value: {{ .Values.workers.consumerFetchMinBytes | int64 | quote }}
 {{- end }}
 {{- if not (kindIs "invalid" .Values.workers.consumerFetchMaxWaitMs) }}
 - name: STREAMCART_CONSUMER_FETCH_MAX_WAIT_MS
-  value: {{ .Values.workers.consumerFetchMaxWaitMs | quote }}
+  value: {{ .Values.workers.consumerFetchMaxWaitMs | int64 | quote }}
 {{- end }}
 - name: STREAMCART_SAGA_TIMEOUT_S
   value: {{ .Values.workers.sagaTimeoutS | quote }}
