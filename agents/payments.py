@@ -9,6 +9,7 @@ order (:func:`agents.runtime.consume_concurrently`).
 from __future__ import annotations
 
 import logging
+import random
 import time
 from typing import Any
 
@@ -22,7 +23,8 @@ from streamcart.gateway.client import ClientPolicy, GatewayClient
 log = logging.getLogger(__name__)
 
 #: Waits between two tries of a payment step the gateway could not do (each try is the client's own retries: a few
-#: seconds, or at once while its circuit breaker is open): doubling from the first to the last.
+#: seconds, or at once while its circuit breaker is open): doubling from the first to the last, each a random half
+#: to all of it, so the steps waiting do not come back together, nor in step with the breaker's 5 s reset.
 RETRY_FIRST_S = 0.2
 RETRY_MAX_S = 5.0
 #: How long a capture, void or refund is tried before it is dead-lettered with the reason for a person to replay:
@@ -73,7 +75,7 @@ def register(runtime: Runtime) -> Any:
             left_s = give_up_at - time.time()
             if result.outcome != payments.Outcome.UNAVAILABLE or left_s <= 0:
                 return decision  # an unavailable authorization: declined, and a void of whatever went through
-            wait_s = min(delay, left_s)  # the last try comes just before the deadline
+            wait_s = min(delay * random.uniform(0.5, 1.0), left_s)  # the last try comes just before the deadline
             log.warning("payment %s: the gateway could not %s it (%s, try %d); trying again in %.1f s",
                         command.order_id, planned.operation, result.reason, attempt, wait_s)
             await in_progress.pause(wait_s)

@@ -16,8 +16,9 @@ Decisions where DESIGN.md is silent:
   deadline, agents/payments.py): the outcome is unknown (the gateway may have approved
   after the client gave up), so the payment is declined to the saga (PaymentDeclined ``gateway_unavailable``) and
   a VoidPayment is sent to this flow itself. Its plan is a void *by idempotency key* (``authorization_id`` None):
-  the client finds the authorization by re-sending the same keyed request and voids it if it was approved. Either
-  way the order nets to zero.
+  the client finds the authorization by re-sending the same keyed request and voids it if it was approved; it
+  settles with nothing voided only when the gateway says the authorization holds no money (:data:`NOTHING_HELD`).
+  Either way the order nets to zero; a lookup or void the gateway refuses is dead-lettered with the reason.
 - A void or refund of a payment never authorized records a tombstone and emits nothing (no money moved, so there
   is nothing to report); an AuthorizePayment arriving after it is not sent to the gateway but declined
   (``cancelled_before_authorization``).
@@ -57,6 +58,11 @@ GATEWAY_UNAVAILABLE = "gateway_unavailable"
 #: return it. The saga never captures what it voids (its record would say so), so this is for a person to look at.
 AUTHORIZATION_CAPTURED = "authorization_captured"
 CANCELLED_BEFORE_AUTHORIZATION = "cancelled_before_authorization"
+#: What the gateway may say of an authorization that holds no money, and the reason a void by key then settles with
+#: (nothing to give back). Any other refusal of a void by key (the lookup refused, the void refused) is not found
+#: out: it is dead-lettered for a person, never settled as nothing held.
+NOTHING_HELD = {"declined": "authorization_declined", "voided": "authorization_voided",
+                "refunded": "authorization_refunded"}
 
 Operation = Literal["authorize", "capture", "void", "refund"]
 
@@ -209,7 +215,7 @@ def apply_result(state: PaymentState | None, command: PaymentCommand, result: Ga
             return Decision(state=None, rejected=f"the void by key of {state.order_id} found its authorization "
                                                  f"captured: the money was taken, and a void cannot return it "
                                                  f"(a person must refund it at the gateway)")
-        if call.operation == "void" and call.authorization_id is None:
+        if call.operation == "void" and call.authorization_id is None and result.reason in NOTHING_HELD.values():
             # The unknown authorization turned out not to hold any money: settled with nothing to void.
             return _emitting(state.model_copy(update={"voided": Settlement(cause=cause)}), cause)
         return Decision(state=None, rejected=f"payment gateway refused to {call.operation} "

@@ -3,7 +3,12 @@
 - The order id is the idempotency key, so a retry (or a redelivered command) never authorizes twice.
 - Transient failures (connection errors, timeouts, 5xx, 429) are retried with exponential backoff and jitter
   (tenacity), each attempt under its own timeout; a 4xx answer is final.
-- A circuit breaker (purgatory) stops calling a gateway that keeps failing and fails fast until it recovers.
+- A circuit breaker (purgatory) stops calling a gateway that keeps failing and fails fast until it recovers; one
+  for authorizations and one for captures, voids and refunds, so one settlement the gateway always fails (tried
+  again and again for minutes) cannot keep the breaker open for every new order's authorization.
+- An answer is taken for what it says only when it says it: a 2xx without the status and authorization id the
+  operation returns is transient (tried again), never an approval; a void or refund by key settles with nothing
+  to give back only when the gateway says the authorization holds nothing (declined, voided, refunded).
 - Whatever happens, the caller gets a :class:`GatewayResult`: approved, declined (with the reason), or
   unavailable (no answer after the retries, or the breaker is open). Nothing here decides what that means for
   the order: :mod:`streamcart.domain.payments` does.
@@ -23,7 +28,7 @@ from purgatory import AsyncCircuitBreakerFactory
 from purgatory.domain.model import OpenedState
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from streamcart.domain.payments import AUTHORIZATION_CAPTURED, GatewayCall, GatewayResult
+from streamcart.domain.payments import AUTHORIZATION_CAPTURED, NOTHING_HELD, GatewayCall, GatewayResult
 from streamcart.errors import StreamcartError
 from streamcart.telemetry import BREAKER_LEVEL, GATEWAY_BREAKER, GATEWAY_CALLS, GATEWAY_RETRIES
 from streamcart.tracing import call_span
@@ -31,6 +36,10 @@ from streamcart.tracing import call_span
 log = logging.getLogger(__name__)
 
 BREAKER = "payment-gateway"
+#: The breaker of captures, voids and refunds (:data:`BREAKER` is the authorizations').
+SETTLEMENTS_BREAKER = "payment-gateway-settlements"
+#: The breaker states, least healthy last: the client reports its least healthy breaker.
+_STATES = ("closed", "half-opened", "opened")
 
 
 class TransientGatewayError(StreamcartError):
@@ -39,7 +48,8 @@ class TransientGatewayError(StreamcartError):
 
 @dataclass(frozen=True, slots=True)
 class ClientPolicy:
-    """How hard the client tries. The defaults keep one call's worst case near 6 s."""
+    """How hard the client tries. The defaults keep one call's worst case near 9 s (4 attempts of 2 s and the
+    backoff between them; a void or refund by key makes two requests an attempt)."""
 
     attempt_timeout_s: float = 2.0
     attempts: int = 4
@@ -68,6 +78,7 @@ class GatewayClient:
             default_ttl=self.policy.breaker_reset_s,
         )
         self.breaker_state = "closed"
+        self._states: dict[str, str] = {}  # breaker name -> its state
         self._breakers.add_listener(self._on_breaker_event)
 
     async def close(self) -> None:
@@ -76,11 +87,13 @@ class GatewayClient:
     def _on_breaker_event(self, name: str, event_name: str, event: Any) -> None:
         state = getattr(event, "state", None)
         if state is not None:
-            self.breaker_state = str(state)
+            self._states[name] = str(state)
+            worst = max(self._states.values(), key=lambda s: _STATES.index(s) if s in _STATES else len(_STATES))
+            self.breaker_state = worst
             GATEWAY_BREAKER.set(BREAKER_LEVEL.get(self.breaker_state, 1.0))
             if self.on_breaker is not None:
                 self.on_breaker(self.breaker_state)
-            log.warning("payment gateway circuit breaker is now %s", state)
+            log.warning("payment gateway circuit breaker %s is now %s", name, state)
 
     async def execute(self, call: GatewayCall) -> GatewayResult:
         """Perform ``call``; never raises for a gateway problem (that is an ``unavailable`` result)."""
@@ -107,7 +120,8 @@ class GatewayClient:
 
     async def _guarded(self, call: GatewayCall) -> GatewayResult:
         # Only a TransientGatewayError escaping this block counts as a failure: a decline is an answer.
-        async with await self._breakers.get_breaker(BREAKER):
+        breaker = BREAKER if call.operation == "authorize" else SETTLEMENTS_BREAKER
+        async with await self._breakers.get_breaker(breaker):
             return await self._once(call)
 
     async def _once(self, call: GatewayCall) -> GatewayResult:
@@ -123,14 +137,17 @@ class GatewayClient:
     async def _call(self, call: GatewayCall) -> GatewayResult:
         if call.operation == "authorize" or call.authorization_id is None:
             status, body = await self._post("/v1/authorizations", _authorization_body(call))
-            if call.operation != "authorize" and status < 300:
-                # A void (or refund) by idempotency key: the authorization was found by re-sending it.
-                if body.get("status") not in {"approved", "captured"}:
-                    # It holds no money (declined, or already given back): nothing to void.
-                    return GatewayResult.declined(f"authorization_{body.get('status')}")
-                if call.operation == "void" and body.get("status") == "captured":
+            if call.operation != "authorize":
+                # A void (or refund) by idempotency key: the authorization is found by re-sending it.
+                if status >= 300:
+                    return _refused(status, body)  # not found out: for a person, never "nothing to void"
+                found = _status(body, "approved", "captured", *NOTHING_HELD)
+                if found in NOTHING_HELD:
+                    return GatewayResult.declined(NOTHING_HELD[found])  # it holds no money: nothing to give back
+                if call.operation == "void" and found == "captured":
                     return GatewayResult.declined(AUTHORIZATION_CAPTURED)  # taken, not held: not "nothing to void"
-                status, body = await self._post(f"/v1/authorizations/{body['authorization_id']}/{call.operation}")
+                path = f"/v1/authorizations/{_authorization_id(body)}/{call.operation}"
+                status, body = await self._post(path)
         else:
             status, body = await self._post(f"/v1/authorizations/{call.authorization_id}/{call.operation}")
         return _result(call, status, body)
@@ -158,10 +175,42 @@ def _authorization_body(call: GatewayCall) -> dict[str, Any]:
     }
 
 
+#: The status a capture, void or refund leaves its authorization in.
+_DONE = {"capture": "captured", "void": "voided", "refund": "refunded"}
+
+
 def _result(call: GatewayCall, status: int, body: dict[str, Any]) -> GatewayResult:
-    if status >= 400:
-        error = body.get("error", {}) if isinstance(body.get("error"), dict) else {}
-        return GatewayResult.declined(str(error.get("code") or f"http_{status}"))
-    if call.operation == "authorize" and body.get("status") == "declined":
-        return GatewayResult.declined(str(body.get("reason") or "declined"))
-    return GatewayResult.approved(str(body.get("authorization_id")))
+    if status >= 300:
+        return _refused(status, body)
+    if call.operation == "authorize":
+        # A repeat of the key answers its authorization as it is now: captured still holds the money taken; one
+        # voided or refunded holds nothing.
+        found = _status(body, "approved", "captured", *NOTHING_HELD)
+        if found == "declined":
+            return GatewayResult.declined(str(body.get("reason") or "declined"))
+        if found in NOTHING_HELD:
+            return GatewayResult.declined(NOTHING_HELD[found])
+    else:
+        _status(body, _DONE[call.operation])
+    return GatewayResult.approved(_authorization_id(body))
+
+
+def _refused(status: int, body: dict[str, Any]) -> GatewayResult:
+    error = body.get("error", {}) if isinstance(body.get("error"), dict) else {}
+    return GatewayResult.declined(str(error.get("code") or f"http_{status}"))
+
+
+def _status(body: dict[str, Any], *expected: str) -> str:
+    """The ``status`` the gateway answered, one of ``expected``; anything else (no body, another status) is no
+    answer to act on: transient, tried again."""
+    status = body.get("status")
+    if status not in expected:
+        raise TransientGatewayError(f"unexpected answer: status {status!r}, expected one of {', '.join(expected)}")
+    return str(status)
+
+
+def _authorization_id(body: dict[str, Any]) -> str:
+    authorization_id = body.get("authorization_id")
+    if not isinstance(authorization_id, str) or not authorization_id:
+        raise TransientGatewayError(f"unexpected answer: no authorization_id ({authorization_id!r})")
+    return authorization_id

@@ -18,6 +18,7 @@ from streamcart.domain.payments import (
     AUTHORIZATION_CAPTURED,
     CANCELLED_BEFORE_AUTHORIZATION,
     GATEWAY_UNAVAILABLE,
+    NOTHING_HELD,
     GatewayCall,
     GatewayResult,
     PaymentState,
@@ -126,12 +127,23 @@ def test_the_void_by_key_of_an_authorization_that_was_approved_after_all_reports
     assert state.status == PaymentStatus.VOIDED
 
 
-def test_the_void_by_key_of_an_authorization_that_held_nothing_settles_quietly():
+@pytest.mark.parametrize("held", NOTHING_HELD.values())
+def test_the_void_by_key_of_an_authorization_that_held_nothing_settles_quietly(held):
     state, (_, void_cmd), _ = through_gateway(None, authorize(), GatewayResult.unavailable())
-    state, emitted, _ = through_gateway(state, void_cmd, GatewayResult.declined("not_found"))
+    state, emitted, _ = through_gateway(state, void_cmd, GatewayResult.declined(held))
     assert emitted == []
     assert state.status == PaymentStatus.VOIDED
     assert plan(state, void_cmd) == Decision(state=None)
+
+
+@pytest.mark.parametrize("refusal", ["not_found", "idempotency_conflict", "invalid_state", "http_401"])
+def test_a_void_by_key_the_gateway_refuses_is_for_a_person_never_settled_as_nothing_held(refusal):
+    """The lookup or the void refused says nothing of whether money is held: it may be (an approval the client
+    never saw); settling it as voided would leave it held, and retention would forget it."""
+    state, (_, void_cmd), _ = through_gateway(None, authorize(), GatewayResult.unavailable())
+    decision = apply_result(state, void_cmd, GatewayResult.declined(refusal))
+    assert decision.state is None and decision.messages == ()
+    assert decision.rejected is not None and refusal in decision.rejected
 
 
 def test_the_void_by_key_of_an_authorization_found_captured_is_refused_for_a_person_not_settled_as_nothing():

@@ -3,7 +3,7 @@
 import pytest
 from aiohttp import web
 
-from streamcart.domain.payments import AUTHORIZATION_CAPTURED, GatewayCall, Outcome
+from streamcart.domain.payments import AUTHORIZATION_CAPTURED, NOTHING_HELD, GatewayCall, Outcome
 from streamcart.gateway.client import ClientPolicy, GatewayClient
 from streamcart.gateway.server import init_app
 from streamcart.tracing import new_traceparent, span, trace_id
@@ -106,3 +106,90 @@ async def test_each_call_carries_a_child_of_the_span_being_handled(client):
     (entry,) = await ledger(client)
     assert trace_id(entry["traceparent"]) == trace_id(parent)
     assert entry["traceparent"] not in {parent, handling}
+
+
+OPERATIONS = web.AppKey("operations", list[str])
+
+
+def odd_gateway(lookup: tuple[int, str], operate: tuple[int, str] = (200, '{"status": "voided", '
+                                                                          '"authorization_id": "auth_1"}')):
+    """A gateway that answers POST /v1/authorizations with ``lookup`` and an operation with ``operate`` (status,
+    raw body), and counts the operations asked of it."""
+    app = web.Application()
+    app[OPERATIONS] = []
+
+    async def authorizations(request: web.Request) -> web.Response:
+        return web.Response(status=lookup[0], text=lookup[1], content_type="application/json")
+
+    async def operation(request: web.Request) -> web.Response:
+        app[OPERATIONS].append(request.match_info["operation"])
+        return web.Response(status=operate[0], text=operate[1], content_type="application/json")
+
+    app.router.add_post("/v1/authorizations", authorizations)
+    app.router.add_post("/v1/authorizations/{authorization_id}/{operation}", operation)
+    return app
+
+
+APPROVED_1 = '{"status": "approved", "authorization_id": "auth_1"}'
+
+
+@pytest.mark.parametrize("answer", [(200, ""), (201, "[]"), (200, "null"), (200, "{}"), (201, '{"status": "voided"}'),
+                                    (201, '{"status": "approved"}'), (201, '{"status": "approved", '
+                                                                           '"authorization_id": ""}')],
+                         ids=["empty", "list", "null", "no-status", "not-an-authorization", "no-id", "empty-id"])
+async def test_an_authorization_answer_that_says_no_status_and_id_is_no_approval(aiohttp_server, answer):
+    """Taken for an approval, the order would be confirmed for money nobody holds (its capture then fails for good);
+    it is no answer: tried again, then unavailable."""
+    server = await aiohttp_server(odd_gateway(answer))
+    client = GatewayClient(str(server.make_url("")), FAST)
+    try:
+        result = await client.execute(authorize("o-odd"))
+        if answer[1] == '{"status": "voided"}':  # a repeat of a key whose authorization was voided: holds nothing
+            assert (result.outcome, result.reason) == (Outcome.DECLINED, NOTHING_HELD["voided"])
+        else:
+            assert result.outcome == Outcome.UNAVAILABLE
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("lookup", [(409, '{"error": {"code": "idempotency_conflict"}}'), (401, ""), (404, "{}"),
+                                    (200, ""), (200, "[]"), (200, '{"status": "approved"}')],
+                         ids=["conflict", "unauthorized", "not-found", "empty", "list", "approved-without-id"])
+async def test_a_void_by_key_whose_authorization_is_not_found_out_never_settles_as_nothing_held(aiohttp_server, lookup):
+    server = await aiohttp_server(odd_gateway(lookup))
+    client = GatewayClient(str(server.make_url("")), FAST)
+    try:
+        result = await client.execute(GatewayCall("void", "o-odd", 1000, "EUR", payment_token="tok_approve"))
+        assert result.reason not in NOTHING_HELD.values()
+        assert result.outcome in (Outcome.DECLINED, Outcome.UNAVAILABLE)
+        assert server.app[OPERATIONS] == []
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("refused", [(409, '{"error": {"code": "invalid_state"}}'), (404, ""), (200, "{}")],
+                         ids=["invalid-state", "not-found", "no-status"])
+async def test_a_void_by_key_refused_or_unanswered_after_its_lookup_is_not_nothing_held(aiohttp_server, refused):
+    server = await aiohttp_server(odd_gateway((200, APPROVED_1), refused))
+    client = GatewayClient(str(server.make_url("")), FAST)
+    try:
+        result = await client.execute(GatewayCall("void", "o-odd", 1000, "EUR", payment_token="tok_approve"))
+        assert result.reason not in NOTHING_HELD.values()
+        assert result.outcome in (Outcome.DECLINED, Outcome.UNAVAILABLE)
+        assert server.app[OPERATIONS][0] == "void"
+    finally:
+        await client.close()
+
+
+async def test_a_settlement_the_gateway_keeps_failing_does_not_open_the_authorizations_breaker(aiohttp_server):
+    """One capture answered 500 for ever (tried again and again for minutes) must not decline every new order."""
+    server = await aiohttp_server(odd_gateway((201, APPROVED_1), (500, "")))
+    client = GatewayClient(str(server.make_url("")), FAST)
+    try:
+        for _ in range(2):
+            failed = await client.execute(GatewayCall("capture", "o-bad", 1000, "EUR", authorization_id="auth_1"))
+            assert failed.outcome == Outcome.UNAVAILABLE
+        assert failed.reason == "gateway_circuit_open" and client.breaker_state == "opened"
+        assert (await client.execute(authorize("o-good"))).outcome == Outcome.APPROVED
+    finally:
+        await client.close()
