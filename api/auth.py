@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import jwt
 
 from api.errors import Unauthorized
+from streamcart.ids import IDENTIFIER_PATTERN, is_identifier
 
 ALGORITHM = "HS256"
 LEEWAY_S = 10
@@ -88,5 +89,10 @@ def _verify(authorization: str | None, secret: str) -> tuple[Principal, float]:
     roles = claims.get("roles", [])
     if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
         raise Unauthorized("invalid token: roles must be a list of strings")
+    subject = claims["sub"]
+    if not isinstance(subject, str) or not is_identifier(subject):
+        # It names the customer in keys, messages and warehouse rows: an identifier, as a customer id in a URL.
+        raise Unauthorized(f"invalid token: sub must match {IDENTIFIER_PATTERN}",
+                           headers={"WWW-Authenticate": "Bearer"})
     expires_at = float(claims["exp"]) + LEEWAY_S
-    return Principal(subject=str(claims["sub"]), roles=frozenset(roles), expires_at=expires_at), expires_at
+    return Principal(subject=subject, roles=frozenset(roles), expires_at=expires_at), expires_at

@@ -81,8 +81,17 @@ class ProductIn(_Body):
     active: bool = Field(default=True, strict=True)
 
 
+def _not_zero(delta: int) -> int:
+    if delta == 0:
+        raise ValueError("a delta of 0 changes no stock")
+    return delta
+
+
 class AdjustmentIn(_Body):
-    delta: JsonInteger = Field(ge=-1_000_000, le=1_000_000)
+    #: Not 0: it would change nothing yet be remembered among the SKU's last 1,000 adjustments, pushing out the
+    #: one an Idempotency-Key retry must find.
+    delta: Annotated[JsonInteger, AfterValidator(_not_zero)] = Field(
+        ge=-1_000_000, le=1_000_000, description="units added (positive) or written off (negative); not 0")
     reason: Text = Field(min_length=1, max_length=200, examples=["delivery"])
 
 

@@ -131,8 +131,10 @@ def _json(document: object) -> bytes:
 
 
 def iso_utc(ms: int) -> str:
-    """Epoch milliseconds as ISO-8601 in UTC with millisecond precision, e.g. ``2026-11-25T14:28:47.123Z``."""
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """Epoch milliseconds as ISO-8601 in UTC with millisecond precision, e.g. ``2026-11-25T14:28:47.123Z``; in
+    whole numbers (``ms / 1000`` as a float gets the millisecond wrong from the 23rd century on)."""
+    seconds, millis = divmod(ms, 1000)
+    return f"{datetime.fromtimestamp(seconds, tz=UTC).isoformat()[:19]}.{millis:03d}Z"
 
 
 ORDERS = Table(

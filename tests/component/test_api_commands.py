@@ -671,3 +671,13 @@ async def test_the_openapi_document_is_3_1_and_covers_every_public_route(client)
     assert spec["components"]["schemas"]["LineIn"]["properties"]["quantity"]["minimum"] == 1
     docs = await client.get("/docs")
     assert docs.status == 200 and "/v1/orders/{order_id}/cancel" in await docs.text()
+
+
+async def test_an_adjustment_of_zero_is_a_422_and_sends_nothing(client, commands, worker):
+    """It would change no stock yet take one of the SKU's 1,000 remembered adjustments (and make a stock record
+    for a SKU that has none)."""
+    response = await client.post("/v1/stock/KB-001/adjustments", json={"delta": 0, "reason": "count"},
+                                 headers={**ADMIN, "Idempotency-Key": "zero"})
+    assert response.status == 422
+    assert "delta of 0" in json.dumps(await response.json())
+    assert commands.sent == []

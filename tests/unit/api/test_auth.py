@@ -83,3 +83,14 @@ def test_a_token_is_one_credential_however_its_header_is_written():
     assert len(_VERIFIED) == before + 1
     with pytest.raises(Unauthorized):  # the bare token is no header of the scheme, even once the token is known
         authenticate(token, SECRET)
+
+
+@pytest.mark.parametrize("subject", ["c\x00-1", "", "a" * 65, "c/1", "c 1", 42],
+                         ids=["nul", "empty", "too-long", "slash", "space", "not-a-string"])
+def test_a_subject_that_could_not_name_a_customer_is_refused(subject):
+    """It names the customer in keys, messages and warehouse rows: a NUL in it stopped the orders sink for good
+    (PostgreSQL refuses the row)."""
+    token = jwt.encode({"sub": subject, "roles": ["customer"], "exp": int(time.time()) + 60}, SECRET,
+                       algorithm="HS256")
+    with pytest.raises(Unauthorized, match=r"(?i)sub"):
+        authenticate(f"Bearer {token}", SECRET)

@@ -110,6 +110,10 @@ def test_times_travel_as_zoned_timestamps_in_utc():
     assert (placed["type"], placed["name"]) == ("string", ZONED_TIMESTAMP)
     assert document["payload"]["placed_at"] == "1970-01-01T00:00:01.000Z"
     assert iso_utc(1_764_080_927_123) == "2025-11-25T14:28:47.123Z"
+    assert iso_utc(-1) == "1969-12-31T23:59:59.999Z"
+    # Whole numbers: a float of seconds loses the millisecond in the 23rd century.
+    assert [iso_utc(ms) for ms in (10_413_792_000_001, 253_402_300_799_999)] == [
+        "2300-01-01T00:00:00.001Z", "9999-12-31T23:59:59.999Z"]
     money = next(f for f in document["schema"]["fields"] if f["field"] == "total_cents")
     assert money["type"] == "int64"
 
