@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from agents.runtime import FlowError, Runtime, consume, refused
+from agents.runtime import FlowError, Runtime, consume, header, refused
 from schemas.messages import AdjustStock, ForgetReservation, InventoryCommand, Message, UpsertProduct
+from streamcart.dead_letters import DlqHeader
 from streamcart.domain import catalog, inventory
 
 log = logging.getLogger(__name__)
@@ -19,7 +20,8 @@ def register(runtime: Runtime) -> Any:
 
     async def handle(message: Message, event: Any) -> None:
         if isinstance(message, UpsertProduct):
-            decision = catalog.decide(tables.catalog.get(message.sku), message)
+            decision = catalog.decide(tables.catalog.get(message.sku), message, getattr(event.message, "offset", None),
+                                      replayed=header(event, DlqHeader.REPLAY_OF) is not None)
             refused(decision.rejected, message)
             if decision.state is not None:
                 tables.catalog.put(message.sku, decision.state)

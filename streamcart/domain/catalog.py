@@ -1,8 +1,13 @@
 """The catalog, keyed by sku and co-partitioned with inventory (DESIGN.md §3 step 2).
 
-A product is what UpsertProduct last said about it, where "last" is by event time, not by arrival: an old upsert
-redelivered after a newer one must not bring an old price back. Ties on event time are broken by event id, so every
-worker settles on the same product whatever order the upserts arrive in. Upserts emit nothing.
+A product is what UpsertProduct last said about it, "last" in the log: a SKU's upserts all land in one partition
+of the catalog commands topic, so its log order is the order they were sent in, whatever the senders' clocks say
+(an admin's laptop ten minutes fast kept every later update out for ten minutes, and two updates in one
+millisecond were ordered by their random ids). The product keeps its upsert's position (offset) there: a
+redelivery, or an older record read again, is at or before it and changes nothing. A dead letter replayed is
+written anew at the end of the log, out of its place: it is placed by its event time instead (ties broken by event
+id), so an old upsert replayed after a newer one does not bring an old price back; so is an upsert when either
+side has no position (a product stored before positions were kept). Upserts emit nothing.
 """
 
 from __future__ import annotations
@@ -25,14 +30,28 @@ class ProductState(BaseModel):
     currency: str
     active: bool
     updated: Cause
+    #: The offset of the upsert that made this state, in its SKU's partition of the catalog commands topic
+    #: (``None``: stored before positions were kept, or by a replayed dead letter).
+    position: int | None = None
 
 
-def decide(state: ProductState | None, message: Message) -> Decision[ProductState]:
-    """Apply an UpsertProduct to a product (``None``: not in the catalog yet)."""
+def decide(
+    state: ProductState | None, message: Message, position: int | None = None, *, replayed: bool = False,
+) -> Decision[ProductState]:
+    """Apply an UpsertProduct to a product (``None``: not in the catalog yet) read at ``position`` (its offset in
+    the catalog commands topic; ``None``: unknown), ``replayed`` if it is a dead letter written back."""
     if not isinstance(message, UpsertProduct):
         return Decision(state=None, rejected=f"catalog does not handle {type(message).__name__}")
-    if state is not None and (message.occurred_at, message.event_id) <= (state.updated.at, state.updated.event_id):
-        return Decision(state=None)  # the same upsert again, or an older one arriving late
+    if replayed:
+        position = None
+    if state is not None:
+        if message.event_id == state.updated.event_id:
+            return Decision(state=None)  # the same upsert again
+        if position is not None and state.position is not None:
+            if position <= state.position:
+                return Decision(state=None)  # read again (a redelivery), or older in the log
+        elif (message.occurred_at, message.event_id) <= (state.updated.at, state.updated.event_id):
+            return Decision(state=None)  # out of its place in the log, and older by event time
     product = ProductState(
         sku=message.sku,
         name=message.name,
@@ -40,5 +59,6 @@ def decide(state: ProductState | None, message: Message) -> Decision[ProductStat
         currency=message.currency,
         active=message.active,
         updated=Cause.of(message),
+        position=position,
     )
     return Decision(state=product)

@@ -51,3 +51,22 @@ async def test_a_sku_that_would_collide_with_another_stock_record_is_dead_letter
     assert runtime.tables.stock.get("A#adjustments") is None and runtime.tables.stock.get("A/o-1") is None
     stock = runtime.tables.stock.get("A")
     assert stock is not None and stock.on_hand == 10
+
+
+def product(event_id: str, price: int, at: int, active: bool = True) -> UpsertProduct:
+    return UpsertProduct(**{**envelope(event_id), "occurred_at": at}, sku="A", name="Anvil", unit_price_cents=price,
+                         currency="EUR", active=active)
+
+
+async def test_upserts_apply_in_the_order_of_their_partition_not_of_their_senders_clocks(runtime, codec, sink):
+    """An admin's laptop ten minutes fast sent the first; the API's later price and withdrawal still apply, and a
+    reservation is priced and refused by them. A replayed dead letter older than the product is kept out."""
+    async with runtime.agents["inventory"].test_context() as agent:
+        await agent.put(codec.encode(product("p-laptop", 1_000, at=600_000)), key=b"A")
+        await agent.put(codec.encode(product("p-api", 2_500, at=1_000)), key=b"A")
+        assert runtime.tables.catalog.get("A").unit_price_cents == 2_500
+        await agent.put(codec.encode(product("p-off", 2_500, at=1_001, active=False)), key=b"A")
+        await agent.put(codec.encode(product("p-old", 900, at=500)), key=b"A", headers={DlqHeader.REPLAY_OF: b"0:7"})
+    stored = runtime.tables.catalog.get("A")
+    assert stored is not None and (stored.unit_price_cents, stored.active, stored.updated.event_id) == (
+        2_500, False, "p-off")

@@ -50,6 +50,34 @@ def test_upserts_at_the_same_time_settle_on_the_same_product_whatever_order_they
     assert len(finals) == 1
 
 
+def test_upserts_read_from_the_log_apply_in_log_order_whatever_their_senders_clocks_say():
+    """A SKU's upserts share one partition: its log order is the order they were sent in. An admin's clock ten
+    minutes fast kept every later update (a price, a withdrawal) out for ten minutes; two in one millisecond were
+    ordered by their random ids."""
+    fast_clock = decide(None, upsert(1_000, at=600_000, event_id="e-laptop"), 10).state
+    later = decide(fast_clock, upsert(2_500, at=1_000, event_id="e-api"), 11).state
+    assert later is not None and later.unit_price_cents == 2_500
+    withdrawn = decide(later, upsert(2_500, at=1_000, active=False, event_id="e-0"), 12).state
+    assert withdrawn is not None and not withdrawn.active
+    assert withdrawn.position == 12
+
+
+def test_an_upsert_read_again_or_older_in_the_log_changes_nothing():
+    product = decide(None, upsert(700, at=1_000, event_id="e-2"), 12).state
+    assert decide(product, upsert(500, at=5_000, event_id="e-1"), 11).state is None  # a redelivery of an older one
+    assert decide(product, upsert(500, at=5_000, event_id="e-1"), 12).state is None
+    assert decide(product, upsert(700, at=1_000, event_id="e-2"), 30).state is None  # the same one written again
+
+
+def test_a_replayed_dead_letter_is_placed_by_its_event_time_not_at_the_end_of_the_log():
+    """Written back at the end of the log, out of its place: an old upsert replayed after a newer one must not
+    bring an old price back, and the product it makes has no position to order later upserts by."""
+    product = decide(None, upsert(700, at=2_000, event_id="e-new"), 12).state
+    assert decide(product, upsert(500, at=1_000, event_id="e-old"), 40, replayed=True).state is None
+    replayed = decide(product, upsert(900, at=3_000, event_id="e-late"), 41, replayed=True).state
+    assert replayed is not None and (replayed.unit_price_cents, replayed.position) == (900, None)
+
+
 def test_the_catalog_rejects_what_it_does_not_handle():
     decision = decide(None, make(AdjustStock, sku="A", delta=1, reason="x"))
     assert decision.rejected == "catalog does not handle AdjustStock"
