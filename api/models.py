@@ -91,7 +91,8 @@ class AdjustmentIn(_Body):
     #: Not 0: it would change nothing yet be remembered among the SKU's last 1,000 adjustments, pushing out the
     #: one an Idempotency-Key retry must find.
     delta: Annotated[JsonInteger, AfterValidator(_not_zero)] = Field(
-        ge=-1_000_000, le=1_000_000, description="units added (positive) or written off (negative); not 0")
+        ge=-1_000_000, le=1_000_000, description="units added (positive) or written off (negative); not 0",
+        json_schema_extra={"not": {"const": 0}})
     reason: Text = Field(min_length=1, max_length=200, examples=["delivery"])
 
 

@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     postgres_host: str | None = None
     gateway_host: str | None = None
     #: How a worker is reached by the others, ``{index}`` standing for its index where each has an address of its
-    #: own (containers: ``worker-{index}``; pods: ``streamcart-worker-{index}.streamcart-worker.shop.svc``);
+    #: own (containers: ``worker-{index}``; a StatefulSet's pods: ``<sts>-{index}.<service>.<namespace>.svc``);
     #: defaults to ``host``. Every worker must be able to name every other one: lists, analytics and the live
     #: dashboard are gathered from all of them.
     advertised_host: str | None = None
@@ -208,7 +208,7 @@ class Settings(BaseSettings):
             raise ValueError(
                 "with STREAMCART_API_PORT_PER_WORKER=false every worker has an address of its own: "
                 "STREAMCART_ADVERTISED_HOST must name each worker by its index, e.g. worker-{index} (containers) or "
-                "streamcart-worker-{index}.streamcart-worker.NAMESPACE.svc (a StatefulSet's pods)"
+                "STATEFULSET-{index}.SERVICE.NAMESPACE.svc (a StatefulSet's pods)"
             )
         return self
 

@@ -5,9 +5,11 @@ of the catalog commands topic, so its log order is the order they were sent in, 
 (an admin's laptop ten minutes fast kept every later update out for ten minutes, and two updates in one
 millisecond were ordered by their random ids). The product keeps its upsert's position (offset) there: a
 redelivery, or an older record read again, is at or before it and changes nothing. A dead letter replayed is
-written anew at the end of the log, out of its place: it is placed by its event time instead (ties broken by event
-id), so an old upsert replayed after a newer one does not bring an old price back; so is an upsert when either
-side has no position (a product stored before positions were kept). Upserts emit nothing.
+written anew at the end of the log, out of its place: whether it applies is decided by its event time instead (ties
+broken by event id), so an old upsert replayed after a newer one does not bring an old price back; its position
+is kept all the same (the later upserts come after it in the log). A product stored before positions were kept
+takes the next upsert read from the log (the log, read in order, ends where it ended); an upsert whose position is
+not known (a test without Kafka) is placed by its event time. Upserts emit nothing.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ class ProductState(BaseModel):
     active: bool
     updated: Cause
     #: The offset of the upsert that made this state, in its SKU's partition of the catalog commands topic
-    #: (``None``: stored before positions were kept, or by a replayed dead letter).
+    #: (``None``: stored before positions were kept, or not known).
     position: int | None = None
 
 
@@ -42,16 +44,14 @@ def decide(
     the catalog commands topic; ``None``: unknown), ``replayed`` if it is a dead letter written back."""
     if not isinstance(message, UpsertProduct):
         return Decision(state=None, rejected=f"catalog does not handle {type(message).__name__}")
-    if replayed:
-        position = None
     if state is not None:
         if message.event_id == state.updated.event_id:
             return Decision(state=None)  # the same upsert again
-        if position is not None and state.position is not None:
-            if position <= state.position:
-                return Decision(state=None)  # read again (a redelivery), or older in the log
-        elif (message.occurred_at, message.event_id) <= (state.updated.at, state.updated.event_id):
-            return Decision(state=None)  # out of its place in the log, and older by event time
+        if replayed or position is None:
+            if (message.occurred_at, message.event_id) <= (state.updated.at, state.updated.event_id):
+                return Decision(state=None)  # out of its place in the log (or not in it), and older by event time
+        elif state.position is not None and position <= state.position:
+            return Decision(state=None)  # read again (a redelivery), or older in the log
     product = ProductState(
         sku=message.sku,
         name=message.name,

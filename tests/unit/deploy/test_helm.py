@@ -98,6 +98,24 @@ def test_every_setting_the_chart_passes_is_one_the_code_reads():
             assert names <= fields, names - fields
 
 
+@pytest.mark.parametrize("values", [SECRETS, STRIMZI], ids=["defaults", "strimzi"])
+def test_every_streamcart_container_gets_settings_it_accepts_naming_every_worker(values: dict[str, str]):
+    """The init Job, each worker's init container and the gateway read the same settings as the workers: one they
+    refuse keeps its pod from ever running."""
+    docs = manifests(values)
+    (workers,) = of_kind(docs, "StatefulSet")
+    pods = [f"{workers['metadata']['name']}-{i}.{workers['spec']['serviceName']}.shop.svc"
+            for i in range(workers["spec"]["replicas"])]
+    checked = 0
+    for doc in of_kind(docs, "StatefulSet") + of_kind(docs, "Deployment") + of_kind(docs, "Job"):
+        spec = doc["spec"]["template"]["spec"]
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            settings = settings_from(env_of(container))
+            assert [settings.worker_url(i) for i in range(settings.workers)] == [f"http://{p}:8080" for p in pods]
+            checked += 1
+    assert checked == (4 if values is SECRETS else 3)  # the gateway is not deployed against an existing cluster
+
+
 def test_workers_listen_where_the_services_and_probes_point_and_name_each_other_by_pod():
     docs = manifests(SECRETS)
     (workers,) = of_kind(docs, "StatefulSet")

@@ -75,7 +75,19 @@ def test_a_replayed_dead_letter_is_placed_by_its_event_time_not_at_the_end_of_th
     product = decide(None, upsert(700, at=2_000, event_id="e-new"), 12).state
     assert decide(product, upsert(500, at=1_000, event_id="e-old"), 40, replayed=True).state is None
     replayed = decide(product, upsert(900, at=3_000, event_id="e-late"), 41, replayed=True).state
-    assert replayed is not None and (replayed.unit_price_cents, replayed.position) == (900, None)
+    assert replayed is not None and (replayed.unit_price_cents, replayed.position) == (900, 41)
+    # The log goes on after it, whatever the clocks: the next upsert sent applies, a redelivered older one not.
+    assert decide(replayed, upsert(500, at=2_500, event_id="e-13"), 13).state is None
+    after = decide(replayed, upsert(1_100, at=2_500, event_id="e-42"), 42).state
+    assert after is not None and after.unit_price_cents == 1_100
+
+
+def test_a_product_stored_before_positions_were_kept_takes_the_next_upsert_read_from_the_log():
+    """Even one stuck behind a future event time (the clock this fixes): the log read in order ends where it ends."""
+    stuck = ProductState(sku="A", name="Anvil", unit_price_cents=1_000, currency="EUR", active=True,
+                         updated={"event_id": "e-laptop", "at": 600_000})
+    later = decide(stuck, upsert(2_500, at=1_000, event_id="e-api"), 50).state
+    assert later is not None and (later.unit_price_cents, later.position) == (2_500, 50)
 
 
 def test_the_catalog_rejects_what_it_does_not_handle():

@@ -82,6 +82,9 @@ int64: a values file's 1048576 arrives as a float and would render as "1.048576e
   value: {{ .Values.workers.apiPort | int64 | quote }}
 - name: STREAMCART_API_PORT_PER_WORKER
   value: "false"
+{{- /* Worker i is pod <fullname>-worker-i behind the headless service: how every process names every worker. */}}
+- name: STREAMCART_ADVERTISED_HOST
+  value: {{ printf "%s-worker-{index}.%s-worker.%s.svc" (include "streamcart.fullname" .) (include "streamcart.fullname" .) .Release.Namespace | quote }}
 - name: STREAMCART_PRODUCER_LINGER_MS
   value: {{ .Values.workers.producerLingerMs | int64 | quote }}
 - name: STREAMCART_COMMIT_INTERVAL_S
