@@ -681,3 +681,27 @@ async def test_an_adjustment_of_zero_is_a_422_and_sends_nothing(client, commands
     assert response.status == 422
     assert "delta of 0" in json.dumps(await response.json())
     assert commands.sent == []
+
+
+async def test_an_adjustment_is_checked_against_the_ones_sent_before_it_that_the_stock_does_not_count_yet(
+        client, commands, worker):
+    """Two write-offs of 5 with 8 available were both answered 202, and the inventory refused the second where no
+    client saw it; a delivery answered "available 15" was followed by a 409 for taking 12."""
+    worker.stocks["KB-001"] = StockState(sku="KB-001", on_hand=8, adjusted=8)
+    url = "/v1/stock/KB-001/adjustments"
+    first = await client.post(url, json={"delta": -5, "reason": "damaged"}, headers={**ADMIN, "Idempotency-Key": "w1"})
+    second = await client.post(url, json={"delta": -5, "reason": "damaged"}, headers={**ADMIN, "Idempotency-Key": "w2"})
+    assert (first.status, second.status) == (202, 409)
+    assert (await second.json())["error"]["details"]["sent_not_counted"] == -5
+    again = await client.post(url, json={"delta": -5, "reason": "damaged"}, headers={**ADMIN, "Idempotency-Key": "w1"})
+    assert again.status == 202  # a retry of the one in flight is checked once, not twice
+    delivery = await client.post(url, json={"delta": 10, "reason": "delivery"}, headers=ADMIN)
+    assert (await delivery.json())["available"] == 13
+    taken = await client.post(url, json={"delta": -12, "reason": "sold elsewhere"}, headers=ADMIN)
+    assert taken.status == 202 and (await taken.json())["available"] == 1
+    assert [m.delta for m in commands.sent] == [-5, -5, 10, -12]
+
+    # Counted by the stock now (or refused long ago): no longer outstanding.
+    worker.adjustments.update({("KB-001", m.event_id): None for m in commands.sent})
+    worker.stocks["KB-001"] = StockState(sku="KB-001", on_hand=1, adjusted=1)
+    assert (await client.post(url, json={"delta": -1, "reason": "count"}, headers=ADMIN)).status == 202
