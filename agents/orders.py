@@ -105,12 +105,12 @@ def register(runtime: Runtime) -> Any:
         if isinstance(message, IndexOrder):
             index(message.order_id)
             return
-        # First the warehouse's fact row of a payment, shipping or stock event, whatever the order makes of it.
-        await warehouse.send_event_rows(runtime, message, event)
         order_id = getattr(message, "order_id", None)
+        stored = tables.orders.get(order_id) if order_id is not None else None
+        # First the warehouse's fact row of a payment, shipping or stock event, whatever the order makes of it.
+        await warehouse.send_event_rows(runtime, message, event, stored)
         if order_id is None:
             raise FlowError(f"{type(message).__name__} has no order_id")
-        stored = tables.orders.get(order_id)
         decision = orders.decide(stored, message, saga_timeout_ms=saga_timeout_ms,
                                  recorded_at=record_time_ms(event))
         if refused(decision.rejected, message, REFUSALS):

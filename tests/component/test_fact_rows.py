@@ -41,3 +41,19 @@ async def test_a_stock_event_gets_its_movement_row_stamped_with_its_records_time
     assert rows[0].value == rows[1].value
     order = runtime.tables.orders.get("o-1")
     assert order is not None and len(order.history) == 2  # placed, then the one reservation: applied once
+
+
+async def test_the_same_event_sent_again_as_another_record_keeps_the_first_records_time(runtime, codec, sink):
+    """A flow re-sending an event after a crash, or a dead letter replayed, writes a new record with a new time:
+    the row keeps the time the order's history has for that event, when it really happened."""
+    place = message(PlaceOrder, "e-1", order_id="o-1", customer_id="c-1", lines=(OrderLine(sku="A", quantity=2),),
+                    currency="EUR", payment_token="tok_approve")
+    reserved = message(StockReserved, "r-1", order_id="o-1", sku="A", quantity=2, unit_price_cents=250,
+                       currency="EUR")
+    async with runtime.agents["orders"].test_context() as agent:
+        await agent.put(codec.encode(place), key=b"o-1")
+        await agent.put(codec.encode(reserved), key=b"o-1", timestamp=1_764_080_927.123)
+        await agent.put(codec.encode(reserved), key=b"o-1", timestamp=1_764_084_527.999)  # an hour later
+
+    rows = sink.records(runtime.topics.warehouse["stock_movements"])
+    assert [json.loads(r.value)["payload"]["recorded_at"] for r in rows] == [iso_utc(1_764_080_927_123)] * 2
