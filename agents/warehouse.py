@@ -31,8 +31,9 @@ async def send_order_rows(runtime: Runtime, before: OrderState | None, after: Or
 
 async def send_event_rows(runtime: Runtime, message: Message, event: Any, order: OrderState | None = None) -> None:
     """Send the fact row of a payment, shipping or stock event (nothing for other messages), stamped with the time
-    its record was written to Kafka: the first time, as ``order``'s history keeps it, when the same event comes
-    again as another record (a flow re-sending it after a crash, a dead letter replayed), else this record's."""
+    its record was written to Kafka: the first time, as ``order``'s history keeps it, when the order applied the
+    event and it comes again as another record (a flow re-sending it after a crash, a dead letter replayed), else
+    this record's."""
     rows = warehouse.event_rows(message, first_recorded(order, message) or record_time_ms(event))
     if rows:
         await runtime.send_rows(rows, cause=event)

@@ -738,27 +738,37 @@ class PendingAdjustments:
 
     An adjustment is checked against the stock as it will be once those are counted (they reach the inventory in
     the order they were sent: one partition per SKU), not as the table says now: two write-offs of 5 with 8
-    available were both answered 202, and the inventory refused the second where nobody saw it. Forgotten once
-    counted, or after :data:`ADJUSTMENT_IN_FLIGHT_S` (refused meanwhile: stock went to orders, or lost).
+    available were both answered 202, and the inventory refused the second where nobody saw it. Kept in the order
+    sent: once one is counted, it and every one sent before it are done (counted, or refused); any is forgotten
+    after :data:`ADJUSTMENT_IN_FLIGHT_S` (refused meanwhile, or lost).
     """
 
     def __init__(self) -> None:
-        self._sent: dict[str, dict[str, tuple[int, float]]] = {}  # sku -> event id -> (delta, when sent)
+        self._sent: dict[str, dict[str, tuple[int, float]]] = {}  # sku -> event id -> (delta, when sent), in order
         self.locks = KeyedRequests()
 
-    def outstanding(self, sku: str, counted: Any, now: float, *, besides: str | None = None) -> int:
-        """The sum of ``sku``'s deltas sent and not counted yet (``counted(event_id)``: whether the stock does),
-        but for ``besides`` (a retry of an adjustment in flight is checked once, not twice)."""
+    def outstanding(self, sku: str, counted: Any, now: float) -> dict[str, int]:
+        """``sku``'s adjustments sent and not counted yet, event id -> delta, in the order sent
+        (``counted(event_id)``: whether the stock counts it)."""
         sent = self._sent.get(sku, {})
+        ids = list(sent)
+        done = next((i for i in range(len(ids) - 1, -1, -1) if counted(ids[i])), -1)
+        for event_id in ids[:done + 1]:
+            del sent[event_id]
         for event_id, (_, at) in list(sent.items()):
-            if at < now - ADJUSTMENT_IN_FLIGHT_S or counted(event_id):
+            if at < now - ADJUSTMENT_IN_FLIGHT_S:
                 del sent[event_id]
         if not sent:
             self._sent.pop(sku, None)
-        return sum(delta for event_id, (delta, _) in sent.items() if event_id != besides)
+        return {event_id: delta for event_id, (delta, _) in sent.items()}
 
     def add(self, sku: str, event_id: str, delta: int, now: float) -> None:
-        self._sent.setdefault(sku, {})[event_id] = (delta, now)
+        sent = self._sent.setdefault(sku, {})
+        if event_id not in sent:  # a retry keeps its place in the order sent
+            sent[event_id] = (delta, now)
+        stale = now - ADJUSTMENT_IN_FLIGHT_S
+        for other in [k for k, v in self._sent.items() if all(at < stale for _, at in v.values())]:
+            del self._sent[other]  # SKUs not adjusted for a while (or whose partition moved away)
 
 
 async def _adjust(request: web.Request, sku: str, body: AdjustmentIn, event_id: str | None) -> web.Response:
@@ -770,18 +780,22 @@ async def _adjust(request: web.Request, sku: str, body: AdjustmentIn, event_id: 
         now = time.time()
         stock = worker.stock(sku)
         on_hand, reserved = (stock.on_hand, stock.reserved) if stock is not None else (0, 0)
-        sent = pending.outstanding(sku, lambda e: worker.applied_adjustment(sku, e) is not None, now,
-                                   besides=event_id)
-        if on_hand + sent - reserved + body.delta < 0:
+        outstanding = pending.outstanding(sku, lambda e: worker.applied_adjustment(sku, e) is not None, now)
+        sent = sum(outstanding.values())
+        # A retry of one in flight was checked when it was first sent, against what came before it; sent again
+        # (the inventory counts it once), it is not checked against what was sent after it.
+        retry = event_id is not None and event_id in outstanding
+        if not retry and on_hand + sent - reserved + body.delta < 0:
             raise Conflict(f"adjusting {sku} by {body.delta} would leave {on_hand + sent - reserved + body.delta} "
                            "available", details={"on_hand": on_hand, "reserved": reserved,
-                                                 "available": on_hand - reserved, "sent_not_counted": sent})
+                                                 "available": on_hand - reserved, "sent_not_counted": sent,
+                                                 "available_once_counted": on_hand + sent - reserved})
         command = AdjustStock(**envelope(sku, event_id=event_id), sku=sku, delta=body.delta, reason=body.reason)
         await _commands(request).send(command)
         pending.add(sku, command.event_id, body.delta, now)
-    expected = _stock_out(sku, on_hand + sent + body.delta, reserved,
-                          (stock.adjusted if stock else 0) + sent + body.delta, stock.sold if stock else 0,
-                          stock.restocked if stock else 0)
+    change = sent if retry else sent + body.delta
+    expected = _stock_out(sku, on_hand + change, reserved, (stock.adjusted if stock else 0) + change,
+                          stock.sold if stock else 0, stock.restocked if stock else 0)
     return _json(expected, 202, Location=f"/v1/stock/{sku}")
 
 

@@ -47,11 +47,11 @@ def decide(
     if state is not None:
         if message.event_id == state.updated.event_id:
             return Decision(state=None)  # the same upsert again
-        if replayed or position is None:
-            if (message.occurred_at, message.event_id) <= (state.updated.at, state.updated.event_id):
-                return Decision(state=None)  # out of its place in the log (or not in it), and older by event time
-        elif state.position is not None and position <= state.position:
-            return Decision(state=None)  # read again (a redelivery), or older in the log
+        if position is not None and state.position is not None and position <= state.position:
+            return Decision(state=None)  # read again (a redelivery, a replay's too), or older in the log
+        if (replayed or position is None) and \
+                (message.occurred_at, message.event_id) <= (state.updated.at, state.updated.event_id):
+            return Decision(state=None)  # out of its place in the log (or not in it), and older by event time
     product = ProductState(
         sku=message.sku,
         name=message.name,

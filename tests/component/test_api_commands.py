@@ -705,3 +705,30 @@ async def test_an_adjustment_is_checked_against_the_ones_sent_before_it_that_the
     worker.adjustments.update({("KB-001", m.event_id): None for m in commands.sent})
     worker.stocks["KB-001"] = StockState(sku="KB-001", on_hand=1, adjusted=1)
     assert (await client.post(url, json={"delta": -1, "reason": "count"}, headers=ADMIN)).status == 202
+
+
+async def test_a_retry_of_an_adjustment_in_flight_is_not_checked_against_those_sent_after_it(client, commands, worker):
+    """It was checked when first sent; the inventory counts it once, before those sent after it."""
+    worker.stocks["KB-001"] = StockState(sku="KB-001", on_hand=8, adjusted=8)
+    url = "/v1/stock/KB-001/adjustments"
+    first = await client.post(url, json={"delta": -5, "reason": "damaged"}, headers={**ADMIN, "Idempotency-Key": "w1"})
+    second = await client.post(url, json={"delta": -3, "reason": "damaged"}, headers={**ADMIN, "Idempotency-Key": "w2"})
+    assert (first.status, second.status) == (202, 202)
+    worker.stocks["KB-001"] = StockState(sku="KB-001", on_hand=8, adjusted=8, reserved=1)  # an order came first
+    again = await client.post(url, json={"delta": -5, "reason": "damaged"}, headers={**ADMIN, "Idempotency-Key": "w1"})
+    assert again.status == 202
+    assert commands.sent[0].event_id == commands.sent[2].event_id  # the same adjustment, sent again
+
+
+async def test_once_an_adjustment_counts_every_one_sent_before_it_is_done(client, commands, worker):
+    """Counted or refused: the inventory has them in the order sent. (The stock remembers only a SKU's last 1,000
+    adjustment ids, so an earlier one may count without the API seeing it.)"""
+    worker.stocks["KB-001"] = StockState(sku="KB-001", on_hand=10, adjusted=10)
+    url = "/v1/stock/KB-001/adjustments"
+    for delta in (-4, -4):
+        assert (await client.post(url, json={"delta": delta, "reason": "count"}, headers=ADMIN)).status == 202
+    last = commands.sent[-1].event_id
+    worker.adjustments["KB-001", last] = None  # the last one counts; the first is out of the stock's memory
+    worker.stocks["KB-001"] = StockState(sku="KB-001", on_hand=2, adjusted=2)
+    taken = await client.post(url, json={"delta": -2, "reason": "count"}, headers=ADMIN)
+    assert taken.status == 202 and (await taken.json())["available"] == 0

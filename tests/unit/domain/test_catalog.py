@@ -93,3 +93,11 @@ def test_a_product_stored_before_positions_were_kept_takes_the_next_upsert_read_
 def test_the_catalog_rejects_what_it_does_not_handle():
     decision = decide(None, make(AdjustStock, sku="A", delta=1, reason="x"))
     assert decision.rejected == "catalog does not handle AdjustStock"
+
+
+def test_a_replay_read_again_after_later_upserts_changes_nothing():
+    product = decide(None, upsert(700, at=2_000, event_id="e-new"), 12).state
+    replayed = decide(product, upsert(900, at=5_000, event_id="e-fast"), 40, replayed=True).state
+    later = decide(replayed, upsert(1_100, at=3_000, event_id="e-41"), 41).state
+    assert later is not None and later.unit_price_cents == 1_100
+    assert decide(later, upsert(900, at=5_000, event_id="e-fast"), 40, replayed=True).state is None  # redelivered
