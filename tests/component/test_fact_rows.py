@@ -19,13 +19,19 @@ def message(kind, event_id, **fields):
     return kind(event_id=event_id, occurred_at=1_000, causation_id=event_id, correlation_id="o-1", **fields)
 
 
-async def test_a_stock_event_gets_its_movement_row_stamped_with_its_records_time_even_when_redelivered(
-    runtime, codec, sink
-):
+def placed_and_reserved() -> tuple[PlaceOrder, StockReserved]:
+    """Order o-1 of two units of A, and the reservation of them."""
     place = message(PlaceOrder, "e-1", order_id="o-1", customer_id="c-1", lines=(OrderLine(sku="A", quantity=2),),
                     currency="EUR", payment_token="tok_approve")
     reserved = message(StockReserved, "r-1", order_id="o-1", sku="A", quantity=2, unit_price_cents=250,
                        currency="EUR")
+    return place, reserved
+
+
+async def test_a_stock_event_gets_its_movement_row_stamped_with_its_records_time_even_when_redelivered(
+    runtime, codec, sink
+):
+    place, reserved = placed_and_reserved()
     async with runtime.agents["orders"].test_context() as agent:
         await agent.put(codec.encode(place), key=b"o-1")
         await agent.put(codec.encode(reserved), key=b"o-1", timestamp=1_764_080_927.123)
@@ -46,10 +52,7 @@ async def test_a_stock_event_gets_its_movement_row_stamped_with_its_records_time
 async def test_the_same_event_sent_again_as_another_record_keeps_the_first_records_time(runtime, codec, sink):
     """A flow re-sending an event after a crash, or a dead letter replayed, writes a new record with a new time:
     the row keeps the time the order's history has for that event, when it really happened."""
-    place = message(PlaceOrder, "e-1", order_id="o-1", customer_id="c-1", lines=(OrderLine(sku="A", quantity=2),),
-                    currency="EUR", payment_token="tok_approve")
-    reserved = message(StockReserved, "r-1", order_id="o-1", sku="A", quantity=2, unit_price_cents=250,
-                       currency="EUR")
+    place, reserved = placed_and_reserved()
     async with runtime.agents["orders"].test_context() as agent:
         await agent.put(codec.encode(place), key=b"o-1")
         await agent.put(codec.encode(reserved), key=b"o-1", timestamp=1_764_080_927.123)
