@@ -20,8 +20,8 @@ def register(runtime: Runtime) -> Any:
 
     async def handle(message: Message, event: Any) -> None:
         if isinstance(message, UpsertProduct):
-            decision = catalog.decide(tables.catalog.get(message.sku), message, getattr(event.message, "offset", None),
-                                      replayed=header(event, DlqHeader.REPLAY_OF) is not None)
+            position, unplaced = _position(event)
+            decision = catalog.decide(tables.catalog.get(message.sku), message, position, replayed=unplaced)
             refused(decision.rejected, message)
             if decision.state is not None:
                 tables.catalog.put(message.sku, decision.state)
@@ -69,3 +69,14 @@ def register(runtime: Runtime) -> Any:
 
     source = runtime.source(t.catalog_commands, t.inventory_commands)
     return runtime.app.agent(source, name="inventory")(inventory_agent)
+
+
+def _position(event: Any) -> tuple[int | None, bool]:
+    """Where an upsert is in its partition of the catalog commands topic, and whether that position is not known
+    (a replayed dead letter without the offset its message first had: placed by event time)."""
+    if header(event, DlqHeader.REPLAY_OF) is None:
+        return getattr(event.message, "offset", None), False
+    first = header(event, DlqHeader.REPLAY_POSITION)
+    if first is not None and first.isdigit():
+        return int(first), False  # back in its place in the log
+    return None, True

@@ -56,12 +56,16 @@ class DlqHeader:
     REPLAY_FLOW = "dlq.replay.flow"
     #: On a replayed record: the dead letter it came from, ``{dlq partition}:{offset}``.
     REPLAY_OF = "dlq.replay.of"
+    #: On a replayed record: the offset its message first had in the partition it is sent back to (a replay of a
+    #: replay keeps the first), where a flow that orders by position places it (the catalog's updates).
+    REPLAY_POSITION = "dlq.replay.position"
 
 
 #: Headers that describe one dead-lettering, not the record: dropped when it is replayed.
 _FAILURE_HEADERS = frozenset({
     DlqHeader.SOURCE_TOPIC, DlqHeader.SOURCE_PARTITION, DlqHeader.SOURCE_OFFSET, DlqHeader.ERROR_CLASS,
     DlqHeader.ERROR_MESSAGE, DlqHeader.FLOW, DlqHeader.FAILED_AT, DlqHeader.REPLAY_FLOW, DlqHeader.REPLAY_OF,
+    DlqHeader.REPLAY_POSITION,
 })
 
 
@@ -471,7 +475,13 @@ def replay_of(letter: DeadLetter) -> Replay:
     partition it came from, marked for the flow that failed on it."""
     assert letter.source_topic is not None and letter.source_partition is not None, "unreplayable"
     headers = tuple((k, v) for k, v in letter.headers if k not in _FAILURE_HEADERS)
-    marks = ((DlqHeader.REPLAY_FLOW, letter.flow.encode()), (DlqHeader.REPLAY_OF, letter.position.encode()))
+    marks: tuple[tuple[str, bytes], ...] = ((DlqHeader.REPLAY_FLOW, letter.flow.encode()),
+                                            (DlqHeader.REPLAY_OF, letter.position.encode()))
+    first = letter.header(DlqHeader.REPLAY_POSITION)  # a replay that failed again: where its message first was
+    position = first if first is not None else (str(letter.source_offset) if letter.source_offset is not None
+                                                  else None)
+    if position is not None:
+        marks += ((DlqHeader.REPLAY_POSITION, position.encode()),)
     return Replay(letter.source_topic, letter.source_partition, letter.key, letter.value, headers + marks)
 
 

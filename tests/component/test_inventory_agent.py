@@ -67,6 +67,10 @@ async def test_upserts_apply_in_the_order_of_their_partition_not_of_their_sender
         assert runtime.tables.catalog.get("A").unit_price_cents == 2_500
         await agent.put(codec.encode(product("p-off", 2_500, at=1_001, active=False)), key=b"A")
         await agent.put(codec.encode(product("p-old", 900, at=500)), key=b"A", headers={DlqHeader.REPLAY_OF: b"0:7"})
+        # A dead letter first read at offset 1 (before the withdrawal), replayed with a clock far ahead: its place
+        # in the log, not its clock, keeps it out.
+        await agent.put(codec.encode(product("p-fast", 700, at=9_000_000)), key=b"A",
+                        headers={DlqHeader.REPLAY_OF: b"0:8", DlqHeader.REPLAY_POSITION: b"1"})
     stored = runtime.tables.catalog.get("A")
     assert stored is not None and (stored.unit_price_cents, stored.active, stored.updated.event_id) == (
         2_500, False, "p-off")

@@ -329,7 +329,17 @@ def test_a_replay_goes_to_its_partition_with_its_own_headers_marked_for_the_flow
     replay = replay_of(read)
     assert (replay.topic, replay.partition, replay.key, replay.value) == ("events.orders", 6, read.key, read.value)
     assert replay.headers == (("traceparent", b"00-abc-def-01"), (DlqHeader.REPLAY_FLOW, b"notifications.webhook"),
-                              (DlqHeader.REPLAY_OF, b"5:12"))
+                              (DlqHeader.REPLAY_OF, b"5:12"), (DlqHeader.REPLAY_POSITION, b"41"))
+
+
+def test_a_replay_says_where_its_message_first_was_in_the_log_even_when_a_replay_failed_again(codec):
+    """A flow that orders by position (the catalog's updates) puts it back in its place, not at the log's end."""
+    first = letter(codec, product(), topic="commands.catalog", partition=2, offset=41)
+    assert dict(replay_of(first).headers)[DlqHeader.REPLAY_POSITION] == b"41"
+    again = letter(codec, product(), topic="commands.catalog", partition=2, offset=90,
+                   **{DlqHeader.REPLAY_OF: "0:7", DlqHeader.REPLAY_POSITION: "41"})
+    marks = [(k, v) for k, v in replay_of(again).headers if k == DlqHeader.REPLAY_POSITION]
+    assert marks == [(DlqHeader.REPLAY_POSITION, b"41")]
 
 
 def test_a_replay_is_for_the_flow_and_the_channel_that_failed():
@@ -387,7 +397,7 @@ def test_replay_sends_what_may_go_marks_it_and_reports_what_stays_and_why(codec,
     report = cli.replay_dead_letters(letters, FakeApi({"o-1"}), Settings(), sender=sender)
     out = capsys.readouterr().out
     assert (report.sent, report.already, report.kept, report.failed) == (1, 0, 1, 0)
-    assert [r.headers[-1] for r in sender.replays] == [(DlqHeader.REPLAY_OF, b"0:1")] and sender.marked == ["0:1"]
+    assert [dict(r.headers)[DlqHeader.REPLAY_OF] for r in sender.replays] == [b"0:1"] and sender.marked == ["0:1"]
     assert "replayed 0:1 ReserveStock A" in out and "kept 0:2" in out and "order o-2 is not stored" in out
     assert "1 of 2 replayed" in out
 
