@@ -56,7 +56,8 @@ GATEWAY_CALLS = Histogram(
 )
 GATEWAY_RETRIES = Counter("streamcart_gateway_retries", "Payment gateway attempts after the first", ["operation"])
 GATEWAY_BREAKER = Gauge(
-    "streamcart_gateway_breaker_open", "1 while the payment gateway's circuit breaker is open (or half-open: 0.5)"
+    "streamcart_gateway_breaker_open", "1 while a payment gateway circuit breaker (authorizations', or captures, "
+    "voids and refunds') is open (or half-open: 0.5): the less healthy of the two"
 )
 TABLE_KEYS = Gauge(
     "streamcart_table_keys", "Keys in each table's active partitions on this worker (estimate)", ["table"]

@@ -7,10 +7,10 @@ millisecond were ordered by their random ids). The product keeps its upsert's po
 redelivery, or an older record read again, is at or before it and changes nothing. A dead letter replayed is
 written anew at the end of the log: the replay says where its message first was (``dlq.replay.position``), and it
 is placed there, so an upsert replayed after newer ones changes nothing. A replay that does not say (written by an
-older version) is decided by its event time (ties broken by event id), and its position is kept all the same (the
-later upserts come after it in the log). A product stored before positions were kept
-takes the next upsert read from the log (the log, read in order, ends where it ended); an upsert whose position is
-not known (a test without Kafka) is placed by its event time. Upserts emit nothing.
+older version) is decided by its event time (ties broken by event id) and stores no position. A product without a
+position (stored before positions were kept, or by such a replay) takes the next upsert read from the log (the
+log, read in order, ends where it ended); an upsert whose position is not known (a test without Kafka) is placed
+by its event time. Upserts emit nothing.
 """
 
 from __future__ import annotations

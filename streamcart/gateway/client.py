@@ -7,8 +7,8 @@
   for authorizations and one for captures, voids and refunds, so one settlement the gateway always fails (tried
   again and again for minutes) cannot keep the breaker open for every new order's authorization.
 - An answer is taken for what it says only when it says it: a 2xx without the status and authorization id the
-  operation returns is transient (tried again), never an approval; a void or refund by key settles with nothing
-  to give back only when the gateway says the authorization holds nothing (declined, voided, refunded).
+  operation returns is transient (tried again), never an approval; a void by key settles with nothing to give
+  back only when the gateway says the authorization holds nothing (declined, voided, refunded).
 - Whatever happens, the caller gets a :class:`GatewayResult`: approved, declined (with the reason), or
   unavailable (no answer after the retries, or the breaker is open). Nothing here decides what that means for
   the order: :mod:`streamcart.domain.payments` does.
@@ -49,7 +49,7 @@ class TransientGatewayError(StreamcartError):
 @dataclass(frozen=True, slots=True)
 class ClientPolicy:
     """How hard the client tries. The defaults keep one call's worst case near 9 s (4 attempts of 2 s and the
-    backoff between them; a void or refund by key makes two requests an attempt)."""
+    backoff between them); a void by key makes two requests an attempt, each with its 2 s: near 17 s."""
 
     attempt_timeout_s: float = 2.0
     attempts: int = 4
