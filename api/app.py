@@ -207,10 +207,17 @@ def owner_elsewhere(request: web.Request, table: str, key: str) -> str | None:
         raise Unavailable("partitions are being reassigned; retry shortly", headers={"Retry-After": "1"})
     if owner.rstrip("/") != request.app[SETTINGS].worker_url(worker.index):
         return owner
-    if worker.rebalancing() or not worker.recovered():
-        raise Unavailable("this worker is restoring its tables after a rebalance; retry shortly",
-                          headers={"Retry-After": "1"})
+    _unless_restoring(worker)
     return None
+
+
+def _unless_restoring(worker: WorkerView, what: str = "") -> None:
+    """503 (``Retry-After``) while ``worker`` is in a rebalance or still reading its tables back: what its tables
+    say then would pass for a final answer."""
+    if worker.rebalancing() or not worker.recovered():
+        retry = f"retry its {what} shortly" if what else "retry shortly"
+        raise Unavailable(f"this worker is restoring its tables after a rebalance; {retry}",
+                          headers={"Retry-After": "1"})
 
 
 async def _forward_unless_owner(request: web.Request, table: str, key: str) -> web.Response | None:
@@ -593,9 +600,7 @@ async def _gather(
     """
     worker = request.app[WORKER]
     settings = request.app[SETTINGS]
-    if worker.rebalancing() or not worker.recovered():
-        raise Unavailable(f"this worker is restoring its tables after a rebalance; retry its {what} shortly",
-                          headers={"Retry-After": "1"})
+    _unless_restoring(worker, what)
     covered = Counter(worker.assigned())
     items: list[dict[str, Any]] = list(local(worker))
     if request.app[PEER_PROOF].forwarded(request):  # a peer gathering: it wants this worker's part only

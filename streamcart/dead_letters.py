@@ -477,9 +477,9 @@ def replay_of(letter: DeadLetter) -> Replay:
     headers = tuple((k, v) for k, v in letter.headers if k not in _FAILURE_HEADERS)
     marks: tuple[tuple[str, bytes], ...] = ((DlqHeader.REPLAY_FLOW, letter.flow.encode()),
                                             (DlqHeader.REPLAY_OF, letter.position.encode()))
-    first = letter.header(DlqHeader.REPLAY_POSITION)  # a replay that failed again: where its message first was
-    position = first if first is not None else (str(letter.source_offset) if letter.source_offset is not None
-                                                  else None)
+    # Where its message first was: a replay that failed again says so, a first failure's source offset is it.
+    position = letter.header(DlqHeader.REPLAY_POSITION) or (
+        str(letter.source_offset) if letter.source_offset is not None else None)
     if position is not None:
         marks += ((DlqHeader.REPLAY_POSITION, position.encode()),)
     return Replay(letter.source_topic, letter.source_partition, letter.key, letter.value, headers + marks)

@@ -38,8 +38,6 @@ log = logging.getLogger(__name__)
 BREAKER = "payment-gateway"
 #: The breaker of captures, voids and refunds (:data:`BREAKER` is the authorizations').
 SETTLEMENTS_BREAKER = "payment-gateway-settlements"
-#: The breaker states, least healthy last: the client reports its least healthy breaker.
-_STATES = ("closed", "half-opened", "opened")
 
 
 class TransientGatewayError(StreamcartError):
@@ -88,8 +86,8 @@ class GatewayClient:
         state = getattr(event, "state", None)
         if state is not None:
             self._states[name] = str(state)
-            worst = max(self._states.values(), key=lambda s: _STATES.index(s) if s in _STATES else len(_STATES))
-            self.breaker_state = worst
+            # The least healthy breaker (BREAKER_LEVEL: closed 0, half-opened 0.5, opened 1).
+            self.breaker_state = max(self._states.values(), key=lambda s: BREAKER_LEVEL.get(s, 1.0))
             GATEWAY_BREAKER.set(BREAKER_LEVEL.get(self.breaker_state, 1.0))
             if self.on_breaker is not None:
                 self.on_breaker(self.breaker_state)
