@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, AnyHttpUrl, BaseModel, BeforeValidator, ConfigDict, Field
 
 from streamcart.ids import IDENTIFIER_PATTERN
+from streamcart.text import CONTROL
 
 Identifier = Annotated[str, Field(pattern=IDENTIFIER_PATTERN, examples=["KB-001"])]
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", examples=["EUR"])]
@@ -28,11 +28,10 @@ JsonInteger = Annotated[int, BeforeValidator(_json_integer)]
 #: Text without control characters (C0, DEL, C1): no newline forging a log line, escape sequence or NUL reaches a
 #: table, the warehouse, a notification or a terminal.
 PRINTABLE_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def _printable(value: str) -> str:
-    if (found := _CONTROL.search(value)) is not None:
+    if (found := CONTROL.search(value)) is not None:
         raise ValueError(f"must not contain control characters (found {found.group()!r} at {found.start()})")
     return value
 

@@ -9,6 +9,10 @@
 - An answer is taken for what it says only when it says it: a 2xx without the status and authorization id the
   operation returns is transient (tried again), never an approval; a void by key settles with nothing to give
   back only when the gateway says the authorization holds nothing (declined, voided, refunded).
+- What the gateway says is recorded only in a shape every reader takes: an authorization id is a short token of
+  letters, digits and ``._:~-`` (it goes into the gateway's URLs and, as it is, into events and the warehouse,
+  whose PostgreSQL refuses a NUL and stops the sink on such a row), anything else is no answer (transient); a
+  decline reason or error code loses its control characters and is cut at 100 characters.
 - Whatever happens, the caller gets a :class:`GatewayResult`: approved, declined (with the reason), or
   unavailable (no answer after the retries, or the breaker is open). Nothing here decides what that means for
   the order: :mod:`streamcart.domain.payments` does.
@@ -18,6 +22,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +36,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from streamcart.domain.payments import AUTHORIZATION_CAPTURED, NOTHING_HELD, GatewayCall, GatewayResult
 from streamcart.errors import StreamcartError
 from streamcart.telemetry import BREAKER_LEVEL, GATEWAY_BREAKER, GATEWAY_CALLS, GATEWAY_RETRIES
+from streamcart.text import CONTROL
 from streamcart.tracing import call_span
 
 log = logging.getLogger(__name__)
@@ -185,7 +191,7 @@ def _result(call: GatewayCall, status: int, body: dict[str, Any]) -> GatewayResu
         # voided or refunded holds nothing.
         found = _status(body, "approved", "captured", *NOTHING_HELD)
         if found == "declined":
-            return GatewayResult.declined(str(body.get("reason") or "declined"))
+            return GatewayResult.declined(_code(body.get("reason"), "declined"))
         if found in NOTHING_HELD:
             return GatewayResult.declined(NOTHING_HELD[found])
     else:
@@ -195,7 +201,7 @@ def _result(call: GatewayCall, status: int, body: dict[str, Any]) -> GatewayResu
 
 def _refused(status: int, body: dict[str, Any]) -> GatewayResult:
     error = body.get("error", {}) if isinstance(body.get("error"), dict) else {}
-    return GatewayResult.declined(str(error.get("code") or f"http_{status}"))
+    return GatewayResult.declined(_code(error.get("code"), f"http_{status}"))
 
 
 def _status(body: dict[str, Any], *expected: str) -> str:
@@ -207,8 +213,26 @@ def _status(body: dict[str, Any], *expected: str) -> str:
     return str(status)
 
 
+#: An authorization id the client takes: it becomes a path segment of the gateway's URLs and a warehouse column.
+_AUTHORIZATION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:~-]{0,127}")
+_CODE_LENGTH = 100
+
+
 def _authorization_id(body: dict[str, Any]) -> str:
     authorization_id = body.get("authorization_id")
-    if not isinstance(authorization_id, str) or not authorization_id:
-        raise TransientGatewayError(f"unexpected answer: no authorization_id ({authorization_id!r})")
+    if not isinstance(authorization_id, str) or _AUTHORIZATION_ID.fullmatch(authorization_id) is None:
+        raise TransientGatewayError(f"unexpected answer: no authorization_id ({str(authorization_id)[:200]!r})")
     return authorization_id
+
+
+def _code(value: object, default: str) -> str:
+    """A decline reason or error code as the gateway gave it, without control characters and cut at 100
+    characters; ``default`` when it gave none (or only control characters)."""
+    text = CONTROL.sub("", _text(value)).strip()[:_CODE_LENGTH]
+    return text or default
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return ""
+    return str(value)  # an ISO 8583 response code may come as a number

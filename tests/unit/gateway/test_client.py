@@ -1,9 +1,11 @@
 """The gateway client against the gateway's own aiohttp app on a test server (no mocks of HTTP)."""
 
+import json
+
 import pytest
 from aiohttp import web
 
-from streamcart.domain.payments import AUTHORIZATION_CAPTURED, NOTHING_HELD, GatewayCall, Outcome
+from streamcart.domain.payments import AUTHORIZATION_CAPTURED, NOTHING_HELD, GatewayCall, GatewayResult, Outcome
 from streamcart.gateway.client import ClientPolicy, GatewayClient
 from streamcart.gateway.server import init_app
 from streamcart.tracing import new_traceparent, span, trace_id
@@ -148,6 +150,41 @@ async def test_an_authorization_answer_that_says_no_status_and_id_is_no_approval
             assert (result.outcome, result.reason) == (Outcome.DECLINED, NOTHING_HELD["voided"])
         else:
             assert result.outcome == Outcome.UNAVAILABLE
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("authorization_id", ["auth\u0000nul", "../../admin", "auth 1", "auth/1?x=1", "a" * 129,
+                                              "\u00e9t\u00e9", 7],
+                         ids=["nul", "dot-dot", "space", "path-and-query", "too-long", "non-ascii", "number"])
+async def test_an_authorization_id_no_reader_takes_is_no_approval(aiohttp_server, authorization_id):
+    """The id goes into the gateway's URLs and the warehouse as it is: a NUL in it would stop the payments sink for
+    good (PostgreSQL refuses the row), a slash would capture at another address."""
+    answer = json.dumps({"status": "approved", "authorization_id": authorization_id})
+    server = await aiohttp_server(odd_gateway((201, answer)))
+    client = GatewayClient(str(server.make_url("")), FAST)
+    try:
+        assert (await client.execute(authorize("o-odd"))).outcome == Outcome.UNAVAILABLE
+        voided = await client.execute(GatewayCall("void", "o-odd", 1000, "EUR", payment_token="tok_approve"))
+        assert voided.outcome == Outcome.UNAVAILABLE and server.app[OPERATIONS] == []
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize(("answer", "reason"), [
+    ((201, '{"status": "declined", "reason": "do_not_honor\\u0000\\n\\u001b[31m"}'), "do_not_honor[31m"),
+    ((201, '{"status": "declined", "reason": "\\u0000\\u0085"}'), "declined"),
+    ((201, '{"status": "declined", "reason": 51}'), "51"),
+    ((201, '{"status": "declined", "reason": true}'), "declined"),
+    ((201, json.dumps({"status": "declined", "reason": "x" * 500})), "x" * 100),
+    ((402, '{"error": {"code": "card\\r\\nexpired"}}'), "cardexpired"),
+    ((402, '{"error": {"code": ["a"]}}'), "http_402"),
+], ids=["control-characters", "only-control-characters", "number", "boolean", "long", "error-code", "error-code-list"])
+async def test_a_decline_reason_is_recorded_without_control_characters(aiohttp_server, answer, reason):
+    server = await aiohttp_server(odd_gateway(answer))
+    client = GatewayClient(str(server.make_url("")), FAST)
+    try:
+        assert await client.execute(authorize("o-odd")) == GatewayResult.declined(reason)
     finally:
         await client.close()
 
