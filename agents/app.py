@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -23,14 +24,22 @@ class App(faust.App):
     """faust's app on :mod:`agents.transport` (rewinds partitions that have no committed offset yet).
 
     ``in_progress`` holds the messages the agent loops are handling: what a rebalance or a stop waits for.
+    ``rebalance_ended`` callbacks run once a rebalance is over (faust signals its start and revocations only).
     ``fetch_min_bytes`` and ``fetch_max_wait_ms`` are the settings' (faust has no setting to carry them to aiokafka).
     """
 
     def __init__(self, *args: Any, fetch_min_bytes: int, fetch_max_wait_ms: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.in_progress = InProgress()
+        #: Called when a rebalance has ended (the tables read back, the flows resumed).
+        self.rebalance_ended: list[Callable[[], None]] = []
         self.fetch_min_bytes = fetch_min_bytes
         self.fetch_max_wait_ms = fetch_max_wait_ms
+
+    def on_rebalance_end(self) -> None:
+        super().on_rebalance_end()
+        for callback in self.rebalance_ended:
+            callback()
 
     def _new_transport(self) -> Any:
         return Transport(self.conf.broker_consumer, self)
@@ -92,6 +101,7 @@ def build_runtime(
         runtime.order_watch.rebalanced()  # a long-poll's order may be another worker's now
 
     app.on_partitions_revoked.connect(revoked)
+    app.rebalance_ended.append(runtime.order_watch.settled)  # and then go on waiting if it stayed
     for flow in FLOWS:
         if flow is analytics and not settings.analytics:
             continue

@@ -59,17 +59,23 @@ class FaustWorkerView:
         return self.runtime.tables.catalog.get(sku)
 
     async def wait_settled(self, order_id: str, timeout_s: float) -> OrderState | None:
-        """Woken by the orders flow each time the order changes (:class:`agents.watch.OrderWatch`); returns early
-        after a rebalance (the order may belong to another worker now: the caller checks)."""
+        """Woken by the orders flow each time the order changes (:class:`agents.watch.OrderWatch`). A rebalance
+        wakes it too: it waits for the rebalance to end and goes on if this worker still owns the order; it returns
+        early if the order moved (the caller checks who owns it, and answers 503 while a rebalance lasts)."""
         watch = self.runtime.order_watch
         deadline = time.monotonic() + timeout_s
         rebalances = watch.rebalances
         while True:
             order = self.order(order_id)
             left = deadline - time.monotonic()
-            if (order is not None and order.status in OrderStatus.SETTLED) or left <= 0 \
-                    or watch.rebalances != rebalances:
+            if (order is not None and order.status in OrderStatus.SETTLED) or left <= 0:
                 return order
+            if watch.rebalances != rebalances:
+                rebalances = watch.rebalances
+                if not await watch.rebalance_over(lambda: self.recovered() and not self.rebalancing(), left) \
+                        or partition_for(order_id, self.runtime.settings.partitions) not in self.assigned():
+                    return self.order(order_id)
+                continue  # it stayed: what the table says now, then wait on
             await watch.next_change(order_id, left)
 
     def orders_of(self, customer_id: str, *, after: tuple[int, str] | None, limit: int) -> list[OrderState]:

@@ -319,7 +319,8 @@ async def get_order(request: web.Request) -> web.Response:
     order = worker.order(order_id)
     if query.wait > 0 and (order is None or order.status not in OrderStatus.SETTLED):
         order = await worker.wait_settled(order_id, query.wait)
-        # A rebalance ends the wait: the order may be another worker's now, or this one's table being read back.
+        # A rebalance that moved the order ends the wait, as does the deadline while this worker's tables are read
+        # back: both answer 503 here (the retry goes to the owner).
         if owner_elsewhere(request, "orders", order_id) is not None:
             raise Unavailable("the order moved to another worker in a rebalance; retry", headers={"Retry-After": "1"})
     # Another customer's order is indistinguishable from a missing one.
