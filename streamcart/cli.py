@@ -190,8 +190,12 @@ def logs(
     for name, path in paths.items():
         if len(paths) > 1:
             console.rule(name)
-        for line in tail(path, lines):
+        shown = tail(path, lines)
+        for line in shown:
             print(line)
+        if not shown and lines:
+            what = "empty" if path.exists() else "not written yet: the process has not run in this home"
+            console.print(f"[dim]{path}: {what}[/dim]", highlight=False, soft_wrap=True)
     if follow:
         _follow(paths)
 
@@ -762,6 +766,18 @@ class _Letters:
     selected: list[DeadLetter]
     replayed: dict[str, int] | None
     replaced: dict[str, str]
+    #: The error classes of every letter read (selected or not): what an ``--error`` that matched nothing could be.
+    error_classes: frozenset[str] = frozenset()
+
+    def none_match(self, selection: Selection, noun: str) -> str:
+        """What to say when nothing was selected, naming the error classes there are if ``--error`` named none."""
+        if selection.empty:
+            return f"no {noun}"
+        unknown = sorted(selection.error_classes - self.error_classes)
+        if not unknown:
+            return f"no {noun} match"
+        there = ", ".join(sorted(self.error_classes)) or "none"
+        return f"no {noun} match: no letter failed with {', '.join(unknown)} (error classes there: {there})"
 
 
 def _dead_letters(settings: Settings, codec: Codec, selection: Selection, *, warehouse: bool = False) -> _Letters:
@@ -777,11 +793,13 @@ def _dead_letters(settings: Settings, codec: Codec, selection: Selection, *, war
             status.update(f"reading {what}… {read}")
 
         if warehouse:  # rows a sink could not take: never replayed
-            letters = read_sink_letters(settings, since_ms=since, on_progress=progress)
-            return _Letters([letter for letter in letters if letter in selection], {}, {})
+            rows = read_sink_letters(settings, since_ms=since, on_progress=progress)
+            return _Letters([row for row in rows if row in selection], {}, {},
+                            frozenset(row.error_class for row in rows))
         letters = read_dead_letters(settings, codec, since_ms=since, on_progress=progress)
         replayed = read_replayed(settings)
-    return _Letters([letter for letter in letters if letter in selection], replayed, superseded(letters))
+    return _Letters([letter for letter in letters if letter in selection], replayed, superseded(letters),
+                    frozenset(letter.error_class for letter in letters))
 
 
 def _codec(settings: Settings) -> Codec:
@@ -813,7 +831,7 @@ def dlq_list(
         return
     noun = "warehouse dead letters" if warehouse else "dead letters"
     if not letters:
-        console.print(f"no {noun}" if selection.empty else f"no {noun} match")
+        console.print(read.none_match(selection, noun))
         return
     marks = None if warehouse else replayed  # rows a sink could not take are never replayed
     console.print(dead_letter_counts(letters, marks, noun=noun))
@@ -871,7 +889,7 @@ def dlq_replay(
         raise StreamcartError(f"no topic {settings.topic_prefix}dlq.replays, where replays are noted: run "
                               f"`streamcart init` (it creates it) first")
     if not read.selected:
-        console.print("no dead letters match")
+        console.print(read.none_match(selection, "dead letters"))
         return
     report = replay_dead_letters(read.selected, _remote(), settings, replayed=read.replayed, replaced=read.replaced,
                                  dry_run=dry_run, again=again, force=force, codec=codec)

@@ -133,6 +133,19 @@ def test_a_selection_matches_by_flow_channel_error_topic_order_position_and_age(
     assert Selection().empty and orders in Selection()
 
 
+def test_a_mistyped_error_class_that_matches_nothing_is_told_with_the_classes_there_are(codec):
+    letters = [letter(codec, place("o-1"), error="DeliveryFailed"), letter(codec, place("o-2"), error="FlowError")]
+    read = cli._Letters([], {}, {}, frozenset(found.error_class for found in letters))
+    assert read.none_match(Selection(error_classes=frozenset({"FlowErorr"})), "dead letters") == (
+        "no dead letters match: no letter failed with FlowErorr (error classes there: DeliveryFailed, FlowError)")
+    # A class that is there but not with the rest of the selection: nothing to correct.
+    assert read.none_match(Selection(error_classes=frozenset({"FlowError"}), order_id="o-9"),
+                           "dead letters") == "no dead letters match"
+    assert read.none_match(Selection(), "dead letters") == "no dead letters"
+    assert cli._Letters([], {}, {}).none_match(Selection(error_classes=frozenset({"X"})), "dead letters").endswith(
+        "(error classes there: none)")
+
+
 def test_the_cli_selects_a_topic_by_its_name_with_or_without_the_stacks_prefix(monkeypatch):
     monkeypatch.delenv("STREAMCART_TOPIC_PREFIX", raising=False)
     assert cli._selection(None, None, ["commands.orders"], None, None).topics == {"commands.orders",

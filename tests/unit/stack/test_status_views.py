@@ -45,3 +45,21 @@ def test_status_exits_0_only_when_every_process_runs_and_answers_its_health_chec
                        ([healthy, ProcessStatus("worker-0", False, None, (8080,), None, None, None)], 3)):
         monkeypatch.setattr(cli, "_stack", lambda rows=rows: SimpleNamespace(status=lambda: rows))
         assert CliRunner().invoke(cli.app, ["status", "--json"]).exit_code == code
+
+
+def test_logs_say_which_process_has_no_log_yet_instead_of_an_empty_section(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from streamcart import cli
+
+    monkeypatch.setenv("STREAMCART_HOME", str(tmp_path))
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "kafka.log").write_text("started\n")
+    (logs / "gateway.log").write_text("")
+    result = CliRunner().invoke(cli.app, ["logs"])
+    assert result.exit_code == 0, result.output
+    assert "started" in result.output
+    assert "gateway.log: empty" in result.output
+    assert "worker-0.log: not written yet" in result.output
+    assert "kafka.log:" not in result.output  # the one with lines shows them, nothing more
