@@ -138,7 +138,8 @@ def register(runtime: Runtime) -> Any:
         await runtime.emit(decision.messages, cause=event)
         if decision.state is not None:
             runtime.telemetry.order_step(
-                order_id, message, decision.state.placed_at, _outcome(stored, decision.state), decision.messages
+                order_id, message, decision.state.placed_at, _outcome(stored, decision.state), decision.messages,
+                cancelled_after_confirmation=_cancelled_after_confirmation(stored, decision.state),
             )
 
     async def orders_agent(stream: Any) -> None:
@@ -149,11 +150,17 @@ def register(runtime: Runtime) -> Any:
 
 
 def _outcome(before: OrderState | None, after: OrderState) -> str | None:
-    """``"confirmed"`` or ``"cancelled:<reason>"`` when this step gave the order its outcome, else ``None``."""
-    if before is not None and before.status == after.status:
+    """``"confirmed"`` or ``"cancelled:<reason>"`` when this step gave the order its outcome, else ``None``: the
+    saga's outcome is the step out of PENDING (a confirmed order cancelled later has had its outcome)."""
+    if before is not None and (before.status == after.status or before.status != OrderStatus.PENDING):
         return None
     if after.status == OrderStatus.CONFIRMED:
         return "confirmed"
     if after.status == OrderStatus.CANCELLED:
         return f"cancelled:{after.cancel_reason}"
     return None
+
+
+def _cancelled_after_confirmation(before: OrderState | None, after: OrderState) -> bool:
+    """Whether this step cancelled a confirmed order (the customer's cancel: refunded and restocked)."""
+    return before is not None and before.status == OrderStatus.CONFIRMED and after.status == OrderStatus.CANCELLED

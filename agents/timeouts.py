@@ -64,10 +64,10 @@ def register(runtime: Runtime) -> Any:
             owned = owned_partitions(runtime)
             now_ms = int(time.time() * 1000)
             now = time.monotonic()
-            overdue = [
-                order_id for order_id, deadline in tables.deadlines.items()
-                if deadline <= now_ms and partition_for(order_id, settings.partitions) in owned
-            ]
+            pending = [(order_id, deadline) for order_id, deadline in tables.deadlines.items()
+                       if partition_for(order_id, settings.partitions) in owned]
+            runtime.telemetry.orders_pending(len(pending))
+            overdue = [order_id for order_id, deadline in pending if deadline <= now_ms]
             for order_id in overdue:
                 if not resends.due(order_id, now):
                     continue  # sent recently: don't even load the order

@@ -153,7 +153,6 @@ class Hub:
         self.settings = settings
         self.subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()  # None: the end of the stream
         self._task: asyncio.Task[None] | None = None
-        self._last_placed: tuple[float, int] | None = None
         self._step_counts: deque[tuple[float, dict[int, dict[str, int]]]] = deque()
         self._analytics: dict[str, Any] = {}
         self._late: dict[str, int] = {}
@@ -215,11 +214,8 @@ class Hub:
             latencies.extend(answer["telemetry"]["latencies"])
             for outcome, n in answer["telemetry"]["outcomes"].items():
                 outcomes[outcome] = outcomes.get(outcome, 0) + n
-        rate = 0.0
-        if self._last_placed is not None and now > self._last_placed[0]:
-            rate = max(0.0, (placed - self._last_placed[1]) / (now - self._last_placed[0]))
-        self._last_placed = (now, placed)
         steps = {a["worker"]: a["telemetry"].get("steps", {}) for a in answers}
+        saga = self.step_rates(now, steps)  # per worker: one that missed a tick or restarted makes no jump
         if self._ticks % ANALYTICS_EVERY == 0:
             self._analytics = await self.recent_windows()
         self._ticks += 1
@@ -236,11 +232,11 @@ class Hub:
             ],
             "workers_expected": self.settings.workers,
             "orders_placed": placed,
-            "orders_per_s": round(rate, 2),
+            "orders_per_s": saga.get("PlaceOrder", {}).get("per_s", 0.0),
             "outcomes": outcomes,
             "saga_latency_ms": _quantiles(latencies),
-            "saga_steps": (saga := self.step_rates(now, steps)),
-            "in_flight": _in_flight(saga),
+            "saga_steps": saga,
+            "in_flight": _in_flight(answers, saga),
             "dlq_records": max((a["dlq_records"] for a in answers if a["dlq_records"] is not None), default=None),
             "warehouse_dlq_records": max((a["warehouse_dlq_records"] for a in answers
                                           if a.get("warehouse_dlq_records") is not None), default=None),
@@ -334,9 +330,14 @@ class Hub:
 HUB = web.AppKey("stream_hub", Hub)
 
 
-def _in_flight(steps: dict[str, dict[str, float]]) -> int:
-    """Orders placed that have no outcome yet. A confirmed order cancelled later (its shipment stopped first) has
-    two outcome events: only its first counts."""
+def _in_flight(answers: list[dict[str, Any]], steps: dict[str, dict[str, float]]) -> int:
+    """Orders placed that have no outcome yet: what each worker's deadline index holds, as its timer counted it.
+    From a worker of an older version, which does not say, the counters since start are the estimate (a restarted
+    worker counts from zero the outcomes of orders placed before: that one reads low). A confirmed order cancelled
+    later (its shipment stopped first) has two outcome events: only its first counts."""
+    counted = [a["telemetry"].get("pending") for a in answers]
+    if answers and all(isinstance(n, int) for n in counted):
+        return sum(counted)
     count = {name: int(s["total"]) for name, s in steps.items()}
     settled = count.get("OrderConfirmed", 0) + count.get("OrderCancelled", 0) - count.get("ShipmentCancelled", 0)
     return max(0, count.get("PlaceOrder", 0) - settled)

@@ -47,6 +47,11 @@ SAGA_LATENCY = Histogram(
 )
 ORDERS_PLACED = Counter("streamcart_orders_placed", "Orders accepted by the orders flow")
 ORDERS_BY_OUTCOME = Counter("streamcart_orders_outcome", "Orders reaching an outcome", ["outcome", "reason"])
+ORDERS_CANCELLED_AFTER_CONFIRMATION = Counter(
+    "streamcart_orders_cancelled_after_confirmation",
+    "Confirmed orders cancelled later at the customer's request (refunded and restocked); their outcome was counted "
+    "when they were confirmed",
+)
 ORDERS_FORGOTTEN = Counter(
     "streamcart_orders_forgotten", "Settled orders forgotten by the tables once their retention ran out"
 )
@@ -58,6 +63,10 @@ GATEWAY_RETRIES = Counter("streamcart_gateway_retries", "Payment gateway attempt
 GATEWAY_BREAKER = Gauge(
     "streamcart_gateway_breaker_open", "1 while a payment gateway circuit breaker (authorizations', or captures, "
     "voids and refunds') is open (or half-open: 0.5): the less healthy of the two"
+)
+ORDERS_PENDING = Gauge(
+    "streamcart_orders_pending", "Orders placed and without an outcome yet in the partitions this worker owns, as "
+    "its deadline timer last counted them"
 )
 TABLE_KEYS = Gauge(
     "streamcart_table_keys", "Keys in each table's active partitions on this worker (estimate)", ["table"]
@@ -107,6 +116,8 @@ class Telemetry:
         self.breaker_state = "closed"
         #: The latest records this worker dead-lettered, newest last (what failed, where, why), for the dashboard.
         self.dead_letters: deque[dict[str, Any]] = deque(maxlen=DEAD_LETTERS_SHOWN)
+        #: Orders still PENDING in this worker's partitions (the deadline index), ``None`` until first counted.
+        self.pending: int | None = None
 
     # -- fed by the flows ------------------------------------------------------------------------------------
 
@@ -126,10 +137,13 @@ class Telemetry:
         })
 
     def order_step(
-        self, order_id: str, message: Any, placed_at: int | None, outcome: str | None, emitted: tuple[Any, ...] = ()
+        self, order_id: str, message: Any, placed_at: int | None, outcome: str | None, emitted: tuple[Any, ...] = (),
+        *, cancelled_after_confirmation: bool = False,
     ) -> None:
         """The orders flow applied ``message`` to ``order_id`` and sent ``emitted``; ``outcome`` is set when the
-        order reached one now. Each is remembered with the time (its event id is the one the order's history has).
+        order reached one now (it left PENDING: the saga's latency is measured to it, once per order).
+        ``cancelled_after_confirmation``: a confirmed order was cancelled now, counted apart. Each step is
+        remembered with the time (its event id is the one the order's history has).
         """
         now = self.clock()
         name = type(message).__name__
@@ -147,6 +161,8 @@ class Telemetry:
         since_placed = None if placed_at is None else now - placed_at / 1000
         if since_placed is not None and since_placed >= 0:
             SAGA_STAGE.labels(name).observe(since_placed)
+        if cancelled_after_confirmation:
+            ORDERS_CANCELLED_AFTER_CONFIRMATION.inc()
         if outcome is not None:
             status, _, reason = outcome.partition(":")
             self.outcomes[outcome] += 1
@@ -154,6 +170,12 @@ class Telemetry:
             if since_placed is not None and since_placed >= 0:
                 SAGA_LATENCY.labels(status).observe(since_placed)
                 self.latencies.append((now, since_placed))
+
+    def orders_pending(self, count: int) -> None:
+        """The deadline timer counted ``count`` orders without an outcome in the partitions this worker owns: the
+        orders in flight, from the tables (the counters since start miss what a restarted worker took over)."""
+        self.pending = count
+        ORDERS_PENDING.set(count)
 
     def order_forgotten(self) -> None:
         ORDERS_FORGOTTEN.inc()
@@ -186,4 +208,5 @@ class Telemetry:
             "latencies": [round(s, 4) for s in self.recent_latencies()],
             "breaker": self.breaker_state,
             "dead_letters": list(self.dead_letters),
+            "pending": self.pending,
         }

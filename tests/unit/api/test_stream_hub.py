@@ -8,9 +8,11 @@ from typing import Any
 
 from prometheus_client import REGISTRY
 
+from agents.orders import _cancelled_after_confirmation, _outcome
 from api.stream import Hub, _in_flight, latest_dead_letters
 from streamcart.settings import Settings
 from streamcart.telemetry import DEAD_LETTERS_SHOWN, Telemetry
+from tests.component.test_api_orders import an_order
 
 
 async def test_ending_the_streams_gives_every_subscriber_the_end_even_a_slow_one_with_a_full_queue():
@@ -55,10 +57,39 @@ def test_a_worker_missing_from_a_tick_adds_nothing_to_the_rate_instead_of_its_wh
     assert rates["PlaceOrder"] == {"total": 5_110, "per_s": 5.0}
 
 
-def test_orders_in_flight_count_a_confirmed_order_cancelled_later_once():
+def test_orders_in_flight_are_what_each_workers_deadline_index_holds():
+    """A restarted worker counts from zero, yet settles orders placed before its restart: counters since start
+    would read low for good (and 0 once clamped); the tables do not."""
+    steps = {name: {"total": n, "per_s": 0.0} for name, n in {"PlaceOrder": 10, "OrderConfirmed": 300}.items()}
+    answers = [{"worker": 0, "telemetry": {"pending": 100}}, {"worker": 1, "telemetry": {"pending": 7}}]
+    assert _in_flight(answers, steps) == 107
+
+
+def test_orders_in_flight_of_workers_that_do_not_say_count_a_confirmed_order_cancelled_later_once():
     steps = {name: {"total": n, "per_s": 0.0} for name, n in
              {"PlaceOrder": 10, "OrderConfirmed": 6, "OrderCancelled": 3, "ShipmentCancelled": 1}.items()}
-    assert _in_flight(steps) == 10 - 6 - (3 - 1)
+    older = [{"worker": 0, "telemetry": {}}, {"worker": 1, "telemetry": {"pending": None}}]
+    assert _in_flight(older, steps) == 10 - 6 - (3 - 1)
+
+
+def test_a_confirmed_order_cancelled_later_is_neither_a_second_outcome_nor_a_saga_latency():
+    """Its saga ended when it was confirmed; measured at the refund hours later it made p99 hours long (and fired
+    the slow-saga alert) and counted the order twice in the outcome mix."""
+    telemetry = Telemetry(clock=lambda: 100.0)
+    pending = an_order()
+    confirmed = pending.model_copy(update={"status": "CONFIRMED"})
+    refunded = confirmed.model_copy(update={"status": "CANCELLED", "cancel_reason": "customer_request"})
+    before = REGISTRY.get_sample_value("streamcart_orders_cancelled_after_confirmation_total") or 0.0
+    placed = SimpleNamespace(event_id="e1", occurred_at=99_000)
+    for before_state, after_state, late in ((pending, confirmed, 99_000), (confirmed, refunded, -10_800_000)):
+        telemetry.order_step("o-1", _named("Step", placed), late, _outcome(before_state, after_state),
+                             cancelled_after_confirmation=_cancelled_after_confirmation(before_state, after_state))
+    assert dict(telemetry.outcomes) == {"confirmed": 1}
+    assert telemetry.recent_latencies() == [1.0]
+    assert REGISTRY.get_sample_value("streamcart_orders_cancelled_after_confirmation_total") == before + 1
+    timed_out = pending.model_copy(update={"status": "CANCELLED", "cancel_reason": "timeout"})
+    assert _outcome(pending, timed_out) == "cancelled:timeout" and not _cancelled_after_confirmation(pending, timed_out)
+    assert _outcome(None, confirmed) == "confirmed"
 
 
 def test_telemetry_counts_each_message_the_orders_flow_applied_and_emitted():
