@@ -40,23 +40,41 @@ function spark(id, values) {
 
 function push(series, value) { series.push(value); if (series.length > HISTORY) series.shift(); }
 
-function revenueChart(windows) {
+const CURRENCY_COLORS = ["#58a6ff", "#3fb950", "#d29922", "#bc8cff", "#f778ba"];
+
+function revenueChart(windows, since, at) {
+  // One slot per minute of the last 15 from `since`, each window in its own minute's slot (minutes without revenue
+  // are not sent); a bar stacks one segment per currency, each labelled with its own sum (cents of two currencies
+  // are never added up).
   const target = $("revenue"); target.replaceChildren();
-  const totals = windows.map((w) => Object.values(w.by_currency).reduce((a, b) => a + b, 0));
-  const max = Math.max(1, ...totals);
-  const width = 600 / 15; // one slot per minute of the last 15
-  windows.forEach((w, i) => {
-    const h = (totals[i] / max) * 135;
-    const bar = svg("rect", { x: i * width + 2, y: 140 - h, width: width - 4, height: h, opacity: w.final ? 1 : 0.55 });
-    bar.appendChild(svg("title", {})).textContent = `${clock(w.window_start)}: ${money(totals[i])}`;
-    target.appendChild(bar);
-    const label = svg("text", { x: i * width + 2, y: 155 });
-    label.textContent = new Date(w.window_start).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hour12: false });
-    if (i % 3 === 0) target.appendChild(label);
-  });
-  const last = windows[windows.length - 1];
-  $("revenue-legend").textContent = last
-    ? `this minute: ${Object.entries(last.by_currency).map(([c, v]) => `${money(v)} ${c}`).join(", ") || "nothing yet"}`
+  if (typeof since !== "number") since = at - (at % 60000) - 14 * 60000; // a worker of an older version
+  const currencies = [...new Set(windows.flatMap((w) => Object.keys(w.by_currency)))].sort();
+  const max = Math.max(1, ...windows.map((w) => Object.values(w.by_currency).reduce((a, b) => a + b, 0)));
+  const width = 600 / 15;
+  for (let slot = 0; slot < 15; slot += 3) {
+    const label = svg("text", { x: slot * width + 2, y: 155 });
+    label.textContent = new Date(since + slot * 60000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hour12: false });
+    target.appendChild(label);
+  }
+  for (const w of windows) {
+    const slot = Math.round((w.window_start - since) / 60000);
+    if (slot < 0 || slot >= 15) continue;
+    let y = 140;
+    currencies.forEach((currency, k) => {
+      const cents = w.by_currency[currency] || 0;
+      if (!cents) return;
+      const h = (cents / max) * 135; y -= h;
+      const bar = svg("rect", { x: slot * width + 2, y, width: width - 4, height: h, opacity: w.final ? 1 : 0.55,
+        style: `fill:${CURRENCY_COLORS[k % CURRENCY_COLORS.length]}` });
+      bar.appendChild(svg("title", {})).textContent = `${clock(w.window_start)}: ${money(cents)} ${currency}`;
+      target.appendChild(bar);
+    });
+  }
+  const minute = at - (at % 60000);
+  const current = windows.find((w) => w.window_start === minute);
+  const sums = current ? Object.entries(current.by_currency).map(([c, v]) => `${money(v)} ${c}`).join(", ") : "";
+  $("revenue-legend").textContent = windows.length
+    ? `this minute: ${sums || "nothing yet"}` + (currencies.length > 1 ? ` · ${currencies.map((c, k) => `${["blue", "green", "amber", "purple", "pink"][k % 5]}: ${c}`).join(", ")}` : "")
     : "no revenue in the last 15 minutes";
 }
 
@@ -150,7 +168,13 @@ function render(tick) {
   }
   if (tick.workers.length < tick.workers_expected) breakers.appendChild(el("div", { class: "muted" }, `${tick.workers_expected - tick.workers.length} worker(s) not answering`));
   outcomes(tick.outcomes);
-  if (tick.revenue_per_minute) revenueChart(tick.revenue_per_minute);
+  if (tick.revenue_per_minute) revenueChart(tick.revenue_per_minute, tick.revenue_since, tick.at);
+  // While the analytics are unavailable (a rebalance), their panels keep their last figures: say they are stale.
+  const stale = tick.analytics_unavailable || "";
+  for (const id of ["revenue", "top-skus"]) $(id).style.opacity = stale ? 0.35 : 1;
+  $("analytics-stale").textContent = stale ? `analytics unavailable, figures of an earlier tick: ${stale}` : "";
+  $("analytics-stale").hidden = !stale;
+  if ($("connection").textContent !== "live") { $("connection").textContent = "live"; $("connection").className = "badge ok"; }
   if (tick.late_events) {
     const late = Object.values(tick.late_events).reduce((a, b) => Math.max(a, b), 0);
     $("late").textContent = late ? `(${fmt(late)} late events counted apart)` : "";
@@ -184,10 +208,30 @@ function connect(tok) {
   });
   source.addEventListener("error", () => {
     // EventSource retries by itself (the server asks for 2 s); say so meanwhile. A browser gives up for good when
-    // an answer is not the stream (a proxy's 502 while the worker restarts, say): then start over in 2 s.
+    // an answer is not the stream: a proxy's 502 while the worker restarts (start over in 2 s), or a refused token
+    // (401, 403: asking again with it would be refused for ever; ask for another).
     $("connection").textContent = "reconnecting…"; $("connection").className = "badge bad";
-    if (source.readyState === EventSource.CLOSED) { source.close(); setTimeout(() => connect(tok), 2000); }
+    if (source.readyState === EventSource.CLOSED) { source.close(); setTimeout(() => retry(tok), 2000); }
   });
+}
+
+async function retry(tok) {
+  // The stream's own answer says why it closed; its body is not read (the stream would stay open).
+  const aborted = new AbortController();
+  let status = 0;
+  try {
+    const response = await fetch(`/v1/stream?token=${encodeURIComponent(tok)}`, { signal: aborted.signal });
+    status = response.status;
+  } catch (e) { /* the worker is away: try the stream again */ }
+  aborted.abort();
+  if (status === 401 || status === 403) {
+    sessionStorage.removeItem("streamcart-token");
+    $("connection").textContent = status === 401 ? "token refused" : "not an admin"; $("connection").className = "badge bad";
+    showLogin(status === 401 ? "The token was refused (expired, or signed with another secret): paste a new admin token"
+      : "This token is not an admin's: the dashboard needs an admin token");
+    return;
+  }
+  connect(tok);
 }
 
 async function showOrder(tok, orderId) {
