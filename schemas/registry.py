@@ -28,8 +28,10 @@ FULL_TRANSITIVE = "FULL_TRANSITIVE"
 #: backoff, a call to a registry that never answers gives up after about 45 s.
 TIMEOUT_S = 10
 
-# HTTP statuses after which the same request may well succeed later.
-_TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+# HTTP statuses after which the same request may well succeed later: the registry's (or a proxy's) trouble, and
+# credentials it refuses (a rotation under way is the system's fault, never a message's: nothing is dead-lettered
+# for it, the flows wait and say so in their log).
+_TRANSIENT_STATUSES = frozenset({401, 403, 408, 429, 500, 502, 503, 504})
 
 
 class Registry(Protocol):
@@ -110,9 +112,12 @@ class ConfluentRegistry:
             raise _wrap(exc, f"fetching schema id {schema_id}") from exc
         except httpx.TransportError as exc:
             raise _wrap(exc, f"fetching schema id {schema_id}") from exc
-        if schema.schema_str is None:
-            raise RegistryError(f"the registry returned schema id {schema_id} without its text")
-        return schema.schema_str
+        except Exception as exc:  # a 2xx that is no registry's answer (a proxy's page, an empty body)
+            raise RegistryUnavailable(f"schema registry answered no schema for id {schema_id}: "
+                                      f"{type(exc).__name__}: {exc}") from exc
+        if not isinstance(getattr(schema, "schema_str", None), str):
+            raise RegistryUnavailable(f"schema registry answered id {schema_id} without its text")
+        return str(schema.schema_str)
 
     def set_compatibility(self, subject: str, level: str) -> None:
         try:

@@ -76,7 +76,7 @@ class _Scripted(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         self.server.requests.append((self.command, self.path, self.rfile.read(length)))  # type: ignore[attr-defined]
         status, body = self.server.answer  # type: ignore[attr-defined]
-        payload = json.dumps(body).encode()
+        payload = body if isinstance(body, bytes) else json.dumps(body).encode()  # bytes: sent as they are
         self.send_response(status)
         self.send_header("Content-Type", "application/vnd.schemaregistry.v1+json")
         self.send_header("Content-Length", str(len(payload)))
@@ -174,3 +174,16 @@ def test_a_registry_that_accepts_connections_but_never_answers_is_unavailable_af
         with registry, pytest.raises(RegistryUnavailable):
             registry.schema_by_id(1)
         assert time.monotonic() - started < 5  # without a timeout the client waits for ever
+
+
+@pytest.mark.parametrize("answer", [(200, b"<html>gateway</html>"), (200, b""), (200, b"[]"), (200, {"schema": 3}),
+                                    (401, {"error_code": 401, "message": "Unauthorized"}),
+                                    (403, {"error_code": 403, "message": "Forbidden"})],
+                         ids=["html", "empty", "list", "not-text", "unauthorized", "forbidden"])
+def test_an_answer_that_is_no_schema_is_the_registrys_trouble_not_the_messages(server, answer):
+    """Raised as anything else, it escaped the flows' guard (the agent crashed) or dead-lettered every message of
+    a new schema id while credentials were rotated; unavailable, the flow waits for the registry."""
+    server.answer = answer
+    with client(server) as registry, pytest.raises(RegistryUnavailable) as raised:
+        registry.schema_by_id(5)
+    assert not isinstance(raised.value, DecodeError)
