@@ -77,6 +77,6 @@ def _position(event: Any) -> tuple[int | None, bool]:
     if header(event, DlqHeader.REPLAY_OF) is None:
         return getattr(event.message, "offset", None), False
     first = header(event, DlqHeader.REPLAY_POSITION)
-    if first is not None and first.isdigit():
+    if first is not None and first.isascii() and first.isdigit():
         return int(first), False  # back in its place in the log
     return None, True

@@ -830,7 +830,7 @@ def stored_partitions(store: Any) -> set[int]:
     found = set()
     for path in Path(store.path).glob(f"{prefix}*.db"):
         number = path.name[len(prefix):-len(".db")]
-        if number.isdigit() and Path(store.partition_path(int(number))) == path:
+        if number.isascii() and number.isdigit() and Path(store.partition_path(int(number))) == path:
             found.add(int(number))
     return found
 

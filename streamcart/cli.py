@@ -481,7 +481,7 @@ def order_place(
     lines = []
     for item in line:
         sku, _, qty = item.rpartition(":")
-        if not sku or not qty.isdigit() or int(qty) < 1:
+        if not sku or not (qty.isascii() and qty.isdigit()) or int(qty) < 1:
             raise typer.BadParameter(f"{item!r}: expected SKU:QUANTITY with a positive quantity", param_hint="--line")
         _identifier(sku)
         lines.append({"sku": sku, "quantity": int(qty)})
@@ -753,7 +753,7 @@ def _selection(flows: list[str] | None, errors: list[str] | None, topics: list[s
 def _position(text: str, hint: str) -> tuple[int, int]:
     """A dead letter's ``PARTITION:OFFSET``."""
     partition, _, offset = text.partition(":")
-    if not (partition.isdigit() and offset.isdigit()):
+    if not all(part.isascii() and part.isdigit() for part in (partition, offset)):
         raise typer.BadParameter(f"{text!r}: expected PARTITION:OFFSET as `dlq list` shows it", param_hint=hint)
     return int(partition), int(offset)
 
@@ -918,6 +918,7 @@ def replay_dead_letters(letters: list[DeadLetter], remote: Remote, settings: Set
 
     from streamcart.commands import CommandSender
     from streamcart.dead_letters import FLOWS, Limits, OrderSeen, plan_replays, replay_of, replayed_before
+    from streamcart.topics import topic_specs
 
     def order_seen(order_id: str) -> OrderSeen:
         try:
@@ -936,7 +937,8 @@ def replay_dead_letters(letters: list[DeadLetter], remote: Remote, settings: Set
                     saga_timeout_ms=round(settings.saga_timeout_s * 1000))
     running = FLOWS if settings.analytics else FLOWS - {"analytics"}
     plan = plan_replays(letters, order_seen=order_seen, now_ms=now_ms, limits=limits, replayed=replayed,
-                        replaced=replaced, running=running, force=force, again=again)
+                        replaced=replaced, running=running, force=force, again=again,
+                        topics={spec.name: spec.partitions for spec in topic_specs(settings)})
     report = ReplayReport()
     going: list[DeadLetter] = []
     for letter, refusal in plan:

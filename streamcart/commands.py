@@ -111,8 +111,8 @@ class CommandSender:
         for index, record in enumerate(records):
             try:
                 self.producer.produce(**record, on_delivery=on_delivery(index))
-            except (KafkaException, BufferError) as exc:
-                outcomes[index] = f"could not produce: {exc}"
+            except Exception as exc:  # KafkaException, BufferError, or a partition beyond what librdkafka takes
+                outcomes[index] = f"could not produce: {type(exc).__name__}: {exc}"
         if self.producer.flush(timeout_s):
             self.producer.purge(in_queue=True, in_flight=True)
             self.producer.flush(0)  # serves the purged records' callbacks

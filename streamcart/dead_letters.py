@@ -37,6 +37,7 @@ from schemas.messages import (
 )
 from streamcart.domain.order_state import LineStatus, OrderStatus, PaymentStatus
 from streamcart.domain.retention import FINAL
+from streamcart.topics import keyed_by_order
 
 #: The flows a dead letter can be replayed for (the agents' names, and the ``dlq.flow`` before any ``.channel``).
 FLOWS = frozenset({"orders", "inventory", "payments", "shipping", "analytics", "notifications"})
@@ -125,7 +126,7 @@ class DeadLetter:
 
     def _number(self, name: str) -> int | None:
         value = self.header(name)
-        return int(value) if value is not None and value.isdigit() else None
+        return int(value) if value is not None and value.isascii() and value.isdigit() else None
 
     @property
     def source_topic(self) -> str | None:
@@ -163,6 +164,16 @@ class DeadLetter:
     @property
     def order_id(self) -> str | None:
         return getattr(self.message, "order_id", None)
+
+    @property
+    def about_order(self) -> str | None:
+        """The order the letter is about: its message's, or for one that does not decode, its key where its topic
+        is keyed by the order (what ``--order`` selects by)."""
+        if (found := self.order_id) is not None or self.message is not None:
+            return found
+        if self.key and self.source_topic is not None and keyed_by_order(self.source_topic):
+            return self.key.decode(errors="replace")
+        return None
 
     @property
     def summary(self) -> str:
@@ -302,8 +313,11 @@ class SinkLetter(DeadLetter):
             "dlq_offset": self.offset,
             "written_at_ms": self.written_at_ms,
             "connector": self.header(ConnectHeader.CONNECTOR),
+            "flow": self.flow,  # as --flow selects it
             "source": {"topic": self.source_topic, "partition": self.source_partition, "offset": self.source_offset},
-            "error": {"class": self.header(ConnectHeader.EXCEPTION_CLASS), "message": self.error},
+            # ``class`` as the table shows it and --error selects it; ``java_class`` in full.
+            "error": {"class": self.error_class, "java_class": self.header(ConnectHeader.EXCEPTION_CLASS),
+                      "message": self.error},
             "key": None if self.key is None else self.key.decode(errors="replace"),
             "row": row,
             "value": value if row is None else None,
@@ -335,7 +349,7 @@ class Selection:
             return False
         if self.topics and letter.source_topic not in self.topics:
             return False
-        if self.order_id is not None and letter.order_id != self.order_id:
+        if self.order_id is not None and letter.about_order != self.order_id:
             return False
         if self.positions and letter.position not in self.positions:
             return False
@@ -501,12 +515,13 @@ def superseded(letters: Iterable[DeadLetter]) -> dict[str, str]:
 def plan_replays(letters: Iterable[DeadLetter], *, order_seen: Callable[[str], OrderSeen], now_ms: int,
                  limits: Limits, replayed: Mapping[str, int] | None = None,
                  replaced: Mapping[str, str] | None = None, running: frozenset[str] = FLOWS, force: bool = False,
-                 again: bool = False) -> list[tuple[DeadLetter, str | None]]:
+                 again: bool = False, topics: Mapping[str, int] | None = None) -> list[tuple[DeadLetter, str | None]]:
     """Each letter with why it must not be replayed now (``None``: it may).
 
     ``order_seen`` is asked once per order. ``replayed`` holds when each letter replayed already was; ``again``
     sends those once more, unless their replay failed again (``replaced``, from :func:`superseded`: the newer
-    letter stands for them). ``running`` are the flows the stack runs. ``force`` skips the checks of
+    letter stands for them). ``running`` are the flows the stack runs; ``topics`` its topics with their partition
+    counts (a letter naming another topic or partition is kept). ``force`` skips the checks of
     :func:`replay_refusal` but these.
     """
     seen: dict[str, OrderSeen] = {}
@@ -518,11 +533,22 @@ def plan_replays(letters: Iterable[DeadLetter], *, order_seen: Callable[[str], O
             seen[order_id] = order_seen(order_id)
         return seen[order_id]
 
+    letters = list(letters)
+    # One message dead-lettered twice by one flow (redelivered after a crash between the letter and the commit, or
+    # replayed twice and failing each time) is sent back once: as its newest letter, if any of them was not yet.
+    newest: dict[tuple[object, ...], DeadLetter] = {}
+    for letter in letters:  # oldest failure first
+        newest[_message_of(letter)] = letter
     plan: list[tuple[DeadLetter, str | None]] = []
     for letter in letters:
         refusal = letter.unreplayable
         if refusal is None and (newer := (replaced or {}).get(letter.position)) is not None:
             refusal = f"{SUPERSEDED}, as {newer}: that letter stands for it"
+        if refusal is None and (twin := newest[_message_of(letter)]) is not letter:
+            refusal = f"{DUPLICATE}, {twin.position}, which stands for it"
+        if refusal is None and topics is not None and not _in_stack(letter, topics):
+            refusal = (f"{letter.source_topic}[{letter.source_partition}] is no partition of a topic of this stack "
+                       f"(a letter of another stack, or of a topic made again)")
         if refusal is None and (flow := replay_route(letter.flow)[0]) not in running:
             refusal = f"the {flow} flow does not run on this stack"
         if refusal is None and not again and (at := (replayed or {}).get(letter.position)) is not None:
@@ -538,17 +564,31 @@ def plan_replays(letters: Iterable[DeadLetter], *, order_seen: Callable[[str], O
 #: stands for it), so ``streamcart dlq replay`` does not count them as failures.
 ALREADY = "replayed already"
 SUPERSEDED = "its replay failed again"
+DUPLICATE = "the same message as a newer letter"
 
 
 def replayed_before(refusal: str) -> bool:
-    """Whether ``refusal`` keeps a letter because it was replayed before (no failure of this replay)."""
-    return refusal.startswith((ALREADY, SUPERSEDED))
+    """Whether ``refusal`` keeps a letter because it was replayed before, or another letter of its message is
+    replayed instead (no failure of this replay)."""
+    return refusal.startswith((ALREADY, SUPERSEDED, DUPLICATE))
+
+
+def _in_stack(letter: DeadLetter, topics: Mapping[str, int]) -> bool:
+    """Whether the partition ``letter`` came from is one of ``topics`` (name: partition count)."""
+    count = topics.get(letter.source_topic or "")
+    return count is not None and letter.source_partition is not None and 0 <= letter.source_partition < count
+
+
+def _message_of(letter: DeadLetter) -> tuple[object, ...]:
+    """What names the message a letter holds for its flow: where it first was in the log, and its bytes."""
+    first = letter.header(DlqHeader.REPLAY_POSITION) or letter.source_offset
+    return (letter.source_topic, letter.source_partition, str(first), letter.flow, letter.key, letter.value)
 
 
 def parse_age(text: str) -> int:
     """``90s``, ``15m``, ``2h`` or ``7d`` in milliseconds."""
     units = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
     number, unit = text[:-1], text[-1:]
-    if unit not in units or not number.replace(".", "", 1).isdigit():
+    if unit not in units or not number.isascii() or not number.replace(".", "", 1).isdigit():
         raise ValueError(f"{text!r}: expected a number and a unit, such as 90s, 15m, 2h or 7d")
     return round(float(number) * units[unit])

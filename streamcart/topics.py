@@ -69,6 +69,13 @@ class Topics:
         return cls(settings.topic_prefix)
 
 
+def keyed_by_order(topic: str) -> bool:
+    """Whether ``topic`` (under any prefix) keys its records by the order id (:func:`topic_specs`)."""
+    bare = Topics("")
+    return topic.endswith((bare.order_commands, bare.payment_commands, bare.shipping_commands, bare.order_events,
+                           bare.inventory_events, bare.payment_events, bare.shipping_events))
+
+
 def topic_specs(settings: Settings) -> list[TopicSpec]:
     """Every topic the system needs, with its partition count and cleanup policy."""
     t = Topics.from_settings(settings)

@@ -139,7 +139,8 @@ class Shoppers:
                 return 0, {"error": f"{method} {path}: {type(exc).__name__} {exc}"}
             if status not in (429, 503):
                 return status, answer
-            await asyncio.sleep(float(retry_after) if retry_after.replace(".", "", 1).isdigit() else 1.0)
+            wait = retry_after.replace(".", "", 1)
+            await asyncio.sleep(float(retry_after) if wait.isascii() and wait.isdigit() else 1.0)
         return status, answer
 
     async def catalog(self) -> list[str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import typer
 from confluent_kafka import KafkaError, KafkaException
 
 from schemas.codec import Codec
@@ -41,6 +42,7 @@ from streamcart.dead_letters import (
     replay_of,
     replay_refusal,
     replay_route,
+    replayed_before,
     superseded,
 )
 from streamcart.settings import Settings
@@ -76,7 +78,7 @@ def product() -> UpsertProduct:
                          unit_price_cents=100, currency="EUR", active=True)
 
 
-def failure(*, flow: str = "orders", topic: str = "commands.orders", partition: int = 3, offset: int = 41,
+def failure(*, flow: str = "orders", topic: str = "commerce.commands.orders", partition: int = 3, offset: int = 41,
             error: str = "RuntimeError", failed_at: int = NOW_MS - 1000, **more: str) -> list[tuple[str, bytes]]:
     """The headers a flow puts on what it dead-letters, after the record's own."""
     return [("traceparent", b"00-abc-def-01"), (DlqHeader.SOURCE_TOPIC, topic.encode()),
@@ -108,6 +110,15 @@ def test_a_value_that_does_not_decode_is_a_letter_that_says_why(codec):
     assert read.summary.startswith("undecodable: MalformedMessage")
 
 
+def test_a_number_header_that_int_would_refuse_is_no_number_not_a_crash_of_the_listing(codec):
+    """``"²".isdigit()`` is true and ``int("²")`` fails: one such letter hid the whole topic behind a traceback."""
+    odd = letter(codec, place(), failed_at="\u00b2", partition="\u00b2", offset="\u0663")  # type: ignore[arg-type]
+    assert (odd.failed_at_ms, odd.source_partition, odd.source_offset) == (None, None, None)
+    assert odd.unreplayable is not None
+    with pytest.raises(typer.BadParameter):
+        cli._position("\u00b2:1", "POSITION")
+
+
 def test_an_unreachable_registry_is_an_error_not_an_undecodable_letter():
     def unreachable(value: bytes | None) -> Message:
         raise RegistryUnavailable("registry down")
@@ -125,7 +136,7 @@ def test_a_selection_matches_by_flow_channel_error_topic_order_position_and_age(
     assert orders not in Selection(flows=frozenset({"notifications"}))
     assert webhook in Selection(error_classes=frozenset({"DeliveryFailed"}))
     assert orders not in Selection(error_classes=frozenset({"DeliveryFailed"}))
-    assert orders in Selection(topics=frozenset({"commands.orders"}))
+    assert orders in Selection(topics=frozenset({"commerce.commands.orders"}))
     assert orders not in Selection(topics=frozenset({"orders"}))
     assert orders in Selection(order_id="o-2") and orders not in Selection(order_id="o-1")
     assert orders in Selection(positions=frozenset({"1:9"})) and webhook not in Selection(positions=frozenset({"1:9"}))
@@ -144,6 +155,16 @@ def test_a_mistyped_error_class_that_matches_nothing_is_told_with_the_classes_th
     assert read.none_match(Selection(), "dead letters") == "no dead letters"
     assert cli._Letters([], {}, {}).none_match(Selection(error_classes=frozenset({"X"})), "dead letters").endswith(
         "(error classes there: none)")
+
+
+def test_an_orders_letter_that_does_not_decode_is_selected_by_its_key_where_its_topic_is_keyed_by_the_order(codec):
+    undecodable = DeadLetter.read(0, 7, b"o-1", b"not avro at all", failure(topic="commerce.events.payments"),
+                                  codec.decode)
+    assert undecodable.order_id is None and undecodable in Selection(order_id="o-1")
+    assert undecodable not in Selection(order_id="o-2")
+    by_sku = DeadLetter.read(0, 8, b"o-1", b"not avro at all", failure(topic="commerce.commands.inventory"),
+                             codec.decode)
+    assert by_sku not in Selection(order_id="o-1")  # keyed by SKU: its key is no order
 
 
 def test_the_cli_selects_a_topic_by_its_name_with_or_without_the_stacks_prefix(monkeypatch):
@@ -326,7 +347,8 @@ def test_a_letter_of_a_flow_the_stack_does_not_run_is_kept(codec):
 
 
 def test_a_letter_replayed_before_is_kept_unless_again(codec):
-    letters = [letter(codec, product(), position=(0, 1)), letter(codec, product(), position=(0, 2))]
+    letters = [letter(codec, product(), position=(0, 1), offset=11),
+               letter(codec, product(), position=(0, 2), offset=12)]
     replayed = {"0:1": NOW_MS - 60_000}
     plan = plan_replays(letters, order_seen=lambda _: STORED, now_ms=NOW_MS, limits=LIMITS, replayed=replayed)
     assert [(letter.position, refusal is None) for letter, refusal in plan] == [("0:1", False), ("0:2", True)]
@@ -334,6 +356,36 @@ def test_a_letter_replayed_before_is_kept_unless_again(codec):
     again = plan_replays(letters, order_seen=lambda _: STORED, now_ms=NOW_MS, limits=LIMITS, replayed=replayed,
                          again=True)
     assert [refusal for _, refusal in again] == [None, None]
+
+
+def test_one_message_dead_lettered_twice_by_its_flow_is_replayed_once_as_its_newest_letter(codec):
+    """Redelivered after a crash between its letter and the commit, a message is dead-lettered twice; a replay that
+    failed twice leaves two letters of it too. Each is a letter, but one message: sent once (a notification
+    twice otherwise). Another flow's letter of the same record, or another record, is its own."""
+    first = letter(codec, place("o-1"), position=(0, 1), offset=41)
+    redelivered = letter(codec, place("o-1"), position=(0, 2), offset=41)
+    other_flow = letter(codec, place("o-1"), position=(0, 3), offset=41, flow="notifications.webhook")
+    other_record = letter(codec, place("o-2"), position=(0, 4), offset=42)
+    replays = [letter(codec, place("o-3"), position=(1, n), offset=70 + n,
+                      **{DlqHeader.REPLAY_OF: "0:9", DlqHeader.REPLAY_POSITION: "43"}) for n in (5, 6)]
+    plan = plan_replays([first, redelivered, other_flow, other_record, *replays], order_seen=lambda _: STORED,
+                        now_ms=NOW_MS, limits=LIMITS, force=True)
+    assert [(read.position, refusal) for read, refusal in plan] == [
+        ("0:1", "the same message as a newer letter, 0:2, which stands for it"), ("0:2", None), ("0:3", None),
+        ("0:4", None), ("1:5", "the same message as a newer letter, 1:6, which stands for it"), ("1:6", None)]
+    assert all(replayed_before(refusal) for _, refusal in plan if refusal is not None)
+
+
+def test_a_letter_naming_a_topic_or_partition_this_stack_does_not_have_is_kept_even_forced(codec):
+    """librdkafka raised on a partition beyond its range (the command ended in a traceback, earlier records queued
+    and never marked); a topic that does not exist waited out the timeout."""
+    topics = {"commerce.commands.orders": 8}
+    letters = [letter(codec, place("o-1"), partition=3), letter(codec, place("o-2"), partition=99_999_999_999),
+               letter(codec, place("o-3"), topic="other.commands.orders"), letter(codec, place("o-4"), partition=8)]
+    plan = plan_replays(letters, order_seen=lambda _: STORED, now_ms=NOW_MS, limits=LIMITS, force=True,
+                        topics=topics)
+    assert [refusal is None for _, refusal in plan] == [True, False, False, False]
+    assert "is no partition of a topic of this stack" in (plan[1][1] or "")
 
 
 def test_a_replay_goes_to_its_partition_with_its_own_headers_marked_for_the_flow_that_failed(codec):
@@ -426,8 +478,10 @@ def test_a_replay_the_broker_does_not_take_is_reported_and_not_marked(codec, cap
 
 
 def test_a_letter_replayed_before_is_no_failure_of_the_command(codec, capsys):
-    letters = [letter(codec, product(), position=(0, 1)), letter(codec, product(), position=(0, 2)),
-               letter(codec, product(), position=(0, 3), **{DlqHeader.REPLAY_OF: "0:2"})]
+    letters = [letter(codec, product(), position=(0, 1), offset=11),
+               letter(codec, product(), position=(0, 2), offset=12),
+               letter(codec, product(), position=(0, 3), offset=90,
+                      **{DlqHeader.REPLAY_OF: "0:2", DlqHeader.REPLAY_POSITION: "12"})]
     report = cli.replay_dead_letters(letters, FakeApi(set()), Settings(), replayed={"0:1": NOW_MS, "0:2": NOW_MS},
                                      replaced={"0:2": "0:3"}, sender=FakeSender())
     assert (report.sent, report.already, report.kept, report.failed) == (1, 2, 0, 0)
@@ -601,7 +655,9 @@ def test_a_sink_letter_as_json_carries_its_row_or_its_raw_value():
     raw = sink_letter(value=b"{no").as_json()
     assert raw["row"] is None and raw["value"] == "{no"
     assert raw["connector"] == "streamcart-warehouse-order-lines"
-    assert raw["error"]["class"] == "org.apache.kafka.connect.errors.DataException"
+    # What the table shows and --error / --flow select by; the Java class in full beside it.
+    assert raw["error"]["class"] == "DataException" and raw["flow"] == "warehouse:streamcart-warehouse-order-lines"
+    assert raw["error"]["java_class"] == "org.apache.kafka.connect.errors.DataException"
 
 
 def test_the_warehouse_listing_has_no_replayed_column_and_the_flows_listing_has():
