@@ -376,6 +376,10 @@ class KeyedRequests:
             if not self._holders[resource]:
                 del self._holders[resource], self.locks[resource]
 
+    def holders(self) -> int:
+        """How many requests hold or wait for a lock now."""
+        return sum(self._holders.values())
+
     def sent(self, resource: str, said: str, at: float) -> None:
         self.recent[resource] = (said, at)
         self.recent.move_to_end(resource)

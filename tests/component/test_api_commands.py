@@ -7,11 +7,13 @@ import gzip
 import json
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
-from api.app import ADJUSTING, ADJUSTMENT_IN_FLIGHT_S, PLACEMENT_IN_FLIGHT_S, PLACING, init_app
+from api.app import ADJUSTING, ADJUSTMENT_IN_FLIGHT_S, PLACEMENT_IN_FLIGHT_S, PLACING, KeyedRequests, init_app
 from api.errors import Unavailable
 from schemas.messages import AdjustStock, CancelOrder, Message, PlaceOrder, UpdateShipment, UpsertProduct
 from streamcart.domain.catalog import ProductState
@@ -29,13 +31,14 @@ ORDER = {"lines": [{"sku": "KB-001", "quantity": 2}], "payment": {"token": "tok_
 class RecordingCommands:
     sent: list[Message] = field(default_factory=list)
     broker_down: bool = False
-    delay_s: float = 0.0
     sending: asyncio.Event = field(default_factory=asyncio.Event)  # set once a send has begun
+    #: When set to an event, a send waits for it: the broker has not acknowledged until the test says so.
+    release: asyncio.Event | None = None
 
     async def send(self, message: Message, *, traceparent: str | None = None) -> None:
         self.sending.set()
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
+        if self.release is not None:
+            await self.release.wait()
         if self.broker_down:
             raise Unavailable("the broker did not acknowledge the command in time", headers={"Retry-After": "2"})
         self.sent.append(message)
@@ -180,10 +183,29 @@ async def test_the_same_idempotency_key_and_body_return_the_same_order_once(clie
     assert len(commands.sent) == 1
 
 
+async def until(condition: Callable[[], bool]) -> None:
+    """Let the other tasks (the requests, the test server) run until ``condition`` holds."""
+    for _ in range(5_000):
+        if condition():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("the requests never got there")
+
+
+async def both_at_the_broker(client, commands, key_holders: KeyedRequests, *requests: Any) -> list[Any]:
+    """Send ``requests`` at once, the first held at the broker until every one of them holds or waits for its
+    key's lock; then let the broker answer. Their answers."""
+    commands.release = asyncio.Event()
+    sent = [asyncio.ensure_future(request) for request in requests]
+    await until(lambda: commands.sending.is_set() and key_holders.holders() == len(requests))
+    commands.release.set()
+    return [await answer for answer in sent]
+
+
 async def test_two_identical_requests_at_once_place_one_order(client, commands):
-    commands.delay_s = 0.05  # the first is still waiting on the broker when the second arrives
     headers = {**CUSTOMER, "Idempotency-Key": "double-click"}
-    answers = await asyncio.gather(*(client.post("/v1/orders", json=ORDER, headers=headers) for _ in range(2)))
+    answers = await both_at_the_broker(client, commands, client.app[PLACING],
+                                       *(client.post("/v1/orders", json=ORDER, headers=headers) for _ in range(2)))
     assert [a.status for a in answers] == [202, 202]
     assert len({(await a.json())["order_id"] for a in answers}) == 1
     assert len(commands.sent) == 1
@@ -253,7 +275,7 @@ async def test_a_retry_just_after_the_keys_ttl_period_ends_is_the_order_still_on
 
 
 async def test_a_retry_after_the_boundary_while_the_first_is_being_sent_is_told_to_retry(client, commands, clock):
-    commands.delay_s = 0.2  # the broker has not acknowledged the first when the retry comes
+    commands.release = asyncio.Event()  # the broker has not acknowledged the first when the retry comes
     headers = {**CUSTOMER, "Idempotency-Key": "checkout-slow"}
     first = asyncio.ensure_future(client.post("/v1/orders", json=ORDER, headers=headers))
     await commands.sending.wait()  # the first holds its order's lock while it is being sent
@@ -261,6 +283,7 @@ async def test_a_retry_after_the_boundary_while_the_first_is_being_sent_is_told_
     retry = await client.post("/v1/orders", json=ORDER, headers=headers)
     assert retry.status == 503
     assert retry.headers["Retry-After"] == "1"
+    commands.release.set()
     placed = await (await first).json()
     again = await client.post("/v1/orders", json=ORDER, headers=headers)
     assert (await again.json())["order_id"] == placed["order_id"]
@@ -444,10 +467,10 @@ async def test_an_idempotency_key_used_for_another_adjustment_is_a_409_in_flight
 
 async def test_two_adjustments_under_one_key_at_once_send_the_first_and_refuse_the_other(client, commands, worker):
     worker.stocks["KB-001"] = StockState(sku="KB-001", on_hand=5)
-    commands.delay_s = 0.05  # the first is still waiting on the broker when the second arrives
     url, key = "/v1/stock/KB-001/adjustments", {**ADMIN, "Idempotency-Key": "delivery-77"}
-    answers = await asyncio.gather(client.post(url, json={"delta": 3, "reason": "delivery"}, headers=key),
-                                   client.post(url, json={"delta": 4, "reason": "delivery"}, headers=key))
+    answers = await both_at_the_broker(client, commands, client.app[ADJUSTING],
+                                       client.post(url, json={"delta": 3, "reason": "delivery"}, headers=key),
+                                       client.post(url, json={"delta": 4, "reason": "delivery"}, headers=key))
     assert [a.status for a in answers] == [202, 409]
     assert [m.delta for m in commands.sent] == [3]  # type: ignore[attr-defined]
     assert client.app[ADJUSTING].locks == {}  # nothing kept per key once its requests are answered
@@ -559,7 +582,7 @@ async def test_every_response_carries_a_request_id_and_a_sane_one_is_echoed(clie
 
 
 async def test_a_token_over_its_rate_gets_429_with_retry_after(aiohttp_client, worker, commands):
-    strict = SOLO.model_copy(update={"rate_limit_per_s": 1.0, "rate_limit_burst": 2})
+    strict = SOLO.model_copy(update={"rate_limit_per_s": 0.01, "rate_limit_burst": 2})
     client = await aiohttp_client(init_app(strict, worker, commands))
     answers = [await client.get("/v1/orders/o-1", headers=CUSTOMER) for _ in range(3)]
     assert [a.status for a in answers] == [200, 200, 429]

@@ -19,6 +19,9 @@ from streamcart.ids import derive_id
 from tests.component.test_api_commands import RecordingCommands
 from tests.component.test_api_orders import SECRET, SETTINGS, FakeWorker, an_order, bearer
 
+#: Two workers: each test puts worker 0's address on a test server of its own (``api_port``).
+CLUSTER = SETTINGS.model_copy(update={"workers": 2})
+
 CUSTOMER = bearer("c-1", "customer")
 AUTHORIZATION = CUSTOMER["Authorization"]
 
@@ -45,8 +48,8 @@ FORGED = {
 
 
 #: The partitions each of the two workers owns.
-FIRST_HALF = list(range(SETTINGS.partitions // 2))
-SECOND_HALF = list(range(SETTINGS.partitions // 2, SETTINGS.partitions))
+FIRST_HALF = list(range(CLUSTER.partitions // 2))
+SECOND_HALF = list(range(CLUSTER.partitions // 2, CLUSTER.partitions))
 
 
 def a_product(sku: str) -> ProductState:
@@ -56,16 +59,16 @@ def a_product(sku: str) -> ProductState:
 
 @pytest.fixture
 async def peer(aiohttp_server):
-    """Worker 1: product B and order o-2 are its own (its owner URL is its own worker URL in ``SETTINGS``)."""
-    worker = FakeWorker(index=1, owner=SETTINGS.worker_url(1), orders={"o-2": an_order("o-2")},
+    """Worker 1: product B and order o-2 are its own (its owner URL is its own worker URL in ``CLUSTER``)."""
+    worker = FakeWorker(index=1, owner=CLUSTER.worker_url(1), orders={"o-2": an_order("o-2")},
                         catalog={"B": a_product("B")}, partitions=SECOND_HALF)
-    return await aiohttp_server(init_app(SETTINGS, worker))
+    return await aiohttp_server(init_app(CLUSTER, worker))
 
 
 @pytest.fixture
 async def client(aiohttp_client, peer):
     """Worker 0 of two: product A is its own, every order is ``peer``'s."""
-    settings = SETTINGS.model_copy(update={"api_port": peer.port - 1, "advertised_host": peer.host,
+    settings = CLUSTER.model_copy(update={"api_port": peer.port - 1, "advertised_host": peer.host,
                                            "rate_limit_per_s": 0.01, "rate_limit_burst": 2})
     worker = FakeWorker(owner=settings.worker_url(1), catalog={"A": a_product("A")}, partitions=FIRST_HALF)
     return await aiohttp_client(init_app(settings, worker))
@@ -136,7 +139,7 @@ async def test_a_key_used_just_before_its_periods_end_names_that_order_on_the_wo
     """The first request went to worker 1, which owns the key's order of the period that is ending and sent its
     PlaceOrder; the retry, a second later, falls in the next period, whose order id worker 0 owns: worker 0 asks
     worker 1, which answers from what it sent, before its table holds the order."""
-    ttl = SETTINGS.idempotency_ttl_s
+    ttl = CLUSTER.idempotency_ttl_s
     boundary = (time.time() // ttl) * ttl
     monkeypatch.setattr("api.app.time", SimpleNamespace(time=lambda: boundary + 0.5))
     body = {"lines": [{"sku": "A", "quantity": 1}], "payment": {"token": "tok_approve"}, "currency": "EUR"}
@@ -144,7 +147,7 @@ async def test_a_key_used_just_before_its_periods_end_names_that_order_on_the_wo
     previous_id = derive_id("order", "c-1", "checkout-9", period)
     sent = derive_id("place", "c-1", "checkout-9", period, _digest(PlaceOrderIn.model_validate(body)))
     peer.app[PLACING].sent(previous_id, sent, boundary - 0.5)
-    settings = SETTINGS.model_copy(update={"api_port": peer.port - 1, "advertised_host": peer.host})
+    settings = CLUSTER.model_copy(update={"api_port": peer.port - 1, "advertised_host": peer.host})
     worker = SplitWorker(owner=settings.worker_url(0), elsewhere={previous_id: settings.worker_url(1)})
     commands = RecordingCommands()
     client = await aiohttp_client(init_app(settings, worker, commands))

@@ -1,5 +1,6 @@
 """The API on aiohttp's test client, over a hand-written fake of the worker it runs in."""
 
+import socket
 from dataclasses import dataclass, field
 
 import pytest
@@ -14,7 +15,16 @@ from streamcart.domain.order_state import CancelRequest, HistoryEntry
 from streamcart.domain.orders import OrderState
 from streamcart.settings import Settings
 
-SETTINGS = Settings(jwt_secret="component-test-secret-0123456789abcdef", api_port=18080)
+
+def _unused_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+#: One worker whose address leads nowhere (a port free when the tests start; the app is served by a test server):
+#: what the app asks of its peers (the stream's ticks) never reaches a stack running on this machine.
+SETTINGS = Settings(jwt_secret="component-test-secret-0123456789abcdef", api_port=_unused_port(), workers=1)
 SECRET = SETTINGS.jwt_secret.get_secret_value()
 
 

@@ -291,19 +291,19 @@ def test_an_adjustment_waits_through_a_rebalances_503s_and_reports_one_that_last
 
 
 def test_demo_ends_by_printing_the_dashboard_link_with_an_admin_token_that_the_api_accepts(monkeypatch, capsys):
+    import time
     from types import SimpleNamespace
 
-    from api.auth import authenticate, issue_token
+    import streamcart.demo
+    from api.auth import authenticate
     from streamcart.settings import Settings
-
-    def cli_token(s: Settings) -> str:
-        return issue_token(s.jwt_secret.get_secret_value(), "ops", ["admin"], ttl_s=60)
 
     settings = Settings()
     started: list[str] = []
     monkeypatch.setattr(cli, "_stack", lambda: SimpleNamespace(settings=settings))
     monkeypatch.setattr(cli, "_up", lambda stack, only: started.append("up"))
-    monkeypatch.setattr(cli, "seed_demo", lambda s: started.append("seeded") or cli_token(s))
+    # Only the seeding needs a stack: the token is the demo's own.
+    monkeypatch.setattr(streamcart.demo, "seed", lambda s: started.append("seeded") or 12)
 
     cli.demo()
 
@@ -312,7 +312,9 @@ def test_demo_ends_by_printing_the_dashboard_link_with_an_admin_token_that_the_a
     link = next(line for line in out.splitlines() if "/dashboard#token=" in line)
     token = link.split("#token=", 1)[1].strip()
     assert link.split()[-1].startswith(f"{settings.worker_url(0)}/dashboard#token=")
-    assert authenticate(f"Bearer {token}", settings.jwt_secret.get_secret_value()).is_admin
+    principal = authenticate(f"Bearer {token}", settings.jwt_secret.get_secret_value())
+    assert principal.is_admin
+    assert 11.9 * 3600 < principal.expires_at - time.time() < 12.1 * 3600  # "admin token (12 h)", as printed
 
 
 @pytest.mark.parametrize("args", [

@@ -13,7 +13,9 @@ from agents.app import create_faust_app
 from agents.transport import NodeDrainingAccumulator
 from streamcart.settings import Settings
 
-LINGER_MS = 50
+#: Long enough that no batch appended by a test is due by itself however slow the machine; the one that is due
+#: says it was appended before that (``_ctime``).
+LINGER_MS = 60_000
 DUE, WAITING, ELSEWHERE = TopicPartition("a", 0), TopicPartition("b", 3), TopicPartition("c", 1)
 LEADERLESS = TopicPartition("d", 2)
 
@@ -30,7 +32,7 @@ async def _accumulator(kind: type[MessageAccumulator]) -> MessageAccumulator:
     accumulator = kind(_Cluster(), 16384, 0, 30, linger_ms=LINGER_MS)
     for tp in (DUE, WAITING, ELSEWHERE):
         await accumulator.add_message(tp, b"k", b"v", timeout=1)
-    accumulator._batches[DUE][0]._ctime = time.monotonic() - 1  # appended a second ago
+    accumulator._batches[DUE][0]._ctime = time.monotonic() - 2 * LINGER_MS / 1000  # lingered long enough
     return accumulator
 
 

@@ -69,7 +69,9 @@ def settings_from(env: dict[str, Any]) -> Settings:
 @pytest.mark.parametrize("values", [SECRETS, STRIMZI, {**SECRETS, "init.enabled": "false", "metrics.scrape": "false"}],
                          ids=["defaults", "strimzi", "minimal"])
 def test_every_manifest_is_valid_kubernetes(values: dict[str, str]):
-    for doc in manifests(values):
+    docs = manifests(values)
+    assert {"StatefulSet", "Service"} <= {doc["kind"] for doc in docs}  # it rendered the chart, not nothing
+    for doc in docs:
         kubernetes_validate.validate(doc, KUBERNETES, strict=True)
 
 
