@@ -111,7 +111,9 @@ async def test_an_authorization_is_tried_until_its_orders_deadline_then_declined
     assert isinstance(declined, PaymentDeclined) and declined.reason == GATEWAY_UNAVAILABLE
     assert gateway.calls["authorize"] > 3  # tried again meanwhile (every 10-20 ms here)
     deadline = placed + 2_000
-    assert deadline - 100 <= seen_at[0] < deadline + 1_000  # at the deadline: not before, not long after
+    # At the deadline: not before it; and well before the gateway would run out of failures (some 100 s of tries):
+    # the bound after it is loose, for a loaded machine.
+    assert deadline - 100 <= seen_at[0] < deadline + 5_000
 
 
 async def test_a_capture_the_gateway_never_does_is_dead_lettered_with_the_reason_after_a_while(

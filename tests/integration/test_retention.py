@@ -15,6 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamcart.ids import new_id
+from streamcart.partitioning import partition_for
 from streamcart.settings import Settings
 from streamcart.stack import Stack
 from streamcart.topics import changelog_topic
@@ -136,9 +137,12 @@ def test_a_worker_killed_while_it_forgets_orders_leaves_nothing_behind(shop: Sho
         shop.settled(order_id, timeout_s=60)
     poll(lambda: forgotten_by(settings, 0) >= 20, timeout_s=RETENTION_S + 60, every_s=0.1,
          what="worker-0 to have forgotten some orders")
+    owned = set(http_json(f"{settings.worker_url(0)}/readyz")[1]["assigned"])
     at_kill = forgotten_by(settings, 0)
     brief.kill("worker-0")
-    print(f"worker-0 killed after forgetting {at_kill:.0f} orders")
+    share = sum(1 for order_id in orders if partition_for(order_id, settings.partitions) in owned)
+    print(f"worker-0 killed after forgetting {at_kill:.0f} of its {share} orders")
+    assert at_kill < share, "the kill came after worker-0 had forgotten its share: it interrupted nothing"
     brief.start("worker-0")
 
     for order_id in orders:

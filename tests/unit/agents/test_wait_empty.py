@@ -62,13 +62,16 @@ async def test_the_wait_lasts_while_an_agent_handles_a_message_and_commits_once_
 async def test_a_handler_waiting_to_try_again_gives_its_message_back_and_the_wait_ends():
     in_progress = InProgress()
 
+    pausing = asyncio.Event()
+
     async def handler_retrying_forever() -> None:
         with in_progress.handling("retrying"):
             while True:
+                pausing.set()
                 await in_progress.pause(0.05)
 
     retrying = asyncio.create_task(handler_retrying_forever())
-    await asyncio.sleep(0.1)
+    await asyncio.wait_for(pausing.wait(), timeout=2)  # it holds its message, waiting to try again
     state = consumer(in_progress)
     await asyncio.wait_for(Consumer.wait_empty(state), timeout=2)
     with pytest.raises(Yielded):
