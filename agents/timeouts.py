@@ -66,7 +66,9 @@ def register(runtime: Runtime) -> Any:
             now = time.monotonic()
             pending = [(order_id, deadline) for order_id, deadline in tables.deadlines.items()
                        if partition_for(order_id, settings.partitions) in owned]
-            runtime.telemetry.orders_pending(len(pending))
+            app = runtime.app
+            if not (app.rebalancing or app.in_recovery or not app.tables.recovery.completed.is_set()):
+                runtime.telemetry.orders_pending(len(pending))  # not of tables still being read back: the last
             overdue = [order_id for order_id, deadline in pending if deadline <= now_ms]
             for order_id in overdue:
                 if not resends.due(order_id, now):

@@ -65,14 +65,26 @@ class FaustWorkerView:
         watch = self.runtime.order_watch
         deadline = time.monotonic() + timeout_s
         rebalances = watch.rebalances
+
+        def settled_in() -> bool:
+            return self.recovered() and not self.rebalancing()
+
         while True:
             order = self.order(order_id)
             left = deadline - time.monotonic()
-            if (order is not None and order.status in OrderStatus.SETTLED) or left <= 0:
+            if left <= 0:
                 return order
+            if order is not None and order.status in OrderStatus.SETTLED:
+                if settled_in():
+                    return order
+                # Settled by a message handled as a rebalance began (faust sets the flag first, then waits for
+                # them): what the table says is an answer once the rebalance is over, if the order stayed here.
+                if not await watch.rebalance_over(settled_in, left):
+                    return order
+                continue
             if watch.rebalances != rebalances:
                 rebalances = watch.rebalances
-                if not await watch.rebalance_over(lambda: self.recovered() and not self.rebalancing(), left) \
+                if not await watch.rebalance_over(settled_in, left) \
                         or partition_for(order_id, self.runtime.settings.partitions) not in self.assigned():
                     return self.order(order_id)
                 continue  # it stayed: what the table says now, then wait on

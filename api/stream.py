@@ -105,9 +105,8 @@ class Observer:
 
     async def observe(self) -> None:
         if not self.worker.ready():
-            # Its partitions are moving: the lag it last saw may be another worker's to report now (summed twice).
-            self.lag = {}
-            CONSUMER_LAG.clear()
+            # Its partitions are moving: the lag stays what it last saw (a partition that moved may be reported by
+            # its next owner too meanwhile: the alert and Grafana take each partition's highest, never the sum).
             return
         self.lag, self.dlq_records, self.warehouse_dlq_records = await self._read_kafka(self.worker.owned())
         DLQ_RECORDS.set(self.dlq_records)
@@ -282,7 +281,6 @@ class Hub:
         result: dict[str, Any] = {}
         try:
             revenue = await self.analytics("revenue", start)
-            result["revenue_since"] = start  # the first minute's start: each window goes in its own minute's slot
             result["revenue_per_minute"] = [
                 {"window_start": t.window.start, "final": t.final,
                  "by_currency": {k.split(".", 1)[1]: v for k, v in t.counts.items() if k.startswith("cents.")}}

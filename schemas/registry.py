@@ -28,10 +28,8 @@ FULL_TRANSITIVE = "FULL_TRANSITIVE"
 #: backoff, a call to a registry that never answers gives up after about 45 s.
 TIMEOUT_S = 10
 
-# HTTP statuses after which the same request may well succeed later: the registry's (or a proxy's) trouble, and
-# credentials it refuses (a rotation under way is the system's fault, never a message's: nothing is dead-lettered
-# for it, the flows wait and say so in their log).
-_TRANSIENT_STATUSES = frozenset({401, 403, 408, 429, 500, 502, 503, 504})
+# HTTP statuses after which the same request may well succeed later.
+_TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 
 class Registry(Protocol):

@@ -537,8 +537,12 @@ def plan_replays(letters: Iterable[DeadLetter], *, order_seen: Callable[[str], O
     # One message dead-lettered twice by one flow (redelivered after a crash between the letter and the commit, or
     # replayed twice and failing each time) is sent back once: as its newest letter, if any of them was not yet.
     newest: dict[tuple[object, ...], DeadLetter] = {}
+    went: dict[tuple[object, ...], tuple[str, int]] = {}  # a letter of the message replayed already, and when
     for letter in letters:  # oldest failure first
         newest[_message_of(letter)] = letter
+        # (One whose replay failed again went, but did not get through: its newer letter stands for it.)
+        if (at := (replayed or {}).get(letter.position)) is not None and letter.position not in (replaced or {}):
+            went[_message_of(letter)] = (letter.position, at)
     plan: list[tuple[DeadLetter, str | None]] = []
     for letter in letters:
         refusal = letter.unreplayable
@@ -551,9 +555,10 @@ def plan_replays(letters: Iterable[DeadLetter], *, order_seen: Callable[[str], O
                        f"(a letter of another stack, or of a topic made again)")
         if refusal is None and (flow := replay_route(letter.flow)[0]) not in running:
             refusal = f"the {flow} flow does not run on this stack"
-        if refusal is None and not again and (at := (replayed or {}).get(letter.position)) is not None:
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at / 1000))
-            refusal = f"{ALREADY} (at {when}); --again sends it once more"
+        if refusal is None and not again and (sent := went.get(_message_of(letter))) is not None:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(sent[1] / 1000))
+            as_ = "" if sent[0] == letter.position else f" as {sent[0]}"
+            refusal = f"{ALREADY}{as_} (at {when}); --again sends it once more"
         if refusal is None and not force:
             refusal = replay_refusal(letter, order=order_of(letter.order_id), now_ms=now_ms, limits=limits)
         plan.append((letter, refusal))

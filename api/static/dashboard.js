@@ -42,12 +42,12 @@ function push(series, value) { series.push(value); if (series.length > HISTORY) 
 
 const CURRENCY_COLORS = ["#58a6ff", "#3fb950", "#d29922", "#bc8cff", "#f778ba"];
 
-function revenueChart(windows, since, at) {
-  // One slot per minute of the last 15 from `since`, each window in its own minute's slot (minutes without revenue
-  // are not sent); a bar stacks one segment per currency, each labelled with its own sum (cents of two currencies
-  // are never added up).
+function revenueChart(windows, at) {
+  // One slot per minute of the 15 up to this minute (or up to the latest window, when event times run ahead of
+  // the clock), each window in its own minute's slot (minutes without revenue are not sent); a bar stacks one
+  // segment per currency, each labelled with its own sum (cents of two currencies are never added up).
   const target = $("revenue"); target.replaceChildren();
-  if (typeof since !== "number") since = at - (at % 60000) - 14 * 60000; // a worker of an older version
+  const since = Math.max(at - (at % 60000), ...windows.map((w) => w.window_start)) - 14 * 60000;
   const currencies = [...new Set(windows.flatMap((w) => Object.keys(w.by_currency)))].sort();
   const max = Math.max(1, ...windows.map((w) => Object.values(w.by_currency).reduce((a, b) => a + b, 0)));
   const width = 600 / 15;
@@ -168,7 +168,7 @@ function render(tick) {
   }
   if (tick.workers.length < tick.workers_expected) breakers.appendChild(el("div", { class: "muted" }, `${tick.workers_expected - tick.workers.length} worker(s) not answering`));
   outcomes(tick.outcomes);
-  if (tick.revenue_per_minute) revenueChart(tick.revenue_per_minute, tick.revenue_since, tick.at);
+  if (tick.revenue_per_minute) revenueChart(tick.revenue_per_minute, tick.at);
   // While the analytics are unavailable (a rebalance), their panels keep their last figures: say they are stale.
   const stale = tick.analytics_unavailable || "";
   for (const id of ["revenue", "top-skus"]) $(id).style.opacity = stale ? 0.35 : 1;
@@ -218,12 +218,13 @@ function connect(tok) {
 async function retry(tok) {
   // The stream's own answer says why it closed; its body is not read (the stream would stay open).
   const aborted = new AbortController();
+  const giveUp = setTimeout(() => aborted.abort(), 5000); // headers that never come: try the stream again
   let status = 0;
   try {
     const response = await fetch(`/v1/stream?token=${encodeURIComponent(tok)}`, { signal: aborted.signal });
     status = response.status;
   } catch (e) { /* the worker is away: try the stream again */ }
-  aborted.abort();
+  clearTimeout(giveUp); aborted.abort();
   if (status === 401 || status === 403) {
     sessionStorage.removeItem("streamcart-token");
     $("connection").textContent = status === 401 ? "token refused" : "not an admin"; $("connection").className = "badge bad";

@@ -89,10 +89,9 @@ async def test_revenue_bars_stand_in_their_own_minute_and_currencies_are_never_a
     await page.goto(f"{base_url}dashboard#token={issue_token(SECRET, 'ops', ['admin'])}")
     now = int(time.time() * 1000)
     minute = now - now % 60_000
-    since = minute - 14 * 60_000
     revenue = [{"window_start": minute - 12 * 60_000, "final": True, "by_currency": {"EUR": 100_000}},
                {"window_start": minute - 11 * 60_000, "final": True, "by_currency": {"USD": 250_000, "EUR": 5_000}}]
-    await emit(page, "tick", tick(revenue_per_minute=revenue, revenue_since=since, at=now))
+    await emit(page, "tick", tick(revenue_per_minute=revenue, at=now))
     bars = await page.eval_on_selector_all(
         "#revenue rect", "bars => bars.map(b => [Number(b.getAttribute('x')), b.querySelector('title').textContent])")
     slot = 600 / 15
@@ -100,6 +99,11 @@ async def test_revenue_bars_stand_in_their_own_minute_and_currencies_are_never_a
     assert [title.split(": ", 1)[1] for _, title in bars] == ["1,000.00 EUR", "50.00 EUR", "2,500.00 USD"]
     legend = await page.inner_text("#revenue-legend")
     assert legend.startswith("this minute: nothing yet")  # 11 minutes ago is not this minute
+    # Event times ahead of the clock (orders timed ahead): the slots end at the latest window.
+    ahead = [{"window_start": minute + 3 * 60_000, "final": False, "by_currency": {"EUR": 700}}]
+    await emit(page, "tick", tick(revenue_per_minute=[*revenue, *ahead], at=now))
+    xs = await page.eval_on_selector_all("#revenue rect", "bars => bars.map(b => Number(b.getAttribute('x')))")
+    assert xs == [2, 2, 14 * slot + 2]  # 12 minutes ago is out of the 15 up to 3 minutes ahead; 11 is the first
 
 
 async def test_analytics_figures_of_an_earlier_tick_say_so_and_the_badge_comes_back_live(base_url, browser):

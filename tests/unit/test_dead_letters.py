@@ -374,6 +374,11 @@ def test_one_message_dead_lettered_twice_by_its_flow_is_replayed_once_as_its_new
         ("0:1", "the same message as a newer letter, 0:2, which stands for it"), ("0:2", None), ("0:3", None),
         ("0:4", None), ("1:5", "the same message as a newer letter, 1:6, which stands for it"), ("1:6", None)]
     assert all(replayed_before(refusal) for _, refusal in plan if refusal is not None)
+    # The older letter went before (`--at 0:1`, or a selection that left the newer out): the newer does not go.
+    again = plan_replays([first, redelivered], order_seen=lambda _: STORED, now_ms=NOW_MS, limits=LIMITS,
+                         force=True, replayed={"0:1": NOW_MS - 1_000})
+    assert [refusal is None for _, refusal in again] == [False, False]
+    assert (again[1][1] or "").startswith("replayed already as 0:1")
 
 
 def test_a_letter_naming_a_topic_or_partition_this_stack_does_not_have_is_kept_even_forced(codec):

@@ -125,3 +125,35 @@ async def test_a_rebalance_that_ended_before_its_waiter_looked_is_over():
     assert await watch.rebalance_over(lambda: True, 5) is True
     assert await watch.rebalance_over(lambda: False, 0.01) is False
     assert len(watch) == 0
+
+
+async def test_an_order_settled_as_a_rebalance_begins_is_answered_once_it_is_over_if_it_stayed():
+    """faust sets its rebalancing flag, then waits for the messages in hand: one of them may settle the order
+    before the revocation wakes anyone. Its table is no answer until the rebalance is over."""
+    orders = {"o-1": an_order()}
+    view, app = a_view(orders)
+    waiting = asyncio.create_task(view.wait_settled("o-1", 30))
+    await settle()
+    app.rebalancing = True
+    orders["o-1"] = orders["o-1"].model_copy(update={"status": "CONFIRMED"})
+    view.runtime.order_watch.changed("o-1")
+    await settle()
+    assert not waiting.done()
+    app.end(held={partition_for("o-1", SETTINGS.partitions)})
+    assert (await asyncio.wait_for(waiting, 5)).status == "CONFIRMED"
+
+
+def test_a_rebalance_ending_wakes_the_long_polls_waiting_for_it(tmp_path):
+    """The wiring: faust's end of a rebalance reaches the order watch (else every wait ran to its deadline)."""
+    from agents.app import build_runtime
+    from schemas.codec import Codec
+    from schemas.registry import InMemoryRegistry
+
+    runtime = build_runtime(Settings(home=tmp_path, partitions=4), Codec(InMemoryRegistry()), store="memory://")
+    woken: list[str] = []
+    runtime.order_watch.settled = lambda: woken.append("settled")  # type: ignore[method-assign]
+    runtime.app.rebalance_ended[:] = [lambda: runtime.order_watch.settled()]
+    runtime.app.on_rebalance_end()
+    assert woken == ["settled"]
+    fresh = build_runtime(Settings(home=tmp_path, partitions=4), Codec(InMemoryRegistry()), store="memory://")
+    assert fresh.order_watch.settled in fresh.app.rebalance_ended

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from prometheus_client import REGISTRY
-
 from api.stream import Observer
 from streamcart.settings import Settings
 from streamcart.telemetry import Telemetry
@@ -25,7 +23,6 @@ class Worker:
     index: int = 0
     telemetry: Telemetry = field(default_factory=Telemetry)
     asked: list[list[tuple[str, int]]] = field(default_factory=list)
-    is_ready: bool = True
 
     def owned(self) -> dict[str, list[int]]:
         return {"commerce.commands.orders": [0, 1], "streamcart-orders-changelog": [0]}
@@ -44,7 +41,7 @@ class Worker:
         return {"orders": 3}
 
     def ready(self) -> bool:
-        return self.is_ready
+        return True
 
 
 async def test_lag_is_the_end_offset_past_the_committed_position_and_the_dlq_depth_what_it_still_holds():
@@ -65,19 +62,3 @@ async def test_lag_is_the_end_offset_past_the_committed_position_and_the_dlq_dep
     assert observer.table_sizes == {"orders": 3}
     assert all(not topic.endswith("-changelog") for topic, _ in worker.asked[0])  # changelogs have no lag
 
-
-async def test_a_worker_in_a_rebalance_reports_no_lag_instead_of_what_it_last_saw_of_partitions_now_moving():
-    """The partitions' next owner reports their lag: a stale copy here was summed with it (the alert, Grafana)."""
-    worker = Worker(positions={("commerce.commands.orders", 0): 90, ("commerce.commands.orders", 1): 0},
-                    ends={("commerce.commands.orders", 0): 100, ("commerce.commands.orders", 1): 500,
-                          **{(DLQ, p): 0 for p in range(2)}, WAREHOUSE_DLQ: 0},
-                    starts={**{(DLQ, p): 0 for p in range(2)}, WAREHOUSE_DLQ: 0})
-    observer = Observer(Settings(partitions=2), worker)
-    await observer.observe()
-    assert REGISTRY.get_sample_value("streamcart_consumer_lag", {"topic": "commerce.commands.orders",
-                                                                 "partition": "1"}) == 500
-    worker.is_ready = False
-    await observer.observe()
-    assert observer.lag == {}
-    assert REGISTRY.get_sample_value("streamcart_consumer_lag", {"topic": "commerce.commands.orders",
-                                                                 "partition": "1"}) is None
