@@ -257,3 +257,17 @@ def test_the_alerting_rules_come_as_a_prometheus_rule_only_when_asked_with_the_r
     for doc in docs:
         if doc["kind"] != "PrometheusRule":  # the operator's CRD: not in Kubernetes' own schemas
             kubernetes_validate.validate(doc, KUBERNETES, strict=True)
+
+
+def test_a_pod_monitor_scrapes_the_workers_under_the_alerts_job_only_when_asked():
+    assert of_kind(manifests(SECRETS), "PodMonitor") == []
+    docs = manifests({**SECRETS, "metrics.podMonitor.enabled": "true", "metrics.prometheusRule.job": "kube-sc",
+                      "metrics.podMonitor.labels.release": "kps"})
+    (monitor,) = of_kind(docs, "PodMonitor")
+    (workers,) = of_kind(docs, "StatefulSet")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1" and monitor["metadata"]["labels"]["release"] == "kps"
+    assert monitor["spec"]["selector"]["matchLabels"] == workers["spec"]["template"]["metadata"]["labels"]
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    (container,) = workers["spec"]["template"]["spec"]["containers"]
+    assert endpoint["port"] in {port["name"] for port in container["ports"]} and endpoint["path"] == "/metrics"
+    assert {"action": "replace", "targetLabel": "job", "replacement": "kube-sc"} in endpoint["relabelings"]
