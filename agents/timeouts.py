@@ -64,12 +64,14 @@ def register(runtime: Runtime) -> Any:
             owned = owned_partitions(runtime)
             now_ms = int(time.time() * 1000)
             now = time.monotonic()
-            pending = [(order_id, deadline) for order_id, deadline in tables.deadlines.items()
-                       if partition_for(order_id, settings.partitions) in owned]
+            pending = tables.deadlines.items()  # of the partitions this worker holds active (faust's RocksDB)
             app = runtime.app
             if not (app.rebalancing or app.in_recovery or not app.tables.recovery.completed.is_set()):
                 runtime.telemetry.orders_pending(len(pending))  # not of tables still being read back: the last
-            overdue = [order_id for order_id, deadline in pending if deadline <= now_ms]
+            overdue = [
+                order_id for order_id, deadline in pending
+                if deadline <= now_ms and partition_for(order_id, settings.partitions) in owned
+            ]
             for order_id in overdue:
                 if not resends.due(order_id, now):
                     continue  # sent recently: don't even load the order
