@@ -257,3 +257,23 @@ async def test_the_owner_still_restoring_its_tables_answers_503_not_what_an_empt
     assert response.headers["Retry-After"] == "1"
     worker.is_ready = True
     assert (await client.request("GET", "/v1/orders/o-1", headers=bearer("ops", "admin"))).status == 200
+
+
+async def test_a_long_polls_wait_is_no_request_latency_but_a_plain_read_is(client):
+    """The latency histogram is the server's time: a long-poll that waited 30 s for its order made every route's
+    p99 on Grafana the clients' patience."""
+    from prometheus_client import REGISTRY
+
+    def observed() -> float:
+        return REGISTRY.get_sample_value("streamcart_http_request_seconds_count",
+                                         {"route": "/v1/orders/{order_id}", "method": "GET"}) or 0.0
+
+    def answered() -> float:
+        return REGISTRY.get_sample_value("streamcart_http_requests_total",
+                                         {"route": "/v1/orders/{order_id}", "method": "GET", "status": "200"}) or 0.0
+
+    before, counted = observed(), answered()
+    assert (await client.get("/v1/orders/o-1?wait=1", headers=bearer("c-1", "customer"))).status == 200
+    assert (observed(), answered()) == (before, counted + 1)  # counted, not timed
+    assert (await client.get("/v1/orders/o-1", headers=bearer("c-1", "customer"))).status == 200
+    assert observed() == before + 1
