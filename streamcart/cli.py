@@ -797,7 +797,7 @@ def _dead_letters(settings: Settings, codec: Codec, selection: Selection, *, war
             return _Letters([row for row in rows if row in selection], {}, {},
                             frozenset(row.error_class for row in rows))
         letters = read_dead_letters(settings, codec, since_ms=since, on_progress=progress)
-        replayed = read_replayed(settings)
+        replayed = read_replayed(settings, letters)
     return _Letters([letter for letter in letters if letter in selection], replayed, superseded(letters),
                     frozenset(letter.error_class for letter in letters))
 
@@ -859,7 +859,7 @@ def dlq_show(
     if letter is None:
         listing = "`streamcart dlq list --warehouse`" if warehouse else "`streamcart dlq list`"
         raise StreamcartError(f"no dead letter at {position} ({listing} lists them)")
-    replayed_at = None if warehouse else (read_replayed(settings) or {}).get(letter.position)
+    replayed_at = None if warehouse else (read_replayed(settings, [letter]) or {}).get(letter.position)
     console.print_json(data=letter.as_json(replayed_at) | {"headers": {k: v.decode(errors="replace")
                                                                        for k, v in letter.headers}})
 

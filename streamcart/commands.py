@@ -10,7 +10,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from confluent_kafka import (
@@ -86,7 +86,8 @@ class CommandSender:
         """Note on the replays topic that ``letters`` were replayed (:func:`read_replayed` reads it back)."""
         return self._deliver(
             [{"topic": self.topics.dlq_replays, "key": letter.position.encode(),
-              "value": json.dumps({"replayed_at_ms": at_ms, "flow": letter.flow}).encode()} for letter in letters],
+              "value": json.dumps({"replayed_at_ms": at_ms, "flow": letter.flow, "letter": letter.identity}).encode()}
+             for letter in letters],
             timeout_s,
         )
 
@@ -307,17 +308,31 @@ def read_dead_letter(settings: Settings, codec: Codec, partition: int, offset: i
         consumer.close()
 
 
-def read_replayed(settings: Settings) -> dict[str, int] | None:
+def read_replayed(settings: Settings, letters: Iterable[DeadLetter] = ()) -> dict[str, int] | None:
     """When each dead letter replayed so far was (by its ``PARTITION:OFFSET``), from the replays topic; ``None``
-    when that topic does not exist (a stack upgraded without ``streamcart init``)."""
+    when that topic does not exist (a stack upgraded without ``streamcart init``).
+
+    A mark names the letter it was made for (:attr:`DeadLetter.identity`): one of ``letters`` now at that
+    position that is another letter (the DLQ topic was made again, its offsets start over) is not marked by it.
+    """
     replayed: dict[str, int] = {}
+    made_for: dict[str, str] = {}
 
     def note(record: Any) -> None:
         with contextlib.suppress(AttributeError, TypeError, ValueError, KeyError):  # not a mark this code wrote
-            replayed[record.key().decode()] = int(json.loads(record.value())["replayed_at_ms"])
+            mark = json.loads(record.value())
+            position = record.key().decode()
+            replayed[position] = int(mark["replayed_at_ms"])
+            if isinstance(mark.get("letter"), str):
+                made_for[position] = mark["letter"]
+            else:
+                made_for.pop(position, None)  # a mark of an older version: by position alone
 
     try:
         read_to_end(settings, Topics.from_settings(settings).dlq_replays, note, purpose="dlq-replays")
     except TopicMissing:
         return None
+    for letter in letters:
+        if letter.position in made_for and made_for[letter.position] != letter.identity:
+            del replayed[letter.position]
     return replayed

@@ -162,6 +162,13 @@ class DeadLetter:
         return self.header(DlqHeader.REPLAY_OF)
 
     @property
+    def identity(self) -> str:
+        """What tells this letter from another at its position in a DLQ topic made again: where its record came
+        from and when it failed."""
+        return (f"{self.source_topic}[{self.header(self.SOURCE_HEADERS[1])}]@{self.header(self.SOURCE_HEADERS[2])}"
+                f"/{self.header(DlqHeader.FAILED_AT)}")
+
+    @property
     def order_id(self) -> str | None:
         return getattr(self.message, "order_id", None)
 

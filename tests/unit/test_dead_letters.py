@@ -3,6 +3,7 @@ the workers no longer hold is never acted on again), as `streamcart dlq replay` 
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -687,3 +688,35 @@ def test_a_sink_letter_whose_key_nests_too_deep_or_whose_cause_has_no_message_st
     assert letter.order_id is None and letter.summary.startswith("order_lines row b'[[[")
     assert letter.as_json()["row"] is None
     assert letter.error.endswith("; caused by Bare (in value_converter)")
+
+
+class _Mark:
+    """A record of the replays topic as confluent-kafka hands it over."""
+
+    def __init__(self, position: str, value: dict[str, Any]) -> None:
+        self._key, self._value = position.encode(), json.dumps(value).encode()
+
+    def key(self) -> bytes:
+        return self._key
+
+    def value(self) -> bytes:
+        return self._value
+
+
+def test_a_replay_mark_stands_only_for_the_letter_it_was_made_for(codec, monkeypatch):
+    """A DLQ topic made again starts its offsets over: its new letter at 0:1 is not the one replayed before."""
+    import streamcart.commands
+
+    replayed_one = letter(codec, place("o-1"), position=(0, 1), offset=11)
+    newer_at_same_place = letter(codec, place("o-2"), position=(0, 1), offset=77)
+    marks = [_Mark("0:1", {"replayed_at_ms": 5, "flow": "orders", "letter": replayed_one.identity}),
+             _Mark("0:2", {"replayed_at_ms": 6, "flow": "orders"})]  # an older version's mark: by position alone
+
+    def read_to_end(settings: Any, topic: str, on_record: Any, **_: Any) -> None:
+        for mark in marks:
+            on_record(mark)
+
+    monkeypatch.setattr(streamcart.commands, "read_to_end", read_to_end)
+    assert streamcart.commands.read_replayed(Settings(), [replayed_one]) == {"0:1": 5, "0:2": 6}
+    assert streamcart.commands.read_replayed(Settings(), [newer_at_same_place]) == {"0:2": 6}
+    assert replayed_one.identity != newer_at_same_place.identity
