@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Protocol, TypeVar
 
 import typer
 from pydantic import SecretStr, ValidationError
+from pydantic_core import PydanticUndefined
 from rich.console import Console
 from rich.markup import escape
 
@@ -90,11 +91,27 @@ def describe_bad_settings(exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def _stack() -> Stack:
+def _stack(*, lenient: bool = False) -> Stack:
+    """The local stack under the settings. ``lenient`` (commands that only look at or stop what runs: `down`,
+    `status`, `logs`): a setting that does not validate is taken at its default, with a warning, rather than
+    keeping a person from stopping a stack they started before the variable was set."""
     # Imported here so `streamcart worker`/`gateway` do not load the supervision code they never use.
     from streamcart.stack import Stack
 
-    return Stack(_settings(), echo=lambda line: console.print(line, markup=False))
+    try:
+        settings = load_settings()
+    except ValidationError as exc:
+        names = {str(error["loc"][0]) for error in exc.errors(include_url=False) if error["loc"]}
+        defaults = {name: Settings.model_fields[name].default for name in names if name in Settings.model_fields}
+        if not lenient or len(defaults) < len(exc.errors()) or PydanticUndefined in defaults.values():
+            raise ConfigurationError(describe_bad_settings(exc)) from exc
+        console.print(f"[yellow]{describe_bad_settings(exc)}[/]\n[yellow]taking their defaults for this command[/]",
+                      highlight=False)
+        try:
+            settings = load_settings(**defaults)
+        except ValidationError as again:
+            raise ConfigurationError(describe_bad_settings(again)) from again
+    return Stack(settings, echo=lambda line: console.print(line, markup=False))
 
 
 def _identifier(value: str) -> str:
@@ -153,7 +170,7 @@ def down(
     purge: Annotated[bool, typer.Option(help="Also delete the stack's home folder (all data).")] = False,
 ) -> None:
     """Stop what `up` started, by recorded pid: workers first, Kafka last."""
-    stopped = _stack().down(purge=purge)
+    stopped = _stack(lenient=True).down(purge=purge)
     console.print(f"stopped {len(stopped)} processes" if stopped else "nothing was running")
 
 
@@ -164,7 +181,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
     otherwise (as `systemctl is-active`), for scripts."""
     from streamcart.stack.views import dead_letters_line, status_json, status_table
 
-    rows = _stack().status()
+    rows = _stack(lenient=True).status()
     if as_json:
         print(json.dumps(status_json(rows), indent=2))
     else:
@@ -184,7 +201,7 @@ def logs(
     """Show the end of one process's log, or of all."""
     from streamcart.stack.procs import tail
 
-    stack = _stack()
+    stack = _stack(lenient=True)
     names = [stack.spec(process).name] if process else stack.names
     paths = {name: stack.log_path(name) for name in names}
     for name, path in paths.items():

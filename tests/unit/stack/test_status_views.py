@@ -43,7 +43,7 @@ def test_status_exits_0_only_when_every_process_runs_and_answers_its_health_chec
     for rows, code in (([healthy, worker], 0),
                        ([healthy, ProcessStatus("worker-0", True, 2, (8080,), Probe(False, "rebalancing"), 1, 1.0)], 3),
                        ([healthy, ProcessStatus("worker-0", False, None, (8080,), None, None, None)], 3)):
-        monkeypatch.setattr(cli, "_stack", lambda rows=rows: SimpleNamespace(status=lambda: rows))
+        monkeypatch.setattr(cli, "_stack", lambda rows=rows, **_: SimpleNamespace(status=lambda: rows))
         assert CliRunner().invoke(cli.app, ["status", "--json"]).exit_code == code
 
 
@@ -63,3 +63,18 @@ def test_logs_say_which_process_has_no_log_yet_instead_of_an_empty_section(tmp_p
     assert "gateway.log: empty" in result.output
     assert "worker-0.log: not written yet" in result.output
     assert "kafka.log:" not in result.output  # the one with lines shows them, nothing more
+
+
+def test_a_setting_that_does_not_validate_does_not_keep_a_person_from_stopping_the_stack(tmp_path, monkeypatch):
+    """Set after `up` (or refused by a newer version), a bad STREAMCART_* value made `down` refuse to run."""
+    from typer.testing import CliRunner
+
+    from streamcart import cli
+
+    monkeypatch.setenv("STREAMCART_HOME", str(tmp_path))
+    monkeypatch.setenv("STREAMCART_ANALYTICS_LATENESS_S", "600")
+    stopped = CliRunner().invoke(cli.app, ["down"])
+    assert stopped.exit_code == 0, stopped.output
+    assert "STREAMCART_ANALYTICS_LATENESS_S" in stopped.output and "taking their defaults" in stopped.output
+    started = CliRunner().invoke(cli.app, ["up"])  # what would start processes still refuses it
+    assert started.exit_code != 0 and "STREAMCART_ANALYTICS_LATENESS_S" in str(started.exception)
