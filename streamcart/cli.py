@@ -934,7 +934,7 @@ def replay_dead_letters(letters: list[DeadLetter], remote: Remote, settings: Set
     from urllib.parse import quote
 
     from streamcart.commands import CommandSender
-    from streamcart.dead_letters import FLOWS, Limits, OrderSeen, plan_replays, replay_of, replayed_before
+    from streamcart.dead_letters import FLOWS, Limits, OrderSeen, in_log_order, plan_replays, replay_of, replayed_before
     from streamcart.topics import topic_specs
 
     def order_seen(order_id: str) -> OrderSeen:
@@ -972,6 +972,7 @@ def replay_dead_letters(letters: list[DeadLetter], remote: Remote, settings: Set
         else:
             going.append(letter)
     if going:
+        going = in_log_order(going)  # each key's messages back in the order they were first written
         sender = sender or CommandSender(settings, codec)
         outcomes = sender.resend(*(replay_of(letter) for letter in going), timeout_s=30.0)
         sent = [letter for letter, failure in zip(going, outcomes, strict=True) if failure is None]

@@ -585,6 +585,17 @@ def replayed_before(refusal: str) -> bool:
     return refusal.startswith((ALREADY, SUPERSEDED, DUPLICATE))
 
 
+def in_log_order(letters: Iterable[DeadLetter]) -> list[DeadLetter]:
+    """``letters`` in the order their messages first had in their partitions (their first positions), which the
+    letters' failure times need not keep (workers' clocks, a replay failing later than a newer message): a key's
+    messages go back in the order they were first written."""
+    def first(letter: DeadLetter) -> tuple[str, int, int]:
+        position = letter.header(DlqHeader.REPLAY_POSITION) or ""
+        offset = int(position) if position.isascii() and position.isdigit() else letter.source_offset
+        return (letter.source_topic or "", letter.source_partition or 0, -1 if offset is None else offset)
+    return sorted(letters, key=first)
+
+
 def _in_stack(letter: DeadLetter, topics: Mapping[str, int]) -> bool:
     """Whether the partition ``letter`` came from is one of ``topics`` (name: partition count)."""
     count = topics.get(letter.source_topic or "")

@@ -38,6 +38,7 @@ from streamcart.dead_letters import (
     OrderSeen,
     Selection,
     SinkLetter,
+    in_log_order,
     parse_age,
     plan_replays,
     replay_of,
@@ -720,3 +721,15 @@ def test_a_replay_mark_stands_only_for_the_letter_it_was_made_for(codec, monkeyp
     assert streamcart.commands.read_replayed(Settings(), [replayed_one]) == {"0:1": 5, "0:2": 6}
     assert streamcart.commands.read_replayed(Settings(), [newer_at_same_place]) == {"0:2": 6}
     assert replayed_one.identity != newer_at_same_place.identity
+
+
+def test_replays_go_back_in_the_order_their_messages_were_first_written_not_by_failure_time(codec):
+    """Two updates of one key failed on workers whose clocks disagree, or the older one's replay failed again later:
+    sent in failure order, the older would land last."""
+    newer = letter(codec, place("o-1"), position=(0, 1), offset=50, failed_at=NOW_MS - 5_000)
+    older_failed_again = letter(codec, place("o-1"), position=(0, 2), offset=90, failed_at=NOW_MS - 1_000,
+                                **{DlqHeader.REPLAY_POSITION: "40"})
+    elsewhere = letter(codec, place("o-2"), position=(0, 3), partition=1, offset=10)
+    ordered = [found.position for found in in_log_order([newer, older_failed_again, elsewhere])]
+    assert sorted(ordered) == ["0:1", "0:2", "0:3"]
+    assert ordered.index("0:2") < ordered.index("0:1")  # its first offset, 40, came before 50
