@@ -39,7 +39,7 @@ from api.errors import (
     expect_handler,
     read_body,
 )
-from api.middleware import TokenBuckets, rate_limit_middleware, request_id_middleware
+from api.middleware import WAITED, TokenBuckets, rate_limit_middleware, request_id_middleware
 from api.models import (
     Accepted,
     AdjustmentIn,
@@ -307,6 +307,7 @@ async def get_order(request: web.Request) -> web.Response:
     order_id = identifier(request, "order_id")
     query = parsed_query(request, WaitQuery)
     if (forwarded := await _forward_unless_owner(request, "orders", order_id)) is not None:
+        request[WAITED] = query.wait > 0  # for its owner's long-poll, maybe
         return forwarded
     worker = request.app[WORKER]
     if query.wait == 0:  # the common read: answered from the rendering of the stored bytes
@@ -318,6 +319,7 @@ async def get_order(request: web.Request) -> web.Response:
         return web.Response(body=rendered[1], content_type="application/json", headers={SERVED_BY: str(worker.index)})
     order = worker.order(order_id)
     if query.wait > 0 and (order is None or order.status not in OrderStatus.SETTLED):
+        request[WAITED] = True  # the client's wait: no request latency (api/middleware.py)
         order = await worker.wait_settled(order_id, query.wait)
         # A rebalance that moved the order ends the wait, as does the deadline while this worker's tables are read
         # back: both answer 503 here (the retry goes to the owner).

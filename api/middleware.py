@@ -51,10 +51,14 @@ async def request_id_middleware(request: web.Request, handler: Any) -> web.Strea
     return response
 
 
+#: Set on a request by a handler that waited for the client's sake (a long-poll that waited for its order).
+WAITED = web.RequestKey("streamcart.waited", bool)
+
+
 def _waits_by_design(request: web.Request, route: str) -> bool:
     """Whether the request's time is the client's wait, not the server's work: the live stream (a session of
-    minutes), a long-poll (``?wait=S``, up to 30 s)."""
-    return route == "/v1/stream" or request.query.get("wait", "0") not in ("", "0")
+    minutes), a long-poll that did wait (``?wait=S``, up to 30 s; the handler says so, not the query)."""
+    return route == "/v1/stream" or bool(request.get(WAITED))
 
 
 class RateLimited(ApiError):

@@ -8,6 +8,7 @@ what the system would refuse before they send, then wait to see their effect: th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -93,25 +94,41 @@ def describe_bad_settings(exc: ValidationError) -> str:
 
 def _stack(*, lenient: bool = False) -> Stack:
     """The local stack under the settings. ``lenient`` (commands that only look at or stop what runs: `down`,
-    `status`, `logs`): a setting that does not validate is taken at its default, with a warning, rather than
-    keeping a person from stopping a stack they started before the variable was set."""
+    `status`, `logs`): settings that do not validate are taken at their defaults, with a warning on stderr, rather
+    than keeping a person from stopping a stack they started before a variable was set; when even that does not
+    validate (a check across settings), every setting but ``STREAMCART_HOME`` (where the pids are recorded)."""
     # Imported here so `streamcart worker`/`gateway` do not load the supervision code they never use.
     from streamcart.stack import Stack
 
     try:
         settings = load_settings()
     except ValidationError as exc:
-        names = {str(error["loc"][0]) for error in exc.errors(include_url=False) if error["loc"]}
-        defaults = {name: Settings.model_fields[name].default for name in names if name in Settings.model_fields}
-        if not lenient or len(defaults) < len(exc.errors()) or PydanticUndefined in defaults.values():
+        if not lenient:
             raise ConfigurationError(describe_bad_settings(exc)) from exc
-        console.print(f"[yellow]{describe_bad_settings(exc)}[/]\n[yellow]taking their defaults for this command[/]",
-                      highlight=False)
-        try:
-            settings = load_settings(**defaults)
-        except ValidationError as again:
-            raise ConfigurationError(describe_bad_settings(again)) from again
+        settings = _lenient_settings(exc)
     return Stack(settings, echo=lambda line: console.print(line, markup=False))
+
+
+def _lenient_settings(exc: ValidationError) -> Settings:
+    def warn(taking: str) -> None:
+        err_console.print(f"[yellow]{escape(describe_bad_settings(exc))}\n{taking}[/]", highlight=False)
+
+    names = {str(error["loc"][0]) for error in exc.errors(include_url=False) if error["loc"]}
+    defaults = {name: Settings.model_fields[name].default for name in names if name in Settings.model_fields}
+    if len(defaults) == len(exc.errors()) and PydanticUndefined not in defaults.values():
+        with contextlib.suppress(ValidationError):
+            settings = load_settings(**defaults)
+            warn("taking their defaults for this command")
+            return settings
+    home = os.environ.get("STREAMCART_HOME")
+    try:
+        # Nothing from the environment (a prefix no variable has) but the home, as given.
+        given: dict[str, Any] = {"home": home} if home else {}
+        settings = Settings(_env_prefix="STREAMCART_LENIENT_NONE_", **given)
+    except ValidationError as again:
+        raise ConfigurationError(describe_bad_settings(exc)) from again
+    warn("taking the defaults of every setting but STREAMCART_HOME for this command")
+    return settings
 
 
 def _identifier(value: str) -> str:

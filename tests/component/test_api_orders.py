@@ -277,3 +277,6 @@ async def test_a_long_polls_wait_is_no_request_latency_but_a_plain_read_is(clien
     assert (observed(), answered()) == (before, counted + 1)  # counted, not timed
     assert (await client.get("/v1/orders/o-1", headers=bearer("c-1", "customer"))).status == 200
     assert observed() == before + 1
+    # What the query says is not enough: a ?wait=0.0 read waits for nothing, and is timed.
+    assert (await client.get("/v1/orders/o-1?wait=0.0", headers=bearer("c-1", "customer"))).status == 200
+    assert observed() == before + 2

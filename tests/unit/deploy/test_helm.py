@@ -271,3 +271,6 @@ def test_a_pod_monitor_scrapes_the_workers_under_the_alerts_job_only_when_asked(
     (container,) = workers["spec"]["template"]["spec"]["containers"]
     assert endpoint["port"] in {port["name"] for port in container["ports"]} and endpoint["path"] == "/metrics"
     assert {"action": "replace", "targetLabel": "job", "replacement": "kube-sc"} in endpoint["relabelings"]
+    (numeric,) = of_kind(manifests({**SECRETS, "metrics.podMonitor.enabled": "true",
+                                    "metrics.prometheusRule.job": "2024"}), "PodMonitor")
+    assert numeric["spec"]["podMetricsEndpoints"][0]["relabelings"][0]["replacement"] == "2024"  # a string still

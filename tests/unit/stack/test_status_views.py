@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from streamcart.stack.admin import Depth
 from streamcart.stack.probes import Probe
 from streamcart.stack.stack import ProcessStatus
@@ -75,6 +77,15 @@ def test_a_setting_that_does_not_validate_does_not_keep_a_person_from_stopping_t
     monkeypatch.setenv("STREAMCART_ANALYTICS_LATENESS_S", "600")
     stopped = CliRunner().invoke(cli.app, ["down"])
     assert stopped.exit_code == 0, stopped.output
-    assert "STREAMCART_ANALYTICS_LATENESS_S" in stopped.output and "taking their defaults" in stopped.output
+    assert "STREAMCART_ANALYTICS_LATENESS_S" in stopped.stderr and "taking their defaults" in stopped.stderr
+    # A check across settings (worker 3's port would be Connect's), and a value that is markup: still stopped.
+    monkeypatch.setenv("STREAMCART_WORKERS", "4")
+    monkeypatch.setenv("STREAMCART_LOG_LEVEL", "[/]")
+    stopped = CliRunner().invoke(cli.app, ["status", "--json"])
+    assert stopped.exit_code in (0, 3), stopped.stderr  # 3: nothing runs here
+    assert "every setting but STREAMCART_HOME" in stopped.stderr
+    assert json.loads(stopped.stdout) is not None  # the warning is not in the machine-readable output
+    monkeypatch.delenv("STREAMCART_WORKERS")
+    monkeypatch.delenv("STREAMCART_LOG_LEVEL")
     started = CliRunner().invoke(cli.app, ["up"])  # what would start processes still refuses it
     assert started.exit_code != 0 and "STREAMCART_ANALYTICS_LATENESS_S" in str(started.exception)
