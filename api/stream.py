@@ -55,6 +55,8 @@ WRITE_TIMEOUT_S = 30.0
 REVENUE_MINUTES = 15
 #: The saga's step rates are taken over this much of the recent past (a second alone is too jumpy to read).
 STEP_RATE_S = 5.0
+#: How long a worker that stopped answering still counts with its last figures (a missed tick, not a stopped one).
+REMEMBER_S = 15.0
 
 
 class LiveSource(Protocol):
@@ -156,6 +158,7 @@ class Hub:
         self.subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()  # None: the end of the stream
         self._task: asyncio.Task[None] | None = None
         self._step_counts: deque[tuple[float, dict[int, dict[str, int]]]] = deque()
+        self._last_counts: dict[int, tuple[float, dict[str, Any]]] = {}  # per worker: its last answer, and when
         self._analytics: dict[str, Any] = {}
         self._late: dict[str, int] = {}
         self._ticks = 0
@@ -209,13 +212,10 @@ class Hub:
         """One look at the whole system: every worker's live figures and, every few ticks, the windows."""
         answers = await gather.from_every_worker(self.app, self.settings, "/v1/internal/live")
         now = time.time()
-        placed = sum(a["telemetry"]["placed"] for a in answers)
-        outcomes: dict[str, int] = {}
+        placed, outcomes = self.counters(now, answers)
         latencies: list[float] = []
         for answer in answers:
             latencies.extend(answer["telemetry"]["latencies"])
-            for outcome, n in answer["telemetry"]["outcomes"].items():
-                outcomes[outcome] = outcomes.get(outcome, 0) + n
         steps = {a["worker"]: a["telemetry"].get("steps", {}) for a in answers}
         saga = self.step_rates(now, steps)  # per worker: one that missed a tick or restarted makes no jump
         if self._ticks % ANALYTICS_EVERY == 0:
@@ -247,6 +247,21 @@ class Hub:
             "stock": await self.stock([s["sku"] for s in top[:5]]),
             **self._analytics,
         }
+
+    def counters(self, now: float, answers: list[dict[str, Any]]) -> tuple[int, dict[str, int]]:
+        """Orders placed and outcomes since the workers started, over every worker: one that did not answer this
+        tick counts with its last answer of the last :data:`REMEMBER_S` (else the totals halve for a tick)."""
+        for answer in answers:
+            self._last_counts[answer["worker"]] = (now, answer["telemetry"])
+        placed, outcomes = 0, dict[str, int]()
+        for worker, (seen, telemetry) in list(self._last_counts.items()):
+            if now - seen > REMEMBER_S:
+                del self._last_counts[worker]
+                continue
+            placed += telemetry["placed"]
+            for outcome, n in telemetry["outcomes"].items():
+                outcomes[outcome] = outcomes.get(outcome, 0) + n
+        return placed, outcomes
 
     def step_rates(self, now: float, by_worker: dict[int, dict[str, int]]) -> dict[str, dict[str, float]]:
         """Each saga step's count since the workers started and its rate over the last :data:`STEP_RATE_S`.

@@ -138,3 +138,13 @@ def test_the_dashboard_shows_the_newest_dead_letters_of_every_worker_first():
     assert [(d["at"], d["worker"]) for d in merged[:4]] == [(18, 1), (16, 1), (14, 1), (12, 1)]
     assert len(merged) == DEAD_LETTERS_SHOWN and (9, 0) in [(d["at"], d["worker"]) for d in merged]
     assert latest_dead_letters([{"worker": 0, "telemetry": {}}]) == []  # a worker of an older version
+
+
+def test_a_worker_missing_from_a_tick_counts_with_its_last_figures_for_a_while():
+    """The totals halved for the tick a worker missed (a 5 s peer timeout), then came back."""
+    hub = Hub(app=None, settings=Settings())  # type: ignore[arg-type]
+    one = {"worker": 0, "telemetry": {"placed": 100, "outcomes": {"confirmed": 90}}}
+    other = {"worker": 1, "telemetry": {"placed": 50, "outcomes": {"confirmed": 40, "cancelled:timeout": 2}}}
+    assert hub.counters(100.0, [one, other]) == (150, {"confirmed": 130, "cancelled:timeout": 2})
+    assert hub.counters(101.0, [one]) == (150, {"confirmed": 130, "cancelled:timeout": 2})
+    assert hub.counters(130.0, [one]) == (100, {"confirmed": 90})  # gone for longer: stopped, not late
