@@ -9,6 +9,7 @@ from agents.runtime import FlowError, Runtime, consume, header, refused
 from schemas.messages import AdjustStock, ForgetReservation, InventoryCommand, Message, UpsertProduct
 from streamcart.dead_letters import DlqHeader
 from streamcart.domain import catalog, inventory
+from streamcart.text import is_digits
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,6 @@ def _position(event: Any) -> tuple[int | None, bool]:
     if header(event, DlqHeader.REPLAY_OF) is None:
         return getattr(event.message, "offset", None), False
     first = header(event, DlqHeader.REPLAY_POSITION)
-    if first is not None and first.isascii() and first.isdigit():
+    if first is not None and is_digits(first):
         return int(first), False  # back in its place in the log
     return None, True

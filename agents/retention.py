@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from agents.runtime import Runtime
-from agents.timeouts import Resends, owned_partitions
+from agents.timeouts import Resends, owned_partitions, restoring
 from streamcart.domain import retention
 from streamcart.partitioning import partition_for
 
@@ -34,7 +34,6 @@ def register(runtime: Runtime) -> Any:
         return None
     index = runtime.tables.retention
     resends = Resends()
-    app = runtime.app
     rescanned = time.monotonic()
 
     def partition_of(order_id: str) -> int:
@@ -45,7 +44,7 @@ def register(runtime: Runtime) -> Any:
         # An exception escaping a faust timer kills the whole worker (notes/faust.md): never let one out.
         try:
             now = time.monotonic()
-            if app.rebalancing or app.in_recovery or not app.tables.recovery.completed.is_set():
+            if restoring(runtime):
                 index.reset()  # partitions being restored: their entries come back in changelog order
                 return
             if now - rescanned >= RESCAN_S:

@@ -52,6 +52,13 @@ def owned_partitions(runtime: Runtime) -> set[int]:
     return {tp.partition for tp in runtime.app.assignor.assigned_actives() if tp.topic == topic}
 
 
+def restoring(runtime: Runtime) -> bool:
+    """Whether the worker is in a rebalance or still reading its tables back (faust's timers run meanwhile): what
+    the tables hold then is not all there is."""
+    app = runtime.app
+    return bool(app.rebalancing or app.in_recovery or not app.tables.recovery.completed.is_set())
+
+
 def register(runtime: Runtime) -> Any:
     """Declare the deadline timer on the runtime's app."""
     settings = runtime.settings
@@ -65,8 +72,7 @@ def register(runtime: Runtime) -> Any:
             now_ms = int(time.time() * 1000)
             now = time.monotonic()
             pending = tables.deadlines.items()  # of the partitions this worker holds active (faust's RocksDB)
-            app = runtime.app
-            if not (app.rebalancing or app.in_recovery or not app.tables.recovery.completed.is_set()):
+            if not restoring(runtime):
                 runtime.telemetry.orders_pending(len(pending))  # not of tables still being read back: the last
             overdue = [
                 order_id for order_id, deadline in pending

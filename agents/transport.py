@@ -53,6 +53,7 @@ from mode import Service
 from mode.utils.queues import FlowControlEvent
 
 from agents.state_first import HeldForever, Record, StateFirst
+from streamcart.text import is_digits
 
 log = logging.getLogger(__name__)
 
@@ -830,7 +831,7 @@ def stored_partitions(store: Any) -> set[int]:
     found = set()
     for path in Path(store.path).glob(f"{prefix}*.db"):
         number = path.name[len(prefix):-len(".db")]
-        if number.isascii() and number.isdigit() and Path(store.partition_path(int(number))) == path:
+        if is_digits(number) and Path(store.partition_path(int(number))) == path:
             found.add(int(number))
     return found
 

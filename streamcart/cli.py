@@ -26,6 +26,7 @@ from rich.markup import escape
 
 from streamcart.errors import ConfigurationError, StreamcartError
 from streamcart.settings import Settings, load_settings
+from streamcart.text import is_digits
 
 if TYPE_CHECKING:
     from schemas.codec import Codec
@@ -515,7 +516,7 @@ def order_place(
     lines = []
     for item in line:
         sku, _, qty = item.rpartition(":")
-        if not sku or not (qty.isascii() and qty.isdigit()) or int(qty) < 1:
+        if not sku or not is_digits(qty) or int(qty) < 1:
             raise typer.BadParameter(f"{item!r}: expected SKU:QUANTITY with a positive quantity", param_hint="--line")
         _identifier(sku)
         lines.append({"sku": sku, "quantity": int(qty)})
@@ -787,7 +788,7 @@ def _selection(flows: list[str] | None, errors: list[str] | None, topics: list[s
 def _position(text: str, hint: str) -> tuple[int, int]:
     """A dead letter's ``PARTITION:OFFSET``."""
     partition, _, offset = text.partition(":")
-    if not all(part.isascii() and part.isdigit() for part in (partition, offset)):
+    if not (is_digits(partition) and is_digits(offset)):
         raise typer.BadParameter(f"{text!r}: expected PARTITION:OFFSET as `dlq list` shows it", param_hint=hint)
     return int(partition), int(offset)
 

@@ -37,6 +37,7 @@ from schemas.messages import (
 )
 from streamcart.domain.order_state import LineStatus, OrderStatus, PaymentStatus
 from streamcart.domain.retention import FINAL
+from streamcart.text import is_digits
 from streamcart.topics import keyed_by_order
 
 #: The flows a dead letter can be replayed for (the agents' names, and the ``dlq.flow`` before any ``.channel``).
@@ -126,7 +127,7 @@ class DeadLetter:
 
     def _number(self, name: str) -> int | None:
         value = self.header(name)
-        return int(value) if value is not None and value.isascii() and value.isdigit() else None
+        return int(value) if value is not None and is_digits(value) else None
 
     @property
     def source_topic(self) -> str | None:
@@ -160,6 +161,13 @@ class DeadLetter:
     def replay_of(self) -> str | None:
         """The dead letter this record was a replay of, when its replay failed again."""
         return self.header(DlqHeader.REPLAY_OF)
+
+    @property
+    def first_offset(self) -> int | None:
+        """The offset its message first had in its source partition: a replay that failed again says so
+        (``dlq.replay.position``), a first failure's source offset is it."""
+        first = self._number(DlqHeader.REPLAY_POSITION)
+        return first if first is not None else self.source_offset
 
     @property
     def identity(self) -> str:
@@ -498,11 +506,8 @@ def replay_of(letter: DeadLetter) -> Replay:
     headers = tuple((k, v) for k, v in letter.headers if k not in _FAILURE_HEADERS)
     marks: tuple[tuple[str, bytes], ...] = ((DlqHeader.REPLAY_FLOW, letter.flow.encode()),
                                             (DlqHeader.REPLAY_OF, letter.position.encode()))
-    # Where its message first was: a replay that failed again says so, a first failure's source offset is it.
-    position = letter.header(DlqHeader.REPLAY_POSITION) or (
-        str(letter.source_offset) if letter.source_offset is not None else None)
-    if position is not None:
-        marks += ((DlqHeader.REPLAY_POSITION, position.encode()),)
+    if (first := letter.first_offset) is not None:  # where its message first was
+        marks += ((DlqHeader.REPLAY_POSITION, str(first).encode()),)
     return Replay(letter.source_topic, letter.source_partition, letter.key, letter.value, headers + marks)
 
 
@@ -590,8 +595,7 @@ def in_log_order(letters: Iterable[DeadLetter]) -> list[DeadLetter]:
     letters' failure times need not keep (workers' clocks, a replay failing later than a newer message): a key's
     messages go back in the order they were first written."""
     def first(letter: DeadLetter) -> tuple[str, int, int]:
-        position = letter.header(DlqHeader.REPLAY_POSITION) or ""
-        offset = int(position) if position.isascii() and position.isdigit() else letter.source_offset
+        offset = letter.first_offset
         return (letter.source_topic or "", letter.source_partition or 0, -1 if offset is None else offset)
     return sorted(letters, key=first)
 
@@ -604,14 +608,13 @@ def _in_stack(letter: DeadLetter, topics: Mapping[str, int]) -> bool:
 
 def _message_of(letter: DeadLetter) -> tuple[object, ...]:
     """What names the message a letter holds for its flow: where it first was in the log, and its bytes."""
-    first = letter.header(DlqHeader.REPLAY_POSITION) or letter.source_offset
-    return (letter.source_topic, letter.source_partition, str(first), letter.flow, letter.key, letter.value)
+    return (letter.source_topic, letter.source_partition, letter.first_offset, letter.flow, letter.key, letter.value)
 
 
 def parse_age(text: str) -> int:
     """``90s``, ``15m``, ``2h`` or ``7d`` in milliseconds."""
     units = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
     number, unit = text[:-1], text[-1:]
-    if unit not in units or not number.isascii() or not number.replace(".", "", 1).isdigit():
+    if unit not in units or not is_digits(number.replace(".", "", 1)):
         raise ValueError(f"{text!r}: expected a number and a unit, such as 90s, 15m, 2h or 7d")
     return round(float(number) * units[unit])

@@ -27,6 +27,7 @@ from api.auth import issue_token
 from streamcart.errors import StreamcartError
 from streamcart.ids import new_id
 from streamcart.settings import Settings
+from streamcart.text import is_digits
 
 #: (token, weight): what pays for an order. ``tok_funds_5000`` declines totals above 50.00.
 CARDS: tuple[tuple[str, int], ...] = (
@@ -139,8 +140,7 @@ class Shoppers:
                 return 0, {"error": f"{method} {path}: {type(exc).__name__} {exc}"}
             if status not in (429, 503):
                 return status, answer
-            wait = retry_after.replace(".", "", 1)
-            await asyncio.sleep(float(retry_after) if wait.isascii() and wait.isdigit() else 1.0)
+            await asyncio.sleep(float(retry_after) if is_digits(retry_after.replace(".", "", 1)) else 1.0)
         return status, answer
 
     async def catalog(self) -> list[str]:
