@@ -532,7 +532,7 @@ def order_place(
                            phone=checked.phone, webhook_url=None if webhook is None else str(checked.webhook_url)))
     console.print(f"placed [bold]{order_id}[/]")
     if wait > 0:
-        _show_order(remote, order_id, Wait(wait))
+        _show_order(remote, order_id, Wait(wait), placed=True)
 
 
 @order_app.command("show")
@@ -566,8 +566,9 @@ def order_reindex() -> None:
     console.print(f"{sent} orders sent to be indexed (the workers file them as they catch up)")
 
 
-def _show_order(remote: Remote, order_id: str, wait: Wait) -> None:
-    """Print the order once it has an outcome or ``wait`` is up (it may not be readable yet just after placing)."""
+def _show_order(remote: Remote, order_id: str, wait: Wait, *, placed: bool = False) -> None:
+    """Print the order once it has an outcome or ``wait`` is up (it may not be readable yet just after placing:
+    with ``placed``, a 404 then means the workers have not stored it yet, not that there is no such order)."""
     from streamcart.stack.views import order_panel
 
     def settled(response: tuple[int, object]) -> bool:
@@ -575,7 +576,14 @@ def _show_order(remote: Remote, order_id: str, wait: Wait) -> None:
         return status == 200 and isinstance(body, dict) and body.get("status") != "PENDING"
 
     response = wait.until(lambda: remote.get(f"/v1/orders/{order_id}"), settled)
-    console.print(order_panel(_order_body(order_id, response)))
+    later = f"`streamcart order show {order_id} --wait 30` looks again; `streamcart status` shows the workers' lag"
+    if placed and response[0] == 404:
+        raise StreamcartError(f"order {order_id} was sent, but the workers have not stored it after "
+                              f"{wait.seconds:g} s (they may be behind): {later}")
+    body = _order_body(order_id, response)
+    console.print(order_panel(body))
+    if wait.seconds > 0 and body.get("status") == "PENDING":
+        console.print(f"still PENDING after {wait.seconds:g} s: {later}")
 
 
 def _order_body(order_id: str, response: tuple[int, object]) -> dict[str, Any]:

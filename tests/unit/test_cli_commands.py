@@ -441,3 +441,33 @@ def test_a_flow_no_letter_can_name_is_a_usage_error_naming_those_that_can() -> N
     selection = cli._selection(["orders", "notifications.sms", "warehouse:streamcart-warehouse-orders"], None, None,
                                None, None)
     assert selection.flows == {"orders", "notifications.sms", "warehouse:streamcart-warehouse-orders"}
+
+
+# --- order place / show: what a wait that ran out says ---------------------------------------------------------
+
+def test_an_order_just_placed_that_is_not_stored_when_the_wait_ends_is_said_to_be_behind_not_missing() -> None:
+    wait, clock = fake_wait(3.0)
+    with pytest.raises(cli.StreamcartError) as refused:
+        cli._show_order(FakeSystem(), "o-1", wait, placed=True)
+    assert "was sent, but the workers have not stored it after 3 s" in str(refused.value)
+    assert "streamcart order show o-1 --wait 30" in str(refused.value) and clock.now >= 3.0
+
+
+def test_showing_an_order_nobody_placed_says_not_found() -> None:
+    wait, _ = fake_wait(0.0)
+    with pytest.raises(cli.StreamcartError, match=r"^order o-404 not found$"):
+        cli._show_order(FakeSystem(), "o-404", wait)
+
+
+def test_an_order_still_pending_when_the_wait_ends_is_shown_with_a_note(capsys: pytest.CaptureFixture[str]) -> None:
+    wait, clock = fake_wait(2.0)
+    cli._show_order(FakeSystem(orders={"o-1": order("PENDING")}), "o-1", wait, placed=True)
+    out = capsys.readouterr().out
+    assert "PENDING" in out and "still PENDING after 2 s" in out and clock.now >= 2.0
+
+
+def test_a_settled_order_is_shown_without_a_note(capsys: pytest.CaptureFixture[str]) -> None:
+    wait, clock = fake_wait(5.0)
+    cli._show_order(FakeSystem(orders={"o-1": order("CONFIRMED")}), "o-1", wait, placed=True)
+    out = capsys.readouterr().out
+    assert "CONFIRMED" in out and "still" not in out and clock.now == 0.0
