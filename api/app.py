@@ -15,7 +15,7 @@ import json
 import re
 import time
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, TypeVar
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
@@ -39,7 +39,13 @@ from api.errors import (
     expect_handler,
     read_body,
 )
-from api.middleware import WAITED, TokenBuckets, rate_limit_middleware, request_id_middleware
+from api.middleware import (
+    WAITED,
+    TokenBuckets,
+    rate_limit_middleware,
+    request_id_header,
+    request_id_middleware,
+)
 from api.models import (
     Accepted,
     AdjustmentIn,
@@ -76,6 +82,10 @@ SETTINGS = web.AppKey("settings", Settings)
 WORKER = web.AppKey("worker", WorkerView)
 COMMANDS = web.AppKey("commands", CommandPort)
 HTTP = web.AppKey("http", ClientSession)
+#: The session for forwarding long-polls (``?wait=``): its own connections, so that waits, however many, never hold
+#: up the forwards and gathers of the other requests.
+HTTP_WAITS = web.AppKey("http_waits", ClientSession)
+LONG_POLLS: web.AppKey[LongPolls] = web.AppKey("long_polls")
 PLACING: web.AppKey[KeyedRequests] = web.AppKey("placing")
 ADJUSTING: web.AppKey[KeyedRequests] = web.AppKey("adjusting")
 PENDING: web.AppKey[PendingAdjustments] = web.AppKey("pending_adjustments")
@@ -83,10 +93,13 @@ RENDERED: web.AppKey[RenderedOrders] = web.AppKey("rendered")
 SPEC = web.AppKey("spec", dict)
 
 MAX_BODY_BYTES = 64 * 1024
+#: Long-polls one caller (a token's subject) may have open at once on one worker (:class:`LongPolls`).
+LONG_POLLS_PER_CALLER = 16
 API_VERSION = "1.0.0"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 #: Which worker answered a keyed read (the owner, whichever worker the client asked).
 SERVED_BY = "X-Streamcart-Served-By"
+ANSWERED_HERE = web.RequestKey("streamcart.answered_here", bool)
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -108,7 +121,10 @@ def init_app(settings: Settings, worker: WorkerView, commands: CommandPort | Non
     app[ADJUSTING] = KeyedRequests()
     app[PENDING] = PendingAdjustments()
     app[RENDERED] = RenderedOrders()
+    app[LONG_POLLS] = LongPolls(LONG_POLLS_PER_CALLER)
     app.cleanup_ctx.append(_http_session)
+    app.on_response_prepare.append(_served_by)
+    app.on_response_prepare.append(request_id_header)
     routes = ROUTES + analytics.ROUTES + stream.ROUTES + dashboard.ROUTES
     for route in routes:
         app.router.add_route(route.method, route.path, route.handler, expect_handler=expect_handler)
@@ -121,9 +137,16 @@ def init_app(settings: Settings, worker: WorkerView, commands: CommandPort | Non
 
 
 async def _http_session(app: web.Application) -> AsyncIterator[None]:
-    async with ClientSession() as session:
+    async with ClientSession() as session, ClientSession() as waits:
         app[HTTP] = session
+        app[HTTP_WAITS] = waits
         yield
+
+
+async def _served_by(request: web.Request, response: web.StreamResponse) -> None:
+    """A keyed request answered by its owner (this worker) says so; a forwarded one relays its owner's header."""
+    if request.get(ANSWERED_HERE):
+        response.headers.setdefault(SERVED_BY, str(request.app[WORKER].index))
 
 
 def _cors(origins: tuple[str, ...]) -> Any:
@@ -208,6 +231,7 @@ def owner_elsewhere(request: web.Request, table: str, key: str) -> str | None:
     if owner.rstrip("/") != request.app[SETTINGS].worker_url(worker.index):
         return owner
     _unless_restoring(worker)
+    request[ANSWERED_HERE] = True  # its answer names this worker (_served_by)
     return None
 
 
@@ -220,11 +244,13 @@ def _unless_restoring(worker: WorkerView, what: str = "") -> None:
                           headers={"Retry-After": "1"})
 
 
-async def _forward_unless_owner(request: web.Request, table: str, key: str) -> web.Response | None:
+async def _forward_unless_owner(
+    request: web.Request, table: str, key: str, *, session: web.AppKey[ClientSession] = HTTP
+) -> web.Response | None:
     """The owner's answer when another worker owns ``key`` of ``table``; ``None`` when this worker does (and can
     answer: :func:`owner_elsewhere`)."""
     if (owner := owner_elsewhere(request, table, key)) is not None:
-        return await forward(request, request.app[HTTP], owner, request.app[WORKER].index)
+        return await forward(request, request.app[session], owner, request.app[WORKER].index)
     return None
 
 
@@ -306,29 +332,76 @@ async def get_order(request: web.Request) -> web.Response:
     principal = _principal(request)
     order_id = identifier(request, "order_id")
     query = parsed_query(request, WaitQuery)
+    if query.wait == 0:
+        return await _read_order(request, principal, order_id)
+    if request.app[PEER_PROOF].forwarded(request):  # counted where it came in
+        return await _wait_for_order(request, principal, order_id, query.wait)
+    with request.app[LONG_POLLS].held(principal.subject):
+        return await _wait_for_order(request, principal, order_id, query.wait)
+
+
+async def _read_order(request: web.Request, principal: Principal, order_id: str) -> web.Response:
     if (forwarded := await _forward_unless_owner(request, "orders", order_id)) is not None:
-        request[WAITED] = query.wait > 0  # for its owner's long-poll, maybe
         return forwarded
     worker = request.app[WORKER]
-    if query.wait == 0:  # the common read: answered from the rendering of the stored bytes
-        raw = worker.order_raw(order_id)
-        rendered = None if raw is None else request.app[RENDERED].answer(raw)
-        if rendered is None or not principal.may_see_customer(rendered[0]):
-            raise NotFound(f"order {order_id} not found (one accepted a moment ago is readable once the orders flow "
-                           "has stored it: ?wait=S waits for it)")
-        return web.Response(body=rendered[1], content_type="application/json", headers={SERVED_BY: str(worker.index)})
+    # The common read: answered from the rendering of the stored bytes.
+    raw = worker.order_raw(order_id)
+    rendered = None if raw is None else request.app[RENDERED].answer(raw)
+    if rendered is None or not principal.may_see_customer(rendered[0]):
+        raise NotFound(f"order {order_id} not found (one accepted a moment ago is readable once the orders flow "
+                       "has stored it: ?wait=S waits for it)")
+    return web.Response(body=rendered[1], content_type="application/json", headers={SERVED_BY: str(worker.index)})
+
+
+async def _wait_for_order(request: web.Request, principal: Principal, order_id: str, wait_s: float) -> web.Response:
+    """The long-poll: the order once it is settled, or as it is after ``wait_s``."""
+    if (forwarded := await _forward_unless_owner(request, "orders", order_id, session=HTTP_WAITS)) is not None:
+        request[WAITED] = True  # its owner's long-poll, maybe
+        return forwarded
+    worker = request.app[WORKER]
+    deadline = asyncio.get_running_loop().time() + wait_s
     order = worker.order(order_id)
-    if query.wait > 0 and (order is None or order.status not in OrderStatus.SETTLED):
+    if order is None or order.status not in OrderStatus.SETTLED:
         request[WAITED] = True  # the client's wait: no request latency (api/middleware.py)
-        order = await worker.wait_settled(order_id, query.wait)
+        order = await worker.wait_settled(order_id, wait_s)
         # A rebalance that moved the order ends the wait, as does the deadline while this worker's tables are read
         # back: both answer 503 here (the retry goes to the owner).
         if owner_elsewhere(request, "orders", order_id) is not None:
             raise Unavailable("the order moved to another worker in a rebalance; retry", headers={"Retry-After": "1"})
-    # Another customer's order is indistinguishable from a missing one.
     if order is None or not principal.may_see_customer(order.customer_id):
+        # Another customer's order is indistinguishable from a missing one, in time too: a missing order is
+        # answered after the whole wait, so is this one (when it exists, or when it settled, is not told).
+        request[WAITED] = True
+        await asyncio.sleep(max(0.0, deadline - asyncio.get_running_loop().time()))
         raise NotFound(f"order {order_id} not found")
     return web.json_response(order_json(order), headers={SERVED_BY: str(worker.index)})
+
+
+class TooManyWaits(ApiError):
+    status, code = 429, "too_many_waits"
+
+
+class LongPolls:
+    """How many long-polls each caller has open on this worker, up to ``limit`` at once: each one holds a
+    connection to the order's owner for up to 30 s, and one caller's hundreds would hold every other caller's."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._open: Counter[str] = Counter()
+
+    @contextlib.contextmanager
+    def held(self, caller: str) -> Iterator[None]:
+        """One long-poll of ``caller`` while the block runs; 429 + ``Retry-After`` beyond ``limit`` at once."""
+        if self._open[caller] >= self.limit:
+            raise TooManyWaits(f"{self.limit} long-polls (?wait=) of this caller are open on this worker already; "
+                               "wait for one to end, or read without ?wait=", headers={"Retry-After": "1"})
+        self._open[caller] += 1
+        try:
+            yield
+        finally:
+            self._open[caller] -= 1
+            if not self._open[caller]:
+                del self._open[caller]
 
 
 class RenderedOrders:
@@ -684,7 +757,7 @@ async def put_product(request: web.Request) -> web.Response:
 
 
 async def get_stock(request: web.Request) -> web.Response:
-    _principal(request)
+    _admin(request)
     sku = identifier(request, "sku")
     if (forwarded := await _forward_unless_owner(request, "stock", sku)) is not None:
         return forwarded
@@ -875,8 +948,8 @@ ROUTES: tuple[Route, ...] = (
           errors=(404, 503)),
     Route("PUT", "/v1/products/{sku}", put_product, "create or change a product (admin)", "catalog",
           body=ProductIn, responses={202: ProductOut}, errors=(403, 503)),
-    Route("GET", "/v1/stock/{sku}", get_stock, "a SKU's stock", "stock", responses={200: StockOut},
-          errors=(404, 503)),
+    Route("GET", "/v1/stock/{sku}", get_stock, "a SKU's stock (admin)", "stock", responses={200: StockOut},
+          errors=(403, 404, 503)),
     Route("POST", "/v1/stock/{sku}/adjustments", adjust_stock, "change what is on hand (admin)", "stock",
           body=AdjustmentIn, responses={202: StockOut, 200: StockOut}, errors=(403, 409, 503),
           headers=((IDEMPOTENCY_HEADER, "the same key is one adjustment of the SKU, applied once; 200 with the "

@@ -34,11 +34,21 @@ def _route_label(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
+REQUEST_ID = web.RequestKey("streamcart.request_id", str)
+
+
+async def request_id_header(request: web.Request, response: web.StreamResponse) -> None:
+    """The request id on a response its handler sends itself (the live stream: prepared before the middleware
+    sees it)."""
+    if (rid := request.get(REQUEST_ID)) is not None:
+        response.headers.setdefault(REQUEST_ID_HEADER, rid)
+
+
 @web.middleware
 async def request_id_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     """Echo a sane ``X-Request-Id`` or mint one; it is on every response and in the logs. The request is handled
     as a span of the caller's trace (its ``traceparent``, or a new trace), which the commands it sends continue."""
-    rid = request_id(request.headers.get(REQUEST_ID_HEADER))
+    rid = request[REQUEST_ID] = request_id(request.headers.get(REQUEST_ID_HEADER))
     started = time.perf_counter()
     route = _route_label(request)
     with span(request.headers.get("traceparent"), f"{request.method} {route}", "server"), log_context(request_id=rid):

@@ -53,7 +53,8 @@ _PATH_SCHEMAS = {"key": {"type": "string", "maxLength": IDEMPOTENCY_KEY_MAX, "pa
 ERROR_TEXT = {
     400: "malformed request", 401: "missing, malformed or invalid token", 403: "the token's role may not do this",
     404: "not found (or not yours)", 409: "conflicts with the current state", 413: "body too large",
-    415: "body is not JSON", 422: "body or query failed validation", 429: "rate limited (see Retry-After)",
+    415: "body is not JSON", 422: "body or query failed validation",
+    429: "rate limited, or too many long-polls at once (see Retry-After)",
     503: "not ready or rebalancing, or the broker did not acknowledge (see Retry-After)",
 }
 

@@ -147,7 +147,8 @@ Id = Annotated[str, typer.Argument(callback=_identifier)]
 
 @app.command()
 def setup() -> None:
-    """Fetch the Java parts with Maven, check the Java runtime, install PostgreSQL if missing."""
+    """Fetch the Java parts with Maven, check the Java runtime, install PostgreSQL and chromium (the dashboard's
+    browser test) if missing."""
     from streamcart.stack.install import run_setup
 
     run_setup(_settings(), console)

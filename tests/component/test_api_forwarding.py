@@ -183,3 +183,11 @@ async def test_a_workers_part_of_a_list_says_which_partitions_it_answered_for(ai
     owner = await aiohttp_client(peer)
     part = await owner.get("/v1/products", headers=genuine())
     assert part.headers[PARTITIONS_HEADER] == ",".join(map(str, SECOND_HALF))
+
+
+async def test_every_keyed_read_says_which_worker_answered_it(client):
+    """Not only an order's: a product's (and a stock's, an adjustment's, a timeline's) read names its owner."""
+    response = await client.get("/v1/products/B", headers=CUSTOMER)
+    assert response.status == 200 and response.headers[SERVED_BY] == "1"
+    long_poll = await client.get("/v1/orders/o-2?wait=1", headers=CUSTOMER)  # forwarded on the waits' connections
+    assert long_poll.status == 200 and long_poll.headers[SERVED_BY] == "1"

@@ -280,3 +280,90 @@ async def test_a_long_polls_wait_is_no_request_latency_but_a_plain_read_is(clien
     # What the query says is not enough: a ?wait=0.0 read waits for nothing, and is timed.
     assert (await client.get("/v1/orders/o-1?wait=0.0", headers=bearer("c-1", "customer"))).status == 200
     assert observed() == before + 2
+
+
+# --- long-polls: how many one caller may hold, and what they tell of others' orders --------------------------------
+
+class HeldWorker(FakeWorker):
+    """A worker whose long-polls wait until the test lets them go (``release``), counting those that wait."""
+
+    def __init__(self, **kwargs) -> None:
+        import asyncio
+        super().__init__(**kwargs)
+        self.release = asyncio.Event()
+        self.holding = 0
+        self._changed = asyncio.Condition()
+
+    async def until_holding(self, n: int) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.holding >= n)
+
+    async def wait_settled(self, order_id: str, timeout_s: float) -> OrderState | None:
+        async with self._changed:
+            self.holding += 1
+            self._changed.notify_all()
+        try:
+            await self.release.wait()
+        finally:
+            self.holding -= 1
+        return self.orders.get(order_id)
+
+
+async def test_one_caller_holds_at_most_its_share_of_long_polls_and_others_are_not_held_up(aiohttp_client):
+    """Each long-poll holds a connection to the order's owner for up to 30 s: one caller's hundreds would hold
+    every other caller's forwards. Beyond its share a caller gets 429, and only that caller."""
+    import asyncio
+
+    from api.app import LONG_POLLS_PER_CALLER
+
+    worker = HeldWorker(orders={"o-1": an_order(), "o-2": an_order("o-2", "c-2")})
+    client = await aiohttp_client(init_app(SETTINGS, worker))
+    mine = bearer("c-1", "customer")
+    held = [asyncio.ensure_future(client.get("/v1/orders/o-1?wait=30", headers=mine))
+            for _ in range(LONG_POLLS_PER_CALLER)]
+    await asyncio.wait_for(worker.until_holding(LONG_POLLS_PER_CALLER), 10)
+    refused = await client.get("/v1/orders/o-1?wait=30", headers=mine)
+    assert refused.status == 429 and refused.headers["Retry-After"] == "1"
+    assert (await refused.json())["error"]["code"] == "too_many_waits"
+    assert (await client.get("/v1/orders/o-1", headers=mine)).status == 200  # a plain read is not a long-poll
+    other = asyncio.ensure_future(client.get("/v1/orders/o-2?wait=30", headers=bearer("c-2", "customer")))
+    await asyncio.wait_for(worker.until_holding(LONG_POLLS_PER_CALLER + 1), 10)  # another caller's waits
+    worker.release.set()
+    assert [r.status for r in await asyncio.gather(*held, other)] == [200] * (LONG_POLLS_PER_CALLER + 1)
+    assert (await client.get("/v1/orders/o-1?wait=30", headers=mine)).status == 200  # its share is back
+
+
+async def test_a_long_poll_on_another_customers_order_answers_as_late_as_one_on_a_missing_order(client, worker):
+    """When another customer's order exists, or when it settles, is not told by when the 404 comes: both wait the
+    whole wait (a lower bound, which no machine's slowness can break)."""
+    import time
+
+    worker.orders["o-1"] = an_order().model_copy(update={"status": "CONFIRMED"})  # settled: no wait for it
+    answers = []
+    for order_id in ("o-1", "o-missing"):
+        started = time.monotonic()
+        response = await client.get(f"/v1/orders/{order_id}?wait=0.5", headers=bearer("c-2", "customer"))
+        answers.append((response.status, (await response.json())["error"]["code"], time.monotonic() - started))
+    assert [(status, code) for status, code, _ in answers] == [(404, "not_found")] * 2
+    assert all(took >= 0.5 for _, _, took in answers), answers
+    response = await client.get("/v1/orders/o-1?wait=0.5", headers=bearer("c-1", "customer"))
+    assert response.status == 200  # its own customer is answered at once (a settled order is not waited for)
+
+
+async def test_stock_levels_are_an_admins_to_read(client, worker):
+    """A SKU's stock says how much of it sold: DESIGN.md §5 gives its reads, like its adjustments, to admins."""
+    worker.stocks["A"] = StockState(sku="A", on_hand=40, reserved=3)
+    refused = await client.get("/v1/stock/A", headers=bearer("c-1", "customer"))
+    assert refused.status == 403 and (await refused.json())["error"]["code"] == "forbidden"
+    read = await client.get("/v1/stock/A", headers=bearer("ops", "admin"))
+    assert read.status == 200 and (await read.json())["available"] == 37
+
+
+@pytest.mark.parametrize("path", ["/v1/orders/o-1", "/v1/orders/o-1?wait=1", "/v1/orders/o-1/timeline",
+                                  "/v1/products/A", "/v1/stock/A"])
+async def test_a_keyed_read_answered_by_its_owner_names_it(client, worker, path):
+    worker.catalog["A"] = ProductState(sku="A", name="A", unit_price_cents=1, currency="EUR", active=True,
+                                       updated={"event_id": "e", "at": 0})
+    worker.stocks["A"] = StockState(sku="A", on_hand=1)
+    response = await client.get(path, headers=bearer("ops", "admin"))
+    assert response.status == 200 and response.headers["X-Streamcart-Served-By"] == "0"

@@ -44,3 +44,10 @@ async def test_a_worker_serving_its_most_streams_answers_the_next_with_503(clien
     assert second.status == 503
     assert (await second.json())["error"]["code"] == "unavailable" and second.headers["Retry-After"] == "5"
     first.close()
+
+
+async def test_the_stream_carries_its_request_id_like_every_other_response(client):
+    response = await client.get("/v1/stream", params={"token": issue_token(SECRET, "ops", ["admin"])},
+                                headers={"X-Request-Id": "req-stream-1"})
+    assert response.status == 200 and response.headers["X-Request-Id"] == "req-stream-1"
+    response.close()
