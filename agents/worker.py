@@ -134,9 +134,11 @@ def run(settings: Settings, index: int) -> None:
     if (weak := settings.weak_jwt_secret()) is not None:
         raise ConfigurationError(weak)
     if settings.exposed_with_development_secret():
-        log.warning("the API listens on %s and signs tokens with the development JWT secret, which is in "
-                    "streamcart's source: anyone who can reach it can mint an admin token. Set STREAMCART_JWT_SECRET.",
-                    settings.host)
+        raise ConfigurationError(
+            f"the API would listen on {settings.host} and sign tokens with the development JWT secret, which is in "
+            "streamcart's source: anyone who could reach it could mint an admin token. Set STREAMCART_JWT_SECRET "
+            "(e.g. $(openssl rand -hex 32)), or listen on loopback (STREAMCART_HOST=127.0.0.1)"
+        )
     tracing.set_enabled(settings.tracing)
     spans = start_export(settings, f"{settings.app_id}-worker-{index}")
     codec = Codec.connect(settings)

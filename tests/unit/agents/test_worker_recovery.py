@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 from types import SimpleNamespace
 
+import pytest
 from aiokafka import TopicPartition
 
+from agents import worker
 from agents.transport import ConsumerThread
 from agents.worker import RUNNING_MARKER, STALE_AFTER_S, STOPPED_MARKER, claim_local_state, release_local_state
 from streamcart.topics import TOMBSTONE_RETENTION_MS
@@ -126,3 +128,22 @@ def test_a_seek_whose_log_starts_do_not_come_rewinds_only_what_has_nothing_commi
     thread.app = SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda topic: True))
     assert asyncio.run(thread._seek_to_committed_or_start()) == {**committed, TopicPartition("commands", 1): 7}
     assert consumer.rewound == [(TopicPartition("commands", 1), 7)]  # 0's start unknown: left at its commit
+
+
+def test_a_worker_listening_beyond_loopback_with_the_development_secret_refuses_to_start(monkeypatch):
+    """Anyone who reaches its API could mint an admin token with the secret in streamcart's source: it stops before
+    it connects to anything (no codec, no Kafka), saying what to set."""
+    from streamcart.errors import ConfigurationError
+    from streamcart.settings import DEVELOPMENT_JWT_SECRET, Settings
+
+    def connects(*_: object) -> None:
+        raise AssertionError("the worker went on to connect")
+
+    monkeypatch.setattr(worker.Codec, "connect", connects)
+    monkeypatch.setattr(worker, "configure_logging", lambda settings: None)  # the test run's logging stays
+    exposed = Settings(host="0.0.0.0", jwt_secret=DEVELOPMENT_JWT_SECRET)
+    with pytest.raises(ConfigurationError, match="Set STREAMCART_JWT_SECRET"):
+        worker.run(exposed, 0)
+    own_secret = Settings(host="0.0.0.0", jwt_secret="a-secret-of-our-own-at-least-32-bytes")
+    with pytest.raises(AssertionError, match="went on to connect"):
+        worker.run(own_secret, 0)

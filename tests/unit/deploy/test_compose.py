@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import SecretStr
 
 from streamcart.cli import app as cli
 from streamcart.connectors import load as load_connectors
@@ -18,12 +19,16 @@ ROOT = Path(__file__).resolve().parents[3]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 _DEFAULTED = re.compile(r"\$\{(\w+):-([^}]*)\}")
+_REQUIRED = re.compile(r"\$\{(\w+):\?([^}]*)\}")
+#: What the host sets for each variable Compose requires (``${NAME:?why}``).
+HOST_SETS = {"STREAMCART_JWT_SECRET": "a-secret-the-user-made-of-32-or-more-bytes"}
 
 
 def env(service: str) -> dict[str, str]:
-    """A service's environment as the container sees it when no variable is set on the host."""
+    """A service's environment as the container sees it when the host sets only what Compose requires."""
     raw = SERVICES[service].get("environment", {})
-    return {k: _DEFAULTED.sub(lambda m: m.group(2), str(v)) for k, v in raw.items()}
+    return {k: _REQUIRED.sub(lambda m: HOST_SETS[m.group(1)], _DEFAULTED.sub(lambda m: m.group(2), str(v)))
+            for k, v in raw.items()}
 
 
 def settings_of(service: str) -> Settings:
@@ -181,3 +186,16 @@ def test_kafka_keeps_its_log_on_its_volume():
 def test_connect_saves_its_sinks_positions_as_often_as_the_local_stack():
     local = props.connect_worker_properties(settings_of("init"), Path("/plugins"))
     assert int(env("connect")["OFFSET_FLUSH_INTERVAL_MS"]) == local["offset.flush.interval.ms"]
+
+
+def test_the_workers_secret_has_no_default_in_compose_and_would_be_refused_if_it_were_the_development_one():
+    """Compose's workers listen on the network: with the development secret (in streamcart's source) anyone there
+    could mint an admin token, so Compose asks the host for one and a worker started with it there refuses."""
+    from streamcart.settings import DEVELOPMENT_JWT_SECRET
+
+    required = {m.group(1) for m in _REQUIRED.finditer(yaml.safe_dump(COMPOSE))}
+    assert required == {"STREAMCART_JWT_SECRET"}
+    for service in streamcart_services():
+        assert not settings_of(service).exposed_with_development_secret(), service
+        exposed = settings_of(service).model_copy(update={"jwt_secret": SecretStr(DEVELOPMENT_JWT_SECRET)})
+        assert exposed.exposed_with_development_secret(), service

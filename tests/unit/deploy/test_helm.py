@@ -12,7 +12,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from streamcart.settings import Settings
+from streamcart.settings import DEVELOPMENT_JWT_SECRET, Settings
 from tests.unit.deploy.test_alerts import promrules
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -216,6 +216,8 @@ def test_more_workers_than_partitions_or_no_secrets_refuse_to_render():
     assert no_secrets.returncode != 0 and "secrets.existingSecret" in no_secrets.stderr
     short = render({**SECRETS, "secrets.jwtSecret": "jwt"})  # the workers would refuse it and never start
     assert short.returncode != 0 and "at least 32 bytes" in short.stderr
+    development = render({**SECRETS, "secrets.jwtSecret": DEVELOPMENT_JWT_SECRET})  # in the source: anyone's
+    assert development.returncode != 0 and "development secret" in development.stderr
 
 
 def worker_env(values: dict[str, str]) -> dict[str, Any]:
