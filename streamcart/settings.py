@@ -31,6 +31,13 @@ LogLevel = Annotated[Literal["debug", "info", "warning", "error", "critical"], B
 MIN_JWT_SECRET_LENGTH = 32
 
 
+def _checkout() -> Path:
+    """The streamcart checkout this code runs from (an editable install, as ``make setup`` makes), else the current
+    folder: a command run from a subfolder of the checkout finds the stack its ``up`` started, not an empty one."""
+    root = Path(__file__).resolve().parents[1]
+    return root if (root / "pyproject.toml").is_file() and (root / "streamcart" / "settings.py").is_file() else Path()
+
+
 #: The JWT secret a local stack signs with unless ``STREAMCART_JWT_SECRET`` says otherwise: it is in this source, so
 #: whoever can reach an API signed with it can mint an admin token.
 DEVELOPMENT_JWT_SECRET = "streamcart-local-development-secret"
@@ -41,9 +48,11 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="STREAMCART_", frozen=True, extra="ignore")
 
-    # Where the local stack keeps all its state (data, logs, pids) and where downloaded artifacts are cached.
-    home: Path = Path(".streamcart")
-    cache_dir: Path = Path(".cache")
+    # Where the local stack keeps all its state (data, logs, pids) and where downloaded artifacts are cached: by
+    # default in the checkout streamcart runs from, whatever the current folder (a relative value set here is
+    # taken from the current folder).
+    home: Path = Field(default_factory=lambda: _checkout() / ".streamcart")
+    cache_dir: Path = Field(default_factory=lambda: _checkout() / ".cache")
 
     # Where this process listens; also where it finds the others unless their ``*_host`` says otherwise (the local
     # stack runs everything on one loopback address; containers and Kubernetes name each service).

@@ -111,7 +111,7 @@ async def authorize(request: web.Request) -> web.Response:
         "operations": [],
         "traceparent": request.headers.get("traceparent"),
     }
-    log.info("authorization %s for %s: %s", record["authorization_id"], req.idempotency_key, record["status"])
+    log.debug("authorization %s for %s: %s", record["authorization_id"], req.idempotency_key, record["status"])
     return web.json_response(ledger.write(record), status=201)
 
 
@@ -127,7 +127,7 @@ async def operate(request: web.Request) -> web.Response:
     if record["status"] not in allowed:
         return _error(409, "invalid_state", f"cannot {operation} an authorization that is {record['status']}")
     updated = {**record, "status": target, "operations": [*record["operations"], operation]}
-    log.info("authorization %s: %s", record["authorization_id"], target)
+    log.debug("authorization %s: %s", record["authorization_id"], target)
     return web.json_response(ledger.write(updated))
 
 

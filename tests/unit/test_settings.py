@@ -1,5 +1,7 @@
 """Settings: where a process listens versus where it finds the others."""
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -70,3 +72,13 @@ def test_orders_must_be_kept_at_least_as_long_as_an_idempotency_key_names_them()
     assert Settings(order_retention_s=7200, idempotency_ttl_s=7200).order_retention_s == 7200
     assert Settings(order_retention_s=0, idempotency_ttl_s=7200).order_retention_s == 0  # kept for ever
     assert Settings().order_retention_s == 7 * 24 * 3600
+
+
+def test_the_stacks_folders_default_to_the_checkout_whatever_the_current_folder(tmp_path, monkeypatch):
+    """``streamcart status`` from ``tests/`` said every process was down (and ``up`` there would have set up an
+    empty stack beside the running one): the defaults are the checkout's folders; a relative value one sets is
+    still the current folder's."""
+    checkout = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(tmp_path)
+    assert (Settings().home, Settings().cache_dir) == (checkout / ".streamcart", checkout / ".cache")
+    assert Settings(home=Path("elsewhere")).home.resolve() == tmp_path / "elsewhere"
