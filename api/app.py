@@ -18,7 +18,7 @@ from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, TypeVar
 
-from aiohttp import ClientError, ClientSession, ClientTimeout, web
+from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
@@ -95,6 +95,8 @@ SPEC = web.AppKey("spec", dict)
 MAX_BODY_BYTES = 64 * 1024
 #: Long-polls one caller (a token's subject) may have open at once on one worker (:class:`LongPolls`).
 LONG_POLLS_PER_CALLER = 16
+#: Connections a worker keeps for the long-polls it forwards to their orders' owners.
+WAIT_CONNECTIONS = 500
 API_VERSION = "1.0.0"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 #: Which worker answered a keyed read (the owner, whichever worker the client asked).
@@ -137,7 +139,8 @@ def init_app(settings: Settings, worker: WorkerView, commands: CommandPort | Non
 
 
 async def _http_session(app: web.Application) -> AsyncIterator[None]:
-    async with ClientSession() as session, ClientSession() as waits:
+    # Waits hold their connections for up to 30 s each: more of them than of quick forwards (aiohttp's 100).
+    async with ClientSession() as session, ClientSession(connector=TCPConnector(limit=WAIT_CONNECTIONS)) as waits:
         app[HTTP] = session
         app[HTTP_WAITS] = waits
         yield
