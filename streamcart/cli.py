@@ -169,6 +169,7 @@ def up(
 
 
 def _up(stack: Stack, only: list[str] | None) -> None:
+    from streamcart.stack.stack import keeps_running
     from streamcart.stack.views import endpoints_table
 
     if (weak := stack.settings.weak_jwt_secret()) is not None:
@@ -176,8 +177,7 @@ def _up(stack: Stack, only: list[str] | None) -> None:
     try:
         timings = stack.up(only)
     except KeyboardInterrupt:  # typer would exit 130 without a word, and half the stack would run on unnoticed
-        err_console.print("interrupted: what had started keeps running; `streamcart status` shows it, "
-                          "`streamcart down` stops it")
+        err_console.print(f"interrupted: {keeps_running()}")
         raise typer.Exit(130) from None
     if timings:
         console.print(f"[green]up[/] in {timings['total']:.1f} s")

@@ -37,6 +37,11 @@ class StackLayout:
     def data_root(self) -> Path:
         return self.home / "data"
 
+    @property
+    def lock_path(self) -> Path:
+        """Held by whatever starts or stops this stack's processes (``up``, ``down``, ``restart``…)."""
+        return self.run_dir / ".lock"
+
     def record_path(self, name: str) -> Path:
         return self.run_dir / f"{name}.json"
 

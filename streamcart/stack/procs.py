@@ -1,4 +1,5 @@
-"""Operating-system primitives for supervising processes by pid: records, liveness, signals, memory, ports.
+"""Operating-system primitives for supervising processes by pid: records, liveness, signals, memory, ports, the
+stack's lock, log files.
 
 A pid alone is not an identity: after a reboot or a long uptime the number can belong to another program.
 A record therefore also keeps the process's start time in clock ticks since boot (``/proc/<pid>/stat``
@@ -9,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
+import secrets
 import signal
 import socket
 import time
@@ -32,10 +35,18 @@ class ProcessRecord:
     command: tuple[str, ...]
 
     def save(self, path: Path) -> None:
+        """Write through a scratch file of this writer's own, renamed over ``path``: a reader never sees half a
+        record, and two writers never write into (or rename away) the same scratch file."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        scratch = path.with_suffix(".tmp")
-        scratch.write_text(json.dumps(asdict(self), indent=2))
-        scratch.replace(path)
+        scratch = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+        try:
+            with scratch.open("x") as handle:
+                handle.write(json.dumps(asdict(self), indent=2))
+            scratch.replace(path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                scratch.unlink(missing_ok=True)
+            raise
 
     @classmethod
     def load(cls, path: Path) -> ProcessRecord | None:
@@ -197,6 +208,40 @@ def wait_ports_free(host: str, ports: tuple[int, ...], timeout_s: float) -> bool
             return False
         time.sleep(0.05)
     return True
+
+
+def lock_exclusive(path: Path, wait_s: float) -> int | None:
+    """An exclusive ``flock`` on ``path`` (made if missing): the open descriptor, to close when done; None when
+    another holder keeps it for ``wait_s``.
+
+    The descriptor is not inherited (Python opens files non-inheritable), so a process started meanwhile does
+    not hold the lock on after we are gone.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                return None
+            time.sleep(0.05)
+
+
+def rotate(path: Path, max_bytes: int, generations: int) -> None:
+    """Move ``path`` to ``path.1`` once it is larger than ``max_bytes`` (``.1`` to ``.2`` and so on, dropping
+    what was ``.<generations>``)."""
+    try:
+        if path.stat().st_size <= max_bytes:
+            return
+    except FileNotFoundError:
+        return
+    for generation in range(generations - 1, 0, -1):
+        with contextlib.suppress(FileNotFoundError):
+            path.with_name(f"{path.name}.{generation}").replace(path.with_name(f"{path.name}.{generation + 1}"))
+    path.replace(path.with_name(f"{path.name}.1"))
 
 
 def tail(path: Path, lines: int) -> list[str]:

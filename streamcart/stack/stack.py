@@ -6,12 +6,13 @@ other ports and another home through the very same code.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +30,11 @@ from streamcart.topics import Topics
 
 STOP_TIMEOUT_S = 10.0
 LOG_TAIL_LINES = 25
+#: How long a second `up`/`down` waits for the first to finish before it gives up.
+LOCK_WAIT_S = 3.0
+#: A log larger than this is moved aside when its process starts; so many moved ones are kept.
+LOG_ROTATE_BYTES = 50 * 1024 * 1024
+LOG_GENERATIONS = 3
 #: What ``status`` counts as a recent dead letter.
 RECENT_S = 24 * 3600
 
@@ -76,6 +82,7 @@ class Stack:
         self._specs = {spec.name: spec for spec in specs}
         self._echo = echo or (lambda _line: None)
         self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._lock_fd: int | None = None  # while this object holds run/.lock
 
     # -- single processes --------------------------------------------------------------------------------
 
@@ -108,28 +115,33 @@ class Stack:
     def start(self, name: str, *, wait: bool = True) -> ProcessRecord:
         """Start ``name`` detached unless it runs already; with ``wait``, return once its check passes."""
         spec = self.spec(name)
-        record = self.record(name)
-        if record is None or not procs.is_alive(record):
-            self._check_ports([spec])
-            self._check_needs(spec)
-            record = self._spawn(spec)
-        if wait:
-            self.wait_ready(name)
-        return record
+        with self._exclusive():
+            self._check_unchanged([name])
+            record = self.record(name)
+            if record is None or not procs.is_alive(record):
+                self._check_ports([spec])
+                self._check_needs(spec)
+                record = self._spawn(spec)
+            if wait:
+                self.wait_ready(name)
+            return record
 
     def wait_ready(self, name: str, timeout_s: float | None = None) -> Probe:
-        """Poll ``name``'s readiness check until it passes; fail early if the process exits."""
+        """Poll ``name``'s readiness check until it passes while the recorded process runs; fail early if it exits.
+
+        A passing check alone is not enough: what answers on the port may be another process (one that won the
+        port from ours).
+        """
         spec = self.spec(name)
         limit = timeout_s if timeout_s is not None else spec.ready_timeout_s
         deadline = time.monotonic() + limit
         while True:
             probe = spec.probe()
+            record = self.record(name)
+            if record is None or not procs.is_alive(record):
+                raise NotReadyError(f"{name} {self._how_it_ended(name)} before it was ready.{self._log_tail(name)}")
             if probe.ok:
                 return probe
-            record = self.record(name)
-            self._reap(name)
-            if record is None or not procs.is_alive(record):
-                raise NotReadyError(f"{name} exited before it was ready.{self._log_tail(name)}")
             if time.monotonic() >= deadline:
                 raise NotReadyError(
                     f"{name} was not ready within {limit:.0f} s ({probe.detail}).{self._log_tail(name)}"
@@ -138,28 +150,31 @@ class Stack:
 
     def stop(self, name: str, timeout_s: float = STOP_TIMEOUT_S) -> bool:
         """Stop ``name`` gracefully (then forcibly after ``timeout_s``); True if it was running."""
-        record = self.record(name)
-        if record is None:
-            return False
-        spec = self._specs.get(name)
-        stopped = procs.terminate(record, spec.stop_signal if spec else signal.SIGTERM, timeout_s)
-        self._forget(record, wait_for_ports=stopped)
-        return stopped
+        with self._exclusive():
+            record = self.record(name)
+            if record is None:
+                return False
+            spec = self._specs.get(name)
+            stopped = procs.terminate(record, spec.stop_signal if spec else signal.SIGTERM, timeout_s)
+            self._forget(record, wait_for_ports=stopped)
+            return stopped
 
     def kill(self, name: str) -> bool:
         """SIGKILL ``name`` and its process group, as a crash would; True if it was running."""
-        record = self.record(name)
-        if record is None:
-            return False
-        killed = procs.send_signal(record, signal.SIGKILL, group=True)
-        procs.wait_gone(record, 5.0, reap=True)
-        self._forget(record, wait_for_ports=killed)
-        return killed
+        with self._exclusive():
+            record = self.record(name)
+            if record is None:
+                return False
+            killed = procs.send_signal(record, signal.SIGKILL, group=True)
+            procs.wait_gone(record, 5.0, reap=True)
+            self._forget(record, wait_for_ports=killed)
+            return killed
 
     def restart(self, name: str, *, wait: bool = True) -> ProcessRecord:
         """Stop (if running) and start again."""
-        self.stop(name)
-        return self.start(name, wait=wait)
+        with self._exclusive():
+            self.stop(name)
+            return self.start(name, wait=wait)
 
     # -- the whole stack ------------------------------------------------------------------------------
 
@@ -173,50 +188,61 @@ class Stack:
         soon as Connect is ready.
         """
         selected = self._select(only)
-        if self._workers_selected(selected):
-            self.layout.run_dir.mkdir(parents=True, exist_ok=True)
-            self._workers_file.write_text(f"{self.settings.workers}\n")
-        if all(self.is_running(name) and self.probe(name).ok for name in selected):
-            self._echo(f"already up: {', '.join(selected)} (nothing to do)")
-            return {}
-        self._check_ports([self._specs[n] for n in selected if not self.is_running(n)])
-        timings: dict[str, float] = {}
-        started = time.monotonic()
-        for wave in self._waves(selected):
+        with self._exclusive():
+            self._check_unchanged(selected)
+            if self._workers_selected(selected):
+                with _on_disk("cannot prepare the stack's home", self._workers_file):
+                    self._workers_file.write_text(f"{self.settings.workers}\n")
+            if all(self.is_running(name) and self.probe(name).ok for name in selected):
+                self._echo(f"already up: {', '.join(selected)} (nothing to do)")
+                return {}
+            self._check_ports([self._specs[n] for n in selected if not self.is_running(n)])
+            timings: dict[str, float] = {}
+            started = time.monotonic()
+            try:
+                for wave in self._waves(selected):
+                    self._create_topics_once(timings)
+                    if self._workers_selected(wave) and "schemas" not in timings:
+                        # Workers (and the producers feeding them) find their schema ids in the registry.
+                        self._timed(timings, "schemas", self._register_schemas)
+                    self._start_together(wave, timings)
+                    if "connect" in wave:
+                        self._timed(timings, "connectors", self._apply_connectors)
+            except StackError as exc:
+                running = [name for name in self.names if self.is_running(name)]
+                if not running:
+                    raise
+                raise type(exc)(f"{exc}\nup stopped there: {keeps_running(running)}") from exc
             self._create_topics_once(timings)
-            if self._workers_selected(wave) and "schemas" not in timings:
-                # Workers (and the producers feeding them) find their schema ids in the registry.
+            if "registry" in selected and "schemas" not in timings:
                 self._timed(timings, "schemas", self._register_schemas)
-            self._start_together(wave, timings)
-            if "connect" in wave:
-                self._timed(timings, "connectors", self._apply_connectors)
-        self._create_topics_once(timings)
-        if "registry" in selected and "schemas" not in timings:
-            self._timed(timings, "schemas", self._register_schemas)
-        timings["total"] = time.monotonic() - started
-        return timings
+            timings["total"] = time.monotonic() - started
+            return timings
 
     def down(self, purge: bool = False) -> list[str]:
         """Stop every recorded process, workers first and Kafka last; with ``purge`` delete the home folder.
 
         Returns the names of the processes that were running.
         """
-        recorded = {path.stem for path in self.layout.run_dir.glob("*.json")}
-        # Processes recorded but unknown to these settings (e.g. workers of a run with more of them) go first.
-        order = sorted(recorded - set(self._specs)) + [n for n in reversed(self.names) if n in recorded]
-        stopped = []
-        for name in order:
-            if self.stop(name):
-                stopped.append(name)
-                self._echo(f"stopped {name}")
-        if purge:
-            still = [name for name in order if self.is_running(name)]
-            if still:
-                raise StackError(f"not purging {self.layout.home}: {', '.join(still)} still running")
-            shutil.rmtree(self.layout.postgres_dir, ignore_errors=True)  # outside the home on some machines
-            shutil.rmtree(self.layout.home, ignore_errors=True)
-            self._echo(f"deleted {self.layout.home}")
-        return stopped
+        if not purge and not self.layout.run_dir.is_dir():
+            return []  # nothing was ever started in this home (and `down` makes no folders)
+        with self._exclusive():
+            recorded = {path.stem for path in self.layout.run_dir.glob("*.json")}
+            # Processes recorded but unknown to these settings (e.g. workers of a run with more of them) go first.
+            order = sorted(recorded - set(self._specs)) + [n for n in reversed(self.names) if n in recorded]
+            stopped = []
+            for name in order:
+                if self.stop(name):
+                    stopped.append(name)
+                    self._echo(f"stopped {name}")
+            if purge:
+                still = [name for name in order if self.is_running(name)]
+                if still:
+                    raise StackError(f"not purging {self.layout.home}: {', '.join(still)} still running")
+                shutil.rmtree(self.layout.postgres_dir, ignore_errors=True)  # outside the home on some machines
+                shutil.rmtree(self.layout.home, ignore_errors=True)
+                self._echo(f"deleted {self.layout.home}")
+            return stopped
 
     def status(self) -> list[ProcessStatus]:
         """Every process (and leftover recorded ones): pid, ports, health now, memory, uptime, lag."""
@@ -241,6 +267,28 @@ class Stack:
         return [replace(row, lag=with_lag[row.name]) if row.name in with_lag else row for row in rows]
 
     # -- internals -------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold ``run/.lock`` while starting or stopping processes: two `up`s at once would race for the ports,
+        and each would record only its own process. Re-entrant (``up`` starts, ``restart`` stops and starts)."""
+        if self._lock_fd is not None:
+            yield
+            return
+        with _on_disk("cannot prepare the stack's home", self.layout.lock_path):
+            self.layout.run_dir.mkdir(parents=True, exist_ok=True)
+            fd = procs.lock_exclusive(self.layout.lock_path, LOCK_WAIT_S)
+        if fd is None:
+            raise StackError(
+                f"another `streamcart up/down` is running on this stack ({self.layout.home}); "
+                "let it finish (or interrupt it) first"
+            )
+        self._lock_fd = fd
+        try:
+            yield
+        finally:
+            self._lock_fd = None
+            os.close(fd)
 
     @property
     def _workers_file(self) -> Path:
@@ -361,6 +409,19 @@ class Stack:
                 "stop those programs or set the named variables to free ports"
             )
 
+    def _check_unchanged(self, names: list[str]) -> None:
+        """Refuse to go on with a process that runs on other ports than the settings now name: it would be
+        waited on, in vain, on the new ones. (Its command is not compared: knowing it means running ``prepare``,
+        and the interpreter's path alone differs between `.venv/bin/streamcart` and `python -m`.)"""
+        for name in names:
+            record = self.record(name)
+            wanted = tuple(port for _setting, port in self._specs[name].ports)
+            if record is not None and record.ports != wanted and procs.is_alive(record):
+                raise StackError(
+                    f"{name} runs with {_ports(record.ports)} from an earlier `up`; "
+                    f"`streamcart down` first to start it with {', '.join(map(str, wanted))}"
+                )
+
     def _check_needs(self, spec: ProcessSpec) -> None:
         missing = [name for name in spec.needs if not (self.is_running(name) and self.probe(name).ok)]
         if missing:
@@ -370,14 +431,17 @@ class Stack:
             )
 
     def _spawn(self, spec: ProcessSpec) -> ProcessRecord:
-        command = list(spec.prepare())
-        # data/<name> is also the working directory, so stray relative files land there.
-        data_dir = self.layout.data_dir(spec.name)
-        data_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.layout.log_path(spec.name)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
+        # Configs and data are written under the home too: a full disk shows here first.
+        with _on_disk(f"cannot start {spec.name}", self.layout.home):
+            command = list(spec.prepare())
+            # data/<name> is also the working directory, so stray relative files land there.
+            data_dir = self.layout.data_dir(spec.name)
+            data_dir.mkdir(parents=True, exist_ok=True)
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            procs.rotate(log_path, LOG_ROTATE_BYTES, LOG_GENERATIONS)
         env = {**os.environ, **self.settings.to_env(), **spec.env}
-        with log_path.open("ab") as log:
+        with _on_disk(f"cannot start {spec.name}", log_path), log_path.open("ab") as log:
             stamp = datetime.now(UTC).isoformat(timespec="seconds")
             log.write(f"\n--- streamcart: starting {spec.name} at {stamp}: {' '.join(command)}\n".encode())
             log.flush()
@@ -396,7 +460,6 @@ class Stack:
                 )
             except OSError as exc:
                 raise StackError(f"cannot start {spec.name} ({command[0]}): {exc}") from exc
-        self._children[spec.name] = child
         ticks = procs.start_ticks(child.pid)
         record = ProcessRecord(
             name=spec.name,
@@ -406,14 +469,35 @@ class Stack:
             ports=tuple(port for _setting, port in spec.ports),
             command=tuple(command),
         )
-        record.save(self.layout.record_path(spec.name))
+        path = self.layout.record_path(spec.name)
+        try:
+            record.save(path)
+        except OSError as exc:
+            # Unrecorded, no `down` could find it: it goes again (group and all) before we say why.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+            raise StackError(
+                f"cannot record {spec.name} in {exc.filename or path}: {exc.strerror or exc}; "
+                "it was stopped again, since no `down` could have found it"
+            ) from exc
+        self._children[spec.name] = child
         return record
 
-    def _reap(self, name: str) -> None:
-        """Collect the exit status of a child this object started, so it does not stay a zombie."""
+    def _how_it_ended(self, name: str) -> str:
+        """How ``name`` ended: "exited with status 3" or "was killed by SIGKILL" for a child this object started
+        (collecting its exit status, so it does not stay a zombie), just "exited" for another's."""
         child = self._children.get(name)
-        if child is not None and child.poll() is not None:
-            del self._children[name]
+        code = child.poll() if child is not None else None
+        if code is None:
+            return "exited"
+        del self._children[name]
+        if code >= 0:
+            return f"exited with status {code}"
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
 
     def _forget(self, record: ProcessRecord, wait_for_ports: bool) -> None:
         """Drop a stopped process's record, once the kernel has released its ports for the next start."""
@@ -451,6 +535,26 @@ class Stack:
         from schemas.registry import register_all  # the schemas package is not needed to supervise processes
 
         return f"registered {len(register_all(self.settings))} schemas"
+
+
+def keeps_running(names: Collection[str] = ()) -> str:
+    """What a failed or interrupted ``up`` leaves behind, in the same words for both."""
+    which = f" ({', '.join(names)})" if names else ""
+    return f"what had started keeps running{which}; `streamcart status` shows it, `streamcart down` stops it"
+
+
+def _ports(ports: tuple[int, ...]) -> str:
+    return f"port {ports[0]}" if len(ports) == 1 else f"ports {', '.join(map(str, ports))}"
+
+
+@contextlib.contextmanager
+def _on_disk(doing: str, where: Path) -> Iterator[None]:
+    """A full disk or a read-only or unwritable home is the user's to fix: say which file and what the system
+    said, not a traceback. ``where`` is named when the error does not name a file (a failed write)."""
+    try:
+        yield
+    except OSError as exc:
+        raise StackError(f"{doing}: {exc.filename or where}: {exc.strerror or exc}") from exc
 
 
 def parse_assigned(raw: Any) -> tuple[int, ...]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 import sys
 import time
@@ -13,7 +15,9 @@ import pytest
 
 from streamcart.settings import Settings
 from streamcart.stack import NotReadyError, Stack, StackError, procs
+from streamcart.stack import stack as stack_module
 from streamcart.stack.probes import Probe, http_probe
+from streamcart.stack.procs import ProcessRecord
 from streamcart.stack.specs import ProcessSpec
 
 
@@ -117,7 +121,7 @@ def test_a_process_that_exits_early_fails_at_once_with_its_log(make_stack: MakeS
     )
     stack = make_stack(crashing)
     started = time.monotonic()
-    with pytest.raises(NotReadyError, match=r"(?s)crasher exited before it was ready.*boom: bad config"):
+    with pytest.raises(NotReadyError, match=r"(?s)crasher exited with status 3 before it was ready.*boom: bad config"):
         stack.start("crasher")
     assert time.monotonic() - started < 10
 
@@ -176,3 +180,142 @@ def test_status_shows_the_workers_the_last_up_started_with(
         ]
     finally:
         with_three.down()
+
+
+def exiting(name: str, code: str, probe: Callable[[], Probe] = lambda: Probe(False, "never")) -> ProcessSpec:
+    """A process that runs ``code`` (which ends it) and is never ready by default."""
+    return ProcessSpec(name, lambda: [sys.executable, "-c", code], probe, (), ready_timeout_s=30.0)
+
+
+def test_a_process_killed_by_a_signal_names_the_signal(make_stack: MakeStack) -> None:
+    stack = make_stack(exiting("victim", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"))
+    with pytest.raises(NotReadyError, match="victim was killed by SIGKILL before it was ready"):
+        stack.start("victim")
+
+
+def test_a_passing_check_does_not_make_a_process_that_exited_ready(make_stack: MakeStack) -> None:
+    # As for the loser of a race for its port: the port answers (for the winner) while this process has exited.
+    def answered_by_another() -> Probe:
+        record = stack.record("loser")
+        assert record is not None
+        procs.wait_gone(record, 10.0)
+        return Probe(True, "answered by the winner")
+
+    stack = make_stack(exiting("loser", "import sys; sys.exit(1)", answered_by_another))
+    with pytest.raises(NotReadyError, match="loser exited with status 1 before it was ready"):
+        stack.start("loser")
+
+
+def test_a_process_dying_during_up_says_what_keeps_running_and_how_to_stop_it(make_stack: MakeStack) -> None:
+    dying = ProcessSpec(
+        "gamma",
+        lambda: [sys.executable, "-c", "import sys; print('boom: cannot open database'); sys.exit(3)"],
+        lambda: Probe(False, "never"),
+        (),
+        needs=("alpha",),
+    )
+    stack = make_stack(web_server("alpha", free_port()), web_server("beta", free_port()), dying)
+    with pytest.raises(NotReadyError) as failed:
+        stack.up()
+    message = str(failed.value)
+    assert "gamma exited with status 3 before it was ready" in message
+    assert "boom: cannot open database" in message
+    assert message.endswith(
+        "what had started keeps running (alpha, beta); `streamcart status` shows it, `streamcart down` stops it"
+    )
+    assert stack.is_running("alpha")
+    assert stack.is_running("beta")
+
+
+@pytest.fixture
+def brief_lock_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stack_module, "LOCK_WAIT_S", 0.2)
+
+
+@pytest.mark.usefixtures("brief_lock_wait")
+def test_while_another_up_or_down_holds_the_stack_nothing_starts_or_stops(make_stack: MakeStack, port: int) -> None:
+    stack = make_stack(web_server("web", port))
+    record = stack.start("web")
+    other = procs.lock_exclusive(stack.layout.lock_path, 0.0)  # as a second `streamcart up` would
+    assert other is not None
+    try:
+        busy = f"another `streamcart up/down` is running on this stack \\({stack.layout.home}\\)"
+        for action in (stack.up, stack.down, lambda: stack.stop("web"), lambda: stack.restart("web")):
+            started = time.monotonic()
+            with pytest.raises(StackError, match=busy):
+                action()
+            assert time.monotonic() - started < 5
+        assert stack.record("web") == record
+        assert procs.is_alive(record)
+    finally:
+        os.close(other)
+    assert stack.stop("web")
+
+
+def test_the_stack_is_free_again_once_up_returns_though_its_processes_run(make_stack: MakeStack, port: int) -> None:
+    stack = make_stack(web_server("web", port))
+    stack.up()
+    lock = procs.lock_exclusive(stack.layout.lock_path, 0.0)  # not inherited by what was started
+    assert lock is not None
+    os.close(lock)
+
+
+def test_a_port_changed_while_the_process_runs_fails_at_once_saying_to_run_down(make_stack: MakeStack) -> None:
+    old_port, new_port = free_port(), free_port()
+    make_stack(web_server("alpha", old_port)).up()
+    changed = make_stack(web_server("alpha", new_port))
+    started = time.monotonic()
+    for action in (changed.up, lambda: changed.start("alpha")):
+        with pytest.raises(
+            StackError,
+            match=f"alpha runs with port {old_port} from an earlier `up`; `streamcart down` first to start it with "
+            f"{new_port}",
+        ):
+            action()
+    assert time.monotonic() - started < 5
+
+
+def test_an_unusable_home_is_one_error_naming_the_path(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    home = tmp_path / "file" / "home"
+    stack = Stack(Settings(home=home), specs=[web_server("web", free_port())])
+    with pytest.raises(StackError, match=f"cannot prepare the stack's home: {home / 'run'}: Not a directory"):
+        stack.up()
+
+
+def test_a_log_that_cannot_be_opened_is_one_error_and_starts_nothing(make_stack: MakeStack, port: int) -> None:
+    stack = make_stack(web_server("web", port))
+    stack.log_path("web").mkdir(parents=True)
+    with pytest.raises(StackError, match=f"cannot start web: {stack.log_path('web')}: Is a directory"):
+        stack.start("web")
+    assert stack.record("web") is None
+    assert not procs.port_in_use("127.0.0.1", port)
+
+
+def test_a_record_that_cannot_be_saved_stops_the_process_it_was_for(
+    make_stack: MakeStack, port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    unsaved: list[ProcessRecord] = []
+
+    def disk_full(record: ProcessRecord, path: Path) -> None:
+        unsaved.append(record)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(ProcessRecord, "save", disk_full)
+    stack = make_stack(web_server("web", port))
+    record_path = stack.layout.record_path("web")
+    with pytest.raises(StackError, match=f"cannot record web in {record_path}: No space left on device"):
+        stack.start("web")
+    [record] = unsaved
+    assert procs.proc_stat(record.pid) is None  # killed and reaped: nothing runs unrecorded
+
+
+def test_a_big_log_is_moved_aside_when_its_process_starts(make_stack: MakeStack, port: int) -> None:
+    stack = make_stack(web_server("web", port))
+    log = stack.log_path("web")
+    log.parent.mkdir(parents=True)
+    log.write_text("an earlier run\n")
+    os.truncate(log, stack_module.LOG_ROTATE_BYTES + 1)  # sparse: takes no room
+    stack.start("web")
+    assert log.with_name("web.log.1").read_text().startswith("an earlier run\n")
+    assert log.read_text().startswith("\n--- streamcart: starting web")

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +37,35 @@ def test_a_record_survives_a_round_trip_through_its_file(tmp_path: Path) -> None
     record = record_for(os.getpid())
     record.save(tmp_path / "run" / "test.json")
     assert ProcessRecord.load(tmp_path / "run" / "test.json") == record
+
+
+def test_writers_saving_one_record_at_once_all_succeed_and_leave_a_whole_one(tmp_path: Path) -> None:
+    path = tmp_path / "run" / "test.json"
+    records = [ProcessRecord("test", 1000 + i, 5, time.time(), (1234,), ("x",) * 50) for i in range(4)]
+    failures: list[BaseException] = []
+
+    def write(record: ProcessRecord) -> None:
+        for _ in range(100):
+            try:
+                record.save(path)
+            except OSError as exc:
+                failures.append(exc)
+
+    writers = [threading.Thread(target=write, args=(record,)) for record in records]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join()
+    assert failures == []
+    assert ProcessRecord.load(path) in records
+    assert os.listdir(path.parent) == ["test.json"]  # no scratch file left behind
+
+
+def test_a_record_that_cannot_be_written_leaves_no_scratch_file(tmp_path: Path) -> None:
+    (tmp_path / "test.json").mkdir()  # the rename over it fails
+    with pytest.raises(IsADirectoryError):
+        record_for(os.getpid()).save(tmp_path / "test.json")
+    assert os.listdir(tmp_path) == ["test.json"]
 
 
 def test_a_missing_or_half_written_record_reads_as_none(tmp_path: Path) -> None:
@@ -121,3 +151,52 @@ def test_tail_returns_the_last_lines_of_a_long_log(tmp_path: Path) -> None:
     last = procs.tail(log, 3)
     assert [line.split()[1] for line in last] == ["97", "98", "99"]
     assert procs.tail(tmp_path / "missing.log", 3) == []
+
+
+def test_a_log_over_the_limit_moves_aside_and_the_oldest_of_three_generations_goes(tmp_path: Path) -> None:
+    log = tmp_path / "web.log"
+    for name, text in [("web.log", "now" * 20), ("web.log.1", "one"), ("web.log.2", "two"), ("web.log.3", "three")]:
+        (tmp_path / name).write_text(text)
+    procs.rotate(log, max_bytes=30, generations=3)
+    assert not log.exists()
+    assert [(tmp_path / f"web.log.{n}").read_text() for n in (1, 2, 3)] == ["now" * 20, "one", "two"]
+
+
+def test_a_log_within_the_limit_or_missing_stays_as_it_is(tmp_path: Path) -> None:
+    log = tmp_path / "web.log"
+    procs.rotate(log, max_bytes=30, generations=3)
+    log.write_text("x" * 30)
+    procs.rotate(log, max_bytes=30, generations=3)
+    assert os.listdir(tmp_path) == ["web.log"]
+
+
+def test_the_lock_is_refused_while_another_holds_it_and_granted_once_released(tmp_path: Path) -> None:
+    path = tmp_path / ".lock"
+    first = procs.lock_exclusive(path, 0.0)
+    assert first is not None
+    started = time.monotonic()
+    assert procs.lock_exclusive(path, 0.3) is None
+    assert time.monotonic() - started >= 0.3  # it waited a little before giving up
+    os.close(first)
+    second = procs.lock_exclusive(path, 0.0)
+    assert second is not None
+    os.close(second)
+
+
+def test_another_process_holding_the_lock_keeps_it_from_us(tmp_path: Path) -> None:
+    path = tmp_path / ".lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY | os.O_CREAT); "
+         "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)", str(path)],
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == b"locked\n"
+        assert procs.lock_exclusive(path, 0.1) is None
+    finally:
+        holder.kill()
+        holder.wait()
+    granted = procs.lock_exclusive(path, 1.0)
+    assert granted is not None
+    os.close(granted)
