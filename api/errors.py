@@ -142,6 +142,20 @@ def _unmet_expectation(request: web.Request) -> str | None:
     return None
 
 
+#: Credentials in what aiohttp's parser quotes of a request it cannot read: a header's value, a bearer token, the
+#: live stream's ``?token=``.
+_CREDENTIALS = re.compile(
+    r"(?i)((?:proxy-)?authorization|cookie|x-api-key)(\s*:\s*)[^\r\n'\"]*"
+    r"|(bearer\s+)[A-Za-z0-9._~+/=-]+"
+    r"|([?&]token=)[^&\s'\"]+"
+)
+
+
+def redacted(text: str) -> str:
+    """``text`` without the credentials it quotes (what it says of a request goes to the logs and to clients)."""
+    return _CREDENTIALS.sub(lambda m: f"{m.group(1) or m.group(3) or m.group(4)}{m.group(2) or ''}<redacted>", text)
+
+
 class _JsonErrorsHandler(RequestHandler):
     """aiohttp's connection handler, answering what it cannot parse in the JSON error shape too."""
 
@@ -157,9 +171,10 @@ class _JsonErrorsHandler(RequestHandler):
             log.error("error handling a request from %s", request.remote, exc_info=exc)
             response = error_response(status, "internal", "internal error; it has been logged")
         else:
-            log.info("unreadable request from %s: %s", request.remote, message or exc)
+            said = redacted(str(message or exc))
+            log.info("unreadable request from %s: %s", request.remote, said)
             phrase = HTTPStatus(status).phrase
-            response = error_response(status, code_of(phrase), message or phrase)
+            response = error_response(status, code_of(phrase), said if message else phrase)
         response.headers[REQUEST_ID_HEADER] = request_id(None)  # what it sent could not be read
         response.force_close()
         return response

@@ -420,6 +420,9 @@ class Remote(Protocol):
     def send(self, message: Message) -> None:
         """Produce ``message`` to its command topic; returns once the broker has acknowledged it."""
 
+    def connect(self) -> None:
+        """Be ready to send at once: a command's time is when it is made, and connecting takes most of a second."""
+
 
 def _as_the_api_would(model: Any, body: dict[str, Any], options: dict[str, str] | None = None) -> Any:
     """``body`` checked by the API's own model of it: what the API would refuse is refused before anything is sent,
@@ -461,11 +464,25 @@ class _LiveRemote:
         return status, body
 
     def send(self, message: Message) -> None:
+        self._connected().send(message)
+
+    def connect(self) -> None:
+        self._connected()
+
+    def _connected(self) -> CommandSender:
+        from confluent_kafka import KafkaException
+
         from streamcart.commands import CommandSender
 
         if self._sender is None:  # it connects to the schema registry: only once there is something to send
-            self._sender = CommandSender(self.settings)
-        self._sender.send(message)
+            sender = CommandSender(self.settings)
+            try:
+                sender.producer.list_topics(timeout=5)  # and to the broker
+            except KafkaException as exc:
+                raise StreamcartError(f"Kafka at {self.settings.bootstrap_servers} does not answer ({exc}): is the "
+                                      "stack up (`streamcart status`)?") from exc
+            self._sender = sender
+        return self._sender
 
 
 def _remote() -> Remote:
@@ -526,6 +543,7 @@ def order_place(
     checked = _as_the_api_would(PlaceOrderIn, body, {"payment": "--token", "webhook_url": "--webhook",
                                                      "lines": "--line"})
     remote = _remote()
+    remote.connect()  # before the order is stamped: its saga is timed (and its deadline counted) from then
     order_id = f"o-{new_id()}"
     remote.send(PlaceOrder(**envelope(order_id), order_id=order_id, customer_id=customer,
                            lines=tuple(OrderLine(sku=x.sku, quantity=x.quantity) for x in checked.lines),
@@ -737,20 +755,17 @@ def _read_stock(remote: Remote, sku: str) -> StockState:
 
 @product_app.command("show")
 def product_show(sku: Id) -> None:
-    """A product and its stock."""
+    """A product and its stock, as one JSON document (``null`` for what there is none of yet)."""
     remote = _remote()
-    statuses = []
-    for path in (f"/v1/products/{sku}", f"/v1/stock/{sku}"):
+    shown: dict[str, object] = {}
+    for part, path in (("product", f"/v1/products/{sku}"), ("stock", f"/v1/stock/{sku}")):
         status, body = remote.get(path)
-        statuses.append(status)
-        if status == 200:
-            console.print_json(data=body)
-        else:
-            console.print(f"{path}: HTTP {status} {body}")
-    if statuses == [404, 404]:
+        if status not in (200, 404):
+            raise StreamcartError(f"{path}: HTTP {status} {json.dumps(body)}")
+        shown[part] = body if status == 200 else None
+    if shown["product"] is None and shown["stock"] is None:
         raise StreamcartError(f"no product and no stock {sku}")
-    if 200 not in statuses:
-        raise StreamcartError(f"the API answered neither read of {sku} (HTTP {statuses[0]}, {statuses[1]})")
+    console.print_json(data=shown)
 
 
 dlq_app = typer.Typer(help="The dead-letter topic: what failed, where and why; replay what can succeed now "

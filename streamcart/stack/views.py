@@ -134,19 +134,32 @@ def order_panel(order: dict[str, Any]) -> Table:
     table = Table(title=title, title_justify="left")
     table.add_column("what")
     table.add_column("detail")
+    if order.get("customer_id"):
+        table.add_row("customer", str(order["customer_id"]))
     for line in order.get("lines", []):
         price = line.get("unit_price_cents")
-        shown = f"{price / 100:.2f} {order['currency']}" if price is not None else "not priced yet"
-        table.add_row(f"line {line['sku']}", f"{line['quantity']} x {shown} ({line.get('status', '')})")
+        status = line.get("status", "")
+        if price is not None:
+            shown = f"{price / 100:.2f} {order['currency']}"
+        else:
+            shown = "not priced" if status == "rejected" else "not priced yet"
+        table.add_row(f"line {line['sku']}", f"{line['quantity']} x {shown} ({status})")
     if order.get("total_cents") is not None:
         table.add_row("total", f"{order['total_cents'] / 100:.2f} {order['currency']}")
+    if order.get("cancel_detail"):
+        table.add_row("why", str(order["cancel_detail"]))
+    if order.get("cancel_requested"):
+        table.add_row("cancel", "asked; shipping has not answered yet")
     for part in ("payment", "shipment"):
         if order.get(part):
             table.add_row(part, ", ".join(f"{k}={v}" for k, v in order[part].items() if v is not None))
     # Each step's offset from the first: when its message was written to Kafka (the event times of a saga's steps
-    # are all the placement's), or the event time for an order recorded without it.
+    # are all the placement's), or the event time for an order recorded without it. In the order they were
+    # written: steps that follow from one event (a stock commit, a capture) reach the orders flow in either order.
     history = order.get("history", [])
     clock = "recorded" if history and all(entry.get("recorded") is not None for entry in history) else "time"
+    if clock == "recorded":
+        history = sorted(history, key=lambda entry: entry["recorded"])
     start = history[0][clock] if clock == "recorded" else order.get("placed_at") or 0
     for entry in history:
         detail = f" · {entry['detail']}" if entry.get("detail") else ""

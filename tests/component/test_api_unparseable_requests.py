@@ -71,3 +71,22 @@ async def test_an_unmet_expectation_on_a_path_no_route_has_is_a_json_417(port: i
     assert json.loads(body)["error"]["code"] == "expectation_failed"
     assert headers["x-request-id"] == "req-417"  # echoed, as the middleware would
 
+
+
+SECRET_TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJjLTEifQ.c2lnbmF0dXJl"
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GET / HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + SECRET_TOKEN.encode() + b"\x01\r\n\r\n",
+    b"GET /v1/stream?token=" + SECRET_TOKEN.encode() + b" HTTP/1.1 junk\r\nHost: x\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nCookie: session=" + SECRET_TOKEN.encode() + b"\x7f\r\n\r\n",
+], ids=["authorization header", "stream token in the request line", "cookie"])
+async def test_what_an_unparseable_request_is_told_and_what_is_logged_hold_none_of_its_credentials(
+        port: int, request_bytes: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    """aiohttp's parser quotes the bytes it stopped at: a bearer token with a stray control character went to the
+    worker's log (and back to the client) whole."""
+    caplog.set_level("INFO", logger="api.errors")
+    status, _, body = await exchange(port, request_bytes)
+    assert status == 400
+    assert SECRET_TOKEN not in body.decode(errors="replace")
+    assert caplog.records and all(SECRET_TOKEN not in record.getMessage() for record in caplog.records)

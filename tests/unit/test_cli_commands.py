@@ -3,6 +3,7 @@ reason, and otherwise wait until the effect shows: never "done" for a command th
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +40,9 @@ class FakeSystem:
     def send(self, message: Message) -> None:
         self.sent.append(message)
         self.react(self, message)
+
+    def connect(self) -> None:
+        self.connected = True
 
 
 class FakeClock:
@@ -471,3 +475,14 @@ def test_a_settled_order_is_shown_without_a_note(capsys: pytest.CaptureFixture[s
     cli._show_order(FakeSystem(orders={"o-1": order("CONFIRMED")}), "o-1", wait, placed=True)
     out = capsys.readouterr().out
     assert "CONFIRMED" in out and "still" not in out and clock.now == 0.0
+
+
+def test_a_product_not_stocked_yet_is_shown_as_one_document_with_no_stock(monkeypatch, capsys) -> None:
+    """README's next step after `product upsert`: it printed the product, then a Python dict of the stock's 404."""
+    system = FakeSystem()
+    system.views["products"] = {"MUG-7": {"sku": "MUG-7", "name": "Mug", "unit_price_cents": 1299}}
+    assert run(system, "product", "show", "MUG-7", monkeypatch=monkeypatch) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown == {"product": {"sku": "MUG-7", "name": "Mug", "unit_price_cents": 1299}, "stock": None}
+    assert run(system, "product", "show", "NOPE-1", monkeypatch=monkeypatch) == 1
+    assert "no product and no stock NOPE-1" in capsys.readouterr().err

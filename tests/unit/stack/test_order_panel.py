@@ -33,3 +33,20 @@ def test_the_steps_are_timed_from_when_their_messages_were_recorded() -> None:
 def test_an_order_recorded_without_those_times_is_timed_by_its_event_times() -> None:
     text = rendered(order_panel(order(("OrderPlaced", 1_000, None), ("OrderCancelled", 31_000, 31_020))))
     assert "+0.000 s" in text and "+30.000 s" in text
+
+
+def test_steps_that_reached_the_orders_flow_out_of_order_are_shown_as_they_were_written() -> None:
+    text = rendered(order_panel(order(("OrderPlaced", 1_000, 1_004), ("OrderConfirmed", 1_000, 1_254),
+                                      ("PaymentCaptured", 1_000, 1_957), ("StockCommitted", 1_000, 1_926))))
+    assert text.index("StockCommitted") < text.index("PaymentCaptured")
+
+
+def test_a_cancelled_order_says_why_and_a_rejected_line_is_not_pending_a_price() -> None:
+    cancelled = order(("OrderPlaced", 1_000, 1_004), ("OrderCancelled", 1_000, 1_040)) | {
+        "status": "CANCELLED", "cancel_reason": "product_unavailable", "customer_id": "c-42",
+        "cancel_detail": "KB-001: KB-001 is priced in EUR, the order is in USD",
+        "lines": [{"sku": "KB-001", "quantity": 1, "unit_price_cents": None, "status": "rejected"}],
+    }
+    text = rendered(order_panel(cancelled))
+    assert "KB-001 is priced in EUR, the order is in USD" in text and "c-42" in text
+    assert "1 x not priced (rejected)" in text and "not priced yet" not in text
