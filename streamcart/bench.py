@@ -28,6 +28,9 @@ from streamcart.settings import Settings
 from streamcart.stack import cpu
 from streamcart.topics import Topics
 
+#: What the benchmarks' products are named by (`streamcart traffic` leaves them alone).
+BENCH_SKU_PREFIX = "BENCH-"
+
 
 @dataclass
 class BenchResult:
@@ -162,7 +165,7 @@ def run_saga_bench(
     codec = Codec.connect(settings)
     sender = CommandSender(settings, codec)
     run = new_id()[:8]
-    catalog = [f"BENCH-{run}-{i}" for i in range(max(lines, skus))]
+    catalog = [f"{BENCH_SKU_PREFIX}{run}-{i}" for i in range(max(lines, skus))]
     say(f"seeding {len(catalog)} SKUs")
     for first in range(0, len(catalog), 500):
         sender.send(*(

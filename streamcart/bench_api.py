@@ -22,6 +22,7 @@ from aiohttp import ClientSession, ClientTimeout, TCPConnector
 from api.app import SERVED_BY
 from api.auth import issue_token
 from schemas.messages import AdjustStock, UpsertProduct
+from streamcart.bench import BENCH_SKU_PREFIX
 from streamcart.commands import CommandSender, envelope
 from streamcart.ids import new_id
 from streamcart.settings import Settings
@@ -69,7 +70,7 @@ async def _run(settings: Settings, kind: str, seconds: float, concurrency: int, 
     run = new_id()[:8]
     tokens = [issue_token(secret, f"c-bench-{run}-{i}", ["customer"], ttl_s=3600) for i in range(64)]
     base = settings.worker_url(worker)
-    sku = f"BENCH-API-{run}"
+    sku = f"{BENCH_SKU_PREFIX}API-{run}"
     CommandSender(settings).send(
         UpsertProduct(**envelope(sku), sku=sku, name=sku, unit_price_cents=500, currency="EUR"),
         AdjustStock(**envelope(sku), sku=sku, delta=10_000_000, reason="bench"),

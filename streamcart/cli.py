@@ -355,10 +355,13 @@ def demo() -> None:
 @app.command()
 def traffic(
     rate: Annotated[float, typer.Option(help="Orders per second.", min=0.01)] = 2.0,
-    orders: Annotated[int | None, typer.Option(help="Stop after this many orders (default: until Ctrl-C).")] = None,
-    seconds: Annotated[float | None, typer.Option(help="Stop placing after this many seconds.")] = None,
+    orders: Annotated[
+        int | None, typer.Option(help="Stop after this many orders (default: until Ctrl-C).", min=1)
+    ] = None,
+    seconds: Annotated[float | None, typer.Option(help="Stop placing after this many seconds.", min=0.01)] = None,
     seed: Annotated[int | None, typer.Option(help="Make the same choices as another run with this seed.")] = None,
-    sku: Annotated[list[str] | None, typer.Option(help="Shop only these (repeat); default: every active product.",
+    sku: Annotated[list[str] | None, typer.Option(help="Shop only these active products (repeat); default: every "
+                                                       "active product but the benchmarks' (BENCH-…).",
                                                   callback=lambda v: [_identifier(s) for s in v or []])] = None,
 ) -> None:
     """Customers shopping through the HTTP API, to watch the saga live on the dashboard: confirmations, shipments,

@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 
 from api.auth import issue_token
+from streamcart.bench import BENCH_SKU_PREFIX
 from streamcart.errors import StreamcartError
 from streamcart.ids import new_id
 from streamcart.settings import Settings
@@ -154,6 +155,17 @@ class Shoppers:
             raise StreamcartError("no active product to sell: run `streamcart demo` (or add products) first")
         return skus
 
+    async def shelves(self, asked: Sequence[str]) -> list[str]:
+        """What to shop: ``asked``, each an active product, or every active product but the benchmarks' (they
+        leave dozens, stocked by the million, which would crowd the demo's out of the dashboard)."""
+        active = await self.catalog()
+        if asked:
+            if unknown := [sku for sku in asked if sku not in active]:
+                raise StreamcartError(f"not an active product: {', '.join(unknown)} (`streamcart product show SKU`; "
+                                      f"active: {', '.join(active[:10])}{' …' if len(active) > 10 else ''})")
+            return list(asked)
+        return [sku for sku in active if not sku.startswith(BENCH_SKU_PREFIX)] or active
+
     async def shop(self, skus: Sequence[str]) -> str:
         """One shopper, from placing an order to its last step; returns the order id. Whatever goes wrong is
         counted in the tally (a shopper never ends silently)."""
@@ -272,7 +284,7 @@ async def run(
     timeout = aiohttp.ClientTimeout(total=POLL_S + 15)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         shoppers = Shoppers(settings, session, seed, tally)
-        skus = list(skus) or await shoppers.catalog()
+        skus = await shoppers.shelves(skus)
         shown = ", ".join(skus[:6]) + (f" and {len(skus) - 6} more" if len(skus) > 6 else "")
         echo(f"shopping {shown} at {rate:g} orders/s" + (f" for {orders} orders" if orders else "")
              + (f" for {seconds:g} s" if seconds else "") + " (Ctrl-C stops)")

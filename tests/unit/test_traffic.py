@@ -5,7 +5,10 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from streamcart.traffic import AFTER_CONFIRMATION, CARDS, Tally, plan
+import pytest
+
+from streamcart.errors import StreamcartError
+from streamcart.traffic import AFTER_CONFIRMATION, CARDS, Shoppers, Tally, plan
 
 SKUS = ["KB-001", "MS-002", "MN-003", "HD-004"]
 
@@ -44,3 +47,25 @@ def test_the_progress_line_counts_each_order_once_by_its_last_status():
                             "payment_declined 1), 1 in flight; 1 restocks")
     tally.errors["place HTTP 429"] += 2
     assert tally.line().endswith("; errors: place HTTP 429 2")
+
+
+class _Catalog(Shoppers):
+    """Shoppers whose catalog is a list (no API)."""
+
+    def __init__(self, active: list[str]) -> None:
+        self.active = active
+
+    async def catalog(self) -> list[str]:
+        return self.active
+
+
+async def test_shoppers_leave_the_benchmarks_products_alone_unless_there_is_nothing_else():
+    assert await _Catalog(["BENCH-1a-0", "KB-001", "BENCH-API-2", "MS-002"]).shelves(()) == ["KB-001", "MS-002"]
+    assert await _Catalog(["BENCH-1a-0"]).shelves(()) == ["BENCH-1a-0"]
+
+
+async def test_a_sku_asked_for_must_be_an_active_product():
+    """`--sku NOPE-1` shopped a SKU the catalog does not have, then "restocked" it: stock without a product."""
+    assert await _Catalog(["KB-001", "MS-002"]).shelves(["MS-002"]) == ["MS-002"]
+    with pytest.raises(StreamcartError, match="not an active product: NOPE-1"):
+        await _Catalog(["KB-001"]).shelves(["KB-001", "NOPE-1"])
