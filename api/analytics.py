@@ -37,6 +37,10 @@ class AnalyticsSource(Protocol):
     def analytics(self, metric: str, start: int, end: int) -> list[PartitionView]: ...
 
 
+#: Numbers that are epoch seconds of 2001-2286 (as milliseconds they would be days of January 1970).
+SECONDS_LIKE = (10**9, 10**10)
+
+
 class BadQuery(ApiError):
     status, code = 400, "bad_query"
 
@@ -67,7 +71,15 @@ def epoch_ms(value: int | datetime | None, default: int) -> int:
 
 
 def time_range(query: WindowRangeQuery) -> tuple[int, int]:
-    """``[from, to)`` in epoch milliseconds: the last hour, to no end, by default. An empty range has no windows."""
+    """``[from, to)`` in epoch milliseconds: the last hour, to no end, by default. An empty range has no windows.
+
+    A number of epoch *seconds* of these decades (``from=1796206269``) would be read as a time in January 1970 and
+    answer every window, or none: it is refused, saying so."""
+    for name, value in (("from", query.from_), ("to", query.to)):
+        if isinstance(value, int) and SECONDS_LIKE[0] <= value < SECONDS_LIKE[1]:
+            as_seconds = datetime.fromtimestamp(value, UTC).isoformat(timespec="seconds")
+            raise BadQuery(f"{name}={value} looks like epoch seconds ({as_seconds}); this API takes epoch "
+                           "milliseconds or an ISO 8601 time")
     return epoch_ms(query.from_, int(time.time() * 1000) - DEFAULT_SPAN_MS), epoch_ms(query.to, NO_END)
 
 

@@ -130,6 +130,8 @@ def init_app(settings: Settings, worker: WorkerView, commands: CommandPort | Non
     routes = ROUTES + analytics.ROUTES + stream.ROUTES + dashboard.ROUTES
     for route in routes:
         app.router.add_route(route.method, route.path, route.handler, expect_handler=expect_handler)
+        if route.tag == "health":  # load balancers' checks may ask with HEAD
+            app.router.add_route("HEAD", route.path, route.handler, expect_handler=expect_handler)
     app[SPEC] = openapi(routes, title="streamcart", version=API_VERSION)
     if origins := tuple(o.strip() for o in settings.cors_origins.split(",") if o.strip()):
         app.on_response_prepare.append(_cors(origins))
@@ -204,10 +206,14 @@ def parsed_query(request: web.Request, model: type[M]) -> M:
         raise Invalid("the query failed validation", details=_validation_details(exc)) from exc
 
 
-def identifier(request: web.Request, name: str) -> str:
-    """The path parameter ``name``, an identifier (anything else names nothing here: 404)."""
+def identifier(request: web.Request, name: str, *, naming: bool = False) -> str:
+    """The path parameter ``name``, an identifier: anything else names nothing here (404), or, where the request
+    would give it a name (``naming``: a product's, a SKU's stock), cannot be one (422)."""
     value = request.match_info[name]
     if not is_identifier(value):
+        if naming:
+            raise Invalid(f"{value[:80]!r} cannot be a {name}: 1-64 letters, digits and . _ : -, starting with a "
+                          "letter or digit")
         raise NotFound(f"no such {name}: {value[:80]!r}")
     return value
 
@@ -752,7 +758,7 @@ async def list_products(request: web.Request) -> web.Response:
 
 async def put_product(request: web.Request) -> web.Response:
     _admin(request)
-    sku = identifier(request, "sku")
+    sku = identifier(request, "sku", naming=True)
     body = await _body(request, ProductIn)
     command = UpsertProduct(**envelope(sku), sku=sku, **body.model_dump())
     await _commands(request).send(command)
@@ -785,7 +791,7 @@ async def adjust_stock(request: web.Request) -> web.Response:
     already applied is answered 200 with the stock as it is, sending nothing, and a request under a key used for
     another delta or reason is refused with 409."""
     _admin(request)
-    sku = identifier(request, "sku")
+    sku = identifier(request, "sku", naming=True)
     body = await _body(request, AdjustmentIn)
     key = _idempotency_key(request)
     if (forwarded := await _forward_unless_owner(request, "stock", sku)) is not None:

@@ -755,3 +755,23 @@ async def test_once_an_adjustment_counts_every_one_sent_before_it_is_done(client
     worker.stocks["KB-001"] = StockState(sku="KB-001", on_hand=2, adjusted=2)
     taken = await client.post(url, json={"delta": -2, "reason": "count"}, headers=ADMIN)
     assert taken.status == 202 and (await taken.json())["available"] == 0
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [
+    ("PUT", "/v1/products/a%20b", {"name": "Mug", "unit_price_cents": 1299, "currency": "EUR"}),
+    ("POST", "/v1/stock/a%20b/adjustments", {"delta": 5, "reason": "delivery"}),
+])
+async def test_a_write_that_would_name_a_sku_badly_is_a_422_and_sends_nothing(client, commands, method, path, body):
+    """It does not look up something missing (a 404 said "no such sku"): it would make a name that cannot be one."""
+    response = await client.request(method, path, json=body, headers=ADMIN)
+    assert response.status == 422, await response.text()
+    assert "'a b' cannot be a sku" in (await response.json())["error"]["message"]
+    assert commands.sent == []
+    assert (await client.get("/v1/products/a%20b", headers=ADMIN)).status == 404  # a read of it names nothing
+
+
+async def test_health_checks_answer_head_as_load_balancers_ask(client):
+    for path in ("/healthz", "/readyz"):
+        response = await client.head(path)
+        assert response.status == 200, path
+        assert await response.read() == b""

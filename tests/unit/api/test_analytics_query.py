@@ -7,7 +7,7 @@ from datetime import datetime
 import pytest
 from pydantic import ValidationError
 
-from api.analytics import NO_END, epoch_ms, time_range
+from api.analytics import NO_END, BadQuery, epoch_ms, time_range
 from api.models import WindowRangeQuery
 
 AT_17 = 1_795_626_000_000  # 2026-11-25T17:00:00Z
@@ -33,3 +33,11 @@ def test_anything_else_fails_validation(value):
 def test_the_ends_of_the_calendar_do_not_overflow():
     assert epoch_ms(datetime.fromisoformat("0001-01-01T00:00:00+14:00"), 0) < epoch_ms(datetime(1, 1, 2), 0)
     assert epoch_ms(datetime.fromisoformat("9999-12-31T23:59:59-14:00"), 0) > 0
+
+
+@pytest.mark.parametrize("name", ["from", "to"])
+def test_epoch_seconds_are_refused_with_what_they_look_like(name):
+    """`from=1796206269` was read as milliseconds, a time in January 1970: every window, silently."""
+    with pytest.raises(BadQuery, match=rf"{name}=1796206269 looks like epoch seconds \(2026-12-02T"):
+        _range(**{name: "1796206269"})
+    assert _range(**{"from": "0", "to": "60000"}) == (0, 60_000)  # the epoch's first minute is no such number
