@@ -113,8 +113,8 @@ def register(runtime: Runtime) -> Any:
             raise FlowError(f"{type(message).__name__} has no order_id")
         decision = orders.decide(stored, message, saga_timeout_ms=saga_timeout_ms,
                                  recorded_at=record_time_ms(event))
-        if refused(decision.rejected, message, REFUSALS):
-            return
+        if refused(decision.rejected, message, REFUSALS) and decision.state is None:
+            return  # (a refused cancel is noted in the order's history: stored below)
         # A message that changes nothing (a redelivery) stores the order again: a worker killed after writing
         # its local store but before the changelog record left would otherwise keep a changelog that is
         # behind for good, and a failover would rebuild the old state from it.

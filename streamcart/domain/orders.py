@@ -90,6 +90,8 @@ __all__ = [
     "effects_of",
 ]
 
+#: The history's entry for a CancelOrder refused (it names no message type: nothing is emitted).
+CANCEL_REFUSED = "CancelRefused"
 #: Why a CancelOrder is refused once the goods have left (the API answers 409 with it).
 CANNOT_CANCEL_AFTER_DISPATCH = "cannot cancel after dispatch"
 
@@ -101,8 +103,9 @@ def decide(
     ``message`` was written to Kafka, if known (the history's :attr:`HistoryEntry.recorded_at`).
 
     ``rejected`` is set for a message about an order that does not exist, a message type the orders flow does
-    not handle, and a CancelOrder after dispatch (:data:`CANNOT_CANCEL_AFTER_DISPATCH`); the state is then
-    unchanged and nothing is emitted.
+    not handle, and a CancelOrder after dispatch (:data:`CANNOT_CANCEL_AFTER_DISPATCH`); nothing is emitted then,
+    and the state is unchanged but for the refused cancel, noted in the history (:data:`CANCEL_REFUSED`; a
+    redelivery of it changes nothing).
     """
     if isinstance(message, PlaceOrder):
         return _place(state, message, saga_timeout_ms, recorded_at)
@@ -114,7 +117,14 @@ def decide(
     if message.event_id in state.applied:
         return Decision(state=None, messages=effects_of(state, message.event_id))
     if isinstance(message, CancelOrder) and (refusal := cancel_refusal(state.status)) is not None:
-        return Decision(state=None, rejected=refusal)
+        # Refused, and noted in the history: a cancel that raced past the API's check (202) says why it did nothing.
+        noted = state.model_copy(update={
+            "applied": state.applied | {message.event_id},
+            "history": (*state.history, HistoryEntry(event=CANCEL_REFUSED, at=message.occurred_at,
+                                                     event_id=message.event_id, detail=refusal,
+                                                     recorded_at=recorded_at)),
+        })
+        return Decision(state=noted, rejected=refusal)
     if isinstance(message, CancelOrder) and state.status == OrderStatus.CONFIRMED and state.cancel_request:
         # Asked already and shipping has not answered yet: ask again, the very same request (a lost answer, a
         # request shipping could not read, are then healed by the customer's second click).

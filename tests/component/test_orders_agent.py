@@ -128,3 +128,40 @@ async def test_a_failure_that_persists_is_dead_lettered_after_the_retries(codec,
         await agent.put(codec.encode(place()), key=b"o-1")
     (dead,) = sink.records(runtime.topics.dlq)
     assert dead.headers[DlqHeader.ERROR_CLASS] == b"RuntimeError"
+
+
+async def test_a_cancel_that_raced_past_the_apis_check_is_refused_and_the_order_says_why(runtime, codec, sink):
+    """The API answered 202 (the order was CONFIRMED when it looked); the dispatch reached the orders flow first.
+    Nothing is cancelled or refunded, nothing is dead-lettered, and the order's history says why."""
+    from schemas.messages import (
+        CancelOrder,
+        PaymentAuthorized,
+        ShipmentCreated,
+        ShipmentDispatched,
+        StockReserved,
+    )
+    from streamcart.domain.orders import CANCEL_REFUSED, CANNOT_CANCEL_AFTER_DISPATCH
+    from tests.unit.domain.domain_builders import make
+
+    saga = [
+        place(),
+        make(StockReserved, order_id="o-1", sku="A", quantity=2, unit_price_cents=500, currency="EUR"),
+        make(PaymentAuthorized, order_id="o-1", amount_cents=1_000, currency="EUR", authorization_id="auth-1"),
+        make(ShipmentCreated, order_id="o-1", tracking_id="trk-1", carrier="post"),
+        make(ShipmentDispatched, order_id="o-1", tracking_id="trk-1"),
+    ]
+    late = make(CancelOrder, order_id="o-1", requested_by="c-1", event_id="late-click")
+    async with runtime.agents["orders"].test_context() as agent:
+        for message in saga:
+            await agent.put(codec.encode(message), key=b"o-1")
+        saga_topics = (runtime.topics.order_events, runtime.topics.inventory_commands,
+                       runtime.topics.payment_commands, runtime.topics.shipping_commands)
+        before = [len(sink.messages(topic)) for topic in saga_topics]
+        await agent.put(codec.encode(late), key=b"o-1")
+        await agent.put(codec.encode(late), key=b"o-1")  # redelivered
+    order = runtime.tables.orders.get("o-1")
+    assert order is not None and order.status == "SHIPPED"
+    refusals = [h for h in order.history if h.event == CANCEL_REFUSED]
+    assert [(h.detail, h.event_id) for h in refusals] == [(CANNOT_CANCEL_AFTER_DISPATCH, "late-click")]
+    assert not sink.records(runtime.topics.dlq)
+    assert [len(sink.messages(topic)) for topic in saga_topics] == before  # no refund, restock or cancellation

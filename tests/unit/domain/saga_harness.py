@@ -160,8 +160,11 @@ class Saga:
         self.delivered.setdefault((flow, message.event_id), message)
         decision = HANDLERS[flow](self, message)
         if decision.rejected is not None:
-            assert decision.state is None and decision.messages == ()
+            assert decision.messages == ()
             self.rejections.append((flow, message, decision.rejected))
+            if decision.state is not None:  # a refusal noted in the state (a cancel after dispatch), as the flow does
+                self._check_move(self.orders.get(message.key), decision.state)
+                self._store(flow, message, decision.state)
             return
         if decision.state is not None:
             if flow == "orders":

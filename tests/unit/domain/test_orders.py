@@ -40,6 +40,7 @@ from schemas.messages import (
 )
 from streamcart.domain.decision import Decision
 from streamcart.domain.orders import (
+    CANCEL_REFUSED,
     CANNOT_CANCEL_AFTER_DISPATCH,
     LineStatus,
     OrderState,
@@ -420,11 +421,19 @@ def test_a_stopped_shipment_refunds_restocks_every_line_and_cancels_as_customer_
     assert state.payment is not None and state.payment.status == PaymentStatus.REFUND_REQUESTED
 
 
-def test_cancel_after_dispatch_is_refused_with_a_clear_reason():
+def test_cancel_after_dispatch_is_refused_with_a_clear_reason_noted_in_the_history():
+    """A cancel that raced past the API's check (answered 202) says in the order why it did nothing."""
     state = shipped()
-    decision = order_decide(state, cancel())
-    assert decision == Decision(state=None, rejected=CANNOT_CANCEL_AFTER_DISPATCH)
+    decision = order_decide(state, cancel(event_id="late-click"))
+    assert (decision.rejected, decision.messages) == (CANNOT_CANCEL_AFTER_DISPATCH, ())
     assert cancel_refusal(state.status) == CANNOT_CANCEL_AFTER_DISPATCH
+    noted = decision.state
+    assert noted is not None and noted.status == OrderStatus.SHIPPED
+    assert noted.history[:-1] == state.history
+    assert (noted.history[-1].event, noted.history[-1].detail, noted.history[-1].event_id) == (
+        CANCEL_REFUSED, CANNOT_CANCEL_AFTER_DISPATCH, "late-click")
+    again = order_decide(noted, cancel(event_id="late-click"))  # redelivered: nothing more
+    assert (again.state, again.rejected, again.messages) == (None, None, ())
 
 
 def test_cancel_after_delivery_is_refused():
