@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ from streamcart import tracing
 from streamcart.errors import ConfigurationError
 from streamcart.logs import configure_logging, logging_config
 from streamcart.otel import start_export
-from streamcart.settings import Settings
+from streamcart.settings import Settings, unknown_variables
 from streamcart.sink_keeper import SinkKeeper
 from streamcart.topics import TOMBSTONE_RETENTION_MS
 
@@ -131,6 +132,8 @@ def release_local_state(tabledir: Path, *, now: float | None = None) -> None:
 def run(settings: Settings, index: int) -> None:
     """Run worker ``index`` until it is stopped (SIGTERM/SIGINT stop it gracefully)."""
     configure_logging(settings)
+    for line in unknown_variables(os.environ):
+        log.warning("%s", line)
     if (weak := settings.weak_jwt_secret()) is not None:
         raise ConfigurationError(weak)
     if settings.exposed_with_development_secret():

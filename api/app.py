@@ -922,8 +922,9 @@ async def shipment_status(request: web.Request) -> web.Response:
     if order is None:
         raise NotFound(f"order {order_id} not found")
     if order.shipment is None:
-        raise Conflict(f"order {order_id} has no shipment yet (status {order.status})",
-                       details={"status": order.status})
+        why = ("was cancelled before it had a shipment" if order.status == OrderStatus.CANCELLED
+               else f"has no shipment yet (status {order.status})")
+        raise Conflict(f"order {order_id} {why}", details={"status": order.status})
     if (refusal := update_refusal(order.shipment.status)) is not None:
         raise Conflict(refusal, details={"status": order.status, "shipment_status": order.shipment.status})
     command = UpdateShipment(**envelope(order_id), order_id=order_id, status=body.status, carrier=body.carrier)

@@ -55,6 +55,9 @@ def _root(
                                                callback=_print_version, is_eager=True)] = False,
 ) -> None:
     """streamcart: a Kafka-native commerce order pipeline."""
+    _warn_unknown_variables()
+
+
 # soft_wrap: long paths and messages stay on one line (for grep and copy-paste); tables still fit the width.
 # Piped output (CI logs, `| less`) would otherwise be cut at 80 columns, truncating the status tables.
 _WIDTH = None if sys.stdout.isatty() else 160
@@ -73,9 +76,18 @@ class NotNow(StreamcartError):
 def _settings() -> Settings:
     """The settings from the environment; a bad value is a :class:`ConfigurationError` that names its variable."""
     try:
-        return load_settings()
+        settings = load_settings()
     except ValidationError as exc:
         raise ConfigurationError(describe_bad_settings(exc)) from exc
+    return settings
+
+
+def _warn_unknown_variables() -> None:
+    """A variable that names no setting (a typo's) is said before any command runs: it changes nothing."""
+    from streamcart.settings import unknown_variables
+
+    for line in unknown_variables(os.environ):
+        err_console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False)
 
 
 def describe_bad_settings(exc: ValidationError) -> str:

@@ -7,7 +7,9 @@ environment variables (:meth:`Settings.to_env`).
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -268,6 +270,25 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False  # a name: whatever it resolves to may be reachable
+
+
+#: ``STREAMCART_*`` variables that name no setting but are read elsewhere (by the integration tests).
+OTHER_VARIABLES = frozenset({"STREAMCART_TEST_PORT_OFFSET", "STREAMCART_KEEP_TEST_STACK"})
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A line for each ``STREAMCART_*`` variable in ``environ`` that names no setting, with the setting it may have
+    meant: a misspelt one is otherwise ignored without a word, its default taken."""
+    names = [field.upper() for field in Settings.model_fields]
+    lines = []
+    for variable in sorted(environ):
+        name = variable.removeprefix("STREAMCART_")
+        if name == variable or name in names or variable in OTHER_VARIABLES:
+            continue
+        close = difflib.get_close_matches(name, names, n=1)
+        lines.append(f"{variable} is no setting" + (f" (did you mean STREAMCART_{close[0]}?)" if close else "")
+                     + "; it is ignored")
+    return lines
 
 
 def load_settings(**overrides: object) -> Settings:

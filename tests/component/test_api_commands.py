@@ -517,7 +517,12 @@ async def test_an_adjustment_is_found_by_its_idempotency_key_once_the_stock_coun
 
 async def test_a_shipment_update_needs_a_shipment(client, commands, worker):
     url = "/v1/shipments/o-1/status"
-    assert (await client.post(url, json={"status": "dispatched"}, headers=ADMIN)).status == 409
+    pending = await client.post(url, json={"status": "dispatched"}, headers=ADMIN)
+    assert pending.status == 409
+    assert (await pending.json())["error"]["message"] == "order o-1 has no shipment yet (status PENDING)"
+    worker.orders["o-1"] = an_order().model_copy(update={"status": "CANCELLED"})
+    cancelled = await client.post(url, json={"status": "dispatched"}, headers=ADMIN)
+    assert (await cancelled.json())["error"]["message"] == "order o-1 was cancelled before it had a shipment"
     worker.orders["o-1"] = an_order().model_copy(update={
         "status": "CONFIRMED", "shipment": ShipmentInfo(status="created", tracking_id="T-1")})
     assert (await client.post(url, json={"status": "lost"}, headers=ADMIN)).status == 422

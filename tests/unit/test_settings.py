@@ -82,3 +82,15 @@ def test_the_stacks_folders_default_to_the_checkout_whatever_the_current_folder(
     monkeypatch.chdir(tmp_path)
     assert (Settings().home, Settings().cache_dir) == (checkout / ".streamcart", checkout / ".cache")
     assert Settings(home=Path("elsewhere")).home.resolve() == tmp_path / "elsewhere"
+
+
+def test_a_variable_that_names_no_setting_is_called_out_with_the_one_it_may_mean():
+    """A misspelt STREAMCART_WORKRES=4 was ignored without a word: the stack started with 2 workers."""
+    from streamcart.settings import unknown_variables
+
+    environ = {"STREAMCART_WORKRES": "4", "STREAMCART_FOO": "1", "STREAMCART_WORKERS": "2", "PATH": "/bin",
+               "STREAMCART_TEST_PORT_OFFSET": "100"}
+    assert unknown_variables(environ) == [
+        "STREAMCART_FOO is no setting; it is ignored",
+        "STREAMCART_WORKRES is no setting (did you mean STREAMCART_WORKERS?); it is ignored",
+    ]
