@@ -946,7 +946,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/orders/{order_id}", get_order, "an order; ?wait=S long-polls until it is settled", "orders",
           query=WaitQuery, responses={200: OrderOut}, errors=(404, 503)),
     Route("POST", "/v1/orders/{order_id}/cancel", cancel_order, "ask to cancel an order", "orders",
-          responses={202: Accepted}, errors=(400, 404, 409, 413, 415, 422, 503)),
+          body=CancelIn, body_required=False, responses={202: Accepted}, errors=(404, 409, 503)),
     Route("GET", "/internal/v1/placements/{order_id}", internal_placement,
           "an order's placement, stored or on its way (worker to worker)",
           "internal", in_schema=False),

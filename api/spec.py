@@ -35,6 +35,7 @@ class Route:
     headers: tuple[tuple[str, str], ...] = ()  # request headers: (name, description)
     content_type: str = "application/json"
     in_schema: bool = True
+    body_required: bool = True
 
     @property
     def name(self) -> str:
@@ -106,7 +107,8 @@ def openapi(routes: Sequence[Route], *, title: str, version: str) -> dict[str, A
             "parameters": parameters, "responses": responses,
         }
         if route.body is not None:
-            operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref(route.body)}}}
+            operation["requestBody"] = {"required": route.body_required,
+                                        "content": {"application/json": {"schema": ref(route.body)}}}
         if route.auth:
             operation["security"] = [{"bearer": []}]
         paths.setdefault(route.path, {})[route.method.lower()] = operation
@@ -125,17 +127,17 @@ def docs_page(spec: dict[str, Any]) -> str:
     """A plain HTML page listing every operation, generated from the spec (no script, no CDN)."""
     from html import escape
 
+    schemas = spec.get("components", {}).get("schemas", {})
     rows = []
     for path, operations in spec["paths"].items():
         for method, op in operations.items():
             params = ", ".join(f"{p['name']} ({p['in']})" for p in op["parameters"]) or "—"
-            body = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
-            body_name = body.get("$ref", "").rsplit("/", 1)[-1] or "—"
             statuses = ", ".join(op["responses"])
+            token = "yes" if op.get("security") else "no"
             rows.append(
                 f"<tr><td><code>{method.upper()}</code></td><td><code>{escape(path)}</code></td>"
-                f"<td>{escape(op['summary'])}</td><td>{escape(params)}</td><td>{escape(body_name)}</td>"
-                f"<td>{escape(statuses)}</td></tr>"
+                f"<td>{escape(op['summary'])}</td><td>{token}</td><td>{escape(params)}</td>"
+                f"<td>{_body_fields(op.get('requestBody'), schemas)}</td><td>{escape(statuses)}</td></tr>"
             )
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>streamcart API</title><style>"
@@ -143,9 +145,25 @@ def docs_page(spec: dict[str, Any]) -> str:
         "td,th{border-bottom:1px solid #ddd;padding:.35rem .6rem;text-align:left;vertical-align:top}"
         "code{background:#f4f4f4;padding:0 .2rem}</style></head><body>"
         f"<h1>{escape(spec['info']['title'])} <small>{escape(spec['info']['version'])}</small></h1>"
-        "<p>Every request but the health checks needs <code>Authorization: Bearer &lt;JWT&gt;</code> "
-        "(<code>streamcart token --sub C --role customer</code>). The machine-readable document is "
-        "<a href='/openapi.json'>/openapi.json</a> (OpenAPI 3.1).</p>"
-        "<table><tr><th>method</th><th>path</th><th>does</th><th>parameters</th><th>body</th><th>answers</th></tr>"
+        "<p>A request marked <em>token</em> needs <code>Authorization: Bearer &lt;JWT&gt;</code> "
+        "(<code>streamcart token --sub C --role customer</code>). A body's fields marked * are required. The "
+        "machine-readable document is <a href='/openapi.json'>/openapi.json</a> (OpenAPI 3.1).</p>"
+        "<table><tr><th>method</th><th>path</th><th>does</th><th>token</th><th>parameters</th><th>body</th>"
+        "<th>answers</th></tr>"
         + "".join(rows) + "</table></body></html>"
     )
+
+
+def _body_fields(body: dict[str, Any] | None, schemas: dict[str, Any]) -> str:
+    """A request body's fields as the docs page lists them (``lines*, currency*, email``), from its schema."""
+    from html import escape
+
+    if body is None:
+        return "—"
+    schema = body.get("content", {}).get("application/json", {}).get("schema", {})
+    name = schema.get("$ref", "").rsplit("/", 1)[-1]
+    model = schemas.get(name, {})
+    required = set(model.get("required", ()))
+    fields = ", ".join(f"{field}{'*' if field in required else ''}" for field in model.get("properties", {}))
+    optional = "" if body.get("required", True) else " (optional)"
+    return f"{escape(name)}{optional}: {escape(fields) or '—'}"

@@ -257,6 +257,7 @@ function start() {
   const tok = token();
   if (!tok) {
     $("board").hidden = true; showLogin();
+    $("connection").textContent = "no token"; $("connection").className = "badge bad";
     return;
   }
   connect(tok);

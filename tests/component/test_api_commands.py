@@ -698,7 +698,13 @@ async def test_the_openapi_document_is_3_1_and_covers_every_public_route(client)
     assert body_schema == {"$ref": "#/components/schemas/PlaceOrderIn"}
     assert spec["components"]["schemas"]["LineIn"]["properties"]["quantity"]["minimum"] == 1
     docs = await client.get("/docs")
-    assert docs.status == 200 and "/v1/orders/{order_id}/cancel" in await docs.text()
+    page = await docs.text()
+    assert docs.status == 200 and "/v1/orders/{order_id}/cancel" in page
+    # The docs page names each body's fields (required ones starred) and which requests need a token.
+    assert "PlaceOrderIn: lines*, payment*, currency*, webhook_url, email, phone" in page
+    assert "CancelIn (optional): reason" in page
+    assert spec["paths"]["/v1/orders/{order_id}/cancel"]["post"]["requestBody"]["required"] is False
+    assert "<td><code>/healthz</code></td><td>liveness</td><td>no</td>" in page
 
 
 async def test_an_adjustment_of_zero_is_a_422_and_sends_nothing(client, commands, worker):

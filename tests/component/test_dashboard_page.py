@@ -118,3 +118,14 @@ async def test_analytics_figures_of_an_earlier_tick_say_so_and_the_badge_comes_b
     assert "analytics unavailable" in stale and "partition(s) [3]" in stale
     await emit(page, "tick", tick(revenue_per_minute=[], top_skus=[]))
     assert await page.is_hidden("#analytics-stale")
+
+
+async def test_a_page_opened_without_a_token_says_so_and_asks_for_one(base_url, browser):
+    """It said "connecting…" for ever (and the browser's console had a favicon 404)."""
+    page = await browser.new_page()
+    missing: list[str] = []
+    page.on("response", lambda response: missing.append(response.url) if response.status == 404 else None)
+    await page.goto(f"{base_url}dashboard")
+    await page.wait_for_selector("#login:not([hidden])", timeout=15_000)
+    assert await page.inner_text("#connection") == "no token"
+    assert missing == []
