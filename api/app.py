@@ -65,6 +65,7 @@ from api.models import (
     ShipmentStatusIn,
     StockOut,
     WaitQuery,
+    plain_message,
 )
 from api.routing import PEER_PROOF, PeerProof, forward, request_target
 from api.spec import IDEMPOTENCY_KEY_MAX, IDEMPOTENCY_KEY_PATTERN, Route, docs_page, openapi
@@ -179,7 +180,8 @@ def _admin(request: web.Request) -> Principal:
 
 
 def _validation_details(exc: ValidationError) -> list[dict[str, Any]]:
-    return [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors(include_url=False)]
+    """Each field at fault; a pattern it missed is said in words (what it asks for), not as the expression."""
+    return [{"loc": list(e["loc"]), "msg": plain_message(e), "type": e["type"]} for e in exc.errors(include_url=False)]
 
 
 async def _body(request: web.Request, model: type[M]) -> M:

@@ -2,16 +2,40 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AnyHttpUrl, BaseModel, BeforeValidator, ConfigDict, Field
 
 from streamcart.ids import IDENTIFIER_PATTERN
 from streamcart.text import CONTROL
 
+CURRENCY_PATTERN = r"^[A-Z]{3}$"
+EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+PHONE_PATTERN = r"^\+[1-9][0-9]{6,14}$"
+ORDER_CURSOR_PATTERN = r"^[0-9]{1,15}\." + IDENTIFIER_PATTERN[1:]
+#: What each pattern asks for, in words: a 422 says this, not the regular expression.
+PATTERN_MEANING = {
+    IDENTIFIER_PATTERN: "an identifier: 1-64 letters, digits and . _ : -, starting with a letter or digit",
+    CURRENCY_PATTERN: "a currency code of three capital letters, such as EUR",
+    EMAIL_PATTERN: "an email address, such as ada@example.com",
+    PHONE_PATTERN: "a phone number in E.164 form: + and 7 to 15 digits, such as +4915112345678",
+    ORDER_CURSOR_PATTERN: "the next_cursor of the previous page",
+}
+
+
+def plain_message(error: Mapping[str, Any]) -> str:
+    """A validation error's message (one of ``ValidationError.errors()``), a missed pattern said in words."""
+    if error["type"] == "string_pattern_mismatch":
+        meaning = PATTERN_MEANING.get(str(error.get("ctx", {}).get("pattern")))
+        if meaning:
+            return f"should be {meaning}"
+    return str(error["msg"])
+
+
 Identifier = Annotated[str, Field(pattern=IDENTIFIER_PATTERN, examples=["KB-001"])]
-Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", examples=["EUR"])]
+Currency = Annotated[str, Field(pattern=CURRENCY_PATTERN, examples=["EUR"])]
 
 
 def _json_integer(value: object) -> object:
@@ -63,9 +87,9 @@ class PlaceOrderIn(_Body):
     payment: PaymentIn
     currency: Currency
     webhook_url: AnyHttpUrl | None = Field(default=None, description="where the order's notifications are POSTed")
-    email: str | None = Field(default=None, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$",
+    email: str | None = Field(default=None, max_length=254, pattern=EMAIL_PATTERN,
                               description="where the order's email notifications go", examples=["ada@example.com"])
-    phone: str | None = Field(default=None, pattern=r"^\+[1-9][0-9]{6,14}$",
+    phone: str | None = Field(default=None, pattern=PHONE_PATTERN,
                               description="where its SMS notifications go (E.164)", examples=["+15550100"])
 
 
@@ -106,7 +130,7 @@ class WaitQuery(_Body):
 
 class OrderPageQuery(_Body):
     limit: int = Field(default=50, ge=1, le=500)
-    cursor: str | None = Field(default=None, pattern=r"^[0-9]{1,15}\." + IDENTIFIER_PATTERN[1:],
+    cursor: str | None = Field(default=None, pattern=ORDER_CURSOR_PATTERN,
                                description="`next_cursor` of the previous page (`placed_at.order_id`)")
 
 

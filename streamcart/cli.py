@@ -146,10 +146,11 @@ def _lenient_settings(exc: ValidationError) -> Settings:
 
 def _identifier(value: str) -> str:
     """A SKU, order id or customer id as the API accepts them (a ``#`` or ``/`` would change the URL it names)."""
+    from api.models import PATTERN_MEANING
     from streamcart.ids import IDENTIFIER_PATTERN, is_identifier
 
     if not is_identifier(value):
-        raise typer.BadParameter(f"{value!r} is not an id: it must match {IDENTIFIER_PATTERN}")
+        raise typer.BadParameter(f"{value!r} is not an id: it should be {PATTERN_MEANING[IDENTIFIER_PATTERN]}")
     return value
 
 
@@ -206,19 +207,49 @@ def down(
 
 
 @app.command()
+def restart(
+    names: Annotated[list[str] | None, typer.Argument(metavar="NAME", show_default=False,
+                                                   help="Processes to restart (e.g. worker-0 gateway).")] = None,
+    workers: Annotated[bool, typer.Option("--workers", help="Every worker.")] = False,
+) -> None:
+    """Stop and start single processes, one after the other in the stack's start order, each waited on by its
+    readiness check: what runs then has the checkout's code as it is now. The others keep running (while a worker
+    restarts, the others take over its partitions)."""
+    from streamcart.stack.stack import keeps_running
+
+    wanted = [*(names or []), *(["workers"] if workers else [])]
+    if not wanted:
+        raise typer.BadParameter("name at least one process, or --workers", param_hint="NAME")
+    stack = _stack()
+    if (weak := stack.settings.weak_jwt_secret()) is not None:
+        raise ConfigurationError(weak)
+    for name in stack.select(wanted):
+        was_running = stack.is_running(name)
+        began = time.monotonic()
+        try:
+            stack.restart(name, wait=False)
+        except KeyboardInterrupt:
+            err_console.print(f"interrupted while restarting {name}: {keeps_running()}")
+            raise typer.Exit(130) from None
+        console.print(f"{name}: {'restarted' if was_running else 'started'} ({time.monotonic() - began:.1f} s)")
+
+
+@app.command()
 def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
-    """Each process: pid, port, up/down, health now, memory, uptime; workers' partitions and lag; then how many
-    records each dead-letter topic holds. Exit code 0 when every process runs and passes its health check, 3
-    otherwise (as `systemctl is-active`), for scripts."""
-    from streamcart.stack.views import dead_letters_line, status_json, status_table
+    """Each process: pid, port, up/down, health now, memory, uptime; workers' partitions and lag; then which
+    processes run older code than the checkout (edited since they started) and how many records each dead-letter
+    topic holds. Exit code 0 when every process runs and passes its health check, 3 otherwise (as `systemctl
+    is-active`), for scripts."""
+    from streamcart.stack.views import dead_letters_line, older_code_line, status_json, status_table
 
     rows = _stack(lenient=True).status()
     if as_json:
         print(json.dumps(status_json(rows), indent=2))
     else:
         console.print(status_table(rows))
-        if (line := dead_letters_line(rows)) is not None:
-            console.print(line)
+        for line in (older_code_line(rows), dead_letters_line(rows)):
+            if line is not None:
+                console.print(line)
     if not all(row.running and row.health is not None and row.health.ok for row in rows):
         raise typer.Exit(3)
 
@@ -445,10 +476,12 @@ def _as_the_api_would(model: Any, body: dict[str, Any], options: dict[str, str] 
     try:
         return model.model_validate(body)
     except ValidationError as exc:
+        from api.models import plain_message
+
         error = exc.errors()[0]
         field = str(error["loc"][0])
         option = (options or {}).get(field, "--" + field.replace("_", "-"))
-        raise typer.BadParameter(error["msg"], param_hint=option) from None
+        raise typer.BadParameter(plain_message(error), param_hint=option) from None
 
 
 class ApiUnreachable(StreamcartError, OSError):

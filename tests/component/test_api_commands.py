@@ -786,3 +786,15 @@ async def test_health_checks_answer_head_as_load_balancers_ask(client):
         response = await client.head(path)
         assert response.status == 200, path
         assert await response.read() == b""
+
+
+@pytest.mark.parametrize(("field", "value", "says"), [
+    ("email", "not-an-address", "should be an email address, such as ada@example.com"),
+    ("phone", "0151 123", "should be a phone number in E.164 form"),
+    ("currency", "eur", "should be a currency code of three capital letters"),
+])
+async def test_a_value_that_misses_its_pattern_is_told_what_is_asked_not_the_expression(client, field, value, says):
+    response = await client.post("/v1/orders", json={**ORDER, field: value}, headers=CUSTOMER)
+    assert response.status == 422
+    (detail,) = (await response.json())["error"]["details"]
+    assert detail["loc"] == [field] and detail["msg"].startswith(says) and "^" not in detail["msg"]
