@@ -29,7 +29,7 @@ def status_table(rows: list[ProcessStatus]) -> Table:
             row.name,
             str(row.pid or ""),
             ",".join(map(str, row.ports)),
-            "[green]up[/]" if row.running else "[dim]down[/]",
+            _state(row),
             health,
             f"{row.rss_bytes / 2**20:.0f} MiB" if row.rss_bytes is not None else "",
             _duration(row.uptime_s) if row.uptime_s is not None else "",
@@ -37,6 +37,23 @@ def status_table(rows: list[ProcessStatus]) -> Table:
             str(row.lag) if row.lag is not None else "",
         )
     return table
+
+
+def _state(row: ProcessStatus) -> str:
+    if not row.running:
+        return "[dim]down[/]"
+    return "[yellow]up (older code)[/]" if row.code_current is False else "[green]up[/]"
+
+
+def older_code_line(rows: list[ProcessStatus]) -> str | None:
+    """``status``'s line under the table when processes run code the checkout no longer has: which, and the command
+    that restarts them (``None`` when none do, or nobody knows: records of a launcher that did not note the code)."""
+    older = [escape(row.name) for row in rows if row.running and row.code_current is False]
+    if not older:
+        return None
+    which, since = (f"{older[0]} runs", "it") if len(older) == 1 else (f"{', '.join(older)} run", "they")
+    return (f"[yellow]{which} older code[/]: the sources changed since {since} started; "
+            f"`streamcart restart {' '.join(older)}` loads them")
 
 
 def dead_letters_line(rows: list[ProcessStatus]) -> str | None:
@@ -194,7 +211,8 @@ def dead_letters_table(letters: list[DeadLetter], replayed: Mapping[str, int] | 
     table = Table(title=title, title_justify="left")
     replays = ("replayed",) if replayed is not None else ()
     for column in ("at", "failed", "flow", "from", "message", "error", *replays):
-        table.add_column(column, overflow="fold")
+        # Positions and sources are what one copies into `dlq show`/`replay --at`: never cut in two.
+        table.add_column(column, overflow="fold", no_wrap=column in ("at", "failed", "flow", "from"))
     for letter in letters:
         source = f"{letter.source_topic}[{letter.source_partition}]@{letter.source_offset}"
         error = escape(f"{letter.error_class}: {letter.error}"[:300])
