@@ -227,7 +227,7 @@ def restart(
         was_running = stack.is_running(name)
         began = time.monotonic()
         try:
-            stack.restart(name, wait=False)
+            stack.restart(name)
         except KeyboardInterrupt:
             err_console.print(f"interrupted while restarting {name}: {keeps_running()}")
             raise typer.Exit(130) from None

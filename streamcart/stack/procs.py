@@ -33,6 +33,9 @@ class ProcessRecord:
     started_at: float  # wall clock, for uptime
     ports: tuple[int, ...]
     command: tuple[str, ...]
+    #: The project processes' :func:`~streamcart.stack.code.code_version` at their start; "" for the others and
+    #: in records of launchers that did not record it (unknown).
+    code_version: str = ""
 
     def save(self, path: Path) -> None:
         """Write through a scratch file of this writer's own, renamed over ``path``: a reader never sees half a
@@ -60,6 +63,7 @@ class ProcessRecord:
                 started_at=float(raw["started_at"]),
                 ports=tuple(raw["ports"]),
                 command=tuple(raw["command"]),
+                code_version=str(raw.get("code_version", "")),
             )
         except (OSError, ValueError, KeyError, TypeError):
             return None

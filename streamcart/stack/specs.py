@@ -41,6 +41,9 @@ class ProcessSpec:
     ready_timeout_s: float = 60.0
     stop_signal: int = signal.SIGTERM
     needs: tuple[str, ...] = ()  # processes that must answer their checks before this one can start
+    #: Runs the checkout's Python code (the gateway, the workers): it is recorded with the code's version, and
+    #: ``status`` says when the sources have changed since it started.
+    runs_project_code: bool = False
 
 
 def build_specs(settings: Settings, layout: StackLayout, artifacts: JavaArtifacts) -> list[ProcessSpec]:
@@ -88,6 +91,7 @@ def build_specs(settings: Settings, layout: StackLayout, artifacts: JavaArtifact
             (("gateway_port", settings.gateway_port),),
             env=python_env,
             ready_timeout_s=60.0,
+            runs_project_code=True,
         ),
     ]
     for index in range(settings.workers):
@@ -100,6 +104,7 @@ def build_specs(settings: Settings, layout: StackLayout, artifacts: JavaArtifact
                 env=python_env,
                 ready_timeout_s=180.0,
                 needs=("kafka", "registry"),
+                runs_project_code=True,
             )
         )
     return specs

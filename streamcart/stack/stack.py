@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from streamcart.settings import Settings
-from streamcart.stack import procs
+from streamcart.stack import code, procs
 from streamcart.stack.admin import Depth, consumer_lag, depths, ensure_topics, stack_topics
 from streamcart.stack.errors import NotReadyError, StackError
 from streamcart.stack.layout import JavaArtifacts, StackLayout
@@ -55,13 +55,17 @@ class ProcessStatus:
     #: Kafka only: the records of each dead-letter topic (the flows' and the warehouse sinks'), and those of the
     #: last :data:`RECENT_S`.
     dead_letters: dict[str, Depth] | None = None
+    #: Project processes only: whether it runs the checkout's code as it is now (False: the sources changed since
+    #: it started; None: not running, or started by a launcher that did not record its code).
+    code_current: bool | None = None
 
 
 class Stack:
     """The processes of DESIGN.md §7, supervised from the files under ``settings.home``.
 
     ``echo`` receives one line per step (the CLI prints them; tests may log them). ``specs`` replaces the
-    processes of the design with others, supervised the same way (for testing the supervision itself).
+    processes of the design with others, supervised the same way (for testing the supervision itself), and
+    ``checkout`` the folder whose sources the project processes are said to run (default: this code's checkout).
     """
 
     def __init__(
@@ -69,6 +73,7 @@ class Stack:
         settings: Settings,
         echo: Callable[[str], None] | None = None,
         specs: list[ProcessSpec] | None = None,
+        checkout: Path | None = None,
     ) -> None:
         # Absolute paths, so children (which get these settings as STREAMCART_* variables) and later
         # invocations from another working directory agree on where everything is.
@@ -83,6 +88,7 @@ class Stack:
         self._echo = echo or (lambda _line: None)
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._lock_fd: int | None = None  # while this object holds run/.lock
+        self._checkout = checkout
 
     # -- single processes --------------------------------------------------------------------------------
 
@@ -171,7 +177,7 @@ class Stack:
             return killed
 
     def restart(self, name: str, *, wait: bool = True) -> ProcessRecord:
-        """Stop (if running) and start again."""
+        """Stop (if running) and start again: a project process then runs the checkout's code as it is now."""
         with self._exclusive():
             self.stop(name)
             return self.start(name, wait=wait)
@@ -187,7 +193,7 @@ class Stack:
         answers, the schemas are registered before any worker starts, and the warehouse sinks are applied as
         soon as Connect is ready.
         """
-        selected = self._select(only)
+        selected = self.select(only)
         with self._exclusive():
             self._check_unchanged(selected)
             if self._workers_selected(selected):
@@ -252,7 +258,10 @@ class Stack:
         started = self._workers_at_up()
         beyond = {worker_name(i) for i in range(started, self.settings.workers)} if started is not None else set()
         names = [n for n in self.names if n not in beyond]
-        rows = [self._with_sinks(self._status_of(name)) for name in [*names, *sorted(recorded - set(names))]]
+        current = code.code_version(self._checkout)
+        rows = [
+            self._with_sinks(self._status_of(name, current)) for name in [*names, *sorted(recorded - set(names))]
+        ]
         workers = [row for row in rows if row.assigned is not None]
         kafka_ok = any(row.name == "kafka" and row.health is not None and row.health.ok for row in rows)
         if not kafka_ok:
@@ -325,7 +334,8 @@ class Stack:
             return row
         return replace(row, health=Probe(False, f"{problem} (`streamcart connectors status`)"))
 
-    def _status_of(self, name: str) -> ProcessStatus:
+    def _status_of(self, name: str, current_code: str) -> ProcessStatus:
+        """``name``'s row; ``current_code``: the checkout's code version now."""
         record = self.record(name)
         if record is None or not procs.is_alive(record):
             ports = tuple(port for _setting, port in self._specs[name].ports) if name in self._specs else ()
@@ -341,9 +351,12 @@ class Stack:
             rss_bytes=procs.tree_rss_bytes(record.pid),
             uptime_s=time.time() - record.started_at,
             assigned=assigned,
+            code_current=record.code_version == current_code if record.code_version else None,
         )
 
-    def _select(self, only: Collection[str] | None) -> list[str]:
+    def select(self, only: Collection[str] | None) -> list[str]:
+        """The processes ``only`` names (all when empty; ``workers`` means every worker), in start order; an unknown
+        name is refused with the known ones."""
         if not only:
             return self.names
         wanted = set(only)
@@ -441,6 +454,8 @@ class Stack:
             log_path.parent.mkdir(parents=True, exist_ok=True)
             procs.rotate(log_path, LOG_ROTATE_BYTES, LOG_GENERATIONS)
         env = {**os.environ, **self.settings.to_env(), **spec.env}
+        # Hashed just before the start: the process reads the sources as they are from here on.
+        version = code.code_version(self._checkout) if spec.runs_project_code else ""
         with _on_disk(f"cannot start {spec.name}", log_path), log_path.open("ab") as log:
             stamp = datetime.now(UTC).isoformat(timespec="seconds")
             log.write(f"\n--- streamcart: starting {spec.name} at {stamp}: {' '.join(command)}\n".encode())
@@ -468,6 +483,7 @@ class Stack:
             started_at=time.time(),
             ports=tuple(port for _setting, port in spec.ports),
             command=tuple(command),
+            code_version=version,
         )
         path = self.layout.record_path(spec.name)
         try:

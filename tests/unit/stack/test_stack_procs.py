@@ -39,6 +39,22 @@ def test_a_record_survives_a_round_trip_through_its_file(tmp_path: Path) -> None
     assert ProcessRecord.load(tmp_path / "run" / "test.json") == record
 
 
+def test_a_record_keeps_the_code_version_its_process_started_from(tmp_path: Path) -> None:
+    record = ProcessRecord("worker-0", os.getpid(), 5, time.time(), (8080,), ("python",), code_version="0a1b2c3d4e5f")
+    record.save(tmp_path / "worker-0.json")
+    assert ProcessRecord.load(tmp_path / "worker-0.json") == record
+
+
+def test_a_record_written_before_code_versions_were_recorded_loads_with_none(tmp_path: Path) -> None:
+    (tmp_path / "worker-0.json").write_text(
+        '{"name": "worker-0", "pid": 10178, "start_ticks": 92736, "started_at": 1796204869.65, "ports": [8080], '
+        '"command": ["python", "-m", "streamcart.cli", "worker", "--index", "0"]}'
+    )
+    record = ProcessRecord.load(tmp_path / "worker-0.json")
+    assert record is not None
+    assert (record.pid, record.ports, record.code_version) == (10178, (8080,), "")
+
+
 def test_writers_saving_one_record_at_once_all_succeed_and_leave_a_whole_one(tmp_path: Path) -> None:
     path = tmp_path / "run" / "test.json"
     records = [ProcessRecord("test", 1000 + i, 5, time.time(), (1234,), ("x",) * 50) for i in range(4)]

@@ -46,6 +46,10 @@ def test_processes_start_in_the_order_of_the_design(stack: Stack) -> None:
     assert stack.names == ["kafka", "postgres", "registry", "connect", "gateway", "worker-0", "worker-1"]
 
 
+def test_only_the_gateway_and_the_workers_are_recorded_with_the_code_they_run(stack: Stack) -> None:
+    assert [name for name in stack.names if stack.spec(name).runs_project_code] == ["gateway", "worker-0", "worker-1"]
+
+
 def test_paths_are_made_absolute_so_children_agree_on_them(tmp_path: Path) -> None:
     stack = Stack(Settings(home=Path("relative-home")))
     assert stack.settings.home.is_absolute()
