@@ -20,7 +20,8 @@ from streamcart.domain.order_state import OrderState, OrderStatus
 
 log = logging.getLogger(__name__)
 
-#: Refusals the API reports to the caller before sending anything; one that races past it is only logged.
+#: Refusals the API reports to the caller before sending anything; one that races past it is logged, and noted in
+#: the order's history by the decider (``CancelRefused``).
 REFUSALS = {orders.CANNOT_CANCEL_AFTER_DISPATCH}
 
 

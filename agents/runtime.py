@@ -97,10 +97,11 @@ class FlowError(StreamcartError):
 
 
 def refused(rejected: str | None, message: Message, refusals: Container[str] = ()) -> bool:
-    """Whether a decision was refused for a business reason (logged; the caller applies nothing).
+    """Whether a decision was refused for a business reason (logged; the caller emits nothing, and stores only what
+    the decider noted of the refusal, if anything).
 
     ``rejected`` of ``None`` means the decision stands (``False``). A reason in ``refusals`` is a refusal the API
-    reports before sending anything, so one that races past it is only logged. Any other reason is a message the
+    reports before sending anything, so one that races past it is logged here. Any other reason is a message the
     flow cannot process: :class:`FlowError`, which dead-letters it.
     """
     if rejected is None:

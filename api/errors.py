@@ -146,14 +146,18 @@ def _unmet_expectation(request: web.Request) -> str | None:
 #: live stream's ``?token=``.
 _CREDENTIALS = re.compile(
     r"(?i)((?:proxy-)?authorization|cookie|x-api-key)(\s*:\s*)[^\r\n'\"]*"
-    r"|(bearer\s+)[A-Za-z0-9._~+/=-]+"
+    r"|(bearer\s+|basic\s+)[A-Za-z0-9._~+/=-]+"
     r"|([?&]token=)[^&\s'\"]+"
 )
+#: A JWT's dotted parts, or a long run of token characters: what no parser's own words are.
+_TOKEN_LIKE = re.compile(r"(?:[A-Za-z0-9_~+/=-]{8,}\.)+[A-Za-z0-9_~+/=-]{8,}|[A-Za-z0-9_~+/=-]{24,}")
 
 
 def redacted(text: str) -> str:
-    """``text`` without the credentials it quotes (what it says of a request goes to the logs and to clients)."""
-    return _CREDENTIALS.sub(lambda m: f"{m.group(1) or m.group(3) or m.group(4)}{m.group(2) or ''}<redacted>", text)
+    """``text`` without the credentials it quotes: a header's value, a bearer token, the stream's ``?token=``, and
+    whatever looks like a token where the parser quoted a value without its name."""
+    named = _CREDENTIALS.sub(lambda m: f"{m.group(1) or m.group(3) or m.group(4)}{m.group(2) or ''}<redacted>", text)
+    return _TOKEN_LIKE.sub("<redacted>", named)
 
 
 class _JsonErrorsHandler(RequestHandler):
@@ -171,10 +175,12 @@ class _JsonErrorsHandler(RequestHandler):
             log.error("error handling a request from %s", request.remote, exc_info=exc)
             response = error_response(status, "internal", "internal error; it has been logged")
         else:
-            said = redacted(str(message or exc))
-            log.info("unreadable request from %s: %s", request.remote, said)
+            # What aiohttp's parser says quotes the request's bytes, credentials among them (which of them depends
+            # on the parser): the log has it redacted, the client only what kind of error it was.
+            log.info("unreadable request from %s: %s", request.remote, redacted(str(message or exc)))
             phrase = HTTPStatus(status).phrase
-            response = error_response(status, code_of(phrase), said if message else phrase)
+            response = error_response(status, code_of(phrase),
+                                      f"{phrase}: the request line or its headers could not be read")
         response.headers[REQUEST_ID_HEADER] = request_id(None)  # what it sent could not be read
         response.force_close()
         return response

@@ -51,11 +51,18 @@ def _print_version(asked: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     show_version: Annotated[bool, typer.Option("--version", help="Print the version and exit.",
                                                callback=_print_version, is_eager=True)] = False,
 ) -> None:
     """streamcart: a Kafka-native commerce order pipeline."""
-    _warn_unknown_variables()
+    if ctx.invoked_subcommand not in _LOGGING_PROCESSES:
+        _warn_unknown_variables()
+
+
+#: Commands that run a process of the stack: their stderr is their log, one JSON object per line (a worker logs the
+#: variables that name no setting itself).
+_LOGGING_PROCESSES = ("worker", "gateway")
 
 
 # soft_wrap: long paths and messages stay on one line (for grep and copy-paste); tables still fit the width.
@@ -672,9 +679,9 @@ def _json_body(what: str, response: tuple[int, object]) -> dict[str, Any]:
 def cancel_order(remote: Remote, order_id: str, requested_by: str, wait: Wait) -> None:
     """Send a CancelOrder and wait until the order is CANCELLED.
 
-    The orders flow only logs a cancel it refuses, so a command sent regardless would look done and change
-    nothing: a cancel the order's current state rules out is refused here, with the domain's reason, and one that
-    loses a race (the goods dispatched meanwhile) is reported as not done.
+    The orders flow refuses a cancel after dispatch (noting it in the order's history), so a command sent regardless
+    would look done and change nothing: a cancel the order's current state rules out is refused here, with the
+    domain's reason, and one that loses a race (the goods dispatched meanwhile) is reported as not done.
     """
     from schemas.messages import CancelOrder
     from streamcart.commands import envelope

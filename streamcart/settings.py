@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
@@ -272,6 +273,9 @@ def _loopback(host: str) -> bool:
         return False  # a name: whatever it resolves to may be reachable
 
 
+#: What Kubernetes sets for a Service named ``streamcart-…`` (``STREAMCART_API_SERVICE_HOST``,
+#: ``STREAMCART_API_PORT_80_TCP_ADDR``): no typo of a setting.
+_SERVICE_LINK = re.compile(r"_SERVICE_(HOST|PORT)(_\w+)?$|_PORT_\d+_(TCP|UDP|SCTP)(_\w+)?$")
 #: ``STREAMCART_*`` variables that name no setting but are read elsewhere (by the integration tests).
 OTHER_VARIABLES = frozenset({"STREAMCART_TEST_PORT_OFFSET", "STREAMCART_KEEP_TEST_STACK"})
 
@@ -283,7 +287,7 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     lines = []
     for variable in sorted(environ):
         name = variable.removeprefix("STREAMCART_")
-        if name == variable or name in names or variable in OTHER_VARIABLES:
+        if name == variable or name in names or variable in OTHER_VARIABLES or _SERVICE_LINK.search(name):
             continue
         close = difflib.get_close_matches(name, names, n=1)
         lines.append(f"{variable} is no setting" + (f" (did you mean STREAMCART_{close[0]}?)" if close else "")

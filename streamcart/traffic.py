@@ -145,12 +145,18 @@ class Shoppers:
         return status, answer
 
     async def catalog(self) -> list[str]:
-        """The active products of the catalog's first page (the demo's after `streamcart demo`)."""
-        status, page = await self.call("GET", "/v1/products?limit=500", self.admin)
-        if status != 200:
-            raise StreamcartError(f"the catalog could not be read from {self.urls[0]}: "
-                                  + (f"HTTP {status} {page}" if status else str(page["error"])))
-        skus = [product["sku"] for product in page["items"] if product["active"]]
+        """The active products of the catalog, every page of it (the demo's after `streamcart demo`)."""
+        skus: list[str] = []
+        cursor = ""
+        while True:
+            status, page = await self.call("GET", f"/v1/products?limit=500{cursor}", self.admin)
+            if status != 200:
+                raise StreamcartError(f"the catalog could not be read from {self.urls[0]}: "
+                                      + (f"HTTP {status} {page}" if status else str(page["error"])))
+            skus.extend(product["sku"] for product in page["items"] if product["active"])
+            if not page.get("next_cursor"):
+                break
+            cursor = f"&cursor={page['next_cursor']}"
         if not skus:
             raise StreamcartError("no active product to sell: run `streamcart demo` (or add products) first")
         return skus

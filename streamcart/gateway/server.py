@@ -111,7 +111,7 @@ async def authorize(request: web.Request) -> web.Response:
         "operations": [],
         "traceparent": request.headers.get("traceparent"),
     }
-    log.debug("authorization %s for %s: %s", record["authorization_id"], req.idempotency_key, record["status"])
+    log.info("authorization %s for %s: %s", record["authorization_id"], req.idempotency_key, record["status"])
     return web.json_response(ledger.write(record), status=201)
 
 

@@ -221,17 +221,29 @@ def lock_exclusive(path: Path, wait_s: float) -> int | None:
     The descriptor is not inherited (Python opens files non-inheritable), so a process started meanwhile does
     not hold the lock on after we are gone.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
     deadline = time.monotonic() + wait_s
     while True:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
         except BlockingIOError:
-            if time.monotonic() >= deadline:
-                os.close(fd)
-                return None
-            time.sleep(0.05)
+            os.close(fd)
+        else:
+            if _same_file(fd, path):
+                return fd
+            os.close(fd)  # got while `down --purge` deleted it: another may hold the file now at ``path``
+            continue
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.05)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def rotate(path: Path, max_bytes: int, generations: int) -> None:

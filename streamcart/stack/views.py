@@ -211,8 +211,7 @@ def dead_letters_table(letters: list[DeadLetter], replayed: Mapping[str, int] | 
     table = Table(title=title, title_justify="left")
     replays = ("replayed",) if replayed is not None else ()
     for column in ("at", "failed", "flow", "from", "message", "error", *replays):
-        # Positions and sources are what one copies into `dlq show`/`replay --at`: never cut in two.
-        table.add_column(column, overflow="fold", no_wrap=column in ("at", "failed", "flow", "from"))
+        table.add_column(column, overflow="fold")
     for letter in letters:
         source = f"{letter.source_topic}[{letter.source_partition}]@{letter.source_offset}"
         error = escape(f"{letter.error_class}: {letter.error}"[:300])

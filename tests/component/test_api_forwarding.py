@@ -189,5 +189,5 @@ async def test_every_keyed_read_says_which_worker_answered_it(client):
     """Not only an order's: a product's (and a stock's, an adjustment's, a timeline's) read names its owner."""
     response = await client.get("/v1/products/B", headers=CUSTOMER)
     assert response.status == 200 and response.headers[SERVED_BY] == "1"
-    long_poll = await client.get("/v1/orders/o-2?wait=1", headers=CUSTOMER)  # forwarded on the waits' connections
+    long_poll = await client.get("/v1/orders/o-2?wait=1", headers=CUSTOMER)  # a long-poll, forwarded too
     assert long_poll.status == 200 and long_poll.headers[SERVED_BY] == "1"

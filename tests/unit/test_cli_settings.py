@@ -49,3 +49,17 @@ def test_the_value_of_a_bad_secret_is_never_shown() -> None:
     described = cli.describe_bad_settings(raised.value)
     assert "STREAMCART_JWT_SECRET: Input should be a valid string" in described
     assert "123456789" not in described
+
+
+def test_a_variable_that_names_no_setting_is_warned_about_but_not_into_a_stack_process_log(monkeypatch):
+    """A worker's and the gateway's stderr is their log, one JSON object per line: the worker logs it itself."""
+    from typer.testing import CliRunner
+
+    from streamcart import cli
+
+    monkeypatch.setenv("STREAMCART_WORKRES", "4")
+    said = CliRunner().invoke(cli.app, ["token", "--help"])
+    assert "STREAMCART_WORKRES is no setting (did you mean STREAMCART_WORKERS?)" in said.output
+    for process in ("worker", "gateway"):
+        quiet = CliRunner().invoke(cli.app, [process, "--help"])
+        assert quiet.exit_code == 0 and "no setting" not in quiet.output, process

@@ -89,7 +89,8 @@ def test_a_variable_that_names_no_setting_is_called_out_with_the_one_it_may_mean
     from streamcart.settings import unknown_variables
 
     environ = {"STREAMCART_WORKRES": "4", "STREAMCART_FOO": "1", "STREAMCART_WORKERS": "2", "PATH": "/bin",
-               "STREAMCART_TEST_PORT_OFFSET": "100"}
+               "STREAMCART_TEST_PORT_OFFSET": "100", "STREAMCART_API_SERVICE_HOST": "10.0.0.7",  # Kubernetes'
+               "STREAMCART_GATEWAY_PORT_8090_TCP_ADDR": "10.0.0.8"}
     assert unknown_variables(environ) == [
         "STREAMCART_FOO is no setting; it is ignored",
         "STREAMCART_WORKRES is no setting (did you mean STREAMCART_WORKERS?); it is ignored",

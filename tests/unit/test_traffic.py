@@ -69,3 +69,23 @@ async def test_a_sku_asked_for_must_be_an_active_product():
     assert await _Catalog(["KB-001", "MS-002"]).shelves(["MS-002"]) == ["MS-002"]
     with pytest.raises(StreamcartError, match="not an active product: NOPE-1"):
         await _Catalog(["KB-001"]).shelves(["KB-001", "NOPE-1"])
+
+
+async def test_the_catalog_is_read_to_its_last_page():
+    """Products come sorted by SKU: after a benchmark, a first page of 500 can be all BENCH-… products."""
+    pages = {
+        "/v1/products?limit=500": {"items": [{"sku": "BENCH-1", "active": True}], "next_cursor": "BENCH-1"},
+        "/v1/products?limit=500&cursor=BENCH-1": {"items": [{"sku": "KB-001", "active": True},
+                                                            {"sku": "OLD-1", "active": False}], "next_cursor": None},
+    }
+
+    class Paged(Shoppers):
+        def __init__(self) -> None:
+            self.urls = ["http://worker-0"]
+            self.admin = "admin-token"
+
+        async def call(self, method, path, token, body=None, headers=None):
+            return 200, pages[path]
+
+    assert await Paged().catalog() == ["BENCH-1", "KB-001"]
+    assert await Paged().shelves(()) == ["KB-001"]

@@ -276,3 +276,11 @@ def test_a_pod_monitor_scrapes_the_workers_under_the_alerts_job_only_when_asked(
     (numeric,) = of_kind(manifests({**SECRETS, "metrics.podMonitor.enabled": "true",
                                     "metrics.prometheusRule.job": "2024"}), "PodMonitor")
     assert numeric["spec"]["podMetricsEndpoints"][0]["relabelings"][0]["replacement"] == "2024"  # a string still
+
+
+def test_no_pod_gets_the_services_environment_variables():
+    """Kubernetes would give every pod STREAMCART_API_PORT=tcp://… for a release named streamcart (its Service
+    streamcart-api): a setting's name, with what is no port."""
+    docs = manifests({**SECRETS, "init.enabled": "true"})
+    pods = [doc["spec"]["template"]["spec"] for doc in docs if doc["kind"] in ("StatefulSet", "Deployment", "Job")]
+    assert len(pods) >= 3 and all(pod.get("enableServiceLinks") is False for pod in pods)

@@ -680,6 +680,9 @@ def test_an_order_reaches_one_outcome_and_never_leaves_it_whatever_the_order_of_
         emitted.extend(decision.messages)
         if decision.rejected is not None:
             assert decision.rejected == CANNOT_CANCEL_AFTER_DISPATCH and isinstance(message, CancelOrder)
+            assert decision.messages == () and decision.state is not None  # noted in the history, as stored
+            assert decision.state.status == state.status and decision.state.history[-1].event == CANCEL_REFUSED
+            state = decision.state
             continue
         new = decision.state or state
         assert new.status in ALLOWED_MOVES[state.status], (state.status, new.status, type(message).__name__)

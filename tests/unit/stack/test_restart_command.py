@@ -22,7 +22,8 @@ def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
     stack = Stack(Settings(home=tmp_path / "home"),
                   specs=[web_server(name, free_port()) for name in ("gateway", "worker-0", "worker-1")])
     monkeypatch.setattr(cli, "_stack", lambda **_: stack)
-    stack.up()
+    for name in stack.names:  # one by one: `up` would register the schemas (a registry) once workers start
+        stack.start(name)
     yield stack
     stack.down()
 

@@ -216,3 +216,19 @@ def test_another_process_holding_the_lock_keeps_it_from_us(tmp_path: Path) -> No
     granted = procs.lock_exclusive(path, 1.0)
     assert granted is not None
     os.close(granted)
+
+
+def test_a_lock_on_a_file_that_down_purge_deleted_is_no_lock(tmp_path):
+    """A command that waited on run/.lock while `down --purge` deleted the folder would hold a lock on a file no
+    one else can see: it takes the lock of the file now at the path instead."""
+    from streamcart.stack.procs import _same_file, lock_exclusive
+
+    path = tmp_path / "run" / ".lock"
+    held = lock_exclusive(path, 0.1)
+    assert held is not None and _same_file(held, path)
+    path.unlink()  # purged
+    assert not _same_file(held, path)
+    again = lock_exclusive(path, 0.5)  # the old file's lock is no obstacle: a new file is locked
+    assert again is not None and _same_file(again, path)
+    os.close(held)
+    os.close(again)
