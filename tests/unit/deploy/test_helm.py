@@ -284,3 +284,18 @@ def test_no_pod_gets_the_services_environment_variables():
     docs = manifests({**SECRETS, "init.enabled": "true"})
     pods = [doc["spec"]["template"]["spec"] for doc in docs if doc["kind"] in ("StatefulSet", "Deployment", "Job")]
     assert len(pods) >= 3 and all(pod.get("enableServiceLinks") is False for pod in pods)
+
+
+def test_only_the_workers_and_the_init_job_get_the_secrets():
+    """The gateway (a test double) and the topics step sign no token and write no connector config."""
+    docs = manifests({**SECRETS, "init.enabled": "true"})
+    secret_names = {"STREAMCART_JWT_SECRET", "STREAMCART_POSTGRES_PASSWORD"}
+    given = {}
+    for doc in docs:
+        if doc["kind"] in ("StatefulSet", "Deployment", "Job"):
+            pod = doc["spec"]["template"]["spec"]
+            for container in [*pod.get("initContainers", []), *pod["containers"]]:
+                given[f"{doc['kind']}/{container['name']}"] = secret_names <= set(env_of(container))
+                assert secret_names & set(env_of(container)) in (set(), secret_names)
+    assert given == {"StatefulSet/topics": False, "StatefulSet/worker": True, "Deployment/gateway": False,
+                     "Job/init": True}

@@ -102,6 +102,10 @@ int64: a values file's 1048576 arrives as a float and would render as "1.048576e
   value: {{ .Values.workers.sagaTimeoutS | quote }}
 - name: STREAMCART_ORDER_RETENTION_S
   value: {{ .Values.workers.orderRetentionS | quote }}
+{{- end -}}
+
+{{- /* The secrets, for what signs tokens or writes connector configs (the workers, the init Job) only. */}}
+{{- define "streamcart.secretEnv" -}}
 - name: STREAMCART_JWT_SECRET
   valueFrom:
     secretKeyRef: {name: {{ include "streamcart.secretName" . }}, key: jwt-secret}
