@@ -47,6 +47,7 @@ from api.middleware import (
     request_id_middleware,
 )
 from api.models import (
+    PATTERN_MEANING,
     Accepted,
     AdjustmentIn,
     AdjustmentOut,
@@ -75,7 +76,7 @@ from streamcart.domain import inventory
 from streamcart.domain.order_state import OrderState, OrderStatus
 from streamcart.domain.orders import cancel_refusal
 from streamcart.domain.shipping import update_refusal
-from streamcart.ids import derive_id, is_identifier, new_id
+from streamcart.ids import IDENTIFIER_PATTERN, derive_id, is_identifier, new_id
 from streamcart.settings import Settings
 from streamcart.tracing import new_traceparent
 
@@ -214,8 +215,7 @@ def identifier(request: web.Request, name: str, *, naming: bool = False) -> str:
     value = request.match_info[name]
     if not is_identifier(value):
         if naming:
-            raise Invalid(f"{value[:80]!r} cannot be a {name}: 1-64 letters, digits and . _ : -, starting with a "
-                          "letter or digit")
+            raise Invalid(f"{value[:80]!r} cannot be a {name}: it should be {PATTERN_MEANING[IDENTIFIER_PATTERN]}")
         raise NotFound(f"no such {name}: {value[:80]!r}")
     return value
 
@@ -361,7 +361,7 @@ async def _read_order(request: web.Request, principal: Principal, order_id: str)
     if rendered is None or not principal.may_see_customer(rendered[0]):
         raise NotFound(f"order {order_id} not found (one accepted a moment ago is readable once the orders flow "
                        "has stored it: ?wait=S waits for it)")
-    return web.Response(body=rendered[1], content_type="application/json", headers={SERVED_BY: str(worker.index)})
+    return web.Response(body=rendered[1], content_type="application/json")
 
 
 async def _wait_for_order(request: web.Request, principal: Principal, order_id: str, wait_s: float) -> web.Response:
@@ -385,7 +385,7 @@ async def _wait_for_order(request: web.Request, principal: Principal, order_id: 
         request[WAITED] = True
         await asyncio.sleep(max(0.0, deadline - asyncio.get_running_loop().time()))
         raise NotFound(f"order {order_id} not found")
-    return web.json_response(order_json(order), headers={SERVED_BY: str(worker.index)})
+    return web.json_response(order_json(order))
 
 
 class TooManyWaits(ApiError):

@@ -83,10 +83,9 @@ class NotNow(StreamcartError):
 def _settings() -> Settings:
     """The settings from the environment; a bad value is a :class:`ConfigurationError` that names its variable."""
     try:
-        settings = load_settings()
+        return load_settings()
     except ValidationError as exc:
         raise ConfigurationError(describe_bad_settings(exc)) from exc
-    return settings
 
 
 def _warn_unknown_variables() -> None:

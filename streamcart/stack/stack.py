@@ -504,16 +504,16 @@ class Stack:
         """How ``name`` ended: "exited with status 3" or "was killed by SIGKILL" for a child this object started
         (collecting its exit status, so it does not stay a zombie), just "exited" for another's."""
         child = self._children.get(name)
-        code = child.poll() if child is not None else None
-        if code is None:
+        returncode = child.poll() if child is not None else None
+        if returncode is None:
             return "exited"
         del self._children[name]
-        if code >= 0:
-            return f"exited with status {code}"
+        if returncode >= 0:
+            return f"exited with status {returncode}"
         try:
-            return f"was killed by {signal.Signals(-code).name}"
+            return f"was killed by {signal.Signals(-returncode).name}"
         except ValueError:
-            return f"was killed by signal {-code}"
+            return f"was killed by signal {-returncode}"
 
     def _forget(self, record: ProcessRecord, wait_for_ports: bool) -> None:
         """Drop a stopped process's record, once the kernel has released its ports for the next start."""
