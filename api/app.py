@@ -18,7 +18,7 @@ from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, TypeVar
 
-from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
+from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, ThreadedResolver, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
@@ -144,7 +144,11 @@ def init_app(settings: Settings, worker: WorkerView, commands: CommandPort | Non
 
 async def _http_session(app: web.Application) -> AsyncIterator[None]:
     # Waits hold their connections for up to 30 s each: more of them than of quick forwards (aiohttp's 100).
-    async with ClientSession() as session, ClientSession(connector=TCPConnector(limit=WAIT_CONNECTIONS)) as waits:
+    # Both look workers up with the system's resolver, not aiohttp's default (c-ares, once aiodns is installed for the
+    # webhooks): c-ares keeps an answer for its TTL (Docker's DNS gives 600 s), so a worker back at a new address would
+    # be called at its old one until then.
+    async with ClientSession(connector=TCPConnector(resolver=ThreadedResolver())) as session, ClientSession(
+            connector=TCPConnector(limit=WAIT_CONNECTIONS, resolver=ThreadedResolver())) as waits:
         app[HTTP] = session
         app[HTTP_WAITS] = waits
         yield

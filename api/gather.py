@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from aiohttp import ClientError, ClientSession, ClientTimeout, web
+from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, ThreadedResolver, web
 
 from api.auth import issue_token
 from api.errors import Unavailable
@@ -46,7 +46,11 @@ PEER_TOKEN = web.AppKey("peer_token", PeerToken)
 
 async def peer_session(app: web.Application) -> AsyncIterator[None]:
     """The HTTP session for calls between workers (a cleanup context)."""
-    async with ClientSession(timeout=ClientTimeout(total=PEER_TIMEOUT_S, sock_connect=2)) as session:
+    # The system's resolver, not aiohttp's default (c-ares, once aiodns is installed for the webhooks): c-ares keeps an
+    # answer for its TTL (Docker's DNS gives 600 s), so a worker back at a new address would be called at its old one
+    # until then.
+    async with ClientSession(connector=TCPConnector(resolver=ThreadedResolver()),
+                             timeout=ClientTimeout(total=PEER_TIMEOUT_S, sock_connect=2)) as session:
         app[PEERS] = session
         yield
 

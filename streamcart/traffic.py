@@ -288,7 +288,11 @@ async def run(
     the run goes) is what a caller interrupted with Ctrl-C can still report. ``skus`` limits the shopping to those
     (default: every active product)."""
     timeout = aiohttp.ClientTimeout(total=POLL_S + 15)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    # The system's resolver, not aiohttp's default (c-ares, once aiodns is installed for the webhooks): c-ares keeps an
+    # answer for its TTL (Docker's DNS gives 600 s), so a worker back at a new address would be called at its old one
+    # until then.
+    connector = aiohttp.TCPConnector(resolver=aiohttp.ThreadedResolver())
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         shoppers = Shoppers(settings, session, seed, tally)
         skus = await shoppers.shelves(skus)
         shown = ", ".join(skus[:6]) + (f" and {len(skus) - 6} more" if len(skus) > 6 else "")

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import ClientError, ClientSession, ClientTimeout
+from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, ThreadedResolver
 from purgatory import AsyncCircuitBreakerFactory
 from purgatory.domain.model import OpenedState
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
@@ -76,7 +76,11 @@ class GatewayClient:
         self.on_breaker = on_breaker
         self.base_url = base_url.rstrip("/")
         self.policy = policy or ClientPolicy()
-        self._session = session or ClientSession(timeout=ClientTimeout(total=self.policy.attempt_timeout_s))
+        # The system's resolver, not aiohttp's default (c-ares, once aiodns is installed for the webhooks): c-ares keeps
+        # an answer for its TTL (Docker's DNS gives 600 s), so a gateway back at a new address would be called at its
+        # old one until then.
+        self._session = session or ClientSession(connector=TCPConnector(resolver=ThreadedResolver()),
+                                                 timeout=ClientTimeout(total=self.policy.attempt_timeout_s))
         self._breakers = AsyncCircuitBreakerFactory(
             default_threshold=self.policy.breaker_threshold,
             default_ttl=self.policy.breaker_reset_s,

@@ -9,17 +9,16 @@ a real provider's API behind the same interface.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import json
 import socket
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 from urllib.parse import urlsplit
 
+import aiodns
 from aiohttp import ClientConnectorError, ClientError, ClientSession, ClientTimeout, TCPConnector
 from aiohttp.abc import AbstractResolver, ResolveResult
 from tenacity import (
@@ -67,10 +66,6 @@ async def check_webhook_url(url: str, *, allow_private: bool) -> None:
         raise DeliveryRefused(f"webhook host {parts.hostname!r} is a non-public address")
 
 
-#: A host name's lookup: ``socket.getaddrinfo(host, port, family=…, type=…, flags=…)``.
-Lookup = Callable[..., list[tuple[Any, ...]]]
-
-
 class PublicResolver(AbstractResolver):
     """Resolves webhook hosts for aiohttp's connector, so that the addresses checked are the ones connected to.
 
@@ -79,21 +74,22 @@ class PublicResolver(AbstractResolver):
     lookup of its own would not do: DNS can answer it with a public address and the connection's lookup, a moment
     later, with ``127.0.0.1`` (DNS rebinding).
 
-    Lookups run in daemon threads of their own, at most ``threads`` at once, within ``timeout_s`` (waiting for a
-    thread included): a host whose name server never answers holds one of those threads for as long as the system
-    resolver tries, not one of the loop's default executor (which Kafka's and the sink keeper's calls use too),
-    and it does not hold a worker's exit up. A host whose own lookup ran out of time fails at once for
-    ``unresolvable_for_s`` instead of taking another thread; one that only waited for a thread is not blamed.
+    Lookups are asynchronous, by c-ares (aiodns), answered into the running loop: one waiting on a name server that
+    never answers is a query pending in c-ares, which holds nothing another lookup needs. (Lookups in a bounded
+    number of threads did not do: a customer's webhooks on many subdomains of a silent zone held every thread, and
+    every other customer's lookups timed out waiting for one.) A lookup takes ``timeout_s`` at most; a host whose
+    lookup ran out of time (or out of c-ares's own tries) fails at once for ``unresolvable_for_s``, so that the
+    retries of its deliveries do not wait out the name server again. ``nameservers`` (``"127.0.0.1:5353"`` style)
+    stand in for resolv.conf's (tests); names in /etc/hosts, such as ``localhost``, resolve from there either way.
     """
 
-    def __init__(self, *, allow_private: bool = False, timeout_s: float = 2.0, threads: int = 8,
-                 unresolvable_for_s: float = 60.0, lookup: Lookup = socket.getaddrinfo) -> None:
+    def __init__(self, *, allow_private: bool = False, timeout_s: float = 2.0, unresolvable_for_s: float = 60.0,
+                 nameservers: list[str] | None = None) -> None:
         self.allow_private = allow_private
         self.timeout_s = timeout_s
         self.unresolvable_for_s = unresolvable_for_s
-        self._lookup = lookup
-        self._threads = threads
-        self._slots: asyncio.Semaphore | None = None  # made in the running loop
+        self.nameservers = nameservers
+        self._dns: aiodns.DNSResolver | None = None  # made in the running loop, which it hands its answers to
         self._timed_out: dict[str, float] = {}  # host -> until when it is not looked up again
 
     async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
@@ -102,55 +98,41 @@ class PublicResolver(AbstractResolver):
         if self._timed_out.get(host, 0) > now:
             raise OSError(f"{host!r} did not resolve within {self.timeout_s:g} s a moment ago")
         self._timed_out = {h: until for h, until in self._timed_out.items() if until > now}
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout_s
-        slots = self._slots = self._slots or asyncio.Semaphore(self._threads)
+        if self._dns is None:
+            self._dns = aiodns.DNSResolver(self.nameservers, loop=asyncio.get_running_loop())
         try:
-            async with asyncio.timeout_at(deadline):
-                await slots.acquire()
+            async with asyncio.timeout(self.timeout_s):  # the query goes on in c-ares, its answer then dropped
+                nodes = (await self._dns.getaddrinfo(host, family=family, port=port, type=socket.SOCK_STREAM)).nodes
         except TimeoutError:
-            raise OSError(f"no lookup of {host!r} within {self.timeout_s:g} s: every webhook lookup thread is "
-                          "waiting on a name server") from None
-        looked_up: asyncio.Future[list[tuple[Any, ...]]] = loop.create_future()
-
-        def answer(result: list[tuple[Any, ...]] | None, error: BaseException | None) -> None:
-            slots.release()
-            if not looked_up.done():  # given up on already
-                if error is not None:
-                    looked_up.set_exception(error)
-                else:
-                    looked_up.set_result(result or [])
-
-        def look_up() -> None:
-            try:
-                result = self._lookup(host, port, family=family, type=socket.SOCK_STREAM, flags=socket.AI_ADDRCONFIG)
-            except BaseException as exc:  # handed to the loop, which raises it in resolve
-                outcome: tuple[Any, BaseException | None] = (None, exc)
-            else:
-                outcome = (result, None)
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile (the worker stopped)
-                loop.call_soon_threadsafe(answer, *outcome)
-
-        threading.Thread(target=look_up, name="webhook-dns", daemon=True).start()
-        try:
-            async with asyncio.timeout_at(deadline):
-                infos = await looked_up  # cancelled on the timeout: the thread's answer is then dropped
-        except TimeoutError:
-            self._timed_out[host] = time.monotonic() + self.unresolvable_for_s
-            raise OSError(f"{host!r} did not resolve within {self.timeout_s:g} s") from None
+            raise self._ran_out(host) from None
+        except aiodns.error.DNSError as exc:
+            code, reason = exc.args
+            if code == aiodns.error.ARES_ETIMEOUT:  # c-ares gave up on the name server before our time was up
+                raise self._ran_out(host) from exc
+            if code != aiodns.error.ARES_ENODATA:
+                raise OSError(f"{host!r} did not resolve: {reason}") from exc
+            nodes = []  # the name is there, without an address
         found: list[ResolveResult] = []
-        for found_family, _, proto, _, sockaddr in infos:
-            address = ipaddress.ip_address(sockaddr[0])
+        for node in nodes:
+            address = ipaddress.ip_address(node.addr[0].decode())
             if not self.allow_private and not address.is_global:
                 raise NonPublicAddress(f"webhook host {host!r} resolves to a non-public address ({address})")
-            found.append(ResolveResult(hostname=host, host=sockaddr[0], port=sockaddr[1], family=found_family,
-                                       proto=proto, flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV))
+            found.append(ResolveResult(hostname=host, host=str(address), port=node.addr[1], family=node.family,
+                                       proto=node.protocol, flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV))
         if not found:
             raise OSError(f"{host!r} has no address")
         return found
 
+    def _ran_out(self, host: str) -> OSError:
+        self._timed_out[host] = time.monotonic() + self.unresolvable_for_s
+        return OSError(f"{host!r} did not resolve within {self.timeout_s:g} s")
+
     async def close(self) -> None:
-        """Nothing to release: a lookup still running ends with its thread, which holds nothing up."""
+        """Ends the lookups still pending (they fail) and c-ares's channel: a late answer would otherwise call
+        into a loop that may be closed by then."""
+        if self._dns is not None:
+            dns, self._dns = self._dns, None
+            await dns.close()
 
 
 def webhook_session(*, allow_private: bool = False, timeout_s: float = 2.0) -> ClientSession:

@@ -3,8 +3,8 @@ A webhook continues the trace."""
 
 import asyncio
 import socket
-import threading
-import time
+import struct
+from collections import Counter
 
 import pytest
 from aiohttp import ClientSession, TCPConnector, web
@@ -16,6 +16,7 @@ from streamcart.notify.delivery import (
     DeliveryFailed,
     DeliveryRefused,
     HostFailing,
+    NonPublicAddress,
     PublicResolver,
     WebhookProvider,
     check_webhook_url,
@@ -68,55 +69,140 @@ async def test_a_public_address_is_accepted_and_private_ones_only_when_allowed()
     await check_webhook_url("http://127.0.0.1:9999/hook", allow_private=True)
 
 
-def answering(*addresses: str):
-    """A lookup that answers each host name with ``addresses``, and counts its calls."""
-    calls: list[str] = []
+class FakeNameServer(asyncio.DatagramProtocol):
+    """A name server on 127.0.0.1 (for ``PublicResolver(nameservers=…)``): A records from ``addresses``, no AAAA
+    ones, no answer at all for names under ``silent.example``, and NXDOMAIN for any other name. ``lookups`` counts
+    the A queries of each name: a lookup's, whatever its family (a retransmission keeps its query id and is not
+    counted again)."""
 
-    def lookup(host, port, **_):
-        calls.append(host)
-        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in addresses]
+    def __init__(self, addresses: dict[str, tuple[str, ...]]) -> None:
+        self.addresses = addresses
+        self.lookups: Counter[str] = Counter()
+        self.nameservers: list[str] = []
+        self._ids: set[tuple[int, str]] = set()
+        self._queried = asyncio.Event()
 
-    return lookup, calls
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.nameservers = [f"127.0.0.1:{transport.get_extra_info('sockname')[1]}"]
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        query_id = struct.unpack("!H", data[:2])[0]
+        labels, at = [], 12  # the question's name, after the header
+        while data[at]:
+            labels.append(data[at + 1:at + 1 + data[at]].decode().lower())
+            at += 1 + data[at]
+        (qtype,) = struct.unpack("!H", data[at + 1:at + 3])
+        question = data[12:at + 5]  # the name, its type and its class, echoed in the answer
+        name = ".".join(labels)
+        if qtype == 1 and (query_id, name) not in self._ids:
+            self._ids.add((query_id, name))
+            self.lookups[name] += 1
+            self._queried.set()
+        if name == "silent.example" or name.endswith(".silent.example"):
+            return
+        records = [struct.pack("!HHHIH", 0xC00C, 1, 1, 60, 4) + socket.inet_aton(a)
+                   for a in self.addresses.get(name, ()) if qtype == 1]
+        rcode = 0 if name in self.addresses else 3  # NXDOMAIN
+        header = struct.pack("!6H", query_id, 0x8180 | rcode, 1, len(records), 0, 0)
+        self.transport.sendto(header + question + b"".join(records), addr)
+
+    async def queried(self, names: set[str]) -> None:
+        """Returns once every one of ``names`` has been asked for."""
+        while not names <= self.lookups.keys():
+            self._queried.clear()
+            await self._queried.wait()
 
 
-async def test_a_host_name_is_checked_on_the_addresses_the_connection_is_made_to(hook):
+@pytest.fixture
+async def dns():
+    addresses = {"shop.example": ("93.184.216.34",), "inside.example": ("127.0.0.1",),
+                 "mixed.example": ("93.184.216.34", "10.0.0.5"), "bare.example": ()}
+    transport, server = await asyncio.get_running_loop().create_datagram_endpoint(
+        lambda: FakeNameServer(addresses), local_addr=("127.0.0.1", 0))
+    yield server
+    transport.close()
+
+
+@pytest.fixture
+async def resolver_for(dns):
+    """Makes :class:`PublicResolver` asking ``dns`` alone; closes them after the test."""
+    made: list[PublicResolver] = []
+
+    def make(**options) -> PublicResolver:
+        made.append(PublicResolver(nameservers=dns.nameservers, **options))
+        return made[-1]
+
+    yield make
+    for resolver in made:
+        await resolver.close()
+
+
+async def test_a_host_name_is_checked_on_the_addresses_the_connection_is_made_to(hook, dns, resolver_for):
     # DNS rebinding: a name that a check's own lookup sees public and the connection's lookup sees as 127.0.0.1.
     # Here there is one lookup, the connection's, and its answer is what is checked.
     port, received, _ = hook
-    lookup, calls = answering("127.0.0.1")
-    resolver = PublicResolver(lookup=lookup)
-    async with ClientSession(connector=TCPConnector(resolver=resolver)) as session:
+    async with ClientSession(connector=TCPConnector(resolver=resolver_for())) as session:
         with pytest.raises(DeliveryRefused, match="non-public address"):
-            await WebhookProvider(session).deliver(to(f"http://shop.example:{port}/hook"))
-    assert (calls, received) == (["shop.example"], [])
+            await WebhookProvider(session).deliver(to(f"http://inside.example:{port}/hook"))
+    assert (dns.lookups["inside.example"], received) == (1, [])
     # Allowed (a test stack), the connection goes to the address that lookup gave.
-    allowing = PublicResolver(allow_private=True, lookup=answering("127.0.0.1")[0])
-    async with ClientSession(connector=TCPConnector(resolver=allowing)) as session:
-        await WebhookProvider(session, allow_private=True).deliver(to(f"http://shop.example:{port}/hook"))
-    assert received == [f"shop.example:{port}"]
+    async with ClientSession(connector=TCPConnector(resolver=resolver_for(allow_private=True))) as session:
+        await WebhookProvider(session, allow_private=True).deliver(to(f"http://inside.example:{port}/hook"))
+    assert received == [f"inside.example:{port}"]
 
 
-async def test_a_lookup_that_never_answers_fails_the_attempt_in_time_and_the_host_fails_at_once_after():
-    release = threading.Event()
-    calls: list[str] = []
+async def test_one_non_public_address_among_public_ones_refuses_the_host(resolver_for):
+    with pytest.raises(NonPublicAddress, match=r"10\.0\.0\.5"):
+        await resolver_for().resolve("mixed.example", 443)
+    found = await resolver_for(allow_private=True).resolve("mixed.example", 443)
+    assert sorted(f["host"] for f in found) == ["10.0.0.5", "93.184.216.34"]
 
-    def hanging(host, port, **_):
-        calls.append(host)
-        release.wait(10)
-        return []
 
-    resolver = PublicResolver(timeout_s=0.2, lookup=hanging)
+async def test_localhost_resolves_without_a_name_server(dns, resolver_for):
+    found = await resolver_for(allow_private=True).resolve("localhost", 8080)
+    assert ("127.0.0.1", 8080) in {(f["host"], f["port"]) for f in found}
+    assert dns.lookups == {}
+
+
+async def test_a_name_without_an_address_and_an_unknown_one_fail_their_lookup(resolver_for):
+    resolver = resolver_for()
+    with pytest.raises(OSError, match=r"'bare\.example' has no address"):
+        await resolver.resolve("bare.example", 443)
+    with pytest.raises(OSError, match=r"'nowhere\.example' did not resolve: "):
+        await resolver.resolve("nowhere.example", 443)
+
+
+async def test_a_name_server_that_never_answers_fails_the_attempt_in_time_and_the_host_at_once_after(
+        dns, resolver_for):
+    resolver = resolver_for(timeout_s=0.2)
+    with pytest.raises(OSError, match=r"'silent\.example' did not resolve within 0\.2 s$"):
+        await resolver.resolve("silent.example", 443)
+    with pytest.raises(OSError, match="a moment ago"):
+        await resolver.resolve("silent.example", 443)
+    # Asked over the same socket after anything the second attempt could have sent: answered, it was all counted.
+    (found,) = await resolver.resolve("shop.example", 443)
+    assert found["host"] == "93.184.216.34"
+    assert dns.lookups["silent.example"] == 1  # not looked up again
+
+
+async def test_lookups_waiting_on_a_silent_name_server_hold_no_other_lookup_up(dns, resolver_for):
+    # A customer's webhooks on many subdomains of a zone whose name server never answers: 64 lookups waiting on it
+    # at once (when lookups took one of 8 threads each, the 9th and every other customer's waited for a thread).
+    resolver = resolver_for(timeout_s=5)
+    names = {f"n{i}.silent.example" for i in range(64)}
+    silent = [asyncio.create_task(resolver.resolve(name, 443)) for name in names]
+    queried = asyncio.create_task(dns.queried(names))
     try:
-        started = time.monotonic()
-        with pytest.raises(OSError, match=r"did not resolve within 0\.2 s"):
-            await resolver.resolve("silent.example", 443)
-        assert time.monotonic() - started < 2
-        with pytest.raises(OSError, match="a moment ago"):
-            await resolver.resolve("silent.example", 443)
-        assert calls == ["silent.example"]  # not looked up again: no second thread held by it
+        await asyncio.wait([queried, *silent], return_when=asyncio.FIRST_COMPLETED)
+        assert queried.done(), "the silent lookups did not all reach the name server before one of them ended"
+        (found,) = await resolver.resolve("shop.example", 443)
+        assert found["host"] == "93.184.216.34"
+        assert not [task for task in silent if task.done()]  # every silent lookup is still waiting
     finally:
-        release.set()
-        await resolver.close()
+        for task in [queried, *silent]:
+            task.cancel()
+        await asyncio.gather(queried, *silent, return_exceptions=True)
 
 
 async def test_a_host_that_failed_its_last_attempts_is_given_up_at_once_and_tried_again_later(hook):
@@ -203,35 +289,6 @@ async def test_an_endpoint_that_fails_does_not_make_another_port_of_its_host_fai
         with pytest.raises(HostFailing):
             await webhook.deliver(to(f"http://127.0.0.1:{port}/hook"))
         await webhook.deliver(to(f"http://127.0.0.1:{healthy.port}/hook"))
-
-
-async def test_a_host_that_only_waited_for_a_lookup_thread_is_not_blamed_for_the_hanging_one():
-    release = threading.Event()
-
-    def lookup(host, port, **_):
-        if host == "silent.example":
-            release.wait(10)
-        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", port))]
-
-    resolver = PublicResolver(timeout_s=0.2, threads=1, lookup=lookup)
-    try:
-        with pytest.raises(OSError, match="did not resolve"):
-            await resolver.resolve("silent.example", 443)  # holds the one thread
-        with pytest.raises(OSError, match="every webhook lookup thread is waiting"):
-            await resolver.resolve("shop.example", 443)
-        release.set()  # the name server answers at last: the thread is free again, as soon as it has returned
-        for _ in range(500):
-            try:
-                (found,) = await resolver.resolve("shop.example", 443)  # not refused for good
-                break
-            except OSError as exc:
-                refused = str(exc)
-                await asyncio.sleep(0.01)
-        else:
-            raise AssertionError(f"still refused: {refused}")
-        assert found["host"] == "93.184.216.34"
-    finally:
-        release.set()
 
 
 async def test_failures_of_concurrent_deliveries_to_one_endpoint_all_count(hook):
