@@ -182,6 +182,12 @@ def consumer_lag(settings: Settings, group: str) -> dict[tuple[str, int], int]:
     Partitions without a committed offset are left out (nothing consumed there yet). Empty when the group
     does not exist.
     """
+    return {key: max(0, end - committed) for key, (committed, end) in consumer_offsets(settings, group).items()}
+
+
+def consumer_offsets(settings: Settings, group: str) -> dict[tuple[str, int], tuple[int, int]]:
+    """(committed offset, high watermark) per (topic, partition) of ``group``, for the partitions it has committed
+    an offset on. Empty when the group does not exist."""
     admin = admin_client(settings)
     request = [ConsumerGroupTopicPartitions(group)]
     try:
@@ -194,7 +200,7 @@ def consumer_lag(settings: Settings, group: str) -> dict[tuple[str, int], int]:
     if not positions:
         return {}
     high = _offsets(admin, [TopicPartition(t, p) for t, p in positions], LATEST)
-    return {key: max(0, high[key] - offset) for key, offset in positions.items()}
+    return {key: (offset, high[key]) for key, offset in positions.items()}
 
 
 @dataclass(frozen=True)

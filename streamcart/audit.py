@@ -1,0 +1,480 @@
+"""``streamcart audit``: DESIGN.md §4's invariants checked on a running stack, from three sources that do not share
+state: the warehouse (what the orders flow recorded, through Kafka Connect), the inventory's stock counters (the
+API) and the payment gateway's own ledger.
+
+The tests check the invariants on the orders they place; this checks them on everything a stack holds, after a
+demo, ``streamcart traffic`` with processes killed along the way, or a benchmark. The invariants hold once nothing
+is in flight, so the audit first waits for a quiet moment (:func:`quiet`): the workers and the warehouse sinks have
+consumed every record, and no order is still within its deadline. It then reads a :class:`Snapshot` and reads the
+offsets again: a record written meanwhile makes it read again.
+
+The checks (:func:`check`) are pure functions of the snapshot:
+
+- I1: every order settled (an order still unsettled past its deadline and a grace is stuck), a cancelled one with
+  its reason, and its lines where its outcome leaves them (none still reserved, a confirmed order's all sold); in
+  the history of the latest orders (``sample``), placed once, confirmed and cancelled at most once each;
+- I2 and I3, per SKU: nothing reserved once quiet; the inventory's sold and restocked units equal the warehouse's
+  stock movements; ``on_hand = adjusted - sold + restocked``; ``0 <= available <= on_hand``; the units of the
+  orders that kept their goods are what was sold less what came back, and never more than was supplied;
+- I4: a confirmed order's payment captured for its total; a cancelled order's declined, voided or refunded; at the
+  gateway (when it lists its authorizations, as the stack's gateway does), one captured authorization per confirmed
+  order for its total, and nothing else held for a cancelled one;
+- I7: the latest orders (``sample``) as the API shows them equal their warehouse rows.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from streamcart.domain.order_state import LineStatus, OrderStatus
+from streamcart.errors import StreamcartError
+from streamcart.settings import Settings
+
+#: How long after its deadline an unsettled order counts as stuck: the timer's tick and a loaded machine.
+GRACE_S = 30.0
+#: A settled payment's statuses, by outcome.
+KEPT_MONEY = frozenset({"captured"})
+NO_MONEY = frozenset({"declined", "voided", "refunded"})
+#: What the gateway's ledger may say of a cancelled order's authorization.
+NETS_TO_ZERO = NO_MONEY
+#: An order that kept its goods and its money.
+KEPT = frozenset({OrderStatus.CONFIRMED, OrderStatus.SHIPPED, OrderStatus.DELIVERED})
+#: Columns of the warehouse's ``orders`` row and where the API's order has them (times in epoch ms in both).
+ORDER_COLUMNS: dict[str, Callable[[Mapping[str, Any]], object]] = {
+    "customer_id": lambda o: o["customer_id"],
+    "status": lambda o: o["status"],
+    "currency": lambda o: o["currency"],
+    "total_cents": lambda o: o["total_cents"],
+    "cancel_reason": lambda o: o["cancel_reason"],
+    "cancel_detail": lambda o: o["cancel_detail"],
+    "payment_status": lambda o: (o["payment"] or {}).get("status"),
+    "payment_amount_cents": lambda o: (o["payment"] or {}).get("amount_cents"),
+    "authorization_id": lambda o: (o["payment"] or {}).get("authorization_id"),
+    "decline_reason": lambda o: (o["payment"] or {}).get("decline_reason"),
+    "tracking_id": lambda o: (o["shipment"] or {}).get("tracking_id"),
+    "shipment_status": lambda o: (o["shipment"] or {}).get("status"),
+    "carrier": lambda o: (o["shipment"] or {}).get("carrier"),
+    "placed_at": lambda o: o["placed_at"],
+    "deadline_at": lambda o: o["deadline"],
+}
+TIME_COLUMNS = frozenset({"placed_at", "deadline_at"})
+
+
+class AuditUnavailable(StreamcartError):
+    """The audit could not run: a part of the stack does not answer, or the stack never went quiet."""
+
+
+@dataclass(frozen=True)
+class Stock:
+    """A SKU's counters as the inventory keeps them (``GET /v1/stock/{sku}``)."""
+
+    on_hand: int = 0
+    reserved: int = 0
+    adjusted: int = 0
+    sold: int = 0
+    restocked: int = 0
+
+
+@dataclass(frozen=True)
+class Movements:
+    """A SKU's stock movements in the warehouse, summed: units sold, units restocked, and units still reserved."""
+
+    committed: int = 0
+    restocked: int = 0
+    reserved: int = 0
+
+
+@dataclass
+class Snapshot:
+    """What the audit reads, at one quiet moment. ``orders`` are the warehouse's rows (``deadline_at`` and
+    ``updated_at`` in epoch ms), ``lines`` its order lines, ``payments`` its payment rows; ``ledger`` is ``None``
+    when the gateway lists no authorizations; ``api_orders`` maps the sampled order ids to the API's answer
+    (``None``: 404)."""
+
+    now_ms: int
+    orders: list[dict[str, Any]] = field(default_factory=list)
+    lines: list[dict[str, Any]] = field(default_factory=list)
+    payments: list[dict[str, Any]] = field(default_factory=list)
+    movements: dict[str, Movements] = field(default_factory=dict)
+    stock: dict[str, Stock] = field(default_factory=dict)
+    ledger: list[dict[str, Any]] | None = None
+    api_orders: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    warehouse_rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    warehouse_lines: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
+    #: Per SKU, the units of every order (placed in the audit's window or not) that kept its goods.
+    kept_units: dict[str, int] = field(default_factory=dict)
+    retention_ms: int = 0
+
+
+@dataclass(frozen=True)
+class Finding:
+    invariant: str
+    subject: str
+    problem: str
+
+
+@dataclass(frozen=True)
+class Report:
+    """The findings, and what each invariant was checked over (for the summary)."""
+
+    findings: tuple[Finding, ...]
+    checked: dict[str, str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+    def by_invariant(self) -> dict[str, list[Finding]]:
+        grouped: dict[str, list[Finding]] = {name: [] for name in self.checked}
+        for finding in self.findings:
+            grouped.setdefault(finding.invariant, []).append(finding)
+        return grouped
+
+
+#: Each invariant the audit checks, as the report names it.
+INVARIANTS = {
+    "I1": "every order settled, once",
+    "I2": "stock conserved per SKU",
+    "I3": "no oversell",
+    "I4": "money nets out",
+    "I7": "warehouse equals the API",
+}
+
+
+def check(snapshot: Snapshot, *, grace_s: float = GRACE_S) -> Report:
+    """Every invariant over ``snapshot``."""
+    findings = [
+        *_settled(snapshot, grace_s),
+        *_one_outcome(snapshot),
+        *_stock(snapshot),
+        *_money(snapshot),
+        *_warehouse_equals_api(snapshot),
+    ]
+    statuses = Counter(o["status"] for o in snapshot.orders)
+    kept = sum(statuses[s] for s in KEPT)
+    ledger = ("" if snapshot.ledger is None
+              else f", against the gateway's ledger ({len(snapshot.ledger)} authorizations)")
+    checked = {
+        "I1": f"{len(snapshot.orders)} orders: {kept} confirmed, shipped or delivered, "
+              f"{statuses[OrderStatus.CANCELLED]} cancelled; the histories of the latest {len(snapshot.api_orders)}",
+        "I2": _skus(len(snapshot.stock)),
+        "I3": _skus(len(snapshot.stock)),
+        "I4": f"{sum(1 for o in snapshot.orders if o['payment_status'])} payments in the warehouse{ledger}"
+              + ("" if snapshot.ledger is not None else " (the gateway lists no authorizations)"),
+        "I7": f"the latest {len(snapshot.api_orders)} orders",
+    }
+    return Report(tuple(findings), checked)
+
+
+def _skus(count: int) -> str:
+    return f"{count} SKU{'' if count == 1 else 's'}"
+
+
+def _settled(snapshot: Snapshot, grace_s: float) -> Iterable[Finding]:
+    lines: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)
+    for line in snapshot.lines:
+        lines[line["order_id"]].append(line)
+    for order in snapshot.orders:
+        order_id, status = order["order_id"], order["status"]
+        if status not in OrderStatus.SETTLED:
+            late_s = (snapshot.now_ms - order["deadline_at"]) / 1000
+            if late_s > grace_s:
+                yield Finding("I1", order_id, f"{status} {late_s:.0f} s after its deadline")
+            continue
+        if status == OrderStatus.CANCELLED and not order["cancel_reason"]:
+            yield Finding("I1", order_id, "CANCELLED without a reason")
+        for line in lines.get(order_id, ()):
+            where = line["status"]
+            if status in KEPT and where != LineStatus.COMMITTED:
+                yield Finding("I1", order_id, f"{status}, but its line of {line['sku']} is {where}, not committed")
+            elif status == OrderStatus.CANCELLED and where in (LineStatus.RESERVED, LineStatus.COMMITTED):
+                yield Finding("I1", order_id, f"CANCELLED, but its line of {line['sku']} is still {where}")
+
+
+def _one_outcome(snapshot: Snapshot) -> Iterable[Finding]:
+    """I1 in the history of each sampled order: placed once, confirmed at most once, cancelled at most once (a
+    refund cancels a confirmed order), and an outcome that is its status's."""
+    for order_id, api in snapshot.api_orders.items():
+        if api is None:
+            continue
+        events = Counter(step["event"] for step in api["history"])
+        status = api["status"]
+        if events["OrderPlaced"] != 1 or events["OrderConfirmed"] > 1 or events["OrderCancelled"] > 1:
+            counts = {e: events[e] for e in ("OrderPlaced", "OrderConfirmed", "OrderCancelled")}
+            yield Finding("I1", order_id, f"its history has {counts}")
+        elif status in KEPT and (not events["OrderConfirmed"] or events["OrderCancelled"]):
+            yield Finding("I1", order_id, f"{status}, but its history has {dict(events)}")
+        elif status == OrderStatus.CANCELLED and not events["OrderCancelled"]:
+            yield Finding("I1", order_id, f"CANCELLED, but its history has no OrderCancelled: {dict(events)}")
+
+
+def _stock(snapshot: Snapshot) -> Iterable[Finding]:
+    for sku, stock in sorted(snapshot.stock.items()):
+        moved = snapshot.movements.get(sku, Movements())
+        kept = snapshot.kept_units.get(sku, 0)
+        if stock.reserved != 0:
+            yield Finding("I2", sku, f"{stock.reserved} units reserved with no order in flight")
+        if moved.reserved != stock.reserved:
+            yield Finding("I2", sku, f"the warehouse's movements leave {moved.reserved} units reserved, "
+                                     f"the inventory {stock.reserved}")
+        if (moved.committed, moved.restocked) != (stock.sold, stock.restocked):
+            yield Finding("I2", sku, f"the inventory sold {stock.sold} and restocked {stock.restocked} units, the "
+                                     f"warehouse's movements {moved.committed} and {moved.restocked}")
+        if stock.on_hand != stock.adjusted - stock.sold + stock.restocked:
+            yield Finding("I2", sku, f"on hand {stock.on_hand}, but adjusted {stock.adjusted} - sold {stock.sold} "
+                                     f"+ restocked {stock.restocked} = "
+                                     f"{stock.adjusted - stock.sold + stock.restocked}")
+        if not 0 <= stock.on_hand - stock.reserved <= stock.on_hand:
+            yield Finding("I2", sku, f"available {stock.on_hand - stock.reserved} outside [0, on hand "
+                                     f"{stock.on_hand}]")
+        if kept != stock.sold - stock.restocked:
+            yield Finding("I3", sku, f"orders that kept their goods hold {kept} units, but "
+                                     f"{stock.sold} were sold and {stock.restocked} restocked")
+        if stock.sold - stock.restocked > stock.adjusted:
+            yield Finding("I3", sku, f"{stock.sold - stock.restocked} units kept by orders, only {stock.adjusted} "
+                                     "supplied")
+
+
+def _money(snapshot: Snapshot) -> Iterable[Finding]:
+    events: defaultdict[str, Counter[str]] = defaultdict(Counter)
+    amounts: defaultdict[str, set[int]] = defaultdict(set)
+    for row in snapshot.payments:
+        events[row["order_id"]][row["event"]] += 1
+        if row["event"] in ("authorized", "captured"):
+            amounts[row["order_id"]].add(row["amount_cents"])
+    ledger: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)
+    for auth in snapshot.ledger or ():
+        ledger[auth["idempotency_key"]].append(auth)
+    for order in snapshot.orders:
+        order_id, status, payment = order["order_id"], order["status"], order["payment_status"]
+        if status in KEPT:
+            if payment not in KEPT_MONEY:
+                yield Finding("I4", order_id, f"{status} with its payment {payment}, not captured")
+            if events[order_id]["captured"] != 1 or amounts[order_id] != {order["total_cents"]}:
+                yield Finding("I4", order_id, f"{status} for {order['total_cents']}, payment rows "
+                                              f"{dict(events[order_id])} for {sorted(amounts[order_id])}")
+        elif status == OrderStatus.CANCELLED and payment is not None and payment not in NO_MONEY:
+            yield Finding("I4", order_id, f"CANCELLED with its payment {payment}")
+        if snapshot.ledger is None or status not in OrderStatus.SETTLED:
+            continue
+        auths = ledger.get(order_id, [])
+        if status in KEPT:
+            if len(auths) != 1:
+                yield Finding("I4", order_id, f"{status} with {len(auths)} authorizations at the gateway")
+            elif (auths[0]["status"], auths[0]["amount_cents"]) != ("captured", order["total_cents"]):
+                yield Finding("I4", order_id, f"{status} for {order['total_cents']}, the gateway has "
+                                              f"{auths[0]['status']} for {auths[0]['amount_cents']}")
+            elif auths[0]["authorization_id"] != order["authorization_id"]:
+                yield Finding("I4", order_id, f"names authorization {order['authorization_id']}, the gateway "
+                                              f"{auths[0]['authorization_id']}")
+        else:
+            for auth in auths:
+                if auth["status"] not in NETS_TO_ZERO:
+                    yield Finding("I4", order_id, f"CANCELLED, the gateway holds {auth['amount_cents']} "
+                                                  f"({auth['status']}, {auth['authorization_id']})")
+
+
+def _warehouse_equals_api(snapshot: Snapshot) -> Iterable[Finding]:
+    for order_id, api in snapshot.api_orders.items():
+        row = snapshot.warehouse_rows.get(order_id)
+        if api is None:
+            forgotten = row is not None and snapshot.retention_ms > 0 and (
+                snapshot.now_ms - row["updated_at"] > snapshot.retention_ms)
+            if not forgotten:  # one settled a retention ago is forgotten by the workers and kept in the warehouse
+                yield Finding("I7", order_id, "in the warehouse, unknown to the API")
+            continue
+        expected = {column: value(api) for column, value in ORDER_COLUMNS.items()}
+        found = {column: (row or {}).get(column) for column in ORDER_COLUMNS}
+        if differing := [c for c in ORDER_COLUMNS if found[c] != expected[c]]:
+            shown = ", ".join(f"{c} {found[c]!r} (API {expected[c]!r})" for c in differing)
+            yield Finding("I7", order_id, f"warehouse row differs: {shown}")
+        api_lines = sorted((ln["sku"], ln["quantity"], ln["unit_price_cents"], ln["status"]) for ln in api["lines"])
+        if (rows := snapshot.warehouse_lines.get(order_id, [])) != api_lines:
+            yield Finding("I7", order_id, f"warehouse lines {rows}, API {api_lines}")
+
+
+# --- Reading the stack ------------------------------------------------------------------------------------------
+
+def _ms(column: str) -> str:
+    return f"(extract(epoch from {column}) * 1000)::bigint"
+
+
+def read_snapshot(settings: Settings, *, since_ms: int | None, sample: int, skus: list[str] | None = None
+                  ) -> Snapshot:
+    """The warehouse's orders placed since ``since_ms`` (all without it) with a line of one of ``skus`` (any without
+    them), the stock of every SKU they ordered (every SKU any order moved, when neither narrows the orders), the
+    gateway's ledger and the API's view of the latest ``sample`` orders."""
+    import psycopg
+
+    since = 0 if since_ms is None else since_ms
+    snapshot = Snapshot(now_ms=int(time.time() * 1000), retention_ms=int(settings.order_retention_s * 1000))
+    try:
+        with psycopg.connect(settings.postgres_dsn, autocommit=True, connect_timeout=5) as conn:
+            def rows(sql: str, params: dict[str, object] | None = None) -> list[tuple[Any, ...]]:
+                try:
+                    return conn.execute(sql, params).fetchall()
+                except psycopg.errors.UndefinedTable:  # a sink creates its table with its first row
+                    return []
+
+            scope: dict[str, object] = {"since": since, "skus": skus}
+            placed = "placed_at >= to_timestamp(%(since)s / 1000.0)" + (
+                " and order_id in (select order_id from order_lines where sku = any(%(skus)s))" if skus else "")
+            columns = ("order_id", *ORDER_COLUMNS, "updated_at")
+            select = ", ".join(_ms(c) if c in TIME_COLUMNS | {"updated_at"} else c for c in columns)
+            for values in rows(f"select {select} from orders where {placed}", scope):
+                row = dict(zip(columns, values, strict=True))
+                snapshot.orders.append(row)
+                snapshot.warehouse_rows[row["order_id"]] = row
+            for order_id, sku, quantity, price, status in rows(
+                    f"select order_id, sku, quantity, unit_price_cents, status from order_lines where {placed}", scope):
+                snapshot.lines.append({"order_id": order_id, "sku": sku, "quantity": quantity, "status": status})
+                snapshot.warehouse_lines.setdefault(order_id, []).append((sku, quantity, price, status))
+            for found in snapshot.warehouse_lines.values():
+                found.sort()
+            ids = list(snapshot.warehouse_rows)
+            for order_id, event, amount in rows(
+                    "select order_id, event, amount_cents from payments where order_id = any(%(ids)s)", {"ids": ids}):
+                snapshot.payments.append({"order_id": order_id, "event": event, "amount_cents": amount})
+            if skus:
+                skus = sorted(set(skus))
+            elif since_ms is not None:
+                skus = sorted({line["sku"] for line in snapshot.lines})
+            else:
+                skus = [sku for (sku,) in rows("select distinct sku from stock_movements")]
+            by_movement: defaultdict[str, dict[str, int]] = defaultdict(dict)
+            for sku, movement, quantity, reserved in rows(
+                    "select sku, movement, sum(quantity), sum(reserved_delta) from stock_movements "
+                    "where sku = any(%(skus)s) group by sku, movement", {"skus": skus}):
+                by_movement[sku][movement] = int(quantity)
+                by_movement[sku]["reserved_delta"] = by_movement[sku].get("reserved_delta", 0) + int(reserved)
+            snapshot.kept_units = {sku: int(units) for sku, units in rows(
+                "select l.sku, sum(l.quantity) from order_lines l join orders o using (order_id) "
+                "where o.status = any(%(kept)s) and l.sku = any(%(skus)s) group by l.sku",
+                {"kept": sorted(KEPT), "skus": skus})}
+            snapshot.movements = {sku: Movements(committed=m.get("committed", 0), restocked=m.get("restocked", 0),
+                                                 reserved=m.get("reserved_delta", 0))
+                                  for sku, m in by_movement.items()}
+    except psycopg.OperationalError as exc:
+        raise AuditUnavailable(f"the warehouse at {settings.postgres_host or settings.host}:"
+                               f"{settings.postgres_port} does not answer: {exc}".strip()) from exc
+    api = _Api(settings)
+    snapshot.stock = {sku: api.stock(sku) for sku in skus}
+    latest = sorted(snapshot.orders, key=lambda o: o["updated_at"], reverse=True)[:sample]
+    snapshot.api_orders = {o["order_id"]: api.order(o["order_id"]) for o in latest}
+    snapshot.ledger = _ledger(settings)
+    return snapshot
+
+
+class _Api:
+    """Worker 0's API as an admin (it forwards each key to its owner)."""
+
+    def __init__(self, settings: Settings) -> None:
+        from api.auth import issue_token
+
+        self.base = settings.worker_url(0)
+        self.token = issue_token(settings.jwt_secret.get_secret_value(), "audit", ["admin"], ttl_s=600)
+
+    def get(self, path: str) -> tuple[int, Any]:
+        from streamcart.stack.probes import http_get_json
+
+        try:
+            return http_get_json(f"{self.base}{path}", 10.0, headers={"Authorization": f"Bearer {self.token}"})
+        except OSError as exc:
+            raise AuditUnavailable(f"the API at {self.base} does not answer ({getattr(exc, 'reason', exc)}): "
+                                   "is the stack up (`streamcart status`)?") from exc
+
+    def stock(self, sku: str) -> Stock:
+        status, body = self.get(f"/v1/stock/{sku}")
+        if status == 404:  # ordered, never stocked: every counter 0
+            return Stock()
+        if status != 200:
+            raise AuditUnavailable(f"GET /v1/stock/{sku} answered {status}: {body}")
+        return Stock(**{name: body[name] for name in ("on_hand", "reserved", "adjusted", "sold", "restocked")})
+
+    def order(self, order_id: str) -> dict[str, Any] | None:
+        status, body = self.get(f"/v1/orders/{order_id}")
+        if status == 404:
+            return None
+        if status != 200:
+            raise AuditUnavailable(f"GET /v1/orders/{order_id} answered {status}: {body}")
+        return dict(body)
+
+
+def _ledger(settings: Settings) -> list[dict[str, Any]] | None:
+    """Every authorization the gateway holds, or ``None`` when it does not list them (a real provider)."""
+    from streamcart.stack.probes import http_get_json
+
+    try:
+        status, body = http_get_json(f"{settings.gateway_url}/v1/authorizations", 30.0)
+    except OSError:
+        return None
+    if status != 200 or not isinstance(body, dict):
+        return None
+    return list(body.get("authorizations", []))
+
+
+@dataclass(frozen=True)
+class Positions:
+    """Where the workers and the warehouse sinks are: each input partition's end and committed offsets."""
+
+    offsets: dict[tuple[str, str, int], tuple[int, int]]
+    sinks_healthy: bool
+
+    @property
+    def behind(self) -> dict[str, int]:
+        """Records not consumed yet, by consumer (``workers``, ``warehouse sinks``), only those behind."""
+        behind: Counter[str] = Counter()
+        for (group, _, _), (committed, end) in self.offsets.items():
+            behind["workers" if group == "workers" else "warehouse sinks"] += max(0, end - committed)
+        return {group: n for group, n in behind.items() if n}
+
+
+def positions(settings: Settings) -> Positions:
+    from streamcart import connectors
+    from streamcart.stack.admin import consumer_offsets
+
+    offsets: dict[tuple[str, str, int], tuple[int, int]] = {}
+    groups = {"workers": settings.app_id}
+    statuses = connectors.status(settings)
+    groups.update({f"connect-{row.name}": f"connect-{row.name}" for row in statuses})
+    for label, group in groups.items():
+        for (topic, partition), both in consumer_offsets(settings, group).items():
+            offsets[(label, topic, partition)] = both
+    return Positions(offsets, all(row.healthy for row in statuses))
+
+
+def audit(settings: Settings, *, since_ms: int | None = None, skus: list[str] | None = None, sample: int = 200,
+          wait_s: float = 120.0, grace_s: float = GRACE_S, on_wait: Callable[[str], None] = lambda _: None) -> Report:
+    """Wait (up to ``wait_s``) for a quiet moment, read the stack at it and check every invariant."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        before = positions(settings)
+        why = _not_quiet(before)
+        if not why:
+            snapshot = read_snapshot(settings, since_ms=since_ms, sample=sample, skus=skus)
+            after = positions(settings)
+            if after.offsets != before.offsets:
+                why = "records were written while the audit read"
+            elif pending := [o for o in snapshot.orders if o["status"] not in OrderStatus.SETTLED
+                             and snapshot.now_ms - o["deadline_at"] <= grace_s * 1000]:
+                why = f"{len(pending)} orders still within their deadline"
+            else:
+                return check(snapshot, grace_s=grace_s)
+        if time.monotonic() >= deadline:
+            raise AuditUnavailable(f"the stack was not quiet within {wait_s:g} s ({why}): the invariants hold once "
+                                   "nothing is in flight; stop the traffic (or wait longer: --wait) and run it again")
+        on_wait(why)
+        time.sleep(1.0)
+
+
+def _not_quiet(at: Positions) -> str:
+    if not at.sinks_healthy:
+        return "a warehouse sink is not running (`streamcart connectors status`)"
+    if behind := at.behind:
+        return ", ".join(f"{who} {n} record{'s' if n > 1 else ''} behind" for who, n in sorted(behind.items(),
+                                                                                                  reverse=True))
+    return ""

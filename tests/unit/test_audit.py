@@ -1,0 +1,208 @@
+"""``streamcart audit``'s checks (streamcart/audit.py): a shop where every invariant holds passes, and each way of
+breaking one is found, named by its invariant and its order or SKU. (On the real stack:
+tests/integration/test_audit.py.)"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import pytest
+
+from streamcart.audit import Finding, Movements, Positions, Snapshot, Stock, _not_quiet, check
+
+NOW = 1_800_000_000_000
+DEADLINE = NOW - 60_000
+
+
+def order(order_id: str, status: str, total: int | None, *, payment: str | None, reason: str | None = None,
+          authorization: str | None = None) -> dict:
+    return {"order_id": order_id, "customer_id": "c-1", "status": status, "currency": "EUR", "total_cents": total,
+            "cancel_reason": reason, "cancel_detail": None, "payment_status": payment,
+            "payment_amount_cents": total if payment else None, "authorization_id": authorization,
+            "decline_reason": "insufficient_funds" if payment == "declined" else None, "tracking_id": None,
+            "shipment_status": None, "carrier": None, "placed_at": DEADLINE - 30_000, "deadline_at": DEADLINE,
+            "updated_at": DEADLINE - 29_000}
+
+
+def api_view(row: dict, lines: list[dict], history: list[str]) -> dict:
+    """The API's answer for an order whose warehouse row is ``row``."""
+    return {"order_id": row["order_id"], "customer_id": row["customer_id"], "status": row["status"],
+            "currency": row["currency"], "total_cents": row["total_cents"], "cancel_reason": row["cancel_reason"],
+            "cancel_detail": row["cancel_detail"],
+            "payment": None if row["payment_status"] is None else {
+                "status": row["payment_status"], "amount_cents": row["payment_amount_cents"],
+                "authorization_id": row["authorization_id"], "decline_reason": row["decline_reason"]},
+            "shipment": None, "placed_at": row["placed_at"], "deadline": row["deadline_at"],
+            "lines": [{"sku": ln["sku"], "quantity": ln["quantity"], "unit_price_cents": ln["price"],
+                       "status": ln["status"]} for ln in lines if ln["order_id"] == row["order_id"]],
+            "history": [{"event": e, "time": DEADLINE, "event_id": f"{row['order_id']}-{e}"} for e in history]}
+
+
+def healthy_shop() -> Snapshot:
+    """Three orders over two SKUs (A 10 supplied, B 5): one kept its goods (2 A + 1 B, 250 + 100), one was refunded
+    after its confirmation (1 A, restocked), one was declined (1 B, released); every invariant holds."""
+    orders = [
+        order("o-kept", "DELIVERED", 600, payment="captured", authorization="auth-1"),
+        order("o-refunded", "CANCELLED", 250, payment="refunded", reason="customer_request", authorization="auth-2"),
+        order("o-declined", "CANCELLED", 100, payment="declined", reason="payment_declined"),
+    ]
+    lines = [
+        {"order_id": "o-kept", "sku": "A", "quantity": 2, "price": 250, "status": "committed"},
+        {"order_id": "o-kept", "sku": "B", "quantity": 1, "price": 100, "status": "committed"},
+        {"order_id": "o-refunded", "sku": "A", "quantity": 1, "price": 250, "status": "restocked"},
+        {"order_id": "o-declined", "sku": "B", "quantity": 1, "price": 100, "status": "released"},
+    ]
+    history = {"o-kept": ["OrderPlaced", "OrderConfirmed", "OrderShipped", "OrderDelivered"],
+               "o-refunded": ["OrderPlaced", "OrderConfirmed", "OrderCancelled"],
+               "o-declined": ["OrderPlaced", "OrderCancelled"]}
+    return Snapshot(
+        now_ms=NOW,
+        orders=orders,
+        lines=[{k: v for k, v in ln.items() if k != "price"} for ln in lines],
+        payments=[
+            {"order_id": "o-kept", "event": "authorized", "amount_cents": 600},
+            {"order_id": "o-kept", "event": "captured", "amount_cents": 600},
+            {"order_id": "o-refunded", "event": "authorized", "amount_cents": 250},
+            {"order_id": "o-refunded", "event": "captured", "amount_cents": 250},
+            {"order_id": "o-refunded", "event": "refunded", "amount_cents": 250},
+            {"order_id": "o-declined", "event": "declined", "amount_cents": 100},
+        ],
+        # Sold 2 + 1 of A (one came back), 1 of B; the declined order's B was reserved and released.
+        movements={"A": Movements(committed=3, restocked=1, reserved=0),
+                   "B": Movements(committed=1, restocked=0, reserved=0)},
+        stock={"A": Stock(on_hand=8, reserved=0, adjusted=10, sold=3, restocked=1),
+               "B": Stock(on_hand=4, reserved=0, adjusted=5, sold=1, restocked=0)},
+        kept_units={"A": 2, "B": 1},
+        ledger=[
+            {"idempotency_key": "o-kept", "status": "captured", "amount_cents": 600, "authorization_id": "auth-1"},
+            {"idempotency_key": "o-refunded", "status": "refunded", "amount_cents": 250, "authorization_id": "auth-2"},
+            {"idempotency_key": "o-declined", "status": "declined", "amount_cents": 100, "authorization_id": "auth-3"},
+        ],
+        api_orders={o["order_id"]: api_view(o, lines, history[o["order_id"]]) for o in orders},
+        warehouse_rows={o["order_id"]: o for o in orders},
+        warehouse_lines={o["order_id"]: sorted((ln["sku"], ln["quantity"], ln["price"], ln["status"])
+                                               for ln in lines if ln["order_id"] == o["order_id"])
+                         for o in orders},
+        retention_ms=7 * 86_400_000,
+    )
+
+
+def test_a_shop_where_every_invariant_holds_passes_and_says_what_it_checked():
+    report = check(healthy_shop())
+    assert report.ok, report.findings
+    assert report.checked["I1"].startswith("3 orders: 1 confirmed, shipped or delivered, 2 cancelled")
+    assert report.checked["I2"] == "2 SKUs"
+    assert "against the gateway's ledger (3 authorizations)" in report.checked["I4"]
+
+
+def stuck(s: Snapshot) -> None:
+    s.orders.append(order("o-stuck", "PENDING", None, payment="requested"))
+
+
+def line_left_reserved(s: Snapshot) -> None:
+    s.lines[3]["status"] = "reserved"  # the declined order's B
+
+
+def placed_twice(s: Snapshot) -> None:
+    s.api_orders["o-declined"]["history"].insert(1, {"event": "OrderPlaced", "time": 0, "event_id": "again"})
+
+
+def units_still_reserved(s: Snapshot) -> None:
+    s.stock["B"] = Stock(on_hand=4, reserved=1, adjusted=5, sold=1, restocked=0)
+
+
+def sold_twice(s: Snapshot) -> None:  # a commitment applied twice by the inventory
+    s.stock["A"] = Stock(on_hand=6, reserved=0, adjusted=10, sold=4, restocked=0)
+
+
+def stock_not_conserved(s: Snapshot) -> None:
+    s.stock["A"] = Stock(on_hand=9, reserved=0, adjusted=10, sold=3, restocked=1)
+
+
+def oversold(s: Snapshot) -> None:
+    s.stock["B"] = Stock(on_hand=-1, reserved=0, adjusted=0, sold=1, restocked=0)
+
+
+def confirmed_twice_at_the_gateway(s: Snapshot) -> None:
+    assert s.ledger is not None
+    s.ledger.append({"idempotency_key": "o-kept", "status": "authorized", "amount_cents": 600,
+                     "authorization_id": "auth-9"})
+
+
+def refund_never_made(s: Snapshot) -> None:
+    assert s.ledger is not None
+    s.ledger[1]["status"] = "captured"
+
+
+def captured_for_another_amount(s: Snapshot) -> None:
+    s.payments[1]["amount_cents"] = 500
+
+
+def warehouse_behind_the_api(s: Snapshot) -> None:
+    s.warehouse_rows["o-refunded"] = {**s.warehouse_rows["o-refunded"], "payment_status": "captured"}
+
+
+def unknown_to_the_api(s: Snapshot) -> None:
+    s.api_orders["o-kept"] = None
+
+
+BROKEN: dict[str, tuple[Callable[[Snapshot], None], list[Finding]]] = {
+    "an order unsettled past its deadline": (stuck, [Finding("I1", "o-stuck", "PENDING 60 s after its deadline")]),
+    "a cancelled order's line still reserved": (line_left_reserved, [
+        Finding("I1", "o-declined", "CANCELLED, but its line of B is still reserved")]),
+    "an order placed twice": (placed_twice, [
+        Finding("I1", "o-declined", "its history has {'OrderPlaced': 2, 'OrderConfirmed': 0, 'OrderCancelled': 1}")]),
+    "units reserved once quiet": (units_still_reserved, [
+        Finding("I2", "B", "1 units reserved with no order in flight"),
+        Finding("I2", "B", "the warehouse's movements leave 0 units reserved, the inventory 1"),
+    ]),
+    "a commitment applied twice": (sold_twice, [
+        Finding("I2", "A", "the inventory sold 4 and restocked 0 units, the warehouse's movements 3 and 1"),
+        Finding("I3", "A", "orders that kept their goods hold 2 units, but 4 were sold and 0 restocked"),
+    ]),
+    "stock not conserved": (stock_not_conserved, [
+        Finding("I2", "A", "on hand 9, but adjusted 10 - sold 3 + restocked 1 = 8")]),
+    "oversold": (oversold, [
+        Finding("I2", "B", "available -1 outside [0, on hand -1]"),
+        Finding("I3", "B", "1 units kept by orders, only 0 supplied"),
+    ]),
+    "two authorizations for one order": (confirmed_twice_at_the_gateway, [
+        Finding("I4", "o-kept", "DELIVERED with 2 authorizations at the gateway")]),
+    "a refund the gateway never made": (refund_never_made, [
+        Finding("I4", "o-refunded", "CANCELLED, the gateway holds 250 (captured, auth-2)")]),
+    "captured for another amount": (captured_for_another_amount, [
+        Finding("I4", "o-kept", "DELIVERED for 600, payment rows {'authorized': 1, 'captured': 1} for [500, 600]")]),
+    "a warehouse row behind the API": (warehouse_behind_the_api, [
+        Finding("I7", "o-refunded", "warehouse row differs: payment_status 'captured' (API 'refunded')")]),
+    "an order the API does not know": (unknown_to_the_api, [
+        Finding("I7", "o-kept", "in the warehouse, unknown to the API")]),
+}
+
+
+@pytest.mark.parametrize("name", BROKEN)
+def test_each_way_of_breaking_an_invariant_is_found_and_named(name):
+    snapshot = copy.deepcopy(healthy_shop())
+    breaking, expected = BROKEN[name]
+    breaking(snapshot)
+    report = check(snapshot)
+    assert not report.ok
+    assert sorted(report.findings, key=repr) == sorted(expected, key=repr)
+
+
+def test_an_unsettled_order_within_its_deadline_and_grace_is_not_stuck():
+    snapshot = healthy_shop()
+    snapshot.orders.append({**order("o-late", "PENDING", None, payment="requested"), "deadline_at": NOW - 29_000})
+    assert check(snapshot, grace_s=30).ok
+    assert check(snapshot, grace_s=20).findings == (Finding("I1", "o-late", "PENDING 29 s after its deadline"),)
+
+
+def test_the_stack_is_quiet_once_the_workers_and_the_sinks_have_consumed_everything():
+    offsets = {("workers", "commands.orders", 0): (10, 12), ("workers", "events.orders", 3): (5, 5),
+               ("connect-orders", "warehouse.orders", 0): (7, 8), ("connect-lines", "warehouse.lines", 1): (2, 4)}
+    behind = Positions(offsets, sinks_healthy=True)
+    assert behind.behind == {"workers": 2, "warehouse sinks": 3}
+    assert _not_quiet(behind) == "workers 2 records behind, warehouse sinks 3 records behind"
+    caught_up = Positions({key: (end, end) for key, (_, end) in offsets.items()}, sinks_healthy=True)
+    assert _not_quiet(caught_up) == ""
+    assert "not running" in _not_quiet(Positions(caught_up.offsets, sinks_healthy=False))
