@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from schemas.messages import PlaceOrder
+from streamcart.audit import audit
 from streamcart.dead_letters import DlqHeader
 from streamcart.ids import new_id
 from streamcart.settings import Settings
@@ -204,6 +205,12 @@ class Burst:
 
         # I4: one captured authorization per confirmed order for its total; cancelled orders net to zero.
         assert_money_nets_out(shop, settled)
+
+        # And `streamcart audit` over the burst's SKUs finds nothing either: besides the above, each order's lines
+        # where its outcome leaves them, the inventory's counters equal to the warehouse's stock movements, the
+        # payment rows, and the latest orders' warehouse rows equal to the API (I7) once the sinks caught up.
+        report = audit(shop.settings, skus=list(self.stock), sample=500, wait_s=180)
+        assert report.ok, [vars(f) for f in report.findings[:20]]
 
 
 def assert_money_nets_out(shop: Shop, settled: dict[str, dict]) -> None:
