@@ -31,6 +31,7 @@ from streamcart.text import is_digits
 if TYPE_CHECKING:
     from schemas.codec import Codec
     from schemas.messages import Message
+    from streamcart.audit import Report
     from streamcart.commands import CommandSender
     from streamcart.dead_letters import DeadLetter, Selection
     from streamcart.domain.inventory import StockState
@@ -407,19 +408,60 @@ def audit(
     except auditing.AuditUnavailable as exc:  # not a finding: exit code 2, as for a script that cannot tell
         err_console.print(f"[red]cannot audit:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
-    grouped = report.by_invariant()
     if as_json:
         print(json.dumps({"ok": report.ok, "checked": report.checked,
                           "findings": [vars(f) for f in report.findings]}, indent=2))
     else:
-        for name, findings in grouped.items():
-            mark = "[green]ok[/]" if not findings else f"[red]{len(findings)} findings[/]"
-            console.print(f"{name} {auditing.INVARIANTS[name]}: {mark} [dim]({escape(report.checked[name])})[/]")
-            for finding in findings[:limit]:
-                console.print(f"   {escape(finding.subject)}: {escape(finding.problem)}")
-            if len(findings) > limit:
-                console.print(f"   [dim]… and {len(findings) - limit} more (--limit, --json)[/]")
+        _print_audit(report, limit)
     if not report.ok:
+        raise typer.Exit(1)
+
+
+def _print_audit(report: Report, limit: int) -> None:
+    """Each invariant with ok or its findings (at most ``limit`` of them), and what it was checked over."""
+    from streamcart.audit import INVARIANTS
+
+    for name, findings in report.by_invariant().items():
+        mark = "[green]ok[/]" if not findings else f"[red]{len(findings)} findings[/]"
+        console.print(f"{name} {INVARIANTS[name]}: {mark} [dim]({escape(report.checked[name])})[/]")
+        for finding in findings[:limit]:
+            console.print(f"   {escape(finding.subject)}: {escape(finding.problem)}")
+        if len(findings) > limit:
+            console.print(f"   [dim]… and {len(findings) - limit} more (--limit, --json)[/]")
+
+
+@app.command()
+def drill(
+    kills: Annotated[int, typer.Option(min=1, help="How many processes to kill, one after the other.")] = 4,
+    every: Annotated[float, typer.Option(min=1, help="Seconds between a process back and the next kill.")] = 15.0,
+    down: Annotated[float, typer.Option(min=0, help="Seconds a killed process stays down.")] = 3.0,
+    rate: Annotated[float, typer.Option(min=0.01, help="Orders per second the shoppers place.")] = 2.0,
+    target: Annotated[list[str] | None, typer.Option(help="Kill only these (repeat; `workers` for every worker); "
+                                                          "default: every process of the stack.")] = None,
+    sku: Annotated[list[str] | None, typer.Option(help="Shop only these active products (repeat).",
+                                                  callback=lambda v: [_identifier(s) for s in v or []])] = None,
+    seed: Annotated[int | None, typer.Option(help="Make the same choices (victims, shoppers) as another run.")] = None,
+) -> None:
+    """Customers shop while the stack's processes are killed with SIGKILL and started again, one at a time; then
+    `streamcart audit` checks every order placed meanwhile. Exit code 0 when every invariant held, 1 when one did
+    not, 2 when the audit could not run."""
+    import asyncio
+
+    from streamcart import audit as auditing
+    from streamcart.drill import drill as run_drill
+
+    stack = _stack()
+    if (weak := stack.settings.weak_jwt_secret()) is not None:
+        raise ConfigurationError(weak)
+    try:
+        done = asyncio.run(run_drill(stack, kills=kills, every_s=every, down_s=down, rate=rate, targets=target or (),
+                                     skus=sku or (), seed=seed, echo=lambda line: console.print(line, highlight=False)))
+    except auditing.AuditUnavailable as exc:
+        err_console.print(f"[red]cannot audit:[/] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(2) from None
+    assert done.report is not None
+    _print_audit(done.report, limit=20)
+    if not done.report.ok:
         raise typer.Exit(1)
 
 

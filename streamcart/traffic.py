@@ -14,6 +14,7 @@ cancel can race a payment).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections import Counter
@@ -42,6 +43,13 @@ CANCEL_AT_ONCE = 0.04
 LOW_STOCK, RESTOCK = 5, 50
 #: How long a long-poll may wait at a time (the API's limit), and how long a shopper waits for an outcome.
 POLL_S, SETTLE_S = 30.0, 90.0
+#: How many times a request goes to the next worker when one does not answer before it is given up.
+UNANSWERED_TRIES = 5
+
+
+def failed(step: str, status: int) -> str:
+    """How a failed request is counted: ``place: HTTP 422``, or ``place: no answer`` when no worker answered."""
+    return f"{step}: {'no answer' if status == 0 else f'HTTP {status}'}"
 
 
 @dataclass(frozen=True)
@@ -126,18 +134,30 @@ class Shoppers:
     async def call(self, method: str, path: str, token: str, body: Any = None,
                    headers: dict[str, str] | None = None) -> tuple[int, Any]:
         """One request to the next worker in turn; a 503 (a rebalance) or a 429 is tried again after its
-        Retry-After. A worker that cannot be reached, or an answer that is not JSON, is status 0."""
+        Retry-After, and a worker that does not answer (down, or killed mid-request) is left for the next one, as a
+        load balancer would: every request of the API is safe to send again (a placement under its
+        Idempotency-Key). Status 0 when no worker answered :data:`UNANSWERED_TRIES` times, or the answer is not
+        JSON."""
         status, answer = 0, None
+        unanswered = 0
+        index = self._turn
+        self._turn += 1
         for _ in range(20):
-            url = self.urls[self._turn % len(self.urls)] + path
-            self._turn += 1
+            url = self.urls[index % len(self.urls)] + path
+            index += 1  # the next try goes to the next worker, whatever other shoppers' requests do meanwhile
             try:
                 async with self.session.request(method, url, json=body, headers={
                     "Authorization": f"Bearer {token}", **(headers or {})
                 }) as response:
                     status, answer = response.status, await response.json(content_type=None)
                     retry_after = response.headers.get("Retry-After", "1")
-            except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                unanswered += 1
+                if unanswered >= UNANSWERED_TRIES:
+                    return 0, {"error": f"{method} {path}: {type(exc).__name__} {exc}"}
+                await asyncio.sleep(0.2)
+                continue
+            except ValueError as exc:
                 return 0, {"error": f"{method} {path}: {type(exc).__name__} {exc}"}
             if status not in (429, 503):
                 return status, answer
@@ -188,7 +208,7 @@ class Shoppers:
                 "currency": "EUR"}
         status, placed = await self.call("POST", "/v1/orders", token, body, {"Idempotency-Key": new_id()})
         if status != 202:
-            self.tally.errors[f"place HTTP {status}"] += 1
+            self.tally.errors[failed("place", status)] += 1
             return ""
         order_id = str(placed["order_id"])
         self.tally.placed += 1
@@ -223,7 +243,7 @@ class Shoppers:
             if status != 404:
                 break
             await asyncio.sleep(0.25)
-        self.tally.errors[f"cancel: HTTP {status}"] += 1
+        self.tally.errors[failed("cancel", status)] += 1
         return False
 
     async def _ship(self, order_id: str, step: str) -> None:
@@ -236,7 +256,7 @@ class Shoppers:
             if status != 409:
                 break
             await asyncio.sleep(0.5)
-        self.tally.errors[f"{step}: HTTP {status}"] += 1
+        self.tally.errors[failed(step, status)] += 1
 
     async def _settled(self, order_id: str, token: str) -> dict[str, Any] | None:
         """The order once CONFIRMED or CANCELLED (long-polled), else ``None`` after :data:`SETTLE_S`."""
@@ -273,7 +293,7 @@ class Shoppers:
                 if status in (200, 202):
                     self.tally.restocks += 1
                 else:
-                    self.tally.errors[f"restock: HTTP {status}"] += 1
+                    self.tally.errors[failed("restock", status)] += 1
             finally:
                 self._restocking.discard(sku)
 
@@ -281,12 +301,12 @@ class Shoppers:
 async def run(
     settings: Settings, *, rate: float, orders: int | None = None, seconds: float | None = None,
     seed: int | None = None, echo: Callable[[str], None] = print, every_s: float = 5.0, tally: Tally | None = None,
-    skus: Sequence[str] = (),
+    skus: Sequence[str] = (), stop: asyncio.Event | None = None,
 ) -> Tally:
-    """Start a shopper every ``1/rate`` seconds until ``orders`` were placed or ``seconds`` passed (or forever),
-    then wait for every shopper to finish; ``echo`` gets a progress line every ``every_s``. ``tally`` (filled as
-    the run goes) is what a caller interrupted with Ctrl-C can still report. ``skus`` limits the shopping to those
-    (default: every active product)."""
+    """Start a shopper every ``1/rate`` seconds until ``orders`` were placed, ``seconds`` passed or ``stop`` is set
+    (or forever), then wait for every shopper to finish; ``echo`` gets a progress line every ``every_s``. ``tally``
+    (filled as the run goes) is what a caller interrupted with Ctrl-C can still report. ``skus`` limits the
+    shopping to those (default: every active product)."""
     timeout = aiohttp.ClientTimeout(total=POLL_S + 15)
     # The system's resolver, not aiohttp's default (c-ares, once aiodns is installed for the webhooks): c-ares keeps an
     # answer for its TTL (Docker's DNS gives 600 s), so a worker back at a new address would be called at its old one
@@ -309,12 +329,15 @@ async def run(
         started = time.monotonic()
         n = 0
         try:
-            while (orders is None or n < orders) and (seconds is None or time.monotonic() - started < seconds):
+            stopped = stop or asyncio.Event()
+            while ((orders is None or n < orders) and (seconds is None or time.monotonic() - started < seconds)
+                   and not stopped.is_set()):
                 task = asyncio.create_task(shoppers.shop(skus))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
                 n += 1
-                await asyncio.sleep(max(0.0, started + n / rate - time.monotonic()))
+                with contextlib.suppress(TimeoutError):  # the next shopper's time, or a stop before it
+                    await asyncio.wait_for(stopped.wait(), max(0.0, started + n / rate - time.monotonic()))
             if tasks:
                 await asyncio.wait(set(tasks))
         finally:

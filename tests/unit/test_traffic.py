@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import random
+import socket
 from collections import Counter
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 from streamcart.errors import StreamcartError
-from streamcart.traffic import AFTER_CONFIRMATION, CARDS, Shoppers, Tally, plan
+from streamcart.settings import Settings
+from streamcart.traffic import AFTER_CONFIRMATION, CARDS, Shoppers, Tally, failed, plan
 
 SKUS = ["KB-001", "MS-002", "MN-003", "HD-004"]
 
@@ -89,3 +93,34 @@ async def test_the_catalog_is_read_to_its_last_page():
 
     assert await Paged().catalog() == ["BENCH-1", "KB-001"]
     assert await Paged().shelves(()) == ["KB-001"]
+
+
+def _dead_port() -> int:
+    """A loopback port nothing listens on (bound, then closed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_a_worker_that_does_not_answer_is_left_for_the_next_one(aiohttp_server):
+    """`streamcart drill` kills workers under the shoppers: a refused connection counted as a failed placement
+    at once, though the other worker was up (a load balancer would have sent it there)."""
+    received: list[str] = []
+
+    async def place(request: web.Request) -> web.Response:
+        received.append(request.headers["Idempotency-Key"])
+        return web.json_response({"order_id": "o-1"}, status=202)
+
+    app = web.Application()
+    app.router.add_post("/v1/orders", place)
+    live = await aiohttp_server(app)
+    async with aiohttp.ClientSession() as session:
+        shoppers = Shoppers(Settings(), session)
+        shoppers.urls = [f"http://127.0.0.1:{_dead_port()}", str(live.make_url("")).rstrip("/")]
+        assert await shoppers.call("POST", "/v1/orders", "t", {}, {"Idempotency-Key": "k-1"}) == (
+            202, {"order_id": "o-1"})
+        assert received == ["k-1"]
+        shoppers.urls = [f"http://127.0.0.1:{_dead_port()}"]
+        status, answer = await shoppers.call("POST", "/v1/orders", "t", {})
+    assert status == 0 and "ClientConnectorError" in answer["error"]
+    assert failed("place", status) == "place: no answer" and failed("place", 422) == "place: HTTP 422"
