@@ -74,15 +74,18 @@ async def drill(stack: Stack, *, kills: int, every_s: float, down_s: float, rate
     stop = asyncio.Event()
     shopping = asyncio.create_task(run(settings, rate=rate, seed=seed, echo=echo, tally=result.tally, skus=skus,
                                        stop=stop))
+    down: str | None = None
     try:
         for name in hits:
             await _sleep_or_fail(every_s, shopping)
             at_s = time.monotonic() - began
+            down = name
             await asyncio.to_thread(stack.kill, name)
             echo(f"{at_s:6.1f} s  SIGKILL {name}")
             await asyncio.sleep(down_s)
             started = time.monotonic()
             await asyncio.to_thread(stack.start, name)  # waits for its readiness check
+            down = None
             back = time.monotonic() - started
             echo(f"{time.monotonic() - began:6.1f} s  {name} ready again ({back:.1f} s after its start)")
             result.kills.append(Kill(name, at_s, back))
@@ -92,6 +95,9 @@ async def drill(stack: Stack, *, kills: int, every_s: float, down_s: float, rate
         await shopping
     finally:
         shopping.cancel()
+        if down is not None:  # interrupted (Ctrl-C) or failed while a process was down: the stack is left whole
+            echo(f"starting {down} again")
+            stack.start(down)
     echo("the shoppers are done: " + result.tally.line())
     echo("auditing every order placed since the drill began (waiting for the stack to be quiet) …")
     result.report = await asyncio.to_thread(audit, settings, since_ms=since_ms, wait_s=audit_wait_s,

@@ -248,8 +248,8 @@ class Shoppers:
 
     async def _ship(self, order_id: str, step: str) -> None:
         """The admin's shipment update; the shipment is created just after the confirmation, so a 409 (none yet)
-        is tried again a few times."""
-        for _ in range(20):
+        is tried again for up to a minute (a worker killed in a drill takes some 15 s to take its work up again)."""
+        for _ in range(120):
             status, _ = await self.call("POST", f"/v1/shipments/{order_id}/status", self.admin, {"status": step})
             if status == 202:
                 return
