@@ -459,6 +459,9 @@ def drill(
     except auditing.AuditUnavailable as exc:
         err_console.print(f"[red]cannot audit:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
+    except asyncio.CancelledError:  # SIGTERM (drill.py): what was down has been started again
+        err_console.print("drill stopped (SIGTERM)")
+        raise typer.Exit(143) from None
     assert done.report is not None
     _print_audit(done.report, limit=20)
     if not done.report.ok:

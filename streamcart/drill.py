@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -72,6 +73,9 @@ async def drill(stack: Stack, *, kills: int, every_s: float, down_s: float, rate
     since_ms = int(time.time() * 1000)
     echo(f"drill: {kills} kills, one every {every_s:g} s, each process down {down_s:g} s: {', '.join(hits)}")
     stop = asyncio.Event()
+    loop, current = asyncio.get_running_loop(), asyncio.current_task()
+    if current is not None:  # a SIGTERM ends the drill as Ctrl-C does: what it killed is started again first
+        loop.add_signal_handler(signal.SIGTERM, current.cancel)
     shopping = asyncio.create_task(run(settings, rate=rate, seed=seed, echo=echo, tally=result.tally, skus=skus,
                                        stop=stop))
     down: str | None = None
@@ -94,8 +98,9 @@ async def drill(stack: Stack, *, kills: int, every_s: float, down_s: float, rate
         echo("no more orders; the shoppers follow theirs to the end")
         await shopping
     finally:
+        loop.remove_signal_handler(signal.SIGTERM)
         shopping.cancel()
-        if down is not None:  # interrupted (Ctrl-C) or failed while a process was down: the stack is left whole
+        if down is not None:  # interrupted (Ctrl-C, SIGTERM) or failed while a process was down: left whole
             echo(f"starting {down} again")
             stack.start(down)
     echo("the shoppers are done: " + result.tally.line())
