@@ -24,11 +24,13 @@ The checks (:func:`check`) are pure functions of the snapshot:
 
 from __future__ import annotations
 
+import random
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 from streamcart.domain.order_state import LineStatus, OrderStatus
 from streamcart.errors import StreamcartError
@@ -105,6 +107,8 @@ class Snapshot:
     api_orders: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     warehouse_rows: dict[str, dict[str, Any]] = field(default_factory=dict)
     warehouse_lines: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
+    #: The API's answer for each order the caller expected (accepted by the API) that the warehouse does not hold.
+    unrecorded: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     #: Per SKU, the units of every order (placed in the audit's window or not) that kept its goods.
     kept_units: dict[str, int] = field(default_factory=dict)
     retention_ms: int = 0
@@ -150,22 +154,26 @@ def check(snapshot: Snapshot, *, grace_s: float = GRACE_S) -> Report:
     findings = [
         *_settled(snapshot, grace_s),
         *_one_outcome(snapshot),
+        *_unrecorded(snapshot),
         *_stock(snapshot),
         *_money(snapshot),
         *_warehouse_equals_api(snapshot),
     ]
     statuses = Counter(o["status"] for o in snapshot.orders)
     kept = sum(statuses[s] for s in KEPT)
-    ledger = ("" if snapshot.ledger is None
-              else f", against the gateway's ledger ({len(snapshot.ledger)} authorizations)")
+    audited = set(snapshot.warehouse_rows)
+    ledger = ("" if snapshot.ledger is None else ", against the gateway's ledger "
+              f"({sum(1 for a in snapshot.ledger if a['idempotency_key'] in audited)} of its authorizations)")
     checked = {
-        "I1": f"{len(snapshot.orders)} orders: {kept} confirmed, shipped or delivered, "
-              f"{statuses[OrderStatus.CANCELLED]} cancelled; the histories of the latest {len(snapshot.api_orders)}",
+        "I1": f"{len(snapshot.orders)} orders" + (f" ({len(snapshot.unrecorded)} accepted ones missing)"
+                                                  if snapshot.unrecorded else "")
+              + f": {kept} confirmed, shipped or delivered, "
+              f"{statuses[OrderStatus.CANCELLED]} cancelled; the histories of {len(snapshot.api_orders)}",
         "I2": _skus(len(snapshot.stock)),
         "I3": _skus(len(snapshot.stock)),
         "I4": f"{sum(1 for o in snapshot.orders if o['payment_status'])} payments in the warehouse{ledger}"
               + ("" if snapshot.ledger is not None else " (the gateway lists no authorizations)"),
-        "I7": f"the latest {len(snapshot.api_orders)} orders",
+        "I7": f"{len(snapshot.api_orders)} orders",
     }
     return Report(tuple(findings), checked)
 
@@ -193,6 +201,16 @@ def _settled(snapshot: Snapshot, grace_s: float) -> Iterable[Finding]:
                 yield Finding("I1", order_id, f"{status}, but its line of {line['sku']} is {where}, not committed")
             elif status == OrderStatus.CANCELLED and where in (LineStatus.RESERVED, LineStatus.COMMITTED):
                 yield Finding("I1", order_id, f"CANCELLED, but its line of {line['sku']} is still {where}")
+
+
+def _unrecorded(snapshot: Snapshot) -> Iterable[Finding]:
+    """An order the API accepted is somewhere: in the warehouse (I1: nothing lost), and the API's view of one the
+    warehouse lacks is a row the sinks never wrote (I7)."""
+    for order_id, api in sorted(snapshot.unrecorded.items()):
+        if api is None:
+            yield Finding("I1", order_id, "accepted by the API, but neither the warehouse nor the API knows it")
+        else:
+            yield Finding("I7", order_id, f"{api['status']} in the API, not in the warehouse")
 
 
 def _one_outcome(snapshot: Snapshot) -> Iterable[Finding]:
@@ -303,14 +321,16 @@ def _ms(column: str) -> str:
     return f"(extract(epoch from {column}) * 1000)::bigint"
 
 
-def read_snapshot(settings: Settings, *, since_ms: int | None, sample: int, skus: list[str] | None = None
-                  ) -> Snapshot:
+def read_snapshot(settings: Settings, *, since_ms: int | None, sample: int | None, skus: list[str] | None = None,
+                  expected: Collection[str] = ()) -> Snapshot:
     """The warehouse's orders placed since ``since_ms`` (all without it) with a line of one of ``skus`` (any without
     them), the stock of every SKU they ordered (every SKU any order moved, when neither narrows the orders), the
-    gateway's ledger and the API's view of the latest ``sample`` orders."""
+    gateway's ledger, the API's view of the orders :func:`sampled`, and of each ``expected`` order (accepted by the
+    API, says the caller) the warehouse does not hold."""
     import psycopg
 
     since = 0 if since_ms is None else since_ms
+    scoped = since_ms is not None or bool(skus)
     snapshot = Snapshot(now_ms=int(time.time() * 1000), retention_ms=int(settings.order_retention_s * 1000))
     try:
         with psycopg.connect(settings.postgres_dsn, autocommit=True, connect_timeout=5) as conn:
@@ -358,15 +378,38 @@ def read_snapshot(settings: Settings, *, since_ms: int | None, sample: int, skus
             snapshot.movements = {sku: Movements(committed=m.get("committed", 0), restocked=m.get("restocked", 0),
                                                  reserved=m.get("reserved_delta", 0))
                                   for sku, m in by_movement.items()}
-    except psycopg.OperationalError as exc:
+    except psycopg.Error as exc:
         raise AuditUnavailable(f"the warehouse at {settings.postgres_host or settings.host}:"
-                               f"{settings.postgres_port} does not answer: {exc}".strip()) from exc
+                               f"{settings.postgres_port} did not answer: {exc}".strip()) from exc
     api = _Api(settings)
     snapshot.stock = {sku: api.stock(sku) for sku in skus}
-    latest = sorted(snapshot.orders, key=lambda o: o["updated_at"], reverse=True)[:sample]
-    snapshot.api_orders = {o["order_id"]: api.order(o["order_id"]) for o in latest}
+    snapshot.api_orders = {order_id: api.order(order_id) for order_id in sampled(snapshot.orders, sample, scoped)}
+    snapshot.unrecorded = {order_id: api.order(order_id) for order_id in sorted(set(expected))
+                           if order_id not in snapshot.warehouse_rows}
     snapshot.ledger = _ledger(settings)
     return snapshot
+
+
+#: Without ``--since``/``--sku`` (every order a stack ever had), how many of the latest orders, and of the others
+#: at random, are compared with the API.
+DEFAULT_SAMPLE = 200
+
+
+def sampled(orders: list[dict[str, Any]], sample: int | None, scoped: bool) -> list[str]:
+    """Which orders are read from the API: ``sample`` latest ones; by default every one when the audit is narrowed
+    (``scoped``), else the :data:`DEFAULT_SAMPLE` latest and as many others at random (a row left stale because its
+    later state never came is older than the latest)."""
+    by_age = [o["order_id"] for o in sorted(orders, key=lambda o: o["updated_at"], reverse=True)]
+    if sample is not None:
+        return by_age[:sample]
+    if scoped:
+        return by_age
+    older = by_age[DEFAULT_SAMPLE:]
+    return by_age[:DEFAULT_SAMPLE] + random.sample(older, min(DEFAULT_SAMPLE, len(older)))
+
+
+#: How long one read waits out the API's 429s and 503s.
+API_PATIENCE_S = 30.0
 
 
 class _Api:
@@ -379,16 +422,27 @@ class _Api:
         self.token = issue_token(settings.jwt_secret.get_secret_value(), "audit", ["admin"], ttl_s=600)
 
     def get(self, path: str) -> tuple[int, Any]:
+        """The status and JSON of ``GET path``. A 429 (the API's rate limit, which an audit of thousands of orders
+        meets) or 503 (a rebalance) is asked again a second later, for up to :data:`API_PATIENCE_S`; then it is
+        :class:`AuditUnavailable`, for the audit to wait and read again."""
         from streamcart.stack.probes import http_get_json
 
-        try:
-            return http_get_json(f"{self.base}{path}", 10.0, headers={"Authorization": f"Bearer {self.token}"})
-        except OSError as exc:
-            raise AuditUnavailable(f"the API at {self.base} does not answer ({getattr(exc, 'reason', exc)}): "
-                                   "is the stack up (`streamcart status`)?") from exc
+        given_up = time.monotonic() + API_PATIENCE_S
+        while True:
+            try:
+                status, body = http_get_json(f"{self.base}{path}", 10.0,
+                                             headers={"Authorization": f"Bearer {self.token}"})
+            except OSError as exc:
+                raise AuditUnavailable(f"the API at {self.base} does not answer ({getattr(exc, 'reason', exc)}): "
+                                       "is the stack up (`streamcart status`)?") from exc
+            if status not in (429, 503):
+                return status, body
+            if time.monotonic() >= given_up:
+                raise AuditUnavailable(f"the API answered {status} to GET {path} for {API_PATIENCE_S:g} s")
+            time.sleep(1.0)
 
     def stock(self, sku: str) -> Stock:
-        status, body = self.get(f"/v1/stock/{sku}")
+        status, body = self.get(f"/v1/stock/{quote(sku, safe='')}")
         if status == 404:  # ordered, never stocked: every counter 0
             return Stock()
         if status != 200:
@@ -396,7 +450,7 @@ class _Api:
         return Stock(**{name: body[name] for name in ("on_hand", "reserved", "adjusted", "sold", "restocked")})
 
     def order(self, order_id: str) -> dict[str, Any] | None:
-        status, body = self.get(f"/v1/orders/{order_id}")
+        status, body = self.get(f"/v1/orders/{quote(order_id, safe='')}")
         if status == 404:
             return None
         if status != 200:
@@ -405,70 +459,84 @@ class _Api:
 
 
 def _ledger(settings: Settings) -> list[dict[str, Any]] | None:
-    """Every authorization the gateway holds, or ``None`` when it does not list them (a real provider)."""
+    """Every authorization the gateway holds, or ``None`` when it lists none (404: a real provider's API). A
+    gateway that does not answer is no reason to skip the check: the audit waits for it."""
     from streamcart.stack.probes import http_get_json
 
+    url = f"{settings.gateway_url}/v1/authorizations"
     try:
-        status, body = http_get_json(f"{settings.gateway_url}/v1/authorizations", 30.0)
-    except OSError:
+        status, body = http_get_json(url, 30.0)
+    except OSError as exc:
+        raise AuditUnavailable(f"the payment gateway at {url} does not answer ({getattr(exc, 'reason', exc)})") \
+            from exc
+    if status == 404:
         return None
     if status != 200 or not isinstance(body, dict):
-        return None
+        raise AuditUnavailable(f"the payment gateway at {url} answered {status}")
     return list(body.get("authorizations", []))
 
 
 @dataclass(frozen=True)
 class Positions:
-    """Where the workers and the warehouse sinks are: each input partition's end and committed offsets."""
+    """Where the workers and the warehouse sinks are: for each partition they read, (their offset, its end)."""
 
     offsets: dict[tuple[str, str, int], tuple[int, int]]
     sinks_healthy: bool
+    workers_group: str = ""
 
     @property
     def behind(self) -> dict[str, int]:
         """Records not consumed yet, by consumer (``workers``, ``warehouse sinks``), only those behind."""
         behind: Counter[str] = Counter()
-        for (group, _, _), (committed, end) in self.offsets.items():
-            behind["workers" if group == "workers" else "warehouse sinks"] += max(0, end - committed)
+        for (group, _, _), (position, end) in self.offsets.items():
+            behind["workers" if group == self.workers_group else "warehouse sinks"] += max(0, end - position)
         return {group: n for group, n in behind.items() if n}
 
 
 def positions(settings: Settings) -> Positions:
+    """The workers' and the sinks' positions on every partition of what they read (streamcart/stack/admin.py,
+    :func:`~streamcart.stack.admin.backlogs`), and whether every sink runs."""
     from streamcart import connectors
-    from streamcart.stack.admin import consumer_offsets
+    from streamcart.stack.admin import backlogs
+    from streamcart.topics import Topics
 
-    offsets: dict[tuple[str, str, int], tuple[int, int]] = {}
-    groups = {"workers": settings.app_id}
-    statuses = connectors.status(settings)
-    groups.update({f"connect-{row.name}": f"connect-{row.name}" for row in statuses})
-    for label, group in groups.items():
-        for (topic, partition), both in consumer_offsets(settings, group).items():
-            offsets[(label, topic, partition)] = both
-    return Positions(offsets, all(row.healthy for row in statuses))
+    loaded = connectors.load(settings)
+    groups: dict[str, Collection[str]] = {settings.app_id: Topics.from_settings(settings).worker_inputs()}
+    groups.update({f"connect-{c.name}": c.config["topics"].split(",") for c in loaded})
+    statuses = connectors.status(settings, with_lag=False)
+    return Positions(backlogs(settings, groups), all(row.healthy for row in statuses), settings.app_id)
 
 
-def audit(settings: Settings, *, since_ms: int | None = None, skus: list[str] | None = None, sample: int = 200,
-          wait_s: float = 120.0, grace_s: float = GRACE_S, on_wait: Callable[[str], None] = lambda _: None) -> Report:
-    """Wait (up to ``wait_s``) for a quiet moment, read the stack at it and check every invariant."""
+def audit(settings: Settings, *, since_ms: int | None = None, skus: list[str] | None = None,
+          sample: int | None = None, expected: Collection[str] = (), wait_s: float = 120.0, grace_s: float = GRACE_S,
+          on_wait: Callable[[str], None] = lambda _: None,
+          read: Callable[..., Snapshot] = read_snapshot, at: Callable[[Settings], Positions] = positions,
+          pause: Callable[[float], None] = time.sleep) -> Report:
+    """Wait (up to ``wait_s``) for a quiet moment, read the stack at it and check every invariant. A part of the
+    stack that does not answer meanwhile (a process restarting, a rebalance's 503) is waited for too. ``expected``:
+    order ids the API accepted (a drill's), each of which must be somewhere. (``read``, ``at`` and ``pause`` are the
+    stack's, unless a test's.)"""
     deadline = time.monotonic() + wait_s
     while True:
-        before = positions(settings)
-        why = _not_quiet(before)
-        if not why:
-            snapshot = read_snapshot(settings, since_ms=since_ms, sample=sample, skus=skus)
-            after = positions(settings)
-            if after.offsets != before.offsets:
-                why = "records were written while the audit read"
-            elif pending := [o for o in snapshot.orders if o["status"] not in OrderStatus.SETTLED
-                             and snapshot.now_ms - o["deadline_at"] <= grace_s * 1000]:
-                why = f"{len(pending)} orders still within their deadline"
-            else:
-                return check(snapshot, grace_s=grace_s)
+        try:
+            before = at(settings)
+            why = _not_quiet(before)
+            if not why:
+                snapshot = read(settings, since_ms=since_ms, sample=sample, skus=skus, expected=expected)
+                if at(settings).offsets != before.offsets:
+                    why = "records were written while the audit read"
+                elif pending := [o for o in snapshot.orders if o["status"] not in OrderStatus.SETTLED
+                                 and snapshot.now_ms - o["deadline_at"] <= grace_s * 1000]:
+                    why = f"{len(pending)} orders still within their deadline"
+                else:
+                    return check(snapshot, grace_s=grace_s)
+        except StreamcartError as exc:  # AuditUnavailable, or Kafka's or Connect's StackError / ConnectError
+            why = str(exc)
         if time.monotonic() >= deadline:
             raise AuditUnavailable(f"the stack was not quiet within {wait_s:g} s ({why}): the invariants hold once "
                                    "nothing is in flight; stop the traffic (or wait longer: --wait) and run it again")
         on_wait(why)
-        time.sleep(1.0)
+        pause(1.0)
 
 
 def _not_quiet(at: Positions) -> str:

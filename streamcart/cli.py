@@ -377,9 +377,12 @@ def audit(
     since: Annotated[str | None, typer.Option(help="Only the orders placed in this last while (90s, 15m, 2h, 7d) and "
                                                    "the SKUs they ordered.")] = None,
     sku: Annotated[list[str] | None, typer.Option(help="Only these SKUs and the orders with a line of one "
-                                                       "(repeat).")] = None,
+                                                       "(repeat).",
+                                                  callback=lambda v: [_identifier(s) for s in v or []])] = None,
     wait: Annotated[float, typer.Option(min=0, help="How long to wait for a quiet moment, in seconds.")] = 120.0,
-    sample: Annotated[int, typer.Option(min=0, help="Compare this many of the latest orders with the API (I7).")] = 200,
+    sample: Annotated[int | None, typer.Option(min=0, help="Compare this many of the latest orders with the API "
+                                                           "(I7; default: every order --since or --sku selects, "
+                                                           "else the latest 200 and 200 others at random).")] = None,
     limit: Annotated[int, typer.Option(min=1, help="Show at most this many findings per invariant.")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output (every finding).")] = False,
 ) -> None:
@@ -403,7 +406,7 @@ def audit(
             said[0] = time.monotonic()
 
     try:
-        report = auditing.audit(settings, since_ms=since_ms, skus=sku, sample=sample, wait_s=wait,
+        report = auditing.audit(settings, since_ms=since_ms, skus=sku or None, sample=sample, wait_s=wait,
                                 on_wait=waiting)
     except auditing.AuditUnavailable as exc:  # not a finding: exit code 2, as for a script that cannot tell
         err_console.print(f"[red]cannot audit:[/] {escape(str(exc))}", highlight=False)
@@ -449,6 +452,7 @@ def drill(
 
     from streamcart import audit as auditing
     from streamcart.drill import drill as run_drill
+    from streamcart.stack.errors import StackError
 
     stack = _stack()
     if (weak := stack.settings.weak_jwt_secret()) is not None:
@@ -462,6 +466,9 @@ def drill(
     except asyncio.CancelledError:  # SIGTERM (drill.py): what was down has been started again
         err_console.print("drill stopped (SIGTERM)")
         raise typer.Exit(143) from None
+    except StackError as exc:  # a process that did not come back: no verdict on the invariants
+        err_console.print(f"[red]the drill could not go on:[/] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(2) from None
     assert done.report is not None
     _print_audit(done.report, limit=20)
     if not done.report.ok:

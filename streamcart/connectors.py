@@ -121,14 +121,14 @@ def apply(settings: Settings) -> dict[str, str]:
     return outcomes
 
 
-def status(settings: Settings) -> list[ConnectorStatus]:
-    """Each connector of the configuration: its state, its tasks' states and its lag."""
+def status(settings: Settings, *, with_lag: bool = True) -> list[ConnectorStatus]:
+    """Each connector of the configuration: its state, its tasks' states and (``with_lag``) its lag."""
     from streamcart.stack.admin import consumer_lag  # Kafka admin only when asked for a status
 
     rows = []
     for connector in load(settings):
         code, body = request(settings, "GET", f"/connectors/{_quote(connector.name)}/status")
-        lag = consumer_lag(settings, f"connect-{connector.name}")
+        lag = consumer_lag(settings, f"connect-{connector.name}") if with_lag else {}
         if code == 404 or not isinstance(body, dict):
             rows.append(ConnectorStatus(connector.name, "MISSING", (), None))
             continue

@@ -1,6 +1,6 @@
 """``streamcart drill``: customers shop while the stack's processes are killed, as a crash would (SIGKILL, process
 group and all), and started again, one after the other; then ``streamcart audit`` checks that nothing was lost or
-doubled (streamcart/audit.py).
+doubled (streamcart/audit.py), every order the shoppers saw accepted included.
 
 It is the claim "killing any process at any instant loses nothing and duplicates no effect" run in front of you on
 your own stack, with the dashboard open: the shoppers (streamcart/traffic.py) see what customers would (a refused
@@ -11,6 +11,7 @@ what the system did with every order placed since the drill began.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import signal
 import time
@@ -100,12 +101,15 @@ async def drill(stack: Stack, *, kills: int, every_s: float, down_s: float, rate
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
         shopping.cancel()
+        with contextlib.suppress(BaseException):  # its outcome, if any, is told by the tally
+            await asyncio.wait({shopping}, timeout=5)
         if down is not None:  # interrupted (Ctrl-C, SIGTERM) or failed while a process was down: left whole
             echo(f"starting {down} again")
             stack.start(down)
     echo("the shoppers are done: " + result.tally.line())
     echo("auditing every order placed since the drill began (waiting for the stack to be quiet) …")
-    result.report = await asyncio.to_thread(audit, settings, since_ms=since_ms, wait_s=audit_wait_s,
+    result.report = await asyncio.to_thread(audit, settings, since_ms=since_ms, expected=list(result.tally.status),
+                                            wait_s=audit_wait_s,
                                             on_wait=_every(10.0, lambda why: echo(f"  waiting: {why}")))
     return result
 

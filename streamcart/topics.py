@@ -68,6 +68,12 @@ class Topics:
     def from_settings(cls, settings: Settings) -> Topics:
         return cls(settings.topic_prefix)
 
+    def worker_inputs(self) -> tuple[str, ...]:
+        """Every topic the workers' flows consume (agents/*.py, ``runtime.source``)."""
+        return (self.order_commands, self.catalog_commands, self.inventory_commands, self.payment_commands,
+                self.shipping_commands, self.order_events, self.inventory_events, self.payment_events,
+                self.shipping_events)
+
 
 def keyed_by_order(topic: str) -> bool:
     """Whether ``topic`` (under any prefix) keys its records by the order id (:func:`topic_specs`)."""

@@ -135,9 +135,9 @@ class Shoppers:
                    headers: dict[str, str] | None = None) -> tuple[int, Any]:
         """One request to the next worker in turn; a 503 (a rebalance) or a 429 is tried again after its
         Retry-After, and a worker that does not answer (down, or killed mid-request) is left for the next one, as a
-        load balancer would: every request of the API is safe to send again (a placement under its
-        Idempotency-Key). Status 0 when no worker answered :data:`UNANSWERED_TRIES` times, or the answer is not
-        JSON."""
+        load balancer would: every request a shopper sends is safe to send again (a placement or a restock
+        under its Idempotency-Key, a cancel, a shipment update). Status 0 when no worker answered
+        :data:`UNANSWERED_TRIES` times, or the answer is not JSON."""
         status, answer = 0, None
         unanswered = 0
         index = self._turn

@@ -99,10 +99,13 @@ class PublicResolver(AbstractResolver):
             raise OSError(f"{host!r} did not resolve within {self.timeout_s:g} s a moment ago")
         self._timed_out = {h: until for h, until in self._timed_out.items() if until > now}
         if self._dns is None:
-            self._dns = aiodns.DNSResolver(self.nameservers, loop=asyncio.get_running_loop())
+            # One try within our time: a silent name server is not asked again after the attempt gave up on it.
+            self._dns = aiodns.DNSResolver(self.nameservers, loop=asyncio.get_running_loop(),
+                                           timeout=self.timeout_s, tries=1)
         try:
             async with asyncio.timeout(self.timeout_s):  # the query goes on in c-ares, its answer then dropped
-                nodes = (await self._dns.getaddrinfo(host, family=family, port=port, type=socket.SOCK_STREAM)).nodes
+                nodes = (await self._dns.getaddrinfo(host, family=family, port=port, type=socket.SOCK_STREAM,
+                                                     flags=socket.AI_ADDRCONFIG)).nodes
         except TimeoutError:
             raise self._ran_out(host) from None
         except aiodns.error.DNSError as exc:

@@ -203,6 +203,42 @@ def consumer_offsets(settings: Settings, group: str) -> dict[tuple[str, int], tu
     return {key: (offset, high[key]) for key, offset in positions.items()}
 
 
+def backlogs(settings: Settings, groups: dict[str, Collection[str]]) -> dict[tuple[str, str, int], tuple[int, int]]:
+    """(where the group is, high watermark) for every partition of the topics each group (name → topics) reads:
+    its committed offset, or the partition's start where it has committed none (both the workers and the sinks
+    start from the earliest record), so that records a group has not consumed are seen on partitions it never
+    committed on too. Unlike :func:`consumer_offsets`, any failure to answer raises :class:`StackError` (the
+    caller cannot tell "nothing behind" from "no answer")."""
+    admin = admin_client(settings)
+    try:
+        metadata = admin.list_topics(timeout=TIMEOUT_S)
+        wanted = {t for topics in groups.values() for t in topics}
+        partitions = [TopicPartition(t, p) for t in sorted(wanted) if t in metadata.topics
+                      for p in metadata.topics[t].partitions]
+        if not partitions:
+            return {}
+        low = _offsets(admin, partitions, EARLIEST)
+        high = _offsets(admin, partitions, LATEST)
+        out: dict[tuple[str, str, int], tuple[int, int]] = {}
+        for group, topics in groups.items():
+            mine = [tp for tp in partitions if tp.topic in topics]
+            try:
+                answer = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group, mine)],
+                                                           request_timeout=TIMEOUT_S)[group].result()
+                committed = {(tp.topic, tp.partition): tp.offset for tp in answer.topic_partitions or []
+                             if tp.offset >= 0}
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.GROUP_ID_NOT_FOUND:
+                    raise
+                committed = {}
+            for tp in mine:
+                key = (tp.topic, tp.partition)
+                out[(group, *key)] = (committed.get(key, low[key]), high[key])
+        return out
+    except KafkaException as exc:
+        raise StackError(f"Kafka at {settings.bootstrap_servers} did not answer: {exc.args[0].str()}") from exc
+
+
 @dataclass(frozen=True)
 class Depth:
     """How many records a topic holds, and how many of them were written since a time (by their timestamps)."""

@@ -36,7 +36,9 @@ def test_a_drill_kills_a_worker_and_the_gateway_under_the_shoppers_and_every_inv
     placed = int(re.search(r"the shoppers are done: placed (\d+)", out).group(1))
     assert placed >= 10, out  # orders were placed across both kills
     settled = re.search(r"I1 every order settled, once: ok \((\d+) orders", out)
-    assert settled and int(settled.group(1)) == placed, out  # each order the shoppers placed, and only those
+    # Every order the shoppers saw accepted is in it (the audit checks each one), and maybe one whose acceptance
+    # they did not hear (a worker killed after it sent the order, before it answered).
+    assert settled and int(settled.group(1)) >= placed, out
     for invariant in ("I2 stock conserved per SKU: ok (2 SKUs)", "I3 no oversell: ok", "I4 money nets out: ok",
                       "I7 warehouse equals the API: ok"):
         assert invariant in out, out

@@ -9,7 +9,20 @@ from collections.abc import Callable
 
 import pytest
 
-from streamcart.audit import Finding, Movements, Positions, Snapshot, Stock, _not_quiet, check
+from streamcart.audit import (
+    DEFAULT_SAMPLE,
+    AuditUnavailable,
+    Finding,
+    Movements,
+    Positions,
+    Snapshot,
+    Stock,
+    _not_quiet,
+    audit,
+    check,
+    sampled,
+)
+from streamcart.settings import Settings
 
 NOW = 1_800_000_000_000
 DEADLINE = NOW - 60_000
@@ -93,7 +106,7 @@ def test_a_shop_where_every_invariant_holds_passes_and_says_what_it_checked():
     assert report.ok, report.findings
     assert report.checked["I1"].startswith("3 orders: 1 confirmed, shipped or delivered, 2 cancelled")
     assert report.checked["I2"] == "2 SKUs"
-    assert "against the gateway's ledger (3 authorizations)" in report.checked["I4"]
+    assert "against the gateway's ledger (3 of its authorizations)" in report.checked["I4"]
 
 
 def stuck(s: Snapshot) -> None:
@@ -147,6 +160,20 @@ def unknown_to_the_api(s: Snapshot) -> None:
     s.api_orders["o-kept"] = None
 
 
+def another_authorization_named(s: Snapshot) -> None:
+    assert s.ledger is not None
+    s.ledger[0]["authorization_id"] = "auth-7"
+
+
+def a_void_never_made(s: Snapshot) -> None:  # the void was dead-lettered while the gateway was down
+    s.orders[2]["payment_status"] = "void_requested"
+    s.api_orders["o-declined"]["payment"]["status"] = "void_requested"  # as the API shows it too
+
+
+def accepted_and_lost(s: Snapshot) -> None:
+    s.unrecorded = {"o-lost": None, "o-unsunk": {"status": "CONFIRMED"}}
+
+
 BROKEN: dict[str, tuple[Callable[[Snapshot], None], list[Finding]]] = {
     "an order unsettled past its deadline": (stuck, [Finding("I1", "o-stuck", "PENDING 60 s after its deadline")]),
     "a cancelled order's line still reserved": (line_left_reserved, [
@@ -177,6 +204,13 @@ BROKEN: dict[str, tuple[Callable[[Snapshot], None], list[Finding]]] = {
         Finding("I7", "o-refunded", "warehouse row differs: payment_status 'captured' (API 'refunded')")]),
     "an order the API does not know": (unknown_to_the_api, [
         Finding("I7", "o-kept", "in the warehouse, unknown to the API")]),
+    "the order names another authorization than the gateway's": (another_authorization_named, [
+        Finding("I4", "o-kept", "names authorization auth-1, the gateway auth-7")]),
+    "a void never made": (a_void_never_made, [
+        Finding("I4", "o-declined", "CANCELLED with its payment void_requested")]),
+    "an accepted order lost, another never sunk": (accepted_and_lost, [
+        Finding("I1", "o-lost", "accepted by the API, but neither the warehouse nor the API knows it"),
+        Finding("I7", "o-unsunk", "CONFIRMED in the API, not in the warehouse")]),
 }
 
 
@@ -200,9 +234,80 @@ def test_an_unsettled_order_within_its_deadline_and_grace_is_not_stuck():
 def test_the_stack_is_quiet_once_the_workers_and_the_sinks_have_consumed_everything():
     offsets = {("workers", "commands.orders", 0): (10, 12), ("workers", "events.orders", 3): (5, 5),
                ("connect-orders", "warehouse.orders", 0): (7, 8), ("connect-lines", "warehouse.lines", 1): (2, 4)}
-    behind = Positions(offsets, sinks_healthy=True)
+    behind = Positions(offsets, sinks_healthy=True, workers_group="workers")
     assert behind.behind == {"workers": 2, "warehouse sinks": 3}
     assert _not_quiet(behind) == "workers 2 records behind, warehouse sinks 3 records behind"
-    caught_up = Positions({key: (end, end) for key, (_, end) in offsets.items()}, sinks_healthy=True)
+    caught_up = Positions({key: (end, end) for key, (_, end) in offsets.items()}, sinks_healthy=True,
+                          workers_group="workers")
     assert _not_quiet(caught_up) == ""
     assert "not running" in _not_quiet(Positions(caught_up.offsets, sinks_healthy=False))
+
+
+def test_an_order_the_workers_forgot_a_retention_after_it_settled_is_no_finding():
+    snapshot = healthy_shop()
+    snapshot.api_orders["o-kept"] = None
+    snapshot.retention_ms = NOW - snapshot.warehouse_rows["o-kept"]["updated_at"] - 1  # settled longer ago
+    assert check(snapshot).ok
+
+
+def test_without_the_gateways_ledger_money_is_checked_on_the_payment_rows_and_the_report_says_so():
+    snapshot = healthy_shop()
+    snapshot.ledger = None
+    report = check(snapshot)
+    assert report.ok and report.checked["I4"].endswith("(the gateway lists no authorizations)")
+    snapshot.payments = [p for p in snapshot.payments if p["event"] != "captured" or p["order_id"] != "o-kept"]
+    assert [f.subject for f in check(snapshot).findings] == ["o-kept"]
+
+
+def test_every_order_of_a_narrowed_audit_is_compared_and_an_unnarrowed_one_mixes_the_latest_with_older_ones():
+    orders = [{"order_id": f"o-{i}", "updated_at": i} for i in range(1000)]
+    assert len(sampled(orders, None, scoped=True)) == 1000
+    assert sampled(orders, 3, scoped=False) == ["o-999", "o-998", "o-997"]
+    chosen = sampled(orders, None, scoped=False)
+    latest = [f"o-{i}" for i in range(999, 999 - DEFAULT_SAMPLE, -1)]
+    assert chosen[:DEFAULT_SAMPLE] == latest and len(set(chosen)) == 2 * DEFAULT_SAMPLE
+
+
+class FakeStack:
+    """What the audit loop reads, scripted: positions one after the other, snapshots one after the other."""
+
+    def __init__(self, positions: list[Positions | Exception], snapshots: list[Snapshot]) -> None:
+        self.positions, self.snapshots, self.reads = positions, snapshots, 0
+
+    def at(self, _settings: Settings) -> Positions:
+        answer = self.positions.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def read(self, _settings: Settings, **_: object) -> Snapshot:
+        self.reads += 1
+        return self.snapshots.pop(0)
+
+
+QUIET = Positions({("w", "t", 0): (5, 5)}, sinks_healthy=True, workers_group="w")
+LATER = Positions({("w", "t", 0): (6, 6)}, sinks_healthy=True, workers_group="w")
+BUSY = Positions({("w", "t", 0): (5, 7)}, sinks_healthy=True, workers_group="w")
+
+
+def test_the_audit_reads_again_when_a_record_was_written_while_it_read_or_an_order_is_in_flight():
+    in_flight = healthy_shop()
+    in_flight.orders.append({**order("o-new", "PENDING", None, payment=None), "deadline_at": NOW + 10_000})
+    fake = FakeStack([BUSY, QUIET, LATER, LATER, LATER, LATER, LATER],
+                     [healthy_shop(), in_flight, healthy_shop()])
+    said: list[str] = []
+    report = audit(Settings(), wait_s=60, on_wait=said.append, read=fake.read, at=fake.at, pause=lambda _: None)
+    assert report.ok and fake.reads == 3
+    assert said == ["workers 2 records behind", "records were written while the audit read",
+                    "1 orders still within their deadline"]
+
+
+def test_a_part_of_the_stack_that_does_not_answer_is_waited_for_then_named():
+    fake = FakeStack([AuditUnavailable("the API answered 503 to GET /v1/stock/A"), QUIET, QUIET],
+                     [healthy_shop()])
+    said: list[str] = []
+    assert audit(Settings(), wait_s=60, on_wait=said.append, read=fake.read, at=fake.at, pause=lambda _: None).ok
+    assert said == ["the API answered 503 to GET /v1/stock/A"]
+    never = FakeStack([BUSY] * 3, [])
+    with pytest.raises(AuditUnavailable, match=r"not quiet within 0 s \(workers 2 records behind\)"):
+        audit(Settings(), wait_s=0, read=never.read, at=never.at, pause=lambda _: None)
