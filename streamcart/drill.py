@@ -61,7 +61,7 @@ async def drill(stack: Stack, *, kills: int, every_s: float, down_s: float, rate
                 echo: Callable[[str], None] = print) -> Drill:
     """Shop at ``rate`` orders/s; every ``every_s`` seconds SIGKILL the next victim, start it again ``down_s`` later
     and wait until it is ready; stop placing orders ``every_s`` after the last one is back, let the shoppers finish,
-    and audit every order placed since the start."""
+    and audit every order placed since the start (of ``skus``, when they are named)."""
     settings = stack.settings
     not_running = [name for name in stack.names if not stack.is_running(name)]
     if not_running:
@@ -108,8 +108,10 @@ async def drill(stack: Stack, *, kills: int, every_s: float, down_s: float, rate
             stack.start(down)
     echo("the shoppers are done: " + result.tally.line())
     echo("auditing every order placed since the drill began (waiting for the stack to be quiet) …")
-    result.report = await asyncio.to_thread(audit, settings, since_ms=since_ms, expected=list(result.tally.status),
-                                            wait_s=audit_wait_s,
+    # Narrowed to the SKUs shopped when they were named: orders of other products placed meanwhile are not the
+    # drill's (nor are orders some client timed later than the drill's start).
+    result.report = await asyncio.to_thread(audit, settings, since_ms=since_ms, skus=list(skus) or None,
+                                            expected=list(result.tally.status), wait_s=audit_wait_s,
                                             on_wait=_every(10.0, lambda why: echo(f"  waiting: {why}")))
     return result
 
