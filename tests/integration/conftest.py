@@ -10,6 +10,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from schemas.codec import Codec
@@ -90,3 +91,10 @@ def workers_ready(stack: Stack, settings: Settings) -> None:
 @pytest.fixture(scope="session")
 def codec(stack: Stack, settings: Settings) -> Codec:
     return Codec.connect(settings)
+
+
+@pytest.fixture(scope="module")
+def warehouse(stack: Stack, settings: Settings) -> Iterator[psycopg.Connection]:
+    """A connection to the stack's PostgreSQL warehouse (autocommit: each read sees what the sinks wrote)."""
+    with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
+        yield conn

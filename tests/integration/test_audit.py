@@ -8,9 +8,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 
-import psycopg
 import pytest
 
 from streamcart.ids import new_id
@@ -22,12 +20,6 @@ from tests.integration.test_saga import Shop
 @pytest.fixture(scope="module")
 def shop(stack, settings, codec) -> Shop:
     return Shop(settings, codec)
-
-
-@pytest.fixture(scope="module")
-def warehouse(stack, settings: Settings) -> Iterator[psycopg.Connection]:
-    with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
-        yield conn
 
 
 def audit(settings: Settings, *args: str) -> tuple[int, dict]:

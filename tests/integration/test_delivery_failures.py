@@ -24,7 +24,7 @@ from streamcart.stack import Stack
 from streamcart.topics import Topics
 from tests.integration.support import poll, produce, wait_until_worker_0_owns_every_partition
 from tests.integration.test_saga import Shop, sku
-from tests.integration.test_warehouse import differences, shop, warehouse  # noqa: F401 (fixtures)
+from tests.integration.test_warehouse import differences, shop  # noqa: F401 (fixtures)
 
 #: The warehouse ``orders`` topic's limit during the test. Other orders' rows still go through, so whatever the
 #: earlier tests left in flight does not trip it: the producer batches at most 16 KB of small records

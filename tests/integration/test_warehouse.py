@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -12,6 +11,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from streamcart import connectors
+from streamcart.audit import ORDER_COLUMNS, TIME_COLUMNS
 from streamcart.commands import read_sink_letters
 from streamcart.domain.warehouse import ORDERS
 from streamcart.ids import new_id
@@ -22,36 +22,10 @@ from streamcart.topics import Topics
 from tests.integration.support import headers_of, poll, produce, producer, read_topic
 from tests.integration.test_saga import Shop
 
-#: Columns of ``orders`` and where the API's order JSON has them (times as epoch ms in both).
-ORDER_COLUMNS = {
-    "customer_id": lambda o: o["customer_id"],
-    "status": lambda o: o["status"],
-    "currency": lambda o: o["currency"],
-    "total_cents": lambda o: o["total_cents"],
-    "cancel_reason": lambda o: o["cancel_reason"],
-    "cancel_detail": lambda o: o["cancel_detail"],
-    "payment_status": lambda o: (o["payment"] or {}).get("status"),
-    "payment_amount_cents": lambda o: (o["payment"] or {}).get("amount_cents"),
-    "authorization_id": lambda o: (o["payment"] or {}).get("authorization_id"),
-    "decline_reason": lambda o: (o["payment"] or {}).get("decline_reason"),
-    "tracking_id": lambda o: (o["shipment"] or {}).get("tracking_id"),
-    "shipment_status": lambda o: (o["shipment"] or {}).get("status"),
-    "carrier": lambda o: (o["shipment"] or {}).get("carrier"),
-    "placed_at": lambda o: o["placed_at"],
-    "deadline_at": lambda o: o["deadline"],
-}
-TIMES = {"placed_at", "deadline_at"}
-
 
 @pytest.fixture(scope="module")
 def shop(stack, settings, codec) -> Shop:
     return Shop(settings, codec)
-
-
-@pytest.fixture(scope="module")
-def warehouse(stack, settings: Settings) -> Iterator[psycopg.Connection]:
-    with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
-        yield conn
 
 
 def sku() -> str:
@@ -67,7 +41,7 @@ def query(conn: psycopg.Connection, sql: str, *params: Any) -> list[tuple]:
 
 def order_row(conn: psycopg.Connection, order_id: str) -> dict | None:
     select = ", ".join(
-        f"(extract(epoch from {c}) * 1000)::bigint" if c in TIMES else c for c in ORDER_COLUMNS
+        f"(extract(epoch from {c}) * 1000)::bigint" if c in TIME_COLUMNS else c for c in ORDER_COLUMNS
     )
     rows = query(conn, f"select {select} from orders where order_id = %s", order_id)
     return dict(zip(ORDER_COLUMNS, rows[0], strict=True)) if rows else None
