@@ -109,6 +109,9 @@ class Snapshot:
     warehouse_lines: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
     #: The API's answer for each order the caller expected (accepted by the API) that the warehouse does not hold.
     unrecorded: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    #: The deadlines (epoch ms) of unsettled orders placed before ``--since`` with a line of an audited SKU: while
+    #: one is in flight, that SKU's stock is not quiet either.
+    earlier_unsettled: list[int] = field(default_factory=list)
     #: Per SKU, the units of every order (placed in the audit's window or not) that kept its goods.
     kept_units: dict[str, int] = field(default_factory=dict)
     retention_ms: int = 0
@@ -371,6 +374,12 @@ def read_snapshot(settings: Settings, *, since_ms: int | None, sample: int | Non
                     "where sku = any(%(skus)s) group by sku, movement", {"skus": skus}):
                 by_movement[sku][movement] = int(quantity)
                 by_movement[sku]["reserved_delta"] = by_movement[sku].get("reserved_delta", 0) + int(reserved)
+            if since_ms is not None:
+                snapshot.earlier_unsettled = [int(deadline) for (deadline,) in rows(
+                    f"select {_ms('deadline_at')} from orders where status <> all(%(settled)s) "
+                    "and placed_at < to_timestamp(%(since)s / 1000.0) "
+                    "and order_id in (select order_id from order_lines where sku = any(%(skus)s))",
+                    {"settled": sorted(OrderStatus.SETTLED), "since": since, "skus": skus})]
             snapshot.kept_units = {sku: int(units) for sku, units in rows(
                 "select l.sku, sum(l.quantity) from order_lines l join orders o using (order_id) "
                 "where o.status = any(%(kept)s) and l.sku = any(%(skus)s) group by l.sku",
@@ -525,8 +534,9 @@ def audit(settings: Settings, *, since_ms: int | None = None, skus: list[str] | 
                 snapshot = read(settings, since_ms=since_ms, sample=sample, skus=skus, expected=expected)
                 if at(settings).offsets != before.offsets:
                     why = "records were written while the audit read"
-                elif pending := [o for o in snapshot.orders if o["status"] not in OrderStatus.SETTLED
-                                 and snapshot.now_ms - o["deadline_at"] <= grace_s * 1000]:
+                elif pending := [deadline for deadline in (
+                        *(o["deadline_at"] for o in snapshot.orders if o["status"] not in OrderStatus.SETTLED),
+                        *snapshot.earlier_unsettled) if snapshot.now_ms - deadline <= grace_s * 1000]:
                     why = f"{len(pending)} orders still within their deadline"
                 else:
                     return check(snapshot, grace_s=grace_s)

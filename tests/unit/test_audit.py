@@ -302,6 +302,16 @@ def test_the_audit_reads_again_when_a_record_was_written_while_it_read_or_an_ord
                     "1 orders still within their deadline"]
 
 
+def test_an_order_placed_before_the_audited_while_and_still_in_flight_holds_the_audit_up():
+    """Its SKU's stock is the audit's (reserved != 0 while it is in flight), though the order is not."""
+    earlier = healthy_shop()
+    earlier.earlier_unsettled = [NOW + 5_000, NOW - 3_600_000]  # one in flight; one long stuck (not waited for)
+    fake = FakeStack([QUIET, QUIET, QUIET, QUIET], [earlier, healthy_shop()])
+    said: list[str] = []
+    assert audit(Settings(), wait_s=60, on_wait=said.append, read=fake.read, at=fake.at, pause=lambda _: None).ok
+    assert said == ["1 orders still within their deadline"]
+
+
 def test_a_part_of_the_stack_that_does_not_answer_is_waited_for_then_named():
     fake = FakeStack([AuditUnavailable("the API answered 503 to GET /v1/stock/A"), QUIET, QUIET],
                      [healthy_shop()])
