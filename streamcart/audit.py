@@ -38,11 +38,9 @@ from streamcart.settings import Settings
 
 #: How long after its deadline an unsettled order counts as stuck: the timer's tick and a loaded machine.
 GRACE_S = 30.0
-#: A settled payment's statuses, by outcome.
+#: A settled payment's statuses, by outcome (the gateway's ledger says the same of its authorizations).
 KEPT_MONEY = frozenset({"captured"})
 NO_MONEY = frozenset({"declined", "voided", "refunded"})
-#: What the gateway's ledger may say of a cancelled order's authorization.
-NETS_TO_ZERO = NO_MONEY
 #: An order that kept its goods and its money.
 KEPT = frozenset({OrderStatus.CONFIRMED, OrderStatus.SHIPPED, OrderStatus.DELIVERED})
 #: Columns of the warehouse's ``orders`` row and where the API's order has them (times in epoch ms in both).
@@ -294,7 +292,7 @@ def _money(snapshot: Snapshot) -> Iterable[Finding]:
                                               f"{auths[0]['authorization_id']}")
         else:
             for auth in auths:
-                if auth["status"] not in NETS_TO_ZERO:
+                if auth["status"] not in NO_MONEY:
                     yield Finding("I4", order_id, f"CANCELLED, the gateway holds {auth['amount_cents']} "
                                                   f"({auth['status']}, {auth['authorization_id']})")
 
@@ -547,6 +545,19 @@ def audit(settings: Settings, *, since_ms: int | None = None, skus: list[str] | 
                                    "nothing is in flight; stop the traffic (or wait longer: --wait) and run it again")
         on_wait(why)
         pause(1.0)
+
+
+def every(seconds: float, say: Callable[[str], None]) -> Callable[[str], None]:
+    """``say``, at most once every ``seconds``: what the audit waits for changes every second while anything
+    flows."""
+    last = [float("-inf")]
+
+    def maybe(text: str) -> None:
+        if time.monotonic() - last[0] >= seconds:
+            last[0] = time.monotonic()
+            say(text)
+
+    return maybe
 
 
 def _not_quiet(at: Positions) -> str:

@@ -398,12 +398,7 @@ def audit(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--since") from None
     settings = _settings()
-    said = [0.0]
-
-    def waiting(why: str) -> None:  # every 5 s: the counts move every second while anything flows
-        if time.monotonic() - said[0] >= 5:
-            err_console.print(f"[dim]waiting for a quiet moment: {escape(why)}[/]")
-            said[0] = time.monotonic()
+    waiting = auditing.every(5.0, lambda why: err_console.print(f"[dim]waiting for a quiet moment: {escape(why)}[/]"))
 
     try:
         report = auditing.audit(settings, since_ms=since_ms, skus=sku or None, sample=sample, wait_s=wait,

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from streamcart.audit import Report, audit
+from streamcart.audit import Report, audit, every
 from streamcart.errors import StreamcartError
 from streamcart.stack import Stack
 from streamcart.traffic import Tally, run
@@ -112,7 +112,7 @@ async def drill(stack: Stack, *, kills: int, every_s: float, down_s: float, rate
     # drill's (nor are orders some client timed later than the drill's start).
     result.report = await asyncio.to_thread(audit, settings, since_ms=since_ms, skus=list(skus) or None,
                                             expected=list(result.tally.status), wait_s=audit_wait_s,
-                                            on_wait=_every(10.0, lambda why: echo(f"  waiting: {why}")))
+                                            on_wait=every(10.0, lambda why: echo(f"  waiting: {why}")))
     return result
 
 
@@ -122,14 +122,3 @@ async def _sleep_or_fail(seconds: float, shopping: asyncio.Task[Tally]) -> None:
     if shopping.done() and shopping.exception() is not None:
         raise shopping.exception()  # type: ignore[misc]
 
-
-def _every(seconds: float, say: Callable[[str], None]) -> Callable[[str], None]:
-    """``say``, at most once every ``seconds``."""
-    last = [float("-inf")]
-
-    def maybe(text: str) -> None:
-        if time.monotonic() - last[0] >= seconds:
-            last[0] = time.monotonic()
-            say(text)
-
-    return maybe

@@ -182,12 +182,6 @@ def consumer_lag(settings: Settings, group: str) -> dict[tuple[str, int], int]:
     Partitions without a committed offset are left out (nothing consumed there yet). Empty when the group
     does not exist.
     """
-    return {key: max(0, end - committed) for key, (committed, end) in consumer_offsets(settings, group).items()}
-
-
-def consumer_offsets(settings: Settings, group: str) -> dict[tuple[str, int], tuple[int, int]]:
-    """(committed offset, high watermark) per (topic, partition) of ``group``, for the partitions it has committed
-    an offset on. Empty when the group does not exist."""
     admin = admin_client(settings)
     request = [ConsumerGroupTopicPartitions(group)]
     try:
@@ -200,14 +194,14 @@ def consumer_offsets(settings: Settings, group: str) -> dict[tuple[str, int], tu
     if not positions:
         return {}
     high = _offsets(admin, [TopicPartition(t, p) for t, p in positions], LATEST)
-    return {key: (offset, high[key]) for key, offset in positions.items()}
+    return {key: max(0, high[key] - offset) for key, offset in positions.items()}
 
 
 def backlogs(settings: Settings, groups: dict[str, Collection[str]]) -> dict[tuple[str, str, int], tuple[int, int]]:
     """(where the group is, high watermark) for every partition of the topics each group (name → topics) reads:
     its committed offset, or the partition's start where it has committed none (both the workers and the sinks
     start from the earliest record), so that records a group has not consumed are seen on partitions it never
-    committed on too. Unlike :func:`consumer_offsets`, any failure to answer raises :class:`StackError` (the
+    committed on too. Unlike :func:`consumer_lag`, any failure to answer raises :class:`StackError` (the
     caller cannot tell "nothing behind" from "no answer")."""
     admin = admin_client(settings)
     try:
