@@ -4,16 +4,26 @@ It consumes ``events.orders`` and keeps, per source partition, the open windows 
 its state is co-partitioned with its input and rebuilt from the changelog like every other table). Windows that
 close are stored for queries (for ``analytics_retention_s`` of event time) and emitted to the ``analytics.*``
 topics, one result per window, source partition and currency or SKU.
+
+A timer on every worker writes a :class:`~schemas.messages.ClockTick` to each partition it owns whose watermark has
+fallen behind the time before which no order event can still come but late: the windows of a partition no order
+event comes to close too (streamcart.domain.analytics).
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from functools import cache
+from itertools import count
 from typing import Any
 
 from agents.runtime import Runtime, consume, record_time_ms
-from schemas.messages import Message
+from agents.timeouts import restoring
+from schemas.messages import ClockTick, Message
 from streamcart.domain import analytics
+from streamcart.ids import derive_id
+from streamcart.partitioning import partition_for
 
 log = logging.getLogger(__name__)
 
@@ -26,15 +36,16 @@ def register(runtime: Runtime) -> Any:
     table = runtime.tables.analytics
 
     async def handle(message: Message, event: Any) -> None:
-        if not analytics.is_counted(message):
+        if not analytics.moves_clock(message):
             return  # a placement: it changes nothing (see streamcart.domain.analytics)
         partition = int(event.message.partition)
         state = table.windows(partition)
-        seen = table.seen(partition, message.event_id)
+        tick = isinstance(message, ClockTick)
+        seen = None if tick else table.seen(partition, message.event_id)  # a tick's are in the state
         record_ms = record_time_ms(event)
         folded = analytics.fold(state, message, lateness_ms=lateness_ms, seen=seen, record_ms=record_ms)
         runtime.telemetry.analytics_folded(folded)
-        if folded.state is not None and analytics.event_time(message, record_ms) != message.occurred_at:
+        if not tick and folded.state is not None and analytics.event_time(message, record_ms) != message.occurred_at:
             log.warning("%s %s is timed %.0f s after it was written to Kafka (a clock ahead?): counted as of when "
                         "it was written", type(message).__name__, message.event_id,
                         (message.occurred_at - (record_ms or 0)) / 1000)
@@ -47,7 +58,8 @@ def register(runtime: Runtime) -> Any:
             if folded.closed and folded.state.watermark is not None:
                 table.keep_closed(folded.closed, partition, forget_before=folded.state.watermark - retention_ms)
             table.put_windows(folded.state)
-            table.mark_seen(partition, message.event_id, folded.closed_ids)
+            if not tick:
+                table.mark_seen(partition, message.event_id, folded.closed_ids)
             closed = folded.closed
         else:  # a duplicate: send again what it sent the first time
             closed = tuple(w for name in folded.reemit if (w := table.closed(partition, name)) is not None)
@@ -57,4 +69,58 @@ def register(runtime: Runtime) -> Any:
     async def analytics_agent(stream: Any) -> None:
         await consume(runtime, stream, handle, flow="analytics")
 
+    clock = Clock(runtime)
+
+    async def tick_idle_partitions() -> None:
+        # An exception escaping a faust timer kills the whole worker (notes/faust.md): never let one out.
+        try:
+            if not restoring(runtime):  # what the table holds then is not all there is yet
+                await clock.tick(owned_sources(runtime), int(time.time() * 1000), time.monotonic())
+        except Exception:
+            log.exception("analytics clock tick failed; the next one tries again")
+
+    runtime.app.timer(settings.timer_interval_s, name="analytics-clock")(tick_idle_partitions)
     return runtime.app.agent(runtime.source(runtime.topics.order_events), name="analytics")(analytics_agent)
+
+
+class Clock:
+    """Writes a :class:`ClockTick` to each partition it is given whose watermark has fallen a step behind the time
+    before which no order event can still come but late, one at a time: a partition's state moves only once its
+    tick is folded, so another is written only a step later (and so again, should one be lost)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.deadline_ms = int(runtime.settings.saga_timeout_s * 1000)
+        self.last: dict[int, float] = {}  # partition -> when a tick was last written to it (monotonic s)
+
+    async def tick(self, partitions: list[int], now_ms: int, now: float) -> list[int]:
+        """Write the ticks due at ``now_ms`` (wall clock) and ``now`` (monotonic); the partitions ticked."""
+        watermark = analytics.tick_watermark(now_ms, self.deadline_ms)
+        ticked = []
+        for partition in partitions:
+            if now - self.last.get(partition, float("-inf")) < analytics.TICK_STEP_MS / 1000:
+                continue
+            if analytics.tick_due(self.runtime.tables.analytics.windows(partition), watermark):
+                self.last[partition] = now
+                await self.runtime.send(clock_tick(partition, self.runtime.settings.partitions, now_ms, watermark))
+                ticked.append(partition)
+        return ticked
+
+
+def owned_sources(runtime: Runtime) -> list[int]:
+    """The partitions of the order events (the analytics flow's source) this worker owns."""
+    topic = runtime.topics.order_events
+    return sorted(tp.partition for tp in runtime.app.assignor.assigned_actives() if tp.topic == topic)
+
+
+def clock_tick(partition: int, partitions: int, now_ms: int, watermark: int) -> ClockTick:
+    """A tick for ``partition`` at ``now_ms``, moving its watermark to ``watermark``."""
+    event_id = derive_id("clock-tick", partition, now_ms)
+    return ClockTick(event_id=event_id, occurred_at=now_ms, causation_id=event_id, correlation_id=event_id,
+                     partition=partition, slot=slot(partition, partitions), watermark=watermark)
+
+
+@cache
+def slot(partition: int, partitions: int) -> str:
+    """A key that lands on ``partition`` of a topic of ``partitions`` partitions (the first ``clock/{p}/{i}``)."""
+    return next(key for i in count() if partition_for(key := f"clock/{partition}/{i}", partitions) == partition)

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from agents.runtime import FlowError, Runtime, consume, refused
-from schemas.messages import Message
+from schemas.messages import ClockTick, Message
 from streamcart.domain import shipping
 
 log = logging.getLogger(__name__)
@@ -21,6 +21,8 @@ def register(runtime: Runtime) -> Any:
     t = runtime.topics
 
     async def handle(message: Message, event: Any) -> None:
+        if isinstance(message, ClockTick):
+            return  # the analytics flow's clock (agents/analytics.py)
         order_id = getattr(message, "order_id", None)
         if order_id is None:
             raise FlowError(f"{type(message).__name__} has no order_id")

@@ -7,6 +7,7 @@ from typing import Any
 
 from faust.types import TP
 
+from agents.analytics import owned_sources
 from agents.runtime import Runtime
 from streamcart.domain import analytics, inventory
 from streamcart.domain.catalog import ProductState
@@ -124,8 +125,7 @@ class FaustWorkerView:
 
     def analytics_partitions(self) -> list[int]:
         """The partitions of the order events (the analytics source) this worker owns."""
-        topic = self.runtime.topics.order_events
-        return sorted(tp.partition for tp in self._app.assignor.assigned_actives() if tp.topic == topic)
+        return owned_sources(self.runtime)
 
     def analytics(self, metric: str, start: int, end: int) -> list[analytics.PartitionView]:
         """The windows of ``metric`` starting in ``[start, end)`` of every partition this worker owns."""

@@ -287,6 +287,24 @@ class OrderDelivered(OrderEvent):
     tracking_id: str
 
 
+class ClockTick(Message):
+    """Time passes on one partition of ``events.orders`` that no order event moved for a while: what closes the
+    analytics windows of a partition gone quiet (streamcart.domain.analytics). Not about an order; the flows that
+    act on orders leave it alone.
+
+    The worker owning ``partition`` writes it there (``slot`` is a key that lands on it), in line with the order
+    events, so it comes after every event written before it. ``watermark`` is the time before which no order event
+    can still come but late: the tick's time less an order's deadline (an order still in flight confirms at its
+    placement's time, or is cancelled at its deadline).
+    """
+
+    TOPIC = "order_events"
+    KEY = "slot"
+    partition: int
+    slot: str
+    watermark: int
+
+
 # --- events.inventory (key order_id) ------------------------------------------------------------------------
 
 class InventoryEvent(Message):

@@ -19,6 +19,13 @@ carries the same time or a later one (a confirmation carries its order's time, a
 deadline). Were it to move the watermark without being stored, a replay after a crash could close a window
 another way than the first run did; stored, it would cost a state write per order for no count.
 
+A partition that no outcome comes to would keep its last windows open for good, and no window could be final
+(that needs every partition's watermark past it). So the partition's owner writes a :class:`ClockTick` to it when
+its watermark has fallen :data:`TICK_STEP_MS` behind the time before which no order event can still come but late
+(the tick's time less an order's deadline): in line with the order events, it moves the watermark to that time
+and closes what it passes, exactly as an event would (:func:`tick_due`, :func:`fold`). Behind a backlog the
+events' own times are the newer, and a tick changes nothing.
+
 Pure: no faust, Kafka or clock import. Time comes in the messages and their records' timestamps.
 """
 
@@ -31,6 +38,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.messages import (
+    ClockTick,
     Message,
     OrderCancelled,
     OrderConfirmed,
@@ -209,6 +217,10 @@ class PartitionWindows(BaseModel):
     #: crash came between storing this state and marking the event seen.
     last_event_id: str | None = None
     last_closed: tuple[str, ...] = ()
+    #: The latest ticks that moved the watermark (at most :data:`TICKS_KEPT`, oldest first) and the windows each
+    #: closed: a tick is not marked seen like an event (nothing would ever forget the mark), this is how a
+    #: redelivered one is recognised.
+    ticks: dict[str, tuple[str, ...]] = Field(default_factory=dict)
 
 
 class ClosedWindow(BaseModel):
@@ -250,8 +262,33 @@ class Folded:
 
 
 def is_counted(message: Message) -> bool:
-    """Whether ``message`` counts toward any metric (only those move a partition's windows)."""
+    """Whether ``message`` counts toward any metric."""
     return any(fold_.add(fold_.initialize(), message) for fold_ in FOLDS.values())
+
+
+def moves_clock(message: Message) -> bool:
+    """Whether ``message`` may change a partition's windows: an event that counts, or a :class:`ClockTick`."""
+    return isinstance(message, ClockTick) or is_counted(message)
+
+
+#: How far a partition's watermark falls behind the time a tick would give it before its owner writes one (and
+#: so how often, at most, an idle partition gets one): each is a record, a fold and a state write.
+TICK_STEP_MS = 5_000
+#: How many of the latest ticks a partition's state remembers (:attr:`PartitionWindows.ticks`): a tick is
+#: redelivered only if the worker stopped before committing past it, long before this many more were folded.
+TICKS_KEPT = 8
+
+
+def tick_watermark(now_ms: int, order_deadline_ms: int) -> int:
+    """The time before which no order event can still come (but late) at ``now_ms``: an order in flight confirms
+    at its placement's time, or is cancelled at its deadline."""
+    return now_ms - order_deadline_ms
+
+
+def tick_due(state: PartitionWindows, watermark: int) -> bool:
+    """Whether a tick to ``watermark`` should be written to ``state``'s partition: its watermark is at least
+    :data:`TICK_STEP_MS` behind (or the partition has none yet)."""
+    return state.watermark is None or watermark - state.watermark >= TICK_STEP_MS
 
 
 #: How far an event's time may be ahead of its record's timestamp (when it was written to Kafka) and still count
@@ -278,6 +315,8 @@ def fold(
     windows it closed. A duplicate (a redelivery or a re-emission) changes nothing. ``record_ms`` is the event's
     record timestamp: an event time too far ahead of it counts at it (:func:`event_time`).
     """
+    if isinstance(message, ClockTick):
+        return _tick(state, message, lateness_ms=lateness_ms, record_ms=record_ms)
     if not is_counted(message):
         return Folded(state=None)
     if seen is not None:
@@ -304,19 +343,45 @@ def fold(
             late_for.append(fold_.metric)
             late[fold_.metric] = late.get(fold_.metric, 0) + 1
     watermark = t if watermark is None else max(watermark, t)
+    closed = _close_passed(open_windows, watermark, lateness_ms, state.partition)
+    new_state = state.model_copy(update={
+        "watermark": watermark, "open": open_windows, "late": late,
+        "last_event_id": message.event_id, "last_closed": tuple(window_id(w.metric, w.window) for w in closed),
+    })
+    return Folded(state=new_state, closed=tuple(closed), late=tuple(late_for))
+
+
+def _close_passed(open_windows: dict[str, Counts], watermark: int, lateness_ms: int,
+                  partition: int) -> list[ClosedWindow]:
+    """Take the windows ``watermark`` has passed (by more than the lateness) out of ``open_windows``, oldest first."""
     closed = []
     for name in sorted(open_windows, key=lambda n: parse_window_id(n)[1]):
         metric, window = parse_window_id(name)
         if window.end + lateness_ms <= watermark:
             closed.append(ClosedWindow(
-                metric=metric, start=window.start, end=window.end, partition=state.partition,
+                metric=metric, start=window.start, end=window.end, partition=partition,
                 counts=open_windows.pop(name),
             ))
-    new_state = PartitionWindows(
-        partition=state.partition, watermark=watermark, open=open_windows, late=late,
-        last_event_id=message.event_id, last_closed=tuple(window_id(w.metric, w.window) for w in closed),
-    )
-    return Folded(state=new_state, closed=tuple(closed), late=tuple(late_for))
+    return closed
+
+
+def _tick(state: PartitionWindows, tick: ClockTick, *, lateness_ms: int, record_ms: int | None) -> Folded:
+    """Move the watermark to the tick's (never back, never past its record's timestamp) and close what it passes.
+    A tick that moves nothing changes nothing; one folded before sends again what it closed then."""
+    if tick.event_id in state.ticks:
+        return Folded(state=None, reemit=state.ticks[tick.event_id])
+    to = tick.watermark if record_ms is None else min(tick.watermark, record_ms)
+    if state.watermark is not None and to <= state.watermark:
+        return Folded(state=None)
+    open_windows = {name: dict(counts) for name, counts in state.open.items()}
+    closed = _close_passed(open_windows, to, lateness_ms, state.partition)
+    closed_ids = tuple(window_id(w.metric, w.window) for w in closed)
+    ticks = {**state.ticks, tick.event_id: closed_ids}
+    new_state = state.model_copy(update={
+        "watermark": to, "open": open_windows, "last_event_id": tick.event_id, "last_closed": closed_ids,
+        "ticks": dict(list(ticks.items())[-TICKS_KEPT:]),
+    })
+    return Folded(state=new_state, closed=tuple(closed))
 
 
 

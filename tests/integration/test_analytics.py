@@ -1,6 +1,7 @@
 """Analytics by event time on the real stack (DESIGN.md §3.10): known orders at known event times give exactly
 the expected windows, in the API and on the ``analytics.*`` topics; revenue over windows equals the confirmed
-totals (I6); an event for a closed window is counted as late and changes no result.
+totals (I6); an event for a closed window is counted as late and changes no result; the windows of a stack no
+order comes to any more close by the clock.
 
 The orders are timed a few minutes ahead of now, so their windows hold nothing from other tests, and their
 revenue is in the test currency XTS (ISO 4217's code for testing) on SKUs of their own. Closing the windows means
@@ -63,6 +64,43 @@ def _one_order_id_per_partition(partitions: int) -> list[str]:
         order_id = f"o-advance-{new_id()}"
         found.setdefault(partition_for(order_id, partitions), order_id)
     return [found[p] for p in range(partitions)]
+
+
+def test_the_windows_of_a_stack_gone_quiet_close_by_the_clock(shop: Shop, settings, codec):
+    """With no order event after an order's, on its partition or any other, its windows still become final and
+    go to the topics: each worker ticks the clock of its partitions (agents/analytics.py). First in this module:
+    the test below moves every partition's clock minutes ahead."""
+    lateness = int(settings.analytics_lateness_s * 1000)
+    sku = f"AN-Q-{new_id()[:8]}"
+    _product(shop, sku, price=321, stock=10)
+    # Timed in the last second of the first window that ends less than the lateness (less 2 s) ago or later: no
+    # partition's clock is past now, so the order is not late, and its window closes soon after.
+    now = int(time.time() * 1000)
+    after = now - lateness + 2_000
+    end = after - after % MINUTE_MS + MINUTE_MS
+    quiet = _order(shop, end - 1_000, {sku: 3})
+    shop.send(quiet)
+    assert shop.settled(quiet.order_id)["status"] == "CONFIRMED"
+    window = f"from={end - MINUTE_MS}&to={end}"
+
+    def revenue() -> dict | None:
+        body = shop.get(f"/v1/analytics/revenue?{window}")
+        return body and next((w for w in body["windows"] if w["currency"] == CURRENCY), None)
+
+    first = poll(revenue, what="the quiet order's revenue window")
+    assert (first["revenue_cents"], first["orders"]) == (963, 1)
+    final = poll(lambda: (w := revenue()) and w["final"] and w, timeout_s=150, every_s=0.5,
+                 what="the quiet order's window to be final")
+    assert (final["window_start"], final["window_end"], final["revenue_cents"], final["orders"]) == (
+        end - MINUTE_MS, end, 963, 1)
+    assert time.time() * 1000 >= end + lateness  # closed by the clock, not before its time
+
+    def ours(records: list) -> list:
+        return [(r.window_start, r.revenue_cents, r.orders) for r in map(codec.decode, (x.value() for x in records))
+                if isinstance(r, RevenueWindow) and r.currency == CURRENCY and r.window_end == end]
+
+    records = read_topic(settings, shop.topics.analytics_revenue, until=lambda rs: bool(ours(rs)))
+    assert ours(records) == [(end - MINUTE_MS, 963, 1)]
 
 
 def test_known_orders_give_exactly_the_expected_windows(shop: Shop, settings, codec):
@@ -155,8 +193,9 @@ def test_known_orders_give_exactly_the_expected_windows(shop: Shop, settings, co
         return dict(totals)
 
     def revenue_results(records: list) -> dict:
-        return summed(records, RevenueWindow,
-                      lambda r: (r.window_start, r.window_end) if r.currency == CURRENCY else None,
+        return summed(records, RevenueWindow,  # these windows only: the test above has one of its own
+                      lambda r: (r.window_start, r.window_end) if r.currency == CURRENCY and
+                      (r.window_start, r.window_end) in (w0, w1) else None,
                       lambda r: r.revenue_cents)
 
     records = read_topic(settings, shop.topics.analytics_revenue,

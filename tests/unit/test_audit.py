@@ -302,6 +302,24 @@ def test_the_audit_reads_again_when_a_record_was_written_while_it_read_or_an_ord
                     "1 orders still within their deadline"]
 
 
+def test_a_clock_tick_written_while_the_audit_read_changes_nothing_it_read():
+    """The analytics clock writes ticks to the order events of an idle stack every few seconds
+    (agents/analytics.py): one alone does not make the audit read again, a record anywhere else does."""
+    offsets = {("w", "events", 0): (5, 5), ("w", "t", 0): (5, 5)}
+    quiet = Positions(offsets, sinks_healthy=True, workers_group="w", ticked_topic="events")
+    ticked = Positions({**offsets, ("w", "events", 0): (6, 6)}, sinks_healthy=True, workers_group="w",
+                       ticked_topic="events")
+    written = Positions({**offsets, ("w", "t", 0): (6, 6)}, sinks_healthy=True, workers_group="w",
+                        ticked_topic="events")
+    fake = FakeStack([quiet, ticked, ticked, written, written, written], [healthy_shop(), healthy_shop()])
+    said: list[str] = []
+    assert audit(Settings(), wait_s=60, on_wait=said.append, read=fake.read, at=fake.at, pause=lambda _: None).ok
+    assert fake.reads == 1 and said == []
+    fake = FakeStack([quiet, written, written, written], [healthy_shop(), healthy_shop()])
+    assert audit(Settings(), wait_s=60, on_wait=said.append, read=fake.read, at=fake.at, pause=lambda _: None).ok
+    assert fake.reads == 2 and said == ["records were written while the audit read"]
+
+
 def test_an_order_placed_before_the_audited_while_and_still_in_flight_holds_the_audit_up():
     """Its SKU's stock is the audit's (reserved != 0 while it is in flight), though the order is not."""
     earlier = healthy_shop()

@@ -8,6 +8,7 @@ import pytest
 from domain_builders import make
 
 from schemas.messages import (
+    ClockTick,
     Message,
     OrderCancelled,
     OrderConfirmed,
@@ -39,6 +40,12 @@ def cancelled(order_id: str, at: int, reason: str = "payment_declined") -> Messa
 def closing(order_id: str, at: int) -> Message:
     """An outcome that moves the watermark to ``at`` (it counts only toward the outcomes of its own minute)."""
     return cancelled(order_id, at, "timeout")
+
+
+def tick(watermark: int, at: int | None = None) -> ClockTick:
+    """A clock tick for partition 3 written at ``at`` (its watermark's time plus a 30 s deadline by default)."""
+    at = watermark + 30_000 if at is None else at
+    return make(ClockTick, at=at, partition=3, slot="clock/3/0", watermark=watermark)
 
 
 def placed(order_id: str, at: int) -> Message:
@@ -281,3 +288,102 @@ def test_the_units_of_no_one_sku_are_never_ranked_among_the_top():
 
     top = ranked({"A": 2, analytics.OTHER_SKUS: 50, "B": 3}, 10)
     assert top == [{"sku": "B", "units": 3}, {"sku": "A", "units": 2}]
+
+
+# --- The clock of a partition gone quiet ---------------------------------------------------------------------
+
+def test_a_tick_closes_the_windows_of_a_partition_no_event_comes_to_any_more():
+    p = Partition().apply(confirmed("o-1", T0 + 1_000, 500), cancelled("o-2", T0 + 2_000))
+    assert p.closed == []
+    # The clock passes the first minute's end plus the lateness: its windows close, with exactly their counts.
+    p.apply(tick(T0 + MINUTE_MS + LATENESS))
+    assert p.state.watermark == T0 + MINUTE_MS + LATENESS
+    assert [(r.window_start, r.revenue_cents, r.orders) for r in p.results(RevenueWindow)] == [(T0, 500, 1)]
+    assert [(r.confirmed, r.cancelled_by_reason) for r in p.results(OutcomeWindow)] == [(1, {"payment_declined": 1})]
+    # Of the five 5-minute units windows holding T0, only the one ending with the first minute has closed; the
+    # last of them closes 4 minutes on.
+    assert [(r.window_start, r.units) for r in p.results(SkuUnitsWindow)] == [(T0 - 4 * MINUTE_MS, 1)]
+    p.apply(tick(T0 + 5 * MINUTE_MS + LATENESS))
+    assert [r.window_start for r in p.results(SkuUnitsWindow)] == [T0 + (i - 4) * MINUTE_MS for i in range(5)]
+    assert p.state.open == {}
+
+
+def test_a_tick_one_millisecond_short_of_a_window_closes_nothing():
+    p = Partition().apply(confirmed("o-1", T0 + 1_000), tick(T0 + MINUTE_MS + LATENESS - 1))
+    assert p.closed == []
+    assert p.state.watermark == T0 + MINUTE_MS + LATENESS - 1
+
+
+def test_a_tick_gives_a_partition_that_never_saw_an_event_its_first_watermark():
+    folded = analytics.fold(PartitionWindows(partition=3), tick(T0), lateness_ms=LATENESS)
+    assert folded.state is not None and folded.state.watermark == T0 and folded.closed == ()
+
+
+def test_a_tick_never_moves_the_clock_back_and_one_that_moves_nothing_changes_nothing():
+    state = Partition().apply(confirmed("o-1", T0 + 50_000)).state
+    for behind in (tick(T0 + 50_000), tick(T0 + 10_000)):
+        assert analytics.fold(state, behind, lateness_ms=LATENESS) == analytics.Folded(state=None)
+
+
+def test_a_redelivered_tick_sends_again_what_it_closed_and_changes_nothing():
+    p = Partition().apply(confirmed("o-1", T0 + 1_000, 700))
+    first = tick(T0 + MINUTE_MS + LATENESS)
+    p.apply(first, confirmed("o-2", T0 + MINUTE_MS + 20_000))  # an event after it: the tick is no longer the last
+    state = p.state
+    again = analytics.fold(state, first, lateness_ms=LATENESS)
+    assert again.state is None and again.closed == ()
+    assert set(again.reemit) == {f"sku-units/{T0 - 4 * MINUTE_MS}/{T0 + MINUTE_MS}", f"outcomes/{T0}/{T0 + MINUTE_MS}",
+                                 f"revenue/{T0}/{T0 + MINUTE_MS}"}
+    assert again.reemit == tuple(analytics.window_id(w.metric, w.window) for w in p.closed)
+
+
+def test_a_partition_remembers_only_its_latest_ticks():
+    p = Partition()
+    ticks = [tick(T0 + i * analytics.TICK_STEP_MS) for i in range(analytics.TICKS_KEPT + 2)]
+    p.apply(*ticks)
+    assert list(p.state.ticks) == [t.event_id for t in ticks[-analytics.TICKS_KEPT:]]
+    # One forgotten is folded like a new tick behind the clock: nothing changes.
+    assert analytics.fold(p.state, ticks[0], lateness_ms=LATENESS) == analytics.Folded(state=None)
+
+
+def test_an_event_after_a_tick_that_passed_its_window_is_late_not_folded():
+    p = Partition().apply(tick(T0 + MINUTE_MS + LATENESS), confirmed("o-1", T0 + 5_000, 900))
+    assert p.late == ["revenue", "sku-units", "outcomes"]  # the units window ending with T0's minute too
+    assert not any(name.startswith(f"revenue/{T0}/") for name in p.state.open)
+
+
+def test_a_tick_moves_the_clock_no_further_than_its_record_was_written():
+    folded = analytics.fold(PartitionWindows(partition=3), tick(T0 + 60_000), lateness_ms=LATENESS,
+                            record_ms=T0 + 1_000)
+    assert folded.state is not None and folded.state.watermark == T0 + 1_000
+
+
+def test_a_tick_is_due_when_the_partition_has_no_clock_or_lags_a_step_behind():
+    fresh = PartitionWindows(partition=3)
+    assert analytics.tick_due(fresh, T0)
+    at = fresh.model_copy(update={"watermark": T0})
+    assert not analytics.tick_due(at, T0 + analytics.TICK_STEP_MS - 1)
+    assert analytics.tick_due(at, T0 + analytics.TICK_STEP_MS)
+    # The watermark a tick gives: no order event can still come before it but late (its deadline has passed).
+    assert analytics.tick_watermark(T0 + 30_000, 30_000) == T0
+
+
+def test_ticks_on_every_partition_make_the_windows_final():
+    partitions = [Partition(state=PartitionWindows(partition=n)) for n in range(3)]
+    partitions[0].apply(confirmed("o-1", T0 + 1_000, 400))
+
+    def totals() -> list[analytics.WindowTotal]:
+        views = [analytics.partition_view(p.state, p.closed, "revenue", T0, T0 + MINUTE_MS) for p in partitions]
+        return analytics.totals(views, "revenue", lateness_ms=LATENESS)
+
+    assert [(t.counts, t.final) for t in totals()] == [({"cents.EUR": 400, "orders.EUR": 1}, False)]
+    for n, p in enumerate(partitions):
+        p.apply(make(ClockTick, at=T0 + 2 * MINUTE_MS, partition=n, slot=f"clock/{n}",
+                     watermark=T0 + MINUTE_MS + LATENESS))
+    assert [(t.counts, t.final) for t in totals()] == [({"cents.EUR": 400, "orders.EUR": 1}, True)]
+
+
+def test_only_outcomes_and_ticks_move_the_clock():
+    assert analytics.moves_clock(tick(T0)) and analytics.moves_clock(confirmed("o-1", T0))
+    assert not analytics.moves_clock(placed("o-1", T0))
+    assert not analytics.is_counted(tick(T0))

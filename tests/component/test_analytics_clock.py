@@ -1,0 +1,79 @@
+"""The analytics clock through faust's test_context: a partition no order event comes to gets ticks, which close
+its windows; the other flows reading the order events leave a tick alone."""
+
+import pytest
+
+from agents.analytics import Clock, clock_tick, slot
+from agents.app import build_runtime
+from schemas.messages import OrderConfirmed, OutcomeWindow, PricedLine, RevenueWindow, SkuUnitsWindow
+from streamcart.domain.analytics import MINUTE_MS, TICK_STEP_MS
+from streamcart.partitioning import partition_for
+from streamcart.settings import Settings
+
+T0 = 1_700_000_040_000  # a minute boundary
+DEADLINE_MS = 30_000
+
+
+@pytest.fixture
+def runtime(codec, sink, tmp_path):
+    return build_runtime(Settings(home=tmp_path, partitions=4, saga_timeout_s=DEADLINE_MS / 1000), codec,
+                         store="memory://", sink=sink)
+
+
+def confirmed(order_id: str, at: int) -> OrderConfirmed:
+    return OrderConfirmed(event_id=f"c-{order_id}", occurred_at=at, causation_id="x", correlation_id=order_id,
+                          order_id=order_id, customer_id="c-1", total_cents=500, currency="EUR",
+                          lines=(PricedLine(sku="A", quantity=1, unit_price_cents=500),), authorization_id="a-1")
+
+
+@pytest.mark.parametrize("partitions", [1, 4, 8, 16])
+def test_a_ticks_key_lands_on_its_partition(partitions):
+    assert [partition_for(slot(p, partitions), partitions) for p in range(partitions)] == list(range(partitions))
+
+
+async def test_ticks_are_written_to_partitions_behind_one_at_a_time(runtime, codec, sink):
+    clock = Clock(runtime)
+    now_ms = T0 + 10 * MINUTE_MS
+    assert await clock.tick([0, 2], now_ms, now=100.0) == [0, 2]
+    ticks = sink.messages(runtime.topics.order_events)
+    assert [(t.partition, t.watermark, t.occurred_at) for t in ticks] == [(0, now_ms - DEADLINE_MS, now_ms),
+                                                                            (2, now_ms - DEADLINE_MS, now_ms)]
+    assert [partition_for(r.key.decode(), 4) for r in sink.records(runtime.topics.order_events)] == [0, 2]
+    # Not folded yet: none again until a step later, then again (a tick lost on its way is written again).
+    assert await clock.tick([0, 2], now_ms + 1_000, now=101.0) == []
+    assert await clock.tick([0, 2], now_ms + TICK_STEP_MS, now=100.0 + TICK_STEP_MS / 1000) == [0, 2]
+
+    # Folded, the partition's clock is where the tick put it: no tick is due until it falls a step behind again.
+    async with runtime.agents["analytics"].test_context() as agent:
+        await agent.put(codec.encode(ticks[0]), key=b"k", partition=0)
+    assert runtime.tables.analytics.windows(0).watermark == now_ms - DEADLINE_MS
+    later = 100.0 + 2 * TICK_STEP_MS / 1000
+    assert await clock.tick([0], now_ms + TICK_STEP_MS - 1, now=later) == []
+    assert await clock.tick([0], now_ms + TICK_STEP_MS, now=later) == [0]
+
+
+async def test_a_tick_closes_a_quiet_partitions_windows_and_sends_their_results(runtime, codec, sink):
+    lateness = int(runtime.settings.analytics_lateness_s * 1000)
+    tick = clock_tick(1, 4, T0 + MINUTE_MS + lateness + DEADLINE_MS, T0 + MINUTE_MS + lateness)
+    async with runtime.agents["analytics"].test_context() as agent:
+        await agent.put(codec.encode(confirmed("o-1", T0 + 1_000)), key=b"o-1", partition=1)
+        assert sink.messages(runtime.topics.analytics_revenue) == []
+        await agent.put(codec.encode(tick), key=tick.slot.encode(), partition=1)
+        await agent.put(codec.encode(tick), key=tick.slot.encode(), partition=1)  # redelivered
+    revenue = sink.messages(runtime.topics.analytics_revenue)
+    assert [(r.window_start, r.revenue_cents, r.orders, r.source_partition) for r in revenue] == [
+        (T0, 500, 1, 1), (T0, 500, 1, 1),  # sent again, with the same ids: consumers keep one
+    ]
+    assert revenue[0].event_id == revenue[1].event_id
+    assert [o.confirmed for o in sink.messages(runtime.topics.analytics_outcomes)] == [1, 1]
+    assert [u.window_start for u in sink.messages(runtime.topics.analytics_sku_units)] == [T0 - 4 * MINUTE_MS] * 2
+    assert all(isinstance(m, RevenueWindow | OutcomeWindow | SkuUnitsWindow) for m in sink.messages(
+        runtime.topics.analytics_revenue) + sink.messages(runtime.topics.analytics_outcomes))
+
+
+async def test_the_flows_acting_on_orders_leave_a_tick_alone(runtime, codec, sink):
+    tick = clock_tick(3, 4, T0, T0 - DEADLINE_MS)
+    for flow in ("shipping", "notifications"):
+        async with runtime.agents[flow].test_context() as agent:
+            await agent.put(codec.encode(tick), key=tick.slot.encode(), partition=3)
+    assert sink.sent == []  # nothing emitted, nothing dead-lettered
