@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Mapping
 from functools import cache
 from itertools import count
 from typing import Any
+
+from faust.types import TP
 
 from agents.runtime import Runtime, consume, record_time_ms
 from agents.timeouts import restoring
@@ -34,6 +37,7 @@ def register(runtime: Runtime) -> Any:
     lateness_ms = int(settings.analytics_lateness_s * 1000)
     retention_ms = int(settings.analytics_retention_s * 1000)
     table = runtime.tables.analytics
+    clock = Clock(runtime)
 
     async def handle(message: Message, event: Any) -> None:
         if not analytics.moves_clock(message):
@@ -43,7 +47,9 @@ def register(runtime: Runtime) -> Any:
         tick = isinstance(message, ClockTick)
         seen = None if tick else table.seen(partition, message.event_id)  # a tick's are in the state
         record_ms = record_time_ms(event)
-        folded = analytics.fold(state, message, lateness_ms=lateness_ms, seen=seen, record_ms=record_ms)
+        folded = analytics.fold(state, message, lateness_ms=lateness_ms, seen=seen, record_ms=record_ms,
+                                retention_ms=retention_ms)
+        clock.note(partition, (folded.state or state).watermark)
         runtime.telemetry.analytics_folded(folded)
         if not tick and folded.state is not None and analytics.event_time(message, record_ms) != message.occurred_at:
             log.warning("%s %s is timed %.0f s after it was written to Kafka (a clock ahead?): counted as of when "
@@ -69,42 +75,97 @@ def register(runtime: Runtime) -> Any:
     async def analytics_agent(stream: Any) -> None:
         await consume(runtime, stream, handle, flow="analytics")
 
-    clock = Clock(runtime)
-
     async def tick_idle_partitions() -> None:
         # An exception escaping a faust timer kills the whole worker (notes/faust.md): never let one out.
         try:
-            if not restoring(runtime):  # what the table holds then is not all there is yet
-                await clock.tick(owned_sources(runtime), int(time.time() * 1000), time.monotonic())
+            if not restoring(runtime):  # what the tables hold then is not all there is yet
+                await clock.tick(owned_sources(runtime), int(time.time() * 1000), time.monotonic(),
+                                 in_flight=lambda: in_flight(runtime), behind=lambda p: saga_behind(runtime, p))
         except Exception:
             log.exception("analytics clock tick failed; the next one tries again")
 
     runtime.app.timer(settings.timer_interval_s, name="analytics-clock")(tick_idle_partitions)
-    return runtime.app.agent(runtime.source(runtime.topics.order_events), name="analytics")(analytics_agent)
+    agent = runtime.app.agent(runtime.source(runtime.topics.order_events), name="analytics")(analytics_agent)
+    agent.clock = clock  # what the timer ticks with, for tests
+    return agent
 
 
 class Clock:
-    """Writes a :class:`ClockTick` to each partition it is given whose watermark has fallen a step behind the time
-    before which no order event can still come but late, one at a time: a partition's state moves only once its
-    tick is folded, so another is written only a step later (and so again, should one be lost)."""
+    """Writes a :class:`ClockTick` to each partition it is given whose watermark the tick would move
+    (streamcart.domain.analytics, :func:`~streamcart.domain.analytics.tick_watermark`), one at a time: another only
+    once the last was folded, or after :data:`~streamcart.domain.analytics.TICK_RESEND_MS`.
+
+    It knows each partition's watermark from the flow (:meth:`note`), reading the table only for a partition the
+    flow has not handled anything of since this worker started: a partition's state is up to ~1 MB of JSON.
+    """
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.deadline_ms = int(runtime.settings.saga_timeout_s * 1000)
+        self.lateness_ms = int(runtime.settings.analytics_lateness_s * 1000)
+        self.watermarks: dict[int, int | None] = {}  # partition -> its watermark, as the flow last saw it
         self.last: dict[int, float] = {}  # partition -> when a tick was last written to it (monotonic s)
 
-    async def tick(self, partitions: list[int], now_ms: int, now: float) -> list[int]:
-        """Write the ticks due at ``now_ms`` (wall clock) and ``now`` (monotonic); the partitions ticked."""
-        watermark = analytics.tick_watermark(now_ms, self.deadline_ms)
+    def note(self, partition: int, watermark: int | None) -> None:
+        """The flow folded (or read) ``partition``'s state: its watermark is ``watermark``."""
+        self.watermarks[partition] = watermark
+
+    def watermark(self, partition: int) -> int | None:
+        if partition not in self.watermarks:
+            self.watermarks[partition] = self.runtime.tables.analytics.windows(partition).watermark
+        return self.watermarks[partition]
+
+    async def tick(self, partitions: list[int], now_ms: int, now: float, *,
+                   in_flight: Callable[[], Mapping[int, int]] = dict,
+                   behind: Callable[[int], bool] = lambda _: False) -> list[int]:
+        """Write the ticks due at ``now_ms`` (wall clock) and ``now`` (monotonic); the partitions ticked.
+        ``in_flight()``: the oldest placement of the orders in flight, by partition (asked only when a tick may be
+        due); ``behind(p)``: whether this worker has records of the saga for partition ``p`` still to handle."""
+        oldest: Mapping[int, int] | None = None
         ticked = []
         for partition in partitions:
-            if now - self.last.get(partition, float("-inf")) < analytics.TICK_STEP_MS / 1000:
+            if now - self.last.get(partition, float("-inf")) < analytics.TICK_RESEND_MS / 1000:
                 continue
-            if analytics.tick_due(self.runtime.tables.analytics.windows(partition), watermark):
-                self.last[partition] = now
-                await self.runtime.send(clock_tick(partition, self.runtime.settings.partitions, now_ms, watermark))
-                ticked.append(partition)
+            watermark = self.watermark(partition)
+            if not analytics.tick_due(watermark, now_ms - self.deadline_ms) or behind(partition):
+                continue  # moved by events of late (the usual case under traffic), or more are coming
+            oldest = in_flight() if oldest is None else oldest
+            to = analytics.tick_watermark(now_ms, order_deadline_ms=self.deadline_ms, lateness_ms=self.lateness_ms,
+                                          oldest_in_flight=oldest.get(partition))
+            if not analytics.tick_due(watermark, to):
+                continue
+            self.last[partition] = now
+            await self.runtime.send(clock_tick(partition, self.runtime.settings.partitions, now_ms, to))
+            ticked.append(partition)
         return ticked
+
+
+def in_flight(runtime: Runtime) -> dict[int, int]:
+    """The oldest placement of the orders in flight this worker holds (its ``deadlines`` table, of the partitions
+    it owns: a deadline is the placement plus an order's deadline), by partition."""
+    deadline_ms = int(runtime.settings.saga_timeout_s * 1000)
+    oldest: dict[int, int] = {}
+    for order_id, deadline in runtime.tables.deadlines.items():
+        partition = partition_for(order_id, runtime.settings.partitions)
+        oldest[partition] = min(oldest.get(partition, deadline - deadline_ms), deadline - deadline_ms)
+    return oldest
+
+
+def saga_behind(runtime: Runtime, partition: int) -> bool:
+    """Whether this worker has records it has not handled (committed) yet on ``partition`` of a topic the saga
+    sends an order's messages through, or does not know yet: an outcome may still come of them."""
+    t = runtime.topics
+    consumer = runtime.app.consumer
+    committed = consumer._committed_offset
+    for topic in (t.order_commands, t.inventory_events, t.payment_events, t.shipping_events, t.order_events):
+        tp = TP(topic, partition)
+        try:
+            end = consumer.highwater(tp)
+        except Exception:  # not assigned (any more), or no fetch yet: not known
+            return True
+        if end is None or end > (committed.get(tp) or 0):
+            return True
+    return False
 
 
 def owned_sources(runtime: Runtime) -> list[int]:

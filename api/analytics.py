@@ -4,7 +4,8 @@ Each worker holds the windows of the partitions it owns (agents/analytics.py); t
 asks every worker for theirs (``/v1/internal/analytics/{metric}``) and sums each window over the partitions. A
 window is ``final`` once every partition's watermark has passed its end plus the allowed lateness; until then
 it is the current, still growing, count. ``late_events`` counts, per metric, the events that came after their
-window had closed (not in any window; reported so nothing is dropped silently).
+window had closed (not in any window; reported so nothing is dropped silently); a revenue window also says what
+its late confirmations would have added (``late_revenue_cents``, ``late_orders``).
 
 ``from`` and ``to`` (epoch milliseconds or ISO 8601) select the windows starting in ``[from, to)``; the default
 is the last hour, to no end. Admin only.
@@ -110,15 +111,23 @@ async def revenue(request: web.Request) -> web.Response:
     require_admin(request)
     start, end = time_range(core.parsed_query(request, WindowRangeQuery))
     totals, meta = await gathered(request, analytics.REVENUE.metric, start, end)
+    return web.json_response({**meta, "windows": revenue_windows(totals)})
+
+
+def revenue_windows(totals: list[WindowTotal]) -> list[dict[str, Any]]:
+    """One row per revenue window and currency, on time and late (a currency only late confirmations came to
+    has a row too)."""
     windows = []
     for total in totals:
-        currencies = sorted(k.split(".", 1)[1] for k in total.counts if k.startswith("orders."))
-        for currency in currencies:
+        for currency in sorted({k.split(".", 1)[1] for k in (*total.counts, *total.late) if k.startswith("orders.")}):
             windows.append({
                 **_window(total), "currency": currency,
-                "revenue_cents": total.counts.get(f"cents.{currency}", 0), "orders": total.counts[f"orders.{currency}"],
+                "revenue_cents": total.counts.get(f"cents.{currency}", 0),
+                "orders": total.counts.get(f"orders.{currency}", 0),
+                "late_revenue_cents": total.late.get(f"cents.{currency}", 0),
+                "late_orders": total.late.get(f"orders.{currency}", 0),
             })
-    return web.json_response({**meta, "windows": windows})
+    return windows
 
 
 async def top_skus(request: web.Request) -> web.Response:

@@ -284,6 +284,10 @@ class RevenueWindowOut(WindowOut):
     currency: str
     revenue_cents: int
     orders: int
+    late_revenue_cents: int = Field(description="what confirmations that came after the window had closed would "
+                                                "have added (not in revenue_cents): revenue_cents + "
+                                                "late_revenue_cents is every confirmed total of the window")
+    late_orders: int = Field(description="how many confirmations came after the window had closed")
 
 
 class RevenueOut(WindowsMeta):

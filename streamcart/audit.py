@@ -19,6 +19,9 @@ The checks (:func:`check`) are pure functions of the snapshot:
 - I4: a confirmed order's payment captured for its total; a cancelled order's declined, voided or refunded; at the
   gateway (when it lists its authorizations, as the stack's gateway does), one captured authorization per confirmed
   order for its total, and nothing else held for a cancelled one;
+- I6: for every revenue window (one minute, per currency) the analytics still keep, revenue on time plus what
+  late confirmations would have added equals the warehouse's confirmed orders of that minute of event time, in
+  cents and in orders (stack-wide: not with ``--sku``, revenue is not kept per SKU);
 - I7: the latest orders (``sample``) as the API shows them equal their warehouse rows.
 """
 
@@ -32,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
+from streamcart.domain.analytics import MAX_AHEAD_MS, MINUTE_MS
 from streamcart.domain.order_state import LineStatus, OrderStatus
 from streamcart.errors import StreamcartError
 from streamcart.settings import Settings
@@ -113,6 +117,13 @@ class Snapshot:
     #: Per SKU, the units of every order (placed in the audit's window or not) that kept its goods.
     kept_units: dict[str, int] = field(default_factory=dict)
     retention_ms: int = 0
+    #: I6, per (revenue window start, currency): the analytics' (cents, orders) on time and late, and the
+    #: warehouse's confirmed (cents, orders), for the windows from ``revenue_from``; ``revenue`` is ``None`` when
+    #: I6 was not checked, ``revenue_skipped`` says why.
+    revenue: dict[tuple[int, str], tuple[int, int, int, int]] | None = None
+    confirmed: dict[tuple[int, str], tuple[int, int]] = field(default_factory=dict)
+    revenue_from: int = 0
+    revenue_skipped: str = "not read"
 
 
 @dataclass(frozen=True)
@@ -146,6 +157,7 @@ INVARIANTS = {
     "I2": "stock conserved per SKU",
     "I3": "no oversell",
     "I4": "money nets out",
+    "I6": "revenue equals the confirmed totals",
     "I7": "warehouse equals the API",
 }
 
@@ -158,6 +170,7 @@ def check(snapshot: Snapshot, *, grace_s: float = GRACE_S) -> Report:
         *_unrecorded(snapshot),
         *_stock(snapshot),
         *_money(snapshot),
+        *_revenue(snapshot),
         *_warehouse_equals_api(snapshot),
     ]
     statuses = Counter(o["status"] for o in snapshot.orders)
@@ -174,6 +187,7 @@ def check(snapshot: Snapshot, *, grace_s: float = GRACE_S) -> Report:
         "I3": _skus(len(snapshot.stock)),
         "I4": f"{sum(1 for o in snapshot.orders if o['payment_status'])} payments in the warehouse{ledger}"
               + ("" if snapshot.ledger is not None else " (the gateway lists no authorizations)"),
+        "I6": _revenue_checked(snapshot),
         "I7": f"{len(snapshot.api_orders)} orders",
     }
     return Report(tuple(findings), checked)
@@ -297,6 +311,35 @@ def _money(snapshot: Snapshot) -> Iterable[Finding]:
                                                   f"({auth['status']}, {auth['authorization_id']})")
 
 
+def _revenue(snapshot: Snapshot) -> Iterable[Finding]:
+    """I6, window by window: revenue on time plus late equals the confirmed orders' totals of its minute."""
+    if snapshot.revenue is None:
+        return
+    for start, currency in sorted(snapshot.revenue.keys() | snapshot.confirmed.keys()):
+        cents, orders, late_cents, late_orders = snapshot.revenue.get((start, currency), (0, 0, 0, 0))
+        confirmed_cents, confirmed = snapshot.confirmed.get((start, currency), (0, 0))
+        if (cents + late_cents, orders + late_orders) != (confirmed_cents, confirmed):
+            yield Finding("I6", f"{iso_ms(start)} {currency}",
+                          f"revenue {cents} for {orders} orders (and {late_cents} for {late_orders} late), the "
+                          f"warehouse's confirmed orders of that minute {confirmed_cents} for {confirmed}")
+
+
+def _revenue_checked(snapshot: Snapshot) -> str:
+    if snapshot.revenue is None:
+        return f"not checked: {snapshot.revenue_skipped}"
+    windows = {start for start, _ in snapshot.revenue.keys() | snapshot.confirmed.keys()}
+    late = sum(late for _, _, _, late in snapshot.revenue.values())
+    return (f"{len(windows)} one-minute windows from {iso_ms(snapshot.revenue_from)}, "
+            f"{sum(n for _, n in snapshot.confirmed.values())} confirmed orders ({late} of them late)")
+
+
+def iso_ms(ms: int) -> str:
+    """Epoch milliseconds as an ISO 8601 time in UTC, to the second."""
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
 def _warehouse_equals_api(snapshot: Snapshot) -> Iterable[Finding]:
     for order_id, api in snapshot.api_orders.items():
         row = snapshot.warehouse_rows.get(order_id)
@@ -332,7 +375,10 @@ def read_snapshot(settings: Settings, *, since_ms: int | None, sample: int | Non
 
     since = 0 if since_ms is None else since_ms
     scoped = since_ms is not None or bool(skus)
-    snapshot = Snapshot(now_ms=int(time.time() * 1000), retention_ms=int(settings.order_retention_s * 1000))
+    revenue_skipped = _revenue_not_checked(settings, bool(skus))
+    revenue_checked = revenue_skipped is None
+    snapshot = Snapshot(now_ms=int(time.time() * 1000), retention_ms=int(settings.order_retention_s * 1000),
+                        revenue_skipped=revenue_skipped or "")
     try:
         with psycopg.connect(settings.postgres_dsn, autocommit=True, connect_timeout=5) as conn:
             def rows(sql: str, params: dict[str, object] | None = None) -> list[tuple[Any, ...]]:
@@ -385,16 +431,47 @@ def read_snapshot(settings: Settings, *, since_ms: int | None, sample: int | Non
             snapshot.movements = {sku: Movements(committed=m.get("committed", 0), restocked=m.get("restocked", 0),
                                                  reserved=m.get("reserved_delta", 0))
                                   for sku, m in by_movement.items()}
+            if revenue_checked:
+                snapshot.revenue_from = revenue_from(settings, since_ms, snapshot.now_ms)
+                by_minute = rows(
+                    f"select {_ms('confirmed_at')} / {MINUTE_MS} * {MINUTE_MS}, currency, sum(total_cents), count(*) "
+                    "from orders where confirmed_at >= to_timestamp(%(from)s / 1000.0) group by 1, 2",
+                    {"from": snapshot.revenue_from})
+                snapshot.confirmed = {(int(start), currency): (int(cents), int(n))
+                                      for start, currency, cents, n in by_minute}
     except psycopg.Error as exc:
         raise AuditUnavailable(f"the warehouse at {settings.postgres_host or settings.host}:"
                                f"{settings.postgres_port} did not answer: {exc}".strip()) from exc
     api = _Api(settings)
+    if revenue_checked:
+        snapshot.revenue = api.revenue(snapshot.revenue_from)
+        if snapshot.revenue is None:
+            snapshot.revenue_skipped = ("a partition of the order events has no analytics clock yet (the stack has "
+                                        "just started)")
     snapshot.stock = {sku: api.stock(sku) for sku in skus}
     snapshot.api_orders = {order_id: api.order(order_id) for order_id in sampled(snapshot.orders, sample, scoped)}
     snapshot.unrecorded = {order_id: api.order(order_id) for order_id in sorted(set(expected))
                            if order_id not in snapshot.warehouse_rows}
     snapshot.ledger = _ledger(settings)
     return snapshot
+
+
+def _revenue_not_checked(settings: Settings, narrowed_to_skus: bool) -> str | None:
+    """Why I6 cannot be checked, if it cannot."""
+    if narrowed_to_skus:
+        return "the audit is narrowed to SKUs (--sku), and revenue is kept per currency, not per SKU"
+    if not settings.analytics:
+        return "the analytics flow is off (STREAMCART_ANALYTICS=false)"
+    return None
+
+
+def revenue_from(settings: Settings, since_ms: int | None, now_ms: int) -> int:
+    """The first revenue window I6 checks: the first whole minute from ``since_ms``, and one the analytics still
+    keep (they forget a window ``analytics_retention_s`` after its end by the watermark, which may run up to
+    :data:`~streamcart.domain.analytics.MAX_AHEAD_MS` ahead of now; a minute more for the one being forgotten)."""
+    kept_from = now_ms - int(settings.analytics_retention_s * 1000) + MAX_AHEAD_MS + MINUTE_MS
+    start = max(since_ms or 0, kept_from)
+    return -(-start // MINUTE_MS) * MINUTE_MS
 
 
 #: Without ``--since``/``--sku`` (every order a stack ever had), how many of the latest orders, and of the others
@@ -455,6 +532,17 @@ class _Api:
         if status != 200:
             raise AuditUnavailable(f"GET /v1/stock/{sku} answered {status}: {body}")
         return Stock(**{name: body[name] for name in ("on_hand", "reserved", "adjusted", "sold", "restocked")})
+
+    def revenue(self, since_ms: int) -> dict[tuple[int, str], tuple[int, int, int, int]] | None:
+        """Every revenue window from ``since_ms`` (open or closed: at a quiet moment each holds every confirmation of
+        its minute but the late ones, which are beside it), or ``None`` while a partition has no watermark."""
+        status, body = self.get(f"/v1/analytics/revenue?from={since_ms}")
+        if status != 200:
+            raise AuditUnavailable(f"GET /v1/analytics/revenue answered {status}: {body}")
+        if body["watermark"] is None:
+            return None
+        return {(w["window_start"], w["currency"]): (w["revenue_cents"], w["orders"], w.get("late_revenue_cents", 0),
+                                                     w.get("late_orders", 0)) for w in body["windows"]}
 
     def order(self, order_id: str) -> dict[str, Any] | None:
         status, body = self.get(f"/v1/orders/{quote(order_id, safe='')}")

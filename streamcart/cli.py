@@ -387,9 +387,9 @@ def audit(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output (every finding).")] = False,
 ) -> None:
     """Check DESIGN.md's invariants on everything the running stack holds: every order settled once, stock
-    conserved and never oversold, money netting out at the gateway, the warehouse equal to the API. Waits for a
-    quiet moment first (stop the traffic). Exit code 0 when every invariant holds, 1 when one does not, 2 when the
-    stack could not be audited (a part of it down, or never quiet)."""
+    conserved and never oversold, money netting out at the gateway, revenue equal to the confirmed totals, the
+    warehouse equal to the API. Waits for a quiet moment first (stop the traffic). Exit code 0 when every invariant
+    holds, 1 when one does not, 2 when the stack could not be audited (a part of it down, or never quiet)."""
     from streamcart import audit as auditing
     from streamcart.dead_letters import parse_age
 

@@ -10,7 +10,9 @@ it is more than :data:`MAX_AHEAD_MS` (15 minutes) after its record's Kafka times
 timestamp (:func:`event_time`; a clock that ran fast must not close every window at once). A
 partition's *watermark* is the latest event time it has seen; a window ``[start, end)`` stays open while
 ``watermark < end + lateness``, then it closes and its result is final. An event for a closed window is *late*:
-counted per metric and reported, never folded in silently. A duplicate (an ``event_id`` already folded) changes
+counted per metric and reported, never folded in silently; what a late confirmation would have added to its revenue
+window is kept beside it (``late_windows``), so revenue on time plus revenue late is every confirmed total, window
+by window (invariant I6, which ``streamcart audit`` checks). A duplicate (an ``event_id`` already folded) changes
 nothing.
 
 Every metric counts outcomes, so the outcomes are the clock: an event that counts toward no metric (an
@@ -20,11 +22,12 @@ deadline). Were it to move the watermark without being stored, a replay after a 
 another way than the first run did; stored, it would cost a state write per order for no count.
 
 A partition that no outcome comes to would keep its last windows open for good, and no window could be final
-(that needs every partition's watermark past it). So the partition's owner writes a :class:`ClockTick` to it when
-its watermark has fallen :data:`TICK_STEP_MS` behind the time before which no order event can still come but late
-(the tick's time less an order's deadline): in line with the order events, it moves the watermark to that time
-and closes what it passes, exactly as an event would (:func:`tick_due`, :func:`fold`). Behind a backlog the
-events' own times are the newer, and a tick changes nothing.
+(that needs every partition's watermark past it). So the partition's owner writes a :class:`ClockTick` to it once
+the time before which no outcome can still come to it has passed the next window's close (:func:`tick_watermark`,
+:func:`tick_due`): in line with the order events, the tick moves the watermark there and closes what it passes,
+exactly as an event would (:func:`fold`). That time is the tick's less an order's deadline, and never later than
+the placement of the partition's oldest order in flight (an outcome carries its order's time, or its deadline);
+the owner writes no tick while it is behind on what the saga sends to the partition (agents/analytics.py).
 
 Pure: no faust, Kafka or clock import. Time comes in the messages and their records' timestamps.
 """
@@ -32,7 +35,7 @@ Pure: no faust, Kafka or clock import. Time comes in the messages and their reco
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -91,6 +94,9 @@ class Fold:
     windows: Callable[[int], tuple[Window, ...]]
     add: Callable[[Counts, Message], bool]
     result: Callable[[Window, Counts, int, str], tuple[WindowResult, ...]]
+    #: Whether what late events would have added is kept per window (:attr:`PartitionWindows.late_windows`): for
+    #: revenue, a few counters per currency; not for units, whose per-SKU counters could outgrow the state.
+    keeps_late: bool = False
 
     @staticmethod
     def initialize() -> Counts:
@@ -185,7 +191,7 @@ def cancelled_by_reason(counts: Counts) -> dict[str, int]:
 
 #: Revenue and confirmed orders per 1-minute tumbling window, by currency (invariant I6: summed over windows,
 #: it equals the confirmed totals).
-REVENUE = Fold("revenue", lambda t: (tumbling(t, MINUTE_MS),), _add_revenue, _revenue_results)
+REVENUE = Fold("revenue", lambda t: (tumbling(t, MINUTE_MS),), _add_revenue, _revenue_results, keeps_late=True)
 #: Units sold per SKU per 5-minute window hopping every minute.
 SKU_UNITS = Fold("sku-units", lambda t: hopping(t, 5 * MINUTE_MS, MINUTE_MS), _add_units, _units_results)
 #: Outcomes per 1-minute tumbling window: confirmed, and cancelled by reason.
@@ -213,6 +219,9 @@ class PartitionWindows(BaseModel):
     watermark: int | None = None
     open: dict[str, Counts] = Field(default_factory=dict)
     late: dict[str, int] = Field(default_factory=dict)
+    #: What late events would have added to windows already closed, by window id (metrics that keep it, see
+    #: :attr:`Fold.keeps_late`); forgotten with the closed windows, ``retention`` after their end.
+    late_windows: dict[str, Counts] = Field(default_factory=dict)
     #: The last event folded and the windows it closed: how a redelivery of it is recognised even when the
     #: crash came between storing this state and marking the event seen.
     last_event_id: str | None = None
@@ -271,24 +280,29 @@ def moves_clock(message: Message) -> bool:
     return isinstance(message, ClockTick) or is_counted(message)
 
 
-#: How far a partition's watermark falls behind the time a tick would give it before its owner writes one (and
-#: so how often, at most, an idle partition gets one): each is a record, a fold and a state write.
-TICK_STEP_MS = 5_000
+#: How long a partition's owner waits for a tick it wrote to be folded before it writes another (one lost, or
+#: behind a backlog).
+TICK_RESEND_MS = 5_000
 #: How many of the latest ticks a partition's state remembers (:attr:`PartitionWindows.ticks`): a tick is
 #: redelivered only if the worker stopped before committing past it, long before this many more were folded.
 TICKS_KEPT = 8
 
 
-def tick_watermark(now_ms: int, order_deadline_ms: int) -> int:
-    """The time before which no order event can still come (but late) at ``now_ms``: an order in flight confirms
-    at its placement's time, or is cancelled at its deadline."""
-    return now_ms - order_deadline_ms
+def tick_watermark(now_ms: int, *, order_deadline_ms: int, lateness_ms: int, oldest_in_flight: int | None) -> int:
+    """Where a tick at ``now_ms`` moves its partition's watermark: to the last window close (a minute boundary plus
+    the lateness: every window ends on one) at or before the time before which no outcome can still come to the
+    partition, but late. An order placed an order's deadline ago has settled or is being cancelled at its
+    deadline; one in flight (``oldest_in_flight``: the oldest placement of those the partition holds) confirms at
+    its placement's time. One tick a minute at most, then, for a quiet partition."""
+    settled_before = now_ms - order_deadline_ms
+    if oldest_in_flight is not None:
+        settled_before = min(settled_before, oldest_in_flight)
+    return (settled_before - lateness_ms) // MINUTE_MS * MINUTE_MS + lateness_ms
 
 
-def tick_due(state: PartitionWindows, watermark: int) -> bool:
-    """Whether a tick to ``watermark`` should be written to ``state``'s partition: its watermark is at least
-    :data:`TICK_STEP_MS` behind (or the partition has none yet)."""
-    return state.watermark is None or watermark - state.watermark >= TICK_STEP_MS
+def tick_due(watermark: int | None, to: int) -> bool:
+    """Whether a tick to ``to`` would move a partition whose watermark is ``watermark`` (``None``: none yet)."""
+    return watermark is None or to > watermark
 
 
 #: How far an event's time may be ahead of its record's timestamp (when it was written to Kafka) and still count
@@ -307,16 +321,17 @@ def event_time(message: Message, record_ms: int | None) -> int:
 
 def fold(
     state: PartitionWindows, message: Message, *, lateness_ms: int, seen: tuple[str, ...] | None = None,
-    record_ms: int | None = None,
+    record_ms: int | None = None, retention_ms: int | None = None,
 ) -> Folded:
     """Fold one order event into its partition's windows, then close every window the watermark has passed.
 
     ``seen`` is what the store remembers of this event id: ``None`` if it was never folded, else the ids of the
     windows it closed. A duplicate (a redelivery or a re-emission) changes nothing. ``record_ms`` is the event's
-    record timestamp: an event time too far ahead of it counts at it (:func:`event_time`).
+    record timestamp: an event time too far ahead of it counts at it (:func:`event_time`). The late counts of
+    windows that ended ``retention_ms`` before the watermark are forgotten (as their closed windows are).
     """
     if isinstance(message, ClockTick):
-        return _tick(state, message, lateness_ms=lateness_ms, record_ms=record_ms)
+        return _tick(state, message, lateness_ms=lateness_ms, record_ms=record_ms, retention_ms=retention_ms)
     if not is_counted(message):
         return Folded(state=None)
     if seen is not None:
@@ -327,6 +342,7 @@ def fold(
     watermark = state.watermark
     open_windows = {name: dict(counts) for name, counts in state.open.items()}
     late = dict(state.late)
+    late_windows = {name: dict(counts) for name, counts in state.late_windows.items()}
     late_for: list[str] = []
     for fold_ in FOLDS.values():
         if not fold_.add(fold_.initialize(), message):
@@ -336,6 +352,8 @@ def fold(
             name = window_id(fold_.metric, window)
             if name not in open_windows and watermark is not None and window.end + lateness_ms <= watermark:
                 missed = True  # closed already: its result is final
+                if fold_.keeps_late:
+                    fold_.add(late_windows.setdefault(name, fold_.initialize()), message)
                 continue
             counts = open_windows.setdefault(name, fold_.initialize())
             fold_.add(counts, message)
@@ -346,6 +364,7 @@ def fold(
     closed = _close_passed(open_windows, watermark, lateness_ms, state.partition)
     new_state = state.model_copy(update={
         "watermark": watermark, "open": open_windows, "late": late,
+        "late_windows": _kept(late_windows, watermark, retention_ms),
         "last_event_id": message.event_id, "last_closed": tuple(window_id(w.metric, w.window) for w in closed),
     })
     return Folded(state=new_state, closed=tuple(closed), late=tuple(late_for))
@@ -365,7 +384,15 @@ def _close_passed(open_windows: dict[str, Counts], watermark: int, lateness_ms: 
     return closed
 
 
-def _tick(state: PartitionWindows, tick: ClockTick, *, lateness_ms: int, record_ms: int | None) -> Folded:
+def _kept(late_windows: dict[str, Counts], watermark: int, retention_ms: int | None) -> dict[str, Counts]:
+    """``late_windows`` without the windows that ended ``retention_ms`` before ``watermark``."""
+    if retention_ms is None:
+        return late_windows
+    return {name: c for name, c in late_windows.items() if parse_window_id(name)[1].end >= watermark - retention_ms}
+
+
+def _tick(state: PartitionWindows, tick: ClockTick, *, lateness_ms: int, record_ms: int | None,
+          retention_ms: int | None) -> Folded:
     """Move the watermark to the tick's (never back, never past its record's timestamp) and close what it passes.
     A tick that moves nothing changes nothing; one folded before sends again what it closed then."""
     if tick.event_id in state.ticks:
@@ -379,10 +406,10 @@ def _tick(state: PartitionWindows, tick: ClockTick, *, lateness_ms: int, record_
     ticks = {**state.ticks, tick.event_id: closed_ids}
     new_state = state.model_copy(update={
         "watermark": to, "open": open_windows, "last_event_id": tick.event_id, "last_closed": closed_ids,
+        "late_windows": _kept(state.late_windows, to, retention_ms),
         "ticks": dict(list(ticks.items())[-TICKS_KEPT:]),
     })
     return Folded(state=new_state, closed=tuple(closed))
-
 
 
 # --- Reading windows back: one partition's view, and the totals over partitions -----------------------------
@@ -394,6 +421,8 @@ class PartitionView(BaseModel):
     watermark: int | None
     late: dict[str, int]
     windows: dict[str, Counts]
+    #: What late events would have added to these windows (metrics that keep it); absent from older workers.
+    late_windows: dict[str, Counts] = Field(default_factory=dict)
 
 
 def partition_view(
@@ -405,6 +434,7 @@ def partition_view(
     return PartitionView(
         partition=state.partition, watermark=state.watermark, late=state.late,
         windows={name: counts for name, counts in windows.items() if in_range(name, metric, start, end)},
+        late_windows={name: c for name, c in state.late_windows.items() if in_range(name, metric, start, end)},
     )
 
 
@@ -421,22 +451,28 @@ class WindowTotal:
     window: Window
     counts: Counts
     final: bool
+    #: What late events would have added to it (metrics that keep it).
+    late: Counts = field(default_factory=dict)
 
 
 def totals(views: list[PartitionView], metric: str, *, lateness_ms: int) -> list[WindowTotal]:
-    """Sum each window of ``metric`` over ``views`` (one per partition), oldest first."""
+    """Sum each window of ``metric`` over ``views`` (one per partition), oldest first; a window only late events
+    came to is there too, with no counts of its own."""
     summed: dict[Window, Counts] = {}
+    late: dict[Window, Counts] = {}
     for view in views:
-        for name, counts in view.windows.items():
-            window_metric, window = parse_window_id(name)
-            if window_metric != metric:
-                continue
-            into = summed.setdefault(window, {})
-            for key, n in counts.items():
-                _add(into, key, n)
+        for into_by_window, windows in ((summed, view.windows), (late, view.late_windows)):
+            for name, counts in windows.items():
+                window_metric, window = parse_window_id(name)
+                if window_metric != metric:
+                    continue
+                into = into_by_window.setdefault(window, {})
+                for key, n in counts.items():
+                    _add(into, key, n)
     watermarks = [v.watermark for v in views]
     slowest = None if not watermarks or None in watermarks else min(w for w in watermarks if w is not None)
     return [
-        WindowTotal(window, counts, final=slowest is not None and window.end + lateness_ms <= slowest)
-        for window, counts in sorted(summed.items())
+        WindowTotal(window, summed.get(window, {}), final=slowest is not None and window.end + lateness_ms <= slowest,
+                    late=late.get(window, {}))
+        for window in sorted(summed.keys() | late.keys())
     ]

@@ -3,10 +3,10 @@ its windows; the other flows reading the order events leave a tick alone."""
 
 import pytest
 
-from agents.analytics import Clock, clock_tick, slot
+from agents.analytics import Clock, clock_tick, in_flight, slot
 from agents.app import build_runtime
 from schemas.messages import OrderConfirmed, OutcomeWindow, PricedLine, RevenueWindow, SkuUnitsWindow
-from streamcart.domain.analytics import MINUTE_MS, TICK_STEP_MS
+from streamcart.domain.analytics import MINUTE_MS, TICK_RESEND_MS
 from streamcart.partitioning import partition_for
 from streamcart.settings import Settings
 
@@ -31,25 +31,51 @@ def test_a_ticks_key_lands_on_its_partition(partitions):
     assert [partition_for(slot(p, partitions), partitions) for p in range(partitions)] == list(range(partitions))
 
 
-async def test_ticks_are_written_to_partitions_behind_one_at_a_time(runtime, codec, sink):
-    clock = Clock(runtime)
-    now_ms = T0 + 10 * MINUTE_MS
+async def test_ticks_are_written_to_quiet_partitions_one_at_a_time(runtime, codec, sink):
+    clock = runtime.agents["analytics"].clock  # the flow notes each partition's watermark on it
+    lateness = int(runtime.settings.analytics_lateness_s * 1000)
+    now_ms = T0 + 10 * MINUTE_MS + 5_000
+    to = T0 + 9 * MINUTE_MS + lateness  # the last window close before now - the deadline (T0 + 9:35)
     assert await clock.tick([0, 2], now_ms, now=100.0) == [0, 2]
     ticks = sink.messages(runtime.topics.order_events)
-    assert [(t.partition, t.watermark, t.occurred_at) for t in ticks] == [(0, now_ms - DEADLINE_MS, now_ms),
-                                                                            (2, now_ms - DEADLINE_MS, now_ms)]
+    assert [(t.partition, t.watermark, t.occurred_at) for t in ticks] == [(0, to, now_ms), (2, to, now_ms)]
     assert [partition_for(r.key.decode(), 4) for r in sink.records(runtime.topics.order_events)] == [0, 2]
-    # Not folded yet: none again until a step later, then again (a tick lost on its way is written again).
+    # Not folded yet: none again until a while later, then again (a tick lost on its way is written again).
     assert await clock.tick([0, 2], now_ms + 1_000, now=101.0) == []
-    assert await clock.tick([0, 2], now_ms + TICK_STEP_MS, now=100.0 + TICK_STEP_MS / 1000) == [0, 2]
+    assert await clock.tick([0, 2], now_ms + TICK_RESEND_MS, now=100.0 + TICK_RESEND_MS / 1000) == [0, 2]
 
-    # Folded, the partition's clock is where the tick put it: no tick is due until it falls a step behind again.
+    # Folded, the partition's clock is where the tick put it: none is due until the next window close.
     async with runtime.agents["analytics"].test_context() as agent:
         await agent.put(codec.encode(ticks[0]), key=b"k", partition=0)
-    assert runtime.tables.analytics.windows(0).watermark == now_ms - DEADLINE_MS
-    later = 100.0 + 2 * TICK_STEP_MS / 1000
-    assert await clock.tick([0], now_ms + TICK_STEP_MS - 1, now=later) == []
-    assert await clock.tick([0], now_ms + TICK_STEP_MS, now=later) == [0]
+    assert runtime.tables.analytics.windows(0).watermark == to
+    later = 100.0 + 2 * TICK_RESEND_MS / 1000
+    next_close = to + MINUTE_MS + DEADLINE_MS
+    assert await clock.tick([0], next_close - 1, now=later) == []
+    assert await clock.tick([0], next_close, now=later) == [0]
+
+
+async def test_no_tick_passes_an_order_in_flight_or_comes_while_the_saga_is_behind(runtime, codec, sink):
+    clock = Clock(runtime)
+    lateness = int(runtime.settings.analytics_lateness_s * 1000)
+    now_ms = T0 + 10 * MINUTE_MS
+    placed = T0 + 2 * MINUTE_MS + 7_000  # the oldest order still in flight on partition 1
+    asked = []
+
+    def in_flight() -> dict[int, int]:
+        asked.append(True)
+        return {1: placed}
+
+    ticked = await clock.tick([0, 1, 2], now_ms, now=100.0, in_flight=in_flight, behind=lambda p: p == 2)
+    assert ticked == [0, 1] and len(asked) == 1
+    assert [t.watermark for t in sink.messages(runtime.topics.order_events)] == [
+        T0 + 9 * MINUTE_MS + lateness, T0 + MINUTE_MS + lateness]
+
+
+async def test_the_clock_asks_nothing_of_a_partition_the_flow_keeps_moving(runtime, codec, sink):
+    clock = Clock(runtime)
+    now_ms = T0 + 10 * MINUTE_MS
+    clock.note(0, now_ms - 1_000)  # an event of a second ago
+    assert await clock.tick([0], now_ms, now=100.0, in_flight=lambda: pytest.fail("asked")) == []
 
 
 async def test_a_tick_closes_a_quiet_partitions_windows_and_sends_their_results(runtime, codec, sink):
@@ -77,3 +103,14 @@ async def test_the_flows_acting_on_orders_leave_a_tick_alone(runtime, codec, sin
         async with runtime.agents[flow].test_context() as agent:
             await agent.put(codec.encode(tick), key=tick.slot.encode(), partition=3)
     assert sink.sent == []  # nothing emitted, nothing dead-lettered
+
+
+def test_the_orders_in_flight_are_the_deadlines_tables_by_partition(runtime):
+    placed = {"o-a": T0, "o-b": T0 + 5_000, "o-c": T0 + 9_000}
+    for order_id, at in placed.items():  # as the orders flow keeps them (its store, without a changelog here)
+        runtime.tables.deadlines.table.data[order_id] = at + DEADLINE_MS
+    expected: dict[int, int] = {}
+    for order_id, at in placed.items():
+        p = partition_for(order_id, 4)
+        expected[p] = min(expected.get(p, at), at)
+    assert in_flight(runtime) == expected

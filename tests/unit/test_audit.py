@@ -20,6 +20,7 @@ from streamcart.audit import (
     _not_quiet,
     audit,
     check,
+    revenue_from,
     sampled,
 )
 from streamcart.settings import Settings
@@ -98,7 +99,14 @@ def healthy_shop() -> Snapshot:
                                                for ln in lines if ln["order_id"] == o["order_id"])
                          for o in orders},
         retention_ms=7 * 86_400_000,
+        # Two confirmations (the refunded order's too) in the minute of their event time; one of them came late.
+        revenue={(MINUTE, "EUR"): (600, 1, 250, 1)},
+        confirmed={(MINUTE, "EUR"): (850, 2)},
+        revenue_from=MINUTE,
     )
+
+
+MINUTE = NOW - NOW % 60_000 - 120_000
 
 
 def test_a_shop_where_every_invariant_holds_passes_and_says_what_it_checked():
@@ -107,6 +115,8 @@ def test_a_shop_where_every_invariant_holds_passes_and_says_what_it_checked():
     assert report.checked["I1"].startswith("3 orders: 1 confirmed, shipped or delivered, 2 cancelled")
     assert report.checked["I2"] == "2 SKUs"
     assert "against the gateway's ledger (3 of its authorizations)" in report.checked["I4"]
+    assert report.checked["I6"] == "1 one-minute windows from 2027-01-15T07:58:00Z, 2 confirmed orders (1 of them late)"
+    assert list(report.checked) == ["I1", "I2", "I3", "I4", "I6", "I7"]
 
 
 def stuck(s: Snapshot) -> None:
@@ -339,3 +349,38 @@ def test_a_part_of_the_stack_that_does_not_answer_is_waited_for_then_named():
     never = FakeStack([BUSY] * 3, [])
     with pytest.raises(AuditUnavailable, match=r"not quiet within 0 s \(workers 2 records behind\)"):
         audit(Settings(), wait_s=0, read=never.read, at=never.at, pause=lambda _: None)
+
+
+@pytest.mark.parametrize(("revenue", "confirmed", "problem"), [
+    ({(MINUTE, "EUR"): (600, 1, 0, 0)}, {(MINUTE, "EUR"): (850, 2)},
+     "revenue 600 for 1 orders (and 0 for 0 late), the warehouse's confirmed orders of that minute 850 for 2"),
+    ({(MINUTE, "EUR"): (600, 1, 250, 1)}, {(MINUTE, "EUR"): (850, 3)},  # as much money, an order more
+     "revenue 600 for 1 orders (and 250 for 1 late), the warehouse's confirmed orders of that minute 850 for 3"),
+    ({}, {(MINUTE, "USD"): (100, 1)},
+     "revenue 0 for 0 orders (and 0 for 0 late), the warehouse's confirmed orders of that minute 100 for 1"),
+    ({(MINUTE, "EUR"): (600, 1, 250, 1), (MINUTE + 60_000, "EUR"): (5, 1, 0, 0)}, {(MINUTE, "EUR"): (850, 2)},
+     "revenue 5 for 1 orders (and 0 for 0 late), the warehouse's confirmed orders of that minute 0 for 0"),
+])
+def test_revenue_that_is_not_the_confirmed_totals_of_its_minute_is_found(revenue, confirmed, problem):
+    shop = healthy_shop()
+    shop.revenue, shop.confirmed = revenue, confirmed
+    [finding] = check(shop).findings
+    assert finding.invariant == "I6" and finding.problem == problem
+    assert finding.subject.startswith("2027-01-15T07:5") and finding.subject.endswith(("EUR", "USD"))
+
+
+def test_revenue_not_read_is_not_checked_and_says_why():
+    shop = healthy_shop()
+    shop.revenue, shop.revenue_skipped = None, "the analytics flow is off (STREAMCART_ANALYTICS=false)"
+    shop.confirmed = {(MINUTE, "EUR"): (1, 1)}
+    report = check(shop)
+    assert report.ok and report.checked["I6"] == "not checked: the analytics flow is off (STREAMCART_ANALYTICS=false)"
+
+
+def test_revenue_is_checked_from_a_whole_minute_the_analytics_still_keep():
+    settings = Settings(analytics_retention_s=3_600)
+    assert revenue_from(settings, NOW - 5 * 60_000 + 1, NOW) == NOW - NOW % 60_000 - 4 * 60_000
+    assert revenue_from(settings, NOW - 5 * 60_000 - 1, NOW) == NOW - NOW % 60_000 - 5 * 60_000
+    # Without --since: an hour of retention, less the 15 minutes a watermark may run ahead and a minute.
+    oldest = revenue_from(settings, None, NOW)
+    assert oldest % 60_000 == 0 and NOW - 44 * 60_000 - 60_000 < oldest <= NOW - 44 * 60_000

@@ -1,4 +1,5 @@
-"""The analytics API's time range: epoch milliseconds or ISO 8601 (validated by the query model), to epoch ms."""
+"""The analytics API: its time range (epoch milliseconds or ISO 8601, validated by the query model, to epoch ms),
+and its revenue rows."""
 
 from __future__ import annotations
 
@@ -41,3 +42,26 @@ def test_epoch_seconds_are_refused_with_what_they_look_like(name):
     with pytest.raises(BadQuery, match=rf"{name}=1796206269 looks like epoch seconds \(2026-12-02T"):
         _range(**{name: "1796206269"})
     assert _range(**{"from": "0", "to": "60000"}) == (0, 60_000)  # the epoch's first minute is no such number
+
+
+def test_a_revenue_window_says_what_its_late_confirmations_would_have_added():
+    from api.analytics import revenue_windows
+    from streamcart.domain.analytics import PartitionView, totals
+
+    views = [
+        PartitionView(partition=0, watermark=600_000, late={"revenue": 0},
+                      windows={"revenue/0/60000": {"cents.EUR": 500, "orders.EUR": 1}}),
+        PartitionView(partition=1, watermark=590_000, late={"revenue": 2},
+                      windows={"revenue/0/60000": {"cents.EUR": 250, "orders.EUR": 1}},
+                      late_windows={"revenue/0/60000": {"cents.USD": 70, "orders.USD": 1},
+                                    "revenue/60000/120000": {"cents.EUR": 30, "orders.EUR": 1}}),
+        PartitionView(partition=2, watermark=600_000, late={}, windows={},
+                      late_windows={"revenue/60000/120000": {"cents.EUR": 40, "orders.EUR": 2}}),
+    ]
+    rows = revenue_windows(totals(views, "revenue", lateness_ms=30_000))
+    assert [(w["window_start"], w["currency"], w["revenue_cents"], w["orders"], w["late_revenue_cents"],
+             w["late_orders"], w["final"]) for w in rows] == [
+        (0, "EUR", 750, 2, 0, 0, True),
+        (0, "USD", 0, 0, 70, 1, True),  # only a late confirmation came to it
+        (60_000, "EUR", 0, 0, 70, 3, True),
+    ]

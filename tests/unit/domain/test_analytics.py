@@ -339,7 +339,7 @@ def test_a_redelivered_tick_sends_again_what_it_closed_and_changes_nothing():
 
 def test_a_partition_remembers_only_its_latest_ticks():
     p = Partition()
-    ticks = [tick(T0 + i * analytics.TICK_STEP_MS) for i in range(analytics.TICKS_KEPT + 2)]
+    ticks = [tick(T0 + i * MINUTE_MS) for i in range(analytics.TICKS_KEPT + 2)]
     p.apply(*ticks)
     assert list(p.state.ticks) == [t.event_id for t in ticks[-analytics.TICKS_KEPT:]]
     # One forgotten is folded like a new tick behind the clock: nothing changes.
@@ -358,14 +358,23 @@ def test_a_tick_moves_the_clock_no_further_than_its_record_was_written():
     assert folded.state is not None and folded.state.watermark == T0 + 1_000
 
 
-def test_a_tick_is_due_when_the_partition_has_no_clock_or_lags_a_step_behind():
-    fresh = PartitionWindows(partition=3)
-    assert analytics.tick_due(fresh, T0)
-    at = fresh.model_copy(update={"watermark": T0})
-    assert not analytics.tick_due(at, T0 + analytics.TICK_STEP_MS - 1)
-    assert analytics.tick_due(at, T0 + analytics.TICK_STEP_MS)
-    # The watermark a tick gives: no order event can still come before it but late (its deadline has passed).
-    assert analytics.tick_watermark(T0 + 30_000, 30_000) == T0
+def test_a_tick_is_due_when_it_would_move_the_partitions_clock():
+    assert analytics.tick_due(None, T0)
+    assert not analytics.tick_due(T0, T0) and not analytics.tick_due(T0 + 1, T0)
+    assert analytics.tick_due(T0, T0 + 1)
+
+
+def test_a_tick_moves_the_clock_to_the_last_window_close_before_any_outcome_can_still_come():
+    def to(now: int, oldest: int | None = None) -> int:
+        return analytics.tick_watermark(now, order_deadline_ms=30_000, lateness_ms=LATENESS, oldest_in_flight=oldest)
+
+    # Every outcome before now - 30 s has come: the last window close (a minute boundary + the lateness) before it.
+    assert to(T0 + 30_000 + LATENESS) == T0 + LATENESS
+    assert to(T0 + 30_000 + LATENESS + 59_999) == T0 + LATENESS
+    assert to(T0 + 30_000 + LATENESS + MINUTE_MS) == T0 + MINUTE_MS + LATENESS
+    # An order in flight confirms at its placement's time: the clock stays before it.
+    assert to(T0 + 5 * MINUTE_MS, oldest=T0 + MINUTE_MS + LATENESS - 1) == T0 + LATENESS
+    assert to(T0 + 5 * MINUTE_MS, oldest=T0 + 4 * MINUTE_MS) == T0 + 3 * MINUTE_MS + LATENESS
 
 
 def test_ticks_on_every_partition_make_the_windows_final():
@@ -387,3 +396,36 @@ def test_only_outcomes_and_ticks_move_the_clock():
     assert analytics.moves_clock(tick(T0)) and analytics.moves_clock(confirmed("o-1", T0))
     assert not analytics.moves_clock(placed("o-1", T0))
     assert not analytics.is_counted(tick(T0))
+
+
+# --- What late confirmations would have added (I6: revenue on time + late = every confirmed total) ------------
+
+def test_a_late_confirmation_is_kept_beside_its_closed_revenue_window_and_counted_once():
+    p = Partition().apply(confirmed("o-1", T0 + 1_000, 500), closing("o-9", T0 + MINUTE_MS + LATENESS))
+    late = confirmed("o-2", T0 + 2_000, 250)
+    p.apply(late, late)  # redelivered
+    assert p.late == ["revenue", "sku-units", "outcomes"]
+    assert p.state.late_windows == {f"revenue/{T0}/{T0 + MINUTE_MS}": {"cents.EUR": 250, "orders.EUR": 1}}
+    # The window's result stays what closed it; the late amount is beside it.
+    assert [(r.revenue_cents, r.orders) for r in p.results(RevenueWindow)] == [(500, 1)]
+    view = analytics.partition_view(p.state, p.closed, "revenue", T0, T0 + MINUTE_MS)
+    [total] = analytics.totals([view], "revenue", lateness_ms=LATENESS)
+    assert (total.counts, total.late, total.final) == ({"cents.EUR": 500, "orders.EUR": 1},
+                                                       {"cents.EUR": 250, "orders.EUR": 1}, True)
+
+
+def test_a_late_cancellation_adds_to_no_revenue():
+    p = Partition().apply(closing("o-9", T0 + MINUTE_MS + LATENESS), cancelled("o-2", T0 + 2_000))
+    assert p.late == ["outcomes"] and p.state.late_windows == {}
+
+
+def test_late_amounts_are_forgotten_with_their_closed_windows():
+    retention = 10 * MINUTE_MS
+    state = Partition().apply(closing("o-9", T0 + MINUTE_MS + LATENESS), confirmed("o-2", T0 + 2_000, 250)).state
+    assert state.late_windows
+    kept = analytics.fold(state, closing("o-8", T0 + MINUTE_MS + retention), lateness_ms=LATENESS,
+                          retention_ms=retention).state
+    assert kept is not None and kept.late_windows == state.late_windows  # its window ended exactly a retention ago
+    gone = analytics.fold(state, tick(T0 + MINUTE_MS + retention + 1), lateness_ms=LATENESS,
+                          retention_ms=retention).state
+    assert gone is not None and gone.late_windows == {}
