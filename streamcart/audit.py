@@ -22,7 +22,9 @@ The checks (:func:`check`) are pure functions of the snapshot:
 - I6: for every revenue window (one minute, per currency) the analytics still keep, revenue on time plus what
   late confirmations would have added equals the warehouse's confirmed orders of that minute of event time, in
   cents and in orders (stack-wide: not with ``--sku``, revenue is not kept per SKU);
-- I7: the latest orders (``sample``) as the API shows them equal their warehouse rows.
+- I7: the latest orders (``sample``) as the API shows them equal their warehouse rows;
+- I8: every dead letter (since ``--since``; the workers' and the warehouse sinks') names the topic, partition and
+  offset it came from, on one of the stack's topics, and its error.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
+from streamcart.dead_letters import ConnectHeader, DeadLetter, DlqHeader, SinkLetter
 from streamcart.domain.analytics import MAX_AHEAD_MS, MINUTE_MS
 from streamcart.domain.order_state import LineStatus, OrderStatus
 from streamcart.errors import StreamcartError
@@ -124,6 +127,9 @@ class Snapshot:
     confirmed: dict[tuple[int, str], tuple[int, int]] = field(default_factory=dict)
     revenue_from: int = 0
     revenue_skipped: str = "not read"
+    #: I8: the dead letters (the workers' and the sinks'), and the names of the stack's topics.
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    topics: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -159,6 +165,7 @@ INVARIANTS = {
     "I4": "money nets out",
     "I6": "revenue equals the confirmed totals",
     "I7": "warehouse equals the API",
+    "I8": "dead letters name their source and error",
 }
 
 
@@ -172,6 +179,7 @@ def check(snapshot: Snapshot, *, grace_s: float = GRACE_S) -> Report:
         *_money(snapshot),
         *_revenue(snapshot),
         *_warehouse_equals_api(snapshot),
+        *_dead_letters(snapshot),
     ]
     statuses = Counter(o["status"] for o in snapshot.orders)
     kept = sum(statuses[s] for s in KEPT)
@@ -189,6 +197,7 @@ def check(snapshot: Snapshot, *, grace_s: float = GRACE_S) -> Report:
               + ("" if snapshot.ledger is not None else " (the gateway lists no authorizations)"),
         "I6": _revenue_checked(snapshot),
         "I7": f"{len(snapshot.api_orders)} orders",
+        "I8": _letters_checked(snapshot),
     }
     return Report(tuple(findings), checked)
 
@@ -333,6 +342,34 @@ def _revenue_checked(snapshot: Snapshot) -> str:
             f"{sum(n for _, n in snapshot.confirmed.values())} confirmed orders ({late} of them late)")
 
 
+#: The headers a dead letter must carry (invariant I8): where it came from, and why it failed (a sink's: Connect's).
+REQUIRED_HEADERS = (*DeadLetter.SOURCE_HEADERS, DlqHeader.ERROR_CLASS, DlqHeader.ERROR_MESSAGE, DlqHeader.FLOW)
+SINK_REQUIRED_HEADERS = (*SinkLetter.SOURCE_HEADERS, ConnectHeader.CONNECTOR, ConnectHeader.EXCEPTION_CLASS)
+
+
+def _dead_letters(snapshot: Snapshot) -> Iterable[Finding]:
+    """I8: each dead letter names its source (topic, partition, offset: numbers, on one of the stack's topics)
+    and its error."""
+    for letter in snapshot.dead_letters:
+        sink = isinstance(letter, SinkLetter)
+        subject = f"{'warehouse dead letter' if sink else 'dead letter'} {letter.position}"
+        required = SINK_REQUIRED_HEADERS if sink else REQUIRED_HEADERS
+        # An error's message may be empty (an exception raised without one); nothing else may.
+        if missing := [name for name in required
+                       if letter.header(name) is None or (name != DlqHeader.ERROR_MESSAGE and not letter.header(name))]:
+            yield Finding("I8", subject, f"has no {', '.join(missing)}")
+        elif letter.source_partition is None or letter.source_offset is None:
+            yield Finding("I8", subject, f"names partition {letter.header(letter.SOURCE_HEADERS[1])!r} and offset "
+                                         f"{letter.header(letter.SOURCE_HEADERS[2])!r}, not numbers")
+        elif snapshot.topics and letter.source_topic not in snapshot.topics:
+            yield Finding("I8", subject, f"names {letter.source_topic!r}, not one of the stack's topics")
+
+
+def _letters_checked(snapshot: Snapshot) -> str:
+    sinks = sum(1 for letter in snapshot.dead_letters if isinstance(letter, SinkLetter))
+    return (f"{len(snapshot.dead_letters) - sinks} dead letters, {sinks} rows the warehouse sinks could not take")
+
+
 def iso_ms(ms: int) -> str:
     """Epoch milliseconds as an ISO 8601 time in UTC, to the second."""
     from datetime import UTC, datetime
@@ -372,6 +409,9 @@ def read_snapshot(settings: Settings, *, since_ms: int | None, sample: int | Non
     gateway's ledger, the API's view of the orders :func:`sampled`, and of each ``expected`` order (accepted by the
     API, says the caller) the warehouse does not hold."""
     import psycopg
+
+    from streamcart.commands import read_dead_letters, read_sink_letters
+    from streamcart.topics import topic_specs
 
     since = 0 if since_ms is None else since_ms
     scoped = since_ms is not None or bool(skus)
@@ -453,6 +493,9 @@ def read_snapshot(settings: Settings, *, since_ms: int | None, sample: int | Non
     snapshot.unrecorded = {order_id: api.order(order_id) for order_id in sorted(set(expected))
                            if order_id not in snapshot.warehouse_rows}
     snapshot.ledger = _ledger(settings)
+    snapshot.dead_letters = [*read_dead_letters(settings, None, since_ms=since_ms),
+                             *read_sink_letters(settings, since_ms=since_ms)]
+    snapshot.topics = frozenset(spec.name for spec in topic_specs(settings))
     return snapshot
 
 

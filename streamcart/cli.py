@@ -388,8 +388,9 @@ def audit(
 ) -> None:
     """Check DESIGN.md's invariants on everything the running stack holds: every order settled once, stock
     conserved and never oversold, money netting out at the gateway, revenue equal to the confirmed totals, the
-    warehouse equal to the API. Waits for a quiet moment first (stop the traffic). Exit code 0 when every invariant
-    holds, 1 when one does not, 2 when the stack could not be audited (a part of it down, or never quiet)."""
+    warehouse equal to the API, dead letters naming their source and error. Waits for a quiet moment first (stop
+    the traffic). Exit code 0 when every invariant holds, 1 when one does not, 2 when the stack could not be
+    audited (a part of it down, or never quiet)."""
     from streamcart import audit as auditing
     from streamcart.dead_letters import parse_age
 

@@ -235,16 +235,17 @@ def reindex_orders(settings: Settings, *, on_progress: Callable[[str], None] = l
     return len(order_ids)
 
 
-def read_dead_letters(settings: Settings, codec: Codec, *, since_ms: int | None = None,
+def read_dead_letters(settings: Settings, codec: Codec | None, *, since_ms: int | None = None,
                       on_progress: Callable[[int], None] = lambda read: None) -> list[DeadLetter]:
     """Every record of the dead-letter topic (kept 30 days), or those written since ``since_ms``, oldest failure
-    first, its value decoded where it can be. Raises :class:`~schemas.errors.RegistryUnavailable` when the schema
-    registry cannot be asked."""
+    first, its value decoded where it can be (not without a ``codec``: its headers only). Raises
+    :class:`~schemas.errors.RegistryUnavailable` when the schema registry cannot be asked."""
     letters: list[DeadLetter] = []
+    decode = None if codec is None else codec.decode
 
     def note(record: Any) -> None:
         letters.append(DeadLetter.read(record.partition(), record.offset(), record.key(), record.value(),
-                                       record.headers() or (), codec.decode))
+                                       record.headers() or (), decode))
 
     read_to_end(settings, Topics.from_settings(settings).dlq, note, purpose="dlq", since_ms=since_ms,
                 on_progress=on_progress)

@@ -103,10 +103,14 @@ class DeadLetter:
 
     @classmethod
     def read(cls, partition: int, offset: int, key: bytes | None, value: bytes | None,
-             headers: Iterable[tuple[str, bytes | None]], decode: Callable[[bytes | None], Message]) -> DeadLetter:
+             headers: Iterable[tuple[str, bytes | None]],
+             decode: Callable[[bytes | None], Message] | None) -> DeadLetter:
         """One record of the dead-letter topic. ``decode`` may raise :class:`SchemaError` (the letter says why);
-        :class:`RegistryUnavailable` passes through (nothing can be judged without the registry)."""
+        :class:`RegistryUnavailable` passes through (nothing can be judged without the registry). Without
+        ``decode``, the value is left as it is (only the headers are read)."""
         kept = _kept(headers)
+        if decode is None:
+            return cls(partition, offset, key, value, kept)
         try:
             message = decode(value)
         except RegistryUnavailable:

@@ -23,6 +23,7 @@ from streamcart.audit import (
     revenue_from,
     sampled,
 )
+from streamcart.dead_letters import ConnectHeader, DeadLetter, DlqHeader, SinkLetter
 from streamcart.settings import Settings
 
 NOW = 1_800_000_000_000
@@ -116,7 +117,7 @@ def test_a_shop_where_every_invariant_holds_passes_and_says_what_it_checked():
     assert report.checked["I2"] == "2 SKUs"
     assert "against the gateway's ledger (3 of its authorizations)" in report.checked["I4"]
     assert report.checked["I6"] == "1 one-minute windows from 2027-01-15T07:58:00Z, 2 confirmed orders (1 of them late)"
-    assert list(report.checked) == ["I1", "I2", "I3", "I4", "I6", "I7"]
+    assert list(report.checked) == ["I1", "I2", "I3", "I4", "I6", "I7", "I8"]
 
 
 def stuck(s: Snapshot) -> None:
@@ -384,3 +385,46 @@ def test_revenue_is_checked_from_a_whole_minute_the_analytics_still_keep():
     # Without --since: an hour of retention, less the 15 minutes a watermark may run ahead and a minute.
     oldest = revenue_from(settings, None, NOW)
     assert oldest % 60_000 == 0 and NOW - 44 * 60_000 - 60_000 < oldest <= NOW - 44 * 60_000
+
+
+def letter(**headers: str) -> DeadLetter:
+    return DeadLetter(0, 7, b"k", b"v", tuple((name, value.encode()) for name, value in headers.items()))
+
+
+GOOD_LETTER = {DlqHeader.SOURCE_TOPIC: "commerce.commands.orders", DlqHeader.SOURCE_PARTITION: "3",
+               DlqHeader.SOURCE_OFFSET: "41", DlqHeader.ERROR_CLASS: "SchemaError", DlqHeader.ERROR_MESSAGE: "",
+               DlqHeader.FLOW: "orders", DlqHeader.FAILED_AT: "1"}
+GOOD_ROW = {ConnectHeader.TOPIC: "commerce.warehouse.orders", ConnectHeader.PARTITION: "0",
+            ConnectHeader.OFFSET: "9", ConnectHeader.CONNECTOR: "warehouse-orders",
+            ConnectHeader.EXCEPTION_CLASS: "org.apache.kafka.connect.errors.DataException"}
+TOPICS = frozenset({"commerce.commands.orders", "commerce.warehouse.orders"})
+
+
+def test_dead_letters_that_name_their_source_and_error_pass():
+    shop = healthy_shop()
+    row = SinkLetter(0, 2, b"k", b"v", tuple((n, v.encode()) for n, v in GOOD_ROW.items()))
+    shop.dead_letters, shop.topics = [letter(**GOOD_LETTER), row], TOPICS  # an error without a message is one
+    report = check(shop)
+    assert report.ok, report.findings
+    assert report.checked["I8"] == "1 dead letters, 1 rows the warehouse sinks could not take"
+
+
+@pytest.mark.parametrize(("change", "problem"), [
+    ({DlqHeader.SOURCE_OFFSET: None}, "has no dlq.source.offset"),
+    ({DlqHeader.ERROR_CLASS: "", DlqHeader.FLOW: None}, "has no dlq.error.class, dlq.flow"),
+    ({DlqHeader.SOURCE_PARTITION: "three"}, "names partition 'three' and offset '41', not numbers"),
+    ({DlqHeader.SOURCE_TOPIC: "elsewhere"}, "names 'elsewhere', not one of the stack's topics"),
+])
+def test_a_dead_letter_that_does_not_say_where_it_came_from_or_why_is_found(change, problem):
+    headers = {name: value for name, value in {**GOOD_LETTER, **change}.items() if value is not None}
+    shop = healthy_shop()
+    shop.dead_letters, shop.topics = [letter(**headers)], TOPICS
+    assert check(shop).findings == (Finding("I8", "dead letter 0:7", problem),)
+
+
+def test_a_warehouse_dead_letter_needs_connects_headers():
+    headers = {name: value for name, value in GOOD_ROW.items() if name != ConnectHeader.CONNECTOR}
+    shop = healthy_shop()
+    shop.dead_letters = [SinkLetter(0, 2, None, None, tuple((n, v.encode()) for n, v in headers.items()))]
+    assert check(shop).findings == (
+        Finding("I8", "warehouse dead letter 0:2", f"has no {ConnectHeader.CONNECTOR}"),)
