@@ -49,7 +49,6 @@ def register(runtime: Runtime) -> Any:
         record_ms = record_time_ms(event)
         folded = analytics.fold(state, message, lateness_ms=lateness_ms, seen=seen, record_ms=record_ms,
                                 retention_ms=retention_ms)
-        clock.note(partition, (folded.state or state).watermark)
         runtime.telemetry.analytics_folded(folded)
         if not tick and folded.state is not None and analytics.event_time(message, record_ms) != message.occurred_at:
             log.warning("%s %s is timed %.0f s after it was written to Kafka (a clock ahead?): counted as of when "
@@ -60,15 +59,20 @@ def register(runtime: Runtime) -> Any:
                      ", ".join(folded.late), state.watermark)
         if folded.state is not None:
             # Closed windows, then the state (naming this event), then "seen": a crash anywhere in between replays
-            # the event, which closes the same windows again or is recognised as folded; nothing counts twice.
-            if folded.closed and folded.state.watermark is not None:
+            # the event, which closes the same windows again or is recognised as folded; nothing counts twice. A
+            # tick also forgets the closed windows past their retention on a partition nothing closes on any more.
+            if (folded.closed or tick) and folded.state.watermark is not None:
                 table.keep_closed(folded.closed, partition, forget_before=folded.state.watermark - retention_ms)
             table.put_windows(folded.state)
             if not tick:
                 table.mark_seen(partition, message.event_id, folded.closed_ids)
             closed = folded.closed
+            clock.note(partition, folded.state.watermark)
         else:  # a duplicate: send again what it sent the first time
+            if not tick and seen is None:  # known as the state's last event: stored, but not marked seen yet
+                table.mark_seen(partition, message.event_id, folded.reemit)
             closed = tuple(w for name in folded.reemit if (w := table.closed(partition, name)) is not None)
+            clock.note(partition, state.watermark)
         for window in closed:
             await runtime.emit(window.results(message.event_id), cause=event)
 
@@ -121,17 +125,18 @@ class Clock:
         """Write the ticks due at ``now_ms`` (wall clock) and ``now`` (monotonic); the partitions ticked.
         ``in_flight()``: the oldest placement of the orders in flight, by partition (asked only when a tick may be
         due); ``behind(p)``: whether this worker has records of the saga for partition ``p`` still to handle."""
-        oldest: Mapping[int, int] | None = None
         ticked = []
+        at_most = analytics.tick_watermark(now_ms, order_deadline_ms=self.deadline_ms, lateness_ms=self.lateness_ms,
+                                           oldest_in_flight=None)
         for partition in partitions:
             if now - self.last.get(partition, float("-inf")) < analytics.TICK_RESEND_MS / 1000:
                 continue
             watermark = self.watermark(partition)
-            if not analytics.tick_due(watermark, now_ms - self.deadline_ms) or behind(partition):
+            if not analytics.tick_due(watermark, at_most) or behind(partition):
                 continue  # moved by events of late (the usual case under traffic), or more are coming
-            oldest = in_flight() if oldest is None else oldest
+            # Asked now, not before an earlier partition's tick was sent: an order may have been placed meanwhile.
             to = analytics.tick_watermark(now_ms, order_deadline_ms=self.deadline_ms, lateness_ms=self.lateness_ms,
-                                          oldest_in_flight=oldest.get(partition))
+                                          oldest_in_flight=in_flight().get(partition))
             if not analytics.tick_due(watermark, to):
                 continue
             self.last[partition] = now

@@ -380,6 +380,7 @@ def test_revenue_not_read_is_not_checked_and_says_why():
 
 def test_revenue_is_checked_from_a_whole_minute_the_analytics_still_keep():
     settings = Settings(analytics_retention_s=3_600)
+    assert NOW % 60_000 == 0  # a minute boundary, so these are whole minutes from it
     assert revenue_from(settings, NOW - 5 * 60_000 + 1, NOW) == NOW - NOW % 60_000 - 4 * 60_000
     assert revenue_from(settings, NOW - 5 * 60_000 - 1, NOW) == NOW - NOW % 60_000 - 5 * 60_000
     # Without --since: an hour of retention, less the 15 minutes a watermark may run ahead and a minute.

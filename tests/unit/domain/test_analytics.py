@@ -429,3 +429,13 @@ def test_late_amounts_are_forgotten_with_their_closed_windows():
     gone = analytics.fold(state, tick(T0 + MINUTE_MS + retention + 1), lateness_ms=LATENESS,
                           retention_ms=retention).state
     assert gone is not None and gone.late_windows == {}
+
+
+def test_a_partition_keeps_the_late_amounts_of_its_latest_windows_only(monkeypatch):
+    monkeypatch.setattr(analytics, "MAX_LATE_WINDOWS", 2)
+    p = Partition().apply(closing("o-9", T0 + 10 * MINUTE_MS))
+    p.apply(*(confirmed(f"o-{i}", T0 + i * MINUTE_MS + 1_000, 100 + i) for i in range(4)))
+    assert p.state.late_windows == {
+        f"revenue/{T0 + i * MINUTE_MS}/{T0 + (i + 1) * MINUTE_MS}": {"cents.EUR": 100 + i, "orders.EUR": 1}
+        for i in (2, 3)
+    }
