@@ -151,8 +151,8 @@ def in_flight(runtime: Runtime) -> dict[int, int]:
     deadline_ms = int(runtime.settings.saga_timeout_s * 1000)
     oldest: dict[int, int] = {}
     for order_id, deadline in runtime.tables.deadlines.items():
-        partition = partition_for(order_id, runtime.settings.partitions)
-        oldest[partition] = min(oldest.get(partition, deadline - deadline_ms), deadline - deadline_ms)
+        partition, placed = partition_for(order_id, runtime.settings.partitions), deadline - deadline_ms
+        oldest[partition] = min(oldest.get(partition, placed), placed)
     return oldest
 
 

@@ -293,9 +293,9 @@ class ClockTick(Message):
     act on orders leave it alone.
 
     The worker owning ``partition`` writes it there (``slot`` is a key that lands on it), in line with the order
-    events, so it comes after every event written before it. ``watermark`` is the time before which no order event
-    can still come but late: the tick's time less an order's deadline (an order still in flight confirms at its
-    placement's time, or is cancelled at its deadline).
+    events, so it comes after every event written before it. ``watermark`` is where it moves the partition's clock:
+    the last window close before which no order event can still come but late (the tick's time less an order's
+    deadline, and never past the partition's oldest order in flight: streamcart.domain.analytics.tick_watermark).
     """
 
     TOPIC = "order_events"

@@ -40,6 +40,7 @@ from urllib.parse import quote
 from streamcart.dead_letters import ConnectHeader, DeadLetter, DlqHeader, SinkLetter
 from streamcart.domain.analytics import MAX_AHEAD_MS, MINUTE_MS
 from streamcart.domain.order_state import LineStatus, OrderStatus
+from streamcart.domain.warehouse import iso_utc
 from streamcart.errors import StreamcartError
 from streamcart.settings import Settings
 
@@ -355,8 +356,8 @@ def _dead_letters(snapshot: Snapshot) -> Iterable[Finding]:
         subject = f"{'warehouse dead letter' if sink else 'dead letter'} {letter.position}"
         required = SINK_REQUIRED_HEADERS if sink else REQUIRED_HEADERS
         # An error's message may be empty (an exception raised without one); nothing else may.
-        if missing := [name for name in required
-                       if letter.header(name) is None or (name != DlqHeader.ERROR_MESSAGE and not letter.header(name))]:
+        present = {name: value for name, value in letter.headers if value or name == DlqHeader.ERROR_MESSAGE}
+        if missing := [name for name in required if name not in present]:
             yield Finding("I8", subject, f"has no {', '.join(missing)}")
         elif letter.source_partition is None or letter.source_offset is None:
             yield Finding("I8", subject, f"names partition {letter.header(letter.SOURCE_HEADERS[1])!r} and offset "
@@ -372,9 +373,7 @@ def _letters_checked(snapshot: Snapshot) -> str:
 
 def iso_ms(ms: int) -> str:
     """Epoch milliseconds as an ISO 8601 time in UTC, to the second."""
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return iso_utc(ms)[:19] + "Z"
 
 
 def _warehouse_equals_api(snapshot: Snapshot) -> Iterable[Finding]:
@@ -621,7 +620,7 @@ class Positions:
     offsets: dict[tuple[str, str, int], tuple[int, int]]
     sinks_healthy: bool
     workers_group: str = ""
-    #: The order events: every few seconds an idle stack's analytics clock writes a tick there
+    #: The order events: about once a minute per partition an idle stack's analytics clock writes a tick there
     #: (agents/analytics.py), which changes nothing the audit reads, and an order event is never written alone
     #: (its order's warehouse row goes with it). What was written is compared without it.
     ticked_topic: str = ""

@@ -342,7 +342,7 @@ def fold(
     watermark = state.watermark
     open_windows = {name: dict(counts) for name, counts in state.open.items()}
     late = dict(state.late)
-    late_windows = {name: dict(counts) for name, counts in state.late_windows.items()}
+    late_windows = state.late_windows  # copied only when a late event adds to it
     late_for: list[str] = []
     for fold_ in FOLDS.values():
         if not fold_.add(fold_.initialize(), message):
@@ -353,7 +353,9 @@ def fold(
             if name not in open_windows and watermark is not None and window.end + lateness_ms <= watermark:
                 missed = True  # closed already: its result is final
                 if fold_.keeps_late:
-                    fold_.add(late_windows.setdefault(name, fold_.initialize()), message)
+                    late_windows = dict(late_windows)
+                    late_windows[name] = dict(late_windows.get(name, fold_.initialize()))
+                    fold_.add(late_windows[name], message)
                 continue
             counts = open_windows.setdefault(name, fold_.initialize())
             fold_.add(counts, message)
@@ -362,9 +364,10 @@ def fold(
             late[fold_.metric] = late.get(fold_.metric, 0) + 1
     watermark = t if watermark is None else max(watermark, t)
     closed = _close_passed(open_windows, watermark, lateness_ms, state.partition)
+    if closed or late_windows is not state.late_windows:  # forgotten as the closed windows are, when they are
+        late_windows = _kept(late_windows, watermark, retention_ms)
     new_state = state.model_copy(update={
-        "watermark": watermark, "open": open_windows, "late": late,
-        "late_windows": _kept(late_windows, watermark, retention_ms),
+        "watermark": watermark, "open": open_windows, "late": late, "late_windows": late_windows,
         "last_event_id": message.event_id, "last_closed": tuple(window_id(w.metric, w.window) for w in closed),
     })
     return Folded(state=new_state, closed=tuple(closed), late=tuple(late_for))

@@ -314,7 +314,7 @@ def test_the_audit_reads_again_when_a_record_was_written_while_it_read_or_an_ord
 
 
 def test_a_clock_tick_written_while_the_audit_read_changes_nothing_it_read():
-    """The analytics clock writes ticks to the order events of an idle stack every few seconds
+    """The analytics clock writes ticks to the order events of an idle stack about once a minute per partition
     (agents/analytics.py): one alone does not make the audit read again, a record anywhere else does."""
     offsets = {("w", "events", 0): (5, 5), ("w", "t", 0): (5, 5)}
     quiet = Positions(offsets, sinks_healthy=True, workers_group="w", ticked_topic="events")
