@@ -640,18 +640,18 @@ class Positions:
 
 def positions(settings: Settings) -> Positions:
     """The workers' and the sinks' positions on every partition of what they read (streamcart/stack/admin.py,
-    :func:`~streamcart.stack.admin.backlogs`), and whether every sink runs."""
+    :func:`~streamcart.stack.admin.backlogs`; a sink's past the rows it dead-lettered last on a partition,
+    :func:`~streamcart.connectors.sink_positions`), and whether every sink runs."""
     from streamcart import connectors
     from streamcart.stack.admin import backlogs
     from streamcart.topics import Topics
 
     loaded = connectors.load(settings)
     topics = Topics.from_settings(settings)
-    groups: dict[str, Collection[str]] = {settings.app_id: topics.worker_inputs()}
-    groups.update({f"connect-{c.name}": c.config["topics"].split(",") for c in loaded})
+    offsets = {**backlogs(settings, {settings.app_id: topics.worker_inputs()}),
+               **connectors.sink_positions(settings, loaded)}
     statuses = connectors.status(settings, with_lag=False)
-    return Positions(backlogs(settings, groups), all(row.healthy for row in statuses), settings.app_id,
-                     topics.order_events)
+    return Positions(offsets, all(row.healthy for row in statuses), settings.app_id, topics.order_events)
 
 
 def audit(settings: Settings, *, since_ms: int | None = None, skus: list[str] | None = None,

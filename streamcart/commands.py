@@ -25,7 +25,7 @@ from confluent_kafka import (
 
 from schemas.codec import Codec
 from schemas.messages import IndexOrder, Message
-from streamcart.dead_letters import DeadLetter, Replay, SinkLetter
+from streamcart.dead_letters import ConnectHeader, DeadLetter, Replay, SinkLetter
 from streamcart.errors import StreamcartError
 from streamcart.ids import new_id
 from streamcart.settings import Settings
@@ -265,6 +265,17 @@ def read_sink_letters(settings: Settings, *, since_ms: int | None = None,
                 lambda record: letters.append(_sink_letter(record, record.partition(), record.offset())),
                 purpose="warehouse-dlq", since_ms=since_ms, on_progress=on_progress)
     return _oldest_first(letters)
+
+
+def sink_letter_sources(settings: Settings) -> set[tuple[str, str, int, int]]:
+    """``(group, topic, partition, offset)`` of every row a warehouse sink dead-lettered, as Connect's headers name
+    it (the group being the sink's, ``connect-`` and its name)."""
+    return {
+        (f"connect-{connector}", letter.source_topic, letter.source_partition, letter.source_offset)
+        for letter in read_sink_letters(settings)
+        if (connector := letter.header(ConnectHeader.CONNECTOR)) and letter.source_topic
+        and letter.source_partition is not None and letter.source_offset is not None
+    }
 
 
 def _sink_letter(record: Any, partition: int, offset: int) -> SinkLetter:

@@ -11,13 +11,13 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from streamcart import connectors
-from streamcart.audit import ORDER_COLUMNS, TIME_COLUMNS
-from streamcart.commands import read_sink_letters
-from streamcart.domain.warehouse import ORDERS
+from streamcart.audit import ORDER_COLUMNS, TIME_COLUMNS, positions
+from streamcart.commands import read_sink_letters, sink_letter_sources
+from streamcart.domain.warehouse import ORDERS, SHIPMENTS
 from streamcart.ids import new_id
 from streamcart.settings import Settings
 from streamcart.stack import Stack
-from streamcart.stack.admin import depths
+from streamcart.stack.admin import backlogs, depths
 from streamcart.topics import Topics
 from tests.integration.support import headers_of, poll, produce, producer, read_topic
 from tests.integration.test_saga import Shop
@@ -236,6 +236,36 @@ def test_a_record_the_sink_cannot_write_goes_to_its_dead_letter_topic_and_the_si
     shop.send(order)
     shop.settled(order.order_id)
     assert_equal_to_the_api(shop, warehouse, [order.order_id])  # the sink kept going past the poison record
+
+
+def test_a_sink_whose_last_row_on_a_partition_was_dead_lettered_counts_as_caught_up(shop: Shop, settings):
+    # Connect commits a sink's offset on a partition only with a row the sink wrote: with nothing after the poison,
+    # the committed offset stays before it. `connectors status` and the audit count that sink caught up all the same.
+    t = Topics.from_settings(settings)
+    topic, sink = t.warehouse["shipments"], f"{settings.app_id}-warehouse-shipments"
+    item = sku()
+    shop.product(item, price=300, stock=1)
+    order = shop.place_order({item: 1})
+    shop.send(order)
+    shop.settled(order.order_id)
+    key = SHIPMENTS.record_key({"order_id": order.order_id, "event": "created"})
+    rows = read_topic(settings, topic, until=lambda records: any(r.key() == key for r in records))
+    partition = next(r.partition() for r in rows if r.key() == key)
+    where = (f"connect-{sink}", topic, partition)
+
+    def written() -> bool:  # the sink wrote every row of that partition, the order's shipment among them
+        position, end = connectors.sink_positions(settings)[where]
+        return position == end
+
+    poll(written, timeout_s=60, what="the shipments sink to write the order's shipment")
+    _, offset = produce(producer(settings), topic, key, b"{not json")  # its key: the same partition
+    read_topic(settings, t.warehouse_dlq, until=lambda records: any(r.key() == key for r in records))
+    assert (*where, offset) in sink_letter_sources(settings)
+    poll(written, timeout_s=30, what="the shipments sink to count as past the poison")
+    assert {row.name: row.lag for row in connectors.status(settings)}[sink] == 0
+    assert "warehouse sinks" not in positions(settings).behind
+    # Kafka's own view: the sink's committed offset is still the poison's.
+    assert backlogs(settings, {where[0]: [topic]})[where] == (offset, offset + 1)
 
 
 def test_connect_killed_mid_stream_and_a_sink_restarted_lose_and_double_nothing(

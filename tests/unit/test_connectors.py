@@ -113,3 +113,21 @@ def test_applying_creates_the_sinks_then_changes_nothing_then_updates_a_changed_
 def test_an_unreachable_connect_is_one_clear_error():
     with pytest.raises(ConnectError, match="does not answer"):
         connectors.apply(SETTINGS.model_copy(update={"connect_host": "127.0.0.1", "connect_port": 1}))
+
+
+def test_a_sink_counts_as_past_the_rows_it_dead_lettered_at_the_end_of_a_partition():
+    offsets = {
+        ("connect-a", "t", 0): (5, 7),  # the last two rows dead-lettered: caught up
+        ("connect-a", "t", 1): (5, 7),  # the first of the two dead-lettered, the second not written yet: behind
+        ("connect-a", "t", 2): (3, 3),  # caught up
+        ("connect-b", "t", 0): (5, 7),  # another sink reading the same rows: those letters are not its own
+    }
+    letters = {("connect-a", "t", 0, 5), ("connect-a", "t", 0, 6), ("connect-a", "t", 1, 5),
+               ("connect-a", "t", 2, 3)}  # an older letter, before the sink's position
+    assert connectors.past_dead_letters(offsets, letters) == {
+        ("connect-a", "t", 0): (7, 7),
+        ("connect-a", "t", 1): (6, 7),
+        ("connect-a", "t", 2): (3, 3),
+        ("connect-b", "t", 0): (5, 7),
+    }
+    assert connectors.past_dead_letters(offsets, set()) == offsets
