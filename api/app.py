@@ -136,6 +136,7 @@ def init_app(settings: Settings, worker: WorkerView, commands: CommandPort | Non
             app.router.add_route("HEAD", route.path, route.handler, expect_handler=expect_handler)
     app[SPEC] = openapi(routes, title="streamcart", version=API_VERSION)
     if origins := tuple(o.strip() for o in settings.cors_origins.split(",") if o.strip()):
+        app.middlewares.insert(0, _cors_preflight(origins))  # before the rate limit: a preflight has no token
         app.on_response_prepare.append(_cors(origins))
     for module in (analytics, stream, dashboard):
         module.setup_routes(app)
@@ -160,11 +161,46 @@ async def _served_by(request: web.Request, response: web.StreamResponse) -> None
         response.headers.setdefault(SERVED_BY, str(request.app[WORKER].index))
 
 
+#: What a browser page of an allowed origin may send (CORS preflight) and read of an answer.
+CORS_REQUEST_HEADERS = ("Authorization", "Content-Type", "Content-Encoding", IDEMPOTENCY_HEADER, "X-Request-Id",
+                        "traceparent")
+CORS_EXPOSED_HEADERS = ("Location", "Retry-After", "X-Request-Id", SERVED_BY)
+#: How long a browser may keep a preflight's answer.
+CORS_MAX_AGE_S = 600
+
+
+def _allowed(origins: tuple[str, ...], origin: str | None) -> bool:
+    return bool(origin) and ("*" in origins or origin in origins)
+
+
+def _cors_preflight(origins: tuple[str, ...]) -> Any:
+    """Answers a browser's preflight (``OPTIONS`` with ``Access-Control-Request-Method``) from an allowed origin:
+    204 with the methods the path takes and the headers a page may send. Every ``/v1/`` call carries a token, so a
+    browser asks first, without it, before each such call."""
+
+    @web.middleware
+    async def preflight(request: web.Request, handler: Any) -> web.StreamResponse:
+        asked = request.headers.get("Access-Control-Request-Method")
+        if request.method != "OPTIONS" or asked is None or not _allowed(origins, request.headers.get("Origin")):
+            return await handler(request)
+        refused = request.match_info.http_exception  # no route takes OPTIONS: which methods the path takes
+        if not isinstance(refused, web.HTTPMethodNotAllowed):
+            return await handler(request)  # no such path: its JSON 404
+        return web.Response(status=204, headers={
+            "Access-Control-Allow-Methods": ", ".join(sorted(refused.allowed_methods)),
+            "Access-Control-Allow-Headers": ", ".join(CORS_REQUEST_HEADERS),
+            "Access-Control-Max-Age": str(CORS_MAX_AGE_S),
+        })
+
+    return preflight
+
+
 def _cors(origins: tuple[str, ...]) -> Any:
     async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
         origin = request.headers.get("Origin")
-        if origin and ("*" in origins or origin in origins):
-            response.headers["Access-Control-Allow-Origin"] = origin
+        if _allowed(origins, origin):
+            response.headers["Access-Control-Allow-Origin"] = origin or ""
+            response.headers["Access-Control-Expose-Headers"] = ", ".join(CORS_EXPOSED_HEADERS)
             response.headers["Vary"] = "Origin"
 
     return add_headers

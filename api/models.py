@@ -12,7 +12,8 @@ from streamcart.ids import IDENTIFIER_PATTERN
 from streamcart.text import CONTROL
 
 CURRENCY_PATTERN = r"^[A-Z]{3}$"
-EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+#: No space and no control character (C0, DEL, C1) anywhere: an address reaches a provider, a log, a terminal.
+EMAIL_PATTERN = r"^[^@\s\x00-\x1f\x7f-\x9f]+@[^@\s\x00-\x1f\x7f-\x9f]+\.[^@\s\x00-\x1f\x7f-\x9f]+$"
 PHONE_PATTERN = r"^\+[1-9][0-9]{6,14}$"
 ORDER_CURSOR_PATTERN = r"^[0-9]{1,15}\." + IDENTIFIER_PATTERN[1:]
 #: What each pattern asks for, in words: a 422 says this, not the regular expression.

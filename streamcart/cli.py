@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sys
 import time
@@ -379,7 +380,8 @@ def audit(
     sku: Annotated[list[str] | None, typer.Option(help="Only these SKUs and the orders with a line of one "
                                                        "(repeat).",
                                                   callback=lambda v: [_identifier(s) for s in v or []])] = None,
-    wait: Annotated[float, typer.Option(min=0, help="How long to wait for a quiet moment, in seconds.")] = 120.0,
+    wait: Annotated[float, typer.Option(callback=_finite,
+                                        min=0, help="How long to wait for a quiet moment, in seconds.")] = 120.0,
     sample: Annotated[int | None, typer.Option(min=0, help="Compare this many of the latest orders with the API "
                                                            "(I7; default: every order --since or --sku selects, "
                                                            "else the latest 200 and 200 others at random).")] = None,
@@ -432,9 +434,11 @@ def _print_audit(report: Report, limit: int) -> None:
 @app.command()
 def drill(
     kills: Annotated[int, typer.Option(min=1, help="How many processes to kill, one after the other.")] = 4,
-    every: Annotated[float, typer.Option(min=1, help="Seconds between a process back and the next kill.")] = 15.0,
-    down: Annotated[float, typer.Option(min=0, help="Seconds a killed process stays down.")] = 3.0,
-    rate: Annotated[float, typer.Option(min=0.01, help="Orders per second the shoppers place.")] = 2.0,
+    every: Annotated[float, typer.Option(callback=_finite,
+                                         min=1, help="Seconds between a process back and the next kill.")] = 15.0,
+    down: Annotated[float, typer.Option(callback=_finite, min=0, help="Seconds a killed process stays down.")] = 3.0,
+    rate: Annotated[float, typer.Option(callback=_finite,
+                                        min=0.01, help="Orders per second the shoppers place.")] = 2.0,
     target: Annotated[list[str] | None, typer.Option(help="Kill only these (repeat; `workers` for every worker); "
                                                           "default: every process of the stack.")] = None,
     sku: Annotated[list[str] | None, typer.Option(help="Shop only these active products (repeat).",
@@ -503,11 +507,12 @@ def demo() -> None:
 
 @app.command()
 def traffic(
-    rate: Annotated[float, typer.Option(help="Orders per second.", min=0.01)] = 2.0,
+    rate: Annotated[float, typer.Option(callback=_finite, help="Orders per second.", min=0.01)] = 2.0,
     orders: Annotated[
         int | None, typer.Option(help="Stop after this many orders (default: until Ctrl-C).", min=1)
     ] = None,
-    seconds: Annotated[float | None, typer.Option(help="Stop placing after this many seconds.", min=0.01)] = None,
+    seconds: Annotated[float | None, typer.Option(callback=_finite,
+                                                  help="Stop placing after this many seconds.", min=0.01)] = None,
     seed: Annotated[int | None, typer.Option(help="Make the same choices as another run with this seed.")] = None,
     sku: Annotated[list[str] | None, typer.Option(help="Shop only these active products (repeat); default: every "
                                                        "active product but the benchmarks' (BENCH-…).",
@@ -674,7 +679,7 @@ def order_place(
         str, typer.Option("--token", help="Card token (see the payment gateway).")
     ] = "tok_approve",
     currency: str = "EUR",
-    wait: Annotated[float, typer.Option(help="Seconds to wait for the outcome (0: don't).")] = 10.0,
+    wait: Annotated[float, typer.Option(callback=_finite, help="Seconds to wait for the outcome (0: don't).")] = 10.0,
     email: Annotated[str | None, typer.Option(help="Send the order's email notifications here.")] = None,
     phone: Annotated[str | None, typer.Option(help="Send its SMS notifications here (E.164).")] = None,
     webhook: Annotated[str | None, typer.Option(help="POST its notifications to this http(s) URL.")] = None,
@@ -710,7 +715,8 @@ def order_place(
 
 @order_app.command("show")
 def order_show(
-    order_id: Id, wait: Annotated[float, typer.Option(help="Wait up to S seconds for an outcome.")] = 0.0
+    order_id: Id, wait: Annotated[float, typer.Option(callback=_finite,
+                                                      help="Wait up to S seconds for an outcome.")] = 0.0
 ) -> None:
     """Show an order: status, lines with prices, payment, shipment, history."""
     _show_order(_remote(), order_id, Wait(wait))
@@ -722,7 +728,8 @@ def order_cancel(
     by: Annotated[
         str, typer.Option(help="Who asks (a customer id or an admin's name).", callback=_identifier)
     ] = "c-cli",
-    wait: Annotated[float, typer.Option(help="Seconds to wait until it is CANCELLED (0: don't).")] = 10.0,
+    wait: Annotated[float, typer.Option(callback=_finite,
+                                        help="Seconds to wait until it is CANCELLED (0: don't).")] = 10.0,
 ) -> None:
     """Cancel an order and (by default) wait until it is CANCELLED; refused, with the reason, after dispatch."""
     cancel_order(_remote(), order_id, by, Wait(wait))
@@ -841,7 +848,8 @@ def product_stock(
     sku: Id,
     delta: Annotated[int, typer.Argument(help="Units to add (negative: remove).")],
     reason: str = "cli",
-    wait: Annotated[float, typer.Option(help="Seconds to wait until the stock shows it (0: don't).")] = 10.0,
+    wait: Annotated[float, typer.Option(callback=_finite,
+                                        help="Seconds to wait until the stock shows it (0: don't).")] = 10.0,
 ) -> None:
     """Adjust a SKU's stock on hand and (by default) wait until the stock shows it; refused, with the reason,
     when it would take away stock that orders hold."""
@@ -963,10 +971,18 @@ def _selection(flows: list[str] | None, errors: list[str] | None, topics: list[s
                      order_id=order, positions=frozenset(positions or ()), since_ms=since_ms)
 
 
+def _finite(value: float | None) -> float | None:
+    """Seconds or a rate: Click's FLOAT takes ``nan`` and ``inf``, which no wait or pace can be (a wait for ``nan``
+    would never end, a pace of ``nan`` would not hold anything back)."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value}: expected a finite number")
+    return value
+
+
 def _position(text: str, hint: str) -> tuple[int, int]:
     """A dead letter's ``PARTITION:OFFSET``."""
     partition, _, offset = text.partition(":")
-    if not (is_digits(partition) and is_digits(offset)):
+    if not (is_digits(partition) and is_digits(offset)) or int(partition) >= 2**31 or int(offset) >= 2**63:
         raise typer.BadParameter(f"{text!r}: expected PARTITION:OFFSET as `dlq list` shows it", param_hint=hint)
     return int(partition), int(offset)
 
@@ -1204,8 +1220,9 @@ app.add_typer(bench_app, name="bench")
 def bench_saga(
     orders: Annotated[int, typer.Option(help="How many orders to place.", min=1)] = 2000,
     lines: Annotated[int, typer.Option(help="Lines per order.", min=1, max=50)] = 2,
-    rate: Annotated[float, typer.Option(help="Orders per second to offer (0: as fast as possible).", min=0)] = 0.0,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for every outcome.", min=1)] = 300.0,
+    rate: Annotated[float, typer.Option(callback=_finite,
+                                        help="Orders per second to offer (0: as fast as possible).", min=0)] = 0.0,
+    timeout: Annotated[float, typer.Option(callback=_finite, help="Seconds to wait for every outcome.", min=1)] = 300.0,
     warehouse: Annotated[bool, typer.Option(help="Also time each confirmation to its row in PostgreSQL.")] = False,
     skus: Annotated[int, typer.Option(help="How many SKUs the orders spread over (a catalog's size).", min=1)] = 8,
 ) -> None:
@@ -1237,7 +1254,7 @@ def bench_saga(
 @bench_app.command("api")
 def bench_api(
     kind: Annotated[str, typer.Argument(help="get: GET /v1/orders/{id} from the owner; post: POST /v1/orders.")],
-    seconds: Annotated[float, typer.Option(help="How long to drive the API.", min=0.1)] = 10.0,
+    seconds: Annotated[float, typer.Option(callback=_finite, help="How long to drive the API.", min=0.1)] = 10.0,
     concurrency: Annotated[int, typer.Option(help="Requests in flight at once.", min=1)] = 32,
     worker: Annotated[int, typer.Option(help="Which worker to drive.", min=0)] = 0,
 ) -> None:

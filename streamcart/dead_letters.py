@@ -615,10 +615,17 @@ def _message_of(letter: DeadLetter) -> tuple[object, ...]:
     return (letter.source_topic, letter.source_partition, letter.first_offset, letter.flow, letter.key, letter.value)
 
 
+#: The longest age ``--since`` takes: further back than any topic here keeps a record (and than Kafka's clock).
+MAX_AGE_MS = 100 * 365 * 86_400_000
+
+
 def parse_age(text: str) -> int:
-    """``90s``, ``15m``, ``2h`` or ``7d`` in milliseconds."""
+    """``90s``, ``15m``, ``2h`` or ``7d`` in milliseconds (at most :data:`MAX_AGE_MS`)."""
     units = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
     number, unit = text[:-1], text[-1:]
     if unit not in units or not is_digits(number.replace(".", "", 1)):
         raise ValueError(f"{text!r}: expected a number and a unit, such as 90s, 15m, 2h or 7d")
-    return round(float(number) * units[unit])
+    age = float(number) * units[unit]
+    if age > MAX_AGE_MS:  # also what float() makes infinite
+        raise ValueError(f"{text!r}: at most 100 years back ({MAX_AGE_MS // 86_400_000}d)")
+    return round(age)

@@ -83,7 +83,9 @@ async def test_an_orders_email_and_phone_travel_with_it_for_its_notifications(cl
     assert (sent.email, sent.phone) == ("ada@example.com", "+15550100")
 
 
-@pytest.mark.parametrize("contact", [{"email": "not-an-address"}, {"phone": "555-0100"}, {"phone": "+0123456789"}])
+@pytest.mark.parametrize("contact", [{"email": "not-an-address"}, {"email": "a\u0000\u001b[31m@b.c"},
+                                     {"email": "ada@example.com\u0085"}, {"phone": "555-0100"},
+                                     {"phone": "+0123456789"}])
 async def test_an_unusable_email_or_phone_is_a_422_and_sends_nothing(client, commands, contact):
     response = await client.post("/v1/orders", json={**ORDER, **contact}, headers=CUSTOMER)
     assert response.status == 422
@@ -685,6 +687,33 @@ async def test_an_expectation_other_than_100_continue_is_a_json_417_and_sends_no
 async def test_cors_is_off_by_default(client):
     response = await client.get("/healthz", headers={"Origin": "https://evil.example"})
     assert "Access-Control-Allow-Origin" not in response.headers
+
+
+async def test_with_cors_on_a_browser_of_an_allowed_origin_may_ask_and_read_the_answer(aiohttp_client, worker,
+                                                                                        commands):
+    shop = "https://shop.example"
+    client = await aiohttp_client(init_app(SOLO.model_copy(update={"cors_origins": shop}), worker, commands))
+    asking = {"Origin": shop, "Access-Control-Request-Method": "POST",
+              "Access-Control-Request-Headers": "authorization, content-type, idempotency-key"}
+    preflight = await client.options("/v1/orders", headers=asking)  # no token: a browser sends none here
+    assert preflight.status == 204
+    assert preflight.headers["Access-Control-Allow-Origin"] == shop
+    assert preflight.headers["Access-Control-Allow-Methods"] == "POST"
+    assert {"Authorization", "Content-Type", "Idempotency-Key"} <= set(
+        preflight.headers["Access-Control-Allow-Headers"].split(", "))
+    assert commands.sent == []
+    placed = await client.post("/v1/orders", json=ORDER, headers={**CUSTOMER, "Origin": shop})
+    assert placed.status == 202 and placed.headers["Access-Control-Allow-Origin"] == shop
+    exposed = set(placed.headers["Access-Control-Expose-Headers"].split(", "))
+    assert {"Location", "Retry-After", "X-Request-Id"} <= exposed
+    read = await client.options("/v1/orders/o-1", headers={**asking, "Access-Control-Request-Method": "GET"})
+    assert read.status == 204 and read.headers["Access-Control-Allow-Methods"] == "GET"
+    # Another origin's preflight is refused as any OPTIONS is, and says nothing a browser would let through.
+    other = await client.options("/v1/orders", headers={**asking, "Origin": "https://evil.example"})
+    assert other.status == 405 and (await other.json())["error"]["code"] == "method_not_allowed"
+    assert "Access-Control-Allow-Origin" not in other.headers
+    nowhere = await client.options("/v1/nowhere", headers=asking)
+    assert nowhere.status == 404 and (await nowhere.json())["error"]["code"] == "not_found"
 
 
 async def test_the_openapi_document_is_3_1_and_covers_every_public_route(client):

@@ -486,3 +486,35 @@ def test_a_product_not_stocked_yet_is_shown_as_one_document_with_no_stock(monkey
     assert shown == {"product": {"sku": "MUG-7", "name": "Mug", "unit_price_cents": 1299}, "stock": None}
     assert run(system, "product", "show", "NOPE-1", monkeypatch=monkeypatch) == 1
     assert "no product and no stock NOPE-1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args", [
+    ["order", "show", "o-1", "--wait", "nan"],  # would poll for good
+    ["order", "cancel", "o-1", "--wait", "inf"],
+    ["product", "stock", "A", "5", "--wait", "nan"],
+    ["traffic", "--seconds", "inf"],
+    ["bench", "saga", "--rate", "inf"],  # a minimum refuses nan, not inf
+    ["drill", "--every", "inf"],
+    ["audit", "--wait", "inf"],
+])
+def test_a_wait_or_a_rate_that_is_not_a_finite_number_is_refused_before_anything_is_read_or_sent(monkeypatch,
+                                                                                                 args) -> None:
+    from typer.testing import CliRunner
+
+    system = FakeSystem(stock={"A": {"on_hand": 1, "reserved": 0, "adjusted": 1, "sold": 0, "restocked": 0}})
+    read: list[str] = []
+    monkeypatch.setattr(system, "get", lambda path: read.append(path) or (404, {}))
+    monkeypatch.setattr(cli, "_remote", lambda: system)
+    done = CliRunner().invoke(cli.app, args)
+    assert done.exit_code == 2, done.output
+    assert "expected a finite number" in done.output
+    assert (system.sent, read) == ([], [])
+
+
+@pytest.mark.parametrize("position", ["2147483648:0", "0:9223372036854775808", "1:x"])
+def test_a_dead_letter_position_out_of_kafkas_range_is_a_usage_error(position) -> None:
+    from typer.testing import CliRunner
+
+    done = CliRunner().invoke(cli.app, ["dlq", "show", position], env={"COLUMNS": "200"})
+    assert done.exit_code == 2, done.output
+    assert "expected PARTITION:OFFSET" in done.output

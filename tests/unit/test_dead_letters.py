@@ -733,3 +733,9 @@ def test_replays_go_back_in_the_order_their_messages_were_first_written_not_by_f
     ordered = [found.position for found in in_log_order([newer, older_failed_again, elsewhere])]
     assert sorted(ordered) == ["0:1", "0:2", "0:3"]
     assert ordered.index("0:2") < ordered.index("0:1")  # its first offset, 40, came before 50
+
+
+@pytest.mark.parametrize("text", ["36501d", "9" * 400 + "d", "1e3d"])
+def test_an_age_beyond_a_hundred_years_or_not_a_plain_number_is_refused(text):
+    with pytest.raises(ValueError, match=r"at most 100 years|such as 90s"):
+        parse_age(text)
