@@ -331,6 +331,11 @@ def test_demo_ends_by_printing_the_dashboard_link_with_an_admin_token_that_the_a
     ["order", "place", "--line", "A:1", "--customer", "c 1"],
 ])
 def test_an_id_the_api_would_not_accept_is_refused_before_anything_is_read_or_sent(monkeypatch, args) -> None:
+    assert "is not an id" in refused_before_anything_is_read_or_sent(monkeypatch, args)
+
+
+def refused_before_anything_is_read_or_sent(monkeypatch: pytest.MonkeyPatch, args: list[str]) -> str:
+    """What ``streamcart ARGS`` says when it exits as a usage error (2), having read and sent nothing."""
     from typer.testing import CliRunner
 
     system = FakeSystem(stock={"A": {"on_hand": 1, "reserved": 0, "adjusted": 1, "sold": 0, "restocked": 0}})
@@ -339,8 +344,8 @@ def test_an_id_the_api_would_not_accept_is_refused_before_anything_is_read_or_se
     monkeypatch.setattr(cli, "_remote", lambda: system)
     done = CliRunner().invoke(cli.app, args)
     assert done.exit_code == 2, done.output
-    assert "is not an id" in done.output
     assert (system.sent, read) == ([], [])
+    return done.output
 
 
 @pytest.mark.parametrize(("args", "says"), [
@@ -499,16 +504,7 @@ def test_a_product_not_stocked_yet_is_shown_as_one_document_with_no_stock(monkey
 ])
 def test_a_wait_or_a_rate_that_is_not_a_finite_number_is_refused_before_anything_is_read_or_sent(monkeypatch,
                                                                                                  args) -> None:
-    from typer.testing import CliRunner
-
-    system = FakeSystem(stock={"A": {"on_hand": 1, "reserved": 0, "adjusted": 1, "sold": 0, "restocked": 0}})
-    read: list[str] = []
-    monkeypatch.setattr(system, "get", lambda path: read.append(path) or (404, {}))
-    monkeypatch.setattr(cli, "_remote", lambda: system)
-    done = CliRunner().invoke(cli.app, args)
-    assert done.exit_code == 2, done.output
-    assert "expected a finite number" in done.output
-    assert (system.sent, read) == ([], [])
+    assert "expected a finite number" in refused_before_anything_is_read_or_sent(monkeypatch, args)
 
 
 @pytest.mark.parametrize("position", ["2147483648:0", "0:9223372036854775808", "1:x"])
