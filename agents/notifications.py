@@ -16,7 +16,7 @@ from agents.runtime import Runtime, consume_concurrently, header
 from schemas.messages import Message, OrderEvent
 from streamcart.dead_letters import DlqHeader, replay_route
 from streamcart.domain import notifications
-from streamcart.domain.notifications import Contact, Notification
+from streamcart.domain.notifications import Channel, Contact, Notification
 from streamcart.notify.delivery import Deliverer, default_providers
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,8 @@ def register(runtime: Runtime, worker_index: int = 0) -> Any:
         await runtime.emit(tuple(outcomes), cause=event)
 
     async def notifications_agent(stream: Any) -> None:
+        each_channel = (Channel.WEBHOOK, Channel.EMAIL, Channel.SMS)  # a channel's give-up is a flow of its own
+        runtime.telemetry.may_dead_letter(*(f"notifications.{channel}" for channel in each_channel))
         await consume_concurrently(runtime, stream, handle, flow="notifications")
 
     source = runtime.source(runtime.topics.order_events)

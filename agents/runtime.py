@@ -325,6 +325,7 @@ async def consume(runtime: Runtime, stream: Any, handler: Handler, *, flow: str,
     clock); if not, the flow's records leave after its state, as those of a flow reading several topics do.
     """
     note_sources(stream, decides_alone=decides_alone)
+    runtime.telemetry.may_dead_letter(flow)
     events = stream.noack()
     in_progress = _in_progress(runtime)
     async for event in events.events():
@@ -360,6 +361,7 @@ async def consume_concurrently(
     of its key (after the rebalance, the partition is read again from its committed offset).
     """
     note_sources(stream, decides_alone=decides_alone)
+    runtime.telemetry.may_dead_letter(flow)
     events = stream.noack()
     in_progress = _in_progress(runtime)
     slots = asyncio.Semaphore(limit)

@@ -181,11 +181,11 @@ def _cors_preflight(origins: tuple[str, ...]) -> Any:
     @web.middleware
     async def preflight(request: web.Request, handler: Any) -> web.StreamResponse:
         asked = request.headers.get("Access-Control-Request-Method")
-        if request.method != "OPTIONS" or asked is None or not _allowed(origins, request.headers.get("Origin")):
-            return await handler(request)
         refused = request.match_info.http_exception  # no route takes OPTIONS: which methods the path takes
-        if not isinstance(refused, web.HTTPMethodNotAllowed):
-            return await handler(request)  # no such path: its JSON 404
+        if (request.method != "OPTIONS" or asked is None or not _allowed(origins, request.headers.get("Origin"))
+                or not isinstance(refused, web.HTTPMethodNotAllowed)):  # not a preflight, or no such path (404)
+            response: web.StreamResponse = await handler(request)
+            return response
         return web.Response(status=204, headers={
             "Access-Control-Allow-Methods": ", ".join(sorted(refused.allowed_methods)),
             "Access-Control-Allow-Headers": ", ".join(CORS_REQUEST_HEADERS),

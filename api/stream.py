@@ -221,10 +221,12 @@ class Hub:
         if self._ticks % ANALYTICS_EVERY == 0:
             self._analytics = await self.recent_windows()
         self._ticks += 1
-        lag = {
-            f"{topic.removeprefix(self.settings.topic_prefix)}/{p}": n
-            for a in answers for topic, parts in a["lag"].items() for p, n in parts.items()
-        }
+        lag: dict[str, int] = {}
+        for answer in answers:  # a partition two workers report (one still holding its old figure): the larger
+            for topic, parts in answer["lag"].items():
+                for p, n in parts.items():
+                    key = f"{topic.removeprefix(self.settings.topic_prefix)}/{p}"
+                    lag[key] = max(lag.get(key, 0), n)
         top = self._analytics.get("top_skus", [])
         return {
             "type": "tick",

@@ -76,6 +76,8 @@ class SinkKeeper(Service):
         self.interval_s = settings.sink_keeper_interval_s
         self.backoff = Backoff(first_s=self.interval_s)
         self.names = [c.name for c in connectors.load(settings)]
+        for name in self.names:  # from 0 on: a series that first appears at 1 has no increase() for Prometheus
+            SINK_RESTARTS.labels(name)
 
     @Service.task
     async def _keep(self) -> None:

@@ -127,6 +127,12 @@ class Telemetry:
     def failed(self, flow: str, error: BaseException) -> None:
         MESSAGES_FAILED.labels(flow, type(error).__name__).inc()
 
+    def may_dead_letter(self, *flows: str) -> None:
+        """Export ``flows``' dead-letter counts from 0 on: a series that first appears at 1 has no increase for
+        Prometheus (``increase()``), so the first dead letter of a flow would raise no alert."""
+        for flow in flows:
+            DEAD_LETTERS.labels(flow)
+
     def dead_lettered(self, flow: str, error: BaseException, source: str, key: bytes | None) -> None:
         """``flow`` sent the record at ``source`` (topic[partition]@offset) to the DLQ because of ``error``."""
         DEAD_LETTERS.labels(flow).inc()

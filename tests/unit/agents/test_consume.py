@@ -7,12 +7,15 @@ import asyncio
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
+from uuid import uuid4
 
 import pytest
+from prometheus_client import REGISTRY
 
 from agents import runtime
 from agents.runtime import consume, consume_concurrently
 from agents.transport import InProgress, Yielded
+from streamcart.telemetry import Telemetry
 
 
 @dataclass
@@ -26,8 +29,8 @@ class Event:
 
 
 def running() -> Any:
-    """A runtime with what the loops use of it: the app's record of the messages being handled."""
-    return SimpleNamespace(app=SimpleNamespace(in_progress=InProgress()))
+    """A runtime with what the loops use of it: the app's record of the messages being handled, the telemetry."""
+    return SimpleNamespace(app=SimpleNamespace(in_progress=InProgress()), telemetry=Telemetry())
 
 
 def being_handled(rt: Any) -> set[int]:
@@ -215,6 +218,19 @@ async def test_a_message_given_back_for_a_rebalance_and_the_later_ones_of_its_ke
     # Key a's second message was never handled: it would have overtaken the first.
     assert retrying.started == [0, 1, 3]
     assert sorted(stream.acked) == [1, 3]
+    agent.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await agent
+
+
+@pytest.mark.parametrize("loop", [consume, consume_concurrently])
+async def test_a_flow_exports_its_dead_letter_count_from_zero_before_its_first_message(handled, loop):
+    """Prometheus sees no increase in a series that first appears at 1: the first dead letter would alert no one."""
+    flow = f"flow-{uuid4().hex}"
+    stream = FakeStream([])
+    agent = asyncio.create_task(loop(running(), stream, None, flow=flow))
+    await _until(stream.drained.is_set)
+    assert REGISTRY.get_sample_value("streamcart_dead_letters_total", {"flow": flow}) == 0.0
     agent.cancel()
     with pytest.raises(asyncio.CancelledError):
         await agent

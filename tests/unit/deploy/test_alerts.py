@@ -80,3 +80,12 @@ def test_both_prometheus_configurations_load_the_rules_and_scrape_the_job_they_n
 def test_the_worker_down_alert_watches_the_scrape_job(rules):
     (down,) = [rule for rule in rules if rule["alert"] == "StreamcartWorkerDown"]
     assert down["expr"] == f'up{{job="{JOB}"}} == 0'
+
+
+def test_every_rule_watches_its_scrape_job_alone_and_keeps_it_in_what_it_adds_up(rules):
+    """Two stacks one Prometheus scrapes under jobs of their own (the chart's job per release) alert apart: no sum
+    adds one stack's dead letters, lag or timeouts to the other's."""
+    for rule in rules:
+        assert rule["expr"].count(f'job="{JOB}"') == len(rule["selects"]), rule["expr"]
+        aggregated = any(f"{op} by" in rule["expr"] or f"{op}(" in rule["expr"] for op in ("sum", "max", "avg"))
+        assert not aggregated or "job" in rule["grouping"], rule["expr"]

@@ -278,6 +278,18 @@ def test_a_pod_monitor_scrapes_the_workers_under_the_alerts_job_only_when_asked(
     assert numeric["spec"]["podMetricsEndpoints"][0]["relabelings"][0]["replacement"] == "2024"  # a string still
 
 
+def test_by_default_each_release_scrapes_and_alerts_under_a_job_of_its_own():
+    """Two releases one Prometheus scrapes: each one's rules select its own workers (deploy/prometheus/alerts.yml
+    keeps `job` in every sum), not the sum of both."""
+    docs = manifests({**SECRETS, "metrics.podMonitor.enabled": "true", "metrics.prometheusRule.enabled": "true"})
+    (monitor,) = of_kind(docs, "PodMonitor")
+    (rule,) = of_kind(docs, "PrometheusRule")
+    job = "t-streamcart-workers"  # the release is `t`
+    assert monitor["spec"]["podMetricsEndpoints"][0]["relabelings"][0]["replacement"] == job
+    exprs = [r["expr"] for group in rule["spec"]["groups"] for r in group["rules"]]
+    assert exprs and all(f'job="{job}"' in expr and 'job="streamcart-workers"' not in expr for expr in exprs)
+
+
 def test_no_pod_gets_the_services_environment_variables():
     """Kubernetes would give every pod STREAMCART_API_PORT=tcp://… for a release named streamcart (its Service
     streamcart-api): a setting's name, with what is no port."""
