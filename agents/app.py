@@ -81,6 +81,10 @@ def create_faust_app(settings: Settings, *, worker_index: int = 0, store: str = 
         web_port=settings.worker_port(worker_index),
         web_host=settings.host,
         autodiscover=False,
+        # What faust creates itself (its assignor's topic; a changelog `up`/`init` did not): as many replicas as the
+        # topics streamcart creates, where a number is set (-1, the broker's default, is faust's 1).
+        **({"topic_replication_factor": settings.topic_replication_factor}
+           if settings.topic_replication_factor > 0 else {}),
     )
 
 

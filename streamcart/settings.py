@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     #: them: what a worker that did not stop cleanly reads back beyond one record per key (streamcart/topics.py).
     compacted_segment_ms: int = Field(600_000, ge=1_000)
     partitions: int = Field(8, ge=1, description="one partition count for every saga topic")
+    #: Replicas of each topic streamcart creates (`up`, `init`, and the workers' own topics); -1: the broker's
+    #: ``default.replication.factor`` (1 on the local stack). A cluster whose topics need ``min.insync.replicas``
+    #: of 2 refuses every write to a topic of one replica.
+    topic_replication_factor: int = Field(-1, ge=-1)
     app_id: str = "streamcart"
 
     # Latency/throughput knobs (notes/faust.md: faust's defaults are hostile to this workload).
@@ -222,6 +226,13 @@ class Settings(BaseSettings):
                 "STREAMCART_ADVERTISED_HOST must name each worker by its index, e.g. worker-{index} (containers) or "
                 "STATEFULSET-{index}.SERVICE.NAMESPACE.svc (a StatefulSet's pods)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _replicas(self) -> Settings:
+        if self.topic_replication_factor == 0:
+            raise ValueError("STREAMCART_TOPIC_REPLICATION_FACTOR=0: a topic has at least one replica (-1: the "
+                             "broker's default.replication.factor)")
         return self
 
     @model_validator(mode="after")

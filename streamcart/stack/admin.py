@@ -80,7 +80,8 @@ def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> EnsuredTopi
             + " (change STREAMCART_PARTITIONS back, or `streamcart down --purge` to start afresh)"
         )
     missing = [
-        NewTopic(spec.name, num_partitions=spec.partitions, replication_factor=1, config=dict(spec.config))
+        NewTopic(spec.name, num_partitions=spec.partitions, replication_factor=settings.topic_replication_factor,
+                 config=dict(spec.config))
         for name, spec in wanted.items()
         if name not in existing
     ]

@@ -95,3 +95,14 @@ def test_a_variable_that_names_no_setting_is_called_out_with_the_one_it_may_mean
         "STREAMCART_FOO is no setting; it is ignored",
         "STREAMCART_WORKRES is no setting (did you mean STREAMCART_WORKERS?); it is ignored",
     ]
+
+
+def test_topics_get_the_brokers_default_replicas_unless_a_number_is_set_and_faust_follows_a_number():
+    from agents.app import create_faust_app
+
+    assert Settings().topic_replication_factor == -1
+    assert create_faust_app(Settings(), store="memory://").conf.topic_replication_factor == 1  # faust's: no -1
+    three = Settings(topic_replication_factor=3)
+    assert create_faust_app(three, store="memory://").conf.topic_replication_factor == 3
+    with pytest.raises(ValidationError, match="at least one replica"):
+        Settings(topic_replication_factor=0)

@@ -278,6 +278,18 @@ def test_a_pod_monitor_scrapes_the_workers_under_the_alerts_job_only_when_asked(
     assert numeric["spec"]["podMetricsEndpoints"][0]["relabelings"][0]["replacement"] == "2024"  # a string still
 
 
+def test_the_topics_get_the_brokers_default_replicas_unless_the_values_name_a_number():
+    """Where min.insync.replicas is 2, a topic of one replica refuses every write: the init Job and the workers
+    create topics with the replicas the values ask for, else the brokers' default.replication.factor."""
+    assert settings_from(worker_env(SECRETS)).topic_replication_factor == -1
+    docs = manifests({**SECRETS, "kafka.replicationFactor": "3"})
+    (job,) = of_kind(docs, "Job")
+    (workers,) = of_kind(docs, "StatefulSet")
+    for container in (job["spec"]["template"]["spec"]["containers"][0],
+                      workers["spec"]["template"]["spec"]["containers"][0]):
+        assert settings_from(env_of(container)).topic_replication_factor == 3
+
+
 def test_by_default_each_release_scrapes_and_alerts_under_a_job_of_its_own():
     """Two releases one Prometheus scrapes: each one's rules select its own workers (deploy/prometheus/alerts.yml
     keeps `job` in every sum), not the sum of both."""

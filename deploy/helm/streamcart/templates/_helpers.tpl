@@ -51,6 +51,8 @@ int64: a values file's 1048576 arrives as a float and would render as "1.048576e
   value: {{ .Values.kafka.host | quote }}
 - name: STREAMCART_KAFKA_PORT
   value: {{ .Values.kafka.port | int64 | quote }}
+- name: STREAMCART_TOPIC_REPLICATION_FACTOR
+  value: {{ .Values.kafka.replicationFactor | int64 | quote }}
 - name: STREAMCART_REGISTRY_HOST
   value: {{ .Values.registry.host | quote }}
 - name: STREAMCART_REGISTRY_PORT
