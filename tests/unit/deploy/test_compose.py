@@ -183,6 +183,13 @@ def test_kafka_keeps_its_log_on_its_volume():
     assert volume.split(":", 1)[1] == env("kafka")["KAFKA_LOG_DIRS"]
 
 
+def test_the_gateway_keeps_its_ledger_on_a_named_volume_in_its_home():
+    """`docker compose down && up` keeps it: a capture, void or refund then finds its authorization."""
+    (volume,) = SERVICES["gateway"]["volumes"]
+    name, path = volume.split(":", 1)
+    assert name in COMPOSE["volumes"] and path == settings_of("gateway").home.as_posix()
+
+
 def test_connect_saves_its_sinks_positions_as_often_as_the_local_stack():
     local = props.connect_worker_properties(settings_of("init"), Path("/plugins"))
     assert int(env("connect")["OFFSET_FLUSH_INTERVAL_MS"]) == local["offset.flush.interval.ms"]
@@ -199,3 +206,13 @@ def test_the_workers_secret_has_no_default_in_compose_and_would_be_refused_if_it
         assert not settings_of(service).exposed_with_development_secret(), service
         exposed = settings_of(service).model_copy(update={"jwt_secret": SecretStr(DEVELOPMENT_JWT_SECRET)})
         assert exposed.exposed_with_development_secret(), service
+
+
+def test_the_build_context_leaves_out_what_a_checkout_gathers_and_keeps_what_the_dockerfile_copies():
+    """Without it `docker compose up --build` sends the virtualenv, caches and the local stack's state (GBs)."""
+    ignored = {line.strip().rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    assert {".venv", ".cache", ".tools", ".streamcart", ".git"} <= ignored
+    copied = {word.rstrip("/") for line in (ROOT / "Dockerfile").read_text().splitlines()
+              if line.startswith("COPY ") and "--from" not in line for word in line.split()[1:-1]}
+    assert {"streamcart", "agents", "connectors"} <= copied and not copied & ignored

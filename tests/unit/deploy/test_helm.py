@@ -165,6 +165,13 @@ def test_the_deployed_gateway_is_the_one_the_workers_call():
     settings = settings_from(env_of(workers["spec"]["template"]["spec"]["containers"][0]))
     assert settings.gateway_url == f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
     assert gateway["spec"]["template"]["spec"]["containers"][0]["args"] == ["gateway"]
+    # Its ledger outlives the pod (an upgrade, a reschedule): captures, voids and refunds find their authorization.
+    (claim,) = of_kind(docs, "PersistentVolumeClaim")
+    (volume,) = gateway["spec"]["template"]["spec"]["volumes"]
+    assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    (mount,) = gateway["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+    assert (mount["name"], mount["mountPath"]) == (volume["name"], settings.home.as_posix())
+    assert gateway["spec"]["strategy"] == {"type": "Recreate"}  # one pod at a time holds the volume
 
 
 def test_the_init_job_prepares_topics_schemas_and_sinks_and_each_worker_waits_for_its_topics():
