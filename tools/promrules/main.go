@@ -2,7 +2,8 @@
 // without the rest of Prometheus): the YAML's shape and fields, every expression parsed by the PromQL parser,
 // every label and annotation template parsed. For each rule it prints one JSON line: the group, the alert (or
 // recorded series), the expression as Prometheus formats it, the series it selects and the labels it matches,
-// groups by or compares on, for tests to hold against the metrics the code exposes. It exits 1 on any error.
+// groups by or compares on, and the functions it calls on which series (for histogram_quantile, the labels its
+// argument keeps), for tests to hold against the metrics the code exposes. It exits 1 on any error.
 //
 // Usage: promrules FILE...
 package main
@@ -24,6 +25,19 @@ type selector struct {
 	Labels []string `json:"labels"` // the label names it matches on, besides __name__
 }
 
+type call struct {
+	Function string   `json:"function"`
+	Series   []string `json:"series"`          // the series selected inside its arguments
+	Keeps    []string `json:"keeps,omitempty"` // histogram_quantile: its argument's labels ("*": every one)
+}
+
+// match is a binary operation's on(...): both sides must have those labels.
+type match struct {
+	Labels []string `json:"labels"`
+	Left   []string `json:"left"` // the series selected on each side
+	Right  []string `json:"right"`
+}
+
 type rule struct {
 	File     string            `json:"file"`
 	Group    string            `json:"group"`
@@ -35,6 +49,39 @@ type rule struct {
 	Notes    map[string]string `json:"annotations"`
 	Selects  []selector        `json:"selects"`
 	Grouping []string          `json:"grouping"` // labels named in by(...), without(...), on(...), ignoring(...)
+	Calls    []call            `json:"calls"`
+	Matches  []match           `json:"matches"`
+}
+
+// seriesIn is the names of the series selected anywhere in node.
+func seriesIn(node parser.Node) []string {
+	names := []string{}
+	parser.Inspect(node, func(n parser.Node, _ []parser.Node) error {
+		if v, ok := n.(*parser.VectorSelector); ok {
+			names = append(names, v.Name)
+		}
+		return nil
+	})
+	return names
+}
+
+// keeps is the labels the value of expr keeps: an aggregation's by(...) list, "*" for every one (no aggregation
+// on top), nothing known for without(...).
+func keeps(expr parser.Expr) []string {
+	for {
+		paren, ok := expr.(*parser.ParenExpr)
+		if !ok {
+			break
+		}
+		expr = paren.Expr
+	}
+	if agg, ok := expr.(*parser.AggregateExpr); ok {
+		if agg.Without {
+			return []string{}
+		}
+		return append([]string{}, agg.Grouping...)
+	}
+	return []string{"*"}
 }
 
 func main() {
@@ -62,7 +109,8 @@ func main() {
 					continue
 				}
 				found := rule{File: path, Group: g.Name, Alert: r.Alert, Record: r.Record, Expr: expr.String(),
-					Labels: r.Labels, Notes: r.Annotations, Selects: []selector{}, Grouping: []string{}}
+					Labels: r.Labels, Notes: r.Annotations, Selects: []selector{}, Grouping: []string{}, Calls: []call{},
+					Matches: []match{}}
 				if r.For != 0 {
 					found.For = r.For.String()
 				}
@@ -82,7 +130,20 @@ func main() {
 					case *parser.BinaryExpr:
 						if n.VectorMatching != nil {
 							found.Grouping = append(found.Grouping, n.VectorMatching.MatchingLabels...)
+							if n.VectorMatching.On {
+								found.Matches = append(found.Matches, match{Labels: n.VectorMatching.MatchingLabels,
+									Left: seriesIn(n.LHS), Right: seriesIn(n.RHS)})
+							}
 						}
+					case *parser.Call:
+						c := call{Function: n.Func.Name, Series: []string{}}
+						for _, arg := range n.Args {
+							c.Series = append(c.Series, seriesIn(arg)...)
+						}
+						if n.Func.Name == "histogram_quantile" && len(n.Args) == 2 {
+							c.Keeps = keeps(n.Args[1])
+						}
+						found.Calls = append(found.Calls, c)
 					}
 					return nil
 				})
