@@ -278,6 +278,11 @@ def _plan_void(state: PaymentState | None, cmd: VoidPayment) -> GatewayCall | De
     if state is None or state.authorization is None:
         return _tombstone(state, cmd, "voided")
     match state.status:
+        case PaymentStatus.AUTHORIZED if _for_an_unknown_authorization(cmd):
+            # The flow's own void of an authorization it had no answer for, meeting one with an answer (only a
+            # worker that lost its partition yet wrote on could make that): the orders flow, which knows whether
+            # the order was confirmed, voids an authorization it does not want.
+            return Decision(state=None)
         case PaymentStatus.AUTHORIZED:
             return _call("void", state)
         case PaymentStatus.UNKNOWN:
@@ -285,6 +290,11 @@ def _plan_void(state: PaymentState | None, cmd: VoidPayment) -> GatewayCall | De
         case PaymentStatus.CAPTURED:
             return Decision(state=None, rejected=f"cannot void {cmd.order_id}: it is captured (refund it)")
     return Decision(state=None)  # declined or refunded: nothing is held
+
+
+def _for_an_unknown_authorization(cmd: VoidPayment) -> bool:
+    """Whether ``cmd`` is the void this flow sends itself for an authorization the gateway gave no answer to."""
+    return cmd.authorization_id is None and cmd.reason == GATEWAY_UNAVAILABLE
 
 
 def _plan_refund(state: PaymentState | None, cmd: RefundPayment) -> GatewayCall | Decision[PaymentState]:

@@ -127,6 +127,15 @@ def test_the_void_by_key_of_an_authorization_that_was_approved_after_all_reports
     assert state.status == PaymentStatus.VOIDED
 
 
+def test_the_void_for_an_unknown_authorization_leaves_one_with_an_answer_to_the_orders_flow():
+    """Only a worker writing on after it lost the partition could have both answers on record; the order may be
+    confirmed on the approval, and the orders flow voids an authorization it does not want (I4 either way)."""
+    _, (_, void_cmd), _ = through_gateway(None, authorize(), GatewayResult.unavailable())
+    decision = plan(authorized(), void_cmd)
+    assert decision == Decision(state=None)
+    assert isinstance(plan(authorized(), void()), GatewayCall)  # the orders flow's void of it still goes
+
+
 @pytest.mark.parametrize("held", NOTHING_HELD.values())
 def test_the_void_by_key_of_an_authorization_that_held_nothing_settles_quietly(held):
     state, (_, void_cmd), _ = through_gateway(None, authorize(), GatewayResult.unavailable())
