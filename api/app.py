@@ -136,7 +136,8 @@ def init_app(settings: Settings, worker: WorkerView, commands: CommandPort | Non
             app.router.add_route("HEAD", route.path, route.handler, expect_handler=expect_handler)
     app[SPEC] = openapi(routes, title="streamcart", version=API_VERSION)
     if origins := tuple(o.strip() for o in settings.cors_origins.split(",") if o.strip()):
-        app.middlewares.insert(0, _cors_preflight(origins))  # before the rate limit: a preflight has no token
+        # After the request id (every answer has one), before the rate limit (a preflight has no token).
+        app.middlewares.insert(1, _cors_preflight(origins))
         app.on_response_prepare.append(_cors(origins))
     for module in (analytics, stream, dashboard):
         module.setup_routes(app)

@@ -133,7 +133,7 @@ def status(settings: Settings, *, with_lag: bool = True) -> list[ConnectorStatus
     rows = []
     for connector in loaded:
         code, body = request(settings, "GET", f"/connectors/{_quote(connector.name)}/status")
-        lag = {key: end - position for key, (position, end) in positions.items() if key[0] == group(connector)}
+        lag = {key: max(0, end - position) for key, (position, end) in positions.items() if key[0] == group(connector)}
         if code == 404 or not isinstance(body, dict):
             rows.append(ConnectorStatus(connector.name, "MISSING", (), None))
             continue

@@ -239,9 +239,16 @@ def _on_rejected(order: OrderState, event: StockRejected) -> OrderState | None:
 
 def _on_authorized(order: OrderState, event: PaymentAuthorized) -> OrderState | None:
     payment = order.payment
+    cause = Cause.of(event)
+    if payment is not None and payment.status == PaymentStatus.DECLINED and order.status == OrderStatus.CANCELLED:
+        # An approval after the decline the order was cancelled on (the payments flow gave up on the gateway, and a
+        # worker that lost the partition wrote on with its answer): nothing may stay held, give it back.
+        voiding = payment.model_copy(
+            update={"status": PaymentStatus.VOID_REQUESTED, "authorization_id": event.authorization_id, "void": cause}
+        )
+        return order.model_copy(update={"payment": voiding})
     if payment is None or payment.status != PaymentStatus.REQUESTED:
         return None  # nothing was asked, or this authorization is known already
-    cause = Cause.of(event)
     if order.status == OrderStatus.CANCELLED:
         # Authorized after the order was cancelled (timeout, customer, a late rejection): give the money back.
         voiding = payment.model_copy(

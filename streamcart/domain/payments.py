@@ -278,7 +278,7 @@ def _plan_void(state: PaymentState | None, cmd: VoidPayment) -> GatewayCall | De
     if state is None or state.authorization is None:
         return _tombstone(state, cmd, "voided")
     match state.status:
-        case PaymentStatus.AUTHORIZED if _for_an_unknown_authorization(cmd):
+        case PaymentStatus.AUTHORIZED | PaymentStatus.CAPTURED if _for_an_unknown_authorization(cmd):
             # The flow's own void of an authorization it had no answer for, meeting one with an answer (only a
             # worker that lost its partition yet wrote on could make that): the orders flow, which knows whether
             # the order was confirmed, voids an authorization it does not want.

@@ -699,6 +699,7 @@ async def test_with_cors_on_a_browser_of_an_allowed_origin_may_ask_and_read_the_
     assert preflight.status == 204
     assert preflight.headers["Access-Control-Allow-Origin"] == shop
     assert preflight.headers["Access-Control-Allow-Methods"] == "POST"
+    assert len(preflight.headers["X-Request-Id"]) == 32  # an answer like every other
     assert {"Authorization", "Content-Type", "Idempotency-Key"} <= set(
         preflight.headers["Access-Control-Allow-Headers"].split(", "))
     assert commands.sent == []

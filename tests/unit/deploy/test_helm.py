@@ -172,6 +172,8 @@ def test_the_deployed_gateway_is_the_one_the_workers_call():
     (mount,) = gateway["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
     assert (mount["name"], mount["mountPath"]) == (volume["name"], settings.home.as_posix())
     assert gateway["spec"]["strategy"] == {"type": "Recreate"}  # one pod at a time holds the volume
+    security = gateway["spec"]["template"]["spec"]["securityContext"]
+    assert security["fsGroup"] == security["runAsUser"]  # a new volume is root's: the gateway could not write
 
 
 def test_the_init_job_prepares_topics_schemas_and_sinks_and_each_worker_waits_for_its_topics():
@@ -307,6 +309,9 @@ def test_by_default_each_release_scrapes_and_alerts_under_a_job_of_its_own():
     assert monitor["spec"]["podMetricsEndpoints"][0]["relabelings"][0]["replacement"] == job
     exprs = [r["expr"] for group in rule["spec"]["groups"] for r in group["rules"]]
     assert exprs and all(f'job="{job}"' in expr and 'job="streamcart-workers"' not in expr for expr in exprs)
+    (unset,) = of_kind(manifests({**SECRETS, "metrics.podMonitor.enabled": "true",
+                                  "metrics.prometheusRule.job": "null"}), "PodMonitor")
+    assert unset["spec"]["podMetricsEndpoints"][0]["relabelings"][0]["replacement"] == job  # not "<nil>"
 
 
 def test_no_pod_gets_the_services_environment_variables():

@@ -339,6 +339,19 @@ def test_a_payment_authorized_after_a_customer_cancel_is_voided():
     assert kinds(emitted) == ["VoidPayment"]
 
 
+def test_an_approval_after_the_decline_the_order_was_cancelled_on_is_voided_once():
+    """The payments flow leaves such an approval to the orders flow (payments.py, _plan_void): I4 whichever of the
+    two answers of a worker that lost its partition comes first."""
+    state, _ = apply(awaiting_payment(), declined())
+    late = authorized()
+    state, emitted = apply(state, late)
+    [void] = emitted
+    assert isinstance(void, VoidPayment) and (void.authorization_id, void.causation_id) == ("auth-1", late.event_id)
+    assert state.status == OrderStatus.CANCELLED and state.cancel_reason == CancelReason.PAYMENT_DECLINED
+    assert state.payment is not None and state.payment.status == PaymentStatus.VOID_REQUESTED
+    assert list(order_decide(state, late).messages) == emitted  # redelivered: the same void, nothing new
+
+
 def test_a_payment_declined_after_the_timeout_only_records_the_decline():
     state, _ = apply(awaiting_payment(), expire())
     state, emitted = apply(state, declined())

@@ -119,5 +119,5 @@ int64: a values file's 1048576 arrives as a float and would render as "1.048576e
 {{- /* The `job` label the workers are scraped under (the PodMonitor's) and every alerting rule selects: one per
        release unless metrics.prometheusRule.job names the scrape config's. A number stays a string. */}}
 {{- define "streamcart.metricsJob" -}}
-{{- .Values.metrics.prometheusRule.job | toString | default (printf "%s-workers" (include "streamcart.fullname" .)) -}}
+{{- default "" .Values.metrics.prometheusRule.job | toString | default (printf "%s-workers" (include "streamcart.fullname" .)) -}}
 {{- end -}}
