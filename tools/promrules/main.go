@@ -2,8 +2,8 @@
 // without the rest of Prometheus): the YAML's shape and fields, every expression parsed by the PromQL parser,
 // every label and annotation template parsed. For each rule it prints one JSON line: the group, the alert (or
 // recorded series), the expression as Prometheus formats it, the series it selects and the labels it matches,
-// groups by or compares on, and the functions it calls on which series (for histogram_quantile, the labels its
-// argument keeps), for tests to hold against the metrics the code exposes. It exits 1 on any error.
+// groups by or compares on, each aggregation, and the functions it calls on which series (for histogram_quantile,
+// the labels its argument keeps), for tests to hold against the metrics the code exposes. It exits 1 on any error.
 //
 // Usage: promrules FILE...
 package main
@@ -31,6 +31,13 @@ type call struct {
 	Keeps    []string `json:"keeps,omitempty"` // histogram_quantile: its argument's labels ("*": every one)
 }
 
+// aggregation is one aggregation operator: sum, max, … by (...) or without (...).
+type aggregation struct {
+	Op       string   `json:"op"`
+	Grouping []string `json:"grouping"`
+	Without  bool     `json:"without"`
+}
+
 // match is a binary operation's on(...): both sides must have those labels.
 type match struct {
 	Labels []string `json:"labels"`
@@ -51,6 +58,7 @@ type rule struct {
 	Grouping []string          `json:"grouping"` // labels named in by(...), without(...), on(...), ignoring(...)
 	Calls    []call            `json:"calls"`
 	Matches  []match           `json:"matches"`
+	Aggs     []aggregation     `json:"aggregations"`
 }
 
 // seriesIn is the names of the series selected anywhere in node.
@@ -110,7 +118,7 @@ func main() {
 				}
 				found := rule{File: path, Group: g.Name, Alert: r.Alert, Record: r.Record, Expr: expr.String(),
 					Labels: r.Labels, Notes: r.Annotations, Selects: []selector{}, Grouping: []string{}, Calls: []call{},
-					Matches: []match{}}
+					Matches: []match{}, Aggs: []aggregation{}}
 				if r.For != 0 {
 					found.For = r.For.String()
 				}
@@ -127,6 +135,8 @@ func main() {
 						found.Selects = append(found.Selects, s)
 					case *parser.AggregateExpr:
 						found.Grouping = append(found.Grouping, n.Grouping...)
+						found.Aggs = append(found.Aggs, aggregation{Op: n.Op.String(),
+							Grouping: append([]string{}, n.Grouping...), Without: n.Without})
 					case *parser.BinaryExpr:
 						if n.VectorMatching != nil {
 							found.Grouping = append(found.Grouping, n.VectorMatching.MatchingLabels...)

@@ -74,5 +74,6 @@ def test_every_rule_watches_its_scrape_job_alone_and_keeps_it_in_what_it_adds_up
     adds one stack's dead letters, lag or timeouts to the other's."""
     for rule in rules:
         assert rule["expr"].count(f'job="{JOB}"') == len(rule["selects"]), rule["expr"]
-        aggregated = any(f"{op} by" in rule["expr"] or f"{op}(" in rule["expr"] for op in ("sum", "max", "avg"))
-        assert not aggregated or "job" in rule["grouping"], rule["expr"]
+        for aggregation in rule["aggregations"]:  # each of them, nested ones too, whatever the operator
+            kept = "job" not in aggregation["grouping"] if aggregation["without"] else "job" in aggregation["grouping"]
+            assert kept, f"{rule['alert']}: {aggregation['op']} drops job in {rule['expr']!r}"
