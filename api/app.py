@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import math
 import re
 import time
 from collections import Counter, OrderedDict
@@ -33,6 +34,7 @@ from api.errors import (
     Forbidden,
     Invalid,
     NotFound,
+    Overloaded,
     Unavailable,
     UnsupportedMediaType,
     error_middleware,
@@ -78,6 +80,7 @@ from streamcart.domain.orders import cancel_refusal
 from streamcart.domain.shipping import update_refusal
 from streamcart.ids import IDENTIFIER_PATTERN, derive_id, is_identifier, new_id
 from streamcart.settings import Settings
+from streamcart.telemetry import ORDERS_SHED
 from streamcart.tracing import new_traceparent
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -552,6 +555,7 @@ async def place_order(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     if key is None:
         order_id = new_id()
+        _admit(request)
         await commands.send(_place_order(order_id, new_id(), principal, body))
         return _accepted(order_id, OrderStatus.PENDING)
 
@@ -578,12 +582,27 @@ async def place_order(request: web.Request) -> web.Response:
             return _same_or_conflict(order_id, stored.placed_event_id, event_id, stored.status)
         if (placed := placing.said(order_id)) is not None:
             return _same_or_conflict(order_id, placed, event_id, OrderStatus.PENDING)
+        _admit(request)  # a retry of an order placed already is answered above, whatever the load
         await commands.send(_place_order(order_id, event_id, principal, body))
         placing.sent(order_id, event_id, now)
         return _accepted(order_id, OrderStatus.PENDING)
 
 
 _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
+
+
+def _admit(request: web.Request) -> None:
+    """Refuse a new order while this worker's orders flow is more than ``admission_max_delay_s`` behind: a 503 at
+    once beats an order accepted to be cancelled by its deadline. Orders spread over every partition, so this
+    worker's queue stands for the saga's (each worker's flows take the same share of the load)."""
+    limit = request.app[SETTINGS].admission_max_delay_s
+    behind = request.app[WORKER].orders_queue_s()
+    if limit and behind is not None and behind > limit:
+        ORDERS_SHED.inc()
+        raise Overloaded(f"the saga is behind (records wait {behind:.1f} s before the orders flow handles them, more "
+                         f"than {limit:g} s): no new order is taken until it catches up; retry later",
+                         details={"queue_s": round(behind, 3), "max_delay_s": limit},
+                         headers={"Retry-After": str(min(10, max(1, math.ceil(behind))))})
 
 
 def _same_or_conflict(order_id: str, placed_event_id: str, event_id: str, status: str) -> web.Response:

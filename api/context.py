@@ -22,6 +22,11 @@ class WorkerView(Protocol):
 
     def order(self, order_id: str) -> OrderState | None: ...
 
+    def orders_queue_s(self) -> float | None:
+        """How long records wait here before the orders flow handles them (the least wait of the last second;
+        ``None`` when it handled none)."""
+        ...
+
     def order_raw(self, order_id: str) -> bytes | None:
         """The order as stored (its JSON bytes), undecoded."""
         ...

@@ -72,6 +72,13 @@ class Unavailable(ApiError):
     status, code = 503, "unavailable"
 
 
+class Overloaded(ApiError):
+    """The saga is too far behind to take a new order in time: refused before anything is sent (a retry later is
+    safe, with or without an ``Idempotency-Key``)."""
+
+    status, code = 503, "overloaded"
+
+
 class ClientGone(ApiError):
     """The client closed its connection before its request's body was read. Nobody receives the answer; its status
     (nginx's 499) keeps it out of the server's errors in the logs and the metrics."""

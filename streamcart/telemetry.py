@@ -75,6 +75,13 @@ ANALYTICS_LATE = Counter(
     "streamcart_analytics_late_events", "Order events that arrived after their window closed", ["metric"]
 )
 ANALYTICS_WINDOWS_CLOSED = Counter("streamcart_analytics_windows_closed", "Windows closed and emitted", ["metric"])
+ORDERS_QUEUE = Gauge(
+    "streamcart_orders_queue_seconds", "How long records wait in this worker before the orders flow handles them: "
+    "the least wait of the last whole second (0 when it handled none); a queue that stands shows here"
+)
+ORDERS_SHED = Counter(
+    "streamcart_orders_shed", "Orders the API refused (503 overloaded) because the orders flow was too far behind"
+)
 SINK_RESTARTS = Counter(
     "streamcart_sink_restarts", "Warehouse sinks this worker restarted after Connect reported them failed",
     ["connector"],
@@ -102,6 +109,43 @@ class Step:
     recorded_at: int
 
 
+class QueueDelay:
+    """How long records wait before a flow handles them (written to Kafka → handled, on this worker's clock): the
+    least wait of each window of ``window_s``, as CoDel judges a queue. A queue that stands (more arrives than is
+    handled) shows in the minimum; a burst the flow drains within the window does not, nor one slow record."""
+
+    def __init__(self, window_s: float = 1.0, clock: Callable[[], float] = time.time) -> None:
+        self.window_s = window_s
+        self.clock = clock
+        self._start = clock()
+        self._least: float | None = None  # of the window under way
+        self._last: float | None = None  # of the whole window before it (None: nothing was handled in it)
+
+    def waited(self, written_ms: int | None) -> None:
+        """A record written at ``written_ms`` (its Kafka timestamp; ``None``: unknown) is being handled now."""
+        if written_ms is None:
+            return
+        now = self.clock()
+        self._roll(now)
+        wait = max(0.0, now - written_ms / 1000)
+        if self._least is None or wait < self._least:
+            self._least = wait
+
+    def seconds(self) -> float | None:
+        """The least wait of the last whole window; ``None`` when nothing was handled in it (an idle flow)."""
+        self._roll(self.clock())
+        return self._last
+
+    def _roll(self, now: float) -> None:
+        if now - self._start < self.window_s:
+            return
+        # The window under way ends; it is the last whole one only if it ended less than a window ago (else the
+        # flow handled nothing since, and the window before now is empty).
+        self._last = self._least if now - self._start < 2 * self.window_s else None
+        self._least = None
+        self._start = now
+
+
 class Telemetry:
     """One worker's live figures; fed by the flows, read by ``/v1/stream`` and the order timeline."""
 
@@ -118,6 +162,9 @@ class Telemetry:
         self.dead_letters: deque[dict[str, Any]] = deque(maxlen=DEAD_LETTERS_SHOWN)
         #: Orders still PENDING in this worker's partitions (the deadline index), ``None`` until first counted.
         self.pending: int | None = None
+        #: How far behind the orders flow is (the API refuses new orders beyond ``admission_max_delay_s``).
+        self.orders_queue = QueueDelay(clock=clock)
+        ORDERS_QUEUE.set_function(lambda: self.orders_queue.seconds() or 0.0)
 
     # -- fed by the flows ------------------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import math
 import time
 import zlib
 from collections.abc import Callable
@@ -74,6 +75,39 @@ async def test_placing_an_order_answers_202_with_its_location_after_the_command_
     assert (sent.order_id, sent.customer_id, sent.currency, sent.payment_token) == (
         body["order_id"], "c-1", "EUR", "tok_approve")
     assert [(line.sku, line.quantity) for line in sent.lines] == [("KB-001", 2)]
+
+
+async def test_a_new_order_is_refused_with_503_while_the_orders_flow_is_too_far_behind(client, worker, commands):
+    worker.queue_s = SOLO.admission_max_delay_s + 1.5
+    response = await client.post("/v1/orders", json=ORDER, headers=CUSTOMER)
+    assert response.status == 503
+    assert response.headers["Retry-After"] == str(math.ceil(worker.queue_s))
+    error = (await response.json())["error"]
+    assert error["code"] == "overloaded"
+    assert error["details"] == {"queue_s": worker.queue_s, "max_delay_s": SOLO.admission_max_delay_s}
+    assert commands.sent == []
+    worker.queue_s = SOLO.admission_max_delay_s  # caught up (at the limit is not beyond it)
+    assert (await client.post("/v1/orders", json=ORDER, headers=CUSTOMER)).status == 202
+    assert len(commands.sent) == 1
+
+
+async def test_an_order_placed_under_a_key_is_still_answered_while_new_ones_are_refused(client, worker, commands):
+    keyed = {**CUSTOMER, "Idempotency-Key": "k-overload"}
+    first = await client.post("/v1/orders", json=ORDER, headers=keyed)
+    assert first.status == 202
+    worker.queue_s = 60.0
+    retry = await client.post("/v1/orders", json=ORDER, headers=keyed)
+    assert retry.status == 202
+    assert (await retry.json())["order_id"] == (await first.json())["order_id"]
+    refused = await client.post("/v1/orders", json=ORDER, headers={**CUSTOMER, "Idempotency-Key": "k-new"})
+    assert (refused.status, refused.headers["Retry-After"]) == (503, "10")  # at most 10 s
+    assert len(commands.sent) == 1
+
+
+async def test_shedding_is_off_with_a_max_delay_of_0(aiohttp_client, worker, commands):
+    client = await aiohttp_client(init_app(SOLO.model_copy(update={"admission_max_delay_s": 0.0}), worker, commands))
+    worker.queue_s = 600.0
+    assert (await client.post("/v1/orders", json=ORDER, headers=CUSTOMER)).status == 202
 
 
 async def test_an_orders_email_and_phone_travel_with_it_for_its_notifications(client, commands):
