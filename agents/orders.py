@@ -98,7 +98,7 @@ def register(runtime: Runtime) -> Any:
 
     async def handle(message: Message, event: Any) -> None:
         written_at = record_time_ms(event)
-        runtime.telemetry.orders_queue.waited(written_at)
+        runtime.telemetry.orders_queue.waited(event.message.topic, written_at)
         if isinstance(message, ForgetOrder):
             await forget(message, event)
             return

@@ -23,8 +23,8 @@ class WorkerView(Protocol):
     def order(self, order_id: str) -> OrderState | None: ...
 
     def orders_queue_s(self) -> float | None:
-        """How long records wait here before the orders flow handles them (the least wait of the last second;
-        ``None`` when it handled none)."""
+        """How long records wait here before the orders flow handles them: the longest of its sources' least waits
+        of the last second (``None`` when it handled none)."""
         ...
 
     def order_raw(self, order_id: str) -> bytes | None:

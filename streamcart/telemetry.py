@@ -8,6 +8,7 @@ It is lost with the process: the tables and topics are the record, this is only 
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections import Counter as Tally
@@ -77,7 +78,8 @@ ANALYTICS_LATE = Counter(
 ANALYTICS_WINDOWS_CLOSED = Counter("streamcart_analytics_windows_closed", "Windows closed and emitted", ["metric"])
 ORDERS_QUEUE = Gauge(
     "streamcart_orders_queue_seconds", "How long records wait in this worker before the orders flow handles them: "
-    "the least wait of the last whole second (0 when it handled none); a queue that stands shows here"
+    "the longest of its source topics' least waits of the last whole second (0 when it handled none); a queue that "
+    "stands shows here"
 )
 ORDERS_SHED = Counter(
     "streamcart_orders_shed", "Orders the API refused (503 overloaded) because the orders flow was too far behind"
@@ -110,39 +112,43 @@ class Step:
 
 
 class QueueDelay:
-    """How long records wait before a flow handles them (written to Kafka → handled, on this worker's clock): the
-    least wait of each window of ``window_s``, as CoDel judges a queue. A queue that stands (more arrives than is
-    handled) shows in the minimum; a burst the flow drains within the window does not, nor one slow record."""
+    """How long records wait before a flow handles them (written to Kafka → handled, on this worker's clock), per
+    source topic: the least wait of each window of ``window_s``, as CoDel judges a queue. A queue that stands (more
+    arrives than is handled) shows in the minimum; a burst the flow drains within the window does not, nor one slow
+    record. The flow is as far behind as the longest standing queue among its sources: a queue of order commands
+    while the events behind them still flow fresh is a backlog all the same."""
 
     def __init__(self, window_s: float = 1.0, clock: Callable[[], float] = time.time) -> None:
         self.window_s = window_s
         self.clock = clock
         self._start = clock()
-        self._least: float | None = None  # of the window under way
-        self._last: float | None = None  # of the whole window before it (None: nothing was handled in it)
+        self._least: dict[str, float] = {}  # per source, of the window under way
+        self._last: dict[str, float] = {}  # per source, of the whole window before it (none: nothing handled)
 
-    def waited(self, written_ms: int | None) -> None:
-        """A record written at ``written_ms`` (its Kafka timestamp; ``None``: unknown) is being handled now."""
+    def waited(self, source: str, written_ms: int | None) -> None:
+        """A record of ``source`` written at ``written_ms`` (its Kafka timestamp; ``None``: unknown) is being
+        handled now."""
         if written_ms is None:
             return
         now = self.clock()
         self._roll(now)
         wait = max(0.0, now - written_ms / 1000)
-        if self._least is None or wait < self._least:
-            self._least = wait
+        if wait < self._least.get(source, math.inf):
+            self._least[source] = wait
 
     def seconds(self) -> float | None:
-        """The least wait of the last whole window; ``None`` when nothing was handled in it (an idle flow)."""
+        """The longest of the sources' least waits in the last whole window; ``None`` when nothing was handled in
+        it (an idle flow)."""
         self._roll(self.clock())
-        return self._last
+        return max(self._last.values(), default=None)
 
     def _roll(self, now: float) -> None:
         if now - self._start < self.window_s:
             return
         # The window under way ends; it is the last whole one only if it ended less than a window ago (else the
         # flow handled nothing since, and the window before now is empty).
-        self._last = self._least if now - self._start < 2 * self.window_s else None
-        self._least = None
+        self._last = self._least if now - self._start < 2 * self.window_s else {}
+        self._least = {}
         self._start = now
 
 

@@ -22,8 +22,9 @@ from schemas.messages import PlaceOrder
 from streamcart.commands import reindex_orders, stored_order_ids
 from streamcart.ids import new_id
 from streamcart.settings import Settings
-from tests.integration.support import admin_token, poll, read_topic
+from tests.integration.support import admin_token, poll, read_topic, worker_metric
 from tests.integration.test_saga import Shop
+from tests.integration.test_saga_failures import settle_all
 
 
 @pytest.fixture(scope="module")
@@ -286,3 +287,43 @@ def test_the_api_honours_its_openapi_document(stack, settings):
 
     check()
     assert len(set(calls)) >= 15, sorted(set(calls))  # it reached (nearly) every operation
+
+
+def test_new_orders_are_refused_with_503_while_the_saga_is_behind_and_taken_again_once_it_caught_up(shop, settings):
+    """Overload (README, "Overload"): a burst written straight to Kafka puts the workers' orders flow seconds
+    behind. Meanwhile a new order through the API is a 503 ``overloaded`` with ``Retry-After`` that sends nothing
+    (the customer's orders are the 202s alone); once the burst has settled, orders are taken again and confirmed."""
+    sku = stocked_sku(shop, stock=100_000, price=100)
+    burst = [shop.place_order({sku: 1}, order_id=f"o-shed-{i}-{new_id()}") for i in range(1_500)]
+    shed_before = worker_metric(settings, "streamcart_orders_shed_total")
+    for order in burst:
+        shop.send_later(order)
+    shop.flush()
+    name, token = customer(settings)
+    accepted: list[str] = []
+
+    def refused() -> tuple[dict[str, str], Any] | None:
+        status, headers, body = call(f"{settings.worker_url(len(accepted) % 2)}/v1/orders", "POST",
+                                     order_body(sku), token)
+        if status == 202:
+            accepted.append(body["order_id"])
+            return None
+        assert status == 503, (status, body)
+        return headers, body
+
+    headers, body = poll(refused, timeout_s=60, every_s=0.2, what="a placement refused while the burst is handled")
+    assert body["error"]["code"] == "overloaded", body
+    assert body["error"]["details"]["queue_s"] > settings.admission_max_delay_s
+    assert 1 <= int(headers["Retry-After"]) <= 10
+    print(f"refused after {len(accepted)} placements taken: {body['error']['message']}")
+    assert worker_metric(settings, "streamcart_orders_shed_total") > shed_before
+
+    settle_all(shop, [o.order_id for o in burst], timeout_s=300)
+    taken = poll(lambda: (r := call(f"{settings.worker_url(0)}/v1/orders", "POST", order_body(sku), token))[0] == 202
+                 and r[2], timeout_s=30, every_s=0.5, what="a placement taken once the burst settled")
+    accepted.append(taken["order_id"])
+    status, _, last = call(f"{settings.worker_url(1)}/v1/orders/{taken['order_id']}?wait=30", token=token)
+    assert (status, last["status"]) == (200, "CONFIRMED"), last
+    status, _, page = call(f"{settings.worker_url(0)}/v1/customers/{name}/orders?limit=100", token=token)
+    assert status == 200, page
+    assert sorted(o["order_id"] for o in page["items"]) == sorted(accepted)  # a refused placement sent nothing

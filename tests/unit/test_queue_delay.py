@@ -1,8 +1,11 @@
-"""How far behind a flow is: the least wait of each whole window (streamcart.telemetry.QueueDelay)."""
+"""How far behind a flow is: per source, the least wait of each whole window; the longest of them counts
+(streamcart.telemetry.QueueDelay)."""
 
 import pytest
 
 from streamcart.telemetry import QueueDelay
+
+COMMANDS, EVENTS = "commerce.commands.orders", "commerce.events.inventory"
 
 
 class Clock:
@@ -13,9 +16,9 @@ class Clock:
         return self.now
 
 
-def waited(delay: QueueDelay, clock: Clock, *waits_s: float) -> None:
+def waited(delay: QueueDelay, clock: Clock, *waits_s: float, source: str = COMMANDS) -> None:
     for wait in waits_s:
-        delay.waited(round((clock.now - wait) * 1000))
+        delay.waited(source, round((clock.now - wait) * 1000))
 
 
 def test_a_standing_queue_shows_as_the_least_wait_of_the_last_whole_window():
@@ -36,6 +39,15 @@ def test_one_slow_record_among_quick_ones_is_no_queue():
     assert delay.seconds() == pytest.approx(0.01)
 
 
+def test_a_queue_of_one_source_counts_while_another_source_flows_fresh():
+    clock = Clock()
+    delay = QueueDelay(window_s=1.0, clock=clock)
+    waited(delay, clock, 6.0, 5.0)
+    waited(delay, clock, 0.01, 0.02, source=EVENTS)
+    clock.now += 1.0
+    assert delay.seconds() == 5.0
+
+
 def test_a_flow_that_handled_nothing_for_a_window_is_not_behind():
     clock = Clock()
     delay = QueueDelay(window_s=1.0, clock=clock)
@@ -49,7 +61,7 @@ def test_a_flow_that_handled_nothing_for_a_window_is_not_behind():
 def test_a_record_from_a_clock_ahead_waited_nothing_and_one_without_a_time_is_not_counted():
     clock = Clock()
     delay = QueueDelay(window_s=1.0, clock=clock)
-    delay.waited(None)
+    delay.waited(COMMANDS, None)
     waited(delay, clock, -2.0)
     clock.now += 1.0
     assert delay.seconds() == 0.0
