@@ -146,7 +146,7 @@ class Settings(BaseSettings):
     #: least wait of the last second): an order waits in such queues at every step, so one accepted then would come
     #: near its deadline (``saga_timeout_s``), and the compensations of timed-out orders slow the saga further.
     #: 0: never.
-    admission_max_delay_s: float = Field(3.0, ge=0)
+    admission_max_delay_s: float = Field(2.0, ge=0)
 
     # Secrets.
     jwt_secret: SecretStr = SecretStr(DEVELOPMENT_JWT_SECRET)

@@ -293,8 +293,8 @@ def test_new_orders_are_refused_with_503_while_the_saga_is_behind_and_taken_agai
     """Overload (README, "Overload"): a burst written straight to Kafka puts the workers' orders flow seconds
     behind. Meanwhile a new order through the API is a 503 ``overloaded`` with ``Retry-After`` that sends nothing
     (the customer's orders are the 202s alone); once the burst has settled, orders are taken again and confirmed."""
-    sku = stocked_sku(shop, stock=100_000, price=100)
-    burst = [shop.place_order({sku: 1}, order_id=f"o-shed-{i}-{new_id()}") for i in range(1_500)]
+    sku, other = stocked_sku(shop, stock=100_000, price=100), stocked_sku(shop, stock=100_000, price=250)
+    burst = [shop.place_order({sku: 1, other: 2}, order_id=f"o-shed-{i}-{new_id()}") for i in range(2_000)]
     shed_before = worker_metric(settings, "streamcart_orders_shed_total")
     for order in burst:
         shop.send_later(order)
