@@ -97,8 +97,6 @@ def register(runtime: Runtime) -> Any:
             tables.retention.track(order_id, None, retention.forget_at(order, retention_ms))
 
     async def handle(message: Message, event: Any) -> None:
-        written_at = record_time_ms(event)
-        runtime.telemetry.orders_queue.waited(event.message.topic, written_at)
         if isinstance(message, ForgetOrder):
             await forget(message, event)
             return
@@ -115,7 +113,7 @@ def register(runtime: Runtime) -> Any:
         if order_id is None:
             raise FlowError(f"{type(message).__name__} has no order_id")
         decision = orders.decide(stored, message, saga_timeout_ms=saga_timeout_ms,
-                                 recorded_at=written_at)
+                                 recorded_at=record_time_ms(event))
         if refused(decision.rejected, message, REFUSALS) and decision.state is None:
             return  # (a refused cancel is noted in the order's history: stored below)
         # A message that changes nothing (a redelivery) stores the order again: a worker killed after writing

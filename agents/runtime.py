@@ -254,12 +254,20 @@ async def _decode(codec: Codec, value: bytes) -> Message:
             delay = min(delay * 2, 5.0)
 
 
+#: The flows an order waits for on its way to its outcome (and its shipment): how long their records wait is how
+#: far behind the saga is (the API sheds new orders by it, api/admission.py). Notifications, analytics and the
+#: warehouse rows may fall behind without an order waiting for them.
+SAGA_FLOWS = frozenset({"orders", "inventory", "payments", "shipping"})
+
+
 async def process(runtime: Runtime, event: Any, handler: Handler, flow: str) -> None:
     """Decode one event and hand it to ``handler``; dead-letter it if either step fails. Never raises.
 
     The event is handled as a span of the trace its ``traceparent`` header names, and everything logged meanwhile
     carries the flow, the trace id and, once decoded, the message's ``order_id`` (or ``sku``) and ``event_id``.
     """
+    if flow in SAGA_FLOWS:
+        runtime.telemetry.saga_queue.waited(f"{flow} {event.message.topic}", record_time_ms(event))
     replay_for = header(event, DlqHeader.REPLAY_FLOW)
     if replay_for is not None and replay_route(replay_for)[0] != flow:
         log.debug("flow %s leaves a replay for %s alone", flow, replay_for)

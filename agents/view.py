@@ -45,8 +45,8 @@ class FaustWorkerView:
     def order(self, order_id: str) -> OrderState | None:
         return self.runtime.tables.orders.get(order_id)
 
-    def orders_queue_s(self) -> float | None:
-        return self.runtime.telemetry.orders_queue.seconds()
+    def saga_queue_s(self) -> float | None:
+        return self.runtime.telemetry.saga_queue.seconds()
 
     def order_raw(self, order_id: str) -> bytes | None:
         """The order as stored (JSON bytes): what :class:`api.app.RenderedOrders` keys its answers by."""

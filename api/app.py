@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import math
 import re
 import time
 from collections import Counter, OrderedDict
@@ -24,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
 from api import analytics, dashboard, stream
+from api.admission import PlacementGate
 from api.auth import Principal, authenticate
 from api.commands import CommandPort
 from api.content_coding import decoded
@@ -92,6 +92,7 @@ HTTP = web.AppKey("http", ClientSession)
 HTTP_WAITS = web.AppKey("http_waits", ClientSession)
 LONG_POLLS: web.AppKey[LongPolls] = web.AppKey("long_polls")
 PLACING: web.AppKey[KeyedRequests] = web.AppKey("placing")
+GATE: web.AppKey[PlacementGate] = web.AppKey("placement_gate")
 ADJUSTING: web.AppKey[KeyedRequests] = web.AppKey("adjusting")
 PENDING: web.AppKey[PendingAdjustments] = web.AppKey("pending_adjustments")
 RENDERED: web.AppKey[RenderedOrders] = web.AppKey("rendered")
@@ -125,6 +126,7 @@ def init_app(settings: Settings, worker: WorkerView, commands: CommandPort | Non
     if commands is not None:
         app[COMMANDS] = commands
     app[PLACING] = KeyedRequests()
+    app[GATE] = PlacementGate(settings.admission_max_delay_s)
     app[ADJUSTING] = KeyedRequests()
     app[PENDING] = PendingAdjustments()
     app[RENDERED] = RenderedOrders()
@@ -592,17 +594,23 @@ _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 
 
 def _admit(request: web.Request) -> None:
-    """Refuse a new order while this worker's orders flow is more than ``admission_max_delay_s`` behind: a 503 at
-    once beats an order accepted to be cancelled by its deadline. Orders spread over every partition, so this
-    worker's queue stands for the saga's (each worker's flows take the same share of the load)."""
+    """Refuse a new order while this worker's saga flows are more than ``admission_max_delay_s`` behind, and pace
+    new orders for a while after (api/admission.py): a 503 at once beats an order accepted to be cancelled by its
+    deadline. Orders spread over every partition, so this worker's queue stands for the saga's (each worker's flows
+    take the same share of the load)."""
+    refusal = request.app[GATE].refusal(request.app[WORKER].saga_queue_s())
+    if refusal is None:
+        return
+    ORDERS_SHED.inc()
     limit = request.app[SETTINGS].admission_max_delay_s
-    behind = request.app[WORKER].orders_queue_s()
-    if limit and behind is not None and behind > limit:
-        ORDERS_SHED.inc()
-        raise Overloaded(f"the saga is behind (records wait {behind:.1f} s before the orders flow handles them, more "
-                         f"than {limit:g} s): no new order is taken until it catches up; retry later",
-                         details={"queue_s": round(behind, 3), "max_delay_s": limit},
-                         headers={"Retry-After": str(min(10, max(1, math.ceil(behind))))})
+    retry = {"Retry-After": str(refusal.retry_after_s)}
+    if refusal.behind_s is not None:
+        raise Overloaded(f"the saga is behind (records wait {refusal.behind_s:.1f} s before the saga's flows handle "
+                         f"them, more than {limit:g} s): no new order is taken until it catches up; retry later",
+                         details={"queue_s": round(refusal.behind_s, 3), "max_delay_s": limit}, headers=retry)
+    rate = request.app[GATE].rate
+    raise Overloaded(f"new orders are taken at {rate:.0f}/s on this worker for now (the pace it learns from how far "
+                     "behind the saga is); retry shortly", details={"pace_per_s": round(rate, 1)}, headers=retry)
 
 
 def _same_or_conflict(order_id: str, placed_event_id: str, event_id: str, status: str) -> web.Response:

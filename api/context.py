@@ -22,9 +22,9 @@ class WorkerView(Protocol):
 
     def order(self, order_id: str) -> OrderState | None: ...
 
-    def orders_queue_s(self) -> float | None:
-        """How long records wait here before the orders flow handles them: the longest of its sources' least waits
-        of the last second (``None`` when it handled none)."""
+    def saga_queue_s(self) -> float | None:
+        """How long records wait here before the saga's flows handle them: the longest of their sources' least
+        waits of the last second (``None`` when they handled none)."""
         ...
 
     def order_raw(self, order_id: str) -> bytes | None:

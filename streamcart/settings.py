@@ -141,11 +141,11 @@ class Settings(BaseSettings):
     rate_limit_burst: int = Field(400, ge=1)
     idempotency_ttl_s: float = Field(24 * 3600.0, gt=0)
     cors_origins: str = ""
-    #: The API refuses a new order (503 ``overloaded``, with ``Retry-After``) while records of one of its sources
-    #: wait longer than this before the orders flow of the worker taking the request handles them (each source's
-    #: least wait of the last second): an order waits in such queues at every step, so one accepted then would come
-    #: near its deadline (``saga_timeout_s``), and the compensations of timed-out orders slow the saga further.
-    #: 0: never.
+    #: The API refuses a new order (503 ``overloaded``, with ``Retry-After``) while records of one of the saga's flows
+    #: wait longer than this before the worker taking the request handles them (each source's least wait of the last
+    #: second), and paces new orders after (api/admission.py): an order waits in such queues at every step, so one
+    #: accepted then would come near its deadline (``saga_timeout_s``), and the compensations of timed-out orders
+    #: slow the saga further. 0: never.
     admission_max_delay_s: float = Field(2.0, ge=0)
 
     # Secrets.

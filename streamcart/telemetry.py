@@ -76,13 +76,14 @@ ANALYTICS_LATE = Counter(
     "streamcart_analytics_late_events", "Order events that arrived after their window closed", ["metric"]
 )
 ANALYTICS_WINDOWS_CLOSED = Counter("streamcart_analytics_windows_closed", "Windows closed and emitted", ["metric"])
-ORDERS_QUEUE = Gauge(
-    "streamcart_orders_queue_seconds", "How long records wait in this worker before the orders flow handles them: "
-    "the longest of its source topics' least waits of the last whole second (0 when it handled none); a queue that "
-    "stands shows here"
+SAGA_QUEUE = Gauge(
+    "streamcart_saga_queue_seconds", "How long records wait in this worker before the saga's flows (orders, "
+    "inventory, payments, shipping) handle them: the longest of their sources' least waits of the last whole second "
+    "(0 when they handled none); a queue that stands shows here"
 )
 ORDERS_SHED = Counter(
-    "streamcart_orders_shed", "Orders the API refused (503 overloaded) because the orders flow was too far behind"
+    "streamcart_orders_shed", "New orders the API refused (503 overloaded): the saga's flows were too far behind, or "
+    "the API paced new orders after they were"
 )
 SINK_RESTARTS = Counter(
     "streamcart_sink_restarts", "Warehouse sinks this worker restarted after Connect reported them failed",
@@ -168,9 +169,9 @@ class Telemetry:
         self.dead_letters: deque[dict[str, Any]] = deque(maxlen=DEAD_LETTERS_SHOWN)
         #: Orders still PENDING in this worker's partitions (the deadline index), ``None`` until first counted.
         self.pending: int | None = None
-        #: How far behind the orders flow is (the API refuses new orders beyond ``admission_max_delay_s``).
-        self.orders_queue = QueueDelay(clock=clock)
-        ORDERS_QUEUE.set_function(lambda: self.orders_queue.seconds() or 0.0)
+        #: How far behind the saga's flows are (the API refuses new orders beyond ``admission_max_delay_s``).
+        self.saga_queue = QueueDelay(clock=clock)
+        SAGA_QUEUE.set_function(lambda: self.saga_queue.seconds() or 0.0)
 
     # -- fed by the flows ------------------------------------------------------------------------------------
 

@@ -53,7 +53,7 @@ class FakeWorker:
     #: (sku, event id) the stock counts -> what the adjustment said (``adjustment_body``; ``None``: not kept)
     adjustments: dict[tuple[str, str], str | None] = field(default_factory=dict)
     moves_to: str | None = None  # the owner's URL after a long-poll's wait, if its order moves meanwhile
-    queue_s: float | None = None  # how far behind its orders flow is (None: idle)
+    queue_s: float | None = None  # how far behind its saga flows are (None: idle)
 
     def recovered(self) -> bool:
         return self.is_ready
@@ -70,7 +70,7 @@ class FakeWorker:
     def order(self, order_id: str) -> OrderState | None:
         return self.orders.get(order_id)
 
-    def orders_queue_s(self) -> float | None:
+    def saga_queue_s(self) -> float | None:
         return self.queue_s
 
     def order_raw(self, order_id: str) -> bytes | None:

@@ -45,14 +45,14 @@ async def test_a_redelivered_place_order_is_applied_once_and_re_emits_the_same_i
     assert len(placed) == 2 and placed[0].event_id == placed[1].event_id
 
 
-async def test_how_long_records_waited_for_the_orders_flow_is_what_the_api_judges_load_by(runtime, codec):
+async def test_how_long_records_waited_for_a_saga_flow_is_what_the_api_judges_load_by(runtime, codec):
     now = [time.time()]
-    runtime.telemetry.orders_queue = QueueDelay(window_s=1.0, clock=lambda: now[0])
+    runtime.telemetry.saga_queue = QueueDelay(window_s=1.0, clock=lambda: now[0])
     async with runtime.agents["orders"].test_context() as agent:
         await agent.put(codec.encode(place("o-1", "e-1")), key=b"o-1", timestamp=now[0] - 7.0)
         await agent.put(codec.encode(place("o-2", "e-2")), key=b"o-2", timestamp=now[0] - 4.0)
     now[0] += 1.0  # the window they were handled in is over
-    assert FaustWorkerView(runtime, 0).orders_queue_s() == pytest.approx(4.0, abs=0.01)
+    assert FaustWorkerView(runtime, 0).saga_queue_s() == pytest.approx(4.0, abs=0.01)
 
 
 async def test_undecodable_values_go_to_the_dlq_and_the_next_message_is_processed(runtime, codec, sink):
