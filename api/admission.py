@@ -6,9 +6,11 @@ enough alone: the signal lags the load by a second or two, and clients that retr
 pour in, in the moments it reads low, far more orders than the saga settles, each moment's to time out together.
 So the gate also paces what it takes, as TCP paces a connection: it starts at :data:`START_RATE` orders a second
 and doubles the pace each second that asked for more (slow start), until the first second the queue stood too
-long; that halves what was taken, and from then on each second that asked for more adds a tenth (additive
-increase, multiplicative decrease). A pace nobody asks for is kept: it is what this worker has shown it settles.
+long; that halves what was taken, and from then on each second that asked for more adds a tenth, at least
+:data:`MIN_RATE` (additive increase, multiplicative decrease). A pace nobody asks for is kept: it is what this
+worker has shown it settles.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,8 +18,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-#: The pace (orders per second) a worker's API starts at.
-START_RATE = 20.0
+#: The pace (orders per second) a worker's API starts at: a client's checkout traffic passes from the start, a
+#: flood onto a quiet stack is taken at 50, 100, 200… a second until the queue says it is too much.
+START_RATE = 50.0
 #: The slowest pace it keeps to, and its least step up.
 MIN_RATE = 5.0
 

@@ -601,7 +601,7 @@ def _admit(request: web.Request) -> None:
     refusal = request.app[GATE].refusal(request.app[WORKER].saga_queue_s())
     if refusal is None:
         return
-    ORDERS_SHED.inc()
+    ORDERS_SHED.labels("queue" if refusal.behind_s is not None else "pace").inc()
     limit = request.app[SETTINGS].admission_max_delay_s
     retry = {"Retry-After": str(refusal.retry_after_s)}
     if refusal.behind_s is not None:

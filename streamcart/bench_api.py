@@ -81,12 +81,18 @@ async def _run(settings: Settings, kind: str, seconds: float, concurrency: int, 
         targets: list[tuple[str, str]] = []
         if kind == "get":
             say(f"placing orders to read, and keeping those worker {worker} owns …")
-            placed = []
-            for i in range(200):
-                token = tokens[i % len(tokens)]
+            placed: list[tuple[str, str]] = []
+            while len(placed) < 200:
+                token = tokens[len(placed) % len(tokens)]
                 async with http.post(f"{base}/v1/orders", json=body,
                                      headers={"Authorization": f"Bearer {token}"}) as response:
-                    placed.append(((await response.json())["order_id"], token))
+                    answer = await response.json()
+                    if response.status == 503:  # shed (README, "Overload"): as a client should, later
+                        await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
+                        continue
+                    if response.status != 202:
+                        raise RuntimeError(f"placing an order to read answered {response.status}: {answer}")
+                    placed.append((answer["order_id"], token))
             for order_id, token in placed:
                 async with http.get(f"{base}/v1/orders/{order_id}?wait=30",
                                     headers={"Authorization": f"Bearer {token}"}) as response:

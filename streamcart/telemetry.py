@@ -82,9 +82,11 @@ SAGA_QUEUE = Gauge(
     "(0 when they handled none); a queue that stands shows here"
 )
 ORDERS_SHED = Counter(
-    "streamcart_orders_shed", "New orders the API refused (503 overloaded): the saga's flows were too far behind, or "
-    "the API paced new orders after they were"
+    "streamcart_orders_shed", "New orders the API refused (503 overloaded), by reason: queue (the saga's flows were "
+    "too far behind) or pace (more were asked than the pace the API learnt from that queue)", ["reason"]
 )
+for _reason in ("queue", "pace"):  # from 0: the first refusal is an increase() an alert sees
+    ORDERS_SHED.labels(_reason)
 SINK_RESTARTS = Counter(
     "streamcart_sink_restarts", "Warehouse sinks this worker restarted after Connect reported them failed",
     ["connector"],
@@ -119,10 +121,12 @@ class QueueDelay:
     record. The flow is as far behind as the longest standing queue among its sources: a queue of order commands
     while the events behind them still flow fresh is a backlog all the same."""
 
-    def __init__(self, window_s: float = 1.0, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, window_s: float = 1.0, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.window_s = window_s
-        self.clock = clock
-        self._start = clock()
+        self.clock = clock  # for the waits (records' timestamps are wall-clock times)
+        self.monotonic = monotonic  # for the windows: a step of the wall clock neither freezes nor skips them
+        self._start = monotonic()
         self._least: dict[str, float] = {}  # per source, of the window under way
         self._last: dict[str, float] = {}  # per source, of the whole window before it (none: nothing handled)
 
@@ -131,16 +135,15 @@ class QueueDelay:
         handled now."""
         if written_ms is None:
             return
-        now = self.clock()
-        self._roll(now)
-        wait = max(0.0, now - written_ms / 1000)
+        self._roll(self.monotonic())
+        wait = max(0.0, self.clock() - written_ms / 1000)
         if wait < self._least.get(source, math.inf):
             self._least[source] = wait
 
     def seconds(self) -> float | None:
         """The longest of the sources' least waits in the last whole window; ``None`` when nothing was handled in
         it (an idle flow)."""
-        self._roll(self.clock())
+        self._roll(self.monotonic())
         return max(self._last.values(), default=None)
 
     def _roll(self, now: float) -> None:

@@ -47,7 +47,7 @@ async def test_a_redelivered_place_order_is_applied_once_and_re_emits_the_same_i
 
 async def test_how_long_records_waited_for_a_saga_flow_is_what_the_api_judges_load_by(runtime, codec):
     now = [time.time()]
-    runtime.telemetry.saga_queue = QueueDelay(window_s=1.0, clock=lambda: now[0])
+    runtime.telemetry.saga_queue = QueueDelay(window_s=1.0, clock=lambda: now[0], monotonic=lambda: now[0])
     async with runtime.agents["orders"].test_context() as agent:
         await agent.put(codec.encode(place("o-1", "e-1")), key=b"o-1", timestamp=now[0] - 7.0)
         await agent.put(codec.encode(place("o-2", "e-2")), key=b"o-2", timestamp=now[0] - 4.0)

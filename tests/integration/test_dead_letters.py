@@ -21,7 +21,7 @@ from streamcart.dead_letters import DeadLetter, DlqHeader
 from streamcart.ids import new_id
 from streamcart.partitioning import partition_for
 from tests.integration.support import poll, produce, producer, read_topic
-from tests.integration.test_api import call, customer, order_body, stocked_sku
+from tests.integration.test_api import call, customer, order_body, place, stocked_sku
 from tests.integration.test_dashboard import ticks
 from tests.integration.test_notifications import hook  # noqa: F401 (a fixture)
 from tests.integration.test_saga import Shop, sku
@@ -119,7 +119,7 @@ def test_a_webhook_give_up_is_replayed_to_the_webhook_alone_once_it_answers(shop
     receiver.always_fail = True
     email = f"{new_id()}@example.com"
     _, token = customer(settings)
-    _, _, placed = call(f"{settings.worker_url(0)}/v1/orders", "POST",
+    _, _, placed = place(f"{settings.worker_url(0)}/v1/orders",
                         {**order_body(stocked_sku(shop)), "webhook_url": url, "email": email}, token)
     _, _, order = call(f"{settings.worker_url(0)}/v1/orders/{placed['order_id']}?wait=30", token=token)
     order_id = order["order_id"]

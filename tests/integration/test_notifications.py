@@ -15,7 +15,7 @@ import pytest
 
 from streamcart.dead_letters import DlqHeader
 from tests.integration.support import QuietHandler, admin_token, headers_of, http_server, poll, read_topic
-from tests.integration.test_api import call, customer, order_body, stocked_sku
+from tests.integration.test_api import call, customer, order_body, place, stocked_sku
 from tests.integration.test_saga import Shop, sku
 
 
@@ -65,7 +65,7 @@ def shop(stack, settings, codec) -> Shop:
 def _settled_order(shop: Shop, settings, webhook_url: str, **body: str) -> dict:
     """An order placed through the API with ``webhook_url`` as its webhook, as it is once settled."""
     _, token = customer(settings)
-    _, _, placed = call(f"{settings.worker_url(0)}/v1/orders", "POST",
+    _, _, placed = place(f"{settings.worker_url(0)}/v1/orders",
                         {**order_body(stocked_sku(shop), **body), "webhook_url": webhook_url}, token)
     _, _, order = call(f"{settings.worker_url(0)}/v1/orders/{placed['order_id']}?wait=30", token=token)
     return order

@@ -12,7 +12,7 @@ import pytest
 from streamcart.stack.specs import worker_name
 from streamcart.tracing import new_traceparent, trace_id
 from tests.integration.support import QuietHandler, headers_of, http_server, read_topic
-from tests.integration.test_api import call, customer, order_body, stocked_sku
+from tests.integration.test_api import call, customer, order_body, place, stocked_sku
 from tests.integration.test_saga import Shop
 
 
@@ -44,7 +44,7 @@ def traced_order(shop, settings, webhook) -> tuple[str, str]:
     _, token = customer(settings)
     traceparent = new_traceparent()
     body = {**order_body(sku, 2), "webhook_url": webhook[0]}
-    status, _, placed = call(f"{settings.worker_url(0)}/v1/orders", "POST", body, token,
+    status, _, placed = place(f"{settings.worker_url(0)}/v1/orders", body, token,
                              headers={"traceparent": traceparent})
     assert status == 202, placed
     status, _, order = call(f"{settings.worker_url(1)}/v1/orders/{placed['order_id']}?wait=30", token=token)
