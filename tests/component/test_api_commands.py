@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from api.app import ADJUSTING, ADJUSTMENT_IN_FLIGHT_S, PLACEMENT_IN_FLIGHT_S, PLACING, KeyedRequests, init_app
+from api.admission import START_RATE, PlacementGate
+from api.app import ADJUSTING, ADJUSTMENT_IN_FLIGHT_S, GATE, PLACEMENT_IN_FLIGHT_S, PLACING, KeyedRequests, init_app
 from api.errors import Unavailable
 from schemas.messages import AdjustStock, CancelOrder, Message, PlaceOrder, UpdateShipment, UpsertProduct
 from streamcart.domain.catalog import ProductState
@@ -102,6 +103,19 @@ async def test_an_order_placed_under_a_key_is_still_answered_while_new_ones_are_
     refused = await client.post("/v1/orders", json=ORDER, headers={**CUSTOMER, "Idempotency-Key": "k-new"})
     assert (refused.status, refused.headers["Retry-After"]) == (503, "10")  # at most 10 s
     assert len(commands.sent) == 1
+
+
+async def test_beyond_the_pace_a_new_order_is_refused_with_503_saying_the_pace(aiohttp_client, worker, commands):
+    app = init_app(SOLO, worker, commands)
+    app[GATE] = PlacementGate(SOLO.admission_max_delay_s, clock=lambda: 100.0)  # no time passes: no refill
+    client = await aiohttp_client(app)
+    answers = [await client.post("/v1/orders", json=ORDER, headers=CUSTOMER) for _ in range(int(START_RATE / 2) + 1)]
+    assert [a.status for a in answers[:-1]] == [202] * int(START_RATE / 2)  # half a second's orders at once
+    refused = answers[-1]
+    assert (refused.status, refused.headers["Retry-After"]) == (503, "1")
+    error = (await refused.json())["error"]
+    assert (error["code"], error["details"]) == ("overloaded", {"pace_per_s": START_RATE})
+    assert len(commands.sent) == int(START_RATE / 2)
 
 
 async def test_shedding_is_off_with_a_max_delay_of_0(aiohttp_client, worker, commands):
