@@ -301,7 +301,7 @@ def test_the_api_honours_its_openapi_document(stack, settings):
 
 
 def test_new_orders_are_refused_with_503_while_the_saga_is_behind_and_taken_again_once_it_caught_up(shop, settings):
-    """Overload (README, "Overload"): a burst written straight to Kafka puts the workers' orders flow seconds
+    """Overload (README, "Overload"): a burst written straight to Kafka puts the workers' saga flows seconds
     behind. Meanwhile a new order through the API is a 503 ``overloaded`` with ``Retry-After`` that sends nothing
     (the customer's orders are the 202s alone); once the burst has settled, orders are taken again and confirmed."""
     sku, other = stocked_sku(shop, stock=100_000, price=100), stocked_sku(shop, stock=100_000, price=250)
