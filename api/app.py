@@ -584,7 +584,7 @@ async def place_order(request: web.Request) -> web.Response:
             return _same_or_conflict(order_id, stored.placed_event_id, event_id, stored.status)
         if (placed := placing.said(order_id)) is not None:
             return _same_or_conflict(order_id, placed, event_id, OrderStatus.PENDING)
-        _admit(request)  # a retry of an order placed already is answered above, whatever the load
+        _admit(request)  # a retry of an order this worker knows of is answered above, whatever the load
         await commands.send(_place_order(order_id, event_id, principal, body))
         placing.sent(order_id, event_id, now)
         return _accepted(order_id, OrderStatus.PENDING)
@@ -594,8 +594,8 @@ _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 
 
 def _admit(request: web.Request) -> None:
-    """Refuse a new order while this worker's saga flows are more than ``admission_max_delay_s`` behind, and pace
-    new orders for a while after (api/admission.py): a 503 at once beats an order accepted to be cancelled by its
+    """Refuse a new order while this worker's saga flows are more than ``admission_max_delay_s`` behind, or beyond
+    the pace learnt from that (api/admission.py): a 503 at once beats an order accepted to be cancelled by its
     deadline. Orders spread over every partition, so this worker's queue stands for the saga's (each worker's flows
     take the same share of the load)."""
     refusal = request.app[GATE].refusal(request.app[WORKER].saga_queue_s())
