@@ -143,7 +143,7 @@ class Settings(BaseSettings):
     cors_origins: str = ""
     #: The API refuses a new order (503 ``overloaded``, with ``Retry-After``) while records of one of the saga's flows
     #: wait longer than this before the worker taking the request handles them (each source's least wait of the last
-    #: second), and paces new orders after (api/admission.py): an order waits in such queues at every step, so one
+    #: second), and paces new orders by it (api/admission.py): an order waits in such queues at every step, so one
     #: accepted then would come near its deadline (``saga_timeout_s``), and the compensations of timed-out orders
     #: slow the saga further. 0: never.
     admission_max_delay_s: float = Field(2.0, ge=0)
