@@ -15,6 +15,10 @@ it are undelivered waits in a queue, and a task hands the queue over, in order, 
 acknowledged. The flows go on deciding meanwhile; their records leave a changelog round trip later. An offset
 commit waits for the queue (:meth:`StateFirst.drain`), as it waits for the rest of the producer. Flows that read
 one topic send at once (agents/runtime.py, ``FaustSink``).
+
+The API reads the same tables, and answers what it read only once the writes noted before the read are delivered
+(:meth:`StateFirst.stored`): a state it shows can no longer be lost to a crash. Read as soon as it was written, an
+order answered CONFIRMED came back PENDING after its worker was killed, and timed out.
 """
 
 from __future__ import annotations
@@ -92,6 +96,7 @@ class StateFirst:
         self._held: deque[tuple[int, int, Record, contextvars.Context]] = deque()
         self._progress = asyncio.Event()  # a write was delivered or a record held: the releaser looks again
         self._finished = asyncio.Event()  # records were handed over, or a failure came: drains look again
+        self._stored = asyncio.Event()  # a write was delivered, or a failure came: readers (stored) look again
         self._releaser: asyncio.Task[None] | None = None
         self._closed = False
         self.failure: BaseException | None = None
@@ -100,6 +105,26 @@ class StateFirst:
     def held(self) -> int:
         """Records waiting for table writes to be delivered."""
         return len(self._held)
+
+    def written(self) -> int:
+        """How many table writes were noted so far: a mark for :meth:`stored`."""
+        return self._writes.count
+
+    def is_stored(self, mark: int) -> bool:
+        """Whether the first ``mark`` table writes noted were all delivered to their changelogs."""
+        return self._writes.ended_through() >= mark
+
+    async def stored(self, mark: int) -> None:
+        """Return once the first ``mark`` table writes noted (:meth:`written`) were all delivered to their changelogs:
+        what was read of the tables when the mark was taken can no longer be lost to a crash.
+
+        Raises :class:`HeldForever` once a write or a record failed (the worker stops at its next commit).
+        """
+        while not self.is_stored(mark):
+            if self.failure is not None:
+                raise HeldForever(f"table writes cannot be stored any more: {self.failure!r}") from self.failure
+            self._stored.clear()
+            await self._stored.wait()
 
     def note_write(self, delivery: asyncio.Future[Any]) -> None:
         """Note a table write that records sent from now on must wait for; ``delivery`` resolves once it is in Kafka."""
@@ -112,6 +137,7 @@ class StateFirst:
             return
         self._writes.end(number)
         self._progress.set()
+        self._stored.set()
 
     def _finish(self, number: int) -> None:
         self._records.end(number)
@@ -163,6 +189,7 @@ class StateFirst:
                          len(self._held))
             self.failure = failure
         self._finished.set()
+        self._stored.set()
 
     async def drain(self) -> None:
         """Return once every record taken before the call was handed to the Kafka client.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -9,6 +10,7 @@ from faust.types import TP
 
 from agents.analytics import owned_sources
 from agents.runtime import Runtime
+from agents.state_first import HeldForever
 from streamcart.domain import analytics, inventory
 from streamcart.domain.catalog import ProductState
 from streamcart.domain.inventory import StockState
@@ -44,6 +46,20 @@ class FaustWorkerView:
 
     def order(self, order_id: str) -> OrderState | None:
         return self.runtime.tables.orders.get(order_id)
+
+    def write_mark(self) -> int:
+        state_first = getattr(self._app.producer, "state_first", None)
+        return 0 if state_first is None else int(state_first.written())
+
+    async def stored(self, mark: int, timeout_s: float) -> bool:
+        state_first = getattr(self._app.producer, "state_first", None)
+        if state_first is None or state_first.is_stored(mark):
+            return True
+        try:
+            await asyncio.wait_for(state_first.stored(mark), timeout_s)
+        except (TimeoutError, HeldForever):
+            return False
+        return True
 
     def saga_queue_s(self) -> float | None:
         return self.runtime.telemetry.saga_queue.seconds()

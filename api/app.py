@@ -385,6 +385,24 @@ def order_json(order: OrderState) -> dict[str, object]:
     }
 
 
+#: How long a read waits for the worker's table writes made before it to reach Kafka before it answers 503.
+STORED_WAIT_S = 5.0
+
+
+async def stored(worker: WorkerView, what: str) -> None:
+    """Return once every table write ``worker`` made up to now is in its changelog, so that what was just read of its
+    tables (with no ``await`` since) can no longer be lost to a crash; 503 + ``Retry-After`` if Kafka has not
+    acknowledged them within :data:`STORED_WAIT_S` (it is away, or far behind).
+
+    A worker's tables take a write at once and its changelog a moment later (agents/state_first.py). Answered from
+    the table alone, a client could see a state its worker, killed before the changelog had it, never comes back to:
+    an order answered CONFIRMED was PENDING again on the worker that took its partition over, and timed out.
+    """
+    if not await worker.stored(worker.write_mark(), STORED_WAIT_S):
+        raise Unavailable(f"the latest change to {what} is not stored in Kafka yet; retry shortly",
+                          headers={"Retry-After": "1"})
+
+
 async def get_order(request: web.Request) -> web.Response:
     principal = _principal(request)
     order_id = identifier(request, "order_id")
@@ -403,6 +421,7 @@ async def _read_order(request: web.Request, principal: Principal, order_id: str)
     worker = request.app[WORKER]
     # The common read: answered from the rendering of the stored bytes.
     raw = worker.order_raw(order_id)
+    await stored(worker, f"order {order_id}")
     rendered = None if raw is None else request.app[RENDERED].answer(raw)
     if rendered is None or not principal.may_see_customer(rendered[0]):
         raise NotFound(f"order {order_id} not found (one accepted a moment ago is readable once the orders flow "
@@ -425,6 +444,7 @@ async def _wait_for_order(request: web.Request, principal: Principal, order_id: 
         # back: both answer 503 here (the retry goes to the owner).
         if owner_elsewhere(request, "orders", order_id) is not None:
             raise Unavailable("the order moved to another worker in a rebalance; retry", headers={"Retry-After": "1"})
+    await stored(worker, f"order {order_id}")
     if order is None or not principal.may_see_customer(order.customer_id):
         # Another customer's order is indistinguishable from a missing one, in time too: a missing order is
         # answered after the whole wait, so is this one (when it exists, or when it settled, is not told).
@@ -709,6 +729,7 @@ async def cancel_order(request: web.Request) -> web.Response:
     if (forwarded := await _forward_unless_owner(request, "orders", order_id)) is not None:
         return forwarded
     order = request.app[WORKER].order(order_id)
+    await stored(request.app[WORKER], f"order {order_id}")
     if order is None or not principal.may_see_customer(order.customer_id):
         raise NotFound(f"order {order_id} not found")
     if (refusal := cancel_refusal(order.status)) is not None:
@@ -762,6 +783,7 @@ async def _gather(
     _unless_restoring(worker, what)
     covered = Counter(worker.assigned())
     items: list[dict[str, Any]] = list(local(worker))
+    await stored(worker, what)
     if request.app[PEER_PROOF].forwarded(request):  # a peer gathering: it wants this worker's part only
         request[_COVERED] = sorted(covered)
         return items
@@ -806,6 +828,7 @@ async def get_product(request: web.Request) -> web.Response:
     if (forwarded := await _forward_unless_owner(request, "catalog", sku)) is not None:
         return forwarded
     product = request.app[WORKER].product(sku)
+    await stored(request.app[WORKER], f"product {sku}")
     if product is None:
         raise NotFound(f"no product {sku}")
     return _json(ProductOut.model_validate(product.model_dump()))
@@ -841,6 +864,7 @@ async def get_stock(request: web.Request) -> web.Response:
     if (forwarded := await _forward_unless_owner(request, "stock", sku)) is not None:
         return forwarded
     stock = request.app[WORKER].stock(sku)
+    await stored(request.app[WORKER], f"the stock of {sku}")
     if stock is None:
         raise NotFound(f"no stock record for {sku}")
     return _json(_stock_now(stock))
@@ -875,6 +899,7 @@ async def adjust_stock(request: web.Request) -> web.Response:
         worker = request.app[WORKER]
         stock = worker.stock(sku)
         if stock is not None and (applied := worker.applied_adjustment(sku, event_id)) is not None:
+            await stored(worker, f"the stock of {sku}")
             _same_adjustment(sku, key, applied.body, said)
             return _json(_stock_now(stock), 200, Location=f"/v1/stock/{sku}")
         now = time.time()
@@ -976,7 +1001,9 @@ async def get_adjustment(request: web.Request) -> web.Response:
     worker = request.app[WORKER]
     event_id = inventory.adjustment_id(sku, key)
     stock = worker.stock(sku)
-    if stock is None or worker.applied_adjustment(sku, event_id) is None:
+    applied = None if stock is None else worker.applied_adjustment(sku, event_id)
+    await stored(worker, f"the stock of {sku}")
+    if stock is None or applied is None:
         raise NotFound(f"the stock of {sku} does not count an adjustment sent under {key!r} (not applied yet, or "
                        "more than 1,000 adjustments ago)")
     return _json(AdjustmentOut(sku=sku, key=key, event_id=event_id, stock=_stock_now(stock)))
@@ -989,6 +1016,7 @@ async def shipment_status(request: web.Request) -> web.Response:
     if (forwarded := await _forward_unless_owner(request, "orders", order_id)) is not None:
         return forwarded
     order = request.app[WORKER].order(order_id)
+    await stored(request.app[WORKER], f"order {order_id}")
     if order is None:
         raise NotFound(f"order {order_id} not found")
     if order.shipment is None:

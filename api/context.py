@@ -22,6 +22,15 @@ class WorkerView(Protocol):
 
     def order(self, order_id: str) -> OrderState | None: ...
 
+    def write_mark(self) -> int:
+        """A mark of the table writes this worker made so far (for :meth:`stored`)."""
+        ...
+
+    async def stored(self, mark: int, timeout_s: float) -> bool:
+        """Whether the table writes made up to ``mark`` reached their changelogs within ``timeout_s``: what was read
+        of the tables when the mark was taken can then no longer be lost to a crash."""
+        ...
+
     def saga_queue_s(self) -> float | None:
         """How long records wait here before the saga's flows handle them: the longest of their sources' least
         waits of the last second (``None`` when they handled none)."""

@@ -54,6 +54,7 @@ async def timeline(request: web.Request) -> web.Response:
     if (owner := core.owner_elsewhere(request, "orders", order_id)) is not None:
         return await forward(request, request.app[gather.PEERS], owner, worker.index)
     order = worker.order(order_id)
+    await core.stored(worker, f"order {order_id}")
     if order is None or not principal.may_see_customer(order.customer_id):
         raise NotFound(f"order {order_id} not found")
     telemetry = getattr(worker, "telemetry", None)

@@ -56,8 +56,8 @@ ERROR_TEXT = {
     404: "not found (or not yours)", 409: "conflicts with the current state", 413: "body too large",
     415: "body is not JSON", 422: "body or query failed validation",
     429: "rate limited, or too many long-polls at once (see Retry-After)",
-    503: "not ready or rebalancing, the broker did not acknowledge, or (a new order) the saga is too far behind to "
-         "take it (see Retry-After)",
+    503: "not ready or rebalancing, the broker did not acknowledge (a command, or the latest change to what was "
+         "read), or (a new order) the saga is too far behind to take it (see Retry-After)",
 }
 
 

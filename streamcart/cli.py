@@ -446,8 +446,8 @@ def drill(
     seed: Annotated[int | None, typer.Option(help="Make the same choices (victims, shoppers) as another run.")] = None,
 ) -> None:
     """Customers shop while the stack's processes are killed with SIGKILL and started again, one at a time; then
-    `streamcart audit` checks every order placed meanwhile. Exit code 0 when every invariant held, 1 when one did
-    not, 2 when the audit could not run."""
+    `streamcart audit` checks every order placed meanwhile. Exit code 0 when every invariant held and every order
+    the shoppers read only ever went forward, 1 when not, 2 when the audit could not run."""
     import asyncio
 
     from streamcart import audit as auditing
@@ -471,8 +471,19 @@ def drill(
         raise typer.Exit(2) from None
     assert done.report is not None
     _print_audit(done.report, limit=20)
-    if not done.report.ok:
+    _print_went_back(done.tally.went_back)
+    if not done.report.ok or done.tally.went_back:
         raise typer.Exit(1)
+
+
+def _print_went_back(went_back: dict[str, str], limit: int = 20) -> None:
+    """The orders whose status went back on what the API had answered their shoppers (none: said so)."""
+    if not went_back:
+        console.print("every order the shoppers read only ever went forward", highlight=False)
+        return
+    console.print(f"[red]{len(went_back)} order(s) went back on what the API had answered:[/]", highlight=False)
+    for order_id, change in list(went_back.items())[:limit]:
+        console.print(f"  {order_id}: {change}", highlight=False)
 
 
 #: How long the admin token `demo` prints stays valid.
@@ -532,7 +543,9 @@ def traffic(
         console.print("stopped: " + tally.line(), highlight=False)
     else:
         console.print("done: " + tally.line(), highlight=False)
-    if tally.errors:
+    if tally.went_back:
+        _print_went_back(tally.went_back)
+    if tally.errors or tally.went_back:
         raise typer.Exit(1)
 
 

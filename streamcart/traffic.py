@@ -82,15 +82,40 @@ def plan(rng: random.Random, skus: Sequence[str], customers: int = 20) -> Plan:
     )
 
 
+#: The statuses an order may show after each, as its customer reads it: forward only, and a confirmed order is
+#: cancelled only at its customer's request (before dispatch).
+_NEXT = {
+    "PENDING": {"PENDING", "CONFIRMED", "SHIPPED", "DELIVERED", "CANCELLED"},
+    "CONFIRMED": {"CONFIRMED", "SHIPPED", "DELIVERED", "CANCELLED"},
+    "SHIPPED": {"SHIPPED", "DELIVERED"},
+    "DELIVERED": {"DELIVERED"},
+    "CANCELLED": {"CANCELLED"},
+}
+
+
 @dataclass
 class Tally:
-    """What the shoppers saw, order by order: the last status of each, and why each cancelled one was."""
+    """What the shoppers saw, order by order: the last status of each, why each cancelled one was, and each order
+    that went back on what it had shown (an answer the stack took back: a read of a state that was then lost)."""
 
     placed: int = 0
     status: dict[str, str] = field(default_factory=dict)  # order id -> its last status seen
     reason: dict[str, str] = field(default_factory=dict)  # order id -> why it was cancelled
     errors: Counter[str] = field(default_factory=Counter)
     restocks: int = 0
+    went_back: dict[str, str] = field(default_factory=dict)  # order id -> "CONFIRMED -> CANCELLED (timeout)"
+
+    def saw(self, order_id: str, status: str, reason: str | None) -> None:
+        """An answer of the API: ``order_id`` is ``status`` (cancelled for ``reason``)."""
+        before = self.status.get(order_id)
+        allowed = _NEXT.get(before, {status}) if before is not None else {status}
+        if before == "CONFIRMED" and status == "CANCELLED" and reason != "customer_request":
+            allowed = set()  # only its customer cancels a confirmed order
+        if status not in allowed and order_id not in self.went_back:
+            self.went_back[order_id] = f"{before} -> {status}" + (f" ({reason})" if reason else "")
+        self.status[order_id] = status
+        if status == "CANCELLED" and reason:
+            self.reason[order_id] = reason
 
     @property
     def reasons(self) -> Counter[str]:
@@ -105,6 +130,8 @@ class Tally:
                + (f" ({reasons})" if reasons else "") + f", {in_flight} in flight")
         if self.restocks:
             out += f"; {self.restocks} restocks"
+        if self.went_back:
+            out += f"; {len(self.went_back)} went back on what they had shown"
         if self.errors:
             out += "; errors: " + ", ".join(f"{e} {n}" for e, n in self.errors.most_common(3))
         return out
@@ -269,9 +296,7 @@ class Shoppers:
         while time.monotonic() < deadline:
             status, order = await self.call("GET", f"/v1/orders/{order_id}?wait={POLL_S:g}", token)
             if status == 200:
-                self.tally.status[order_id] = order["status"]
-                if order["status"] == "CANCELLED" and order["cancel_reason"]:
-                    self.tally.reason[order_id] = order["cancel_reason"]
+                self.tally.saw(order_id, order["status"], order["cancel_reason"])
                 if done(order):
                     return dict(order)
             await asyncio.sleep(0.5)  # a 404 right after placing, or a long-poll that returned as it was

@@ -876,3 +876,60 @@ async def test_a_value_that_misses_its_pattern_is_told_what_is_asked_not_the_exp
     assert response.status == 422
     (detail,) = (await response.json())["error"]["details"]
     assert detail["loc"] == [field] and detail["msg"].startswith(says) and "^" not in detail["msg"]
+
+
+# --- reads answer only what a crash can no longer take back (api/app.py, ``stored``) ------------------------------
+
+READS = [
+    ("GET", "/v1/orders/o-1", CUSTOMER),
+    ("GET", "/v1/orders/o-1?wait=1", CUSTOMER),
+    ("GET", "/v1/customers/c-1/orders", CUSTOMER),
+    ("GET", "/v1/products/KB-001", CUSTOMER),
+    ("GET", "/v1/products", CUSTOMER),
+    ("GET", "/v1/stock/KB-001", ADMIN),
+    ("GET", "/v1/orders/o-1/timeline", CUSTOMER),
+]
+
+
+def _stocked(worker: FakeWorker) -> None:
+    worker.catalog["KB-001"] = ProductState(sku="KB-001", name="Keyboard", unit_price_cents=4900, currency="EUR",
+                                            active=True, updated={"event_id": "e", "at": 0})
+    worker.stocks["KB-001"] = StockState(sku="KB-001", on_hand=5)
+
+
+@pytest.mark.parametrize(("method", "url", "auth"), READS)
+async def test_a_read_waits_until_the_table_writes_made_before_it_are_stored(client, worker, method, url, auth):
+    _stocked(worker)
+    worker.writes = 7
+    response = await client.request(method, url, headers=auth)
+    assert response.status == 200, await response.text()
+    assert [mark for mark, _ in worker.marks] == [7]  # the mark taken as it read, waited for once
+
+
+@pytest.mark.parametrize(("method", "url", "auth"), READS)
+async def test_a_read_of_what_kafka_has_not_acknowledged_yet_is_a_503_to_retry(client, worker, method, url, auth):
+    _stocked(worker)
+    worker.unstored = True
+    response = await client.request(method, url, headers=auth)
+    assert response.status == 503
+    assert response.headers["Retry-After"] == "1"
+    body = await response.json()
+    assert body["error"]["code"] == "unavailable" and "not stored in Kafka yet" in body["error"]["message"]
+
+
+@pytest.mark.parametrize(("url", "body"), [
+    ("/v1/orders/o-1/cancel", {"reason": "customer_request"}),
+    ("/v1/shipments/o-1/status", {"status": "dispatched"}),
+])
+async def test_a_command_checked_against_state_not_stored_yet_is_a_503_and_sends_nothing(
+    client, worker, commands, url, body
+):
+    worker.orders["o-1"] = an_order().model_copy(update={"status": "CONFIRMED", "shipment": ShipmentInfo(
+        tracking_id="trk-1", status="created")})
+    worker.unstored = True
+    response = await client.post(url, json=body, headers=ADMIN)
+    assert response.status == 503
+    assert commands.sent == []
+    worker.unstored = False
+    assert (await client.post(url, json=body, headers=ADMIN)).status == 202
+    assert len(commands.sent) == 1

@@ -54,6 +54,9 @@ class FakeWorker:
     adjustments: dict[tuple[str, str], str | None] = field(default_factory=dict)
     moves_to: str | None = None  # the owner's URL after a long-poll's wait, if its order moves meanwhile
     queue_s: float | None = None  # how far behind its saga flows are (None: idle)
+    writes: int = 0  # table writes made so far (its write mark)
+    unstored: bool = False  # whether its table writes stay unacknowledged by Kafka
+    marks: list[tuple[int, float]] = field(default_factory=list)  # what reads waited for: (write mark, timeout)
 
     def recovered(self) -> bool:
         return self.is_ready
@@ -72,6 +75,13 @@ class FakeWorker:
 
     def saga_queue_s(self) -> float | None:
         return self.queue_s
+
+    def write_mark(self) -> int:
+        return self.writes
+
+    async def stored(self, mark: int, timeout_s: float) -> bool:
+        self.marks.append((mark, timeout_s))
+        return not self.unstored
 
     def order_raw(self, order_id: str) -> bytes | None:
         order = self.orders.get(order_id)

@@ -11,8 +11,13 @@ state went out first.
 from __future__ import annotations
 
 import json
+import subprocess
+import time
 from collections.abc import Callable
 from typing import Any
+
+import faust
+from confluent_kafka import Consumer, TopicPartition
 
 from schemas.codec import Codec
 from schemas.messages import (
@@ -23,9 +28,13 @@ from schemas.messages import (
     PaymentDeclined,
     StockReserved,
 )
+from streamcart.ids import new_id
+from streamcart.partitioning import partition_for
 from streamcart.settings import Settings
+from streamcart.stack import Stack
+from streamcart.stack.layout import java_executable
 from streamcart.topics import Topics, changelog_topic
-from tests.integration.support import read_topic
+from tests.integration.support import http_json, read_topic
 from tests.integration.test_saga import Shop, shop, sku  # noqa: F401 (fixture)
 
 #: The order status each orders event announces.
@@ -113,3 +122,71 @@ def test_every_order_event_stock_reservation_and_authorization_leaves_after_the_
     for event, at in authorized:
         stored_at = payments[(event.order_id, "authorization")]
         assert stored_at <= at, f"{event!r} left {stored_at - at} ms before its state"
+
+
+# --- what the API answers is in the changelog already ----------------------------------------------------------------
+
+def _throttle_workers_producers(settings: Settings, bytes_per_s: int | None) -> None:
+    """Give the workers' Kafka client a produce quota (``None``: take it away), with Kafka's own tool: Kafka then
+    holds back the acknowledgement of what they write, changelog records included, by seconds. The API's commands go
+    through another client, and are not held."""
+    config = ["--add-config", f"producer_byte_rate={bytes_per_s}"] if bytes_per_s else ["--delete-config",
+                                                                                          "producer_byte_rate"]
+    command = [str(java_executable()), "-cp", f"{Stack(settings).artifacts.kafka_libs}/*", "kafka.admin.ConfigCommand",
+               "--bootstrap-server", settings.bootstrap_servers, "--alter", *config,
+               "--entity-type", "clients", "--entity-name", f"faust-{faust.__version__}"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _stored_histories(settings: Settings, order_id: str) -> list[int]:
+    """How many history entries each state of the order in the orders changelog has, reading its partition to the
+    end as it is now."""
+    topic = changelog_topic(settings.app_id, "orders")
+    tp = TopicPartition(topic, partition_for(order_id, settings.partitions))
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": f"test-reader-{new_id()}",
+                         "enable.auto.commit": False})
+    try:
+        low, high = consumer.get_watermark_offsets(tp, timeout=10)
+        consumer.assign([TopicPartition(topic, tp.partition, max(low, high - 5_000))])
+        found: list[int] = []
+        position = max(low, high - 5_000)
+        while position < high:
+            for msg in consumer.consume(num_messages=500, timeout=1):
+                if msg.error() is None:
+                    position = msg.offset() + 1
+                    if msg.value() is not None and (state := json.loads(msg.value()))["order_id"] == order_id:
+                        found.append(len(state["history"]))
+        return found
+    finally:
+        consumer.close()
+
+
+def test_the_api_answers_an_order_only_as_its_changelog_holds_it(shop: Shop, settings: Settings):  # noqa: F811
+    """Read from the worker's table the moment it was written, an order answered CONFIRMED could be PENDING again on
+    the worker that rebuilt it from the changelog after a crash (and time out there): every state answered must be
+    in the changelog already. Kafka holds the workers' writes back here, so without that wait the API answered
+    states whose changelog records were still seconds away."""
+    item = sku()
+    shop.product(item, price=300, stock=10)
+    order = shop.place_order({item: 1})
+    answered: list[tuple[int, list[int]]] = []  # (history entries answered, those in the changelog just after)
+    _throttle_workers_producers(settings, 1024)
+    try:
+        shop.send(order)
+        deadline = time.monotonic() + 90
+        status = None
+        while status not in ("CONFIRMED", "CANCELLED") and time.monotonic() < deadline:
+            code, body = http_json(f"{settings.worker_url(0)}/v1/orders/{order.order_id}", shop.token, timeout_s=15)
+            if code == 200:
+                answered.append((len(body["history"]), _stored_histories(settings, order.order_id)))
+                status = body["status"]
+            else:
+                assert code in (404, 503), body  # not stored by the orders flow yet; not in Kafka yet
+                time.sleep(0.2)
+    finally:
+        _throttle_workers_producers(settings, None)
+    assert status in ("CONFIRMED", "CANCELLED"), answered  # (Kafka's hold may outlast the deadline: either way)
+    for entries, stored in answered:
+        assert stored and max(stored) >= entries, f"answered {entries} history entries, the changelog had {stored}"
+    assert len({entries for entries, _ in answered}) >= 2  # it was read as the saga went, not only at its end

@@ -53,6 +53,33 @@ def test_the_progress_line_counts_each_order_once_by_its_last_status():
     assert tally.line().endswith("; errors: place HTTP 429 2")
 
 
+def test_an_order_that_only_goes_forward_never_went_back():
+    tally = Tally()
+    for status, reason in [("PENDING", None), ("CONFIRMED", None), ("SHIPPED", None), ("DELIVERED", None)]:
+        tally.saw("a", status, reason)
+    for status, reason in [("PENDING", None), ("CONFIRMED", None), ("CANCELLED", "customer_request")]:
+        tally.saw("b", status, reason)
+    for status, reason in [("PENDING", None), ("PENDING", None), ("CANCELLED", "timeout"), ("CANCELLED", "timeout")]:
+        tally.saw("c", status, reason)
+    assert tally.went_back == {}
+    assert tally.reason == {"b": "customer_request", "c": "timeout"}
+
+
+@pytest.mark.parametrize(("seen", "change"), [
+    ([("CONFIRMED", None), ("CANCELLED", "timeout")], "CONFIRMED -> CANCELLED (timeout)"),
+    ([("CONFIRMED", None), ("PENDING", None)], "CONFIRMED -> PENDING"),
+    ([("SHIPPED", None), ("CANCELLED", "customer_request")], "SHIPPED -> CANCELLED (customer_request)"),
+    ([("CANCELLED", "payment_declined"), ("CONFIRMED", None)], "CANCELLED -> CONFIRMED"),
+    ([("DELIVERED", None), ("SHIPPED", None), ("PENDING", None)], "DELIVERED -> SHIPPED"),  # the first one counts
+])
+def test_an_order_that_went_back_on_what_it_had_shown_is_named_once_with_the_change(seen, change):
+    tally = Tally(placed=1)
+    for status, reason in seen:
+        tally.saw("o-1", status, reason)
+    assert tally.went_back == {"o-1": change}
+    assert tally.line().endswith("; 1 went back on what they had shown")
+
+
 class _Catalog(Shoppers):
     """Shoppers whose catalog is a list (no API)."""
 

@@ -261,3 +261,65 @@ async def test_a_held_record_is_handed_over_in_the_context_of_the_flow_that_sent
     await settle()
     assert seen == [(b"o-1", "o-1"), (b"o-2", "o-2")]
     await first.close()
+
+
+# --- what the API reads: answered only once the writes before the read are in their changelogs ---------------------
+
+async def test_a_reader_waits_for_the_writes_noted_before_its_mark_and_not_for_later_ones() -> None:
+    first = StateFirst(Kafka().send)
+    a, b = write(), write()
+    first.note_write(a)
+    first.note_write(b)
+    mark = first.written()
+    later = write()
+    first.note_write(later)
+    reader = asyncio.ensure_future(first.stored(mark))
+    b.set_result(None)  # delivered out of order: a is still missing
+    await settle()
+    assert not reader.done() and not first.is_stored(mark)
+    a.set_result(None)
+    await settle()
+    assert reader.done() and reader.result() is None  # the later write is still undelivered
+    assert first.is_stored(mark) and not first.is_stored(first.written())
+
+
+async def test_a_reader_with_nothing_outstanding_is_answered_at_once() -> None:
+    first = StateFirst(Kafka().send)
+    delivered = write()
+    first.note_write(delivered)
+    delivered.set_result(None)
+    await settle()
+    await asyncio.wait_for(first.stored(first.written()), timeout=0.01)
+
+
+async def test_a_reader_of_a_write_that_failed_is_told_it_never_will_be_stored() -> None:
+    first = StateFirst(Kafka().send)
+    failed = write()
+    first.note_write(failed)
+    reader = asyncio.ensure_future(first.stored(first.written()))
+    await settle()
+    failed.set_exception(RuntimeError("changelog refused"))
+    await settle()
+    with pytest.raises(HeldForever):
+        reader.result()
+
+
+async def test_the_workers_view_says_whether_what_was_read_is_stored_within_the_wait() -> None:
+    from agents.runtime import Runtime
+    from agents.view import FaustWorkerView
+    from tables import declare_tables
+
+    settings = Settings()
+    app = create_faust_app(settings, store="memory://")
+    view = FaustWorkerView(Runtime(settings=settings, app=app, codec=None, tables=declare_tables(app, 8)), 0)
+    changelog = write()
+    app.producer.buffer.put(changelog)  # as a table write does (faust's send_soon)
+    mark = view.write_mark()
+    assert mark == 1
+    assert await view.stored(0, timeout_s=0.01)  # nothing was written before mark 0
+    assert not await view.stored(mark, timeout_s=0.01)
+    waiting = asyncio.ensure_future(view.stored(mark, timeout_s=5))
+    await settle()
+    changelog.set_result(None)
+    assert await asyncio.wait_for(waiting, 1)
+    await app.producer.state_first.close()
