@@ -5,6 +5,9 @@ the fields bound with :func:`log_context` (an agent binds ``order_id``/``event_i
 its ``request_id``) and the trace of :mod:`streamcart.tracing` (``trace_id``). faust and mode log through the
 same root handler: a worker hands :func:`logging_config` to ``faust.Worker``, which would otherwise install its
 own coloured console handler.
+
+A line repeated word for word is written once per :data:`REPEAT_WINDOW_S` (:class:`RepeatedRecords`): while Kafka
+is away, aiokafka logs each failed connection attempt, some 60 lines a second per worker.
 """
 
 from __future__ import annotations
@@ -13,7 +16,10 @@ import contextvars
 import json
 import logging
 import logging.config
-from collections.abc import Iterator, Mapping
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -80,6 +86,43 @@ class TextFormatter(logging.Formatter):
         return f"{head} [{context}]{newline}{rest}"
 
 
+#: How long a line written is not written again word for word (logger, level and text the same).
+REPEAT_WINDOW_S = 10.0
+
+
+class RepeatedRecords(logging.Filter):
+    """Lets a record through once per ``window_s`` for the same logger, level and text; the first one after that
+    says how many like it were held back. Records that differ in any word (another order, another offset) all go."""
+
+    #: Lines remembered; the least recently written is forgotten first.
+    SIZE = 1024
+
+    def __init__(self, window_s: float = REPEAT_WINDOW_S, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.window_s = window_s
+        self.clock = clock
+        self._lock = threading.Lock()  # faust's consumer logs from a thread of its own
+        self._seen: OrderedDict[tuple[str, int, str], list[float]] = OrderedDict()  # -> [written at, held since]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        key = (record.name, record.levelno, text)
+        now = self.clock()
+        with self._lock:
+            seen = self._seen.get(key)
+            if seen is not None and now - seen[0] < self.window_s:
+                seen[1] += 1
+                return False
+            held = int(seen[1]) if seen is not None else 0
+            self._seen[key] = [now, 0]
+            self._seen.move_to_end(key)
+            while len(self._seen) > self.SIZE:
+                self._seen.popitem(last=False)
+        if held:
+            record.msg, record.args = f"{text} ({held} more like it held back in the last {self.window_s:g} s)", ()
+        return True
+
+
 def logging_config(log_format: LogFormat, level: str) -> dict[str, Any]:
     """A :func:`logging.config.dictConfig` that sends every logger's records to stdout in ``log_format``."""
     formatter = JsonFormatter if log_format == "json" else TextFormatter
@@ -87,8 +130,10 @@ def logging_config(log_format: LogFormat, level: str) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"streamcart": {"()": formatter}},
+        "filters": {"repeats": {"()": RepeatedRecords}},
         "handlers": {
-            "stdout": {"class": "logging.StreamHandler", "stream": "ext://sys.stdout", "formatter": "streamcart"}
+            "stdout": {"class": "logging.StreamHandler", "stream": "ext://sys.stdout", "formatter": "streamcart",
+                       "filters": ["repeats"]}
         },
         "root": {"level": level.upper(), "handlers": ["stdout"]},
     }

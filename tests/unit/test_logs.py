@@ -92,3 +92,44 @@ def test_the_logging_config_sends_every_logger_to_stdout_as_json(restore_root_lo
     logging.getLogger("streamcart.test").debug("below the level")
     lines = out.getvalue().splitlines()
     assert [json.loads(line)["logger"] for line in lines] == ["faust.worker"]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_line_repeated_word_for_word_is_written_once_a_window_then_says_how_many_were_held_back():
+    from streamcart.logs import RepeatedRecords
+
+    clock = Clock()
+    repeats = RepeatedRecords(window_s=10, clock=clock)
+    refused = "Unable connect to node with id %s: %s"
+    assert repeats.filter(record(refused, 1, "[Errno 111]"))
+    for _ in range(57):
+        clock.now += 0.1
+        assert not repeats.filter(record(refused, 1, "[Errno 111]"))
+    assert repeats.filter(record(refused, 2, "[Errno 111]"))  # another word: another line
+    assert repeats.filter(record("reserved %d units", 2))
+    clock.now += 10
+    again = record(refused, 1, "[Errno 111]")
+    assert repeats.filter(again)
+    assert again.getMessage() == ("Unable connect to node with id 1: [Errno 111] "
+                                  "(57 more like it held back in the last 10 s)")
+    clock.now += 10
+    quiet = record(refused, 1, "[Errno 111]")
+    assert repeats.filter(quiet) and quiet.getMessage() == "Unable connect to node with id 1: [Errno 111]"
+
+
+def test_the_logging_config_holds_repeated_lines_back(restore_root_logger, monkeypatch):
+    out = io.StringIO()
+    monkeypatch.setattr("sys.stdout", out)
+    logging.config.dictConfig(logging_config("json", "info"))
+    for _ in range(5):
+        logging.getLogger("aiokafka").error("Unable to update metadata from [1]")
+    logging.getLogger("aiokafka").error("Unable to update metadata from [2]")
+    lines = [json.loads(line)["message"] for line in out.getvalue().splitlines()]
+    assert lines == ["Unable to update metadata from [1]", "Unable to update metadata from [2]"]
