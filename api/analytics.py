@@ -180,6 +180,7 @@ async def local_windows(request: web.Request) -> web.Response:
                           headers={"Retry-After": "1"})
     source = cast(AnalyticsSource, worker)
     views = source.analytics(metric, start, end)
+    await core.stored(worker, "the analytics")
     return web.json_response({"worker": request.app[core.WORKER].index, "partitions": [v.model_dump() for v in views]})
 
 

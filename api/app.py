@@ -599,9 +599,10 @@ async def place_order(request: web.Request) -> web.Response:
         if previous is not None and now * 1000 - previous.placed_at < ttl * 1000:
             previous_event = derive_id("place", principal.subject, key, period - 1, _digest(body))
             return _same_or_conflict(previous_id, previous.placed_event_id, previous_event, previous.status)
-        stored = request.app[WORKER].order(order_id)
-        if stored is not None:
-            return _same_or_conflict(order_id, stored.placed_event_id, event_id, stored.status)
+        known = request.app[WORKER].order(order_id)
+        if known is not None:
+            await stored(request.app[WORKER], f"order {order_id}")
+            return _same_or_conflict(order_id, known.placed_event_id, event_id, known.status)
         if (placed := placing.said(order_id)) is not None:
             return _same_or_conflict(order_id, placed, event_id, OrderStatus.PENDING)
         _admit(request)  # a retry of an order this worker knows of is answered above, whatever the load
@@ -671,11 +672,12 @@ class Placement(BaseModel):
 PLACEMENT_IN_FLIGHT_S = 60.0
 
 
-def _placement(request: web.Request, order_id: str, now: float) -> Placement | None:
+async def _placement(request: web.Request, order_id: str, now: float) -> Placement | None:
     """``order_id``'s placement as this worker, its owner, knows it: stored, sent and not stored yet, or being
     sent right now (503: what that request will say is not known yet)."""
     order = request.app[WORKER].order(order_id)
     if order is not None:
+        await stored(request.app[WORKER], f"order {order_id}")
         return Placement(placed_event_id=order.placed_event_id, placed_at=order.placed_at, status=order.status)
     placing = request.app[PLACING]
     if (sent := placing.sent_at(order_id, since=now - PLACEMENT_IN_FLIGHT_S)) is not None:
@@ -689,11 +691,11 @@ def _placement(request: web.Request, order_id: str, now: float) -> Placement | N
 async def _placement_anywhere(request: web.Request, order_id: str, now: float) -> Placement | None:
     """``order_id``'s placement from this worker, or from its owner (asked with the caller's own credentials)."""
     if (owner := owner_elsewhere(request, "orders", order_id)) is None:
-        return _placement(request, order_id, now)
+        return await _placement(request, order_id, now)
     try:
         path = f"/internal/v1/placements/{order_id}"
         async with request.app[HTTP].get(f"{owner.rstrip('/')}{path}", headers=_to_peer(request, f"GET {path}"),
-                                         timeout=ClientTimeout(total=5, sock_connect=2)) as response:
+                                         timeout=ClientTimeout(total=STORED_WAIT_S + 5, sock_connect=2)) as response:
             if response.status == 404:
                 return None
             if response.status != 200:
@@ -717,7 +719,7 @@ async def internal_placement(request: web.Request) -> web.Response:
     order = request.app[WORKER].order(order_id)
     if order is not None and not principal.may_see_customer(order.customer_id):
         raise NotFound("order not found")
-    if (placement := _placement(request, order_id, time.time())) is None:
+    if (placement := await _placement(request, order_id, time.time())) is None:
         raise NotFound("order not found")
     return _json(placement, 200)
 
@@ -792,8 +794,9 @@ async def _gather(
 
     async def ask(url: str) -> tuple[list[int], list[dict[str, Any]]]:
         try:
+            timeout = ClientTimeout(total=STORED_WAIT_S + 5, sock_connect=1)  # its part waits for its writes too
             async with request.app[HTTP].get(url + request.rel_url.path_qs, headers=headers,
-                                             timeout=ClientTimeout(total=5, sock_connect=1)) as response:
+                                             timeout=timeout) as response:
                 if response.status != 200:
                     raise Unavailable(f"a worker answered {response.status} for its {what}",
                                       headers={"Retry-After": "1"})
@@ -970,6 +973,7 @@ async def _adjust(request: web.Request, sku: str, body: AdjustmentIn, event_id: 
         stock = worker.stock(sku)
         on_hand, reserved = (stock.on_hand, stock.reserved) if stock is not None else (0, 0)
         outstanding = pending.outstanding(sku, lambda e: worker.applied_adjustment(sku, e) is not None, now)
+        await stored(worker, f"the stock of {sku}")  # checked and answered as Kafka holds it
         sent = sum(outstanding.values())
         # A retry of one in flight was checked when it was first sent, against what came before it; sent again
         # (the inventory counts it once), it is not checked against what was sent after it.

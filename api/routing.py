@@ -25,8 +25,9 @@ PROOF_WINDOW_S = 30
 _PROOF = re.compile(r"([0-9]{1,12})\.([0-9a-f]{64})")
 _HOP_BY_HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
 RETRY_AFTER_S = "1"
-#: Longer than the longest long-poll a client may ask for, so a forwarded ``?wait=`` still works.
-FORWARD_TIMEOUT_S = 35.0
+#: Longer than the longest long-poll a client may ask for (30 s) and the owner's wait for its writes to be stored
+#: after it (api/app.py, ``STORED_WAIT_S``), so a forwarded ``?wait=`` still works.
+FORWARD_TIMEOUT_S = 40.0
 
 
 class PeerProof:

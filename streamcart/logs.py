@@ -91,8 +91,9 @@ REPEAT_WINDOW_S = 10.0
 
 
 class RepeatedRecords(logging.Filter):
-    """Lets a record through once per ``window_s`` for the same logger, level and text; the first one after that
-    says how many like it were held back. Records that differ in any word (another order, another offset) all go."""
+    """Lets a record through once per ``window_s`` for the same logger, level, text and context (the ids bound with
+    :func:`log_context`); the first one after that says how many like it were held back. Records that differ in any
+    word or id (another order, another request) all go, and so does every record with an exception."""
 
     #: Lines remembered; the least recently written is forgotten first.
     SIZE = 1024
@@ -101,17 +102,25 @@ class RepeatedRecords(logging.Filter):
         super().__init__()
         self.window_s = window_s
         self.clock = clock
-        self._lock = threading.Lock()  # faust's consumer logs from a thread of its own
-        self._seen: OrderedDict[tuple[str, int, str], list[float]] = OrderedDict()  # -> [written at, held since]
+        # faust's consumer logs from a thread of its own; re-entrant, as logging's own locks are (a collection run
+        # inside the lock may finalize something that logs).
+        self._lock = threading.RLock()
+        self._seen: OrderedDict[tuple[object, ...], list[float]] = OrderedDict()  # -> [written at, held since]
 
     def filter(self, record: logging.LogRecord) -> bool:
-        text = record.getMessage()
-        key = (record.name, record.levelno, text)
+        if record.exc_info:
+            return True
+        try:
+            text = record.getMessage()
+        except Exception:  # a bad format: the handler reports it as it always did
+            return True
+        key = (record.name, record.levelno, text, tuple(sorted(context_fields().items())))
         now = self.clock()
         with self._lock:
             seen = self._seen.get(key)
             if seen is not None and now - seen[0] < self.window_s:
                 seen[1] += 1
+                self._seen.move_to_end(key)
                 return False
             held = int(seen[1]) if seen is not None else 0
             self._seen[key] = [now, 0]

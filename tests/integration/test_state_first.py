@@ -151,7 +151,9 @@ def _stored_histories(settings: Settings, order_id: str) -> list[int]:
         consumer.assign([TopicPartition(topic, tp.partition, max(low, high - 5_000))])
         found: list[int] = []
         position = max(low, high - 5_000)
+        deadline = time.monotonic() + 30
         while position < high:
+            assert time.monotonic() < deadline, f"{topic}[{tp.partition}] not read to {high} in 30 s"
             for msg in consumer.consume(num_messages=500, timeout=1):
                 if msg.error() is None:
                     position = msg.offset() + 1
@@ -186,7 +188,8 @@ def test_the_api_answers_an_order_only_as_its_changelog_holds_it(shop: Shop, set
                 time.sleep(0.2)
     finally:
         _throttle_workers_producers(settings, None)
-    assert status in ("CONFIRMED", "CANCELLED"), answered  # (Kafka's hold may outlast the deadline: either way)
+    # Settled either way: Kafka's hold may outlast the order's deadline, and a timeout is as good an outcome here.
+    assert status in ("CONFIRMED", "CANCELLED"), answered
     for entries, stored in answered:
         assert stored and max(stored) >= entries, f"answered {entries} history entries, the changelog had {stored}"
     assert len({entries for entries, _ in answered}) >= 2  # it was read as the saga went, not only at its end

@@ -133,3 +133,27 @@ def test_the_logging_config_holds_repeated_lines_back(restore_root_logger, monke
     logging.getLogger("aiokafka").error("Unable to update metadata from [2]")
     lines = [json.loads(line)["message"] for line in out.getvalue().splitlines()]
     assert lines == ["Unable to update metadata from [1]", "Unable to update metadata from [2]"]
+
+
+def test_the_same_line_about_another_request_or_with_an_exception_is_never_held_back():
+    import sys as _sys
+
+    from streamcart.logs import RepeatedRecords
+
+    repeats = RepeatedRecords(window_s=10, clock=Clock())
+    failed = "unhandled error on %s %s"
+    with log_context(request_id="r-1"):
+        assert repeats.filter(record(failed, "GET", "/v1/orders/o-1"))
+    with log_context(request_id="r-2"):
+        assert repeats.filter(record(failed, "GET", "/v1/orders/o-1"))
+        assert not repeats.filter(record(failed, "GET", "/v1/orders/o-1"))
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError:
+            assert repeats.filter(record(failed, "GET", "/v1/orders/o-1", exc_info=_sys.exc_info()))
+
+
+def test_a_line_that_cannot_be_formatted_is_left_to_the_handler():
+    from streamcart.logs import RepeatedRecords
+
+    assert RepeatedRecords().filter(record("%d units", "not a number"))
