@@ -10,7 +10,7 @@ from faust.types import TP
 
 from agents.analytics import owned_sources
 from agents.runtime import Runtime
-from agents.state_first import HeldForever
+from agents.state_first import HeldForever, StateFirst
 from streamcart.domain import analytics, inventory
 from streamcart.domain.catalog import ProductState
 from streamcart.domain.inventory import StockState
@@ -47,16 +47,22 @@ class FaustWorkerView:
     def order(self, order_id: str) -> OrderState | None:
         return self.runtime.tables.orders.get(order_id)
 
+    @property
+    def _state_first(self) -> StateFirst | None:
+        """Where the worker's producer notes its table writes (none on a producer of another kind)."""
+        return getattr(self._app.producer, "state_first", None)
+
     def write_mark(self) -> int:
-        state_first = getattr(self._app.producer, "state_first", None)
-        return 0 if state_first is None else int(state_first.written())
+        state_first = self._state_first
+        return 0 if state_first is None else state_first.written()
 
     async def stored(self, mark: int, timeout_s: float) -> bool:
-        state_first = getattr(self._app.producer, "state_first", None)
+        state_first = self._state_first
         if state_first is None or state_first.is_stored(mark):
             return True
         try:
-            await asyncio.wait_for(state_first.stored(mark), timeout_s)
+            async with asyncio.timeout(timeout_s):  # no task of its own, as wait_for would make
+                await state_first.stored(mark)
         except (TimeoutError, HeldForever):
             return False
         return True

@@ -105,7 +105,7 @@ class RepeatedRecords(logging.Filter):
         # faust's consumer logs from a thread of its own; re-entrant, as logging's own locks are (a collection run
         # inside the lock may finalize something that logs).
         self._lock = threading.RLock()
-        self._seen: OrderedDict[tuple[object, ...], list[float]] = OrderedDict()  # -> [written at, held since]
+        self._seen: OrderedDict[tuple[object, ...], list[float]] = OrderedDict()  # -> [written at, held back since]
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info:
@@ -124,7 +124,7 @@ class RepeatedRecords(logging.Filter):
                 return False
             held = int(seen[1]) if seen is not None else 0
             self._seen[key] = [now, 0]
-            self._seen.move_to_end(key)
+            self._seen.move_to_end(key)  # (assigning an existing key leaves it where it was)
             while len(self._seen) > self.SIZE:
                 self._seen.popitem(last=False)
         if held:
