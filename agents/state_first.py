@@ -2,8 +2,8 @@
 
 A flow stores its new state in a table, then sends what it decided (DESIGN.md §3, the duplicate rule). faust
 buffers the table write and hands it to Kafka a little later, while a record sent straight to the producer could
-reach Kafka first. A worker killed in between leaves the events out and the state lost: its restart rebuilds the
-table from the changelog (agents/worker.py) and the messages since the last commit are delivered again. When they
+reach Kafka first. A worker killed in between leaves the events out and the state lost: its restart finds the
+table as its changelog has it (tables/store.py) and the messages since the last commit are delivered again. When they
 come in the same order, each is decided the same way again and its events, with the same ids, are dropped by
 their consumers. But a flow that reads several topics (orders reads four, inventory and shipping two) may get them
 in another order after a restart: a CancelOrder before the PaymentAuthorized it followed, an AdjustStock before the

@@ -46,14 +46,17 @@ from typing import Any, cast
 import faust
 from aiokafka import TopicPartition
 from aiokafka.producer.message_accumulator import MessageAccumulator
+from aiokafka.protocol.offset import OffsetRequest
 from faust.transport.consumer import CONSUMER_FETCHING, CONSUMER_WAIT_EMPTY
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.producer import ProducerBuffer as FaustProducerBuffer
 from mode import Service
 from mode.utils.queues import FlowControlEvent
+from yarl import URL
 
 from agents.state_first import HeldForever, Record, StateFirst
 from streamcart.text import is_digits
+from tables.store import HeldWritesStore
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +224,37 @@ def adapt_fetching(fetcher: Any, *, got_records: bool, min_bytes: int, max_wait_
         fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms = 1, max(max_wait_ms, IDLE_FETCH_MAX_WAIT_MS)
 
 
+#: The connection group (aiokafka keeps one connection per broker and group) the consumer's offset lookups use.
+OFFSET_LOOKUPS = "offset-lookups"
+
+
+class OffsetLookupsApart:
+    """The Kafka client as the consumer's fetcher sees it: offset lookups go over a connection of their own.
+
+    A broker answers one connection's requests in order, and an idle worker's fetch holds its connection up to
+    :data:`IDLE_FETCH_MAX_WAIT_MS` for a first record. Each offset lookup queued behind one: a table recovery makes
+    three in a row (the changelogs' ends, then their starts for the active and the standby partitions), and a
+    worker restarted after a kill spent 4.5 s of its recovery waiting on them. Everything else goes as before.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def send(self, node_id: Any, request: Any, **kwargs: Any) -> Any:
+        if isinstance(request, OffsetRequest):
+            kwargs["group"] = OFFSET_LOOKUPS
+        return await self._client.send(node_id, request, **kwargs)
+
+
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    async def on_start(self) -> None:
+        await super().on_start()
+        fetcher = self._ensure_consumer()._fetcher  # aiokafka builds it as the consumer starts
+        fetcher._client = OffsetLookupsApart(fetcher._client)
+
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         # faust passes neither fetch setting; aiokafka hands them to its fetcher when the consumer starts. The
@@ -732,13 +765,13 @@ class Producer(faust_aiokafka.Producer):
             self.deliveries.check()
         except (DeliveryFailed, HeldForever) as failure:
             # The worker crashes, whichever flush met the failure: a commit's, or a stop's (which would otherwise
-            # end as a clean stop that keeps a local store ahead of its changelog, and leave the consumer's thread
-            # running). A crashed worker exits non-zero and rebuilds its tables from the changelogs at its next start.
+            # end as a clean stop, and leave the consumer's thread running). A crashed worker exits non-zero; its
+            # local stores never got the writes that failed, and its next start reads the changelogs after them.
             await self.crash(failure)
             raise
         for table in self.app.tables.values():
             if isinstance(table, Table):
-                table.persist_offsets()
+                table.store_acknowledged()
 
     async def on_stop(self) -> None:
         with contextlib.suppress(RuntimeError, HeldForever):  # a crash: what they held is lost either way
@@ -749,37 +782,39 @@ class Producer(faust_aiokafka.Producer):
 
 
 class Table(faust.Table[Any, Any]):
-    """faust's table, which notes in RocksDB how far its changelog reached once per partition and producer flush
-    rather than once per write.
+    """faust's table on :class:`tables.store.HeldWritesStore` (its RocksDB store holds only what the changelog
+    holds), and which deletes the stores of partitions it no longer holds.
 
-    A store keeps the offset of the last changelog record it knows was delivered, so that a worker restarted after
-    a clean stop replays only the changelog after it. faust writes it to RocksDB as each record is acknowledged,
-    one more RocksDB write (and a callback) per table write: 1.4% of a worker's CPU. Here the highest offset per
-    changelog partition is kept, and :meth:`persist_offsets` writes them when the producer flushes, before every
-    offset commit and when the worker stops. A persisted offset that lags behind only makes a recovery replay
-    records the store already holds, which changes nothing. (Not for faust's ``exactly_once``, which streamcart
-    does not use.)
+    faust notes a changelog partition's offset in RocksDB as each record is acknowledged, one more RocksDB write
+    (and a callback) per table write. The held-writes store notes it with each batch of writes it applies, so that
+    one is left out. (Not for faust's ``exactly_once``, which streamcart does not use.)
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._delivered: dict[Any, int] = {}  # changelog partition -> highest offset delivered, not yet persisted
         self._first_assignment = True
 
-    def _on_changelog_sent(self, fut: Any) -> None:
-        sent = fut.result()
-        tp, offset = sent.topic_partition, sent.offset
-        if offset > self._delivered.get(tp, -1):
-            self._delivered[tp] = offset
+    def _new_store_by_url(self, url: Any) -> Any:
+        if URL(str(url)).scheme != "rocksdb":  # the memory store of unit tests
+            return super()._new_store_by_url(url)
+        return HeldWritesStore(
+            url, self.app, self, table_name=self.name, key_type=self.key_type, key_serializer=self.key_serializer,
+            value_serializer=self.value_serializer, value_type=self.value_type, loop=self.loop, options=self.options,
+        )
 
-    def persist_offsets(self) -> None:
-        """Note in the store how far each changelog partition's delivered records reach (in a partition's store
-        that is still open: one discarded on a revocation is not opened again for an offset alone)."""
-        delivered, self._delivered = self._delivered, {}
-        open_partitions = getattr(self.data, "_dbs", None)  # RocksDB's per partition; the memory store has none
-        for tp, offset in delivered.items():
-            if open_partitions is None or tp.partition in open_partitions:
-                self.data.set_persisted_offset(tp, offset)
+    def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
+        delivery = super().send_changelog(*args, **kwargs)
+        if isinstance(self.data, HeldWritesStore):  # faust writes the store right after this
+            self.data.expect_write(delivery)
+        return delivery
+
+    def _on_changelog_sent(self, fut: Any) -> None:
+        """Nothing to note per record: the store notes the offset its writes reach."""
+
+    def store_acknowledged(self) -> None:
+        """Bring the local store up to what its changelog acknowledged (before an offset commit and at a stop)."""
+        if isinstance(self.data, HeldWritesStore):
+            self.data.apply_acknowledged()
 
     async def on_rebalance(self, assigned: set[Any], revoked: set[Any], newly_assigned: set[Any],
                            generation_id: int = 0) -> None:
@@ -801,8 +836,6 @@ class Table(faust.Table[Any, Any]):
         await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
         topics = self.changelog_topic.topics
         gone = {tp.partition for tp in revoked if tp.topic in topics}
-        for tp in revoked:
-            self._delivered.pop(tp, None)
         if self._first_assignment:
             self._first_assignment = False
             held = {tp.partition for tp in assigned if tp.topic in topics}

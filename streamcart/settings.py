@@ -83,7 +83,8 @@ class Settings(BaseSettings):
 
     topic_prefix: str = "commerce."
     #: How long a compacted topic (a table's changelog, a warehouse topic) collects writes before Kafka may compact
-    #: them: what a worker that did not stop cleanly reads back beyond one record per key (streamcart/topics.py).
+    #: them: what a worker rebuilding a table from its changelog reads back beyond one record per key
+    #: (streamcart/topics.py).
     compacted_segment_ms: int = Field(600_000, ge=1_000)
     partitions: int = Field(8, ge=1, description="one partition count for every saga topic")
     #: Replicas of each topic streamcart creates (`up`, `init`, and the workers' own topics); -1: the broker's

@@ -8,6 +8,8 @@ from typing import Any, Generic, TypeVar
 from faust.serializers import codecs
 from pydantic import BaseModel
 
+from tables.store import HeldWritesStore
+
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
 
@@ -137,13 +139,12 @@ def keys_from(table: Any, partition: int, start: str, partition_of: Callable[[st
     for the memory store of unit tests, which keeps every partition in one dict).
 
     A RocksDB store keeps one database per partition with its keys in byte order (the same order as the strings':
-    UTF-8 keeps code point order), so a range is read without reading the rest; this reaches into faust's store for
-    it (``_db_for_partition``), as faust's own API has no range reads.
+    UTF-8 keeps code point order), so a range is read without reading the rest (faust's own API has no range reads:
+    :meth:`tables.store.HeldWritesStore.keys_from`).
     """
     store = table.data
-    open_partition = getattr(store, "_db_for_partition", None)
-    if open_partition is not None:
-        for raw in open_partition(partition).keys(from_key=start.encode()):
+    if isinstance(store, HeldWritesStore):
+        for raw in store.keys_from(partition, start.encode()):
             yield raw.decode()
     else:
         yield from sorted(k for k in store.data if k >= start and partition_of(k) == partition)

@@ -40,21 +40,6 @@ async def test_a_revoked_changelog_partition_is_deleted_and_comes_back_empty(cod
     assert store.persisted_offset(TP(changelog, 2)) == 41
 
 
-async def test_an_acknowledgement_after_the_revocation_does_not_open_the_partition_again(codec, sink, tmp_path):
-    table, store, changelog = rocksdb_orders(codec, sink, tmp_path)
-    store._db_for_partition(1).put(b"o-1", b"an order")
-    table._delivered[TP(changelog, 1)] = 40
-    await table.on_rebalance(set(), {TP(changelog, 1)}, set())
-    assert table._delivered == {}  # what it had noted for the partition is dropped with it
-
-    table._delivered[TP(changelog, 1)] = 41  # a late acknowledgement of a write made before the revocation
-    table.persist_offsets()
-
-    # An offset alone in a fresh store would make the partition's recovery skip the records before it.
-    assert not store.partition_path(1).exists()
-    assert 1 not in store._dbs
-
-
 async def test_an_interrupted_discard_is_finished_by_the_next(codec, sink, tmp_path):
     table, store, changelog = rocksdb_orders(codec, sink, tmp_path)
     store._db_for_partition(3).put(b"o-1", b"an order")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -10,6 +11,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -153,3 +155,29 @@ def worker_metric(settings: Settings, name: str, **labels: str) -> float:
                          if sample.name == name and labels.items() <= sample.labels.items())
     return total
 
+
+
+def last_run_log(log_path: Path, name: str) -> list[dict[str, Any]]:
+    """The JSON log records of the last run of process ``name`` in its log (the stack marks each start)."""
+    lines = log_path.read_text(errors="replace").splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith(f"--- streamcart: starting {name} ")]
+    records = []
+    for line in lines[starts[-1] + 1 if starts else 0:]:
+        with contextlib.suppress(ValueError):
+            records.append(json.loads(line))
+    return [record for record in records if isinstance(record, dict)]
+
+
+def recovery_starts(records: list[dict[str, Any]], topic: str) -> dict[int, int]:
+    """Where faust's table recovery began reading each of ``topic``'s active partitions (-1: from its start), from
+    the table it logs ("active offsets at start of reading")."""
+    (message,) = [r["message"] for r in records if "active offsets at start of reading" in str(r.get("message"))]
+    starts, current = {}, None
+    for row in message.splitlines():
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        if len(cells) != 3 or not cells[2].lstrip("-").isdigit():
+            continue
+        current = current if cells[0] == "\u3003" else cells[0]
+        if current == topic:
+            starts[int(cells[1])] = int(cells[2])
+    return starts

@@ -24,7 +24,17 @@ from streamcart.dead_letters import DlqHeader
 from streamcart.ids import new_id
 from streamcart.settings import Settings
 from streamcart.stack import Stack
-from tests.integration.support import headers_of, http_json, poll, produce, read_topic, worker_metric
+from streamcart.topics import changelog_topic
+from tests.integration.support import (
+    headers_of,
+    http_json,
+    last_run_log,
+    poll,
+    produce,
+    read_topic,
+    recovery_starts,
+    worker_metric,
+)
 from tests.integration.test_saga import TERMINAL, Shop
 
 #: How long the gateway stays killed before it is started again (its start takes a second or two more). The
@@ -326,6 +336,13 @@ def test_a_worker_killed_mid_burst_of_2000_orders_loses_nothing_and_doubles_noth
           f"{Counter(b['status'] + ':' + str(b['cancel_reason']) for b in settled.values())}")
     burst.check_invariants(settled)
     assert_a_fresh_order_confirms(shop)
+    # The killed worker kept its local tables (they hold only what the changelogs acknowledged, tables/store.py):
+    # its recovery read the orders changelog from where its stores ended, not from the start (-1). (Not every
+    # partition need have a store: one it had as a standby may have had nothing yet when it was killed.)
+    restarted = last_run_log(stack.log_path("worker-0"), "worker-0")
+    assert any("its tables hold what their changelogs had acknowledged" in str(r.get("message")) for r in restarted)
+    starts = recovery_starts(restarted, changelog_topic(shop.settings.app_id, "orders"))
+    assert starts and max(starts.values()) >= 0, starts
 
 
 # --- 4b. The payment gateway killed in the middle of a burst ------------------------------------------------

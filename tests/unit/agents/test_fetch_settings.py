@@ -73,3 +73,30 @@ async def test_the_check_for_stalled_partitions_runs_on_its_own_interval_not_eve
         running.cancel()
     assert len(checks) >= 3
     assert all(later - earlier >= 0.04 for earlier, later in pairwise(checks))  # each interval
+
+
+class RecordingClient:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, Any]] = []
+        self.cluster = "the client's own"
+
+    async def send(self, node_id: int, request: Any, *, group: Any = "default") -> str:
+        self.sent.append((type(request).__name__, group))
+        return "answer"
+
+
+def test_offset_lookups_go_over_a_connection_of_their_own_and_everything_else_as_before() -> None:
+    from aiokafka.protocol.fetch import FetchRequest
+    from aiokafka.protocol.offset import OffsetRequest
+
+    from agents.transport import OFFSET_LOOKUPS, OffsetLookupsApart
+
+    client = RecordingClient()
+    apart = OffsetLookupsApart(client)
+    lookup = OffsetRequest(-1, 0, [("orders-changelog", [(0, -1, 1)])])
+    fetch = FetchRequest(-1, 1500, 1, 1 << 20, 0, [])
+
+    assert asyncio.run(apart.send(1, lookup)) == "answer"
+    asyncio.run(apart.send(1, fetch))
+    assert client.sent == [("OffsetRequest", OFFSET_LOOKUPS), ("FetchRequest", "default")]
+    assert apart.cluster == "the client's own"  # the rest is the client's

@@ -1,5 +1,5 @@
-"""A table notes how far its changelog reached once per partition and producer flush, not once per write
-(agents/transport.py, ``Table``)."""
+"""A table notes how far its changelog reached with the writes its store applies, not once per acknowledged record,
+and a producer flush brings every store up to what was acknowledged (agents/transport.py, ``Table``)."""
 
 from __future__ import annotations
 
@@ -26,30 +26,23 @@ def sent(topic: str, partition: int, offset: int) -> Any:
     return SimpleNamespace(result=lambda: metadata)
 
 
-def table_with_store() -> tuple[Any, Table, FakeStore]:
+def test_an_acknowledged_changelog_record_writes_no_offset_of_its_own() -> None:
     app = create_faust_app(Settings(), store="memory://")
     table = app.Table("orders", default=None, partitions=8)
     assert isinstance(table, Table)
-    store = FakeStore()
-    table._data = store
-    return app, table, store
-
-
-def test_only_the_highest_delivered_offset_of_each_partition_is_persisted_once() -> None:
-    _, table, store = table_with_store()
-    for partition, offset in [(0, 5), (1, 7), (0, 6), (0, 4)]:  # acknowledgements may come in any order
+    table._data = store = FakeStore()
+    for partition, offset in [(0, 5), (1, 7), (0, 6)]:
         table._on_changelog_sent(sent("orders-changelog", partition, offset))
-    assert store.persisted == []  # nothing per write
-    table.persist_offsets()
-    assert sorted(store.persisted) == [(("orders-changelog", 0), 6), (("orders-changelog", 1), 7)]
-    table.persist_offsets()
-    assert len(store.persisted) == 2  # nothing new: nothing written again
+    assert store.persisted == []
 
 
-async def test_a_producer_flush_persists_the_offsets_its_tables_delivered() -> None:
-    app, table, store = table_with_store()
+async def test_a_producer_flush_brings_every_table_store_up_to_what_its_changelog_acknowledged(monkeypatch) -> None:
+    app = create_faust_app(Settings(), store="memory://")
+    for name in ("orders", "stock"):
+        app.Table(name, default=None, partitions=8)
+    brought: list[str] = []
+    monkeypatch.setattr(Table, "store_acknowledged", lambda table: brought.append(table.name))
     producer = app.producer
     producer._producer = FakeKafkaProducer()
-    table._on_changelog_sent(sent("orders-changelog", 3, 41))
     await producer.flush()  # as before every offset commit
-    assert store.persisted == [(("orders-changelog", 3), 41)]
+    assert sorted(brought) == ["orders", "stock"]

@@ -10,7 +10,14 @@ from aiokafka import TopicPartition
 
 from agents import worker
 from agents.transport import ConsumerThread
-from agents.worker import RUNNING_MARKER, STALE_AFTER_S, STOPPED_MARKER, claim_local_state, release_local_state
+from agents.worker import (
+    HELD_WRITES_MARKER,
+    RUNNING_MARKER,
+    STALE_AFTER_S,
+    STOPPED_MARKER,
+    claim_local_state,
+    release_local_state,
+)
 from streamcart.topics import TOMBSTONE_RETENTION_MS
 
 
@@ -36,17 +43,38 @@ def test_a_wipe_a_kill_interrupted_leaves_no_store_to_keep_and_is_finished_at_th
     # Killed once the store was set aside, before it was deleted and the marker put back.
     tabledir.rename(tmp_path / "tables.discarded")
     assert claim_local_state(tabledir) is False  # nothing left to wipe: an empty store rebuilds from the changelogs
-    assert list(tabledir.iterdir()) == [tabledir / RUNNING_MARKER]
+    assert sorted(path.name for path in tabledir.iterdir()) == [HELD_WRITES_MARKER, RUNNING_MARKER]
     assert not (tmp_path / "tables.discarded").exists()
 
 
-def test_a_start_after_a_kill_drops_the_local_store_so_recovery_reads_only_the_changelogs(tmp_path):
+def test_a_start_after_a_kill_keeps_the_store_which_holds_only_what_the_changelogs_acknowledged(tmp_path):
     tabledir = tmp_path / "tables"
     claim_local_state(tabledir)
-    (tabledir / "orders-0.db").write_text("ahead of the changelog")
-    assert claim_local_state(tabledir) is True  # never released: the last run was killed
-    assert not (tabledir / "orders-0.db").exists()
+    (tabledir / "orders-0.db").write_text("a prefix of the changelog")
+    assert claim_local_state(tabledir) is False  # never released: the last run was killed
+    assert (tabledir / "orders-0.db").read_text() == "a prefix of the changelog"
     assert (tabledir / RUNNING_MARKER).exists()
+
+
+def test_a_start_after_a_kill_of_a_store_an_earlier_streamcart_wrote_drops_it(tmp_path):
+    tabledir = tmp_path / "tables"
+    claim_local_state(tabledir)
+    (tabledir / HELD_WRITES_MARKER).unlink()  # written before the changelogs, as streamcart once did
+    (tabledir / "orders-0.db").write_text("ahead of the changelog")
+    assert claim_local_state(tabledir) is True
+    assert not (tabledir / "orders-0.db").exists()
+    assert (tabledir / RUNNING_MARKER).exists() and (tabledir / HELD_WRITES_MARKER).exists()
+
+
+def test_a_store_killed_after_its_last_write_longer_ago_than_tombstones_stay_is_rebuilt(tmp_path):
+    tabledir = tmp_path / "tables"
+    claim_local_state(tabledir)
+    store = tabledir / "orders-0.db"
+    store.write_text("state")
+    written = store.stat().st_mtime
+    assert claim_local_state(tabledir, now=written + 5 * 86_400) is False  # killed; five days: kept
+    assert claim_local_state(tabledir, now=written + STALE_AFTER_S + 1) is True
+    assert not store.exists()
 
 
 class FakeConsumer:

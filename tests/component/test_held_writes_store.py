@@ -1,0 +1,171 @@
+"""A table's RocksDB store holds only what its changelog acknowledged (tables/store.py), on faust's real RocksDB:
+reads see a write at once, the disk once Kafka has it, in the order the writes were made, with the offset noted."""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from contextlib import contextmanager
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from aiokafka import TopicPartition as TP
+from faust.streams import _current_event
+
+from agents.app import build_runtime
+from streamcart.settings import Settings
+from tables.store import HeldWritesStore
+from tables.typed import keys_from
+
+PARTITIONS = 4
+
+
+class Handled:
+    """The event a flow handles: its partition is where the table writes go."""
+
+    def __init__(self, partition: int) -> None:
+        self.message = SimpleNamespace(topic="commerce.commands.orders", partition=partition)
+
+
+@contextmanager
+def handling(partition: int):
+    event = Handled(partition)
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+@pytest.fixture
+def table(codec, sink, tmp_path):
+    runtime = build_runtime(Settings(home=tmp_path, partitions=PARTITIONS), codec, store="rocksdb://", sink=sink)
+    return runtime.tables.orders.table
+
+
+def write(store: HeldWritesStore, partition: int, key: bytes, value: bytes | None) -> asyncio.Future[Any]:
+    """A write as a flow makes it: its changelog record first, then the store (``None`` deletes)."""
+    delivery: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    with handling(partition):
+        store.expect_write(delivery)
+        if value is None:
+            del store[key]
+        else:
+            store[key] = value
+    return delivery
+
+
+def acknowledge(delivery: asyncio.Future[Any], offset: int) -> None:
+    delivery.set_result(SimpleNamespace(offset=offset))
+
+
+async def settled() -> None:
+    """Let the acknowledgements' callbacks and the pass that applies them run."""
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
+def on_disk(store: HeldWritesStore, partition: int, key: bytes) -> bytes | None:
+    value: bytes | None = store._dbs[partition].get(key)
+    return value
+
+
+def noted_offset(table, partition: int) -> int | None:
+    offset: int | None = table.data.persisted_offset(TP(table.changelog_topic.get_topic_name(), partition))
+    return offset
+
+
+async def test_a_write_through_the_table_is_read_at_once_and_reaches_the_disk_once_its_record_is_acknowledged(table):
+    store = table.data
+    assert isinstance(store, HeldWritesStore)
+    with handling(2):
+        table["o-1"] = b'{"status": "PENDING"}'
+        assert table.data.get("o-1") == b'{"status": "PENDING"}'
+    assert store.get("o-1") == b'{"status": "PENDING"}'  # the API's read (no event) sees it too
+    await settled()
+    assert on_disk(store, 2, b"o-1") is None and noted_offset(table, 2) is None
+
+    (held,) = [held for queue in store._queues.values() for held in queue]
+    record = table.app.producer.buffer.pending.get_nowait()  # the changelog record the table handed over
+    record.set_result(SimpleNamespace(offset=17, topic_partition=TP("orders-changelog", 2)))
+    await settled()
+
+    assert held.offset == 17
+    assert on_disk(store, 2, b"o-1") == b'{"status": "PENDING"}'
+    assert noted_offset(table, 2) == 17
+    assert store.held() == 0
+
+
+async def test_acknowledged_writes_reach_the_disk_in_the_order_made_never_past_one_still_unacknowledged(table):
+    store = table.data
+    first = write(store, 1, b"o-1", b"PENDING")
+    second = write(store, 1, b"o-1", b"CONFIRMED")
+    third = write(store, 1, b"o-2", b"PENDING")
+
+    acknowledge(second, 11)  # acknowledged before the write made before it
+    acknowledge(third, 12)
+    await settled()
+    assert on_disk(store, 1, b"o-1") is None and on_disk(store, 1, b"o-2") is None
+    assert noted_offset(table, 1) is None
+    assert store.get("o-1") == b"CONFIRMED"  # reads answer the newest write all along
+
+    acknowledge(first, 10)
+    await settled()
+    assert on_disk(store, 1, b"o-1") == b"CONFIRMED" and on_disk(store, 1, b"o-2") == b"PENDING"
+    assert noted_offset(table, 1) == 12
+    assert store.held() == 0
+
+
+async def test_a_held_delete_hides_the_stored_value_from_every_read_and_removes_it_once_acknowledged(table):
+    store = table.data
+    for key, offset in ((b"a", 1), (b"b", 2), (b"c", 3)):
+        acknowledge(write(store, 0, key, b"v"), offset)
+    await settled()
+
+    delete = write(store, 0, b"b", None)
+    added = write(store, 0, b"bb", b"new")
+    with handling(0):
+        assert store.get("b") is None and "b" not in store and "bb" in store
+    assert store.get("b") is None
+    table.app.assignor.assigned_actives = lambda: {TP(table.changelog_topic.get_topic_name(), 0)}
+    assert sorted(store.keys()) == ["a", "bb", "c"]
+    assert len(store) == 3
+    assert list(keys_from(table, 0, "b", lambda key: 0)) == ["bb", "c"]
+    assert on_disk(store, 0, b"b") == b"v"
+
+    acknowledge(delete, 4)
+    acknowledge(added, 5)
+    await settled()
+    assert on_disk(store, 0, b"b") is None and on_disk(store, 0, b"bb") == b"new"
+    assert noted_offset(table, 0) == 5
+
+
+async def test_a_write_whose_record_failed_never_reaches_the_disk_nor_do_the_writes_after_it(table):
+    store = table.data
+    failed = write(store, 3, b"o-1", b"PENDING")
+    later = write(store, 3, b"o-2", b"PENDING")
+    failed.set_exception(RuntimeError("the broker refused the record"))
+    acknowledge(later, 8)
+    await settled()
+    assert on_disk(store, 3, b"o-1") is None and on_disk(store, 3, b"o-2") is None
+    assert noted_offset(table, 3) is None
+    assert store.get("o-1") == b"PENDING"  # read as written until the worker stops (at its next commit)
+
+
+async def test_held_writes_of_a_partition_no_longer_held_are_dropped_and_never_open_it_again(table):
+    store = table.data
+    held = write(store, 1, b"o-1", b"PENDING")
+    changelog = table.changelog_topic.get_topic_name()
+    await table.on_rebalance(set(), {TP(changelog, 1)}, set())
+    assert store.held() == 0 and store.get("o-1") is None
+
+    acknowledge(held, 3)  # acknowledged after the revocation
+    await settled()
+    assert 1 not in store._dbs and not store.partition_path(1).exists()
+
+
+async def test_a_write_without_its_changelog_record_is_refused(table):
+    with handling(0), pytest.raises(RuntimeError, match="without its changelog record"):
+        table.data["o-1"] = b"PENDING"
+    assert table.data.get("o-1") is None
