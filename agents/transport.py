@@ -35,7 +35,6 @@ import asyncio
 import contextlib
 import contextvars
 import logging
-import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -54,6 +53,7 @@ from mode import Service
 from mode.utils.queues import FlowControlEvent
 from yarl import URL
 
+from agents.local_state import NOTE_EVERY_S, discard_directory, note_caught_up
 from agents.state_first import HeldForever, Record, StateFirst
 from streamcart.text import is_digits
 from tables.store import HeldWritesStore
@@ -727,6 +727,7 @@ class Producer(faust_aiokafka.Producer):
         self.deliveries = Deliveries()
         self.state_first = buffer.state_first = StateFirst(self._send_record)
         self.buffer = buffer
+        self._caught_up_noted = -NOTE_EVERY_S
 
     def _new_producer(self, transactional_id: str | None = None) -> Any:
         producer = super()._new_producer(transactional_id)
@@ -772,6 +773,19 @@ class Producer(faust_aiokafka.Producer):
         for table in self.app.tables.values():
             if isinstance(table, Table):
                 table.store_acknowledged()
+        self._note_caught_up()
+
+    def _note_caught_up(self) -> None:
+        """Note, at most every :data:`NOTE_EVERY_S`, that the tables' stores are caught up with their changelogs:
+        after a flush that succeeded, once the tables are recovered (agents/local_state.py)."""
+        app = cast(Any, self.app)
+        if time.monotonic() - self._caught_up_noted < NOTE_EVERY_S or app.tables.recovery.in_recovery:
+            return
+        if not app.tables.recovery.completed.is_set() or app.rebalancing or not app.conf.tabledir:
+            return
+        self._caught_up_noted = time.monotonic()
+        with contextlib.suppress(OSError):  # a unit test's app has no directory; an older note only errs to a rebuild
+            note_caught_up(Path(app.conf.tabledir))
 
     async def on_stop(self) -> None:
         with contextlib.suppress(RuntimeError, HeldForever):  # a crash: what they held is lost either way
@@ -867,16 +881,6 @@ def stored_partitions(store: Any) -> set[int]:
         if is_digits(number) and Path(store.partition_path(int(number))) == path:
             found.add(int(number))
     return found
-
-
-def discard_directory(path: Path) -> None:
-    """Delete ``path`` all at once as far as a later reader can tell: renamed aside in one step, then deleted.
-    A kill in between leaves only the aside copy (``<name>.discarded``), never part of the directory."""
-    discarded = path.with_name(f"{path.name}.discarded")
-    if discarded.exists():  # an earlier discard that a kill interrupted
-        shutil.rmtree(discarded)
-    path.rename(discarded)
-    shutil.rmtree(discarded)
 
 
 class Transport(faust_aiokafka.Transport):

@@ -5,8 +5,6 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +13,7 @@ from aiohttp import web
 from mode import Service
 
 from agents.app import build_runtime, worker_view
-from agents.transport import discard_directory
+from agents.local_state import claim_local_state, release_local_state
 from api.app import init_app
 from api.commands import KafkaCommands
 from api.errors import JsonErrorsRunner
@@ -26,7 +24,6 @@ from streamcart.logs import configure_logging, logging_config
 from streamcart.otel import start_export
 from streamcart.settings import Settings, unknown_variables
 from streamcart.sink_keeper import SinkKeeper
-from streamcart.topics import TOMBSTONE_RETENTION_MS
 
 log = logging.getLogger(__name__)
 
@@ -71,78 +68,6 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
-
-
-#: Present while a worker runs; still there at start when the last run did not stop cleanly.
-RUNNING_MARKER = "RUNNING"
-#: Written by a clean stop: when (epoch seconds). A store stopped longer ago than Kafka keeps tombstones may have
-#: missed deletions (a forgotten order, a released reservation) whose tombstones were compacted away meanwhile.
-STOPPED_MARKER = "STOPPED"
-#: Present in a store written only with what its changelogs acknowledged (tables/store.py). A store without it was
-#: written by an earlier streamcart, whose tables reached the disk before their changelogs: after a kill it could be
-#: ahead of them, and is rebuilt.
-HELD_WRITES_MARKER = "HELD_WRITES"
-#: A store stopped cleanly this long ago is rebuilt from the changelogs too: a day less than the tombstones stay.
-STALE_AFTER_S = TOMBSTONE_RETENTION_MS / 1000 - 24 * 3600
-
-
-def claim_local_state(tabledir: Path, *, now: float | None = None) -> bool:
-    """Mark ``tabledir`` in use; wipe it first if it was last used more than :data:`STALE_AFTER_S` ago, or killed
-    while an earlier streamcart wrote it. Returns whether it was wiped.
-
-    A killed worker keeps its store: each table partition's store holds a prefix of its changelog (tables/store.py)
-    and notes the offset it reaches, so the recovery reads only the records after it. When it was last used is the
-    time of its clean stop (``STOPPED``), or after a kill the time of its last write to disk: an idle worker killed
-    days later counts as gone since its last write, which only errs towards a rebuild.
-    """
-    marker = tabledir / RUNNING_MARKER
-    # The store and its marker go away together (discard_directory). Deleted in place, the marker could go before
-    # some stores, and a kill in between would leave those stores, unmarked, to be kept.
-    discarded = tabledir.with_name(f"{tabledir.name}.discarded")
-    if discarded.exists():  # a wipe that a kill interrupted
-        shutil.rmtree(discarded)
-    now = time.time() if now is None else now
-    killed = marker.exists()
-    unheld = killed and not (tabledir / HELD_WRITES_MARKER).exists()
-    idle_s = _last_written_s(tabledir, now) if killed else _stopped_for_s(tabledir, now)
-    if unheld:
-        log.warning("the last run of this worker did not stop cleanly and wrote its tables before their changelogs: "
-                    "rebuilding them from the changelogs")
-    elif idle_s is not None and idle_s > STALE_AFTER_S:
-        log.warning("this worker's tables were last used %.1f days ago, longer than Kafka keeps the tombstones of "
-                    "deleted keys: rebuilding them from the changelogs", idle_s / 86_400)
-    elif killed:
-        log.warning("the last run of this worker did not stop cleanly: its tables hold what their changelogs had "
-                    "acknowledged, and recovery reads the rest")
-    wiped = unheld or (idle_s is not None and idle_s > STALE_AFTER_S)
-    if wiped:
-        discard_directory(tabledir)
-    tabledir.mkdir(parents=True, exist_ok=True)
-    marker.touch()
-    (tabledir / HELD_WRITES_MARKER).touch()
-    (tabledir / STOPPED_MARKER).unlink(missing_ok=True)
-    return wiped
-
-
-def _stopped_for_s(tabledir: Path, now: float) -> float | None:
-    """How long ago the store was stopped cleanly (``None``: not known, as for a store older than the marker)."""
-    try:
-        return now - float((tabledir / STOPPED_MARKER).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _last_written_s(tabledir: Path, now: float) -> float | None:
-    """How long ago anything in the store was last written (``None``: nothing there but the markers)."""
-    markers = {RUNNING_MARKER, STOPPED_MARKER, HELD_WRITES_MARKER}
-    times = [path.stat().st_mtime for path in tabledir.rglob("*") if path.is_file() and path.name not in markers]
-    return now - max(times) if times else None
-
-
-def release_local_state(tabledir: Path, *, now: float | None = None) -> None:
-    """Mark ``tabledir`` as consistent with the changelogs (after a clean stop), as of now."""
-    (tabledir / STOPPED_MARKER).write_text(f"{time.time() if now is None else now:.0f}")
-    (tabledir / RUNNING_MARKER).unlink(missing_ok=True)
 
 
 def run(settings: Settings, index: int) -> None:

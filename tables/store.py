@@ -18,6 +18,7 @@ recovery reads only what came after it.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Iterator
 from functools import partial
@@ -27,6 +28,13 @@ from faust.stores.rocksdb import Store as RocksDBStore
 from faust.streams import current_event
 from faust.types import TP
 from rocksdict import WriteBatch
+
+log = logging.getLogger(__name__)
+
+
+def _as_bytes(key: Any) -> bytes:
+    """A changelog record's key as the store holds it (streamcart's keys are ids: their UTF-8 bytes)."""
+    return key.encode() if isinstance(key, str) else bytes(key)
 
 
 class _Write:
@@ -44,9 +52,11 @@ class HeldWritesStore(RocksDBStore):
     """faust's RocksDB store, with each write held in memory until its changelog record is acknowledged.
 
     The table (agents/transport.py, ``Table.send_changelog``) hands over the changelog record's future just before
-    faust writes the value (:meth:`expect_write`); a write without one would be a write no changelog ever holds, and
-    is refused. A write whose record is never acknowledged stays held, read as written, until the worker crashes at
-    its next commit (agents/state_first.py): its store on disk never learns of it.
+    faust writes the value (:meth:`expect_write`). A write without one, or with another key's, is refused; a record
+    sent without its write (faust's ``Table.update`` and ``clear`` do that, streamcart uses neither) stops its
+    partition's store where it is for the rest of the run, since its offset could otherwise be noted past a record
+    the store never had. A write whose record is never acknowledged stays held, read as written, until the worker
+    crashes at its next commit (agents/state_first.py): its store on disk never learns of it.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -62,6 +72,8 @@ class HeldWritesStore(RocksDBStore):
 
     def expect_write(self, delivery: asyncio.Future[Any]) -> None:
         """The next write (set or delete) is the one whose changelog record ``delivery`` resolves for."""
+        if self._sending is not None:  # a record sent without its write (faust's Table.update or clear, ...)
+            self._unpair(self._sending, "a changelog record was sent without its table write")
         self._sending = delivery
 
     def _set(self, key: bytes, value: bytes | None) -> None:
@@ -76,11 +88,24 @@ class HeldWritesStore(RocksDBStore):
         if delivery is None or event is None:
             raise RuntimeError(f"{self.table_name}: a table write without its changelog record")
         partition = event.message.partition
+        record = getattr(delivery, "message", None)  # faust's FutureMessage: the record it resolves for
+        if record is not None and (record.partition != partition or _as_bytes(record.key) != key):
+            self._unpair(delivery, f"the table write of {key!r} in partition {partition} is not its changelog record's")
+            raise RuntimeError(f"{self.table_name}: a table write that is not its changelog record's")
         self._db_for_partition(partition)  # opened as faust's own write would (a partition it was given)
         write = _Write(key, value)
         self._queues.setdefault(partition, deque()).append(write)
         self._newest.setdefault(partition, {})[key] = write
         delivery.add_done_callback(partial(self._acknowledged, partition, write))
+
+    def _unpair(self, delivery: Any, what: str) -> None:
+        """A changelog record whose write the store does not know: from it on, nothing of its partition reaches the
+        disk in this run (a write that never resolves blocks the queue), so the store stays a prefix of the
+        changelog, noting an offset before the record. Reads still answer the writes held since."""
+        partition = delivery.message.partition
+        log.critical("%s: %s; partition %s of the local store stays where it is until the worker restarts",
+                     self.table_name, what, partition)
+        self._queues.setdefault(partition, deque()).append(_Write(b"", None))  # never acknowledged
 
     def _acknowledged(self, partition: int, write: _Write, delivery: asyncio.Future[Any]) -> None:
         if delivery.cancelled() or delivery.exception() is not None:
@@ -91,15 +116,16 @@ class HeldWritesStore(RocksDBStore):
         self._acknowledged_in.add(partition)
 
     def apply_acknowledged(self) -> None:
-        """Write what was acknowledged to RocksDB (also called before an offset commit and a stop, so the disk is
-        as far on as the changelogs then)."""
+        """Write to RocksDB what was acknowledged so far (also called by every producer flush: before an offset
+        commit and at a stop)."""
         partitions, self._acknowledged_in = self._acknowledged_in, set()
         for partition in sorted(partitions):
             self._apply(partition)
 
     def _apply(self, partition: int) -> None:
         """Write to RocksDB, in one batch with the offset they reach, the partition's held writes from the oldest up
-        to the first not yet acknowledged (a later write acknowledged first waits: the disk holds a prefix)."""
+        to the first not yet acknowledged (a later write acknowledged first waits: the disk holds a prefix). They
+        leave memory only once RocksDB has them: a failed write to disk leaves them held and read as before."""
         queue = self._queues.get(partition)
         if not queue or queue[0].offset is None:
             return
@@ -107,20 +133,23 @@ class HeldWritesStore(RocksDBStore):
         if db is None:  # no longer held at all (Table.on_rebalance deleted it): the changelog has the writes
             self._forget(partition)
             return
-        newest = self._newest[partition]
         batch = WriteBatch(raw_mode=True)
-        offset = -1
-        while queue and (acknowledged := queue[0].offset) is not None:
-            write = queue.popleft()
+        count, offset = 0, -1
+        for write in queue:
+            if write.offset is None:
+                break
             if write.value is None:
                 batch.delete(write.key)
             else:
                 batch.put(write.key, write.value)
-            offset = acknowledged
-            if newest.get(write.key) is write:
-                del newest[write.key]
+            count, offset = count + 1, write.offset
         batch.put(self.offset_key, str(offset).encode())  # as set_persisted_offset writes it
         db.write(batch)
+        newest = self._newest[partition]
+        for _ in range(count):
+            write = queue.popleft()
+            if newest.get(write.key) is write:
+                del newest[write.key]
 
     def held(self) -> int:
         """Writes waiting for their changelog records."""
@@ -135,6 +164,16 @@ class HeldWritesStore(RocksDBStore):
         for tp in tps:
             if tp.topic in table.changelog_topic.topics:
                 self._forget(tp.partition)
+
+    async def on_rebalance(self, assigned: Any, revoked: Any, newly_assigned: Any, generation_id: int = 0) -> None:
+        """Held writes of a partition this worker no longer has as an active one (revoked, or a standby now) are
+        dropped: its changelog has them (the rebalance flushed the producer first), and a standby's reader, which
+        applies the new owner's records, must not have older ones written over them."""
+        await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
+        actives = self.app.assignor.assigned_actives()
+        topic = self.table.changelog_topic.get_topic_name()
+        for partition in [p for p in self._queues if TP(topic=topic, partition=p) not in actives]:
+            self._forget(partition)
 
     def reset_state(self) -> None:
         super().reset_state()
@@ -185,15 +224,21 @@ class HeldWritesStore(RocksDBStore):
                     yield key, write.value
 
     def _iterkeys(self) -> Iterator[bytes]:
-        for key, _ in self._iteritems():
-            yield key
+        for partition, db in self._active_partitions():
+            newest = dict(self._newest.get(partition, {}))
+            for key in self._visible_keys(db):
+                if key not in newest:
+                    yield key
+            for key, write in newest.items():
+                if write.value is not None:
+                    yield key
 
     def _itervalues(self) -> Iterator[bytes]:
         for _, value in self._iteritems():
             yield value
 
     def _size(self) -> int:
-        return sum(1 for _ in self._iteritems())
+        return sum(1 for _ in self._iterkeys())
 
     def keys_from(self, partition: int, start: bytes) -> Iterator[bytes]:
         """The keys of ``partition`` from ``start`` on, in byte order, held writes included (a range read)."""

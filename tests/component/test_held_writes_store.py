@@ -169,3 +169,85 @@ async def test_a_write_without_its_changelog_record_is_refused(table):
     with handling(0), pytest.raises(RuntimeError, match="without its changelog record"):
         table.data["o-1"] = b"PENDING"
     assert table.data.get("o-1") is None
+
+
+class FailingDisk:
+    """A partition's RocksDB whose writes fail (a full disk), reads still answered."""
+
+    def __init__(self, db) -> None:
+        self.db = db
+
+    def write(self, batch) -> None:
+        raise OSError(28, "No space left on device")
+
+    def get(self, key):
+        return self.db.get(key)
+
+
+async def test_writes_a_failed_disk_write_did_not_take_stay_held_and_reach_the_disk_at_the_next_pass(table):
+    store = table.data
+    acknowledge(write(store, 1, b"o-1", b"CONFIRMED"), 5)
+    await asyncio.sleep(0)  # acknowledged, not applied yet
+    healthy = store._dbs[1]
+    store._dbs[1] = FailingDisk(healthy)
+    with pytest.raises(OSError):
+        table.store_acknowledged()
+    assert store.get("o-1") == b"CONFIRMED" and store.held() == 1
+
+    store._dbs[1] = healthy
+    acknowledge(write(store, 1, b"o-2", b"PENDING"), 6)
+    await settled()
+    assert on_disk(store, 1, b"o-1") == b"CONFIRMED" and on_disk(store, 1, b"o-2") == b"PENDING"
+    assert noted_offset(table, 1) == 6
+
+
+async def test_a_changelog_record_sent_without_its_write_stops_its_partition_from_reaching_the_disk(table, caplog):
+    store = table.data
+    acknowledge(write(store, 2, b"o-1", b"PENDING"), 3)
+    await settled()
+    orphan = asyncio.get_running_loop().create_future()
+    orphan.message = SimpleNamespace(partition=2, key="o-9")  # sent, but faust never wrote the store after it
+    store.expect_write(orphan)
+    later = write(store, 2, b"o-2", b"PENDING")
+    elsewhere = write(store, 3, b"o-3", b"PENDING")
+    acknowledge(orphan, 4)
+    acknowledge(later, 5)
+    acknowledge(elsewhere, 1)
+    await settled()
+
+    assert "without its table write" in caplog.text
+    assert noted_offset(table, 2) == 3  # the store stays a prefix: before the record it never had
+    assert on_disk(store, 2, b"o-2") is None and store.get("o-2") == b"PENDING"
+    assert on_disk(store, 3, b"o-3") == b"PENDING"  # other partitions go on
+
+
+async def test_a_write_that_is_not_its_changelog_records_is_refused_and_stops_its_partition(table):
+    store = table.data
+    record = asyncio.get_running_loop().create_future()
+    record.message = SimpleNamespace(partition=1, key="o-1")
+    store.expect_write(record)
+    with handling(1), pytest.raises(RuntimeError, match="not its changelog record"):
+        store[b"o-2"] = b"PENDING"
+    acknowledge(record, 0)
+    acknowledge(write(store, 1, b"o-3", b"PENDING"), 1)
+    await settled()
+    assert noted_offset(table, 1) is None and on_disk(store, 1, b"o-3") is None
+
+
+async def test_held_writes_of_a_partition_that_became_a_standby_are_dropped(table, monkeypatch):
+    store = table.data
+    changelog = table.changelog_topic.get_topic_name()
+    held = write(store, 2, b"o-1", b"PENDING")
+    kept = write(store, 3, b"o-2", b"PENDING")
+    monkeypatch.setattr(table.app.assignor, "assigned_actives", lambda: {TP(changelog, 3)})
+    monkeypatch.setattr(table.app.assignor, "assigned_standbys", lambda: {TP(changelog, 2)})
+
+    await store.on_rebalance({TP(changelog, 2), TP(changelog, 3)}, set(), set())
+
+    assert store.get("o-1") is None  # the standby's reader brings it from the changelog
+    assert store.get("o-2") == b"PENDING"
+    acknowledge(held, 7)
+    acknowledge(kept, 8)
+    await settled()
+    assert on_disk(store, 2, b"o-1") is None and noted_offset(table, 2) is None
+    assert on_disk(store, 3, b"o-2") == b"PENDING"

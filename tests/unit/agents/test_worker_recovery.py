@@ -10,12 +10,13 @@ from aiokafka import TopicPartition
 
 from agents import worker
 from agents.transport import ConsumerThread
-from agents.worker import (
-    HELD_WRITES_MARKER,
+from agents.local_state import (
+    CAUGHT_UP_MARKER,
     RUNNING_MARKER,
     STALE_AFTER_S,
     STOPPED_MARKER,
     claim_local_state,
+    note_caught_up,
     release_local_state,
 )
 from streamcart.topics import TOMBSTONE_RETENTION_MS
@@ -43,38 +44,52 @@ def test_a_wipe_a_kill_interrupted_leaves_no_store_to_keep_and_is_finished_at_th
     # Killed once the store was set aside, before it was deleted and the marker put back.
     tabledir.rename(tmp_path / "tables.discarded")
     assert claim_local_state(tabledir) is False  # nothing left to wipe: an empty store rebuilds from the changelogs
-    assert sorted(path.name for path in tabledir.iterdir()) == [HELD_WRITES_MARKER, RUNNING_MARKER]
+    assert list(tabledir.iterdir()) == [tabledir / RUNNING_MARKER]
     assert not (tmp_path / "tables.discarded").exists()
 
 
 def test_a_start_after_a_kill_keeps_the_store_which_holds_only_what_the_changelogs_acknowledged(tmp_path):
     tabledir = tmp_path / "tables"
-    claim_local_state(tabledir)
+    claim_local_state(tabledir, now=0)
+    note_caught_up(tabledir, now=100)  # recovered, running
     (tabledir / "orders-0.db").write_text("a prefix of the changelog")
-    assert claim_local_state(tabledir) is False  # never released: the last run was killed
+    assert claim_local_state(tabledir, now=200) is False  # never released: the last run was killed
     assert (tabledir / "orders-0.db").read_text() == "a prefix of the changelog"
     assert (tabledir / RUNNING_MARKER).exists()
 
 
 def test_a_start_after_a_kill_of_a_store_an_earlier_streamcart_wrote_drops_it(tmp_path):
     tabledir = tmp_path / "tables"
-    claim_local_state(tabledir)
-    (tabledir / HELD_WRITES_MARKER).unlink()  # written before the changelogs, as streamcart once did
+    tabledir.mkdir()
+    (tabledir / RUNNING_MARKER).touch()  # left empty by a streamcart that wrote tables before their changelogs
+    (tabledir / STOPPED_MARKER).write_text("0")
     (tabledir / "orders-0.db").write_text("ahead of the changelog")
-    assert claim_local_state(tabledir) is True
+    assert claim_local_state(tabledir, now=100) is True
     assert not (tabledir / "orders-0.db").exists()
-    assert (tabledir / RUNNING_MARKER).exists() and (tabledir / HELD_WRITES_MARKER).exists()
+    assert (tabledir / RUNNING_MARKER).exists()
 
 
-def test_a_store_killed_after_its_last_write_longer_ago_than_tombstones_stay_is_rebuilt(tmp_path):
+def test_a_start_after_a_kill_before_the_tables_were_ever_caught_up_drops_them(tmp_path):
     tabledir = tmp_path / "tables"
-    claim_local_state(tabledir)
-    store = tabledir / "orders-0.db"
-    store.write_text("state")
-    written = store.stat().st_mtime
-    assert claim_local_state(tabledir, now=written + 5 * 86_400) is False  # killed; five days: kept
-    assert claim_local_state(tabledir, now=written + STALE_AFTER_S + 1) is True
-    assert not store.exists()
+    claim_local_state(tabledir, now=0)
+    (tabledir / "orders-0.db").write_text("recovered part of the way")
+    assert claim_local_state(tabledir, now=10) is True
+    assert not (tabledir / "orders-0.db").exists()
+
+
+def test_a_kill_keeps_the_time_the_tables_were_last_caught_up_however_often_it_starts_again(tmp_path):
+    """Starting opens the stores (RocksDB writes its files) without catching them up: only a note of a recovered,
+    running worker moves the time on, so runs killed before their recovery finished never make old stores look new."""
+    tabledir = tmp_path / "tables"
+    day = 86_400.0
+    claim_local_state(tabledir, now=0)
+    note_caught_up(tabledir, now=day)
+    (tabledir / "orders-0.db").write_text("state")
+    assert claim_local_state(tabledir, now=5 * day) is False  # killed; caught up four days before: kept
+    (tabledir / "orders-0.db").write_text("opened again, not caught up")
+    assert claim_local_state(tabledir, now=day + STALE_AFTER_S - 1) is False
+    assert claim_local_state(tabledir, now=day + STALE_AFTER_S + 1) is True
+    assert not (tabledir / "orders-0.db").exists()
 
 
 class FakeConsumer:
@@ -124,7 +139,7 @@ def test_a_store_stopped_cleanly_longer_ago_than_tombstones_stay_is_rebuilt_and_
     (tabledir / "orders-0.db").write_text("state")
     release_local_state(tabledir, now=0)
     assert claim_local_state(tabledir, now=5 * day) is False  # five days: every deletion's tombstone is still there
-    assert (tabledir / "orders-0.db").exists() and not (tabledir / STOPPED_MARKER).exists()
+    assert (tabledir / "orders-0.db").exists() and (tabledir / CAUGHT_UP_MARKER).read_text() == "0"
     release_local_state(tabledir, now=5 * day)
     # Eleven days after: tombstones of keys deleted while it was stopped may be compacted away (kept 7 days).
     assert claim_local_state(tabledir, now=5 * day + STALE_AFTER_S + 1) is True

@@ -1,0 +1,118 @@
+"""What a worker keeps on its disk between runs, and when it starts again from the changelogs instead.
+
+Each table partition's RocksDB store holds a prefix of its changelog and notes the offset it reaches
+(tables/store.py), so a worker that stopped, cleanly or not, keeps its stores and its recovery reads only the records
+after them. Two things make it rebuild from the changelogs alone:
+
+- **Stores an earlier streamcart wrote, left by a kill.** Its tables reached the disk before their changelogs, so a
+  store could be *ahead* of them, which a recovery cannot take back. The marker a run leaves while it runs says
+  which kind of run it was.
+- **Stores not caught up for longer than Kafka keeps tombstones.** A store misses the deletions (a forgotten order, a
+  released reservation) made while it was not reading, and a recovery finds them only while their tombstones are
+  still in the changelog: a week (:data:`streamcart.topics.TOMBSTONE_RETENTION_MS`). When the stores were last
+  caught up is noted at a clean stop and, while the worker runs with its tables recovered, after its producer
+  flushes (before its offset commits; at most once a minute). Not when it starts: a run killed, or crashing, before
+  its recovery is done leaves the time of the last one that was.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+from streamcart.topics import TOMBSTONE_RETENTION_MS
+
+log = logging.getLogger(__name__)
+
+#: Present while a worker runs; still there at start when the last run did not stop cleanly. Its text says the run
+#: wrote its tables only with what their changelogs had acknowledged (an earlier streamcart left it empty).
+RUNNING_MARKER = "RUNNING"
+HELD_WRITES = "held-writes"
+#: When the stores were last caught up with their changelogs (epoch seconds).
+CAUGHT_UP_MARKER = "CAUGHT_UP"
+#: Where an earlier streamcart noted its clean stops (read when there is no ``CAUGHT_UP`` yet).
+STOPPED_MARKER = "STOPPED"
+#: Stores last caught up this long ago are rebuilt from the changelogs: a day less than the tombstones stay.
+STALE_AFTER_S = TOMBSTONE_RETENTION_MS / 1000 - 24 * 3600
+#: How often a running worker notes that its stores are caught up.
+NOTE_EVERY_S = 60.0
+
+
+def claim_local_state(tabledir: Path, *, now: float | None = None) -> bool:
+    """Mark ``tabledir`` in use, wiping it first if it cannot be trusted (above). Returns whether it was wiped."""
+    marker = tabledir / RUNNING_MARKER
+    # The stores and their markers go away together (discard_directory). Deleted in place, the marker could go before
+    # some stores, and a kill in between would leave those stores, unmarked, to be kept.
+    discarded = tabledir.with_name(f"{tabledir.name}.discarded")
+    if discarded.exists():  # a wipe that a kill interrupted
+        shutil.rmtree(discarded)
+    killed = marker.exists()
+    caught_up = _caught_up_at(tabledir)
+    behind_s = None if caught_up is None else (time.time() if now is None else now) - caught_up
+    wiped = True
+    if killed and _read(marker) != HELD_WRITES:
+        log.warning("the last run of this worker did not stop cleanly and wrote its tables before their changelogs: "
+                    "rebuilding them from the changelogs")
+    elif behind_s is not None and behind_s > STALE_AFTER_S:
+        log.warning("this worker's tables were last caught up %.1f days ago, longer than Kafka keeps the tombstones "
+                    "of deleted keys: rebuilding them from the changelogs", behind_s / 86_400)
+    elif killed and behind_s is None:
+        log.warning("the last run of this worker did not stop cleanly before its tables were ever caught up: "
+                    "rebuilding them from the changelogs")
+    else:
+        wiped = False
+        if killed:
+            log.warning("the last run of this worker did not stop cleanly: its tables hold what their changelogs had "
+                        "acknowledged, and recovery reads the rest")
+    if wiped:
+        discard_directory(tabledir)
+    tabledir.mkdir(parents=True, exist_ok=True)
+    _write(marker, HELD_WRITES)
+    return wiped
+
+
+def note_caught_up(tabledir: Path, *, now: float | None = None) -> None:
+    """Note that the stores in ``tabledir`` are caught up with their changelogs, as of ``now``."""
+    _write(tabledir / CAUGHT_UP_MARKER, f"{time.time() if now is None else now:.0f}")
+
+
+def release_local_state(tabledir: Path, *, now: float | None = None) -> None:
+    """Mark ``tabledir`` as consistent with the changelogs and caught up (after a clean stop), as of now."""
+    note_caught_up(tabledir, now=now)
+    (tabledir / RUNNING_MARKER).unlink(missing_ok=True)
+
+
+def discard_directory(path: Path) -> None:
+    """Delete ``path`` all at once as far as a later reader can tell: renamed aside in one step, then deleted.
+    A kill in between leaves only the aside copy (``<name>.discarded``), never part of the directory."""
+    discarded = path.with_name(f"{path.name}.discarded")
+    if discarded.exists():  # an earlier discard that a kill interrupted
+        shutil.rmtree(discarded)
+    path.rename(discarded)
+    shutil.rmtree(discarded)
+
+
+def _caught_up_at(tabledir: Path) -> float | None:
+    for name in (CAUGHT_UP_MARKER, STOPPED_MARKER):
+        try:
+            return float(_read(tabledir / name))
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def _write(path: Path, text: str) -> None:
+    """Write ``path`` whole or not at all (a kill mid-write leaves the old text)."""
+    partial = path.with_name(f"{path.name}.partial")
+    partial.write_text(text)
+    os.replace(partial, path)
