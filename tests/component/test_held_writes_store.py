@@ -190,7 +190,7 @@ async def test_writes_a_failed_disk_write_did_not_take_stay_held_and_reach_the_d
     await asyncio.sleep(0)  # acknowledged, not applied yet
     healthy = store._dbs[1]
     store._dbs[1] = FailingDisk(healthy)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="No space left"):
         table.store_acknowledged()
     assert store.get("o-1") == b"CONFIRMED" and store.held() == 1
 

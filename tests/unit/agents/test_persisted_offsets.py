@@ -3,6 +3,7 @@ and a producer flush brings every store up to what was acknowledged (agents/tran
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 from typing import Any
 
@@ -48,7 +49,7 @@ async def test_a_producer_flush_brings_every_table_store_up_to_what_its_changelo
     assert sorted(brought) == ["orders", "stock"]
 
 
-async def test_a_flush_of_a_recovered_worker_notes_that_its_stores_are_caught_up_and_not_before(tmp_path) -> None:
+def test_a_flush_of_a_recovered_worker_notes_that_its_stores_are_caught_up_and_not_before(tmp_path) -> None:
     from pathlib import Path
 
     from agents.local_state import CAUGHT_UP_MARKER
@@ -58,12 +59,12 @@ async def test_a_flush_of_a_recovered_worker_notes_that_its_stores_are_caught_up
     tabledir.mkdir(parents=True)
     producer = app.producer
     producer._producer = FakeKafkaProducer()
-    await producer.flush()
+    asyncio.run(producer.flush())
     assert not (tabledir / CAUGHT_UP_MARKER).exists()  # still recovering: the stores are behind
 
     app.tables.recovery.completed.set()
-    await producer.flush()
+    asyncio.run(producer.flush())
     noted = float((tabledir / CAUGHT_UP_MARKER).read_text())
     (tabledir / CAUGHT_UP_MARKER).write_text("1")
-    await producer.flush()  # noted a moment ago: not again for a minute
+    asyncio.run(producer.flush())  # noted a moment ago: not again for a minute
     assert (tabledir / CAUGHT_UP_MARKER).read_text() == "1" and noted > 1

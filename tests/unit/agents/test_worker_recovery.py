@@ -9,7 +9,6 @@ import pytest
 from aiokafka import TopicPartition
 
 from agents import worker
-from agents.transport import ConsumerThread
 from agents.local_state import (
     CAUGHT_UP_MARKER,
     RUNNING_MARKER,
@@ -19,6 +18,7 @@ from agents.local_state import (
     note_caught_up,
     release_local_state,
 )
+from agents.transport import ConsumerThread
 from streamcart.topics import TOMBSTONE_RETENTION_MS
 
 
