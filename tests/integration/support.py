@@ -169,9 +169,11 @@ def last_run_log(log_path: Path, name: str) -> list[dict[str, Any]]:
 
 
 def recovery_starts(records: list[dict[str, Any]], topic: str) -> dict[int, int]:
-    """Where faust's table recovery began reading each of ``topic``'s active partitions (-1: from its start), from
-    the table it logs ("active offsets at start of reading")."""
-    (message,) = [r["message"] for r in records if "active offsets at start of reading" in str(r.get("message"))]
+    """Where faust's first table recovery in ``records`` began reading each of ``topic``'s active partitions (-1:
+    from its start), from the table it logs ("active offsets at start of reading")."""
+    logged = [r["message"] for r in records if "active offsets at start of reading" in str(r.get("message"))]
+    assert logged, "no table recovery was logged"
+    message = logged[0]
     starts, current = {}, None
     for row in message.splitlines():
         cells = [cell.strip() for cell in row.strip("|").split("|")]
