@@ -15,7 +15,9 @@ from tests.integration.test_saga_failures import assert_a_fresh_order_confirms
 def test_the_dashboard_reconnects_by_itself_after_its_worker_restarts(shop: Shop, settings, stack, skus):  # noqa: F811
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     assert chromium, "chromium is missing: `streamcart setup` installs it (Debian's package)"
-    with OrderFlow(shop, skus), sync_playwright() as p:
+    # Orders flow until the end (a stop, a handover and a restart take longer than the default flow's 40 s on a
+    # loaded machine; once it ran dry the figures had nothing left to move with).
+    with OrderFlow(shop, skus, limit=3_000), sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         try:
             page = browser.new_page()
