@@ -17,6 +17,7 @@ from typing import Any
 from confluent_kafka import Consumer, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
+from api.app import STORED_WAIT_S
 from api.auth import issue_token
 from streamcart.ids import new_id
 from streamcart.settings import Settings
@@ -110,7 +111,15 @@ def admin_token(settings: Settings) -> str:
     return issue_token(settings.jwt_secret.get_secret_value(), "ops", ["admin"])
 
 
-def http_json(url: str, token: str | None = None, timeout_s: float = 5.0, body: Any = None) -> tuple[int, Any]:
+#: Longer than a worker's wait for its table writes before it answers 503 (api/app.py ``STORED_WAIT_S``), plus a
+#: forward to the owner: a worker that is slow to have its writes acknowledged then answers 503 + Retry-After, which
+#: callers retry, rather than the client giving up first with a socket timeout.
+HTTP_TIMEOUT_S = STORED_WAIT_S + 10
+
+
+def http_json(
+    url: str, token: str | None = None, timeout_s: float = HTTP_TIMEOUT_S, body: Any = None
+) -> tuple[int, Any]:
     """GET ``url``, or POST ``body`` as JSON to it: the status and the JSON answer."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     data = None if body is None else json.dumps(body).encode()

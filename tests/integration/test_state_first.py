@@ -179,7 +179,7 @@ def test_the_api_answers_an_order_only_as_its_changelog_holds_it(shop: Shop, set
         deadline = time.monotonic() + 90
         status = None
         while status not in ("CONFIRMED", "CANCELLED") and time.monotonic() < deadline:
-            code, body = http_json(f"{settings.worker_url(0)}/v1/orders/{order.order_id}", shop.token, timeout_s=15)
+            code, body = http_json(f"{settings.worker_url(0)}/v1/orders/{order.order_id}", shop.token)
             if code == 200:
                 answered.append((len(body["history"]), _stored_histories(settings, order.order_id)))
                 status = body["status"]
