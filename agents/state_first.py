@@ -118,11 +118,14 @@ class StateFirst:
         """Return once the first ``mark`` table writes noted (:meth:`written`) were all delivered to their changelogs:
         what was read of the tables when the mark was taken can no longer be lost to a crash.
 
-        Raises :class:`HeldForever` once a write or a record failed (the worker stops at its next commit).
+        Raises :class:`HeldForever` once a write or a record failed (the worker stops at its next commit), or once
+        the producer stopped (:meth:`close`) with the writes still undelivered.
         """
         while not self.is_stored(mark):
             if self.failure is not None:
                 raise HeldForever(f"table writes cannot be stored any more: {self.failure!r}") from self.failure
+            if self._closed:
+                raise HeldForever("the producer stopped before the table writes were delivered")
             self._stored.clear()
             await self._stored.wait()
 
@@ -206,8 +209,10 @@ class StateFirst:
             await self._finished.wait()
 
     async def close(self) -> None:
-        """Stop the releaser (after :meth:`drain`, or for good when the worker crashes); later sends raise."""
+        """Stop the releaser (after :meth:`drain`, or for good when the worker crashes); later sends raise, and readers
+        still waiting for writes (:meth:`stored`) are told at once that they will not see them delivered here."""
         self._closed = True
+        self._stored.set()
         if self._releaser is not None:
             self._releaser.cancel()
             await asyncio.gather(self._releaser, return_exceptions=True)

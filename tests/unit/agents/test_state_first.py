@@ -304,6 +304,23 @@ async def test_a_reader_of_a_write_that_failed_is_told_it_never_will_be_stored()
         reader.result()
 
 
+async def test_a_reader_waiting_when_the_producer_stops_is_told_at_once() -> None:
+    first = StateFirst(Kafka().send)
+    delivered, undelivered = write(), write()
+    first.note_write(delivered)
+    delivered.set_result(None)
+    stored_mark = first.written()
+    first.note_write(undelivered)
+    reader = asyncio.ensure_future(first.stored(first.written()))
+    await settle()
+    assert not reader.done()
+    await first.close()
+    await settle()
+    with pytest.raises(HeldForever, match="producer stopped"):
+        reader.result()
+    await asyncio.wait_for(first.stored(stored_mark), timeout=0.01)  # what was delivered still reads as stored
+
+
 async def test_the_workers_view_says_whether_what_was_read_is_stored_within_the_wait() -> None:
     from agents.runtime import Runtime
     from agents.view import FaustWorkerView
