@@ -177,10 +177,21 @@ class Stack:
             return killed
 
     def restart(self, name: str, *, wait: bool = True) -> ProcessRecord:
-        """Stop (if running) and start again: a project process then runs the checkout's code as it is now."""
+        """Stop (if running) and start again: a project process then runs the checkout's code as it is now.
+
+        With ``wait``, a worker's restart returns once every running worker is ready, not only this one: its
+        return to the group moves partitions to it, and the others may still be reading theirs back. So a rolling
+        restart (``restart --workers``) stops the next worker only when the group has settled, never while the
+        only other worker is still recovering, which would leave partitions nobody serves.
+        """
         with self._exclusive():
             self.stop(name)
-            return self.start(name, wait=wait)
+            record = self.start(name, wait=wait)
+            if wait and self._workers_selected([name]):
+                for other in self.names:
+                    if other != name and self._workers_selected([other]) and self.is_running(other):
+                        self.wait_ready(other)
+            return record
 
     # -- the whole stack ------------------------------------------------------------------------------
 

@@ -89,6 +89,25 @@ def test_kill_then_restart_brings_it_back_with_a_new_pid(make_stack: MakeStack, 
     assert stack.probe("web").ok
 
 
+def test_a_workers_restart_returns_once_the_other_workers_are_ready_again(make_stack: MakeStack) -> None:
+    def worker(name: str, probe: Callable[[], Probe]) -> ProcessSpec:
+        return ProcessSpec(name, lambda: [sys.executable, "-c", "import time; time.sleep(600)"], probe, ())
+
+    answers: list[bool] = []
+
+    def rebalancing_then_ready() -> Probe:
+        """worker-1 as the group's rebalance finds it: recovering for three checks, then ready."""
+        answers.append(len(answers) >= 3)
+        return Probe(answers[-1], "" if answers[-1] else "rebalancing")
+
+    stack = make_stack(worker("worker-0", lambda: Probe(True)), worker("worker-1", rebalancing_then_ready))
+    stack.start("worker-0")
+    stack.start("worker-1", wait=False)
+    stack.restart("worker-0")
+    assert answers == [False, False, False, True]
+    assert stack.is_running("worker-0") and stack.is_running("worker-1")
+
+
 def test_stop_ends_the_process_and_forgets_it(make_stack: MakeStack, port: int) -> None:
     stack = make_stack(web_server("web", port))
     record = stack.start("web")
