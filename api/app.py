@@ -15,7 +15,7 @@ import json
 import re
 import time
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any, TypeVar
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, ThreadedResolver, web
@@ -30,6 +30,7 @@ from api.content_coding import decoded
 from api.context import WorkerView
 from api.errors import (
     ApiError,
+    ClientGone,
     Conflict,
     Forbidden,
     Invalid,
@@ -410,9 +411,32 @@ async def get_order(request: web.Request) -> web.Response:
     if query.wait == 0:
         return await _read_order(request, principal, order_id)
     if request.app[PEER_PROOF].forwarded(request):  # counted where it came in
-        return await _wait_for_order(request, principal, order_id, query.wait)
+        return await _while_connected(request, _wait_for_order(request, principal, order_id, query.wait))
     with request.app[LONG_POLLS].held(principal.subject):
-        return await _wait_for_order(request, principal, order_id, query.wait)
+        return await _while_connected(request, _wait_for_order(request, principal, order_id, query.wait))
+
+
+#: How often a long-poll looks whether its client is still connected.
+CLIENT_CHECK_S = 0.5
+
+
+async def _while_connected(request: web.Request, wait: Coroutine[Any, Any, web.Response]) -> web.Response:
+    """Run a long-poll's ``wait``, ended as soon as its client disconnects: aiohttp does not cancel a handler whose
+    client went away (``handler_cancellation`` is off, so that a command's handler always finishes), so an
+    abandoned long-poll would keep its caller's share (:class:`LongPolls`) and its forward to the owner for up to
+    30 s, and the caller's next long-polls would be refused meanwhile."""
+    task = asyncio.ensure_future(wait)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=CLIENT_CHECK_S)
+            if done:
+                return task.result()
+            if request.transport is None or request.transport.is_closing():
+                raise ClientGone("the client closed its connection during the long-poll")
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 async def _read_order(request: web.Request, principal: Principal, order_id: str) -> web.Response:

@@ -80,8 +80,8 @@ class Overloaded(ApiError):
 
 
 class ClientGone(ApiError):
-    """The client closed its connection before its request's body was read. Nobody receives the answer; its status
-    (nginx's 499) keeps it out of the server's errors in the logs and the metrics."""
+    """The client closed its connection before its request's body was read, or while its long-poll waited. Nobody
+    receives the answer; its status (nginx's 499) keeps it out of the server's errors in the logs and the metrics."""
 
     status, code = 499, "client_closed_request"
 

@@ -1,11 +1,16 @@
-"""Fakes shared by component tests: a recording sink instead of Kafka, an in-memory schema registry."""
+"""Fakes shared by component tests: a recording sink instead of Kafka, an in-memory schema registry; and the API served
+as a worker serves it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
+from api.errors import JsonErrorsRunner
 from schemas.codec import Codec
 from schemas.messages import Message
 from schemas.registry import InMemoryRegistry
@@ -46,3 +51,22 @@ def codec() -> Codec:
 @pytest.fixture
 def sink(codec: Codec) -> RecordingSink:
     return RecordingSink(codec)
+
+
+class WorkerLikeServer(TestServer):
+    """aiohttp's test server, run as a worker runs the API (agents/worker.py): through :class:`JsonErrorsRunner`, and
+    without cancelling a handler whose client went away (aiohttp's test server cancels it, a worker's does not)."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.BaseRunner:
+        kwargs["handler_cancellation"] = False
+        return JsonErrorsRunner(self.app, **kwargs)
+
+
+@pytest.fixture
+def aiohttp_client(aiohttp_client: Any) -> Any:
+    """pytest-aiohttp's client fixture; an app is served by :class:`WorkerLikeServer`."""
+
+    async def client(app: Any, **kwargs: Any) -> Any:
+        return await aiohttp_client(WorkerLikeServer(app) if isinstance(app, web.Application) else app, **kwargs)
+
+    return client

@@ -312,6 +312,10 @@ class HeldWorker(FakeWorker):
         async with self._changed:
             await self._changed.wait_for(lambda: self.holding >= n)
 
+    async def until_holding_no_more_than(self, n: int) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.holding <= n)
+
     async def wait_settled(self, order_id: str, timeout_s: float) -> OrderState | None:
         async with self._changed:
             self.holding += 1
@@ -320,6 +324,8 @@ class HeldWorker(FakeWorker):
             await self.release.wait()
         finally:
             self.holding -= 1
+            async with self._changed:
+                self._changed.notify_all()
         return self.orders.get(order_id)
 
 
@@ -345,6 +351,33 @@ async def test_one_caller_holds_at_most_its_share_of_long_polls_and_others_are_n
     worker.release.set()
     assert [r.status for r in await asyncio.gather(*held, other)] == [200] * (LONG_POLLS_PER_CALLER + 1)
     assert (await client.get("/v1/orders/o-1?wait=30", headers=mine)).status == 200  # its share is back
+
+
+async def test_a_long_poll_whose_client_went_away_ends_and_gives_its_callers_share_back(aiohttp_client):
+    """aiohttp does not cancel a handler whose client disconnected: a long-poll must notice by itself, or its
+    caller's next long-polls are refused for up to 30 s with no connection open."""
+    import asyncio
+
+    from api.app import LONG_POLLS_PER_CALLER
+
+    worker = HeldWorker(orders={"o-1": an_order()})
+    client = await aiohttp_client(init_app(SETTINGS, worker))
+    mine = bearer("c-1", "customer")
+    request = (f"GET /v1/orders/o-1?wait=30 HTTP/1.1\r\nHost: x\r\nAuthorization: {mine['Authorization']}\r\n\r\n"
+               .encode())
+    connections = []
+    for _ in range(LONG_POLLS_PER_CALLER):
+        _, writer = await asyncio.open_connection(client.host, client.port)
+        writer.write(request)
+        connections.append(writer)
+    await asyncio.wait_for(worker.until_holding(LONG_POLLS_PER_CALLER), 10)
+    for writer in connections:
+        writer.close()
+    await asyncio.wait_for(worker.until_holding_no_more_than(0), 10)  # every abandoned wait ended
+    again = asyncio.ensure_future(client.get("/v1/orders/o-1?wait=30", headers=mine))
+    await asyncio.wait_for(worker.until_holding(1), 10)  # taken, not refused with 429
+    worker.release.set()
+    assert (await again).status == 200
 
 
 async def test_a_long_poll_on_another_customers_order_answers_as_late_as_one_on_a_missing_order(client, worker):
