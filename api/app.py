@@ -45,6 +45,7 @@ from api.errors import (
 from api.middleware import (
     WAITED,
     TokenBuckets,
+    header_limit_middleware,
     rate_limit_middleware,
     request_id_header,
     request_id_middleware,
@@ -116,7 +117,8 @@ def init_app(settings: Settings, worker: WorkerView, commands: CommandPort | Non
     buckets = TokenBuckets(settings.rate_limit_per_s, settings.rate_limit_burst)
     proof = PeerProof(settings.jwt_secret.get_secret_value())
     app = web.Application(
-        middlewares=[request_id_middleware, error_middleware, rate_limit_middleware(buckets, proof.forwarded)],
+        middlewares=[request_id_middleware, error_middleware, header_limit_middleware(proof.forwarded),
+                     rate_limit_middleware(buckets, proof.forwarded)],
         client_max_size=MAX_BODY_BYTES,
         # Bodies are decoded by _body, where a coding that fails is a JSON error (api/content_coding.py).
         handler_args={"auto_decompress": False},

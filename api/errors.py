@@ -198,8 +198,22 @@ class _JsonErrorsServer(web.Server):
         return _JsonErrorsHandler(self, loop=self._loop, **self._kwargs)
 
 
+#: Header lines a client's request may have (aiohttp's default limit; one over it is a 400).
+MAX_HEADERS = 128
+#: What a worker's forward may add to a client's headers (the owner's Host, the forwarded-by mark and its proof, a
+#: traceparent, aiohttp's own Accept, Accept-Encoding and User-Agent): the owner's parser takes this many more, so
+#: a request forwarded whole is answered as it would be directly (api/middleware.py, ``header_limit_middleware``,
+#: keeps the client's own limit).
+FORWARDING_HEADERS = 8
+
+
 class JsonErrorsRunner(web.AppRunner):
-    """``web.AppRunner`` whose connections answer even an unparseable request with the JSON error shape."""
+    """``web.AppRunner`` whose connections answer even an unparseable request with the JSON error shape, and whose
+    parser leaves room for the headers a forward adds (:data:`FORWARDING_HEADERS`)."""
+
+    def __init__(self, app: web.Application, **kwargs: Any) -> None:
+        kwargs.setdefault("max_headers", MAX_HEADERS + FORWARDING_HEADERS)
+        super().__init__(app, **kwargs)
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()

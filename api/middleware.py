@@ -14,7 +14,7 @@ from aiohttp import web
 from prometheus_client import Counter, Histogram
 
 from api.auth import credential
-from api.errors import REQUEST_ID_HEADER, ApiError, request_id
+from api.errors import MAX_HEADERS, REQUEST_ID_HEADER, ApiError, request_id
 from streamcart.logs import log_context
 from streamcart.tracing import span
 
@@ -98,6 +98,20 @@ class TokenBuckets:
         while len(self._buckets) > self.max_tokens:
             self._buckets.popitem(last=False)
         return wait
+
+
+def header_limit_middleware(forwarded: Callable[[web.Request], bool]) -> Any:
+    """At most :data:`~api.errors.MAX_HEADERS` header lines in a client's request: the server's parser takes a few
+    more (:class:`~api.errors.JsonErrorsRunner`) for what a worker ``forwarded`` adds to them."""
+
+    @web.middleware
+    async def header_limit(request: web.Request, handler: Any) -> web.StreamResponse:
+        if len(request.raw_headers) > MAX_HEADERS and not forwarded(request):
+            raise ApiError(f"the request has {len(request.raw_headers)} header lines; at most {MAX_HEADERS} are read")
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    return header_limit
 
 
 def rate_limit_middleware(buckets: TokenBuckets, forwarded: Callable[[web.Request], bool]) -> Any:

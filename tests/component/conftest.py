@@ -63,6 +63,22 @@ class WorkerLikeServer(TestServer):
 
 
 @pytest.fixture
+async def aiohttp_server() -> Any:
+    """pytest-aiohttp's server fixture, serving with :class:`WorkerLikeServer`."""
+    servers: list[WorkerLikeServer] = []
+
+    async def serve(app: web.Application, **kwargs: Any) -> WorkerLikeServer:
+        server = WorkerLikeServer(app, **kwargs)
+        await server.start_server()
+        servers.append(server)
+        return server
+
+    yield serve
+    for server in servers:
+        await server.close()
+
+
+@pytest.fixture
 def aiohttp_client(aiohttp_client: Any) -> Any:
     """pytest-aiohttp's client fixture; an app is served by :class:`WorkerLikeServer`."""
 

@@ -109,6 +109,25 @@ async def test_a_request_a_worker_forwarded_is_not_forwarded_again(client):
     assert response.headers["Retry-After"] == "1"
 
 
+async def test_a_request_with_as_many_headers_as_a_client_may_send_is_answered_forwarded_as_directly(
+        aiohttp_client, client, peer):
+    """A forward adds headers (its proof, the owner's Host, a traceparent…): the owner still reads a request that
+    had as many as a client may send, and one over that is refused either way, with the JSON error shape."""
+    owner = await aiohttp_client(peer)
+
+    def many(n: int) -> dict[str, str]:
+        return {**CUSTOMER, **{f"X-Extra-{i}": "v" for i in range(n)}}
+
+    direct = {n: (await owner.get("/v1/orders/o-2", headers=many(n))).status for n in range(100, 140)}
+    most = max(n for n, status in direct.items() if status == 200)
+    assert direct[most + 1] == 400 and set(direct.values()) == {200, 400}  # the client's limit is in range
+    forwarded = await client.get("/v1/orders/o-2", headers=many(most))
+    assert forwarded.status == 200 and forwarded.headers[SERVED_BY] == "1"
+    refused = await client.get("/v1/orders/o-2", headers=many(most + 1))
+    assert refused.status == 400
+    assert (await refused.json())["error"]["code"] == "bad_request"
+
+
 async def test_an_orders_placement_is_given_to_a_worker_only(aiohttp_client, peer):
     """What an Idempotency-Key check needs of an order (its placement's event id, time and status, nothing of the
     payment token or the contact details): a client never gets it, even with a token that may see the order."""
