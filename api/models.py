@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -65,6 +66,19 @@ def _printable(value: str) -> str:
 Text = Annotated[str, AfterValidator(_printable), Field(json_schema_extra={"pattern": PRINTABLE_PATTERN})]
 
 
+def _url_as_sent(value: object) -> object:
+    """A URL as the client wrote it, with no whitespace or control character in it: the URL parser would strip a
+    tab or newline and encode a space, and an order would keep an address its customer never gave."""
+    if isinstance(value, str) and (found := re.search(r"[\s\x00-\x1f\x7f-\x9f]", value)) is not None:
+        raise ValueError(f"must not contain whitespace or control characters (found {found.group()!r} at "
+                         f"{found.start()})")
+    return value
+
+
+#: An http(s) URL, refused rather than rewritten when it holds what a URL may not.
+HttpUrl = Annotated[AnyHttpUrl, BeforeValidator(_url_as_sent)]
+
+
 class _Body(BaseModel):
     """A request body or query. A body's numbers and flags are JSON's (``"quantity": true`` or ``"3"`` is refused,
     not read as 1 or 3); a query's values are text, read as what their field is."""
@@ -87,7 +101,7 @@ class PlaceOrderIn(_Body):
     lines: list[LineIn] = Field(min_length=1, max_length=50)
     payment: PaymentIn
     currency: Currency
-    webhook_url: AnyHttpUrl | None = Field(default=None, description="where the order's notifications are POSTed")
+    webhook_url: HttpUrl | None = Field(default=None, description="where the order's notifications are POSTed")
     email: str | None = Field(default=None, max_length=254, pattern=EMAIL_PATTERN,
                               description="where the order's email notifications go", examples=["ada@example.com"])
     phone: str | None = Field(default=None, pattern=PHONE_PATTERN,

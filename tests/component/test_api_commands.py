@@ -125,16 +125,23 @@ async def test_shedding_is_off_with_a_max_delay_of_0(aiohttp_client, worker, com
 
 
 async def test_an_orders_email_and_phone_travel_with_it_for_its_notifications(client, commands):
-    contact = {"email": "ada@example.com", "phone": "+15550100"}
+    contact = {"email": "ada@example.com", "phone": "+15550100", "webhook_url": "https://hooks.example.com/o?x=1"}
     assert (await client.post("/v1/orders", json={**ORDER, **contact}, headers=CUSTOMER)).status == 202
     (sent,) = commands.sent
-    assert (sent.email, sent.phone) == ("ada@example.com", "+15550100")
+    assert (sent.email, sent.phone, sent.webhook_url) == ("ada@example.com", "+15550100",
+                                                         "https://hooks.example.com/o?x=1")
 
 
 @pytest.mark.parametrize("contact", [{"email": "not-an-address"}, {"email": "a\u0000\u001b[31m@b.c"},
                                      {"email": "ada@example.com\u0085"}, {"phone": "555-0100"},
-                                     {"phone": "+0123456789"}])
-async def test_an_unusable_email_or_phone_is_a_422_and_sends_nothing(client, commands, contact):
+                                     {"phone": "+0123456789"}, {"webhook_url": "ftp://hooks.example.com/"},
+                                     # A URL parser would strip the newline and tab and encode the space: the order
+                                     # would notify an address its customer never gave.
+                                     {"webhook_url": "https://hooks.exa\nmple.com/"},
+                                     {"webhook_url": "https://hooks.example.com/a\tb"},
+                                     {"webhook_url": " https://hooks.example.com/"},
+                                     {"webhook_url": "https://hooks.example.com/a b"}])
+async def test_an_unusable_contact_is_a_422_and_sends_nothing(client, commands, contact):
     response = await client.post("/v1/orders", json={**ORDER, **contact}, headers=CUSTOMER)
     assert response.status == 422
     assert (await response.json())["error"]["code"]
