@@ -240,8 +240,10 @@ async def _body(request: web.Request, model: type[M]) -> M:
     raw = decoded(await read_body(request), request.headers.get("Content-Encoding", ""), MAX_BODY_BYTES)
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(f"the body is not valid JSON: {exc}") from exc
+    except ValueError as exc:  # Python's own limit on an integer's digits, in words of the body's
+        raise ApiError("the body holds a number with more digits than this API reads") from exc
     except RecursionError as exc:  # the parser recurses once per level: "[" * 5000 is refused, not a crash
         raise ApiError("the body's JSON nests deeper than this API reads") from exc
     try:

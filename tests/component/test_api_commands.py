@@ -208,6 +208,16 @@ async def test_a_body_the_api_cannot_read_is_a_json_4xx_and_sends_nothing(
     assert commands.sent == []
 
 
+async def test_a_number_with_more_digits_than_python_reads_is_a_400_in_the_bodys_words(client, commands):
+    body = b'{"delta": ' + b"9" * 5000 + b', "reason": "delivery"}'
+    response = await client.post("/v1/stock/KB-001/adjustments", data=body,
+                                 headers={**ADMIN, "Content-Type": "application/json"})
+    assert response.status == 400
+    message = (await response.json())["error"]["message"]
+    assert message == "the body holds a number with more digits than this API reads"
+    assert commands.sent == []
+
+
 @pytest.mark.parametrize(("encoding", "compress"), [("gzip", gzip.compress), ("deflate", zlib.compress)])
 async def test_a_compressed_body_is_decoded(client, commands, encoding, compress):
     headers = {**CUSTOMER, "Content-Type": "application/json", "Content-Encoding": encoding}
