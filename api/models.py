@@ -263,14 +263,26 @@ class ErrorOut(BaseModel):
 
 # --- Analytics, the live stream, the timeline ----------------------------------------------------------------
 
+def _written_time(value: object) -> object:
+    """A time as ISO 8601 text only: a number that is no whole number of milliseconds (``1.5``, ``1e3``,
+    ``1796206269.0``) is refused, where pydantic would read it as epoch seconds."""
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*", value):
+        raise ValueError("should be whole epoch milliseconds or an ISO 8601 time")
+    return value
+
+
+#: A query's time: epoch milliseconds (a whole number) or an ISO 8601 time.
+QueryTime = int | Annotated[datetime, BeforeValidator(_written_time)]
+
+
 class WindowRangeQuery(_Body):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    from_: int | datetime | None = Field(
+    from_: QueryTime | None = Field(
         default=None, alias="from", examples=["2026-11-25T17:00:00Z"],
         description="windows starting at or after this time: epoch milliseconds or ISO 8601 (UTC unless it says "
                     "otherwise); default an hour ago")
-    to: int | datetime | None = Field(default=None, description="windows starting before this time (none when it "
+    to: QueryTime | None = Field(default=None, description="windows starting before this time (none when it "
                                                                   "is not after `from`); default no end")
 
 

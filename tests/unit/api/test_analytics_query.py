@@ -25,7 +25,9 @@ def test_a_time_is_epoch_milliseconds_or_iso_8601_utc_unless_it_says_otherwise()
     assert _range()[1] == NO_END
 
 
-@pytest.mark.parametrize("value", ["²", "yesterday", "12:00", "2026-02-31T00:00:00Z"])
+@pytest.mark.parametrize("value", ["²", "yesterday", "12:00", "2026-02-31T00:00:00Z",
+                                   # no whole number of milliseconds: pydantic would read them as epoch seconds
+                                   "1.5", "1e3", "1795626000.5"])
 def test_anything_else_fails_validation(value):
     with pytest.raises(ValidationError):
         WindowRangeQuery.model_validate({"from": value})
@@ -41,6 +43,8 @@ def test_epoch_seconds_are_refused_with_what_they_look_like(name):
     """`from=1796206269` was read as milliseconds, a time in January 1970: every window, silently."""
     with pytest.raises(BadQuery, match=rf"{name}=1796206269 looks like epoch seconds \(2026-12-02T"):
         _range(**{name: "1796206269"})
+    with pytest.raises(BadQuery, match="looks like epoch seconds"):
+        _range(**{name: "1796206269.0"})  # read as the integer it is, and refused as the same
     assert _range(**{"from": "0", "to": "60000"}) == (0, 60_000)  # the epoch's first minute is no such number
 
 
