@@ -81,6 +81,11 @@ def create_faust_app(settings: Settings, *, worker_index: int = 0, store: str = 
         web_port=settings.worker_port(worker_index),
         web_host=settings.host,
         autodiscover=False,
+        # No standby copies of other workers' partitions: faust's standby reader loses the records waiting in its
+        # changelog queue when the flow resumes (the queue is cleared, the partition not read again from before
+        # them), and a copy promoted to active then decides from older states (agents/local_state.py). A partition
+        # that moves is read from its changelog instead: slower to take over, never behind.
+        table_standby_replicas=0,
         # What faust creates itself (its assignor's topic; a changelog `up`/`init` did not): as many replicas as the
         # topics streamcart creates, where a number is set (-1, the broker's default, is faust's 1).
         **({"topic_replication_factor": settings.topic_replication_factor}

@@ -7,6 +7,12 @@ after them. Two things make it rebuild from the changelogs alone:
 - **Stores an earlier streamcart wrote, left by a kill.** Its tables reached the disk before their changelogs, so a
   store could be *ahead* of them, which a recovery cannot take back. The marker a run leaves while it runs says
   which kind of run it was.
+- **Stores an earlier streamcart kept as standby copies.** faust's standby reader lost records: a standby partition's
+  changelog records waiting in faust's changelog queue when the flow resumed (after a restart or a rebalance) were
+  dropped with the queue, and their partition was not read again from before them, so the copy missed them while
+  noting an offset past them. A copy promoted to active then answered, and decided from, older states (an order
+  CONFIRMED and captured at the gateway came back PENDING and was cancelled by its deadline). Workers now keep no
+  standby copies (agents/app.py); the stores a run with them left are rebuilt once, told by :data:`FORMAT_MARKER`.
 - **Stores not caught up for longer than Kafka keeps tombstones.** A store misses the deletions (a forgotten order, a
   released reservation) made while it was not reading, and a recovery finds them only while their tombstones are
   still in the changelog: a week (:data:`streamcart.topics.TOMBSTONE_RETENTION_MS`). When the stores were last
@@ -31,6 +37,10 @@ log = logging.getLogger(__name__)
 #: wrote its tables only with what their changelogs had acknowledged (an earlier streamcart left it empty).
 RUNNING_MARKER = "RUNNING"
 HELD_WRITES = "held-writes"
+#: What kind of stores the directory holds: written by a run whose workers keep active partitions only (absent: an
+#: earlier streamcart, whose standby copies may miss records; rebuilt).
+FORMAT_MARKER = "FORMAT"
+ACTIVES_ONLY = "actives-only"
 #: When the stores were last caught up with their changelogs (epoch seconds).
 CAUGHT_UP_MARKER = "CAUGHT_UP"
 #: Where an earlier streamcart noted its clean stops (read when there is no ``CAUGHT_UP`` yet).
@@ -53,7 +63,10 @@ def claim_local_state(tabledir: Path, *, now: float | None = None) -> bool:
     caught_up = _caught_up_at(tabledir)
     behind_s = None if caught_up is None else (time.time() if now is None else now) - caught_up
     wiped = True
-    if killed and _read(marker) != HELD_WRITES:
+    if _has_stores(tabledir) and _read(tabledir / FORMAT_MARKER) != ACTIVES_ONLY:
+        log.warning("this worker's tables were written by an earlier streamcart that also kept standby copies, "
+                    "which could miss changelog records: rebuilding them from the changelogs")
+    elif killed and _read(marker) != HELD_WRITES:
         log.warning("the last run of this worker did not stop cleanly and wrote its tables before their changelogs: "
                     "rebuilding them from the changelogs")
     elif behind_s is not None and behind_s > STALE_AFTER_S:
@@ -70,8 +83,14 @@ def claim_local_state(tabledir: Path, *, now: float | None = None) -> bool:
     if wiped:
         discard_directory(tabledir)
     tabledir.mkdir(parents=True, exist_ok=True)
+    _write(tabledir / FORMAT_MARKER, ACTIVES_ONLY)
     _write(marker, HELD_WRITES)
     return wiped
+
+
+def _has_stores(tabledir: Path) -> bool:
+    """Whether ``tabledir`` holds any table store (a ``*.db`` directory of faust's)."""
+    return tabledir.is_dir() and any(path.suffix == ".db" for path in tabledir.iterdir())
 
 
 def note_caught_up(tabledir: Path, *, now: float | None = None) -> None:

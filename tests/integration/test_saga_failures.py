@@ -338,7 +338,7 @@ def test_a_worker_killed_mid_burst_of_2000_orders_loses_nothing_and_doubles_noth
     assert_a_fresh_order_confirms(shop)
     # The killed worker kept its local tables (they hold only what the changelogs acknowledged, tables/store.py):
     # its recovery read the orders changelog from where its stores ended, not from the start (-1). (Not every
-    # partition need have a store: one it had as a standby may have had nothing yet when it was killed.)
+    # partition need have a store.)
     restarted = last_run_log(stack.log_path("worker-0"), "worker-0")
     assert any("its tables hold what their changelogs had acknowledged" in str(r.get("message")) for r in restarted)
     starts = recovery_starts(restarted, changelog_topic(shop.settings.app_id, "orders"))

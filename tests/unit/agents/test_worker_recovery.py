@@ -11,6 +11,7 @@ from aiokafka import TopicPartition
 from agents import worker
 from agents.local_state import (
     CAUGHT_UP_MARKER,
+    FORMAT_MARKER,
     RUNNING_MARKER,
     STALE_AFTER_S,
     STOPPED_MARKER,
@@ -44,8 +45,23 @@ def test_a_wipe_a_kill_interrupted_leaves_no_store_to_keep_and_is_finished_at_th
     # Killed once the store was set aside, before it was deleted and the marker put back.
     tabledir.rename(tmp_path / "tables.discarded")
     assert claim_local_state(tabledir) is False  # nothing left to wipe: an empty store rebuilds from the changelogs
-    assert list(tabledir.iterdir()) == [tabledir / RUNNING_MARKER]
+    assert sorted(tabledir.iterdir()) == [tabledir / FORMAT_MARKER, tabledir / RUNNING_MARKER]
     assert not (tmp_path / "tables.discarded").exists()
+
+
+def test_stores_a_run_with_standby_copies_left_are_rebuilt_once(tmp_path):
+    """Before FORMAT, workers kept standby copies, which could miss changelog records while noting offsets past
+    them: kept, such a copy promoted to active would answer older states."""
+    tabledir = tmp_path / "tables"
+    tabledir.mkdir()
+    (tabledir / "orders-0.db").mkdir()  # a store left by a clean stop of the earlier streamcart
+    (tabledir / CAUGHT_UP_MARKER).write_text("100")
+    assert claim_local_state(tabledir, now=200) is True
+    assert not (tabledir / "orders-0.db").exists()
+    release_local_state(tabledir, now=300)
+    (tabledir / "orders-0.db").mkdir()  # written by this streamcart: active partitions only
+    assert claim_local_state(tabledir, now=400) is False
+    assert (tabledir / "orders-0.db").exists()
 
 
 def test_a_start_after_a_kill_keeps_the_store_which_holds_only_what_the_changelogs_acknowledged(tmp_path):
