@@ -92,10 +92,19 @@ def test_a_record_kafka_refuses_stops_the_worker_before_its_message_is_committed
                 stack.start(worker)
 
     # The restarted worker handles the PlaceOrder again: the order settles and its row reaches the warehouse.
-    assert shop.settled(order.order_id, timeout_s=120)["status"] == "CONFIRMED"
+    # Confirmed, as a rule; on a loaded machine the two restarts can outlast the test stack's 15 s deadline, and then
+    # it is cancelled by it with its stock released and its authorization voided. Either way each effect once.
+    settled = shop.settled(order.order_id, timeout_s=120)
     poll(lambda: not differences(shop, warehouse, order.order_id), timeout_s=60, every_s=0.5,
          what="the order's warehouse rows to equal the API's view")
     stock = shop.quiet_stock(item)
-    assert (stock["on_hand"], stock["sold"]) == (3, 2)  # sold once, though the order was handled twice
-    auth = poll(lambda: shop.gateway_ledger().get(order.order_id), what="the authorization")
-    assert auth["amount_cents"] == 2 * 700
+    if settled["status"] == "CONFIRMED":
+        assert (stock["on_hand"], stock["sold"]) == (3, 2)  # sold once, though the order was handled twice
+        auth = poll(lambda: shop.gateway_ledger().get(order.order_id), what="the authorization")
+        assert auth["amount_cents"] == 2 * 700
+    else:
+        assert (settled["status"], settled["cancel_reason"]) == ("CANCELLED", "timeout"), settled
+        assert (stock["on_hand"], stock["sold"]) == (5, 0)  # reserved once at most, released
+        auth = shop.gateway_ledger().get(order.order_id)
+        assert auth is None or poll(lambda: shop.gateway_ledger()[order.order_id]["status"] in ("voided", "declined"),
+                                    what="the late authorization voided")
