@@ -214,9 +214,9 @@ def adapt_fetching(fetcher: Any, *, got_records: bool, min_bytes: int, max_wait_
     """Set how the fetches after this one wait, from whether the worker just received records.
 
     While records flow, a fetch waits for ``min_bytes`` or ``max_wait_ms``, whichever comes first: each fetch request
-    and response names every partition the worker holds (some 70 here, active and standby), so a fetch per record
-    costs more than the record. Once a fetch brings nothing, the worker goes back to a long poll that returns on
-    the first record: idle, it costs almost nothing, and a lone record is not held back.
+    and response names every partition the worker holds (about 40 here; some 70 with standby copies), so a fetch
+    per record costs more than the record. Once a fetch brings nothing, the worker goes back to a long poll that
+    returns on the first record: idle, it costs almost nothing, and a lone record is not held back.
     """
     if got_records:
         fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms = min_bytes, max_wait_ms
