@@ -66,10 +66,14 @@ def _printable(value: str) -> str:
 Text = Annotated[str, AfterValidator(_printable), Field(json_schema_extra={"pattern": PRINTABLE_PATTERN})]
 
 
+#: What a URL as written may not hold: whitespace, or a control character (:data:`streamcart.text.CONTROL`).
+_NOT_IN_A_URL = re.compile(rf"\s|{CONTROL.pattern}")
+
+
 def _url_as_sent(value: object) -> object:
     """A URL as the client wrote it, with no whitespace or control character in it: the URL parser would strip a
     tab or newline and encode a space, and an order would keep an address its customer never gave."""
-    if isinstance(value, str) and (found := re.search(r"[\s\x00-\x1f\x7f-\x9f]", value)) is not None:
+    if isinstance(value, str) and (found := _NOT_IN_A_URL.search(value)) is not None:
         raise ValueError(f"must not contain whitespace or control characters (found {found.group()!r} at "
                          f"{found.start()})")
     return value
