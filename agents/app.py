@@ -11,7 +11,7 @@ import faust
 
 from agents import analytics, inventory, notifications, orders, payments, retention, shipping, timeouts
 from agents.runtime import Runtime, Sink
-from agents.transport import Event, FlowControl, InProgress, Stream, Table, Transport
+from agents.transport import Event, FlowControl, InProgress, Stream, Table, TableManager, Transport
 from schemas.codec import Codec
 from streamcart.partitioning import CachingPartitioner
 from streamcart.settings import Settings
@@ -72,6 +72,7 @@ def create_faust_app(settings: Settings, *, worker_index: int = 0, store: str = 
         Event=Event,
         Stream=Stream,
         Table=Table,
+        TableManager=TableManager,
         fetch_min_bytes=settings.consumer_fetch_min_bytes,
         fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
         # The API is served by our own aiohttp app (api/); the assignor still shares each worker's URL so
@@ -81,9 +82,10 @@ def create_faust_app(settings: Settings, *, worker_index: int = 0, store: str = 
         web_port=settings.worker_port(worker_index),
         web_host=settings.host,
         autodiscover=False,
-        # No standby copies of other workers' partitions: faust's standby reader loses the records waiting in its
-        # changelog queue when the flow resumes (the queue is cleared, the partition not read again from before
-        # them), and a copy promoted to active then decides from older states (agents/local_state.py). A partition
+        # No standby copies of other workers' partitions. faust's standby reader lost the records waiting in its
+        # changelog queue when the flow resumed, and a copy promoted to active then decided from older states
+        # (agents/local_state.py). The changelogs are now read again after each clear (ChangelogQueue), but standby
+        # copies have not been drilled since, and following every other worker's changelogs costs CPU. A partition
         # that moves is read from its changelog instead: slower to take over, never behind.
         table_standby_replicas=0,
         # What faust creates itself (its assignor's topic; a changelog `up`/`init` did not): as many replicas as the

@@ -7,12 +7,14 @@ after them. Two things make it rebuild from the changelogs alone:
 - **Stores an earlier streamcart wrote, left by a kill.** Its tables reached the disk before their changelogs, so a
   store could be *ahead* of them, which a recovery cannot take back. The marker a run leaves while it runs says
   which kind of run it was.
-- **Stores an earlier streamcart kept as standby copies.** faust's standby reader lost records: a standby partition's
-  changelog records waiting in faust's changelog queue when the flow resumed (after a restart or a rebalance) were
-  dropped with the queue, and their partition was not read again from before them, so the copy missed them while
-  noting an offset past them. A copy promoted to active then answered, and decided from, older states (an order
-  CONFIRMED and captured at the gateway came back PENDING and was cancelled by its deadline). Workers now keep no
-  standby copies (agents/app.py); the stores a run with them left are rebuilt once, told by :data:`FORMAT_MARKER`.
+- **Stores an earlier streamcart's recovery could leave with holes.** faust's recovery lost the changelog records
+  waiting in its changelog queue whenever it emptied the queue (at each rebalance, and each time it resumed the
+  flow), and did not read their partitions again from before them: a store missed them while noting an offset past
+  them. Standby copies missed some after nearly every restart; an active store, when a rebalance cut into its
+  recovery. Such a store, promoted or kept, then answered and decided from older states (an order CONFIRMED and
+  captured at the gateway came back PENDING and was cancelled by its deadline). The changelogs are now read again
+  after each such clear (:class:`agents.transport.ChangelogQueue`) and workers keep no standby copies
+  (agents/app.py); stores an earlier run left are rebuilt once, told by :data:`FORMAT_MARKER`.
 - **Stores not caught up for longer than Kafka keeps tombstones.** A store misses the deletions (a forgotten order, a
   released reservation) made while it was not reading, and a recovery finds them only while their tombstones are
   still in the changelog: a week (:data:`streamcart.topics.TOMBSTONE_RETENTION_MS`). When the stores were last
@@ -37,10 +39,11 @@ log = logging.getLogger(__name__)
 #: wrote its tables only with what their changelogs had acknowledged (an earlier streamcart left it empty).
 RUNNING_MARKER = "RUNNING"
 HELD_WRITES = "held-writes"
-#: What kind of stores the directory holds: written by a run whose workers keep active partitions only (absent: an
-#: earlier streamcart, whose standby copies may miss records; rebuilt).
+#: What kind of stores the directory holds: :data:`STORES_FORMAT`, written by a run whose recovery reads the
+#: changelogs again after faust empties its changelog queue and that keeps active partitions only. Anything else (no
+#: file: standby copies; ``actives-only``: a recovery a rebalance cut into) may miss records; rebuilt.
 FORMAT_MARKER = "FORMAT"
-ACTIVES_ONLY = "actives-only"
+STORES_FORMAT = "actives-only, changelogs read again after each clear"
 #: When the stores were last caught up with their changelogs (epoch seconds).
 CAUGHT_UP_MARKER = "CAUGHT_UP"
 #: Where an earlier streamcart noted its clean stops (read when there is no ``CAUGHT_UP`` yet).
@@ -63,9 +66,9 @@ def claim_local_state(tabledir: Path, *, now: float | None = None) -> bool:
     caught_up = _caught_up_at(tabledir)
     behind_s = None if caught_up is None else (time.time() if now is None else now) - caught_up
     wiped = True
-    if _has_stores(tabledir) and _read(tabledir / FORMAT_MARKER) != ACTIVES_ONLY:
-        log.warning("this worker's tables were written by an earlier streamcart that also kept standby copies, "
-                    "which could miss changelog records: rebuilding them from the changelogs")
+    if _has_stores(tabledir) and _read(tabledir / FORMAT_MARKER) != STORES_FORMAT:
+        log.warning("this worker's tables were written by an earlier streamcart whose recovery could miss changelog "
+                    "records (standby copies, a recovery a rebalance interrupted): rebuilding them from the changelogs")
     elif killed and _read(marker) != HELD_WRITES:
         log.warning("the last run of this worker did not stop cleanly and wrote its tables before their changelogs: "
                     "rebuilding them from the changelogs")
@@ -83,7 +86,7 @@ def claim_local_state(tabledir: Path, *, now: float | None = None) -> bool:
     if wiped:
         discard_directory(tabledir)
     tabledir.mkdir(parents=True, exist_ok=True)
-    _write(tabledir / FORMAT_MARKER, ACTIVES_ONLY)
+    _write(tabledir / FORMAT_MARKER, STORES_FORMAT)
     _write(marker, HELD_WRITES)
     return wiped
 

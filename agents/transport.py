@@ -46,11 +46,12 @@ import faust
 from aiokafka import TopicPartition
 from aiokafka.producer.message_accumulator import MessageAccumulator
 from aiokafka.protocol.offset import OffsetRequest
+from faust.tables import TableManager as FaustTableManager
 from faust.transport.consumer import CONSUMER_FETCHING, CONSUMER_WAIT_EMPTY
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.producer import ProducerBuffer as FaustProducerBuffer
 from mode import Service
-from mode.utils.queues import FlowControlEvent
+from mode.utils.queues import FlowControlEvent, ThrowableQueue
 from yarl import URL
 
 from agents.local_state import NOTE_EVERY_S, discard_directory, note_caught_up
@@ -203,6 +204,72 @@ class Stream(faust.Stream[Any]):
         if last_stream_to_ack:
             self._on_message_out(message.tp, message.offset, message)
         return last_stream_to_ack
+
+
+class ChangelogQueue(ThrowableQueue):
+    """faust's queue of changelog records for its recovery, taking only records fetched since it was last emptied.
+
+    faust empties this queue with the agents' queues (it is ``clear_on_resume``): at each rebalance, and each time
+    it resumes the flow, which its recovery does as it starts reading actives, as it starts reading standby copies
+    and as it ends. Records waiting in it then are dropped, yet the fetch loop is past them, and nothing read the
+    partition again from before them: the table missed them and later noted an offset past them. Worse, a record
+    whose delivery was under way, waiting for room in a full queue or for the flow to resume, landed *after* the
+    clear: the recovery then took an offset beyond those it had lost, and skipped them when faust sought the
+    partition back (it applies only offsets above the last it took). Seen on the real stack, a worker's recovery
+    cut by a rebalance: 135 of the 330 orders of one partition missing from its store (``streamcart
+    check-stores``); and every standby copy faust kept missed some.
+
+    Here the queue takes records only while :attr:`taking` is the flow control's count of clears: the fetch loop
+    sets it once it has sought every changelog partition it reads back to the last offset the recovery took
+    (:meth:`Consumer._read_changelogs_again`). A record fetched before a clear is dropped wherever it is, and read
+    again. So is a record of a partition the recovery no longer reads, which faust would apply to whatever table
+    its previous record belonged to.
+    """
+
+    def __init__(self, manager: Any, *, maxsize: int) -> None:
+        super().__init__(maxsize=maxsize, flow_control=manager.app.flow_control, clear_on_resume=True)
+        self._manager = manager
+        #: The flow control's count of clears whose records the queue takes (none before the fetch loop's first seek).
+        self.taking: int | None = None
+
+    def takes(self, event: Any) -> bool:
+        if self.taking != cast(FlowControl, self._flow_control).clears:
+            return False
+        recovery = self._manager.recovery
+        tp = event.message.tp
+        return tp in recovery.active_tps or tp in recovery.standby_tps
+
+    def put_nowait(self, item: Any) -> None:
+        if self.takes(item):
+            super().put_nowait(item)
+
+    def force_put_nowait(self, item: Any) -> None:
+        if self.takes(item):
+            super().force_put_nowait(item)
+
+
+class TableManager(FaustTableManager):
+    """faust's table manager with a :class:`ChangelogQueue`."""
+
+    @property
+    def changelog_queue(self) -> ChangelogQueue:
+        if self._changelog_queue is None:
+            self._changelog_queue = ChangelogQueue(self, maxsize=self.app.conf.stream_buffer_maxsize)
+        return cast(ChangelogQueue, self._changelog_queue)
+
+
+def changelog_positions(recovery: Any, assigned: set[Any]) -> dict[Any, int]:
+    """Where to read each changelog partition the recovery reads (of those ``assigned``) from: the last offset it
+    took (records not above it are skipped), or the start when it took none yet (-1). A partition whose offset it
+    has not looked up yet is left out: faust seeks it once it has."""
+    positions = {}
+    for tps, taken in ((recovery.active_tps, recovery.active_offsets),
+                       (recovery.standby_tps, recovery.standby_offsets)):
+        for tp in tps & assigned:
+            offset = taken.get(tp)
+            if offset is not None:
+                positions[tp] = max(offset, 0)
+    return positions
 
 
 #: How long a fetch waits for a first record while the worker is idle (aiokafka's long poll): a record that
@@ -438,6 +505,14 @@ class Consumer(faust_aiokafka.Consumer):
         self._refetch.clear()
         self._holes.clear()
 
+    async def _read_changelogs_again(self) -> None:
+        """Seek every changelog partition the recovery reads back to the last offset it took (see
+        :class:`ChangelogQueue`); faust's seek notes the read position the fetch loop skips records below."""
+        assigned = self.assignment()
+        positions = changelog_positions(cast(Any, self.app.tables).recovery, assigned) if assigned else {}
+        if positions:
+            await self.seek_wait(positions)
+
     def _deliverable(self, tp: Any, offset: int) -> bool:
         """Whether a record of an acknowledged topic is the next to deliver. A record below the position was
         delivered already; one beyond it means records before it never were: ``_refetch`` notes where to seek
@@ -470,9 +545,23 @@ class Consumer(faust_aiokafka.Consumer):
         refetch = self._refetch
         flow_control = cast(FlowControl, self.app.flow_control)
         clears = flow_control.clears
+        changelog_queue = cast(TableManager, self.app.tables).changelog_queue
+        is_changelog = self.app.tables._changelogs.__contains__
         since_yield = 0
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
+                if changelog_queue.taking != flow_control.clears and self.flow_active and flow_control.is_active():
+                    # faust emptied the changelog queue: read the changelogs again from where the recovery stands
+                    # (see ChangelogQueue). Not while the flow is suspended: faust seeks them itself meanwhile.
+                    seen = flow_control.clears
+                    try:
+                        await self._read_changelogs_again()
+                    except Exception as exc:  # e.g. the assignment changing under it: a rebalance began
+                        log.warning("seeking the changelogs back to where the recovery stands failed (%s: %s); "
+                                    "trying again", type(exc).__name__, exc)
+                        await asyncio.sleep(0.5)
+                        continue  # no changelog record is delivered before the seek succeeds
+                    changelog_queue.taking = seen
                 if clears != flow_control.clears and self.flow_active and not self.app.rebalancing:
                     # The agents' queues were emptied: what they held must come again (see FlowControl). Not
                     # before the rebalance is over: faust's recovery reads the changelogs through this loop (a seek
@@ -504,6 +593,11 @@ class Consumer(faust_aiokafka.Consumer):
                             if not self._deliverable(tp, offset):
                                 continue
                         else:
+                            if is_changelog(message.topic):
+                                if not (self.flow_active and flow_control.is_active()):
+                                    changelog_queue.taking = None  # read it again once the flow runs (above)
+                                if changelog_queue.taking != flow_control.clears:
+                                    continue  # fetched before a clear: it comes again from where recovery stands
                             r_offset = read_offset[tp]
                             if r_offset is not None and offset < r_offset:
                                 continue

@@ -114,11 +114,12 @@ def describe_bad_settings(exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def _stack(*, lenient: bool = False) -> Stack:
+def _stack(*, lenient: bool = False, progress_to_stderr: bool = False) -> Stack:
     """The local stack under the settings. ``lenient`` (commands that only look at or stop what runs: `down`,
     `status`, `logs`): settings that do not validate are taken at their defaults, with a warning on stderr, rather
     than keeping a person from stopping a stack they started before a variable was set; when even that does not
-    validate (a check across settings), every setting but ``STREAMCART_HOME`` (where the pids are recorded)."""
+    validate (a check across settings), every setting but ``STREAMCART_HOME`` (where the pids are recorded).
+    ``progress_to_stderr``: the stack's progress lines go to stderr (a command whose stdout is JSON)."""
     # Imported here so `streamcart worker`/`gateway` do not load the supervision code they never use.
     from streamcart.stack import Stack
 
@@ -128,7 +129,8 @@ def _stack(*, lenient: bool = False) -> Stack:
         if not lenient:
             raise ConfigurationError(describe_bad_settings(exc)) from exc
         settings = _lenient_settings(exc)
-    return Stack(settings, echo=lambda line: console.print(line, markup=False))
+    out = err_console if progress_to_stderr else console
+    return Stack(settings, echo=lambda line: out.print(line, markup=False))
 
 
 def _lenient_settings(exc: ValidationError) -> Settings:
@@ -444,7 +446,7 @@ def check_stores(
     worker runs (without --stop-workers)."""
     from streamcart.store_check import check_stores as check
 
-    stack = _stack()
+    stack = _stack(progress_to_stderr=as_json)
     running = [name for name in stack.names if name.startswith("worker-") and stack.is_running(name)]
     if running and not stop_workers:
         err_console.print(f"{', '.join(running)} running: their stores are locked and changing. `streamcart "

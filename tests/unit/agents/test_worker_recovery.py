@@ -49,17 +49,21 @@ def test_a_wipe_a_kill_interrupted_leaves_no_store_to_keep_and_is_finished_at_th
     assert not (tmp_path / "tables.discarded").exists()
 
 
-def test_stores_a_run_with_standby_copies_left_are_rebuilt_once(tmp_path):
-    """Before FORMAT, workers kept standby copies, which could miss changelog records while noting offsets past
-    them: kept, such a copy promoted to active would answer older states."""
+@pytest.mark.parametrize("written_by", [None, "actives-only"], ids=["standby-copies", "unfixed-recovery"])
+def test_stores_an_earlier_recovery_could_leave_with_holes_are_rebuilt_once(tmp_path, written_by):
+    """Workers that kept standby copies (no FORMAT), and workers whose recovery a rebalance could cut into
+    (``actives-only``), could leave stores missing changelog records while noting offsets past them: kept, such a
+    store would answer older states."""
     tabledir = tmp_path / "tables"
     tabledir.mkdir()
     (tabledir / "orders-0.db").mkdir()  # a store left by a clean stop of the earlier streamcart
     (tabledir / CAUGHT_UP_MARKER).write_text("100")
+    if written_by is not None:
+        (tabledir / FORMAT_MARKER).write_text(written_by)
     assert claim_local_state(tabledir, now=200) is True
     assert not (tabledir / "orders-0.db").exists()
     release_local_state(tabledir, now=300)
-    (tabledir / "orders-0.db").mkdir()  # written by this streamcart: active partitions only
+    (tabledir / "orders-0.db").mkdir()  # written by this streamcart
     assert claim_local_state(tabledir, now=400) is False
     assert (tabledir / "orders-0.db").exists()
 
