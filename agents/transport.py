@@ -26,7 +26,8 @@ real stack: a worker SIGKILLed a few seconds after start skipped 230 order comma
 
 Here such a partition goes back to where a group with no commit starts (``consumer_auto_offset_reset``,
 ``earliest``): at-least-once, and the duplicate rule absorbs whatever is processed again. Changelog partitions
-are left alone: faust never commits them and positions them itself during recovery.
+are not rewound to a commit (faust never commits them): after each clear of faust's changelog queue the fetch loop
+seeks them back to the last offset the table recovery took (:class:`ChangelogQueue`).
 """
 
 from __future__ import annotations
@@ -206,7 +207,7 @@ class Stream(faust.Stream[Any]):
         return last_stream_to_ack
 
 
-class ChangelogQueue(ThrowableQueue):
+class ChangelogQueue(ThrowableQueue[Any]):
     """faust's queue of changelog records for its recovery, taking only records fetched since it was last emptied.
 
     faust empties this queue with the agents' queues (it is ``clear_on_resume``): at each rebalance, and each time
@@ -535,7 +536,8 @@ class Consumer(faust_aiokafka.Consumer):
         a rebalance) and then drops the same records, fetched again, as "already read"; it also records the jump
         as a gap and commits across it. Here the position moves only when a record was delivered, a record
         below it is dropped as a duplicate, and a record beyond it sends the partition back to fetch what is
-        missing. Topics without acknowledgements (changelogs, read by recovery) keep faust's handling.
+        missing. Changelogs (read by recovery, without acknowledgements) are sought back to where the recovery stands
+        after each clear of its queue and delivered in line only (:class:`ChangelogQueue`).
         """
         callback = self.callback
         consumer_should_stop = self._stopped.is_set
@@ -546,7 +548,7 @@ class Consumer(faust_aiokafka.Consumer):
         flow_control = cast(FlowControl, self.app.flow_control)
         clears = flow_control.clears
         changelog_queue = cast(TableManager, self.app.tables).changelog_queue
-        is_changelog = self.app.tables._changelogs.__contains__
+        is_changelog = cast(Any, self.app.tables)._changelogs.__contains__
         since_yield = 0
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
@@ -593,19 +595,24 @@ class Consumer(faust_aiokafka.Consumer):
                             if not self._deliverable(tp, offset):
                                 continue
                         else:
-                            if is_changelog(message.topic):
-                                if not (self.flow_active and flow_control.is_active()):
-                                    changelog_queue.taking = None  # read it again once the flow runs (above)
-                                if changelog_queue.taking != flow_control.clears:
-                                    continue  # fetched before a clear: it comes again from where recovery stands
                             r_offset = read_offset[tp]
                             if r_offset is not None and offset < r_offset:
                                 continue
                         if self._commit_every is not None and self._n_acked >= self._commit_every:
                             self._n_acked = 0
                             await self.commit()
+                        changelog = is_changelog(message.topic)
+                        if changelog:
+                            # Delivered in line only, with nothing awaited between this check and the delivery: a
+                            # delivery left waiting for the flow could land after the changelogs were read again.
+                            if not (self.flow_active and flow_control.is_active()):
+                                changelog_queue.taking = None  # read it again once the flow runs (above)
+                            if changelog_queue.taking != flow_control.clears:
+                                continue  # fetched before a clear: it comes again from where recovery stands
                         seeks = self._seeks
                         if not await self._deliver(callback, message, flow_control):
+                            if changelog:
+                                changelog_queue.taking = None  # the records after it must not be taken before it
                             continue
                         if self._seeks != seeks:
                             # A seek reset the positions meanwhile (rebalances and recoveries seek while this loop
@@ -901,6 +908,24 @@ class Table(faust.Table[Any, Any]):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._first_assignment = True
+        #: The changelog partitions this worker holds (active or standby) since the last rebalance; None before one.
+        self._held: set[int] | None = None
+
+    def apply_changelog_batch(self, batch: Any) -> None:
+        """faust's recovery applies the changelog records it buffered, leaving out those of partitions this worker
+        no longer holds.
+
+        faust applies its buffers when a rebalance revokes partitions, and again later (at the next revocation, at a
+        stop), but it can take records of a revoked partition between the two: its recovery still reads the
+        partition until the new assignment reaches it, after :meth:`on_rebalance` deleted the partition's store.
+        Applied later, such a record created the store afresh holding that record alone, noting its offset as if
+        every record before it were in. Seen on the real stack: a worker's ``shipments`` store of a partition it had
+        lost in the rebalance that cut into its recovery, one key noting offset 116, 116 keys missing; had the
+        partition come back, its recovery would have read on from there.
+        """
+        if self._held is not None:
+            batch = [event for event in batch if event.message.partition in self._held]
+        super().apply_changelog_batch(batch)
 
     def _new_store_by_url(self, url: Any) -> Any:
         if URL(str(url)).scheme != "rocksdb":  # the memory store of unit tests
@@ -943,6 +968,7 @@ class Table(faust.Table[Any, Any]):
         """
         await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
         topics = self.changelog_topic.topics
+        self._held = {tp.partition for tp in assigned if tp.topic in topics}
         gone = {tp.partition for tp in revoked if tp.topic in topics}
         if self._first_assignment:
             self._first_assignment = False

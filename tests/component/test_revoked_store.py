@@ -2,6 +2,8 @@
 ``Table.on_rebalance``), on faust's real RocksDB store: coming back, it is rebuilt from the changelog alone and
 cannot bring back a key whose tombstone compaction removed meanwhile."""
 
+from types import SimpleNamespace
+
 from aiokafka import TopicPartition as TP
 
 from agents.app import build_runtime
@@ -64,3 +66,26 @@ async def test_the_first_assignment_of_a_run_deletes_the_stores_an_earlier_run_k
     assert stored(store, 0, b"o-1") == b"an order" and stored(store, 2, b"o-1") == b"an order"
     await table.on_rebalance({TP(changelog, 0)}, {TP(changelog, 2)}, set())
     assert not store.partition_path(2).exists() and store.partition_path(0).exists()
+
+
+async def test_changelog_records_of_a_revoked_partition_applied_after_the_rebalance_leave_no_store_behind(
+    codec, sink, tmp_path
+):
+    """faust's recovery can take a record of a partition while a rebalance revokes it and apply it later (its
+    buffers are applied at the next revocation or at a stop): it must not create the deleted store afresh, holding
+    that record alone while noting its offset."""
+    table, store, changelog = rocksdb_orders(codec, sink, tmp_path)
+    held = TP(changelog, 0)
+    await table.on_rebalance({held}, {TP(changelog, 1)}, set())
+
+    table.apply_changelog_batch([changelog_record(TP(changelog, 1), 116), changelog_record(held, 7)])
+
+    assert not store.partition_path(1).exists()
+    assert store.persisted_offset(TP(changelog, 1)) is None
+    assert store.persisted_offset(held) == 7
+
+
+def changelog_record(tp: TP, offset: int):
+    message = SimpleNamespace(topic=tp.topic, partition=tp.partition, offset=offset, tp=tp, key=b'"o-1"',
+                              value=b'null', headers=None)
+    return SimpleNamespace(message=message)
