@@ -51,6 +51,7 @@ from faust.tables import TableManager as FaustTableManager
 from faust.transport.consumer import CONSUMER_FETCHING, CONSUMER_WAIT_EMPTY
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.producer import ProducerBuffer as FaustProducerBuffer
+from faust.types import TP
 from mode import Service
 from mode.utils.queues import FlowControlEvent, ThrowableQueue
 from yarl import URL
@@ -958,22 +959,25 @@ class Table(faust.Table[Any, Any]):
         replays its changelog from the offset the files noted. Kafka keeps a tombstone a week
         (:data:`streamcart.topics.TOMBSTONE_RETENTION_MS`): a key deleted meanwhile, whose tombstone compaction
         has removed since, would come back (a forgotten order, a released reservation). Without the files the
-        partition is rebuilt from its changelog alone. With one or two workers nothing is ever revoked this way
-        (each holds every partition, active or standby); with more, a partition that moves away and back is read
-        again from its changelog, which retention keeps to a week of orders.
+        partition is rebuilt from its changelog alone (workers keep no standby copies, so a partition that moves to
+        another worker is revoked here), which retention keeps to a week of orders. The recovery forgets the
+        offsets it read the partition to, so that a partition coming back is read from its changelog's start.
 
         The first assignment of a run revokes nothing in faust's terms (there was no previous one), so then every
         partition store on disk that it does not hold is deleted: one kept by an earlier run of this worker
         (stopped cleanly, its files trusted) that held partitions it does not hold now.
         """
-        await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
         topics = self.changelog_topic.topics
-        self._held = {tp.partition for tp in assigned if tp.topic in topics}
+        self._held = {tp.partition for tp in assigned if tp.topic in topics}  # before any await: see above
+        await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
         gone = {tp.partition for tp in revoked if tp.topic in topics}
         if self._first_assignment:
             self._first_assignment = False
-            held = {tp.partition for tp in assigned if tp.topic in topics}
-            gone |= stored_partitions(self.data) - held - set(getattr(self.data, "_dbs", ()))
+            gone |= stored_partitions(self.data) - self._held - set(getattr(self.data, "_dbs", ()))
+        recovery = cast(Any, self.app.tables).recovery
+        topic = self.changelog_topic.get_topic_name()
+        for partition in gone:
+            recovery.revoke(TP(topic, partition))  # faust skips it when the generation moved on meanwhile
         discarded = []
         for partition in sorted(gone):
             if (path := partition_path(self.data, partition)) is not None and path.exists():

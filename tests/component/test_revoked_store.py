@@ -76,7 +76,11 @@ async def test_changelog_records_of_a_revoked_partition_applied_after_the_rebala
     that record alone while noting its offset."""
     table, store, changelog = rocksdb_orders(codec, sink, tmp_path)
     held = TP(changelog, 0)
+    recovery = table.app.tables.recovery
+    recovery.active_offsets[TP(changelog, 1)] = 116  # how far its recovery had read the partition
     await table.on_rebalance({held}, {TP(changelog, 1)}, set())
+    # Forgotten, so that the partition coming back is read from its changelog's start into its empty store.
+    assert TP(changelog, 1) not in recovery.active_offsets
 
     table.apply_changelog_batch([changelog_record(TP(changelog, 1), 116), changelog_record(held, 7)])
 

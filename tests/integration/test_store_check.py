@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from confluent_kafka import ConsumerGroupState
+from confluent_kafka.admin import AdminClient, ConsumerGroupDescription
 
 from streamcart.ids import new_id
 from streamcart.settings import Settings
@@ -79,26 +80,33 @@ def test_a_recovery_a_rebalance_cuts_into_rebuilds_every_store_exactly(stack: St
     first, later = workers[-1], workers[:-1]
     for name in workers:
         stack.stop(name)
+    admin = admin_client(settings)
     # Static members stay in the group until their sessions time out: once it is empty, the first worker to join
     # takes every partition.
-    poll(lambda: group_state(settings) == ConsumerGroupState.EMPTY, timeout_s=settings.broker_session_timeout_s + 30,
-         every_s=0.5, what="the stopped workers' sessions timing out")
+    poll(lambda: describe_group(admin, settings).state == ConsumerGroupState.EMPTY,
+         timeout_s=settings.broker_session_timeout_s + 30, every_s=0.5, what="the stopped workers' sessions timing out")
     for marker in Path(settings.home).glob("data/worker-*/v1/tables/FORMAT"):
         marker.unlink()  # stores of an unknown format: each worker rebuilds them from the changelogs
     log = stack.log_path(first)
     seen = log.stat().st_size if log.exists() else 0
     stack.start(first, wait=False)
     # Alone in the group, it takes every partition and reads every changelog from the start. Frozen there, it
-    # cannot end its recovery before the others' joins have the group rebalancing; thawed, it hears of the
-    # rebalance at its next heartbeat, in the middle of its recovery.
+    # cannot end its recovery before the others' joins have the group rebalancing (or, joining after its session
+    # timed out, have it dropped from the group); thawed, it hears of that at its next heartbeat, in the middle of
+    # its recovery.
     poll(lambda: READING in log_since(log, seen), timeout_s=120, every_s=0.02, what=f"{first} reading its changelogs")
     pid = stack.record(first).pid  # type: ignore[union-attr]
     os.kill(pid, signal.SIGSTOP)
     try:
         for name in later:
             stack.start(name, wait=False)
-        poll(lambda: group_state(settings) == ConsumerGroupState.PREPARING_REBALANCING, timeout_s=60,
-             what="the group rebalancing for the later workers")
+
+        def moved_on() -> bool:
+            group = describe_group(admin, settings)
+            members = {member.group_instance_id for member in group.members}
+            return group.state != ConsumerGroupState.STABLE or f"{settings.app_id}-{first}" not in members
+
+        poll(moved_on, timeout_s=60, what="the group rebalancing for the later workers")
     finally:
         os.kill(pid, signal.SIGCONT)
     for name in workers:
@@ -125,7 +133,6 @@ def log_since(log: Path, seen: int) -> bytes:
         return lines.read()
 
 
-def group_state(settings: Settings) -> ConsumerGroupState:
-    admin = admin_client(settings)  # alive until the answer is in
-    described = admin.describe_consumer_groups([settings.app_id], request_timeout=10)[settings.app_id].result()
-    return described.state
+def describe_group(admin: AdminClient, settings: Settings) -> ConsumerGroupDescription:
+    """The workers' consumer group, as the broker describes it now."""
+    return admin.describe_consumer_groups([settings.app_id], request_timeout=10)[settings.app_id].result()
