@@ -591,18 +591,19 @@ class Consumer(faust_aiokafka.Consumer):
                             since_yield = 0
                         offset = message.offset
                         if acks_enabled_for(message.topic):
+                            changelog = False
                             if clears != flow_control.clears:
                                 continue  # fetched again after the seek above
                             if not self._deliverable(tp, offset):
                                 continue
                         else:
+                            changelog = is_changelog(message.topic)
                             r_offset = read_offset[tp]
                             if r_offset is not None and offset < r_offset:
                                 continue
                         if self._commit_every is not None and self._n_acked >= self._commit_every:
                             self._n_acked = 0
                             await self.commit()
-                        changelog = is_changelog(message.topic)
                         if changelog:
                             # Delivered in line only, with nothing awaited between this check and the delivery: a
                             # delivery left waiting for the flow could land after the changelogs were read again.

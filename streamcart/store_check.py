@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
+from faust.stores.rocksdb import Store as RocksDBStore
 from rocksdict import Options, Rdict
 
 from streamcart.ids import new_id
@@ -28,7 +29,7 @@ from streamcart.settings import Settings
 from streamcart.topics import changelog_topic
 
 #: Where faust's RocksDB store notes the changelog offset it holds up to.
-OFFSET_KEY = b"__faust\x00offset__"
+OFFSET_KEY: bytes = RocksDBStore.offset_key
 #: How long a changelog partition may send nothing before its end is reached.
 READ_TIMEOUT_S = 30.0
 _STORE = re.compile(r"(?P<table>.+)-(?P<partition>[0-9]+)\.db")
