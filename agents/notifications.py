@@ -35,6 +35,12 @@ def register(runtime: Runtime, worker_index: int = 0) -> Any:
                                   sleep=runtime.app.in_progress.pause)
         return deliverer
 
+    async def close() -> None:
+        if deliverer is not None:
+            await deliverer.close()
+
+    runtime.close_at_stop(close)
+
     async def deliver(notification: Notification, event: Any) -> Message:
         try:
             attempts = await channels().deliver(notification)

@@ -48,6 +48,11 @@ def register(runtime: Runtime) -> Any:
             client = GatewayClient(settings.gateway_url, policy, on_breaker=runtime.telemetry.breaker)
         return client
 
+    async def close() -> None:
+        if client is not None:
+            await client.close()
+
+    runtime.close_at_stop(close)
     saga_timeout_ms = int(runtime.settings.saga_timeout_s * 1000)
     in_progress = runtime.app.in_progress
 

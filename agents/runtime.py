@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from faust.streams import _current_event
+from mode import Service
 from pydantic import ValidationError
 
 from agents.transport import InProgress, Yielded
@@ -112,6 +113,17 @@ def refused(rejected: str | None, message: Message, refusals: Container[str] = (
     raise FlowError(rejected)
 
 
+class ClosedAtStop(Service):
+    """Runs ``close`` as it stops (:meth:`Runtime.close_at_stop`)."""
+
+    def __init__(self, close: Callable[[], Awaitable[None]], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._close = close
+
+    async def on_stop(self) -> None:
+        await self._close()
+
+
 @dataclass
 class Runtime:
     """The app's shared parts, built once per worker and passed to every flow."""
@@ -131,6 +143,14 @@ class Runtime:
         self.topics = Topics.from_settings(self.settings)
         if self.sink is None:
             self.sink = FaustSink(self.app)
+
+    def close_at_stop(self, close: Callable[[], Awaitable[None]]) -> None:
+        """Have ``close`` run when the worker stops, after its agents have: for what a flow opens (an HTTP session).
+
+        Called while the flows are declared, before the app starts: mode stops a service's children in the reverse
+        order of their adding, and faust adds its agents, consumer and producer as the app starts, after this one.
+        """
+        self.app.add_dependency(ClosedAtStop(close))
 
     def source(self, *names: str) -> Any:
         """The faust topic(s) ``names`` for one agent to consume, as raw bytes."""

@@ -234,14 +234,33 @@ def _validation_details(exc: ValidationError) -> list[dict[str, Any]]:
     return [{"loc": list(e["loc"]), "msg": plain_message(e), "type": e["type"]} for e in exc.errors(include_url=False)]
 
 
+class DuplicateKey(ValueError):
+    """A JSON object with the same key twice (the name is the message)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object as a dict; :class:`DuplicateKey` when a key comes twice. Python's parser keeps the last, another
+    reader of the same body (a proxy, a log, the client's own code) may keep the first: the body means two things."""
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DuplicateKey(key)
+            seen.add(key)
+    return found
+
+
 async def _body(request: web.Request, model: type[M]) -> M:
     if request.content_type != "application/json":
         raise UnsupportedMediaType(f"expected Content-Type: application/json, got {request.content_type!r}")
     raw = decoded(await read_body(request), request.headers.get("Content-Encoding", ""), MAX_BODY_BYTES)
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, object_pairs_hook=_unique_keys)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(f"the body is not valid JSON: {exc}") from exc
+    except DuplicateKey as exc:
+        raise ApiError(f"the body names {str(exc)[:80]!r} twice in one object: which one was meant?") from exc
     except ValueError as exc:  # Python's own limit on an integer's digits, in words of the body's
         raise ApiError("the body holds a number with more digits than this API reads") from exc
     except RecursionError as exc:  # the parser recurses once per level: "[" * 5000 is refused, not a crash

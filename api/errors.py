@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import uuid
@@ -32,6 +33,8 @@ class ApiError(StreamcartError):
 
     status = 400
     code = "bad_request"
+    #: The connection is closed after the answer.
+    closes_connection = False
 
     def __init__(self, message: str, *, details: Any = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -64,6 +67,11 @@ class UnsupportedMediaType(ApiError):
     status, code = 415, "unsupported_media_type"
 
 
+class RequestTimeout(ApiError):
+    status, code = 408, "request_timeout"
+    closes_connection = True  # what is left of the body may still come: the connection cannot be read on
+
+
 class Invalid(ApiError):
     status, code = 422, "invalid"
 
@@ -86,12 +94,25 @@ class ClientGone(ApiError):
     status, code = 499, "client_closed_request"
 
 
+#: How long a request's body may take to arrive once its headers are in. aiohttp itself waits for ever: a client
+#: that announces a ``Content-Length`` and sends less (or trickles it) would hold its connection, and a handler, open.
+BODY_READ_TIMEOUT_S = 10.0
+
+
 async def read_body(request: web.Request) -> bytes:
-    """The request's body; :class:`ClientGone` when the client closes the connection before it is all there."""
+    """The request's body; :class:`ClientGone` when the client closes the connection before it is all there,
+    :class:`RequestTimeout` when it is not all there within :data:`BODY_READ_TIMEOUT_S` (the connection is closed
+    :data:`LINGERING_S` after the answer at most)."""
+    timeout_s = BODY_READ_TIMEOUT_S
     try:
-        return await request.read()
+        async with asyncio.timeout(timeout_s):
+            return await request.read()
     except ConnectionResetError as exc:  # what aiohttp raises for a body cut short by the client
         raise ClientGone("the client closed the connection before its request's body was read") from exc
+    except TimeoutError as exc:
+        raise RequestTimeout(
+            f"the request's body did not arrive within {timeout_s:g} s (is its Content-Length right?)"
+        ) from exc
 
 
 def code_of(reason: str) -> str:
@@ -117,7 +138,10 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         log.info("%s %s: %s", request.method, request.path, exc.message)
         return error_response(exc.status, exc.code, exc.message)
     except ApiError as exc:
-        return error_response(exc.status, exc.code, exc.message, exc.details, **exc.headers)
+        answer = error_response(exc.status, exc.code, exc.message, exc.details, **exc.headers)
+        if exc.closes_connection:
+            answer.force_close()
+        return answer
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -207,12 +231,19 @@ MAX_HEADERS = 128
 FORWARDING_HEADERS = 8
 
 
+#: How long a connection answered before its body was all read goes on reading it (and throwing it away) before it
+#: is closed, so that a client still sending gets the answer rather than a reset (aiohttp's default: 10 s). A body
+#: is 64 KiB at most here; what has not come in two seconds is a client holding the connection (a 408).
+LINGERING_S = 2.0
+
+
 class JsonErrorsRunner(web.AppRunner):
     """``web.AppRunner`` whose connections answer even an unparseable request with the JSON error shape, and whose
     parser leaves room for the headers a forward adds (:data:`FORWARDING_HEADERS`)."""
 
     def __init__(self, app: web.Application, **kwargs: Any) -> None:
         kwargs.setdefault("max_headers", MAX_HEADERS + FORWARDING_HEADERS)
+        kwargs.setdefault("lingering_time", LINGERING_S)
         super().__init__(app, **kwargs)
 
     async def _make_server(self) -> web.Server:

@@ -10,11 +10,12 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, AnyHttpUrl, BaseModel, BeforeValidator, ConfigDict, Field
 
 from streamcart.ids import IDENTIFIER_PATTERN
-from streamcart.text import CONTROL
+from streamcart.text import CONTROL, CONTROL_CHARS
 
 CURRENCY_PATTERN = r"^[A-Z]{3}$"
-#: No space and no control character (C0, DEL, C1) anywhere: an address reaches a provider, a log, a terminal.
-EMAIL_PATTERN = r"^[^@\s\x00-\x1f\x7f-\x9f]+@[^@\s\x00-\x1f\x7f-\x9f]+\.[^@\s\x00-\x1f\x7f-\x9f]+$"
+#: No space and no control character (:data:`streamcart.text.CONTROL_CHARS`) anywhere: an address reaches a provider,
+#: a log, a terminal.
+EMAIL_PATTERN = rf"^[^@\s{CONTROL_CHARS}]+@[^@\s{CONTROL_CHARS}]+\.[^@\s{CONTROL_CHARS}]+$"
 PHONE_PATTERN = r"^\+[1-9][0-9]{6,14}$"
 ORDER_CURSOR_PATTERN = r"^[0-9]{1,15}\." + IDENTIFIER_PATTERN[1:]
 #: What each pattern asks for, in words: a 422 says this, not the regular expression.
@@ -51,9 +52,9 @@ def _json_integer(value: object) -> object:
 #: A body's integer: what the OpenAPI document's ``integer`` admits, and nothing pydantic would coerce besides.
 JsonInteger = Annotated[int, BeforeValidator(_json_integer)]
 
-#: Text without control characters (C0, DEL, C1): no newline forging a log line, escape sequence or NUL reaches a
-#: table, the warehouse, a notification or a terminal.
-PRINTABLE_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
+#: Text without control characters (:data:`streamcart.text.CONTROL_CHARS`): no newline forging a log line, escape
+#: sequence, NUL or reordering reaches a table, the warehouse, a notification or a terminal.
+PRINTABLE_PATTERN = f"^[^{CONTROL_CHARS}]*$"
 
 
 def _printable(value: str) -> str:

@@ -2,9 +2,13 @@
 
 import re
 
-#: Control characters (C0, DEL, C1): a NUL PostgreSQL refuses (a warehouse sink stops on such a row), a newline
-#: forging a log line, an escape sequence for a terminal.
-CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: Control characters, as a class's contents (the same spelling in Python's ``re`` and in a JSON Schema pattern):
+#: C0, DEL and C1 (a NUL PostgreSQL refuses, so a warehouse sink stops on its row; a newline forging a log line; an
+#: escape sequence for a terminal); Unicode's line and paragraph separators (``str.splitlines`` and JavaScript end a
+#: line there); and the bidirectional embeddings, overrides and isolates, which make text read in another order
+#: than it is stored ("Trojan Source", CVE-2021-42574). The marks (U+200E, U+200F) stay: right-to-left text uses them.
+CONTROL_CHARS = r"\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+CONTROL = re.compile(f"[{CONTROL_CHARS}]")
 
 
 def is_digits(text: str) -> bool:

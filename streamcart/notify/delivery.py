@@ -138,10 +138,12 @@ class PublicResolver(AbstractResolver):
             await dns.close()
 
 
-def webhook_session(*, allow_private: bool = False, timeout_s: float = 2.0) -> ClientSession:
-    """The HTTP session webhooks go out through: its connector resolves with :class:`PublicResolver`. (Made
-    inside the running loop.)"""
-    resolver = PublicResolver(allow_private=allow_private, timeout_s=timeout_s)
+def webhook_session(*, allow_private: bool = False, timeout_s: float = 2.0,
+                    resolver: PublicResolver | None = None) -> ClientSession:
+    """The HTTP session webhooks go out through: its connector resolves with ``resolver``, or a
+    :class:`PublicResolver` of its own (which closing the session leaves open). (Made inside the running loop.)"""
+    if resolver is None:
+        resolver = PublicResolver(allow_private=allow_private, timeout_s=timeout_s)
     return ClientSession(connector=TCPConnector(resolver=resolver, limit=256))
 
 
@@ -175,8 +177,10 @@ class WebhookProvider:
     """
 
     def __init__(self, session: ClientSession, timeout_s: float = 2.0, allow_private: bool = False,
-                 failing_after: int = 5, failing_for_s: float = 30.0) -> None:
+                 failing_after: int = 5, failing_for_s: float = 30.0, resolver: PublicResolver | None = None) -> None:
+        """``resolver``: the session's, closed with it by :meth:`close` (aiohttp closes only one it made itself)."""
         self.session = session
+        self.resolver = resolver
         self.timeout_s = timeout_s
         self.timeout = ClientTimeout(total=timeout_s)
         self.allow_private = allow_private
@@ -203,6 +207,11 @@ class WebhookProvider:
                 self._failures = dict(list(self._failures.items())[-5_000:])
             raise
         self._failures.pop(host, None)
+
+    async def close(self) -> None:
+        await self.session.close()
+        if self.resolver is not None:
+            await self.resolver.close()
 
     async def _post(self, notification: Notification) -> None:
         body = {"template": notification.template, **notification.payload}
@@ -254,9 +263,16 @@ class Deliverer:
                 await provider.deliver(notification)
         return tries
 
+    async def close(self) -> None:
+        """Close the providers that hold connections."""
+        for provider in self.providers.values():
+            if isinstance(provider, WebhookProvider):
+                await provider.close()
+
 
 def default_providers(outbox: Path, *, allow_private: bool = False) -> dict[str, Provider]:
     """Webhooks through :func:`webhook_session`, email and SMS through the outbox. (Made inside the running loop.)"""
     email_and_sms = OutboxProvider(outbox)
-    webhook = WebhookProvider(webhook_session(allow_private=allow_private), allow_private=allow_private)
+    resolver = PublicResolver(allow_private=allow_private)
+    webhook = WebhookProvider(webhook_session(resolver=resolver), allow_private=allow_private, resolver=resolver)
     return {Channel.WEBHOOK: webhook, Channel.EMAIL: email_and_sms, Channel.SMS: email_and_sms}

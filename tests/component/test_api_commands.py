@@ -16,7 +16,7 @@ import pytest
 
 from api.admission import START_RATE, PlacementGate
 from api.app import ADJUSTING, ADJUSTMENT_IN_FLIGHT_S, GATE, PLACEMENT_IN_FLIGHT_S, PLACING, KeyedRequests, init_app
-from api.errors import Unavailable
+from api.errors import LINGERING_S, Unavailable
 from schemas.messages import AdjustStock, CancelOrder, Message, PlaceOrder, UpdateShipment, UpsertProduct
 from streamcart.domain.catalog import ProductState
 from streamcart.domain.inventory import StockState, adjustment_body, adjustment_id
@@ -709,8 +709,11 @@ async def test_a_number_or_flag_of_another_json_type_is_a_422_and_sends_nothing(
         ("POST", "/v1/stock/KB-001/adjustments", {"delta": 1, "reason": "delivery\x00"}, "reason"),
         ("POST", "/v1/shipments/o-1/status", {"status": "dispatched", "carrier": "DHL\u0085"}, "carrier"),
         ("POST", "/v1/orders", {**ORDER, "payment": {"token": "tok\r\napprove"}}, "token"),
+        ("PUT", "/v1/products/KB-001", {"name": "Key\u2028board", "unit_price_cents": 1, "currency": "EUR"}, "name"),
+        ("POST", "/v1/stock/KB-001/adjustments", {"delta": 1, "reason": "refund \u202edenifer"}, "reason"),
+        ("POST", "/v1/shipments/o-1/status", {"status": "dispatched", "carrier": "\u2066DHL\u2069"}, "carrier"),
     ],
-    ids=["newline", "escape", "nul", "c1-next-line", "crlf-token"],
+    ids=["newline", "escape", "nul", "c1-next-line", "crlf-token", "line-separator", "bidi-override", "bidi-isolate"],
 )
 async def test_text_with_a_control_character_is_a_422_that_says_so_and_sends_nothing(client, commands, method, path,
                                                                                       body, field):
@@ -723,7 +726,9 @@ async def test_text_with_a_control_character_is_a_422_that_says_so_and_sends_not
 
 
 async def test_text_in_any_script_with_punctuation_and_spaces_is_accepted(client, commands):
-    body = {"name": "Clavier « AZERTY » — 日本語, 100 %", "unit_price_cents": 4999, "currency": "EUR"}
+    # Right-to-left text with its marks (U+200F) too: only the embeddings, overrides and isolates are refused.
+    body = {"name": "Clavier « AZERTY » — 日本語, 100 % / מקלדת\u200f (עברית)", "unit_price_cents": 4999,
+            "currency": "EUR"}
     response = await client.put("/v1/products/KB-001", json=body, headers=ADMIN)
     assert response.status in (200, 202)
     (sent,) = commands.sent
@@ -990,3 +995,39 @@ async def test_a_command_checked_against_state_not_stored_yet_is_a_503_and_sends
     worker.unstored = False
     assert (await client.post(url, json=body, headers=ADMIN)).status == 202
     assert len(commands.sent) == 1
+
+
+async def test_a_body_shorter_than_its_content_length_is_a_408_and_the_connection_closes(client, commands,
+                                                                                         monkeypatch):
+    monkeypatch.setattr("api.errors.BODY_READ_TIMEOUT_S", 0.3)
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        head = "".join(f"{name}: {value}\r\n" for name, value in {
+            **CUSTOMER, "Host": "streamcart", "Content-Type": "application/json", "Content-Length": "100",
+        }.items())
+        writer.write(f"POST /v1/orders HTTP/1.1\r\n{head}\r\n".encode() + b'{"lines": ')  # and nothing more
+        await writer.drain()
+        # To the end: the server closed the connection (it reads on for LINGERING_S before, in case more comes).
+        answer = await asyncio.wait_for(reader.read(), timeout=LINGERING_S + 5)
+    finally:
+        writer.close()
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line == b"HTTP/1.1 408 Request Timeout"
+    body = json.loads(rest.partition(b"\r\n\r\n")[2])
+    assert body["error"]["code"] == "request_timeout"
+    assert "did not arrive within 0.3 s" in body["error"]["message"]
+    assert commands.sent == []
+
+
+@pytest.mark.parametrize("body", [
+    b'{"lines": [{"sku": "KB-001", "quantity": 1}], "payment": {"token": "tok_approve"}, "currency": "EUR",'
+    b' "currency": "USD"}',
+    b'{"lines": [{"sku": "KB-001", "quantity": 1, "quantity": 5}], "payment": {"token": "tok_approve"}}',
+], ids=["top-level", "nested"])
+async def test_a_body_naming_a_key_twice_is_a_400_and_sends_nothing(client, commands, body):
+    response = await client.post("/v1/orders", data=body, headers={**CUSTOMER, "Content-Type": "application/json"})
+    assert response.status == 400
+    error = (await response.json())["error"]
+    assert error["code"] == "bad_request"
+    assert "twice" in error["message"]
+    assert commands.sent == []

@@ -12,8 +12,10 @@ from aiohttp import web
 
 from agents import payments as payments_flow
 from agents.app import build_runtime
+from agents.runtime import ClosedAtStop
 from schemas.messages import AuthorizePayment, CapturePayment, PaymentAuthorized, PaymentCaptured, PaymentDeclined
 from streamcart.domain.payments import GATEWAY_UNAVAILABLE
+from streamcart.gateway.client import GatewayClient
 from streamcart.settings import Settings
 
 
@@ -133,3 +135,34 @@ async def test_a_capture_the_gateway_never_does_is_dead_lettered_with_the_reason
     assert gateway.calls["capture"] > 3
     assert [type(m) for m in sink.messages(runtime.topics.payment_events)] == [PaymentAuthorized]
     assert runtime.tables.payments.get("o-1").captured is None
+
+
+async def test_the_gateway_session_is_closed_once_the_agents_have_stopped(aiohttp_server, codec, sink, tmp_path,
+                                                                           monkeypatch):
+    made: list[GatewayClient] = []
+
+    class Recorded(GatewayClient):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(payments_flow, "GatewayClient", Recorded)
+    now = int(time.time() * 1000)
+    authorize = AuthorizePayment(**envelope("a-1", now), order_id="o-1", customer_id="c-1", amount_cents=500,
+                                 currency="EUR", payment_token="tok_approve")
+    runtime = await run(aiohttp_server, Gateway(), codec, sink, tmp_path, authorize,
+                        until=lambda rt: sink.messages(rt.topics.payment_events))
+    [client] = made
+    assert not client._session.closed
+    app = runtime.app
+    for service in app.on_init_dependencies():  # what mode adds as the app starts
+        app.add_dependency(service)
+    children = list(app._children)
+    closers = [child for child in children if isinstance(child, ClosedAtStop)]
+    assert closers, "the payments flow asked for nothing to be closed at stop"
+    # Added while the flows were declared: ahead of the agents, the consumer and the producer, so mode, which stops a
+    # service's children last to first, stops those first.
+    assert max(map(children.index, closers)) < min(map(children.index, (app.agents, app.consumer, app.producer)))
+    for closer in closers:
+        await closer.stop()
+    assert client._session.closed

@@ -20,6 +20,7 @@ from streamcart.notify.delivery import (
     PublicResolver,
     WebhookProvider,
     check_webhook_url,
+    default_providers,
     webhook_session,
 )
 from streamcart.tracing import new_traceparent, span, trace_id
@@ -302,3 +303,16 @@ async def test_failures_of_concurrent_deliveries_to_one_endpoint_all_count(hook)
         with pytest.raises(HostFailing, match="failed its last 10 attempts"):
             await webhook.deliver(to(url))
     assert len(received) == 10
+
+
+async def test_closing_the_deliverer_closes_the_webhook_session_and_its_resolver(hook, tmp_path):
+    port, received, _ = hook
+    deliverer = Deliverer(default_providers(tmp_path / "outbox.jsonl", allow_private=True), backoff_s=0)
+    await deliverer.deliver(to(f"http://localhost:{port}/hook"))  # a lookup, then a connection kept alive
+    assert len(received) == 1
+    webhook = deliverer.providers[Channel.WEBHOOK]
+    assert isinstance(webhook, WebhookProvider) and webhook.resolver is not None
+    assert webhook.resolver._dns is not None and not webhook.session.closed
+    await deliverer.close()
+    assert webhook.session.closed
+    assert webhook.resolver._dns is None  # c-ares's channel ended: no late answer calls into a closed loop
