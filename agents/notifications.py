@@ -36,8 +36,10 @@ def register(runtime: Runtime, worker_index: int = 0) -> Any:
         return deliverer
 
     async def close() -> None:
+        nonlocal deliverer
         if deliverer is not None:
-            await deliverer.close()
+            closing, deliverer = deliverer, None  # a start after this stop makes another
+            await closing.close()
 
     runtime.close_at_stop(close)
 

@@ -49,8 +49,10 @@ def register(runtime: Runtime) -> Any:
         return client
 
     async def close() -> None:
+        nonlocal client
         if client is not None:
-            await client.close()
+            closing, client = client, None  # a start after this stop makes another
+            await closing.close()
 
     runtime.close_at_stop(close)
     saga_timeout_ms = int(runtime.settings.saga_timeout_s * 1000)

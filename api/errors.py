@@ -94,15 +94,16 @@ class ClientGone(ApiError):
     status, code = 499, "client_closed_request"
 
 
-#: How long a request's body may take to arrive once its headers are in. aiohttp itself waits for ever: a client
-#: that announces a ``Content-Length`` and sends less (or trickles it) would hold its connection, and a handler, open.
+#: How long a request's body may take to arrive once the API reads it (64 KiB at most: some 50 kbit/s). aiohttp
+#: itself waits for ever: a client that announces a ``Content-Length`` and sends less (or trickles it) would hold its
+#: connection, and a handler, open.
 BODY_READ_TIMEOUT_S = 10.0
 
 
 async def read_body(request: web.Request) -> bytes:
     """The request's body; :class:`ClientGone` when the client closes the connection before it is all there,
-    :class:`RequestTimeout` when it is not all there within :data:`BODY_READ_TIMEOUT_S` (the connection is closed
-    :data:`LINGERING_S` after the answer at most)."""
+    :class:`RequestTimeout` when it is not all there within :data:`BODY_READ_TIMEOUT_S` of this call (the
+    connection is closed right after the answer)."""
     timeout_s = BODY_READ_TIMEOUT_S
     try:
         async with asyncio.timeout(timeout_s):
@@ -140,7 +141,7 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
     except ApiError as exc:
         answer = error_response(exc.status, exc.code, exc.message, exc.details, **exc.headers)
         if exc.closes_connection:
-            answer.force_close()
+            return await _answered_then_closed(request, answer)
         return answer
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -163,6 +164,16 @@ async def expect_handler(request: web.Request) -> None:
 
 def _expectation_failed(expect: str) -> web.Response:
     return error_response(417, "expectation_failed", f"unknown Expect: {expect[:100]!r} (only 100-continue is)")
+
+
+async def _answered_then_closed(request: web.Request, answer: web.Response) -> web.Response:
+    """Send ``answer`` now and close the connection after it. aiohttp would otherwise go on reading what is left of
+    the body (its "lingering", 10 s) before closing, and that is what the client is holding back."""
+    answer.force_close()
+    await answer.prepare(request)
+    await answer.write_eof()
+    request.protocol.force_close()  # the transport sends what was written, then closes
+    return answer
 
 
 def _unmet_expectation(request: web.Request) -> str | None:
@@ -231,19 +242,12 @@ MAX_HEADERS = 128
 FORWARDING_HEADERS = 8
 
 
-#: How long a connection answered before its body was all read goes on reading it (and throwing it away) before it
-#: is closed, so that a client still sending gets the answer rather than a reset (aiohttp's default: 10 s). A body
-#: is 64 KiB at most here; what has not come in two seconds is a client holding the connection (a 408).
-LINGERING_S = 2.0
-
-
 class JsonErrorsRunner(web.AppRunner):
     """``web.AppRunner`` whose connections answer even an unparseable request with the JSON error shape, and whose
     parser leaves room for the headers a forward adds (:data:`FORWARDING_HEADERS`)."""
 
     def __init__(self, app: web.Application, **kwargs: Any) -> None:
         kwargs.setdefault("max_headers", MAX_HEADERS + FORWARDING_HEADERS)
-        kwargs.setdefault("lingering_time", LINGERING_S)
         super().__init__(app, **kwargs)
 
     async def _make_server(self) -> web.Server:

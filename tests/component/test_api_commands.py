@@ -16,7 +16,7 @@ import pytest
 
 from api.admission import START_RATE, PlacementGate
 from api.app import ADJUSTING, ADJUSTMENT_IN_FLIGHT_S, GATE, PLACEMENT_IN_FLIGHT_S, PLACING, KeyedRequests, init_app
-from api.errors import LINGERING_S, Unavailable
+from api.errors import Unavailable
 from schemas.messages import AdjustStock, CancelOrder, Message, PlaceOrder, UpdateShipment, UpsertProduct
 from streamcart.domain.catalog import ProductState
 from streamcart.domain.inventory import StockState, adjustment_body, adjustment_id
@@ -133,7 +133,8 @@ async def test_an_orders_email_and_phone_travel_with_it_for_its_notifications(cl
 
 
 @pytest.mark.parametrize("contact", [{"email": "not-an-address"}, {"email": "a\u0000\u001b[31m@b.c"},
-                                     {"email": "ada@example.com\u0085"}, {"phone": "555-0100"},
+                                     {"email": "ada@example.com\u0085"}, {"email": "ada@example.com\ufeff"},
+                                     {"email": "ada\u202e@example.com"}, {"phone": "555-0100"},
                                      {"phone": "+0123456789"}, {"webhook_url": "ftp://hooks.example.com/"},
                                      # A URL parser would strip the newline and tab and encode the space: the order
                                      # would notify an address its customer never gave.
@@ -712,8 +713,10 @@ async def test_a_number_or_flag_of_another_json_type_is_a_422_and_sends_nothing(
         ("PUT", "/v1/products/KB-001", {"name": "Key\u2028board", "unit_price_cents": 1, "currency": "EUR"}, "name"),
         ("POST", "/v1/stock/KB-001/adjustments", {"delta": 1, "reason": "refund \u202edenifer"}, "reason"),
         ("POST", "/v1/shipments/o-1/status", {"status": "dispatched", "carrier": "\u2066DHL\u2069"}, "carrier"),
+        ("POST", "/v1/orders", {**ORDER, "payment": {"token": "tok_\ufeffapprove"}}, "token"),
     ],
-    ids=["newline", "escape", "nul", "c1-next-line", "crlf-token", "line-separator", "bidi-override", "bidi-isolate"],
+    ids=["newline", "escape", "nul", "c1-next-line", "crlf-token", "line-separator", "bidi-override", "bidi-isolate",
+         "byte-order-mark"],
 )
 async def test_text_with_a_control_character_is_a_422_that_says_so_and_sends_nothing(client, commands, method, path,
                                                                                       body, field):
@@ -997,22 +1000,24 @@ async def test_a_command_checked_against_state_not_stored_yet_is_a_503_and_sends
     assert len(commands.sent) == 1
 
 
-async def test_a_body_shorter_than_its_content_length_is_a_408_and_the_connection_closes(client, commands,
-                                                                                         monkeypatch):
+async def test_a_body_shorter_than_its_content_length_is_a_408_and_the_connection_closes_at_once(client, commands,
+                                                                                                 monkeypatch):
     monkeypatch.setattr("api.errors.BODY_READ_TIMEOUT_S", 0.3)
     reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
     try:
         head = "".join(f"{name}: {value}\r\n" for name, value in {
             **CUSTOMER, "Host": "streamcart", "Content-Type": "application/json", "Content-Length": "100",
         }.items())
-        writer.write(f"POST /v1/orders HTTP/1.1\r\n{head}\r\n".encode() + b'{"lines": ')  # and nothing more
+        writer.write(f"POST /v1/orders HTTP/1.1\r\n{head}\r\n".encode() + b'{"lines": ')  # 10 of the 100 bytes
         await writer.drain()
-        # To the end: the server closed the connection (it reads on for LINGERING_S before, in case more comes).
-        answer = await asyncio.wait_for(reader.read(), timeout=LINGERING_S + 5)
+        # To the end: the server closed the connection right after its answer (aiohttp would go on waiting for the
+        # rest of the body for 10 s, its "lingering", before closing).
+        answer = await asyncio.wait_for(reader.read(), timeout=5)
     finally:
         writer.close()
     status_line, _, rest = answer.partition(b"\r\n")
     assert status_line == b"HTTP/1.1 408 Request Timeout"
+    assert b"\r\nConnection: close\r\n" in rest
     body = json.loads(rest.partition(b"\r\n\r\n")[2])
     assert body["error"]["code"] == "request_timeout"
     assert "did not arrive within 0.3 s" in body["error"]["message"]
