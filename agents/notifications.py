@@ -25,23 +25,12 @@ log = logging.getLogger(__name__)
 def register(runtime: Runtime, worker_index: int = 0) -> Any:
     """Declare the notifications agent on the runtime's app."""
     outbox = Path(runtime.settings.home).resolve() / "data" / "notifications" / "outbox.jsonl"
-    deliverer: Deliverer | None = None
 
-    def channels() -> Deliverer:
-        nonlocal deliverer
-        if deliverer is None:  # the HTTP session must be made inside the running loop
-            allow_private = runtime.settings.webhook_allow_private
-            deliverer = Deliverer(default_providers(outbox, allow_private=allow_private),
-                                  sleep=runtime.app.in_progress.pause)
-        return deliverer
+    def new_deliverer() -> Deliverer:
+        allow_private = runtime.settings.webhook_allow_private
+        return Deliverer(default_providers(outbox, allow_private=allow_private), sleep=runtime.app.in_progress.pause)
 
-    async def close() -> None:
-        nonlocal deliverer
-        if deliverer is not None:
-            closing, deliverer = deliverer, None  # a start after this stop makes another
-            await closing.close()
-
-    runtime.close_at_stop(close)
+    channels = runtime.made_on_first_use(new_deliverer, Deliverer.close)
 
     async def deliver(notification: Notification, event: Any) -> Message:
         try:

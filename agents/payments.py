@@ -36,25 +36,13 @@ SETTLE_FOR_S = 15 * 60.0
 def register(runtime: Runtime) -> Any:
     """Declare the payments agent on the runtime's app."""
     table = runtime.tables.payments
-    client: GatewayClient | None = None
 
-    def gateway() -> GatewayClient:
-        nonlocal client
-        if client is None:  # created inside the running loop, on first use
-            settings = runtime.settings
-            policy = ClientPolicy(
-                attempt_timeout_s=settings.gateway_attempt_timeout_s, attempts=settings.gateway_attempts
-            )
-            client = GatewayClient(settings.gateway_url, policy, on_breaker=runtime.telemetry.breaker)
-        return client
+    def new_client() -> GatewayClient:
+        settings = runtime.settings
+        policy = ClientPolicy(attempt_timeout_s=settings.gateway_attempt_timeout_s, attempts=settings.gateway_attempts)
+        return GatewayClient(settings.gateway_url, policy, on_breaker=runtime.telemetry.breaker)
 
-    async def close() -> None:
-        nonlocal client
-        if client is not None:
-            closing, client = client, None  # a start after this stop makes another
-            await closing.close()
-
-    runtime.close_at_stop(close)
+    gateway = runtime.made_on_first_use(new_client, GatewayClient.close)
     saga_timeout_ms = int(runtime.settings.saga_timeout_s * 1000)
     in_progress = runtime.app.in_progress
 

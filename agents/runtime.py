@@ -14,7 +14,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Container
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from faust.streams import _current_event
 from mode import Service
@@ -37,6 +37,8 @@ from streamcart.tracing import child_traceparent, current_traceparent, span
 from tables import StateTables
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 Handler = Callable[[Message, Any], Awaitable[None]]
 
@@ -151,6 +153,24 @@ class Runtime:
         order of their adding, and faust adds its agents, consumer and producer as the app starts, after this one.
         """
         self.app.add_dependency(ClosedAtStop(close))
+
+    def made_on_first_use(self, make: Callable[[], T], close: Callable[[T], Awaitable[None]]) -> Callable[[], T]:
+        """A getter of what ``make()`` returns, made on the first call (inside the running loop, where an HTTP
+        session must be made) and closed with ``close`` when the worker stops (:meth:`close_at_stop`); a start after
+        that stop makes another."""
+        made: list[T] = []
+
+        def get() -> T:
+            if not made:
+                made.append(make())
+            return made[0]
+
+        async def close_made() -> None:
+            while made:
+                await close(made.pop())
+
+        self.close_at_stop(close_made)
+        return get
 
     def source(self, *names: str) -> Any:
         """The faust topic(s) ``names`` for one agent to consume, as raw bytes."""

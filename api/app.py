@@ -241,13 +241,11 @@ class DuplicateKey(ValueError):
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """A JSON object as a dict; :class:`DuplicateKey` when a key comes twice. Python's parser keeps the last, another
     reader of the same body (a proxy, a log, the client's own code) may keep the first: the body means two things."""
-    found = dict(pairs)
-    if len(found) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise DuplicateKey(key)
-            seen.add(key)
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise DuplicateKey(key)
+        found[key] = value
     return found
 
 
