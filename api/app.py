@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import math
 import re
 import time
 from collections import Counter, OrderedDict
@@ -671,9 +672,11 @@ def _admit(request: web.Request) -> None:
     limit = request.app[SETTINGS].admission_max_delay_s
     retry = {"Retry-After": str(refusal.retry_after_s)}
     if refusal.behind_s is not None:
-        raise Overloaded(f"the saga is behind (records wait {refusal.behind_s:.1f} s before the saga's flows handle "
-                         f"them, more than {limit:g} s): no new order is taken until it catches up; retry later",
-                         details={"queue_s": round(refusal.behind_s, 3), "max_delay_s": limit}, headers=retry)
+        # Rounded up to the millisecond: a wait just past the limit must not read as the limit itself.
+        behind_s = math.ceil(refusal.behind_s * 1000) / 1000
+        raise Overloaded(f"the saga is behind (records wait {behind_s:g} s before the saga's flows handle them, more "
+                         f"than {limit:g} s): no new order is taken until it catches up; retry later",
+                         details={"queue_s": behind_s, "max_delay_s": limit}, headers=retry)
     rate = request.app[GATE].rate
     raise Overloaded(f"new orders are taken at {rate:.0f}/s on this worker for now (the pace it learns from how far "
                      "behind the saga is); retry shortly", details={"pace_per_s": round(rate, 1)}, headers=retry)

@@ -92,6 +92,16 @@ async def test_a_new_order_is_refused_with_503_while_the_orders_flow_is_too_far_
     assert len(commands.sent) == 1
 
 
+async def test_a_wait_just_past_the_limit_is_said_as_past_it(client, worker, commands):
+    worker.queue_s = SOLO.admission_max_delay_s + 0.0002  # rounded to the millisecond, it read as the limit itself
+    response = await client.post("/v1/orders", json=ORDER, headers=CUSTOMER)
+    assert response.status == 503
+    error = (await response.json())["error"]
+    assert error["details"]["queue_s"] > SOLO.admission_max_delay_s
+    assert f"wait {error['details']['queue_s']:g} s" in error["message"]
+    assert commands.sent == []
+
+
 async def test_an_order_placed_under_a_key_is_still_answered_while_new_ones_are_refused(client, worker, commands):
     keyed = {**CUSTOMER, "Idempotency-Key": "k-overload"}
     first = await client.post("/v1/orders", json=ORDER, headers=keyed)
