@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import uuid
@@ -202,8 +203,66 @@ def redacted(text: str) -> str:
     return _TOKEN_LIKE.sub("<redacted>", named)
 
 
+#: How long a request's line and headers may take to arrive, from their first byte while the connection waits for a
+#: request (the body has :data:`BODY_READ_TIMEOUT_S` of its own). aiohttp sets no such limit: a client trickling a
+#: header a byte at a time ("slowloris") held its connection until the idle timeout.
+HEAD_READ_TIMEOUT_S = 10.0
+#: How long a connection may wait for its next request, its first one too (aiohttp's ``AppRunner`` keeps one for an
+#: hour; 75 s is ``web.run_app``'s and nginx's, above how long HTTP clients keep an idle one: 15 s for aiohttp's).
+IDLE_TIMEOUT_S = 75.0
+
+
+def _head_timeout_answer() -> bytes:
+    """A 408 in the JSON error shape, written straight to the transport: no request was read, so none can answer."""
+    body = json.dumps({"error": {
+        "code": "request_timeout",
+        "message": f"the request line and headers did not all arrive within {HEAD_READ_TIMEOUT_S:g} s",
+        "details": None,
+    }}).encode()
+    head = (f"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\n{REQUEST_ID_HEADER}: {request_id(None)}\r\nConnection: close\r\n\r\n")
+    return head.encode("ascii") + body
+
+
 class _JsonErrorsHandler(RequestHandler):
-    """aiohttp's connection handler, answering what it cannot parse in the JSON error shape too."""
+    """aiohttp's connection handler, answering what it cannot parse in the JSON error shape too, and a request whose
+    line and headers do not all arrive within :data:`HEAD_READ_TIMEOUT_S` with a 408 (then closing)."""
+
+    _head_deadline: asyncio.TimerHandle | None = None
+    _heads_read = 0  # requests whose line and headers were complete, as aiohttp's parser counted them
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._request_count != self._heads_read:  # a request's head is complete (and perhaps the start of another)
+            self._heads_read = self._request_count
+            self._stop_head_deadline()
+        elif self._head_deadline is None and self._waiting_for_a_request():  # the first bytes of a head
+            self._head_deadline = self._loop.call_later(HEAD_READ_TIMEOUT_S, self._head_too_slow)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._stop_head_deadline()
+        super().connection_lost(exc)
+
+    def _waiting_for_a_request(self) -> bool:
+        """The connection is between requests: bytes now are a head's, not a body's (aiohttp's loop awaits this
+        future only then, lingering over an unread body included)."""
+        waiter = self._waiter
+        return waiter is not None and not waiter.done()
+
+    def _stop_head_deadline(self) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+
+    def _head_too_slow(self) -> None:
+        self._head_deadline = None
+        if self.transport is None or self._request_count != self._heads_read or not self._waiting_for_a_request():
+            return
+        peer = self.transport.get_extra_info("peername")
+        log.info("request head from %s not complete %g s after its first bytes: answered 408 and closed",
+                 peer[0] if peer else "?", HEAD_READ_TIMEOUT_S)
+        self.transport.write(_head_timeout_answer())
+        self.force_close()  # the transport sends what was written, then closes
 
     def handle_error(
         self, request: Any, status: int = 500, exc: BaseException | None = None, message: str | None = None
@@ -243,11 +302,13 @@ FORWARDING_HEADERS = 8
 
 
 class JsonErrorsRunner(web.AppRunner):
-    """``web.AppRunner`` whose connections answer even an unparseable request with the JSON error shape, and whose
-    parser leaves room for the headers a forward adds (:data:`FORWARDING_HEADERS`)."""
+    """``web.AppRunner`` whose connections answer even an unparseable request with the JSON error shape, whose
+    parser leaves room for the headers a forward adds (:data:`FORWARDING_HEADERS`), and which bounds how long a
+    request's head may trickle in (:data:`HEAD_READ_TIMEOUT_S`) and a connection may idle (:data:`IDLE_TIMEOUT_S`)."""
 
     def __init__(self, app: web.Application, **kwargs: Any) -> None:
         kwargs.setdefault("max_headers", MAX_HEADERS + FORWARDING_HEADERS)
+        kwargs.setdefault("keepalive_timeout", IDLE_TIMEOUT_S)
         super().__init__(app, **kwargs)
 
     async def _make_server(self) -> web.Server:

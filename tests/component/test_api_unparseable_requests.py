@@ -1,16 +1,19 @@
 """A request aiohttp cannot even parse gets the JSON error shape too (api/errors.py, ``JsonErrorsRunner``): it never
-reaches the app's middleware, and aiohttp would answer it in plain text."""
+reaches the app's middleware, and aiohttp would answer it in plain text. So does one whose line and headers trickle
+in slower than the server waits for them."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import re
+import time
 from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
 
+import api.errors
 from api.errors import JsonErrorsRunner
 
 
@@ -19,8 +22,12 @@ async def port() -> AsyncIterator[int]:
     async def ok(request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
 
+    async def echo(request: web.Request) -> web.Response:
+        return web.json_response({"bytes": len(await request.read())})
+
     app = web.Application()
     app.router.add_get("/", ok)
+    app.router.add_post("/echo", echo)
     runner = JsonErrorsRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -109,3 +116,72 @@ def test_the_parsers_own_words_are_kept() -> None:
 
     said = "Data after `Connection: close`; Content-Length can not be parsed; Invalid method encountered"
     assert redacted(said) == said
+
+
+HEAD_TIMEOUT_S = 0.5  # the tests' HEAD_READ_TIMEOUT_S
+IDLE_TIMEOUT_S = 2.0  # the tests' IDLE_TIMEOUT_S
+
+
+@pytest.fixture
+def short_timeouts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(api.errors, "HEAD_READ_TIMEOUT_S", HEAD_TIMEOUT_S)
+    monkeypatch.setattr(api.errors, "IDLE_TIMEOUT_S", IDLE_TIMEOUT_S)
+
+
+async def read_until_closed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, trickle: bytes) -> bytes:
+    """What the server sends until it closes the connection, while a byte of ``trickle`` goes out every 50 ms."""
+    received = asyncio.ensure_future(reader.read())
+    for byte in trickle:
+        if received.done():
+            break
+        writer.write(bytes([byte]))
+        await writer.drain()
+        await asyncio.wait([received], timeout=0.05)
+    return await asyncio.wait_for(received, timeout=5)
+
+
+@pytest.mark.usefixtures("short_timeouts")
+async def test_a_head_trickled_in_gets_a_json_408_from_its_first_byte_and_the_connection_closes(port: int) -> None:
+    """A slowloris client: each byte in time, the head never complete. aiohttp waited for it up to an hour."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    started = time.monotonic()
+    raw = await read_until_closed(reader, writer, b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 1_000)
+    closed_after = time.monotonic() - started
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 ")
+    assert b"Connection: close" in head
+    assert json.loads(body)["error"] == {
+        "code": "request_timeout", "details": None,
+        "message": f"the request line and headers did not all arrive within {HEAD_TIMEOUT_S:g} s",
+    }
+    assert int(re.search(rb"Content-Length: (\d+)", head).group(1)) == len(body)
+    assert re.search(rb"X-Request-Id: [0-9a-f]{32}\r\n", head + b"\r\n")
+    assert HEAD_TIMEOUT_S <= closed_after < 1_000 * 0.05  # by the deadline, not once the trickle ran out
+
+
+@pytest.mark.usefixtures("short_timeouts")
+async def test_a_head_deadline_does_not_cut_a_body_or_an_idle_connection_between_requests(port: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 30\r\n\r\n")
+    for _ in range(30):  # the body over 1.5 s, three head deadlines: the body has a timeout of its own
+        writer.write(b" ")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+    answer = await asyncio.wait_for(reader.readuntil(b"}"), timeout=5)
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b'{"bytes": 30}')
+
+    await asyncio.sleep(HEAD_TIMEOUT_S * 2)  # idle between requests, under the idle timeout
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    answer = await asyncio.wait_for(reader.read(), timeout=5)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b'{"ok": true}')
+
+
+@pytest.mark.usefixtures("short_timeouts")
+async def test_a_connection_that_sends_nothing_is_closed_after_the_idle_timeout(port: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    started = time.monotonic()
+    assert await asyncio.wait_for(reader.read(), timeout=IDLE_TIMEOUT_S + 5) == b""  # closed, nothing said
+    writer.close()
+    assert time.monotonic() - started >= IDLE_TIMEOUT_S - 0.1
