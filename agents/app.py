@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 import faust
@@ -60,7 +59,7 @@ def create_faust_app(settings: Settings, *, worker_index: int = 0, store: str = 
         settings.app_id,
         broker=f"kafka://{settings.bootstrap_servers}",
         store=store,
-        datadir=str(Path(settings.home).resolve() / "data" / f"worker-{worker_index}"),
+        datadir=str(settings.worker_data_dir(worker_index)),
         topic_partitions=settings.partitions,
         topic_allow_declare=True,
         consumer_group_instance_id=f"{settings.app_id}-worker-{worker_index}",

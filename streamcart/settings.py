@@ -265,6 +265,10 @@ class Settings(BaseSettings):
         """Whether this process listens beyond loopback while tokens are signed with :data:`DEVELOPMENT_JWT_SECRET`."""
         return self.jwt_secret.get_secret_value() == DEVELOPMENT_JWT_SECRET and not _loopback(self.host)
 
+    def worker_data_dir(self, index: int) -> Path:
+        """Where worker ``index`` keeps its local state: faust's RocksDB stores (``check-stores`` reads them)."""
+        return Path(self.home).resolve() / "data" / f"worker-{index}"
+
     def worker_url(self, index: int) -> str:
         """Where worker ``index`` answers HTTP."""
         host = (self.advertised_host or self.host).replace("{index}", str(index))

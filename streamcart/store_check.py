@@ -73,8 +73,7 @@ def compare(store: Mapping[bytes, bytes], records: Iterable[Record], offset: int
 def stores_of(settings: Settings) -> Iterator[tuple[int, str, int, Path]]:
     """(worker, table, partition, directory) of every partition store on this machine's worker data."""
     for worker in range(settings.workers):
-        home = Path(settings.home).resolve() / "data" / f"worker-{worker}"
-        for path in sorted(home.glob("**/tables/*.db")):
+        for path in sorted(settings.worker_data_dir(worker).glob("**/tables/*.db")):
             if (match := _STORE.fullmatch(path.name)) is not None:
                 yield worker, match["table"], int(match["partition"]), path
 
