@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import uuid
+from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any
 
@@ -219,8 +220,9 @@ def _head_timeout_answer() -> bytes:
         "message": f"the request line and headers did not all arrive within {HEAD_READ_TIMEOUT_S:g} s",
         "details": None,
     }}).encode()
-    head = (f"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json; charset=utf-8\r\n"
-            f"Content-Length: {len(body)}\r\n{REQUEST_ID_HEADER}: {request_id(None)}\r\nConnection: close\r\n\r\n")
+    head = (f"HTTP/1.1 408 Request Timeout\r\nDate: {formatdate(usegmt=True)}\r\n"
+            f"Content-Type: application/json; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
+            f"{REQUEST_ID_HEADER}: {request_id(None)}\r\nConnection: close\r\n\r\n")
     return head.encode("ascii") + body
 
 
@@ -228,8 +230,12 @@ class _JsonErrorsHandler(RequestHandler):
     """aiohttp's connection handler, answering what it cannot parse in the JSON error shape too, and a request whose
     line and headers do not all arrive within :data:`HEAD_READ_TIMEOUT_S` with a 408 (then closing)."""
 
-    _head_deadline: asyncio.TimerHandle | None = None
-    _heads_read = 0  # requests whose line and headers were complete, as aiohttp's parser counted them
+    __slots__ = ("_head_deadline", "_heads_read")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_deadline: asyncio.TimerHandle | None = None
+        self._heads_read = 0  # requests whose line and headers were complete, as aiohttp's parser counted them
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -244,8 +250,8 @@ class _JsonErrorsHandler(RequestHandler):
         super().connection_lost(exc)
 
     def _waiting_for_a_request(self) -> bool:
-        """The connection is between requests: bytes now are a head's, not a body's (aiohttp's loop awaits this
-        future only then, lingering over an unread body included)."""
+        """The connection is between requests: bytes now are a head's, not a body's. aiohttp's loop awaits this
+        future only then; a body being read, or lingered over once its handler is done, is awaited otherwise."""
         waiter = self._waiter
         return waiter is not None and not waiter.done()
 

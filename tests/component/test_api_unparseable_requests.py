@@ -125,7 +125,13 @@ IDLE_TIMEOUT_S = 2.0  # the tests' IDLE_TIMEOUT_S
 @pytest.fixture
 def short_timeouts(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(api.errors, "HEAD_READ_TIMEOUT_S", HEAD_TIMEOUT_S)
-    monkeypatch.setattr(api.errors, "IDLE_TIMEOUT_S", IDLE_TIMEOUT_S)
+    monkeypatch.setattr(api.errors, "IDLE_TIMEOUT_S", IDLE_TIMEOUT_S)  # read as the runner is made
+
+
+@pytest.fixture
+async def short_port(short_timeouts: None, port: int) -> int:
+    """A server whose timeouts are the tests' short ones (patched before ``port`` makes its runner)."""
+    return port
 
 
 async def read_until_closed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, trickle: bytes) -> bytes:
@@ -140,10 +146,10 @@ async def read_until_closed(reader: asyncio.StreamReader, writer: asyncio.Stream
     return await asyncio.wait_for(received, timeout=5)
 
 
-@pytest.mark.usefixtures("short_timeouts")
-async def test_a_head_trickled_in_gets_a_json_408_from_its_first_byte_and_the_connection_closes(port: int) -> None:
+async def test_a_head_trickled_in_gets_a_json_408_from_its_first_byte_and_the_connection_closes(
+        short_port: int) -> None:
     """A slowloris client: each byte in time, the head never complete. aiohttp waited for it up to an hour."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", short_port)
     started = time.monotonic()
     raw = await read_until_closed(reader, writer, b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 1_000)
     closed_after = time.monotonic() - started
@@ -158,11 +164,19 @@ async def test_a_head_trickled_in_gets_a_json_408_from_its_first_byte_and_the_co
     assert int(re.search(rb"Content-Length: (\d+)", head).group(1)) == len(body)
     assert re.search(rb"X-Request-Id: [0-9a-f]{32}\r\n", head + b"\r\n")
     assert HEAD_TIMEOUT_S <= closed_after < 1_000 * 0.05  # by the deadline, not once the trickle ran out
+    assert re.search(rb"\r\nDate: \w{3}, \d{2} \w{3} \d{4} \d{2}:\d{2}:\d{2} GMT\r\n", head + b"\r\n")
 
 
-@pytest.mark.usefixtures("short_timeouts")
-async def test_a_head_deadline_does_not_cut_a_body_or_an_idle_connection_between_requests(port: int) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+async def test_a_head_deadline_does_not_cut_a_body_or_an_idle_connection_between_requests(short_port: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", short_port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")  # a head in two pieces: its deadline starts, then must stop
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    writer.write(b"X-Second: piece\r\n\r\n")
+    answer = await asyncio.wait_for(reader.readuntil(b"}"), timeout=5)
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b'{"ok": true}')
+    await asyncio.sleep(HEAD_TIMEOUT_S * 2)  # idle between requests past the head's deadline, under the idle timeout
+
     writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 30\r\n\r\n")
     for _ in range(30):  # the body over 1.5 s, three head deadlines: the body has a timeout of its own
         writer.write(b" ")
@@ -178,9 +192,8 @@ async def test_a_head_deadline_does_not_cut_a_body_or_an_idle_connection_between
     assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b'{"ok": true}')
 
 
-@pytest.mark.usefixtures("short_timeouts")
-async def test_a_connection_that_sends_nothing_is_closed_after_the_idle_timeout(port: int) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+async def test_a_connection_that_sends_nothing_is_closed_after_the_idle_timeout(short_port: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", short_port)
     started = time.monotonic()
     assert await asyncio.wait_for(reader.read(), timeout=IDLE_TIMEOUT_S + 5) == b""  # closed, nothing said
     writer.close()
