@@ -81,12 +81,12 @@ def create_faust_app(settings: Settings, *, worker_index: int = 0, store: str = 
         web_port=settings.worker_port(worker_index),
         web_host=settings.host,
         autodiscover=False,
-        # No standby copies of other workers' partitions. faust's standby reader lost the records waiting in its
-        # changelog queue when the flow resumed, and a copy promoted to active then decided from older states
-        # (agents/local_state.py). The changelogs are now read again after each clear (ChangelogQueue), but standby
-        # copies have not been drilled since, and following every other worker's changelogs costs CPU. A partition
-        # that moves is read from its changelog instead: slower to take over, never behind.
-        table_standby_replicas=0,
+        # No standby copies of other workers' partitions unless asked for (STREAMCART_STANDBY_REPLICAS). faust's
+        # standby reader lost the records waiting in its changelog queue when the flow resumed, and a copy promoted
+        # to active then decided from older states (agents/local_state.py); the changelogs are now read again after
+        # each clear (ChangelogQueue). Following every other worker's changelogs costs CPU: without copies, a
+        # partition that moves is read from its changelog instead, slower to take over, never behind.
+        table_standby_replicas=settings.standby_replicas,
         # What faust creates itself (its assignor's topic; a changelog `up`/`init` did not): as many replicas as the
         # topics streamcart creates, where a number is set (-1, the broker's default, is faust's 1).
         **({"topic_replication_factor": settings.topic_replication_factor}

@@ -13,8 +13,9 @@ after them. Two things make it rebuild from the changelogs alone:
   them. Standby copies missed some after nearly every restart; an active store, when a rebalance cut into its
   recovery. Such a store, promoted or kept, then answered and decided from older states (an order CONFIRMED and
   captured at the gateway came back PENDING and was cancelled by its deadline). The changelogs are now read again
-  after each such clear (:class:`agents.transport.ChangelogQueue`) and workers keep no standby copies
-  (agents/app.py); stores an earlier run left are rebuilt once, told by :data:`FORMAT_MARKER`.
+  after each such clear (:class:`agents.transport.ChangelogQueue`), standby copies (off unless
+  ``STREAMCART_STANDBY_REPLICAS`` asks for them) included; stores an earlier run left are rebuilt once, told by
+  :data:`FORMAT_MARKER`.
 - **Stores not caught up for longer than Kafka keeps tombstones.** A store misses the deletions (a forgotten order, a
   released reservation) made while it was not reading, and a recovery finds them only while their tombstones are
   still in the changelog: a week (:data:`streamcart.topics.TOMBSTONE_RETENTION_MS`). When the stores were last
@@ -40,8 +41,10 @@ log = logging.getLogger(__name__)
 RUNNING_MARKER = "RUNNING"
 HELD_WRITES = "held-writes"
 #: What kind of stores the directory holds: :data:`STORES_FORMAT`, written by a run whose recovery reads the
-#: changelogs again after faust empties its changelog queue and that keeps active partitions only. Anything else (no
-#: file: standby copies; ``actives-only``: a recovery a rebalance cut into) may miss records; rebuilt.
+#: changelogs again after faust empties its changelog queue. Anything else (no file: standby copies of an earlier
+#: streamcart; ``actives-only``: a recovery a rebalance cut into) may miss records; rebuilt. The words stay those of
+#: the first runs to read the changelogs again, which kept no standby copies: the copies such a run keeps now read
+#: the same way, and other words would rebuild every worker's stores once for nothing.
 FORMAT_MARKER = "FORMAT"
 STORES_FORMAT = "actives-only, changelogs read again after each clear"
 #: When the stores were last caught up with their changelogs (epoch seconds).

@@ -960,8 +960,8 @@ class Table(faust.Table[Any, Any]):
         replays its changelog from the offset the files noted. Kafka keeps a tombstone a week
         (:data:`streamcart.topics.TOMBSTONE_RETENTION_MS`): a key deleted meanwhile, whose tombstone compaction
         has removed since, would come back (a forgotten order, a released reservation). Without the files the
-        partition is rebuilt from its changelog alone (workers keep no standby copies, so a partition that moves to
-        another worker is revoked here), which retention keeps to a week of orders. The recovery forgets the
+        partition is rebuilt from its changelog alone (without standby copies, the default, a partition that moves
+        to another worker is revoked here), which retention keeps to a week of orders. The recovery forgets the
         offsets it read the partition to, so that a partition coming back is read from its changelog's start.
 
         The first assignment of a run revokes nothing in faust's terms (there was no previous one), so then every

@@ -104,6 +104,8 @@ int64: a values file's 1048576 arrives as a float and would render as "1.048576e
   value: {{ .Values.workers.sagaTimeoutS | quote }}
 - name: STREAMCART_ORDER_RETENTION_S
   value: {{ .Values.workers.orderRetentionS | quote }}
+- name: STREAMCART_STANDBY_REPLICAS
+  value: {{ .Values.workers.standbyReplicas | int64 | quote }}
 {{- end -}}
 
 {{- /* The secrets, for what signs tokens or writes connector configs (the workers, the init Job) only. */}}
