@@ -880,11 +880,15 @@ class Producer(faust_aiokafka.Producer):
 
     def _note_caught_up(self) -> None:
         """Note, at most every :data:`NOTE_EVERY_S`, that the tables' stores are caught up with their changelogs:
-        after a flush that succeeded, once the tables are recovered (agents/local_state.py)."""
+        after a flush that succeeded, once the tables are recovered, standby copies included: they start reading
+        only after the worker's own partitions are read back (agents/local_state.py)."""
         app = cast(Any, self.app)
-        if time.monotonic() - self._caught_up_noted < NOTE_EVERY_S or app.tables.recovery.in_recovery:
+        recovery = app.tables.recovery
+        if time.monotonic() - self._caught_up_noted < NOTE_EVERY_S or recovery.in_recovery:
             return
-        if not app.tables.recovery.completed.is_set() or app.rebalancing or not app.conf.tabledir:
+        if not recovery.completed.is_set() or app.rebalancing or not app.conf.tabledir:
+            return
+        if recovery.standby_tps and recovery.standby_remaining_total() > 0:
             return
         self._caught_up_noted = time.monotonic()
         with contextlib.suppress(OSError):  # a unit test's app has no directory; an older note only errs to a rebuild

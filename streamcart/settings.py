@@ -164,9 +164,10 @@ class Settings(BaseSettings):
     # ``traceparent`` headers and spans of every message and request), and the analytics flow.
     tracing: bool = True
     analytics: bool = True
-    #: Standby copies each worker keeps of other workers' table partitions (faust's ``table_standby_replicas``): a
-    #: partition that moves to a worker holding a copy is taken over in seconds instead of read back from its
-    #: changelog, for the CPU of following those changelogs all along. Off by default (README, "Crash safety").
+    #: Standby copies of each table partition on workers other than its owner (faust's ``table_standby_replicas``,
+    #: at most one fewer than the workers; the group leader's decides): a partition that moves to a worker holding a
+    #: copy is taken over at once instead of read back from its changelog, for the CPU of following those
+    #: changelogs all along. Off by default (README, "Crash safety").
     standby_replicas: int = Field(0, ge=0, le=3)
 
     #: The Kafka Connect sink configurations (default: the repository's ``connectors/``).

@@ -210,3 +210,31 @@ def test_a_worker_listening_beyond_loopback_with_the_development_secret_refuses_
     own_secret = Settings(host="0.0.0.0", jwt_secret="a-secret-of-our-own-at-least-32-bytes")
     with pytest.raises(AssertionError, match="went on to connect"):
         worker.run(own_secret, 0)
+
+
+def producer_noting(tabledir, *, standby_tps: set, standby_remaining: int) -> SimpleNamespace:
+    """What ``Producer._note_caught_up`` reads: a recovered worker whose standby copies have this much to read."""
+    recovery = SimpleNamespace(
+        in_recovery=False, completed=asyncio.Event(), standby_tps=standby_tps,
+        standby_remaining_total=lambda: standby_remaining,
+    )
+    recovery.completed.set()
+    app = SimpleNamespace(tables=SimpleNamespace(recovery=recovery), rebalancing=False,
+                          conf=SimpleNamespace(tabledir=str(tabledir)))
+    return SimpleNamespace(app=app, _caught_up_noted=float("-inf"))
+
+
+@pytest.mark.parametrize(("standby_tps", "remaining", "noted"), [
+    (set(), 0, True),
+    ({TopicPartition("streamcart-orders-changelog", 1)}, 0, True),
+    ({TopicPartition("streamcart-orders-changelog", 1)}, 25, False),
+], ids=["no copies", "copies caught up", "copies still reading"])
+def test_the_stores_are_noted_caught_up_only_once_the_standby_copies_are_too(tmp_path, standby_tps, remaining,
+                                                                            noted):
+    """Copies start reading only after the worker's own partitions are read back: a note before they are done could
+    vouch for a copy more than a week behind after a long stop (its deletions' tombstones compacted away)."""
+    from agents.transport import Producer
+
+    tmp_path.mkdir(exist_ok=True)
+    Producer._note_caught_up(producer_noting(tmp_path, standby_tps=standby_tps, standby_remaining=remaining))
+    assert (tmp_path / CAUGHT_UP_MARKER).exists() is noted
