@@ -888,7 +888,7 @@ class Producer(faust_aiokafka.Producer):
             return
         if not recovery.completed.is_set() or app.rebalancing or not app.conf.tabledir:
             return
-        if recovery.standby_tps and recovery.standby_remaining_total() > 0:
+        if recovery.standby_remaining_total() > 0:
             return
         self._caught_up_noted = time.monotonic()
         with contextlib.suppress(OSError):  # a unit test's app has no directory; an older note only errs to a rebuild

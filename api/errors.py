@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import uuid
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import HttpVersion11, web
 from aiohttp.web_protocol import RequestHandler
@@ -215,13 +214,11 @@ IDLE_TIMEOUT_S = 75.0
 
 def _head_timeout_answer() -> bytes:
     """A 408 in the JSON error shape, written straight to the transport: no request was read, so none can answer."""
-    body = json.dumps({"error": {
-        "code": "request_timeout",
-        "message": f"the request line and headers did not all arrive within {HEAD_READ_TIMEOUT_S:g} s",
-        "details": None,
-    }}).encode()
+    answer = error_response(
+        408, "request_timeout", f"the request line and headers did not all arrive within {HEAD_READ_TIMEOUT_S:g} s")
+    body = cast(bytes, answer.body)
     head = (f"HTTP/1.1 408 Request Timeout\r\nDate: {formatdate(usegmt=True)}\r\n"
-            f"Content-Type: application/json; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
+            f"Content-Type: {answer.headers['Content-Type']}\r\nContent-Length: {len(body)}\r\n"
             f"{REQUEST_ID_HEADER}: {request_id(None)}\r\nConnection: close\r\n\r\n")
     return head.encode("ascii") + body
 
@@ -262,7 +259,7 @@ class _JsonErrorsHandler(RequestHandler):
 
     def _head_too_slow(self) -> None:
         self._head_deadline = None
-        if self.transport is None or self._request_count != self._heads_read or not self._waiting_for_a_request():
+        if self.transport is None or not self._waiting_for_a_request():  # a completed head stopped the deadline
             return
         peer = self.transport.get_extra_info("peername")
         log.info("request head from %s not complete %g s after its first bytes: answered 408 and closed",

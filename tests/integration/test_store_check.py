@@ -79,13 +79,8 @@ def test_a_recovery_a_rebalance_cuts_into_rebuilds_every_store_exactly(stack: St
     settle_all(shop, place_orders(shop, ORDERS), timeout_s=300)  # records in every changelog to read back
     workers = [f"worker-{i}" for i in range(settings.workers)]
     first, later = workers[-1], workers[:-1]
-    for name in workers:
-        stack.stop(name)
+    stop_workers_until_the_group_is_empty(stack, settings)  # then the first worker to join takes every partition
     admin = admin_client(settings)
-    # Static members stay in the group until their sessions time out: once it is empty, the first worker to join
-    # takes every partition.
-    poll(lambda: describe_group(admin, settings).state == ConsumerGroupState.EMPTY,
-         timeout_s=settings.broker_session_timeout_s + 30, every_s=0.5, what="the stopped workers' sessions timing out")
     for marker in Path(settings.home).glob("data/worker-*/v1/tables/FORMAT"):
         marker.unlink()  # stores of an unknown format: each worker rebuilds them from the changelogs
     log = stack.log_path(first)
@@ -163,17 +158,21 @@ def start_afresh(stack: Stack, settings: Settings) -> None:
     member that comes back within its session gets its last assignment again, without a rebalance: one worker after
     the other, the workers would keep the assignment a leader with the old settings made, standby copies included
     or not. The workers are started again even when the wait fails."""
-    workers = [f"worker-{i}" for i in range(settings.workers)]
     try:
-        for name in workers:
-            stack.stop(name)
-        admin = admin_client(settings)
-        poll(lambda: describe_group(admin, settings).state == ConsumerGroupState.EMPTY,
-             timeout_s=settings.broker_session_timeout_s + 30, every_s=0.5,
-             what="the stopped workers' sessions timing out")
+        stop_workers_until_the_group_is_empty(stack, settings)
     finally:
-        for name in workers:
-            stack.start(name)
+        for i in range(settings.workers):
+            stack.start(f"worker-{i}")
+
+
+def stop_workers_until_the_group_is_empty(stack: Stack, settings: Settings) -> None:
+    """Every worker stopped, and their consumer group empty: static members stay in it until their sessions time
+    out."""
+    for i in range(settings.workers):
+        stack.stop(f"worker-{i}")
+    admin = admin_client(settings)
+    poll(lambda: describe_group(admin, settings).state == ConsumerGroupState.EMPTY,
+         timeout_s=settings.broker_session_timeout_s + 30, every_s=0.5, what="the stopped workers' sessions timing out")
 
 
 def orders_stores(settings: Settings) -> set[tuple[int, int]]:
