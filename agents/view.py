@@ -169,6 +169,13 @@ class FaustWorkerView:
             owned.setdefault(tp.topic, []).append(tp.partition)
         return {topic: sorted(partitions) for topic, partitions in owned.items()}
 
+    def copies(self) -> dict[tuple[str, int], tuple[str, int | None]]:
+        """The changelog partitions this worker keeps standby copies of (``STREAMCART_STANDBY_REPLICAS``): each one's
+        table, and the last offset its copy took (None: none yet)."""
+        recovery = self._app.tables.recovery
+        return {(tp.topic, tp.partition): (recovery.tp_to_table[tp].name, recovery.standby_offsets.get(tp))
+                for tp in recovery.standby_tps if tp in recovery.tp_to_table}
+
     def committed(self) -> dict[tuple[str, int], int]:
         """Where the group stands on the partitions this worker owns: the offsets its consumer committed (or found
         committed when it took them over)."""

@@ -34,6 +34,7 @@ from streamcart.telemetry import (
     CONSUMER_LAG,
     DEAD_LETTERS_SHOWN,
     DLQ_RECORDS,
+    STANDBY_BEHIND,
     TABLE_KEYS,
     WAREHOUSE_DLQ_RECORDS,
     Telemetry,
@@ -67,6 +68,8 @@ class LiveSource(Protocol):
 
     def owned(self) -> dict[str, list[int]]: ...
 
+    def copies(self) -> dict[tuple[str, int], tuple[str, int | None]]: ...
+
     def committed(self) -> dict[tuple[str, int], int]: ...
 
     async def end_offsets(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]: ...
@@ -96,6 +99,7 @@ class Observer:
         self.dlq_records: int | None = None
         self.warehouse_dlq_records: int | None = None  # rows a Kafka Connect sink could not take
         self.table_sizes: dict[str, int] = {}
+        self.standby_behind: dict[str, int] = {}  # per table: records its standby copies have yet to read
 
     async def run(self) -> None:
         while True:
@@ -110,7 +114,8 @@ class Observer:
             # Its partitions are moving: the lag stays what it last saw (a partition that moved may be reported by
             # its next owner too meanwhile: the alert and Grafana take each partition's highest, never the sum).
             return
-        self.lag, self.dlq_records, self.warehouse_dlq_records = await self._read_kafka(self.worker.owned())
+        read = await self._read_kafka(self.worker.owned(), self.worker.copies())
+        self.lag, self.dlq_records, self.warehouse_dlq_records, self.standby_behind = read
         DLQ_RECORDS.set(self.dlq_records)
         WAREHOUSE_DLQ_RECORDS.set(self.warehouse_dlq_records)
         CONSUMER_LAG.clear()
@@ -120,23 +125,34 @@ class Observer:
         self.table_sizes = self.worker.table_sizes()
         for table, size in self.table_sizes.items():
             TABLE_KEYS.labels(table).set(size)
+        for table in self.table_sizes.keys() | self.standby_behind.keys():  # 0 without copies: a series to watch
+            STANDBY_BEHIND.labels(table).set(self.standby_behind.get(table, 0))
 
-    async def _read_kafka(self, owned: dict[str, list[int]]) -> tuple[dict[str, dict[int, int]], int, int]:
+    async def _read_kafka(
+        self, owned: dict[str, list[int]], copies: dict[tuple[str, int], tuple[str, int | None]]
+    ) -> tuple[dict[str, dict[int, int]], int, int, dict[str, int]]:
+        """The group's lag on ``owned``, the depths of the DLQ and of the warehouse's, and per table the records
+        the standby ``copies`` (changelog partition: table, last offset taken) have yet to read."""
         tps = [(t, p) for t, ps in owned.items() for p in ps if not t.endswith("-changelog")]
         dlq = [(self.topics.dlq, p) for p in range(self.settings.partitions)]
         warehouse_dlq = [(self.topics.warehouse_dlq, 0)]  # one partition (streamcart/topics.py)
         positions = self.worker.committed()
         never_committed = [tp for tp in tps if tp not in positions]  # the group starts those at the log start
-        latest = await self.worker.end_offsets(tps + dlq + warehouse_dlq)
-        earliest = await self.worker.start_offsets(dlq + warehouse_dlq + never_committed)
+        never_copied = [tp for tp, (_, taken) in copies.items() if taken is None]  # read from the log start
+        latest = await self.worker.end_offsets(tps + dlq + warehouse_dlq + list(copies))
+        earliest = await self.worker.start_offsets(dlq + warehouse_dlq + never_committed + never_copied)
         lag: dict[str, dict[int, int]] = {}
         for tp in tps:
             lag.setdefault(tp[0], {})[tp[1]] = max(0, latest[tp] - positions.get(tp, earliest.get(tp, 0)))
+        standby_behind: dict[str, int] = {}
+        for tp, (table, taken) in copies.items():
+            unread = max(0, latest[tp] - (earliest[tp] if taken is None else taken + 1))
+            standby_behind[table] = standby_behind.get(table, 0) + unread
 
         def depth(partitions: list[tuple[str, int]]) -> int:
             return sum(latest[tp] - earliest[tp] for tp in partitions)
 
-        return lag, depth(dlq), depth(warehouse_dlq)
+        return lag, depth(dlq), depth(warehouse_dlq), standby_behind
 
 
 OBSERVER = web.AppKey("observer", Observer)

@@ -445,6 +445,7 @@ def check_stores(
     it answers and decides from older states. Exit code 0 when every store is exact, 1 when one is not, 2 when a
     worker runs (without --stop-workers)."""
     from streamcart.store_check import check_stores as check
+    from streamcart.store_check import left_running
 
     stack = _stack(progress_to_stderr=as_json)
     running = [name for name in stack.names if name.startswith("worker-") and stack.is_running(name)]
@@ -454,6 +455,9 @@ def check_stores(
         raise typer.Exit(2)
     for name in running:
         stack.stop(name)
+    for worker in left_running(stack.settings):
+        err_console.print(f"[yellow]worker-{worker} did not stop cleanly (killed, or crashed): its stores hold what "
+                          "it had written, and may be behind what it had read[/]")
     err_console.print("[dim]reading every worker's stores and their changelogs (about a second a partition)…[/]")
     try:
         reports = check(stack.settings)

@@ -78,6 +78,15 @@ def stores_of(settings: Settings) -> Iterator[tuple[int, str, int, Path]]:
                 yield worker, match["table"], int(match["partition"]), path
 
 
+def left_running(settings: Settings) -> list[int]:
+    """Workers whose last run did not stop cleanly (killed, or crashed): their stores hold what they had written,
+    less what a clean stop writes last (the standby copies' records read but not yet applied)."""
+    from agents.local_state import RUNNING_MARKER
+
+    return [worker for worker in range(settings.workers)
+            if any(settings.worker_data_dir(worker).glob(f"**/tables/{RUNNING_MARKER}"))]
+
+
 def read_store(path: Path) -> tuple[int, dict[bytes, bytes]]:
     """The offset a store notes and its keys and values, read from a copy (the original stays untouched)."""
     with tempfile.TemporaryDirectory(prefix="streamcart-store-") as aside:

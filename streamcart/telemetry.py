@@ -72,6 +72,11 @@ ORDERS_PENDING = Gauge(
 TABLE_KEYS = Gauge(
     "streamcart_table_keys", "Keys in each table's active partitions on this worker (estimate)", ["table"]
 )
+STANDBY_BEHIND = Gauge(
+    "streamcart_standby_records_behind", "Changelog records the standby copies this worker keeps "
+    "(STREAMCART_STANDBY_REPLICAS) have yet to read, per table: 0 once every copy is caught up (and without copies)",
+    ["table"],
+)
 ANALYTICS_LATE = Counter(
     "streamcart_analytics_late_events", "Order events that arrived after their window closed", ["metric"]
 )

@@ -155,14 +155,17 @@ def wait_until_worker_0_owns_every_partition(settings: Settings, timeout_s: floa
 
 def worker_metric(settings: Settings, name: str, **labels: str) -> float:
     """A metric summed over every worker's ``/metrics`` (the series ``name`` whose labels include ``labels``)."""
-    total = 0.0
-    for index in range(settings.workers):
-        with urllib.request.urlopen(f"{settings.worker_url(index)}/metrics", timeout=5) as response:
-            text = response.read().decode()
-        for family in text_string_to_metric_families(text):
-            total += sum(sample.value for sample in family.samples
-                         if sample.name == name and labels.items() <= sample.labels.items())
-    return total
+    return sum(one_workers_metric(settings, index, name, **labels) or 0.0 for index in range(settings.workers))
+
+
+def one_workers_metric(settings: Settings, index: int, name: str, **labels: str) -> float | None:
+    """The series ``name`` whose labels include ``labels``, summed, in worker ``index``'s ``/metrics`` (None: it
+    has none)."""
+    with urllib.request.urlopen(f"{settings.worker_url(index)}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    values = [sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+              if sample.name == name and labels.items() <= sample.labels.items()]
+    return sum(values) if values else None
 
 
 

@@ -40,17 +40,23 @@ class OrderFlow:
     def __init__(self, shop: Shop, skus: list[str], limit: int = 400, every_s: float = 0.1) -> None:
         self.shop, self.skus, self.limit, self.every_s = shop, skus, limit, every_s
         self.placed: list[str] = []
+        self.failed: BaseException | None = None  # what stopped the flow early
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         tokens = ["tok_approve", "tok_approve", "tok_approve", "tok_decline"]
-        while not self._stop.is_set() and len(self.placed) < self.limit:
-            i = len(self.placed)
-            order = self.shop.place_order({self.skus[i % len(self.skus)]: 1 + i % 2}, token=tokens[i % len(tokens)])
-            self.shop.send_later(order)
-            self.placed.append(order.order_id)
-            self._stop.wait(self.every_s)
+        try:
+            while not self._stop.is_set() and len(self.placed) < self.limit:
+                i = len(self.placed)
+                order = self.shop.place_order({self.skus[i % len(self.skus)]: 1 + i % 2},
+                                              token=tokens[i % len(tokens)])
+                self.shop.send_later(order)
+                self.placed.append(order.order_id)
+                self._stop.wait(self.every_s)
+        except BaseException as exc:
+            self.failed = exc
+            raise
 
     def __enter__(self) -> OrderFlow:
         self._thread.start()
@@ -60,6 +66,8 @@ class OrderFlow:
         self._stop.set()
         self._thread.join(timeout=30)
         self.shop.flush(timeout_s=60)
+        if self.failed is not None and exc[0] is None:
+            raise AssertionError(f"the order flow stopped after {len(self.placed)} orders") from self.failed
 
 
 @pytest.fixture(scope="module")

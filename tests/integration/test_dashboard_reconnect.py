@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import sync_playwright
 
 from tests.integration.support import wait_until_worker_0_owns_every_partition
@@ -17,7 +18,7 @@ def test_the_dashboard_reconnects_by_itself_after_its_worker_restarts(shop: Shop
     assert chromium, "chromium is missing: `streamcart setup` installs it (Debian's package)"
     # Orders flow until the end (a stop, a handover and a restart take longer than the default flow's 40 s on a
     # loaded machine; once it ran dry the figures had nothing left to move with).
-    with OrderFlow(shop, skus, limit=3_000), sync_playwright() as p:
+    with OrderFlow(shop, skus, limit=100_000) as flow, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         try:
             page = browser.new_page()
@@ -33,11 +34,18 @@ def test_the_dashboard_reconnects_by_itself_after_its_worker_restarts(shop: Shop
             page.wait_for_selector("#connection.ok", timeout=60_000)  # and came back without a reload
             page.wait_for_function("/[0-9]/.test(document.getElementById('orders-placed').textContent)",
                                    timeout=20_000)
-            before = _orders_placed(page)
-            page.wait_for_function(
-                f"parseInt(document.getElementById('orders-placed').textContent.replace(/,/g, '')) >= {before + 3}",
-                timeout=30_000,
-            )  # the figures move again
+            before, flowed = _orders_placed(page), len(flow.placed)
+            try:
+                page.wait_for_function(
+                    f"parseInt(document.getElementById('orders-placed').textContent.replace(/,/g, '')) >= "
+                    f"{before + 3}", timeout=60_000,
+                )  # the figures move again
+            except PlaywrightTimeout:
+                raise AssertionError(
+                    f"orders placed stayed near {before} for 60 s while the flow placed {len(flow.placed) - flowed} "
+                    f"more (it failed: {flow.failed!r}); the dashboard said {page.inner_text('#connection')!r}, "
+                    f"{page.inner_text('#updated')!r}, lag {page.inner_text('#lag')!r}"
+                ) from None
         finally:
             browser.close()
     assert_a_fresh_order_confirms(shop)  # and the saga goes on with both workers

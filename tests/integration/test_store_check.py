@@ -26,7 +26,7 @@ from streamcart.settings import Settings
 from streamcart.stack import Stack
 from streamcart.stack.probes import admin_client
 from streamcart.store_check import stores_of
-from tests.integration.support import poll, wait_until_worker_0_owns_every_partition
+from tests.integration.support import one_workers_metric, poll, wait_until_worker_0_owns_every_partition
 from tests.integration.test_saga import Shop
 from tests.integration.test_saga_failures import settle_all
 
@@ -144,10 +144,14 @@ def test_standby_copies_promoted_by_a_kill_hold_exactly_their_changelogs(stack: 
         settle_all(shop, order_ids, timeout_s=180)
         poll(lambda: orders_stores(copies) == every, timeout_s=120, every_s=0.5,
              what="every worker holding a store of every orders partition again")
+        # The restarted worker reads its copies after its own partitions, and may still be reading them: stopped
+        # now, it would keep them consistent but behind.
+        poll(lambda: all(one_workers_metric(copies, i, BEHIND) == 0 for i in range(copies.workers)),
+             timeout_s=180, every_s=1, what="every worker's standby copies read to their changelogs' ends")
 
         reports = [r for r in check_stores(copies) if r["table"] == "orders"]
         assert {(r["worker"], r["partition"]) for r in reports} == every
-        behind = [r for r in reports if r["offset"] != r["end"] - 1]
+        behind = [(r["worker"], r["partition"], r["offset"], r["end"]) for r in reports if r["offset"] != r["end"] - 1]
         assert not behind, behind  # a copy that read nothing, or stopped short, would pass as exact up to its offset
     finally:
         start_afresh(stack, settings)  # without copies again, for the tests after this one
@@ -181,6 +185,7 @@ def orders_stores(settings: Settings) -> set[tuple[int, int]]:
 
 
 ORDERS = 200
+BEHIND = "streamcart_standby_records_behind"
 READING = b"Restoring state from changelog topics"
 
 

@@ -3,7 +3,9 @@ below the offset the store notes, no more, no less."""
 
 from __future__ import annotations
 
-from streamcart.store_check import StoreReport, compare
+from agents.local_state import claim_local_state, release_local_state
+from streamcart.settings import Settings
+from streamcart.store_check import StoreReport, compare, left_running
 
 RECORDS = [(0, b"a", b"1"), (1, b"b", b"1"), (2, b"a", b"2"), (3, b"b", None), (4, b"c", b"1")]
 
@@ -27,3 +29,12 @@ def test_a_report_is_exact_only_with_nothing_missing_extra_or_stale():
     exact = StoreReport(0, "orders", 3, offset=4, end=5, keys=2, missing=0, extra=0, differ=0)
     assert exact.exact
     assert not StoreReport(0, "orders", 3, offset=4, end=5, keys=2, missing=0, extra=0, differ=1).exact
+
+
+def test_a_worker_whose_last_run_did_not_stop_cleanly_is_named(tmp_path):
+    settings = Settings(home=tmp_path, workers=3)
+    tabledirs = [settings.worker_data_dir(i) / "v1" / "tables" for i in range(3)]  # faust's, under its datadir
+    for tabledir in tabledirs[:2]:
+        claim_local_state(tabledir)
+    release_local_state(tabledirs[0])  # worker-0 stopped cleanly; worker-1 was killed; worker-2 never ran
+    assert left_running(settings) == [1]
