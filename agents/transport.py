@@ -48,6 +48,8 @@ from aiokafka import TopicPartition
 from aiokafka.producer.message_accumulator import MessageAccumulator
 from aiokafka.protocol.offset import OffsetRequest
 from faust.tables import TableManager as FaustTableManager
+from faust.tables.recovery import RebalanceAgain
+from faust.tables.recovery import Recovery as FaustRecovery
 from faust.transport.consumer import CONSUMER_FETCHING, CONSUMER_WAIT_EMPTY
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.producer import ProducerBuffer as FaustProducerBuffer
@@ -250,14 +252,43 @@ class ChangelogQueue(ThrowableQueue[Any]):
             super().force_put_nowait(item)
 
 
+class Recovery(FaustRecovery):
+    """faust's recovery, which never seeks a changelog partition whose offset it has not looked up.
+
+    A rebalance replaces the partitions the recovery reads (``active_tps``, ``standby_tps``) in place, while the
+    recovery of the generation before may still run: that one then sought partitions of the new generation whose
+    offsets it never looked up (None), and crashed the worker (aiokafka: "Offset must be a positive integer"). Seen
+    with standby copies on, a worker reading its partitions back, alone in the group, when the next one joined:
+    its recovery ended and sought the standby partitions the new generation had just given it (`streamcart up`
+    failed on 2026-12-04 with ``STREAMCART_STANDBY_REPLICAS=1``). Such a recovery now gives way to the new
+    generation's, which looks the offsets up; a partition without one outside a rebalance has it looked up first.
+    """
+
+    async def _seek_offsets(self, consumer: Any, tps: set[TP], offsets: Counter[TP], title: str) -> None:
+        unknown = {tp for tp in tps if offsets.get(tp) is None}
+        if unknown:
+            if self.signal_recovery_start.is_set():
+                log.info("a rebalance gave %d %s partition(s) to read since this recovery began: it starts over",
+                         len(unknown), title)
+                raise RebalanceAgain()
+            await self._build_offsets(consumer, unknown, offsets, title)
+        await super()._seek_offsets(consumer, tps, offsets, title)
+
+
 class TableManager(FaustTableManager):
-    """faust's table manager with a :class:`ChangelogQueue`."""
+    """faust's table manager with a :class:`ChangelogQueue` and its :class:`Recovery`."""
 
     @property
     def changelog_queue(self) -> ChangelogQueue:
         if self._changelog_queue is None:
             self._changelog_queue = ChangelogQueue(self, maxsize=self.app.conf.stream_buffer_maxsize)
         return cast(ChangelogQueue, self._changelog_queue)
+
+    @property
+    def recovery(self) -> Recovery:
+        if self._recovery is None:
+            self._recovery = Recovery(self.app, self, beacon=self.beacon, loop=self.loop)
+        return cast(Recovery, self._recovery)
 
 
 def changelog_positions(recovery: Any, assigned: set[Any]) -> dict[Any, int]:
