@@ -161,12 +161,17 @@ def start_afresh(stack: Stack, settings: Settings) -> None:
     """Every worker stopped, and started again by ``stack`` (with its settings) once the group is empty. A static
     member that comes back within its session gets its last assignment again, without a rebalance: one worker after
     the other, the workers would keep the assignment a leader with the old settings made, standby copies included
-    or not. The workers are started again even when the wait fails."""
+    or not. The workers are started again even when the wait fails, all at once as ``streamcart up`` starts them: with
+    copies on, a rebalance then comes while the first to join is still reading its partitions back, which crashed it
+    (``agents.transport.Recovery``)."""
+    workers = [f"worker-{i}" for i in range(settings.workers)]
     try:
         stop_workers_until_the_group_is_empty(stack, settings)
     finally:
-        for i in range(settings.workers):
-            stack.start(f"worker-{i}")
+        for name in workers:
+            stack.start(name, wait=False)
+        for name in workers:
+            stack.wait_ready(name)
 
 
 def stop_workers_until_the_group_is_empty(stack: Stack, settings: Settings) -> None:
