@@ -19,9 +19,10 @@ after them. Two things make it rebuild from the changelogs alone:
 - **Stores not caught up for longer than Kafka keeps tombstones.** A store misses the deletions (a forgotten order, a
   released reservation) made while it was not reading, and a recovery finds them only while their tombstones are
   still in the changelog: a week (:data:`streamcart.topics.TOMBSTONE_RETENTION_MS`). When the stores were last
-  caught up is noted at a clean stop and, while the worker runs with its tables recovered, after its producer
-  flushes (before its offset commits; at most once a minute). Not when it starts: a run killed, or crashing, before
-  its recovery is done leaves the time of the last one that was.
+  caught up is noted at a clean stop of a worker whose tables were recovered and, while the worker runs with its
+  tables recovered, after its producer flushes (before its offset commits; at most once a minute). Not when it
+  starts: a run killed, or crashing, or stopped, before its recovery is done leaves the time of the last one that
+  was.
 """
 
 from __future__ import annotations
@@ -104,9 +105,11 @@ def note_caught_up(tabledir: Path, *, now: float | None = None) -> None:
     _write(tabledir / CAUGHT_UP_MARKER, f"{time.time() if now is None else now:.0f}")
 
 
-def release_local_state(tabledir: Path, *, now: float | None = None) -> None:
-    """Mark ``tabledir`` as consistent with the changelogs and caught up (after a clean stop), as of now."""
-    note_caught_up(tabledir, now=now)
+def release_local_state(tabledir: Path, *, caught_up: bool = True, now: float | None = None) -> None:
+    """Mark ``tabledir`` as consistent with the changelogs (after a clean stop), and as caught up as of now when the
+    stores were: a stop in the middle of a recovery leaves the time they last were."""
+    if caught_up:
+        note_caught_up(tabledir, now=now)
     (tabledir / RUNNING_MARKER).unlink(missing_ok=True)
 
 

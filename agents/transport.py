@@ -848,6 +848,14 @@ class NodeDrainingAccumulator(MessageAccumulator):  # type: ignore[misc]  # aiok
         return super().drain_by_nodes(ignore_nodes, muted_partitions)
 
 
+def stores_caught_up(app: Any) -> bool:
+    """Whether ``app``'s table stores are caught up with their changelogs: recovered, not rebalancing, standby copies
+    included (they start reading only after the worker's own partitions are read back)."""
+    recovery = app.tables.recovery
+    return bool(recovery.completed.is_set() and not recovery.in_recovery and not app.rebalancing
+                and recovery.standby_remaining_total() == 0)
+
+
 class Producer(faust_aiokafka.Producer):
     """faust's aiokafka producer with :class:`ProducerBuffer`, drained before the Kafka client stops; the records of
     flows that read several topics wait there until the table writes before them are delivered (``send_after_state``,
@@ -910,16 +918,12 @@ class Producer(faust_aiokafka.Producer):
         self._note_caught_up()
 
     def _note_caught_up(self) -> None:
-        """Note, at most every :data:`NOTE_EVERY_S`, that the tables' stores are caught up with their changelogs:
-        after a flush that succeeded, once the tables are recovered, standby copies included: they start reading
-        only after the worker's own partitions are read back (agents/local_state.py)."""
+        """Note, at most every :data:`NOTE_EVERY_S`, that the tables' stores are caught up with their changelogs,
+        after a flush that succeeded (agents/local_state.py)."""
         app = cast(Any, self.app)
-        recovery = app.tables.recovery
-        if time.monotonic() - self._caught_up_noted < NOTE_EVERY_S or recovery.in_recovery:
+        if time.monotonic() - self._caught_up_noted < NOTE_EVERY_S or not app.conf.tabledir:
             return
-        if not recovery.completed.is_set() or app.rebalancing or not app.conf.tabledir:
-            return
-        if recovery.standby_remaining_total() > 0:
+        if not stores_caught_up(app):
             return
         self._caught_up_noted = time.monotonic()
         with contextlib.suppress(OSError):  # a unit test's app has no directory; an older note only errs to a rebuild

@@ -14,6 +14,7 @@ from mode import Service
 
 from agents.app import build_runtime, worker_view
 from agents.local_state import claim_local_state, release_local_state
+from agents.transport import stores_caught_up
 from api.app import init_app
 from api.commands import KafkaCommands
 from api.errors import JsonErrorsRunner
@@ -107,7 +108,8 @@ def run(settings: Settings, index: int) -> None:
         worker.execute_from_commandline()
     except SystemExit as stop:
         if stop.code in (0, None) and not worker.crash_reason:
-            release_local_state(tabledir)
+            # Stopped before its recovery was done, its stores are as old as they were when it started.
+            release_local_state(tabledir, caught_up=stores_caught_up(runtime.app))
         raise
     finally:
         if spans is not None:

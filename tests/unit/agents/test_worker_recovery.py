@@ -167,6 +167,40 @@ def test_a_store_stopped_cleanly_longer_ago_than_tombstones_stay_is_rebuilt_and_
     assert TOMBSTONE_RETENTION_MS / 1000 - day == STALE_AFTER_S
 
 
+def test_a_clean_stop_before_the_recovery_was_done_leaves_the_time_the_stores_were_last_caught_up(tmp_path):
+    """Started five days after its stores were last caught up and stopped before it had read them back, a worker must
+    not make them look new: two days later they are seven days behind, and rebuilt (tombstones of keys deleted since
+    may be gone)."""
+    tabledir = tmp_path / "tables"
+    day = 86_400.0
+    claim_local_state(tabledir, now=0)
+    (tabledir / "orders-0.db").write_text("state")
+    release_local_state(tabledir, now=0)
+    assert claim_local_state(tabledir, now=5 * day) is False  # five days: kept, and read on from where it ends
+    release_local_state(tabledir, caught_up=False, now=5 * day + 60)  # stopped a minute later, still reading
+    assert (tabledir / CAUGHT_UP_MARKER).read_text() == "0"
+    assert not (tabledir / RUNNING_MARKER).exists()  # a clean stop all the same
+    assert claim_local_state(tabledir, now=7 * day) is True
+    assert not (tabledir / "orders-0.db").exists()
+
+
+def test_the_stores_are_caught_up_once_recovered_and_neither_while_recovering_nor_rebalancing() -> None:
+    from agents.app import create_faust_app
+    from agents.transport import stores_caught_up
+    from streamcart.settings import Settings
+
+    app = create_faust_app(Settings(), store="memory://")
+    recovery = app.tables.recovery
+    assert not stores_caught_up(app)  # never recovered yet
+    recovery.completed.set()
+    assert stores_caught_up(app)
+    recovery.in_recovery = True  # a later rebalance's recovery
+    assert not stores_caught_up(app)
+    recovery.in_recovery = False
+    app.rebalancing = True
+    assert not stores_caught_up(app)
+
+
 class LeaderlessConsumer(FakeConsumer):
     """The first lookup of the log starts (every partition) does not answer: one partition has no leader now."""
 
