@@ -66,7 +66,7 @@ def claim_local_state(tabledir: Path, *, now: float | None = None) -> bool:
     discarded = tabledir.with_name(f"{tabledir.name}.discarded")
     if discarded.exists():  # a wipe that a kill interrupted
         shutil.rmtree(discarded)
-    killed = marker.exists()
+    killed = did_not_stop_cleanly(tabledir)
     caught_up = _caught_up_at(tabledir)
     behind_s = None if caught_up is None else (time.time() if now is None else now) - caught_up
     wiped = True
@@ -98,6 +98,11 @@ def claim_local_state(tabledir: Path, *, now: float | None = None) -> bool:
 def _has_stores(tabledir: Path) -> bool:
     """Whether ``tabledir`` holds any table store (a ``*.db`` directory of faust's)."""
     return tabledir.is_dir() and any(path.suffix == ".db" for path in tabledir.iterdir())
+
+
+def did_not_stop_cleanly(tabledir: Path) -> bool:
+    """Whether the last run on ``tabledir`` was killed, or crashed (its running marker is still there)."""
+    return (tabledir / RUNNING_MARKER).exists()
 
 
 def note_caught_up(tabledir: Path, *, now: float | None = None) -> None:

@@ -81,10 +81,10 @@ def stores_of(settings: Settings) -> Iterator[tuple[int, str, int, Path]]:
 def left_running(settings: Settings) -> list[int]:
     """Workers whose last run did not stop cleanly (killed, or crashed): their stores hold what they had written,
     less what a clean stop writes last (the standby copies' records read but not yet applied)."""
-    from agents.local_state import RUNNING_MARKER
+    from agents.local_state import did_not_stop_cleanly
 
     return [worker for worker in range(settings.workers)
-            if any(settings.worker_data_dir(worker).glob(f"**/tables/{RUNNING_MARKER}"))]
+            if any(did_not_stop_cleanly(tabledir) for tabledir in settings.worker_data_dir(worker).glob("**/tables"))]
 
 
 def read_store(path: Path) -> tuple[int, dict[bytes, bytes]]:
