@@ -18,7 +18,7 @@ from schemas.messages import AuthorizePayment, Message, PaymentCommand
 from streamcart.domain import payments
 from streamcart.domain.decision import Decision
 from streamcart.domain.payments import PaymentState
-from streamcart.gateway.client import ClientPolicy, GatewayClient
+from streamcart.gateway.client import CIRCUIT_OPEN, ClientPolicy, GatewayClient
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,11 @@ def register(runtime: Runtime) -> Any:
             if result.outcome != payments.Outcome.UNAVAILABLE or left_s <= 0:
                 return decision  # an unavailable authorization: declined, and a void of whatever went through
             wait_s = min(delay * random.uniform(0.5, 1.0), left_s)  # the last try comes just before the deadline
-            log.warning("payment %s: the gateway could not %s it (%s, try %d); trying again in %.1f s",
-                        command.order_id, planned.operation, result.reason, attempt, wait_s)
+            # While the breaker is open every payment in flight waits, and its opening was the warning (gateway
+            # client): a line per payment per try would bury it.
+            level = logging.DEBUG if result.reason == CIRCUIT_OPEN else logging.WARNING
+            log.log(level, "payment %s: the gateway could not %s it (%s, try %d); trying again in %.1f s",
+                    command.order_id, planned.operation, result.reason, attempt, wait_s)
             await in_progress.pause(wait_s)
             delay, attempt = min(delay * 2, RETRY_MAX_S), attempt + 1
 

@@ -7,7 +7,10 @@ same root handler: a worker hands :func:`logging_config` to ``faust.Worker``, wh
 own coloured console handler.
 
 A line repeated word for word is written once per :data:`REPEAT_WINDOW_S` (:class:`RepeatedRecords`): while Kafka
-is away, aiokafka logs each failed connection attempt, some 60 lines a second per worker.
+is away, aiokafka logs each failed connection attempt, some 60 lines a second per worker. So is one of faust's and
+mode's routine lines under load that differ only in the figure they measure (:data:`MEASURING`): in a burst, each
+worker wrote a few hundred "Timer commit is overlapping (interval=0.2 runtime=0.31…)" and "producer buffer full
+size 102" lines a minute.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import contextvars
 import json
 import logging
 import logging.config
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -89,11 +93,30 @@ class TextFormatter(logging.Formatter):
 #: How long a line written is not written again word for word (logger, level and text the same).
 REPEAT_WINDOW_S = 10.0
 
+#: Routine lines of faust and mode that say how long or how much something was, per logger: lines that match the
+#: same pattern with the same groups count as the same line for :class:`RepeatedRecords`, whatever the figures.
+#: (A busy worker overruns its 0.2 s commit timer and fills faust's changelog buffer all the time; each such line
+#: is news once, not a few times a second.)
+MEASURING: Mapping[str, tuple[re.Pattern[str], ...]] = MappingProxyType({
+    "mode.timers": (re.compile(r"Timer (\S+) is overlapping \(interval=\S+ runtime=\S+\)"),),
+    "faust.transport.producer": (re.compile(r"producer buffer full size \d+"),
+                                 re.compile(r"producer flush took \S+")),
+})
+
+
+def _same_as(logger: str, text: str) -> object:
+    """What makes two lines of ``logger`` the same line: their text, or the :data:`MEASURING` pattern they match."""
+    for pattern in MEASURING.get(logger, ()):
+        if (match := pattern.fullmatch(text)) is not None:
+            return pattern.pattern, match.groups()
+    return text
+
 
 class RepeatedRecords(logging.Filter):
     """Lets a record through once per ``window_s`` for the same logger, level, text and context (the ids bound with
     :func:`log_context`); the first one after that says how many like it were held back. Records that differ in any
-    word or id (another order, another request) all go, and so does every record with an exception."""
+    word or id (another order, another request) all go, except routine lines that differ only in a figure
+    (:data:`MEASURING`), and so does every record with an exception."""
 
     #: Lines remembered; the least recently written is forgotten first.
     SIZE = 1024
@@ -114,7 +137,7 @@ class RepeatedRecords(logging.Filter):
             text = record.getMessage()
         except Exception:  # a bad format: the handler reports it as it always did
             return True
-        key = (record.name, record.levelno, text, tuple(sorted(context_fields().items())))
+        key = (record.name, record.levelno, _same_as(record.name, text), tuple(sorted(context_fields().items())))
         now = self.clock()
         with self._lock:
             seen = self._seen.get(key)

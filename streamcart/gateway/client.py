@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 BREAKER = "payment-gateway"
 #: The breaker of captures, voids and refunds (:data:`BREAKER` is the authorizations').
 SETTLEMENTS_BREAKER = "payment-gateway-settlements"
+#: The reason of an unavailable result given without calling: the call's breaker is open.
+CIRCUIT_OPEN = "gateway_circuit_open"
 
 
 class TransientGatewayError(StreamcartError):
@@ -123,7 +125,7 @@ class GatewayClient:
             log.warning("payment gateway unavailable for %s %s: %s", call.operation, call.idempotency_key, exc)
             return GatewayResult.unavailable()
         except OpenedState:
-            return GatewayResult.unavailable("gateway_circuit_open")
+            return GatewayResult.unavailable(CIRCUIT_OPEN)
         raise AssertionError("unreachable: tenacity either returns or re-raises")
 
     async def _guarded(self, call: GatewayCall) -> GatewayResult:

@@ -13,6 +13,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -354,7 +355,7 @@ def test_the_payment_gateway_killed_mid_burst_cancels_nothing_and_every_payment_
     dead-lettered, no order is cancelled for it), and the money still adds up (I4)."""
     burst = Burst.stocked(shop, plenty_stock=5_000, scarce_stock=20)
     failed_before = worker_metric(settings, "streamcart_messages_failed_total", flow="payments")
-    began = time.monotonic()
+    began, began_at = time.monotonic(), datetime.now(UTC).isoformat(timespec="milliseconds")
     try:
         burst.produce(300, disrupt_after=100, disrupt=lambda: stack.kill("gateway"))
         assert not stack.is_running("gateway")
@@ -373,6 +374,16 @@ def test_the_payment_gateway_killed_mid_burst_cancels_nothing_and_every_payment_
     assert {cards[o] for o in declined} <= {"tok_decline"}, [(o, settled[o]["payment"]) for o in declined][:5]
     assert worker_metric(settings, "streamcart_messages_failed_total", flow="payments") == failed_before
     assert_a_fresh_order_confirms(shop)
+    # The outage is told once per breaker opening, not once per payment in flight per try.
+    warned = [r["message"] for index in range(settings.workers) for r in worker_log(stack, index)
+              if r.get("time", "") >= began_at and r.get("level") == "warning"]
+    assert any("circuit breaker payment-gateway is now opened" in m for m in warned), warned[-20:]
+    assert not [m for m in warned if "gateway_circuit_open" in m], [m for m in warned if "circuit" in m][:5]
+
+
+def worker_log(stack: Stack, index: int) -> list[dict]:
+    name = f"worker-{index}"
+    return last_run_log(stack.log_path(name), name)
 
 
 # --- 5. A poison message in every saga topic -----------------------------------------------------------------

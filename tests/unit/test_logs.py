@@ -124,6 +124,32 @@ def test_a_line_repeated_word_for_word_is_written_once_a_window_then_says_how_ma
     assert repeats.filter(quiet) and quiet.getMessage() == "Unable connect to node with id 1: [Errno 111]"
 
 
+def test_routine_faust_and_mode_lines_that_differ_only_in_a_figure_count_as_the_same_line():
+    from streamcart.logs import RepeatedRecords
+
+    clock = Clock()
+    repeats = RepeatedRecords(window_s=10, clock=clock)
+
+    def line(logger: str, message: str, *args: object) -> logging.LogRecord:
+        return logging.LogRecord(logger, logging.WARNING, __file__, 1, message, args, None)
+
+    overlapping = "Timer %s is overlapping (interval=%r runtime=%r)"
+    assert repeats.filter(line("mode.timers", overlapping, "commit", 0.2, 0.31))
+    assert not repeats.filter(line("mode.timers", overlapping, "commit", 0.2, 1.65))
+    assert repeats.filter(line("mode.timers", overlapping, "livelock", 0.5, 0.7))  # another timer: news
+    assert repeats.filter(line("faust.transport.producer", "producer buffer full size 102"))
+    for size in (165, 101, 113):
+        assert not repeats.filter(line("faust.transport.producer", f"producer buffer full size {size}"))
+    # The same words from another logger, or a figure in a line not known to be routine, still count.
+    assert repeats.filter(line("agents.inventory", "producer buffer full size 103"))
+    assert repeats.filter(line("aiokafka", "Unable connect to node with id %s", 2))
+    assert repeats.filter(line("aiokafka", "Unable connect to node with id %s", 3))
+    clock.now += 10
+    later = line("faust.transport.producer", "producer buffer full size 130")
+    assert repeats.filter(later)
+    assert later.getMessage() == "producer buffer full size 130 (3 more like it held back in the last 10 s)"
+
+
 def test_the_logging_config_holds_repeated_lines_back(restore_root_logger, monkeypatch):
     out = io.StringIO()
     monkeypatch.setattr("sys.stdout", out)
