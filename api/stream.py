@@ -16,7 +16,7 @@ import json
 import logging
 import statistics
 import time
-from collections import deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import AsyncIterator
 from typing import Any, Protocol, cast
 
@@ -56,8 +56,8 @@ WRITE_TIMEOUT_S = 30.0
 REVENUE_MINUTES = 15
 #: The saga's step rates are taken over this much of the recent past (a second alone is too jumpy to read).
 STEP_RATE_S = 5.0
-#: How long a worker that stopped answering still counts with its last figures (a missed tick, not a stopped one).
-REMEMBER_S = 15.0
+#: Runs of workers whose last counts are kept one by one (one per worker start); older ones are kept as one sum.
+RUNS_KEPT = 1_000
 
 
 class LiveSource(Protocol):
@@ -165,6 +165,33 @@ def latest_dead_letters(answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(letters, key=lambda letter: letter["at"], reverse=True)[:DEAD_LETTERS_SHOWN]
 
 
+class RunTotals:
+    """Counts over every worker and every run of each, since this hub began: a worker's counters start from zero
+    when it restarts, and what its earlier run counted stays counted (those orders were placed), as do the last
+    counts of a worker that stopped answering (until it answers again, with counts that include them).
+
+    A run is told by the ``run`` of a worker's telemetry (a worker of an older version does not say: its counts
+    fall when it restarts, as they always did)."""
+
+    def __init__(self, keep: int = RUNS_KEPT) -> None:
+        self.keep = keep
+        self._runs: OrderedDict[tuple[int, object], dict[str, int]] = OrderedDict()
+        self._older: Counter[str] = Counter()  # the runs no longer kept one by one, summed
+
+    def saw(self, worker: int, run: object, counts: dict[str, int]) -> None:
+        """``worker``'s run ``run`` has counted ``counts`` so far."""
+        self._runs[(worker, run)] = dict(counts)
+        self._runs.move_to_end((worker, run))
+        while len(self._runs) > self.keep:
+            self._older.update(self._runs.popitem(last=False)[1])
+
+    def totals(self) -> dict[str, int]:
+        total = Counter(self._older)
+        for counts in self._runs.values():
+            total.update(counts)
+        return dict(total)
+
+
 class Hub:
     """Gathers a tick a second while anyone listens and hands it to every subscriber."""
 
@@ -174,7 +201,7 @@ class Hub:
         self.subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()  # None: the end of the stream
         self._task: asyncio.Task[None] | None = None
         self._step_counts: deque[tuple[float, dict[int, dict[str, int]]]] = deque()
-        self._last_counts: dict[int, tuple[float, dict[str, Any]]] = {}  # per worker: its last answer, and when
+        self._placed, self._outcomes, self._steps = RunTotals(), RunTotals(), RunTotals()
         self._analytics: dict[str, Any] = {}
         self._late: dict[str, int] = {}
         self._ticks = 0
@@ -233,7 +260,8 @@ class Hub:
         for answer in answers:
             latencies.extend(answer["telemetry"]["latencies"])
         steps = {a["worker"]: a["telemetry"].get("steps", {}) for a in answers}
-        saga = self.step_rates(now, steps)  # per worker: one that missed a tick or restarted makes no jump
+        runs = {a["worker"]: a["telemetry"].get("run") for a in answers}
+        saga = self.step_rates(now, steps, runs)  # per worker: one that missed a tick or restarted makes no jump
         if self._ticks % ANALYTICS_EVERY == 0:
             self._analytics = await self.recent_windows()
         self._ticks += 1
@@ -267,38 +295,37 @@ class Hub:
         }
 
     def counters(self, now: float, answers: list[dict[str, Any]]) -> tuple[int, dict[str, int]]:
-        """Orders placed and outcomes since the workers started, over every worker: one that did not answer this
-        tick counts with its last answer of the last :data:`REMEMBER_S` (else the totals halve for a tick)."""
+        """Orders placed and outcomes over every worker and each of its runs (:class:`RunTotals`): a worker that
+        restarted, or did not answer this tick, takes nothing away."""
         for answer in answers:
-            self._last_counts[answer["worker"]] = (now, answer["telemetry"])
-        placed, outcomes = 0, dict[str, int]()
-        for worker, (seen, telemetry) in list(self._last_counts.items()):
-            if now - seen > REMEMBER_S:
-                del self._last_counts[worker]
-                continue
-            placed += telemetry["placed"]
-            for outcome, n in telemetry["outcomes"].items():
-                outcomes[outcome] = outcomes.get(outcome, 0) + n
-        return placed, outcomes
+            telemetry = answer["telemetry"]
+            run = telemetry.get("run")
+            self._placed.saw(answer["worker"], run, {"placed": telemetry["placed"]})
+            self._outcomes.saw(answer["worker"], run, telemetry["outcomes"])
+        return self._placed.totals().get("placed", 0), self._outcomes.totals()
 
-    def step_rates(self, now: float, by_worker: dict[int, dict[str, int]]) -> dict[str, dict[str, float]]:
-        """Each saga step's count since the workers started and its rate over the last :data:`STEP_RATE_S`.
+    def step_rates(
+        self, now: float, by_worker: dict[int, dict[str, int]], runs: dict[int, object] | None = None
+    ) -> dict[str, dict[str, float]]:
+        """Each saga step's count (over every worker and each of its runs, ``runs``: each worker's current one, as
+        :class:`RunTotals`) and its rate over the last :data:`STEP_RATE_S`.
 
         Rates come from each worker's own counts, compared with that worker's earlier ones: a worker that missed a
         tick, or restarted and counts from zero again, adds nothing for that while instead of a jump.
         """
+        for worker, steps in by_worker.items():
+            self._steps.saw(worker, (runs or {}).get(worker), steps)
         history = self._step_counts
         history.append((now, by_worker))
         while len(history) > 2 and history[1][0] <= now - STEP_RATE_S:
             history.popleft()
         then, before = history[0]
         span = now - then
-        totals: dict[str, int] = {}
+        totals = self._steps.totals()
         moved: dict[str, int] = {}
         for worker, steps in by_worker.items():
             earlier = before.get(worker)
             for name, n in steps.items():
-                totals[name] = totals.get(name, 0) + n
                 if earlier is not None and span > 0:
                     moved[name] = moved.get(name, 0) + max(0, n - earlier.get(name, 0))
         return {

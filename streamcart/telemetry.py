@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import secrets
 import time
 from collections import Counter as Tally
 from collections import OrderedDict, deque
@@ -166,6 +167,8 @@ class Telemetry:
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
+        #: This run of the worker: its counters start from zero at each start (the dashboard sums every run's).
+        self.run = secrets.token_hex(8)
         self.placed = 0
         self.outcomes: Tally[str] = Tally()
         self.latencies: deque[tuple[float, float]] = deque(maxlen=20_000)  # (when, seconds to outcome)
@@ -270,6 +273,7 @@ class Telemetry:
     def snapshot(self) -> dict[str, Any]:
         """The counters since start and the saga latencies of the last minute (the dashboard sums workers)."""
         return {
+            "run": self.run,
             "placed": self.placed,
             "outcomes": dict(self.outcomes),
             "steps": dict(self.steps),

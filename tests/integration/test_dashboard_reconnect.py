@@ -34,8 +34,9 @@ def test_the_dashboard_reconnects_by_itself_after_its_worker_restarts(shop: Shop
             finally:
                 stack.start("worker-1")
             page.wait_for_selector("#connection.ok", timeout=60_000)  # and came back without a reload
-            # A tick of the restarted worker's stream: the figures are "since the workers started", and worker-1
-            # counts from 0 again, so the total falls by what it had counted (thousands in a whole test run).
+            # A tick of the restarted worker's stream: the page keeps the last tick's figures until then, and the
+            # new stream's totals hold worker-1's counts since its restart only (its earlier run's counts were
+            # kept by the stream that ended with it; worker-0's stream keeps them).
             page.wait_for_function(f"document.getElementById('updated').textContent !== {json.dumps(last_tick)}",
                                    timeout=20_000)
             before, flowed = _orders_placed(page), len(flow.placed)

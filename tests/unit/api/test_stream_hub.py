@@ -46,8 +46,12 @@ def test_a_saga_steps_rate_is_its_count_over_the_last_seconds_and_a_restarted_wo
         "PlaceOrder": {"total": 40, "per_s": 15.0}, "OrderConfirmed": {"total": 6, "per_s": 3.0}}
     # Past the window only the latest counts are compared: nothing moved since.
     assert hub.step_rates(110.0, {0: {"PlaceOrder": 40}})["PlaceOrder"]["per_s"] == 0.0
-    # A worker restarted and its counts started again from zero: the total falls, the rate stays at zero.
+    # A worker restarted and its counts started again from zero: the rate stays at zero. Told which runs the
+    # counts are of, the total keeps what the earlier run counted; not told (an older worker), it falls.
     assert hub.step_rates(111.0, {0: {"PlaceOrder": 5}})["PlaceOrder"] == {"total": 5, "per_s": 0.0}
+    runs = Hub(app=None, settings=Settings())  # type: ignore[arg-type]
+    runs.step_rates(100.0, {0: {"PlaceOrder": 40}}, {0: "a"})
+    assert runs.step_rates(101.0, {0: {"PlaceOrder": 5}}, {0: "b"})["PlaceOrder"] == {"total": 45, "per_s": 0.0}
 
 
 def test_a_worker_missing_from_a_tick_adds_nothing_to_the_rate_instead_of_its_whole_count():
@@ -140,11 +144,42 @@ def test_the_dashboard_shows_the_newest_dead_letters_of_every_worker_first():
     assert latest_dead_letters([{"worker": 0, "telemetry": {}}]) == []  # a worker of an older version
 
 
-def test_a_worker_missing_from_a_tick_counts_with_its_last_figures_for_a_while():
-    """The totals halved for the tick a worker missed (a 5 s peer timeout), then came back."""
+def live(worker: int, run: str | None, placed: int, **outcomes: int) -> dict:
+    telemetry = {"placed": placed, "outcomes": outcomes}
+    return {"worker": worker, "telemetry": telemetry if run is None else {"run": run, **telemetry}}
+
+
+def test_a_worker_missing_from_a_tick_or_stopped_counts_with_its_last_figures():
+    """The totals halved for the tick a worker missed (a 5 s peer timeout), and fell for good when one stopped."""
     hub = Hub(app=None, settings=Settings())  # type: ignore[arg-type]
-    one = {"worker": 0, "telemetry": {"placed": 100, "outcomes": {"confirmed": 90}}}
-    other = {"worker": 1, "telemetry": {"placed": 50, "outcomes": {"confirmed": 40, "cancelled:timeout": 2}}}
-    assert hub.counters(100.0, [one, other]) == (150, {"confirmed": 130, "cancelled:timeout": 2})
-    assert hub.counters(101.0, [one]) == (150, {"confirmed": 130, "cancelled:timeout": 2})
-    assert hub.counters(130.0, [one]) == (100, {"confirmed": 90})  # gone for longer: stopped, not late
+    one, other = live(0, "a", 100, confirmed=90), live(1, "b", 50, confirmed=40, timeout=2)
+    assert hub.counters(100.0, [one, other]) == (150, {"confirmed": 130, "timeout": 2})
+    assert hub.counters(101.0, [one]) == (150, {"confirmed": 130, "timeout": 2})
+    assert hub.counters(130.0, [one]) == (150, {"confirmed": 130, "timeout": 2})  # its orders were placed
+    # Back, in the same run: its counts include what was counted before, once.
+    assert hub.counters(131.0, [one, live(1, "b", 60, confirmed=45, timeout=2)]) == (
+        160, {"confirmed": 135, "timeout": 2})
+
+
+def test_a_restarted_worker_counting_from_zero_again_takes_nothing_from_the_totals():
+    """A drill's kill of a worker made the dashboard's orders placed fall by all that worker had counted."""
+    hub = Hub(app=None, settings=Settings())  # type: ignore[arg-type]
+    assert hub.counters(100.0, [live(0, "a", 100, confirmed=90), live(1, "b", 50, confirmed=40)])[0] == 150
+    placed, outcomes = hub.counters(110.0, [live(0, "a", 120, confirmed=100), live(1, "c", 3, confirmed=1)])
+    assert (placed, outcomes) == (173, {"confirmed": 141})
+    assert hub.counters(111.0, [live(0, "a", 121, confirmed=101), live(1, "c", 9, confirmed=4)])[0] == 180
+    # A worker of an older version does not say which run: its counts restart with it, as they always did.
+    older = Hub(app=None, settings=Settings())  # type: ignore[arg-type]
+    older.counters(100.0, [live(0, None, 100)])
+    assert older.counters(110.0, [live(0, None, 3)])[0] == 3
+
+
+def test_the_runs_kept_one_by_one_are_bounded_and_the_older_still_count():
+    from api.stream import RunTotals
+
+    totals = RunTotals(keep=3)
+    for run in range(10):
+        totals.saw(0, run, {"placed": 10})
+    totals.saw(0, 9, {"placed": 15})  # the current run goes on counting
+    assert totals.totals() == {"placed": 105}
+    assert len(totals._runs) == 3
