@@ -47,6 +47,7 @@ from api.middleware import (
     WAITED,
     TokenBuckets,
     header_limit_middleware,
+    one_reading_middleware,
     rate_limit_middleware,
     request_id_header,
     request_id_middleware,
@@ -119,7 +120,7 @@ def init_app(settings: Settings, worker: WorkerView, commands: CommandPort | Non
     proof = PeerProof(settings.jwt_secret.get_secret_value())
     app = web.Application(
         middlewares=[request_id_middleware, error_middleware, header_limit_middleware(proof.forwarded),
-                     rate_limit_middleware(buckets, proof.forwarded)],
+                     one_reading_middleware, rate_limit_middleware(buckets, proof.forwarded)],
         client_max_size=MAX_BODY_BYTES,
         # Bodies are decoded by _body, where a coding that fails is a JSON error (api/content_coding.py).
         handler_args={"auto_decompress": False},
@@ -253,10 +254,19 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 async def _body(request: web.Request, model: type[M]) -> M:
     if request.content_type != "application/json":
         raise UnsupportedMediaType(f"expected Content-Type: application/json, got {request.content_type!r}")
+    if request.charset is not None and request.charset.lower().replace("-", "") != "utf8":
+        raise UnsupportedMediaType(f"JSON is read as UTF-8 (RFC 8259), not {request.charset[:40]!r}: send it in "
+                                   "UTF-8, with charset=utf-8 or no charset")
     raw = decoded(await read_body(request), request.headers.get("Content-Encoding", ""), MAX_BODY_BYTES)
     try:
-        data = json.loads(raw, object_pairs_hook=_unique_keys)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        # UTF-8 only (a leading byte order mark is let go): from bytes, Python's parser would guess UTF-16 or
+        # UTF-32 as well, and take a body another reader of it refuses.
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ApiError(f"the body is not UTF-8: byte {exc.start} cannot begin or continue a character") from exc
+    try:
+        data = json.loads(text, object_pairs_hook=_unique_keys)
+    except json.JSONDecodeError as exc:
         raise ApiError(f"the body is not valid JSON: {exc}") from exc
     except DuplicateKey as exc:
         raise ApiError(f"the body names {str(exc)[:80]!r} twice in one object: which one was meant?") from exc

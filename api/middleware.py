@@ -114,6 +114,28 @@ def header_limit_middleware(forwarded: Callable[[web.Request], bool]) -> Any:
     return header_limit
 
 
+#: Headers a request carries once at most. Two could be read two ways: aiohttp's ``headers.get`` takes the first,
+#: a proxy may take the last or join them ("x-1, x-2"); and an idempotency key or a credential meant one way must not
+#: be taken the other (as with a JSON body's key named twice, api/app.py).
+SINGLE_HEADERS = ("Authorization", "Idempotency-Key", "Content-Type", "Content-Encoding")
+
+
+@web.middleware
+async def one_reading_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Refuse (400) a request whose headers or query could be read two ways: a header of :data:`SINGLE_HEADERS` or a
+    query parameter given twice, or a credential both in ``Authorization`` and in ``?token=``."""
+    for name in SINGLE_HEADERS:
+        if (count := len(request.headers.getall(name, ()))) > 1:
+            raise ApiError(f"the request has {count} {name} headers: which one was meant?")
+    for name in request.query:
+        if len(request.query.getall(name)) > 1:
+            raise ApiError(f"the query gives {name[:80]!r} more than once: which one was meant?")
+    if "Authorization" in request.headers and "token" in request.query:
+        raise ApiError("the request has a token in both its Authorization header and its ?token=: send one")
+    response: web.StreamResponse = await handler(request)
+    return response
+
+
 def rate_limit_middleware(buckets: TokenBuckets, forwarded: Callable[[web.Request], bool]) -> Any:
     """Take every request with a token from its bucket, but one ``forwarded`` by another worker: it was counted
     where it came in. A token is one bucket however its header is written, and one sent as ``?token=`` (the live

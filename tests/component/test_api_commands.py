@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from multidict import CIMultiDict
 
 from api.admission import START_RATE, PlacementGate
 from api.app import ADJUSTING, ADJUSTMENT_IN_FLIGHT_S, GATE, PLACEMENT_IN_FLIGHT_S, PLACING, KeyedRequests, init_app
@@ -217,6 +218,69 @@ async def test_a_body_the_api_cannot_read_is_a_json_4xx_and_sends_nothing(
     assert response.content_type == "application/json"
     assert set((await response.json())["error"]) == {"code", "message", "details"}
     assert commands.sent == []
+
+
+@pytest.mark.parametrize(("method", "path", "body"), BODY_ROUTES, ids=[path for _, path, _ in BODY_ROUTES])
+@pytest.mark.parametrize(
+    ("encode", "content_type", "status"),
+    [
+        (lambda text: text.encode("utf-16"), "application/json", 400),
+        (lambda text: text.encode("utf-32"), "application/json", 400),
+        (lambda text: text.encode("utf-16-be"), "application/json", 400),
+        (lambda text: text.encode(), "application/json; charset=utf-16", 415),
+        (lambda text: text.encode(), "application/json; charset=latin-1", 415),
+        (lambda text: text.encode(), 'application/json; charset="', 415),
+    ],
+    ids=["utf-16", "utf-32", "utf-16-no-bom", "said-utf-16", "said-latin-1", "said-nothing"],
+)
+async def test_a_body_that_is_not_utf_8_or_says_another_charset_is_refused_and_sends_nothing(
+    client, commands, method, path, body, encode, content_type, status
+):
+    """From bytes, Python's parser guesses UTF-16 and UTF-32 too: such bodies placed orders and changed stock."""
+    data = encode(json.dumps(body))
+    response = await client.request(method, path, data=data, headers={**ADMIN, "Content-Type": content_type})
+    assert response.status == status, await response.text()
+    assert response.content_type == "application/json"
+    assert set((await response.json())["error"]) == {"code", "message", "details"}
+    assert commands.sent == []
+
+
+@pytest.mark.parametrize("content_type", ["application/json; charset=utf-8", "application/json; charset=UTF8"])
+async def test_utf_8_said_or_with_a_byte_order_mark_is_read(client, commands, content_type):
+    data = "\ufeff".encode() + json.dumps({"delta": 1, "reason": "délivery"}).encode()
+    response = await client.post("/v1/stock/KB-001/adjustments", data=data,
+                                 headers={**ADMIN, "Content-Type": content_type})
+    assert response.status == 202, await response.text()
+    (sent,) = commands.sent
+    assert isinstance(sent, AdjustStock) and sent.reason == "délivery"
+
+
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        ("/v1/stock/KB-001/adjustments", [("Idempotency-Key", "x-1"), ("Idempotency-Key", "x-2")]),
+        ("/v1/stock/KB-001/adjustments", [("Idempotency-Key", "x-1"), ("Idempotency-Key", "\u00fc bad")]),
+        ("/v1/stock/KB-001/adjustments", [("Authorization", ADMIN["Authorization"])]),
+        ("/v1/stock/KB-001/adjustments?limit=1&limit=2", []),
+        ("/v1/stock/KB-001/adjustments?token=x", []),
+    ],
+    ids=["two-keys", "a-bad-second-key", "two-credentials", "a-query-parameter-twice", "header-and-query-token"],
+)
+async def test_a_request_that_could_be_read_two_ways_is_a_400_and_sends_nothing(client, commands, path, headers):
+    """aiohttp reads the first of two headers, a proxy may read the last or join them: an order placed under one
+    key by one reader is another order for the next."""
+    response = await client.post(path, data=json.dumps({"delta": 1, "reason": "delivery"}).encode(),
+                                 headers=CIMultiDict([*ADMIN.items(), ("Content-Type", "application/json"),
+                                                      *headers]))
+    assert response.status == 400, await response.text()
+    assert set((await response.json())["error"]) == {"code", "message", "details"}
+    assert commands.sent == []
+
+
+async def test_a_repeated_query_parameter_of_a_read_is_a_400(client):
+    response = await client.get("/v1/products?limit=1&limit=abc", headers=ADMIN)
+    assert response.status == 400
+    assert "'limit' more than once" in (await response.json())["error"]["message"]
 
 
 async def test_a_number_with_more_digits_than_python_reads_is_a_400_in_the_bodys_words(client, commands):
