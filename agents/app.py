@@ -14,6 +14,7 @@ from agents.transport import Event, FlowControl, InProgress, Stream, Table, Tabl
 from schemas.codec import Codec
 from streamcart.partitioning import CachingPartitioner
 from streamcart.settings import Settings
+from streamcart.topics import DEAD_LETTER_MAX_BYTES
 from tables import declare_tables
 
 FLOWS = (orders, inventory, payments, shipping, notifications, timeouts, retention, analytics)
@@ -67,6 +68,9 @@ def create_faust_app(settings: Settings, *, worker_index: int = 0, store: str = 
         broker_heartbeat_interval=settings.broker_heartbeat_interval_s,
         broker_commit_interval=settings.commit_interval_s,
         producer_linger=settings.producer_linger_ms / 1000,
+        # faust's default (1,000,000 bytes) is below what the broker takes: a record of 1 MB that failed could not be
+        # dead-lettered, and the worker stopped on it, and again on it after each restart (found by fuzzing).
+        producer_max_request_size=DEAD_LETTER_MAX_BYTES,
         producer_partitioner=CachingPartitioner(),
         Event=Event,
         Stream=Stream,

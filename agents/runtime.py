@@ -32,7 +32,7 @@ from streamcart.errors import StreamcartError
 from streamcart.logs import log_context
 from streamcart.settings import Settings
 from streamcart.telemetry import Telemetry
-from streamcart.topics import Topics
+from streamcart.topics import DEAD_LETTER_MAX_BYTES, Topics
 from streamcart.tracing import child_traceparent, current_traceparent, span
 from tables import StateTables
 
@@ -44,9 +44,12 @@ Handler = Callable[[Message, Any], Awaitable[None]]
 
 
 class Sink(Protocol):
-    """Where records go: Kafka in a worker, a recording fake in component tests."""
+    """Where records go: Kafka in a worker, a recording fake in component tests (a value of ``None``: a dead
+    letter of a record that had none)."""
 
-    async def send(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None: ...
+    async def send(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
+    ) -> None: ...
 
 
 #: Whether the records of the flow running in this task leave only after the table writes made before them
@@ -79,7 +82,9 @@ class FaustSink:
     def __init__(self, app: Any) -> None:
         self.app = app
 
-    async def send(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+    async def send(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
+    ) -> None:
         producer = await self.app.maybe_start_producer()
         if _state_first.get():
             await producer.send_after_state(topic, key, value, headers or None)
@@ -176,6 +181,11 @@ class Runtime:
         """The faust topic(s) ``names`` for one agent to consume, as raw bytes."""
         return raw_topic(self.app, names, self.settings.partitions)
 
+    def flows_reading(self, topic: str) -> frozenset[str]:
+        """The flows (the app's agents, by name) that consume ``topic``."""
+        return frozenset(name for name, agent in self.app.agents.items()
+                         if topic in getattr(agent.channel, "topics", ()))
+
     async def emit(self, messages: tuple[Message, ...], *, cause: Any) -> None:
         """Send a decision's messages in order, after its state was stored (DESIGN.md §3, the duplicate rule)."""
         for message in messages:
@@ -218,13 +228,33 @@ class Runtime:
                 DlqHeader.FAILED_AT: str(int(time.time() * 1000)).encode(),
             }
         )
+        value = fitting_dead_letter(msg.key, msg.value, headers)
         log.warning(
             "dead-lettered %s[%s]@%s in %s: %s: %s",
             msg.topic, msg.partition, msg.offset, flow, type(error).__name__, error,
         )
         self.telemetry.dead_lettered(flow, error, f"{msg.topic}[{msg.partition}]@{msg.offset}", msg.key)
         assert self.sink is not None
-        await self.sink.send(self.topics.dlq, msg.key, msg.value, list(headers.items()))
+        await self.sink.send(self.topics.dlq, msg.key, value, list(headers.items()))
+
+
+#: Room left in a dead letter for the record's own framing (lengths, offsets, the batch it travels in).
+DEAD_LETTER_FRAMING_BYTES = 64 * 1024
+
+
+def fitting_dead_letter(key: bytes | None, value: bytes | None, headers: dict[str, bytes]) -> bytes | None:
+    """The value a dead letter carries: the record's, or, when it and its headers would not fit in the dead-letter
+    topic's records (:data:`~streamcart.topics.DEAD_LETTER_MAX_BYTES`, a source topic set to take larger ones), its
+    first bytes, with ``headers`` noting how long it was (such a letter cannot be replayed: its value is not all
+    there). A letter that cannot be sent stops the worker, the record undone, again at each restart."""
+    if value is None:
+        return None
+    room = (DEAD_LETTER_MAX_BYTES - DEAD_LETTER_FRAMING_BYTES - len(key or b"")
+            - sum(len(name) + len(raw) for name, raw in headers.items()))
+    if len(value) <= room:
+        return value
+    headers[DlqHeader.VALUE_CUT] = str(len(value)).encode()
+    return value[:max(0, room - len(DlqHeader.VALUE_CUT) - 20)]
 
 
 def _headers(event: Any) -> list[tuple[str, bytes]]:
@@ -309,9 +339,18 @@ async def process(runtime: Runtime, event: Any, handler: Handler, flow: str) -> 
     if flow in SAGA_FLOWS:
         runtime.telemetry.saga_queue.waited(f"{flow} {event.message.topic}", record_time_ms(event))
     replay_for = header(event, DlqHeader.REPLAY_FLOW)
-    if replay_for is not None and replay_route(replay_for)[0] != flow:
-        log.debug("flow %s leaves a replay for %s alone", flow, replay_for)
-        return  # a dead letter replayed for the flow that failed on it (streamcart dlq replay); this one had it
+    if replay_for is not None and (target := replay_route(replay_for)[0]) != flow:
+        topic = event.message.topic
+        if target in runtime.flows_reading(topic):
+            log.debug("flow %s leaves a replay for %s alone", flow, replay_for)
+            return  # a dead letter replayed for the flow that failed on it (streamcart dlq replay); this one had it
+        # For no flow that reads it: every flow would leave it alone, and it would be gone without a trace. Each
+        # dead-letters it instead, as each does a record it cannot decode.
+        unrouted = FlowError(f"the record is a replay for {replay_for[:80]!r} ({DlqHeader.REPLAY_FLOW}), which is "
+                             f"no flow reading {topic}")
+        runtime.telemetry.failed(flow, unrouted)
+        await runtime.dead_letter(event, unrouted, flow)
+        return
     # Table writes go to the changelog partition of "the current event". faust sets it while a stream iterates
     # one event at a time, but not for events taken in batches: set it here for the event being handled (each
     # concurrently handled event runs in its own task, so each sees its own).

@@ -54,6 +54,9 @@ class DlqHeader:
     ERROR_MESSAGE = "dlq.error.message"
     FLOW = "dlq.flow"
     FAILED_AT = "dlq.failed.at"
+    #: On a letter whose record was too large for the dead-letter topic: the record value's length in bytes (the
+    #: letter keeps its first bytes; agents/runtime.py, ``fitting_dead_letter``).
+    VALUE_CUT = "dlq.value.cut"
     #: On a replayed record: the one flow that handles it (the ``dlq.flow`` it failed in); the others skip it.
     REPLAY_FLOW = "dlq.replay.flow"
     #: On a replayed record: the dead letter it came from, ``{dlq partition}:{offset}``.
@@ -67,7 +70,7 @@ class DlqHeader:
 _FAILURE_HEADERS = frozenset({
     DlqHeader.SOURCE_TOPIC, DlqHeader.SOURCE_PARTITION, DlqHeader.SOURCE_OFFSET, DlqHeader.ERROR_CLASS,
     DlqHeader.ERROR_MESSAGE, DlqHeader.FLOW, DlqHeader.FAILED_AT, DlqHeader.REPLAY_FLOW, DlqHeader.REPLAY_OF,
-    DlqHeader.REPLAY_POSITION,
+    DlqHeader.REPLAY_POSITION, DlqHeader.VALUE_CUT,
 })
 
 
@@ -208,6 +211,8 @@ class DeadLetter:
             return "its headers do not name the topic and partition it came from"
         if replay_route(self.flow)[0] not in FLOWS:
             return f"it failed in {self.flow!r}, not in a flow that could take it again"
+        if (cut := self.header(DlqHeader.VALUE_CUT)) is not None:
+            return f"it keeps only the first bytes of its record ({cut} bytes, too large for the dead-letter topic)"
         return None
 
     def as_json(self, replayed_at_ms: int | None = None) -> dict[str, Any]:

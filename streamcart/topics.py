@@ -11,6 +11,11 @@ from streamcart.domain.warehouse import TABLES as WAREHOUSE_TABLES
 from streamcart.settings import Settings
 
 DAY_MS = 24 * 60 * 60 * 1000
+
+#: The largest record the dead-letter topics take (their ``max.message.bytes``), and so the largest a worker sends:
+#: four times the broker's default limit for a record, so that any record it took elsewhere fits with the headers
+#: naming its failure. A larger one is cut to fit (agents/runtime.py, ``Runtime.dead_letter``).
+DEAD_LETTER_MAX_BYTES = 4 * 1024 * 1024
 #: How long a compacted topic keeps a deletion's tombstone: a worker's local store older than that may have missed one.
 TOMBSTONE_RETENTION_MS = 7 * DAY_MS
 
@@ -103,7 +108,10 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         "min.compaction.lag.ms": str(settings.compacted_segment_ms),
         "delete.retention.ms": str(TOMBSTONE_RETENTION_MS),
     }
-    dead_letters = {"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS)}
+    # A dead letter is the record that failed, headers added: one as large as a record the broker took elsewhere
+    # (its message.max.bytes, 1 MiB by default) must fit, or the worker could not dead-letter it and would stop.
+    dead_letters = {"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS),
+                    "max.message.bytes": str(DEAD_LETTER_MAX_BYTES)}
     return [
         TopicSpec(t.order_commands, n, "order_id", commands),
         TopicSpec(t.catalog_commands, n, "sku", commands),

@@ -80,12 +80,40 @@ async def test_a_message_of_another_flow_on_the_order_topic_is_dead_lettered(run
     assert [d.headers[DlqHeader.ERROR_CLASS] for d in dead] == [b"FlowError"]
 
 
-async def test_a_record_replayed_for_another_flow_is_left_to_that_flow(runtime, codec, sink):
+async def test_a_record_replayed_for_another_flow_is_left_to_that_flow(runtime, codec, sink, monkeypatch):
+    # (A test context's records come from no topic: as if from one the notifications flow reads too.)
+    monkeypatch.setattr(runtime, "flows_reading", lambda topic: frozenset({"orders", "notifications"}))
     replayed = [(DlqHeader.REPLAY_FLOW, b"notifications.webhook"), (DlqHeader.REPLAY_OF, b"0:4")]
     async with runtime.agents["orders"].test_context() as agent:
         await agent.put(codec.encode(place()), key=b"o-1", headers=replayed)
     assert runtime.tables.orders.get("o-1") is None
     assert sink.sent == []
+
+
+@pytest.mark.parametrize("replay_for", [b"payments", b"nobody", b"\xff\xff", b""])
+async def test_a_record_replayed_for_no_flow_reading_its_topic_is_dead_lettered_not_dropped(
+    runtime, codec, sink, monkeypatch, replay_for
+):
+    """Every flow left it to another, and it was gone: not handled, not dead-lettered (found by fuzzing)."""
+    monkeypatch.setattr(runtime, "flows_reading", lambda topic: frozenset({"orders", "notifications"}))
+    replayed = [(DlqHeader.REPLAY_FLOW, replay_for), (DlqHeader.REPLAY_OF, b"0:4")]
+    async with runtime.agents["orders"].test_context() as agent:
+        await agent.put(codec.encode(place()), key=b"o-1", headers=replayed)
+        await agent.put(codec.encode(place("o-2", "e-2")), key=b"o-2")  # and the next one is handled
+    assert runtime.tables.orders.get("o-1") is None
+    (dead,) = sink.records(runtime.topics.dlq)
+    assert dead.key == b"o-1" and dead.headers[DlqHeader.ERROR_CLASS] == b"FlowError"
+    assert b"no flow reading" in dead.headers[DlqHeader.ERROR_MESSAGE]
+    assert runtime.tables.orders.get("o-2") is not None
+
+
+def test_the_flows_reading_a_topic_are_the_agents_consuming_it(runtime):
+    t = runtime.topics
+    assert runtime.flows_reading(t.order_events) == {"analytics", "notifications", "shipping"}
+    assert runtime.flows_reading(t.inventory_events) == {"orders"}
+    assert runtime.flows_reading(t.payment_commands) == {"payments"}
+    assert runtime.flows_reading(t.catalog_commands) == {"inventory"}
+    assert runtime.flows_reading("commerce.nothing") == frozenset()
 
 
 def test_every_flow_a_dead_letter_can_be_replayed_for_is_an_agent(runtime):

@@ -48,6 +48,7 @@ def producer(settings: Settings) -> Producer:
         "acks": "all",
         "enable.idempotence": True,
         "linger.ms": 2,
+        "message.max.bytes": 1_048_588,  # what the broker takes (Kafka's default), above librdkafka's 1,000,000
     })
 
 

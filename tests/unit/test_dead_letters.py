@@ -112,6 +112,37 @@ def test_a_value_that_does_not_decode_is_a_letter_that_says_why(codec):
     assert read.summary.startswith("undecodable: MalformedMessage")
 
 
+def test_a_record_too_large_for_the_dead_letter_topic_is_kept_cut_and_never_replayed(codec):
+    from agents.runtime import DEAD_LETTER_FRAMING_BYTES, fitting_dead_letter
+    from streamcart.topics import DEAD_LETTER_MAX_BYTES
+
+    headers = dict(failure())
+    whole = b"x" * 1_000_005  # as large as the broker takes on any topic by default: kept whole
+    assert fitting_dead_letter(b"k", whole, headers) is whole and DlqHeader.VALUE_CUT not in headers
+    assert fitting_dead_letter(b"k", None, headers) is None  # a tombstone's letter has no value either
+    huge = b"y" * (DEAD_LETTER_MAX_BYTES + 10)  # a source topic set to take larger records than the DLQ
+    cut = fitting_dead_letter(b"k", huge, headers)
+    assert cut is not None and huge.startswith(cut)
+    framed = len(b"k") + len(cut) + sum(len(name) + len(raw) for name, raw in headers.items())
+    room = DEAD_LETTER_MAX_BYTES - DEAD_LETTER_FRAMING_BYTES
+    assert room - 100 <= framed <= room
+    assert headers[DlqHeader.VALUE_CUT] == str(len(huge)).encode()
+    read = DeadLetter.read(0, 7, b"k", cut, list(headers.items()), codec.decode)
+    assert read.unreplayable is not None and str(len(huge)) in read.unreplayable
+    assert letter(codec, place()).unreplayable is None
+
+
+def test_the_dead_letter_topic_takes_what_a_worker_sends_and_more_than_a_record_the_broker_takes_elsewhere(tmp_path):
+    from agents.app import create_faust_app
+    from streamcart.settings import Settings
+    from streamcart.topics import DEAD_LETTER_MAX_BYTES, topic_specs
+
+    settings = Settings(home=tmp_path)
+    dlq = next(spec for spec in topic_specs(settings) if spec.name == "commerce.dlq")
+    assert int(dlq.config["max.message.bytes"]) == DEAD_LETTER_MAX_BYTES > 1_048_588  # Kafka's default limit
+    assert create_faust_app(settings, store="memory://").conf.producer_max_request_size == DEAD_LETTER_MAX_BYTES
+
+
 def test_a_number_header_that_int_would_refuse_is_no_number_not_a_crash_of_the_listing(codec):
     """``"²".isdigit()`` is true and ``int("²")`` fails: one such letter hid the whole topic behind a traceback."""
     odd = letter(codec, place(), failed_at="\u00b2", partition="\u00b2", offset="\u0663")  # type: ignore[arg-type]
