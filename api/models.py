@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AnyHttpUrl, BaseModel, BeforeValidator, ConfigDict, Field
 
+from schemas.messages import MAX_LINE_QUANTITY, MAX_ORDER_LINES, MAX_UNIT_PRICE_CENTS
 from streamcart.ids import IDENTIFIER_PATTERN
 from streamcart.text import CONTROL, CONTROL_CHARS
 
@@ -93,7 +94,7 @@ class _Body(BaseModel):
 
 class LineIn(_Body):
     sku: Identifier
-    quantity: JsonInteger = Field(ge=1, le=1000)
+    quantity: JsonInteger = Field(ge=1, le=MAX_LINE_QUANTITY)
 
 
 class PaymentIn(_Body):
@@ -103,7 +104,7 @@ class PaymentIn(_Body):
 class PlaceOrderIn(_Body):
     """A new order. Prices come from the catalog at reservation time, never from the client."""
 
-    lines: list[LineIn] = Field(min_length=1, max_length=50)
+    lines: list[LineIn] = Field(min_length=1, max_length=MAX_ORDER_LINES)
     payment: PaymentIn
     currency: Currency
     webhook_url: HttpUrl | None = Field(default=None, description="where the order's notifications are POSTed")
@@ -119,7 +120,7 @@ class CancelIn(_Body):
 
 class ProductIn(_Body):
     name: Text = Field(min_length=1, max_length=200)
-    unit_price_cents: JsonInteger = Field(ge=0, le=100_000_000)
+    unit_price_cents: JsonInteger = Field(ge=0, le=MAX_UNIT_PRICE_CENTS)
     currency: Currency
     active: bool = Field(default=True, strict=True)
 

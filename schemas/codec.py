@@ -129,7 +129,9 @@ class Codec:
         try:
             return reader.type.model_validate(record)
         except ValidationError as exc:
-            raise InvalidMessage(f"not a valid {reader.type.__name__}: {exc}") from exc
+            faults = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'the record'}: {e['msg']} (got {e['input']!r:.60})"
+                               for e in exc.errors(include_url=False))
+            raise InvalidMessage(f"not a valid {reader.type.__name__}: {faults}") from exc
 
     def _fetch(self, schema_id: int) -> _Reader:
         """Ask the registry for a schema id not seen yet, and cache how to read it."""

@@ -18,6 +18,20 @@ from pydantic import BaseModel, ConfigDict, Field
 
 NAMESPACE = "streamcart"
 
+# What a command from outside may ask, whoever wrote it to Kafka (the API holds its requests to the same, or less):
+# sums and products of these stay far inside Avro's longs and PostgreSQL's bigints. A price of 2**62 reserved twice
+# made an order's total one its AuthorizePayment could not be encoded with; a stock adjusted by 2**63 - 1 twice
+# stood at 2**64. A message beyond them does not decode (it is dead-lettered).
+#: Units of one SKU one order line asks for.
+MAX_LINE_QUANTITY = 1_000
+#: Lines of one order.
+MAX_ORDER_LINES = 50
+#: A product's unit price, in minor units (a million in major ones).
+MAX_UNIT_PRICE_CENTS = 100_000_000
+#: Units one stock adjustment adds or writes off (the API's admins are held to a thousandth of it; the benchmarks
+#: stock their SKUs in one).
+MAX_ADJUSTMENT = 1_000_000_000
+
 
 class Record(BaseModel):
     """A value type nested inside messages (an Avro record)."""
@@ -29,7 +43,7 @@ class OrderLine(Record):
     """A line as the customer asked for it: no price (prices come from the catalog)."""
 
     sku: str
-    quantity: int = Field(gt=0)
+    quantity: int = Field(gt=0, le=MAX_LINE_QUANTITY)
 
 
 class PricedLine(Record):
@@ -99,7 +113,7 @@ class PlaceOrder(OrderCommand):
     """A customer asks for an order. Prices are not the client's to give."""
 
     customer_id: str
-    lines: tuple[OrderLine, ...] = Field(min_length=1)
+    lines: tuple[OrderLine, ...] = Field(min_length=1, max_length=MAX_ORDER_LINES)
     currency: str = Field(min_length=3, max_length=3)
     payment_token: str
     webhook_url: str | None = None
@@ -149,7 +163,7 @@ class UpsertProduct(Message):
     KEY = "sku"
     sku: str
     name: str
-    unit_price_cents: int = Field(ge=0)
+    unit_price_cents: int = Field(ge=0, le=MAX_UNIT_PRICE_CENTS)
     currency: str = Field(min_length=3, max_length=3)
     active: bool = True
 
@@ -165,7 +179,7 @@ class InventoryCommand(Message):
 class AdjustStock(InventoryCommand):
     """An admin changes what is on hand (a delivery, a count, a write-off)."""
 
-    delta: int
+    delta: int = Field(ge=-MAX_ADJUSTMENT, le=MAX_ADJUSTMENT)
     reason: str
 
 
@@ -173,7 +187,7 @@ class ReserveStock(InventoryCommand):
     """Internal: hold ``quantity`` of ``sku`` for an order, priced from the catalog."""
 
     order_id: str
-    quantity: int = Field(gt=0)
+    quantity: int = Field(gt=0, le=MAX_LINE_QUANTITY)
     currency: str
 
 
