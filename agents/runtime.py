@@ -364,7 +364,7 @@ async def process(runtime: Runtime, event: Any, handler: Handler, flow: str) -> 
             return
         ids = {"order_id": getattr(message, "order_id", None), "sku": getattr(message, "sku", None)}
         with log_context(**ids, event_id=message.event_id):
-            failure = await _handle(handler, message, event, flow)
+            failure = _misplaced(event, message) or await _handle(handler, message, event, flow)
             if failure is not None:
                 log.error("flow %s failed on %s %s", flow, type(message).__name__, message.event_id,
                           exc_info=failure)
@@ -372,6 +372,18 @@ async def process(runtime: Runtime, event: Any, handler: Handler, flow: str) -> 
                 await runtime.dead_letter(event, failure, flow)
             else:
                 runtime.telemetry.processed(flow)
+
+
+def _misplaced(event: Any, message: Message) -> FlowError | None:
+    """Why a message keyed otherwise than by its own key (its order id, SKU...) cannot be handled, else ``None``:
+    it sits in a partition that is not its key's, where the state it would write is not where the next message
+    about the same order or SKU looks for it."""
+    key = event.message.key
+    if key == message.key.encode():
+        return None
+    shown = "no key" if key is None else f"the key {bytes(key)[:80].decode(errors='replace')!r}"
+    return FlowError(f"{type(message).__name__} about {message.KEY} {message.key[:80]!r} came with {shown}: its "
+                     f"partition is not that {message.KEY}'s")
 
 
 #: Waits before trying a failed handler again. A failure that is the message's own (a refusal, an invalid

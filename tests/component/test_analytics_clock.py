@@ -46,7 +46,7 @@ async def test_ticks_are_written_to_quiet_partitions_one_at_a_time(runtime, code
 
     # Folded, the partition's clock is where the tick put it: none is due until the next window close.
     async with runtime.agents["analytics"].test_context() as agent:
-        await agent.put(codec.encode(ticks[0]), key=b"k", partition=0)
+        await agent.put(codec.encode(ticks[0]), key=ticks[0].key.encode(), partition=0)
     assert runtime.tables.analytics.windows(0).watermark == to
     later = 100.0 + 2 * TICK_RESEND_MS / 1000
     next_close = to + MINUTE_MS + DEADLINE_MS

@@ -80,6 +80,22 @@ async def test_a_message_of_another_flow_on_the_order_topic_is_dead_lettered(run
     assert [d.headers[DlqHeader.ERROR_CLASS] for d in dead] == [b"FlowError"]
 
 
+@pytest.mark.parametrize("key", [b"o-2", None, b""], ids=["another-order", "no-key", "empty"])
+async def test_a_message_keyed_otherwise_than_by_its_order_is_dead_lettered_and_changes_nothing(
+    runtime, codec, sink, key
+):
+    """Its state would be stored in another order's partition, where nothing about its own order looks (found by
+    fuzzing the topics)."""
+    async with runtime.agents["orders"].test_context() as agent:
+        await agent.put(codec.encode(place("o-1", "e-1")), key=key)
+        await agent.put(codec.encode(place("o-3", "e-3")), key=b"o-3")
+    assert runtime.tables.orders.get("o-1") is None and runtime.tables.orders.get("o-3") is not None
+    (dead,) = sink.records(runtime.topics.dlq)
+    assert dead.headers[DlqHeader.ERROR_CLASS] == b"FlowError"
+    assert b"PlaceOrder about order_id 'o-1' came with" in dead.headers[DlqHeader.ERROR_MESSAGE]
+    assert [type(m) for m in sink.messages(runtime.topics.order_events)] == [OrderPlaced]  # o-3's alone
+
+
 async def test_a_record_replayed_for_another_flow_is_left_to_that_flow(runtime, codec, sink, monkeypatch):
     # (A test context's records come from no topic: as if from one the notifications flow reads too.)
     monkeypatch.setattr(runtime, "flows_reading", lambda topic: frozenset({"orders", "notifications"}))
