@@ -364,7 +364,7 @@ async def process(runtime: Runtime, event: Any, handler: Handler, flow: str) -> 
             return
         ids = {"order_id": getattr(message, "order_id", None), "sku": getattr(message, "sku", None)}
         with log_context(**ids, event_id=message.event_id):
-            failure = _misplaced(event, message) or await _handle(handler, message, event, flow)
+            failure = _misplaced(runtime, event, message) or await _handle(handler, message, event, flow)
             if failure is not None:
                 log.error("flow %s failed on %s %s", flow, type(message).__name__, message.event_id,
                           exc_info=failure)
@@ -374,10 +374,16 @@ async def process(runtime: Runtime, event: Any, handler: Handler, flow: str) -> 
                 runtime.telemetry.processed(flow)
 
 
-def _misplaced(event: Any, message: Message) -> FlowError | None:
-    """Why a message keyed otherwise than by its own key (its order id, SKU...) cannot be handled, else ``None``:
-    it sits in a partition that is not its key's, where the state it would write is not where the next message
-    about the same order or SKU looks for it."""
+def _misplaced(runtime: Runtime, event: Any, message: Message) -> FlowError | None:
+    """Why a message on a topic of the stack's that is not its own, or keyed otherwise than by its own key (its
+    order id, SKU...), cannot be handled, else ``None``. On another topic it passes for what it is not (an
+    UpsertProduct on the inventory commands took that topic's offset for its catalog position, and the product's
+    real updates were taken for older ones; a ShipmentDelivered on the payment events delivered an order never
+    dispatched). Under another key it sits in a partition that is not its key's, where the state it would write is
+    not where the next message about the same order or SKU looks for it."""
+    source, own = event.message.topic, getattr(runtime.topics, message.TOPIC)
+    if source != own and source in runtime.topics.worker_inputs():
+        return FlowError(f"{type(message).__name__} belongs on {own}, not on {source}")
     key = event.message.key
     if key == message.key.encode():
         return None

@@ -135,6 +135,8 @@ def _field(name: str, info: FieldInfo, defined: set[str]) -> AvroSchema:
 
 
 def _avro_type(annotation: Any, defined: set[str]) -> Any:
+    if typing.get_origin(annotation) is typing.Annotated:  # a constrained type (``Plain | None``): its base type
+        annotation = typing.get_args(annotation)[0]
     if annotation in _PRIMITIVES:
         return _PRIMITIVES[annotation]
     origin = typing.get_origin(annotation)

@@ -12,9 +12,12 @@ milliseconds (event time).
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from streamcart.ids import IDENTIFIER_PATTERN
+from streamcart.text import CONTROL
 
 NAMESPACE = "streamcart"
 
@@ -33,6 +36,29 @@ MAX_UNIT_PRICE_CENTS = 100_000_000
 MAX_ADJUSTMENT = 1_000_000_000
 
 
+#: The latest event time a message may carry (5000-01-01T00:00:00Z): its times and deadlines stay dates Python,
+#: Avro and PostgreSQL can all show (a PlaceOrder of year 292278994 was stored, then its warehouse row could not be
+#: made, and it stayed PENDING for good).
+MAX_TIME_MS = 95_617_584_000_000
+
+
+def _plain(text: str) -> str:
+    if (found := CONTROL.search(text)) is not None:
+        raise ValueError(f"a control character ({found.group()!r}) at {found.start()}")
+    return text
+
+
+# The fields of the commands anyone may write (the API's requests, or a producer of its own), held to what the API
+# takes: a NUL in a customer id had stopped the warehouse's orders sink for good (PostgreSQL takes no NUL in
+# text), an order id of "" held stock it never released, and "eur" was a currency.
+#: An order id or a SKU (what the API's paths take).
+Id = Annotated[str, Field(pattern=IDENTIFIER_PATTERN)]
+#: Text without control characters.
+Plain = Annotated[str, AfterValidator(_plain)]
+#: An ISO 4217 code.
+Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
+
+
 class Record(BaseModel):
     """A value type nested inside messages (an Avro record)."""
 
@@ -42,7 +68,7 @@ class Record(BaseModel):
 class OrderLine(Record):
     """A line as the customer asked for it: no price (prices come from the catalog)."""
 
-    sku: str
+    sku: Id
     quantity: int = Field(gt=0, le=MAX_LINE_QUANTITY)
 
 
@@ -67,7 +93,7 @@ class Message(Record):
     KEY: ClassVar[str]
 
     event_id: str
-    occurred_at: int = Field(description="event time, epoch milliseconds")
+    occurred_at: int = Field(ge=0, le=MAX_TIME_MS, description="event time, epoch milliseconds")
     causation_id: str
     correlation_id: str
 
@@ -112,21 +138,23 @@ class OrderCommand(Message):
 class PlaceOrder(OrderCommand):
     """A customer asks for an order. Prices are not the client's to give."""
 
-    customer_id: str
+    order_id: Id
+    customer_id: Plain
     lines: tuple[OrderLine, ...] = Field(min_length=1, max_length=MAX_ORDER_LINES)
-    currency: str = Field(min_length=3, max_length=3)
-    payment_token: str
-    webhook_url: str | None = None
+    currency: Currency
+    payment_token: Plain
+    webhook_url: Plain | None = None
     #: Where the order's email and SMS notifications go (none when absent).
-    email: str | None = None
-    phone: str | None = None
+    email: Plain | None = None
+    phone: Plain | None = None
 
 
 class CancelOrder(OrderCommand):
     """A customer or an admin asks to cancel an order."""
 
-    requested_by: str
-    reason: str = CancelReason.CUSTOMER_REQUEST
+    order_id: Id
+    requested_by: Plain
+    reason: Plain = CancelReason.CUSTOMER_REQUEST
 
 
 class ExpireOrder(OrderCommand):
@@ -161,10 +189,10 @@ class IndexOrder(OrderCommand):
 class UpsertProduct(Message):
     TOPIC = "catalog_commands"
     KEY = "sku"
-    sku: str
-    name: str
+    sku: Id
+    name: Plain
     unit_price_cents: int = Field(ge=0, le=MAX_UNIT_PRICE_CENTS)
-    currency: str = Field(min_length=3, max_length=3)
+    currency: Currency
     active: bool = True
 
 
@@ -179,8 +207,9 @@ class InventoryCommand(Message):
 class AdjustStock(InventoryCommand):
     """An admin changes what is on hand (a delivery, a count, a write-off)."""
 
+    sku: Id
     delta: int = Field(ge=-MAX_ADJUSTMENT, le=MAX_ADJUSTMENT)
-    reason: str
+    reason: Plain
 
 
 class ReserveStock(InventoryCommand):
@@ -254,9 +283,9 @@ class RefundPayment(PaymentCommand):
 class UpdateShipment(Message):
     TOPIC = "shipping_commands"
     KEY = "order_id"
-    order_id: str
+    order_id: Id
     status: str = Field(description="dispatched | delivered")
-    carrier: str | None = None
+    carrier: Plain | None = None
 
 
 # --- events.orders (key order_id) ---------------------------------------------------------------------------

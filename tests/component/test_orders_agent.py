@@ -96,6 +96,24 @@ async def test_a_message_keyed_otherwise_than_by_its_order_is_dead_lettered_and_
     assert [type(m) for m in sink.messages(runtime.topics.order_events)] == [OrderPlaced]  # o-3's alone
 
 
+async def test_a_message_on_a_topic_that_is_not_its_own_is_dead_lettered_and_changes_nothing(
+    runtime, codec, sink, monkeypatch
+):
+    """A ShipmentDelivered on the payment events had delivered an order never dispatched, an UpsertProduct on the
+    inventory commands frozen its product (found by fuzzing)."""
+    t = runtime.topics
+    async with runtime.agents["orders"].test_context() as agent:
+        monkeypatch.setattr(agent, "_get_strtopic", lambda channel: t.inventory_events)
+        await agent.put(codec.encode(place("o-1", "e-1")), key=b"o-1")
+        monkeypatch.setattr(agent, "_get_strtopic", lambda channel: t.order_commands)
+        await agent.put(codec.encode(place("o-2", "e-2")), key=b"o-2")
+    assert runtime.tables.orders.get("o-1") is None and runtime.tables.orders.get("o-2") is not None
+    (dead,) = sink.records(t.dlq)
+    assert dead.headers[DlqHeader.SOURCE_TOPIC] == t.inventory_events.encode()
+    assert dead.headers[DlqHeader.ERROR_MESSAGE] == (
+        f"PlaceOrder belongs on {t.order_commands}, not on {t.inventory_events}".encode())
+
+
 async def test_a_record_replayed_for_another_flow_is_left_to_that_flow(runtime, codec, sink, monkeypatch):
     # (A test context's records come from no topic: as if from one the notifications flow reads too.)
     monkeypatch.setattr(runtime, "flows_reading", lambda topic: frozenset({"orders", "notifications"}))

@@ -46,6 +46,8 @@ def make_sample(
 
 
 def _value(name: str, annotation: Any, n: int, with_optionals: bool) -> Any:
+    if typing.get_origin(annotation) is typing.Annotated:  # a constrained str (``Plain | None``)
+        annotation = typing.get_args(annotation)[0]
     if annotation is str:
         return _STRINGS.get(name, f"{name}-{n}")
     if annotation is bool:
