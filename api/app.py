@@ -9,6 +9,7 @@ JSON error shape before anything is sent.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import hashlib
 import json
@@ -254,7 +255,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 async def _body(request: web.Request, model: type[M]) -> M:
     if request.content_type != "application/json":
         raise UnsupportedMediaType(f"expected Content-Type: application/json, got {request.content_type!r}")
-    if request.charset is not None and request.charset.lower().replace("-", "") != "utf8":
+    if request.charset is not None and request.charset.lower().replace("-", "") not in ("utf8", "usascii", "ascii"):
         raise UnsupportedMediaType(f"JSON is read as UTF-8 (RFC 8259), not {request.charset[:40]!r}: send it in "
                                    "UTF-8, with charset=utf-8 or no charset")
     raw = decoded(await read_body(request), request.headers.get("Content-Encoding", ""), MAX_BODY_BYTES)
@@ -263,7 +264,8 @@ async def _body(request: web.Request, model: type[M]) -> M:
         # UTF-32 as well, and take a body another reader of it refuses.
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ApiError(f"the body is not UTF-8: byte {exc.start} cannot begin or continue a character") from exc
+        at = exc.start + (len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0)
+        raise ApiError(f"the body is not UTF-8: byte {at} cannot begin or continue a character") from exc
     try:
         data = json.loads(text, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as exc:
