@@ -183,3 +183,33 @@ def test_the_runs_kept_one_by_one_are_bounded_and_the_older_still_count():
     totals.saw(0, 9, {"placed": 15})  # the current run goes on counting
     assert totals.totals() == {"placed": 105}
     assert len(totals._runs) == 3
+
+
+async def test_a_tick_keeps_a_restarted_workers_earlier_counts_in_every_total(monkeypatch):
+    """The tick hands each worker's run to the step counts too: without it the saga's step totals fell again."""
+    import api.stream as stream
+
+    hub = Hub(app=None, settings=Settings())  # type: ignore[arg-type]  # gathering is stubbed below
+
+    def answer(run: str, placed: int) -> dict:
+        telemetry = {"run": run, "placed": placed, "outcomes": {"confirmed": placed}, "steps": {"PlaceOrder": placed},
+                     "latencies": [], "breaker": "closed", "dead_letters": [], "pending": 0}
+        return {"worker": 1, "telemetry": telemetry, "lag": {}, "dlq_records": 0, "warehouse_dlq_records": 0,
+                "tables": {}}
+
+    answers = [answer("a", 40)]
+
+    async def gathered(app: Any, settings: Any, path_qs: str) -> list[dict]:
+        return answers
+
+    async def nothing(*_: Any) -> Any:
+        return {}
+
+    monkeypatch.setattr(stream.gather, "from_every_worker", gathered)
+    monkeypatch.setattr(hub, "recent_windows", nothing)
+    monkeypatch.setattr(hub, "stock", nothing)
+    await hub.tick()
+    answers[:] = [answer("b", 3)]  # restarted: counting from zero again
+    tick = await hub.tick()
+    assert tick["orders_placed"] == 43 and tick["outcomes"] == {"confirmed": 43}
+    assert tick["saga_steps"]["PlaceOrder"]["total"] == 43
