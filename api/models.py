@@ -11,9 +11,8 @@ from pydantic import AfterValidator, AnyHttpUrl, BaseModel, BeforeValidator, Con
 
 from schemas.messages import MAX_LINE_QUANTITY, MAX_ORDER_LINES, MAX_UNIT_PRICE_CENTS
 from streamcart.ids import IDENTIFIER_PATTERN
-from streamcart.text import CONTROL, CONTROL_CHARS
+from streamcart.text import CONTROL, CONTROL_CHARS, CURRENCY_PATTERN, printable
 
-CURRENCY_PATTERN = r"^[A-Z]{3}$"
 #: No space and no control character (:data:`streamcart.text.CONTROL_CHARS`) anywhere: an address reaches a provider,
 #: a log, a terminal.
 EMAIL_PATTERN = rf"^[^@\s{CONTROL_CHARS}]+@[^@\s{CONTROL_CHARS}]+\.[^@\s{CONTROL_CHARS}]+$"
@@ -58,14 +57,8 @@ JsonInteger = Annotated[int, BeforeValidator(_json_integer)]
 PRINTABLE_PATTERN = f"^[^{CONTROL_CHARS}]*$"
 
 
-def _printable(value: str) -> str:
-    if (found := CONTROL.search(value)) is not None:
-        raise ValueError(f"must not contain control characters (found {found.group()!r} at {found.start()})")
-    return value
-
-
 #: A body's free text (names, reasons, tokens): what the OpenAPI document's pattern admits, told plainly otherwise.
-Text = Annotated[str, AfterValidator(_printable), Field(json_schema_extra={"pattern": PRINTABLE_PATTERN})]
+Text = Annotated[str, AfterValidator(printable), Field(json_schema_extra={"pattern": PRINTABLE_PATTERN})]
 
 
 #: What a URL as written may not hold: whitespace, or a control character (:data:`streamcart.text.CONTROL`).

@@ -17,7 +17,7 @@ from typing import Annotated, ClassVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from streamcart.ids import IDENTIFIER_PATTERN
-from streamcart.text import CONTROL
+from streamcart.text import CURRENCY_PATTERN, printable
 
 NAMESPACE = "streamcart"
 
@@ -42,21 +42,15 @@ MAX_ADJUSTMENT = 1_000_000_000
 MAX_TIME_MS = 95_617_584_000_000
 
 
-def _plain(text: str) -> str:
-    if (found := CONTROL.search(text)) is not None:
-        raise ValueError(f"a control character ({found.group()!r}) at {found.start()}")
-    return text
-
-
 # The fields of the commands anyone may write (the API's requests, or a producer of its own), held to what the API
 # takes: a NUL in a customer id had stopped the warehouse's orders sink for good (PostgreSQL takes no NUL in
 # text), an order id of "" held stock it never released, and "eur" was a currency.
 #: An order id or a SKU (what the API's paths take).
 Id = Annotated[str, Field(pattern=IDENTIFIER_PATTERN)]
 #: Text without control characters.
-Plain = Annotated[str, AfterValidator(_plain)]
+Plain = Annotated[str, AfterValidator(printable)]
 #: An ISO 4217 code.
-Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
+Currency = Annotated[str, Field(pattern=CURRENCY_PATTERN)]
 
 
 class Record(BaseModel):

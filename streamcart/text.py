@@ -10,6 +10,15 @@ import re
 #: JavaScript's ``\s`` but not to Python's or Rust's). The marks (U+200E, U+200F) stay: right-to-left text uses them.
 CONTROL_CHARS = r"\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff"
 CONTROL = re.compile(f"[{CONTROL_CHARS}]")
+#: An ISO 4217 currency code.
+CURRENCY_PATTERN = r"^[A-Z]{3}$"
+
+
+def printable(value: str) -> str:
+    """``value``, which holds no control character (:data:`CONTROL_CHARS`); ``ValueError`` saying where one is."""
+    if (found := CONTROL.search(value)) is not None:
+        raise ValueError(f"must not contain control characters (found {found.group()!r} at {found.start()})")
+    return value
 
 
 def is_digits(text: str) -> bool:
