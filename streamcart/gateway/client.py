@@ -9,6 +9,11 @@
 - An answer is taken for what it says only when it says it: a 2xx without the status and authorization id the
   operation returns is transient (tried again), never an approval; a void by key settles with nothing to give
   back only when the gateway says the authorization holds nothing (declined, voided, refunded).
+- An answer is this call's answer only when it says so: an authorization must name the call's idempotency key (and
+  its amount and currency, where it gives them), an operation's answer the authorization operated on. Another
+  request's record (a misrouted answer, a proxy's cache) is no answer: transient. A redirect is not followed (it
+  would turn the POST into a GET of whatever it names): a 3xx is transient too, like an answer too large to be
+  one (over :data:`MAX_ANSWER_BYTES`) or one that does not parse (nested too deep included).
 - What the gateway says is recorded only in a shape every reader takes: an authorization id is a short token of
   letters, digits and ``._:~-`` (it goes into the gateway's URLs and, as it is, into events and the warehouse,
   whose PostgreSQL refuses a NUL and stops the sink on such a row), anything else is no answer (transient); a
@@ -21,6 +26,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -28,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, ThreadedResolver
+from aiohttp import ClientResponse, ClientSession, ClientTimeout, TCPConnector, ThreadedResolver
 from purgatory import AsyncCircuitBreakerFactory
 from purgatory.domain.model import OpenedState
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
@@ -151,29 +157,65 @@ class GatewayClient:
                 # A void (or refund) by idempotency key: the authorization is found by re-sending it.
                 if status >= 300:
                     return _refused(status, body)  # not found out: for a person, never "nothing to void"
+                _answers(call, body, None)
                 found = _status(body, "approved", "captured", *NOTHING_HELD)
                 if found in NOTHING_HELD:
                     return GatewayResult.declined(NOTHING_HELD[found])  # it holds no money: nothing to give back
                 if call.operation == "void" and found == "captured":
                     return GatewayResult.declined(AUTHORIZATION_CAPTURED)  # taken, not held: not "nothing to void"
-                path = f"/v1/authorizations/{_authorization_id(body)}/{call.operation}"
-                status, body = await self._post(path)
+                authorization_id = _authorization_id(body)
+                status, body = await self._post(f"/v1/authorizations/{authorization_id}/{call.operation}")
+            else:
+                authorization_id = None
         else:
-            status, body = await self._post(f"/v1/authorizations/{call.authorization_id}/{call.operation}")
+            authorization_id = call.authorization_id
+            status, body = await self._post(f"/v1/authorizations/{authorization_id}/{call.operation}")
+        if status < 300:
+            _answers(call, body, authorization_id)
         return _result(call, status, body)
 
     async def _post(self, path: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
         try:
             with call_span(f"payment gateway {path.rsplit('/', 1)[-1]}") as traceparent:
                 headers = {"traceparent": traceparent}
-                async with self._session.post(self.base_url + path, json=body or {}, headers=headers) as response:
-                    payload = await response.json(content_type=None) if response.content_length != 0 else {}
+                async with self._session.post(self.base_url + path, json=body or {}, headers=headers,
+                                              allow_redirects=False) as response:
                     status = response.status
-        except (ClientError, TimeoutError, ValueError) as exc:
-            raise TransientGatewayError(f"{type(exc).__name__}: {exc}") from exc
+                    if 300 <= status < 400:
+                        location = response.headers.get("Location", "")
+                        raise TransientGatewayError(f"HTTP {status}: redirected to {location[:200]!r}, not followed")
+                    raw = await _read_at_most(response, MAX_ANSWER_BYTES)
+            payload = json.loads(raw.decode("utf-8")) if raw.strip() else {}
+        except TransientGatewayError:
+            raise
+        except TimeoutError as exc:
+            raise TransientGatewayError(f"no answer within {self.policy.attempt_timeout_s:g} s") from exc
+        except Exception as exc:
+            # Whatever went wrong in the exchange (ClientError; a body that does not parse: ValueError, or
+            # RecursionError when nested too deep; or anything else aiohttp meets) leaves no answer to act on: tried
+            # again, and at worst the authorization is unavailable, declined and voided by key at the deadline. A
+            # failure that escaped this would dead-letter the command with its outcome unknown and no void sent.
+            raise TransientGatewayError(f"{type(exc).__name__}: {exc}"[:300]) from exc
         if status >= 500 or status == 429:
             raise TransientGatewayError(f"HTTP {status}")
         return status, payload if isinstance(payload, dict) else {}
+
+
+#: The largest answer the client reads: an authorization is a few hundred bytes; more is no answer (transient),
+#: not something to hold in memory while it streams in.
+MAX_ANSWER_BYTES = 64 * 1024
+
+
+async def _read_at_most(response: ClientResponse, limit: int) -> bytes:
+    """The body of ``response``; :class:`TransientGatewayError` once it proves longer than ``limit`` bytes."""
+    if response.content_length is not None and response.content_length > limit:
+        raise TransientGatewayError(f"an answer of {response.content_length} bytes, over the {limit} an answer may be")
+    body = bytearray()
+    async for chunk in response.content.iter_any():
+        body += chunk
+        if len(body) > limit:
+            raise TransientGatewayError(f"an answer of over {limit} bytes, more than an answer may be")
+    return bytes(body)
 
 
 def _authorization_body(call: GatewayCall) -> dict[str, Any]:
@@ -183,6 +225,21 @@ def _authorization_body(call: GatewayCall) -> dict[str, Any]:
         "currency": call.currency,
         "token": call.payment_token or "",
     }
+
+
+def _answers(call: GatewayCall, body: dict[str, Any], authorization_id: str | None) -> None:
+    """Check that ``body`` (a 2xx answer) is about ``call``: the authorization of its idempotency key, amount and
+    currency, and the one operated on (``authorization_id``, for an operation); else it is no answer to act on."""
+    if body.get("idempotency_key") != call.idempotency_key:
+        raise TransientGatewayError(f"an answer for another request: idempotency key "
+                                    f"{str(body.get('idempotency_key'))[:200]!r}, not {call.idempotency_key!r}")
+    for field, value in (("amount_cents", call.amount_cents), ("currency", call.currency)):
+        if field in body and body[field] != value:
+            raise TransientGatewayError(f"an answer for another request: {field} {str(body[field])[:50]!r}, "
+                                        f"not {value!r}")
+    if authorization_id is not None and body.get("authorization_id") != authorization_id:
+        raise TransientGatewayError(f"an answer about another authorization: "
+                                    f"{str(body.get('authorization_id'))[:200]!r}, not {authorization_id!r}")
 
 
 #: The status a capture, void or refund leaves its authorization in.

@@ -43,9 +43,14 @@ class DeliveryRefused(DeliveryFailed):
 
 
 class HostFailing(DeliveryFailed):
-    """The webhook's endpoint (host and port) failed every recent attempt: given up at once (to the DLQ,
-    replayable) instead of waiting out more timeouts, which would hold the flow's slots and, behind them, the
-    worker's other flows."""
+    """The webhook failed every recent attempt (its host and port did not answer, or its URL answered with a
+    failure): given up at once (to the DLQ, replayable) instead of waiting out more timeouts, which would hold the
+    flow's slots and, behind them, the worker's other flows."""
+
+
+class Unanswered(DeliveryFailed):
+    """The webhook's host did not answer (no connection, no lookup, no answer in time): held against its host and
+    port, whatever the path."""
 
 
 class NonPublicAddress(OSError):
@@ -168,12 +173,14 @@ class OutboxProvider:
 
 
 class WebhookProvider:
-    """POSTs the notification to the customer's webhook URL; any non-2xx answer is a failed attempt.
+    """POSTs the notification to the customer's webhook URL; any answer but a 2xx is a failed attempt.
 
-    An attempt, its host's lookup included, takes ``timeout_s`` at most. An endpoint (host and port) whose last
-    ``failing_after`` attempts all failed is given up at once (:class:`HostFailing`) for ``failing_for_s``: a
-    customer's endpoint that is down costs one slot of the flow for a moment, not every slot for the length of
-    every retry.
+    An attempt, its host's lookup included, takes ``timeout_s`` at most. A webhook whose last ``failing_after``
+    attempts all failed is given up at once (:class:`HostFailing`) for ``failing_for_s``: a customer's endpoint
+    that is down costs one slot of the flow for a moment, not every slot for the length of every retry. Failures
+    count where they lie: a host and port that did not answer (:class:`Unanswered`) fails every URL on it, but a
+    URL answered with an error (a 404 for a revoked hook, a 500) fails that URL alone, so one customer's broken
+    hook on a service many customers share (their hooks differ by path) costs the others nothing.
     """
 
     def __init__(self, session: ClientSession, timeout_s: float = 2.0, allow_private: bool = False,
@@ -186,27 +193,33 @@ class WebhookProvider:
         self.allow_private = allow_private
         self.failing_after = failing_after
         self.failing_for_s = failing_for_s
-        self._failures: dict[str, tuple[int, float]] = {}  # host:port -> (failed attempts in a row, the last's time)
+        # host:port, or a URL -> (failed attempts in a row, the last one's time, what the last one met)
+        self._failures: dict[str, tuple[int, float, str]] = {}
 
     async def deliver(self, notification: Notification) -> None:
         await check_webhook_url(notification.address, allow_private=self.allow_private)
         parts = urlsplit(notification.address)
         host = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"  # an endpoint
-        failed, last = self._failures.get(host, (0, 0.0))
-        if failed >= self.failing_after and time.monotonic() - last < self.failing_for_s:
-            raise HostFailing(f"webhook endpoint {host} failed its last {failed} attempts; not tried again for "
-                              f"{self.failing_for_s:g} s after the last")
+        url = parts._replace(fragment="").geturl()
+        for failing, what in ((host, f"endpoint {host}"), (url, f"URL {url[:200]}")):
+            failed, last, cause = self._failures.get(failing, (0, 0.0, ""))
+            if failed >= self.failing_after and time.monotonic() - last < self.failing_for_s:
+                raise HostFailing(f"webhook {what} failed its last {failed} attempts (the last: {cause}); not "
+                                  f"tried again for {self.failing_for_s:g} s after the last")
         try:
             await self._post(notification)
         except DeliveryRefused:
             raise
-        except DeliveryFailed:
+        except DeliveryFailed as exc:
             # Counted from what is recorded now: other deliveries to the endpoint may have failed meanwhile.
-            self._failures[host] = (self._failures.get(host, (0, 0.0))[0] + 1, time.monotonic())
-            if len(self._failures) > 10_000:  # hosts that failed once, long ago
+            failing = host if isinstance(exc, Unanswered) else url
+            self._failures[failing] = (self._failures.get(failing, (0, 0.0, ""))[0] + 1, time.monotonic(),
+                                       str(exc)[:200])
+            if len(self._failures) > 10_000:  # endpoints that failed once, long ago
                 self._failures = dict(list(self._failures.items())[-5_000:])
             raise
-        self._failures.pop(host, None)
+        self._failures.pop(host, None)  # it answered
+        self._failures.pop(url, None)
 
     async def close(self) -> None:
         await self.session.close()
@@ -223,14 +236,16 @@ class WebhookProvider:
                         notification.address, json=body, headers=headers, timeout=self.timeout,
                         allow_redirects=False,
                     ) as r:
-                        if r.status >= 300:
+                        if not 200 <= r.status < 300:  # (a 1xx is no delivery either)
                             raise DeliveryFailed(f"webhook answered HTTP {r.status}")
         except ClientConnectorError as exc:
             if isinstance(exc.os_error, NonPublicAddress):
                 raise DeliveryRefused(str(exc.os_error)) from exc
-            raise DeliveryFailed(f"webhook unreachable: {type(exc).__name__}: {exc}") from exc
-        except (ClientError, TimeoutError, ValueError) as exc:
-            raise DeliveryFailed(f"webhook unreachable: {type(exc).__name__}: {exc}") from exc
+            raise Unanswered(f"webhook unreachable: {type(exc).__name__}: {exc}") from exc
+        except TimeoutError as exc:
+            raise Unanswered(f"webhook unreachable: no answer within {self.timeout_s:g} s") from exc
+        except (ClientError, ValueError) as exc:
+            raise Unanswered(f"webhook unreachable: {type(exc).__name__}: {exc}") from exc
 
 
 class Deliverer:

@@ -34,12 +34,15 @@ class Gateway:
         if self._down("authorize"):
             return web.json_response({"error": {"code": "unavailable"}}, status=503)
         body = await request.json()
-        return web.json_response({"authorization_id": f"auth-{body['idempotency_key']}", "status": "approved"})
+        return web.json_response({"authorization_id": f"auth-{body['idempotency_key']}", "status": "approved",
+                                  "idempotency_key": body["idempotency_key"]})
 
     async def capture(self, request: web.Request) -> web.Response:
         if self._down("capture"):
             return web.json_response({"error": {"code": "unavailable"}}, status=503)
-        return web.json_response({"authorization_id": request.match_info["id"], "status": "captured"})
+        authorization_id = request.match_info["id"]
+        return web.json_response({"authorization_id": authorization_id, "status": "captured",
+                                  "idempotency_key": authorization_id.removeprefix("auth-")})
 
     def app(self) -> web.Application:
         app = web.Application()

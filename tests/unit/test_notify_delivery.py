@@ -316,3 +316,79 @@ async def test_closing_the_deliverer_closes_the_webhook_session_and_its_resolver
     await deliverer.close()
     assert webhook.session.closed
     assert webhook.resolver._dns is None  # c-ares's channel ended: no late answer calls into a closed loop
+
+
+async def test_a_url_answered_with_errors_fails_alone_not_the_other_hooks_of_its_host(aiohttp_server):
+    """Found live: one customer's broken hook on a service that many customers' hooks share (they differ by path)
+    had every other customer's notifications to that service dead-lettered unsent for 30 s."""
+    received: Counter[str] = Counter()
+
+    async def receive(request: web.Request) -> web.Response:
+        received[request.path] += 1
+        return web.Response(status=404 if request.path == "/revoked" else 204)
+
+    app = web.Application()
+    app.router.add_post("/{hook}", receive)
+    server = await aiohttp_server(app)
+    revoked, live = str(server.make_url("/revoked")), str(server.make_url("/live"))
+    async with ClientSession() as session:
+        webhook = WebhookProvider(session, allow_private=True, failing_after=2)
+        for _ in range(2):
+            with pytest.raises(DeliveryFailed, match="HTTP 404"):
+                await webhook.deliver(to(revoked))
+        with pytest.raises(HostFailing, match=r"URL .*/revoked failed its last 2 attempts \(the last: .*HTTP 404\)"):
+            await webhook.deliver(to(revoked))
+        for _ in range(3):
+            await webhook.deliver(to(live))
+    assert received == {"/revoked": 2, "/live": 3}
+
+
+async def test_a_host_that_does_not_answer_fails_every_url_on_it(aiohttp_server):
+    with socket.socket() as closed:  # a port nothing listens on: every connection is refused
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    async with ClientSession() as session:
+        webhook = WebhookProvider(session, allow_private=True, failing_after=2)
+        for _ in range(2):
+            with pytest.raises(DeliveryFailed, match="unreachable"):
+                await webhook.deliver(to(f"http://127.0.0.1:{port}/one"))
+        with pytest.raises(HostFailing, match=f"endpoint 127.0.0.1:{port} failed its last 2 attempts"):
+            await webhook.deliver(to(f"http://127.0.0.1:{port}/another"))
+
+
+async def test_a_webhook_that_does_not_answer_in_time_says_so():
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        await asyncio.sleep(5)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with ClientSession() as session:
+            webhook = WebhookProvider(session, timeout_s=0.2, allow_private=True, failing_after=1)
+            with pytest.raises(DeliveryFailed, match=r"no answer within 0\.2 s"):
+                await webhook.deliver(to(f"http://127.0.0.1:{port}/hook"))
+            with pytest.raises(HostFailing, match=r"\(the last: webhook unreachable: no answer within 0\.2 s\)"):
+                await webhook.deliver(to(f"http://127.0.0.1:{port}/other"))
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("status", [101, 102])
+async def test_an_informational_answer_is_no_delivery(status):
+    """Found live: a webhook answering 101 was counted as delivered, never tried again."""
+    async def informational(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        writer.write(f"HTTP/1.1 {status} Informational\r\nContent-Length: 0\r\n\r\n".encode())
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(informational, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with ClientSession() as session:
+            with pytest.raises(DeliveryFailed):
+                await WebhookProvider(session, timeout_s=1.0, allow_private=True).deliver(
+                    to(f"http://127.0.0.1:{port}/hook"))
+    finally:
+        server.close()

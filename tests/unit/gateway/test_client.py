@@ -1,12 +1,13 @@
 """The gateway client against the gateway's own aiohttp app on a test server (no mocks of HTTP)."""
 
+import contextlib
 import json
 
 import pytest
 from aiohttp import web
 
 from streamcart.domain.payments import AUTHORIZATION_CAPTURED, NOTHING_HELD, GatewayCall, GatewayResult, Outcome
-from streamcart.gateway.client import ClientPolicy, GatewayClient
+from streamcart.gateway.client import MAX_ANSWER_BYTES, ClientPolicy, GatewayClient
 from streamcart.gateway.server import init_app
 from streamcart.tracing import new_traceparent, span, trace_id
 
@@ -113,8 +114,13 @@ async def test_each_call_carries_a_child_of_the_span_being_handled(client):
 OPERATIONS = web.AppKey("operations", list[str])
 
 
-def odd_gateway(lookup: tuple[int, str], operate: tuple[int, str] = (200, '{"status": "voided", '
-                                                                          '"authorization_id": "auth_1"}')):
+def answer(key: str, status: str = "approved", authorization_id: str | None = "auth_1", **more: object) -> str:
+    """An authorization as the gateway answers it: about ``key``, in ``status``."""
+    return json.dumps({"status": status, "idempotency_key": key,
+                       **({"authorization_id": authorization_id} if authorization_id is not None else {}), **more})
+
+
+def odd_gateway(lookup: tuple[int, str], operate: tuple[int, str] = (200, answer("o-odd", "voided"))):
     """A gateway that answers POST /v1/authorizations with ``lookup`` and an operation with ``operate`` (status,
     raw body), and counts the operations asked of it."""
     app = web.Application()
@@ -132,21 +138,25 @@ def odd_gateway(lookup: tuple[int, str], operate: tuple[int, str] = (200, '{"sta
     return app
 
 
-APPROVED_1 = '{"status": "approved", "authorization_id": "auth_1"}'
+APPROVED_1 = answer("o-odd")
 
 
-@pytest.mark.parametrize("answer", [(200, ""), (201, "[]"), (200, "null"), (200, "{}"), (201, '{"status": "voided"}'),
-                                    (201, '{"status": "approved"}'), (201, '{"status": "approved", '
-                                                                           '"authorization_id": ""}')],
-                         ids=["empty", "list", "null", "no-status", "not-an-authorization", "no-id", "empty-id"])
-async def test_an_authorization_answer_that_says_no_status_and_id_is_no_approval(aiohttp_server, answer):
+VOIDED = answer("o-odd", "voided", None)
+
+
+@pytest.mark.parametrize("said", [(200, ""), (201, "[]"), (200, "null"), (200, "{}"), (201, VOIDED),
+                                  (201, answer("o-odd", authorization_id=None)), (201, answer("o-odd", "approved", "")),
+                                  (201, json.dumps({"status": "approved", "authorization_id": "auth_1"}))],
+                         ids=["empty", "list", "null", "no-status", "not-an-authorization", "no-id", "empty-id",
+                              "no-key"])
+async def test_an_authorization_answer_that_says_no_status_and_id_is_no_approval(aiohttp_server, said):
     """Taken for an approval, the order would be confirmed for money nobody holds (its capture then fails for good);
     it is no answer: tried again, then unavailable."""
-    server = await aiohttp_server(odd_gateway(answer))
+    server = await aiohttp_server(odd_gateway(said))
     client = GatewayClient(str(server.make_url("")), FAST)
     try:
         result = await client.execute(authorize("o-odd"))
-        if answer[1] == '{"status": "voided"}':  # a repeat of a key whose authorization was voided: holds nothing
+        if said[1] == VOIDED:  # a repeat of a key whose authorization was voided: holds nothing
             assert (result.outcome, result.reason) == (Outcome.DECLINED, NOTHING_HELD["voided"])
         else:
             assert result.outcome == Outcome.UNAVAILABLE
@@ -160,8 +170,8 @@ async def test_an_authorization_answer_that_says_no_status_and_id_is_no_approval
 async def test_an_authorization_id_no_reader_takes_is_no_approval(aiohttp_server, authorization_id):
     """The id goes into the gateway's URLs and the warehouse as it is: a NUL in it would stop the payments sink for
     good (PostgreSQL refuses the row), a slash would capture at another address."""
-    answer = json.dumps({"status": "approved", "authorization_id": authorization_id})
-    server = await aiohttp_server(odd_gateway((201, answer)))
+    said = json.dumps({"status": "approved", "authorization_id": authorization_id, "idempotency_key": "o-odd"})
+    server = await aiohttp_server(odd_gateway((201, said)))
     client = GatewayClient(str(server.make_url("")), FAST)
     try:
         assert (await client.execute(authorize("o-odd"))).outcome == Outcome.UNAVAILABLE
@@ -171,17 +181,17 @@ async def test_an_authorization_id_no_reader_takes_is_no_approval(aiohttp_server
         await client.close()
 
 
-@pytest.mark.parametrize(("answer", "reason"), [
-    ((201, '{"status": "declined", "reason": "do_not_honor\\u0000\\n\\u001b[31m"}'), "do_not_honor[31m"),
-    ((201, '{"status": "declined", "reason": "\\u0000\\u0085"}'), "declined"),
-    ((201, '{"status": "declined", "reason": 51}'), "51"),
-    ((201, '{"status": "declined", "reason": true}'), "declined"),
-    ((201, json.dumps({"status": "declined", "reason": "x" * 500})), "x" * 100),
+@pytest.mark.parametrize(("said", "reason"), [
+    ((201, answer("o-odd", "declined", reason="do_not_honor\u0000\n\u001b[31m")), "do_not_honor[31m"),
+    ((201, answer("o-odd", "declined", reason="\u0000\u0085")), "declined"),
+    ((201, answer("o-odd", "declined", reason=51)), "51"),
+    ((201, answer("o-odd", "declined", reason=True)), "declined"),
+    ((201, answer("o-odd", "declined", reason="x" * 500)), "x" * 100),
     ((402, '{"error": {"code": "card\\r\\nexpired"}}'), "cardexpired"),
     ((402, '{"error": {"code": ["a"]}}'), "http_402"),
 ], ids=["control-characters", "only-control-characters", "number", "boolean", "long", "error-code", "error-code-list"])
-async def test_a_decline_reason_is_recorded_without_control_characters(aiohttp_server, answer, reason):
-    server = await aiohttp_server(odd_gateway(answer))
+async def test_a_decline_reason_is_recorded_without_control_characters(aiohttp_server, said, reason):
+    server = await aiohttp_server(odd_gateway(said))
     client = GatewayClient(str(server.make_url("")), FAST)
     try:
         assert await client.execute(authorize("o-odd")) == GatewayResult.declined(reason)
@@ -190,7 +200,7 @@ async def test_a_decline_reason_is_recorded_without_control_characters(aiohttp_s
 
 
 @pytest.mark.parametrize("lookup", [(409, '{"error": {"code": "idempotency_conflict"}}'), (401, ""), (404, "{}"),
-                                    (200, ""), (200, "[]"), (200, '{"status": "approved"}')],
+                                    (200, ""), (200, "[]"), (200, answer("o-odd", authorization_id=None))],
                          ids=["conflict", "unauthorized", "not-found", "empty", "list", "approved-without-id"])
 async def test_a_void_by_key_whose_authorization_is_not_found_out_never_settles_as_nothing_held(aiohttp_server, lookup):
     server = await aiohttp_server(odd_gateway(lookup))
@@ -220,7 +230,7 @@ async def test_a_void_by_key_refused_or_unanswered_after_its_lookup_is_not_nothi
 
 async def test_a_settlement_the_gateway_keeps_failing_does_not_open_the_authorizations_breaker(aiohttp_server):
     """One capture answered 500 for ever (tried again and again for minutes) must not decline every new order."""
-    server = await aiohttp_server(odd_gateway((201, APPROVED_1), (500, "")))
+    server = await aiohttp_server(odd_gateway((201, answer("o-good")), (500, "")))
     client = GatewayClient(str(server.make_url("")), FAST)
     try:
         for _ in range(2):
@@ -228,5 +238,104 @@ async def test_a_settlement_the_gateway_keeps_failing_does_not_open_the_authoriz
             assert failed.outcome == Outcome.UNAVAILABLE
         assert failed.reason == "gateway_circuit_open" and client.breaker_state == "opened"
         assert (await client.execute(authorize("o-good"))).outcome == Outcome.APPROVED
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("said", [answer("o-other"), answer("o-odd", amount_cents=1), answer("o-odd", currency="USD"),
+                                  answer("o-other", "declined", None, reason="card_declined")],
+                         ids=["another-key", "another-amount", "another-currency", "another-keys-decline"])
+async def test_an_authorization_answer_about_another_request_is_no_answer(aiohttp_server, said):
+    """Found live: a gateway (or a proxy's cache) answering another order's record had the order confirmed and
+    captured against an authorization that held nothing for it."""
+    server = await aiohttp_server(odd_gateway((200, said)))
+    client = GatewayClient(str(server.make_url("")), FAST)
+    try:
+        assert (await client.execute(authorize("o-odd"))).outcome == Outcome.UNAVAILABLE
+        void = await client.execute(GatewayCall("void", "o-odd", 1000, "EUR", payment_token="tok_approve"))
+        assert void.outcome == Outcome.UNAVAILABLE and server.app[OPERATIONS] == []
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("operation", ["capture", "void", "refund"])
+@pytest.mark.parametrize(("said", "taken"), [(answer("o-odd", "{done}", "auth_2"), False),
+                                             (answer("o-other", "{done}"), False), (answer("o-odd", "{done}"), True)],
+                         ids=["another-authorization", "another-key", "its-own"])
+async def test_an_operation_answer_about_another_authorization_is_no_answer(aiohttp_server, operation, said, taken):
+    done = {"capture": "captured", "void": "voided", "refund": "refunded"}[operation]
+    server = await aiohttp_server(odd_gateway((200, APPROVED_1), (200, said.replace("{done}", done))))
+    client = GatewayClient(str(server.make_url("")), FAST)
+    expected = GatewayResult.approved("auth_1") if taken else GatewayResult.unavailable()
+    try:
+        by_id = await client.execute(GatewayCall(operation, "o-odd", 1000, "EUR", authorization_id="auth_1"))
+        assert (by_id.outcome, by_id.authorization_id) == (expected.outcome, expected.authorization_id)
+        if operation != "capture":  # by key: looked up, then operated on
+            by_key = await client.execute(GatewayCall(operation, "o-odd", 1000, "EUR", payment_token="tok_approve"))
+            assert (by_key.outcome, by_key.authorization_id) == (expected.outcome, expected.authorization_id)
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+async def test_a_redirect_is_not_followed(aiohttp_server, status):
+    """Found live: a 301 to another authorization's address was followed (aiohttp turns the POST into a GET of it)
+    and its record taken for this order's approval."""
+    fetched: list[str] = []
+
+    async def redirect(request: web.Request) -> web.Response:
+        return web.Response(status=status, headers={"Location": "/v1/authorizations/auth_1"})
+
+    async def record(request: web.Request) -> web.Response:
+        fetched.append(request.method)
+        return web.Response(text=answer("o-redirected"), content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/authorizations", redirect)
+    app.router.add_route("*", "/v1/authorizations/{authorization_id}", record)
+    server = await aiohttp_server(app)
+    client = GatewayClient(str(server.make_url("")), FAST)
+    try:
+        assert (await client.execute(authorize("o-redirected"))).outcome == Outcome.UNAVAILABLE
+        assert fetched == []
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("body", [b"[" * 200_000, b'{"a":' * 100_000], ids=["array", "object"])
+async def test_an_answer_nested_too_deep_to_parse_is_transient(aiohttp_server, body):
+    """Found live: a RecursionError got past the client, and its AuthorizePayment was dead-lettered with no void
+    by key ever sent for it."""
+    server = await aiohttp_server(odd_gateway((200, body.decode())))
+    client = GatewayClient(str(server.make_url("")), FAST)
+    try:
+        assert (await client.execute(authorize("o-odd"))).outcome == Outcome.UNAVAILABLE
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["with-length", "chunked"])
+async def test_an_answer_larger_than_an_answer_may_be_is_not_taken(aiohttp_server, chunked):
+    """Found live: a 4 GB answer streamed into a worker took its memory from 290 MB to 1.7 GB, and kept it. Here
+    an approval padded past the limit with white space: read whole, it would parse."""
+    body = b" " * (2 * MAX_ANSWER_BYTES) + answer("o-huge").encode()
+
+    async def huge(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        if chunked:
+            response.enable_chunked_encoding()
+        else:
+            response.content_length = len(body)
+        await response.prepare(request)
+        with contextlib.suppress(ConnectionError, RuntimeError):  # the client hung up, as it should
+            await response.write(body)
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/authorizations", huge)
+    server = await aiohttp_server(app)
+    client = GatewayClient(str(server.make_url("")), FAST)
+    try:
+        assert (await client.execute(authorize("o-huge"))).outcome == Outcome.UNAVAILABLE
     finally:
         await client.close()
