@@ -339,3 +339,26 @@ async def test_an_answer_larger_than_an_answer_may_be_is_not_taken(aiohttp_serve
         assert (await client.execute(authorize("o-huge"))).outcome == Outcome.UNAVAILABLE
     finally:
         await client.close()
+
+
+async def test_answers_wrong_for_some_orders_do_not_open_the_breaker_for_the_others(aiohttp_server):
+    """Found live: a gateway answering a few orders with other requests' records (or redirects, or bodies that do
+    not parse) opened the one authorizations breaker, and orders it answered rightly were declined unheard."""
+    async def authorizations(request: web.Request) -> web.Response:
+        key = (await request.json())["idempotency_key"]
+        said = {"o-other-answer": answer("o-someone-else"), "o-garbage": "{", "o-redirect": None}.get(key, answer(key))
+        if said is None:
+            return web.Response(status=301, headers={"Location": "/elsewhere"})
+        return web.Response(text=said, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/authorizations", authorizations)
+    server = await aiohttp_server(app)
+    client = GatewayClient(str(server.make_url("")), FAST)  # (the breaker opens after 3 failures)
+    try:
+        for key in ("o-other-answer", "o-garbage", "o-redirect"):
+            assert (await client.execute(authorize(key))).outcome == Outcome.UNAVAILABLE
+        assert client.breaker_state == "closed"
+        assert (await client.execute(authorize("o-good"))) == GatewayResult.approved("auth_1")
+    finally:
+        await client.close()
