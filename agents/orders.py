@@ -108,12 +108,16 @@ def register(runtime: Runtime) -> Any:
             return
         order_id = getattr(message, "order_id", None)
         stored = tables.orders.get(order_id) if order_id is not None else None
-        # First the warehouse's fact row of a payment, shipping or stock event, whatever the order makes of it.
-        await warehouse.send_event_rows(runtime, message, event, stored)
+        # First the warehouse's fact row of a payment, shipping or stock event, whatever the order makes of it
+        # (none for an unknown order: such an event is dead-lettered below, and changes nothing, the warehouse's
+        # rows of a forgotten order included).
+        if stored is not None:
+            await warehouse.send_event_rows(runtime, message, event, stored)
         if order_id is None:
             raise FlowError(f"{type(message).__name__} has no order_id")
         decision = orders.decide(stored, message, saga_timeout_ms=saga_timeout_ms,
-                                 recorded_at=record_time_ms(event))
+                                 recorded_at=record_time_ms(event), now_ms=runtime.now_ms(),
+                                 retention_ms=retention_ms)
         if refused(decision.rejected, message, REFUSALS) and decision.state is None:
             return  # (a refused cancel is noted in the order's history: stored below)
         # A message that changes nothing (a redelivery) stores the order again: a worker killed after writing

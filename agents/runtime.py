@@ -151,6 +151,11 @@ class Runtime:
         if self.sink is None:
             self.sink = FaustSink(self.app)
 
+    def now_ms(self) -> int:
+        """The wall clock in epoch milliseconds, as the flows read it (component tests, whose messages are of 1970,
+        stand it there)."""
+        return int(time.time() * 1000)
+
     def close_at_stop(self, close: Callable[[], Awaitable[None]]) -> None:
         """Have ``close`` run when the worker stops, after its agents have: for what a flow opens (an HTTP session).
 

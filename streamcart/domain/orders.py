@@ -73,6 +73,7 @@ from streamcart.domain.order_state import (
     ShipmentInfo,
 )
 from streamcart.domain.shipping import ShipmentStatus
+from streamcart.domain.warehouse import iso_utc
 
 __all__ = [
     "CANNOT_CANCEL_AFTER_DISPATCH",
@@ -97,17 +98,22 @@ CANNOT_CANCEL_AFTER_DISPATCH = "cannot cancel after dispatch"
 
 
 def decide(
-    state: OrderState | None, message: Message, *, saga_timeout_ms: int, recorded_at: int | None = None
+    state: OrderState | None, message: Message, *, saga_timeout_ms: int, recorded_at: int | None = None,
+    now_ms: int | None = None, retention_ms: int = 0,
 ) -> Decision[OrderState]:
     """Apply one message to an order (``state`` is ``None`` for an order not seen yet); ``recorded_at`` is when
-    ``message`` was written to Kafka, if known (the history's :attr:`HistoryEntry.recorded_at`).
+    ``message`` was written to Kafka, if known (the history's :attr:`HistoryEntry.recorded_at`); ``now_ms`` is the
+    time it is handled, and ``retention_ms`` how long a settled order is kept (0: for ever), which together say
+    whether a PlaceOrder may be about an order forgotten already (:func:`forgettable_placement`).
 
-    ``rejected`` is set for a message about an order that does not exist, a message type the orders flow does
-    not handle, and a CancelOrder after dispatch (:data:`CANNOT_CANCEL_AFTER_DISPATCH`); nothing is emitted then,
-    and the state is unchanged but for the refused cancel, noted in the history (:data:`CANCEL_REFUSED`; a
-    redelivery of it changes nothing).
+    ``rejected`` is set for a message about an order that does not exist, a PlaceOrder that may be about an order
+    forgotten already, a message type the orders flow does not handle, and a CancelOrder after dispatch
+    (:data:`CANNOT_CANCEL_AFTER_DISPATCH`); nothing is emitted then, and the state is unchanged but for the refused
+    cancel, noted in the history (:data:`CANCEL_REFUSED`; a redelivery of it changes nothing).
     """
     if isinstance(message, PlaceOrder):
+        if state is None and (why := forgettable_placement(message, now_ms, retention_ms)) is not None:
+            return Decision(state=None, rejected=why)
         return _place(state, message, saga_timeout_ms, recorded_at)
     order_id = getattr(message, "order_id", None)
     if not isinstance(message, _HANDLED) or order_id is None:
@@ -144,6 +150,22 @@ def cancel_refusal(status: str) -> str | None:
 
 
 # --- Placing ------------------------------------------------------------------------------------------------
+
+def forgettable_placement(cmd: PlaceOrder, now_ms: int | None, retention_ms: int) -> str | None:
+    """Why ``cmd``, for an order not stored, must not place it: its order may have been placed, settled and
+    forgotten already (``None``: it may place it).
+
+    An order is forgotten the retention after its last step at the earliest, so never sooner than the retention
+    after its placement (:func:`streamcart.domain.retention.forget_at`): a PlaceOrder handled earlier than that
+    cannot be about a forgotten order, and one handled later may be (a record produced again, offsets reset, a
+    dead letter replayed). Placed again, that order would take its stock and its money a second time and
+    rewrite its warehouse rows; it is refused instead (dead-lettered, saying so).
+    """
+    if retention_ms <= 0 or now_ms is None or now_ms < cmd.occurred_at + retention_ms:
+        return None
+    return (f"PlaceOrder {cmd.order_id} of {iso_utc(cmd.occurred_at)} is older than the order retention "
+            f"({retention_ms / 1000:g} s): its order may have been settled and forgotten, and would be placed again")
+
 
 def _place(
     state: OrderState | None, cmd: PlaceOrder, saga_timeout_ms: int, recorded_at: int | None

@@ -21,7 +21,8 @@ asks inventory to forget the order's reservations (:func:`reservation_forgets`; 
 already, since a crash may have kept them from leaving), deletes the index entries and, last, the order. A crash
 before the DropOrder is out delivers the ForgetOrder again, which finds the order and does it all again.
 
-A forgotten order is unknown again: the API answers 404 for it, and a message about it is dead-lettered. Keep
+A forgotten order is unknown again: the API answers 404 for it, and a message about it is dead-lettered, its own
+PlaceOrder too once older than the retention (:func:`streamcart.domain.orders.forgettable_placement`). Keep
 the retention well beyond anything that can still arrive for an order: its Idempotency-Key's life (the settings
 insist on that), a consumer's backlog, the analytics windows' lateness, a dead-lettered message's replay.
 """

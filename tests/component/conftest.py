@@ -3,6 +3,7 @@ as a worker serves it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from agents.runtime import Runtime
 from api.errors import JsonErrorsRunner
 from schemas.codec import Codec
 from schemas.messages import Message
@@ -39,6 +41,20 @@ class RecordingSink:
 
     def records(self, topic: str) -> list[Sent]:
         return [s for s in self.sent if s.topic == topic]
+
+
+#: The wall clock as the flows read it here: a minute after the epoch, where these tests' messages are dated.
+CLOCK_MS = 60_000
+
+
+@pytest.fixture(autouse=True)
+def clock(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
+    """Stands the flows' clock (:meth:`Runtime.now_ms`) at :data:`CLOCK_MS`; call the fixture to move it."""
+    def stand(ms: int) -> None:
+        monkeypatch.setattr(Runtime, "now_ms", lambda self: ms)
+
+    stand(CLOCK_MS)
+    return stand
 
 
 @pytest.fixture

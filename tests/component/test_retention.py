@@ -262,3 +262,39 @@ async def test_an_order_touched_between_the_two_steps_stays_listed_until_it_is_f
 
 def listed_for_c1(runtime) -> list:
     return runtime.tables.customer_orders.page("c-1", [0], after=None, limit=5, partition_of=lambda o: 0, load=str)
+
+
+async def test_messages_about_a_forgotten_order_bring_nothing_back(runtime, codec, sink, clock):
+    """Found live: a forgotten order's PlaceOrder produced again placed it again (its stock taken, its payment asked
+    for, its warehouse rows rewritten); an event about it produced again rewrote its fact row's time."""
+    await cancelled_and_counted(runtime, codec, sink)
+    order = runtime.tables.orders.get("o-1")
+    at = retention.forget_at(order, DAY_S * 1000)
+    clock(at)  # its time has come: it is forgotten
+    async with runtime.agents["orders"].test_context() as agent:
+        await agent.put(codec.encode(retention.forget_command("o-1", at)), key=b"o-1")
+    drop = next(m for m in sink.messages(runtime.topics.order_commands) if isinstance(m, DropOrder))
+    async with runtime.agents["orders"].test_context() as agent:
+        await agent.put(codec.encode(drop), key=b"o-1")
+    assert runtime.tables.orders.get("o-1") is None
+    sent_before = len(sink.sent)
+
+    async with runtime.agents["orders"].test_context() as agent:
+        await agent.put(codec.encode(place()), key=b"o-1")
+        await agent.put(codec.encode(rejected()), key=b"o-1")
+
+    assert runtime.tables.orders.get("o-1") is None
+    letters = sink.sent[sent_before:]
+    assert [s.topic for s in letters] == [runtime.topics.dlq] * 2  # dead-lettered, and nothing else sent
+    reasons = [s.headers["dlq.error.message"].decode() for s in letters]
+    assert "older than the order retention" in reasons[0] and reasons[1] == "unknown order o-1"
+
+
+async def test_a_placement_handled_within_the_retention_of_its_time_is_placed(runtime, codec, sink, clock):
+    command = place("o-9")
+    clock(command.occurred_at + DAY_S * 1000 - 1)  # (a day's backlog, just under the retention)
+    async with runtime.agents["orders"].test_context() as agent:
+        await agent.put(codec.encode(command), key=b"o-9")
+    stored = runtime.tables.orders.get("o-9")
+    assert stored is not None and stored.placed_event_id == command.event_id
+    assert not sink.records(runtime.topics.dlq)

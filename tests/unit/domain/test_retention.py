@@ -272,3 +272,27 @@ def test_the_payments_record_must_be_settled_too():
         cause=cause, outcome=payments.Outcome.APPROVED, authorization_id="a-1"),
         captured=payments.Settlement(cause=cause, authorization_id="a-1"))
     assert not retention.quiet(order, captured)
+
+
+def test_a_placement_older_than_the_retention_may_be_about_a_forgotten_order_and_places_nothing():
+    """Found live: a delivered order's PlaceOrder produced again after the order was forgotten placed it again:
+    its stock sold twice, its money authorized again, its warehouse rows rewritten from DELIVERED to CONFIRMED."""
+    order = delivered()
+    kept = DAY_MS
+    forgotten_at = retention.forget_at(order, kept)
+    assert forgotten_at is not None and forgotten_at >= order.placed_at + kept  # never sooner than this
+    command = place()
+
+    for now in (order.placed_at + kept, forgotten_at, forgotten_at + DAY_MS):
+        decision = orders.decide(None, command, saga_timeout_ms=TIMEOUT_MS, now_ms=now, retention_ms=kept)
+        assert decision.state is None and decision.messages == ()
+        assert decision.rejected is not None and "older than the order retention" in decision.rejected
+
+    # Handled sooner, it cannot be about a forgotten order: it places it.
+    fresh = orders.decide(None, command, saga_timeout_ms=TIMEOUT_MS, now_ms=order.placed_at + kept - 1,
+                          retention_ms=kept)
+    assert fresh.rejected is None and fresh.state is not None and fresh.state.status == OrderStatus.PENDING
+    # Orders kept for ever are never forgotten; and an order still stored answers a redelivery as it always did.
+    assert orders.decide(None, command, saga_timeout_ms=TIMEOUT_MS, now_ms=10 * DAY_MS, retention_ms=0).state
+    again = orders.decide(order, command, saga_timeout_ms=TIMEOUT_MS, now_ms=10 * DAY_MS, retention_ms=kept)
+    assert again.rejected is None and again.state is None and again.messages == effects_of(order, "place-1")
