@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AnyHttpUrl, BaseModel, BeforeValidator, ConfigDict, Field
 
-from schemas.messages import MAX_LINE_QUANTITY, MAX_ORDER_LINES, MAX_UNIT_PRICE_CENTS
+from schemas.messages import MAX_LINE_QUANTITY, MAX_ORDER_LINES, MAX_UNIT_PRICE_CENTS, each_sku_within_limit
 from streamcart.ids import IDENTIFIER_PATTERN
 from streamcart.text import CONTROL, CONTROL_CHARS, CURRENCY_PATTERN, printable
 
@@ -97,7 +97,9 @@ class PaymentIn(_Body):
 class PlaceOrderIn(_Body):
     """A new order. Prices come from the catalog at reservation time, never from the client."""
 
-    lines: list[LineIn] = Field(min_length=1, max_length=MAX_ORDER_LINES)
+    lines: Annotated[list[LineIn], AfterValidator(each_sku_within_limit)] = Field(
+        min_length=1, max_length=MAX_ORDER_LINES,
+        description=f"a SKU on several lines is one line of their sum, at most {MAX_LINE_QUANTITY} units")
     payment: PaymentIn
     currency: Currency
     webhook_url: HttpUrl | None = Field(default=None, description="where the order's notifications are POSTed")

@@ -12,7 +12,8 @@ milliseconds (event time).
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar
+from collections.abc import Sequence
+from typing import Annotated, Any, ClassVar, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -64,6 +65,23 @@ class OrderLine(Record):
 
     sku: Id
     quantity: int = Field(gt=0, le=MAX_LINE_QUANTITY)
+
+
+#: Lines of an order, as a message or a request body has them (each with a ``sku`` and a ``quantity``).
+L = TypeVar("L", bound=Sequence[Any])
+
+
+def each_sku_within_limit(lines: L) -> L:
+    """``lines``, where no SKU is asked for more than :data:`MAX_LINE_QUANTITY` units over all its lines: an order
+    keeps one line per SKU, their sum (a reservation is one per order and SKU), which is held to that limit too."""
+    totals: dict[str, int] = {}
+    for line in lines:
+        totals[line.sku] = totals.get(line.sku, 0) + line.quantity
+    for sku, units in totals.items():
+        if units > MAX_LINE_QUANTITY:
+            raise ValueError(f"{units} units of {sku} over its lines, more than the {MAX_LINE_QUANTITY} an order "
+                             "may ask of one SKU")
+    return lines
 
 
 class PricedLine(Record):
@@ -134,7 +152,8 @@ class PlaceOrder(OrderCommand):
 
     order_id: Id
     customer_id: Plain
-    lines: tuple[OrderLine, ...] = Field(min_length=1, max_length=MAX_ORDER_LINES)
+    lines: Annotated[tuple[OrderLine, ...], AfterValidator(each_sku_within_limit)] = Field(
+        min_length=1, max_length=MAX_ORDER_LINES)
     currency: Currency
     payment_token: Plain
     webhook_url: Plain | None = None

@@ -313,6 +313,19 @@ async def test_validation_errors_say_which_field_is_wrong(client):
     assert [d["loc"] for d in details] == [["lines", 0, "quantity"]]
 
 
+async def test_a_sku_asked_for_over_its_limit_across_lines_is_a_422_and_sends_nothing(client, commands):
+    """Found live: each line within its 1,000 units but a SKU's lines adding up to more was answered 202, then the
+    order could not be placed (the order keeps one line per SKU, their sum) and was dead-lettered: accepted, lost."""
+    lines = [{"sku": "A", "quantity": 600}, {"sku": "B", "quantity": 1}, {"sku": "A", "quantity": 401}]
+    response = await client.post("/v1/orders", json={**ORDER, "lines": lines}, headers=CUSTOMER)
+    assert response.status == 422
+    (detail,) = (await response.json())["error"]["details"]
+    assert detail["loc"] == ["lines"] and "1001 units of A over its lines" in detail["msg"]
+    assert commands.sent == []
+    lines[2]["quantity"] = 400  # 1,000 of A in all: fine
+    assert (await client.post("/v1/orders", json={**ORDER, "lines": lines}, headers=CUSTOMER)).status == 202
+
+
 async def test_when_the_broker_does_not_acknowledge_the_answer_is_503_with_retry_after(client, commands):
     commands.broker_down = True
     response = await client.post("/v1/orders", json=ORDER, headers=CUSTOMER)

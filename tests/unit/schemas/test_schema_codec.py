@@ -213,12 +213,14 @@ def test_a_record_that_breaks_the_python_types_rules_raises_invalid_message(code
     [
         (PlaceOrder, "lines", [{"sku": "sku-1", "quantity": MAX_LINE_QUANTITY + 1}]),
         (PlaceOrder, "lines", [{"sku": f"sku-{n}", "quantity": 1} for n in range(MAX_ORDER_LINES + 1)]),
+        (PlaceOrder, "lines", [{"sku": "sku-1", "quantity": 600}, {"sku": "sku-2", "quantity": 1},
+                               {"sku": "sku-1", "quantity": 401}]),
         (UpsertProduct, "unit_price_cents", 2**62),
         (AdjustStock, "delta", 2**63 - 1),
         (AdjustStock, "delta", -(2**63)),
         (ReserveStock, "quantity", MAX_LINE_QUANTITY + 1),
     ],
-    ids=["line-quantity", "lines", "price", "delta-up", "delta-down", "reserved-quantity"],
+    ids=["line-quantity", "lines", "one-sku-over-its-lines", "price", "delta-up", "delta-down", "reserved-quantity"],
 )
 def test_a_command_asking_more_than_any_order_or_stock_may_hold_raises_invalid_message(
     codec: Codec, make: Make, message_type: type[Message], field: str, value: object
