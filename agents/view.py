@@ -36,6 +36,11 @@ class FaustWorkerView:
     def rebalancing(self) -> bool:
         return bool(self._app.rebalancing)
 
+    def stopping(self) -> bool:
+        # Set as the app's stop begins, before its children stop: its tables close (RocksDB's stores emptied) and
+        # its producer stops while the API, stopped last, still answers what is in flight.
+        return bool(self._app.should_stop)
+
     def assigned(self) -> list[int]:
         """Partitions of the order command topic this worker owns (the saga's unit of ownership)."""
         topic = self.runtime.topics.order_commands

@@ -317,6 +317,7 @@ def owner_elsewhere(request: web.Request, table: str, key: str) -> str | None:
     answer from the table then (a 404 for an order that exists, a stock of 0) would pass for a final one.
     """
     worker = request.app[WORKER]
+    _unless_stopping(worker)  # (its producer, which finds a key's partition, may be stopped already)
     owner = worker.owner_url(table, key)
     if owner is None:
         raise Unavailable("partitions are being reassigned; retry shortly", headers={"Retry-After": "1"})
@@ -327,9 +328,17 @@ def owner_elsewhere(request: web.Request, table: str, key: str) -> str | None:
     return None
 
 
+def _unless_stopping(worker: WorkerView) -> None:
+    """503 (``Retry-After``) once ``worker`` has begun to stop: its tables and producer stop before its API does."""
+    if worker.stopping():
+        raise Unavailable("this worker is stopping; retry shortly (another worker takes its partitions over)",
+                          headers={"Retry-After": "1"})
+
+
 def _unless_restoring(worker: WorkerView, what: str = "") -> None:
-    """503 (``Retry-After``) while ``worker`` is in a rebalance or still reading its tables back: what its tables
-    say then would pass for a final answer."""
+    """503 (``Retry-After``) while ``worker`` is in a rebalance or still reading its tables back, or stopping (its
+    tables closed): what its tables say then would pass for a final answer."""
+    _unless_stopping(worker)
     if worker.rebalancing() or not worker.recovered():
         retry = f"retry its {what} shortly" if what else "retry shortly"
         raise Unavailable(f"this worker is restoring its tables after a rebalance; {retry}",
@@ -852,26 +861,33 @@ async def _gather(
     others = [settings.worker_url(i) for i in range(settings.workers) if i != worker.index]
     headers = _to_peer(request, request_target(request))  # each peer is asked the very same request
 
+    silent: list[str] = []  # what each worker that gave no part said
+
     async def ask(url: str) -> tuple[list[int], list[dict[str, Any]]]:
+        """A peer's part and the partitions it covers; none when it gives none (stopped, down, restoring): whether
+        the others cover its partitions then is what decides, not that it did not answer (a worker that is down
+        for good has its partitions taken over by the others, and its lists must not be 503 meanwhile)."""
         try:
             timeout = ClientTimeout(total=STORED_WAIT_S + 5, sock_connect=1)  # its part waits for its writes too
             async with request.app[HTTP].get(url + request.rel_url.path_qs, headers=headers,
                                              timeout=timeout) as response:
                 if response.status != 200:
-                    raise Unavailable(f"a worker answered {response.status} for its {what}",
-                                      headers={"Retry-After": "1"})
+                    silent.append(f"HTTP {response.status}")
+                    return [], []
                 body = await response.json()
                 partitions = [int(p) for p in response.headers.get(PARTITIONS_HEADER, "").split(",") if p]
                 return partitions, list(body["items"])
-        except (ClientError, TimeoutError, ValueError) as exc:
-            raise Unavailable(f"a worker did not answer for its {what}", headers={"Retry-After": "1"}) from exc
+        except (ClientError, TimeoutError, ValueError, KeyError, TypeError) as exc:
+            silent.append(type(exc).__name__)
+            return [], []
 
     for partitions, part in await asyncio.gather(*(ask(url) for url in others)):
         covered.update(partitions)
         items.extend(part)
     if sorted(covered.elements()) != list(range(settings.partitions)):
-        raise Unavailable(f"partitions are being reassigned: not every partition's {what} could be read; retry "
-                          "shortly", headers={"Retry-After": "1"})
+        unanswered = f" ({len(silent)} worker(s) gave no part: {', '.join(silent)})" if silent else ""
+        raise Unavailable(f"partitions are being reassigned: not every partition's {what} could be read"
+                          f"{unanswered}; retry shortly", headers={"Retry-After": "1"})
     return sorted(items, key=sort)[:limit]
 
 

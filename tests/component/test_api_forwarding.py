@@ -198,6 +198,20 @@ async def test_a_list_is_a_503_unless_every_partition_was_answered_for_once(clie
     assert (await client.get("/v1/products", headers=CUSTOMER)).status == 200
 
 
+async def test_a_list_is_whole_while_a_worker_that_is_down_has_its_partitions_taken_over(client, peer):
+    """Found live: with one worker down, the other took every partition over, yet every customer's order list and
+    the catalog were a 503 until the worker came back, because it did not answer for its part."""
+    client.server.app[WORKER].partitions = FIRST_HALF + SECOND_HALF  # it owns them all now ...
+    await peer.close()  # ... and the other one is gone
+    response = await client.get("/v1/products", headers=CUSTOMER)
+    assert response.status == 200, await response.text()
+    assert [p["sku"] for p in (await response.json())["items"]] == ["A"]
+    client.server.app[WORKER].partitions = FIRST_HALF  # its partitions unowned: no page that skips them
+    response = await client.get("/v1/products", headers=CUSTOMER)
+    assert response.status == 503
+    assert "1 worker(s) gave no part" in (await response.json())["error"]["message"]
+
+
 async def test_a_workers_part_of_a_list_says_which_partitions_it_answered_for(aiohttp_client, peer):
     owner = await aiohttp_client(peer)
     part = await owner.get("/v1/products", headers=genuine())

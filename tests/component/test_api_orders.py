@@ -45,6 +45,7 @@ class FakeWorker:
     orders: dict[str, OrderState] = field(default_factory=dict)
     owner: str | None = SETTINGS.worker_url(0)
     is_ready: bool = True
+    is_stopping: bool = False
     #: The partitions it owns (every one: a worker alone; split them between workers of a cluster)
     partitions: list[int] = field(default_factory=lambda: list(range(SETTINGS.partitions)))
     stocks: dict[str, StockState] = field(default_factory=dict)
@@ -63,6 +64,9 @@ class FakeWorker:
 
     def rebalancing(self) -> bool:
         return not self.is_ready
+
+    def stopping(self) -> bool:
+        return self.is_stopping
 
     def assigned(self) -> list[int]:
         return self.partitions if self.is_ready else []
@@ -271,6 +275,29 @@ async def test_the_owner_still_restoring_its_tables_answers_503_not_what_an_empt
     assert response.headers["Retry-After"] == "1"
     worker.is_ready = True
     assert (await client.request("GET", "/v1/orders/o-1", headers=bearer("ops", "admin"))).status == 200
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [
+    ("GET", "/v1/orders/o-1", None),
+    ("GET", "/v1/orders/o-1?wait=1", None),
+    ("GET", "/v1/stock/A", None),
+    ("POST", "/v1/orders/o-1/cancel", {"reason": "customer_request"}),
+    ("POST", "/v1/stock/A/adjustments", {"delta": 1, "reason": "delivery"}),
+    ("GET", "/v1/customers/c-1/orders", None),
+    ("GET", "/v1/products", None),
+    ("GET", "/v1/internal/analytics/revenue?from=0&to=60000", None),
+])
+async def test_a_worker_that_has_begun_to_stop_answers_503_not_what_its_closed_tables_say(client, worker, method,
+                                                                                          path, body):
+    """Found live: between a worker's SIGTERM and its API's stop, its tables are closed (RocksDB's stores emptied)
+    while the API answers: orders that exist were a 404, a stock adjustment's answer showed a stock of its own
+    delta, a second body under an Idempotency-Key was a 202; and a long-poll woken then met the stopped producer
+    and was a 500."""
+    worker.is_stopping = True
+    response = await client.request(method, path, json=body, headers=bearer("ops", "admin"))
+    assert response.status == 503, await response.text()
+    assert response.headers["Retry-After"] == "1"
+    assert "stopping" in (await response.json())["error"]["message"] or "analytics" in path
 
 
 async def test_a_long_polls_wait_is_no_request_latency_but_a_plain_read_is(client):
