@@ -152,8 +152,8 @@ class Runtime:
             self.sink = FaustSink(self.app)
 
     def now_ms(self) -> int:
-        """The wall clock in epoch milliseconds, as the flows read it (component tests, whose messages are of 1970,
-        stand it there)."""
+        """The wall clock in epoch milliseconds: the flows read it here, so that a test can stand it where its
+        messages are dated."""
         return int(time.time() * 1000)
 
     def close_at_stop(self, close: Callable[[], Awaitable[None]]) -> None:

@@ -47,7 +47,7 @@ class FaustWorkerView:
         return sorted(tp.partition for tp in self._app.assignor.assigned_actives() if tp.topic == topic)
 
     def ready(self) -> bool:
-        return self.recovered() and not self.rebalancing() and bool(self.assigned())
+        return self.recovered() and not self.rebalancing() and not self.stopping() and bool(self.assigned())
 
     def order(self, order_id: str) -> OrderState | None:
         return self.runtime.tables.orders.get(order_id)

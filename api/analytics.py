@@ -172,10 +172,11 @@ async def local_windows(request: web.Request) -> web.Response:
         raise BadQuery(f"unknown metric {metric!r}", details={"metrics": sorted(analytics.FOLDS)})
     start, end = time_range(core.parsed_query(request, WindowRangeQuery))
     worker = request.app[core.WORKER]
-    if worker.stopping() or worker.rebalancing() or not worker.recovered():
-        # Its tables are closed once it stops. Its partitions are assigned before their table is read back from
-        # the changelog: an answer now could be an older state (smaller counts, a window reported final going
-        # back). No answer makes the gathered read incomplete: a 503, never a silently smaller total.
+    core.unless_stopping(worker)
+    if worker.rebalancing() or not worker.recovered():
+        # Its partitions are assigned before their table is read back from the changelog: an answer now could be an
+        # older state (smaller counts, a window reported final going back). No answer makes the gathered read
+        # incomplete: a 503, never a silently smaller total.
         raise Unavailable("this worker's analytics are being restored after a rebalance; retry shortly",
                           headers={"Retry-After": "1"})
     source = cast(AnalyticsSource, worker)

@@ -317,7 +317,7 @@ def owner_elsewhere(request: web.Request, table: str, key: str) -> str | None:
     answer from the table then (a 404 for an order that exists, a stock of 0) would pass for a final one.
     """
     worker = request.app[WORKER]
-    _unless_stopping(worker)  # (its producer, which finds a key's partition, may be stopped already)
+    unless_stopping(worker)  # (its producer, which finds a key's partition, may be stopped already)
     owner = worker.owner_url(table, key)
     if owner is None:
         raise Unavailable("partitions are being reassigned; retry shortly", headers={"Retry-After": "1"})
@@ -328,7 +328,7 @@ def owner_elsewhere(request: web.Request, table: str, key: str) -> str | None:
     return None
 
 
-def _unless_stopping(worker: WorkerView) -> None:
+def unless_stopping(worker: WorkerView) -> None:
     """503 (``Retry-After``) once ``worker`` has begun to stop: its tables and producer stop before its API does."""
     if worker.stopping():
         raise Unavailable("this worker is stopping; retry shortly (another worker takes its partitions over)",
@@ -338,7 +338,7 @@ def _unless_stopping(worker: WorkerView) -> None:
 def _unless_restoring(worker: WorkerView, what: str = "") -> None:
     """503 (``Retry-After``) while ``worker`` is in a rebalance or still reading its tables back, or stopping (its
     tables closed): what its tables say then would pass for a final answer."""
-    _unless_stopping(worker)
+    unless_stopping(worker)
     if worker.rebalancing() or not worker.recovered():
         retry = f"retry its {what} shortly" if what else "retry shortly"
         raise Unavailable(f"this worker is restoring its tables after a rebalance; {retry}",
@@ -666,6 +666,7 @@ async def place_order(request: web.Request) -> web.Response:
         if previous is not None and now * 1000 - previous.placed_at < ttl * 1000:
             previous_event = derive_id("place", principal.subject, key, period - 1, _digest(body))
             return _same_or_conflict(previous_id, previous.placed_event_id, previous_event, previous.status)
+        unless_stopping(request.app[WORKER])  # (its tables may have closed while this waited)
         known = request.app[WORKER].order(order_id)
         if known is not None:
             await stored(request.app[WORKER], f"order {order_id}")
@@ -976,6 +977,7 @@ async def adjust_stock(request: web.Request) -> web.Response:
     adjusting = request.app[ADJUSTING]
     async with adjusting.holding(event_id):
         worker = request.app[WORKER]
+        unless_stopping(worker)  # (its tables may have closed while this waited for the key)
         stock = worker.stock(sku)
         if stock is not None and (applied := worker.applied_adjustment(sku, event_id)) is not None:
             await stored(worker, f"the stock of {sku}")
@@ -1045,6 +1047,7 @@ async def _adjust(request: web.Request, sku: str, body: AdjustmentIn, event_id: 
     the stock does not count yet."""
     worker, pending = request.app[WORKER], request.app[PENDING]
     async with pending.locks.holding(sku):  # the check and the send, one adjustment of the SKU at a time
+        unless_stopping(worker)  # (its tables may have closed while this waited for the SKU)
         now = time.time()
         stock = worker.stock(sku)
         on_hand, reserved = (stock.on_hand, stock.reserved) if stock is not None else (0, 0)

@@ -68,10 +68,10 @@ class OrderLine(Record):
 
 
 #: Lines of an order, as a message or a request body has them (each with a ``sku`` and a ``quantity``).
-L = TypeVar("L", bound=Sequence[Any])
+Lines = TypeVar("Lines", bound=Sequence[Any])
 
 
-def each_sku_within_limit(lines: L) -> L:
+def each_sku_within_limit(lines: Lines) -> Lines:
     """``lines``, where no SKU is asked for more than :data:`MAX_LINE_QUANTITY` units over all its lines: an order
     keeps one line per SKU, their sum (a reservation is one per order and SKU), which is held to that limit too."""
     totals: dict[str, int] = {}

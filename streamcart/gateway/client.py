@@ -3,8 +3,7 @@
 - The order id is the idempotency key, so a retry (or a redelivered command) never authorizes twice.
 - Transient failures (connection errors, timeouts, 5xx, 429) are retried with exponential backoff and jitter
   (tenacity), each attempt under its own timeout; a 4xx answer is final.
-- A circuit breaker (purgatory) stops calling a gateway that keeps failing (no answer: no connection, a timeout, a
-  5xx or 429) and fails fast until it recovers; one
+- A circuit breaker (purgatory) stops calling a gateway that keeps failing and fails fast until it recovers; one
   for authorizations and one for captures, voids and refunds, so one settlement the gateway always fails (tried
   again and again for minutes) cannot keep the breaker open for every new order's authorization.
 - An answer is taken for what it says only when it says it: a 2xx without the status and authorization id the
@@ -14,9 +13,9 @@
   its amount and currency, where it gives them), an operation's answer the authorization operated on. Another
   request's record (a misrouted answer, a proxy's cache) is no answer: transient. A redirect is not followed (it
   would turn the POST into a GET of whatever it names): a 3xx is transient too, like an answer too large to be
-  one (over :data:`MAX_ANSWER_BYTES`) or one that does not parse (nested too deep included). Such answers
-  (:class:`UnusableAnswer`) are no failure for the breaker: the gateway answered, and answers wrong for a few
-  orders must not stop every other order's calls.
+  one (over :data:`MAX_ANSWER_BYTES`) or one that does not parse (nested too deep included). Another request's
+  record (:class:`AnotherRequestsAnswer`) is no failure for the breaker: the gateway answered, and answers mixed up
+  for a few orders must not stop every other order's calls.
 - What the gateway says is recorded only in a shape every reader takes: an authorization id is a short token of
   letters, digits and ``._:~-`` (it goes into the gateway's URLs and, as it is, into events and the warehouse,
   whose PostgreSQL refuses a NUL and stops the sink on such a row), anything else is no answer (transient); a
@@ -61,11 +60,11 @@ class TransientGatewayError(StreamcartError):
     """The gateway did not answer usefully this time; the same call may succeed later."""
 
 
-class UnusableAnswer(TransientGatewayError):
-    """The gateway answered, but not with an answer to this call (another request's, a redirect, one too large or
-    that does not parse, one without what the operation returns): tried again, yet no failure of the gateway's
-    for its breaker, which stops calls to a gateway that does not answer. Answers wrong for a few orders must
-    not stop every other order's authorization."""
+class AnotherRequestsAnswer(TransientGatewayError):
+    """The gateway answered with another request's record (another idempotency key, amount, currency or
+    authorization): tried again, yet no failure for the breaker, which stops calls to a gateway that fails as a
+    whole. Answers mixed up for a few orders must not stop every other order's authorization. (purgatory counts it
+    as a call that went well: the gateway answered.)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +101,7 @@ class GatewayClient:
         self._breakers = AsyncCircuitBreakerFactory(
             default_threshold=self.policy.breaker_threshold,
             default_ttl=self.policy.breaker_reset_s,
-            exclude=[UnusableAnswer],
+            exclude=[AnotherRequestsAnswer],
         )
         self.breaker_state = "closed"
         self._states: dict[str, str] = {}  # breaker name -> its state
@@ -146,7 +145,7 @@ class GatewayClient:
         raise AssertionError("unreachable: tenacity either returns or re-raises")
 
     async def _guarded(self, call: GatewayCall) -> GatewayResult:
-        # Only a TransientGatewayError escaping this block counts as a failure (an UnusableAnswer does not, nor
+        # Only a TransientGatewayError escaping this block counts as a failure (AnotherRequestsAnswer does not, nor
         # does a decline: both are answers).
         breaker = BREAKER if call.operation == "authorize" else SETTLEMENTS_BREAKER
         async with await self._breakers.get_breaker(breaker):
@@ -197,7 +196,7 @@ class GatewayClient:
                         raise TransientGatewayError(f"HTTP {status}")
                     if 300 <= status < 400:
                         location = response.headers.get("Location", "")
-                        raise UnusableAnswer(f"HTTP {status}: redirected to {location[:200]!r}, not followed")
+                        raise TransientGatewayError(f"HTTP {status}: redirected to {location[:200]!r}, not followed")
                     raw = await _read_at_most(response, MAX_ANSWER_BYTES)
         except TransientGatewayError:
             raise
@@ -211,7 +210,7 @@ class GatewayClient:
         try:
             payload = json.loads(raw.decode("utf-8")) if raw.strip() else {}
         except Exception as exc:  # not UTF-8 or JSON (ValueError), or nested too deep to parse (RecursionError)
-            raise UnusableAnswer(f"an answer that does not parse: {type(exc).__name__}: {exc}"[:300]) from exc
+            raise TransientGatewayError(f"an answer that does not parse: {type(exc).__name__}: {exc}"[:300]) from exc
         return status, payload if isinstance(payload, dict) else {}
 
 
@@ -223,12 +222,12 @@ MAX_ANSWER_BYTES = 64 * 1024
 async def _read_at_most(response: ClientResponse, limit: int) -> bytes:
     """The body of ``response``; :class:`TransientGatewayError` once it proves longer than ``limit`` bytes."""
     if response.content_length is not None and response.content_length > limit:
-        raise UnusableAnswer(f"an answer of {response.content_length} bytes, over the {limit} an answer may be")
+        raise TransientGatewayError(f"an answer of {response.content_length} bytes, over the {limit} an answer may be")
     body = bytearray()
     async for chunk in response.content.iter_any():
         body += chunk
         if len(body) > limit:
-            raise UnusableAnswer(f"an answer of over {limit} bytes, more than an answer may be")
+            raise TransientGatewayError(f"an answer of over {limit} bytes, more than an answer may be")
     return bytes(body)
 
 
@@ -245,14 +244,14 @@ def _answers(call: GatewayCall, body: dict[str, Any], authorization_id: str | No
     """Check that ``body`` (a 2xx answer) is about ``call``: the authorization of its idempotency key, amount and
     currency, and the one operated on (``authorization_id``, for an operation); else it is no answer to act on."""
     if body.get("idempotency_key") != call.idempotency_key:
-        raise UnusableAnswer(f"an answer for another request: idempotency key "
+        raise AnotherRequestsAnswer(f"an answer for another request: idempotency key "
                                     f"{str(body.get('idempotency_key'))[:200]!r}, not {call.idempotency_key!r}")
     for field, value in (("amount_cents", call.amount_cents), ("currency", call.currency)):
         if field in body and body[field] != value:
-            raise UnusableAnswer(f"an answer for another request: {field} {str(body[field])[:50]!r}, "
+            raise AnotherRequestsAnswer(f"an answer for another request: {field} {str(body[field])[:50]!r}, "
                                         f"not {value!r}")
     if authorization_id is not None and body.get("authorization_id") != authorization_id:
-        raise UnusableAnswer(f"an answer about another authorization: "
+        raise AnotherRequestsAnswer(f"an answer about another authorization: "
                                     f"{str(body.get('authorization_id'))[:200]!r}, not {authorization_id!r}")
 
 
@@ -286,7 +285,7 @@ def _status(body: dict[str, Any], *expected: str) -> str:
     answer to act on: transient, tried again."""
     status = body.get("status")
     if status not in expected:
-        raise UnusableAnswer(f"unexpected answer: status {status!r}, expected one of {', '.join(expected)}")
+        raise TransientGatewayError(f"unexpected answer: status {status!r}, expected one of {', '.join(expected)}")
     return str(status)
 
 
@@ -298,7 +297,7 @@ _CODE_LENGTH = 100
 def _authorization_id(body: dict[str, Any]) -> str:
     authorization_id = body.get("authorization_id")
     if not isinstance(authorization_id, str) or _AUTHORIZATION_ID.fullmatch(authorization_id) is None:
-        raise UnusableAnswer(f"unexpected answer: no authorization_id ({str(authorization_id)[:200]!r})")
+        raise TransientGatewayError(f"unexpected answer: no authorization_id ({str(authorization_id)[:200]!r})")
     return authorization_id
 
 

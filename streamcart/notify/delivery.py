@@ -213,6 +213,8 @@ class WebhookProvider:
         except DeliveryFailed as exc:
             # Counted from what is recorded now: other deliveries to the endpoint may have failed meanwhile.
             failing = host if isinstance(exc, Unanswered) else url
+            if failing == url:
+                self._failures.pop(host, None)  # the host answered
             self._failures[failing] = (self._failures.get(failing, (0, 0.0, ""))[0] + 1, time.monotonic(),
                                        str(exc)[:200])
             if len(self._failures) > 10_000:  # endpoints that failed once, long ago
