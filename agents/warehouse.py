@@ -29,20 +29,18 @@ async def send_order_rows(runtime: Runtime, before: OrderState | None, after: Or
     await runtime.send_rows(warehouse.order_changes(before, after), cause=cause)
 
 
-async def send_event_rows(runtime: Runtime, message: Message, event: Any, order: OrderState | None = None) -> None:
-    """Send the fact row of a payment, shipping or stock event (nothing for other messages), stamped with the time
-    its record was written to Kafka: the first time, as ``order``'s history keeps it, when the order applied the
-    event and it comes again as another record (a flow re-sending it after a crash, a dead letter replayed), else
-    this record's."""
+async def send_event_rows(runtime: Runtime, message: Message, event: Any, order: OrderState) -> None:
+    """Send the fact row of a payment, shipping or stock event about ``order`` (nothing for other messages), stamped
+    with the time its record was written to Kafka: the first time, as ``order``'s history keeps it, when the order
+    applied the event and it comes again as another record (a flow re-sending it after a crash, a dead letter
+    replayed), else this record's."""
     rows = warehouse.event_rows(message, first_recorded(order, message) or record_time_ms(event))
     if rows:
         await runtime.send_rows(rows, cause=event)
 
 
-def first_recorded(order: OrderState | None, message: Message) -> int | None:
+def first_recorded(order: OrderState, message: Message) -> int | None:
     """When ``order``'s history says the event ``message`` was recorded (``None``: not in it, or not kept)."""
-    if order is None:
-        return None
     event_id = message.event_id
     return next((entry.recorded_at for entry in order.history if entry.event_id == event_id), None)
 

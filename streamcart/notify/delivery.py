@@ -240,13 +240,11 @@ class WebhookProvider:
                     ) as r:
                         if not 200 <= r.status < 300:  # (a 1xx is no delivery either)
                             raise DeliveryFailed(f"webhook answered HTTP {r.status}")
-        except ClientConnectorError as exc:
-            if isinstance(exc.os_error, NonPublicAddress):
-                raise DeliveryRefused(str(exc.os_error)) from exc
-            raise Unanswered(f"webhook unreachable: {type(exc).__name__}: {exc}") from exc
         except TimeoutError as exc:
             raise Unanswered(f"webhook unreachable: no answer within {self.timeout_s:g} s") from exc
         except (ClientError, ValueError) as exc:
+            if isinstance(exc, ClientConnectorError) and isinstance(exc.os_error, NonPublicAddress):
+                raise DeliveryRefused(str(exc.os_error)) from exc
             raise Unanswered(f"webhook unreachable: {type(exc).__name__}: {exc}") from exc
 
 
