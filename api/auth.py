@@ -8,11 +8,15 @@ from dataclasses import dataclass
 
 import jwt
 
-from api.errors import Unauthorized
+from api.errors import Forbidden, Unauthorized
 from streamcart.ids import IDENTIFIER_PATTERN, is_identifier
 
 ALGORITHM = "HS256"
 LEEWAY_S = 10
+#: The roles the API knows: a token granting neither is a credential minted for something else with the same secret.
+ROLES = frozenset({"customer", "admin"})
+#: The last ``exp`` taken (9999-12-31T23:59:59Z): a later one is no date the token could mean.
+LATEST_EXP = 253_402_300_799
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,10 +93,17 @@ def _verify(authorization: str | None, secret: str) -> tuple[Principal, float]:
     roles = claims.get("roles", [])
     if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
         raise Unauthorized("invalid token: roles must be a list of strings")
+    if not ROLES & set(roles):
+        raise Forbidden("the token grants neither the customer nor the admin role")
     subject = claims["sub"]
     if not isinstance(subject, str) or not is_identifier(subject):
         # It names the customer in keys, messages and warehouse rows: an identifier, as a customer id in a URL.
         raise Unauthorized(f"invalid token: sub must match {IDENTIFIER_PATTERN}",
                            headers={"WWW-Authenticate": "Bearer"})
-    expires_at = float(claims["exp"]) + LEEWAY_S
+    exp = claims["exp"]
+    # PyJWT takes any exp int() reads ("1796…", 1e308); one past what a float holds made a 500 here.
+    if isinstance(exp, bool) or not isinstance(exp, int | float) or not 0 <= exp <= LATEST_EXP:
+        raise Unauthorized(f"invalid token: exp must be a number of seconds up to {LATEST_EXP} (9999-12-31)",
+                           headers={"WWW-Authenticate": "Bearer"})
+    expires_at = float(exp) + LEEWAY_S
     return Principal(subject=subject, roles=frozenset(roles), expires_at=expires_at), expires_at

@@ -4,7 +4,7 @@ import jwt
 import pytest
 
 from api.auth import _VERIFIED, authenticate, credential, issue_token
-from api.errors import Unauthorized
+from api.errors import Forbidden, Unauthorized
 
 SECRET = "s3cret-for-tests-only-0123456789abcdef"
 
@@ -93,4 +93,24 @@ def test_a_subject_that_could_not_name_a_customer_is_refused(subject):
     token = jwt.encode({"sub": subject, "roles": ["customer"], "exp": int(time.time()) + 60}, SECRET,
                        algorithm="HS256")
     with pytest.raises(Unauthorized, match=r"(?i)sub"):
+        authenticate(f"Bearer {token}", SECRET)
+
+
+@pytest.mark.parametrize("exp", [10**400, 1e300, 253_402_300_800, "9999999999", True, -1],
+                         ids=["past-a-float", "huge-float", "after-9999", "a-string", "a-boolean", "negative"])
+def test_an_expiry_that_names_no_date_is_refused(exp):
+    """PyJWT takes any ``exp`` that int() reads: one past what a float holds was a 500, 1e300 a token for ever."""
+    token = jwt.encode({"sub": "c-1", "roles": ["customer"], "exp": exp}, SECRET, algorithm="HS256")
+    with pytest.raises(Unauthorized, match="exp"):
+        authenticate(f"Bearer {token}", SECRET)
+
+
+@pytest.mark.parametrize("roles", [[], ["reporting"], ["Admin", "CUSTOMER"]], ids=["none", "another", "other-case"])
+def test_a_token_granting_neither_role_is_forbidden(roles):
+    """A token minted with the same secret for something else is no customer's credential."""
+    token = issue_token(SECRET, "c-1", roles)
+    with pytest.raises(Forbidden, match="neither the customer nor the admin role"):
+        authenticate(f"Bearer {token}", SECRET)
+    token = jwt.encode({"sub": "c-1", "exp": int(time.time()) + 60}, SECRET, algorithm="HS256")  # no roles claim
+    with pytest.raises(Forbidden):
         authenticate(f"Bearer {token}", SECRET)
