@@ -17,6 +17,7 @@ from streamcart.domain.inventory import StockState
 from streamcart.domain.order_state import OrderState, OrderStatus
 from streamcart.partitioning import partition_for
 from streamcart.telemetry import Telemetry
+from tables.typed import keys_from
 
 
 class FaustWorkerView:
@@ -135,9 +136,22 @@ class FaustWorkerView:
                                            load=load)
         return [order for _, order in page]
 
-    def products(self) -> list[ProductState]:
-        model = self.runtime.tables.catalog.model
-        return [model.model_validate_json(raw) for _, raw in self.runtime.tables.catalog.table.items() if raw]
+    def products(self, *, after: str | None, limit: int) -> list[ProductState]:
+        # A range of each owned partition's store from the cursor on, and one read per product on the page: the
+        # whole catalog decoded and sorted for each page made one customer's listings stall the worker's flows.
+        catalog = self.runtime.tables.catalog
+        partitions = self.runtime.settings.partitions
+        found: list[ProductState] = []
+        for partition in self.assigned():
+            taken = 0
+            for sku in keys_from(catalog.table, partition, after or "", lambda k: partition_for(k, partitions)):
+                if taken >= limit:
+                    break
+                if sku != after and (product := catalog.get(sku)) is not None:
+                    found.append(product)
+                    taken += 1
+        found.sort(key=lambda product: product.sku)
+        return found[:limit]
 
     def owner_url(self, table: str, key: str) -> str | None:
         """The base URL of the worker owning ``key`` of ``table``; ``None`` while unknown (rebalancing)."""

@@ -920,9 +920,8 @@ async def list_products(request: web.Request) -> web.Response:
     after = page.cursor
 
     def local(worker: WorkerView) -> list[dict[str, Any]]:
-        products = sorted(worker.products(), key=lambda p: p.sku)
-        return [ProductOut.model_validate(p.model_dump()).model_dump() for p in products
-                if after is None or p.sku > after][: page.limit]
+        return [ProductOut.model_validate(p.model_dump()).model_dump()
+                for p in worker.products(after=after, limit=page.limit)]
 
     items = await _gather(request, "products", local, page.limit, sort=lambda p: p["sku"])
     next_cursor = items[-1]["sku"] if len(items) == page.limit else None

@@ -63,6 +63,6 @@ class WorkerView(Protocol):
         ``(-placed_at, order_id)``), after ``after`` (that pair of the last order of the page before)."""
         ...
 
-    def products(self) -> list[ProductState]:
-        """The catalog entries in the partitions this worker owns."""
+    def products(self, *, after: str | None, limit: int) -> list[ProductState]:
+        """Up to ``limit`` catalog entries in the partitions this worker owns, by SKU, after the SKU ``after``."""
         ...

@@ -105,8 +105,8 @@ class FakeWorker:
     def product(self, sku: str) -> ProductState | None:
         return self.catalog.get(sku)
 
-    def products(self) -> list[ProductState]:
-        return list(self.catalog.values())
+    def products(self, *, after: str | None, limit: int) -> list[ProductState]:
+        return sorted((p for p in self.catalog.values() if after is None or p.sku > after), key=lambda p: p.sku)[:limit]
 
     def orders_of(self, customer_id: str, *, after: tuple[int, str] | None, limit: int) -> list[OrderState]:
         mine = sorted(((-o.placed_at, o.order_id), o) for o in self.orders.values() if o.customer_id == customer_id)

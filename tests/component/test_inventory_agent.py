@@ -3,6 +3,7 @@
 import pytest
 
 from agents.app import build_runtime
+from agents.view import FaustWorkerView
 from schemas.messages import AdjustStock, ReserveStock, UpsertProduct
 from streamcart.dead_letters import DlqHeader
 from streamcart.domain.inventory import adjustments_key
@@ -79,3 +80,30 @@ async def test_upserts_apply_in_the_order_of_their_partition_not_of_their_sender
     stored = runtime.tables.catalog.get("A")
     assert stored is not None and (stored.unit_price_cents, stored.active, stored.updated.event_id) == (
         2_500, False, "p-off")
+
+
+async def test_a_page_of_the_catalog_reads_a_range_of_each_partition_not_every_product(
+    runtime, codec, sink, monkeypatch
+):
+    skus = [f"SKU-{n:03d}" for n in range(60)]
+    async with runtime.agents["inventory"].test_context() as agent:
+        for sku in skus:
+            upsert = UpsertProduct(**{**envelope(f"p-{sku}"), "correlation_id": sku}, sku=sku, name=sku,
+                                   unit_price_cents=100, currency="EUR")
+            await agent.put(codec.encode(upsert), key=sku.encode())
+    view = FaustWorkerView(runtime, 0)
+    monkeypatch.setattr(view, "assigned", lambda: [0, 1, 2, 3])
+    catalog = runtime.tables.catalog
+    decoded = []
+    monkeypatch.setattr(catalog, "get", lambda sku, get=catalog.get: decoded.append(sku) or get(sku))
+
+    pages, after = [], None
+    while page := view.products(after=after, limit=7):
+        pages.append([product.sku for product in page])
+        after = page[-1].sku
+    assert [sku for page in pages for sku in page] == skus
+    assert all(len(page) == 7 for page in pages[:-1])
+    assert len(decoded) <= len(pages) * 7 * 4  # at most a page from each partition per page, never the catalog
+    decoded.clear()
+    assert [p.sku for p in view.products(after="SKU-041", limit=3)] == ["SKU-042", "SKU-043", "SKU-044"]
+    assert len(decoded) <= 3 * 4
