@@ -9,6 +9,10 @@ and doubles the pace each second that asked for more (slow start), until the fir
 long; that halves what was taken, and from then on each second that asked for more adds a tenth, at least
 :data:`MIN_RATE` (additive increase, multiplicative decrease). A pace nobody asks for is kept: it is what this
 worker has shown it settles.
+
+The pace is shared fairly: a caller that has taken half the bucket's capacity in the second under way takes only
+while the bucket holds more than half of it, so one customer's burst leaves the rest to the others (it alone still
+gets the whole pace as the bucket refills).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ class Refusal:
 
     behind_s: float | None  # the saga flows' queue, when that is the reason (else the pace)
     retry_after_s: int
+    share: bool = False  # the pace left room, but for other callers: this one took its share of the second
 
 
 class PlacementGate:
@@ -46,11 +51,13 @@ class PlacementGate:
         self._overloaded = False  # whether the queue stood too long in the second under way
         self._limited = False  # whether the pace refused an order in the second under way
         self._taken_before = 0  # in the second before it
+        self._taken_by: dict[str, int] = {}  # in the second under way, by caller
         self._tokens = self._capacity()
         self._filled_at = self._second
 
-    def refusal(self, behind: float | None) -> Refusal | None:
-        """``None`` when a new order may be taken now (and it counts as taken), else why not."""
+    def refusal(self, behind: float | None, caller: str | None = None) -> Refusal | None:
+        """``None`` when a new order may be taken now (and it counts as taken, for ``caller`` when named), else why
+        not."""
         if not self.max_delay_s:
             return None
         now = self.clock()
@@ -60,11 +67,14 @@ class PlacementGate:
             return Refusal(behind, min(10, max(1, math.ceil(behind))))
         self._tokens = min(self._capacity(), self._tokens + (now - self._filled_at) * self.rate)
         self._filled_at = now
-        if self._tokens < 1.0:
+        share = caller is not None and self._taken_by.get(caller, 0) >= self._capacity() / 2
+        if self._tokens < 1.0 + (self._capacity() / 2 if share else 0.0):
             self._limited = True
-            return Refusal(None, 1)
+            return Refusal(None, 1, share=share and self._tokens >= 1.0)
         self._tokens -= 1.0
         self._taken += 1
+        if caller is not None:
+            self._taken_by[caller] = self._taken_by.get(caller, 0) + 1
         return None
 
     def _capacity(self) -> float:
@@ -78,6 +88,7 @@ class PlacementGate:
             return
         taken, overloaded, limited = self._taken, self._overloaded, self._limited
         self._second, self._taken, self._overloaded, self._limited = now, 0, False, False
+        self._taken_by.clear()
         if overloaded:
             self.slow_start = False
             self.rate = max(MIN_RATE, min(self.rate, max(taken, self._taken_before)) / 2)

@@ -644,7 +644,7 @@ async def place_order(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     if key is None:
         order_id = new_id()
-        _admit(request)
+        _admit(request, principal)
         await commands.send(_place_order(order_id, new_id(), principal, body))
         return _accepted(order_id, OrderStatus.PENDING)
 
@@ -673,7 +673,7 @@ async def place_order(request: web.Request) -> web.Response:
             return _same_or_conflict(order_id, known.placed_event_id, event_id, known.status)
         if (placed := placing.said(order_id)) is not None:
             return _same_or_conflict(order_id, placed, event_id, OrderStatus.PENDING)
-        _admit(request)  # a retry of an order this worker knows of is answered above, whatever the load
+        _admit(request, principal)  # a retry of an order this worker knows of is answered above, whatever the load
         await commands.send(_place_order(order_id, event_id, principal, body))
         placing.sent(order_id, event_id, now)
         return _accepted(order_id, OrderStatus.PENDING)
@@ -682,12 +682,12 @@ async def place_order(request: web.Request) -> web.Response:
 _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 
 
-def _admit(request: web.Request) -> None:
+def _admit(request: web.Request, principal: Principal) -> None:
     """Refuse a new order while this worker's saga flows are more than ``admission_max_delay_s`` behind, or beyond
     the pace learnt from that (api/admission.py): a 503 at once beats an order accepted to be cancelled by its
     deadline. Orders spread over every partition, so this worker's queue stands for the saga's (each worker's flows
-    take the same share of the load)."""
-    refusal = request.app[GATE].refusal(request.app[WORKER].saga_queue_s())
+    take the same share of the load). One customer's burst does not take the whole pace (the gate's caller share)."""
+    refusal = request.app[GATE].refusal(request.app[WORKER].saga_queue_s(), principal.subject)
     if refusal is None:
         return
     ORDERS_SHED.labels("queue" if refusal.behind_s is not None else "pace").inc()
@@ -700,6 +700,10 @@ def _admit(request: web.Request) -> None:
                          f"than {limit:g} s): no new order is taken until it catches up; retry later",
                          details={"queue_s": behind_s, "max_delay_s": limit}, headers=retry)
     rate = request.app[GATE].rate
+    if refusal.share:
+        raise Overloaded(f"new orders are taken at {rate:.0f}/s on this worker for now, and you had your share of "
+                         "this second's (the rest is kept for other customers); retry shortly",
+                         details={"pace_per_s": round(rate, 1)}, headers=retry)
     raise Overloaded(f"new orders are taken at {rate:.0f}/s on this worker for now (the pace it learns from how far "
                      "behind the saga is); retry shortly", details={"pace_per_s": round(rate, 1)}, headers=retry)
 

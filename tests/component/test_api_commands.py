@@ -120,13 +120,30 @@ async def test_beyond_the_pace_a_new_order_is_refused_with_503_saying_the_pace(a
     app = init_app(SOLO, worker, commands)
     app[GATE] = PlacementGate(SOLO.admission_max_delay_s, clock=lambda: 100.0)  # no time passes: no refill
     client = await aiohttp_client(app)
-    answers = [await client.post("/v1/orders", json=ORDER, headers=CUSTOMER) for _ in range(int(START_RATE / 2) + 1)]
+    answers = [await client.post("/v1/orders", json=ORDER, headers=bearer(f"c-{n}", "customer"))
+               for n in range(int(START_RATE / 2) + 1)]
     assert [a.status for a in answers[:-1]] == [202] * int(START_RATE / 2)  # half a second's orders at once
     refused = answers[-1]
     assert (refused.status, refused.headers["Retry-After"]) == (503, "1")
     error = (await refused.json())["error"]
     assert (error["code"], error["details"]) == ("overloaded", {"pace_per_s": START_RATE})
+    assert "the pace it learns" in error["message"]
     assert len(commands.sent) == int(START_RATE / 2)
+
+
+async def test_one_customers_burst_leaves_the_pace_room_for_the_others(aiohttp_client, worker, commands):
+    """The pace is the worker's, not one customer's: a burst of one takes half the bucket, the rest is others'."""
+    app = init_app(SOLO, worker, commands)
+    app[GATE] = PlacementGate(SOLO.admission_max_delay_s, clock=lambda: 100.0)  # no time passes: no refill
+    client = await aiohttp_client(app)
+    bob = [await client.post("/v1/orders", json=ORDER, headers=bearer("bob", "customer")) for _ in range(20)]
+    taken = [a.status for a in bob].count(202)
+    assert taken == math.ceil(START_RATE / 4) and [a.status for a in bob[taken:]] == [503] * (20 - taken)
+    error = (await bob[-1].json())["error"]
+    assert error["code"] == "overloaded" and "you had your share" in error["message"]
+    alice = [await client.post("/v1/orders", json=ORDER, headers=bearer("alice", "customer")) for _ in range(3)]
+    assert [a.status for a in alice] == [202] * 3
+    assert len(commands.sent) == taken + 3
 
 
 async def test_shedding_is_off_with_a_max_delay_of_0(aiohttp_client, worker, commands):
@@ -1042,9 +1059,9 @@ class WrittenMeanwhile(FakeWorker):
         self._read()
         return super().product(sku)
 
-    def products(self):
+    def products(self, *, after, limit):
         self._read()
-        return super().products()
+        return super().products(after=after, limit=limit)
 
     async def wait_settled(self, order_id, timeout_s):
         self._read()

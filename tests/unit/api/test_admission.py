@@ -70,3 +70,28 @@ def test_each_overloaded_second_halves_the_pace_down_to_the_least_one():
 def test_a_max_delay_of_0_takes_everything():
     gate = PlacementGate(0.0, clock=Clock())
     assert all(gate.refusal(600.0) is None for _ in range(1000))
+
+
+def test_one_callers_burst_leaves_half_the_bucket_to_the_others():
+    clock = Clock()
+    gate = PlacementGate(2.0, clock=clock)
+    capacity = START_RATE / 2
+    bob = [gate.refusal(0.1, "bob") for _ in range(40)]
+    taken = sum(r is None for r in bob)
+    assert taken == pytest.approx(capacity / 2, abs=1)  # refused with half the bucket left
+    assert all(r is not None and r.share and r.behind_s is None for r in bob[taken:])
+    alice = [gate.refusal(0.1, "alice") for _ in range(3)]
+    assert alice == [None, None, None]
+
+
+def test_a_caller_alone_still_gets_the_whole_pace_as_the_bucket_refills():
+    clock = Clock()
+    gate = PlacementGate(2.0, clock=clock)
+    offer(gate, clock, 10, 1.0)  # a second below the pace: not limited, the pace stays
+    start, taken = clock.now, 0
+    for i in range(200):  # 200/s offered for a second by one caller
+        clock.now = start + (i + 0.5) / 200
+        taken += gate.refusal(0.1, "bob") is None
+    # The pace's worth as the bucket refills, and the bucket's first half: no other caller asked for its second.
+    assert START_RATE <= taken <= START_RATE + START_RATE / 4 + 1
+    assert offer(gate, clock, 1, 1.0) and gate.rate == START_RATE * 2  # refused beyond its share: the pace grows
