@@ -241,10 +241,13 @@ class HeldWritesStore(RocksDBStore):
         return sum(1 for _ in self._iterkeys())
 
     def keys_from(self, partition: int, start: bytes) -> Iterator[bytes]:
-        """The keys of ``partition`` from ``start`` on, in byte order, held writes included (a range read)."""
+        """The keys of ``partition`` from ``start`` on, in byte order, held writes included (a range read); not
+        faust's own offset key, which each partition's store keeps among the table's."""
         held = sorted((key, write.value) for key, write in self._newest.get(partition, {}).items() if key >= start)
         position = 0
         for key in self._db_for_partition(partition).keys(from_key=start):
+            if key == self.offset_key:
+                continue
             while position < len(held) and held[position][0] < key:
                 if held[position][1] is not None:
                     yield held[position][0]
