@@ -49,7 +49,8 @@ DEVELOPMENT_JWT_SECRET = "streamcart-local-development-secret"
 class Settings(BaseSettings):
     """Every knob of a streamcart process. Defaults run the local stack of DESIGN.md §7."""
 
-    model_config = SettingsConfigDict(env_prefix="STREAMCART_", frozen=True, extra="ignore")
+    # No NaN or infinity for any number: a duration of nan or inf passed the bounds and crashed whatever read it.
+    model_config = SettingsConfigDict(env_prefix="STREAMCART_", frozen=True, extra="ignore", allow_inf_nan=False)
 
     # Where the local stack keeps all its state (data, logs, pids) and where downloaded artifacts are cached: by
     # default in the checkout streamcart runs from, whatever the current folder (a relative value set here is
@@ -96,8 +97,8 @@ class Settings(BaseSettings):
     # Latency/throughput knobs (notes/faust.md: faust's defaults are hostile to this workload).
     #: How long a record waits for others bound for the same broker before the worker sends them in one request
     #: (agents/transport.py, NodeDrainingAccumulator); under load, the one request in flight per broker batches more.
-    producer_linger_ms: int = 5
-    commit_interval_s: float = 0.2
+    producer_linger_ms: int = Field(5, ge=0)
+    commit_interval_s: float = Field(0.2, gt=0)
     #: While records flow, a worker's fetches wait for this many bytes, or this long, whichever comes first: a
     #: fetch brings a batch instead of each record costing a fetch of its own (aiokafka's defaults are 1 byte).
     #: Idle, a fetch is a long poll that returns on the first record (agents/transport.py, adapt_fetching).
@@ -105,16 +106,16 @@ class Settings(BaseSettings):
     consumer_fetch_max_wait_ms: int = Field(30, ge=0)
     #: Workers collect garbage less often than CPython's defaults (agents/worker.py, GC_THRESHOLDS).
     gc_tuning: bool = True
-    broker_session_timeout_s: float = 10.0
-    broker_heartbeat_interval_s: float = 1.0
+    broker_session_timeout_s: float = Field(10.0, gt=0)
+    broker_heartbeat_interval_s: float = Field(1.0, gt=0)
 
     #: How often each worker checks the warehouse sinks and restarts the ones Kafka Connect reports failed
     #: (streamcart/sink_keeper.py); 0 turns the keeper off.
     sink_keeper_interval_s: float = Field(10.0, ge=0)
 
     # The saga.
-    saga_timeout_s: float = 30.0
-    timer_interval_s: float = 1.0
+    saga_timeout_s: float = Field(30.0, gt=0)
+    timer_interval_s: float = Field(1.0, gt=0)
     #: How long the workers' tables keep an order after its last step once it is settled for good (CANCELLED or
     #: DELIVERED, nothing in flight): then the order, its payment, shipment, reservations and analytics marks are
     #: forgotten (the warehouse keeps them). 0 keeps every order for ever. At least ``idempotency_ttl_s``: a key
@@ -130,7 +131,7 @@ class Settings(BaseSettings):
     analytics_retention_s: float = Field(24 * 60 * 60, gt=0, le=3 * 24 * 60 * 60)
 
     # The payment gateway client: each attempt's timeout, and how many attempts before "unavailable".
-    gateway_attempt_timeout_s: float = 2.0
+    gateway_attempt_timeout_s: float = Field(2.0, gt=0)
     gateway_attempts: int = Field(4, ge=1)
 
     # Notifications: webhooks to loopback/private addresses are refused unless allowed (local testing only).

@@ -106,3 +106,22 @@ def test_topics_get_the_brokers_default_replicas_unless_a_number_is_set_and_faus
     assert create_faust_app(three, store="memory://").conf.topic_replication_factor == 3
     with pytest.raises(ValidationError, match="at least one replica"):
         Settings(topic_replication_factor=0)
+
+
+@pytest.mark.parametrize("variable", ["saga_timeout_s", "timer_interval_s", "commit_interval_s",
+                                      "gateway_attempt_timeout_s", "broker_session_timeout_s",
+                                      "broker_heartbeat_interval_s", "order_retention_s", "rate_limit_per_s"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-5"])
+def test_a_duration_or_rate_that_is_no_finite_positive_number_is_refused(monkeypatch, variable, value):
+    """`dlq replay` crashed on a retention of inf and a timeout of nan; a negative saga timeout was taken."""
+    monkeypatch.setenv(f"STREAMCART_{variable.upper()}", value)
+    with pytest.raises(ValidationError, match=variable):
+        Settings()
+
+
+@pytest.mark.parametrize("variable", ["saga_timeout_s", "timer_interval_s", "commit_interval_s",
+                                      "gateway_attempt_timeout_s"])
+def test_an_interval_or_timeout_of_0_is_refused(monkeypatch, variable):
+    monkeypatch.setenv(f"STREAMCART_{variable.upper()}", "0")
+    with pytest.raises(ValidationError, match=variable):
+        Settings()
