@@ -67,7 +67,10 @@ def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> EnsuredTopi
     keys would no longer land where the co-partitioned tables expect them."""
     admin = admin_client(settings)
     wanted = {spec.name: spec for spec in specs}
-    existing = admin.list_topics(timeout=TIMEOUT_S).topics
+    try:
+        existing = admin.list_topics(timeout=TIMEOUT_S).topics
+    except KafkaException as exc:  # `init` before Kafka is up (a Compose or Helm one-shot job's usual first try)
+        raise _unanswered(settings, exc) from exc
     wrong = [
         f"{name} has {len(existing[name].partitions)} partitions, expected {spec.partitions}"
         for name, spec in wanted.items()
