@@ -443,7 +443,7 @@ def check_stores(
     """Read every worker's local table stores against their changelogs, Kafka running and the workers stopped:
     each partition store must hold exactly what its changelog holds up to the offset it notes, or a worker serving
     it answers and decides from older states. Exit code 0 when every store is exact, 1 when one is not, 2 when a
-    worker runs (without --stop-workers)."""
+    worker runs (without --stop-workers) or there is no store to check."""
     from streamcart.store_check import check_stores as check
     from streamcart.store_check import left_running
 
@@ -464,6 +464,10 @@ def check_stores(
     finally:
         if running:
             stack.up(running)
+    if not reports:  # a check of nothing is no pass (a mistyped STREAMCART_HOME looked like one)
+        err_console.print(f"no worker stores under {stack.settings.home.resolve() / 'data'}: is STREAMCART_HOME the "
+                          "stack's, and have its workers run?")
+        raise typer.Exit(2)
     bad = [r for r in reports if not r.exact]
     if as_json:
         print(json.dumps([{**dataclasses.asdict(r), "exact": r.exact} for r in reports], indent=2))

@@ -63,3 +63,16 @@ def test_a_variable_that_names_no_setting_is_warned_about_but_not_into_a_stack_p
     for process in ("worker", "gateway"):
         quiet = CliRunner().invoke(cli.app, [process, "--help"])
         assert quiet.exit_code == 0 and "no setting" not in quiet.output, process
+
+
+def test_check_stores_with_no_store_to_read_is_no_pass(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    """A mistyped STREAMCART_HOME checked nothing and exited 0, as if every store were exact."""
+    monkeypatch.setenv("STREAMCART_HOME", str(tmp_path / "no-stack-here"))
+    monkeypatch.setattr("streamcart.store_check.Changelogs", lambda settings: type("Nothing", (), {
+        "close": lambda self: None})())
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["check-stores"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"no worker stores under {tmp_path / 'no-stack-here' / 'data'}" in err and "Traceback" not in err
