@@ -7,6 +7,7 @@ other ports and another home through the very same code.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -37,6 +38,9 @@ LOG_ROTATE_BYTES = 50 * 1024 * 1024
 LOG_GENERATIONS = 3
 #: What ``status`` counts as a recent dead letter.
 RECENT_S = 24 * 3600
+#: The settings every worker must share with the others: a worker started with other values would not be asked for
+#: its partitions by them (workers), or would read other partitions, topics or a group of its own.
+SHARED_BY_WORKERS = ("workers", "partitions", "app_id", "topic_prefix")
 
 
 @dataclass(frozen=True)
@@ -210,6 +214,7 @@ class Stack:
             if self._workers_selected(selected):
                 with _on_disk("cannot prepare the stack's home", self._workers_file):
                     self._workers_file.write_text(f"{self.settings.workers}\n")
+                    self._shared_file.write_text(json.dumps(self._shared_now()) + "\n")
             if all(self.is_running(name) and self.probe(name).ok for name in selected):
                 self._echo(f"already up: {', '.join(selected)} (nothing to do)")
                 return {}
@@ -313,6 +318,13 @@ class Stack:
     @property
     def _workers_file(self) -> Path:
         return self.layout.run_dir / "workers"
+
+    @property
+    def _shared_file(self) -> Path:
+        return self.layout.run_dir / "workers-share"  # (not .json: run/*.json are the process records)
+
+    def _shared_now(self) -> dict[str, object]:
+        return {name: getattr(self.settings, name) for name in SHARED_BY_WORKERS}
 
     def _workers_at_up(self) -> int | None:
         """How many workers the last `up` that started workers was configured with (``None``: never, or unreadable)."""
@@ -437,6 +449,8 @@ class Stack:
         """Refuse to go on with a process that runs on other ports than the settings now name: it would be
         waited on, in vain, on the new ones. (Its command is not compared: knowing it means running ``prepare``,
         and the interpreter's path alone differs between `.venv/bin/streamcart` and `python -m`.)"""
+        if self._workers_selected(names):
+            self._check_workers_share()
         for name in names:
             record = self.record(name)
             wanted = tuple(port for _setting, port in self._specs[name].ports)
@@ -445,6 +459,22 @@ class Stack:
                     f"{name} runs with {_ports(record.ports)} from an earlier `up`; "
                     f"`streamcart down` first to start it with {', '.join(map(str, wanted))}"
                 )
+
+    def _check_workers_share(self) -> None:
+        """Refuse to start a worker with other :data:`SHARED_BY_WORKERS` than the workers running started with (a
+        third worker the two running never ask for its partitions: lists and analytics were 503 for good)."""
+        running = sorted(path.stem for path in self.layout.run_dir.glob("worker-*.json") if self.is_running(path.stem))
+        try:
+            then = json.loads(self._shared_file.read_text())
+        except (OSError, ValueError):
+            return  # never recorded (workers started by an older streamcart): nothing to compare with
+        changed = {name: (then.get(name), value) for name, value in self._shared_now().items()
+                   if then.get(name) != value}
+        if running and changed:
+            differences = ", ".join(f"STREAMCART_{name.upper()}={new} (they run with {old})"
+                                    for name, (old, new) in changed.items())
+            raise StackError(f"{', '.join(running)} run with other settings than these: {differences}; every worker "
+                             "must share them. `streamcart down` first to start the stack with them")
 
     def _check_needs(self, spec: ProcessSpec) -> None:
         missing = [name for name in spec.needs if not (self.is_running(name) and self.probe(name).ok)]

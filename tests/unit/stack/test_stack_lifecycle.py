@@ -338,3 +338,32 @@ def test_a_big_log_is_moved_aside_when_its_process_starts(make_stack: MakeStack,
     stack.start("web")
     assert log.with_name("web.log.1").read_text().startswith("an earlier run\n")
     assert log.read_text().startswith("\n--- streamcart: starting web")
+
+
+def test_a_worker_is_not_started_with_other_settings_than_the_running_workers_share(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A third worker started by `STREAMCART_WORKERS=3 streamcart up` was never asked for its partitions by the two
+    running (lists and analytics 503 for good); the run refuses it, as it refuses a changed port."""
+    monkeypatch.setattr(Stack, "_create_topics_once", lambda self, timings: None)
+    monkeypatch.setattr(Stack, "_register_schemas", lambda self: None)
+    ports = [free_port() for _ in range(3)]
+    home = tmp_path / "home"
+    two = Stack(Settings(home=home, workers=2), specs=[web_server(f"worker-{i}", ports[i]) for i in range(2)])
+    two.up()
+    try:
+        three = Stack(Settings(home=home, workers=3), specs=[web_server(f"worker-{i}", ports[i]) for i in range(3)])
+        for action in (three.up, lambda: three.start("worker-2")):
+            with pytest.raises(StackError, match=r"worker-0, worker-1 run with other settings than these: "
+                                                 r"STREAMCART_WORKERS=3 \(they run with 2\).*`streamcart down` first"):
+                action()
+        assert not three.is_running("worker-2")
+        repartitioned = Stack(Settings(home=home, workers=2, partitions=4),
+                              specs=[web_server(f"worker-{i}", ports[i]) for i in range(2)])
+        with pytest.raises(StackError, match=r"STREAMCART_PARTITIONS=4 \(they run with 8\)"):
+            repartitioned.up()
+        assert two.up() == {}  # the same settings: nothing to do, as ever
+    finally:
+        two.down()
+    Stack(Settings(home=home, workers=3), specs=[web_server(f"worker-{i}", ports[i]) for i in range(3)]).up()
+    Stack(Settings(home=home, workers=3), specs=[web_server(f"worker-{i}", ports[i]) for i in range(3)]).down()
