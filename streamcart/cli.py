@@ -662,27 +662,41 @@ class ApiUnreachable(StreamcartError, OSError):
 
 
 class _LiveRemote:
-    """Reads through worker 0's API (which forwards to the key's owner) and sends commands straight to Kafka."""
+    """Reads through a worker's API (which forwards to the key's owner; the next worker when one does not answer)
+    and sends commands straight to Kafka."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._sender: CommandSender | None = None
+        self._answering: str | None = None
 
     def get(self, path: str) -> tuple[int, object]:
         from api.auth import issue_token
         from streamcart.stack.probes import http_get_json
 
         admin = issue_token(self.settings.jwt_secret.get_secret_value(), "cli", ["admin"], ttl_s=60)
-        url = f"{self.settings.worker_url(0)}{path}"
-        try:
-            status, body = http_get_json(url, 5.0, headers={"Authorization": f"Bearer {admin}"})
-        except OSError as exc:
-            raise ApiUnreachable(f"the API at {self.settings.worker_url(0)} does not answer "
-                                 f"({getattr(exc, 'reason', exc)}): is the stack up (`streamcart status`)?") from exc
-        if status == 401:  # the only token this command sends is its own admin token
-            raise StreamcartError(f"the API at {self.settings.worker_url(0)} refused this command's token: "
-                                  "STREAMCART_JWT_SECRET here must be the stack's")
-        return status, body
+        unanswered: list[str] = []
+        for base in self._worker_urls():
+            try:
+                status, body = http_get_json(f"{base}{path}", 5.0, headers={"Authorization": f"Bearer {admin}"})
+            except OSError as exc:  # a worker down (killed, restarting): any other answers for it
+                unanswered.append(f"{base} ({getattr(exc, 'reason', exc)})")
+                continue
+            if status == 401:  # the only token this command sends is its own admin token
+                raise StreamcartError(f"the API at {base} refused this command's token: "
+                                      "STREAMCART_JWT_SECRET here must be the stack's")
+            self._answering = base
+            return status, body
+        raise ApiUnreachable(f"no worker's API answers: {'; '.join(unanswered)}: is the stack up "
+                             "(`streamcart status`)?")
+
+    def _worker_urls(self) -> list[str]:
+        """Each worker's API, the one that answered last first."""
+        urls = [self.settings.worker_url(i) for i in range(self.settings.workers)]
+        if self._answering in urls:
+            urls.remove(self._answering)
+            urls.insert(0, self._answering)
+        return urls
 
     def send(self, message: Message) -> None:
         self._connected().send(message)
@@ -741,7 +755,8 @@ def order_place(
         str, typer.Option("--token", help="Card token (see the payment gateway).")
     ] = "tok_approve",
     currency: str = "EUR",
-    wait: Annotated[float, typer.Option(callback=_finite, help="Seconds to wait for the outcome (0: don't).")] = 10.0,
+    wait: Annotated[float, typer.Option(callback=_finite, min=0,
+                                        help="Seconds to wait for the outcome (0: don't).")] = 10.0,
     email: Annotated[str | None, typer.Option(help="Send the order's email notifications here.")] = None,
     phone: Annotated[str | None, typer.Option(help="Send its SMS notifications here (E.164).")] = None,
     webhook: Annotated[str | None, typer.Option(help="POST its notifications to this http(s) URL.")] = None,
@@ -772,12 +787,16 @@ def order_place(
                            phone=checked.phone, webhook_url=None if webhook is None else str(checked.webhook_url)))
     console.print(f"placed [bold]{order_id}[/]")
     if wait > 0:
-        _show_order(remote, order_id, Wait(wait), placed=True)
+        try:
+            _show_order(remote, order_id, Wait(wait), placed=True)
+        except ApiUnreachable as exc:  # placed all the same: a second `order place` would be a second order
+            raise StreamcartError(f"{order_id} is placed, but its outcome cannot be read: {exc} (`streamcart order "
+                                  f"show {order_id}` once the API answers; do not place it again)") from exc
 
 
 @order_app.command("show")
 def order_show(
-    order_id: Id, wait: Annotated[float, typer.Option(callback=_finite,
+    order_id: Id, wait: Annotated[float, typer.Option(callback=_finite, min=0,
                                                       help="Wait up to S seconds for an outcome.")] = 0.0
 ) -> None:
     """Show an order: status, lines with prices, payment, shipment, history."""
@@ -790,7 +809,7 @@ def order_cancel(
     by: Annotated[
         str, typer.Option(help="Who asks (a customer id or an admin's name).", callback=_identifier)
     ] = "c-cli",
-    wait: Annotated[float, typer.Option(callback=_finite,
+    wait: Annotated[float, typer.Option(callback=_finite, min=0,
                                         help="Seconds to wait until it is CANCELLED (0: don't).")] = 10.0,
 ) -> None:
     """Cancel an order and (by default) wait until it is CANCELLED; refused, with the reason, after dispatch."""
@@ -910,7 +929,7 @@ def product_stock(
     sku: Id,
     delta: Annotated[int, typer.Argument(help="Units to add (negative: remove).")],
     reason: str = "cli",
-    wait: Annotated[float, typer.Option(callback=_finite,
+    wait: Annotated[float, typer.Option(callback=_finite, min=0,
                                         help="Seconds to wait until the stock shows it (0: don't).")] = 10.0,
 ) -> None:
     """Adjust a SKU's stock on hand and (by default) wait until the stock shows it; refused, with the reason,

@@ -494,9 +494,9 @@ def test_a_product_not_stocked_yet_is_shown_as_one_document_with_no_stock(monkey
 
 
 @pytest.mark.parametrize("args", [
-    ["order", "show", "o-1", "--wait", "nan"],  # would poll for good
+    ["order", "show", "o-1", "--wait", "inf"],  # would poll for good
     ["order", "cancel", "o-1", "--wait", "inf"],
-    ["product", "stock", "A", "5", "--wait", "nan"],
+    ["product", "stock", "A", "5", "--wait", "inf"],
     ["traffic", "--seconds", "inf"],
     ["bench", "saga", "--rate", "inf"],  # a minimum refuses nan, not inf
     ["drill", "--every", "inf"],
@@ -507,6 +507,16 @@ def test_a_wait_or_a_rate_that_is_not_a_finite_number_is_refused_before_anything
     assert "expected a finite number" in refused_before_anything_is_read_or_sent(monkeypatch, args)
 
 
+@pytest.mark.parametrize("args", [
+    ["order", "place", "--line", "A:1", "--wait", "-5"],
+    ["order", "show", "o-1", "--wait", "-1"],
+    ["order", "cancel", "o-1", "--wait", "-1"],
+    ["product", "stock", "A", "5", "--wait", "-0.5"],
+])
+def test_a_negative_wait_is_refused_before_anything_is_read_or_sent(monkeypatch, args) -> None:
+    assert "greater than or equal to 0" in refused_before_anything_is_read_or_sent(monkeypatch, args)
+
+
 @pytest.mark.parametrize("position", ["2147483648:0", "0:9223372036854775808", "1:x"])
 def test_a_dead_letter_position_out_of_kafkas_range_is_a_usage_error(position) -> None:
     from typer.testing import CliRunner
@@ -514,3 +524,44 @@ def test_a_dead_letter_position_out_of_kafkas_range_is_a_usage_error(position) -
     done = CliRunner().invoke(cli.app, ["dlq", "show", position], env={"COLUMNS": "200"})
     assert done.exit_code == 2, done.output
     assert "expected PARTITION:OFFSET" in done.output
+
+
+def test_an_order_placed_whose_outcome_cannot_be_read_says_it_is_placed_and_not_to_place_it_again(
+        monkeypatch, capsys):
+    """worker 0 killed: the order went to Kafka, then reading it failed; a plain "does not answer" led to a retry,
+    a second order paid for."""
+
+    class Unreadable(FakeSystem):
+        def get(self, path: str) -> tuple[int, object]:
+            raise cli.ApiUnreachable("no worker's API answers")
+
+    system = Unreadable()
+    assert run(system, "order", "place", "--line", "A:1", monkeypatch=monkeypatch) == 1
+    assert [type(m).__name__ for m in system.sent] == ["PlaceOrder"]
+    order_id = system.sent[0].order_id
+    err = capsys.readouterr().err
+    assert f"{order_id} is placed, but its outcome cannot be read" in err and "do not place it again" in err
+
+
+def test_the_cli_reads_through_the_next_worker_when_one_does_not_answer(monkeypatch, tmp_path):
+    from streamcart.settings import Settings
+
+    settings = Settings(home=tmp_path, workers=2)
+    asked: list[str] = []
+
+    def http_get_json(url, timeout_s, headers):
+        asked.append(url)
+        if url.startswith(settings.worker_url(0)):
+            raise ConnectionRefusedError("refused")
+        return 200, {"order_id": "o-1"}
+
+    monkeypatch.setattr("streamcart.stack.probes.http_get_json", http_get_json)
+    remote = cli._LiveRemote(settings)
+    assert remote.get("/v1/orders/o-1") == (200, {"order_id": "o-1"})
+    assert remote.get("/v1/orders/o-2") == (200, {"order_id": "o-1"})
+    assert asked == [f"{settings.worker_url(0)}/v1/orders/o-1", f"{settings.worker_url(1)}/v1/orders/o-1",
+                     f"{settings.worker_url(1)}/v1/orders/o-2"]  # the one that answered, first
+    monkeypatch.setattr("streamcart.stack.probes.http_get_json",
+                        lambda url, timeout_s, headers: (_ for _ in ()).throw(ConnectionRefusedError("refused")))
+    with pytest.raises(cli.ApiUnreachable, match=r"no worker's API answers.*is the stack up"):
+        remote.get("/v1/orders/o-3")
