@@ -334,10 +334,17 @@ def _revenue(snapshot: Snapshot) -> Iterable[Finding]:
                           f"warehouse's confirmed orders of that minute {confirmed_cents} for {confirmed}")
 
 
+#: How what an invariant was checked over begins when it was not checked at all (I6 only).
+NOT_CHECKED = "not checked: "
+
+
 def _revenue_checked(snapshot: Snapshot) -> str:
     if snapshot.revenue is None:
-        return f"not checked: {snapshot.revenue_skipped}"
+        return f"{NOT_CHECKED}{snapshot.revenue_skipped}"
     windows = {start for start, _ in snapshot.revenue.keys() | snapshot.confirmed.keys()}
+    if not windows:  # (a short drill: its confirmations all in the minute it began, which is not whole)
+        return (f"{NOT_CHECKED}no confirmation and no revenue window from {iso_ms(snapshot.revenue_from)} "
+                "(whole minutes from the audit's start are compared)")
     late = sum(late for _, _, _, late in snapshot.revenue.values())
     return (f"{len(windows)} one-minute windows from {iso_ms(snapshot.revenue_from)}, "
             f"{sum(n for _, n in snapshot.confirmed.values())} confirmed orders ({late} of them late)")

@@ -423,11 +423,14 @@ def audit(
 
 def _print_audit(report: Report, limit: int) -> None:
     """Each invariant with ok or its findings (at most ``limit`` of them), and what it was checked over."""
-    from streamcart.audit import INVARIANTS
+    from streamcart.audit import INVARIANTS, NOT_CHECKED
 
     for name, findings in report.by_invariant().items():
+        checked = report.checked[name]
         mark = "[green]ok[/]" if not findings else f"[red]{len(findings)} findings[/]"
-        console.print(f"{name} {INVARIANTS[name]}: {mark} [dim]({escape(report.checked[name])})[/]")
+        if not findings and checked.startswith(NOT_CHECKED):
+            mark, checked = "[yellow]not checked[/]", checked.removeprefix(NOT_CHECKED)
+        console.print(f"{name} {INVARIANTS[name]}: {mark} [dim]({escape(checked)})[/]")
         for finding in findings[:limit]:
             console.print(f"   {escape(finding.subject)}: {escape(finding.problem)}")
         if len(findings) > limit:

@@ -429,3 +429,16 @@ def test_a_warehouse_dead_letter_needs_connects_headers():
     shop.dead_letters = [SinkLetter(0, 2, None, None, tuple((n, v.encode()) for n, v in headers.items()))]
     assert check(shop).findings == (
         Finding("I8", "warehouse dead letter 0:2", f"has no {ConnectHeader.CONNECTOR}"),)
+
+
+def test_revenue_with_no_window_to_compare_is_not_checked_rather_than_ok(capsys):
+    """A drill shorter than a minute printed I6 ok over 0 windows: nothing had been compared."""
+    from streamcart.cli import _print_audit
+
+    shop = healthy_shop()
+    shop.revenue, shop.confirmed = {}, {}
+    report = check(shop)
+    assert report.ok and report.checked["I6"].startswith("not checked: no confirmation and no revenue window from ")
+    _print_audit(report, limit=5)
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("I6"))
+    assert "not checked (no confirmation and no revenue window from" in line and " ok " not in line
