@@ -99,7 +99,7 @@ class ConfluentRegistry:
         try:
             return self._client.register_schema(subject, Schema(schema_json, schema_type="AVRO"))
         except (SchemaRegistryError, httpx.TransportError) as exc:
-            raise _wrap(exc, f"registering {subject}") from exc
+            raise _wrap(exc, f"registering {subject}", self.url) from exc
 
     def schema_by_id(self, schema_id: int) -> str:
         try:
@@ -107,9 +107,9 @@ class ConfluentRegistry:
         except SchemaRegistryError as exc:
             if exc.http_status_code == 404:
                 raise UnknownSchemaError(f"the registry has no schema with id {schema_id}") from exc
-            raise _wrap(exc, f"fetching schema id {schema_id}") from exc
+            raise _wrap(exc, f"fetching schema id {schema_id}", self.url) from exc
         except httpx.TransportError as exc:
-            raise _wrap(exc, f"fetching schema id {schema_id}") from exc
+            raise _wrap(exc, f"fetching schema id {schema_id}", self.url) from exc
         except Exception as exc:  # a 2xx that is no registry's answer (a proxy's page, an empty body)
             raise RegistryUnavailable(f"schema registry answered no schema for id {schema_id}: "
                                       f"{type(exc).__name__}: {exc}") from exc
@@ -121,7 +121,7 @@ class ConfluentRegistry:
         try:
             self._client.set_compatibility(subject, level)
         except (SchemaRegistryError, httpx.TransportError) as exc:
-            raise _wrap(exc, f"setting {subject} to {level}") from exc
+            raise _wrap(exc, f"setting {subject} to {level}", self.url) from exc
 
     def close(self) -> None:
         """Close the HTTP session."""
@@ -136,12 +136,14 @@ class ConfluentRegistry:
         self.close()
 
 
-def _wrap(exc: Exception, doing: str) -> RegistryError:
+def _wrap(exc: Exception, doing: str, url: str) -> RegistryError:
     if isinstance(exc, SchemaRegistryError):
         if exc.http_status_code in _TRANSIENT_STATUSES:
             return RegistryUnavailable(f"schema registry failed {doing}: {exc}")
         return RegistryError(f"schema registry refused {doing}: {exc}")
-    return RegistryUnavailable(f"schema registry unreachable while {doing}: {exc}")
+    # (Not the schema first: every command registers them all, so the first one's name says nothing of the cause.)
+    return RegistryUnavailable(f"the schema registry at {url} does not answer ({exc}; {doing}): is the stack up "
+                               "(`streamcart status`)?")
 
 
 class InMemoryRegistry:

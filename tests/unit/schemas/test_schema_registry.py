@@ -156,7 +156,9 @@ def test_a_registry_nobody_listens_on_raises_registry_unavailable():
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # free once closed: nothing listens there
     registry = ConfluentRegistry(f"http://127.0.0.1:{port}", NO_RETRIES)
-    with registry, pytest.raises(RegistryUnavailable):
+    with registry, pytest.raises(RegistryUnavailable,
+                                 match=rf"the schema registry at http://127.0.0.1:{port} does not answer .*is the "
+                                       r"stack up \(`streamcart status`\)\?"):
         registry.schema_by_id(1)
 
 
