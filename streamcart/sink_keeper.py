@@ -9,7 +9,10 @@ that fails for good. Its records wait in Kafka, nothing is lost, but the warehou
 So the worker on duty (the one that owns partition 0 of the saga's topics: exactly one while the group is settled,
 and another as soon as that one is gone) checks the sinks of ``connectors/`` every ``sink_keeper_interval_s`` and
 restarts the failed instances (Connect's ``onlyFailed`` restart). A sink that fails again waits longer before each
-next restart (the interval, then twice as long, up to :data:`MAX_BACKOFF_S`) until a check sees it running. Should
+next restart (the interval, then twice as long, up to :data:`MAX_BACKOFF_S`) until a check sees it running. While
+PostgreSQL does not answer, a failed sink is left alone (a restart would fail again, and lengthen the wait); the
+check that finds it answering again restarts every failed sink at once (after an outage of minutes the sinks waited
+up to 5 minutes more for their next restart, the warehouse stopped all that time). Should
 two workers restart the same task around a rebalance, no harm is done: a restart only touches what is failed when
 Connect receives it, and the records are upserted by key (a batch written twice is the same rows).
 """
@@ -30,6 +33,7 @@ from streamcart import connectors
 from streamcart.connectors import SinkState, sink_states
 from streamcart.errors import StreamcartError
 from streamcart.settings import Settings
+from streamcart.stack.probes import Probe, postgres_probe
 from streamcart.telemetry import SINK_RESTARTS
 
 log = logging.getLogger(__name__)
@@ -55,6 +59,11 @@ class Backoff:
             return False
         return now >= self._next.get(sink.name, now)
 
+    def reset(self) -> None:
+        """Every sink starts over: due at once."""
+        self._delay.clear()
+        self._next.clear()
+
     def restarted(self, name: str, now: float) -> None:
         """``name`` was restarted at ``now``: the next restart waits (longer than the last time)."""
         delay = self._delay.get(name)
@@ -69,10 +78,14 @@ class SinkKeeperError(StreamcartError):
 class SinkKeeper(Service):
     """Every ``settings.sink_keeper_interval_s``, restart the warehouse sinks Connect reports failed."""
 
-    def __init__(self, settings: Settings, on_duty: Callable[[], bool] = lambda: True, **kwargs: Any) -> None:
+    def __init__(self, settings: Settings, on_duty: Callable[[], bool] = lambda: True,
+                 warehouse: Callable[[], Probe] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.settings = settings
         self.on_duty = on_duty
+        #: Whether PostgreSQL answers (asked only while a sink is failed), and whether it did at the last asking.
+        self.warehouse = warehouse or (lambda: postgres_probe(settings))
+        self._warehouse_was_down = False
         self.interval_s = settings.sink_keeper_interval_s
         self.backoff = Backoff(first_s=self.interval_s)
         self.names = [c.name for c in connectors.load(settings)]
@@ -103,8 +116,21 @@ class SinkKeeper(Service):
         statuses = await self._call("GET", "/connectors?expand=status")
         if not isinstance(statuses, dict):
             raise SinkKeeperError(f"Connect's status is not an object: {str(statuses)[:200]}")
+        sinks = sink_states(self.names, statuses)
+        if any(sink.failed for sink in sinks):
+            warehouse = await asyncio.to_thread(self.warehouse)
+            if not warehouse.ok:
+                if not self._warehouse_was_down:
+                    log.warning("warehouse sinks failed while PostgreSQL does not answer (%s): restarted once it "
+                                "answers", warehouse.detail)
+                self._warehouse_was_down = True
+                return []
+            if self._warehouse_was_down:
+                log.warning("PostgreSQL answers again: restarting the failed warehouse sinks now")
+                self.backoff.reset()
+        self._warehouse_was_down = False
         restarted = []
-        for sink in sink_states(self.names, statuses):
+        for sink in sinks:
             if not self.backoff.due(sink, now):
                 continue
             log.warning("restarting warehouse sink %s, failed: %s", sink.name, sink.reason or "no reason given")

@@ -12,6 +12,7 @@ from streamcart import connectors
 from streamcart.connectors import SinkState, root_cause, sink_states, trouble
 from streamcart.settings import Settings
 from streamcart.sink_keeper import Backoff, SinkKeeper, SinkKeeperError
+from streamcart.stack.probes import Probe
 from streamcart.telemetry import SINK_RESTARTS
 
 TRACE = ("org.apache.kafka.connect.errors.ConnectException: Exiting WorkerSinkTask due to unrecoverable exception.\n"
@@ -21,6 +22,10 @@ TRACE = ("org.apache.kafka.connect.errors.ConnectException: Exiting WorkerSinkTa
          "Caused by: org.postgresql.util.PSQLException: ERROR: permission denied for table shipments\n"
          "\t... 11 more")
 CAUSE = "org.postgresql.util.PSQLException: ERROR: permission denied for table shipments"
+
+
+def ANSWERS() -> Probe:  # PostgreSQL answering
+    return Probe(True, "accepts connections")
 
 
 def status(connector: str = "RUNNING", *tasks: str, trace: str = TRACE) -> dict:
@@ -130,7 +135,7 @@ async def test_the_keeper_restarts_only_its_own_failed_sinks_and_only_their_fail
         "keeper-warehouse-payments": status("RUNNING", "RUNNING"),
         "someone-elses": status("FAILED"),
     }
-    keeper = SinkKeeper(await fake_connect(aiohttp_server, statuses, restarts))
+    keeper = SinkKeeper(await fake_connect(aiohttp_server, statuses, restarts), warehouse=ANSWERS)
     before = SINK_RESTARTS.labels("keeper-warehouse-orders")._value.get()
     await keeper.on_start()
     try:
@@ -147,7 +152,7 @@ async def test_only_the_worker_on_duty_restarts_a_failed_sink(aiohttp_server):
     restarts: list[str] = []
     duty = {"on": False}
     settings = await fake_connect(aiohttp_server, {"keeper-warehouse-orders": status("RUNNING", "FAILED")}, restarts)
-    keeper = SinkKeeper(settings, on_duty=lambda: duty["on"])
+    keeper = SinkKeeper(settings, on_duty=lambda: duty["on"], warehouse=ANSWERS)
     await keeper.on_start()
     try:
         assert await keeper.tick(now=0.0) == []
@@ -175,7 +180,7 @@ async def test_status_asks_connect_once_for_every_sink_and_says_so_when_connect_
 
 async def test_a_connect_that_does_not_answer_is_an_error_the_next_check_gets_past(aiohttp_server):
     restarts: list[str] = []
-    keeper = SinkKeeper(await fake_connect(aiohttp_server, {}, restarts, broken=True))
+    keeper = SinkKeeper(await fake_connect(aiohttp_server, {}, restarts, broken=True), warehouse=ANSWERS)
     await keeper.on_start()
     try:
         with pytest.raises(SinkKeeperError, match=r"HTTP 500.*rebalancing"):
@@ -186,7 +191,8 @@ async def test_a_connect_that_does_not_answer_is_an_error_the_next_check_gets_pa
 
 
 async def test_an_answer_that_is_not_json_is_an_error_the_next_check_gets_past(aiohttp_server):
-    keeper = SinkKeeper(await fake_connect(aiohttp_server, {}, [], listing="<html>proxy error</html>"))
+    keeper = SinkKeeper(await fake_connect(aiohttp_server, {}, [], listing="<html>proxy error</html>"),
+                        warehouse=ANSWERS)
     await keeper.on_start()
     try:
         with pytest.raises(SinkKeeperError):
@@ -200,11 +206,37 @@ async def test_a_refused_restart_spares_the_other_sinks_and_is_tried_again_at_th
     statuses = {"keeper-warehouse-orders": status("RUNNING", "FAILED"),
                 "keeper-warehouse-payments": status("RUNNING", "FAILED")}
     settings = await fake_connect(aiohttp_server, statuses, restarts, refusing="keeper-warehouse-orders")
-    keeper = SinkKeeper(settings)
+    keeper = SinkKeeper(settings, warehouse=ANSWERS)
     await keeper.on_start()
     try:
         assert await keeper.check(now=0.0) == ["keeper-warehouse-payments"]
         assert keeper.backoff.due(SinkState("keeper-warehouse-orders", True), 1.0)  # refused: not waited on
         assert not keeper.backoff.due(SinkState("keeper-warehouse-payments", True), 1.0)
+    finally:
+        await keeper.on_shutdown()
+
+
+async def test_while_postgres_does_not_answer_failed_sinks_wait_and_are_restarted_at_once_when_it_does(
+        aiohttp_server, caplog):
+    """A PostgreSQL outage of minutes failed every sink; the keeper's restarts meanwhile had grown its wait to 5
+    minutes, and the warehouse stayed stopped that long after PostgreSQL was back. (Here the backoff grown before
+    the outage would have kept the restart after it waiting until 70 s.)"""
+    restarts: list[str] = []
+    settings = await fake_connect(aiohttp_server, {"keeper-warehouse-orders": status("RUNNING", "FAILED")}, restarts)
+    postgres = {"answers": True}
+    keeper = SinkKeeper(settings, warehouse=lambda: Probe(postgres["answers"], "connection refused"))
+    await keeper.on_start()
+    try:
+        # Failing with PostgreSQL up: restarted at 0, 10 and 30 s, the next restart due at 70 s.
+        assert [await keeper.check(now=t) for t in (0.0, 10.0, 30.0, 35.0)] == [["keeper-warehouse-orders"]] * 3 + [[]]
+        postgres["answers"] = False
+        assert [await keeper.check(now=t) for t in (40.0, 50.0)] == [[], []]  # left alone meanwhile
+        assert "while PostgreSQL does not answer (connection refused)" in caplog.text
+        assert len(restarts) == 3
+        postgres["answers"] = True
+        assert await keeper.check(now=55.0) == ["keeper-warehouse-orders"]  # at once: its backoff started over
+        assert "PostgreSQL answers again" in caplog.text
+        assert await keeper.check(now=60.0) == []  # then the backoff as ever
+        assert await keeper.check(now=65.0) == ["keeper-warehouse-orders"]
     finally:
         await keeper.on_shutdown()
