@@ -9,10 +9,11 @@ that fails for good. Its records wait in Kafka, nothing is lost, but the warehou
 So the worker on duty (the one that owns partition 0 of the saga's topics: exactly one while the group is settled,
 and another as soon as that one is gone) checks the sinks of ``connectors/`` every ``sink_keeper_interval_s`` and
 restarts the failed instances (Connect's ``onlyFailed`` restart). A sink that fails again waits longer before each
-next restart (the interval, then twice as long, up to :data:`MAX_BACKOFF_S`) until a check sees it running. While
-PostgreSQL does not answer, a failed sink is left alone (a restart would fail again, and lengthen the wait); the
-check that finds it answering again restarts every failed sink at once (after an outage of minutes the sinks waited
-up to 5 minutes more for their next restart, the warehouse stopped all that time). Should
+next restart (the interval, then twice as long, up to :data:`MAX_BACKOFF_S`) until a check sees it running. While a
+sink is failed the keeper also asks PostgreSQL: the first check that finds it answering after it did not restarts
+every failed sink at once (after an outage of minutes the waits had grown to 5 minutes, and the warehouse stayed
+stopped that long after PostgreSQL was back). A worker that cannot reach PostgreSQL at all (a network policy) never
+sees it come back, and keeps to the backoff. Should
 two workers restart the same task around a rebalance, no harm is done: a restart only touches what is failed when
 Connect receives it, and the records are upserted by key (a batch written twice is the same rows).
 """
@@ -119,16 +120,15 @@ class SinkKeeper(Service):
         sinks = sink_states(self.names, statuses)
         if any(sink.failed for sink in sinks):
             warehouse = await asyncio.to_thread(self.warehouse)
-            if not warehouse.ok:
-                if not self._warehouse_was_down:
-                    log.warning("warehouse sinks failed while PostgreSQL does not answer (%s): restarted once it "
-                                "answers", warehouse.detail)
-                self._warehouse_was_down = True
-                return []
-            if self._warehouse_was_down:
+            if not warehouse.ok and not self._warehouse_was_down:
+                log.warning("warehouse sinks failed while PostgreSQL does not answer (%s): restarted on their "
+                            "backoff, and at once when it answers", warehouse.detail)
+            elif warehouse.ok and self._warehouse_was_down:
                 log.warning("PostgreSQL answers again: restarting the failed warehouse sinks now")
                 self.backoff.reset()
-        self._warehouse_was_down = False
+            self._warehouse_was_down = not warehouse.ok
+        else:
+            self._warehouse_was_down = False
         restarted = []
         for sink in sinks:
             if not self.backoff.due(sink, now):

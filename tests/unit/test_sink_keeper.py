@@ -230,7 +230,7 @@ async def test_while_postgres_does_not_answer_failed_sinks_wait_and_are_restarte
         # Failing with PostgreSQL up: restarted at 0, 10 and 30 s, the next restart due at 70 s.
         assert [await keeper.check(now=t) for t in (0.0, 10.0, 30.0, 35.0)] == [["keeper-warehouse-orders"]] * 3 + [[]]
         postgres["answers"] = False
-        assert [await keeper.check(now=t) for t in (40.0, 50.0)] == [[], []]  # left alone meanwhile
+        assert [await keeper.check(now=t) for t in (40.0, 50.0)] == [[], []]  # on its backoff meanwhile
         assert "while PostgreSQL does not answer (connection refused)" in caplog.text
         assert len(restarts) == 3
         postgres["answers"] = True
@@ -238,5 +238,17 @@ async def test_while_postgres_does_not_answer_failed_sinks_wait_and_are_restarte
         assert "PostgreSQL answers again" in caplog.text
         assert await keeper.check(now=60.0) == []  # then the backoff as ever
         assert await keeper.check(now=65.0) == ["keeper-warehouse-orders"]
+    finally:
+        await keeper.on_shutdown()
+
+
+async def test_a_worker_that_cannot_reach_postgres_keeps_restarting_on_the_backoff(aiohttp_server):
+    """Where a network policy keeps the workers from PostgreSQL, its probe never answers: restarts go on as ever."""
+    restarts: list[str] = []
+    settings = await fake_connect(aiohttp_server, {"keeper-warehouse-orders": status("RUNNING", "FAILED")}, restarts)
+    keeper = SinkKeeper(settings, warehouse=lambda: Probe(False, "no route to host"))
+    await keeper.on_start()
+    try:
+        assert [len(await keeper.check(now=t)) for t in (0.0, 5.0, 10.0, 20.0, 30.0)] == [1, 0, 1, 0, 1]
     finally:
         await keeper.on_shutdown()
