@@ -690,7 +690,7 @@ class _LiveRemote:
                                       "STREAMCART_JWT_SECRET here must be the stack's")
             self._answering = base
             return status, body
-        raise ApiUnreachable(f"no worker's API answers: {'; '.join(unanswered)}: is the stack up "
+        raise ApiUnreachable(f"the API does not answer on any worker ({'; '.join(unanswered)}): is the stack up "
                              "(`streamcart status`)?")
 
     def _worker_urls(self) -> list[str]:

@@ -533,7 +533,7 @@ def test_an_order_placed_whose_outcome_cannot_be_read_says_it_is_placed_and_not_
 
     class Unreadable(FakeSystem):
         def get(self, path: str) -> tuple[int, object]:
-            raise cli.ApiUnreachable("no worker's API answers")
+            raise cli.ApiUnreachable("the API does not answer on any worker")
 
     system = Unreadable()
     assert run(system, "order", "place", "--line", "A:1", monkeypatch=monkeypatch) == 1
@@ -563,5 +563,5 @@ def test_the_cli_reads_through_the_next_worker_when_one_does_not_answer(monkeypa
                      f"{settings.worker_url(1)}/v1/orders/o-2"]  # the one that answered, first
     monkeypatch.setattr("streamcart.stack.probes.http_get_json",
                         lambda url, timeout_s, headers: (_ for _ in ()).throw(ConnectionRefusedError("refused")))
-    with pytest.raises(cli.ApiUnreachable, match=r"no worker's API answers.*is the stack up"):
+    with pytest.raises(cli.ApiUnreachable, match=r"the API does not answer on any worker .*is the stack up"):
         remote.get("/v1/orders/o-3")
