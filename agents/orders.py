@@ -56,6 +56,7 @@ def register(runtime: Runtime) -> Any:
             tables.analytics.forget_seen(partition, event_id)
         tables.payments.delete(order_id)
         tables.shipments.delete(order_id)
+        tables.notified.delete(order_id)
         tables.customer_orders.remove(order.customer_id, order.placed_at, order_id)
         tables.retention.track(order_id, retention.forget_at(order, retention_ms), None)
         tables.retention.track(order_id, command.forget_at, forgetting.fallback_at)
@@ -64,6 +65,7 @@ def register(runtime: Runtime) -> Any:
         """Whether something the first step deleted is back (a replayed or redelivered message in between)."""
         partition = int(event.message.partition)
         return (tables.payments.get(order.order_id) is not None or tables.shipments.get(order.order_id) is not None
+                or tables.notified.get_raw(order.order_id) is not None
                 or tables.customer_orders.has(order.customer_id, order.placed_at, order.order_id)
                 or any(tables.analytics.seen(partition, e) is not None for e in forgetting.counted_event_ids))
 

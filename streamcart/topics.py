@@ -25,6 +25,7 @@ COMPACTED_SEGMENT_BYTES = 64 * 2**20
 #: Every table a worker declares (tables/declarations.py); each has a compacted changelog topic.
 TABLE_NAMES = (
     "orders", "deadlines", "retention", "customer_orders", "catalog", "stock", "payments", "shipments", "analytics",
+    "notified",
 )
 
 

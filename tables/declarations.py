@@ -21,6 +21,7 @@ from typing import Any
 
 from streamcart.domain.catalog import ProductState
 from streamcart.domain.inventory import AdjustmentMemory, Reservation, StockState
+from streamcart.domain.notifications import Delivered
 from streamcart.domain.order_state import OrderState
 from streamcart.domain.payments import PaymentState
 from streamcart.domain.shipping import ShipmentState
@@ -43,11 +44,12 @@ class StateTables:
     payments: ModelTable[PaymentState]
     shipments: ModelTable[ShipmentState]
     analytics: AnalyticsTable
+    notified: ModelTable[Delivered]
 
 
 #: RocksDB options of every table partition's store (ignored by the in-memory store of unit tests). faust's defaults
 #: suit one big store per process: three 64 MiB write buffers and a 2 GiB block cache each. A worker opens one store
-#: per table partition it holds, active or standby (8 tables x 8 partitions here): up to 12 GiB of write buffers,
+#: per table partition it holds, active or standby (10 tables x 8 partitions here): up to 15 GiB of write buffers,
 #: and RocksDB takes a write buffer's memory in blocks of an eighth of its size (8 MiB) from the first write on.
 STORE_OPTIONS = {"write_buffer_size": 4 << 20, "max_write_buffer_number": 2, "block_cache_size": 8 << 20}
 
@@ -85,4 +87,5 @@ def declare_tables(app: Any, partitions: int) -> StateTables:
         payments=ModelTable(_table(app, "payments", partitions), PaymentState),
         shipments=ModelTable(_table(app, "shipments", partitions), ShipmentState),
         analytics=AnalyticsTable(_table(app, "analytics", partitions)),
+        notified=ModelTable(_table(app, "notified", partitions), Delivered),
     )

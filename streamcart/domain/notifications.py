@@ -11,8 +11,13 @@ the customer id that notifications are keyed by (ShipmentDispatched does not). S
 have to act on at once (a cancellation, a parcel on its way); a confirmation's receipt goes to webhook and email.
 
 Each planned notification has a deterministic ``idempotency_key`` (the event and the channel), which the delivery
-adapter passes to the provider, so a redelivered event does not notify twice where the provider deduplicates.
-:func:`sent` and :func:`failed` build the outcome events with ids derived the same way; like every derived
+adapter passes to the provider. The flow does not rely on providers to deduplicate by it (the local ones do not,
+nor does every customer's webhook): it remembers, per order, the key of each notification delivered and how many
+attempts it took (:class:`Delivered`, noted by :func:`noted` once a delivery succeeded). A redelivered event (a
+duplicate PlaceOrder re-emits the order's events with the same ids, a crash redelivers them) notifies nobody
+again: :func:`split` plans only what was not delivered yet, and gives the NotificationSent of the rest again, the
+same event (the duplicate rule, DESIGN.md §3). A give-up is dead-lettered and not noted, so its replay delivers
+it. :func:`sent` and :func:`failed` build the outcome events with ids derived the same way; like every derived
 message they carry the causing event's time (the domain has no clock).
 """
 
@@ -20,6 +25,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.messages import (
     NotificationFailed,
@@ -102,6 +109,33 @@ def plan(event: OrderEvent, contact: Contact, *, only: str | None = None) -> tup
         for channel in channels
         if (only is None or channel == only) and (address := contact.address(channel))
     )
+
+
+class Delivered(BaseModel):
+    """The notifications of one order delivered so far: the attempts each took, by its ``idempotency_key``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    order_id: str
+    attempts: dict[str, int] = Field(default_factory=dict)
+
+
+def split(
+    planned: tuple[Notification, ...], delivered: Delivered | None
+) -> tuple[tuple[Notification, ...], tuple[NotificationSent, ...]]:
+    """``planned`` as those still to deliver, and the NotificationSent of those ``delivered`` already: the same
+    events as the first time (ids and attempts), sent again instead of notifying the customer again."""
+    done = {} if delivered is None else delivered.attempts
+    return (
+        tuple(n for n in planned if n.idempotency_key not in done),
+        tuple(sent(n, attempts=done[n.idempotency_key]) for n in planned if n.idempotency_key in done),
+    )
+
+
+def noted(delivered: Delivered | None, notification: Notification, *, attempts: int) -> Delivered:
+    """``delivered`` (``None``: nothing yet) with ``notification`` delivered after ``attempts`` tries."""
+    before = {} if delivered is None else delivered.attempts
+    return Delivered(order_id=notification.order_id, attempts={**before, notification.idempotency_key: attempts})
 
 
 def sent(notification: Notification, *, attempts: int) -> NotificationSent:

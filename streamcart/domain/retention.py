@@ -13,8 +13,8 @@ the retention after its last step (:func:`forget_at`); a later step (a late answ
 Timers only *emit* :class:`~schemas.messages.ForgetOrder` commands, named by the order and its time, so a tick
 that runs twice changes nothing. The orders flow decides with :func:`forget` when it applies one, in two steps,
 because a crashed worker rebuilds each table from its own changelog and nothing orders one changelog's writes
-against another's. First it deletes the order's payment, shipment and analytics marks, moves its index entry a
-retention later (a fallback, should the second step never come) and sends itself a
+against another's. First it deletes the order's payment, shipment, analytics marks and notes of the notifications
+delivered, moves its index entry a retention later (a fallback, should the second step never come) and sends itself a
 :class:`~schemas.messages.DropOrder`, which leaves only once those deletes are in Kafka (agents/state_first.py).
 The DropOrder first checks that nothing deleted came back in between (else it takes the first step again), then
 asks inventory to forget the order's reservations (:func:`reservation_forgets`; again when the order is gone
@@ -88,9 +88,10 @@ def forget_command(order_id: str, at: int) -> ForgetOrder:
 class Forgetting:
     """What forgetting one order takes in its partition.
 
-    Delete its payment, shipment and the analytics marks of ``counted_event_ids`` (the order's events that the
-    analytics flow folded and remembers having seen), keep its index entry at ``fallback_at`` (should ``drop`` never
-    be applied: a worker of an older version dead-letters it), then send ``drop``.
+    Delete its payment, shipment, notes of the notifications delivered and the analytics marks of
+    ``counted_event_ids`` (the order's events that the analytics flow folded and remembers having seen), keep its
+    index entry at ``fallback_at`` (should ``drop`` never be applied: a worker of an older version dead-letters
+    it), then send ``drop``.
     """
 
     counted_event_ids: tuple[str, ...]

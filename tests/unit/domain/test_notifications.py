@@ -11,7 +11,7 @@ from schemas.messages import (
     OrderShipped,
     PricedLine,
 )
-from streamcart.domain.notifications import Channel, Contact, Template, failed, plan, sent
+from streamcart.domain.notifications import Channel, Contact, Template, failed, noted, plan, sent, split
 
 EVERYWHERE = Contact(webhook_url="https://shop.example/hook", email="ann@example.com", phone="+4917000000")
 
@@ -73,3 +73,39 @@ def test_outcome_events_are_derived_from_the_event_and_channel():
     assert ok.causation_id == gave_up.causation_id == SHIPPED.event_id
     assert sent(webhook, attempts=2) == ok
     assert ok.event_id != gave_up.event_id
+
+
+def test_nothing_delivered_yet_leaves_every_planned_notification_to_deliver():
+    planned = plan(CANCELLED, EVERYWHERE)
+    assert split(planned, None) == (planned, ())
+
+
+def test_a_redelivered_event_delivers_only_what_was_not_delivered_and_reports_the_rest_as_the_first_time():
+    webhook, email, sms = plan(CANCELLED, EVERYWHERE)
+    delivered = noted(noted(None, webhook, attempts=3), sms, attempts=1)
+    pending, again = split(plan(CANCELLED, EVERYWHERE), delivered)
+    assert pending == (email,)
+    assert again == (sent(webhook, attempts=3), sent(sms, attempts=1))  # the same events, ids and attempts
+
+
+def test_everything_delivered_notifies_nobody_again():
+    planned = plan(CONFIRMED, EVERYWHERE)
+    delivered = None
+    for notification in planned:
+        delivered = noted(delivered, notification, attempts=1)
+    assert split(planned, delivered) == ((), tuple(sent(n, attempts=1) for n in planned))
+
+
+def test_what_another_event_of_the_order_delivered_does_not_stop_this_ones_notifications():
+    delivered = noted(None, plan(CONFIRMED, EVERYWHERE)[1], attempts=1)  # the confirmation's email
+    assert delivered.order_id == "o-1"
+    assert split(plan(SHIPPED, EVERYWHERE), delivered) == (plan(SHIPPED, EVERYWHERE), ())
+
+
+def test_a_replayed_give_up_is_delivered_when_the_other_channels_were():
+    webhook, email = plan(CONFIRMED, EVERYWHERE)
+    delivered = noted(None, webhook, attempts=1)  # the email gave up: dead-lettered, not noted
+    assert split(plan(CONFIRMED, EVERYWHERE, only=Channel.EMAIL), delivered) == ((email,), ())
+    # Replayed again once it was delivered, it is not sent twice.
+    assert split(plan(CONFIRMED, EVERYWHERE, only=Channel.EMAIL), noted(delivered, email, attempts=2)) == (
+        (), (sent(email, attempts=2),))
