@@ -16,7 +16,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Protocol, TypeVar
 
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from schemas.messages import Message
     from streamcart.audit import Report
     from streamcart.commands import CommandSender
-    from streamcart.dead_letters import DeadLetter, Selection
+    from streamcart.dead_letters import DeadLetter, ReplayLog, Selection
     from streamcart.domain.inventory import StockState
     from streamcart.stack import Stack
 
@@ -1073,14 +1073,24 @@ def _position(text: str, hint: str) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class _Letters:
-    """The selected dead letters, when those replayed already were (``None``: the stack has no replays topic yet),
-    and which letters a newer one stands for (their replay failed again)."""
+    """The selected dead letters, the replays topic (``None``: the stack has none yet), and which letters a newer
+    one stands for (their replay failed again)."""
 
     selected: list[DeadLetter]
-    replayed: dict[str, int] | None
+    replays: ReplayLog | None
     replaced: dict[str, str]
-    #: The error classes of every letter read (selected or not): what an ``--error`` that matched nothing could be.
-    error_classes: frozenset[str] = frozenset()
+    #: Every letter read (selected or not), oldest failure first.
+    every: list[DeadLetter] = field(default_factory=list)
+
+    @property
+    def replayed(self) -> dict[str, int] | None:
+        """When each letter replayed already was (``None``: the stack has no replays topic yet)."""
+        return None if self.replays is None else self.replays.replayed(self.every)
+
+    @property
+    def error_classes(self) -> frozenset[str]:
+        """What an ``--error`` that matched nothing could have been."""
+        return frozenset(letter.error_class for letter in self.every)
 
     def none_match(self, selection: Selection, noun: str) -> str:
         """What to say when nothing was selected, naming the error classes there are if ``--error`` named none."""
@@ -1093,26 +1103,27 @@ class _Letters:
         return f"no {noun} match: no letter failed with {', '.join(unknown)} (error classes there: {there})"
 
 
-def _dead_letters(settings: Settings, codec: Codec, selection: Selection, *, warehouse: bool = False) -> _Letters:
-    from streamcart.commands import read_dead_letters, read_replayed, read_sink_letters
-    from streamcart.dead_letters import superseded
+def _dead_letters(settings: Settings, codec: Codec, selection: Selection, *, warehouse: bool = False,
+                  whole: bool = False) -> _Letters:
+    """The dead letters ``selection`` selects, read with what a listing or a replay needs. ``whole`` reads every
+    letter, whatever ``--since``: a replay judges a letter by the older letters of its message too."""
+    from streamcart.commands import read_dead_letters, read_replays, read_sink_letters
+    from streamcart.dead_letters import ReplayLog, superseded
 
     what = "the warehouse's dead-letter topic" if warehouse else "the dead-letter topic"
     with console.status(f"reading {what}…") as status:
-        # A letter is written as it fails: the records before --since (less a minute) need not be read.
-        since = None if selection.since_ms is None else selection.since_ms - 60_000
+        # A letter is written as it fails: the records before --since (less a minute) need not be listed.
+        since = None if selection.since_ms is None or whole else selection.since_ms - 60_000
 
         def progress(read: int) -> None:
             status.update(f"reading {what}… {read}")
 
         if warehouse:  # rows a sink could not take: never replayed
             rows = read_sink_letters(settings, since_ms=since, on_progress=progress)
-            return _Letters([row for row in rows if row in selection], {}, {},
-                            frozenset(row.error_class for row in rows))
+            return _Letters([row for row in rows if row in selection], ReplayLog(), {}, rows)
         letters = read_dead_letters(settings, codec, since_ms=since, on_progress=progress)
-        replayed = read_replayed(settings, letters)
-    return _Letters([letter for letter in letters if letter in selection], replayed, superseded(letters),
-                    frozenset(letter.error_class for letter in letters))
+        replays = read_replays(settings)
+    return _Letters([letter for letter in letters if letter in selection], replays, superseded(letters), letters)
 
 
 def _codec(settings: Settings) -> Codec:
@@ -1197,15 +1208,14 @@ def dlq_replay(
         raise typer.BadParameter("name what to replay (--flow, --error, --topic, --order, --since, --at), or --all")
     settings = _settings()
     codec = _codec(settings)
-    read = _dead_letters(settings, codec, selection)
-    if read.replayed is None:
-        raise StreamcartError(f"no topic {settings.topic_prefix}dlq.replays, where replays are noted: run "
-                              f"`streamcart init` (it creates it) first")
+    read = _dead_letters(settings, codec, selection, whole=True)
+    if read.replays is None:
+        raise StreamcartError(_NO_REPLAYS_TOPIC.format(prefix=settings.topic_prefix))
     if not read.selected:
         console.print(read.none_match(selection, "dead letters"))
         return
-    report = replay_dead_letters(read.selected, _remote(), settings, replayed=read.replayed, replaced=read.replaced,
-                                 dry_run=dry_run, again=again, force=force, codec=codec)
+    report = replay_dead_letters(read.selected, _remote(), settings, replays=read.replays, replaced=read.replaced,
+                                 every=read.every, dry_run=dry_run, again=again, force=force, codec=codec)
     if report.kept or report.failed:
         raise typer.Exit(1)
 
@@ -1213,8 +1223,8 @@ def dlq_replay(
 @dataclass
 class ReplayReport:
     """What ``streamcart dlq replay`` did with the letters it was given. ``kept`` and ``failed`` are what stays to
-    be done (the command exits 1); a letter replayed before (or whose replay a newer letter stands for) is
-    ``already``, not a failure."""
+    be done (the command exits 1); a letter replayed before (or whose replay a newer letter stands for, or that
+    another run is replaying) is ``already``, not a failure."""
 
     sent: int = 0
     already: int = 0
@@ -1223,10 +1233,17 @@ class ReplayReport:
 
 
 def replay_dead_letters(letters: list[DeadLetter], remote: Remote, settings: Settings, *,
-                        replayed: Mapping[str, int] | None = None, replaced: Mapping[str, str] | None = None,
-                        dry_run: bool = False, again: bool = False, force: bool = False, codec: Codec | None = None,
+                        replays: ReplayLog | None = None, replaced: Mapping[str, str] | None = None,
+                        every: list[DeadLetter] | None = None, dry_run: bool = False, again: bool = False,
+                        force: bool = False, codec: Codec | None = None,
                         sender: CommandSender | None = None) -> ReplayReport:
-    """Replay what the checks let through, print each letter's fate and mark what was sent as replayed."""
+    """Replay what the checks let through, print each letter's fate and mark what was sent as replayed.
+
+    ``replays`` is the replays topic as read before (default: read now); ``every`` every letter read, ``letters``
+    among them (:func:`~streamcart.dead_letters.plan_replays`). Before sending, the run claims what it is about to
+    send on the replays topic and sends what its claims hold (:class:`~streamcart.dead_letters.ReplayLog`): of
+    runs at once, one sends each letter; the others skip it, which is no failure of theirs.
+    """
     from urllib.parse import quote
 
     from streamcart.commands import CommandSender
@@ -1249,8 +1266,15 @@ def replay_dead_letters(letters: list[DeadLetter], remote: Remote, settings: Set
                     idempotency_ttl_ms=round(settings.idempotency_ttl_s * 1000),
                     saga_timeout_ms=round(settings.saga_timeout_s * 1000))
     running = FLOWS if settings.analytics else FLOWS - {"analytics"}
-    plan = plan_replays(letters, order_seen=order_seen, now_ms=now_ms, limits=limits, replayed=replayed,
-                        replaced=replaced, running=running, force=force, again=again,
+    if replays is None:
+        sender = sender or CommandSender(settings, codec)
+        if (replays := sender.read_replays()) is None:
+            raise StreamcartError(_NO_REPLAYS_TOPIC.format(prefix=settings.topic_prefix))
+    every = letters if every is None else every
+    plan = plan_replays(letters, order_seen=order_seen, now_ms=now_ms, limits=limits,
+                        replayed=replays.replayed(every), replaced=replaced, every=every,
+                        claimed={letter.position for letter in every if replays.holder(letter, now_ms) is not None},
+                        running=running, force=force, again=again,
                         topics={spec.name: spec.partitions for spec in topic_specs(settings)})
     report = ReplayReport()
     going: list[DeadLetter] = []
@@ -1268,8 +1292,8 @@ def replay_dead_letters(letters: list[DeadLetter], remote: Remote, settings: Set
         else:
             going.append(letter)
     if going:
-        going = in_log_order(going)  # each key's messages back in the order they were first written
         sender = sender or CommandSender(settings, codec)
+        going = _claimed(in_log_order(going), sender, replays.end, now_ms, report)
         outcomes = sender.resend(*(replay_of(letter) for letter in going), timeout_s=30.0)
         sent = [letter for letter, failure in zip(going, outcomes, strict=True) if failure is None]
         for letter, failure in zip(going, outcomes, strict=True):
@@ -1279,7 +1303,7 @@ def replay_dead_letters(letters: list[DeadLetter], remote: Remote, settings: Set
                               f"{escape(letter.flow)}")
             else:
                 console.print(f"[red]not sent[/] {what}: {escape(failure)}")
-        report.sent, report.failed = len(sent), len(going) - len(sent)
+        report.sent, report.failed = len(sent), report.failed + len(going) - len(sent)
         unmarked = [letter.position for letter, failure in zip(sent, sender.mark_replayed(sent, now_ms), strict=True)
                     if failure is not None]
         if unmarked:
@@ -1294,6 +1318,36 @@ def replay_dead_letters(letters: list[DeadLetter], remote: Remote, settings: Set
                       + ("; a replay that fails again is dead-lettered anew, marked with the letter it replays"
                          if report.sent else ""))
     return report
+
+
+def _claimed(going: list[DeadLetter], sender: CommandSender, seen_to: int, now_ms: int,
+             report: ReplayReport) -> list[DeadLetter]:
+    """Claims ``going`` for this run (which planned with the replays topic read up to ``seen_to``), reads the
+    replays topic to its end and returns the letters its claims hold, in their order; says why of each other,
+    counting it as failed (its claim was not acknowledged) or not (another run replays or replayed it)."""
+    from streamcart.dead_letters import Claim, ReplayLog, replayed_before
+    from streamcart.ids import new_id
+
+    claim = Claim(new_id(), now_ms, seen_to)
+    failures = sender.claim(going, claim, timeout_s=30.0)
+    log = (sender.read_replays() if None in failures else None) or ReplayLog()
+    held: list[DeadLetter] = []
+    for letter, failure in zip(going, failures, strict=True):
+        lost = f"not claimed: {failure}" if failure is not None else log.lost(letter, claim.run_id)
+        what = escape(f"{letter.position} {letter.summary}")
+        if lost is None:
+            held.append(letter)
+        elif replayed_before(lost):
+            report.already += 1
+            console.print(f"[dim]skipped {what}: {escape(lost)}[/]")
+        else:
+            report.failed += 1
+            console.print(f"[red]not sent[/] {what}: {escape(lost)}")
+    return held
+
+
+_NO_REPLAYS_TOPIC = ("no topic {prefix}dlq.replays, where replays are noted: run `streamcart init` (it creates it) "
+                     "first")
 
 
 bench_app = typer.Typer(help="Benchmarks against the running stack (figures, not pass/fail).")

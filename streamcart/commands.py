@@ -25,7 +25,7 @@ from confluent_kafka import (
 
 from schemas.codec import Codec
 from schemas.messages import IndexOrder, Message
-from streamcart.dead_letters import ConnectHeader, DeadLetter, Replay, SinkLetter
+from streamcart.dead_letters import Claim, ConnectHeader, DeadLetter, Replay, ReplayLog, SinkLetter
 from streamcart.errors import StreamcartError
 from streamcart.ids import new_id
 from streamcart.settings import Settings
@@ -53,6 +53,7 @@ class CommandSender:
     """Produces commands and waits for the broker's acknowledgement."""
 
     def __init__(self, settings: Settings, codec: Codec | None = None) -> None:
+        self.settings = settings
         self.topics = Topics.from_settings(settings)
         self.codec = codec or Codec.connect(settings)
         self.producer = Producer({
@@ -82,14 +83,20 @@ class CommandSender:
             timeout_s,
         )
 
+    def claim(self, letters: list[DeadLetter], claim: Claim, timeout_s: float = 10.0) -> list[str | None]:
+        """Note on the replays topic that ``claim``'s run is about to send ``letters`` (:func:`read_replays` reads
+        it back)."""
+        return self._deliver([{"topic": self.topics.dlq_replays, **claim_record(letter, claim)} for letter in letters],
+                             timeout_s)
+
     def mark_replayed(self, letters: list[DeadLetter], at_ms: int, timeout_s: float = 10.0) -> list[str | None]:
-        """Note on the replays topic that ``letters`` were replayed (:func:`read_replayed` reads it back)."""
-        return self._deliver(
-            [{"topic": self.topics.dlq_replays, "key": letter.position.encode(),
-              "value": json.dumps({"replayed_at_ms": at_ms, "flow": letter.flow, "letter": letter.identity}).encode()}
-             for letter in letters],
-            timeout_s,
-        )
+        """Note on the replays topic that ``letters`` were replayed (:func:`read_replays` reads it back)."""
+        return self._deliver([{"topic": self.topics.dlq_replays, **mark_record(letter, at_ms)} for letter in letters],
+                             timeout_s)
+
+    def read_replays(self) -> ReplayLog | None:
+        """The replays topic up to its end now (:func:`read_replays`)."""
+        return read_replays(self.settings)
 
     def _deliver(self, records: list[dict[str, Any]], timeout_s: float) -> list[str | None]:
         """Produce ``records`` and wait for the broker; for each, why it was not acknowledged (``None``: it was).
@@ -320,31 +327,52 @@ def read_dead_letter(settings: Settings, codec: Codec, partition: int, offset: i
         consumer.close()
 
 
-def read_replayed(settings: Settings, letters: Iterable[DeadLetter] = ()) -> dict[str, int] | None:
-    """When each dead letter replayed so far was (by its ``PARTITION:OFFSET``), from the replays topic; ``None``
-    when that topic does not exist (a stack upgraded without ``streamcart init``).
+def mark_record(letter: DeadLetter, at_ms: int) -> dict[str, bytes]:
+    """The key and value of the replays topic's record noting that ``letter`` was replayed at ``at_ms``."""
+    return {"key": letter.position.encode(),
+            "value": json.dumps({"replayed_at_ms": at_ms, "flow": letter.flow, "letter": letter.identity}).encode()}
 
-    A mark names the letter it was made for (:attr:`DeadLetter.identity`): one of ``letters`` now at that
-    position that is another letter (the DLQ topic was made again, its offsets start over) is not marked by it.
-    """
-    replayed: dict[str, int] = {}
-    made_for: dict[str, str] = {}
 
-    def note(record: Any) -> None:
-        with contextlib.suppress(AttributeError, TypeError, ValueError, KeyError):  # not a mark this code wrote
-            mark = json.loads(record.value())
-            position = record.key().decode()
-            replayed[position] = int(mark["replayed_at_ms"])
-            if isinstance(mark.get("letter"), str):
-                made_for[position] = mark["letter"]
-            else:
-                made_for.pop(position, None)  # a mark of an older version: by position alone
+def claim_record(letter: DeadLetter, claim: Claim) -> dict[str, bytes]:
+    """The key and value of the replays topic's record claiming ``letter`` for ``claim``'s run. Keyed apart from
+    the letter's marks: compacted, the topic keeps a letter's last mark, whatever claims came after it."""
+    return {"key": f"{letter.position}/claim".encode(),
+            "value": json.dumps({"claimed_at_ms": claim.claimed_at_ms, "run": claim.run_id, "seen_to": claim.seen_to,
+                                 "position": letter.position, "letter": letter.identity}).encode()}
 
+
+def note_replay(log: ReplayLog, offset: int, key: bytes | None, value: bytes | None) -> None:
+    """Add the replays topic's record at ``offset`` to ``log``: a mark or a claim (:func:`mark_record`,
+    :func:`claim_record`); anything else this code did not write is passed over."""
+    if key is None or value is None:
+        return
+    with contextlib.suppress(AttributeError, TypeError, ValueError, KeyError):
+        note = json.loads(value)
+        if "claimed_at_ms" in note:
+            claim = Claim(str(note["run"]), int(note["claimed_at_ms"]), int(note["seen_to"]))
+            log.note_claim(offset, str(note["position"]), claim, str(note["letter"]))
+        else:
+            letter = note.get("letter")  # none on a mark of an older version: by position alone
+            log.note_mark(offset, key.decode(), int(note["replayed_at_ms"]),
+                          letter if isinstance(letter, str) else None)
+
+
+def read_replays(settings: Settings) -> ReplayLog | None:
+    """The replays topic up to the end it has now: the marks of the letters replayed so far and the claims of
+    runs about to send some; ``None`` when that topic does not exist (a stack upgraded without ``streamcart
+    init``)."""
+    log = ReplayLog()
     try:
-        read_to_end(settings, Topics.from_settings(settings).dlq_replays, note, purpose="dlq-replays")
+        read_to_end(settings, Topics.from_settings(settings).dlq_replays,
+                    lambda record: note_replay(log, record.offset(), record.key(), record.value()),
+                    purpose="dlq-replays")
     except TopicMissing:
         return None
-    for letter in letters:
-        if letter.position in made_for and made_for[letter.position] != letter.identity:
-            del replayed[letter.position]
-    return replayed
+    return log
+
+
+def read_replayed(settings: Settings, letters: Iterable[DeadLetter] = ()) -> dict[str, int] | None:
+    """When each dead letter replayed so far was (by its ``PARTITION:OFFSET``), from the replays topic
+    (:meth:`ReplayLog.replayed`); ``None`` when that topic does not exist."""
+    log = read_replays(settings)
+    return None if log is None else log.replayed(letters)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -533,16 +533,116 @@ def superseded(letters: Iterable[DeadLetter]) -> dict[str, str]:
     return newer
 
 
+#: How long a claim keeps other runs off its letter: far longer than a run takes from its claims to its marks (a
+#: read of the replays topic, at most 30 s for the broker to take the replays and 10 s the marks), so that only
+#: a run that died in between is outlived, and its letters go with a later run.
+CLAIM_TTL_MS = 5 * 60_000
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A run's note on the replays topic, before it sends a letter, that it is about to (:class:`ReplayLog`)."""
+
+    run_id: str
+    claimed_at_ms: int
+    #: The end of the replays topic as the run read it to plan: a mark from there on came after it looked.
+    seen_to: int
+
+    def live(self, now_ms: int) -> bool:
+        """Whether its run may still be sending (one older than :data:`CLAIM_TTL_MS` died)."""
+        return now_ms - self.claimed_at_ms <= CLAIM_TTL_MS
+
+
+@dataclass(frozen=True)
+class _Note:
+    """A record of the replays topic about one letter: a mark (``replayed_at_ms``) or a claim."""
+
+    offset: int
+    letter: str | None  # the letter's identity; None: an older version's mark, by position alone
+    replayed_at_ms: int | None = None
+    claim: Claim | None = None
+
+
+class ReplayLog:
+    """The replays topic (one partition) as read: by each letter's position, the marks of the runs that replayed
+    it and the claims of the runs about to.
+
+    Two runs that both read a letter unmarked must not both send it. Each claims what it is about to send, then
+    reads the topic to its end: of the claims of a letter, the first since its last mark holds it (the others
+    lose), unless its run had not seen that mark when it planned (it planned to send what was replayed since), or
+    unless it comes more than :data:`CLAIM_TTL_MS` after a holder whose run died. A mark ends a hold: its run is
+    done. Every run reads the same log, so all agree on which claim holds.
+    """
+
+    def __init__(self) -> None:
+        self._notes: dict[str, list[_Note]] = {}
+        #: The offset after the last record read: what a run that plans with this log has seen.
+        self.end = 0
+
+    def note_mark(self, offset: int, position: str, replayed_at_ms: int, letter: str | None) -> None:
+        self._note(position, _Note(offset, letter, replayed_at_ms=replayed_at_ms))
+
+    def note_claim(self, offset: int, position: str, claim: Claim, letter: str) -> None:
+        self._note(position, _Note(offset, letter, claim=claim))
+
+    def _note(self, position: str, note: _Note) -> None:
+        self._notes.setdefault(position, []).append(note)
+        self.end = max(self.end, note.offset + 1)
+
+    def replayed(self, letters: Iterable[DeadLetter] = ()) -> dict[str, int]:
+        """When each letter replayed so far was, by position. A mark names the letter it was made for: one of
+        ``letters`` now at its position that is another letter (the DLQ topic was made again, its offsets start
+        over) is not marked by it."""
+        made_for = {letter.position: letter.identity for letter in letters}
+        return {position: marks[-1] for position in self._notes
+                if (marks := [note.replayed_at_ms for note in self._about(position, made_for.get(position))
+                              if note.replayed_at_ms is not None])}
+
+    def holder(self, letter: DeadLetter, now_ms: int) -> Claim | None:
+        """The claim of a run sending ``letter`` now, if any."""
+        holder, _ = self._claims(letter)
+        return holder if holder is not None and holder.live(now_ms) else None
+
+    def lost(self, letter: DeadLetter, run_id: str) -> str | None:
+        """Why the claim of run ``run_id`` on ``letter`` does not let it send (``None``: it holds it)."""
+        return self._claims(letter)[1].get(run_id, "its claim is not on the replays topic; try again")
+
+    def _claims(self, letter: DeadLetter) -> tuple[Claim | None, dict[str, str | None]]:
+        """The claim that holds ``letter`` after the last record, and each claiming run's outcome (as :meth:`lost`)."""
+        holder: Claim | None = None
+        marked_at = -1  # the offset of its last mark
+        outcomes: dict[str, str | None] = {}
+        for note in self._about(letter.position, letter.identity):
+            claim = note.claim
+            if claim is None:  # a mark: its run is done
+                holder, marked_at = None, note.offset
+            elif marked_at >= claim.seen_to:
+                outcomes[claim.run_id] = f"{ALREADY} by another run since this one looked"
+            elif holder is not None and holder.live(claim.claimed_at_ms):
+                outcomes[claim.run_id] = CLAIMED
+            else:
+                holder, outcomes[claim.run_id] = claim, None
+        return holder, outcomes
+
+    def _about(self, position: str, identity: str | None) -> list[_Note]:
+        return [note for note in self._notes.get(position, ())
+                if identity is None or note.letter is None or note.letter == identity]
+
+
 def plan_replays(letters: Iterable[DeadLetter], *, order_seen: Callable[[str], OrderSeen], now_ms: int,
                  limits: Limits, replayed: Mapping[str, int] | None = None,
-                 replaced: Mapping[str, str] | None = None, running: frozenset[str] = FLOWS, force: bool = False,
+                 replaced: Mapping[str, str] | None = None, claimed: Collection[str] = frozenset(),
+                 every: Iterable[DeadLetter] | None = None, running: frozenset[str] = FLOWS, force: bool = False,
                  again: bool = False, topics: Mapping[str, int] | None = None) -> list[tuple[DeadLetter, str | None]]:
     """Each letter with why it must not be replayed now (``None``: it may).
 
     ``order_seen`` is asked once per order. ``replayed`` holds when each letter replayed already was; ``again``
     sends those once more, unless their replay failed again (``replaced``, from :func:`superseded`: the newer
-    letter stands for them). ``running`` are the flows the stack runs; ``topics`` its topics with their partition
-    counts (a letter naming another topic or partition is kept). ``force`` skips the checks of
+    letter stands for them). ``claimed`` are the letters another run is replaying now (:meth:`ReplayLog.holder`).
+    ``every`` is every letter read, oldest failure first, ``letters`` among them (default: ``letters`` alone):
+    whether a letter was replayed already as another letter of its message, or another stands for it, does not
+    depend on which were selected. ``running`` are the flows the stack runs; ``topics`` its topics with their
+    partition counts (a letter naming another topic or partition is kept). ``force`` skips the checks of
     :func:`replay_refusal` but these.
     """
     seen: dict[str, OrderSeen] = {}
@@ -559,11 +659,14 @@ def plan_replays(letters: Iterable[DeadLetter], *, order_seen: Callable[[str], O
     # replayed twice and failing each time) is sent back once: as its newest letter, if any of them was not yet.
     newest: dict[tuple[object, ...], DeadLetter] = {}
     went: dict[tuple[object, ...], tuple[str, int]] = {}  # a letter of the message replayed already, and when
-    for letter in letters:  # oldest failure first
+    going: set[tuple[object, ...]] = set()  # a letter of the message is being replayed by another run
+    for letter in letters if every is None else every:  # oldest failure first
         newest[_message_of(letter)] = letter
         # (One whose replay failed again went, but did not get through: its newer letter stands for it.)
         if (at := (replayed or {}).get(letter.position)) is not None and letter.position not in (replaced or {}):
             went[_message_of(letter)] = (letter.position, at)
+        if letter.position in claimed:
+            going.add(_message_of(letter))
     plan: list[tuple[DeadLetter, str | None]] = []
     for letter in letters:
         refusal = letter.unreplayable
@@ -576,6 +679,8 @@ def plan_replays(letters: Iterable[DeadLetter], *, order_seen: Callable[[str], O
                        f"(a letter of another stack, or of a topic made again)")
         if refusal is None and (flow := replay_route(letter.flow)[0]) not in running:
             refusal = f"the {flow} flow does not run on this stack"
+        if refusal is None and _message_of(letter) in going:
+            refusal = CLAIMED
         if refusal is None and not again and (sent := went.get(_message_of(letter))) is not None:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(sent[1] / 1000))
             as_ = "" if sent[0] == letter.position else f" as {sent[0]}"
@@ -591,12 +696,13 @@ def plan_replays(letters: Iterable[DeadLetter], *, order_seen: Callable[[str], O
 ALREADY = "replayed already"
 SUPERSEDED = "its replay failed again"
 DUPLICATE = "the same message as a newer letter"
+CLAIMED = "being replayed by another run"
 
 
 def replayed_before(refusal: str) -> bool:
     """Whether ``refusal`` keeps a letter because it was replayed before, or another letter of its message is
-    replayed instead (no failure of this replay)."""
-    return refusal.startswith((ALREADY, SUPERSEDED, DUPLICATE))
+    replayed instead, or another run is replaying it now (no failure of this replay)."""
+    return refusal.startswith((ALREADY, SUPERSEDED, DUPLICATE, CLAIMED))
 
 
 def in_log_order(letters: Iterable[DeadLetter]) -> list[DeadLetter]:

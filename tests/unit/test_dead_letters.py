@@ -4,6 +4,8 @@ the workers no longer hold is never acted on again), as `streamcart dlq replay` 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -28,14 +30,17 @@ from schemas.messages import (
 )
 from schemas.registry import InMemoryRegistry
 from streamcart import cli
-from streamcart.commands import MAYBE_DELIVERED, CommandSender
+from streamcart.commands import MAYBE_DELIVERED, CommandSender, claim_record, mark_record, note_replay
 from streamcart.dead_letters import (
+    CLAIM_TTL_MS,
     FLOWS,
+    Claim,
     ConnectHeader,
     DeadLetter,
     DlqHeader,
     Limits,
     OrderSeen,
+    ReplayLog,
     Selection,
     SinkLetter,
     in_log_order,
@@ -179,14 +184,15 @@ def test_a_selection_matches_by_flow_channel_error_topic_order_position_and_age(
 
 def test_a_mistyped_error_class_that_matches_nothing_is_told_with_the_classes_there_are(codec):
     letters = [letter(codec, place("o-1"), error="DeliveryFailed"), letter(codec, place("o-2"), error="FlowError")]
-    read = cli._Letters([], {}, {}, frozenset(found.error_class for found in letters))
+    read = cli._Letters([], ReplayLog(), {}, letters)
     assert read.none_match(Selection(error_classes=frozenset({"FlowErorr"})), "dead letters") == (
         "no dead letters match: no letter failed with FlowErorr (error classes there: DeliveryFailed, FlowError)")
     # A class that is there but not with the rest of the selection: nothing to correct.
     assert read.none_match(Selection(error_classes=frozenset({"FlowError"}), order_id="o-9"),
                            "dead letters") == "no dead letters match"
     assert read.none_match(Selection(), "dead letters") == "no dead letters"
-    assert cli._Letters([], {}, {}).none_match(Selection(error_classes=frozenset({"X"})), "dead letters").endswith(
+    nothing_read = cli._Letters([], ReplayLog(), {})
+    assert nothing_read.none_match(Selection(error_classes=frozenset({"X"})), "dead letters").endswith(
         "(error classes there: none)")
 
 
@@ -414,6 +420,49 @@ def test_one_message_dead_lettered_twice_by_its_flow_is_replayed_once_as_its_new
     assert (again[1][1] or "").startswith("replayed already as 0:1")
 
 
+def test_a_letter_replayed_already_as_another_letter_of_its_message_is_skipped_whatever_the_selection(codec, capsys):
+    """2:0 went; 2:3 is its message redelivered, failed later. `--flow X --order O` (both selected) said 2:3 went as
+    2:0, but `--at 2:3` (2:3 alone) sent it again: the plan saw only the letters selected."""
+    went = letter(codec, product(), position=(2, 0), offset=41, failed_at=NOW_MS - 5_000)
+    redelivered = letter(codec, product(), position=(2, 3), offset=41, failed_at=NOW_MS - 1_000)
+    every, replayed = [went, redelivered], {"2:0": NOW_MS - 2_000}
+    for selected in ([went, redelivered], [redelivered]):
+        plan = plan_replays(selected, every=every, order_seen=lambda _: STORED, now_ms=NOW_MS, limits=LIMITS,
+                            replayed=replayed)
+        assert (plan[-1][1] or "").startswith("replayed already as 2:0"), plan
+    # Not replayed yet: the newest letter stands for its message, selected or not.
+    (only,) = plan_replays([went], every=every, order_seen=lambda _: STORED, now_ms=NOW_MS, limits=LIMITS)
+    assert only[1] == "the same message as a newer letter, 2:3, which stands for it"
+    # So does the command.
+    topic = FakeReplaysTopic()
+    topic.records.append(mark_record(went, NOW_MS - 2_000))
+    sender = FakeSender(topic=topic)
+    report = cli.replay_dead_letters([redelivered], FakeApi(set()), Settings(), every=every, sender=sender)
+    assert (report.sent, report.already, sender.replays) == (0, 1, [])
+    assert "2:3 UpsertProduct A (orders: RuntimeError): replayed already as 2:0" in capsys.readouterr().out
+
+
+def test_a_replay_since_a_while_reads_every_letter_and_selects_the_recent_ones(codec, monkeypatch):
+    """`--since` read only the letters failed since: an older letter of the same message, replayed, was not seen."""
+    import streamcart.commands
+
+    old = letter(codec, product(), position=(2, 0), offset=41, failed_at=NOW_MS - DAY_MS)
+    recent = letter(codec, product(), position=(2, 3), offset=41, failed_at=NOW_MS - 1_000)
+    asked: list[int | None] = []
+
+    def read_dead_letters(settings: Any, codec: Any, *, since_ms: int | None = None, **_: Any) -> list[DeadLetter]:
+        asked.append(since_ms)
+        return [found for found in (old, recent) if since_ms is None or (found.failed_at_ms or 0) >= since_ms]
+
+    monkeypatch.setattr(streamcart.commands, "read_dead_letters", read_dead_letters)
+    monkeypatch.setattr(streamcart.commands, "read_replays", lambda settings: ReplayLog())
+    selection = Selection(since_ms=NOW_MS - 60_000)
+    read = cli._dead_letters(Settings(), codec, selection, whole=True)
+    assert asked == [None] and read.selected == [recent] and read.every == [old, recent]
+    listed = cli._dead_letters(Settings(), codec, selection)  # a listing needs only what it shows
+    assert asked[1] == NOW_MS - 120_000 and listed.selected == [recent]
+
+
 def test_a_letter_naming_a_topic_or_partition_this_stack_does_not_have_is_kept_even_forced(codec):
     """librdkafka raised on a partition beyond its range (the command ended in a traceback, earlier records queued
     and never marked); a topic that does not exist waited out the timeout."""
@@ -477,21 +526,50 @@ class FakeApi:
         raise AssertionError("replays are produced as records, not sent as commands")
 
 
-class FakeSender:
-    """Records what would be produced; ``refuse`` names the source partitions the broker does not acknowledge."""
+class FakeReplaysTopic:
+    """The replays topic (one partition): the records written to it, in the order the broker took them."""
 
-    def __init__(self, refuse: frozenset[int] = frozenset()) -> None:
+    def __init__(self) -> None:
+        self.records: list[dict[str, bytes]] = []
+
+    def read(self) -> ReplayLog:
+        log = ReplayLog()
+        for offset, record in enumerate(self.records):
+            note_replay(log, offset, record["key"], record["value"])
+        return log
+
+
+class FakeSender:
+    """Records what would be produced, claims and marks on ``topic`` as the real sender writes them; ``refuse``
+    names the source partitions the broker does not acknowledge. ``between`` runs once, after the claims are
+    written and before they are read back (another run's turn)."""
+
+    def __init__(self, refuse: frozenset[int] = frozenset(), topic: FakeReplaysTopic | None = None,
+                 between: Callable[[], object] | None = None) -> None:
         self.replays: list[Any] = []
         self.marked: list[str] = []
         self.refuse = refuse
+        self.topic = topic or FakeReplaysTopic()
+        self.between = between
 
     def resend(self, *replays: Any, timeout_s: float = 10.0) -> list[str | None]:
         self.replays.extend(replays)
         return ["broker down" if r.partition in self.refuse else None for r in replays]
 
+    def claim(self, letters: list[DeadLetter], claim: Claim, timeout_s: float = 10.0) -> list[str | None]:
+        self.topic.records.extend(claim_record(letter, claim) for letter in letters)
+        if self.between is not None:
+            self.between, between = None, self.between
+            between()
+        return [None] * len(letters)
+
     def mark_replayed(self, letters: list[DeadLetter], at_ms: int, timeout_s: float = 10.0) -> list[str | None]:
         self.marked.extend(letter.position for letter in letters)
+        self.topic.records.extend(mark_record(letter, at_ms) for letter in letters)
         return [None] * len(letters)
+
+    def read_replays(self) -> ReplayLog:
+        return self.topic.read()
 
 
 def test_replay_sends_what_may_go_marks_it_and_reports_what_stays_and_why(codec, capsys):
@@ -520,12 +598,91 @@ def test_a_letter_replayed_before_is_no_failure_of_the_command(codec, capsys):
                letter(codec, product(), position=(0, 2), offset=12),
                letter(codec, product(), position=(0, 3), offset=90,
                       **{DlqHeader.REPLAY_OF: "0:2", DlqHeader.REPLAY_POSITION: "12"})]
-    report = cli.replay_dead_letters(letters, FakeApi(set()), Settings(), replayed={"0:1": NOW_MS, "0:2": NOW_MS},
-                                     replaced={"0:2": "0:3"}, sender=FakeSender())
+    topic = FakeReplaysTopic()
+    topic.records += [mark_record(letters[0], NOW_MS), mark_record(letters[1], NOW_MS)]
+    report = cli.replay_dead_letters(letters, FakeApi(set()), Settings(), replaced={"0:2": "0:3"},
+                                     sender=FakeSender(topic=topic))
     assert (report.sent, report.already, report.kept, report.failed) == (1, 2, 0, 0)
     out = capsys.readouterr().out
     assert "0:1 UpsertProduct A (orders: RuntimeError): replayed already" in out
     assert "0:2 UpsertProduct A (orders: RuntimeError): its replay failed again, as 0:3" in out
+
+
+def webhook_letters(codec: Codec, count: int = 3) -> list[DeadLetter]:
+    return [letter(codec, product(), position=(0, n), offset=40 + n, flow="notifications.webhook",
+                   topic="commerce.events.orders") for n in range(count)]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@pytest.mark.parametrize("again", [False, True], ids=["first", "again"])
+@pytest.mark.parametrize("turn", ["b-done-before-a-claims", "b-between-a-claim-and-read", "b-plans-after-a-claims"])
+def test_two_replays_at_once_send_each_letter_once_and_the_other_skips_it_as_no_failure(codec, capsys, turn, again):
+    """Each run read the letters unmarked; nothing ordered them between that read and their marks: both sent every
+    letter (each webhook called twice), both said all replayed."""
+    letters = webhook_letters(codec)
+    topic = FakeReplaysTopic()
+    if again:  # replayed yesterday: two `--again` at once send it once more, once
+        topic.records += [mark_record(found, NOW_MS - DAY_MS) for found in letters]
+    before = topic.read()  # what both runs read to plan, if neither had claimed yet
+    b = FakeSender(topic=topic)
+    reports = {}
+
+    def run_b() -> None:
+        replays = None if turn == "b-plans-after-a-claims" else before  # None: reads the topic itself, now
+        reports["b"] = cli.replay_dead_letters(letters, FakeApi(set()), Settings(), replays=replays, again=again,
+                                               sender=b)
+
+    if turn == "b-done-before-a-claims":
+        run_b()
+    a = FakeSender(topic=topic, between=None if turn == "b-done-before-a-claims" else run_b)
+    reports["a"] = cli.replay_dead_letters(letters, FakeApi(set()), Settings(), replays=before, again=again,
+                                           sender=a)
+
+    sent = [dict(replay.headers)[DlqHeader.REPLAY_OF] for replay in a.replays + b.replays]
+    assert sorted(sent) == [b"0:0", b"0:1", b"0:2"]
+    winner, loser = ("b", "a") if turn == "b-done-before-a-claims" else ("a", "b")
+    assert (reports[winner].sent, reports[winner].failed) == (3, 0)
+    assert (reports[loser].sent, reports[loser].already, reports[loser].kept, reports[loser].failed) == (0, 3, 0, 0)
+    out = capsys.readouterr().out
+    if turn == "b-done-before-a-claims":  # b's marks came after a looked
+        assert "replayed already by another run since this one looked" in out
+    else:
+        assert "being replayed by another run" in out
+
+
+def test_a_claim_older_than_its_ttl_is_of_a_run_that_died_and_does_not_hold_its_letter(codec, capsys):
+    (only,) = webhook_letters(codec, 1)
+    for age_ms, sends in ((CLAIM_TTL_MS + 10_000, True), (10_000, False)):
+        topic = FakeReplaysTopic()
+        topic.records.append(claim_record(only, Claim("died", now_ms() - age_ms, seen_to=0)))
+        sender = FakeSender(topic=topic)
+        report = cli.replay_dead_letters([only], FakeApi(set()), Settings(), sender=sender)
+        assert (report.sent, report.failed) == ((1, 0) if sends else (0, 0)), age_ms
+        assert (report.already == 0) == sends
+    assert "skipped 0:0 UpsertProduct A (notifications.webhook: RuntimeError): being replayed by another run" in (
+        capsys.readouterr().out)
+
+
+def test_a_claim_followed_by_a_mark_holds_its_letter_no_more(codec):
+    (only,) = webhook_letters(codec, 1)
+    topic = FakeReplaysTopic()
+    topic.records += [claim_record(only, Claim("done", now_ms(), seen_to=0)), mark_record(only, now_ms())]
+    assert topic.read().holder(only, now_ms()) is None
+    sender = FakeSender(topic=topic)
+    report = cli.replay_dead_letters([only], FakeApi(set()), Settings(), again=True, sender=sender)
+    assert report.sent == 1 and sender.marked == ["0:0"]
+    assert cli.replay_dead_letters([only], FakeApi(set()), Settings(), sender=FakeSender(topic=topic)).already == 1
+
+
+def test_a_claim_holds_only_the_letter_it_names_not_a_new_one_at_its_position(codec):
+    (only,) = webhook_letters(codec, 1)
+    elsewhere = letter(codec, product(), position=(0, 0), offset=99, flow="notifications.webhook")
+    log = ReplayLog()
+    log.note_claim(0, "0:0", Claim("other", now_ms(), seen_to=0), elsewhere.identity)
+    assert log.holder(only, now_ms()) is None and log.holder(elsewhere, now_ms()) is not None
 
 
 class FakeProducer:
@@ -571,7 +728,7 @@ def test_a_dry_run_sends_and_marks_nothing(codec, capsys):
     sender = FakeSender()
     report = cli.replay_dead_letters([letter(codec, reserve("o-1"))], FakeApi({"o-1"}), Settings(), dry_run=True,
                                      sender=sender)
-    assert report.sent == 0 and sender.replays == [] and sender.marked == []
+    assert report.sent == 0 and sender.replays == [] and sender.marked == [] and sender.topic.records == []
     assert "would replay 0:7 ReserveStock A" in capsys.readouterr().out
 
 
@@ -725,8 +882,11 @@ def test_a_sink_letter_whose_key_nests_too_deep_or_whose_cause_has_no_message_st
 class _Mark:
     """A record of the replays topic as confluent-kafka hands it over."""
 
-    def __init__(self, position: str, value: dict[str, Any]) -> None:
-        self._key, self._value = position.encode(), json.dumps(value).encode()
+    def __init__(self, position: str, value: dict[str, Any], offset: int = 0) -> None:
+        self._key, self._value, self._offset = position.encode(), json.dumps(value).encode(), offset
+
+    def offset(self) -> int:
+        return self._offset
 
     def key(self) -> bytes:
         return self._key
@@ -742,7 +902,7 @@ def test_a_replay_mark_stands_only_for_the_letter_it_was_made_for(codec, monkeyp
     replayed_one = letter(codec, place("o-1"), position=(0, 1), offset=11)
     newer_at_same_place = letter(codec, place("o-2"), position=(0, 1), offset=77)
     marks = [_Mark("0:1", {"replayed_at_ms": 5, "flow": "orders", "letter": replayed_one.identity}),
-             _Mark("0:2", {"replayed_at_ms": 6, "flow": "orders"})]  # an older version's mark: by position alone
+             _Mark("0:2", {"replayed_at_ms": 6, "flow": "orders"}, 1)]  # an older version's mark: by position alone
 
     def read_to_end(settings: Any, topic: str, on_record: Any, **_: Any) -> None:
         for mark in marks:
