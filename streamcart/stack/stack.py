@@ -189,6 +189,8 @@ class Stack:
         only other worker is still recovering, which would leave partitions nobody serves.
         """
         with self._exclusive():
+            if self._workers_selected([name]):  # refused before the stop, not after it (the worker left down)
+                self._check_workers_share(excluding=name)
             self.stop(name)
             record = self.start(name, wait=wait)
             if wait and self._workers_selected([name]):
@@ -214,7 +216,6 @@ class Stack:
             if self._workers_selected(selected):
                 with _on_disk("cannot prepare the stack's home", self._workers_file):
                     self._workers_file.write_text(f"{self.settings.workers}\n")
-                    self._shared_file.write_text(json.dumps(self._shared_now()) + "\n")
             if all(self.is_running(name) and self.probe(name).ok for name in selected):
                 self._echo(f"already up: {', '.join(selected)} (nothing to do)")
                 return {}
@@ -460,10 +461,12 @@ class Stack:
                     f"`streamcart down` first to start it with {', '.join(map(str, wanted))}"
                 )
 
-    def _check_workers_share(self) -> None:
-        """Refuse to start a worker with other :data:`SHARED_BY_WORKERS` than the workers running started with (a
-        third worker the two running never ask for its partitions: lists and analytics were 503 for good)."""
-        running = sorted(path.stem for path in self.layout.run_dir.glob("worker-*.json") if self.is_running(path.stem))
+    def _check_workers_share(self, excluding: str | None = None) -> None:
+        """Refuse to start a worker with other :data:`SHARED_BY_WORKERS` than the workers running (but
+        ``excluding``) started with (a third worker the two running never ask for its partitions: lists and
+        analytics were 503 for good). What they started with is noted as each worker starts (:meth:`_spawn`)."""
+        running = sorted(path.stem for path in self.layout.run_dir.glob("worker-*.json")
+                         if path.stem != excluding and self.is_running(path.stem))
         try:
             then = json.loads(self._shared_file.read_text())
         except (OSError, ValueError):
@@ -494,6 +497,9 @@ class Stack:
             data_dir.mkdir(parents=True, exist_ok=True)
             log_path.parent.mkdir(parents=True, exist_ok=True)
             procs.rotate(log_path, LOG_ROTATE_BYTES, LOG_GENERATIONS)
+        if self._workers_selected([spec.name]):  # (checked against the running ones first: _check_workers_share)
+            with _on_disk(f"cannot start {spec.name}", self._shared_file):
+                self._shared_file.write_text(json.dumps(self._shared_now()) + "\n")
         env = {**os.environ, **self.settings.to_env(), **spec.env}
         # Hashed just before the start: the process reads the sources as they are from here on.
         version = code.code_version(self._checkout) if spec.runs_project_code else ""

@@ -367,3 +367,34 @@ def test_a_worker_is_not_started_with_other_settings_than_the_running_workers_sh
         two.down()
     Stack(Settings(home=home, workers=3), specs=[web_server(f"worker-{i}", ports[i]) for i in range(3)]).up()
     Stack(Settings(home=home, workers=3), specs=[web_server(f"worker-{i}", ports[i]) for i in range(3)]).down()
+
+
+def test_a_restart_with_other_shared_settings_is_refused_before_it_stops_the_worker_and_notes_what_it_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`STREAMCART_WORKERS=3 streamcart restart --workers` stopped worker-0, then refused to start it (left down);
+    and a worker restarted alone with new settings was not noted, so the next start was refused against the old."""
+    monkeypatch.setattr(Stack, "_create_topics_once", lambda self, timings: None)
+    monkeypatch.setattr(Stack, "_register_schemas", lambda self: None)
+    ports = [free_port() for _ in range(3)]
+    home = tmp_path / "home"
+
+    def stack(**settings: int) -> Stack:
+        count = settings.get("workers", 2)
+        return Stack(Settings(home=home, **settings), specs=[web_server(f"worker-{i}", ports[i]) for i in range(count)])
+
+    two = stack(workers=2)
+    two.up()
+    try:
+        with pytest.raises(StackError, match=r"worker-1 run with other settings .*STREAMCART_WORKERS=3"):
+            stack(workers=3).restart("worker-0")
+        assert two.is_running("worker-0") and two.is_running("worker-1")  # refused before anything stopped
+
+        two.stop("worker-1")
+        stack(workers=1).restart("worker-0")  # alone: nothing to share with, and what it runs with is noted
+        assert stack(workers=1).up() == {}  # was refused: "worker-0 run with … WORKERS=1 (they run with 2)"
+        with pytest.raises(StackError, match=r"worker-0 run with other settings .*STREAMCART_WORKERS=2 \(they run "
+                                             r"with 1\)"):
+            two.start("worker-1")
+    finally:
+        two.down()
