@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from schemas.messages import Message
     from streamcart.audit import Report
     from streamcart.commands import CommandSender
-    from streamcart.dead_letters import DeadLetter, ReplayLog, Selection
+    from streamcart.dead_letters import Claim, DeadLetter, ReplayLog, Selection
     from streamcart.domain.inventory import StockState
     from streamcart.stack import Stack
 
@@ -1293,23 +1293,28 @@ def replay_dead_letters(letters: list[DeadLetter], remote: Remote, settings: Set
             going.append(letter)
     if going:
         sender = sender or CommandSender(settings, codec)
-        going = _claimed(in_log_order(going), sender, replays.end, now_ms, report)
-        outcomes = sender.resend(*(replay_of(letter) for letter in going), timeout_s=30.0)
-        sent = [letter for letter, failure in zip(going, outcomes, strict=True) if failure is None]
-        for letter, failure in zip(going, outcomes, strict=True):
-            what = escape(f"{letter.position} {letter.summary}")
-            if failure is None:
-                console.print(f"[green]replayed[/] {what} to {letter.source_topic}[{letter.source_partition}] for "
-                              f"{escape(letter.flow)}")
-            else:
-                console.print(f"[red]not sent[/] {what}: {escape(failure)}")
-        report.sent, report.failed = len(sent), report.failed + len(going) - len(sent)
-        unmarked = [letter.position for letter, failure in zip(sent, sender.mark_replayed(sent, now_ms), strict=True)
-                    if failure is not None]
-        if unmarked:
-            report.failed += len(unmarked)
-            console.print(f"[red]replayed but not marked as replayed[/] (a later replay would send them again): "
-                          f"{', '.join(unmarked)}")
+        going, claim = _claimed(in_log_order(going), sender, replays.end, report)
+        sent: list[DeadLetter] = []
+        try:
+            outcomes = sender.resend(*(replay_of(letter) for letter in going), timeout_s=30.0)
+            sent = [letter for letter, failure in zip(going, outcomes, strict=True) if failure is None]
+            for letter, failure in zip(going, outcomes, strict=True):
+                what = escape(f"{letter.position} {letter.summary}")
+                if failure is None:
+                    console.print(f"[green]replayed[/] {what} to {letter.source_topic}[{letter.source_partition}] "
+                                  f"for {escape(letter.flow)}")
+                else:
+                    console.print(f"[red]not sent[/] {what}: {escape(failure)}")
+            report.sent, report.failed = len(sent), report.failed + len(going) - len(sent)
+            unmarked = [letter.position for letter, failure
+                        in zip(sent, sender.mark_replayed(sent, now_ms), strict=True) if failure is not None]
+            if unmarked:
+                report.failed += len(unmarked)
+                console.print(f"[red]replayed but not marked as replayed[/] (a later replay would send them again): "
+                              f"{', '.join(unmarked)}")
+        finally:  # what this run holds and did not send (refused, or interrupted before): another run may, at once
+            if unsent := [letter for letter in going if letter not in sent]:
+                sender.release(unsent, claim)
     if dry_run:
         console.print(f"{len(plan) - report.kept - report.already} of {len(plan)} would be replayed")
     else:
@@ -1320,15 +1325,18 @@ def replay_dead_letters(letters: list[DeadLetter], remote: Remote, settings: Set
     return report
 
 
-def _claimed(going: list[DeadLetter], sender: CommandSender, seen_to: int, now_ms: int,
-             report: ReplayReport) -> list[DeadLetter]:
+def _claimed(going: list[DeadLetter], sender: CommandSender, seen_to: int,
+             report: ReplayReport) -> tuple[list[DeadLetter], Claim]:
     """Claims ``going`` for this run (which planned with the replays topic read up to ``seen_to``), reads the
-    replays topic to its end and returns the letters its claims hold, in their order; says why of each other,
-    counting it as failed (its claim was not acknowledged) or not (another run replays or replayed it)."""
+    replays topic to its end and returns the letters its claims hold, in their order, and the claim; says why of
+    each other, counting it as failed (its claim was not acknowledged) or not (another run replays or replayed
+    it)."""
     from streamcart.dead_letters import Claim, ReplayLog, replayed_before
     from streamcart.ids import new_id
 
-    claim = Claim(new_id(), now_ms, seen_to)
+    # Timed now, as it is written, not when the run began: planning asks the API about every order, for minutes
+    # on a long list, and a claim timed then would look older than it is to other runs.
+    claim = Claim(new_id(), int(time.time() * 1000), seen_to)
     failures = sender.claim(going, claim, timeout_s=30.0)
     log = (sender.read_replays() if None in failures else None) or ReplayLog()
     held: list[DeadLetter] = []
@@ -1343,7 +1351,7 @@ def _claimed(going: list[DeadLetter], sender: CommandSender, seen_to: int, now_m
         else:
             report.failed += 1
             console.print(f"[red]not sent[/] {what}: {escape(lost)}")
-    return held
+    return held, claim
 
 
 _NO_REPLAYS_TOPIC = ("no topic {prefix}dlq.replays, where replays are noted: run `streamcart init` (it creates it) "

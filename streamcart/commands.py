@@ -89,6 +89,12 @@ class CommandSender:
         return self._deliver([{"topic": self.topics.dlq_replays, **claim_record(letter, claim)} for letter in letters],
                              timeout_s)
 
+    def release(self, letters: list[DeadLetter], claim: Claim, timeout_s: float = 10.0) -> list[str | None]:
+        """Note on the replays topic that ``claim``'s run let ``letters`` go without sending them (interrupted, or
+        refused by the broker): another run may take them at once, not after the claim's TTL."""
+        return self._deliver([{"topic": self.topics.dlq_replays, **release_record(letter, claim)}
+                              for letter in letters], timeout_s)
+
     def mark_replayed(self, letters: list[DeadLetter], at_ms: int, timeout_s: float = 10.0) -> list[str | None]:
         """Note on the replays topic that ``letters`` were replayed (:func:`read_replays` reads it back)."""
         return self._deliver([{"topic": self.topics.dlq_replays, **mark_record(letter, at_ms)} for letter in letters],
@@ -341,6 +347,14 @@ def claim_record(letter: DeadLetter, claim: Claim) -> dict[str, bytes]:
                                  "position": letter.position, "letter": letter.identity}).encode()}
 
 
+def release_record(letter: DeadLetter, claim: Claim) -> dict[str, bytes]:
+    """The key and value of the replays topic's record ending ``claim``'s hold on ``letter`` unsent (under the
+    claim's key: compacted, the release is what stays)."""
+    return {"key": f"{letter.position}/claim".encode(),
+            "value": json.dumps({"released_at_ms": int(time.time() * 1000), "run": claim.run_id,
+                                 "position": letter.position, "letter": letter.identity}).encode()}
+
+
 def note_replay(log: ReplayLog, offset: int, key: bytes | None, value: bytes | None) -> None:
     """Add the replays topic's record at ``offset`` to ``log``: a mark or a claim (:func:`mark_record`,
     :func:`claim_record`); anything else this code did not write is passed over."""
@@ -348,7 +362,9 @@ def note_replay(log: ReplayLog, offset: int, key: bytes | None, value: bytes | N
         return
     with contextlib.suppress(AttributeError, TypeError, ValueError, KeyError):
         note = json.loads(value)
-        if "claimed_at_ms" in note:
+        if "released_at_ms" in note:
+            log.note_release(offset, str(note["position"]), str(note["run"]), str(note["letter"]))
+        elif "claimed_at_ms" in note:
             claim = Claim(str(note["run"]), int(note["claimed_at_ms"]), int(note["seen_to"]))
             log.note_claim(offset, str(note["position"]), claim, str(note["letter"]))
         else:

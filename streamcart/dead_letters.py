@@ -561,6 +561,7 @@ class _Note:
     letter: str | None  # the letter's identity; None: an older version's mark, by position alone
     replayed_at_ms: int | None = None
     claim: Claim | None = None
+    released: bool = False  # the claim's run ends its hold without a mark (it did not send, or was interrupted)
 
 
 class ReplayLog:
@@ -584,6 +585,9 @@ class ReplayLog:
 
     def note_claim(self, offset: int, position: str, claim: Claim, letter: str) -> None:
         self._note(position, _Note(offset, letter, claim=claim))
+
+    def note_release(self, offset: int, position: str, run_id: str, letter: str) -> None:
+        self._note(position, _Note(offset, letter, claim=Claim(run_id, 0, 0), released=True))
 
     def _note(self, position: str, note: _Note) -> None:
         self._notes.setdefault(position, []).append(note)
@@ -616,6 +620,9 @@ class ReplayLog:
             claim = note.claim
             if claim is None:  # a mark: its run is done
                 holder, marked_at = None, note.offset
+            elif note.released:  # its run let go without sending: the next claim may hold it
+                if holder is not None and holder.run_id == claim.run_id:
+                    holder = None
             elif marked_at >= claim.seen_to:
                 outcomes[claim.run_id] = f"{ALREADY} by another run since this one looked"
             elif holder is not None and holder.live(claim.claimed_at_ms):
@@ -668,12 +675,17 @@ def plan_replays(letters: Iterable[DeadLetter], *, order_seen: Callable[[str], O
         if letter.position in claimed:
             going.add(_message_of(letter))
     plan: list[tuple[DeadLetter, str | None]] = []
+    selected = {letter.position for letter in letters}
     for letter in letters:
         refusal = letter.unreplayable
         if refusal is None and (newer := (replaced or {}).get(letter.position)) is not None:
             refusal = f"{SUPERSEDED}, as {newer}: that letter stands for it"
         if refusal is None and (twin := newest[_message_of(letter)]) is not letter:
-            refusal = f"{DUPLICATE}, {twin.position}, which stands for it"
+            if twin.position in selected or _message_of(letter) in went or _message_of(letter) in going:
+                refusal = f"{DUPLICATE}, {twin.position}, which stands for it"
+            else:  # the newer letter was not selected, nor replayed: this replay did not do the message's work
+                refusal = (f"a newer letter of the same message, {twin.position}, stands for it: replay that one "
+                           f"(--at {twin.position})")
         if refusal is None and topics is not None and not _in_stack(letter, topics):
             refusal = (f"{letter.source_topic}[{letter.source_partition}] is no partition of a topic of this stack "
                        f"(a letter of another stack, or of a topic made again)")

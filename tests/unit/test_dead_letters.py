@@ -30,7 +30,14 @@ from schemas.messages import (
 )
 from schemas.registry import InMemoryRegistry
 from streamcart import cli
-from streamcart.commands import MAYBE_DELIVERED, CommandSender, claim_record, mark_record, note_replay
+from streamcart.commands import (
+    MAYBE_DELIVERED,
+    CommandSender,
+    claim_record,
+    mark_record,
+    note_replay,
+    release_record,
+)
 from streamcart.dead_letters import (
     CLAIM_TTL_MS,
     FLOWS,
@@ -430,9 +437,13 @@ def test_a_letter_replayed_already_as_another_letter_of_its_message_is_skipped_w
         plan = plan_replays(selected, every=every, order_seen=lambda _: STORED, now_ms=NOW_MS, limits=LIMITS,
                             replayed=replayed)
         assert (plan[-1][1] or "").startswith("replayed already as 2:0"), plan
-    # Not replayed yet: the newest letter stands for its message, selected or not.
+    # Not replayed yet: the newest letter stands for its message; when it is not selected, the older one is kept
+    # (not counted as done) saying which to replay.
     (only,) = plan_replays([went], every=every, order_seen=lambda _: STORED, now_ms=NOW_MS, limits=LIMITS)
-    assert only[1] == "the same message as a newer letter, 2:3, which stands for it"
+    assert only[1] == "a newer letter of the same message, 2:3, stands for it: replay that one (--at 2:3)"
+    assert not replayed_before(only[1])
+    both = plan_replays([went, redelivered], every=every, order_seen=lambda _: STORED, now_ms=NOW_MS, limits=LIMITS)
+    assert both[0][1] == "the same message as a newer letter, 2:3, which stands for it" and both[1][1] is None
     # So does the command.
     topic = FakeReplaysTopic()
     topic.records.append(mark_record(went, NOW_MS - 2_000))
@@ -548,6 +559,7 @@ class FakeSender:
                  between: Callable[[], object] | None = None) -> None:
         self.replays: list[Any] = []
         self.marked: list[str] = []
+        self.released: list[str] = []
         self.refuse = refuse
         self.topic = topic or FakeReplaysTopic()
         self.between = between
@@ -561,6 +573,11 @@ class FakeSender:
         if self.between is not None:
             self.between, between = None, self.between
             between()
+        return [None] * len(letters)
+
+    def release(self, letters: list[DeadLetter], claim: Claim, timeout_s: float = 10.0) -> list[str | None]:
+        self.released.extend(letter.position for letter in letters)
+        self.topic.records.extend(release_record(letter, claim) for letter in letters)
         return [None] * len(letters)
 
     def mark_replayed(self, letters: list[DeadLetter], at_ms: int, timeout_s: float = 10.0) -> list[str | None]:
@@ -930,3 +947,27 @@ def test_replays_go_back_in_the_order_their_messages_were_first_written_not_by_f
 def test_an_age_beyond_a_hundred_years_or_not_a_plain_number_is_refused(text):
     with pytest.raises(ValueError, match=r"at most 100 years|such as 90s"):
         parse_age(text)
+
+
+def test_a_run_lets_go_of_what_it_did_not_send_so_the_next_run_sends_it_at_once(codec):
+    """A run interrupted after its claims (Ctrl-C while sending) kept every letter "being replayed by another run"
+    for 5 minutes: a run again at once sent nothing and said all was done."""
+    letters = webhook_letters(codec, 2)
+    topic = FakeReplaysTopic()
+
+    class Interrupted(FakeSender):
+        def resend(self, *replays: Any, timeout_s: float = 10.0) -> list[str | None]:
+            raise KeyboardInterrupt
+
+    first = Interrupted(topic=topic)
+    with pytest.raises(KeyboardInterrupt):
+        cli.replay_dead_letters(letters, FakeApi(set()), Settings(), sender=first)
+    assert first.released == ["0:0", "0:1"] and first.marked == []
+    again = FakeSender(topic=topic)
+    report = cli.replay_dead_letters(letters, FakeApi(set()), Settings(), sender=again)
+    assert (report.sent, report.already, again.marked) == (2, 0, ["0:0", "0:1"])
+
+    refused = FakeSender(topic=FakeReplaysTopic(), refuse=frozenset({3}))  # the broker took none of them
+    report = cli.replay_dead_letters(letters, FakeApi(set()), Settings(), sender=refused)
+    assert (report.sent, report.failed, refused.released) == (0, 2, ["0:0", "0:1"])
+    assert refused.topic.read().holder(letters[0], now_ms()) is None  # free for the next run
