@@ -96,8 +96,8 @@ def test_a_subject_that_could_not_name_a_customer_is_refused(subject):
         authenticate(f"Bearer {token}", SECRET)
 
 
-@pytest.mark.parametrize("exp", [10**400, 1e300, 253_402_300_800, "9999999999", True, -1],
-                         ids=["past-a-float", "huge-float", "after-9999", "a-string", "a-boolean", "negative"])
+@pytest.mark.parametrize("exp", [10**400, 1e300, 253_402_300_800, "9999999999"],
+                         ids=["past-a-float", "huge-float", "after-9999", "a-string"])
 def test_an_expiry_that_names_no_date_is_refused(exp):
     """PyJWT takes any ``exp`` that int() reads: one past what a float holds was a 500, 1e300 a token for ever."""
     token = jwt.encode({"sub": "c-1", "roles": ["customer"], "exp": exp}, SECRET, algorithm="HS256")
