@@ -37,6 +37,7 @@ from api.errors import (
     Forbidden,
     Invalid,
     NotFound,
+    OutcomeUnknown,
     Overloaded,
     Unavailable,
     UnsupportedMediaType,
@@ -645,7 +646,13 @@ async def place_order(request: web.Request) -> web.Response:
     if key is None:
         order_id = new_id()
         _admit(request, principal)
-        await commands.send(_place_order(order_id, new_id(), principal, body))
+        try:
+            await commands.send(_place_order(order_id, new_id(), principal, body))
+        except OutcomeUnknown as exc:  # a retry would be a second order if this one was written: say which it is
+            raise OutcomeUnknown(f"{exc.message}: order {order_id} may have been placed; read it (Location) before "
+                                 f"placing it again, or place with an {IDEMPOTENCY_HEADER}, which makes a retry safe",
+                                 details={"order_id": order_id},
+                                 headers={**exc.headers, "Location": f"/v1/orders/{order_id}"}) from exc
         return _accepted(order_id, OrderStatus.PENDING)
 
     # The key names one order for ``idempotency_ttl_s``: the order id is derived from the customer, the key and

@@ -11,9 +11,9 @@ import asyncio
 import threading
 from typing import Any, Protocol
 
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
-from api.errors import Unavailable
+from api.errors import OutcomeUnknown, Unavailable
 from schemas.codec import Codec
 from schemas.errors import SchemaError
 from schemas.messages import Message
@@ -25,6 +25,9 @@ from streamcart.tracing import outgoing_traceparent
 #: How long a command may wait for the broker's acknowledgement before the client gets 503.
 ACK_TIMEOUT_S = 5.0
 RETRY_AFTER_S = "2"
+#: What a command the broker did not confirm in time is told as (a stalled broker may have written it all the same:
+#: an order placed so was confirmed and captured while its client was told the broker refused it).
+UNCONFIRMED = "the broker did not confirm the command in time; it may have been written all the same"
 
 
 class CommandPort(Protocol):
@@ -82,8 +85,7 @@ class KafkaCommands:
         try:
             await asyncio.wait_for(asyncio.shield(acked), ACK_TIMEOUT_S + 1)
         except TimeoutError as exc:
-            raise Unavailable("the broker did not acknowledge the command in time",
-                              headers={"Retry-After": RETRY_AFTER_S}) from exc
+            raise OutcomeUnknown(UNCONFIRMED, headers={"Retry-After": RETRY_AFTER_S}) from exc
 
     def close(self) -> None:
         self._stop.set()
@@ -96,6 +98,8 @@ def _settle(future: asyncio.Future[None], err: Any) -> None:
         return
     if err is None:
         future.set_result(None)
+    elif err.code() == KafkaError._MSG_TIMED_OUT:  # sent, maybe written, not confirmed: no refusal
+        future.set_exception(OutcomeUnknown(f"{UNCONFIRMED} ({err.str()})", headers={"Retry-After": RETRY_AFTER_S}))
     else:
         future.set_exception(Unavailable(f"the broker refused the command: {err}",
                                          headers={"Retry-After": RETRY_AFTER_S}))

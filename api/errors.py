@@ -81,6 +81,13 @@ class Unavailable(ApiError):
     status, code = 503, "unavailable"
 
 
+class OutcomeUnknown(Unavailable):
+    """The broker did not confirm a command in time: it may have been written all the same, so a retry may apply it
+    twice unless the command names itself (an order's ``Idempotency-Key``)."""
+
+    code = "outcome_unknown"
+
+
 class Overloaded(ApiError):
     """The saga is too far behind to take a new order in time: refused before anything is sent (a retry later is
     safe, with or without an ``Idempotency-Key``)."""

@@ -17,7 +17,8 @@ from multidict import CIMultiDict
 
 from api.admission import START_RATE, PlacementGate
 from api.app import ADJUSTING, ADJUSTMENT_IN_FLIGHT_S, GATE, PLACEMENT_IN_FLIGHT_S, PLACING, KeyedRequests, init_app
-from api.errors import Unavailable
+from api.commands import UNCONFIRMED
+from api.errors import OutcomeUnknown, Unavailable
 from schemas.messages import AdjustStock, CancelOrder, Message, PlaceOrder, UpdateShipment, UpsertProduct
 from streamcart.domain.catalog import ProductState
 from streamcart.domain.inventory import StockState, adjustment_body, adjustment_id
@@ -37,6 +38,7 @@ class RecordingCommands:
     sending: asyncio.Event = field(default_factory=asyncio.Event)  # set once a send has begun
     #: When set to an event, a send waits for it: the broker has not acknowledged until the test says so.
     release: asyncio.Event | None = None
+    unconfirmed: bool = False
 
     async def send(self, message: Message, *, traceparent: str | None = None) -> None:
         self.sending.set()
@@ -45,6 +47,8 @@ class RecordingCommands:
         if self.broker_down:
             raise Unavailable("the broker did not acknowledge the command in time", headers={"Retry-After": "2"})
         self.sent.append(message)
+        if self.unconfirmed:  # written, but the broker's confirmation did not come in time (a stalled broker)
+            raise OutcomeUnknown(UNCONFIRMED, headers={"Retry-After": "2"})
 
 
 @pytest.fixture
@@ -1144,3 +1148,16 @@ async def test_a_body_naming_a_key_twice_is_a_400_and_sends_nothing(client, comm
     assert error["code"] == "bad_request"
     assert "twice" in error["message"]
     assert commands.sent == []
+
+
+async def test_an_order_the_broker_did_not_confirm_in_time_is_answered_with_its_id_not_as_refused(client, commands):
+    """A stalled broker (paused 5.6 s) wrote three orders, confirmed and captured them, while their clients were told
+    "the broker refused the command": a client retrying as a 503 invites placed and paid each order twice."""
+    commands.unconfirmed = True
+    response = await client.post("/v1/orders", json=ORDER, headers=CUSTOMER)
+    assert response.status == 503
+    error = (await response.json())["error"]
+    (placed,) = commands.sent
+    assert (error["code"], error["details"]) == ("outcome_unknown", {"order_id": placed.order_id})
+    assert response.headers["Location"] == f"/v1/orders/{placed.order_id}"
+    assert "may have been placed" in error["message"] and "refused" not in error["message"]

@@ -717,3 +717,34 @@ def test_an_order_reaches_one_outcome_and_never_leaves_it_whatever_the_order_of_
                      and outcome.status != LineStatus.PENDING}
     given_back = {m.sku for m in of_type(emitted, ReleaseStock)} | {m.sku for m in of_type(emitted, RestockItems)}
     assert reserved_skus <= given_back
+
+
+# --- answers that come after the deadline (the flows were down, or far behind) --------------------------------
+
+def late_decide(state: OrderState | None, message: Message, recorded_at: int) -> Decision[OrderState]:
+    return decide(state, message, saga_timeout_ms=TIMEOUT_MS, recorded_at=recorded_at)
+
+
+def test_an_authorization_recorded_after_the_deadline_expires_the_order_and_is_voided():
+    """Workers down past an order's deadline: its PaymentAuthorized, written after the deadline, reaches the
+    orders flow before the ExpireOrder behind it. The order must be CANCELLED(timeout), the money voided."""
+    decision = late_decide(awaiting_payment(), authorized(), DEADLINE + 120_000)
+    assert decision.state is not None
+    assert (decision.state.status, decision.state.cancel_reason) == (OrderStatus.CANCELLED, CancelReason.TIMEOUT)
+    assert "VoidPayment" in kinds(decision.messages) and "OrderConfirmed" not in kinds(decision.messages)
+    assert "ReleaseStock" in kinds(decision.messages)
+    again = late_decide(decision.state, authorized(), DEADLINE + 120_000)
+    assert list(again.messages) == list(decision.messages)  # a redelivery: the same messages
+
+
+def test_a_reservation_recorded_after_the_deadline_expires_the_order_without_asking_for_payment():
+    state, _ = apply(pending(), reserved("A"))
+    decision = late_decide(state, reserved("B"), DEADLINE + 1)
+    assert decision.state is not None and decision.state.cancel_reason == CancelReason.TIMEOUT
+    assert "AuthorizePayment" not in kinds(decision.messages)
+    assert sorted(m.sku for m in of_type(decision.messages, ReleaseStock)) == ["A", "B"]
+
+
+def test_an_authorization_recorded_before_the_deadline_confirms():
+    decision = late_decide(awaiting_payment(), authorized(), DEADLINE - 1)
+    assert decision.state is not None and decision.state.status == OrderStatus.CONFIRMED
