@@ -135,6 +135,12 @@ def decide(
         # Asked already and shipping has not answered yet: ask again, the very same request (a lost answer, a
         # request shipping could not read, are then healed by the customer's second click).
         return Decision(state=None, messages=effects_of(state, state.cancel_request.cause.event_id))
+    if (isinstance(message, (StockReserved, PaymentAuthorized)) and state.status == OrderStatus.PENDING
+            and recorded_at is not None and recorded_at >= state.deadline):
+        # An answer written to Kafka at or after the deadline (the flows were down or far behind): the order was
+        # not settled by its deadline, so it is expired now, and the answer compensated as a late one (a
+        # reservation released, an authorization voided), whatever the ExpireOrder behind it in the queue.
+        state = _cancel(state, Cause.of(message), CancelReason.TIMEOUT, None)
     updated = _transition(state, message)
     if updated is None:
         return Decision(state=None)
