@@ -15,8 +15,13 @@ def runtime(codec, sink, tmp_path):
     return build_runtime(Settings(home=tmp_path, partitions=4), codec, store="memory://", sink=sink)
 
 
+#: When the order was placed: its reservation's records below are written within its deadline (one written after
+#: it would expire the order, DESIGN.md §3.8).
+PLACED_AT = 1_764_080_920_000
+
+
 def message(kind, event_id, **fields):
-    return kind(event_id=event_id, occurred_at=1_000, causation_id=event_id, correlation_id="o-1", **fields)
+    return kind(event_id=event_id, occurred_at=PLACED_AT, causation_id=event_id, correlation_id="o-1", **fields)
 
 
 def placed_and_reserved() -> tuple[PlaceOrder, StockReserved]:

@@ -228,8 +228,8 @@ async def test_a_cancel_that_raced_past_the_apis_check_is_refused_and_the_order_
     ]
     late = make(CancelOrder, order_id="o-1", requested_by="c-1", event_id="late-click")
     async with runtime.agents["orders"].test_context() as agent:
-        for message in saga:
-            await agent.put(codec.encode(message), key=b"o-1")
+        for message in saga:  # each written within the order's deadline (placed at 1 s: until 31 s)
+            await agent.put(codec.encode(message), key=b"o-1", timestamp=2.0)
         saga_topics = (runtime.topics.order_events, runtime.topics.inventory_commands,
                        runtime.topics.payment_commands, runtime.topics.shipping_commands)
         before = [len(sink.messages(topic)) for topic in saga_topics]
