@@ -306,8 +306,11 @@ def read_dead_letter(settings: Settings, codec: Codec, partition: int, offset: i
     consumer = _reader(settings, "dlq")
     try:
         try:
+            known = consumer.list_topics(topic, timeout=10).topics.get(topic)
+            if known is not None and known.error is None and partition not in known.partitions:
+                return None  # a partition the topic does not have holds no letter (the broker is there)
             marks = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
-        except KafkaException as exc:  # no such partition, or no broker
+        except KafkaException as exc:  # no broker
             raise _unreachable(settings, f"{topic}[{partition}]", exc) from exc
         if marks is None:
             raise CommandNotSent(f"reading {topic}[{partition}]: the broker did not answer in 10 s")

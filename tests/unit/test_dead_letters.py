@@ -804,6 +804,27 @@ def test_a_broker_that_cannot_be_reached_is_one_clear_error_naming_it(monkeypatc
         assert "is the stack up" in str(failed.value)
 
 
+def test_a_partition_the_dead_letter_topic_does_not_have_holds_no_letter_and_is_not_blamed_on_the_stack(
+        monkeypatch, codec):
+    """`dlq show 99:0` said "cannot read … Unknown partition: is the stack up?" with the stack up."""
+    from types import SimpleNamespace
+
+    from streamcart import commands
+
+    class EightPartitions:
+        def list_topics(self, topic: str, timeout: float) -> Any:
+            return SimpleNamespace(topics={topic: SimpleNamespace(error=None, partitions=dict.fromkeys(range(8)))})
+
+        def get_watermark_offsets(self, partition: Any, timeout: float) -> Any:
+            raise AssertionError("a partition the topic does not have is not read")
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(commands, "_reader", lambda settings, purpose: EightPartitions())
+    assert commands.read_dead_letter(Settings(), codec, 99, 0) is None
+
+
 # -- the warehouse's dead letters: rows a Kafka Connect sink could not take --------------------------------------
 
 CONNECT_TRACE = (
