@@ -135,11 +135,12 @@ def decide(
         # Asked already and shipping has not answered yet: ask again, the very same request (a lost answer, a
         # request shipping could not read, are then healed by the customer's second click).
         return Decision(state=None, messages=effects_of(state, state.cancel_request.cause.event_id))
-    if (isinstance(message, (StockReserved, PaymentAuthorized)) and state.status == OrderStatus.PENDING
+    if (isinstance(message, _ANSWERS) and state.status == OrderStatus.PENDING
             and recorded_at is not None and recorded_at >= state.deadline):
         # An answer written to Kafka at or after the deadline (the flows were down or far behind): the order was
         # not settled by its deadline, so it is expired now, and the answer compensated as a late one (a
-        # reservation released, an authorization voided), whatever the ExpireOrder behind it in the queue.
+        # reservation released, an authorization voided), whatever the ExpireOrder behind it in the queue. A
+        # rejection or a decline that late changes nothing but the reason: timeout, as for the others.
         state = _cancel(state, Cause.of(message), CancelReason.TIMEOUT, None)
     updated = _transition(state, message)
     if updated is None:
@@ -205,6 +206,10 @@ def _merge_lines(lines: Iterable[OrderLine]) -> tuple[OrderLine, ...]:
     for line in lines:
         quantities[line.sku] = quantities.get(line.sku, 0) + line.quantity
     return tuple(OrderLine(sku=sku, quantity=quantity) for sku, quantity in quantities.items())
+
+
+#: The answers a PENDING order waits for: one written at or after its deadline expires it first (:func:`decide`).
+_ANSWERS = (StockReserved, StockRejected, PaymentAuthorized, PaymentDeclined)
 
 
 # --- Transitions: each returns the new state, or None when the message changes nothing ----------------------

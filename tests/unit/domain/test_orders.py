@@ -748,3 +748,16 @@ def test_a_reservation_recorded_after_the_deadline_expires_the_order_without_ask
 def test_an_authorization_recorded_before_the_deadline_confirms():
     decision = late_decide(awaiting_payment(), authorized(), DEADLINE - 1)
     assert decision.state is not None and decision.state.status == OrderStatus.CONFIRMED
+
+
+def test_a_rejection_or_a_decline_recorded_after_the_deadline_cancels_as_timed_out():
+    """Workers down past the deadline: a StockRejected written 60 s after it cancelled the order as out_of_stock,
+    though the order had timed out before anything was answered."""
+    decision = late_decide(pending(), rejected("A"), DEADLINE + 60_000)
+    assert decision.state is not None
+    assert (decision.state.status, decision.state.cancel_reason) == (OrderStatus.CANCELLED, CancelReason.TIMEOUT)
+    assert decision.state.outcome("A").status == LineStatus.REJECTED  # the answer still completes the picture
+    decision = late_decide(awaiting_payment(), declined(), DEADLINE)
+    assert decision.state is not None and decision.state.cancel_reason == CancelReason.TIMEOUT
+    assert late_decide(awaiting_payment(), declined(), DEADLINE - 1).state.cancel_reason == (
+        CancelReason.PAYMENT_DECLINED)
