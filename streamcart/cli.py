@@ -1247,7 +1247,7 @@ def replay_dead_letters(letters: list[DeadLetter], remote: Remote, settings: Set
     from urllib.parse import quote
 
     from streamcart.commands import CommandSender
-    from streamcart.dead_letters import FLOWS, Limits, OrderSeen, in_log_order, plan_replays, replay_of, replayed_before
+    from streamcart.dead_letters import FLOWS, Limits, OrderSeen, in_log_order, plan_replays, replay_of
     from streamcart.topics import topic_specs
 
     def order_seen(order_id: str) -> OrderSeen:
@@ -1281,12 +1281,7 @@ def replay_dead_letters(letters: list[DeadLetter], remote: Remote, settings: Set
     for letter, refusal in plan:
         what = escape(f"{letter.position} {letter.summary} ({letter.flow}: {letter.error_class})")
         if refusal is not None:
-            if replayed_before(refusal):
-                report.already += 1
-                console.print(f"[dim]skipped {what}: {escape(refusal)}[/]")
-            else:
-                report.kept += 1
-                console.print(f"[yellow]kept[/] {what}: {escape(refusal)}")
+            _not_sent(report, what, refusal, failed=False)
         elif dry_run:
             console.print(f"would replay {what} to {letter.source_topic}[{letter.source_partition}]")
         else:
@@ -1331,7 +1326,7 @@ def _claimed(going: list[DeadLetter], sender: CommandSender, seen_to: int,
     replays topic to its end and returns the letters its claims hold, in their order, and the claim; says why of
     each other, counting it as failed (its claim was not acknowledged) or not (another run replays or replayed
     it)."""
-    from streamcart.dead_letters import Claim, ReplayLog, replayed_before
+    from streamcart.dead_letters import Claim, ReplayLog
     from streamcart.ids import new_id
 
     # Timed now, as it is written, not when the run began: planning asks the API about every order, for minutes
@@ -1342,16 +1337,27 @@ def _claimed(going: list[DeadLetter], sender: CommandSender, seen_to: int,
     held: list[DeadLetter] = []
     for letter, failure in zip(going, failures, strict=True):
         lost = f"not claimed: {failure}" if failure is not None else log.lost(letter, claim.run_id)
-        what = escape(f"{letter.position} {letter.summary}")
         if lost is None:
             held.append(letter)
-        elif replayed_before(lost):
-            report.already += 1
-            console.print(f"[dim]skipped {what}: {escape(lost)}[/]")
         else:
-            report.failed += 1
-            console.print(f"[red]not sent[/] {what}: {escape(lost)}")
+            _not_sent(report, escape(f"{letter.position} {letter.summary}"), lost, failed=True)
     return held, claim
+
+
+def _not_sent(report: ReplayReport, what: str, why: str, *, failed: bool) -> None:
+    """Count and print a letter this run does not send: ``already`` when it was (or is being) replayed otherwise,
+    else ``failed`` (its claim was not taken) or ``kept`` (a check keeps it)."""
+    from streamcart.dead_letters import replayed_before
+
+    if replayed_before(why):
+        report.already += 1
+        console.print(f"[dim]skipped {what}: {escape(why)}[/]")
+    elif failed:
+        report.failed += 1
+        console.print(f"[red]not sent[/] {what}: {escape(why)}")
+    else:
+        report.kept += 1
+        console.print(f"[yellow]kept[/] {what}: {escape(why)}")
 
 
 _NO_REPLAYS_TOPIC = ("no topic {prefix}dlq.replays, where replays are noted: run `streamcart init` (it creates it) "
