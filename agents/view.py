@@ -90,6 +90,20 @@ class FaustWorkerView:
     def product(self, sku: str) -> ProductState | None:
         return self.runtime.tables.catalog.get(sku)
 
+    async def wait_stored(self, order_id: str, timeout_s: float) -> OrderState | None:
+        """The order once the orders flow has stored it, or ``None`` when ``timeout_s`` ran out first (woken by the
+        flow's :class:`agents.watch.OrderWatch`, like :meth:`wait_settled`; a rebalance ends the wait early: the
+        caller checks who owns the order now)."""
+        watch = self.runtime.order_watch
+        deadline = time.monotonic() + timeout_s
+        rebalances = watch.rebalances
+        while (order := self.order(order_id)) is None:
+            left = deadline - time.monotonic()
+            if left <= 0 or watch.rebalances != rebalances:
+                return None
+            await watch.next_change(order_id, left)
+        return order
+
     async def wait_settled(self, order_id: str, timeout_s: float) -> OrderState | None:
         """Woken by the orders flow each time the order changes (:class:`agents.watch.OrderWatch`). A rebalance
         wakes it too: it waits for the rebalance to end and goes on if this worker still owns the order; it returns

@@ -805,15 +805,30 @@ async def internal_placement(request: web.Request) -> web.Response:
     return _json(placement, 200)
 
 
+#: How long a cancel waits for an order that is not stored yet (one accepted a moment ago) before it answers 404.
+CANCEL_WAIT_S = 3.0
+
+
 async def cancel_order(request: web.Request) -> web.Response:
     principal = _principal(request)
     order_id = identifier(request, "order_id")
     body = await _body(request, CancelIn) if request.can_read_body else CancelIn()
     if (forwarded := await _forward_unless_owner(request, "orders", order_id)) is not None:
         return forwarded
-    order = request.app[WORKER].order(order_id)
-    await stored(request.app[WORKER], f"order {order_id}")
+    worker = request.app[WORKER]
+    started = asyncio.get_running_loop().time()
+    order = worker.order(order_id)
+    if order is None:
+        # Accepted a moment ago (202) and not stored by the orders flow yet: wait for it rather than answer 404, or
+        # the customer's cancel right after placing is lost and the order goes on to be charged. The CancelOrder,
+        # sent once the order is stored, lands after its PlaceOrder (same partition).
+        order = await worker.wait_stored(order_id, CANCEL_WAIT_S)
+        if owner_elsewhere(request, "orders", order_id) is not None:
+            raise Unavailable("the order moved to another worker in a rebalance; retry", headers={"Retry-After": "1"})
+    await stored(worker, f"order {order_id}")
     if order is None or not principal.may_see_customer(order.customer_id):
+        # Another customer's order answers as late as a missing one: whether it exists is not told by the time.
+        await asyncio.sleep(max(0.0, started + CANCEL_WAIT_S - asyncio.get_running_loop().time()))
         raise NotFound(f"order {order_id} not found")
     if (refusal := cancel_refusal(order.status)) is not None:
         raise Conflict(refusal, details={"status": order.status})

@@ -54,6 +54,10 @@ class WorkerView(Protocol):
 
     def owner_url(self, table: str, key: str) -> str | None: ...
 
+    async def wait_stored(self, order_id: str, timeout_s: float) -> OrderState | None:
+        """The order once it is stored, or ``None`` if it is not within ``timeout_s`` (or a rebalance began)."""
+        ...
+
     async def wait_settled(self, order_id: str, timeout_s: float) -> OrderState | None:
         """The order once it is settled, or as it is when ``timeout_s`` ran out (``None``: still unknown)."""
         ...

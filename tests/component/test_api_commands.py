@@ -16,6 +16,7 @@ import pytest
 from multidict import CIMultiDict
 
 from api.admission import START_RATE, PlacementGate
+import api.app as app_module
 from api.app import ADJUSTING, ADJUSTMENT_IN_FLIGHT_S, GATE, PLACEMENT_IN_FLIGHT_S, PLACING, KeyedRequests, init_app
 from api.commands import UNCONFIRMED
 from api.errors import OutcomeUnknown, Unavailable
@@ -500,7 +501,27 @@ async def test_a_customer_cancels_their_pending_order(client, commands):
     assert (sent.order_id, sent.requested_by) == ("o-1", "c-1")
 
 
-async def test_cancelling_another_customers_order_is_a_404_and_sends_nothing(client, commands):
+async def test_a_cancel_right_after_placing_waits_for_the_order_to_be_stored(client, commands, worker):
+    """Placed (202) a moment ago, the order is not stored yet: the cancel waits for it, not a 404 that leaves the
+    order to be confirmed and charged."""
+    worker.stored_meanwhile["o-new"] = an_order().model_copy(update={"order_id": "o-new"})
+    response = await client.post("/v1/orders/o-new/cancel", headers=CUSTOMER)
+    assert response.status == 202
+    (sent,) = commands.sent
+    assert isinstance(sent, CancelOrder) and sent.order_id == "o-new"
+    assert worker.waited == [("o-new", app_module.CANCEL_WAIT_S)]
+
+
+async def test_a_cancel_of_an_order_never_stored_is_a_404_after_the_wait(client, commands, monkeypatch):
+    monkeypatch.setattr(app_module, "CANCEL_WAIT_S", 0.2)
+    started = time.monotonic()
+    assert (await client.post("/v1/orders/o-none/cancel", headers=CUSTOMER)).status == 404
+    assert commands.sent == []
+    assert time.monotonic() - started >= 0.2
+
+
+async def test_cancelling_another_customers_order_is_a_404_and_sends_nothing(client, commands, monkeypatch):
+    monkeypatch.setattr(app_module, "CANCEL_WAIT_S", 0.2)
     assert (await client.post("/v1/orders/o-1/cancel", headers=bearer("c-2", "customer"))).status == 404
     assert commands.sent == []
 

@@ -54,6 +54,8 @@ class FakeWorker:
     #: (sku, event id) the stock counts -> what the adjustment said (``adjustment_body``; ``None``: not kept)
     adjustments: dict[tuple[str, str], str | None] = field(default_factory=dict)
     moves_to: str | None = None  # the owner's URL after a long-poll's wait, if its order moves meanwhile
+    #: Orders the orders flow stores while a request waits for them (:meth:`wait_stored`)
+    stored_meanwhile: dict[str, OrderState] = field(default_factory=dict)
     queue_s: float | None = None  # how far behind its saga flows are (None: idle)
     writes: int = 0  # table writes made so far (its write mark)
     unstored: bool = False  # whether its table writes stay unacknowledged by Kafka
@@ -111,6 +113,12 @@ class FakeWorker:
     def orders_of(self, customer_id: str, *, after: tuple[int, str] | None, limit: int) -> list[OrderState]:
         mine = sorted(((-o.placed_at, o.order_id), o) for o in self.orders.values() if o.customer_id == customer_id)
         return [o for rank, o in mine if after is None or rank > after][:limit]
+
+    async def wait_stored(self, order_id: str, timeout_s: float) -> OrderState | None:
+        self.waited.append((order_id, timeout_s))
+        if (late := self.stored_meanwhile.pop(order_id, None)) is not None:  # the orders flow stores it meanwhile
+            self.orders[order_id] = late
+        return self.orders.get(order_id)
 
     async def wait_settled(self, order_id: str, timeout_s: float) -> OrderState | None:
         self.waited.append((order_id, timeout_s))

@@ -157,3 +157,26 @@ def test_a_rebalance_ending_wakes_the_long_polls_waiting_for_it(tmp_path):
     assert woken == ["settled"]
     fresh = build_runtime(Settings(home=tmp_path, partitions=4), Codec(InMemoryRegistry()), store="memory://")
     assert fresh.order_watch.settled in fresh.app.rebalance_ended
+
+
+async def test_waiting_for_an_order_to_be_stored_ends_when_the_flow_stores_it():
+    """A cancel sent right after placing waits for the order instead of answering 404 (api/app.py cancel_order)."""
+    orders: dict[str, OrderState] = {}
+    view, _ = a_view(orders)
+    waiting = asyncio.create_task(view.wait_stored("o-1", 30))
+    await settle()
+    assert not waiting.done()
+    orders["o-1"] = an_order()
+    view.runtime.order_watch.changed("o-1")
+    assert await asyncio.wait_for(waiting, 5) == orders["o-1"]
+    assert len(view.runtime.order_watch) == 0
+
+
+async def test_waiting_for_an_order_never_stored_ends_at_the_timeout_or_a_rebalance():
+    view, app = a_view({})
+    assert await view.wait_stored("o-1", 0.05) is None
+    waiting = asyncio.create_task(view.wait_stored("o-1", 30))
+    await settle()
+    app.begin()
+    assert await asyncio.wait_for(waiting, 5) is None
+    assert len(view.runtime.order_watch) == 0
