@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from multidict import CIMultiDict
 
-from api.admission import START_RATE, PlacementGate
 import api.app as app_module
+from api.admission import START_RATE, PlacementGate
 from api.app import ADJUSTING, ADJUSTMENT_IN_FLIGHT_S, GATE, PLACEMENT_IN_FLIGHT_S, PLACING, KeyedRequests, init_app
 from api.commands import UNCONFIRMED
 from api.errors import OutcomeUnknown, Unavailable
