@@ -438,7 +438,8 @@ class ShipmentCreated(ShippingEvent):
 
 
 class ShipmentDispatched(ShippingEvent):
-    pass
+    #: The carrier the admin named when reporting the dispatch (``None``: the one booked at creation carries it).
+    carrier: str | None = None
 
 
 class ShipmentDelivered(ShippingEvent):

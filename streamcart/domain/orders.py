@@ -390,7 +390,7 @@ _SHIPMENT_RANK = {ShipmentStatus.CREATED: 0, ShipmentStatus.DISPATCHED: 1, Shipm
 
 
 def _on_shipment(order: OrderState, event: ShipmentCreated | ShipmentDispatched | ShipmentDelivered) -> OrderState:
-    carrier = event.carrier if isinstance(event, ShipmentCreated) else None
+    carrier = event.carrier if isinstance(event, ShipmentCreated | ShipmentDispatched) else None
     known = order.shipment
     status = _SHIPMENT_STATUS_AFTER[type(event)]
     if known is not None and _SHIPMENT_RANK[known.status] >= _SHIPMENT_RANK[status]:

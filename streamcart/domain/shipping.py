@@ -105,7 +105,8 @@ def effects_of(shipment: ShipmentState, cause_id: str) -> tuple[Message, ...]:
         out.append(ShipmentCreated(**derived(shipment.created, shipment.order_id, ShipmentCreated), **ids,
                                    carrier=shipment.carrier))
     if caused(shipment.dispatched, cause_id):
-        out.append(ShipmentDispatched(**derived(shipment.dispatched, shipment.order_id, ShipmentDispatched), **ids))
+        out.append(ShipmentDispatched(**derived(shipment.dispatched, shipment.order_id, ShipmentDispatched), **ids,
+                                      carrier=shipment.dispatch_carrier))
     if caused(shipment.delivered, cause_id):
         out.append(ShipmentDelivered(**derived(shipment.delivered, shipment.order_id, ShipmentDelivered), **ids))
     if caused(shipment.cancelled, cause_id):

@@ -353,7 +353,7 @@ def _shipment_row(event: ShippingEvent) -> dict[str, object]:
         "order_id": event.order_id,
         "event": _SHIPMENT_EVENTS[type(event)],
         "tracking_id": event.tracking_id,
-        "carrier": event.carrier if isinstance(event, ShipmentCreated) else None,
+        "carrier": event.carrier if isinstance(event, ShipmentCreated | ShipmentDispatched) else None,
         "occurred_at": event.occurred_at,
         "event_id": event.event_id,
     }

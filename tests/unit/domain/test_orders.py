@@ -505,6 +505,14 @@ def test_a_dispatched_shipment_ships_the_confirmed_order():
     assert state.status == OrderStatus.SHIPPED
     [event] = emitted
     assert isinstance(event, OrderShipped) and event.tracking_id == "trk-1"
+    assert state.shipment is not None and state.shipment.carrier == "post"  # the dispatch named no other
+
+
+def test_a_dispatch_naming_its_carrier_shows_that_carrier_on_the_order():
+    state, _ = apply(confirmed(), shipment(ShipmentCreated), shipment(ShipmentDispatched, carrier="dhl"))
+    assert state.shipment is not None and state.shipment.carrier == "dhl"
+    state, _ = apply(state, shipment(ShipmentDelivered))
+    assert state.shipment is not None and state.shipment.carrier == "dhl"
 
 
 def test_a_delivered_shipment_delivers_the_shipped_order():

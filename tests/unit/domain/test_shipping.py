@@ -11,6 +11,7 @@ from schemas.messages import (
     PricedLine,
     ShipmentCancelled,
     ShipmentCreated,
+    ShipmentDelivered,
     ShipmentDispatched,
     UpdateShipment,
 )
@@ -89,6 +90,15 @@ def test_dispatching_emits_shipment_dispatched_with_the_tracking_id():
     [event] = emitted
     assert isinstance(event, ShipmentDispatched) and event.tracking_id == tracking_id("o-1")
     assert (state.status, state.dispatch_carrier, state.carrier) == (ShipmentStatus.DISPATCHED, "dhl", DEFAULT_CARRIER)
+    assert event.carrier == "dhl"  # the carrier the admin named travels with the dispatch (the order, the warehouse)
+
+
+def test_a_dispatch_naming_no_carrier_says_none_and_a_delivery_before_dispatch_carries_its_carrier():
+    [event] = apply(created(), update("dispatched"))[1]
+    assert isinstance(event, ShipmentDispatched) and event.carrier is None
+    dispatched_event, delivered_event = apply(created(), update("delivered", carrier="ups"))[1]
+    assert isinstance(dispatched_event, ShipmentDispatched) and dispatched_event.carrier == "ups"
+    assert isinstance(delivered_event, ShipmentDelivered)
 
 
 def test_delivering_a_dispatched_shipment_emits_shipment_delivered():

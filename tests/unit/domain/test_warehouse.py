@@ -168,6 +168,8 @@ def test_payment_and_shipment_events_are_one_row_per_order_and_kind():
     assert (table, row["event"], row["carrier"]) == (SHIPMENTS, "created", "post")
     (table, row), = event_rows(make(ShipmentDispatched, order_id="o-1", tracking_id="T-1"))
     assert (row["event"], row["carrier"]) == ("dispatched", None)
+    (table, row), = event_rows(make(ShipmentDispatched, order_id="o-1", tracking_id="T-1", carrier="dhl"))
+    assert (row["event"], row["carrier"]) == ("dispatched", "dhl")
 
 
 def test_a_fact_row_says_when_its_event_was_written_as_well_as_its_event_time():
