@@ -67,6 +67,7 @@ class HeldWritesStore(RocksDBStore):
         self._queues: dict[int, deque[_Write]] = {}
         self._sending: Any = None  # the changelog record of the write about to be made
         self._acknowledged_in: set[int] = set()  # partitions with acknowledged writes not applied yet
+        self._behind: set[int] = set()  # partitions whose changelog has records this store skipped (told once)
 
     # -- writes ---------------------------------------------------------------------------------------------------
 
@@ -134,16 +135,35 @@ class HeldWritesStore(RocksDBStore):
             self._forget(partition)
             return
         batch = WriteBatch(raw_mode=True)
-        count, offset = 0, -1
+        noted_raw = db.get(self.offset_key)
+        noted = int(noted_raw) if noted_raw is not None else None  # the store holds every record up to it
+        count, offset, gap = 0, noted, None
         for write in queue:
             if write.offset is None:
                 break
+            count += 1
+            if noted is not None and write.offset <= noted:
+                continue  # the store holds this record already, or a later one of its partition (a recovery read it)
             if write.value is None:
                 batch.delete(write.key)
             else:
                 batch.put(write.key, write.value)
-            count, offset = count + 1, write.offset
-        batch.put(self.offset_key, str(offset).encode())  # as set_persisted_offset writes it
+            if gap is None and (offset is None or write.offset == offset + 1):
+                offset = write.offset
+            elif gap is None:
+                # The records between are not this store's: another worker wrote the partition meanwhile (this one
+                # lost it, a session that expired in a pause, and wrote on before it learned so). Noting this write's
+                # offset would claim them, and the recovery that comes with the rebalance would read on after them:
+                # the store would answer, and the flows decide, from states older than the changelog's. The offset
+                # stays before them, so a recovery reads them (and this store's own writes after them) again.
+                gap = (offset, write.offset)
+        if gap is not None and partition not in self._behind:
+            self._behind.add(partition)  # told once a run: every write after it finds the same gap until a recovery
+            log.warning("%s: partition %s's changelog has records after offset %s that this worker did not write (its "
+                        "next write is at %s): its local store keeps noting offset %s, so that a recovery reads them",
+                        self.table_name, partition, gap[0], gap[1], gap[0])
+        if offset is not None and offset != noted:
+            batch.put(self.offset_key, str(offset).encode())  # as set_persisted_offset writes it
         db.write(batch)
         newest = self._newest[partition]
         for _ in range(count):

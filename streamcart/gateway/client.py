@@ -28,6 +28,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -105,6 +107,7 @@ class GatewayClient:
         )
         self.breaker_state = "closed"
         self._states: dict[str, str] = {}  # breaker name -> its state
+        self._changes: dict[str, int] = {}  # breaker name -> how many times it changed state (a timer's check)
         self._breakers.add_listener(self._on_breaker_event)
 
     async def close(self) -> None:
@@ -113,13 +116,29 @@ class GatewayClient:
     def _on_breaker_event(self, name: str, event_name: str, event: Any) -> None:
         state = getattr(event, "state", None)
         if state is not None:
-            self._states[name] = str(state)
-            # The least healthy breaker (BREAKER_LEVEL: closed 0, half-opened 0.5, opened 1).
-            self.breaker_state = max(self._states.values(), key=lambda s: BREAKER_LEVEL.get(s, 1.0))
-            GATEWAY_BREAKER.set(BREAKER_LEVEL.get(self.breaker_state, 1.0))
-            if self.on_breaker is not None:
-                self.on_breaker(self.breaker_state)
+            self._changes[name] = changes = self._changes.get(name, 0) + 1
+            self._report(name, str(state))
             log.warning("payment gateway circuit breaker %s is now %s", name, state)
+            if str(state) == "opened":
+                # purgatory moves an open breaker on only when a call comes after its reset time: with no call (the
+                # payments that were waiting settled, no new order), it would say "opened" for good, and the
+                # breaker alert fire, while the gateway is back. Once the reset time has passed the next call is a
+                # trial: half-opened, as the next call would find it.
+                with contextlib.suppress(RuntimeError):  # no running loop (not in a worker): nothing to schedule
+                    asyncio.get_running_loop().call_later(
+                        self.policy.breaker_reset_s, self._reset_time_passed, name, changes)
+
+    def _reset_time_passed(self, name: str, changes: int) -> None:
+        if self._changes.get(name) == changes and self._states.get(name) == "opened":
+            self._report(name, "half-opened")
+
+    def _report(self, name: str, state: str) -> None:
+        self._states[name] = state
+        # The least healthy breaker (BREAKER_LEVEL: closed 0, half-opened 0.5, opened 1).
+        self.breaker_state = max(self._states.values(), key=lambda s: BREAKER_LEVEL.get(s, 1.0))
+        GATEWAY_BREAKER.set(BREAKER_LEVEL.get(self.breaker_state, 1.0))
+        if self.on_breaker is not None:
+            self.on_breaker(self.breaker_state)
 
     async def execute(self, call: GatewayCall) -> GatewayResult:
         """Perform ``call``; never raises for a gateway problem (that is an ``unavailable`` result)."""

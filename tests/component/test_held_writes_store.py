@@ -254,3 +254,49 @@ async def test_held_writes_of_a_partition_that_became_a_standby_are_dropped(tabl
     await settled()
     assert on_disk(store, 2, b"o-1") is None and noted_offset(table, 2) is None
     assert on_disk(store, 3, b"o-2") == b"PENDING"
+
+
+async def test_a_write_after_records_another_worker_wrote_does_not_note_their_offsets(table, caplog):
+    """A worker paused past its session (its partitions went to another worker, which wrote their changelogs) and
+    writing on as it wakes: its write lands after the other worker's records. Noting that write's offset claimed
+    them, so the recovery of the rebalance that followed read on after them, and the store lacked them: seen on the
+    real stack, payments refunded nothing for orders the other worker had authorized and captured meanwhile (the
+    refund found no payment), and the money stayed taken. The noted offset stays before them until a recovery
+    reads them."""
+    store = table.data
+    topic = table.changelog_topic.get_topic_name()
+    acknowledge(write(store, 3, b"o-1", b"AUTHORIZED"), 4)
+    acknowledge(write(store, 3, b"o-2", b"AUTHORIZED"), 5)
+    await settled()
+    assert noted_offset(table, 3) == 5
+
+    # Offsets 6 to 8 are the other worker's (o-3 authorized and captured, o-1 captured); this worker's next
+    # writes are acknowledged at 9 and 10.
+    acknowledge(write(store, 3, b"o-2", b"CAPTURED"), 9)
+    acknowledge(write(store, 3, b"o-4", b"AUTHORIZED"), 10)
+    await settled()
+    assert noted_offset(table, 3) == 5  # a recovery reads 6 on: the other worker's records, and these two again
+    assert on_disk(store, 3, b"o-2") == b"CAPTURED" and on_disk(store, 3, b"o-4") == b"AUTHORIZED"
+    assert store.held() == 0
+    assert "did not write" in caplog.text
+
+    # The recovery read the changelog to its end (faust notes the last offset it applied); writes follow on again.
+    store.set_persisted_offset(TP(topic, 3), 10)
+    acknowledge(write(store, 3, b"o-5", b"AUTHORIZED"), 11)
+    await settled()
+    assert noted_offset(table, 3) == 11
+
+
+async def test_an_acknowledged_write_a_recovery_has_read_past_does_not_overwrite_the_newer_record(table):
+    store = table.data
+    topic = table.changelog_topic.get_topic_name()
+    acknowledge(write(store, 2, b"o-1", b"AUTHORIZED"), 3)
+    await settled()
+    late = write(store, 2, b"o-1", b"CAPTURED")
+    # A recovery applied the changelog up to 7 before this write's acknowledgement was applied: o-1 REFUNDED at 7.
+    store._dbs[2].put(b"o-1", b"REFUNDED")
+    store.set_persisted_offset(TP(topic, 2), 7)
+    acknowledge(late, 4)
+    await settled()
+    assert on_disk(store, 2, b"o-1") == b"REFUNDED" and noted_offset(table, 2) == 7
+    assert store.held() == 0

@@ -366,3 +366,28 @@ async def test_answers_mixed_up_for_some_orders_do_not_open_the_breaker_for_the_
             assert (await client.execute(authorize("o-good"))) == GatewayResult.approved("auth_1")
     finally:
         await client.close()
+
+
+async def test_an_open_breaker_no_call_comes_to_says_half_opened_once_its_reset_time_has_passed(aiohttp_server):
+    """purgatory moves an open breaker on only when a call comes: with the gateway back and no order coming (the
+    waiting payments settled or gave up at their deadlines), the breaker said "opened" for good, and
+    streamcart_gateway_breaker_open stayed 1 (the critical alert "calls to the gateway keep failing"). Seen on the
+    real stack: 1.0 on both workers for minutes after the gateway answered again, until the next order."""
+    import asyncio
+
+    async def always_503(request: web.Request) -> web.Response:
+        return web.json_response({"error": {"code": "down"}}, status=503)
+
+    app = web.Application()
+    app.router.add_post("/v1/authorizations", always_503)
+    server = await aiohttp_server(app)
+    policy = ClientPolicy(attempt_timeout_s=0.5, attempts=4, backoff_initial_s=0.001, backoff_max_s=0.005,
+                          breaker_threshold=3, breaker_reset_s=0.2)
+    client = GatewayClient(str(server.make_url("")), policy)
+    try:
+        await client.execute(authorize("o-7"))
+        assert client.breaker_state == "opened"
+        await asyncio.sleep(0.3)
+        assert client.breaker_state == "half-opened"
+    finally:
+        await client.close()
