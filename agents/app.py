@@ -10,7 +10,7 @@ import faust
 
 from agents import analytics, inventory, notifications, orders, payments, retention, shipping, timeouts
 from agents.runtime import Runtime, Sink
-from agents.transport import Event, FlowControl, InProgress, Stream, Table, TableManager, Transport
+from agents.transport import Event, FlowControl, InProgress, Lease, Stream, Table, TableManager, Transport
 from schemas.codec import Codec
 from streamcart.partitioning import CachingPartitioner
 from streamcart.settings import Settings
@@ -31,6 +31,8 @@ class App(faust.App):
     def __init__(self, *args: Any, fetch_min_bytes: int, fetch_max_wait_ms: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.in_progress = InProgress()
+        #: Whether this worker is still surely a member of its group (checked before flows write).
+        self.lease = Lease(self.conf.broker_session_timeout)
         #: Called when a rebalance has ended (the tables read back, the flows resumed).
         self.rebalance_ended: list[Callable[[], None]] = []
         self.fetch_min_bytes = fetch_min_bytes

@@ -83,6 +83,7 @@ def register(runtime: Runtime) -> Any:
         if not isinstance(message, PaymentCommand):
             raise FlowError(f"{type(message).__name__} on the payment commands topic")
         decision = await settle(message)
+        await runtime.member()  # the gateway may have taken long enough for this worker to lose the partition
         refused(decision.rejected, message)
         payment = decision.state if decision.state is not None else table.get(message.order_id)
         if payment is not None:  # a redelivery stores it again (see agents/orders.py for why)

@@ -191,6 +191,15 @@ class Runtime:
         return frozenset(name for name, agent in self.app.agents.items()
                          if topic in getattr(agent.channel, "topics", ()))
 
+    async def member(self) -> None:
+        """Return once this worker is surely still a member of its group, so what a handler writes next goes to
+        partitions it still owns (:class:`agents.transport.Lease`); raise :class:`Yielded` if a rebalance or a stop
+        begins first. Every message is checked before it is handled; a handler that waited on something slow (the
+        payment gateway) checks again before it writes."""
+        lease = self.app.lease
+        if not lease.valid():
+            await lease.held(self.app.in_progress)
+
     async def emit(self, messages: tuple[Message, ...], *, cause: Any) -> None:
         """Send a decision's messages in order, after its state was stored (DESIGN.md §3, the duplicate rule)."""
         for message in messages:
@@ -336,7 +345,8 @@ SAGA_FLOWS = frozenset({"orders", "inventory", "payments", "shipping"})
 
 
 async def process(runtime: Runtime, event: Any, handler: Handler, flow: str) -> None:
-    """Decode one event and hand it to ``handler``; dead-letter it if either step fails. Never raises.
+    """Decode one event and hand it to ``handler``; dead-letter it if either step fails. Raises only
+    :class:`Yielded` (the message given back for a rebalance or a stop).
 
     The event is handled as a span of the trace its ``traceparent`` header names, and everything logged meanwhile
     carries the flow, the trace id and, once decoded, the message's ``order_id`` (or ``sku``) and ``event_id``.
@@ -369,6 +379,7 @@ async def process(runtime: Runtime, event: Any, handler: Handler, flow: str) -> 
             return
         ids = {"order_id": getattr(message, "order_id", None), "sku": getattr(message, "sku", None)}
         with log_context(**ids, event_id=message.event_id):
+            await runtime.member()  # (a worker that woke from a pause past its session is no member any more)
             failure = _misplaced(runtime, event, message) or await _handle(handler, message, event, flow)
             if failure is not None:
                 log.error("flow %s failed on %s %s", flow, type(message).__name__, message.event_id,
@@ -440,7 +451,11 @@ async def consume(runtime: Runtime, stream: Any, handler: Handler, *, flow: str,
     in_progress = _in_progress(runtime)
     async for event in events.events():
         with in_progress.handling(event.message):
-            await process(runtime, event, handler, flow)
+            try:
+                await process(runtime, event, handler, flow)
+            except Yielded:  # no longer surely a member, and a rebalance began: the partition's next owner has it
+                log.info("flow %s gave a message of key %r back for a rebalance or a stop", flow, event.key)
+                continue
             await events.ack(event)
 
 

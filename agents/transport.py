@@ -159,6 +159,66 @@ class InProgress:
         return True
 
 
+class Lease:
+    """Whether this worker is still surely a member of its consumer group: the time of the group coordinator's last
+    answer that said so (a heartbeat taken, a join completed), checked before a flow writes.
+
+    Without transactions nothing stops a worker that lost its partitions from writing to them. One paused past its
+    session (SIGSTOP, a host that froze, a loop blocked that long) is no longer a member when it wakes, but its
+    handlers wake first: payments whose gateway answers waited in its sockets stored them and emitted their
+    events into changelog partitions another worker had written meanwhile (seen on the real stack: refunds of
+    orders captured by the other worker found no payment and were never made). A handler now writes only while
+    the last such answer is less than :data:`LEASE_SHARE` of the session old (:meth:`valid`); otherwise it waits
+    (:meth:`held`) for the next heartbeat, or gives its message back when the rebalance that follows begins.
+    """
+
+    def __init__(self, session_timeout_s: float) -> None:
+        self.valid_for_s = session_timeout_s * LEASE_SHARE
+        self.renewed_at = time.monotonic()  # written by the consumer's thread, read by the agents' (a float)
+
+    def renew(self) -> None:
+        """The coordinator answered that this worker is a member (a heartbeat, a join)."""
+        self.renewed_at = time.monotonic()
+
+    def valid(self) -> bool:
+        return time.monotonic() - self.renewed_at < self.valid_for_s
+
+    async def held(self, in_progress: InProgress) -> None:
+        """Return once the lease is valid; raise :class:`Yielded` if a rebalance or a stop begins first."""
+        waited = False
+        while not self.valid():
+            if not waited:
+                waited = True
+                log.warning("no word from the group coordinator for %.1f s: this worker may have lost its "
+                            "partitions; its flows wait for the next heartbeat before they write",
+                            time.monotonic() - self.renewed_at)
+            await in_progress.pause(LEASE_CHECK_S)
+
+    def watch(self, coordinator: Any) -> None:
+        """Renew on each heartbeat ``coordinator`` (aiokafka's ``GroupCoordinator``) gets taken, and each join."""
+        heartbeat, joined = coordinator._do_heartbeat, coordinator._on_join_complete
+
+        async def _do_heartbeat() -> bool:
+            taken: bool = await heartbeat()
+            if taken:
+                self.renew()
+            return taken
+
+        async def _on_join_complete(*args: Any, **kwargs: Any) -> Any:
+            self.renew()
+            return await joined(*args, **kwargs)
+
+        coordinator._do_heartbeat, coordinator._on_join_complete = _do_heartbeat, _on_join_complete
+        self.renew()
+
+
+#: The share of the group session a heartbeat's answer is trusted for: the broker drops a member a session after
+#: the last heartbeat it received, and what remains covers a write on its way to the broker.
+LEASE_SHARE = 0.7
+#: How often a handler waiting for the lease looks again.
+LEASE_CHECK_S = 0.1
+
+
 class FlowControl(FlowControlEvent):
     """faust's flow control of the agents' queues, counting the times it emptied them.
 
@@ -352,8 +412,11 @@ class OffsetLookupsApart:
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     async def on_start(self) -> None:
         await super().on_start()
-        fetcher = self._ensure_consumer()._fetcher  # aiokafka builds it as the consumer starts
+        consumer = self._ensure_consumer()
+        fetcher = consumer._fetcher  # aiokafka builds it as the consumer starts
         fetcher._client = OffsetLookupsApart(fetcher._client)
+        if consumer._coordinator is not None:  # (a consumer without a group has none)
+            cast(Any, self.app).lease.watch(consumer._coordinator)
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)

@@ -137,7 +137,8 @@ class HeldWritesStore(RocksDBStore):
         batch = WriteBatch(raw_mode=True)
         noted_raw = db.get(self.offset_key)
         noted = int(noted_raw) if noted_raw is not None else None  # the store holds every record up to it
-        count, offset, gap = 0, noted, None
+        count, offset = 0, noted
+        gap: tuple[int | None, int] | None = None  # (the last offset that follows on, the first write after a gap)
         for write in queue:
             if write.offset is None:
                 break

@@ -169,3 +169,62 @@ async def test_the_gateway_session_is_closed_once_the_agents_have_stopped(aiohtt
     for closer in closers:
         await closer.stop()
     assert client._session.closed
+
+
+class SlowCapture(Gateway):
+    """A gateway whose captures answer only once ``release`` is set (the worker pauses meanwhile)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def capture(self, request: web.Request) -> web.Response:
+        self.calls["capture"] = self.calls.get("capture", 0) + 1
+        await self.release.wait()
+        return await super().capture(request)
+
+
+@pytest.mark.parametrize("rebalance", [True, False])
+async def test_a_gateway_answer_that_comes_after_the_workers_session_may_have_expired_is_written_only_as_a_member(
+    aiohttp_server, codec, sink, tmp_path, rebalance
+):
+    """A worker paused past its session wakes to its gateway answers before it learns it lost the partition: it must
+    not write them (the partition's new owner has the command), unless a heartbeat says it is still a member."""
+    now = int(time.time() * 1000)
+    authorize = AuthorizePayment(**envelope("a-1", now), order_id="o-1", customer_id="c-1", amount_cents=500,
+                                 currency="EUR", payment_token="tok_approve")
+    capture = CapturePayment(**envelope("k-1", now), order_id="o-1", authorization_id="auth-o-1", amount_cents=500,
+                             currency="EUR")
+    gateway = SlowCapture()
+    server = await aiohttp_server(gateway.app())
+    settings = Settings(home=tmp_path, partitions=4, gateway_host=server.host, gateway_port=server.port,
+                        gateway_attempts=1, gateway_attempt_timeout_s=30)
+    runtime = build_runtime(settings, codec, store="memory://", sink=sink)
+    lease, in_progress = runtime.app.lease, runtime.app.in_progress
+    captured = lambda: any(isinstance(m, PaymentCaptured) for m in sink.messages(runtime.topics.payment_events))  # noqa: E731
+    async with runtime.agents["payments"].test_context() as agent:
+        for command in (authorize, capture):
+            await agent.put(codec.encode(command), key=b"o-1")
+        for _ in range(500):
+            if gateway.calls.get("capture"):
+                break
+            await asyncio.sleep(0.01)
+        assert gateway.calls.get("capture") == 1  # the capture is at the gateway
+        lease.renewed_at -= 3_600  # the worker was paused: no heartbeat for an hour
+        if rebalance:
+            in_progress.ask_to_yield()  # ... and the rebalance that follows begins
+        gateway.release.set()
+        if rebalance:
+            assert await in_progress.wait_idle(timeout_s=10)  # the capture's message was given back
+            assert not captured()
+            assert runtime.tables.payments.get("o-1").captured is None
+            return
+        for _ in range(30):  # waiting for word from the coordinator, it writes nothing
+            await asyncio.sleep(0.01)
+        assert not captured() and runtime.tables.payments.get("o-1").captured is None
+        lease.renew()  # a heartbeat taken: still a member, the partition still its own
+        for _ in range(500):
+            if captured():
+                break
+            await asyncio.sleep(0.01)
+        assert captured() and runtime.tables.payments.get("o-1").captured is not None

@@ -1,0 +1,88 @@
+"""A worker writes only while it is surely a member of its group (agents.transport.Lease): one paused past its
+session wakes to handlers that would write into partitions another worker owns by then."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from agents import runtime
+from agents.runtime import consume
+from agents.transport import InProgress, Lease, Yielded
+from tests.unit.agents.test_consume import Event, FakeStream, _until, running
+
+
+def test_a_lease_is_valid_for_a_share_of_the_session_after_the_coordinators_last_word():
+    lease = Lease(session_timeout_s=10.0)
+    assert lease.valid()
+    lease.renewed_at -= 6.9
+    assert lease.valid()
+    lease.renewed_at -= 0.2  # 7.1 s: the broker may drop the member before a write sent now reaches it
+    assert not lease.valid()
+    lease.renew()
+    assert lease.valid()
+
+
+class Coordinator:
+    """What the lease wraps of aiokafka's GroupCoordinator."""
+
+    def __init__(self) -> None:
+        self.answers: list[bool] = []
+        self.joins = 0
+
+    async def _do_heartbeat(self) -> bool:
+        return self.answers.pop(0)
+
+    async def _on_join_complete(self, generation: int, member_id: str) -> str:
+        self.joins += 1
+        return f"{generation}/{member_id}"
+
+
+async def test_a_heartbeat_taken_and_a_join_renew_the_lease_and_a_failed_heartbeat_does_not():
+    lease, coordinator = Lease(session_timeout_s=10.0), Coordinator()
+    lease.watch(coordinator)
+    coordinator.answers = [False, True]
+    lease.renewed_at -= 60
+    assert await coordinator._do_heartbeat() is False
+    assert not lease.valid()
+    assert await coordinator._do_heartbeat() is True
+    assert lease.valid()
+    lease.renewed_at -= 60
+    assert await coordinator._on_join_complete(3, "m-1") == "3/m-1"  # what aiokafka's own does, still done
+    assert coordinator.joins == 1 and lease.valid()
+
+
+async def test_a_handler_waits_for_the_lease_and_gives_its_message_back_when_a_rebalance_begins_first():
+    lease, in_progress = Lease(session_timeout_s=10.0), InProgress()
+    await asyncio.wait_for(lease.held(in_progress), 1)  # valid: at once
+    lease.renewed_at -= 60
+    waiting = asyncio.create_task(lease.held(in_progress))
+    await asyncio.sleep(0.25)
+    assert not waiting.done()
+    lease.renew()  # the next heartbeat: still a member
+    await asyncio.wait_for(waiting, 1)
+    lease.renewed_at -= 60
+    waiting = asyncio.create_task(lease.held(in_progress))
+    await asyncio.sleep(0.05)
+    in_progress.ask_to_yield()  # the rebalance the lost session brings
+    with pytest.raises(Yielded):
+        await asyncio.wait_for(waiting, 1)
+
+
+async def test_consume_leaves_a_message_given_back_unacknowledged_and_goes_on(monkeypatch):
+    async def process(_runtime: Any, event: Event, _handler: Any, _flow: str) -> None:
+        if event.offset == 1:
+            raise Yielded  # not surely a member, and a rebalance began
+
+    monkeypatch.setattr(runtime, "process", process)
+    stream = FakeStream([Event(b"k", 0), Event(b"k", 1), Event(b"j", 2)])
+    rt = running()
+    agent = asyncio.create_task(consume(rt, stream, None, flow="test"))
+    await _until(stream.drained.is_set)
+    await _until(lambda: stream.acked == [0, 2])
+    assert not rt.app.in_progress
+    agent.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await agent
