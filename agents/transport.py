@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -415,8 +416,11 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer = self._ensure_consumer()
         fetcher = consumer._fetcher  # aiokafka builds it as the consumer starts
         fetcher._client = OffsetLookupsApart(fetcher._client)
-        if consumer._coordinator is not None:  # (a consumer without a group has none)
-            cast(Any, self.app).lease.watch(consumer._coordinator)
+        lease: Lease = cast(Any, self.app).lease
+        if hasattr(consumer._coordinator, "_do_heartbeat"):
+            lease.watch(consumer._coordinator)
+        else:  # a consumer without a group (none here: faust's always has one) owns what it reads for good
+            lease.valid_for_s = math.inf
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
