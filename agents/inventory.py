@@ -39,9 +39,11 @@ def register(runtime: Runtime) -> Any:
             tables.stock.get(message.sku), tables.reservations.get, message, product=tables.catalog.get(message.sku),
             remembered=tables.adjustments.get,
         )
-        # An adjustment that would take stock promised to orders is refused (the API checks first).
+        # An adjustment that would take stock promised to orders is refused (the API checks first, but cannot see
+        # the reservations queued ahead of it): an admin was answered 202 for what did not happen, so it is a
+        # warning, and the refusal is noted in the SKU's adjustment memory (written below) for the API to answer.
         adjustment_refusal = {change.rejected} if isinstance(message, AdjustStock) and change.rejected else set()
-        if refused(change.rejected, message, adjustment_refusal):
+        if refused(change.rejected, message, adjustment_refusal, level=logging.WARNING) and not writes:
             return
         for key, record in writes:
             match record:

@@ -104,18 +104,20 @@ class FlowError(StreamcartError):
     """A message a flow cannot process (dead-lettered with this reason)."""
 
 
-def refused(rejected: str | None, message: Message, refusals: Container[str] = ()) -> bool:
+def refused(
+    rejected: str | None, message: Message, refusals: Container[str] = (), *, level: int = logging.INFO
+) -> bool:
     """Whether a decision was refused for a business reason (logged; the caller emits nothing, and stores only what
     the decider noted of the refusal, if anything).
 
     ``rejected`` of ``None`` means the decision stands (``False``). A reason in ``refusals`` is a refusal the API
-    reports before sending anything, so one that races past it is logged here. Any other reason is a message the
-    flow cannot process: :class:`FlowError`, which dead-letters it.
+    reports before sending anything, so one that races past it is logged here, at ``level``. Any other reason is a
+    message the flow cannot process: :class:`FlowError`, which dead-letters it.
     """
     if rejected is None:
         return False
     if rejected in refusals:
-        log.info("%s %s refused: %s", type(message).__name__, message.key, rejected)
+        log.log(level, "%s %s refused: %s", type(message).__name__, message.key, rejected)
         return True
     raise FlowError(rejected)
 

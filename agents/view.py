@@ -83,9 +83,9 @@ class FaustWorkerView:
     def stock(self, sku: str) -> StockState | None:
         return self.runtime.tables.stock.get(sku)
 
-    def applied_adjustment(self, sku: str, event_id: str) -> inventory.AppliedAdjustment | None:
+    def adjustment_outcome(self, sku: str, event_id: str) -> inventory.AdjustmentOutcome | None:
         memory = self.runtime.tables.adjustments.get(inventory.adjustments_key(sku))
-        return inventory.applied_adjustment(self.stock(sku), memory, event_id)
+        return inventory.adjustment_outcome(self.stock(sku), memory, event_id)
 
     def product(self, sku: str) -> ProductState | None:
         return self.runtime.tables.catalog.get(sku)

@@ -987,8 +987,9 @@ def _stock_out(sku: str, on_hand: int, reserved: int, adjusted: int, sold: int, 
 async def adjust_stock(request: web.Request) -> web.Response:
     """With an ``Idempotency-Key`` the adjustment's event id is derived from the SKU and the key: a repeat is applied
     once however often it is sent (the inventory drops an event id among the SKU's last 1,000 adjustments), one
-    already applied is answered 200 with the stock as it is, sending nothing, and a request under a key used for
-    another delta or reason is refused with 409."""
+    already applied is answered 200 with the stock as it is, sending nothing, one the inventory refused is answered
+    its refusal (409), sending nothing, and a request under a key used for another delta or reason is refused with
+    409."""
     _admin(request)
     sku = identifier(request, "sku", naming=True)
     body = await _body(request, AdjustmentIn)
@@ -1004,21 +1005,31 @@ async def adjust_stock(request: web.Request) -> web.Response:
         worker = request.app[WORKER]
         unless_stopping(worker)  # (its tables may have closed while this waited for the key)
         stock = worker.stock(sku)
-        if stock is not None and (applied := worker.applied_adjustment(sku, event_id)) is not None:
+        if (outcome := worker.adjustment_outcome(sku, event_id)) is not None:
             await stored(worker, f"the stock of {sku}")
-            _same_adjustment(sku, key, applied.body, said)
-            return _json(_stock_now(stock), 200, Location=f"/v1/stock/{sku}")
+            _same_adjustment(sku, key, outcome.body, said)
+            _not_refused(sku, key, outcome)
+            if stock is not None:  # (counted: so it is)
+                return _json(_stock_now(stock), 200, Location=f"/v1/stock/{sku}")
         now = time.time()
-        # Sent a moment ago and not counted yet: in flight (or refused, when the stock went to orders meanwhile).
+        # Sent a moment ago and not decided yet: in flight.
         _same_adjustment(sku, key, adjusting.said(event_id, since=now - ADJUSTMENT_IN_FLIGHT_S), said)
         response = await _adjust(request, sku, body, event_id)
         adjusting.sent(event_id, said, now)
         return response
 
 
-#: How long the owner takes an adjustment it sent, and its stock does not count yet, for in flight: within it, the
-#: same key with another body is a 409; after it, the key's first adjustment was refused or lost.
+#: How long the owner takes an adjustment it sent, and the inventory did not decide yet, for in flight: within it, the
+#: same key with another body is a 409; after it, the key's first adjustment was lost (or decided and forgotten).
 ADJUSTMENT_IN_FLIGHT_S = 60.0
+
+
+def _not_refused(sku: str, key: str, outcome: inventory.AdjustmentOutcome) -> None:
+    """Answer an adjustment the inventory refused with its reason (409): the key's first body is the one that counts,
+    so a retry of it is refused too (a new key sends the adjustment again)."""
+    if outcome.refused is not None:
+        raise Conflict(f"the adjustment of {sku} sent under {key!r} was refused: {outcome.refused}",
+                       details={"sku": sku, "key": key, "reason": outcome.refused})
 
 
 def _same_adjustment(sku: str, key: str, first: str | None, said: str) -> None:
@@ -1034,20 +1045,20 @@ class PendingAdjustments:
     An adjustment is checked against the stock as it will be once those are counted (they reach the inventory in
     the order they were sent: one partition per SKU), not as the table says now: two write-offs of 5 with 8
     available were both answered 202, and the inventory refused the second where nobody saw it. Kept in the order
-    sent: once one is counted, it and every one sent before it are done (counted, or refused); any is forgotten
-    after :data:`ADJUSTMENT_IN_FLIGHT_S` (refused meanwhile, or lost).
+    sent: once one is decided (counted, or refused: the inventory notes its refusals), it and every one sent before
+    it are done; any is forgotten after :data:`ADJUSTMENT_IN_FLIGHT_S` (decided and forgotten meanwhile, or lost).
     """
 
     def __init__(self) -> None:
         self._sent: dict[str, dict[str, tuple[int, float]]] = {}  # sku -> event id -> (delta, when sent), in order
         self.locks = KeyedRequests()
 
-    def outstanding(self, sku: str, counted: Any, now: float) -> dict[str, int]:
-        """``sku``'s adjustments sent and not counted yet, event id -> delta, in the order sent
-        (``counted(event_id)``: whether the stock counts it)."""
+    def outstanding(self, sku: str, decided: Any, now: float) -> dict[str, int]:
+        """``sku``'s adjustments sent and not decided yet, event id -> delta, in the order sent
+        (``decided(event_id)``: whether the stock counts it or the inventory refused it)."""
         sent = self._sent.get(sku, {})
         ids = list(sent)
-        done = next((i for i in range(len(ids) - 1, -1, -1) if counted(ids[i])), -1)
+        done = next((i for i in range(len(ids) - 1, -1, -1) if decided(ids[i])), -1)
         for event_id in ids[:done + 1]:
             del sent[event_id]
         for event_id, (_, at) in list(sent.items()):
@@ -1076,7 +1087,7 @@ async def _adjust(request: web.Request, sku: str, body: AdjustmentIn, event_id: 
         now = time.time()
         stock = worker.stock(sku)
         on_hand, reserved = (stock.on_hand, stock.reserved) if stock is not None else (0, 0)
-        outstanding = pending.outstanding(sku, lambda e: worker.applied_adjustment(sku, e) is not None, now)
+        outstanding = pending.outstanding(sku, lambda e: worker.adjustment_outcome(sku, e) is not None, now)
         await stored(worker, f"the stock of {sku}")  # checked and answered as Kafka holds it
         sent = sum(outstanding.values())
         # A retry of one in flight was checked when it was first sent, against what came before it; sent again
@@ -1097,8 +1108,9 @@ async def _adjust(request: web.Request, sku: str, body: AdjustmentIn, event_id: 
 
 
 async def get_adjustment(request: web.Request) -> web.Response:
-    """The adjustment sent under ``key`` (an ``Idempotency-Key``), once the SKU's stock counts it; 404 before (or
-    when it is older than the SKU's last 1,000 adjustments)."""
+    """The adjustment sent under ``key`` (an ``Idempotency-Key``) once the SKU's stock counts it (200), or its refusal
+    by the inventory (409, with the reason); 404 before either (or when it is older than the SKU's last 1,000
+    adjustments, or 100 refusals)."""
     _admin(request)
     sku = identifier(request, "sku")
     key = request.match_info["key"]
@@ -1109,11 +1121,13 @@ async def get_adjustment(request: web.Request) -> web.Response:
     worker = request.app[WORKER]
     event_id = inventory.adjustment_id(sku, key)
     stock = worker.stock(sku)
-    applied = None if stock is None else worker.applied_adjustment(sku, event_id)
+    outcome = worker.adjustment_outcome(sku, event_id)
     await stored(worker, f"the stock of {sku}")
-    if stock is None or applied is None:
-        raise NotFound(f"the stock of {sku} does not count an adjustment sent under {key!r} (not applied yet, or "
-                       "more than 1,000 adjustments ago)")
+    if outcome is not None:
+        _not_refused(sku, key, outcome)
+    if stock is None or outcome is None:
+        raise NotFound(f"the stock of {sku} does not count an adjustment sent under {key!r}, nor was it refused "
+                       "(not decided yet, or more than 1,000 adjustments or 100 refusals ago)")
     return _json(AdjustmentOut(sku=sku, key=key, event_id=event_id, stock=_stock_now(stock)))
 
 
@@ -1169,10 +1183,11 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/stock/{sku}/adjustments", adjust_stock, "change what is on hand (admin)", "stock",
           body=AdjustmentIn, responses={202: StockOut, 200: StockOut}, errors=(403, 409, 503),
           headers=((IDEMPOTENCY_HEADER, "the same key is one adjustment of the SKU, applied once; 200 with the "
-                                        "stock when it already was, 409 for a key used with another body"),)),
-    Route("GET", "/v1/stock/{sku}/adjustments/{key}", get_adjustment, "the adjustment sent under this "
-          "Idempotency-Key, once the stock counts it (admin)", "stock", responses={200: AdjustmentOut},
-          errors=(403, 404, 503)),
+                                        "stock when it already was, 409 when the inventory refused it (the "
+                                        "reason) and for a key used with another body"),)),
+    Route("GET", "/v1/stock/{sku}/adjustments/{key}", get_adjustment, "what became of the adjustment sent under "
+          "this Idempotency-Key: 200 once the stock counts it, 409 with the reason if the inventory refused it, 404 "
+          "before either (admin)", "stock", responses={200: AdjustmentOut}, errors=(403, 404, 409, 503)),
     Route("POST", "/v1/shipments/{order_id}/status", shipment_status, "a shipment was dispatched or delivered "
           "(admin)", "shipments", body=ShipmentStatusIn, responses={202: CommandAccepted},
           errors=(403, 404, 409, 503)),

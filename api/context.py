@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from streamcart.domain.catalog import ProductState
-from streamcart.domain.inventory import AppliedAdjustment, StockState
+from streamcart.domain.inventory import AdjustmentOutcome, StockState
 from streamcart.domain.order_state import OrderState
 
 
@@ -46,8 +46,9 @@ class WorkerView(Protocol):
 
     def stock(self, sku: str) -> StockState | None: ...
 
-    def applied_adjustment(self, sku: str, event_id: str) -> AppliedAdjustment | None:
-        """The adjustment ``event_id`` if the SKU's stock counts it (among its last 1,000), else ``None``."""
+    def adjustment_outcome(self, sku: str, event_id: str) -> AdjustmentOutcome | None:
+        """What became of the adjustment ``event_id``: counted by the SKU's stock (among its last 1,000), refused by
+        the inventory (among its last 100 refusals, with the reason), or ``None``: neither yet (or forgotten)."""
         ...
 
     def product(self, sku: str) -> ProductState | None: ...

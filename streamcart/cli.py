@@ -944,12 +944,13 @@ def product_stock(
 
 
 def adjust_stock(remote: Remote, sku: str, delta: int, reason: str, wait: Wait) -> None:
-    """Send an AdjustStock and wait until the SKU's stock counts it.
+    """Send an AdjustStock and wait until the SKU's stock counts it, or the inventory flow refused it.
 
-    The inventory flow only logs an adjustment it refuses, so the domain's own decision is taken here first, on
-    the stock as it is now: a refusal is reported with its reason and nothing is sent. The command's event id is
-    the one an API client's ``Idempotency-Key`` would give it, so the wait asks for this very adjustment
-    (``GET /v1/stock/{sku}/adjustments/{key}``): another adjustment of the SKU at the same time cannot fool it.
+    The domain's own decision is taken here first, on the stock as it is now: a refusal is reported with its reason
+    and nothing is sent. The command's event id is the one an API client's ``Idempotency-Key`` would give it, so the
+    wait asks for this very adjustment (``GET /v1/stock/{sku}/adjustments/{key}``: 200 counted, 409 refused by the
+    flow, with the reason, when orders reserved the stock meanwhile): another adjustment of the SKU at the same time
+    cannot fool it.
     """
     from schemas.messages import AdjustStock
     from streamcart.commands import envelope
@@ -971,9 +972,11 @@ def adjust_stock(remote: Remote, sku: str, delta: int, reason: str, wait: Wait) 
         console.print(f"adjustment of {sku} by {delta} sent (not waited for: `streamcart product show {sku}`)")
         return
     def counted_yet() -> dict[str, Any] | None:
-        """The adjustment once the stock counts it; ``None`` (404) before. A 503 is :class:`NotNow`, anything else
-        an error at once."""
+        """The adjustment once the stock counts it; ``None`` (404) before. The flow's refusal of it (409) is
+        :class:`CommandRefused` with the reason, a 503 :class:`NotNow`, anything else an error at once."""
         response = remote.get(f"/v1/stock/{sku}/adjustments/{key}")
+        if response[0] == 409:
+            raise CommandRefused(f"stock of {sku} was not adjusted: refused: {_refusal_reason(response[1])}")
         return None if response[0] == 404 else _json_body(f"adjustment of {sku}", response)
 
     counted = wait.until(counted_yet, lambda seen: seen is not None)
@@ -985,6 +988,16 @@ def adjust_stock(remote: Remote, sku: str, delta: int, reason: str, wait: Wait) 
     stock = counted["stock"]
     console.print(f"[green]adjusted[/] {sku} by {delta}: on hand {stock['on_hand']}, reserved {stock['reserved']}, "
                   f"available {stock['available']}")
+
+
+def _refusal_reason(body: object) -> str:
+    """The reason a 409 gives (``details.reason``; else its message, else the body as it came)."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        return str(body)
+    details = error.get("details")
+    reason = details.get("reason") if isinstance(details, dict) else None
+    return str(reason or error.get("message") or body)
 
 
 def _read_stock(remote: Remote, sku: str) -> StockState:

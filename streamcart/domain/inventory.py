@@ -7,7 +7,9 @@ grow without end, and with it every changelog record). :func:`decide` applies Ad
 ReserveStock / ReleaseStock / CommitStock / RestockItems to the pair and returns both in a :class:`StockChange`.
 
 - AdjustStock changes ``on_hand``; a delta that would make ``available`` negative is refused (``rejected``):
-  stock promised to orders cannot be written off from under them.
+  stock promised to orders cannot be written off from under them. The refusal is noted in the SKU's
+  :class:`AdjustmentMemory` (the state of a refused decision): the API answers it to whoever asks for that
+  adjustment, and a redelivery is refused again however the stock moved since.
 - ReserveStock holds ``quantity`` at the **catalog price at reservation time** (StockReserved) unless the product
   is missing or inactive, priced in another currency (StockRejected ``product_unavailable`` with a detail), or
   ``available`` is short (StockRejected ``out_of_stock`` with what is available).
@@ -60,6 +62,9 @@ from streamcart.ids import derive_id
 
 #: How many recent AdjustStock event ids a SKU remembers to drop redeliveries.
 ADJUSTMENT_MEMORY = 1_000
+#: How many recent refused adjustments a SKU remembers (with their reasons: each is longer than an id, and a
+#: refusal is rare: it lost a race with orders the API could not see yet).
+REFUSED_ADJUSTMENTS = 100
 
 ReservationCommand = ReserveStock | ReleaseStock | CommitStock | RestockItems
 
@@ -101,14 +106,24 @@ class StockState(_Model):
         return self.on_hand - self.reserved
 
 
+class RefusedAdjustment(_Model):
+    """An adjustment the SKU refused: what it said (:func:`adjustment_body`) and why."""
+
+    event_id: str
+    body: str
+    reason: str
+
+
 class AdjustmentMemory(_Model):
     """The event ids of a SKU's recent adjustments before its latest one (``StockState.last_adjustment``), oldest
     first, and what each said (:func:`adjustment_body`): ``bodies`` runs beside ``event_ids``, and is empty in a
-    record stored before bodies were kept."""
+    record stored before bodies were kept. ``refused``: the last :data:`REFUSED_ADJUSTMENTS` adjustments refused,
+    oldest first (empty in a record stored before refusals were kept)."""
 
     sku: str
     event_ids: tuple[str, ...] = ()
     bodies: tuple[str | None, ...] = ()
+    refused: tuple[RefusedAdjustment, ...] = ()
 
     def knows(self, event_id: str) -> bool:
         return event_id in self.event_ids
@@ -122,6 +137,14 @@ class AdjustmentMemory(_Model):
         """Each remembered event id and what it said (``None``: not kept), oldest first."""
         bodies = self.bodies if len(self.bodies) == len(self.event_ids) else (None,) * len(self.event_ids)
         return dict(zip(self.event_ids, bodies, strict=True))
+
+    def refusal_of(self, event_id: str) -> RefusedAdjustment | None:
+        """The remembered refusal of the adjustment ``event_id`` (``None``: not refused, or forgotten)."""
+        return next((refusal for refusal in self.refused if refusal.event_id == event_id), None)
+
+    def refusing(self, refusal: RefusedAdjustment) -> AdjustmentMemory:
+        """This memory with ``refusal`` noted as the latest (the oldest forgotten beyond the bound)."""
+        return self.model_copy(update={"refused": (*self.refused, refusal)[-REFUSED_ADJUSTMENTS:]})
 
 
 class Rejection(_Model):
@@ -186,7 +209,7 @@ def records(
 
     An adjustment writes its memory of earlier adjustments first, then the counters naming it as the latest: a
     prefix that ends between the two knows every adjustment it applied, and the one it did not apply yet is in
-    neither record.
+    neither record. A refused adjustment writes its memory alone (the refusal noted; the counters do not change).
 
     A redelivery (nothing to change) stores the current records again: a worker killed before its changelog
     records left would otherwise keep a changelog that is behind for good. ``remembered(key)`` reads an
@@ -195,11 +218,11 @@ def records(
     if isinstance(message, AdjustStock):
         memory = remembered(adjustments_key(message.sku))
         decision = decide(stock, None, message, product=product, adjustments=memory)
-        if decision.rejected is not None:
-            return decision, ()
         if decision.state is not None:
             stock, memory = decision.state.stock, decision.state.adjustments
         writes: list[tuple[str, Record]] = [] if memory is None else [(adjustments_key(message.sku), memory)]
+        if decision.rejected is not None:  # the counters did not change (a SKU never stocked gets none)
+            return decision, tuple(writes)
         return decision, (*writes, *([] if stock is None else [(stock.sku, stock)]))
     order_id = getattr(message, "order_id", None)
     key = reservation_key(message.sku, order_id) if order_id else None  # type: ignore[attr-defined]
@@ -290,9 +313,10 @@ def decide(
     ``stock`` is ``None`` for a SKU never stocked, ``reservation`` the one stored under
     ``reservation_key(message.sku, message.order_id)`` (``None`` for AdjustStock and for a reservation not seen
     yet), ``product`` the SKU's catalog entry (only ReserveStock reads it), ``adjustments`` the SKU's memory of
-    earlier adjustments (only AdjustStock reads it). ``rejected`` is set, with nothing
-    changed or emitted, for an adjustment that would make ``available`` negative and for a step that cannot follow
-    the reservation's state (e.g. committing stock that was released).
+    earlier adjustments (only AdjustStock reads it). ``rejected`` is set, with nothing emitted, for an adjustment
+    that would make ``available`` negative (the state then notes the refusal in the memory, the counters as they
+    were) and for a step that cannot follow the reservation's state (e.g. committing stock that was released:
+    nothing changed).
     """
     counters = stock if stock is not None else StockState(sku=getattr(message, "sku", ""))
     if isinstance(message, AdjustStock):
@@ -343,42 +367,49 @@ def effects_of(res: Reservation, cause_id: str) -> tuple[Message, ...]:
 
 
 @dataclass(frozen=True, slots=True)
-class AppliedAdjustment:
-    """An adjustment the SKU's stock counts, and what it said (:func:`adjustment_body`; ``None`` when it was stored
-    before bodies were kept)."""
+class AdjustmentOutcome:
+    """What became of an adjustment: the SKU's stock counts it (``refused`` is ``None``), or the inventory refused it
+    (``refused``: why). ``body`` is what it said (:func:`adjustment_body`; ``None`` when it was stored before bodies
+    were kept)."""
 
     body: str | None
+    refused: str | None = None
 
 
-def applied_adjustment(
+def adjustment_outcome(
     stock: StockState | None, memory: AdjustmentMemory | None, event_id: str
-) -> AppliedAdjustment | None:
-    """The adjustment ``event_id`` if ``stock`` counts it (one of its last :data:`ADJUSTMENT_MEMORY`), else ``None``."""
-    if stock is None:
-        return None
-    if stock.last_adjustment == event_id:
-        return AppliedAdjustment(stock.last_adjustment_body)
-    if event_id in stock.recent_adjustments:
-        return AppliedAdjustment(None)
-    if memory is not None and memory.knows(event_id):
-        return AppliedAdjustment(memory.body_of(event_id))
+) -> AdjustmentOutcome | None:
+    """What became of the adjustment ``event_id``: counted by ``stock`` (one of its last :data:`ADJUSTMENT_MEMORY`),
+    refused (one of its last :data:`REFUSED_ADJUSTMENTS` refusals), or ``None``: not decided yet, or forgotten."""
+    if stock is not None:
+        if stock.last_adjustment == event_id:
+            return AdjustmentOutcome(stock.last_adjustment_body)
+        if event_id in stock.recent_adjustments:
+            return AdjustmentOutcome(None)
+        if memory is not None and memory.knows(event_id):
+            return AdjustmentOutcome(memory.body_of(event_id))
+    if memory is not None and (refusal := memory.refusal_of(event_id)) is not None:
+        return AdjustmentOutcome(refusal.body, refused=refusal.reason)
     return None
 
 
 def _adjust(stock: StockState, memory: AdjustmentMemory, cmd: AdjustStock) -> Decision[StockChange]:
     said = adjustment_body(cmd.delta, cmd.reason)
-    if (applied := applied_adjustment(stock, memory, cmd.event_id)) is not None:
-        if applied.body is not None and applied.body != said:  # its key was used for another adjustment
+    # Decided once: a redelivery is dropped if it was applied and refused again if it was refused, whatever the
+    # stock is now (the key's first body counts: a refused key does not apply later, the admin sends a new one).
+    if (outcome := adjustment_outcome(stock, memory, cmd.event_id)) is not None:
+        if outcome.body is not None and outcome.body != said:  # its key was used for another adjustment
+            how = "applied" if outcome.refused is None else "refused"
             return Decision(state=None, rejected=(
-                f"adjustment {cmd.event_id} of {stock.sku} was applied with another delta or reason; "
+                f"adjustment {cmd.event_id} of {stock.sku} was {how} with another delta or reason; "
                 f"this one (by {cmd.delta}, {cmd.reason!r}) is dropped"
             ))
-        return Decision(state=None)
+        return Decision(state=None, rejected=outcome.refused)
     if stock.available + cmd.delta < 0:
-        return Decision(state=None, rejected=(
-            f"adjusting {stock.sku} by {cmd.delta} would leave {stock.available + cmd.delta} available "
-            f"(on hand {stock.on_hand}, reserved {stock.reserved})"
-        ))
+        reason = (f"adjusting {stock.sku} by {cmd.delta} would leave {stock.available + cmd.delta} available "
+                  f"(on hand {stock.on_hand}, reserved {stock.reserved})")
+        refusal = RefusedAdjustment(event_id=cmd.event_id, body=said, reason=reason)
+        return Decision(state=StockChange(stock=stock, adjustments=memory.refusing(refusal)), rejected=reason)
     adjusted = stock.model_copy(update={
         "on_hand": stock.on_hand + cmd.delta,
         "adjusted": stock.adjusted + cmd.delta,

@@ -716,6 +716,60 @@ async def test_an_adjustment_is_found_by_its_idempotency_key_once_the_stock_coun
     assert commands.sent == []
 
 
+WRITE_OFF_REFUSED = "adjusting KB-001 by -10 would leave -2 available (on hand 10, reserved 2)"
+
+
+def refused_by_the_inventory(worker: FakeWorker, key: str, delta: int = -10, reason: str = "write-off") -> None:
+    """The inventory flow refused the adjustment sent under ``key``: orders queued ahead of it reserved 2."""
+    worker.refusals["KB-001", adjustment_id("KB-001", key)] = (adjustment_body(delta, reason), WRITE_OFF_REFUSED)
+    worker.stocks["KB-001"] = StockState(sku="KB-001", on_hand=10, reserved=2, adjusted=10)
+
+
+async def keyed_adjustment(client: Any, key: str, delta: int = -10, reason: str = "write-off") -> Any:
+    return await client.post("/v1/stock/KB-001/adjustments", json={"delta": delta, "reason": reason},
+                             headers={**ADMIN, "Idempotency-Key": key})
+
+
+async def test_an_adjustment_the_inventory_refused_is_a_409_with_the_reason_when_looked_up(client, commands, worker):
+    """Sent (202) in the moment orders reserved the SKU: its key's lookup answers the refusal, not a 404 for ever."""
+    worker.stocks["KB-001"] = StockState(sku="KB-001", on_hand=10, adjusted=10)
+    assert (await keyed_adjustment(client, "wo")).status == 202
+    url = "/v1/stock/KB-001/adjustments/wo"
+    assert (await client.get(url, headers=ADMIN)).status == 404  # not decided yet
+    refused_by_the_inventory(worker, "wo")
+    looked_up = await client.get(url, headers=ADMIN)
+    assert looked_up.status == 409
+    error = (await looked_up.json())["error"]
+    assert error["code"] == "conflict" and WRITE_OFF_REFUSED in error["message"]
+    assert error["details"] == {"sku": "KB-001", "key": "wo", "reason": WRITE_OFF_REFUSED}
+    spec = await (await client.get("/openapi.json")).json()
+    assert "409" in spec["paths"]["/v1/stock/{sku}/adjustments/{key}"]["get"]["responses"]
+
+
+async def test_an_adjustment_the_inventory_refused_is_that_409_again_when_sent_again_under_its_key(
+        client, commands, worker):
+    """The key's first body counts, as for one applied (200): nothing is sent, and a new key is a new adjustment."""
+    refused_by_the_inventory(worker, "wo")
+    again = await keyed_adjustment(client, "wo")
+    assert again.status == 409
+    assert (await again.json())["error"]["details"] == {"sku": "KB-001", "key": "wo", "reason": WRITE_OFF_REFUSED}
+    assert (await keyed_adjustment(client, "wo", delta=-8)).status == 409  # another body under a refused key
+    assert commands.sent == []
+    anew = await keyed_adjustment(client, "wo-2", delta=-8)
+    assert anew.status == 202 and (await anew.json())["available"] == 0
+
+
+async def test_an_adjustment_the_inventory_refused_does_not_hold_back_those_sent_after_it(client, commands, worker):
+    """It was counted as sent and not counted for a minute: a write-off of 3 of the 8 available was a false 409."""
+    worker.stocks["KB-001"] = StockState(sku="KB-001", on_hand=10, adjusted=10)
+    assert (await keyed_adjustment(client, "wo")).status == 202
+    refused_by_the_inventory(worker, "wo")
+    later = await keyed_adjustment(client, "c-1", delta=-3, reason="count")
+    assert later.status == 202, await later.text()
+    assert (await later.json())["available"] == 5
+    assert [m.delta for m in commands.sent] == [-10, -3]  # type: ignore[attr-defined]
+
+
 async def test_a_shipment_update_needs_a_shipment(client, commands, worker):
     url = "/v1/shipments/o-1/status"
     pending = await client.post(url, json={"status": "dispatched"}, headers=ADMIN)

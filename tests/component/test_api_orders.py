@@ -10,7 +10,7 @@ from api.auth import issue_token
 from schemas.messages import OrderLine
 from streamcart.domain.catalog import ProductState
 from streamcart.domain.causes import Cause
-from streamcart.domain.inventory import AppliedAdjustment, StockState
+from streamcart.domain.inventory import AdjustmentOutcome, StockState
 from streamcart.domain.order_state import CancelRequest, HistoryEntry
 from streamcart.domain.orders import OrderState
 from streamcart.settings import Settings
@@ -53,6 +53,8 @@ class FakeWorker:
     waited: list[tuple[str, float]] = field(default_factory=list)
     #: (sku, event id) the stock counts -> what the adjustment said (``adjustment_body``; ``None``: not kept)
     adjustments: dict[tuple[str, str], str | None] = field(default_factory=dict)
+    #: (sku, event id) the inventory refused -> (what the adjustment said, why it was refused)
+    refusals: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
     moves_to: str | None = None  # the owner's URL after a long-poll's wait, if its order moves meanwhile
     #: Orders the orders flow stores while a request waits for them (:meth:`wait_stored`)
     stored_meanwhile: dict[str, OrderState] = field(default_factory=dict)
@@ -99,10 +101,13 @@ class FakeWorker:
     def stock(self, sku: str) -> StockState | None:
         return self.stocks.get(sku)
 
-    def applied_adjustment(self, sku: str, event_id: str) -> AppliedAdjustment | None:
-        if (sku, event_id) not in self.adjustments:
-            return None
-        return AppliedAdjustment(self.adjustments[sku, event_id])
+    def adjustment_outcome(self, sku: str, event_id: str) -> AdjustmentOutcome | None:
+        if (sku, event_id) in self.adjustments:
+            return AdjustmentOutcome(self.adjustments[sku, event_id])
+        if (sku, event_id) in self.refusals:
+            body, reason = self.refusals[sku, event_id]
+            return AdjustmentOutcome(body, refused=reason)
+        return None
 
     def product(self, sku: str) -> ProductState | None:
         return self.catalog.get(sku)

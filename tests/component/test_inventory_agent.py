@@ -1,5 +1,7 @@
 """The inventory agent through faust's test_context: where adjustments are remembered, and SKUs it cannot store."""
 
+import logging
+
 import pytest
 
 from agents.app import build_runtime
@@ -37,6 +39,28 @@ async def test_adjustments_count_once_and_their_ids_stay_out_of_the_record_every
     assert stock.last_adjustment == "d-3" and "d-1" not in stock.model_dump_json()
     memory = runtime.tables.adjustments.get(adjustments_key("A"))
     assert memory is not None and memory.event_ids == ("d-1", "d-2")
+
+
+async def test_a_write_off_of_stock_orders_hold_is_refused_noted_for_the_api_and_logged_as_a_warning(
+    runtime, codec, sink, caplog
+):
+    """The API answered it 202 (the reservation was still queued ahead of it): its key's lookup must say refused,
+    and a redelivery after a delivery must not write the stock off after all."""
+    product = UpsertProduct(**envelope("p-1"), sku="A", name="Anvil", unit_price_cents=500, currency="EUR")
+    reserve = ReserveStock(**envelope("r-1"), sku="A", order_id="o-1", quantity=2, currency="EUR")
+    write_off = adjustment("wo", delta=-10)
+    caplog.set_level(logging.INFO, logger="agents.runtime")
+    async with runtime.agents["inventory"].test_context() as agent:
+        for message in (product, adjustment("d-1"), reserve, write_off, adjustment("d-2", delta=5), write_off):
+            await agent.put(codec.encode(message), key=b"A")
+    stock = runtime.tables.stock.get("A")
+    assert stock is not None and (stock.on_hand, stock.reserved) == (15, 2)
+    reason = "adjusting A by -10 would leave -2 available (on hand 10, reserved 2)"
+    outcome = FaustWorkerView(runtime, 0).adjustment_outcome("A", "wo")
+    assert outcome is not None and outcome.refused == reason
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING and reason in r.getMessage()]
+    assert len(warned) == 2  # the command, and its redelivery
+    assert sink.records(runtime.topics.dlq) == []
 
 
 async def test_a_sku_that_would_collide_with_another_stock_record_is_dead_lettered_and_stores_nothing(

@@ -26,6 +26,7 @@ class FakeSystem:
         self.react = react
         self.sent: list[Message] = []
         self.applied: set[str] = set()  # the event ids of the adjustments the inventory flow applied
+        self.refused: dict[str, str] = {}  # the event ids of those it refused -> why
 
     def get(self, path: str) -> tuple[int, object]:
         kind, _, key = path.removeprefix("/v1/").partition("/")
@@ -33,6 +34,9 @@ class FakeSystem:
         if marker:  # GET /v1/stock/{sku}/adjustments/{key}: counted once the flow applied that event id
             if adjustment_id(sku, idempotency_key) in self.applied:
                 return 200, {"sku": sku, "key": idempotency_key, "stock": self.views["stock"][sku]}
+            if (reason := self.refused.get(adjustment_id(sku, idempotency_key))) is not None:
+                return 409, {"error": {"code": "conflict", "message": f"refused: {reason}",
+                                       "details": {"sku": sku, "key": idempotency_key, "reason": reason}}}
             return 404, {"error": {"code": "not_found"}}
         found = self.views.get(kind, {}).get(key)
         return (200, found) if found is not None else (404, {"error": {"code": "not_found"}})
@@ -251,6 +255,21 @@ def test_an_adjustment_refused_because_orders_reserved_meanwhile_is_reported_wit
     with pytest.raises(cli.CommandRefused, match="stock of A was not adjusted: adjusting A by -5 would leave -3"):
         cli.adjust_stock(system, "A", -5, "count", wait)
     assert clock.now >= 5.0
+
+
+def test_an_adjustment_the_flow_refused_is_reported_refused_with_its_reason_without_waiting_out_the_wait() -> None:
+    reason = "adjusting A by -5 would leave -3 available (on hand 10, reserved 8)"
+
+    def refused_by_the_flow(system: FakeSystem, message: Message) -> None:
+        system.views["stock"]["A"] = stock(on_hand=10, reserved=8, adjusted=10)  # orders were queued ahead of it
+        system.refused[message.event_id] = reason
+
+    system = FakeSystem(stock={"A": stock(on_hand=10, reserved=4, adjusted=10)}, react=refused_by_the_flow)
+    wait, clock = fake_wait(5.0)
+    with pytest.raises(cli.CommandRefused) as raised:
+        cli.adjust_stock(system, "A", -5, "count", wait)
+    assert str(raised.value) == f"stock of A was not adjusted: refused: {reason}"
+    assert clock.now == 0.0  # answered by the first lookup
 
 
 def test_an_adjustment_the_stock_does_not_show_in_time_is_an_error_not_a_refusal() -> None:

@@ -25,16 +25,20 @@ from streamcart.domain.catalog import ProductState
 from streamcart.domain.decision import Decision
 from streamcart.domain.inventory import (
     ADJUSTMENT_MEMORY,
+    REFUSED_ADJUSTMENTS,
     AdjustmentMemory,
-    AppliedAdjustment,
+    AdjustmentOutcome,
+    RefusedAdjustment,
     Reservation,
     ReservationStatus,
     StockChange,
     StockState,
     adjustment_body,
-    applied_adjustment,
+    adjustment_outcome,
+    adjustments_key,
     decide,
     keyable,
+    records,
     reservation_key,
 )
 
@@ -63,7 +67,8 @@ def stock_decide(shelf: Shelf | None, message: Message, product: ProductState | 
     if decision.state.reservation is not None:
         reservations[decision.state.reservation.order_id] = decision.state.reservation
     adjustments = decision.state.adjustments or (shelf.adjustments if shelf else None)
-    return Decision(state=Shelf(decision.state.stock, reservations, adjustments), messages=decision.messages)
+    return Decision(state=Shelf(decision.state.stock, reservations, adjustments), messages=decision.messages,
+                    rejected=decision.rejected)
 
 
 def apply(state: Shelf | None, *messages: Message, product: ProductState | None = ANVIL):
@@ -94,6 +99,15 @@ def stocked(on_hand: int = 10) -> Shelf:
     return apply(None, adjust(on_hand))[0]
 
 
+def refuse(state: Shelf, *writes_off: AdjustStock) -> Shelf:
+    """The shelf once each of ``writes_off`` was refused, as the inventory stores it (the refusal noted)."""
+    for write_off in writes_off:
+        decision = stock_decide(state, write_off)
+        assert decision.rejected is not None and decision.state is not None, decision
+        state = decision.state
+    return state
+
+
 def counts(state: Shelf) -> tuple[int, int, int]:
     return state.stock.on_hand, state.stock.reserved, state.stock.available
 
@@ -117,11 +131,72 @@ def test_a_write_off_may_take_what_is_not_reserved():
     assert counts(state) == (4, 4, 0)
 
 
-def test_an_adjustment_that_would_make_available_negative_is_refused_with_a_reason():
+def test_an_adjustment_that_would_make_available_negative_is_refused_with_a_reason_noted_for_the_api():
     state, _ = apply(stocked(10), reserve(quantity=4))
-    decision = stock_decide(state, adjust(-7))
-    assert decision.state is None and decision.messages == ()
-    assert decision.rejected == "adjusting A by -7 would leave -1 available (on hand 10, reserved 4)"
+    decision = stock_decide(state, adjust(-7, event_id="write-off"))
+    reason = "adjusting A by -7 would leave -1 available (on hand 10, reserved 4)"
+    assert decision.rejected == reason and decision.messages == ()
+    assert decision.state is not None and decision.state.stock == state.stock  # the counters as they were
+    refused = adjustment_outcome(decision.state.stock, decision.state.adjustments, "write-off")
+    assert refused == AdjustmentOutcome(adjustment_body(-7, "delivery"), refused=reason)
+
+
+def test_a_refused_adjustment_redelivered_is_refused_again_and_changes_nothing():
+    state = refuse(apply(stocked(10), reserve(quantity=4))[0], adjust(-7, event_id="write-off"))
+    again = stock_decide(state, adjust(-7, event_id="write-off"))
+    assert again == Decision(state=None, rejected="adjusting A by -7 would leave -1 available (on hand 10, reserved 4)")
+
+
+def test_a_refused_adjustment_stays_refused_when_the_stock_comes_back():
+    """The key's first body is what counts: an admin who still means it sends it under a new key."""
+    state = refuse(apply(stocked(10), reserve(quantity=4))[0], adjust(-7, event_id="write-off"))
+    state, _ = apply(state, release(), adjust(5, event_id="delivery"))
+    assert counts(state) == (15, 0, 15)
+    reason = "adjusting A by -7 would leave -1 available (on hand 10, reserved 4)"
+    assert stock_decide(state, adjust(-7, event_id="write-off")) == Decision(state=None, rejected=reason)
+    other = stock_decide(state, adjust(-2, event_id="write-off"))  # its key reused for another body
+    assert other.state is None and other.rejected is not None and "was refused with another delta" in other.rejected
+    assert adjustment_outcome(state.stock, state.adjustments, "write-off") == AdjustmentOutcome(
+        adjustment_body(-7, "delivery"), refused=reason)
+    assert stock_decide(state, adjust(-7, event_id="write-off-2")).state.stock.on_hand == 8  # a new key applies
+
+
+def test_refusals_are_remembered_with_the_adjustments_and_the_oldest_forgotten_beyond_a_bound():
+    state, _ = apply(refuse(stocked(1), adjust(-5, event_id="no-0")), adjust(2, event_id="in-1"))
+    state = refuse(state, *(adjust(-5, event_id=f"no-{n}") for n in range(1, REFUSED_ADJUSTMENTS + 1)))
+    state, _ = apply(state, adjust(2, event_id="in-2"))
+    assert state.adjustments is not None and len(state.adjustments.refused) == REFUSED_ADJUSTMENTS
+    assert adjustment_outcome(state.stock, state.adjustments, "no-0") is None  # the oldest, forgotten
+    assert adjustment_outcome(state.stock, state.adjustments, "no-1").refused is not None
+    applied = AdjustmentOutcome(adjustment_body(2, "delivery"))
+    assert adjustment_outcome(state.stock, state.adjustments, "in-1") == applied
+    assert counts(state) == (5, 0, 5)
+
+
+def test_an_adjustment_memory_stored_before_refusals_were_kept_still_loads_and_takes_one():
+    old = AdjustmentMemory.model_validate_json('{"sku": "A", "event_ids": ["old-1"], "bodies": [null]}')
+    assert old.refused == ()
+    shelf = Shelf(StockState(sku="A", on_hand=2, adjusted=2, last_adjustment="old-2"), adjustments=old)
+    refused = stock_decide(shelf, adjust(-3, event_id="new-1"))
+    assert refused.rejected is not None and refused.state is not None
+    memory = refused.state.adjustments
+    assert memory is not None and memory.event_ids == ("old-1",)
+    assert memory.refused == (RefusedAdjustment(event_id="new-1", body=adjustment_body(-3, "delivery"),
+                                                reason=refused.rejected),)
+    assert AdjustmentMemory.model_validate_json(memory.model_dump_json()) == memory
+
+
+def test_a_refused_adjustment_writes_its_memory_alone_and_a_redelivery_writes_it_again():
+    """No counters for a SKU never stocked (its stock would read as a zero stock, not as none); the memory again on
+    a redelivery, as every redelivery stores its records again (a changelog left behind by a crash catches up)."""
+    write_off = adjust(-3, event_id="write-off")
+    decision, writes = records(None, lambda key: None, write_off, product=ANVIL)
+    assert decision.rejected == "adjusting A by -3 would leave -3 available (on hand 0, reserved 0)"
+    assert [key for key, _ in writes] == [adjustments_key("A")]
+    memory = writes[0][1]
+    again, rewritten = records(None, lambda key: None, write_off, product=ANVIL, remembered=lambda key: memory)
+    assert (again.state, again.rejected) == (None, decision.rejected)
+    assert rewritten == writes
 
 
 # --- reservations ---------------------------------------------------------------------------------------------
@@ -350,13 +425,13 @@ def test_a_stock_stored_before_the_memory_had_its_own_record_still_drops_the_adj
 def test_what_each_remembered_adjustment_said_is_kept_with_it_and_forgotten_with_it():
     """What tells a retry of a key from another adjustment under the same key (the API answers the latter 409)."""
     state, _ = apply(None, adjust(3, event_id="adj-a"))
-    delivery = AppliedAdjustment(adjustment_body(3, "delivery"))
-    assert applied_adjustment(state.stock, state.adjustments, "adj-a") == delivery  # the latest
+    delivery = AdjustmentOutcome(adjustment_body(3, "delivery"))
+    assert adjustment_outcome(state.stock, state.adjustments, "adj-a") == delivery  # the latest
     state, _ = apply(state, make(AdjustStock, sku="A", delta=-1, reason="count", event_id="adj-b"))
-    assert applied_adjustment(state.stock, state.adjustments, "adj-a") == delivery  # from the memory
-    count = AppliedAdjustment(adjustment_body(-1, "count"))
-    assert applied_adjustment(state.stock, state.adjustments, "adj-b") == count
-    assert applied_adjustment(state.stock, state.adjustments, "adj-c") is None
+    assert adjustment_outcome(state.stock, state.adjustments, "adj-a") == delivery  # from the memory
+    count = AdjustmentOutcome(adjustment_body(-1, "count"))
+    assert adjustment_outcome(state.stock, state.adjustments, "adj-b") == count
+    assert adjustment_outcome(state.stock, state.adjustments, "adj-c") is None
     assert adjustment_body(3, "delivery") not in {adjustment_body(4, "delivery"), adjustment_body(3, "count")}
 
     state, _ = apply(state, *(adjust(1, event_id=f"adj-{n}") for n in range(ADJUSTMENT_MEMORY)))
@@ -378,11 +453,11 @@ def test_an_adjustment_id_applied_with_another_body_is_refused_not_applied_or_ig
 def test_an_adjustment_remembered_before_bodies_were_kept_counts_without_one():
     legacy = StockState.model_validate_json(
         '{"sku": "A", "on_hand": 5, "adjusted": 5, "last_adjustment": "old-1"}')
-    assert applied_adjustment(legacy, None, "old-1") == AppliedAdjustment(None)
+    assert adjustment_outcome(legacy, None, "old-1") == AdjustmentOutcome(None)
     state, _ = apply(Shelf(legacy), adjust(1, event_id="new-1"))
     assert state.adjustments is not None and state.adjustments.event_ids == ("old-1",)
-    assert applied_adjustment(state.stock, state.adjustments, "old-1") == AppliedAdjustment(None)
-    assert applied_adjustment(state.stock, state.adjustments, "new-1").body == adjustment_body(1, "delivery")
+    assert adjustment_outcome(state.stock, state.adjustments, "old-1") == AdjustmentOutcome(None)
+    assert adjustment_outcome(state.stock, state.adjustments, "new-1").body == adjustment_body(1, "delivery")
 
 
 def test_a_sku_that_could_meet_another_record_of_the_stock_table_cannot_key_it():
@@ -414,7 +489,7 @@ class Ledger:
         self.supplied = 0
 
     def record(self, message: Message, decision: Decision[Shelf]) -> None:
-        if isinstance(message, AdjustStock) and decision.state is not None:
+        if isinstance(message, AdjustStock) and decision.state is not None and decision.rejected is None:
             self.adjusted += message.delta
             self.supplied += max(message.delta, 0)
         for event in decision.messages:
@@ -466,9 +541,10 @@ def test_stock_is_conserved_under_any_interleaving_of_operations_with_duplicates
         sent.append(message)
         decision = stock_decide(state, message, product)
         ledger.record(message, decision)
-        outcomes[type(message).__name__ if decision.state else "unchanged"] += 1
-        if decision.rejected is not None:
-            assert decision.state is None and decision.messages == ()
+        outcomes[type(message).__name__ if decision.state and not decision.rejected else "unchanged"] += 1
+        if decision.rejected is not None:  # nothing emitted, the counters as they were (a refusal may be noted)
+            assert decision.messages == ()
+            assert decision.state is None or state is None or decision.state.stock == state.stock
         state = decision.state or state
         if state is None:
             continue

@@ -47,7 +47,7 @@ def handle(store: Store, changelog: list[tuple[str, Record]], message: Message) 
 
 def commands(rng: random.Random, orders: int) -> list[Message]:
     """A plausible interleaving: stock arrives, orders reserve, then each is released, or committed (and some
-    of those restocked), in random order across orders, with more deliveries now and then."""
+    of those restocked), in random order across orders, with more deliveries and write-offs now and then."""
     out: list[Message] = [make(AdjustStock, sku="A", delta=orders, reason="delivery")]
     follow_ups: list[list[Message]] = []
     for n in range(orders):
@@ -67,6 +67,9 @@ def commands(rng: random.Random, orders: int) -> list[Message]:
         if rng.random() < 0.3:
             out.append(make(AdjustStock, sku="A", delta=rng.randint(1, 3), reason="delivery",
                             event_id=f"delivery-{len(out)}"))
+        if rng.random() < 0.2:  # often refused (orders hold the stock), and the refusal noted
+            out.append(make(AdjustStock, sku="A", delta=-rng.randint(1, 4), reason="damaged",
+                            event_id=f"write-off-{len(out)}"))
     return out
 
 
