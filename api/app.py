@@ -27,7 +27,7 @@ from pydantic import BaseModel, ValidationError
 from api import analytics, dashboard, stream
 from api.admission import PlacementGate
 from api.auth import Principal, authenticate
-from api.commands import CommandPort
+from api.commands import CommandPort, reachable
 from api.content_coding import decoded
 from api.context import WorkerView
 from api.errors import (
@@ -86,7 +86,7 @@ from streamcart.domain.orders import cancel_refusal
 from streamcart.domain.shipping import update_refusal
 from streamcart.ids import IDENTIFIER_PATTERN, derive_id, is_identifier, new_id
 from streamcart.settings import Settings
-from streamcart.telemetry import ORDERS_SHED
+from streamcart.telemetry import KAFKA_REACHABLE, ORDERS_SHED
 from streamcart.tracing import new_traceparent
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -376,11 +376,14 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready once tables are recovered and this worker holds partitions (the stack waits on this)."""
+    """Ready once tables are recovered and this worker holds partitions (the stack waits on this), while its API
+    reaches Kafka: a worker that cannot send a command takes no order, and its tables stand still."""
     worker = request.app[WORKER]
+    kafka = reachable(request.app.get(COMMANDS))
     body = {
-        "ready": worker.ready(),
+        "ready": worker.ready() and kafka,
         "worker": worker.index,
+        "kafka": kafka,
         "recovered": worker.recovered(),
         "rebalancing": worker.rebalancing(),
         "assigned": worker.assigned(),
@@ -389,6 +392,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    KAFKA_REACHABLE.set(1 if reachable(request.app.get(COMMANDS)) else 0)
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -645,6 +649,9 @@ async def place_order(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     if key is None:
         order_id = new_id()
+        # While this worker stops, is in a rebalance or reads its tables back, its saga flows handle nothing: the
+        # gate has no measure of how far behind they are (it would read as idle), so no new order is taken here.
+        _unless_restoring(request.app[WORKER])
         _admit(request, principal)
         try:
             await commands.send(_place_order(order_id, new_id(), principal, body))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -25,6 +26,11 @@ from streamcart.tracing import outgoing_traceparent
 #: How long a command may wait for the broker's acknowledgement before the client gets 503.
 ACK_TIMEOUT_S = 5.0
 RETRY_AFTER_S = "2"
+#: How often a worker's API asks the broker for the order topic's metadata, and how long it waits for it.
+PROBE_EVERY_S = 2.0
+PROBE_TIMEOUT_S = 2.0
+#: How many probes in a row that go unanswered make the broker unreachable (one slow answer is no outage).
+PROBE_FAILURES = 2
 #: What a command the broker did not confirm in time is told as (a stalled broker may have written it all the same:
 #: an order placed so was confirmed and captured while its client was told the broker refused it).
 UNCONFIRMED = "the broker did not confirm the command in time; it may have been written all the same"
@@ -34,6 +40,12 @@ class CommandPort(Protocol):
     """Where the API sends commands (Kafka in a worker, a recording fake in component tests)."""
 
     async def send(self, message: Message, *, traceparent: str | None = None) -> None: ...
+
+
+def reachable(commands: CommandPort | None) -> bool:
+    """Whether ``commands`` reaches its broker, as far as it knows (a port that cannot tell is taken to)."""
+    probe = getattr(commands, "reachable", None)
+    return True if probe is None else bool(probe())
 
 
 class KafkaCommands:
@@ -55,12 +67,43 @@ class KafkaCommands:
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="api-command-acks", daemon=True)
         self._poller.start()
+        # Whether the broker answers, from a metadata request every PROBE_EVERY_S on a thread of its own (the acks'
+        # thread must not wait on it): a stopped or killed broker otherwise shows only as each order's 5 s wait and
+        # an "outcome unknown" answer, while /readyz says ready.
+        self._failures = 0
+        self._down_since: float | None = None
+        self._prober = threading.Thread(target=self._probe, name="api-broker-probe", daemon=True)
+        self._prober.start()
 
     def _poll(self) -> None:
         while not self._stop.is_set():
             self.producer.poll(0.05)
 
+    def _probe(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.producer.list_topics(self.topics.order_commands, timeout=PROBE_TIMEOUT_S)
+            except Exception:  # KafkaException, or a producer closing under it
+                self._failures += 1
+                if self._failures >= PROBE_FAILURES and self._down_since is None:
+                    self._down_since = time.monotonic()
+            else:
+                self._failures, self._down_since = 0, None
+            self._stop.wait(PROBE_EVERY_S)
+
+    def reachable(self) -> bool:
+        """``False`` once the broker left PROBE_FAILURES metadata requests in a row unanswered, until it answers one."""
+        return self._down_since is None
+
+    def down_for_s(self) -> float:
+        return 0.0 if self._down_since is None else time.monotonic() - self._down_since
+
     async def send(self, message: Message, *, traceparent: str | None = None) -> None:
+        if not self.reachable():
+            # Refused before anything is sent (so a retry is safe with or without an Idempotency-Key), at once
+            # rather than after ACK_TIMEOUT_S and an "outcome unknown".
+            raise Unavailable(f"Kafka does not answer this worker (for {self.down_for_s():.0f} s): nothing was sent; "
+                              "retry later", headers={"Retry-After": RETRY_AFTER_S})
         loop = asyncio.get_running_loop()
         acked: asyncio.Future[None] = loop.create_future()
 
@@ -90,6 +133,7 @@ class KafkaCommands:
     def close(self) -> None:
         self._stop.set()
         self._poller.join(timeout=2)
+        self._prober.join(timeout=PROBE_TIMEOUT_S + 1)
         self.producer.flush(2)
 
 

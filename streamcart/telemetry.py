@@ -87,6 +87,10 @@ SAGA_QUEUE = Gauge(
     "inventory, payments, shipping) handle them: the longest of their sources' least waits of the last whole second "
     "(0 when they handled none); a queue that stands shows here"
 )
+KAFKA_REACHABLE = Gauge(
+    "streamcart_kafka_reachable", "1 while this worker's API reaches the Kafka broker (its metadata requests are "
+    "answered), 0 once two in a row went unanswered: it then refuses commands at once, and /readyz says not ready"
+)
 ORDERS_SHED = Counter(
     "streamcart_orders_shed", "New orders the API refused (503 overloaded), by reason: queue (the saga's flows were "
     "too far behind) or pace (more were asked than the pace the API learnt from that queue)", ["reason"]

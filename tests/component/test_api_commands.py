@@ -1236,3 +1236,30 @@ async def test_an_order_the_broker_did_not_confirm_in_time_is_answered_with_its_
     assert (error["code"], error["details"]) == ("outcome_unknown", {"order_id": placed.order_id})
     assert response.headers["Location"] == f"/v1/orders/{placed.order_id}"
     assert "may have been placed" in error["message"] and "refused" not in error["message"]
+
+
+@pytest.mark.parametrize("state", ["rebalancing", "stopping"])
+async def test_a_new_order_is_not_taken_while_the_worker_s_flows_are_not_running(client, worker, commands, state):
+    """In a rebalance, while it reads its tables back, or stopping, a worker's saga flows handle nothing: the gate
+    has no measure of how far behind they are (it reads as idle), so a new order is refused, nothing sent, as one
+    with an Idempotency-Key already was (seen live: a restarted worker took orders while reading its tables back,
+    as the other worker refused them with the saga 8 s behind)."""
+    if state == "rebalancing":
+        worker.is_ready = False
+    else:
+        worker.is_stopping = True
+    response = await client.post("/v1/orders", json=ORDER, headers=CUSTOMER)
+    assert response.status == 503
+    assert response.headers["Retry-After"] == "1"
+    assert (await response.json())["error"]["code"] == "unavailable"
+    assert commands.sent == []
+
+
+async def test_readiness_says_not_ready_while_the_api_cannot_reach_kafka(client, commands):
+    ready = await client.get("/readyz")
+    assert ready.status == 200 and (await ready.json())["kafka"] is True
+    commands.reachable = lambda: False  # type: ignore[attr-defined]
+    unready = await client.get("/readyz")
+    assert unready.status == 503
+    assert (await unready.json())["kafka"] is False
+    assert "streamcart_kafka_reachable 0.0" in await (await client.get("/metrics")).text()
