@@ -28,6 +28,24 @@ RETRY_AFTER_S = "1"
 #: Longer than the longest long-poll a client may ask for (30 s) and the owner's wait for its writes to be stored
 #: after it (api/app.py, ``STORED_WAIT_S``), so a forwarded ``?wait=`` still works.
 FORWARD_TIMEOUT_S = 40.0
+#: What a forwarded read may take at its owner beyond its long-poll (``?wait=``, 0 when none): the owner's wait for
+#: its writes to be stored (``STORED_WAIT_S``, 5 s) and as much again. A read is not kept 40 s by an owner that
+#: does not answer (frozen, or its host gone) when it asked for no wait.
+READ_MARGIN_S = 10.0
+
+
+def forward_timeout_s(request: web.Request) -> float:
+    """How long a forwarded ``request`` waits for its owner: a read its long-poll and :data:`READ_MARGIN_S`; a
+    command :data:`FORWARD_TIMEOUT_S` (the owner may wait on the broker and on another worker before it answers)."""
+    if request.method not in ("GET", "HEAD"):
+        return FORWARD_TIMEOUT_S
+    try:
+        wait = float(request.query.get("wait", "0"))
+    except ValueError:
+        wait = 0.0  # the owner refuses it (422) at once
+    if not 0.0 <= wait <= FORWARD_TIMEOUT_S - READ_MARGIN_S:  # (NaN too) the owner refuses it at once
+        wait = 0.0
+    return min(FORWARD_TIMEOUT_S, wait + READ_MARGIN_S)
 
 
 class PeerProof:
@@ -94,7 +112,7 @@ async def forward(request: web.Request, session: ClientSession, owner_url: str, 
                 headers["traceparent"] = traceparent
             async with session.request(
                 request.method, url, headers=headers, data=body,
-                timeout=ClientTimeout(total=FORWARD_TIMEOUT_S, sock_connect=2),
+                timeout=ClientTimeout(total=forward_timeout_s(request), sock_connect=2),
             ) as upstream:
                 payload = await upstream.read()
                 relay = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_BY_HOP}

@@ -224,3 +224,31 @@ async def test_every_keyed_read_says_which_worker_answered_it(client):
     assert response.status == 200 and response.headers[SERVED_BY] == "1"
     long_poll = await client.get("/v1/orders/o-2?wait=1", headers=CUSTOMER)  # a long-poll, forwarded too
     assert long_poll.status == 200 and long_poll.headers[SERVED_BY] == "1"
+
+
+async def test_a_read_forwarded_to_an_owner_that_does_not_answer_is_a_503_within_its_margin(
+        aiohttp_client, aiohttp_server, monkeypatch):
+    """An owner frozen (SIGSTOP, seen live: a plain GET through the other worker took 40.6 s to its 503) holds a
+    forwarded read no longer than its long-poll and READ_MARGIN_S (shortened here)."""
+    import asyncio
+
+    from aiohttp import web
+
+    import api.routing
+
+    monkeypatch.setattr(api.routing, "READ_MARGIN_S", 0.5, raising=False)
+    frozen = web.Application()
+
+    async def never(request: web.Request) -> web.Response:
+        await asyncio.sleep(4)  # (longer than the margin; the test server waits for it as it closes)
+        return web.Response()
+
+    frozen.router.add_route("*", "/{tail:.*}", never)
+    owner = await aiohttp_server(frozen)
+    settings = CLUSTER.model_copy(update={"api_port": owner.port - 1, "advertised_host": owner.host})
+    client = await aiohttp_client(init_app(settings, FakeWorker(owner=settings.worker_url(1))))
+    began = time.monotonic()
+    response = await client.get("/v1/orders/o-2", headers=CUSTOMER)
+    assert response.status == 503
+    assert (await response.json())["error"]["code"] == "unavailable"
+    assert time.monotonic() - began < 3
