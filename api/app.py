@@ -892,6 +892,10 @@ async def _gather(
     if request.app[PEER_PROOF].forwarded(request):  # a peer gathering: it wants this worker's part only
         request[_COVERED] = sorted(covered)
         return items
+    if sorted(covered.elements()) == list(range(settings.partitions)):
+        # This worker owns every partition (the others stopped, or are frozen and left the group): nothing to ask
+        # them, and one that is frozen would hold the answer until its timeout.
+        return sorted(items, key=sort)[:limit]
     others = [settings.worker_url(i) for i in range(settings.workers) if i != worker.index]
     headers = _to_peer(request, request_target(request))  # each peer is asked the very same request
 

@@ -252,3 +252,31 @@ async def test_a_read_forwarded_to_an_owner_that_does_not_answer_is_a_503_within
     assert response.status == 503
     assert (await response.json())["error"]["code"] == "unavailable"
     assert time.monotonic() - began < 3
+
+
+async def test_a_list_is_not_held_up_by_a_frozen_peer_when_this_worker_owns_every_partition(
+        aiohttp_client, aiohttp_server):
+    """Seen live: worker 0 SIGSTOPped, worker 1 took its partitions over, yet each GET /v1/products on worker 1
+    waited for the frozen worker 0 (up to 9 s) though worker 1 alone covered every partition."""
+    import asyncio
+
+    from aiohttp import web
+
+    frozen = web.Application()
+    asked: list[str] = []
+
+    async def never(request: web.Request) -> web.Response:
+        asked.append(request.path)
+        await asyncio.sleep(4)  # (the test server waits for it as it closes)
+        return web.Response()
+
+    frozen.router.add_route("*", "/{tail:.*}", never)
+    other = await aiohttp_server(frozen)
+    settings = CLUSTER.model_copy(update={"api_port": other.port - 1, "advertised_host": other.host})
+    alone = FakeWorker(catalog={"A": a_product("A"), "B": a_product("B")}, partitions=FIRST_HALF + SECOND_HALF)
+    client = await aiohttp_client(init_app(settings, alone))
+    began = time.monotonic()
+    response = await client.get("/v1/products", headers=CUSTOMER)
+    assert response.status == 200
+    assert [item["sku"] for item in (await response.json())["items"]] == ["A", "B"]
+    assert time.monotonic() - began < 1 and asked == []
