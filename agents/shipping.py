@@ -11,7 +11,9 @@ from streamcart.domain import shipping
 
 log = logging.getLogger(__name__)
 
-#: Refusals of an UpdateShipment the API checks before sending; one that races past it is only logged.
+#: Refusals of an UpdateShipment the API checks before sending; one that races past it (a dispatch reported as a
+#: customer's cancel stopped the shipment) is logged as a warning: an admin was answered 202 for what did not happen,
+#: and the goods may have left while the order was refunded.
 REFUSALS = {shipping.UNKNOWN_SHIPMENT, shipping.SHIPMENT_CANCELLED}
 
 
@@ -28,7 +30,7 @@ def register(runtime: Runtime) -> Any:
             raise FlowError(f"{type(message).__name__} has no order_id")
         stored = tables.shipments.get(order_id)
         decision = shipping.decide(stored, message)
-        if refused(decision.rejected, message, REFUSALS):
+        if refused(decision.rejected, message, REFUSALS, level=logging.WARNING):
             return
         shipment = decision.state if decision.state is not None else stored
         if shipment is not None:  # a redelivery stores it again (see agents/orders.py for why)

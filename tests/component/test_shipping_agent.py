@@ -1,9 +1,18 @@
 """The shipping agent through faust's test_context: a cancel request stops a shipment that has not left."""
 
+import logging
+
 import pytest
 
 from agents.app import build_runtime
-from schemas.messages import OrderCancelRequested, OrderConfirmed, PricedLine, ShipmentCancelled, ShipmentCreated
+from schemas.messages import (
+    OrderCancelRequested,
+    OrderConfirmed,
+    PricedLine,
+    ShipmentCancelled,
+    ShipmentCreated,
+    UpdateShipment,
+)
 from streamcart.settings import Settings
 
 
@@ -29,3 +38,18 @@ async def test_a_cancel_requested_before_dispatch_stops_the_shipment_and_says_so
     assert [type(m) for m in events] == [ShipmentCreated, ShipmentCancelled]
     stored = runtime.tables.shipments.get("o-1")
     assert stored is not None and stored.status == "cancelled"
+
+
+async def test_a_dispatch_reported_after_a_cancel_stopped_the_shipment_is_refused_with_a_warning(
+    runtime, codec, sink, caplog
+):
+    """The API refuses it up front (409); one that raced past that check was answered 202: a person must hear of it."""
+    dispatched = UpdateShipment(**envelope("u-1"), order_id="o-1", status="dispatched")
+    with caplog.at_level(logging.INFO, logger="agents.runtime"):
+        async with runtime.agents["shipping"].test_context() as agent:
+            for message in (CONFIRMED, CANCEL_REQUESTED, dispatched):
+                await agent.put(codec.encode(message), key=b"o-1")
+    assert [type(m) for m in sink.messages(runtime.topics.shipping_events)] == [ShipmentCreated, ShipmentCancelled]
+    assert sink.records(runtime.topics.dlq) == []
+    [refusal] = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert refusal.levelno == logging.WARNING and "UpdateShipment" in refusal.getMessage()
