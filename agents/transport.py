@@ -46,6 +46,7 @@ from typing import Any, cast
 
 import faust
 from aiokafka import TopicPartition
+from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.producer.message_accumulator import MessageAccumulator
 from aiokafka.protocol.offset import OffsetRequest
 from faust.tables import TableManager as FaustTableManager
@@ -169,17 +170,27 @@ class Lease:
     handlers wake first: payments whose gateway answers waited in its sockets stored them and emitted their
     events into changelog partitions another worker had written meanwhile (seen on the real stack: refunds of
     orders captured by the other worker found no payment and were never made). A handler now writes only while
-    the last such answer is less than :data:`LEASE_SHARE` of the session old (:meth:`valid`); otherwise it waits
-    (:meth:`held`) for the next heartbeat, or gives its message back when the rebalance that follows begins.
+    the heartbeat last taken was sent less than :data:`LEASE_SHARE` of the session ago (:meth:`valid`: from when
+    it was sent, not answered, since the answer may wait out a pause in the socket); otherwise it waits
+    (:meth:`held`) for the next heartbeat, or gives its message back when the rebalance that follows begins. A join
+    does not renew it (its answer's age is unknown): flows wait for their partitions' recovery after a join anyway,
+    and the first heartbeat comes a heartbeat interval later.
+
+    It holds for good until :meth:`watch` ties it to a group coordinator: a worker's consumer does as it starts
+    (a test's agents, run without one, are never held up).
+
+    It narrows the window, it is no fence: a write already on its way when the worker pauses still lands after it
+    wakes. The store's side of that is in ``tables/store.py`` (no offset noted past another worker's records).
     """
 
     def __init__(self, session_timeout_s: float) -> None:
-        self.valid_for_s = session_timeout_s * LEASE_SHARE
+        self.session_timeout_s = session_timeout_s
+        self.valid_for_s = math.inf  # until watch()
         self.renewed_at = time.monotonic()  # written by the consumer's thread, read by the agents' (a float)
 
-    def renew(self) -> None:
-        """The coordinator answered that this worker is a member (a heartbeat, a join)."""
-        self.renewed_at = time.monotonic()
+    def renew(self, asked_at: float | None = None) -> None:
+        """The coordinator answered a heartbeat sent at ``asked_at`` (monotonic; now if not given): a member then."""
+        self.renewed_at = max(self.renewed_at, time.monotonic() if asked_at is None else asked_at)
 
     def valid(self) -> bool:
         return time.monotonic() - self.renewed_at < self.valid_for_s
@@ -196,21 +207,20 @@ class Lease:
             await in_progress.pause(LEASE_CHECK_S)
 
     def watch(self, coordinator: Any) -> None:
-        """Renew on each heartbeat ``coordinator`` (aiokafka's ``GroupCoordinator``) gets taken, and each join."""
-        heartbeat, joined = coordinator._do_heartbeat, coordinator._on_join_complete
+        """From now on, hold only while the heartbeats ``coordinator`` (aiokafka's ``GroupCoordinator``) sends are
+        taken (its heartbeat routine calls ``self._do_heartbeat()``: a test pins that)."""
+        heartbeat = coordinator._do_heartbeat
 
         async def _do_heartbeat() -> bool:
+            asked_at = time.monotonic()
             taken: bool = await heartbeat()
             if taken:
-                self.renew()
+                self.renew(asked_at)
             return taken
 
-        async def _on_join_complete(*args: Any, **kwargs: Any) -> Any:
-            self.renew()
-            return await joined(*args, **kwargs)
-
-        coordinator._do_heartbeat, coordinator._on_join_complete = _do_heartbeat, _on_join_complete
+        coordinator._do_heartbeat = _do_heartbeat
         self.renew()
+        self.valid_for_s = self.session_timeout_s * LEASE_SHARE
 
 
 #: The share of the group session a heartbeat's answer is trusted for: the broker drops a member a session after
@@ -416,11 +426,8 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer = self._ensure_consumer()
         fetcher = consumer._fetcher  # aiokafka builds it as the consumer starts
         fetcher._client = OffsetLookupsApart(fetcher._client)
-        lease: Lease = cast(Any, self.app).lease
-        if hasattr(consumer._coordinator, "_do_heartbeat"):
-            lease.watch(consumer._coordinator)
-        else:  # a consumer without a group (none here: faust's always has one) owns what it reads for good
-            lease.valid_for_s = math.inf
+        if isinstance(consumer._coordinator, GroupCoordinator):  # (a consumer without a group owns what it reads)
+            cast(Any, self.app).lease.watch(consumer._coordinator)
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)

@@ -814,6 +814,8 @@ async def internal_placement(request: web.Request) -> web.Response:
 
 #: How long a cancel waits for an order that is not stored yet (one accepted a moment ago) before it answers 404.
 CANCEL_WAIT_S = 3.0
+#: How far behind the saga's flows may be for a cancel that found no order to answer 404 rather than 503.
+CANCEL_BEHIND_S = 1.0
 
 
 async def cancel_order(request: web.Request) -> web.Response:
@@ -836,6 +838,11 @@ async def cancel_order(request: web.Request) -> web.Response:
     if order is None or not principal.may_see_customer(order.customer_id):
         # Another customer's order answers as late as a missing one: whether it exists is not told by the time.
         await asyncio.sleep(max(0.0, started + CANCEL_WAIT_S - asyncio.get_running_loop().time()))
+        if (behind_s := worker.saga_queue_s()) is not None and behind_s >= CANCEL_BEHIND_S:
+            # The orders flow is far enough behind that an order accepted before the wait may still be on its way:
+            # a 404 would be final to the client, and the order charged. Told by the load alone, as to everyone.
+            raise Unavailable(f"the orders flow is {behind_s:.1f} s behind: an order placed a moment ago may not be "
+                              "stored yet; retry", headers={"Retry-After": "1"})
         raise NotFound(f"order {order_id} not found")
     if (refusal := cancel_refusal(order.status)) is not None:
         raise Conflict(refusal, details={"status": order.status})

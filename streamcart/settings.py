@@ -249,6 +249,17 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _heartbeats_within_the_session(self) -> Settings:
+        if self.broker_heartbeat_interval_s * 3 > self.broker_session_timeout_s:
+            raise ValueError(
+                f"STREAMCART_BROKER_HEARTBEAT_INTERVAL_S={self.broker_heartbeat_interval_s:g} is more than a third of "
+                f"STREAMCART_BROKER_SESSION_TIMEOUT_S={self.broker_session_timeout_s:g}: a worker writes only within "
+                "70% of a session after its last heartbeat (agents/transport.py, Lease), and Kafka asks for at most a "
+                "third"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _orders_outlive_their_keys(self) -> Settings:
         if 0 < self.order_retention_s < self.idempotency_ttl_s:
             raise ValueError(

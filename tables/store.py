@@ -22,7 +22,7 @@ import logging
 from collections import deque
 from collections.abc import Iterator
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 from faust.stores.rocksdb import Store as RocksDBStore
 from faust.streams import current_event
@@ -136,7 +136,9 @@ class HeldWritesStore(RocksDBStore):
             return
         batch = WriteBatch(raw_mode=True)
         noted_raw = db.get(self.offset_key)
-        noted = int(noted_raw) if noted_raw is not None else None  # the store holds every record up to it
+        # The store holds every record up to it; one that noted none (its changelog was empty) holds what the last
+        # recovery found there, so its first write follows that recovery's highwater.
+        noted = int(noted_raw) if noted_raw is not None else self._recovered_to(partition)
         count, offset = 0, noted
         gap: tuple[int | None, int] | None = None  # (the last offset that follows on, the first write after a gap)
         for write in queue:
@@ -160,9 +162,10 @@ class HeldWritesStore(RocksDBStore):
                 gap = (offset, write.offset)
         if gap is not None and partition not in self._behind:
             self._behind.add(partition)  # told once a run: every write after it finds the same gap until a recovery
-            log.warning("%s: partition %s's changelog has records after offset %s that this worker did not write (its "
-                        "next write is at %s): its local store keeps noting offset %s, so that a recovery reads them",
-                        self.table_name, partition, gap[0], gap[1], gap[0])
+            log.warning("%s: partition %s's changelog has records after offset %s that this store did not write "
+                        "(another worker's, or a send the producer retried; its next write is at %s): its local store "
+                        "keeps noting offset %s, so that a recovery reads them", self.table_name, partition, gap[0],
+                        gap[1], gap[0])
         if offset is not None and offset != noted:
             batch.put(self.offset_key, str(offset).encode())  # as set_persisted_offset writes it
         db.write(batch)
@@ -179,6 +182,14 @@ class HeldWritesStore(RocksDBStore):
     def _forget(self, partition: int) -> None:
         self._queues.pop(partition, None)
         self._newest.pop(partition, None)
+        self._behind.discard(partition)
+
+    def _recovered_to(self, partition: int) -> int | None:
+        """The last offset of ``partition``'s changelog when this worker last recovered it as its own (-1: empty),
+        or ``None`` if it does not know."""
+        highwaters = cast(Any, self.app.tables).recovery.active_highwaters  # a Counter: one not in it reads as 0
+        tp = TP(self.table.changelog_topic.get_topic_name(), partition)
+        return int(highwaters[tp]) if tp in highwaters else None
 
     def revoke_partitions(self, table: Any, tps: Any) -> None:
         super().revoke_partitions(table, tps)

@@ -520,6 +520,22 @@ async def test_a_cancel_of_an_order_never_stored_is_a_404_after_the_wait(client,
     assert time.monotonic() - started >= 0.2
 
 
+@pytest.mark.parametrize("order_id", ["o-none", "o-1"])  # none, or another customer's: answered alike
+async def test_a_cancel_that_finds_no_order_of_its_caller_while_the_saga_is_behind_is_a_503_to_retry(
+    client, commands, worker, monkeypatch, order_id
+):
+    """An order accepted before the wait may still be on its way to the orders flow: a 404 would be final, and the
+    order charged. The answer depends on the load alone, so it tells nothing of whether the order exists."""
+    monkeypatch.setattr(app_module, "CANCEL_WAIT_S", 0.05)
+    worker.queue_s = 2.5
+    response = await client.post(f"/v1/orders/{order_id}/cancel", headers=bearer("c-2", "customer"))
+    assert response.status == 503 and response.headers["Retry-After"] == "1"
+    assert "may not be stored yet" in (await response.json())["error"]["message"]
+    assert commands.sent == []
+    worker.queue_s = 0.4
+    assert (await client.post(f"/v1/orders/{order_id}/cancel", headers=bearer("c-2", "customer"))).status == 404
+
+
 async def test_cancelling_another_customers_order_is_a_404_and_sends_nothing(client, commands, monkeypatch):
     monkeypatch.setattr(app_module, "CANCEL_WAIT_S", 0.2)
     assert (await client.post("/v1/orders/o-1/cancel", headers=bearer("c-2", "customer"))).status == 404

@@ -300,3 +300,21 @@ async def test_an_acknowledged_write_a_recovery_has_read_past_does_not_overwrite
     await settled()
     assert on_disk(store, 2, b"o-1") == b"REFUNDED" and noted_offset(table, 2) == 7
     assert store.held() == 0
+
+
+async def test_a_store_whose_recovery_found_its_changelog_empty_notes_no_offset_past_another_workers_records(table):
+    """A partition new to the stack notes no offset until its first write: that write must follow what its recovery
+    found (nothing), or it would claim the records another worker wrote before it (the review of the fix above)."""
+    store = table.data
+    topic = table.changelog_topic.get_topic_name()
+    highwaters = table.app.tables.recovery.active_highwaters
+    highwaters[TP(topic, 1)] = highwaters[TP(topic, 0)] = -1  # both recovered empty
+    acknowledge(write(store, 1, b"o-1", b"AUTHORIZED"), 9)  # offsets 0 to 8: another worker's
+    acknowledge(write(store, 0, b"o-2", b"AUTHORIZED"), 0)  # the first record of its changelog: its own
+    await settled()
+    assert noted_offset(table, 1) is None and on_disk(store, 1, b"o-1") == b"AUTHORIZED"
+    assert noted_offset(table, 0) == 0
+    # A partition whose recovery this store does not know of (none in a worker) is taken at its word, as before.
+    acknowledge(write(store, 2, b"o-3", b"AUTHORIZED"), 17)
+    await settled()
+    assert noted_offset(table, 2) == 17

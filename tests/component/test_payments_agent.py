@@ -201,6 +201,7 @@ async def test_a_gateway_answer_that_comes_after_the_workers_session_may_have_ex
                         gateway_attempts=1, gateway_attempt_timeout_s=30)
     runtime = build_runtime(settings, codec, store="memory://", sink=sink)
     lease, in_progress = runtime.app.lease, runtime.app.in_progress
+    lease.valid_for_s = 7.0  # as a worker's consumer sets it (Lease.watch): the test context has none
     captured = lambda: any(isinstance(m, PaymentCaptured) for m in sink.messages(runtime.topics.payment_events))  # noqa: E731
     async with runtime.agents["payments"].test_context() as agent:
         for command in (authorize, capture):

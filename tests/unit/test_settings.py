@@ -74,6 +74,13 @@ def test_orders_must_be_kept_at_least_as_long_as_an_idempotency_key_names_them()
     assert Settings().order_retention_s == 7 * 24 * 3600
 
 
+def test_heartbeats_come_at_least_three_times_a_session():
+    """A worker writes only within 70% of a session after its last heartbeat (agents/transport.py, Lease)."""
+    with pytest.raises(ValidationError, match="STREAMCART_BROKER_HEARTBEAT_INTERVAL_S=4 is more than a third"):
+        Settings(broker_heartbeat_interval_s=4, broker_session_timeout_s=10)
+    assert Settings(broker_heartbeat_interval_s=3, broker_session_timeout_s=9).broker_heartbeat_interval_s == 3
+
+
 def test_the_stacks_folders_default_to_the_checkout_whatever_the_current_folder(tmp_path, monkeypatch):
     """``streamcart status`` from ``tests/`` said every process was down (and ``up`` there would have set up an
     empty stack beside the running one): the defaults are the checkout's folders; a relative value one sets is
