@@ -174,7 +174,9 @@ class Lease:
     it was sent, not answered, since the answer may wait out a pause in the socket); otherwise it waits
     (:meth:`held`) for the next heartbeat, or gives its message back when the rebalance that follows begins. A join
     does not renew it (its answer's age is unknown): flows wait for their partitions' recovery after a join anyway,
-    and the first heartbeat comes a heartbeat interval later.
+    and the first heartbeat comes a heartbeat interval later. When the coordinator says this worker is no member
+    (aiokafka resets its generation: an unknown member id, an old generation), the lease ends at once, and no answer
+    to a heartbeat sent before that renews it.
 
     It holds for good until :meth:`watch` ties it to a group coordinator: a worker's consumer does as it starts
     (a test's agents, run without one, are never held up).
@@ -186,30 +188,44 @@ class Lease:
     def __init__(self, session_timeout_s: float) -> None:
         self.session_timeout_s = session_timeout_s
         self.valid_for_s = math.inf  # until watch()
-        self.renewed_at = time.monotonic()  # written by the consumer's thread, read by the agents' (a float)
+        self.renewed_at = time.monotonic()  # written by the consumer's thread, read by the agents' (floats)
+        self.expired_at = -math.inf  # when the coordinator last said this worker is no member
+        self._told = False  # whether the wait was logged since the lease last held
 
     def renew(self, asked_at: float | None = None) -> None:
         """The coordinator answered a heartbeat sent at ``asked_at`` (monotonic; now if not given): a member then."""
-        self.renewed_at = max(self.renewed_at, time.monotonic() if asked_at is None else asked_at)
+        at = time.monotonic() if asked_at is None else asked_at
+        if at > self.expired_at:  # (an answer to one sent before the coordinator said otherwise is stale)
+            self.renewed_at = max(self.renewed_at, at)
+            self._told = False
+
+    def expire(self) -> None:
+        """The coordinator said this worker is no member: nothing is written until a heartbeat sent after this is
+        taken (once it has joined again)."""
+        self.renewed_at, self.expired_at = -math.inf, time.monotonic()
 
     def valid(self) -> bool:
         return time.monotonic() - self.renewed_at < self.valid_for_s
 
     async def held(self, in_progress: InProgress) -> None:
         """Return once the lease is valid; raise :class:`Yielded` if a rebalance or a stop begins first."""
-        waited = False
         while not self.valid():
-            if not waited:
-                waited = True
-                log.warning("no word from the group coordinator for %.1f s: this worker may have lost its "
-                            "partitions; its flows wait for the next heartbeat before they write",
-                            time.monotonic() - self.renewed_at)
+            if not self._told:  # once, not once per handler waiting
+                self._told = True
+                if self.renewed_at == -math.inf:
+                    log.warning("the group coordinator no longer knows this worker as a member: its flows wait "
+                                "until it has joined the group again before they write")
+                else:
+                    log.warning("no word from the group coordinator for %.1f s: this worker may have lost its "
+                                "partitions; its flows wait for the next heartbeat before they write",
+                                time.monotonic() - self.renewed_at)
             await in_progress.pause(LEASE_CHECK_S)
 
     def watch(self, coordinator: Any) -> None:
         """From now on, hold only while the heartbeats ``coordinator`` (aiokafka's ``GroupCoordinator``) sends are
-        taken (its heartbeat routine calls ``self._do_heartbeat()``: a test pins that)."""
-        heartbeat = coordinator._do_heartbeat
+        taken, and end when it resets its generation (its heartbeat routine calls ``self._do_heartbeat()`` and
+        ``self.reset_generation()``: a test pins that)."""
+        heartbeat, reset = coordinator._do_heartbeat, coordinator.reset_generation
 
         async def _do_heartbeat() -> bool:
             asked_at = time.monotonic()
@@ -218,7 +234,11 @@ class Lease:
                 self.renew(asked_at)
             return taken
 
-        coordinator._do_heartbeat = _do_heartbeat
+        def reset_generation() -> Any:
+            self.expire()
+            return reset()
+
+        coordinator._do_heartbeat, coordinator.reset_generation = _do_heartbeat, reset_generation
         self.renew()
         self.valid_for_s = self.session_timeout_s * LEASE_SHARE
 

@@ -36,10 +36,14 @@ class Coordinator:
     def __init__(self, delay_s: float = 0.0) -> None:
         self.answers: list[bool] = []
         self.delay_s = delay_s
+        self.resets = 0
 
     async def _do_heartbeat(self) -> bool:
         await asyncio.sleep(self.delay_s)
         return self.answers.pop(0)
+
+    def reset_generation(self) -> None:
+        self.resets += 1
 
 
 async def test_a_heartbeat_taken_renews_the_lease_from_when_it_was_sent_and_a_failed_one_does_not():
@@ -60,10 +64,29 @@ async def test_a_heartbeat_taken_renews_the_lease_from_when_it_was_sent_and_a_fa
     assert not lease.valid()
 
 
-def test_aiokafka_heartbeats_through_the_attribute_the_lease_wraps():
-    """The lease renews only if aiokafka's heartbeat routine calls ``self._do_heartbeat()``: were it renamed, every
-    flow would wait for good, so this pins it."""
-    assert "await self._do_heartbeat()" in inspect.getsource(GroupCoordinator._heartbeat_routine)
+async def test_the_coordinator_saying_this_worker_is_no_member_ends_the_lease_and_older_answers_do_not_renew_it():
+    """Seen live: a worker paused while a heartbeat was in flight woke to a stale "still a member", and a moment
+    later to "unknown member id"; between the two its handlers wrote. The reset ends the lease at once."""
+    lease, coordinator = Lease(session_timeout_s=10.0), Coordinator(delay_s=0.05)
+    lease.watch(coordinator)
+    coordinator.answers = [True, True]
+    in_flight = asyncio.create_task(coordinator._do_heartbeat())  # sent before the reset, answered after it
+    await asyncio.sleep(0.01)
+    coordinator.reset_generation()  # an unknown member id (aiokafka resets the generation)
+    assert coordinator.resets == 1 and not lease.valid()
+    assert await in_flight is True
+    assert not lease.valid()  # a "still a member" sent before the reset vouches for nothing
+    assert await coordinator._do_heartbeat() is True  # one sent after it (the worker joined again)
+    assert lease.valid()
+
+
+def test_aiokafka_heartbeats_through_the_attributes_the_lease_wraps():
+    """The lease renews only if aiokafka's heartbeat routine calls ``self._do_heartbeat()``, and ends only if its
+    resets go through ``self.reset_generation()``: were either renamed, every flow would wait for good, or never, so
+    this pins them."""
+    routine = inspect.getsource(GroupCoordinator._heartbeat_routine)
+    assert "await self._do_heartbeat()" in routine
+    assert "self.reset_generation()" in inspect.getsource(GroupCoordinator._do_heartbeat)
 
 
 async def test_a_handler_waits_for_the_lease_and_gives_its_message_back_when_a_rebalance_begins_first():
