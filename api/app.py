@@ -466,9 +466,10 @@ async def get_order(request: web.Request) -> web.Response:
 
 #: How often a long-poll looks whether its client is still connected.
 CLIENT_CHECK_S = 0.5
+_Waited = TypeVar("_Waited")
 
 
-async def _while_connected(request: web.Request, wait: Coroutine[Any, Any, web.Response]) -> web.Response:
+async def _while_connected(request: web.Request, wait: Coroutine[Any, Any, _Waited]) -> _Waited:
     """Run a long-poll's ``wait``, ended as soon as its client disconnects: aiohttp does not cancel a handler whose
     client went away (``handler_cancellation`` is off, so that a command's handler always finishes), so an
     abandoned long-poll would keep its caller's share (:class:`LongPolls`) and its forward to the owner for up to
@@ -542,8 +543,9 @@ class LongPolls:
     def held(self, caller: str) -> Iterator[None]:
         """One long-poll of ``caller`` while the block runs; 429 + ``Retry-After`` beyond ``limit`` at once."""
         if self._open[caller] >= self.limit:
-            raise TooManyWaits(f"{self.limit} long-polls (?wait=) of this caller are open on this worker already; "
-                               "wait for one to end, or read without ?wait=", headers={"Retry-After": "1"})
+            raise TooManyWaits(f"{self.limit} long-polls (?wait=) of this caller, or cancels waiting for their order, "
+                               "are open on this worker already; wait for one to end, or read without ?wait=",
+                               headers={"Retry-After": "1"})
         self._open[caller] += 1
         try:
             yield
@@ -831,7 +833,12 @@ async def cancel_order(request: web.Request) -> web.Response:
         # Accepted a moment ago (202) and not stored by the orders flow yet: wait for it rather than answer 404, or
         # the customer's cancel right after placing is lost and the order goes on to be charged. The CancelOrder,
         # sent once the order is stored, lands after its PlaceOrder (same partition).
-        order = await worker.wait_stored(order_id, CANCEL_WAIT_S)
+        # A wait like a long-poll's: counted in the caller's share, and ended if the client goes (nothing is sent yet).
+        if request.app[PEER_PROOF].forwarded(request):  # counted where it came in
+            order = await _while_connected(request, worker.wait_stored(order_id, CANCEL_WAIT_S))
+        else:
+            with request.app[LONG_POLLS].held(principal.subject):
+                order = await _while_connected(request, worker.wait_stored(order_id, CANCEL_WAIT_S))
         if owner_elsewhere(request, "orders", order_id) is not None:
             raise Unavailable("the order moved to another worker in a rebalance; retry", headers={"Retry-After": "1"})
     await stored(worker, f"order {order_id}")

@@ -356,6 +356,9 @@ class HeldWorker(FakeWorker):
         async with self._changed:
             await self._changed.wait_for(lambda: self.holding <= n)
 
+    async def wait_stored(self, order_id: str, timeout_s: float) -> OrderState | None:
+        return await self.wait_settled(order_id, timeout_s)  # held alike
+
     async def wait_settled(self, order_id: str, timeout_s: float) -> OrderState | None:
         async with self._changed:
             self.holding += 1
@@ -416,6 +419,37 @@ async def test_a_long_poll_whose_client_went_away_ends_and_gives_its_callers_sha
     await asyncio.wait_for(worker.until_holding_no_more_than(0), 10)  # every abandoned wait ended
     again = asyncio.ensure_future(client.get("/v1/orders/o-1?wait=30", headers=mine))
     await asyncio.wait_for(worker.until_holding(1), 10)  # taken, not refused with 429
+    worker.release.set()
+    assert (await again).status == 200
+
+
+async def test_a_cancel_waiting_for_its_order_counts_in_its_callers_share_and_ends_when_its_client_goes(
+    aiohttp_client
+):
+    """A cancel of an order not stored yet waits for it like a long-poll: counted in the caller's share, and ended as
+    soon as its client goes away (nothing was sent yet)."""
+    import asyncio
+
+    from api.app import LONG_POLLS_PER_CALLER
+
+    worker = HeldWorker(orders={"o-1": an_order()})
+    client = await aiohttp_client(init_app(SETTINGS, worker))
+    mine = bearer("c-1", "customer")
+    request = (f"POST /v1/orders/o-new/cancel HTTP/1.1\r\nHost: x\r\nAuthorization: {mine['Authorization']}\r\n"
+               "Content-Length: 0\r\n\r\n").encode()
+    connections = []
+    for _ in range(LONG_POLLS_PER_CALLER):
+        _, writer = await asyncio.open_connection(client.host, client.port)
+        writer.write(request)
+        connections.append(writer)
+    await asyncio.wait_for(worker.until_holding(LONG_POLLS_PER_CALLER), 10)
+    refused = await client.post("/v1/orders/o-new/cancel", headers=mine)
+    assert refused.status == 429 and (await refused.json())["error"]["code"] == "too_many_waits"
+    for writer in connections:
+        writer.close()
+    await asyncio.wait_for(worker.until_holding_no_more_than(0), 10)  # every abandoned wait ended
+    again = asyncio.ensure_future(client.get("/v1/orders/o-1?wait=30", headers=mine))
+    await asyncio.wait_for(worker.until_holding(1), 10)  # the share is back: taken, not refused with 429
     worker.release.set()
     assert (await again).status == 200
 
