@@ -372,6 +372,22 @@ class HeldWorker(FakeWorker):
         return self.orders.get(order_id)
 
 
+async def held_share(client, worker: HeldWorker, request: bytes) -> list:
+    """A caller's whole share of waits, each ``request`` sent raw on a connection of its own (the writers, to drop
+    them), once the worker holds them all."""
+    import asyncio
+
+    from api.app import LONG_POLLS_PER_CALLER
+
+    connections = []
+    for _ in range(LONG_POLLS_PER_CALLER):
+        _, writer = await asyncio.open_connection(client.host, client.port)
+        writer.write(request)
+        connections.append(writer)
+    await asyncio.wait_for(worker.until_holding(LONG_POLLS_PER_CALLER), 10)
+    return connections
+
+
 async def test_one_caller_holds_at_most_its_share_of_long_polls_and_others_are_not_held_up(aiohttp_client):
     """Each long-poll holds a connection to the order's owner for up to 30 s: one caller's hundreds would hold
     every other caller's forwards. Beyond its share a caller gets 429, and only that caller."""
@@ -401,19 +417,13 @@ async def test_a_long_poll_whose_client_went_away_ends_and_gives_its_callers_sha
     caller's next long-polls are refused for up to 30 s with no connection open."""
     import asyncio
 
-    from api.app import LONG_POLLS_PER_CALLER
 
     worker = HeldWorker(orders={"o-1": an_order()})
     client = await aiohttp_client(init_app(SETTINGS, worker))
     mine = bearer("c-1", "customer")
     request = (f"GET /v1/orders/o-1?wait=30 HTTP/1.1\r\nHost: x\r\nAuthorization: {mine['Authorization']}\r\n\r\n"
                .encode())
-    connections = []
-    for _ in range(LONG_POLLS_PER_CALLER):
-        _, writer = await asyncio.open_connection(client.host, client.port)
-        writer.write(request)
-        connections.append(writer)
-    await asyncio.wait_for(worker.until_holding(LONG_POLLS_PER_CALLER), 10)
+    connections = await held_share(client, worker, request)
     for writer in connections:
         writer.close()
     await asyncio.wait_for(worker.until_holding_no_more_than(0), 10)  # every abandoned wait ended
@@ -430,19 +440,13 @@ async def test_a_cancel_waiting_for_its_order_counts_in_its_callers_share_and_en
     soon as its client goes away (nothing was sent yet)."""
     import asyncio
 
-    from api.app import LONG_POLLS_PER_CALLER
 
     worker = HeldWorker(orders={"o-1": an_order()})
     client = await aiohttp_client(init_app(SETTINGS, worker))
     mine = bearer("c-1", "customer")
     request = (f"POST /v1/orders/o-new/cancel HTTP/1.1\r\nHost: x\r\nAuthorization: {mine['Authorization']}\r\n"
                "Content-Length: 0\r\n\r\n").encode()
-    connections = []
-    for _ in range(LONG_POLLS_PER_CALLER):
-        _, writer = await asyncio.open_connection(client.host, client.port)
-        writer.write(request)
-        connections.append(writer)
-    await asyncio.wait_for(worker.until_holding(LONG_POLLS_PER_CALLER), 10)
+    connections = await held_share(client, worker, request)
     refused = await client.post("/v1/orders/o-new/cancel", headers=mine)
     assert refused.status == 429 and (await refused.json())["error"]["code"] == "too_many_waits"
     for writer in connections:
