@@ -17,7 +17,7 @@ import math
 import re
 import time
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, ThreadedResolver, web
@@ -458,15 +458,23 @@ async def get_order(request: web.Request) -> web.Response:
     query = parsed_query(request, WaitQuery)
     if query.wait == 0:
         return await _read_order(request, principal, order_id)
-    if request.app[PEER_PROOF].forwarded(request):  # counted where it came in
-        return await _while_connected(request, _wait_for_order(request, principal, order_id, query.wait))
-    with request.app[LONG_POLLS].held(principal.subject):
-        return await _while_connected(request, _wait_for_order(request, principal, order_id, query.wait))
+    return await _long_poll(request, principal, lambda: _wait_for_order(request, principal, order_id, query.wait))
 
 
 #: How often a long-poll looks whether its client is still connected.
 CLIENT_CHECK_S = 0.5
 _Waited = TypeVar("_Waited")
+
+
+async def _long_poll(
+    request: web.Request, principal: Principal, wait: Callable[[], Coroutine[Any, Any, _Waited]]
+) -> _Waited:
+    """Run ``wait()`` as one of the caller's long-polls (:class:`LongPolls`: counted where the request came in, not
+    again at an owner it was forwarded to), ended as soon as its client goes away (:func:`_while_connected`)."""
+    if request.app[PEER_PROOF].forwarded(request):
+        return await _while_connected(request, wait())
+    with request.app[LONG_POLLS].held(principal.subject):
+        return await _while_connected(request, wait())
 
 
 async def _while_connected(request: web.Request, wait: Coroutine[Any, Any, _Waited]) -> _Waited:
@@ -834,11 +842,7 @@ async def cancel_order(request: web.Request) -> web.Response:
         # the customer's cancel right after placing is lost and the order goes on to be charged. The CancelOrder,
         # sent once the order is stored, lands after its PlaceOrder (same partition).
         # A wait like a long-poll's: counted in the caller's share, and ended if the client goes (nothing is sent yet).
-        if request.app[PEER_PROOF].forwarded(request):  # counted where it came in
-            order = await _while_connected(request, worker.wait_stored(order_id, CANCEL_WAIT_S))
-        else:
-            with request.app[LONG_POLLS].held(principal.subject):
-                order = await _while_connected(request, worker.wait_stored(order_id, CANCEL_WAIT_S))
+        order = await _long_poll(request, principal, lambda: worker.wait_stored(order_id, CANCEL_WAIT_S))
         if owner_elsewhere(request, "orders", order_id) is not None:
             raise Unavailable("the order moved to another worker in a rebalance; retry", headers={"Retry-After": "1"})
     await stored(worker, f"order {order_id}")
