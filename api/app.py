@@ -1183,7 +1183,7 @@ async def shipment_status(request: web.Request) -> web.Response:
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/healthz", healthz, "liveness", "health", auth=False, responses={200: HealthOut}),
-    Route("GET", "/readyz", readyz, "readiness: recovered and assigned", "health", auth=False,
+    Route("GET", "/readyz", readyz, "readiness: recovered, assigned and reaching Kafka", "health", auth=False,
           responses={200: ReadyOut, 503: ReadyOut}),
     Route("GET", "/metrics", metrics, "Prometheus metrics", "health", auth=False, responses={200: None},
           content_type="text/plain"),

@@ -247,6 +247,8 @@ class HealthOut(BaseModel):
 class ReadyOut(BaseModel):
     ready: bool
     worker: int
+    #: Whether this worker's API reaches Kafka (commands can be sent).
+    kafka: bool
     recovered: bool
     rebalancing: bool
     assigned: list[int]

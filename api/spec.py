@@ -53,9 +53,9 @@ _PATH_SCHEMAS = {"key": {"type": "string", "maxLength": IDEMPOTENCY_KEY_MAX, "pa
 
 ERROR_TEXT = {
     400: "malformed request", 401: "missing, malformed or invalid token", 403: "the token's role may not do this",
-    404: "not found (or not yours)", 408: "the body did not all arrive in time",
+    404: "not found (or not yours)", 408: "the request's head or body did not all arrive in time",
     409: "conflicts with the current state", 413: "body too large", 415: "body is not JSON",
-    422: "body or query failed validation",
+    417: "an Expect header other than 100-continue", 422: "body or query failed validation",
     429: "rate limited, or too many long-polls at once (see Retry-After)",
     503: "not ready or rebalancing, the broker did not acknowledge (a command, or the latest change to what was "
          "read), or (a new order) the saga is too far behind to take it (see Retry-After)",
@@ -98,9 +98,12 @@ def openapi(routes: Sequence[Route], *, title: str, version: str) -> dict[str, A
             description = {200: "OK", 202: "accepted: the command was acknowledged by the broker"}.get(
                 status, ERROR_TEXT.get(status, ""))
             responses[str(status)] = {"description": description, "content": content}
-        errors = set(route.errors) | {429} | ({401} if route.auth else set()) | ({422} if route.query else set())
+        # What the middleware answers on any route (api/middleware.py, api/errors.py): a header or query parameter
+        # given twice, a request head that did not all arrive in time, the rate limit; a token without a role.
+        errors = set(route.errors) | {400, 408, 429} | ({401, 403} if route.auth else set()) | \
+            ({422} if route.query else set())
         if route.body is not None:
-            errors |= {400, 408, 413, 415, 422}
+            errors |= {413, 415, 417, 422}
         for status in sorted(errors):
             responses[str(status)] = {"description": ERROR_TEXT[status],
                                       "content": {"application/json": {"schema": ref(ErrorOut)}}}

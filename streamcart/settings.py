@@ -249,6 +249,16 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _standby_copies_on_other_workers(self) -> Settings:
+        if self.standby_replicas >= self.workers:
+            raise ValueError(
+                f"STREAMCART_STANDBY_REPLICAS={self.standby_replicas} with STREAMCART_WORKERS={self.workers}: each "
+                "standby copy of a table partition lives on a worker other than its owner, so at most one fewer "
+                "than the workers"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _heartbeats_within_the_session(self) -> Settings:
         if self.broker_heartbeat_interval_s * 3 > self.broker_session_timeout_s:
             raise ValueError(

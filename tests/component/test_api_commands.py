@@ -1013,6 +1013,22 @@ async def test_the_openapi_document_is_3_1_and_covers_every_public_route(client)
     assert "<td><code>/healthz</code></td><td>liveness</td><td>no</td>" in page
 
 
+async def test_the_openapi_document_declares_what_the_middleware_answers_on_every_route(client):
+    """A client generated from the document must expect them: a token without a role is a 403 on a customer's route,
+    a query parameter given twice a 400 on a GET, and /readyz says whether Kafka answers."""
+    spec = await (await client.get("/openapi.json")).json()
+    no_role = await client.get("/v1/products", headers=bearer("c-1"))
+    assert no_role.status == 403
+    twice = await client.get("/v1/products?limit=1&limit=2", headers=CUSTOMER)
+    assert twice.status == 400
+    products = spec["paths"]["/v1/products"]["get"]["responses"]
+    assert {"400", "401", "403", "408", "429"} <= set(products)
+    assert {"417", "413", "415"} <= set(spec["paths"]["/v1/orders"]["post"]["responses"])
+    assert "401" not in spec["paths"]["/readyz"]["get"]["responses"]
+    ready = (await (await client.get("/readyz")).json())
+    assert set(ready) == set(spec["components"]["schemas"]["ReadyOut"]["properties"])
+
+
 async def test_an_adjustment_of_zero_is_a_422_and_sends_nothing(client, commands, worker):
     """It would change no stock yet take one of the SKU's 1,000 remembered adjustments (and make a stock record
     for a SKU that has none)."""

@@ -74,6 +74,12 @@ def test_orders_must_be_kept_at_least_as_long_as_an_idempotency_key_names_them()
     assert Settings().order_retention_s == 7 * 24 * 3600
 
 
+def test_standby_copies_are_at_most_one_fewer_than_the_workers():
+    with pytest.raises(ValidationError, match="STREAMCART_STANDBY_REPLICAS=2 with STREAMCART_WORKERS=2"):
+        Settings(standby_replicas=2, workers=2)
+    assert Settings(standby_replicas=2, workers=3).standby_replicas == 2
+
+
 def test_heartbeats_come_at_least_three_times_a_session():
     """A worker writes only within 70% of a session after its last heartbeat (agents/transport.py, Lease)."""
     with pytest.raises(ValidationError, match="STREAMCART_BROKER_HEARTBEAT_INTERVAL_S=4 is more than a third"):

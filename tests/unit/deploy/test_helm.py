@@ -218,9 +218,15 @@ def test_a_long_release_name_still_makes_pods():
     assert len(workers["metadata"]["name"]) <= 52
 
 
-def test_more_workers_than_partitions_or_no_secrets_refuse_to_render():
+def test_more_workers_than_partitions_or_the_cap_too_many_copies_or_no_secrets_refuse_to_render():
     too_many = render({**SECRETS, "workers.replicas": "9", "partitions": "8"})
     assert too_many.returncode != 0 and "may not exceed partitions" in too_many.stderr
+    beyond_the_cap = render({**SECRETS, "workers.replicas": "17", "partitions": "32"})
+    assert beyond_the_cap.returncode != 0 and "may not exceed 16" in beyond_the_cap.stderr
+    copies = render({**SECRETS, "workers.replicas": "2", "workers.standbyReplicas": "2"})
+    assert copies.returncode != 0 and "must be fewer than workers.replicas" in copies.stderr
+    at_the_limits = {**SECRETS, "workers.replicas": "16", "partitions": "16", "workers.standbyReplicas": "3"}
+    assert render(at_the_limits).returncode == 0
     no_secrets = render({})
     assert no_secrets.returncode != 0 and "secrets.existingSecret" in no_secrets.stderr
     short = render({**SECRETS, "secrets.jwtSecret": "jwt"})  # the workers would refuse it and never start
