@@ -21,7 +21,9 @@ The checks (:func:`check`) are pure functions of the snapshot:
   order for its total, and nothing else held for a cancelled one;
 - I6: for every revenue window (one minute, per currency) the analytics still keep, revenue on time plus what
   late confirmations would have added equals the warehouse's confirmed orders of that minute of event time, in
-  cents and in orders (stack-wide: not with ``--sku``, revenue is not kept per SKU);
+  cents and in orders (stack-wide: not with ``--sku``, revenue is not kept per SKU); a confirmation timed more than
+  15 minutes after it was written to Kafka (a clock that ran ahead: the analytics count it when it was written) is a
+  finding of its own that names both minutes, and its amount is compared in the analytics' minute;
 - I7: the latest orders (``sample``) as the API shows them equal their warehouse rows;
 - I8: every dead letter (since ``--since``; the workers' and the warehouse sinks') names the topic, partition and
   offset it came from, on one of the stack's topics, and its error.
@@ -126,11 +128,25 @@ class Snapshot:
     #: I6 was not checked, ``revenue_skipped`` says why.
     revenue: dict[tuple[int, str], tuple[int, int, int, int]] | None = None
     confirmed: dict[tuple[int, str], tuple[int, int]] = field(default_factory=dict)
+    #: I6: the confirmations (from ``revenue_from``) timed more than :data:`MAX_AHEAD_MS` after they were written to
+    #: Kafka (their authorization's record time): a clock that ran ahead. The analytics count each at when it was
+    #: written (streamcart.domain.analytics.event_time), the warehouse at its own time. By order id.
+    ahead: dict[str, Ahead] = field(default_factory=dict)
     revenue_from: int = 0
     revenue_skipped: str = "not read"
     #: I8: the dead letters (the workers' and the sinks'), and the names of the stack's topics.
     dead_letters: list[DeadLetter] = field(default_factory=list)
     topics: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Ahead:
+    """A confirmation timed by a clock that ran ahead: its time, when it was written to Kafka, its amount."""
+
+    confirmed_at: int
+    recorded_at: int
+    currency: str
+    total_cents: int
 
 
 @dataclass(frozen=True)
@@ -322,12 +338,33 @@ def _money(snapshot: Snapshot) -> Iterable[Finding]:
 
 
 def _revenue(snapshot: Snapshot) -> Iterable[Finding]:
-    """I6, window by window: revenue on time plus late equals the confirmed orders' totals of its minute."""
+    """I6, window by window: revenue on time plus late equals the confirmed orders' totals of its minute. A
+    confirmation timed by a clock that ran ahead is one finding of its own, naming both minutes; its amount is
+    compared in the minute the analytics count it in (when it was written to Kafka)."""
     if snapshot.revenue is None:
         return
-    for start, currency in sorted(snapshot.revenue.keys() | snapshot.confirmed.keys()):
+    confirmed_by_minute = dict(snapshot.confirmed)
+
+    def move(start: int, currency: str, cents: int, orders: int) -> None:
+        if start >= snapshot.revenue_from:  # (the warehouse was read, and the analytics asked, from there)
+            was_cents, was_orders = confirmed_by_minute.get((start, currency), (0, 0))
+            confirmed_by_minute[(start, currency)] = (was_cents + cents, was_orders + orders)
+
+    for order_id, ahead in sorted(snapshot.ahead.items()):
+        said, written = ahead.confirmed_at // MINUTE_MS * MINUTE_MS, ahead.recorded_at // MINUTE_MS * MINUTE_MS
+        move(said, ahead.currency, -ahead.total_cents, -1)
+        move(written, ahead.currency, ahead.total_cents, 1)
+        ahead_s = (ahead.confirmed_at - ahead.recorded_at) / 1000
+        yield Finding("I6", order_id, f"confirmed at {iso_ms(ahead.confirmed_at)} by the clock that accepted it, "
+                                      f"{ahead_s:.0f} s after it was written to Kafka ({iso_ms(ahead.recorded_at)}): "
+                                      f"a clock that ran ahead; the analytics count its {ahead.total_cents} "
+                                      f"{ahead.currency} in the minute of {iso_ms(written)}, the warehouse in that "
+                                      f"of {iso_ms(said)}")
+    for start, currency in sorted(snapshot.revenue.keys() | confirmed_by_minute.keys()):
         cents, orders, late_cents, late_orders = snapshot.revenue.get((start, currency), (0, 0, 0, 0))
-        confirmed_cents, confirmed = snapshot.confirmed.get((start, currency), (0, 0))
+        confirmed_cents, confirmed = confirmed_by_minute.get((start, currency), (0, 0))
+        if (start, currency) not in snapshot.revenue and (confirmed_cents, confirmed) == (0, 0):
+            continue  # a minute only a confirmation timed ahead was in, moved to the minute it was written
         if (cents + late_cents, orders + late_orders) != (confirmed_cents, confirmed):
             yield Finding("I6", f"{iso_ms(start)} {currency}",
                           f"revenue {cents} for {orders} orders (and {late_cents} for {late_orders} late), the "
@@ -485,6 +522,15 @@ def read_snapshot(settings: Settings, *, since_ms: int | None, sample: int | Non
                     {"from": snapshot.revenue_from})
                 snapshot.confirmed = {(int(start), currency): (int(cents), int(n))
                                       for start, currency, cents, n in by_minute}
+                snapshot.ahead = {order_id: Ahead(int(at), int(recorded), currency, int(total))
+                                  for order_id, at, recorded, currency, total in rows(
+                    f"select o.order_id, {_ms('o.confirmed_at')}, {_ms('p.recorded_at')}, o.currency, o.total_cents "
+                    "from orders o join payments p on p.order_id = o.order_id and p.event = 'authorized' "
+                    "where o.confirmed_at is not null and p.recorded_at is not null "
+                    "and o.confirmed_at > p.recorded_at + make_interval(secs => %(ahead)s / 1000.0) "
+                    "and (o.confirmed_at >= to_timestamp(%(from)s / 1000.0) "
+                    "or p.recorded_at >= to_timestamp(%(from)s / 1000.0))",
+                    {"from": snapshot.revenue_from, "ahead": MAX_AHEAD_MS})}
     except psycopg.Error as exc:
         raise AuditUnavailable(f"the warehouse at {settings.postgres_host or settings.host}:"
                                f"{settings.postgres_port} did not answer: {exc}".strip()) from exc

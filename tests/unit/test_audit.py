@@ -11,6 +11,7 @@ import pytest
 
 from streamcart.audit import (
     DEFAULT_SAMPLE,
+    Ahead,
     AuditUnavailable,
     Finding,
     Movements,
@@ -368,6 +369,35 @@ def test_revenue_that_is_not_the_confirmed_totals_of_its_minute_is_found(revenue
     [finding] = check(shop).findings
     assert finding.invariant == "I6" and finding.problem == problem
     assert finding.subject.startswith("2027-01-15T07:5") and finding.subject.endswith(("EUR", "USD"))
+
+
+def test_a_confirmation_timed_by_a_clock_ahead_is_reported_as_such_naming_both_minutes():
+    """README: a confirmation timed more than 15 minutes after it was written to Kafka counts (in the analytics) at
+    when it was written; the audit reports it as what it is, a clock that ran ahead, not as two minutes whose
+    revenue is wrong (the analytics have it in the minute it was written, the warehouse in the one it says)."""
+    shop = healthy_shop()
+    written, said = MINUTE + 60_000, MINUTE + 60_000 + 20 * 60_000
+    shop.revenue = {**shop.revenue, (written, "EUR"): (8900, 1, 0, 0)}
+    shop.confirmed = {**shop.confirmed, (said, "EUR"): (8900, 1)}
+    shop.ahead = {"o-ahead": Ahead(confirmed_at=said + 35_000, recorded_at=written + 36_000, currency="EUR",
+                                   total_cents=8900)}
+    [finding] = check(shop).findings
+    assert finding.invariant == "I6" and finding.subject == "o-ahead"
+    assert "a clock that ran ahead" in finding.problem and "1199 s after it was written to Kafka" in finding.problem
+    assert finding.problem.endswith("in the minute of 2027-01-15T07:59:00Z, the warehouse in that of "
+                                    "2027-01-15T08:19:00Z")
+
+
+def test_a_clock_ahead_in_a_minute_with_other_confirmations_leaves_their_comparison_exact():
+    shop = healthy_shop()
+    written, said = MINUTE, MINUTE + 20 * 60_000
+    cents, orders, late_cents, late_orders = shop.revenue[(MINUTE, "EUR")]
+    shop.revenue = {**shop.revenue, (MINUTE, "EUR"): (cents + 100, orders + 1, late_cents, late_orders)}
+    shop.confirmed = {**shop.confirmed, (said, "EUR"): (100, 1)}
+    shop.ahead = {"o-ahead": Ahead(confirmed_at=said, recorded_at=written, currency="EUR", total_cents=100)}
+    assert [f.subject for f in check(shop).findings] == ["o-ahead"]
+    shop.revenue = {**shop.revenue, (MINUTE, "EUR"): (cents + 99, orders + 1, late_cents, late_orders)}
+    assert [f.subject for f in check(shop).findings] == ["o-ahead", "2027-01-15T07:58:00Z EUR"]
 
 
 def test_revenue_not_read_is_not_checked_and_says_why():
