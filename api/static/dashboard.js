@@ -235,7 +235,15 @@ async function retry(tok) {
   connect(tok);
 }
 
+// An order id as the API takes one (streamcart/ids.py IDENTIFIER_PATTERN): "." or ".." would otherwise be folded
+// into the path by the browser and ask for another route.
+const ORDER_ID = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$/;
+
 async function showOrder(tok, orderId) {
+  if (!ORDER_ID.test(orderId)) {
+    $("order-summary").textContent = `${orderId.slice(0, 80)} is not an order id (letters, digits and . _ : -, up to 64)`;
+    rows("timeline", [], () => []); return;
+  }
   const response = await fetch(`/v1/orders/${encodeURIComponent(orderId)}/timeline`, { headers: { Authorization: `Bearer ${tok}` } });
   const body = await response.json();
   if (!response.ok) { $("order-summary").textContent = body.error ? body.error.message : `HTTP ${response.status}`; rows("timeline", [], () => []); return; }

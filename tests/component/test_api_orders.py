@@ -2,9 +2,11 @@
 
 import socket
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
+import api
 from api.app import init_app
 from api.auth import issue_token
 from schemas.messages import OrderLine
@@ -13,6 +15,7 @@ from streamcart.domain.causes import Cause
 from streamcart.domain.inventory import AdjustmentOutcome, StockState
 from streamcart.domain.order_state import CancelRequest, HistoryEntry
 from streamcart.domain.orders import OrderState
+from streamcart.ids import IDENTIFIER_PATTERN
 from streamcart.settings import Settings
 
 
@@ -244,6 +247,13 @@ async def test_a_missing_dashboard_file_is_a_json_404_and_a_present_one_is_serve
     assert (await missing.json())["error"]["code"] == "not_found"
     present = await client.get("/dashboard/static/dashboard.js")
     assert (present.status, present.content_type) == (200, "application/javascript")
+
+
+def test_the_dashboards_order_search_takes_the_ids_the_api_takes():
+    """A search for "." or ".." asked another route: the browser folds them into the path."""
+    script = (Path(api.__file__).parent / "static" / "dashboard.js").read_text()
+    assert f"const ORDER_ID = /{IDENTIFIER_PATTERN}/;" in script
+    assert "if (!ORDER_ID.test(orderId))" in script
 
 
 async def test_metrics_are_exposed_for_prometheus(client):
