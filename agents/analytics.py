@@ -3,7 +3,8 @@
 It consumes ``events.orders`` and keeps, per source partition, the open windows in the ``analytics`` table (so
 its state is co-partitioned with its input and rebuilt from the changelog like every other table). Windows that
 close are stored for queries (for ``analytics_retention_s`` of event time) and emitted to the ``analytics.*``
-topics, one result per window, source partition and currency or SKU.
+topics, one result per window, source partition and currency or SKU; a revenue window's is sent again, under the same
+key, each time a late confirmation adds to what it would have been (its ``late_*`` figures).
 
 A timer on every worker writes a :class:`~schemas.messages.ClockTick` to each partition it owns whose watermark has
 fallen behind the time before which no order event can still come but late: the windows of a partition no order
@@ -65,16 +66,19 @@ def register(runtime: Runtime) -> Any:
                 table.keep_closed(folded.closed, partition, forget_before=folded.state.watermark - retention_ms)
             table.put_windows(folded.state)
             if not tick:
-                table.mark_seen(partition, message.event_id, folded.closed_ids)
-            closed = folded.closed
-            clock.note(partition, folded.state.watermark)
-        else:  # a duplicate: send again what it sent the first time
+                table.mark_seen(partition, message.event_id, folded.sent_ids)
+            state, sent = folded.state, folded.sent_ids
+            just_closed = {analytics.window_id(w.metric, w.window): w for w in folded.closed}
+            clock.note(partition, state.watermark)
+        else:  # a duplicate: send again what it sent the first time (with the late figures come since)
             if not tick and seen is None:  # known as the state's last event: stored, but not marked seen yet
                 table.mark_seen(partition, message.event_id, folded.reemit)
-            closed = tuple(w for name in folded.reemit if (w := table.closed(partition, name)) is not None)
+            sent, just_closed = folded.reemit, {}
             clock.note(partition, state.watermark)
-        for window in closed:
-            await runtime.emit(window.results(message.event_id), cause=event)
+        for name in sent:
+            # One just closed as the fold has it: the table keeps none that is past its retention already.
+            closed = just_closed.get(name) or table.closed(partition, name)
+            await runtime.emit(analytics.window_results(state, name, closed, message.event_id), cause=event)
 
     async def analytics_agent(stream: Any) -> None:
         await consume(runtime, stream, handle, flow="analytics")

@@ -496,10 +496,15 @@ class WindowResult(Message):
 
 
 class RevenueWindow(WindowResult):
+    """A revenue window's result: what was confirmed on time, and what confirmations that came after it had
+    closed would have added (sent again, under the same key, each time one adds to it)."""
+
     TOPIC = "analytics_revenue"
     currency: str
     revenue_cents: int
     orders: int
+    late_revenue_cents: int = 0
+    late_orders: int = 0
 
     @property
     def window_key(self) -> str:

@@ -5,8 +5,9 @@ processed (they go to the same changelog partition) and a worker must answer onl
 while its store also holds standby copies of others:
 
 - ``p3`` -> :class:`PartitionWindows`: the open windows, the watermark, the late counts;
-- ``p3/seen/{event_id}`` -> the windows it closed: the events already folded (a duplicate changes nothing but
-  sends those results again); forgotten with their order (:mod:`streamcart.domain.retention`);
+- ``p3/seen/{event_id}`` -> the windows whose results it sent (those it closed, or added late figures to): the
+  events already folded (a duplicate changes nothing but sends those results again, as they stand); forgotten with
+  their order (:mod:`streamcart.domain.retention`);
 - ``p3/closed/{window id}`` -> :class:`ClosedWindow`: a final result, kept for queries for the retention;
 - ``p3/index`` -> the ids of the closed windows kept, oldest first (what retention deletes).
 """
@@ -38,7 +39,7 @@ class AnalyticsTable:
         self.table[f"p{state.partition}"] = state.model_dump_json().encode()
 
     def seen(self, partition: int, event_id: str) -> tuple[str, ...] | None:
-        """The windows the event closed when it was folded; ``None`` if it never was."""
+        """The windows whose results the event sent when it was folded; ``None`` if it never was."""
         raw = stored(self.table, f"p{partition}/seen/{event_id}")
         return None if raw is None else tuple(json.loads(raw))
 

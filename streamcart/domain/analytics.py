@@ -12,8 +12,8 @@ partition's *watermark* is the latest event time it has seen; a window ``[start,
 ``watermark < end + lateness``, then it closes and its result is final. An event for a closed window is *late*:
 counted per metric and reported, never folded in silently; what a late confirmation would have added to its revenue
 window is kept beside it (``late_windows``), so revenue on time plus revenue late is every confirmed total, window
-by window (invariant I6, which ``streamcart audit`` checks). A duplicate (an ``event_id`` already folded) changes
-nothing.
+by window (invariant I6, which ``streamcart audit`` checks), and the window's result is sent again with it
+(:func:`window_results`). A duplicate (an ``event_id`` already folded) changes nothing.
 
 Every metric counts outcomes, so the outcomes are the clock: an event that counts toward no metric (an
 OrderPlaced) changes nothing, not even the watermark, and costs no write. Its time is not lost: the order's outcome
@@ -93,7 +93,8 @@ class Fold:
     metric: str
     windows: Callable[[int], tuple[Window, ...]]
     add: Callable[[Counts, Message], bool]
-    result: Callable[[Window, Counts, int, str], tuple[WindowResult, ...]]
+    #: ``(window, counts, late counts, partition, cause)``: the late counts are those of a metric that keeps them.
+    result: Callable[[Window, Counts, Counts, int, str], tuple[WindowResult, ...]]
     #: Whether what late events would have added is kept per window (:attr:`PartitionWindows.late_windows`): for
     #: revenue, a few counters per currency; not for units, whose per-SKU counters could outgrow the state.
     keeps_late: bool = False
@@ -124,14 +125,22 @@ def _add_revenue(counts: Counts, message: Message) -> bool:
     return True
 
 
-def _revenue_results(window: Window, counts: Counts, partition: int, closed_by: str) -> tuple[WindowResult, ...]:
-    currencies = sorted(key.split(".", 1)[1] for key in counts if key.startswith("orders."))
-    return tuple(
-        RevenueWindow(
-            **_envelope(RevenueWindow, window, partition, closed_by, currency),
-            currency=currency, revenue_cents=counts.get(f"cents.{currency}", 0), orders=counts[f"orders.{currency}"],
-        )
-        for currency in currencies
+def _revenue_results(window: Window, counts: Counts, late: Counts, partition: int,
+                     closed_by: str) -> tuple[WindowResult, ...]:
+    currencies = sorted({key.split(".", 1)[1] for key in (*counts, *late) if key.startswith("orders.")})
+    return tuple(_revenue_result(window, counts, late, partition, closed_by, currency) for currency in currencies)
+
+
+def _revenue_result(window: Window, counts: Counts, late: Counts, partition: int, closed_by: str,
+                    currency: str) -> RevenueWindow:
+    cents, orders = f"cents.{currency}", f"orders.{currency}"
+    late_cents, late_orders = late.get(cents, 0), late.get(orders, 0)
+    # Each time late confirmations add to a result it is sent again, under an id of its own: one id, one content.
+    late_parts = (late_orders, late_cents) if late_orders else ()
+    return RevenueWindow(
+        **_envelope(RevenueWindow, window, partition, closed_by, currency, *late_parts), currency=currency,
+        revenue_cents=counts.get(cents, 0), orders=counts.get(orders, 0), late_revenue_cents=late_cents,
+        late_orders=late_orders,
     )
 
 
@@ -154,7 +163,8 @@ def _add_units(counts: Counts, message: Message) -> bool:
     return True
 
 
-def _units_results(window: Window, counts: Counts, partition: int, closed_by: str) -> tuple[WindowResult, ...]:
+def _units_results(window: Window, counts: Counts, _late: Counts, partition: int,
+                   closed_by: str) -> tuple[WindowResult, ...]:
     return tuple(
         SkuUnitsWindow(**_envelope(SkuUnitsWindow, window, partition, closed_by, sku), sku=sku, units=units)
         for sku, units in sorted(counts.items())
@@ -175,7 +185,8 @@ def _add_outcome(counts: Counts, message: Message) -> bool:
     return True
 
 
-def _outcome_results(window: Window, counts: Counts, partition: int, closed_by: str) -> tuple[WindowResult, ...]:
+def _outcome_results(window: Window, counts: Counts, _late: Counts, partition: int,
+                     closed_by: str) -> tuple[WindowResult, ...]:
     return (
         OutcomeWindow(
             **_envelope(OutcomeWindow, window, partition, closed_by),
@@ -222,8 +233,8 @@ class PartitionWindows(BaseModel):
     #: What late events would have added to windows already closed, by window id (metrics that keep it, see
     #: :attr:`Fold.keeps_late`); forgotten with the closed windows, ``retention`` after their end.
     late_windows: dict[str, Counts] = Field(default_factory=dict)
-    #: The last event folded and the windows it closed: how a redelivery of it is recognised even when the
-    #: crash came between storing this state and marking the event seen.
+    #: The last event folded and the windows whose results it sent (:attr:`Folded.sent_ids`): how a redelivery of
+    #: it is recognised even when the crash came between storing this state and marking the event seen.
     last_event_id: str | None = None
     last_closed: tuple[str, ...] = ()
     #: The latest ticks that moved the watermark (at most :data:`TICKS_KEPT`, oldest first) and the windows each
@@ -247,16 +258,33 @@ class ClosedWindow(BaseModel):
     def window(self) -> Window:
         return Window(self.start, self.end)
 
-    def results(self, closed_by: str) -> tuple[WindowResult, ...]:
-        return FOLDS[self.metric].result(self.window, self.counts, self.partition, closed_by)
+    def results(self, closed_by: str, late: Counts | None = None) -> tuple[WindowResult, ...]:
+        """Its results, with what late events would have added (``late``, of a metric that keeps it)."""
+        return FOLDS[self.metric].result(self.window, self.counts, late or {}, self.partition, closed_by)
+
+
+def window_results(state: PartitionWindows, name: str, closed: ClosedWindow | None,
+                   cause: str) -> tuple[WindowResult, ...]:
+    """The results of window ``name`` (closed) of ``state``'s partition as they stand: its final counts
+    (``closed``, as stored; ``None`` when no event came to it in time) with what late events would have added so
+    far; none once its retention is over. Whichever event sends them (``cause``), a window's results are its
+    latest, under ids that name their figures, so a redelivery never sends an older one after a newer."""
+    late = state.late_windows.get(name)
+    if closed is None:
+        if not late:
+            return ()
+        metric, window = parse_window_id(name)
+        closed = ClosedWindow(metric=metric, start=window.start, end=window.end, partition=state.partition, counts={})
+    return closed.results(cause, late)
 
 
 @dataclass(frozen=True, slots=True)
 class Folded:
-    """What one event did: the new state (``None``: unchanged), the windows it closed, the metrics it was late for.
+    """What one event did: the new state (``None``: unchanged), the windows it closed, the metrics it was late for,
+    the closed windows it added late figures to (``amended``: their results are sent again with them).
 
-    For an event folded before, ``reemit`` names the windows it closed then: their results are sent again (the
-    duplicate rule), nothing else changes.
+    For an event folded before, ``reemit`` names the windows whose results it sent then: they are sent again as
+    they stand (the duplicate rule), nothing else changes.
     """
 
     #: ``None``: nothing to store (a duplicate, or an event that counts toward no metric).
@@ -264,10 +292,13 @@ class Folded:
     closed: tuple[ClosedWindow, ...] = ()
     late: tuple[str, ...] = ()
     reemit: tuple[str, ...] = ()
+    amended: tuple[str, ...] = ()
 
     @property
-    def closed_ids(self) -> tuple[str, ...]:
-        return tuple(window_id(w.metric, w.window) for w in self.closed)
+    def sent_ids(self) -> tuple[str, ...]:
+        """The windows whose results this event sends, those it closed then those it amended: what is remembered
+        of it to send them again."""
+        return tuple(window_id(w.metric, w.window) for w in self.closed) + self.amended
 
 
 def is_counted(message: Message) -> bool:
@@ -344,6 +375,7 @@ def fold(
     late = dict(state.late)
     late_windows = state.late_windows  # copied only when a late event adds to it
     late_for: list[str] = []
+    amended: list[str] = []
     for fold_ in FOLDS.values():
         if not fold_.add(fold_.initialize(), message):
             continue  # this metric does not count this kind of message
@@ -356,6 +388,7 @@ def fold(
                     late_windows = dict(late_windows)
                     late_windows[name] = dict(late_windows.get(name, fold_.initialize()))
                     fold_.add(late_windows[name], message)
+                    amended.append(name)
                 continue
             counts = open_windows.setdefault(name, fold_.initialize())
             fold_.add(counts, message)
@@ -366,11 +399,13 @@ def fold(
     closed = _close_passed(open_windows, watermark, lateness_ms, state.partition)
     if closed or late_windows is not state.late_windows:  # forgotten as the closed windows are, when they are
         late_windows = _kept(late_windows, watermark, retention_ms)
+    kept_amended = tuple(name for name in amended if name in late_windows)  # not one forgotten at once
     new_state = state.model_copy(update={
         "watermark": watermark, "open": open_windows, "late": late, "late_windows": late_windows,
-        "last_event_id": message.event_id, "last_closed": tuple(window_id(w.metric, w.window) for w in closed),
+        "last_event_id": message.event_id,
+        "last_closed": tuple(window_id(w.metric, w.window) for w in closed) + kept_amended,
     })
-    return Folded(state=new_state, closed=tuple(closed), late=tuple(late_for))
+    return Folded(state=new_state, closed=tuple(closed), late=tuple(late_for), amended=kept_amended)
 
 
 def _close_passed(open_windows: dict[str, Counts], watermark: int, lateness_ms: int,

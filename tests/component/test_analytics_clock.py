@@ -133,6 +133,29 @@ async def test_a_confirmation_stored_but_not_marked_seen_before_a_crash_is_never
     assert state.late_windows == {f"revenue/{T0}/{T0 + MINUTE_MS}": {"cents.EUR": 500, "orders.EUR": 1}}
 
 
+async def test_late_confirmations_send_their_closed_revenue_window_again_and_a_redelivery_sends_it_too(
+        runtime, codec, sink):
+    lateness = int(runtime.settings.analytics_lateness_s * 1000)
+    tick = clock_tick(1, 4, T0 + MINUTE_MS + lateness + DEADLINE_MS, T0 + MINUTE_MS + lateness)
+    first, second = confirmed("o-late-1", T0 + 2_000), confirmed("o-late-2", T0 + 3_000)
+    async with runtime.agents["analytics"].test_context() as agent:
+        await agent.put(codec.encode(confirmed("o-1", T0 + 1_000)), key=b"o-1", partition=1)
+        await agent.put(codec.encode(tick), key=tick.slot.encode(), partition=1)  # closes T0's minute
+        await agent.put(codec.encode(first), key=b"o-late-1", partition=1)
+        # The worker died after storing the state, before marking the event seen and sending: it comes again.
+        del runtime.tables.analytics.table.data[f"p1/seen/{first.event_id}"]
+        await agent.put(codec.encode(first), key=b"o-late-1", partition=1)
+        await agent.put(codec.encode(second), key=b"o-late-2", partition=1)
+        await agent.put(codec.encode(first), key=b"o-late-1", partition=1)  # sent again by its flow
+    revenue = sink.messages(runtime.topics.analytics_revenue)
+    assert [(r.revenue_cents, r.orders, r.late_revenue_cents, r.late_orders) for r in revenue] == [
+        (500, 1, 0, 0), (500, 1, 500, 1), (500, 1, 500, 1), (500, 1, 1_000, 2), (500, 1, 1_000, 2)]
+    assert len({r.key for r in sink.records(runtime.topics.analytics_revenue)}) == 1  # compaction keeps the last
+    ids = [r.event_id for r in revenue]
+    assert ids[1] == ids[2] and ids[3] == ids[4] and len(set(ids)) == 3  # one id, one content
+    assert [(o.window_start, o.confirmed) for o in sink.messages(runtime.topics.analytics_outcomes)] == [(T0, 1)]
+
+
 async def test_a_quiet_partition_at_its_last_window_close_asks_nothing_until_the_next(runtime):
     clock = Clock(runtime)
     lateness = int(runtime.settings.analytics_lateness_s * 1000)

@@ -18,6 +18,7 @@ from schemas.messages import (
     PricedLine,
     RevenueWindow,
     SkuUnitsWindow,
+    WindowResult,
 )
 from streamcart.domain import analytics
 from streamcart.domain.analytics import MINUTE_MS, PartitionWindows, Window, hopping, tumbling
@@ -62,16 +63,21 @@ class Partition:
     closed: list[analytics.ClosedWindow] = field(default_factory=list)
     late: list[str] = field(default_factory=list)
     reemitted: list[str] = field(default_factory=list)
+    #: Every window result sent, first sends and sends again alike.
+    sent: list[WindowResult] = field(default_factory=list)
 
     def apply(self, *messages: Message) -> Partition:
         for message in messages:
             folded = analytics.fold(self.state, message, lateness_ms=LATENESS, seen=self.seen.get(message.event_id))
             if folded.state is not None:
                 self.state = folded.state
-                self.seen[message.event_id] = folded.closed_ids
+                self.seen[message.event_id] = folded.sent_ids
             self.closed.extend(folded.closed)
             self.reemitted.extend(folded.reemit)
             self.late.extend(folded.late)
+            kept = {analytics.window_id(w.metric, w.window): w for w in self.closed}
+            for name in folded.sent_ids if folded.state is not None else folded.reemit:
+                self.sent.extend(analytics.window_results(self.state, name, kept.get(name), message.event_id))
         return self
 
     def results(self, kind: type) -> list:
@@ -412,6 +418,64 @@ def test_a_late_confirmation_is_kept_beside_its_closed_revenue_window_and_counte
     [total] = analytics.totals([view], "revenue", lateness_ms=LATENESS)
     assert (total.counts, total.late, total.final) == ({"cents.EUR": 500, "orders.EUR": 1},
                                                        {"cents.EUR": 250, "orders.EUR": 1}, True)
+
+
+def revenue_sent(p: Partition) -> list[tuple[int, int, int, int, int]]:
+    """The revenue results ``p`` sent: (window start, on time cents and orders, late cents and orders)."""
+    return [(r.window_start, r.revenue_cents, r.orders, r.late_revenue_cents, r.late_orders)
+            for r in p.sent if isinstance(r, RevenueWindow)]
+
+
+def test_a_late_confirmation_sends_its_closed_revenue_window_again_with_the_late_figures():
+    p = Partition().apply(confirmed("o-1", T0 + 1_000, 500), closing("o-9", T0 + MINUTE_MS + LATENESS))
+    p.apply(confirmed("o-2", T0 + 2_000, 250))
+    assert revenue_sent(p) == [(T0, 500, 1, 0, 0), (T0, 500, 1, 250, 1)]
+    closed, again = (r for r in p.sent if isinstance(r, RevenueWindow))
+    assert again.key == closed.key  # compaction keeps the latest
+    assert again.event_id != closed.event_id  # a new content, a new id
+    p.apply(confirmed("o-3", T0 + 3_000, 100))  # a second late one: both
+    assert revenue_sent(p)[2:] == [(T0, 500, 1, 350, 2)]
+
+
+def test_a_redelivered_late_confirmation_sends_its_window_again_as_it_stands():
+    first = confirmed("o-2", T0 + 2_000, 250)
+    p = Partition().apply(confirmed("o-1", T0 + 1_000, 500), closing("o-9", T0 + MINUTE_MS + LATENESS), first,
+                          confirmed("o-3", T0 + 3_000, 100))
+    p.apply(first)
+    assert revenue_sent(p)[-2:] == [(T0, 500, 1, 350, 2)] * 2  # counted once, and the latest sent again
+    by_id: dict[str, set] = {}
+    for r in p.sent:  # an id never names two contents
+        by_id.setdefault(r.event_id, set()).add(r.model_dump_json(exclude={"causation_id"}))
+    assert all(len(contents) == 1 for contents in by_id.values())
+
+
+def test_a_late_confirmation_stored_but_not_marked_seen_sends_its_window_again_when_redelivered():
+    late = confirmed("o-2", T0 + 2_000, 250)
+    p = Partition().apply(confirmed("o-1", T0 + 1_000, 500), closing("o-9", T0 + MINUTE_MS + LATENESS), late)
+    del p.seen[late.event_id]  # a crash between storing the state and marking the event (and sending)
+    p.apply(late)
+    assert p.reemitted == [f"revenue/{T0}/{T0 + MINUTE_MS}"]
+    assert revenue_sent(p)[-2:] == [(T0, 500, 1, 250, 1)] * 2
+
+
+def test_an_on_time_confirmation_sends_no_closed_window_again():
+    p = Partition().apply(confirmed("o-1", T0 + 1_000, 500), closing("o-9", T0 + MINUTE_MS + LATENESS))
+    before = list(p.sent)
+    p.apply(confirmed("o-2", T0 + MINUTE_MS + 20_000, 250))  # in the open next minute
+    assert p.sent == before and p.late == []
+
+
+def test_a_late_confirmation_for_a_window_none_came_to_in_time_is_sent_with_its_late_figures_only():
+    p = Partition().apply(closing("o-9", T0 + MINUTE_MS + LATENESS), confirmed("o-2", T0 + 2_000, 250, "USD"))
+    assert [(r.currency, r.revenue_cents, r.orders, r.late_revenue_cents, r.late_orders)
+            for r in p.sent if isinstance(r, RevenueWindow)] == [("USD", 0, 0, 250, 1)]
+
+
+def test_a_late_confirmation_for_a_window_past_its_retention_sends_nothing_again():
+    retention = 10 * MINUTE_MS
+    state = Partition().apply(closing("o-9", T0 + MINUTE_MS + retention + 1)).state
+    folded = analytics.fold(state, confirmed("o-2", T0 + 2_000, 250), lateness_ms=LATENESS, retention_ms=retention)
+    assert folded.late == ("revenue", "sku-units", "outcomes") and folded.amended == () and folded.sent_ids == ()
 
 
 def test_a_late_cancellation_adds_to_no_revenue():
