@@ -25,10 +25,12 @@ class App(faust.App):
 
     ``in_progress`` holds the messages the agent loops are handling: what a rebalance or a stop waits for.
     ``rebalance_ended`` callbacks run once a rebalance is over (faust signals its start and revocations only).
-    ``fetch_min_bytes`` and ``fetch_max_wait_ms`` are the settings' (faust has no setting to carry them to aiokafka).
+    ``fetch_min_bytes`` and ``fetch_max_wait_ms`` are the settings' (faust has no setting to carry them to aiokafka),
+    and so is ``producer_idempotence``.
     """
 
-    def __init__(self, *args: Any, fetch_min_bytes: int, fetch_max_wait_ms: int, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, fetch_min_bytes: int, fetch_max_wait_ms: int, producer_idempotence: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.in_progress = InProgress()
         #: Whether this worker is still surely a member of its group (checked before flows write).
@@ -37,6 +39,9 @@ class App(faust.App):
         self.rebalance_ended: list[Callable[[], None]] = []
         self.fetch_min_bytes = fetch_min_bytes
         self.fetch_max_wait_ms = fetch_max_wait_ms
+        #: Whether the Kafka producer is idempotent (agents/transport.py, ``Producer``; faust makes it so only for
+        #: ``exactly_once``).
+        self.producer_idempotence = producer_idempotence
 
     def on_rebalance_end(self) -> None:
         super().on_rebalance_end()
@@ -80,6 +85,7 @@ def create_faust_app(settings: Settings, *, worker_index: int = 0, store: str = 
         TableManager=TableManager,
         fetch_min_bytes=settings.consumer_fetch_min_bytes,
         fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
+        producer_idempotence=settings.producer_idempotence,
         # The API is served by our own aiohttp app (api/); the assignor still shares each worker's URL so
         # a request can be forwarded to the worker that owns its key.
         web_enabled=False,

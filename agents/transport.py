@@ -885,7 +885,7 @@ class Deliveries:
     too. So the first failure stops all commits; the commit that raises crashes the worker (as Kafka Streams'
     default production handler does), and its messages since the last commit are delivered again to whoever owns
     their partitions next. Retriable errors never get here: the Kafka client retries them until faust's
-    ``producer_request_timeout``.
+    ``producer_request_timeout`` (an idempotent producer, for ever: :meth:`Producer._settings_extra`).
     """
 
     def __init__(self) -> None:
@@ -925,6 +925,10 @@ class NodeDrainingAccumulator(MessageAccumulator):  # type: ignore[misc]  # aiok
     aiokafka would have made it wait (a broker with a request in flight gets the next one when it answers, as
     before). (Per partition nothing changes: one batch at a time, in order. faust's
     ``producer_threaded``, which streamcart leaves off, builds its Kafka client elsewhere and would not drain so.)
+
+    An idempotent producer (``producer_idempotence``) numbers each partition's batches as aiokafka's drain takes
+    them (``_pop_batch``, which the drain below still goes through): only a batch's linger changes here, never
+    which batch of a partition goes first, and a batch sent again keeps its number.
     """
 
     def drain_by_nodes(self, ignore_nodes: Any, muted_partitions: Any = frozenset()) -> Any:
@@ -964,6 +968,27 @@ class Producer(faust_aiokafka.Producer):
         self.state_first = buffer.state_first = StateFirst(self._send_record)
         self.buffer = buffer
         self._caught_up_noted = -NOTE_EVERY_S
+
+    def _settings_extra(self) -> Mapping[str, Any]:
+        """faust's, and an idempotent producer where the settings ask for one (``producer_idempotence``).
+
+        aiokafka then numbers each partition's batches and the broker writes a batch sent again (its acknowledgement
+        lost with a connection) once, answering with its first offset, where the batch would otherwise be in the
+        log twice (a table store's changelog then has a record between two of the store's own writes that the
+        store never wrote, tables/store.py). It takes acks=all (faust's default anyway) and one produce request in
+        flight per broker, which aiokafka's sender never exceeds. The broker keeps the last five batches of each
+        producer and partition, and a partition only ever has one batch on its way, so a batch sent again is always
+        among them. What changes besides: a batch that failed for a retriable reason is tried again until it is
+        delivered, never expired after ``producer_request_timeout`` (only one whose partition has no leader that long
+        still is); and once a batch failed for good, its
+        partition's later batches fail as out of order (aiokafka never numbers them again), which changes nothing
+        here since the first failure crashes the worker at its next commit (:class:`Deliveries`), and the worker
+        that starts again has a producer id of its own.
+        """
+        extra = dict(super()._settings_extra())
+        if getattr(self.app, "producer_idempotence", False):
+            extra.update(acks="all", enable_idempotence=True)
+        return extra
 
     def _new_producer(self, transactional_id: str | None = None) -> Any:
         producer = super()._new_producer(transactional_id)

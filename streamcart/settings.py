@@ -98,6 +98,11 @@ class Settings(BaseSettings):
     #: How long a record waits for others bound for the same broker before the worker sends them in one request
     #: (agents/transport.py, NodeDrainingAccumulator); under load, the one request in flight per broker batches more.
     producer_linger_ms: int = Field(5, ge=0)
+    #: Whether the workers' producer is idempotent (Kafka's producer id and per-partition sequence numbers, with
+    #: acks=all): a send retried after its acknowledgement was lost is written once, not twice. Without it the
+    #: duplicate sits in a changelog between two of a worker's own writes, and its table store notes an older
+    #: offset until the next recovery (tables/store.py). Not faust's ``exactly_once``: no transactions.
+    producer_idempotence: bool = True
     commit_interval_s: float = Field(0.2, gt=0)
     #: While records flow, a worker's fetches wait for this many bytes, or this long, whichever comes first: a
     #: fetch brings a batch instead of each record costing a fetch of its own (aiokafka's defaults are 1 byte).
