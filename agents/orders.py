@@ -149,8 +149,13 @@ def register(runtime: Runtime) -> Any:
                 cancelled_after_confirmation=_cancelled_after_confirmation(stored, decision.state),
             )
 
+    async def handle_and_note(message: Message, event: Any) -> None:
+        await handle(message, event)
+        # Handled: the deadline timer may now expire the orders this record could have answered in time.
+        runtime.orders_handled.note(str(event.message.topic), int(event.message.partition), record_time_ms(event))
+
     async def orders_agent(stream: Any) -> None:
-        await consume(runtime, stream, handle, flow="orders")
+        await consume(runtime, stream, handle_and_note, flow="orders")
 
     source = runtime.source(t.order_commands, t.inventory_events, t.payment_events, t.shipping_events)
     return runtime.app.agent(source, name="orders")(orders_agent)

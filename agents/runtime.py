@@ -133,6 +133,25 @@ class ClosedAtStop(Service):
         await self._close()
 
 
+class HandledUpTo:
+    """How far a flow has handled each partition of its source topics, by record time: the newest timestamp of
+    the records it has handled there (a partition's records are handled in offset order, so every record written
+    before that one was handled too). The deadline timer asks it of the orders flow's answer topics
+    (:func:`agents.timeouts.answered_until`)."""
+
+    def __init__(self) -> None:
+        self._newest: dict[tuple[str, int], int] = {}
+
+    def note(self, topic: str, partition: int, written_ms: int | None) -> None:
+        """A record of ``topic[partition]`` written at ``written_ms`` was handled."""
+        if written_ms is not None and written_ms > self._newest.get((topic, partition), -1):
+            self._newest[(topic, partition)] = written_ms
+
+    def newest(self, topic: str, partition: int) -> int | None:
+        """The newest record time handled of ``topic[partition]`` (``None``: none handled by this worker yet)."""
+        return self._newest.get((topic, partition))
+
+
 @dataclass
 class Runtime:
     """The app's shared parts, built once per worker and passed to every flow."""
@@ -147,6 +166,8 @@ class Runtime:
     order_watch: OrderWatch = field(default_factory=OrderWatch)
     telemetry: Telemetry = field(default_factory=Telemetry)
     decoded: DecodedRecords = field(default_factory=lambda: DecodedRecords())
+    #: What the orders flow has handled of each partition of its sources (the deadline timer's guard).
+    orders_handled: HandledUpTo = field(default_factory=HandledUpTo)
 
     def __post_init__(self) -> None:
         self.topics = Topics.from_settings(self.settings)

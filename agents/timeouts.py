@@ -2,13 +2,24 @@
 
 The timer only *sends commands*; the orders flow decides what expiry means when it applies one. Each command is
 named by its order and deadline, so a tick that runs twice (or on two workers around a rebalance) changes nothing.
+
+An answer written to Kafka before an order's deadline still counts, however late it is handled (README, "How the
+saga runs"). The orders flow reads its commands and the inventory's and payments' answers from different topics,
+and nothing orders one topic's records against another's: an ExpireOrder sent while such an answer still waits
+unhandled (the flow behind after a rebalance or a restart, its partition just taken over) could be handled first
+and cancel the order as timed out, the answer then voided or released as a late one. So an order is expired only
+once the orders flow has handled every answer of its partition written before its deadline
+(:func:`answered_until`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any
+
+from faust.types import TP
 
 from agents.runtime import Runtime
 from streamcart.domain import timeouts
@@ -52,6 +63,27 @@ def owned_partitions(runtime: Runtime) -> set[int]:
     return {tp.partition for tp in runtime.app.assignor.assigned_actives() if tp.topic == topic}
 
 
+def answered_until(runtime: Runtime, partition: int) -> float:
+    """The record time up to which the orders flow of this worker has handled every answer (the inventory's and the
+    payments' events) of ``partition``: the newest one it handled of each answer topic, or no limit (``inf``) for a
+    topic with nothing of it left to handle (every record up to the end committed). An order of ``partition`` whose
+    deadline is later than this may still have an answer written in time waiting for the flow."""
+    consumer = runtime.app.consumer
+    committed = consumer._committed_offset
+    until = math.inf
+    for topic in (runtime.topics.inventory_events, runtime.topics.payment_events):
+        tp = TP(topic, partition)
+        try:
+            end = consumer.highwater(tp)
+        except Exception:  # not assigned (any more), or not fetched yet: not known
+            end = None
+        if end is not None and end <= (committed.get(tp) or 0):
+            continue  # nothing of it left to handle
+        newest = runtime.orders_handled.newest(topic, partition)
+        until = min(until, -math.inf if newest is None else newest)
+    return until
+
+
 def restoring(runtime: Runtime) -> bool:
     """Whether the worker is in a rebalance or still reading its tables back (faust's timers run meanwhile): what
     the tables hold then is not all there is."""
@@ -75,19 +107,24 @@ def register(runtime: Runtime) -> Any:
             if not restoring(runtime):
                 runtime.telemetry.orders_pending(len(pending))  # not of tables still being read back: the last
             overdue = [
-                order_id for order_id, deadline in pending
-                if deadline <= now_ms and partition_for(order_id, settings.partitions) in owned
+                (order_id, deadline, partition) for order_id, deadline in pending
+                if deadline <= now_ms and (partition := partition_for(order_id, settings.partitions)) in owned
             ]
-            for order_id in overdue:
+            answered: dict[int, float] = {}  # partition -> answered_until, asked once a tick
+            for order_id, deadline, partition in overdue:
                 if not resends.due(order_id, now):
                     continue  # sent recently: don't even load the order
+                if partition not in answered:
+                    answered[partition] = answered_until(runtime, partition)
+                if deadline > answered[partition]:
+                    continue  # an answer written in time may still wait unhandled: it decides, not the timer
                 order = tables.orders.get(order_id)
                 if order is None:
                     continue
                 for command in timeouts.due([order], now_ms):
                     resends.sent(order_id, now)
                     await runtime.send(command)
-            resends.keep_only(set(overdue))
+            resends.keep_only({order_id for order_id, _deadline, _partition in overdue})
         except Exception:
             log.exception("deadline scan failed; the next tick tries again")
 
