@@ -124,6 +124,7 @@ def build_runtime(
 
     app.on_partitions_revoked.connect(revoked)
     app.rebalance_ended.append(runtime.order_watch.settled)  # and then go on waiting if it stayed
+    app.rebalance_ended.append(runtime.orders_handled.forget)  # the deadline timer's notes (agents/timeouts.py)
     for flow in FLOWS:
         if flow is analytics and not settings.analytics:
             continue

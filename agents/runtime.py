@@ -147,6 +147,11 @@ class HandledUpTo:
         if written_ms is not None and written_ms > self._newest.get((topic, partition), -1):
             self._newest[(topic, partition)] = written_ms
 
+    def forget(self) -> None:
+        """Forget every note (at the end of a rebalance): a partition this worker lost and gets back may have records
+        it handled before to handle again, from an older committed offset."""
+        self._newest.clear()
+
     def newest(self, topic: str, partition: int) -> int | None:
         """The newest record time handled of ``topic[partition]`` (``None``: none handled by this worker yet)."""
         return self._newest.get((topic, partition))

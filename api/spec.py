@@ -99,11 +99,12 @@ def openapi(routes: Sequence[Route], *, title: str, version: str) -> dict[str, A
                 status, ERROR_TEXT.get(status, ""))
             responses[str(status)] = {"description": description, "content": content}
         # What the middleware answers on any route (api/middleware.py, api/errors.py): a header or query parameter
-        # given twice, a request head that did not all arrive in time, the rate limit; a token without a role.
-        errors = set(route.errors) | {400, 408, 429} | ({401, 403} if route.auth else set()) | \
+        # given twice, a request head that did not all arrive in time, an Expect it cannot meet, the rate limit; a
+        # token without a role.
+        errors = set(route.errors) | {400, 408, 417, 429} | ({401, 403} if route.auth else set()) | \
             ({422} if route.query else set())
         if route.body is not None:
-            errors |= {413, 415, 417, 422}
+            errors |= {413, 415, 422}
         for status in sorted(errors):
             responses[str(status)] = {"description": ERROR_TEXT[status],
                                       "content": {"application/json": {"schema": ref(ErrorOut)}}}

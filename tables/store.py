@@ -111,7 +111,16 @@ class HeldWritesStore(RocksDBStore):
     def _acknowledged(self, partition: int, write: _Write, delivery: asyncio.Future[Any]) -> None:
         if delivery.cancelled() or delivery.exception() is not None:
             return  # stays held: the worker stops at its next commit (agents/state_first.py)
-        write.offset = delivery.result().offset
+        offset = delivery.result().offset
+        if offset is None or offset < 0:
+            # Written, but at an offset Kafka did not say (aiokafka answers a duplicate sequence number with the
+            # broker's -1): taken as an offset, it would read as a record the store holds already and be dropped
+            # from the disk. Unacknowledged instead, it holds the partition's later writes back too, until a restart.
+            log.critical("%s: a write of partition %s was acknowledged without its offset (%s); partition %s of the "
+                         "local store stays where it is until the worker restarts", self.table_name, partition,
+                         offset, partition)
+            return
+        write.offset = offset
         if not self._acknowledged_in:  # one pass for every acknowledgement of this turn of the loop
             asyncio.get_running_loop().call_soon(self.apply_acknowledged)
         self._acknowledged_in.add(partition)

@@ -1022,7 +1022,9 @@ async def test_the_openapi_document_declares_what_the_middleware_answers_on_ever
     twice = await client.get("/v1/products?limit=1&limit=2", headers=CUSTOMER)
     assert twice.status == 400
     products = spec["paths"]["/v1/products"]["get"]["responses"]
-    assert {"400", "401", "403", "408", "429"} <= set(products)
+    assert {"400", "401", "403", "408", "417", "429"} <= set(products)
+    unmet = await client.get("/v1/products", headers={**CUSTOMER, "Expect": "x-foo"})
+    assert unmet.status == 417
     assert {"417", "413", "415"} <= set(spec["paths"]["/v1/orders"]["post"]["responses"])
     assert "401" not in spec["paths"]["/readyz"]["get"]["responses"]
     ready = (await (await client.get("/readyz")).json())

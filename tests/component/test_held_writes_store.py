@@ -156,6 +156,25 @@ async def test_a_write_whose_record_failed_never_reaches_the_disk_nor_do_the_wri
     assert store.get("o-1") == b"PENDING"  # read as written until the worker stops (at its next commit)
 
 
+async def test_a_write_acknowledged_without_its_offset_stays_held_and_holds_the_later_ones_back(table, caplog):
+    """An idempotent producer's answer to a duplicate sequence number resolves at the broker's -1: as an offset it
+    read as a record the store holds already, and the write was dropped from the disk while reads went back to the
+    older value."""
+    store = table.data
+    first = write(store, 1, b"o-1", b"PENDING")
+    acknowledge(first, 10)
+    await settled()
+    unknown = write(store, 1, b"o-1", b"CONFIRMED")
+    later = write(store, 1, b"o-2", b"PENDING")
+    acknowledge(unknown, -1)
+    acknowledge(later, 12)
+    await settled()
+    assert store.get("o-1") == b"CONFIRMED" and store.get("o-2") == b"PENDING"
+    assert on_disk(store, 1, b"o-1") == b"PENDING" and on_disk(store, 1, b"o-2") is None
+    assert noted_offset(table, 1) == 10
+    assert "acknowledged without its offset (-1)" in caplog.text
+
+
 async def test_held_writes_of_a_partition_no_longer_held_are_dropped_and_never_open_it_again(table):
     store = table.data
     held = write(store, 1, b"o-1", b"PENDING")
