@@ -20,10 +20,8 @@ from functools import cache
 from itertools import count
 from typing import Any
 
-from faust.types import TP
-
 from agents.runtime import Runtime, consume, record_time_ms
-from agents.timeouts import restoring
+from agents.timeouts import handled_to_end, restoring
 from schemas.messages import ClockTick, Message
 from streamcart.domain import analytics
 from streamcart.ids import derive_id
@@ -164,17 +162,8 @@ def saga_behind(runtime: Runtime, partition: int) -> bool:
     """Whether this worker has records it has not handled (committed) yet on ``partition`` of a topic the saga
     sends an order's messages through, or does not know yet: an outcome may still come of them."""
     t = runtime.topics
-    consumer = runtime.app.consumer
-    committed = consumer._committed_offset
-    for topic in (t.order_commands, t.inventory_events, t.payment_events, t.shipping_events, t.order_events):
-        tp = TP(topic, partition)
-        try:
-            end = consumer.highwater(tp)
-        except Exception:  # not assigned (any more), or no fetch yet: not known
-            return True
-        if end is None or end > (committed.get(tp) or 0):
-            return True
-    return False
+    topics = (t.order_commands, t.inventory_events, t.payment_events, t.shipping_events, t.order_events)
+    return not all(handled_to_end(runtime, topic, partition) for topic in topics)
 
 
 def owned_sources(runtime: Runtime) -> list[int]:

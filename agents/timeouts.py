@@ -68,20 +68,25 @@ def answered_until(runtime: Runtime, partition: int) -> float:
     payments' events) of ``partition``: the newest one it handled of each answer topic, or no limit (``inf``) for a
     topic with nothing of it left to handle (every record up to the end committed). An order of ``partition`` whose
     deadline is later than this may still have an answer written in time waiting for the flow."""
-    consumer = runtime.app.consumer
-    committed = consumer._committed_offset
     until = math.inf
     for topic in (runtime.topics.inventory_events, runtime.topics.payment_events):
-        tp = TP(topic, partition)
-        try:
-            end = consumer.highwater(tp)
-        except Exception:  # not assigned (any more), or not fetched yet: not known
-            end = None
-        if end is not None and end <= (committed.get(tp) or 0):
+        if handled_to_end(runtime, topic, partition):
             continue  # nothing of it left to handle
         newest = runtime.orders_handled.newest(topic, partition)
         until = min(until, -math.inf if newest is None else newest)
     return until
+
+
+def handled_to_end(runtime: Runtime, topic: str, partition: int) -> bool:
+    """Whether this worker has handled (committed) every record of ``topic[partition]`` up to its end as the
+    consumer last fetched it; ``False`` when that is not known (not assigned, or not fetched yet)."""
+    consumer = runtime.app.consumer
+    tp = TP(topic, partition)
+    try:
+        end = consumer.highwater(tp)
+    except Exception:  # not assigned (any more), or not fetched yet: not known
+        return False
+    return end is not None and end <= (consumer._committed_offset.get(tp) or 0)
 
 
 def restoring(runtime: Runtime) -> bool:

@@ -104,9 +104,12 @@ class HeldWritesStore(RocksDBStore):
         disk in this run (a write that never resolves blocks the queue), so the store stays a prefix of the
         changelog, noting an offset before the record. Reads still answer the writes held since."""
         partition = delivery.message.partition
+        self._stays(partition, what)
+        self._queues.setdefault(partition, deque()).append(_Write(b"", None))  # never acknowledged
+
+    def _stays(self, partition: int, what: str) -> None:
         log.critical("%s: %s; partition %s of the local store stays where it is until the worker restarts",
                      self.table_name, what, partition)
-        self._queues.setdefault(partition, deque()).append(_Write(b"", None))  # never acknowledged
 
     def _acknowledged(self, partition: int, write: _Write, delivery: asyncio.Future[Any]) -> None:
         if delivery.cancelled() or delivery.exception() is not None:
@@ -116,9 +119,7 @@ class HeldWritesStore(RocksDBStore):
             # Written, but at an offset Kafka did not say (aiokafka answers a duplicate sequence number with the
             # broker's -1): taken as an offset, it would read as a record the store holds already and be dropped
             # from the disk. Unacknowledged instead, it holds the partition's later writes back too, until a restart.
-            log.critical("%s: a write of partition %s was acknowledged without its offset (%s); partition %s of the "
-                         "local store stays where it is until the worker restarts", self.table_name, partition,
-                         offset, partition)
+            self._stays(partition, f"a write was acknowledged without its offset ({offset})")
             return
         write.offset = offset
         if not self._acknowledged_in:  # one pass for every acknowledgement of this turn of the loop
