@@ -9,7 +9,9 @@ and nothing orders one topic's records against another's: an ExpireOrder sent wh
 unhandled (the flow behind after a rebalance or a restart, its partition just taken over) could be handled first
 and cancel the order as timed out, the answer then voided or released as a late one. So an order is expired only
 once the orders flow has handled every answer of its partition written before its deadline
-(:func:`answered_until`).
+(:func:`answered_until`), and only :data:`LANDING_GRACE_MS` after its deadline: what the worker knows of an answer
+topic's partition (its records' times, its end as last fetched) may not yet show an answer stamped just before the
+deadline that is still on its way.
 """
 
 from __future__ import annotations
@@ -34,6 +36,14 @@ log = logging.getLogger(__name__)
 #: seconds would only add to it.
 RESEND_AFTER_S = 10.0
 RESEND_MAX_S = 300.0
+
+#: How long after an order's deadline the timer waits before it may expire the order. An answer is stamped by the
+#: clock of the worker that writes it, as it is produced: one stamped just before the deadline may land in its
+#: partition after one stamped after it (two workers' produce requests in flight), or after the worker last
+#: fetched that partition's end, and :func:`answered_until` would not see it coming. A write lands well within this
+#: (milliseconds; a few hundred under load), and a timeout comes this much later: an answer written after the
+#: deadline expires the order by itself (:func:`streamcart.domain.orders.decide`), at once.
+LANDING_GRACE_MS = 2_000
 
 
 class Resends:
@@ -113,7 +123,8 @@ def register(runtime: Runtime) -> Any:
                 runtime.telemetry.orders_pending(len(pending))  # not of tables still being read back: the last
             overdue = [
                 (order_id, deadline, partition) for order_id, deadline in pending
-                if deadline <= now_ms and (partition := partition_for(order_id, settings.partitions)) in owned
+                if deadline + LANDING_GRACE_MS <= now_ms
+                and (partition := partition_for(order_id, settings.partitions)) in owned
             ]
             answered: dict[int, float] = {}  # partition -> answered_until, asked once a tick
             for order_id, deadline, partition in overdue:

@@ -9,9 +9,10 @@ from types import SimpleNamespace
 import pytest
 from faust.types import TP
 
+from agents import timeouts
 from agents.app import build_runtime
 from agents.runtime import HandledUpTo
-from agents.timeouts import answered_until
+from agents.timeouts import LANDING_GRACE_MS, answered_until
 from schemas.messages import ExpireOrder, OrderLine, PlaceOrder
 from streamcart.partitioning import partition_for
 from streamcart.settings import Settings
@@ -124,6 +125,34 @@ async def test_an_order_with_nothing_left_to_answer_it_expires_at_once(runtime, 
     consumer._committed_offset.update({TP(t.payment_events, partition): 5})
     await inspect.unwrap(runtime.agents["timeouts"])()
     assert [m.order_id for m in sink.messages(t.order_commands) if isinstance(m, ExpireOrder)] == [order_id]
+
+
+async def test_an_order_expires_only_once_an_answer_stamped_before_its_deadline_has_had_time_to_land(
+        runtime, codec, sink, monkeypatch):
+    """Both answer topics look handled to their end, but an answer stamped just before the deadline may still be on
+    its way (in a produce request, or past the worker's last fetch): the timer gives it LANDING_GRACE_MS."""
+    order_id = "o-landing"
+    partition = partition_for(order_id, PARTITIONS)
+    async with runtime.agents["orders"].test_context() as agent:
+        await agent.put(codec.encode(place(order_id, 1_000)), key=order_id.encode(), partition=partition)
+    deadline = 1_000 + TIMEOUT_MS
+    t = runtime.topics
+    consumer = Consumer()
+    monkeypatch.setattr(runtime.app, "_consumer", consumer, raising=False)
+    monkeypatch.setattr(type(runtime.app), "consumer", property(lambda app: app._consumer))
+    monkeypatch.setattr(runtime.app.assignor, "assigned_actives", lambda: {TP(t.order_commands, partition)})
+    consumer.ends.update({TP(t.inventory_events, partition): 0, TP(t.payment_events, partition): 0})
+    tick = inspect.unwrap(runtime.agents["timeouts"])
+
+    def expiries() -> list[str]:
+        return [m.order_id for m in sink.messages(t.order_commands) if isinstance(m, ExpireOrder)]
+
+    monkeypatch.setattr(timeouts.time, "time", lambda: (deadline + LANDING_GRACE_MS - 1) / 1000)
+    await tick()
+    assert expiries() == []
+    monkeypatch.setattr(timeouts.time, "time", lambda: (deadline + LANDING_GRACE_MS) / 1000)
+    await tick()
+    assert expiries() == [order_id]
 
 
 async def test_the_orders_flow_notes_each_record_it_handled_and_a_rebalance_forgets_the_notes(runtime, codec,
