@@ -218,7 +218,9 @@ def test_a_long_release_name_still_makes_pods():
     assert len(workers["metadata"]["name"]) <= 52
 
 
-def test_more_workers_than_partitions_or_the_cap_too_many_copies_or_no_secrets_refuse_to_render():
+def test_no_workers_more_than_partitions_or_the_cap_too_many_copies_or_no_secrets_refuse_to_render():
+    none = render({**SECRETS, "workers.replicas": "0"})  # the init Job and the gateway would refuse STREAMCART_WORKERS
+    assert none.returncode != 0 and "kubectl scale statefulset t-streamcart-worker --replicas=0" in none.stderr
     too_many = render({**SECRETS, "workers.replicas": "9", "partitions": "8"})
     assert too_many.returncode != 0 and "may not exceed partitions" in too_many.stderr
     beyond_the_cap = render({**SECRETS, "workers.replicas": "17", "partitions": "32"})
