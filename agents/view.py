@@ -77,7 +77,7 @@ class FaustWorkerView:
         return self.runtime.telemetry.saga_queue.seconds()
 
     def order_raw(self, order_id: str) -> bytes | None:
-        """The order as stored (JSON bytes): what :class:`api.app.RenderedOrders` keys its answers by."""
+        """The order as stored (JSON bytes): what :class:`api.orders.RenderedOrders` keys its answers by."""
         return self.runtime.tables.orders.get_raw(order_id)
 
     def stock(self, sku: str) -> StockState | None:

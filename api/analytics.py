@@ -19,8 +19,7 @@ from typing import Any, Protocol, cast
 
 from aiohttp import web
 
-import api.app as core
-from api import gather
+from api import gather, handling
 from api.auth import Principal, authenticate
 from api.errors import ApiError, Forbidden, Unavailable
 from api.models import OutcomesOut, RevenueOut, TopSkusOut, TopSkusQuery, WindowRangeQuery
@@ -47,11 +46,11 @@ class BadQuery(ApiError):
 
 
 def setup_routes(app: web.Application) -> None:
-    gather.setup(app, app[core.SETTINGS])
+    gather.setup(app, app[handling.SETTINGS])
 
 
 def require_admin(request: web.Request) -> Principal:
-    secret = request.app[core.SETTINGS].jwt_secret.get_secret_value()
+    secret = request.app[handling.SETTINGS].jwt_secret.get_secret_value()
     principal = authenticate(request.headers.get("Authorization"), secret)
     if not principal.is_admin:
         raise Forbidden("analytics are for admins")
@@ -86,7 +85,7 @@ def time_range(query: WindowRangeQuery) -> tuple[int, int]:
 
 async def gathered(request: web.Request, metric: str, start: int, end: int) -> tuple[list[WindowTotal], dict[str, Any]]:
     """Every window of ``metric`` in ``[start, end)`` summed over all partitions, and what the answer covers."""
-    settings = request.app[core.SETTINGS]
+    settings = request.app[handling.SETTINGS]
     answers = await gather.from_every_worker(
         request.app, settings, f"/v1/internal/analytics/{metric}?from={start}&to={end}"
     )
@@ -109,7 +108,7 @@ def _window(total: WindowTotal) -> dict[str, Any]:
 async def revenue(request: web.Request) -> web.Response:
     """Revenue and confirmed orders per 1-minute window, by currency."""
     require_admin(request)
-    start, end = time_range(core.parsed_query(request, WindowRangeQuery))
+    start, end = time_range(handling.parsed_query(request, WindowRangeQuery))
     totals, meta = await gathered(request, analytics.REVENUE.metric, start, end)
     return web.json_response({**meta, "windows": revenue_windows(totals)})
 
@@ -133,7 +132,7 @@ def revenue_windows(totals: list[WindowTotal]) -> list[dict[str, Any]]:
 async def top_skus(request: web.Request) -> web.Response:
     """Units sold per SKU per 5-minute window hopping every minute, the ``limit`` (default 10) best first."""
     require_admin(request)
-    query = core.parsed_query(request, TopSkusQuery)
+    query = handling.parsed_query(request, TopSkusQuery)
     start, end = time_range(query)
     limit = query.limit
     totals, meta = await gathered(request, analytics.SKU_UNITS.metric, start, end)
@@ -152,7 +151,7 @@ def ranked(units: dict[str, int], limit: int) -> list[dict[str, Any]]:
 async def outcomes(request: web.Request) -> web.Response:
     """Confirmed orders and cancellations by reason per 1-minute window."""
     require_admin(request)
-    start, end = time_range(core.parsed_query(request, WindowRangeQuery))
+    start, end = time_range(handling.parsed_query(request, WindowRangeQuery))
     totals, meta = await gathered(request, analytics.OUTCOMES.metric, start, end)
     windows = []
     for total in totals:
@@ -170,9 +169,9 @@ async def local_windows(request: web.Request) -> web.Response:
     metric = request.match_info["metric"]
     if metric not in analytics.FOLDS:
         raise BadQuery(f"unknown metric {metric!r}", details={"metrics": sorted(analytics.FOLDS)})
-    start, end = time_range(core.parsed_query(request, WindowRangeQuery))
-    worker = request.app[core.WORKER]
-    core.unless_stopping(worker)
+    start, end = time_range(handling.parsed_query(request, WindowRangeQuery))
+    worker = request.app[handling.WORKER]
+    handling.unless_stopping(worker)
     if worker.rebalancing() or not worker.recovered():
         # Its partitions are assigned before their table is read back from the changelog: an answer now could be an
         # older state (smaller counts, a window reported final going back). No answer makes the gathered read
@@ -181,8 +180,9 @@ async def local_windows(request: web.Request) -> web.Response:
                           headers={"Retry-After": "1"})
     source = cast(AnalyticsSource, worker)
     views = source.analytics(metric, start, end)
-    await core.stored(worker, "the analytics")
-    return web.json_response({"worker": request.app[core.WORKER].index, "partitions": [v.model_dump() for v in views]})
+    await handling.stored(worker, "the analytics")
+    partitions = [v.model_dump() for v in views]
+    return web.json_response({"worker": request.app[handling.WORKER].index, "partitions": partitions})
 
 
 ROUTES: tuple[Route, ...] = (

@@ -14,8 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-import api.app as core
-from api import gather
+from api import gather, handling
 from api.auth import authenticate
 from api.errors import NotFound
 from api.models import TimelineOut
@@ -27,7 +26,7 @@ STATIC = Path(__file__).parent / "static"
 
 
 def setup_routes(app: web.Application) -> None:
-    gather.setup(app, app[core.SETTINGS])
+    gather.setup(app, app[handling.SETTINGS])
     # A route per file rather than add_static: any other name is then an unknown route, the JSON 404 every
     # unknown path gets (add_static finds a file missing only after every middleware ran, and answers it empty).
     for path in STATIC.iterdir():
@@ -47,14 +46,14 @@ async def page(request: web.Request) -> web.FileResponse:
 
 
 async def timeline(request: web.Request) -> web.Response:
-    secret = request.app[core.SETTINGS].jwt_secret.get_secret_value()
+    secret = request.app[handling.SETTINGS].jwt_secret.get_secret_value()
     principal = authenticate(request.headers.get("Authorization"), secret)
-    order_id = core.identifier(request, "order_id")
-    worker = request.app[core.WORKER]
-    if (owner := core.owner_elsewhere(request, "orders", order_id)) is not None:
+    order_id = handling.identifier(request, "order_id")
+    worker = request.app[handling.WORKER]
+    if (owner := handling.owner_elsewhere(request, "orders", order_id)) is not None:
         return await forward(request, request.app[gather.PEERS], owner, worker.index)
     order = worker.order(order_id)
-    await core.stored(worker, f"order {order_id}")
+    await handling.stored(worker, f"order {order_id}")
     if order is None or not principal.may_see_customer(order.customer_id):
         raise NotFound(f"order {order_id} not found")
     telemetry = getattr(worker, "telemetry", None)

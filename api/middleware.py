@@ -116,7 +116,7 @@ def header_limit_middleware(forwarded: Callable[[web.Request], bool]) -> Any:
 
 #: Headers a request carries once at most. Two could be read two ways: aiohttp's ``headers.get`` takes the first,
 #: a proxy may take the last or join them ("x-1, x-2"); and an idempotency key or a credential meant one way must not
-#: be taken the other (as with a JSON body's key named twice, api/app.py).
+#: be taken the other (as with a JSON body's key named twice, api/handling.py).
 SINGLE_HEADERS = ("Authorization", "Idempotency-Key", "Content-Type", "Content-Encoding")
 
 

@@ -26,7 +26,7 @@ _PROOF = re.compile(r"([0-9]{1,12})\.([0-9a-f]{64})")
 _HOP_BY_HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
 RETRY_AFTER_S = "1"
 #: Longer than the longest long-poll a client may ask for (30 s) and the owner's wait for its writes to be stored
-#: after it (api/app.py, ``STORED_WAIT_S``), so a forwarded ``?wait=`` still works.
+#: after it (api/handling.py, ``STORED_WAIT_S``), so a forwarded ``?wait=`` still works.
 FORWARD_TIMEOUT_S = 40.0
 #: What a forwarded read may take at its owner beyond its long-poll (``?wait=``, 0 when none): the owner's wait for
 #: its writes to be stored (``STORED_WAIT_S``, 5 s) and as much again. A read is not kept 40 s by an owner that

@@ -22,8 +22,7 @@ from typing import Any, Protocol, cast
 
 from aiohttp import web
 
-import api.app as core
-from api import analytics, gather
+from api import analytics, gather, handling
 from api.auth import Principal, authenticate
 from api.errors import Forbidden, Unavailable
 from api.models import StreamQuery
@@ -374,7 +373,7 @@ class Hub:
         """The stock of ``skus`` (the hottest), each read from the worker that owns it."""
         session = self.app[gather.PEERS]
         headers = self.app[gather.PEER_TOKEN].header()
-        url = self.settings.worker_url(cast(LiveSource, self.app[core.WORKER]).index)
+        url = self.settings.worker_url(cast(LiveSource, self.app[handling.WORKER]).index)
 
         async def one(sku: str) -> dict[str, Any] | None:
             try:
@@ -415,7 +414,7 @@ def _quantiles(latencies: list[float]) -> dict[str, Any]:
 
 
 def setup_routes(app: web.Application) -> None:
-    gather.setup(app, app[core.SETTINGS])
+    gather.setup(app, app[handling.SETTINGS])
     app.cleanup_ctx.append(_background)
     app.on_shutdown.append(_end_streams)
 
@@ -427,9 +426,9 @@ async def _end_streams(app: web.Application) -> None:
 
 
 async def _background(app: web.Application) -> AsyncIterator[None]:
-    observer = Observer(app[core.SETTINGS], cast(LiveSource, app[core.WORKER]))
+    observer = Observer(app[handling.SETTINGS], cast(LiveSource, app[handling.WORKER]))
     app[OBSERVER] = observer
-    app[HUB] = Hub(app, app[core.SETTINGS])
+    app[HUB] = Hub(app, app[handling.SETTINGS])
     task = asyncio.create_task(observer.run())
     yield
     await app[HUB].close()
@@ -443,7 +442,7 @@ def _admin_from(request: web.Request, *, token: str | None = None) -> Principal:
     header = request.headers.get("Authorization")
     if header is None and token:
         header = f"Bearer {token}"
-    principal = authenticate(header, request.app[core.SETTINGS].jwt_secret.get_secret_value())
+    principal = authenticate(header, request.app[handling.SETTINGS].jwt_secret.get_secret_value())
     if not principal.is_admin:
         raise Forbidden("the live stream is for admins")
     return principal
@@ -452,7 +451,7 @@ def _admin_from(request: web.Request, *, token: str | None = None) -> Principal:
 async def live(request: web.Request) -> web.Response:
     """This worker's own live figures (what every stream gathers from every worker)."""
     _admin_from(request)
-    worker = cast(LiveSource, request.app[core.WORKER])
+    worker = cast(LiveSource, request.app[handling.WORKER])
     observer = request.app[OBSERVER]
     return web.json_response({
         "worker": worker.index,
@@ -466,7 +465,7 @@ async def live(request: web.Request) -> web.Response:
 
 async def stream(request: web.Request) -> web.StreamResponse:
     """``text/event-stream`` of one ``tick`` a second until the client goes away."""
-    query = core.parsed_query(request, StreamQuery)
+    query = handling.parsed_query(request, StreamQuery)
     principal = _admin_from(request, token=query.token)
     hub = request.app[HUB]
     if len(hub.subscribers) >= MAX_STREAMS:

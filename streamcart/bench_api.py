@@ -19,8 +19,8 @@ from typing import Any
 
 from aiohttp import ClientSession, ClientTimeout, TCPConnector
 
-from api.app import SERVED_BY
 from api.auth import issue_token
+from api.handling import SERVED_BY
 from schemas.messages import AdjustStock, UpsertProduct
 from streamcart.bench import BENCH_SKU_PREFIX
 from streamcart.commands import CommandSender, envelope

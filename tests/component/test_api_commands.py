@@ -15,11 +15,14 @@ from typing import Any
 import pytest
 from multidict import CIMultiDict
 
-import api.app as app_module
+import api.orders as orders_module
 from api.admission import START_RATE, PlacementGate
-from api.app import ADJUSTING, ADJUSTMENT_IN_FLIGHT_S, GATE, PLACEMENT_IN_FLIGHT_S, PLACING, KeyedRequests, init_app
+from api.app import init_app
+from api.catalog import ADJUSTING, ADJUSTMENT_IN_FLIGHT_S
 from api.commands import UNCONFIRMED
 from api.errors import OutcomeUnknown, Unavailable
+from api.handling import KeyedRequests
+from api.orders import GATE, PLACEMENT_IN_FLIGHT_S, PLACING
 from schemas.messages import AdjustStock, CancelOrder, Message, PlaceOrder, UpdateShipment, UpsertProduct
 from streamcart.domain.catalog import ProductState
 from streamcart.domain.inventory import StockState, adjustment_body, adjustment_id
@@ -423,7 +426,7 @@ async def test_an_already_stored_order_answers_a_repeated_key_from_the_table(cli
 
 @dataclass
 class Clock:
-    """``api.app``'s clock, set by a test (the rest of the process keeps the real one)."""
+    """``api.orders``' clock, set by a test (the rest of the process keeps the real one)."""
 
     now: float
 
@@ -436,7 +439,7 @@ def clock(monkeypatch) -> Clock:
     """Half a second before a boundary between two of ``Idempotency-Key``'s TTL periods."""
     ttl = SOLO.idempotency_ttl_s
     clock = Clock((time.time() // ttl) * ttl - 0.5)
-    monkeypatch.setattr("api.app.time", clock)
+    monkeypatch.setattr("api.orders.time", clock)
     return clock
 
 
@@ -509,11 +512,11 @@ async def test_a_cancel_right_after_placing_waits_for_the_order_to_be_stored(cli
     assert response.status == 202
     (sent,) = commands.sent
     assert isinstance(sent, CancelOrder) and sent.order_id == "o-new"
-    assert worker.waited == [("o-new", app_module.CANCEL_WAIT_S)]
+    assert worker.waited == [("o-new", orders_module.CANCEL_WAIT_S)]
 
 
 async def test_a_cancel_of_an_order_never_stored_is_a_404_after_the_wait(client, commands, monkeypatch):
-    monkeypatch.setattr(app_module, "CANCEL_WAIT_S", 0.2)
+    monkeypatch.setattr(orders_module, "CANCEL_WAIT_S", 0.2)
     started = time.monotonic()
     assert (await client.post("/v1/orders/o-none/cancel", headers=CUSTOMER)).status == 404
     assert commands.sent == []
@@ -526,7 +529,7 @@ async def test_a_cancel_that_finds_no_order_of_its_caller_while_the_saga_is_behi
 ):
     """An order accepted before the wait may still be on its way to the orders flow: a 404 would be final, and the
     order charged. The answer depends on the load alone, so it tells nothing of whether the order exists."""
-    monkeypatch.setattr(app_module, "CANCEL_WAIT_S", 0.05)
+    monkeypatch.setattr(orders_module, "CANCEL_WAIT_S", 0.05)
     worker.queue_s = 2.5
     response = await client.post(f"/v1/orders/{order_id}/cancel", headers=bearer("c-2", "customer"))
     assert response.status == 503 and response.headers["Retry-After"] == "1"
@@ -537,7 +540,7 @@ async def test_a_cancel_that_finds_no_order_of_its_caller_while_the_saga_is_behi
 
 
 async def test_cancelling_another_customers_order_is_a_404_and_sends_nothing(client, commands, monkeypatch):
-    monkeypatch.setattr(app_module, "CANCEL_WAIT_S", 0.2)
+    monkeypatch.setattr(orders_module, "CANCEL_WAIT_S", 0.2)
     assert (await client.post("/v1/orders/o-1/cancel", headers=bearer("c-2", "customer"))).status == 404
     assert commands.sent == []
 
@@ -1124,7 +1127,7 @@ async def test_a_value_that_misses_its_pattern_is_told_what_is_asked_not_the_exp
     assert detail["loc"] == [field] and detail["msg"].startswith(says) and "^" not in detail["msg"]
 
 
-# --- reads answer only what a crash can no longer take back (api/app.py, ``stored``) ------------------------------
+# --- reads answer only what a crash can no longer take back (api/handling.py, ``stored``) -------------------------
 
 READS = [
     ("GET", "/v1/orders/o-1", CUSTOMER),

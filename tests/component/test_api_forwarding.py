@@ -11,8 +11,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from api.app import PARTITIONS_HEADER, PLACING, SERVED_BY, WORKER, _digest, init_app
+from api.app import init_app
+from api.handling import SERVED_BY, WORKER
+from api.lists import PARTITIONS_HEADER
 from api.models import PlaceOrderIn
+from api.orders import PLACING, _digest
 from api.routing import FORWARDED_HEADER, PROOF_HEADER, PeerProof
 from streamcart.domain.catalog import ProductState
 from streamcart.ids import derive_id
@@ -160,7 +163,7 @@ async def test_a_key_used_just_before_its_periods_end_names_that_order_on_the_wo
     worker 1, which answers from what it sent, before its table holds the order."""
     ttl = CLUSTER.idempotency_ttl_s
     boundary = (time.time() // ttl) * ttl
-    monkeypatch.setattr("api.app.time", SimpleNamespace(time=lambda: boundary + 0.5))
+    monkeypatch.setattr("api.orders.time", SimpleNamespace(time=lambda: boundary + 0.5))
     body = {"lines": [{"sku": "A", "quantity": 1}], "payment": {"token": "tok_approve"}, "currency": "EUR"}
     period = int(boundary // ttl) - 1
     previous_id = derive_id("order", "c-1", "checkout-9", period)

@@ -387,7 +387,7 @@ async def held_share(client, worker: HeldWorker, request: bytes) -> list:
     them), once the worker holds them all."""
     import asyncio
 
-    from api.app import LONG_POLLS_PER_CALLER
+    from api.orders import LONG_POLLS_PER_CALLER
 
     connections = []
     for _ in range(LONG_POLLS_PER_CALLER):
@@ -403,7 +403,7 @@ async def test_one_caller_holds_at_most_its_share_of_long_polls_and_others_are_n
     every other caller's forwards. Beyond its share a caller gets 429, and only that caller."""
     import asyncio
 
-    from api.app import LONG_POLLS_PER_CALLER
+    from api.orders import LONG_POLLS_PER_CALLER
 
     worker = HeldWorker(orders={"o-1": an_order(), "o-2": an_order("o-2", "c-2")})
     client = await aiohttp_client(init_app(SETTINGS, worker))

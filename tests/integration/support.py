@@ -17,8 +17,8 @@ from typing import Any
 from confluent_kafka import Consumer, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.app import STORED_WAIT_S
 from api.auth import issue_token
+from api.handling import STORED_WAIT_S
 from streamcart.ids import new_id
 from streamcart.settings import Settings
 
@@ -112,7 +112,7 @@ def admin_token(settings: Settings) -> str:
     return issue_token(settings.jwt_secret.get_secret_value(), "ops", ["admin"])
 
 
-#: Longer than a worker's wait for its table writes before it answers 503 (api/app.py ``STORED_WAIT_S``), plus a
+#: Longer than a worker's wait for its table writes before it answers 503 (api/handling.py ``STORED_WAIT_S``), plus a
 #: forward to the owner: a worker that is slow to have its writes acknowledged then answers 503 + Retry-After, which
 #: callers retry, rather than the client giving up first with a socket timeout.
 HTTP_TIMEOUT_S = STORED_WAIT_S + 10

@@ -160,7 +160,7 @@ def test_a_rebalance_ending_wakes_the_long_polls_waiting_for_it(tmp_path):
 
 
 async def test_waiting_for_an_order_to_be_stored_ends_when_the_flow_stores_it():
-    """A cancel sent right after placing waits for the order instead of answering 404 (api/app.py cancel_order)."""
+    """A cancel sent right after placing waits for the order instead of answering 404 (api/orders.py cancel_order)."""
     orders: dict[str, OrderState] = {}
     view, _ = a_view(orders)
     waiting = asyncio.create_task(view.wait_stored("o-1", 30))

@@ -6,7 +6,7 @@ import json
 
 from domain_builders import place
 
-from api.app import RenderedOrders, order_json
+from api.orders import RenderedOrders, order_json
 from streamcart.domain.orders import decide
 
 
