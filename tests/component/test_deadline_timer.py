@@ -48,6 +48,27 @@ class Consumer:
         return self.ends[tp]
 
 
+async def placed(runtime, codec, order_id: str, at: int) -> int:
+    """Place ``order_id`` through the orders flow at ``at``; its partition."""
+    partition = partition_for(order_id, PARTITIONS)
+    async with runtime.agents["orders"].test_context() as agent:
+        await agent.put(codec.encode(place(order_id, at)), key=order_id.encode(), partition=partition)
+    return partition
+
+
+def owning(runtime, monkeypatch, actives: set[TP]) -> Consumer:
+    """The worker holds ``actives``; the returned consumer says where each partition ends and is committed."""
+    consumer = Consumer()
+    monkeypatch.setattr(runtime.app, "_consumer", consumer, raising=False)
+    monkeypatch.setattr(type(runtime.app), "consumer", property(lambda app: app._consumer))
+    monkeypatch.setattr(runtime.app.assignor, "assigned_actives", lambda: actives)
+    return consumer
+
+
+def expiries(runtime, sink) -> list[ExpireOrder]:
+    return [m for m in sink.messages(runtime.topics.order_commands) if isinstance(m, ExpireOrder)]
+
+
 def test_answered_until_is_the_newest_answer_handled_where_one_may_still_wait():
     topics = Topics("commerce.")
     handled = HandledUpTo()
@@ -79,80 +100,55 @@ def test_answered_until_is_the_newest_answer_handled_where_one_may_still_wait():
 async def test_no_order_expires_while_an_answer_written_before_its_deadline_may_wait(runtime, codec, sink,
                                                                                       monkeypatch):
     order_id = "o-late"
-    partition = partition_for(order_id, PARTITIONS)
     placed_at = 1_000
-    async with runtime.agents["orders"].test_context() as agent:
-        await agent.put(codec.encode(place(order_id, placed_at)), key=order_id.encode(), partition=partition)
+    partition = await placed(runtime, codec, order_id, placed_at)
     order = runtime.tables.orders.get(order_id)
     assert order is not None and order.status == "PENDING" and order.deadline == placed_at + TIMEOUT_MS
 
     t = runtime.topics
-    consumer = Consumer()
-    monkeypatch.setattr(runtime.app, "_consumer", consumer, raising=False)
-    monkeypatch.setattr(type(runtime.app), "consumer", property(lambda app: app._consumer))
-    monkeypatch.setattr(runtime.app.assignor, "assigned_actives",
-                        lambda: {TP(topic, partition) for topic in (t.order_commands, t.inventory_events,
-                                                                    t.payment_events)})
     inventory, payments = TP(t.inventory_events, partition), TP(t.payment_events, partition)
+    consumer = owning(runtime, monkeypatch, {TP(t.order_commands, partition), inventory, payments})
     consumer.ends.update({inventory: 4, payments: 3})
     consumer._committed_offset.update({inventory: 4, payments: 2})  # one payment answer not handled yet
     tick = inspect.unwrap(runtime.agents["timeouts"])  # one run of the timer (wall clock: far past the deadline)
 
-    def expiries() -> list[ExpireOrder]:
-        return [m for m in sink.messages(t.order_commands) if isinstance(m, ExpireOrder)]
-
     await tick()
-    assert expiries() == []  # the waiting answer may be this order's PaymentAuthorized, written in time
+    assert expiries(runtime, sink) == []  # the waiting answer may be this order's PaymentAuthorized, written in time
     runtime.orders_handled.note(t.payment_events, partition, order.deadline - 1)
     await tick()
-    assert expiries() == []  # handled up to just before the deadline: one written in time may still follow
+    assert expiries(runtime, sink) == []  # handled up to just before the deadline: one written in time may still follow
     runtime.orders_handled.note(t.payment_events, partition, order.deadline)
     await tick()
-    assert [(m.order_id, m.deadline) for m in expiries()] == [(order_id, order.deadline)]
+    assert [(m.order_id, m.deadline) for m in expiries(runtime, sink)] == [(order_id, order.deadline)]
 
 
 async def test_an_order_with_nothing_left_to_answer_it_expires_at_once(runtime, codec, sink, monkeypatch):
-    order_id = "o-quiet"
-    partition = partition_for(order_id, PARTITIONS)
-    async with runtime.agents["orders"].test_context() as agent:
-        await agent.put(codec.encode(place(order_id, 1_000)), key=order_id.encode(), partition=partition)
+    partition = await placed(runtime, codec, "o-quiet", 1_000)
     t = runtime.topics
-    consumer = Consumer()
-    monkeypatch.setattr(runtime.app, "_consumer", consumer, raising=False)
-    monkeypatch.setattr(type(runtime.app), "consumer", property(lambda app: app._consumer))
-    monkeypatch.setattr(runtime.app.assignor, "assigned_actives", lambda: {TP(t.order_commands, partition)})
+    consumer = owning(runtime, monkeypatch, {TP(t.order_commands, partition)})
     consumer.ends.update({TP(t.inventory_events, partition): 0, TP(t.payment_events, partition): 5})
     consumer._committed_offset.update({TP(t.payment_events, partition): 5})
     await inspect.unwrap(runtime.agents["timeouts"])()
-    assert [m.order_id for m in sink.messages(t.order_commands) if isinstance(m, ExpireOrder)] == [order_id]
+    assert [m.order_id for m in expiries(runtime, sink)] == ["o-quiet"]
 
 
 async def test_an_order_expires_only_once_an_answer_stamped_before_its_deadline_has_had_time_to_land(
         runtime, codec, sink, monkeypatch):
     """Both answer topics look handled to their end, but an answer stamped just before the deadline may still be on
     its way (in a produce request, or past the worker's last fetch): the timer gives it LANDING_GRACE_MS."""
-    order_id = "o-landing"
-    partition = partition_for(order_id, PARTITIONS)
-    async with runtime.agents["orders"].test_context() as agent:
-        await agent.put(codec.encode(place(order_id, 1_000)), key=order_id.encode(), partition=partition)
+    partition = await placed(runtime, codec, "o-landing", 1_000)
     deadline = 1_000 + TIMEOUT_MS
     t = runtime.topics
-    consumer = Consumer()
-    monkeypatch.setattr(runtime.app, "_consumer", consumer, raising=False)
-    monkeypatch.setattr(type(runtime.app), "consumer", property(lambda app: app._consumer))
-    monkeypatch.setattr(runtime.app.assignor, "assigned_actives", lambda: {TP(t.order_commands, partition)})
+    consumer = owning(runtime, monkeypatch, {TP(t.order_commands, partition)})
     consumer.ends.update({TP(t.inventory_events, partition): 0, TP(t.payment_events, partition): 0})
     tick = inspect.unwrap(runtime.agents["timeouts"])
 
-    def expiries() -> list[str]:
-        return [m.order_id for m in sink.messages(t.order_commands) if isinstance(m, ExpireOrder)]
-
     monkeypatch.setattr(timeouts.time, "time", lambda: (deadline + LANDING_GRACE_MS - 1) / 1000)
     await tick()
-    assert expiries() == []
+    assert expiries(runtime, sink) == []
     monkeypatch.setattr(timeouts.time, "time", lambda: (deadline + LANDING_GRACE_MS) / 1000)
     await tick()
-    assert expiries() == [order_id]
+    assert [m.order_id for m in expiries(runtime, sink)] == ["o-landing"]
 
 
 async def test_the_orders_flow_notes_each_record_it_handled_and_a_rebalance_forgets_the_notes(runtime, codec,
@@ -162,10 +158,7 @@ async def test_the_orders_flow_notes_each_record_it_handled_and_a_rebalance_forg
     noted: list[tuple[int, int | None]] = []
     monkeypatch.setattr(runtime.orders_handled, "note",
                         lambda topic, partition, written_ms: noted.append((partition, written_ms)))
-    order_id = "o-noted"
-    partition = partition_for(order_id, PARTITIONS)
-    async with runtime.agents["orders"].test_context() as agent:
-        await agent.put(codec.encode(place(order_id, 1_000)), key=order_id.encode(), partition=partition)
+    partition = await placed(runtime, codec, "o-noted", 1_000)
     assert [p for p, _written in noted] == [partition] and noted[0][1] is not None
 
     handled = HandledUpTo()
