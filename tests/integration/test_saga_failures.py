@@ -30,6 +30,7 @@ from tests.integration.support import (
     headers_of,
     http_json,
     last_run_log,
+    one_workers_metric,
     poll,
     produce,
     read_topic,
@@ -326,9 +327,19 @@ def test_a_customer_cancel_while_the_payment_is_in_flight_releases_the_stock_and
 
 def test_a_worker_killed_mid_burst_of_2000_orders_loses_nothing_and_doubles_nothing(shop: Shop, stack: Stack):
     burst = Burst.stocked(shop, plenty_stock=5_000, scarce_stock=60)
+    placed = "streamcart_orders_placed_total"
+    placed_before = one_workers_metric(shop.settings, 0, placed) or 0.0
+
+    def kill_once_it_placed_some() -> None:
+        # Once its tables hold some of the burst (on a loaded machine it may not have placed any of it yet), so that
+        # what it holds on disk is what the restart finds: checked below.
+        poll(lambda: (one_workers_metric(shop.settings, 0, placed) or 0.0) >= placed_before + 50, timeout_s=120,
+             every_s=0.2, what="worker-0 to place some of the burst's orders")
+        stack.kill("worker-0")
+
     began = time.monotonic()
     try:
-        burst.produce(2_000, disrupt_after=700, disrupt=lambda: stack.kill("worker-0"))
+        burst.produce(2_000, disrupt_after=700, disrupt=kill_once_it_placed_some)
         assert not stack.is_running("worker-0")
     finally:
         stack.start("worker-0")  # waits until it is ready again
