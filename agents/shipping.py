@@ -11,10 +11,12 @@ from streamcart.domain import shipping
 
 log = logging.getLogger(__name__)
 
-#: Refusals of an UpdateShipment the API checks before sending; one that races past it (a dispatch reported as a
-#: customer's cancel stopped the shipment) is logged as a warning: an admin was answered 202 for what did not happen,
-#: and the goods may have left while the order was refunded.
-REFUSALS = {shipping.UNKNOWN_SHIPMENT, shipping.SHIPMENT_CANCELLED}
+#: Refusals of an UpdateShipment the API checks before sending, logged as a warning should one race past it. Not
+#: :data:`~streamcart.domain.shipping.SHIPMENT_CANCELLED`: a dispatch or delivery reported as a customer's cancel
+#: stopped the shipment was answered 202 for what did not happen, and the goods may have left while the order was
+#: refunded, so it is dead-lettered with that reason, for a person to sort out (the dead-letter alert fires, and
+#: ``streamcart dlq list`` names the order), not left in a log.
+REFUSALS = {shipping.UNKNOWN_SHIPMENT}
 
 
 def register(runtime: Runtime) -> Any:
