@@ -392,3 +392,60 @@ async def test_an_informational_answer_is_no_delivery():
                     to(f"http://127.0.0.1:{port}/hook"))
     finally:
         server.close()
+
+
+async def test_a_slow_or_closing_hook_fails_alone_not_the_other_hooks_of_its_host(aiohttp_server):
+    """Found live: one customer's webhook answering after 30 s on a host shared with another customer's healthy one
+    had the healthy one's notifications dead-lettered unsent (the host "failed its last 5 attempts") for 30 s after
+    each of the slow one's timeouts: 5 of 12 in a minute. A host that took the request reached: the URL failed."""
+    received: Counter[str] = Counter()
+
+    async def receive(request: web.Request) -> web.Response:
+        received[request.path] += 1
+        if request.path == "/slow":
+            await asyncio.sleep(5)
+        if request.path == "/closing":
+            assert request.transport is not None
+            request.transport.close()
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/{hook}", receive)
+    server = await aiohttp_server(app)
+    slow, closing, live = (str(server.make_url(p)) for p in ("/slow", "/closing", "/live"))
+    resolver = PublicResolver(allow_private=True)
+    webhook = WebhookProvider(webhook_session(resolver=resolver), timeout_s=0.3, allow_private=True,
+                              failing_after=2, resolver=resolver)
+    try:
+        for _ in range(2):
+            with pytest.raises(DeliveryFailed, match=r"no answer within 0\.3 s") as failed:
+                await webhook.deliver(to(slow))
+            assert not isinstance(failed.value, HostFailing)
+            with pytest.raises(DeliveryFailed, match="gave no answer: ServerDisconnectedError"):
+                await webhook.deliver(to(closing))
+        await webhook.deliver(to(live))  # the host is not given up: it answers
+        with pytest.raises(HostFailing, match=r"URL .*/slow failed its last 2 attempts"):
+            await webhook.deliver(to(slow))
+        with pytest.raises(HostFailing, match=r"URL .*/closing failed its last 2 attempts"):
+            await webhook.deliver(to(closing))
+        await webhook.deliver(to(live))
+    finally:
+        await webhook.close()
+    assert received == {"/slow": 2, "/closing": 2, "/live": 2}
+
+
+async def test_a_host_that_cannot_be_reached_fails_every_url_on_it_through_the_webhook_session():
+    with socket.socket() as closed:  # a port nothing listens on: every connection is refused
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    resolver = PublicResolver(allow_private=True)
+    webhook = WebhookProvider(webhook_session(resolver=resolver), allow_private=True, failing_after=2,
+                              resolver=resolver)
+    try:
+        for _ in range(2):
+            with pytest.raises(DeliveryFailed, match="unreachable"):
+                await webhook.deliver(to(f"http://127.0.0.1:{port}/one"))
+        with pytest.raises(HostFailing, match=f"endpoint 127.0.0.1:{port} failed its last 2 attempts"):
+            await webhook.deliver(to(f"http://127.0.0.1:{port}/another"))
+    finally:
+        await webhook.close()
