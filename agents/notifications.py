@@ -20,7 +20,7 @@ from schemas.messages import Message, OrderEvent
 from streamcart.dead_letters import DlqHeader, replay_route
 from streamcart.domain import notifications
 from streamcart.domain.notifications import Channel, Contact, Notification
-from streamcart.notify.delivery import Deliverer, default_providers
+from streamcart.notify.delivery import Deliverer, DeliveryFailed, default_providers
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +36,13 @@ def register(runtime: Runtime, worker_index: int = 0) -> Any:
     channels = runtime.made_on_first_use(new_deliverer, Deliverer.close)
     notified = runtime.tables.notified
 
-    async def deliver(notification: Notification, event: Any) -> Message:
+    async def deliver(notification: Notification, event: Any, *, replayed: bool) -> Message:
         try:
-            attempts = await channels().deliver(notification)
+            attempts = await channels().deliver(notification, replayed=replayed)
         except Exception as exc:  # a give-up, or a provider bug: either way this channel failed, not the others
             await runtime.dead_letter(event, exc, f"notifications.{notification.channel}")
-            return notifications.failed(notification, attempts=channels().attempts, reason=str(exc))
+            made = exc.attempts if isinstance(exc, DeliveryFailed) and exc.attempts is not None else 1
+            return notifications.failed(notification, attempts=made, reason=str(exc))
         # Noted at once, not once the others are done: a rebalance that takes the event back meanwhile (Yielded)
         # has it handled again, and what was delivered is not delivered twice.
         order_id = notification.order_id
@@ -58,7 +59,7 @@ def register(runtime: Runtime, worker_index: int = 0) -> Any:
         if not planned:  # most order events notify nobody: no read of the notes for them
             return
         pending, delivered = notifications.split(planned, notified.get(message.order_id))
-        deliveries = [asyncio.ensure_future(deliver(n, event)) for n in pending]
+        deliveries = [asyncio.ensure_future(deliver(n, event, replayed=replay is not None)) for n in pending]
         try:
             outcomes = await asyncio.gather(*deliveries)
         except BaseException:  # a rebalance or a stop took the message back (Yielded): the others stop too

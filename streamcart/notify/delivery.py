@@ -35,7 +35,10 @@ from streamcart.tracing import call_span
 
 
 class DeliveryFailed(StreamcartError):
-    """A channel could not deliver (this attempt)."""
+    """A channel could not deliver (this attempt). Raised out of :meth:`Deliverer.deliver` once it gives up, with
+    ``attempts``: how many it made (none for a webhook given up at once, :class:`HostFailing`)."""
+
+    attempts: int | None = None
 
 
 class DeliveryRefused(DeliveryFailed):
@@ -166,7 +169,9 @@ def webhook_session(*, allow_private: bool = False, timeout_s: float = 2.0,
 
 
 class Provider(Protocol):
-    async def deliver(self, notification: Notification) -> None: ...
+    async def deliver(self, notification: Notification, *, even_if_failing: bool = False) -> None:
+        """Deliver ``notification`` once; ``even_if_failing``: try even an endpoint given up on for now (a replay)."""
+        ...
 
 
 class OutboxProvider:
@@ -176,13 +181,16 @@ class OutboxProvider:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
 
-    async def deliver(self, notification: Notification) -> None:
+    async def deliver(self, notification: Notification, *, even_if_failing: bool = False) -> None:
         record = {
             "channel": notification.channel, "to": notification.address, "template": notification.template,
             "idempotency_key": notification.idempotency_key, "payload": dict(notification.payload),
         }
-        with self.path.open("a", encoding="utf-8") as out:
-            out.write(json.dumps(record, sort_keys=True) + "\n")
+        try:
+            with self.path.open("a", encoding="utf-8") as out:
+                out.write(json.dumps(record, sort_keys=True) + "\n")
+        except OSError as exc:  # a full disk, a file made unwritable: tried again, as a provider that failed
+            raise DeliveryFailed(f"the outbox {self.path} could not be written: {exc}") from exc
 
 
 class WebhookProvider:
@@ -213,14 +221,17 @@ class WebhookProvider:
         # host:port, or a URL -> (failed attempts in a row, the last one's time, what the last one met)
         self._failures: dict[str, tuple[int, float, str]] = {}
 
-    async def deliver(self, notification: Notification) -> None:
+    async def deliver(self, notification: Notification, *, even_if_failing: bool = False) -> None:
+        """``even_if_failing``: a replayed give-up, sent once its webhook is back, is tried even while this worker
+        still gives the webhook up at once (its failures are this worker's memory, not the webhook's state now)."""
         await check_webhook_url(notification.address, allow_private=self.allow_private)
         parts = urlsplit(notification.address)
         host = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"  # an endpoint
         url = parts._replace(fragment="").geturl()
         for failing, what in ((host, f"endpoint {host}"), (url, f"URL {url[:200]}")):
             failed, last, cause = self._failures.get(failing, (0, 0.0, ""))
-            if failed >= self.failing_after and time.monotonic() - last < self.failing_for_s:
+            if (not even_if_failing and failed >= self.failing_after
+                    and time.monotonic() - last < self.failing_for_s):
                 raise HostFailing(f"webhook {what} failed its last {failed} attempts (the last: {cause}); not "
                                   f"tried again for {self.failing_for_s:g} s after the last")
         try:
@@ -282,22 +293,29 @@ class Deliverer:
         self.backoff_s = backoff_s
         self.sleep = sleep
 
-    async def deliver(self, notification: Notification) -> int:
+    async def deliver(self, notification: Notification, *, replayed: bool = False) -> int:
+        """How many attempts it took; a give-up raises :class:`DeliveryFailed` with the attempts made. ``replayed``:
+        a give-up replayed from the dead-letter topic makes its first attempt even to a webhook given up on for now."""
         provider = self.providers.get(notification.channel)
         if provider is None:
             raise DeliveryFailed(f"no provider for channel {notification.channel}")
         tries = 0
-        async for attempt in AsyncRetrying(
-            stop=stop_after_attempt(self.attempts),
-            wait=wait_exponential_jitter(multiplier=self.backoff_s, max=5.0, jitter=self.backoff_s),
-            retry=retry_if_exception_type(DeliveryFailed)
-            & retry_if_not_exception_type((DeliveryRefused, HostFailing)),
-            sleep=self.sleep,
-            reraise=True,
-        ):
-            with attempt:
-                tries += 1
-                await provider.deliver(notification)
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_attempt(self.attempts),
+                wait=wait_exponential_jitter(multiplier=self.backoff_s, max=5.0, jitter=self.backoff_s),
+                retry=retry_if_exception_type(DeliveryFailed)
+                & retry_if_not_exception_type((DeliveryRefused, HostFailing)),
+                sleep=self.sleep,
+                reraise=True,
+            ):
+                with attempt:
+                    first = tries == 0
+                    tries += 1
+                    await provider.deliver(notification, even_if_failing=replayed and first)
+        except DeliveryFailed as exc:
+            exc.attempts = tries - 1 if isinstance(exc, HostFailing) else tries  # (one given up at once: not made)
+            raise
         return tries
 
     async def close(self) -> None:

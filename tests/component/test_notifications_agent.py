@@ -37,8 +37,10 @@ class Provider:
     def __init__(self) -> None:
         self.delivered: list[str] = []
         self.down = False
+        self.forced: list[bool] = []  # per attempt: whether it was to be made even to a channel given up on
 
-    async def deliver(self, notification: Notification) -> None:
+    async def deliver(self, notification: Notification, *, even_if_failing: bool = False) -> None:
+        self.forced.append(even_if_failing)
         if self.down:
             raise DeliveryRefused(f"{notification.channel} provider down")
         self.delivered.append(notification.idempotency_key)
@@ -121,6 +123,7 @@ async def test_a_replayed_give_up_is_delivered_though_the_events_other_notificat
     assert letter.headers[DlqHeader.FLOW] == b"notifications.email"
     assert [type(m) for m in sink.messages(runtime.topics.notification_events)] == [NotificationSent,
                                                                                      NotificationFailed]
+    assert sink.messages(runtime.topics.notification_events)[1].attempts == 1  # refused: not tried again
 
     # The email's give-up, replayed for it once the provider is back: delivered, the webhook left alone.
     providers[Channel.EMAIL].down = False
@@ -128,6 +131,9 @@ async def test_a_replayed_give_up_is_delivered_though_the_events_other_notificat
     await notify(runtime, codec, sink, CONFIRMED, outcomes=3, headers=replay)
     assert delivered(providers) == {Channel.WEBHOOK: 1, Channel.EMAIL: 1}
     assert sink.messages(runtime.topics.notification_events)[-1].channel == Channel.EMAIL
+    # Its first attempt is made even where this worker still gives the channel up at once (operators replay once
+    # the cause is gone); the event's first delivery was not.
+    assert providers[Channel.EMAIL].forced == [False, True]
     # Replayed once more, or the event redelivered whole: nobody is notified again.
     await notify(runtime, codec, sink, CONFIRMED, outcomes=4, headers=replay)
     await notify(runtime, codec, sink, CONFIRMED, outcomes=6)

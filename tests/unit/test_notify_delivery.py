@@ -2,6 +2,7 @@
 A webhook continues the trace."""
 
 import asyncio
+import dataclasses
 import socket
 import struct
 from collections import Counter
@@ -17,6 +18,7 @@ from streamcart.notify.delivery import (
     DeliveryRefused,
     HostFailing,
     NonPublicAddress,
+    OutboxProvider,
     PublicResolver,
     WebhookProvider,
     check_webhook_url,
@@ -227,6 +229,40 @@ async def test_a_host_that_failed_its_last_attempts_is_given_up_at_once_and_trie
         answer["status"] = 204
         await webhook.deliver(to(url))  # its time is up: tried, and it answers again
         assert len(received) == 4
+
+
+async def test_a_replayed_give_up_is_tried_even_while_its_webhook_is_given_up_on_and_a_give_up_says_its_attempts(
+    hook,
+):
+    """Found live: `streamcart dlq replay` a moment after the webhook came back printed every letter replayed, and
+    the worker, still giving the webhook up at once from its own memory of the failures, dead-lettered them again
+    unsent. A replay is an operator saying the cause is gone: its first attempt is made."""
+    port, received, answer = hook
+    answer["status"] = 503
+    url = f"http://127.0.0.1:{port}/hook"
+    async with ClientSession() as session:
+        deliverer = Deliverer({Channel.WEBHOOK: WebhookProvider(session, allow_private=True, failing_after=3)},
+                              attempts=4, backoff_s=0)
+        with pytest.raises(HostFailing) as failing:  # three attempts, then given up at once
+            await deliverer.deliver(to(url))
+        assert failing.value.attempts == 3 and len(received) == 3
+        with pytest.raises(HostFailing) as at_once:
+            await deliverer.deliver(to(url))
+        assert at_once.value.attempts == 0 and len(received) == 3
+        answer["status"] = 204
+        assert await deliverer.deliver(to(url), replayed=True) == 1
+        assert len(received) == 4
+
+
+async def test_an_outbox_that_cannot_be_written_is_a_failed_attempt_tried_again(tmp_path):
+    outbox = tmp_path / "outbox.jsonl"
+    provider = OutboxProvider(outbox)
+    outbox.mkdir()  # cannot be appended to
+    email = dataclasses.replace(to("ada@example.com"), channel=Channel.EMAIL)
+    deliverer = Deliverer({Channel.EMAIL: provider}, attempts=3, backoff_s=0)
+    with pytest.raises(DeliveryFailed, match="could not be written") as failed:
+        await deliverer.deliver(email)
+    assert failed.value.attempts == 3
 
 
 class GaveBack(BaseException):
