@@ -54,14 +54,18 @@ class Ledger:
         self.by_key: dict[str, str] = {}
         self.attempts: defaultdict[str, int] = defaultdict(int)
         journal.parent.mkdir(parents=True, exist_ok=True)
-        if journal.exists():
-            for line in journal.read_text().splitlines():
-                try:
-                    self._apply(json.loads(line))
-                except (ValueError, KeyError):
-                    # A line torn by a kill mid-write: that request was never answered, so the caller retries.
-                    log.warning("skipping a torn journal line: %.80r", line)
+        text = journal.read_text() if journal.exists() else ""
+        for line in text.splitlines():
+            try:
+                self._apply(json.loads(line))
+            except (ValueError, KeyError):
+                # A line torn by a kill mid-write: that request was never answered, so the caller retries.
+                log.warning("skipping a torn journal line: %.80r", line)
         self._file = journal.open("a", encoding="utf-8")
+        if text and not text.endswith("\n"):
+            # End the torn line: the next record appended to it would be torn with it, and lost at the next start.
+            self._file.write("\n")
+            self._file.flush()
 
     def _apply(self, record: dict[str, Any]) -> None:
         self.by_id[record["authorization_id"]] = record

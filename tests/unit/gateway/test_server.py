@@ -64,3 +64,13 @@ async def test_an_authorization_records_the_traceparent_it_was_called_with(aioht
     untraced = await (await client.post("/v1/authorizations", json={**AUTH, "idempotency_key": "order-2"})).json()
     assert created["traceparent"] == traceparent
     assert untraced["traceparent"] is None
+
+
+async def test_a_record_written_after_a_torn_line_survives_the_next_restart(aiohttp_client, tmp_path):
+    journal = tmp_path / "journal.jsonl"
+    journal.write_text('{"amount_cents": 100, "authorization_id": "auth_torn')  # a write cut short, no newline
+    first = await aiohttp_client(init_app(journal))
+    auth = await (await first.post("/v1/authorizations", json=AUTH)).json()
+    again = await aiohttp_client(init_app(journal))
+    ledger = await (await again.get("/v1/authorizations")).json()
+    assert [a["authorization_id"] for a in ledger["authorizations"]] == [auth["authorization_id"]]
