@@ -222,20 +222,31 @@ class Stack:
             self._check_ports([self._specs[n] for n in selected if not self.is_running(n)])
             timings: dict[str, float] = {}
             started = time.monotonic()
+            # A process that is not ready (one that died on the way, or one running but hung: a gateway frozen)
+            # holds back only what needs it, not every later wave: a worker killed while the gateway hangs is
+            # started again, since no worker needs the gateway.
+            failed: dict[str, NotReadyError] = {}
             try:
                 for wave in self._waves(selected):
+                    wave = [name for name in wave if not self._needs_failed(name, failed)]
+                    if not wave:
+                        continue
                     self._create_topics_once(timings)
                     if self._workers_selected(wave) and "schemas" not in timings:
                         # Workers (and the producers feeding them) find their schema ids in the registry.
                         self._timed(timings, "schemas", self._register_schemas)
-                    self._start_together(wave, timings)
-                    if "connect" in wave:
+                    failed.update(self._start_together(wave, timings))
+                    if "connect" in wave and "connect" not in failed:
                         self._timed(timings, "connectors", self._apply_connectors)
+                if failed:
+                    raise NotReadyError("\n".join(str(exc) for exc in failed.values()))
             except StackError as exc:
                 running = [name for name in self.names if self.is_running(name)]
                 if not running:
                     raise
-                raise type(exc)(f"{exc}\nup stopped there: {keeps_running(running)}") from exc
+                skipped = [name for name in selected if name not in failed and self._needs_failed(name, failed)]
+                not_started = f"\nnot started, as what it needs is not ready: {', '.join(skipped)}" if skipped else ""
+                raise type(exc)(f"{exc}{not_started}\nup stopped there: {keeps_running(running)}") from exc
             self._create_topics_once(timings)
             if "registry" in selected and "schemas" not in timings:
                 self._timed(timings, "schemas", self._register_schemas)
@@ -410,21 +421,34 @@ class Stack:
             waves.setdefault(depth(name), []).append(name)
         return [waves[level] for level in sorted(waves)]
 
-    def _start_together(self, names: list[str], timings: dict[str, float]) -> None:
-        """Spawn every process of a wave, then wait for each; a time is counted from the wave's start."""
+    def _needs_failed(self, name: str, failed: Collection[str]) -> bool:
+        """Whether ``name`` needs, directly or not, a process in ``failed``."""
+        needs = [n for n in self._specs[name].needs if n in self._specs]
+        return any(n in failed or self._needs_failed(n, failed) for n in needs)
+
+    def _start_together(self, names: list[str], timings: dict[str, float]) -> dict[str, NotReadyError]:
+        """Spawn every process of a wave, then wait for each; a time is counted from the wave's start. Returns
+        the processes that did not get ready, with why (the others of the wave are waited for all the same)."""
         began = time.monotonic()
         was_running = {name for name in names if self.is_running(name)}
         for name in names:
             self.start(name, wait=False)
+        failed: dict[str, NotReadyError] = {}
         for name in names:
-            self.wait_ready(name)
+            try:
+                self.wait_ready(name)
+            except NotReadyError as exc:
+                failed[name] = exc
+                continue
             timings[name] = time.monotonic() - began
             note = "already running" if name in was_running else "ready"
             self._echo(f"{name}: {note} ({timings[name]:.1f} s)")
         # A worker that was ready first is rebalancing again once the next one joins its group: the wave is
         # ready only when every member is ready at the same time.
         for name in names[:-1]:
-            self.wait_ready(name)
+            if name not in failed:
+                self.wait_ready(name)
+        return failed
 
     def _timed(self, timings: dict[str, float], step: str, action: Callable[[], str]) -> None:
         began = time.monotonic()

@@ -398,3 +398,26 @@ def test_a_restart_with_other_shared_settings_is_refused_before_it_stops_the_wor
             two.start("worker-1")
     finally:
         two.down()
+
+
+def test_a_hung_process_holds_back_only_what_needs_it(make_stack: MakeStack, port: int) -> None:
+    """A gateway frozen (running, never answering its check) must not keep `up` from starting a worker that was
+    killed meanwhile: no worker needs the gateway. What needs the hung process is not started, and said so."""
+    hung = ProcessSpec(
+        "gateway",
+        lambda: [sys.executable, "-c", "import time; time.sleep(60)"],
+        lambda: Probe(False, "timed out"),
+        (),
+        ready_timeout_s=0.5,
+    )
+    stack = make_stack(
+        web_server("base", free_port()), hung, web_server("worker", port, needs=("base",)),
+        web_server("shop", free_port(), needs=("gateway",)),
+    )
+    with pytest.raises(NotReadyError) as failed:
+        stack.up()
+    message = str(failed.value)
+    assert "gateway was not ready within 0 s (timed out)" in message
+    assert "not started, as what it needs is not ready: shop" in message
+    assert stack.is_running("worker")
+    assert not stack.is_running("shop")
