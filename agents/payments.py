@@ -8,6 +8,7 @@ order (:func:`agents.runtime.consume_concurrently`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import time
@@ -27,10 +28,6 @@ log = logging.getLogger(__name__)
 #: to all of it, so the steps waiting do not come back together, nor in step with the breaker's 5 s reset.
 RETRY_FIRST_S = 0.2
 RETRY_MAX_S = 5.0
-#: How long a capture, void or refund is tried before it is dead-lettered with the reason for a person to replay:
-#: long enough to outlast a gateway outage, short enough that a call the gateway always fails (a 500 for that one
-#: authorization) does not hold its order's commands, and its partition's commits, for good.
-SETTLE_FOR_S = 15 * 60.0
 
 
 def register(runtime: Runtime) -> Any:
@@ -51,21 +48,30 @@ def register(runtime: Runtime) -> Any:
 
         An authorization is tried until its order's deadline (the order is cancelled then, and the authorization
         found by its key is voided if it went through). A capture, void or refund is tried for
-        :data:`SETTLE_FOR_S`, then dead-lettered: money is not left held, or uncollected, because the gateway was
-        down for a while. Each wait gives the message back if a rebalance or a stop begins (``InProgress.pause``).
+        ``gateway_settle_for_s`` (a setting, 15 minutes), then dead-lettered: money is not left held, or
+        uncollected, because the gateway was down for a while. Each wait gives the message back if a rebalance or
+        a stop begins (``InProgress.pause``).
         """
         delay, attempt = RETRY_FIRST_S, 1
+        cause = None  # the last failure that was not the open breaker: what a give-up names as its cause
         if isinstance(command, AuthorizePayment):
             # Derived commands carry their order's time (the placement): this is the order's deadline.
             give_up_at = (command.occurred_at + saga_timeout_ms) / 1000
         else:
-            give_up_at = time.time() + SETTLE_FOR_S
+            give_up_at = time.time() + runtime.settings.gateway_settle_for_s
         while True:
             state = table.get(command.order_id)
             planned = payments.plan(state, command)
             if not isinstance(planned, payments.GatewayCall):
                 return planned
             result = await gateway().execute(planned)
+            breaker_open = result.reason == CIRCUIT_OPEN
+            if breaker_open and cause is not None:
+                # The breaker answers for the gateway while it is open, so the last try before a give-up nearly
+                # always meets it: the letter names what opened it too (no answer, a refused connection, a 5xx).
+                result = dataclasses.replace(result, reason=f"{CIRCUIT_OPEN}, after {cause}")
+            elif result.outcome == payments.Outcome.UNAVAILABLE:
+                cause = result.reason
             decision = payments.apply_result(state, command, result)
             left_s = give_up_at - time.time()
             if result.outcome != payments.Outcome.UNAVAILABLE or left_s <= 0:
@@ -73,7 +79,7 @@ def register(runtime: Runtime) -> Any:
             wait_s = min(delay * random.uniform(0.5, 1.0), left_s)  # the last try comes just before the deadline
             # While the breaker is open every payment in flight waits, and its opening was the warning (gateway
             # client): a line per payment per try would bury it.
-            level = logging.DEBUG if result.reason == CIRCUIT_OPEN else logging.WARNING
+            level = logging.DEBUG if breaker_open else logging.WARNING
             log.log(level, "payment %s: the gateway could not %s it (%s, try %d); trying again in %.1f s",
                     command.order_id, planned.operation, result.reason, attempt, wait_s)
             await in_progress.pause(wait_s)

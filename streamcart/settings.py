@@ -138,6 +138,11 @@ class Settings(BaseSettings):
     # The payment gateway client: each attempt's timeout, and how many attempts before "unavailable".
     gateway_attempt_timeout_s: float = Field(2.0, gt=0)
     gateway_attempts: int = Field(4, ge=1)
+    #: How long a capture, void or refund the gateway cannot do is tried before it is dead-lettered with the reason,
+    #: for a person to replay: long enough to outlast a gateway outage, short enough that a call the gateway always
+    #: fails (a 500 for that one authorization) does not hold its order's commands, and its partition's commits, for
+    #: good. (An authorization is tried until its order's deadline.)
+    gateway_settle_for_s: float = Field(15 * 60.0, gt=0)
 
     # Notifications: webhooks to loopback/private addresses are refused unless allowed (local testing only).
     webhook_allow_private: bool = False
