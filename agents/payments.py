@@ -8,7 +8,6 @@ order (:func:`agents.runtime.consume_concurrently`).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import random
 import time
@@ -53,7 +52,6 @@ def register(runtime: Runtime) -> Any:
         a stop begins (``InProgress.pause``).
         """
         delay, attempt = RETRY_FIRST_S, 1
-        cause = None  # the last failure that was not the open breaker: what a give-up names as its cause
         if isinstance(command, AuthorizePayment):
             # Derived commands carry their order's time (the placement): this is the order's deadline.
             give_up_at = (command.occurred_at + saga_timeout_ms) / 1000
@@ -65,13 +63,6 @@ def register(runtime: Runtime) -> Any:
             if not isinstance(planned, payments.GatewayCall):
                 return planned
             result = await gateway().execute(planned)
-            breaker_open = result.reason == CIRCUIT_OPEN
-            if breaker_open and cause is not None:
-                # The breaker answers for the gateway while it is open, so the last try before a give-up nearly
-                # always meets it: the letter names what opened it too (no answer, a refused connection, a 5xx).
-                result = dataclasses.replace(result, reason=f"{CIRCUIT_OPEN}, after {cause}")
-            elif result.outcome == payments.Outcome.UNAVAILABLE:
-                cause = result.reason
             decision = payments.apply_result(state, command, result)
             left_s = give_up_at - time.time()
             if result.outcome != payments.Outcome.UNAVAILABLE or left_s <= 0:
@@ -79,7 +70,7 @@ def register(runtime: Runtime) -> Any:
             wait_s = min(delay * random.uniform(0.5, 1.0), left_s)  # the last try comes just before the deadline
             # While the breaker is open every payment in flight waits, and its opening was the warning (gateway
             # client): a line per payment per try would bury it.
-            level = logging.DEBUG if breaker_open else logging.WARNING
+            level = logging.DEBUG if result.reason == CIRCUIT_OPEN else logging.WARNING
             log.log(level, "payment %s: the gateway could not %s it (%s, try %d); trying again in %.1f s",
                     command.order_id, planned.operation, result.reason, attempt, wait_s)
             await in_progress.pause(wait_s)

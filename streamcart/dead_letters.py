@@ -33,10 +33,12 @@ from schemas.messages import (
     RefundPayment,
     ReleaseStock,
     RestockItems,
+    UpdateShipment,
     VoidPayment,
 )
 from streamcart.domain.order_state import LineStatus, OrderStatus, PaymentStatus
 from streamcart.domain.retention import FINAL
+from streamcart.domain.shipping import SHIPMENT_CANCELLED
 from streamcart.text import is_digits
 from streamcart.topics import keyed_by_order
 
@@ -441,6 +443,10 @@ def replay_refusal(letter: DeadLetter, *, order: OrderSeen | None, now_ms: int, 
     message = letter.message
     if message is None:
         return f"it does not decode ({letter.undecodable}): its flow would dead-letter it again"
+    if isinstance(message, UpdateShipment) and SHIPMENT_CANCELLED in letter.error:
+        return ("a customer's cancel stopped this shipment before it was reported "
+                f"{message.status}: the goods may have left while the order was refunded, which a person sorts out "
+                "(with the carrier and the customer); nothing to replay")
     if order is None:
         return None
     if order.unknown is not None:

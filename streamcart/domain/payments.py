@@ -110,6 +110,8 @@ class GatewayResult:
     outcome: str
     authorization_id: str | None = None
     reason: str | None = None
+    #: In words, for a person: what the client met (an unavailable result's last failure), or ``None``.
+    detail: str | None = None
 
     @classmethod
     def approved(cls, authorization_id: str) -> GatewayResult:
@@ -120,8 +122,8 @@ class GatewayResult:
         return cls(outcome=Outcome.DECLINED, reason=reason)
 
     @classmethod
-    def unavailable(cls, reason: str = GATEWAY_UNAVAILABLE) -> GatewayResult:
-        return cls(outcome=Outcome.UNAVAILABLE, reason=reason)
+    def unavailable(cls, reason: str = GATEWAY_UNAVAILABLE, detail: str | None = None) -> GatewayResult:
+        return cls(outcome=Outcome.UNAVAILABLE, reason=reason, detail=detail)
 
 
 class Authorization(BaseModel):
@@ -208,8 +210,9 @@ def apply_result(state: PaymentState | None, command: PaymentCommand, result: Ga
     if state is None:  # unreachable: plan calls the gateway for these only on a record with an authorization
         return Decision(state=None, rejected=f"no payment record for {command.order_id}")
     if result.outcome == Outcome.UNAVAILABLE:
+        why = result.reason if result.detail is None else f"{result.reason}: {result.detail}"
         return Decision(state=None, rejected=f"payment gateway unavailable: {call.operation} of {state.order_id} "
-                                             f"not done ({result.reason})")
+                                             f"not done ({why})")
     if result.outcome != Outcome.APPROVED:
         if call.operation == "void" and result.reason == AUTHORIZATION_CAPTURED:
             return Decision(state=None, rejected=f"the void by key of {state.order_id} found its authorization "

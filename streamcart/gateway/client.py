@@ -108,6 +108,7 @@ class GatewayClient:
         self.breaker_state = "closed"
         self._states: dict[str, str] = {}  # breaker name -> its state
         self._changes: dict[str, int] = {}  # breaker name -> how many times it changed state (a timer's check)
+        self._last_failure: dict[str, str] = {}  # breaker name -> the last failure counted against it
         self._breakers.add_listener(self._on_breaker_event)
 
     async def close(self) -> None:
@@ -141,7 +142,9 @@ class GatewayClient:
             self.on_breaker(self.breaker_state)
 
     async def execute(self, call: GatewayCall) -> GatewayResult:
-        """Perform ``call``; never raises for a gateway problem (that is an ``unavailable`` result)."""
+        """Perform ``call``; never raises for a gateway problem (that is an ``unavailable`` result, whose detail is
+        the last failure: this call's, or while the breaker is open the one that last counted against it)."""
+        breaker = _breaker_of(call)
         try:
             async for attempt in AsyncRetrying(
                 stop=stop_after_attempt(self.policy.attempts),
@@ -158,16 +161,18 @@ class GatewayClient:
                     return await self._guarded(call)
         except TransientGatewayError as exc:
             log.warning("payment gateway unavailable for %s %s: %s", call.operation, call.idempotency_key, exc)
-            return GatewayResult.unavailable()
+            self._last_failure[breaker] = str(exc)
+            return GatewayResult.unavailable(detail=str(exc))
         except OpenedState:
-            return GatewayResult.unavailable(CIRCUIT_OPEN)
+            # The breaker answers for the gateway while it is open: a give-up met here names what opened it.
+            last = self._last_failure.get(breaker)
+            return GatewayResult.unavailable(CIRCUIT_OPEN, None if last is None else f"opened by: {last}")
         raise AssertionError("unreachable: tenacity either returns or re-raises")
 
     async def _guarded(self, call: GatewayCall) -> GatewayResult:
         # Only a TransientGatewayError escaping this block counts as a failure (AnotherRequestsAnswer does not, nor
         # does a decline: both are answers).
-        breaker = BREAKER if call.operation == "authorize" else SETTLEMENTS_BREAKER
-        async with await self._breakers.get_breaker(breaker):
+        async with await self._breakers.get_breaker(_breaker_of(call)):
             return await self._once(call)
 
     async def _once(self, call: GatewayCall) -> GatewayResult:
@@ -231,6 +236,10 @@ class GatewayClient:
         except Exception as exc:  # not UTF-8 or JSON (ValueError), or nested too deep to parse (RecursionError)
             raise TransientGatewayError(f"an answer that does not parse: {type(exc).__name__}: {exc}"[:300]) from exc
         return status, payload if isinstance(payload, dict) else {}
+
+
+def _breaker_of(call: GatewayCall) -> str:
+    return BREAKER if call.operation == "authorize" else SETTLEMENTS_BREAKER
 
 
 #: The largest answer the client reads: an authorization is a few hundred bytes; more is no answer (transient),

@@ -244,9 +244,12 @@ class Stack:
                 running = [name for name in self.names if self.is_running(name)]
                 if not running:
                     raise
+                # (Another step's failure after a process was not ready: both are said.)
+                earlier = [str(e) for e in failed.values() if str(e) not in str(exc)]
                 skipped = [name for name in selected if name not in failed and self._needs_failed(name, failed)]
                 not_started = f"\nnot started, as what it needs is not ready: {', '.join(skipped)}" if skipped else ""
-                raise type(exc)(f"{exc}{not_started}\nup stopped there: {keeps_running(running)}") from exc
+                said = "\n".join([*earlier, str(exc)])
+                raise type(exc)(f"{said}{not_started}\nup did not start everything: {keeps_running(running)}") from exc
             self._create_topics_once(timings)
             if "registry" in selected and "schemas" not in timings:
                 self._timed(timings, "schemas", self._register_schemas)
@@ -447,7 +450,10 @@ class Stack:
         # ready only when every member is ready at the same time.
         for name in names[:-1]:
             if name not in failed:
-                self.wait_ready(name)
+                try:
+                    self.wait_ready(name)
+                except NotReadyError as exc:  # (it died since, or hangs now)
+                    failed[name] = exc
         return failed
 
     def _timed(self, timings: dict[str, float], step: str, action: Callable[[], str]) -> None:

@@ -12,10 +12,11 @@ import pytest
 from schemas.codec import Codec
 from schemas.messages import AdjustStock, CancelOrder, Message, OrderLine, PlaceOrder, UpdateShipment, UpsertProduct
 from streamcart.commands import envelope
+from streamcart.domain.shipping import SHIPMENT_CANCELLED
 from streamcart.ids import new_id
 from streamcart.settings import Settings
 from streamcart.topics import Topics
-from tests.integration.support import admin_token, http_json, poll, producer
+from tests.integration.support import admin_token, headers_of, http_json, poll, producer, read_topic
 
 TERMINAL = {"CONFIRMED", "CANCELLED", "SHIPPED", "DELIVERED"}
 
@@ -303,6 +304,16 @@ def test_a_cancel_racing_a_dispatch_either_refunds_goods_that_stayed_or_ships_an
         else:
             assert now["cancel_reason"] == "customer_request" and now["shipment"]["status"] == "cancelled"
             assert "OrderCancelRequested" in events and "ShipmentDispatched" not in events
+    # A dispatch that came after the cancel stopped its shipment is refused and dead-lettered for a person: the goods
+    # may have left while the order was refunded (the API refuses it up front; these were sent straight to Kafka).
+    stopped = {order_id for order_id in ends if order_id not in shipped}
+
+    def letters(records: list) -> dict[str, bytes]:
+        return {r.key().decode(): headers_of(r)["dlq.error.message"] for r in records
+                if headers_of(r).get("dlq.flow") == b"shipping" and r.key().decode() in stopped}
+
+    dead = letters(read_topic(shop.settings, shop.topics.dlq, until=lambda records: letters(records).keys() == stopped))
+    assert all(SHIPMENT_CANCELLED.encode() in message for message in dead.values()), dead
 
 
 def test_200_orders_racing_for_the_last_50_units_confirm_exactly_50(shop: Shop):

@@ -25,6 +25,7 @@ from schemas.messages import (
     ReleaseStock,
     ReserveStock,
     RestockItems,
+    UpdateShipment,
     UpsertProduct,
     VoidPayment,
 )
@@ -59,6 +60,7 @@ from streamcart.dead_letters import (
     replayed_before,
     superseded,
 )
+from streamcart.domain.shipping import SHIPMENT_CANCELLED
 from streamcart.settings import Settings
 
 DAY_MS = 86_400_000
@@ -93,11 +95,12 @@ def product() -> UpsertProduct:
 
 
 def failure(*, flow: str = "orders", topic: str = "commerce.commands.orders", partition: int = 3, offset: int = 41,
-            error: str = "RuntimeError", failed_at: int = NOW_MS - 1000, **more: str) -> list[tuple[str, bytes]]:
+            error: str = "RuntimeError", failed_at: int = NOW_MS - 1000, why: str = "it broke",
+            **more: str) -> list[tuple[str, bytes]]:
     """The headers a flow puts on what it dead-letters, after the record's own."""
     return [("traceparent", b"00-abc-def-01"), (DlqHeader.SOURCE_TOPIC, topic.encode()),
             (DlqHeader.SOURCE_PARTITION, str(partition).encode()), (DlqHeader.SOURCE_OFFSET, str(offset).encode()),
-            (DlqHeader.ERROR_CLASS, error.encode()), (DlqHeader.ERROR_MESSAGE, b"it broke"),
+            (DlqHeader.ERROR_CLASS, error.encode()), (DlqHeader.ERROR_MESSAGE, why.encode()),
             (DlqHeader.FLOW, flow.encode()), (DlqHeader.FAILED_AT, str(failed_at).encode()),
             *((k, v.encode()) for k, v in more.items())]
 
@@ -282,6 +285,21 @@ def test_a_settled_order_gets_a_replay_of_a_step_it_still_owes_and_of_nothing_el
     assert (refusal is None) == goes, refusal
     if not goes:
         assert f"is {order.status}" in refusal
+
+
+def test_a_dispatch_refused_because_a_cancel_stopped_its_shipment_is_never_replayed(codec):
+    """Dead-lettered for a person (the goods may have left while the order was refunded): a replay would only be
+    refused again, before or after the order settles."""
+    dispatch = UpdateShipment(event_id="u-1", occurred_at=NOW_MS, causation_id="u-1", correlation_id="o-1",
+                              order_id="o-1", status="dispatched")
+    stopped = letter(codec, dispatch, flow="shipping", topic="commerce.commands.shipping",
+                     why=SHIPMENT_CANCELLED)
+    assert SHIPMENT_CANCELLED in stopped.error
+    for order in (OrderSeen(status="CONFIRMED"), OrderSeen(status="CANCELLED")):
+        refusal = replay_refusal(stopped, order=order, now_ms=NOW_MS, limits=LIMITS)
+        assert refusal is not None and "a person sorts out" in refusal
+    other = letter(codec, dispatch, flow="shipping", topic="commerce.commands.shipping")  # it broke: replayable
+    assert replay_refusal(other, order=OrderSeen(status="CONFIRMED"), now_ms=NOW_MS, limits=LIMITS) is None
 
 
 def test_an_owed_step_of_an_order_not_stored_is_kept_for_nothing_is_owed_any_more(codec):

@@ -421,3 +421,26 @@ def test_a_hung_process_holds_back_only_what_needs_it(make_stack: MakeStack, por
     assert "not started, as what it needs is not ready: shop" in message
     assert stack.is_running("worker")
     assert not stack.is_running("shop")
+
+
+def test_a_process_ready_once_and_not_when_its_wave_is_checked_again_holds_back_what_needs_it(
+    make_stack: MakeStack, port: int
+) -> None:
+    """A wave is ready only when every process in it is ready at once: one that was ready and then is not (it died,
+    or hangs) is said like one that never was, and what needs it is not started."""
+    probes = iter([True])
+    flaky = ProcessSpec(
+        "flaky",
+        lambda: [sys.executable, "-c", "import time; time.sleep(60)"],
+        lambda: Probe(next(probes, False), "stopped answering"),
+        (),
+        ready_timeout_s=0.5,
+    )
+    stack = make_stack(flaky, web_server("base", port), web_server("after", free_port(), needs=("flaky",)))
+    with pytest.raises(NotReadyError) as failed:
+        stack.up()
+    message = str(failed.value)
+    assert "flaky was not ready within 0 s (stopped answering)" in message
+    assert "not started, as what it needs is not ready: after" in message
+    assert "up did not start everything" in message
+    assert stack.is_running("base") and not stack.is_running("after")
