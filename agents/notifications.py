@@ -41,6 +41,7 @@ def register(runtime: Runtime, worker_index: int = 0) -> Any:
             attempts = await channels().deliver(notification, replayed=replayed)
         except Exception as exc:  # a give-up, or a provider bug: either way this channel failed, not the others
             await runtime.dead_letter(event, exc, f"notifications.{notification.channel}")
+            # (A provider's own error, not a failed delivery, is not tried again: its one attempt.)
             made = exc.attempts if isinstance(exc, DeliveryFailed) and exc.attempts is not None else 1
             return notifications.failed(notification, attempts=made, reason=str(exc))
         # Noted at once, not once the others are done: a rebalance that takes the event back meanwhile (Yielded)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -186,9 +187,14 @@ class OutboxProvider:
             "channel": notification.channel, "to": notification.address, "template": notification.template,
             "idempotency_key": notification.idempotency_key, "payload": dict(notification.payload),
         }
+        line = (json.dumps(record, sort_keys=True) + "\n").encode()
         try:
-            with self.path.open("a", encoding="utf-8") as out:
-                out.write(json.dumps(record, sort_keys=True) + "\n")
+            with self.path.open("a+b") as out:  # (appends, wherever it was read)
+                if out.seek(0, os.SEEK_END) > 0:
+                    out.seek(-1, os.SEEK_END)
+                    if out.read(1) != b"\n":  # a write that failed part way tore the last line: not this one too
+                        line = b"\n" + line
+                out.write(line)
         except OSError as exc:  # a full disk, a file made unwritable: tried again, as a provider that failed
             raise DeliveryFailed(f"the outbox {self.path} could not be written: {exc}") from exc
 
@@ -298,7 +304,9 @@ class Deliverer:
         a give-up replayed from the dead-letter topic makes its first attempt even to a webhook given up on for now."""
         provider = self.providers.get(notification.channel)
         if provider is None:
-            raise DeliveryFailed(f"no provider for channel {notification.channel}")
+            missing = DeliveryFailed(f"no provider for channel {notification.channel}")
+            missing.attempts = 0
+            raise missing
         tries = 0
         try:
             async for attempt in AsyncRetrying(
@@ -314,7 +322,8 @@ class Deliverer:
                     tries += 1
                     await provider.deliver(notification, even_if_failing=replayed and first)
         except DeliveryFailed as exc:
-            exc.attempts = tries - 1 if isinstance(exc, HostFailing) else tries  # (one given up at once: not made)
+            # One given up at once, or refused before it was sent, was not made.
+            exc.attempts = tries - 1 if isinstance(exc, (HostFailing, DeliveryRefused)) else tries
             raise
         return tries
 

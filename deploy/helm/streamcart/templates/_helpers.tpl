@@ -80,6 +80,8 @@ int64: a values file's 1048576 arrives as a float and would render as "1.048576e
   value: {{ .Values.gateway.attemptTimeoutS | quote }}
 - name: STREAMCART_GATEWAY_ATTEMPTS
   value: {{ .Values.gateway.attempts | int64 | quote }}
+- name: STREAMCART_GATEWAY_SETTLE_FOR_S
+  value: {{ .Values.gateway.settleForS | quote }}
 - name: STREAMCART_API_PORT
   value: {{ .Values.workers.apiPort | int64 | quote }}
 - name: STREAMCART_API_PORT_PER_WORKER
