@@ -42,6 +42,7 @@ from urllib.parse import quote
 from streamcart.dead_letters import ConnectHeader, DeadLetter, DlqHeader, SinkLetter
 from streamcart.domain.analytics import MAX_AHEAD_MS, MINUTE_MS
 from streamcart.domain.order_state import LineStatus, OrderStatus
+from streamcart.domain.retention import FINAL
 from streamcart.domain.warehouse import iso_utc
 from streamcart.errors import StreamcartError
 from streamcart.settings import Settings
@@ -424,9 +425,12 @@ def _warehouse_equals_api(snapshot: Snapshot) -> Iterable[Finding]:
     for order_id, api in snapshot.api_orders.items():
         row = snapshot.warehouse_rows.get(order_id)
         if api is None:
-            forgotten = row is not None and snapshot.retention_ms > 0 and (
+            # One settled for good (CANCELLED or DELIVERED) a retention ago is forgotten by the workers and kept in
+            # the warehouse; a CONFIRMED or SHIPPED one is kept however old (it may still be cancelled or delivered),
+            # so one the API does not know is lost, not forgotten.
+            forgotten = row is not None and row["status"] in FINAL and snapshot.retention_ms > 0 and (
                 snapshot.now_ms - row["updated_at"] > snapshot.retention_ms)
-            if not forgotten:  # one settled a retention ago is forgotten by the workers and kept in the warehouse
+            if not forgotten:
                 yield Finding("I7", order_id, "in the warehouse, unknown to the API")
             continue
         expected = {column: value(api) for column, value in ORDER_COLUMNS.items()}

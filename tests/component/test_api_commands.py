@@ -553,6 +553,17 @@ async def test_cancelling_after_dispatch_is_a_409_with_the_reason(client, comman
     assert commands.sent == []
 
 
+async def test_cancelling_a_cancelled_order_is_a_202_that_sends_nothing(client, commands, worker):
+    """Nothing is left to cancel, and the orders flow would ignore the command; sent, it could land after the order
+    was forgotten (its retention ran out meanwhile) and be dead-lettered as about an unknown order."""
+    worker.orders["o-1"] = an_order().model_copy(update={"status": "CANCELLED", "cancel_reason": "payment_declined"})
+    response = await client.post("/v1/orders/o-1/cancel", headers=CUSTOMER)
+    assert response.status == 202
+    assert (await response.json())["status"] == "CANCELLED"
+    assert response.headers["Location"] == "/v1/orders/o-1"
+    assert commands.sent == []
+
+
 async def test_a_customer_lists_their_orders_page_by_page(client, worker):
     for n in range(5):
         worker.orders[f"o-p{n}"] = an_order(f"o-p{n}").model_copy(update={"placed_at": 100 + n})

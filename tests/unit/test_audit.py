@@ -262,6 +262,17 @@ def test_an_order_the_workers_forgot_a_retention_after_it_settled_is_no_finding(
     assert check(snapshot).ok
 
 
+def test_a_confirmed_or_shipped_order_the_api_does_not_know_is_a_finding_however_old():
+    """Only a settled order (CANCELLED or DELIVERED) is ever forgotten: a CONFIRMED or SHIPPED one is kept however old,
+    so one the workers no longer hold is lost, and the retention must not excuse it."""
+    for status in ("CONFIRMED", "SHIPPED"):
+        snapshot = healthy_shop()
+        snapshot.warehouse_rows["o-kept"]["status"] = status
+        snapshot.api_orders["o-kept"] = None
+        snapshot.retention_ms = NOW - snapshot.warehouse_rows["o-kept"]["updated_at"] - 1  # longer ago
+        assert Finding("I7", "o-kept", "in the warehouse, unknown to the API") in check(snapshot).findings
+
+
 def test_without_the_gateways_ledger_money_is_checked_on_the_payment_rows_and_the_report_says_so():
     snapshot = healthy_shop()
     snapshot.ledger = None
