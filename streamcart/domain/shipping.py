@@ -38,7 +38,7 @@ from streamcart.ids import derive_id
 #: The carrier a new shipment is booked with unless the caller names another.
 DEFAULT_CARRIER = "streamcart-post"
 
-UNKNOWN_SHIPMENT = "no shipment for this order (it is not confirmed)"
+UNKNOWN_SHIPMENT = "no shipment for this order (it is not confirmed, or was forgotten a retention after it settled)"
 SHIPMENT_CANCELLED = "the order was cancelled; its shipment must not leave"
 
 
