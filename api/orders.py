@@ -450,14 +450,13 @@ async def cancel_order(request: web.Request) -> web.Response:
         raise NotFound(f"order {order_id} not found")
     if (refusal := cancel_refusal(order.status)) is not None:
         raise Conflict(refusal, details={"status": order.status})
-    if order.status == OrderStatus.CANCELLED:
-        # Cancelled already, for good: the orders flow would change nothing for the command. Sent all the same, it
-        # could land after the order's retention ran out and it was forgotten, and be dead-lettered as about an
-        # unknown order (a false alarm for whoever watches the dead letters). What it asks is done: 202, nothing sent.
-        return json_answer(Accepted(order_id=order_id, status=order.status), 202, Location=f"/v1/orders/{order_id}")
-    await command_port(request).send(CancelOrder(**envelope(order_id), order_id=order_id,
-                                              requested_by=principal.subject, reason=body.reason))
-    return json_answer(Accepted(order_id=order_id, status=order.status), 202, Location=f"/v1/orders/{order_id}")
+    # Cancelled already, for good: the orders flow would change nothing for the command. Sent all the same, it could
+    # land after the order's retention ran out and it was forgotten, and be dead-lettered as about an unknown order
+    # (a false alarm for whoever watches the dead letters). What it asks is done: 202, nothing sent.
+    if order.status != OrderStatus.CANCELLED:
+        await command_port(request).send(CancelOrder(**envelope(order_id), order_id=order_id,
+                                                  requested_by=principal.subject, reason=body.reason))
+    return _accepted(order_id, order.status)
 
 
 async def customer_orders(request: web.Request) -> web.Response:

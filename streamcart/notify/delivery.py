@@ -318,9 +318,8 @@ class Deliverer:
                 reraise=True,
             ):
                 with attempt:
-                    first = tries == 0
                     tries += 1
-                    await provider.deliver(notification, even_if_failing=replayed and first)
+                    await provider.deliver(notification, even_if_failing=replayed and tries == 1)
         except DeliveryFailed as exc:
             # One given up at once, or refused before it was sent, was not made.
             exc.attempts = tries - 1 if isinstance(exc, (HostFailing, DeliveryRefused)) else tries
